@@ -1,0 +1,176 @@
+//! Causal attention of a flattened batch of new tokens over a paged KV cache.
+//!
+//! One op covers prefill, chunked prefill after a cached prefix, and decode: every new token
+//! attends to all cached positions of its sequence up to and including its own (whose K/V
+//! [`crate::write_kv`] has already stored). Grouped-query attention maps query head `h` to KV
+//! head `h / (num_heads / num_kv_heads)`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::elem::{axpy, dot, Elem};
+use crate::metadata::AttentionMetadata;
+
+/// `q`: `(num_tokens, num_heads, head_dim)`; caches: `(num_blocks, block_size, num_kv_heads,
+/// head_dim)`, of q's dtype. Returns `(num_tokens, num_heads, head_dim)` in q's dtype.
+pub fn paged_attention(
+    q: &Tensor,
+    key_cache: &Tensor,
+    value_cache: &Tensor,
+    metadata: &AttentionMetadata,
+    scale: f32,
+) -> Result<Tensor> {
+    let (num_tokens, num_heads, head_dim) = q.dims3()?;
+    let (num_blocks, block_size, num_kv_heads, cache_head_dim) = key_cache.dims4()?;
+    if value_cache.dims() != key_cache.dims() {
+        candle_core::bail!("paged_attention: key and value caches differ in shape");
+    }
+    if cache_head_dim != head_dim || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        candle_core::bail!(
+            "paged_attention: q {:?} does not fit cache {:?}",
+            q.dims(),
+            key_cache.dims()
+        );
+    }
+    if q.dtype() != key_cache.dtype() || q.dtype() != value_cache.dtype() {
+        candle_core::bail!("paged_attention: q and caches must share a dtype");
+    }
+    if metadata.num_tokens() != num_tokens {
+        candle_core::bail!(
+            "paged_attention: {num_tokens} query tokens, metadata describes {}",
+            metadata.num_tokens()
+        );
+    }
+    metadata.validate(num_blocks, block_size).map_err(candle_core::Error::wrap)?;
+    let op = PagedAttention {
+        metadata: metadata.clone(),
+        dims: Dims { num_heads, num_kv_heads, head_dim, block_size },
+        scale,
+    };
+    q.contiguous()?.apply_op3_no_bwd(key_cache, value_cache, &op)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+}
+
+struct PagedAttention {
+    metadata: AttentionMetadata,
+    dims: Dims,
+    scale: f32,
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("paged_attention: {what} must be contiguous"),
+    }
+}
+
+impl CustomOp3 for PagedAttention {
+    fn name(&self) -> &'static str {
+        "paged-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        q_l: &Layout,
+        k: &CpuStorage,
+        k_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = q_l.shape().clone();
+        let storage = match (q, k, v) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => CpuStorage::F32(self.run(
+                contiguous(q, q_l, "q")?,
+                contiguous(k, k_l, "key cache")?,
+                contiguous(v, v_l, "value cache")?,
+            )),
+            (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => CpuStorage::BF16(self.run(
+                contiguous(q, q_l, "q")?,
+                contiguous(k, k_l, "key cache")?,
+                contiguous(v, v_l, "value cache")?,
+            )),
+            (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => CpuStorage::F16(self.run(
+                contiguous(q, q_l, "q")?,
+                contiguous(k, k_l, "key cache")?,
+                contiguous(v, v_l, "value cache")?,
+            )),
+            _ => candle_core::bail!(
+                "paged_attention: unsupported dtype {:?} (f32, bf16, f16)",
+                q.dtype()
+            ),
+        };
+        Ok((storage, shape))
+    }
+}
+
+impl PagedAttention {
+    /// One task per (token, KV head): the task's query heads share every K/V row it loads.
+    fn run<T: Elem>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+        let Dims { num_heads, num_kv_heads, head_dim, block_size } = self.dims;
+        let group = num_heads / num_kv_heads;
+        let m = &self.metadata;
+        // Position of every new token and the sequence it belongs to.
+        let mut token_seq = Vec::with_capacity(m.num_tokens());
+        for s in 0..m.num_seqs() {
+            let (start, end) = (m.query_start_loc[s] as usize, m.query_start_loc[s + 1] as usize);
+            let first_pos = m.seq_lens[s] as usize - (end - start);
+            token_seq.extend((0..end - start).map(|i| (s, first_pos + i)));
+        }
+        let mut out = vec![T::from_f32(0.0); q.len()];
+        out.par_chunks_mut(group * head_dim).enumerate().for_each(|(task, out)| {
+            let (t, kvh) = (task / num_kv_heads, task % num_kv_heads);
+            let (s, pos) = token_seq[t];
+            let table = m.block_table(s);
+            let num_keys = pos + 1;
+            let q_group = &q[(t * num_heads + kvh * group) * head_dim..][..group * head_dim];
+            let row = |j: usize| {
+                let slot = table[j / block_size] as usize * block_size + j % block_size;
+                (slot * num_kv_heads + kvh) * head_dim
+            };
+            // (group, num_keys) scores, then softmax per head.
+            let mut scores = vec![0f32; group * num_keys];
+            for j in 0..num_keys {
+                let key = &k[row(j)..][..head_dim];
+                for g in 0..group {
+                    scores[g * num_keys + j] =
+                        dot(&q_group[g * head_dim..(g + 1) * head_dim], key) * self.scale;
+                }
+            }
+            for g in 0..group {
+                let s = &mut scores[g * num_keys..(g + 1) * num_keys];
+                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in s.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                s.iter_mut().for_each(|x| *x *= inv);
+            }
+            let mut acc = vec![0f32; group * head_dim];
+            for j in 0..num_keys {
+                let value = &v[row(j)..][..head_dim];
+                for g in 0..group {
+                    axpy(&mut acc[g * head_dim..(g + 1) * head_dim], scores[g * num_keys + j], value);
+                }
+            }
+            for (o, a) in out.iter_mut().zip(&acc) {
+                *o = T::from_f32(*a);
+            }
+        });
+        out
+    }
+}
+
+
+#[cfg(test)]
+mod tests;

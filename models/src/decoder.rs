@@ -1,0 +1,129 @@
+//! The Qwen decoder-only transformer (Qwen2, Qwen2.5 and dense Qwen3 share this body).
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::layers::attention::Attention;
+use crate::layers::linear::Linear;
+use crate::layers::mlp::Mlp;
+use crate::layers::rms_norm::RmsNorm;
+use crate::layers::rotary::Rotary;
+use crate::layers::Embedding;
+use crate::{Architecture, CausalLm, ForwardBatch, KvCache, ModelConfig, ModelError, Weights};
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+pub struct QwenForCausalLm {
+    config: ModelConfig,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+    dtype: DType,
+    device: Device,
+}
+
+impl QwenForCausalLm {
+    pub fn new(cfg: &ModelConfig, weights: &Weights) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let qk_norm = cfg.architecture() == Architecture::Qwen3;
+        let model = weights.pp("model");
+        let embed_tokens = model.embedding("embed_tokens", cfg.vocab_size, cfg.hidden_size)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let w = model.pp("layers").pp(i);
+                Ok(DecoderLayer {
+                    input_layernorm: RmsNorm::new(&w.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+                    self_attn: Attention::new(cfg, &w.pp("self_attn"), qk_norm)?,
+                    post_attention_layernorm: RmsNorm::new(&w.pp("post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+                    mlp: Mlp::new(cfg, &w.pp("mlp"))?,
+                })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        let norm = RmsNorm::new(&model.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        // Some tied checkpoints still ship lm_head (GGUF often does); use it when present.
+        let lm_head = if weights.contains("lm_head.weight") {
+            weights.linear("lm_head", cfg.hidden_size, cfg.vocab_size, false)?
+        } else if cfg.tie_word_embeddings {
+            embed_tokens.as_linear()?
+        } else {
+            return Err(ModelError::MissingTensor("lm_head.weight".into()));
+        };
+        let rotary = Rotary::new(cfg.head_dim(), cfg.max_position_embeddings, cfg.rope_theta, weights.dtype(), weights.device())?;
+        Ok(Self {
+            config: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            dtype: weights.dtype(),
+            device: weights.device().clone(),
+        })
+    }
+
+    fn check(&self, batch: &ForwardBatch, cache: &KvCache) -> Result<(), ModelError> {
+        let meta = &batch.attention;
+        meta.validate(cache.num_blocks(), cache.block_size()).map_err(|e| ModelError::Input(e.to_string()))?;
+        if batch.input_ids.len() != meta.num_tokens() {
+            return Err(ModelError::Input(format!("{} ids for {} tokens", batch.input_ids.len(), meta.num_tokens())));
+        }
+        if let Some(id) = batch.input_ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            return Err(ModelError::Input(format!("token id {id} is outside the vocabulary ({})", self.config.vocab_size)));
+        }
+        if let Some(&len) = meta.seq_lens.iter().max() {
+            if len as usize > self.config.max_position_embeddings {
+                return Err(ModelError::Input(format!(
+                    "sequence of {len} tokens exceeds the context length {}",
+                    self.config.max_position_embeddings
+                )));
+            }
+        }
+        if let Some(i) = batch.logits_indices.iter().find(|&&i| i as usize >= meta.num_tokens()) {
+            return Err(ModelError::Input(format!("logits index {i} is outside the batch")));
+        }
+        if cache.dtype() != self.dtype {
+            return Err(ModelError::Input(format!("cache dtype {:?} differs from the model's {:?}", cache.dtype(), self.dtype)));
+        }
+        Ok(())
+    }
+}
+
+impl CausalLm for QwenForCausalLm {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        self.check(batch, cache)?;
+        let meta = &batch.attention;
+        let n = batch.input_ids.len();
+        let ids = Tensor::from_slice(&batch.input_ids, n, &self.device)?;
+        let positions = Tensor::from_vec(meta.positions(), n, &self.device)?;
+        let (cos, sin) = self.rotary.select(&positions)?;
+        // (tokens, hidden)
+        let mut x = self.embed_tokens.forward(&ids, self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &cos, &sin, cache.layer(i), meta)?;
+            x = (x + h)?;
+            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x)?)?;
+            x = (x + h)?;
+        }
+        let rows = Tensor::from_slice(&batch.logits_indices, batch.logits_indices.len(), &self.device)?;
+        let x = self.norm.forward(&x.index_select(&rows, 0)?)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+}

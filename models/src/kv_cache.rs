@@ -1,0 +1,49 @@
+//! The paged KV cache: per layer, one key and one value tensor of
+//! `(num_blocks, block_size, num_kv_heads, head_dim)`. Sequences own blocks through their
+//! block tables (see `AttentionMetadata`); the cache itself knows nothing of sequences.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::{ModelConfig, ModelError};
+
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    num_blocks: usize,
+    block_size: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig, num_blocks: usize, block_size: usize, dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        if num_blocks == 0 || block_size == 0 {
+            return Err(ModelError::Input("the KV cache needs at least one block of at least one token".into()));
+        }
+        let shape = (num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim());
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
+            .collect::<Result<_, candle_core::Error>>()?;
+        Ok(Self { layers, num_blocks, block_size })
+    }
+
+    /// Bytes one block takes across all layers, keys and values.
+    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize, dtype: DType) -> usize {
+        2 * cfg.num_hidden_layers * block_size * cfg.num_key_value_heads * cfg.head_dim() * dtype.size_in_bytes()
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.layers[0].0.dtype()
+    }
+
+    /// `(keys, values)` of layer `i`.
+    pub fn layer(&self, i: usize) -> (&Tensor, &Tensor) {
+        let (k, v) = &self.layers[i];
+        (k, v)
+    }
+}

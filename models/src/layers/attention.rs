@@ -1,0 +1,66 @@
+use candle_core::Tensor;
+type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
+use qwen_serve_kernels::{paged_attention, write_kv, AttentionMetadata};
+
+use super::linear::Linear;
+use super::rms_norm::RmsNorm;
+use super::rotary::Rotary;
+use crate::{ModelConfig, ModelError, Weights};
+
+/// Grouped-query self-attention over the paged KV cache. Qwen2 has q/k/v biases; Qwen3 has
+/// none but normalises each head's q and k before the rotation.
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn new(cfg: &ModelConfig, weights: &Weights, qk_norm: bool) -> Result<Self, ModelError> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim());
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let bias = cfg.attention_bias();
+        let qk_norm = if qk_norm {
+            Some((
+                RmsNorm::new(&weights.pp("q_norm"), d, cfg.rms_norm_eps)?,
+                RmsNorm::new(&weights.pp("k_norm"), d, cfg.rms_norm_eps)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            q_proj: weights.linear("q_proj", h, nh * d, bias)?,
+            k_proj: weights.linear("k_proj", h, nkv * d, bias)?,
+            v_proj: weights.linear("v_proj", h, nkv * d, bias)?,
+            o_proj: weights.linear("o_proj", nh * d, h, false)?,
+            qk_norm,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+        })
+    }
+
+    /// `x` `(tokens, hidden)`; `cos`/`sin` `(tokens, head_dim / 2)`; caches
+    /// `(num_blocks, block_size, num_kv_heads, head_dim)`.
+    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, cache: (&Tensor, &Tensor), meta: &AttentionMetadata) -> Result<Tensor> {
+        let tokens = x.dim(0)?;
+        let q = self.q_proj.forward(x)?.reshape((tokens, self.num_heads, self.head_dim))?;
+        let k = self.k_proj.forward(x)?.reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let v = self.v_proj.forward(x)?.reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+            None => (q, k),
+        };
+        let q = Rotary::apply(&q, cos, sin)?;
+        let k = Rotary::apply(&k, cos, sin)?;
+        write_kv(cache.0, cache.1, &k, &v, &meta.slot_mapping)?;
+        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        let out = paged_attention(&q, cache.0, cache.1, meta, scale)?;
+        self.o_proj.forward(&out.reshape((tokens, self.num_heads * self.head_dim))?)
+    }
+}

@@ -1,0 +1,32 @@
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Rotary position embedding in the "rotate half" (GPT-NeoX) layout Qwen uses: dimension `i`
+/// pairs with `i + head_dim / 2`.
+pub struct Rotary {
+    /// `(max_positions, head_dim / 2)`.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    pub fn new(head_dim: usize, max_positions: usize, theta: f64, dtype: DType, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32).collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let positions = Tensor::arange(0u32, max_positions as u32, device)?.to_dtype(DType::F32)?.reshape((max_positions, 1))?;
+        let freqs = positions.broadcast_mul(&inv_freq)?;
+        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+    }
+
+    /// The `(cos, sin)` rows for `positions` `(tokens,)`.
+    pub fn select(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.cos.index_select(positions, 0)?, self.sin.index_select(positions, 0)?))
+    }
+
+    /// `x` `(tokens, heads, head_dim)`, rotated by each token's own position.
+    pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (tokens, heads, dim) = x.dims3()?;
+        // rope_thd treats (batch, seq, heads, dim); one "batch" whose sequence is our tokens.
+        candle_nn::rotary_emb::rope_thd(&x.reshape((1, tokens, heads, dim))?.contiguous()?, cos, sin)?.reshape((tokens, heads, dim))
+    }
+}

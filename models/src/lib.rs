@@ -1,0 +1,50 @@
+//! Stateless Qwen model definitions over candle tensors.
+//!
+//! A model owns only weights. The paged KV cache is owned by the caller and passed to every
+//! forward together with the step's [`AttentionMetadata`], so a single-sequence loop and the
+//! continuous-batching engine drive the same model code. Module paths mirror the Hugging Face
+//! checkpoint tensor names (`model.layers.N.self_attn.q_proj`); [`Weights`] maps them onto
+//! GGUF names when the weights come from a `.gguf` file.
+
+mod config;
+mod decoder;
+mod error;
+mod kv_cache;
+pub mod layers;
+mod weights;
+
+pub use config::{Architecture, ModelConfig};
+pub use decoder::QwenForCausalLm;
+pub use error::ModelError;
+pub use kv_cache::KvCache;
+pub use qwen_serve_kernels::AttentionMetadata;
+pub use weights::{gguf_tensor_name, Weights};
+
+use candle_core::{DType, Device, Tensor};
+
+/// One forward step: the new tokens of every scheduled sequence, flattened in sequence order.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardBatch {
+    /// `(num_tokens,)` token ids.
+    pub input_ids: Vec<u32>,
+    pub attention: AttentionMetadata,
+    /// Rows (indices into `input_ids`) whose logits are wanted: usually each sequence's last
+    /// token, every token when prompt logprobs are asked for.
+    pub logits_indices: Vec<u32>,
+}
+
+/// A decoder-only language model.
+pub trait CausalLm: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+    /// The dtype of activations and of the KV cache.
+    fn dtype(&self) -> DType;
+    fn device(&self) -> &Device;
+    /// Writes the new tokens' K/V into `cache` and returns f32 logits
+    /// `(logits_indices.len(), vocab_size)`.
+    fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError>;
+}
+
+/// Builds the model named by `config.architecture`.
+pub fn load_model(config: &ModelConfig, weights: &Weights) -> Result<Box<dyn CausalLm>, ModelError> {
+    Ok(Box::new(QwenForCausalLm::new(config, weights)?))
+}

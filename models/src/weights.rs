@@ -1,0 +1,184 @@
+//! Named access to a checkpoint's tensors, whatever file format holds them.
+//!
+//! Models ask for Hugging Face names through a prefix path (`weights.pp("self_attn")`); a GGUF
+//! backend translates each name to llama.cpp's (`blk.N.attn_q.weight`). GGUF matrices stay
+//! quantized unless the caller asked for a float dtype.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::layers::linear::Linear;
+use crate::ModelError;
+
+enum Backend {
+    Safetensors(MmapedSafetensors),
+    /// Tensors keyed by their GGUF names.
+    Gguf(HashMap<String, Arc<QTensor>>),
+}
+
+/// A view of a checkpoint at a name prefix.
+#[derive(Clone)]
+pub struct Weights {
+    backend: Arc<Backend>,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+    keep_quantized: bool,
+}
+
+impl Weights {
+    /// Memory-maps one or more safetensors files; tensors are converted to `dtype` on load.
+    pub fn from_safetensors<P: AsRef<Path>>(paths: &[P], dtype: DType, device: &Device) -> Result<Self, ModelError> {
+        // Safety: the files are mapped read-only; as with every mmap-based loader, they must not
+        // be truncated while the model is being loaded.
+        let st = unsafe { MmapedSafetensors::multi(paths)? };
+        Ok(Self::new(Backend::Safetensors(st), dtype, device, false))
+    }
+
+    /// GGUF tensors (keyed by GGUF name). With `dequantize_to: None`, matrices stay quantized and
+    /// activations are f32; otherwise every tensor is dequantized to that dtype.
+    pub fn from_gguf(tensors: HashMap<String, QTensor>, dequantize_to: Option<DType>, device: &Device) -> Self {
+        let tensors = tensors.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        let dtype = dequantize_to.unwrap_or(DType::F32);
+        Self::new(Backend::Gguf(tensors), dtype, device, dequantize_to.is_none())
+    }
+
+    fn new(backend: Backend, dtype: DType, device: &Device, keep_quantized: bool) -> Self {
+        Self { backend: Arc::new(backend), prefix: String::new(), dtype, device: device.clone(), keep_quantized }
+    }
+
+    /// The sub-view `prefix.name`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Self { prefix, ..self.clone() }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        let path = self.path(name);
+        match &*self.backend {
+            Backend::Safetensors(st) => st.get(&path).is_ok(),
+            Backend::Gguf(t) => gguf_tensor_name(&path).is_some_and(|n| t.contains_key(&n)),
+        }
+    }
+
+    fn qtensor(&self, path: &str) -> Result<&Arc<QTensor>, ModelError> {
+        let Backend::Gguf(tensors) = &*self.backend else { unreachable!("gguf backend") };
+        gguf_tensor_name(path)
+            .and_then(|n| tensors.get(&n))
+            .ok_or_else(|| ModelError::MissingTensor(path.to_string()))
+    }
+
+    /// The tensor `name`, in this view's dtype, checked against `shape`.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let path = self.path(name);
+        let t = match &*self.backend {
+            Backend::Safetensors(st) => {
+                if st.get(&path).is_err() {
+                    return Err(ModelError::MissingTensor(path));
+                }
+                st.load(&path, &self.device)?
+            }
+            Backend::Gguf(_) => self.qtensor(&path)?.dequantize(&self.device)?,
+        };
+        check_shape(&path, t.dims(), shape)?;
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
+    /// A `(out_dim, in_dim)` projection, quantized when the source is and may stay so.
+    pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear, ModelError> {
+        let weight_name = format!("{name}.weight");
+        let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out_dim])?) } else { None };
+        if let (true, Backend::Gguf(_)) = (self.keep_quantized, &*self.backend) {
+            let path = self.path(&weight_name);
+            let q = self.qtensor(&path)?.clone();
+            check_shape(&path, q.shape().dims(), &[out_dim, in_dim])?;
+            if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                return Ok(Linear::quantized(QMatMul::from_arc(q)?, bias));
+            }
+        }
+        Ok(Linear::dense(self.tensor(&weight_name, &[out_dim, in_dim])?, bias))
+    }
+
+    /// The `(vocab, hidden)` embedding table: quantized rows are looked up without
+    /// dequantizing the whole table.
+    pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<crate::layers::Embedding, ModelError> {
+        if let (true, Backend::Gguf(_)) = (self.keep_quantized, &*self.backend) {
+            let path = self.path(&format!("{name}.weight"));
+            let q = self.qtensor(&path)?.clone();
+            check_shape(&path, q.shape().dims(), &[vocab, hidden])?;
+            return Ok(crate::layers::Embedding::Quantized(q));
+        }
+        Ok(crate::layers::Embedding::Dense(self.tensor(&format!("{name}.weight"), &[vocab, hidden])?))
+    }
+}
+
+fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Result<(), ModelError> {
+    if found != expected {
+        return Err(ModelError::Shape { name: name.to_string(), expected: expected.to_vec(), found: found.to_vec() });
+    }
+    Ok(())
+}
+
+/// Maps a Hugging Face Qwen tensor name to its llama.cpp GGUF name.
+pub fn gguf_tensor_name(hf: &str) -> Option<String> {
+    let direct = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(n) = direct {
+        return Some(n.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let gguf = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.{suffix}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gguf_tensor_name;
+
+    #[test]
+    fn maps_hf_names_to_gguf() {
+        assert_eq!(gguf_tensor_name("model.layers.3.self_attn.q_proj.bias").as_deref(), Some("blk.3.attn_q.bias"));
+        assert_eq!(gguf_tensor_name("model.layers.12.mlp.down_proj.weight").as_deref(), Some("blk.12.ffn_down.weight"));
+        assert_eq!(gguf_tensor_name("model.layers.0.self_attn.k_norm.weight").as_deref(), Some("blk.0.attn_k_norm.weight"));
+        assert_eq!(gguf_tensor_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(gguf_tensor_name("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(gguf_tensor_name("model.layers.0.mlp.experts.weight"), None);
+    }
+}
