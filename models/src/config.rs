@@ -1,7 +1,7 @@
 //! The model hyper-parameters, read from a Hugging Face `config.json` (GGUF metadata is mapped
 //! onto the same struct by the loader).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 
@@ -26,7 +26,7 @@ impl Architecture {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ModelConfig {
     pub model_type: String,
     pub vocab_size: usize,

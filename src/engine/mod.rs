@@ -1,0 +1,3 @@
+//! Turning logits into tokens. (The continuous-batching engine grows here.)
+
+pub mod sampler;

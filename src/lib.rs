@@ -1,0 +1,9 @@
+//! qwen-serve: an OpenAI-compatible inference server for Qwen models.
+//!
+//! Dependency direction: this crate -> `qwen_serve_models` -> `qwen_serve_kernels`.
+
+pub mod cli;
+pub mod engine;
+pub mod generate;
+pub mod loader;
+pub mod tokenizer;

@@ -1,0 +1,134 @@
+//! A single `.gguf` file: config, weights, tokenizer and chat template all come from it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use qwen_serve_models::{Architecture, ModelConfig, Weights};
+
+use super::{progress, stop_tokens, LoadError, LoadOptions, LoadedModel};
+use crate::tokenizer::{ChatTemplate, ChatTemplateSources, Tokenizer};
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
+    let format = |reason: String| LoadError::Format { path: path.to_path_buf(), reason };
+    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut magic = [0u8; 4];
+    if reader.read_exact(&mut magic).is_err() || &magic != GGUF_MAGIC {
+        return Err(format("not a GGUF file (pass a .gguf file, a Hugging Face model folder or a Hub repo id)".into()));
+    }
+    reader.rewind().map_err(io)?;
+    let content = Content::read(&mut reader).map_err(|e| format(format!("corrupt GGUF header: {e}")))?;
+    let config = gguf_config(&content).map_err(format)?;
+    let file_len = std::fs::metadata(path).map_err(io)?.len();
+    check_tensor_extents(&content, file_len).map_err(format)?;
+
+    let bar = progress::bar(content.tensor_infos.len() as u64, "loading weights");
+    let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
+    for name in content.tensor_infos.keys() {
+        let t = content.tensor(&mut reader, name, &opts.device).map_err(|e| format(format!("tensor `{name}`: {e}")))?;
+        tensors.insert(name.clone(), t);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let weights = Weights::from_gguf(tensors, opts.dtype, &opts.device);
+    let model = qwen_serve_models::load_model(&config, &weights)?;
+
+    let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
+    let token = |key: &str| {
+        content.metadata.get(key).and_then(|v| as_u64(v)).and_then(|id| tokenizer.id_to_token(id as u32))
+    };
+    let chat_template = ChatTemplateSources::from_gguf(&content.metadata)?
+        .map(|s| ChatTemplate::new(&s.default, token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")))
+        .transpose()?;
+    let eos = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(as_u64).map(|id| id as u32);
+    let eos_token_ids = stop_tokens(&tokenizer, eos);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(LoadedModel { model, tokenizer, chat_template, eos_token_ids, name })
+}
+
+/// A truncated file would otherwise fail deep inside a tensor read.
+fn check_tensor_extents(content: &Content, file_len: u64) -> Result<(), String> {
+    for (name, info) in &content.tensor_infos {
+        let numel = info.shape.elem_count() as u64;
+        let bytes = numel / info.ggml_dtype.block_size() as u64 * info.ggml_dtype.type_size() as u64;
+        let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
+        if end > file_len {
+            return Err(format!("truncated: tensor `{name}` ends at byte {end}, the file has {file_len}"));
+        }
+    }
+    Ok(())
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match *v {
+        Value::U8(x) => Some(x as u64),
+        Value::U16(x) => Some(x as u64),
+        Value::U32(x) => Some(x as u64),
+        Value::U64(x) => Some(x),
+        Value::I8(x) => u64::try_from(x).ok(),
+        Value::I16(x) => u64::try_from(x).ok(),
+        Value::I32(x) => u64::try_from(x).ok(),
+        Value::I64(x) => u64::try_from(x).ok(),
+        _ => None,
+    }
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    match *v {
+        Value::F32(x) => Some(x as f64),
+        Value::F64(x) => Some(x),
+        _ => as_u64(v).map(|x| x as f64),
+    }
+}
+
+/// Maps llama.cpp's `{arch}.*` metadata onto the Hugging Face config fields.
+pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
+    let md = &content.metadata;
+    let arch = match md.get("general.architecture") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err("missing `general.architecture`".into()),
+    };
+    if Architecture::from_model_type(&arch).is_none() {
+        return Err(format!(
+            "unsupported architecture `{arch}`; supported: {}",
+            Architecture::SUPPORTED.join(", ")
+        ));
+    }
+    let int = |key: &str| -> Result<usize, String> {
+        let full = format!("{arch}.{key}");
+        md.get(&full).and_then(as_u64).map(|v| v as usize).ok_or(format!("missing or non-integer `{full}`"))
+    };
+    let float = |key: &str| md.get(&format!("{arch}.{key}")).and_then(as_f64);
+    let embd = content.tensor_infos.get("token_embd.weight").ok_or("missing tensor `token_embd.weight`")?;
+    let num_heads = int("attention.head_count")?;
+    let hidden = int("embedding_length")?;
+    let cfg = ModelConfig {
+        model_type: arch.clone(),
+        // GGUF stores dims innermost-first; candle reports them as (vocab, hidden).
+        vocab_size: embd.shape.dims()[0],
+        hidden_size: hidden,
+        intermediate_size: int("feed_forward_length")?,
+        num_hidden_layers: int("block_count")?,
+        num_attention_heads: num_heads,
+        num_key_value_heads: int("attention.head_count_kv").unwrap_or(num_heads),
+        head_dim: int("attention.key_length").ok(),
+        max_position_embeddings: int("context_length")?,
+        rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon").ok_or(format!("missing `{arch}.attention.layer_norm_rms_epsilon`"))?,
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        attention_bias: None,
+        use_sliding_window: false,
+        rope_scaling: None,
+    };
+    if md.contains_key(&format!("{arch}.rope.scaling.type")) {
+        return Err(format!("`{arch}.rope.scaling.type` (rope scaling) is not supported"));
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+

@@ -1,0 +1,126 @@
+//! Turns the `--model` argument into a ready model: weights, config, tokenizer, chat template.
+//!
+//! Three sources, chosen from the argument: a `.gguf` file, a local Hugging Face folder, or a
+//! Hub repo id (downloaded through hf-hub into the standard Hugging Face cache).
+
+mod export;
+mod folder;
+mod gguf;
+mod hub;
+mod progress;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use qwen_serve_models::{CausalLm, ModelError};
+use thiserror::Error;
+
+use crate::tokenizer::{ChatTemplate, Tokenizer, TokenizerError};
+
+pub use export::export_hf_folder;
+pub use gguf::gguf_config;
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("{0}: no such file or directory")]
+    NotFound(PathBuf),
+    #[error("{path}: {reason}")]
+    Format { path: PathBuf, reason: String },
+    #[error("unsupported architecture `{found}`; supported: {}", qwen_serve_models::Architecture::SUPPORTED.join(", "))]
+    UnsupportedArchitecture { found: String },
+    #[error("{0}")]
+    Hub(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Where the weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Gguf(PathBuf),
+    Folder(PathBuf),
+    Hub { repo_id: String, revision: Option<String> },
+}
+
+impl ModelSource {
+    /// An existing path is a file or folder; otherwise `owner/name` is a Hub repo id.
+    pub fn parse(model: &str, revision: Option<&str>) -> Result<Self, LoadError> {
+        let path = Path::new(model);
+        if path.is_dir() {
+            return Ok(Self::Folder(path.to_path_buf()));
+        }
+        if path.is_file() {
+            return Ok(Self::Gguf(path.to_path_buf()));
+        }
+        let looks_like_repo = model.split('/').count() == 2
+            && !model.starts_with('.')
+            && !model.ends_with(".gguf")
+            && model.split('/').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        if looks_like_repo {
+            Ok(Self::Hub { repo_id: model.to_string(), revision: revision.map(str::to_string) })
+        } else {
+            Err(LoadError::NotFound(path.to_path_buf()))
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// `None`: keep GGUF matrices quantized (f32 activations) and run safetensors in f32 on
+    /// CPU. `Some`: dequantize / convert every weight to this dtype.
+    pub dtype: Option<DType>,
+    pub device: Device,
+    pub revision: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: None, device: Device::Cpu, revision: None }
+    }
+}
+
+/// Everything needed to turn text into tokens and tokens into logits.
+pub struct LoadedModel {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    /// Tokens that end generation (the model's EOS and its chat end-of-turn marker).
+    pub eos_token_ids: Vec<u32>,
+    /// A short human-readable name (file or repo id).
+    pub name: String,
+}
+
+pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
+    match ModelSource::parse(model, opts.revision.as_deref())? {
+        ModelSource::Gguf(path) => gguf::load(&path, opts),
+        ModelSource::Folder(path) => folder::load(&path, opts),
+        ModelSource::Hub { repo_id, revision } => {
+            let dir = hub::fetch(&repo_id, revision.as_deref())?;
+            let mut loaded = folder::load(&dir, opts)?;
+            loaded.name = repo_id;
+            Ok(loaded)
+        }
+    }
+}
+
+/// Adds the end-of-turn and end-of-text markers Qwen chat models stop on, when the vocabulary
+/// has them, to the checkpoint's declared EOS ids.
+fn stop_tokens(tokenizer: &Tokenizer, declared: impl IntoIterator<Item = u32>) -> Vec<u32> {
+    let mut ids: Vec<u32> = declared.into_iter().collect();
+    for marker in ["<|im_end|>", "<|endoftext|>"] {
+        if let Some(id) = tokenizer.token_to_id(marker) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn read_to_string(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })
+}

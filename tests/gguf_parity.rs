@@ -1,0 +1,69 @@
+//! The quantized test GGUF against Hugging Face transformers on the same file
+//! (`tests/fixtures/gguf_reference.json`, made by `scripts/make_reference.py`): teacher-forced
+//! next-token agreement and greedy generation.
+
+mod common;
+
+use common::{ids, quantized_model, read_json, top_k};
+use qwen_serve::engine::sampler::SamplingParams;
+use qwen_serve::generate::{generate, score, FinishReason};
+
+/// Feeds prompt + reference continuation in one pass; at each position that predicts a
+/// continuation token, the reference token must be our top-1 at >= 95% of positions (over all
+/// prompts) and within our top-5 everywhere. (The reference runs the dequantized weights in
+/// fp32; we run the quantized matmuls, so near-ties may flip.)
+#[test]
+fn teacher_forced_agreement_with_transformers() {
+    let reference = read_json("gguf_reference.json");
+    let model = quantized_model();
+    let (mut positions, mut top1) = (0, 0);
+    let mut outside_top5 = vec![];
+    for case in reference["prompts"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let prompt = ids(&case["prompt_ids"]);
+        let continuation = ids(&case["continuation_ids"]);
+        // Our tokenizer must agree on the prompt, or the comparison is meaningless.
+        assert_eq!(model.tokenizer.encode(case["prompt_text"].as_str().unwrap()).unwrap(), prompt, "{name}: prompt ids");
+        let all: Vec<u32> = prompt.iter().chain(&continuation).copied().collect();
+        let logits = score(model.model.as_ref(), &all).unwrap().to_vec2::<f32>().unwrap();
+        for (i, &expected) in continuation.iter().enumerate() {
+            let row = &logits[prompt.len() - 1 + i];
+            let ours = top_k(row, 5);
+            positions += 1;
+            if ours[0] == expected {
+                top1 += 1;
+            }
+            if !ours.contains(&expected) {
+                outside_top5.push(format!("{name}@{i}: reference {expected}, ours {ours:?}"));
+            }
+        }
+    }
+    let rate = top1 as f64 / positions as f64;
+    eprintln!("top-1 agreement {top1}/{positions} = {:.1}%", rate * 100.0);
+    assert!(outside_top5.is_empty(), "reference tokens outside our top-5: {outside_top5:?}");
+    assert!(rate >= 0.95, "top-1 agreement {:.1}% < 95%", rate * 100.0);
+}
+
+#[test]
+fn greedy_chat_generation_matches_the_expected_answer() {
+    let model = quantized_model();
+    let template = model.chat_template.as_ref().expect("the GGUF has a chat template");
+    let messages = [serde_json::json!({"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."})];
+    let prompt = template.render(&messages, None, true, &serde_json::Map::new()).unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud."), "{prompt}");
+    let ids = model.tokenizer.encode(&prompt).unwrap();
+    let mut streamed = String::new();
+    let out = generate(model, &ids, 16, &SamplingParams::default(), |t| {
+        streamed.push_str(t);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(out.finish_reason, FinishReason::Length);
+    assert_eq!(out.tokens.len(), 16);
+    assert_eq!(streamed, out.text);
+    assert!(
+        out.text.starts_with("Here's a Python function to calculate the n-th Fibonacci number"),
+        "got {:?}",
+        out.text
+    );
+}
