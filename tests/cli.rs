@@ -1,0 +1,148 @@
+//! The `qwen-serve` binary: real output on stdout only, and a one-line error with a non-zero
+//! exit (never a panic) for every bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use common::test_gguf;
+
+fn qwen_serve(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qwen-serve"));
+    cmd.args(args);
+    // Backtraces are what a user asks for with RUST_BACKTRACE; the default is one line.
+    cmd.env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run qwen-serve")
+}
+
+/// Runs `generate` on `model` and returns its single stderr line, asserting the failure shape.
+fn generate_error(model: &str, env: &[(&str, &str)]) -> String {
+    let out = qwen_serve(&["generate", "--model", model, "--prompt", "hi", "--max-tokens", "1"], env);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected failure for {model}, stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "stdout must stay empty on error");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn missing_file_is_named() {
+    let e = generate_error("/nonexistent/model.gguf", &[]);
+    assert!(e.contains("/nonexistent/model.gguf") && e.contains("no such file"), "{e}");
+}
+
+#[test]
+fn a_file_of_the_wrong_format_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "just some text, not weights").unwrap();
+    let e = generate_error(path.to_str().unwrap(), &[]);
+    assert!(e.contains("not a GGUF file"), "{e}");
+}
+
+#[test]
+fn a_folder_without_config_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = generate_error(dir.path().to_str().unwrap(), &[]);
+    assert!(e.contains("no config.json"), "{e}");
+}
+
+#[test]
+fn unsupported_architecture_in_a_folder_lists_the_supported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama", "hidden_size": 64}"#).unwrap();
+    let e = generate_error(dir.path().to_str().unwrap(), &[]);
+    assert!(e.contains("unsupported architecture `llama`") && e.contains("qwen2, qwen3"), "{e}");
+}
+
+/// A well-formed GGUF (written with candle's writer) whose architecture we do not serve.
+#[test]
+fn unsupported_architecture_in_a_gguf_lists_the_supported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama.gguf");
+    let t = QTensor::quantize(&Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    let arch = Value::String("llama".into());
+    let mut f = std::fs::File::create(&path).unwrap();
+    gguf_file::write(&mut f, &[("general.architecture", &arch)], &[("token_embd.weight", &t)]).unwrap();
+    drop(f);
+    let e = generate_error(path.to_str().unwrap(), &[]);
+    assert!(e.contains("unsupported architecture `llama`") && e.contains("qwen2, qwen3"), "{e}");
+}
+
+#[test]
+fn corrupt_gguf_header_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corrupt.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend((0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    std::fs::write(&path, bytes).unwrap();
+    let e = generate_error(path.to_str().unwrap(), &[]);
+    assert!(e.contains("corrupt GGUF header"), "{e}");
+}
+
+#[test]
+fn truncated_gguf_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("truncated.gguf");
+    let mut bytes = std::fs::read(test_gguf()).unwrap();
+    bytes.truncate(20 << 20);
+    std::fs::write(&path, bytes).unwrap();
+    let e = generate_error(path.to_str().unwrap(), &[]);
+    assert!(e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn unreachable_hub_names_the_offline_alternatives() {
+    let home = tempfile::tempdir().unwrap();
+    let hf_home = home.path().to_str().unwrap();
+    // Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    let e = generate_error("Qwen/Qwen2.5-0.5B-Instruct", &[("HF_HOME", hf_home), ("HF_ENDPOINT", "http://127.0.0.1:9")]);
+    assert!(e.contains("Qwen/Qwen2.5-0.5B-Instruct") && e.contains("offline alternatives"), "{e}");
+    let e = generate_error("Qwen/Qwen2.5-0.5B-Instruct", &[("HF_HOME", hf_home), ("HF_HUB_OFFLINE", "1")]);
+    assert!(e.contains("not in the Hugging Face cache") && e.contains("offline alternatives"), "{e}");
+}
+
+#[test]
+fn out_of_range_sampling_flags_are_rejected() {
+    let model = test_gguf();
+    let model = model.to_str().unwrap();
+    for (flag, value, message) in [("--top-p", "0", "--top-p"), ("--temperature", "-1", "--temperature"), ("--max-tokens", "0", "--max-tokens")] {
+        let out = qwen_serve(&["generate", "--model", model, "--prompt", "hi", flag, value], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(message) && !stderr.contains("panicked"), "{flag}: {stderr}");
+    }
+}
+
+#[test]
+fn generate_prints_only_the_text_on_stdout() {
+    let model = test_gguf();
+    let out = qwen_serve(&["generate", "--model", model.to_str().unwrap(), "--prompt", "def add(a, b):", "--max-tokens", "8"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("return a + b"), "{stdout:?}");
+    assert!(!stdout.contains("tok/s"), "{stdout:?}");
+    assert!(stderr.contains("tok/s"), "{stderr}");
+}
+
+#[test]
+fn chat_flag_applies_the_template() {
+    let model = test_gguf();
+    let out = qwen_serve(&["generate", "--model", model.to_str().unwrap(), "--chat", "--prompt", "Say hello.", "--max-tokens", "12"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // Without the template the model continues the raw text; with it, it answers.
+    assert!(stdout.to_lowercase().contains("hello"), "{stdout:?}");
+    assert!(!stdout.contains("<|im_start|>") && !Path::new(&stdout).exists());
+}
