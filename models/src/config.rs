@@ -51,6 +51,9 @@ pub struct ModelConfig {
     pub use_sliding_window: bool,
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// transformers >= 5 writes `{"rope_theta", "rope_type"}` here (and may omit `rope_theta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -59,7 +62,13 @@ fn default_rope_theta() -> f64 {
 
 impl ModelConfig {
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| ModelError::Config(e.to_string()))?;
+        let mut cfg: Self = serde_json::from_str(text).map_err(|e| ModelError::Config(e.to_string()))?;
+        let raw: serde_json::Value = serde_json::from_str(text).expect("parsed above");
+        if raw.get("rope_theta").is_none() {
+            if let Some(theta) = cfg.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()) {
+                cfg.rope_theta = theta;
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -110,6 +119,11 @@ impl ModelConfig {
         }
         if self.use_sliding_window {
             return err("`use_sliding_window: true` is not supported".into());
+        }
+        if let Some(kind) = self.rope_parameters.as_ref().and_then(|p| p.get("rope_type")).and_then(|t| t.as_str()) {
+            if kind != "default" {
+                return err(format!("`rope_parameters.rope_type` `{kind}` is not supported"));
+            }
         }
         if let Some(s) = &self.rope_scaling {
             if !s.is_null() {

@@ -46,13 +46,13 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadEr
         Some(c) => ChatTemplateSources::from_tokenizer_config(c)?,
         None => None,
     };
-    let sources = match sources {
-        Some(s) => Some(s.default),
-        // Newer checkpoints keep the template in its own file.
-        None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
-    };
+    // Newer checkpoints keep the template in its own file.
+    let sources = sources.or_else(|| {
+        let source = std::fs::read_to_string(dir.join("chat_template.jinja")).ok()?;
+        Some(ChatTemplateSources { default: source, tool_use: None })
+    });
     let chat_template = sources
-        .map(|source| ChatTemplate::new(&source, special("bos_token"), special("eos_token")))
+        .map(|s| ChatTemplate::from_sources(&s, special("bos_token"), special("eos_token")))
         .transpose()?;
     let mut eos = ids_of(config_json.get("eos_token_id"));
     if let Some(gen) = read_json_if_exists(&dir.join("generation_config.json"))? {

@@ -43,7 +43,7 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
         content.metadata.get(key).and_then(|v| as_u64(v)).and_then(|id| tokenizer.id_to_token(id as u32))
     };
     let chat_template = ChatTemplateSources::from_gguf(&content.metadata)?
-        .map(|s| ChatTemplate::new(&s.default, token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")))
+        .map(|s| ChatTemplate::from_sources(&s, token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")))
         .transpose()?;
     let eos = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(as_u64).map(|id| id as u32);
     let eos_token_ids = stop_tokens(&tokenizer, eos);
@@ -124,6 +124,7 @@ pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
         attention_bias: None,
         use_sliding_window: false,
         rope_scaling: None,
+        rope_parameters: None,
     };
     if md.contains_key(&format!("{arch}.rope.scaling.type")) {
         return Err(format!("`{arch}.rope.scaling.type` (rope scaling) is not supported"));
