@@ -47,3 +47,49 @@ pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
+
+/// Engine sizing and scheduling flags (serve, bench).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// KV cache size in GiB (keys and values of all layers, in the activation dtype). More
+    /// means more concurrent tokens before sequences are preempted and recomputed.
+    #[arg(long, env = "QWEN_SERVE_KV_CACHE_MEMORY", default_value_t = 2.0)]
+    pub kv_cache_memory: f64,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Token budget of one engine step, shared by decodes and prefill chunks: larger prefills
+    /// faster, smaller keeps decode latency steady while long prompts arrive.
+    #[arg(long, default_value_t = 512)]
+    pub max_num_batched_tokens: usize,
+    /// Most sequences decoding at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Most requests waiting for admission; more are refused (HTTP 429).
+    #[arg(long, default_value_t = 1024)]
+    pub max_waiting: usize,
+    /// Turn off reuse of cached prompt prefixes.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+}
+
+impl EngineArgs {
+    pub fn engine_config(&self) -> Result<crate::engine::EngineConfig, String> {
+        if !(self.kv_cache_memory > 0.0 && self.kv_cache_memory.is_finite()) {
+            return Err(format!("--kv-cache-memory must be a positive number of GiB, got {}", self.kv_cache_memory));
+        }
+        for (flag, v) in [("--block-size", self.block_size), ("--max-num-batched-tokens", self.max_num_batched_tokens), ("--max-num-seqs", self.max_num_seqs), ("--max-waiting", self.max_waiting)] {
+            if v == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        Ok(crate::engine::EngineConfig {
+            block_size: self.block_size,
+            kv_cache_bytes: (self.kv_cache_memory * (1u64 << 30) as f64) as usize,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+            max_waiting: self.max_waiting,
+            enable_prefix_caching: !self.no_prefix_caching,
+        })
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! Dependency direction: this crate -> `qwen_serve_models` -> `qwen_serve_kernels`.
 
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod generate;

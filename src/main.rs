@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use qwen_serve::cli::ModelArgs;
-use qwen_serve::engine::sampler::SamplingParams;
+use qwen_serve::bench::{self, BenchConfig};
+use qwen_serve::cli::{EngineArgs, ModelArgs};
+use qwen_serve::engine::{EngineHandle, SamplingParams};
 use qwen_serve::generate::generate;
 use qwen_serve::loader;
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Generate a completion for one prompt and print it to stdout (speed goes to stderr).
     Generate(GenerateArgs),
+    /// Measure throughput, TTFT and time per output token at one or more concurrency levels.
+    Bench(BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -46,6 +49,31 @@ struct GenerateArgs {
     /// Seed for sampling; the same seed gives the same text.
     #[arg(long)]
     seed: Option<u64>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Concurrent streams; a comma-separated list runs one measurement per level.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16])]
+    concurrency: Vec<usize>,
+    /// Requests per level (default: 2 x concurrency, at least 4).
+    #[arg(long)]
+    num_prompts: Option<usize>,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Output length in tokens (EOS is ignored so every request generates exactly this many).
+    #[arg(long, default_value_t = 128)]
+    output_len: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 fn main() -> ExitCode {
@@ -63,45 +91,74 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => run_generate(args),
+        Command::Bench(args) => run_bench(args),
     }
 }
 
 fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        bail!("--temperature must be a finite number >= 0, got {}", args.temperature);
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        max_tokens: args.max_tokens,
+        ..Default::default()
+    };
+    // Flag names in messages: the engine's field names are the API's.
+    if let Err(e) = params.validate() {
+        bail!("{}", e.replace('`', "").replace("max_tokens", "--max-tokens").replace("top_p", "--top-p").replace("temperature", "--temperature"));
     }
-    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1], got {}", args.top_p);
-    }
-    if args.max_tokens == 0 {
-        bail!("--max-tokens must be at least 1");
-    }
+    let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
     let loaded = loader::load(&args.model.model, &args.model.load_options())?;
+    let engine = EngineHandle::start(loaded, engine_config)?;
     let prompt_text = if args.chat {
-        let template = loaded.chat_template.as_ref().context("the model has no chat template; use --prompt without --chat")?;
+        let template = engine.chat_template().context("the model has no chat template; use --prompt without --chat")?;
         let messages = [serde_json::json!({"role": "user", "content": args.prompt})];
         template.render(&messages, None, true, &serde_json::Map::new())?
     } else {
         args.prompt.clone()
     };
-    let prompt = loaded.tokenizer.encode(&prompt_text)?;
-    let sampling = SamplingParams { temperature: args.temperature, top_p: args.top_p, seed: args.seed };
+    let prompt = engine.tokenizer().encode(&prompt_text)?;
+    let num_prompt = prompt.len();
     let stdout = std::io::stdout();
-    let out = generate(&loaded, &prompt, args.max_tokens, &sampling, |text| {
+    let out = generate(&engine, prompt, params, |text| {
         let mut lock = stdout.lock();
         lock.write_all(text.as_bytes())?;
         lock.flush()
     })?;
     println!();
     let n = out.tokens.len();
+    let ttft = out.time_to_first_token.as_secs_f64();
     eprintln!(
-        "prompt: {} tokens in {:.2}s ({:.1} tok/s); generated: {n} tokens in {:.2}s ({:.1} tok/s); finish: {:?}",
-        prompt.len(),
-        out.prefill_time.as_secs_f64(),
-        prompt.len() as f64 / out.prefill_time.as_secs_f64(),
-        out.decode_time.as_secs_f64(),
-        n as f64 / out.decode_time.as_secs_f64().max(1e-9),
-        out.finish_reason,
+        "prompt: {num_prompt} tokens, first token after {ttft:.2}s ({:.1} tok/s); generated: {n} tokens, {:.1} tok/s after the first; finish: {}",
+        num_prompt as f64 / ttft.max(1e-9),
+        (n.saturating_sub(1)) as f64 / out.decode_time.as_secs_f64().max(1e-9),
+        out.finish_reason.as_str(),
     );
+    engine.shutdown();
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
+    let loaded = loader::load(&args.model.model, &args.model.load_options())?;
+    let engine = EngineHandle::start(loaded, engine_config)?;
+    let mut reports = vec![];
+    for &concurrency in &args.concurrency {
+        let cfg = BenchConfig {
+            num_prompts: args.num_prompts.unwrap_or((2 * concurrency).max(4)),
+            concurrency,
+            prompt_len: args.prompt_len,
+            output_len: args.output_len,
+        };
+        let report = bench::run(&engine, &cfg).map_err(anyhow::Error::msg)?;
+        eprintln!("concurrency {concurrency}: {:.1} output tok/s", report.output_tok_per_s);
+        reports.push(report);
+    }
+    print!("{}", bench::table(&reports));
+    let json = serde_json::to_string_pretty(&reports)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    engine.shutdown();
     Ok(())
 }

@@ -5,8 +5,9 @@
 mod common;
 
 use common::{ids, quantized_model, read_json, top_k};
-use qwen_serve::engine::sampler::SamplingParams;
-use qwen_serve::generate::{generate, score, FinishReason};
+use qwen_serve::engine::{EngineConfig, EngineHandle, FinishReason, SamplingParams};
+use qwen_serve::generate::{generate, score};
+use qwen_serve::loader::{self, LoadOptions};
 
 /// Feeds prompt + reference continuation in one pass; at each position that predicts a
 /// continuation token, the reference token must be our top-1 at >= 95% of positions (over all
@@ -46,14 +47,15 @@ fn teacher_forced_agreement_with_transformers() {
 
 #[test]
 fn greedy_chat_generation_matches_the_expected_answer() {
-    let model = quantized_model();
-    let template = model.chat_template.as_ref().expect("the GGUF has a chat template");
+    let loaded = loader::load(common::test_gguf().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let engine = EngineHandle::start(loaded, EngineConfig::default()).unwrap();
+    let template = engine.chat_template().expect("the GGUF has a chat template");
     let messages = [serde_json::json!({"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."})];
     let prompt = template.render(&messages, None, true, &serde_json::Map::new()).unwrap();
     assert!(prompt.starts_with("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud."), "{prompt}");
-    let ids = model.tokenizer.encode(&prompt).unwrap();
+    let ids = engine.tokenizer().encode(&prompt).unwrap();
     let mut streamed = String::new();
-    let out = generate(model, &ids, 16, &SamplingParams::default(), |t| {
+    let out = generate(&engine, ids, SamplingParams { max_tokens: 16, ..Default::default() }, |t| {
         streamed.push_str(t);
         Ok(())
     })

@@ -1,3 +1,251 @@
-//! Turning logits into tokens. (The continuous-batching engine grows here.)
+//! The serving engine: continuous batching over a paged KV cache.
+//!
+//! One engine thread owns the model, the KV cache and every sequence; callers reach it through
+//! a cheap-to-clone [`EngineHandle`]. Each step reads as three calls: `schedule` (which
+//! sequences run on how many tokens), `execute` (one forward over all of them), `update`
+//! (sample, detokenize, stop, stream events, free finished sequences).
 
+pub mod block_manager;
+mod core;
+pub mod request;
+pub mod runner;
 pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod stop;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use qwen_serve_models::{KvCache, ModelError};
+use thiserror::Error;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+pub use request::{EngineRequest, Event, FinishReason, RequestId, StopReason, Usage};
+pub use sampler::SamplingParams;
+
+use crate::loader::LoadedModel;
+use crate::tokenizer::{ChatTemplate, Tokenizer};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Bytes of KV cache (keys and values of all layers).
+    pub kv_cache_bytes: usize,
+    /// Token budget of one step, shared by decodes and prefill chunks.
+    pub max_num_batched_tokens: usize,
+    /// Most sequences running at once.
+    pub max_num_seqs: usize,
+    /// Most requests waiting for admission; beyond it `submit` fails with `QueueFull` (429).
+    pub max_waiting: usize,
+    pub enable_prefix_caching: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            kv_cache_bytes: 2 << 30,
+            max_num_batched_tokens: 512,
+            max_num_seqs: 64,
+            max_waiting: 1024,
+            enable_prefix_caching: true,
+        }
+    }
+}
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context length ({context})")]
+    TooLong { prompt: usize, max_tokens: usize, context: usize },
+    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) needs {blocks_needed} KV blocks; the cache has {num_blocks} (raise --kv-cache-memory)")]
+    CannotFit { prompt: usize, max_tokens: usize, blocks_needed: usize, num_blocks: usize },
+    #[error("the waiting queue is full ({0} requests); retry later")]
+    QueueFull(usize),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("KV cache of {bytes} bytes holds no block of {block_bytes} bytes (raise --kv-cache-memory)")]
+    CacheTooSmall { bytes: usize, block_bytes: usize },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("invalid engine config: {0}")]
+    Config(String),
+}
+
+/// A snapshot of the engine's counters (for metrics and tests).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    pub num_running: usize,
+    pub num_waiting: usize,
+    pub num_blocks: usize,
+    pub num_free_blocks: usize,
+    pub kv_cache_usage: f32,
+    pub num_preemptions: usize,
+    pub num_prefix_cache_hit_tokens: usize,
+    pub num_prompt_tokens_computed: usize,
+    pub num_generated_tokens: usize,
+    pub num_steps: usize,
+}
+
+pub(crate) enum Command {
+    Submit { request_id: RequestId, request: EngineRequest, events: tokio::sync::mpsc::UnboundedSender<Event> },
+    Shutdown,
+}
+
+struct Shared {
+    stats: Mutex<EngineStats>,
+    /// Submitted but not yet taken into the scheduler's queue.
+    num_pending: AtomicUsize,
+    shutting_down: AtomicBool,
+    next_request_id: AtomicU64,
+}
+
+/// Events of one request (all its choices). Dropping it aborts the request at the next step
+/// and frees its blocks.
+pub struct RequestStream {
+    pub request_id: RequestId,
+    pub num_prompt_tokens: usize,
+    rx: UnboundedReceiver<Event>,
+}
+
+impl RequestStream {
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// For synchronous callers (CLI, benchmark, tests).
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+}
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    tokenizer: Arc<Tokenizer>,
+    chat_template: Option<Arc<ChatTemplate>>,
+    model_name: String,
+    max_context: usize,
+    vocab_size: usize,
+    num_blocks: usize,
+    config: EngineConfig,
+}
+
+impl EngineHandle {
+    /// Sizes the KV cache, moves the model onto the engine thread and starts it.
+    pub fn start(loaded: LoadedModel, config: EngineConfig) -> Result<Self, EngineError> {
+        if config.block_size == 0 || config.max_num_batched_tokens == 0 || config.max_num_seqs == 0 {
+            return Err(EngineError::Config("block size, token budget and max sequences must be positive".into()));
+        }
+        let model = loaded.model;
+        let cfg = model.config().clone();
+        let block_bytes = KvCache::bytes_per_block(&cfg, config.block_size, model.dtype());
+        let num_blocks = config.kv_cache_bytes / block_bytes;
+        if num_blocks == 0 {
+            return Err(EngineError::CacheTooSmall { bytes: config.kv_cache_bytes, block_bytes });
+        }
+        let cache = KvCache::new(&cfg, num_blocks, config.block_size, model.dtype(), model.device())?;
+        let shared = Arc::new(Shared {
+            stats: Mutex::new(EngineStats { num_blocks, num_free_blocks: num_blocks, ..Default::default() }),
+            num_pending: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            next_request_id: AtomicU64::new(0),
+        });
+        let tokenizer = Arc::new(loaded.tokenizer);
+        let chat_template = loaded.chat_template.map(Arc::new);
+        let model_name = loaded.name;
+        let (tx, rx) = mpsc::channel();
+        let mut core = core::EngineCore::new(model, cache, &config, tokenizer.clone(), loaded.eos_token_ids, shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("qwen-serve-engine".into())
+            .spawn(move || core.run(rx))
+            .expect("spawn engine thread");
+        Ok(Self {
+            tx,
+            shared,
+            thread: Arc::new(Mutex::new(Some(thread))),
+            tokenizer,
+            chat_template,
+            model_name,
+            max_context: cfg.max_position_embeddings,
+            vocab_size: cfg.vocab_size,
+            num_blocks,
+            config,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_deref()
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.shared.stats.lock().expect("stats lock").clone()
+    }
+
+    /// Checks the request against the model and the cache, then queues it.
+    pub fn submit(&self, request: EngineRequest) -> Result<RequestStream, SubmitError> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        request.params.validate().map_err(SubmitError::Invalid)?;
+        let prompt = request.prompt.len();
+        if prompt == 0 {
+            return Err(SubmitError::Invalid("the prompt is empty".into()));
+        }
+        if let Some(id) = request.prompt.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(SubmitError::Invalid(format!("token id {id} is outside the vocabulary (0..{})", self.vocab_size)));
+        }
+        let max_tokens = request.params.max_tokens;
+        if prompt + max_tokens > self.max_context {
+            return Err(SubmitError::TooLong { prompt, max_tokens, context: self.max_context });
+        }
+        let blocks_needed = (prompt + max_tokens).div_ceil(self.config.block_size);
+        if blocks_needed > self.num_blocks {
+            return Err(SubmitError::CannotFit { prompt, max_tokens, blocks_needed, num_blocks: self.num_blocks });
+        }
+        let queued = self.shared.num_pending.load(Ordering::Acquire) + self.stats().num_waiting;
+        if queued >= self.config.max_waiting {
+            return Err(SubmitError::QueueFull(self.config.max_waiting));
+        }
+        let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (events, rx) = unbounded_channel();
+        self.shared.num_pending.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(Command::Submit { request_id, request, events }).map_err(|_| SubmitError::ShuttingDown)?;
+        Ok(RequestStream { request_id, num_prompt_tokens: prompt, rx })
+    }
+
+    /// Stops accepting requests, lets the running ones finish, and waits for the engine thread.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(t) = self.thread.lock().expect("thread lock").take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The engine thread: owns the scheduler, the model runner and every sequence.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+
+use qwen_serve_models::{CausalLm, KvCache};
+
+use super::block_manager::BlockManager;
+use super::request::Event;
+use super::runner::{ModelRunner, StepLogits};
+use super::sampler::logprobs_of;
+use super::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
+use super::sequence::Sequence;
+use super::{Command, EngineConfig, Shared};
+use crate::tokenizer::Tokenizer;
+
+pub(super) struct EngineCore {
+    scheduler: Scheduler,
+    runner: ModelRunner,
+    tokenizer: Arc<Tokenizer>,
+    eos_token_ids: Vec<u32>,
+    shared: Arc<Shared>,
+    prefix_caching: bool,
+    next_seq_id: u64,
+    num_prompt_tokens_computed: usize,
+    num_generated_tokens: usize,
+    num_steps: usize,
+}
+
+impl EngineCore {
+    pub(super) fn new(
+        model: Box<dyn CausalLm>,
+        cache: KvCache,
+        config: &EngineConfig,
+        tokenizer: Arc<Tokenizer>,
+        eos_token_ids: Vec<u32>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let bm = BlockManager::new(cache.num_blocks(), cache.block_size(), config.enable_prefix_caching);
+        let scheduler = Scheduler::new(
+            SchedulerConfig { max_num_batched_tokens: config.max_num_batched_tokens, max_num_seqs: config.max_num_seqs },
+            bm,
+        );
+        Self {
+            scheduler,
+            runner: ModelRunner::new(model, cache),
+            tokenizer,
+            eos_token_ids,
+            shared,
+            prefix_caching: config.enable_prefix_caching,
+            next_seq_id: 0,
+            num_prompt_tokens_computed: 0,
+            num_generated_tokens: 0,
+            num_steps: 0,
+        }
+    }
+
+    pub(super) fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        let mut shutting_down = false;
+        loop {
+            if !self.scheduler.has_work() {
+                if shutting_down {
+                    break;
+                }
+                match rx.recv() {
+                    Ok(cmd) => shutting_down |= self.handle(cmd),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                shutting_down |= self.handle(cmd);
+            }
+            self.step();
+            self.publish_stats();
+        }
+        self.publish_stats();
+    }
+
+    /// Returns true for a shutdown command.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Shutdown => true,
+            Command::Submit { request_id, request, events } => {
+                self.shared.num_pending.fetch_sub(1, Ordering::AcqRel);
+                let params = Arc::new(request.params);
+                let n = params.n.max(1);
+                let prompt_computed = (n > 1).then(|| Arc::new(AtomicBool::new(false)));
+                for index in 0..n {
+                    let mut seq = Sequence::new(self.next_seq_id, request_id, index, request.prompt.clone(), params.clone(), events.clone());
+                    self.next_seq_id += 1;
+                    // Siblings take the first choice's prompt blocks from the prefix cache.
+                    if index == 0 {
+                        seq.prompt_computed = prompt_computed.clone();
+                    } else if self.prefix_caching {
+                        seq.wait_for_prompt = prompt_computed.clone();
+                    }
+                    self.scheduler.waiting.push_back(seq);
+                }
+                false
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.scheduler.remove_abandoned();
+        let out = self.scheduler.schedule();
+        if out.is_empty() {
+            return;
+        }
+        match self.runner.execute(&out, &self.scheduler.running) {
+            Ok(logits) => self.update(&out, logits),
+            Err(e) => {
+                // A failed forward leaves the cache state unknown for these sequences: end them.
+                tracing::error!("forward failed, aborting {} sequences: {e}", out.seqs.len());
+                let mut done: Vec<usize> = out.seqs.iter().map(|s| s.running_index).collect();
+                for &i in &done {
+                    self.scheduler.running[i].abort();
+                }
+                self.scheduler.finish(&mut done);
+            }
+        }
+        self.num_steps += 1;
+    }
+
+    fn update(&mut self, out: &SchedulerOutput, logits: StepLogits) {
+        for s in &out.seqs {
+            let seq = &self.scheduler.running[s.running_index];
+            let prompt_part = seq.num_prompt_tokens.saturating_sub(seq.num_computed_tokens).min(s.num_new_tokens);
+            self.num_prompt_tokens_computed += prompt_part;
+        }
+        let mut finished = vec![];
+        for (k, s) in out.seqs.iter().enumerate() {
+            let seq = &mut self.scheduler.running[s.running_index];
+            if !logits.prompt[k].is_empty() {
+                record_prompt_logprobs(seq, &logits.prompt[k], s.num_new_tokens);
+            }
+        }
+        self.scheduler.mark_computed(out);
+        for (k, s) in out.seqs.iter().enumerate() {
+            let Some(row) = &logits.next[k] else { continue };
+            let seq = &mut self.scheduler.running[s.running_index];
+            let suppressed = seq.suppressed(&self.eos_token_ids);
+            let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
+            let sampled = seq.sampler.sample(row, &seq.params.clone(), prompt, output, &suppressed);
+            self.num_generated_tokens += 1;
+            match seq.append(sampled, &self.tokenizer, &self.eos_token_ids) {
+                Ok(None) => {}
+                Ok(Some(_)) => finished.push(s.running_index),
+                Err(e) => {
+                    tracing::error!("detokenization failed: {e}");
+                    seq.abort();
+                    finished.push(s.running_index);
+                }
+            }
+        }
+        self.scheduler.finish(&mut finished);
+    }
+
+    fn publish_stats(&self) {
+        let bm = &self.scheduler.block_manager;
+        let mut stats = self.shared.stats.lock().expect("stats lock");
+        stats.num_running = self.scheduler.running.len();
+        stats.num_waiting = self.scheduler.waiting.len();
+        stats.num_blocks = bm.num_blocks();
+        stats.num_free_blocks = bm.num_free_blocks();
+        stats.kv_cache_usage = bm.usage();
+        stats.num_preemptions = self.scheduler.num_preemptions_total;
+        stats.num_prefix_cache_hit_tokens = bm.num_cached_prefix_tokens_served();
+        stats.num_prompt_tokens_computed = self.num_prompt_tokens_computed;
+        stats.num_generated_tokens = self.num_generated_tokens;
+        stats.num_steps = self.num_steps;
+    }
+}
+
+/// Collects logprobs of the prompt tokens this chunk predicts; sends them once the whole
+/// prompt is covered. Row `i` of `rows` is the output at new token `i`, predicting the next.
+fn record_prompt_logprobs(seq: &mut Sequence, rows: &[Vec<f32>], num_new: usize) {
+    let k = seq.params.prompt_logprobs.unwrap_or(0);
+    let start = seq.num_computed_tokens;
+    let acc = seq.prompt_logprobs.get_or_insert_with(|| vec![None]);
+    for (i, row) in rows.iter().enumerate().take(num_new) {
+        let target = start + i + 1;
+        if target < seq.num_prompt_tokens && acc.len() == target {
+            acc.push(Some(logprobs_of(row, seq.tokens[target], k)));
+        }
+    }
+    if acc.len() == seq.num_prompt_tokens && !seq.prompt_logprobs_sent {
+        seq.prompt_logprobs_sent = true;
+        let all = acc.clone();
+        seq.send(Event::PromptLogprobs(all));
+    }
+}

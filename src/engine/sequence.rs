@@ -1,0 +1,196 @@
+//! One generation stream: its tokens, how many of them the KV cache holds, its blocks, and
+//! the per-sequence state that turns sampled tokens into text (sampler RNG, detokenizer,
+//! stop-string matcher).
+//!
+//! Invariant: `num_computed_tokens <= tokens.len()`; the first `num_computed_tokens` tokens
+//! have their K/V in the slots named by `block_table`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::block_manager::BlockId;
+use super::request::{Event, FinishReason, RequestId, StopReason, Usage};
+use super::sampler::{Sampled, Sampler, SamplingParams};
+use super::stop::{StopMatcher, StopStatus};
+use crate::tokenizer::{IncrementalDecoder, Tokenizer, TokenizerError};
+
+pub type SeqId = u64;
+
+pub struct Sequence {
+    pub id: SeqId,
+    pub request_id: RequestId,
+    /// Choice index within the request (`n > 1`).
+    pub index: usize,
+    /// Prompt followed by the generated tokens.
+    pub tokens: Vec<u32>,
+    pub num_prompt_tokens: usize,
+    pub num_computed_tokens: usize,
+    /// Prompt tokens served from the prefix cache at first admission (for usage).
+    pub num_cached_tokens: usize,
+    pub block_table: Vec<BlockId>,
+    pub params: Arc<SamplingParams>,
+    pub sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+    events: UnboundedSender<Event>,
+    /// Siblings of an `n > 1` request wait until the first choice has computed the prompt, so
+    /// they take its full blocks from the prefix cache instead of recomputing them.
+    pub wait_for_prompt: Option<Arc<AtomicBool>>,
+    /// Set once this sequence's prompt is in the cache (siblings wait on it).
+    pub prompt_computed: Option<Arc<AtomicBool>>,
+    /// Whether this sequence was ever preempted (recomputed), for statistics.
+    pub num_preemptions: usize,
+    /// Prompt logprobs gathered chunk by chunk (`prompt_logprobs` requests).
+    pub prompt_logprobs: Option<Vec<Option<super::sampler::Logprobs>>>,
+    pub prompt_logprobs_sent: bool,
+}
+
+impl Sequence {
+    pub fn new(
+        id: SeqId,
+        request_id: RequestId,
+        index: usize,
+        prompt: Vec<u32>,
+        params: Arc<SamplingParams>,
+        events: UnboundedSender<Event>,
+    ) -> Self {
+        let seed = params.seed.map(|s| s.wrapping_add(index as u64));
+        Self {
+            id,
+            request_id,
+            index,
+            num_prompt_tokens: prompt.len(),
+            tokens: prompt,
+            num_computed_tokens: 0,
+            num_cached_tokens: 0,
+            block_table: vec![],
+            sampler: Sampler::new(seed),
+            decoder: IncrementalDecoder::new(true),
+            stop: StopMatcher::new(&params.stop),
+            params,
+            events,
+            wait_for_prompt: None,
+            prompt_computed: None,
+            num_preemptions: 0,
+            prompt_logprobs: None,
+            prompt_logprobs_sent: false,
+        }
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn output(&self) -> &[u32] {
+        &self.tokens[self.num_prompt_tokens..]
+    }
+
+    pub fn num_output_tokens(&self) -> usize {
+        self.tokens.len() - self.num_prompt_tokens
+    }
+
+    /// Tokens known but not yet in the cache.
+    pub fn num_uncomputed_tokens(&self) -> usize {
+        self.tokens.len() - self.num_computed_tokens
+    }
+
+    /// The client dropped its stream.
+    pub fn is_abandoned(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// May this waiting sequence be admitted yet?
+    pub fn is_ready(&self) -> bool {
+        self.wait_for_prompt.as_ref().is_none_or(|f| f.load(Ordering::Acquire))
+    }
+
+    pub fn mark_prompt_computed(&self) {
+        if let Some(flag) = &self.prompt_computed {
+            if self.num_computed_tokens >= self.num_prompt_tokens {
+                flag.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Token ids that must not be sampled now: EOS and stop ids before `min_tokens`.
+    pub fn suppressed(&self, eos_token_ids: &[u32]) -> Vec<u32> {
+        if self.num_output_tokens() >= self.params.min_tokens {
+            return vec![];
+        }
+        let mut ids = self.params.stop_token_ids.clone();
+        if !self.params.ignore_eos {
+            ids.extend_from_slice(eos_token_ids);
+        }
+        ids
+    }
+
+    pub fn send(&self, event: Event) -> bool {
+        self.events.send(event).is_ok()
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            num_prompt_tokens: self.num_prompt_tokens,
+            num_output_tokens: self.num_output_tokens(),
+            num_cached_tokens: self.num_cached_tokens,
+        }
+    }
+
+    /// Appends a sampled token, emits its text, and says whether the sequence is finished.
+    /// Returns `Err` only if the tokenizer fails; a closed stream shows as `Abort`.
+    pub fn append(&mut self, sampled: Sampled, tokenizer: &Tokenizer, eos_token_ids: &[u32]) -> Result<Option<FinishReason>, TokenizerError> {
+        let token = sampled.token;
+        self.tokens.push(token);
+        let mut stop_reason = None;
+        let mut text = String::new();
+        if !self.params.ignore_eos && eos_token_ids.contains(&token) {
+            stop_reason = Some(StopReason::Eos(token));
+        } else if self.params.stop_token_ids.contains(&token) {
+            stop_reason = Some(StopReason::TokenId(token));
+        } else {
+            let delta = self.decoder.push(tokenizer, token)?;
+            let (emit, status) = self.stop.push(&delta);
+            text = emit;
+            if let StopStatus::Stopped = status {
+                stop_reason = Some(StopReason::String(self.stop.matched().unwrap_or_default().to_string()));
+            }
+        }
+        if !self.send(Event::Token { index: self.index, token, text, logprobs: sampled.logprobs }) {
+            return Ok(Some(FinishReason::Abort));
+        }
+        let reason = match stop_reason {
+            Some(_) => FinishReason::Stop,
+            None if self.num_output_tokens() >= self.params.max_tokens => FinishReason::Length,
+            None => return Ok(None),
+        };
+        // Release what the detokenizer and the stop matcher held back, unless a stop cut it.
+        let rest = if stop_reason.is_none() {
+            let tail = self.decoder.finish(tokenizer)?;
+            let (mut emit, _) = self.stop.push(&tail);
+            emit.push_str(&self.stop.flush());
+            emit
+        } else {
+            String::new()
+        };
+        self.send(Event::Finished { index: self.index, reason, stop_reason, text: rest, usage: self.usage() });
+        Ok(Some(reason))
+    }
+
+    /// Ends the sequence without a normal finish (client gone, shutdown).
+    pub fn abort(&self) {
+        // Siblings waiting on this prompt must not wait forever.
+        if let Some(flag) = &self.prompt_computed {
+            flag.store(true, Ordering::Release);
+        }
+        self.send(Event::Finished { index: self.index, reason: FinishReason::Abort, stop_reason: None, text: String::new(), usage: self.usage() });
+    }
+
+    /// Forgets the cache state so the sequence is recomputed from its tokens later.
+    pub fn reset_for_recompute(&mut self) {
+        self.num_computed_tokens = 0;
+        self.block_table.clear();
+        self.num_preemptions += 1;
+    }
+}

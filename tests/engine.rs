@@ -1,0 +1,232 @@
+//! The continuous-batching engine on the real test model: batch invariance, preemption,
+//! prefix caching, cancellation and the request-level sampling features.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::test_gguf;
+use qwen_serve::engine::{EngineConfig, EngineHandle, EngineRequest, Event, FinishReason, RequestStream, SamplingParams, StopReason, SubmitError, Usage};
+use qwen_serve::loader::{self, LoadOptions};
+
+fn engine(config: EngineConfig) -> EngineHandle {
+    let loaded = loader::load(test_gguf().to_str().unwrap(), &LoadOptions::default()).expect("load test GGUF");
+    EngineHandle::start(loaded, config).expect("start engine")
+}
+
+/// What one choice produced.
+#[derive(Debug, Clone, Default)]
+struct Choice {
+    tokens: Vec<u32>,
+    text: String,
+    reason: Option<FinishReason>,
+    stop_reason: Option<StopReason>,
+    usage: Usage,
+    logprobs: Vec<Option<qwen_serve::engine::sampler::Logprobs>>,
+}
+
+fn collect(mut stream: RequestStream) -> (HashMap<usize, Choice>, Option<Vec<Option<qwen_serve::engine::sampler::Logprobs>>>) {
+    let mut choices: HashMap<usize, Choice> = HashMap::new();
+    let mut prompt_logprobs = None;
+    while let Some(event) = stream.blocking_recv() {
+        match event {
+            Event::PromptLogprobs(p) => prompt_logprobs = Some(p),
+            Event::Token { index, token, text, logprobs } => {
+                let c = choices.entry(index).or_default();
+                c.tokens.push(token);
+                c.text.push_str(&text);
+                c.logprobs.push(logprobs);
+            }
+            Event::Finished { index, reason, stop_reason, text, usage } => {
+                let c = choices.entry(index).or_default();
+                c.text.push_str(&text);
+                c.reason = Some(reason);
+                c.stop_reason = stop_reason;
+                c.usage = usage;
+            }
+        }
+    }
+    (choices, prompt_logprobs)
+}
+
+/// Stats once the engine has gone idle (the last step's stats are published just after its
+/// events are sent, so a caller that has read every event may be a moment early).
+fn idle_stats(engine: &EngineHandle) -> qwen_serve::engine::EngineStats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = engine.stats();
+        if s.num_running == 0 && s.num_waiting == 0 && s.num_free_blocks == s.num_blocks {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "engine did not go idle with all blocks free: {s:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams { max_tokens, ignore_eos: true, ..Default::default() }
+}
+
+fn prompts(engine: &EngineHandle) -> Vec<Vec<u32>> {
+    let subjects = [
+        "def quicksort(arr):", "The capital of France is", "fn main() {", "SELECT name FROM", "# A short poem about the sea\n",
+        "import numpy as np\n", "Once upon a time", "class Stack:\n", "The three primary colors are", "<!DOCTYPE html>\n<html>",
+        "def is_prime(n):", "Rust ownership means", "const express = require(", "The derivative of x^2 is", "git commit -m \"", "#include <stdio.h>\n",
+    ];
+    subjects.iter().map(|s| engine.tokenizer().encode(s).unwrap()).collect()
+}
+
+fn run_all(engine: &EngineHandle, prompts: &[Vec<u32>], params: &SamplingParams) -> Vec<Vec<u32>> {
+    let streams: Vec<RequestStream> =
+        prompts.iter().map(|p| engine.submit(EngineRequest { prompt: p.clone(), params: params.clone() }).unwrap()).collect();
+    streams.into_iter().map(|s| collect(s).0.remove(&0).unwrap().tokens).collect()
+}
+
+fn run_alone(engine: &EngineHandle, prompts: &[Vec<u32>], params: &SamplingParams) -> Vec<Vec<u32>> {
+    prompts.iter().map(|p| run_all(engine, std::slice::from_ref(p), params).remove(0)).collect()
+}
+
+/// 16 different prompts at once give exactly the greedy tokens each gives alone; the same holds
+/// when the KV cache is so small that sequences are preempted and recomputed; and every block
+/// is free at the end.
+#[test]
+fn batch_invariance_with_and_without_preemption() {
+    let e = engine(EngineConfig { enable_prefix_caching: false, ..Default::default() });
+    let ps = prompts(&e);
+    let params = greedy(24);
+    let alone = run_alone(&e, &ps, &params);
+    let together = run_all(&e, &ps, &params);
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a, t, "prompt {i}: batched tokens differ from alone");
+    }
+    idle_stats(&e);
+    e.shutdown();
+
+    // 24 blocks of 16 tokens = 384 slots for 16 sequences of ~30 tokens (~480 needed).
+    let bytes_per_block = 2 * 24 * 16 * 2 * 64 * 4;
+    let small = engine(EngineConfig { kv_cache_bytes: 24 * bytes_per_block, enable_prefix_caching: false, ..Default::default() });
+    assert_eq!(small.stats().num_blocks, 24);
+    let squeezed = run_all(&small, &ps, &params);
+    let stats = idle_stats(&small);
+    assert!(stats.num_preemptions > 0, "the small cache must have forced preemption");
+    for (i, (a, s)) in alone.iter().zip(&squeezed).enumerate() {
+        assert_eq!(a, s, "prompt {i}: tokens changed by preemption");
+    }
+    small.shutdown();
+}
+
+/// A repeated long prompt is served with its prefix from the cache, with the same output.
+#[test]
+fn repeated_prompt_uses_the_prefix_cache() {
+    let e = engine(EngineConfig::default());
+    let prompt = e.tokenizer().encode(&"Prefix caching should make this long shared preamble free the second time. ".repeat(12)).unwrap();
+    assert!(prompt.len() > 100);
+    let params = greedy(8);
+    let before = idle_stats(&e);
+    let first = collect(e.submit(EngineRequest { prompt: prompt.clone(), params: params.clone() }).unwrap()).0.remove(&0).unwrap();
+    let mid = idle_stats(&e);
+    let second = collect(e.submit(EngineRequest { prompt: prompt.clone(), params }).unwrap()).0.remove(&0).unwrap();
+    let after = idle_stats(&e);
+    assert_eq!(first.tokens, second.tokens);
+    assert_eq!(first.usage.num_cached_tokens, 0);
+    let full_blocks = (prompt.len() - 1) / 16 * 16;
+    assert_eq!(second.usage.num_cached_tokens, full_blocks);
+    assert_eq!(mid.num_prompt_tokens_computed - before.num_prompt_tokens_computed, prompt.len());
+    assert_eq!(after.num_prompt_tokens_computed - mid.num_prompt_tokens_computed, prompt.len() - full_blocks);
+    assert_eq!(after.num_prefix_cache_hit_tokens - mid.num_prefix_cache_hit_tokens, full_blocks);
+    e.shutdown();
+}
+
+/// Seeded sampling gives the same tokens alone and among other requests; n > 1 choices with
+/// a seed are reproducible; stop strings end a choice without being emitted; dropping a stream
+/// frees its blocks; overload and impossible requests are rejected up front.
+#[test]
+fn sampling_features_cancellation_and_admission() {
+    let e = engine(EngineConfig { max_waiting: 64, ..Default::default() });
+    let ps = prompts(&e);
+    let seeded = SamplingParams { temperature: 0.9, top_p: 0.95, seed: Some(1234), max_tokens: 12, ignore_eos: true, ..Default::default() };
+    let alone = run_alone(&e, &ps[..1], &seeded);
+    let mut mixed = ps[..6].to_vec();
+    mixed.rotate_left(3);
+    let together = run_all(&e, &mixed, &seeded);
+    assert_eq!(alone[0], together[3], "a seeded sequence must not depend on its neighbours");
+
+    let n3 = SamplingParams { n: 3, ..seeded.clone() };
+    let (a, _) = collect(e.submit(EngineRequest { prompt: ps[1].clone(), params: n3.clone() }).unwrap());
+    let (b, _) = collect(e.submit(EngineRequest { prompt: ps[1].clone(), params: n3 }).unwrap());
+    assert_eq!(a.len(), 3);
+    for i in 0..3 {
+        assert_eq!(a[&i].tokens, b[&i].tokens, "choice {i} not reproducible");
+        assert_eq!(a[&i].usage.num_output_tokens, 12);
+    }
+    assert!(a[&0].tokens != a[&1].tokens || a[&1].tokens != a[&2].tokens, "choices should differ");
+
+    // Greedy "def quicksort(arr):" continues with "\n    if len(arr) <= 1:" (see gguf_reference.json).
+    let quick = e.tokenizer().encode("def quicksort(arr):").unwrap();
+    let stop = SamplingParams { stop: vec!["len(".into()], ..greedy(30) };
+    let (c, _) = collect(e.submit(EngineRequest { prompt: quick.clone(), params: stop }).unwrap());
+    assert_eq!(c[&0].reason, Some(FinishReason::Stop));
+    assert_eq!(c[&0].stop_reason, Some(StopReason::String("len(".into())));
+    assert_eq!(c[&0].text, "\n    if ");
+
+    // Logprobs and prompt logprobs.
+    let lp = SamplingParams { logprobs: Some(3), prompt_logprobs: Some(2), ..greedy(4) };
+    let (c, prompt_lp) = collect(e.submit(EngineRequest { prompt: quick.clone(), params: lp }).unwrap());
+    let prompt_lp = prompt_lp.expect("prompt logprobs requested");
+    assert_eq!(prompt_lp.len(), quick.len());
+    assert!(prompt_lp[0].is_none() && prompt_lp[1..].iter().all(|p| p.as_ref().is_some_and(|p| p.top.len() == 2 && p.token_logprob <= 0.0)));
+    for l in &c[&0].logprobs {
+        let l = l.as_ref().expect("logprobs requested");
+        assert_eq!(l.top.len(), 3);
+        // Greedy: the sampled token is the most likely one.
+        assert!((l.token_logprob - l.top[0].1).abs() < 1e-6);
+    }
+
+    // Cancellation: drop a long request mid-way; its blocks come back.
+    let stream = e.submit(EngineRequest { prompt: quick.clone(), params: greedy(500) }).unwrap();
+    let mut stream = stream;
+    let mut seen = 0;
+    while let Some(ev) = stream.blocking_recv() {
+        if matches!(ev, Event::Token { .. }) {
+            seen += 1;
+            if seen == 3 {
+                break;
+            }
+        }
+    }
+    drop(stream);
+    idle_stats(&e);
+
+    // Admission: impossible and invalid requests fail at submit.
+    let too_long = e.submit(EngineRequest { prompt: quick.clone(), params: greedy(40_000) }).map(|_| ()).unwrap_err();
+    assert!(matches!(too_long, SubmitError::TooLong { context: 32768, .. }), "{too_long:?}");
+    let bad = e.submit(EngineRequest { prompt: quick.clone(), params: SamplingParams { top_p: 0.0, ..greedy(4) } }).map(|_| ()).unwrap_err();
+    assert!(bad.to_string().contains("top_p"), "{bad}");
+    let empty = e.submit(EngineRequest { prompt: vec![], params: greedy(4) }).map(|_| ()).unwrap_err();
+    assert!(matches!(empty, SubmitError::Invalid(_)));
+    e.shutdown();
+
+    let tiny = engine(EngineConfig { kv_cache_bytes: 4 * 2 * 24 * 16 * 2 * 64 * 4, ..Default::default() });
+    let cannot = tiny.submit(EngineRequest { prompt: quick.clone(), params: greedy(100) }).map(|_| ()).unwrap_err();
+    assert!(matches!(cannot, SubmitError::CannotFit { num_blocks: 4, .. }), "{cannot:?}");
+    tiny.shutdown();
+}
+
+/// A bounded queue: beyond `max_waiting` queued requests, submit says QueueFull (HTTP 429).
+#[test]
+fn a_full_queue_rejects_new_requests() {
+    let e = engine(EngineConfig { max_waiting: 2, max_num_seqs: 1, ..Default::default() });
+    let p = e.tokenizer().encode("hello").unwrap();
+    let mut streams = vec![];
+    let mut rejected = 0;
+    for _ in 0..12 {
+        match e.submit(EngineRequest { prompt: p.clone(), params: greedy(64) }) {
+            Ok(s) => streams.push(s),
+            Err(SubmitError::QueueFull(2)) => rejected += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(rejected > 0, "12 requests into 1 running slot + 2 waiting must overflow");
+    drop(streams);
+    e.shutdown();
+}
