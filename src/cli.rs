@@ -34,18 +34,22 @@ pub struct ModelArgs {
     /// safetensors run in f32 on CPU. Set: every weight is dequantized/converted to it.
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
+    /// A Jinja chat template file to use instead of the model's own.
+    #[arg(long)]
+    pub chat_template: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { dtype: self.dtype.map(DType::from), device: Device::Cpu, revision: self.revision.clone() }
+        LoadOptions { dtype: self.dtype.map(DType::from), device: Device::Cpu, revision: self.revision.clone(), chat_template: self.chat_template.clone() }
     }
 }
 
-/// Logs go to stderr (stdout carries generated text); `RUST_LOG` sets the filter.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+/// Logs go to stderr (stdout carries generated text); `RUST_LOG` overrides the level.
+pub fn init_logging(default_level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// Engine sizing and scheduling flags (serve, bench).

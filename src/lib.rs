@@ -2,9 +2,11 @@
 //!
 //! Dependency direction: this crate -> `qwen_serve_models` -> `qwen_serve_kernels`.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod engine;
+pub mod error;
 pub mod generate;
 pub mod loader;
 pub mod tokenizer;

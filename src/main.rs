@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use qwen_serve::api::server::{router, serve, shutdown_signal, ServerOptions};
 use qwen_serve::bench::{self, BenchConfig};
 use qwen_serve::cli::{EngineArgs, ModelArgs};
 use qwen_serve::engine::{EngineHandle, SamplingParams};
@@ -22,8 +23,46 @@ struct Cli {
 enum Command {
     /// Generate a completion for one prompt and print it to stdout (speed goes to stderr).
     Generate(GenerateArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
     /// Measure throughput, TTFT and time per output token at one or more concurrency levels.
     Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on; 0.0.0.0 exposes the server to the network.
+    #[arg(long, env = "QWEN_SERVE_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one; the chosen address is logged).
+    #[arg(long, env = "QWEN_SERVE_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer <key>` on the API (not on /health and /metrics).
+    #[arg(long, env = "QWEN_SERVE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The model id clients use and /v1/models lists (default: the model's file or repo name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Allow cross-origin requests from any origin (for browser clients).
+    #[arg(long)]
+    cors: bool,
+    /// Largest accepted request body in bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_body_bytes: usize,
+    /// Qwen3 templates: think before answering unless a request sets
+    /// `chat_template_kwargs.enable_thinking`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    enable_thinking: bool,
+    /// Seconds to let running requests finish after SIGTERM / Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(clap::Args)]
@@ -78,7 +117,9 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    qwen_serve::cli::init_logging();
+    let json_logs = matches!(&cli.command, Command::Serve(a) if a.log_json);
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    qwen_serve::cli::init_logging(default_level, json_logs);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -91,8 +132,30 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => run_generate(args),
+        Command::Serve(args) => run_serve(args),
         Command::Bench(args) => run_bench(args),
     }
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
+    let loaded = loader::load(&args.model.model, &args.model.load_options())?;
+    let engine = EngineHandle::start(loaded, engine_config)?;
+    let state = qwen_serve::api::state::AppState::new(engine, args.served_model_name, args.api_key, args.enable_thinking);
+    let opts = ServerOptions { max_body_bytes: args.max_body_bytes, cors: args.cors };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(model = %state.model_name, "listening on http://{local}");
+        eprintln!("qwen-serve: serving {} on http://{local}", state.model_name);
+        let app = router(state.clone(), &opts);
+        serve(listener, app, state, shutdown_signal(), std::time::Duration::from_secs(args.shutdown_grace)).await?;
+        anyhow::Ok(())
+    })?;
+    // In-flight requests may still hold engine threads after the grace period: do not wait.
+    std::process::exit(0);
 }
 
 fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {

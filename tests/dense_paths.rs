@@ -12,7 +12,7 @@ use candle_core::DType;
 use common::test_gguf;
 use qwen_serve::generate::score;
 use qwen_serve::loader::{self, export_hf_folder, LoadOptions, LoadedModel};
-use qwen_serve_models::{AttentionMetadata, CausalLm, ForwardBatch, KvCache};
+use qwen_serve_models::{AttentionMetadata, ForwardBatch, KvCache};
 
 fn f32_gguf_model() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();

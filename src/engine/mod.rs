@@ -240,9 +240,14 @@ impl EngineHandle {
         Ok(RequestStream { request_id, num_prompt_tokens: prompt, rx })
     }
 
+    /// From now on `submit` fails with `ShuttingDown`; running requests go on.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+    }
+
     /// Stops accepting requests, lets the running ones finish, and waits for the engine thread.
     pub fn shutdown(&self) {
-        self.shared.shutting_down.store(true, Ordering::Release);
+        self.begin_shutdown();
         let _ = self.tx.send(Command::Shutdown);
         if let Some(t) = self.thread.lock().expect("thread lock").take() {
             let _ = t.join();

@@ -75,11 +75,13 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     pub device: Device,
     pub revision: Option<String>,
+    /// A Jinja template file that replaces the model's own chat template.
+    pub chat_template: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: None, device: Device::Cpu, revision: None }
+        Self { dtype: None, device: Device::Cpu, revision: None, chat_template: None }
     }
 }
 
@@ -95,6 +97,16 @@ pub struct LoadedModel {
 }
 
 pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
+    let mut loaded = load_source(model, opts)?;
+    if let Some(path) = &opts.chat_template {
+        let source = read_to_string(path)?;
+        let eos = loaded.eos_token_ids.first().and_then(|&id| loaded.tokenizer.id_to_token(id));
+        loaded.chat_template = Some(ChatTemplate::new(&source, None, eos)?);
+    }
+    Ok(loaded)
+}
+
+fn load_source(model: &str, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
     match ModelSource::parse(model, opts.revision.as_deref())? {
         ModelSource::Gguf(path) => gguf::load(&path, opts),
         ModelSource::Folder(path) => folder::load(&path, opts),

@@ -1,0 +1,248 @@
+//! `POST /v1/chat/completions`: chat template -> engine -> message (reasoning, content, tool
+//! calls), whole or as SSE chunks.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::generation::{collect, random_id, unix_time, usage, Timing};
+use super::reasoning::{split_reasoning, ReasoningStreamParser};
+use super::sse::{sse_response, SseSender};
+use super::state::{ApiJson, AppState};
+use super::tool_parser::{parse_tool_calls, ToolCall, ToolCallStreamParser, ToolStreamEvent};
+use super::types::*;
+use super::validate;
+use crate::engine::sampler::Logprobs;
+use crate::engine::{EngineRequest, Event, FinishReason};
+use crate::error::ApiError;
+use crate::tokenizer::Tokenizer;
+
+pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
+    validate::response_format(req.response_format.as_ref())?;
+    let messages = validate::template_messages(&req.messages)?;
+    let tools = validate::tools(&req)?;
+    let logprobs = validate::chat_logprobs(&req)?;
+    let engine = &state.engine;
+    let template = engine
+        .chat_template()
+        .ok_or_else(|| ApiError::bad_request("this model has no chat template; use /v1/completions"))?;
+    let mut kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
+    kwargs.entry("enable_thinking").or_insert(Value::Bool(state.default_enable_thinking));
+    let prompt_text = template.render(&messages, tools.as_deref(), true, &kwargs)?;
+    let prompt = engine.tokenizer().encode(&prompt_text)?;
+    let default_max = engine.max_context().saturating_sub(prompt.len());
+    let params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), default_max, logprobs)?;
+    let n = params.n;
+    let stream = engine.submit(EngineRequest { prompt, params })?;
+    let num_prompt_tokens = stream.num_prompt_tokens;
+    let ctx = ChatContext {
+        id: random_id("chatcmpl"),
+        created: unix_time(),
+        model: state.model_name.clone(),
+        tokenizer: engine.tokenizer().clone(),
+        tools,
+        reasoning: state.reasoning,
+        prompt_ends_in_think: prompt_text.trim_end().ends_with("<think>"),
+        want_logprobs: logprobs.is_some(),
+    };
+    let mut timing = Timing::new(started);
+    if req.sampling.stream {
+        let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let metrics = state.metrics.clone();
+        return Ok(sse_response(move |tx| async move {
+            stream_chat(ctx, stream, n, num_prompt_tokens, include_usage, &mut timing, &tx).await;
+            let (ttft, tpot, e2e) = timing.summary();
+            metrics.observe_generation(ttft, tpot, e2e);
+        }));
+    }
+    let collected = collect(stream, n, &mut timing).await?;
+    let (ttft, tpot, e2e) = timing.summary();
+    state.metrics.observe_generation(ttft, tpot, e2e);
+    let choices = collected
+        .choices
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let (reasoning_content, content) = if ctx.reasoning { split_reasoning(&c.text) } else { (None, Some(c.text.clone())) };
+            let (content, calls) = match (&ctx.tools, content) {
+                (Some(tools), Some(content)) => parse_tool_calls(&content, Some(tools)),
+                (_, content) => (content, vec![]),
+            };
+            let reason = c.finish_reason.unwrap_or(FinishReason::Stop);
+            ChatChoice {
+                index,
+                finish_reason: if !calls.is_empty() && reason == FinishReason::Stop { "tool_calls" } else { reason.as_str() },
+                message: AssistantMessage { role: "assistant", content, reasoning_content, tool_calls: calls.into_iter().map(|c| tool_call_out(None, c)).collect() },
+                logprobs: ctx.want_logprobs.then(|| ChatLogprobs { content: c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| token_logprob(&ctx.tokenizer, t, l)).collect() }),
+            }
+        })
+        .collect();
+    let body = ChatCompletion {
+        id: ctx.id,
+        object: "chat.completion",
+        created: ctx.created,
+        model: ctx.model,
+        choices,
+        usage: usage(num_prompt_tokens, collected.choices.iter().map(|c| c.usage)),
+    };
+    Ok(Json(body).into_response())
+}
+
+struct ChatContext {
+    id: String,
+    created: u64,
+    model: String,
+    tokenizer: Tokenizer,
+    tools: Option<Vec<Value>>,
+    reasoning: bool,
+    prompt_ends_in_think: bool,
+    want_logprobs: bool,
+}
+
+fn tool_call_out(index: Option<usize>, c: ToolCall) -> ToolCallOut {
+    ToolCallOut { index, id: c.id, kind: "function", function: FunctionCallOut { name: c.name, arguments: c.arguments } }
+}
+
+fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
+    tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+pub(super) fn token_logprob(tokenizer: &Tokenizer, token: u32, l: &Logprobs) -> ChatTokenLogprob {
+    let text = token_text(tokenizer, token);
+    ChatTokenLogprob {
+        bytes: text.as_bytes().to_vec(),
+        token: text,
+        logprob: l.token_logprob,
+        top_logprobs: l
+            .top
+            .iter()
+            .map(|&(id, lp)| {
+                let t = token_text(tokenizer, id);
+                TopLogprob { bytes: t.as_bytes().to_vec(), token: t, logprob: lp }
+            })
+            .collect(),
+    }
+}
+
+/// One choice's incremental parsing state.
+struct ChoiceStream {
+    reasoning: Option<ReasoningStreamParser>,
+    tools: Option<ToolCallStreamParser>,
+    num_tool_calls: usize,
+}
+
+impl ChoiceStream {
+    /// Turns newly generated text into a delta (reasoning, content, completed tool calls).
+    fn delta(&mut self, text: &str, end: bool) -> Delta {
+        let (reasoning, content) = match &mut self.reasoning {
+            Some(p) => {
+                let mut d = p.push(text);
+                if end {
+                    let f = p.finish();
+                    d.reasoning.push_str(&f.reasoning);
+                    d.content.push_str(&f.content);
+                }
+                (d.reasoning, d.content)
+            }
+            None => (String::new(), text.to_string()),
+        };
+        let mut delta = Delta::default();
+        if !reasoning.is_empty() {
+            delta.reasoning_content = Some(reasoning);
+        }
+        let events = match &mut self.tools {
+            Some(p) => {
+                let mut e = p.push(&content);
+                if end {
+                    e.extend(p.finish());
+                }
+                e
+            }
+            None if content.is_empty() => vec![],
+            None => vec![ToolStreamEvent::Content(content)],
+        };
+        let mut text = String::new();
+        for e in events {
+            match e {
+                ToolStreamEvent::Content(c) => text.push_str(&c),
+                ToolStreamEvent::ToolCall { call, .. } => {
+                    delta.tool_calls.push(tool_call_out(Some(self.num_tool_calls), call));
+                    self.num_tool_calls += 1;
+                }
+            }
+        }
+        if !text.is_empty() {
+            delta.content = Some(text);
+        }
+        delta
+    }
+}
+
+fn is_empty(d: &Delta) -> bool {
+    d.role.is_none() && d.content.is_none() && d.reasoning_content.is_none() && d.tool_calls.is_empty()
+}
+
+async fn stream_chat(ctx: ChatContext, mut stream: crate::engine::RequestStream, n: usize, num_prompt_tokens: usize, include_usage: bool, timing: &mut Timing, tx: &SseSender) {
+    let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatChunk {
+        id: ctx.id.clone(),
+        object: "chat.completion.chunk",
+        created: ctx.created,
+        model: ctx.model.clone(),
+        choices,
+        usage,
+    };
+    let mut states: Vec<ChoiceStream> = (0..n)
+        .map(|_| ChoiceStream {
+            reasoning: ctx.reasoning.then(|| ReasoningStreamParser::new(ctx.prompt_ends_in_think)),
+            tools: ctx.tools.clone().map(|t| ToolCallStreamParser::new(Some(t))),
+            num_tool_calls: 0,
+        })
+        .collect();
+    for index in 0..n {
+        let delta = Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
+        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)).await {
+            return;
+        }
+    }
+    let mut usages = vec![];
+    while usages.len() < n {
+        let Some(event) = stream.recv().await else {
+            tx.json(&json!({"error": {"message": "the engine stopped before the request finished", "type": "server_error"}})).await;
+            return;
+        };
+        let (index, delta, logprobs, finish_reason) = match event {
+            Event::PromptLogprobs(_) => continue,
+            Event::Token { index, token, text, logprobs } => {
+                timing.token();
+                let delta = states[index].delta(&text, false);
+                let logprobs = logprobs.filter(|_| ctx.want_logprobs).map(|l| ChatLogprobs { content: vec![token_logprob(&ctx.tokenizer, token, &l)] });
+                (index, delta, logprobs, None)
+            }
+            Event::Finished { index, reason, text, usage, .. } => {
+                if reason == FinishReason::Abort {
+                    tx.json(&json!({"error": {"message": "generation was aborted by the engine", "type": "server_error"}})).await;
+                    return;
+                }
+                usages.push(usage);
+                let delta = states[index].delta(&text, true);
+                let finish = if states[index].num_tool_calls > 0 && reason == FinishReason::Stop { "tool_calls" } else { reason.as_str() };
+                (index, delta, None, Some(finish))
+            }
+        };
+        if is_empty(&delta) && logprobs.is_none() && finish_reason.is_none() {
+            continue;
+        }
+        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason }], None)).await {
+            return;
+        }
+    }
+    if include_usage {
+        tx.json(&chunk(vec![], Some(usage(num_prompt_tokens, usages)))).await;
+    }
+    tx.done().await;
+}

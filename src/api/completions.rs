@@ -1,0 +1,232 @@
+//! `POST /v1/completions`: raw prompts (text or token ids, one or many) -> text, with `echo`
+//! and prompt logprobs as OpenAI's legacy API has them.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use super::generation::{collect, random_id, unix_time, usage, Timing};
+use super::sse::sse_response;
+use super::state::{ApiJson, AppState};
+use super::types::*;
+use super::validate;
+use crate::engine::sampler::{Logprobs, MAX_LOGPROBS};
+use crate::engine::{EngineRequest, Event, FinishReason, RequestStream};
+use crate::error::ApiError;
+use crate::tokenizer::Tokenizer;
+
+/// OpenAI's default for this endpoint.
+const DEFAULT_MAX_TOKENS: usize = 16;
+
+pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid("suffix", "`suffix` is not supported"));
+    }
+    if req.best_of.is_some_and(|b| b != 1 && Some(b) != req.sampling.n) {
+        return Err(ApiError::invalid("best_of", "`best_of` other than `n` is not supported"));
+    }
+    let logprobs = match req.logprobs {
+        None => None,
+        Some(k) if (0..=MAX_LOGPROBS as i64).contains(&k) => Some(k as usize),
+        Some(k) => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be in [0, {MAX_LOGPROBS}], got {k}"))),
+    };
+    let engine = &state.engine;
+    let tokenizer = engine.tokenizer();
+    let prompts: Vec<Vec<u32>> = match &req.prompt {
+        Prompt::Text(t) => vec![tokenizer.encode(t)?],
+        Prompt::Texts(ts) => ts.iter().map(|t| tokenizer.encode(t)).collect::<Result<_, _>>()?,
+        Prompt::Tokens(ids) => vec![ids.clone()],
+        Prompt::TokenLists(lists) => lists.clone(),
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list"));
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
+    }
+    let mut params = validate::sampling_params(&req.sampling, tokenizer.vocab_size(), DEFAULT_MAX_TOKENS, logprobs)?;
+    if req.echo && logprobs.is_some() {
+        params.prompt_logprobs = logprobs;
+    }
+    let n = params.n;
+    // Submit every prompt before reading any: they batch together in the engine.
+    let mut streams = Vec::with_capacity(prompts.len());
+    for prompt in &prompts {
+        streams.push(engine.submit(EngineRequest { prompt: prompt.clone(), params: params.clone() })?);
+    }
+    let ctx = Ctx { id: random_id("cmpl"), created: unix_time(), model: state.model_name.clone(), tokenizer: tokenizer.clone(), echo: req.echo, logprobs };
+    let mut timing = Timing::new(started);
+    if req.sampling.stream {
+        let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let metrics = state.metrics.clone();
+        return Ok(sse_response(move |tx| async move {
+            stream_completions(&ctx, streams, prompts, n, include_usage, &mut timing, &tx).await;
+            let (ttft, tpot, e2e) = timing.summary();
+            metrics.observe_generation(ttft, tpot, e2e);
+        }));
+    }
+    let mut choices = vec![];
+    let mut usages = vec![];
+    let mut num_prompt_tokens = 0;
+    for (p, stream) in streams.into_iter().enumerate() {
+        num_prompt_tokens += stream.num_prompt_tokens;
+        let collected = collect(stream, n, &mut timing).await?;
+        for (j, c) in collected.choices.into_iter().enumerate() {
+            let (text, lp) = ctx.choice_text(&prompts[p], collected.prompt_logprobs.as_deref(), &c.tokens, &c.logprobs, &c.text);
+            usages.push(c.usage);
+            choices.push(CompletionChoice { index: p * n + j, text, logprobs: lp, finish_reason: Some(c.finish_reason.unwrap_or(FinishReason::Stop).as_str()) });
+        }
+    }
+    let (ttft, tpot, e2e) = timing.summary();
+    state.metrics.observe_generation(ttft, tpot, e2e);
+    let body = Completion {
+        id: ctx.id,
+        object: "text_completion",
+        created: ctx.created,
+        model: ctx.model,
+        choices,
+        usage: Some(usage(num_prompt_tokens, usages)),
+    };
+    Ok(Json(body).into_response())
+}
+
+struct Ctx {
+    id: String,
+    created: u64,
+    model: String,
+    tokenizer: Tokenizer,
+    echo: bool,
+    logprobs: Option<usize>,
+}
+
+impl Ctx {
+    fn token_text(&self, id: u32) -> String {
+        self.tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+
+    fn top(&self, l: &Logprobs) -> Map<String, Value> {
+        l.top.iter().map(|&(id, lp)| (self.token_text(id), json!(lp))).collect()
+    }
+
+    /// Appends tokens to a legacy logprobs object, tracking text offsets.
+    fn extend(&self, out: &mut CompletionLogprobs, offset: &mut usize, tokens: &[u32], logprobs: &[Option<&Logprobs>]) {
+        for (&t, l) in tokens.iter().zip(logprobs) {
+            let text = self.token_text(t);
+            out.text_offset.push(*offset);
+            *offset += text.len();
+            out.tokens.push(text);
+            out.token_logprobs.push(l.map(|l| l.token_logprob));
+            out.top_logprobs.push(l.map(|l| self.top(l)));
+        }
+    }
+
+    /// The choice's text (prompt first under `echo`) and its logprobs.
+    fn choice_text(&self, prompt: &[u32], prompt_lp: Option<&[Option<Logprobs>]>, tokens: &[u32], lps: &[Logprobs], text: &str) -> (String, Option<CompletionLogprobs>) {
+        let mut full = String::new();
+        let mut out = CompletionLogprobs::default();
+        let mut offset = 0;
+        if self.echo {
+            full = self.tokenizer.decode(prompt, false).unwrap_or_default();
+            if self.logprobs.is_some() {
+                let lp: Vec<Option<&Logprobs>> = match prompt_lp {
+                    Some(p) => p.iter().map(Option::as_ref).collect(),
+                    None => vec![None; prompt.len()],
+                };
+                self.extend(&mut out, &mut offset, prompt, &lp);
+            }
+        }
+        full.push_str(text);
+        if self.logprobs.is_some() {
+            let lp: Vec<Option<&Logprobs>> = lps.iter().map(Some).collect();
+            self.extend(&mut out, &mut offset, tokens, &lp);
+        }
+        (full, self.logprobs.map(|_| out))
+    }
+}
+
+async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec<Vec<u32>>, n: usize, include_usage: bool, timing: &mut Timing, tx: &super::sse::SseSender) {
+    // Fan the prompts' streams into one channel, tagged with the prompt index.
+    let (fan_tx, mut fan_rx) = mpsc::unbounded_channel::<(usize, Event)>();
+    let num_prompt_tokens: usize = streams.iter().map(|s| s.num_prompt_tokens).sum();
+    for (p, mut s) in streams.into_iter().enumerate() {
+        let fan_tx = fan_tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = s.recv().await {
+                if fan_tx.send((p, e)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(fan_tx);
+    let chunk = |index: usize, text: String, logprobs: Option<CompletionLogprobs>, finish: Option<&'static str>| Completion {
+        id: ctx.id.clone(),
+        object: "text_completion",
+        created: ctx.created,
+        model: ctx.model.clone(),
+        choices: vec![CompletionChoice { index, text, logprobs, finish_reason: finish }],
+        usage: None,
+    };
+    let mut offsets = vec![0usize; prompts.len() * n];
+    let mut prompt_lps: Vec<Option<Vec<Option<Logprobs>>>> = vec![None; prompts.len()];
+    let mut echoed = vec![false; prompts.len() * n];
+    let mut usages = vec![];
+    while let Some((p, event)) = fan_rx.recv().await {
+        let (j, delta, token, finish) = match event {
+            Event::PromptLogprobs(l) => {
+                prompt_lps[p] = Some(l);
+                continue;
+            }
+            Event::Token { index, token, text, logprobs } => {
+                timing.token();
+                (index, text, Some((token, logprobs)), None)
+            }
+            Event::Finished { index, reason, text, usage, .. } => {
+                if reason == FinishReason::Abort {
+                    tx.json(&json!({"error": {"message": "generation was aborted by the engine", "type": "server_error"}})).await;
+                    return;
+                }
+                usages.push(usage);
+                (index, text, None, Some(reason.as_str()))
+            }
+        };
+        let index = p * n + j;
+        let mut text = String::new();
+        let mut lp = ctx.logprobs.map(|_| CompletionLogprobs::default());
+        if ctx.echo && !echoed[index] {
+            // The prompt (and its logprobs) leads the choice's first chunk.
+            echoed[index] = true;
+            let (prompt_text, prompt_lp) = ctx.choice_text(&prompts[p], prompt_lps[p].as_deref(), &[], &[], "");
+            offsets[index] = prompt_text.len();
+            text = prompt_text;
+            if prompt_lp.is_some() {
+                lp = prompt_lp;
+            }
+        }
+        text.push_str(&delta);
+        if let (Some(out), Some((token, l))) = (lp.as_mut(), token) {
+            ctx.extend(out, &mut offsets[index], &[token], &[l.as_ref()]);
+        }
+        if text.is_empty() && finish.is_none() && lp.as_ref().is_none_or(|l| l.tokens.is_empty()) {
+            continue;
+        }
+        if !tx.json(&chunk(index, text, lp, finish)).await {
+            return;
+        }
+    }
+    if usages.len() < prompts.len() * n {
+        tx.json(&json!({"error": {"message": "the engine stopped before the request finished", "type": "server_error"}})).await;
+        return;
+    }
+    if include_usage {
+        let u = usage(num_prompt_tokens, usages);
+        tx.json(&Completion { id: ctx.id.clone(), object: "text_completion", created: ctx.created, model: ctx.model.clone(), choices: vec![], usage: Some(u) }).await;
+    }
+    tx.done().await;
+}

@@ -1,0 +1,17 @@
+//! The OpenAI-compatible HTTP API over the engine handle. Handlers never see tensors; wire
+//! types are validated into engine requests in `validate.rs`; errors become HTTP only in
+//! `crate::error`.
+
+mod chat;
+mod completions;
+mod generation;
+pub mod metrics;
+mod misc;
+mod openapi;
+pub mod reasoning;
+pub mod server;
+mod sse;
+pub mod state;
+pub mod tool_parser;
+pub mod types;
+pub mod validate;

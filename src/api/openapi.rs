@@ -1,0 +1,87 @@
+//! `GET /openapi.json`: the API as this server implements it.
+
+use serde_json::{json, Value};
+
+fn error_responses() -> Value {
+    let err = json!({"description": "OpenAI-style error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    json!({"400": err, "401": err, "404": err, "413": err, "422": err, "429": err, "503": err})
+}
+
+fn sampling_properties() -> Value {
+    json!({
+        "model": {"type": "string"},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "n": {"type": "integer", "minimum": 1, "maximum": 16},
+        "seed": {"type": "integer"},
+        "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 16}]},
+        "stop_token_ids": {"type": "array", "items": {"type": "integer"}},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "top_k": {"type": "integer", "minimum": -1},
+        "min_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "repetition_penalty": {"type": "number", "exclusiveMinimum": 0, "maximum": 2},
+        "logit_bias": {"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}},
+        "ignore_eos": {"type": "boolean"},
+        "min_tokens": {"type": "integer", "minimum": 0},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    })
+}
+
+fn with(mut base: Value, extra: Value) -> Value {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    base
+}
+
+pub fn spec() -> Value {
+    let json_body = |schema: &str| json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    let ok = |description: &str| json!({"description": description, "content": {"application/json": {}, "text/event-stream": {}}});
+    let mut post_responses = error_responses();
+    post_responses["200"] = ok("the result, or SSE chunks ending in `data: [DONE]` when `stream` is true");
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "qwen-serve", "version": env!("CARGO_PKG_VERSION"), "description": "OpenAI-compatible API for Qwen models"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {
+                    "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": "string", "nullable": true}, "code": {"type": "string", "nullable": true}}}}},
+                "ChatCompletionRequest": {"type": "object", "required": ["messages"], "properties": with(sampling_properties(), json!({
+                    "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role"], "properties": {
+                        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}}], "nullable": true},
+                        "tool_calls": {"type": "array", "items": {"type": "object"}},
+                        "tool_call_id": {"type": "string"},
+                        "reasoning_content": {"type": "string"}}}},
+                    "logprobs": {"type": "boolean"},
+                    "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+                    "tools": {"type": "array", "items": {"type": "object"}},
+                    "tool_choice": {"type": "string", "enum": ["auto", "none"]},
+                    "chat_template_kwargs": {"type": "object"},
+                    "response_format": {"type": "object", "properties": {"type": {"type": "string", "enum": ["text"]}}}}))},
+                "CompletionRequest": {"type": "object", "required": ["prompt"], "properties": with(sampling_properties(), json!({
+                    "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "array", "items": {"type": "integer"}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]},
+                    "echo": {"type": "boolean"},
+                    "logprobs": {"type": "integer", "minimum": 0, "maximum": 20}}))},
+                "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
+                "DetokenizeRequest": {"type": "object", "required": ["tokens"], "properties": {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/chat/completions": {"post": {"summary": "Chat completion", "requestBody": json_body("ChatCompletionRequest"), "responses": post_responses}},
+            "/v1/completions": {"post": {"summary": "Text completion", "requestBody": json_body("CompletionRequest"), "responses": post_responses}},
+            "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {"description": "model list", "content": {"application/json": {}}}, "401": error_responses()["401"]}}},
+            "/tokenize": {"post": {"summary": "Text or chat messages to token ids", "requestBody": json_body("TokenizeRequest"), "responses": {"200": {"description": "tokens", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
+            "/detokenize": {"post": {"summary": "Token ids to text", "requestBody": json_body("DetokenizeRequest"), "responses": {"200": {"description": "text", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
+            "/health": {"get": {"summary": "Liveness (no auth)", "security": [], "responses": {"200": {"description": "ok", "content": {"application/json": {}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (no auth)", "security": [], "responses": {"200": {"description": "exposition text", "content": {"text/plain": {}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {}}}}}},
+        }
+    })
+}

@@ -1,0 +1,159 @@
+//! The router, its middleware (request ids, auth, request counting, body limit, CORS) and the
+//! serve loop with graceful shutdown.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use subtle::ConstantTimeEq;
+use tower_http::cors::CorsLayer;
+use tracing::Instrument;
+
+use super::state::AppState;
+use super::{chat, completions, misc};
+use crate::error::ApiError;
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub max_body_bytes: usize,
+    /// Allow cross-origin requests from any origin (browser clients).
+    pub cors: bool,
+}
+
+pub fn router(state: AppState, opts: &ServerOptions) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(misc::models))
+        .route("/tokenize", post(misc::tokenize))
+        .route("/detokenize", post(misc::detokenize))
+        .route("/openapi.json", get(misc::openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    let mut app = Router::new()
+        .route("/health", get(misc::health))
+        .route("/metrics", get(misc::metrics))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(opts.max_body_bytes, reject_declared_oversize))
+        .layer(middleware::from_fn_with_state(state.clone(), count_and_trace))
+        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .with_state(state);
+    if opts.cors {
+        app = app.layer(CorsLayer::permissive());
+    }
+    app
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::with_status(StatusCode::NOT_FOUND, format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::with_status(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {}", req.method(), req.uri().path()))
+}
+
+/// A body whose declared `Content-Length` is over the limit is refused before it is read
+/// (bodies without one are cut off by `DefaultBodyLimit` as they stream in).
+async fn reject_declared_oversize(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return ApiError::with_status(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the server accepts ({limit} bytes, --max-body-bytes)")).into_response();
+    }
+    next.run(req).await
+}
+
+/// `Authorization: Bearer <key>`, compared in constant time.
+async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Gives each request an id (the client's `x-request-id` or a new one) on its log span and
+/// response, and counts responses by endpoint and status.
+async fn count_and_trace(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("req-{}", NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed)));
+    let endpoint = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status();
+    span.in_scope(|| tracing::info!(status = status.as_u16(), "response"));
+    state.metrics.count_request(&endpoint, status.as_u16());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish for
+/// up to `grace`, and stops the engine.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, state: AppState, shutdown: impl std::future::Future<Output = ()> + Send + 'static, grace: Duration) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = &mut server => return r,
+        _ = shutdown => {}
+    }
+    tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
+    // Requests still arriving on open connections get 503 from here on.
+    state.engine.begin_shutdown();
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        // Returning ends the process; the engine thread goes with it.
+        tracing::warn!("grace period over with requests still running; stopping anyway");
+        return Ok(());
+    }
+    let engine = state.engine.clone();
+    let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

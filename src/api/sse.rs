@@ -1,0 +1,39 @@
+//! Server-sent events: a producer task writes JSON chunks into a channel; the response body
+//! reads them. A client that disconnects drops the body, the producer's next send fails, and
+//! it returns, dropping the engine stream (which aborts the request and frees its blocks).
+
+use std::convert::Infallible;
+use std::future::Future;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+pub struct SseSender(mpsc::Sender<Event>);
+
+impl SseSender {
+    /// Sends one `data: <json>` event; false when the client has gone.
+    pub async fn json<T: Serialize>(&self, value: &T) -> bool {
+        let data = serde_json::to_string(value).expect("wire types serialise");
+        self.0.send(Event::default().data(data)).await.is_ok()
+    }
+
+    /// The terminating `data: [DONE]`.
+    pub async fn done(&self) -> bool {
+        self.0.send(Event::default().data("[DONE]")).await.is_ok()
+    }
+}
+
+/// Runs `producer` on its own task and streams what it sends.
+pub fn sse_response<F, Fut>(producer: F) -> Response
+where
+    F: FnOnce(SseSender) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(producer(SseSender(tx)));
+    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Sse::new(body).keep_alive(KeepAlive::default()).into_response()
+}

@@ -1,0 +1,73 @@
+//! What every handler can reach, and the JSON body extractor whose rejections are OpenAI
+//! errors.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::metrics::Metrics;
+use crate::engine::EngineHandle;
+use crate::error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    /// The model id clients send and `/v1/models` lists.
+    pub model_name: String,
+    pub api_key: Option<Arc<str>>,
+    pub metrics: Arc<Metrics>,
+    /// `enable_thinking` when a request does not say (Qwen3 templates).
+    pub default_enable_thinking: bool,
+    /// The chat template renders `<think>` (Qwen3): split reasoning from content.
+    pub reasoning: bool,
+}
+
+impl AppState {
+    pub fn new(engine: EngineHandle, model_name: Option<String>, api_key: Option<String>, default_enable_thinking: bool) -> Self {
+        let model_name = model_name.unwrap_or_else(|| engine.model_name().to_string());
+        // Templates that render an (empty) think block when thinking is off are Qwen3-style.
+        let reasoning = engine.chat_template().is_some_and(|t| {
+            let probe = [serde_json::json!({"role": "user", "content": "hi"})];
+            let mut kwargs = serde_json::Map::new();
+            kwargs.insert("enable_thinking".into(), false.into());
+            t.render(&probe, None, true, &kwargs).is_ok_and(|p| p.contains("<think>"))
+        });
+        Self {
+            engine,
+            model_name,
+            api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
+            metrics: Arc::new(Metrics::default()),
+            default_enable_thinking,
+            reasoning,
+        }
+    }
+}
+
+/// `Json<T>` whose rejections are OpenAI error bodies: 400 for malformed JSON, 422 for a
+/// well-formed body of the wrong shape (the message names the field), 413 for a body over the
+/// limit, 415 without a JSON content type.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    let status = r.status();
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than the server accepts (--max-body-bytes)".to_string(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "expected a JSON body with `Content-Type: application/json`".to_string(),
+        _ => r.body_text(),
+    };
+    ApiError::with_status(status, message)
+}

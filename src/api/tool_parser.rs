@@ -1,0 +1,844 @@
+//! Tool calls in Qwen output. Every call sits in a `<tool_call>…</tool_call>` block whose body is
+//! one of two formats, detected per block:
+//! - Hermes JSON (Qwen2.5, Qwen3): `{"name": "f", "arguments": {…}}`;
+//! - Qwen3-Coder XML: `<function=f><parameter=p>\nraw text\n</parameter></function>`, whose raw
+//!   values are typed through the tool's JSON schema (see [`ParamType`]).
+//!
+//! Non-streaming is all-or-nothing: one malformed block turns the whole text back into content.
+//! Streaming cannot take back a call it has already sent, so the two agree on everything except
+//! text where a malformed or unclosed block follows a well-formed call: there the stream has
+//! sent the earlier calls and carries on with the rest as content. After a malformed block the
+//! stream treats all later text as content, so text whose *first* block is malformed comes out
+//! the same both ways.
+//!
+//! Content is trimmed at both ends in both modes. The stream achieves that by dropping leading
+//! whitespace and holding back trailing whitespace until non-whitespace content follows it (it
+//! is dropped at `finish`), so a content delta's trailing spaces/newlines arrive one delta late.
+
+use rand::distr::Alphanumeric;
+use rand::Rng;
+use serde_json::{Map, Number, Value};
+
+const CALL_START: &str = "<tool_call>";
+const CALL_END: &str = "</tool_call>";
+const FUNCTION_START: &str = "<function=";
+const FUNCTION_END: &str = "</function>";
+const PARAM_START: &str = "<parameter=";
+const PARAM_END: &str = "</parameter>";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// `"call_"` + 24 random alphanumerics.
+    pub id: String,
+    pub name: String,
+    /// A JSON object, compact, keys in the order the model wrote them.
+    pub arguments: String,
+}
+
+impl ToolCall {
+    fn with_new_id(name: String, arguments: String) -> Self {
+        let suffix: String = rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect();
+        Self {
+            id: format!("call_{suffix}"),
+            name,
+            arguments,
+        }
+    }
+}
+
+/// Non-streaming: splits a finished completion into content and tool calls. Content is the
+/// text outside the tool-call blocks, trimmed (None when empty). If ANY block is malformed
+/// (bad JSON, missing name, unclosed tag, name not in `tools` when tools are given), return
+/// the whole text as content and no calls: malformed calls fall back to plain content.
+pub fn parse_tool_calls(text: &str, tools: Option<&[Value]>) -> (Option<String>, Vec<ToolCall>) {
+    let all_content = || (non_empty(text.trim()), Vec::new());
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(CALL_START) {
+        content.push_str(&rest[..start]);
+        let body = &rest[start + CALL_START.len()..];
+        let Some(end) = body.find(CALL_END) else {
+            return all_content();
+        };
+        let Some(call) = parse_block(&body[..end], tools) else {
+            continue;
+        };
+        calls.push(call);
+        rest = &body[end + CALL_END.len()..];
+    }
+    content.push_str(rest);
+    (non_empty(content.trim()), calls)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolStreamEvent {
+    Content(String),
+    /// `index` counts the calls of this completion from 0.
+    ToolCall {
+        index: usize,
+        call: ToolCall,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StreamState {
+    /// Outside a block; `buf` holds a possible partial `<tool_call>`.
+    Content,
+    /// After `<tool_call>`; `buf` holds the block body so far.
+    InBlock,
+    /// A block was malformed: everything else is content.
+    PassThrough,
+}
+
+/// Streaming: fed text deltas, yields content deltas and whole tool calls as they complete.
+pub struct ToolCallStreamParser {
+    tools: Option<Vec<Value>>,
+    state: StreamState,
+    buf: String,
+    /// InBlock: bytes of `buf` already searched for `</tool_call>`.
+    num_scanned: usize,
+    /// Trailing whitespace of the content so far; sent only if more content follows.
+    held_whitespace: String,
+    content_started: bool,
+    num_calls: usize,
+}
+
+impl ToolCallStreamParser {
+    pub fn new(tools: Option<Vec<Value>>) -> Self {
+        Self {
+            tools,
+            state: StreamState::Content,
+            buf: String::new(),
+            num_scanned: 0,
+            held_whitespace: String::new(),
+            content_started: false,
+            num_calls: 0,
+        }
+    }
+
+    pub fn push(&mut self, delta: &str) -> Vec<ToolStreamEvent> {
+        self.buf.push_str(delta);
+        let mut out = Vec::new();
+        loop {
+            match self.state {
+                StreamState::Content => {
+                    if let Some(start) = self.buf.find(CALL_START) {
+                        let before: String = self.buf.drain(..start).collect();
+                        self.emit_content(&before, &mut out);
+                        self.buf.drain(..CALL_START.len());
+                        self.state = StreamState::InBlock;
+                        self.num_scanned = 0;
+                        continue;
+                    }
+                    let num_held = partial_tag_len(&self.buf, CALL_START);
+                    let ready: String = self.buf.drain(..self.buf.len() - num_held).collect();
+                    self.emit_content(&ready, &mut out);
+                    return out;
+                }
+                StreamState::InBlock => {
+                    // The tag may straddle the already-searched part and the new delta.
+                    let mut from = self.num_scanned.saturating_sub(CALL_END.len() - 1);
+                    while !self.buf.is_char_boundary(from) {
+                        from -= 1;
+                    }
+                    let Some(found) = self.buf[from..].find(CALL_END) else {
+                        self.num_scanned = self.buf.len();
+                        return out;
+                    };
+                    let end = from + found;
+                    match parse_block(&self.buf[..end], self.tools.as_deref()) {
+                        Some(call) => {
+                            out.push(ToolStreamEvent::ToolCall {
+                                index: self.num_calls,
+                                call,
+                            });
+                            self.num_calls += 1;
+                            self.state = StreamState::Content;
+                        }
+                        None => {
+                            let raw = format!("{CALL_START}{}{CALL_END}", &self.buf[..end]);
+                            self.emit_content(&raw, &mut out);
+                            self.state = StreamState::PassThrough;
+                        }
+                    }
+                    self.buf.drain(..end + CALL_END.len());
+                }
+                StreamState::PassThrough => {
+                    let rest = std::mem::take(&mut self.buf);
+                    self.emit_content(&rest, &mut out);
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// End of generation: flush; an unclosed or malformed block comes out as Content.
+    /// Held trailing whitespace is dropped. Call once; the parser is spent afterwards.
+    pub fn finish(&mut self) -> Vec<ToolStreamEvent> {
+        let mut out = Vec::new();
+        let rest = std::mem::take(&mut self.buf);
+        match self.state {
+            StreamState::InBlock => {
+                self.emit_content(&format!("{CALL_START}{rest}"), &mut out);
+            }
+            StreamState::Content | StreamState::PassThrough => self.emit_content(&rest, &mut out),
+        }
+        self.held_whitespace.clear();
+        self.state = StreamState::PassThrough;
+        out
+    }
+
+    /// Sends `text` as content, trimming the start of the whole content and holding back its
+    /// trailing whitespace; adjacent content events are merged.
+    fn emit_content(&mut self, text: &str, out: &mut Vec<ToolStreamEvent>) {
+        let text = if self.content_started {
+            text
+        } else {
+            text.trim_start()
+        };
+        let body = text.trim_end();
+        if body.is_empty() {
+            if self.content_started {
+                self.held_whitespace.push_str(text);
+            }
+            return;
+        }
+        let mut piece = std::mem::take(&mut self.held_whitespace);
+        piece.push_str(body);
+        self.held_whitespace.push_str(&text[body.len()..]);
+        self.content_started = true;
+        match out.last_mut() {
+            Some(ToolStreamEvent::Content(last)) => last.push_str(&piece),
+            _ => out.push(ToolStreamEvent::Content(piece)),
+        }
+    }
+}
+
+/// Length of the longest proper prefix of `tag` that `text` ends with.
+fn partial_tag_len(text: &str, tag: &str) -> usize {
+    (1..tag.len())
+        .rev()
+        .find(|&n| text.ends_with(&tag[..n]))
+        .unwrap_or(0)
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Parses the text between `<tool_call>` and `</tool_call>`; None when malformed.
+fn parse_block(body: &str, tools: Option<&[Value]>) -> Option<ToolCall> {
+    let body = body.trim();
+    let (name, arguments) = match body.strip_prefix(FUNCTION_START) {
+        Some(xml) => parse_xml(xml, tools)?,
+        None => parse_hermes(body)?,
+    };
+    if let Some(tools) = tools {
+        find_tool(tools, &name)?;
+    }
+    Some(ToolCall::with_new_id(
+        name,
+        serde_json::to_string(&arguments).ok()?,
+    ))
+}
+
+/// `{"name": …, "arguments": {…}}`; `arguments` may also be a string holding a JSON object
+/// (some fine-tunes do that), be called `parameters`, or be absent (no arguments).
+fn parse_hermes(body: &str) -> Option<(String, Value)> {
+    let Value::Object(call) = serde_json::from_str::<Value>(body).ok()? else {
+        return None;
+    };
+    let name = call.get("name")?.as_str()?;
+    if name.is_empty() {
+        return None;
+    }
+    let arguments = match call.get("arguments").or_else(|| call.get("parameters")) {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(Value::Object(args)) => Value::Object(args.clone()),
+        Some(Value::String(text)) => match serde_json::from_str(text).ok()? {
+            Value::Object(args) => Value::Object(args),
+            _ => return None,
+        },
+        Some(_) => return None,
+    };
+    Some((name.to_string(), arguments))
+}
+
+/// `<function=NAME>` (already stripped) then `<parameter=P>VALUE</parameter>`s separated only by
+/// whitespace, then `</function>`. Strict: a missing closing tag is malformed.
+fn parse_xml(xml: &str, tools: Option<&[Value]>) -> Option<(String, Value)> {
+    let (name, rest) = xml.split_once('>')?;
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    // Values are raw text (often code), so the last `</function>` is the real one.
+    let end = rest.rfind(FUNCTION_END)?;
+    if !rest[end + FUNCTION_END.len()..].trim().is_empty() {
+        return None;
+    }
+    let mut params = &rest[..end];
+    let mut arguments = Map::new();
+    loop {
+        params = params.trim_start();
+        if params.is_empty() {
+            return Some((name.to_string(), Value::Object(arguments)));
+        }
+        let (param, after) = params.strip_prefix(PARAM_START)?.split_once('>')?;
+        let param = param.trim();
+        if param.is_empty() {
+            return None;
+        }
+        let (raw, after) = after.split_once(PARAM_END)?;
+        let raw = raw.strip_prefix('\n').unwrap_or(raw);
+        let raw = raw.strip_suffix('\n').unwrap_or(raw);
+        let ty = ParamType::lookup(tools, name, param);
+        arguments.insert(param.to_string(), ty.convert(raw));
+        params = after;
+    }
+}
+
+/// The tool named `name`: entries are OpenAI `{"type":"function","function":{…}}` or bare
+/// function objects.
+fn find_tool<'a>(tools: &'a [Value], name: &str) -> Option<&'a Value> {
+    tools
+        .iter()
+        .map(|tool| tool.get("function").unwrap_or(tool))
+        .find(|function| function.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// How an XML parameter's raw text becomes JSON. Type names follow vLLM's qwen3_coder parser.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ParamType {
+    /// No `tools` in the request: JSON if the text parses as JSON, else a string.
+    Unknown,
+    String,
+    Integer,
+    Number,
+    Boolean,
+    /// object / array: parsed JSON if valid, else a string.
+    Json,
+}
+
+impl ParamType {
+    fn lookup(tools: Option<&[Value]>, function: &str, param: &str) -> Self {
+        let Some(tools) = tools else {
+            return Self::Unknown;
+        };
+        let declared = find_tool(tools, function)
+            .and_then(|f| f.get("parameters"))
+            .and_then(|p| p.get("properties"))
+            .and_then(|props| props.get(param))
+            .and_then(|prop| prop.get("type"));
+        // `"type": ["integer", "null"]` names its real type first or second.
+        let ty = match declared {
+            Some(Value::String(ty)) => ty.as_str(),
+            Some(Value::Array(types)) => types
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|ty| *ty != "null")
+                .unwrap_or("string"),
+            // Undeclared parameters and schemas without a type stay strings, as in vLLM.
+            _ => "string",
+        };
+        let ty = ty.trim().to_ascii_lowercase();
+        let starts = |prefixes: &[&str]| prefixes.iter().any(|p| ty.starts_with(p));
+        if starts(&["int", "uint", "long", "short", "unsigned"]) {
+            Self::Integer
+        } else if starts(&["num", "float", "double"]) {
+            Self::Number
+        } else if matches!(ty.as_str(), "boolean" | "bool" | "binary") {
+            Self::Boolean
+        } else if matches!(ty.as_str(), "object" | "array" | "arr") || starts(&["dict", "list"]) {
+            Self::Json
+        } else {
+            Self::String
+        }
+    }
+
+    /// A value that does not fit its declared type stays the raw string (vLLM turns a bad
+    /// boolean into `false`; keeping the text loses nothing). `null` is null for every type
+    /// but string.
+    fn convert(self, raw: &str) -> Value {
+        let text = raw.trim();
+        let as_string = || Value::String(raw.to_string());
+        if self != Self::String && text == "null" {
+            return Value::Null;
+        }
+        match self {
+            Self::String => as_string(),
+            Self::Unknown => serde_json::from_str(raw).unwrap_or_else(|_| as_string()),
+            Self::Json => serde_json::from_str(raw).unwrap_or_else(|_| as_string()),
+            Self::Boolean => match text.to_ascii_lowercase().as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => as_string(),
+            },
+            Self::Integer => match serde_json::from_str::<Number>(text) {
+                Ok(n) if n.is_i64() || n.is_u64() => Value::Number(n),
+                Ok(n) => integral(&n).map_or_else(as_string, Value::from),
+                Err(_) => as_string(),
+            },
+            Self::Number => match serde_json::from_str::<Number>(text) {
+                // `3.0` becomes `3`, as vLLM does.
+                Ok(n) => integral(&n).map_or(Value::Number(n), Value::from),
+                Err(_) => as_string(),
+            },
+        }
+    }
+}
+
+/// The integer a float number equals exactly, if it is one and fits an i64.
+fn integral(n: &Number) -> Option<i64> {
+    let x = n.as_f64()?;
+    (n.is_f64() && x.fract() == 0.0 && x.abs() < 9.0e15).then_some(x as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const WEATHER: &str =
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich\"}}\n</tool_call>";
+    const TIME: &str =
+        "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"CET\", \"utc\": false}}\n</tool_call>";
+    const XML_WEATHER: &str =
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n\
+        <parameter=days>\n3\n</parameter>\n</function>\n</tool_call>";
+
+    const NONE: Vec<ToolStreamEvent> = Vec::new();
+
+    fn tools() -> Vec<Value> {
+        vec![
+            json!({"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}),
+            json!({"type": "function", "function": {"name": "get_time", "parameters": {
+                "type": "object", "properties": {"tz": {"type": "string"}}}}}),
+            json!({"type": "function", "function": {"name": "configure", "parameters": {
+                "type": "object",
+                "properties": {
+                    "count": {"type": "integer"}, "ratio": {"type": "number"},
+                    "whole": {"type": "number"}, "verbose": {"type": "boolean"},
+                    "tags": {"type": "array"}, "opts": {"type": "object"},
+                    "label": {"type": "string"}, "maybe": {"type": ["null", "integer"]},
+                    "bad_int": {"type": "integer"}, "bad_bool": {"type": "boolean"},
+                    "bad_obj": {"type": "object"}, "gone": {"type": "integer"}}}}}),
+        ]
+    }
+
+    fn names_and_args(calls: &[ToolCall]) -> Vec<(String, String)> {
+        calls
+            .iter()
+            .map(|c| (c.name.clone(), c.arguments.clone()))
+            .collect()
+    }
+
+    fn pair(name: &str, arguments: &str) -> (String, String) {
+        (name.to_string(), arguments.to_string())
+    }
+
+    /// Content concatenation and (index, name, arguments) of every call.
+    type Streamed = (String, Vec<(usize, String, String)>);
+
+    fn stream(deltas: &[&str], tools: Option<Vec<Value>>) -> Streamed {
+        let mut parser = ToolCallStreamParser::new(tools);
+        let mut events: Vec<ToolStreamEvent> = Vec::new();
+        for delta in deltas {
+            events.extend(parser.push(delta));
+        }
+        events.extend(parser.finish());
+        let mut content = String::new();
+        let mut calls = Vec::new();
+        for event in events {
+            match event {
+                ToolStreamEvent::Content(text) => {
+                    assert!(!text.is_empty(), "empty content event");
+                    content.push_str(&text);
+                }
+                ToolStreamEvent::ToolCall { index, call } => {
+                    calls.push((index, call.name, call.arguments));
+                }
+            }
+        }
+        (content, calls)
+    }
+
+    /// Streams `text` as one delta, as two deltas split at every char boundary, and one char
+    /// at a time; all must agree. Returns the one-delta result.
+    fn stream_every_split(text: &str, tools: Option<Vec<Value>>) -> Streamed {
+        let whole = stream(&[text], tools.clone());
+        for (i, _) in text.char_indices().skip(1) {
+            let split = stream(&[&text[..i], &text[i..]], tools.clone());
+            assert_eq!(split, whole, "split at byte {i} of {text:?}");
+        }
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let chars: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(
+            stream(&chars, tools.clone()),
+            whole,
+            "char by char: {text:?}"
+        );
+        whole
+    }
+
+    /// Streaming at every split equals the non-streaming parse (well-formed text).
+    fn assert_stream_matches(text: &str, tools: Option<Vec<Value>>) {
+        let (content, calls) = parse_tool_calls(text, tools.as_deref());
+        let streamed = stream_every_split(text, tools);
+        let expected_calls: Vec<(usize, String, String)> = calls
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (i, c.name, c.arguments))
+            .collect();
+        assert_eq!(
+            streamed,
+            (content.unwrap_or_default(), expected_calls),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn hermes_single_call() {
+        let (content, calls) = parse_tool_calls(WEATHER, None);
+        assert_eq!(content, None);
+        assert_eq!(
+            names_and_args(&calls),
+            [pair("get_weather", r#"{"city":"Zürich"}"#)]
+        );
+        let id = &calls[0].id;
+        assert!(id.starts_with("call_") && id.len() == 29, "{id}");
+        assert!(id[5..].chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
+    }
+
+    #[test]
+    fn call_ids_differ() {
+        let (_, a) = parse_tool_calls(WEATHER, None);
+        let (_, b) = parse_tool_calls(WEATHER, None);
+        assert_ne!(a[0].id, b[0].id);
+    }
+
+    #[test]
+    fn hermes_multiple_calls_keep_order() {
+        let text = format!("{WEATHER}\n{TIME}\n");
+        let (content, calls) = parse_tool_calls(&text, Some(&tools()));
+        assert_eq!(content, None);
+        assert_eq!(
+            names_and_args(&calls),
+            [
+                pair("get_weather", r#"{"city":"Zürich"}"#),
+                pair("get_time", r#"{"tz":"CET","utc":false}"#)
+            ]
+        );
+    }
+
+    #[test]
+    fn hermes_with_leading_and_trailing_content() {
+        let text = format!("Let me check 👀.\n\n{WEATHER}\nOne moment.\n");
+        let (content, calls) = parse_tool_calls(&text, None);
+        assert_eq!(
+            content.as_deref(),
+            Some("Let me check 👀.\n\n\nOne moment.")
+        );
+        assert_eq!(calls.len(), 1);
+    }
+
+    #[test]
+    fn hermes_argument_variants() {
+        let as_string = r#"<tool_call>{"name": "f", "arguments": "{\"a\": [1, 2]}"}</tool_call>"#;
+        let absent = r#"<tool_call>{"name": "g"}</tool_call>"#;
+        let parameters = r#"<tool_call>{"name": "h", "parameters": {"b": null}}</tool_call>"#;
+        let text = format!("{as_string}{absent}{parameters}");
+        let (_, calls) = parse_tool_calls(&text, None);
+        assert_eq!(
+            names_and_args(&calls),
+            [
+                pair("f", r#"{"a":[1,2]}"#),
+                pair("g", "{}"),
+                pair("h", r#"{"b":null}"#)
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_hermes_blocks_fall_back_to_content() {
+        let cases = [
+            // bad JSON
+            "Sure. <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": }\n</tool_call>",
+            // missing name
+            "<tool_call>\n{\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+            // arguments not an object
+            "<tool_call>{\"name\": \"get_weather\", \"arguments\": [1]}</tool_call>",
+            // unclosed block
+            "Sure. <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n",
+        ];
+        for text in cases {
+            let (content, calls) = parse_tool_calls(text, None);
+            assert_eq!(content.as_deref(), Some(text.trim()), "{text:?}");
+            assert!(calls.is_empty(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn one_malformed_block_spoils_all() {
+        let text = format!("{WEATHER}\n<tool_call>{{\"name\": }}</tool_call>");
+        let (content, calls) = parse_tool_calls(&text, None);
+        assert_eq!(content.as_deref(), Some(text.as_str()));
+        assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn unknown_tool_name_is_content_only_when_tools_are_given() {
+        let text = "<tool_call>{\"name\": \"launch\", \"arguments\": {}}</tool_call>";
+        let (content, calls) = parse_tool_calls(text, Some(&tools()));
+        assert_eq!((content.as_deref(), calls.len()), (Some(text), 0));
+        let (content, calls) = parse_tool_calls(text, None);
+        assert_eq!(
+            (content, names_and_args(&calls)),
+            (None, vec![pair("launch", "{}")])
+        );
+    }
+
+    #[test]
+    fn xml_single_call_typed_by_schema() {
+        let (content, calls) = parse_tool_calls(XML_WEATHER, Some(&tools()));
+        assert_eq!(content, None);
+        assert_eq!(
+            names_and_args(&calls),
+            [pair("get_weather", r#"{"city":"Paris","days":3}"#)]
+        );
+    }
+
+    #[test]
+    fn xml_strips_exactly_one_newline_each_side() {
+        let text = "<tool_call><function=f><parameter=code>\n\n  x = 1\n\n</parameter></function></tool_call>";
+        let (_, calls) = parse_tool_calls(text, None);
+        assert_eq!(
+            names_and_args(&calls),
+            [pair("f", r#"{"code":"\n  x = 1\n"}"#)]
+        );
+    }
+
+    #[test]
+    fn xml_values_follow_schema_types() {
+        let params = [
+            ("count", "42"),
+            ("ratio", "0.5"),
+            ("whole", "3.0"),
+            ("verbose", "True"),
+            ("tags", "[\"a\", \"b\"]"),
+            ("opts", "{\"k\": 1}"),
+            ("label", "007"),
+            ("maybe", "7"),
+            ("bad_int", "2.5"),
+            ("bad_bool", "yes"),
+            ("bad_obj", "{oops"),
+            ("gone", "null"),
+            ("undeclared", "12"),
+        ];
+        let body: String = params
+            .iter()
+            .map(|(k, v)| format!("<parameter={k}>\n{v}\n</parameter>\n"))
+            .collect();
+        let text = format!("<tool_call>\n<function=configure>\n{body}</function>\n</tool_call>");
+        let (_, calls) = parse_tool_calls(&text, Some(&tools()));
+        let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
+        assert_eq!(
+            args,
+            json!({
+                "count": 42, "ratio": 0.5, "whole": 3, "verbose": true, "tags": ["a", "b"],
+                "opts": {"k": 1}, "label": "007", "maybe": 7, "bad_int": "2.5",
+                "bad_bool": "yes", "bad_obj": "{oops", "gone": null, "undeclared": "12",
+            })
+        );
+        // Key order is the model's order.
+        assert!(calls[0]
+            .arguments
+            .starts_with(r#"{"count":42,"ratio":0.5,"whole":3,"#));
+    }
+
+    #[test]
+    fn xml_without_schema_tries_json() {
+        let text = "<tool_call>\n<function=f>\n<parameter=n>\n3\n</parameter>\n\
+            <parameter=b>\nfalse\n</parameter>\n<parameter=s>\nParis, France\n</parameter>\n\
+            <parameter=o>\n{\"x\": [1]}\n</parameter>\n</function>\n</tool_call>";
+        let (_, calls) = parse_tool_calls(text, None);
+        assert_eq!(
+            names_and_args(&calls),
+            [pair(
+                "f",
+                r#"{"n":3,"b":false,"s":"Paris, France","o":{"x":[1]}}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn malformed_xml_falls_back_to_content() {
+        let cases = [
+            // no </parameter>
+            "<tool_call>\n<function=f>\n<parameter=a>\n1\n</function>\n</tool_call>",
+            // no </function>
+            "<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n</tool_call>",
+            // empty function name
+            "<tool_call>\n<function=>\n</function>\n</tool_call>",
+            // stray text between parameters
+            "<tool_call>\n<function=f>\nhello<parameter=a>\n1\n</parameter>\n</function>\n</tool_call>",
+            // unclosed block
+            "Text <tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n</function>\n",
+        ];
+        for text in cases {
+            let (content, calls) = parse_tool_calls(text, None);
+            assert_eq!(content.as_deref(), Some(text.trim()), "{text:?}");
+            assert!(calls.is_empty(), "{text:?}");
+        }
+        let unknown = XML_WEATHER.replace("get_weather", "get_mood");
+        assert_eq!(parse_tool_calls(&unknown, Some(&tools())).1.len(), 0);
+    }
+
+    #[test]
+    fn formats_mix_per_block() {
+        let text = format!("{XML_WEATHER}\n{TIME}");
+        let (_, calls) = parse_tool_calls(&text, Some(&tools()));
+        assert_eq!(
+            names_and_args(&calls),
+            [
+                pair("get_weather", r#"{"city":"Paris","days":3}"#),
+                pair("get_time", r#"{"tz":"CET","utc":false}"#)
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_matches_non_streaming_at_every_split() {
+        let texts = [
+            WEATHER.to_string(),
+            format!("{WEATHER}\n{TIME}\n"),
+            format!("  Let me check 👀.\n\n{WEATHER}\nOne moment. <tool_ca\n"),
+            format!("A {WEATHER} B {TIME}  C\n"),
+            XML_WEATHER.to_string(),
+            format!("Calling 工具:\n{XML_WEATHER}\n{TIME}"),
+            "No tools here, < tool_call> <tool_calx> </tool_call> done.".to_string(),
+            "<tool_call".to_string(),
+            String::new(),
+        ];
+        for text in &texts {
+            assert_stream_matches(text, Some(tools()));
+            assert_stream_matches(text, None);
+        }
+    }
+
+    #[test]
+    fn stream_yields_expected_events() {
+        let text = format!("Checking.\n{WEATHER}\n{XML_WEATHER}\n");
+        let (content, calls) = stream_every_split(&text, Some(tools()));
+        assert_eq!(content, "Checking.");
+        assert_eq!(
+            calls,
+            [
+                (
+                    0,
+                    "get_weather".to_string(),
+                    r#"{"city":"Zürich"}"#.to_string()
+                ),
+                (
+                    1,
+                    "get_weather".to_string(),
+                    r#"{"city":"Paris","days":3}"#.to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_malformed_first_block_matches_non_streaming() {
+        let texts = [
+            format!("Sure. <tool_call>{{\"name\": }}</tool_call>\n{WEATHER}\n"),
+            "Sure. <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n".to_string(),
+            XML_WEATHER.replace("get_weather", "get_mood"),
+            "<tool_call>\n<function=f>\n<parameter=a>\n1\n</function>\n</tool_call> ok".to_string(),
+        ];
+        for text in &texts {
+            assert_stream_matches(text, Some(tools()));
+            let (content, calls) = stream_every_split(text, Some(tools()));
+            assert_eq!(
+                (content.as_str(), calls.len()),
+                (text.trim(), 0),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_cannot_take_back_a_sent_call() {
+        // Non-streaming returns all of this as content; the stream already sent the call.
+        let bad = "<tool_call>{\"name\": }</tool_call>";
+        let text = format!("{WEATHER}\n{bad}\n{TIME}");
+        let (content, calls) = stream_every_split(&text, None);
+        assert_eq!(content, format!("{bad}\n{TIME}"));
+        assert_eq!(
+            calls,
+            [(
+                0,
+                "get_weather".to_string(),
+                r#"{"city":"Zürich"}"#.to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn stream_sends_content_early_and_holds_partial_tags() {
+        let mut parser = ToolCallStreamParser::new(None);
+        assert_eq!(
+            parser.push("Hello"),
+            [ToolStreamEvent::Content("Hello".into())]
+        );
+        assert_eq!(
+            parser.push(" wor"),
+            [ToolStreamEvent::Content(" wor".into())]
+        );
+        // "d " is sent without its trailing space; "<tool_ca" could start a block.
+        assert_eq!(
+            parser.push("d <tool_ca"),
+            [ToolStreamEvent::Content("d".into())]
+        );
+        assert_eq!(
+            parser.push("rd"),
+            [ToolStreamEvent::Content(" <tool_card".into())]
+        );
+        assert_eq!(parser.push("\n\n"), NONE);
+        assert_eq!(parser.push("<tool_call>{\"name\": \"f\"}"), NONE);
+        let events = parser.push("</tool_call>\n");
+        assert!(
+            matches!(&events[..], [ToolStreamEvent::ToolCall { index: 0, call }] if call.name == "f"),
+            "{events:?}"
+        );
+        // Whitespace after the call is never sent.
+        assert_eq!(parser.push("\n "), NONE);
+        assert_eq!(parser.finish(), NONE);
+    }
+
+    #[test]
+    fn stream_flushes_unclosed_block_and_partial_tag_as_content() {
+        let mut parser = ToolCallStreamParser::new(None);
+        assert_eq!(parser.push("<tool_call>{\"name\""), NONE);
+        assert_eq!(
+            parser.finish(),
+            [ToolStreamEvent::Content("<tool_call>{\"name\"".into())]
+        );
+        let mut parser = ToolCallStreamParser::new(None);
+        assert_eq!(
+            parser.push("x <tool_"),
+            [ToolStreamEvent::Content("x".into())]
+        );
+        assert_eq!(
+            parser.finish(),
+            [ToolStreamEvent::Content(" <tool_".into())]
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Parse once: wire types become engine requests here, every field checked once, every error
+//! naming the field and the allowed range.
+
+use serde_json::{json, Value};
+
+use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields};
+use crate::engine::sampler::MAX_LOGPROBS;
+use crate::engine::SamplingParams;
+use crate::error::ApiError;
+
+/// Largest `n` accepted: each choice is a sequence holding KV blocks.
+pub const MAX_N: usize = 16;
+
+fn range_f32(name: &str, v: Option<f32>, default: f32, lo: f32, hi: f32, lo_open: bool) -> Result<f32, ApiError> {
+    let Some(x) = v else { return Ok(default) };
+    let ok = x.is_finite() && (if lo_open { x > lo } else { x >= lo }) && x <= hi;
+    if !ok {
+        let open = if lo_open { '(' } else { '[' };
+        return Err(ApiError::invalid(name, format!("`{name}` must be in {open}{lo}, {hi}], got {x}")));
+    }
+    Ok(x)
+}
+
+/// The sampling fields common to chat and completions. `default_max_tokens` applies when the
+/// request leaves `max_tokens` out; `logprobs` is the number of alternatives (endpoint-specific).
+pub fn sampling_params(f: &SamplingFields, vocab_size: usize, default_max_tokens: usize, logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
+    let max_tokens = match f.max_tokens {
+        None => default_max_tokens.max(1),
+        Some(m) if m >= 1 => m as usize,
+        Some(m) => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {m}"))),
+    };
+    let n = match f.n {
+        None => 1,
+        Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+        Some(n) => return Err(ApiError::invalid("n", format!("`n` must be in [1, {MAX_N}], got {n}"))),
+    };
+    let top_k = match f.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k >= 1 => k as usize,
+        Some(k) => return Err(ApiError::invalid("top_k", format!("`top_k` must be -1 (off) or at least 1, got {k}"))),
+    };
+    let min_tokens = match f.min_tokens {
+        None => 0,
+        Some(m) if m >= 0 && m as usize <= max_tokens => m as usize,
+        Some(m) => return Err(ApiError::invalid("min_tokens", format!("`min_tokens` must be in [0, max_tokens = {max_tokens}], got {m}"))),
+    };
+    let check_id = |param: &str, id: u32| {
+        if id as usize >= vocab_size {
+            Err(ApiError::invalid(param, format!("token id {id} in `{param}` is outside the vocabulary [0, {vocab_size})")))
+        } else {
+            Ok(id)
+        }
+    };
+    let mut logit_bias = vec![];
+    for (key, &bias) in f.logit_bias.iter().flatten() {
+        let id: u32 = key.parse().map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` keys must be token ids, got {key:?}")))?;
+        check_id("logit_bias", id)?;
+        if !(-100.0..=100.0).contains(&bias) {
+            return Err(ApiError::invalid("logit_bias", format!("`logit_bias` values must be in [-100, 100], got {bias} for token {id}")));
+        }
+        logit_bias.push((id, bias));
+    }
+    logit_bias.sort_by_key(|b| b.0);
+    let stop: Vec<String> = f.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    if stop.len() > 16 {
+        return Err(ApiError::invalid("stop", format!("`stop` takes at most 16 strings, got {}", stop.len())));
+    }
+    let stop_token_ids = f.stop_token_ids.clone().unwrap_or_default().into_iter().map(|id| check_id("stop_token_ids", id)).collect::<Result<_, _>>()?;
+    Ok(SamplingParams {
+        n,
+        temperature: range_f32("temperature", f.temperature, 1.0, 0.0, 2.0, false)?,
+        top_p: range_f32("top_p", f.top_p, 1.0, 0.0, 1.0, true)?,
+        top_k,
+        min_p: range_f32("min_p", f.min_p, 0.0, 0.0, 1.0, false)?,
+        repetition_penalty: range_f32("repetition_penalty", f.repetition_penalty, 1.0, 0.0, 2.0, true)?,
+        presence_penalty: range_f32("presence_penalty", f.presence_penalty, 0.0, -2.0, 2.0, false)?,
+        frequency_penalty: range_f32("frequency_penalty", f.frequency_penalty, 0.0, -2.0, 2.0, false)?,
+        logit_bias,
+        // Any JSON integer is a seed; negative ones map onto the upper half of u64.
+        seed: f.seed.map(|s| s as u64),
+        max_tokens,
+        min_tokens,
+        ignore_eos: f.ignore_eos.unwrap_or(false),
+        stop,
+        stop_token_ids,
+        logprobs,
+        prompt_logprobs: None,
+    })
+}
+
+/// `model`, when given, must be the served one.
+pub fn check_model(requested: Option<&str>, served: &str) -> Result<(), ApiError> {
+    match requested {
+        Some(m) if m != served => Err(ApiError::model_not_found(m)),
+        _ => Ok(()),
+    }
+}
+
+/// Chat messages as the template expects them: content parts joined into text, absent
+/// fields left out (transformers drops `None` keys before rendering; Qwen3's template fails
+/// on a null content).
+pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` must contain at least one message"));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "system" | "user" | "assistant" | "tool" => m.role.as_str(),
+                "developer" => "system",
+                other => {
+                    return Err(ApiError::invalid(
+                        format!("messages[{i}].role"),
+                        format!("`messages[{i}].role` must be one of system, developer, user, assistant, tool; got {other:?}"),
+                    ))
+                }
+            };
+            let mut v = json!({"role": role});
+            let content = match &m.content {
+                None => None,
+                Some(MessageContent::Text(t)) => Some(t.clone()),
+                Some(MessageContent::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, p) in parts.iter().enumerate() {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    format!("messages[{i}].content[{j}]"),
+                                    format!("only text content parts are supported (type \"text\" with a `text` field); got type {kind:?}"),
+                                ))
+                            }
+                        }
+                    }
+                    Some(text)
+                }
+            };
+            match (content, role) {
+                (Some(c), _) => v["content"] = json!(c),
+                (None, "assistant") if m.tool_calls.is_some() => v["content"] = json!(""),
+                (None, _) => {
+                    return Err(ApiError::invalid(format!("messages[{i}].content"), format!("`messages[{i}].content` is required for role {role}")))
+                }
+            }
+            if let Some(calls) = &m.tool_calls {
+                v["tool_calls"] = json!(calls);
+            }
+            if let Some(name) = &m.name {
+                v["name"] = json!(name);
+            }
+            if let Some(id) = &m.tool_call_id {
+                v["tool_call_id"] = json!(id);
+            }
+            if let Some(r) = &m.reasoning_content {
+                v["reasoning_content"] = json!(r);
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+/// Tools to hand to the template, or None (no tools, or `tool_choice: "none"`).
+pub fn tools(req: &ChatCompletionRequest) -> Result<Option<Vec<Value>>, ApiError> {
+    let Some(tools) = &req.tools else { return Ok(None) };
+    for (i, t) in tools.iter().enumerate() {
+        let name = t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+        if t.get("type").and_then(Value::as_str) != Some("function") || name.is_none_or(str::is_empty) {
+            return Err(ApiError::invalid(format!("tools[{i}]"), format!("`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}")));
+        }
+    }
+    match &req.tool_choice {
+        None => Ok(Some(tools.clone())),
+        Some(Value::String(s)) if s == "auto" => Ok(Some(tools.clone())),
+        Some(Value::String(s)) if s == "none" => Ok(None),
+        Some(other) => Err(ApiError::invalid("tool_choice", format!("`tool_choice` must be \"auto\" or \"none\" (forced tool calls are not supported yet); got {other}"))),
+    }
+}
+
+/// `logprobs: true` + `top_logprobs` -> number of alternatives.
+pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiError> {
+    match (req.logprobs, req.top_logprobs) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(ApiError::invalid("top_logprobs", "`top_logprobs` requires `logprobs: true`")),
+        (true, None) => Ok(Some(0)),
+        (true, Some(k)) if (0..=MAX_LOGPROBS as i64).contains(&k) => Ok(Some(k as usize)),
+        (true, Some(k)) => Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be in [0, {MAX_LOGPROBS}], got {k}"))),
+    }
+}
+
+pub fn response_format(format: Option<&Value>) -> Result<(), ApiError> {
+    match format.and_then(|f| f.get("type")).and_then(Value::as_str) {
+        None | Some("text") => Ok(()),
+        Some(other) => Err(ApiError::invalid("response_format", format!("`response_format` type {other:?} is not supported (only \"text\")"))),
+    }
+}

@@ -1,0 +1,208 @@
+//! The HTTP API against a real server on a loopback port with the real test model.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::server::{start, ServerConfig, TestServer};
+use qwen_serve::engine::EngineConfig;
+use serde_json::{json, Value};
+
+fn server() -> &'static TestServer {
+    static S: OnceLock<TestServer> = OnceLock::new();
+    S.get_or_init(|| start(ServerConfig::default()))
+}
+
+const FIB: &str = "Write a Python function that returns the n-th Fibonacci number.";
+
+fn chat_body(extra: Value) -> String {
+    let mut body = json!({"model": "qwen-test", "messages": [{"role": "user", "content": FIB}], "max_tokens": 12, "temperature": 0});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body.to_string()
+}
+
+#[test]
+fn models_health_and_openapi() {
+    let s = server();
+    let models = s.get("/v1/models").json();
+    assert_eq!(models["data"][0]["id"], "qwen-test");
+    assert_eq!(s.get("/health").status, 200);
+    let spec = s.get("/openapi.json").json();
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
+        assert!(spec["paths"][path].is_object(), "openapi lacks {path}");
+    }
+}
+
+#[test]
+fn chat_completion_whole_and_streamed_agree() {
+    let s = server();
+    let whole = s.post("/v1/chat/completions", &chat_body(json!({})));
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let v = whole.json();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(content.starts_with("Here's a Python function"), "{content}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["object"], "chat.completion");
+    let usage = &v["usage"];
+    assert_eq!(usage["completion_tokens"], 12);
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + 12);
+
+    let streamed = s.post("/v1/chat/completions", &chat_body(json!({"stream": true, "stream_options": {"include_usage": true}})));
+    assert_eq!(streamed.status, 200);
+    let data = streamed.sse_data();
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, content);
+    let finish: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+    assert_eq!(finish, vec![&json!("length")]);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], 12);
+}
+
+#[test]
+fn chat_logprobs_n_and_seed() {
+    let s = server();
+    let v = s.post("/v1/chat/completions", &chat_body(json!({"logprobs": true, "top_logprobs": 2, "max_tokens": 3}))).json();
+    let lp = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(lp.len(), 3);
+    assert_eq!(lp[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert_eq!(lp[0]["token"], "Here");
+    let body = chat_body(json!({"n": 2, "temperature": 1.0, "seed": 7, "max_tokens": 6}));
+    let a = s.post("/v1/chat/completions", &body).json();
+    let b = s.post("/v1/chat/completions", &body).json();
+    assert_eq!(a["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(a["choices"], b["choices"], "same seed, same choices");
+}
+
+#[test]
+fn completions_prompt_forms_echo_and_logprobs() {
+    let s = server();
+    let one = s.post("/v1/completions", &json!({"prompt": "def quicksort(arr):", "max_tokens": 8, "temperature": 0}).to_string()).json();
+    let text = one["choices"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("\n    if len(arr) <="), "{text:?}");
+    assert_eq!(one["object"], "text_completion");
+
+    let ids = s.post("/tokenize", &json!({"prompt": "def quicksort(arr):"}).to_string()).json()["tokens"].clone();
+    let by_ids = s.post("/v1/completions", &json!({"prompt": ids, "max_tokens": 8, "temperature": 0}).to_string()).json();
+    assert_eq!(by_ids["choices"][0]["text"], one["choices"][0]["text"]);
+
+    let many = s.post("/v1/completions", &json!({"prompt": ["def quicksort(arr):", "The capital of France is"], "max_tokens": 4, "temperature": 0, "n": 2}).to_string()).json();
+    let choices = many["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    assert_eq!(choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert!(choices[2]["text"].as_str().unwrap().contains("Paris"), "{}", choices[2]["text"]);
+
+    let echo = s.post("/v1/completions", &json!({"prompt": "def quicksort(arr):", "max_tokens": 3, "temperature": 0, "echo": true, "logprobs": 2}).to_string()).json();
+    let c = &echo["choices"][0];
+    assert!(c["text"].as_str().unwrap().starts_with("def quicksort(arr):\n"));
+    let n_prompt = ids.as_array().unwrap().len();
+    let lp = &c["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), n_prompt + 3);
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null(), "first prompt token has no logprob");
+    assert!(lp["token_logprobs"][1].as_f64().unwrap() <= 0.0);
+    assert_eq!(lp["top_logprobs"][1].as_object().unwrap().len(), 2);
+
+    let streamed = s.post("/v1/completions", &json!({"prompt": "def quicksort(arr):", "max_tokens": 8, "temperature": 0, "stream": true}).to_string());
+    let data = streamed.sse_data();
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let joined: String = data[..data.len() - 1].iter().map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(joined, text);
+}
+
+#[test]
+fn tokenize_and_detokenize_round_trip() {
+    let s = server();
+    let t = s.post("/tokenize", &json!({"prompt": "<|im_start|>user\nhi"}).to_string()).json();
+    assert_eq!(t["tokens"][0], 151644);
+    let d = s.post("/detokenize", &json!({"tokens": t["tokens"]}).to_string()).json();
+    assert_eq!(d["prompt"], "<|im_start|>user\nhi");
+    let chat = s.post("/tokenize", &json!({"messages": [{"role": "user", "content": "hi"}]}).to_string()).json();
+    assert!(chat["count"].as_u64().unwrap() > 10, "the template (system prompt) was applied");
+    s.post("/detokenize", &json!({"tokens": [999999]}).to_string()).error(400);
+}
+
+#[test]
+fn every_error_status_has_an_openai_body() {
+    let s = server();
+    let e = s.post("/v1/chat/completions", &chat_body(json!({"temperature": 3.5}))).error(400);
+    assert_eq!(e["param"], "temperature");
+    assert!(e["message"].as_str().unwrap().contains("[0, 2]"));
+    let e = s.post("/v1/chat/completions", &chat_body(json!({"top_p": 0}))).error(400);
+    assert_eq!(e["param"], "top_p");
+    let e = s.post("/v1/chat/completions", &chat_body(json!({"max_tokens": 40000}))).error(400);
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains("40000") && m.contains("32768"), "{m}");
+    let e = s.post("/v1/chat/completions", &chat_body(json!({"model": "gpt-4"}))).error(404);
+    assert_eq!(e["code"], "model_not_found");
+    s.get("/v1/nope").error(404);
+    s.post("/v1/chat/completions", "{not json").error(400);
+    let e = s.post("/v1/chat/completions", r#"{"messages": [{"content": "hi"}]}"#).error(422);
+    assert!(e["message"].as_str().unwrap().contains("role"), "{e}");
+    let e = s.post("/v1/chat/completions", &json!({"messages": []}).to_string()).error(400);
+    assert_eq!(e["param"], "messages");
+    let (status, body) = s.raw_post_declaring_length("/v1/completions", 2 << 20);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("\"error\"") && body.contains("larger than the server accepts"), "{body}");
+    let e = s.post("/v1/completions", &json!({"prompt": "hi", "logit_bias": {"abc": 1}}).to_string()).error(400);
+    assert_eq!(e["param"], "logit_bias");
+    let e = s.post("/v1/chat/completions", &chat_body(json!({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}))).error(400);
+    assert_eq!(e["param"], "tool_choice");
+}
+
+#[test]
+fn api_key_guards_the_api_but_not_health_or_metrics() {
+    let s = start(ServerConfig { api_key: Some("sekret".into()), ..Default::default() });
+    let e = s.get("/v1/models").error(401);
+    assert_eq!(e["type"], "authentication_error");
+    s.get_with("/v1/models", &[("Authorization", "Bearer wrong")]).error(401);
+    assert_eq!(s.get_with("/v1/models", &[("Authorization", "Bearer sekret")]).status, 200);
+    assert_eq!(s.get("/health").status, 200);
+    assert_eq!(s.get("/metrics").status, 200);
+}
+
+#[test]
+fn a_full_queue_answers_429() {
+    let s = start(ServerConfig { engine: EngineConfig { max_num_seqs: 1, max_waiting: 1, ..Default::default() }, ..Default::default() });
+    let body = json!({"prompt": "hello", "max_tokens": 200, "ignore_eos": true}).to_string();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6).map(|_| scope.spawn(|| s.post("/v1/completions", &body).status)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    let e = s.post("/v1/completions", &body);
+    assert!(e.status == 200 || e.status == 429);
+}
+
+#[test]
+fn a_client_that_disconnects_mid_stream_frees_its_blocks() {
+    let s = start(ServerConfig::default());
+    let body = json!({"prompt": "Count from one to a thousand:", "max_tokens": 2000, "ignore_eos": true, "stream": true}).to_string();
+    s.read_some_then_disconnect("/v1/completions", &body, 600);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let running = s.metric("qwen_serve_num_requests_running");
+        let free = s.metric("qwen_serve_kv_cache_free_blocks");
+        let total = s.state.engine.stats().num_blocks as f64;
+        if running == 0.0 && free == total {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sequence not aborted: running {running}, free {free}/{total}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn metrics_count_requests_and_latencies() {
+    let s = server();
+    s.post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}).to_string());
+    let text = s.get("/metrics").body;
+    assert!(text.contains(r#"qwen_serve_requests_total{endpoint="/v1/completions",status="200"}"#), "{text}");
+    for name in ["qwen_serve_time_to_first_token_seconds_count", "qwen_serve_e2e_request_latency_seconds_count", "qwen_serve_kv_cache_usage_ratio", "qwen_serve_num_preemptions", "qwen_serve_prefix_cache_hit_tokens", "qwen_serve_num_requests_waiting"] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    assert!(s.metric("qwen_serve_time_to_first_token_seconds_count") >= 1.0);
+}
