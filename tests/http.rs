@@ -206,3 +206,11 @@ fn metrics_count_requests_and_latencies() {
     }
     assert!(s.metric("qwen_serve_time_to_first_token_seconds_count") >= 1.0);
 }
+
+#[test]
+fn shutting_down_answers_503() {
+    let s = start(ServerConfig::default());
+    s.state.engine.begin_shutdown();
+    let e = s.post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}).to_string()).error(503);
+    assert_eq!(e["type"], "service_unavailable_error");
+}

@@ -1,0 +1,77 @@
+"""The official `openai` Python SDK against a running qwen-serve (base URL in argv[1]).
+
+Run by tests/openai_sdk.rs, which starts the server and passes its address. Exits non-zero
+on the first failed check; prints one line per check.
+"""
+import sys
+
+import openai
+
+base_url = sys.argv[1]
+client = openai.OpenAI(base_url=base_url + "/v1", api_key="test-key")
+MODEL = "qwen-test"
+FIB = "Write a Python function that returns the n-th Fibonacci number."
+checks = 0
+
+
+def check(name, condition, detail=""):
+    global checks
+    if not condition:
+        print(f"FAIL {name}: {detail}")
+        sys.exit(1)
+    checks += 1
+    print(f"ok {name}")
+
+
+models = client.models.list()
+check("models.list", [m.id for m in models.data] == [MODEL], models)
+
+chat = client.chat.completions.create(
+    model=MODEL, messages=[{"role": "user", "content": FIB}], max_tokens=12, temperature=0
+)
+text = chat.choices[0].message.content
+check("chat", text.startswith("Here's a Python function"), text)
+check("chat usage", chat.usage.completion_tokens == 12 and chat.usage.prompt_tokens > 0, chat.usage)
+
+stream = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": FIB}],
+    max_tokens=12,
+    temperature=0,
+    stream=True,
+    stream_options={"include_usage": True},
+)
+pieces, usage, finish = [], None, None
+for chunk in stream:
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for c in chunk.choices:
+        if c.delta.content:
+            pieces.append(c.delta.content)
+        if c.finish_reason:
+            finish = c.finish_reason
+check("chat stream text", "".join(pieces) == text, ("".join(pieces), text))
+check("chat stream usage", usage is not None and usage.completion_tokens == 12, usage)
+check("chat stream finish", finish == "length", finish)
+
+completion = client.completions.create(
+    model=MODEL, prompt="def quicksort(arr):", max_tokens=3, temperature=0, echo=True, logprobs=2
+)
+c = completion.choices[0]
+check("completions echo", c.text.startswith("def quicksort(arr):"), c.text)
+check("completions logprobs", c.logprobs.token_logprobs[0] is None and c.logprobs.token_logprobs[-1] <= 0, c.logprobs)
+check("completions top_logprobs", len(c.logprobs.top_logprobs[-1]) == 2, c.logprobs.top_logprobs)
+
+try:
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5)
+    check("bad temperature raises", False, "no exception")
+except openai.BadRequestError as e:
+    check("bad temperature raises BadRequestError", e.status_code == 400 and "temperature" in str(e), e)
+
+try:
+    client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    check("unknown model raises", False, "no exception")
+except openai.NotFoundError as e:
+    check("unknown model raises NotFoundError", e.status_code == 404, e)
+
+print(f"{checks} passed, 0 failed")
