@@ -214,3 +214,34 @@ fn shutting_down_answers_503() {
     let e = s.post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}).to_string()).error(503);
     assert_eq!(e["type"], "service_unavailable_error");
 }
+
+/// Whole and streamed responses split the same way (reasoning, content), and no think tag
+/// leaks into either. The test model is Qwen2.5, so the Qwen3 template is supplied with
+/// `--chat-template`; what the model writes is its own business, the split is ours.
+#[test]
+fn qwen3_template_reasoning_whole_and_streamed_agree() {
+    let s = start(ServerConfig { chat_template: Some(common::fixture("templates/qwen3.jinja")), ..Default::default() });
+    assert!(s.state.reasoning, "a Qwen3 template turns reasoning parsing on");
+    for thinking in [true, false] {
+        let extra = json!({"chat_template_kwargs": {"enable_thinking": thinking}, "max_tokens": 24});
+        let prompt = s.post("/tokenize", &json!({"messages": [{"role": "user", "content": FIB}]}).to_string()).json();
+        assert!(prompt["count"].as_u64().unwrap() > 5);
+        let whole = s.post("/v1/chat/completions", &chat_body(extra.clone())).json();
+        let msg = &whole["choices"][0]["message"];
+        let mut extra_stream = extra.clone();
+        extra_stream["stream"] = json!(true);
+        let data = s.post("/v1/chat/completions", &chat_body(extra_stream)).sse_data();
+        let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        let join = |field: &str| -> String { chunks.iter().filter_map(|c| c["choices"][0]["delta"][field].as_str()).collect() };
+        let (reasoning, content) = (join("reasoning_content"), join("content"));
+        assert_eq!(reasoning, msg["reasoning_content"].as_str().unwrap_or(""), "thinking={thinking}");
+        assert_eq!(content.trim(), msg["content"].as_str().unwrap_or("").trim(), "thinking={thinking}");
+        for text in [&reasoning, &content] {
+            assert!(!text.contains("<think>") && !text.contains("</think>"), "tag leaked: {text:?}");
+        }
+        if !thinking {
+            // The template closed an empty think block in the prompt: all output is content.
+            assert!(msg["reasoning_content"].is_null(), "{msg}");
+        }
+    }
+}
