@@ -245,3 +245,38 @@ fn qwen3_template_reasoning_whole_and_streamed_agree() {
         }
     }
 }
+
+/// The real model asked about the weather with a weather tool calls it; whole and streamed
+/// responses carry the same call and finish with `tool_calls`; `tool_choice: "none"` turns it off.
+#[test]
+fn tool_calls_end_to_end() {
+    let s = server();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "What is the weather like in Paris today?"}], "tools": tools, "temperature": 0, "max_tokens": 40});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{whole}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args["city"], "Paris");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+
+    let data = s.post("/v1/chat/completions", &body(json!({"stream": true}))).sse_data();
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let calls: Vec<&Value> = chunks.iter().flat_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten()).collect();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(calls[0]["function"]["arguments"], call["function"]["arguments"]);
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+
+    let none = s.post("/v1/chat/completions", &body(json!({"tool_choice": "none"}))).json();
+    assert!(none["choices"][0]["message"]["tool_calls"].is_null(), "{none}");
+}

@@ -2,7 +2,11 @@
 //! one of two formats, detected per block:
 //! - Hermes JSON (Qwen2.5, Qwen3): `{"name": "f", "arguments": {…}}`;
 //! - Qwen3-Coder XML: `<function=f><parameter=p>\nraw text\n</parameter></function>`, whose raw
-//!   values are typed through the tool's JSON schema (see [`ParamType`]).
+//!   values are typed through the tool's JSON schema (`ParamType`).
+//!
+//! Small Qwen models often answer a tool request with the bare Hermes body and no tags; when
+//! tools were given and the WHOLE output is one such object naming a known tool, it is taken
+//! as a call too (the stream holds back output that starts with `{` until the end to decide).
 //!
 //! Non-streaming is all-or-nothing: one malformed block turns the whole text back into content.
 //! Streaming cannot take back a call it has already sent, so the two agree on everything except
@@ -66,13 +70,27 @@ pub fn parse_tool_calls(text: &str, tools: Option<&[Value]>) -> (Option<String>,
             return all_content();
         };
         let Some(call) = parse_block(&body[..end], tools) else {
-            continue;
+            return all_content();
         };
         calls.push(call);
         rest = &body[end + CALL_END.len()..];
     }
     content.push_str(rest);
+    if calls.is_empty() {
+        if let Some(call) = parse_bare_call(text, tools) {
+            return (None, vec![call]);
+        }
+    }
     (non_empty(content.trim()), calls)
+}
+
+/// The whole text as an untagged Hermes body, when tools were given and it names one.
+fn parse_bare_call(text: &str, tools: Option<&[Value]>) -> Option<ToolCall> {
+    let body = text.trim();
+    if tools.is_none() || !body.starts_with('{') || !body.ends_with('}') {
+        return None;
+    }
+    parse_block(body, tools)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +111,9 @@ enum StreamState {
     InBlock,
     /// A block was malformed: everything else is content.
     PassThrough,
+    /// Tools were given and the output began with `{`: possibly a bare call; `buf` holds all
+    /// of it until `finish` decides.
+    BareCandidate,
 }
 
 /// Streaming: fed text deltas, yields content deltas and whole tool calls as they complete.
@@ -105,6 +126,8 @@ pub struct ToolCallStreamParser {
     /// Trailing whitespace of the content so far; sent only if more content follows.
     held_whitespace: String,
     content_started: bool,
+    /// The output was held as a possible bare call and turned out not to be one.
+    bare_ruled_out: bool,
     num_calls: usize,
 }
 
@@ -117,6 +140,7 @@ impl ToolCallStreamParser {
             num_scanned: 0,
             held_whitespace: String::new(),
             content_started: false,
+            bare_ruled_out: false,
             num_calls: 0,
         }
     }
@@ -127,6 +151,16 @@ impl ToolCallStreamParser {
         loop {
             match self.state {
                 StreamState::Content => {
+                    if !self.bare_ruled_out && !self.content_started && self.num_calls == 0 && self.tools.is_some() {
+                        match self.buf.trim_start().chars().next() {
+                            None => return out,
+                            Some('{') => {
+                                self.state = StreamState::BareCandidate;
+                                return out;
+                            }
+                            Some(_) => {}
+                        }
+                    }
                     if let Some(start) = self.buf.find(CALL_START) {
                         let before: String = self.buf.drain(..start).collect();
                         self.emit_content(&before, &mut out);
@@ -173,6 +207,7 @@ impl ToolCallStreamParser {
                     self.emit_content(&rest, &mut out);
                     return out;
                 }
+                StreamState::BareCandidate => return out,
             }
         }
     }
@@ -181,12 +216,24 @@ impl ToolCallStreamParser {
     /// Held trailing whitespace is dropped. Call once; the parser is spent afterwards.
     pub fn finish(&mut self) -> Vec<ToolStreamEvent> {
         let mut out = Vec::new();
+        if self.state == StreamState::BareCandidate {
+            let text = std::mem::take(&mut self.buf);
+            if let Some(call) = parse_bare_call(&text, self.tools.as_deref()) {
+                self.num_calls += 1;
+                self.state = StreamState::PassThrough;
+                return vec![ToolStreamEvent::ToolCall { index: 0, call }];
+            }
+            // Not a bare call: run the held text through the ordinary content path.
+            self.state = StreamState::Content;
+            self.bare_ruled_out = true;
+            out = self.push(&text);
+        }
         let rest = std::mem::take(&mut self.buf);
         match self.state {
             StreamState::InBlock => {
                 self.emit_content(&format!("{CALL_START}{rest}"), &mut out);
             }
-            StreamState::Content | StreamState::PassThrough => self.emit_content(&rest, &mut out),
+            StreamState::Content | StreamState::PassThrough | StreamState::BareCandidate => self.emit_content(&rest, &mut out),
         }
         self.held_whitespace.clear();
         self.state = StreamState::PassThrough;
@@ -626,6 +673,17 @@ mod tests {
     }
 
     #[test]
+    fn xml_values_may_contain_function_end_tag() {
+        let text = "<tool_call>\n<function=write>\n<parameter=code>\nprint('</function>')\n\
+            </parameter>\n</function>\n</tool_call>";
+        let (_, calls) = parse_tool_calls(text, None);
+        assert_eq!(
+            names_and_args(&calls),
+            [pair("write", r#"{"code":"print('</function>')"}"#)]
+        );
+    }
+
+    #[test]
     fn xml_values_follow_schema_types() {
         let params = [
             ("count", "42"),
@@ -840,5 +898,33 @@ mod tests {
             parser.finish(),
             [ToolStreamEvent::Content(" <tool_".into())]
         );
+    }
+
+    #[test]
+    fn a_bare_hermes_body_naming_a_known_tool_is_a_call() {
+        let tools = vec![json!({"type": "function", "function": {"name": "get_weather"}})];
+        let text = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}";
+        let (content, calls) = parse_tool_calls(text, Some(&tools));
+        assert_eq!(content, None);
+        assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("get_weather", "{\"city\":\"Paris\"}"));
+        // Without tools, or naming an unknown tool, or with trailing prose: plain content.
+        assert!(parse_tool_calls(text, None).1.is_empty());
+        assert!(parse_tool_calls(&text.replace("get_weather", "other"), Some(&tools)).1.is_empty());
+        assert!(parse_tool_calls(&format!("{text} done"), Some(&tools)).1.is_empty());
+        for split in 1..text.len() {
+            let mut p = ToolCallStreamParser::new(Some(tools.clone()));
+            let mut events = p.push(&text[..split]);
+            events.extend(p.push(&text[split..]));
+            assert!(events.is_empty(), "held until the end");
+            let events = p.finish();
+            assert!(matches!(&events[..], [ToolStreamEvent::ToolCall { index: 0, call }] if call.name == "get_weather"), "{events:?}");
+        }
+        // JSON that is not a call streams out as content at the end, same as non-streaming.
+        let other = "{\"answer\": 42}";
+        let mut p = ToolCallStreamParser::new(Some(tools.clone()));
+        let mut events = p.push(other);
+        events.extend(p.finish());
+        assert_eq!(events, vec![ToolStreamEvent::Content(other.to_string())]);
+        assert_eq!(parse_tool_calls(other, Some(&tools)).0.as_deref(), Some(other));
     }
 }
