@@ -77,9 +77,24 @@ pub struct EngineArgs {
     /// Turn off reuse of cached prompt prefixes.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// CPU threads for the kernels (default: physical cores; more oversubscribes them).
+    #[arg(long, env = "QWEN_SERVE_THREADS")]
+    pub threads: Option<usize>,
 }
 
 impl EngineArgs {
+    /// Sizes the process-wide thread pools (ours and candle's) before any work starts.
+    pub fn init_threads(&self) -> Result<(), String> {
+        let n = match self.threads {
+            Some(0) => return Err("--threads must be at least 1".into()),
+            Some(n) => n,
+            None => num_cpus::get_physical().max(1),
+        };
+        // candle sizes its own pools from this variable.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| format!("thread pool: {e}"))
+    }
+
     pub fn engine_config(&self) -> Result<crate::engine::EngineConfig, String> {
         if !(self.kv_cache_memory > 0.0 && self.kv_cache_memory.is_finite()) {
             return Err(format!("--kv-cache-memory must be a positive number of GiB, got {}", self.kv_cache_memory));
