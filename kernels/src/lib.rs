@@ -1,4 +1,4 @@
-//! Attention and fused ops for qwen-serve.
+//! Attention, fused ops and quantized matmul for qwen-serve.
 //!
 //! Every op has a CPU implementation that doubles as the reference the accelerated
 //! implementations are tested against. Kernels know nothing about models or scheduling: they
@@ -7,12 +7,25 @@
 //! The KV cache layout shared by all ops is one pair of tensors per layer,
 //! `(num_blocks, block_size, num_kv_heads, head_dim)`, addressed by *slots*
 //! (`block_id * block_size + offset`).
+//!
+//! With the `cuda` feature the attention, cache and fused ops also run on a CUDA device
+//! (`cuda/*.cu`, built by build.rs). A step's [`AttentionMetadata`] then crosses to the GPU once,
+//! as a [`DeviceMetadata`] that the `*_step` ops and [`rotary_embedding`] (through its positions)
+//! share across layers.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+mod device_metadata;
 mod elem;
+mod fused;
 mod metadata;
 mod paged_attention;
+mod quant;
 mod write_kv;
 
+pub use device_metadata::DeviceMetadata;
+pub use fused::{add_rms_norm, rms_norm, rotary_embedding, silu_mul};
 pub use metadata::{AttentionMetadata, MetadataError};
-pub use paged_attention::paged_attention;
-pub use write_kv::write_kv;
+pub use paged_attention::{paged_attention, paged_attention_step};
+pub use quant::{Isa, QuantMatrix};
+pub use write_kv::{write_kv, write_kv_step};

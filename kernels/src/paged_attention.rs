@@ -9,16 +9,38 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::device_metadata::DeviceMetadata;
 use crate::elem::{axpy, dot, Elem};
 use crate::metadata::AttentionMetadata;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 /// `q`: `(num_tokens, num_heads, head_dim)`; caches: `(num_blocks, block_size, num_kv_heads,
 /// head_dim)`, of q's dtype. Returns `(num_tokens, num_heads, head_dim)` in q's dtype.
+///
+/// On a GPU this copies `metadata` to the device on every call; a model calls
+/// [`paged_attention_step`] with one [`DeviceMetadata`] per forward instead.
 pub fn paged_attention(
     q: &Tensor,
     key_cache: &Tensor,
     value_cache: &Tensor,
     metadata: &AttentionMetadata,
+    scale: f32,
+) -> Result<Tensor> {
+    let metadata = DeviceMetadata::new(metadata.clone(), q.device())?;
+    paged_attention_step(q, key_cache, value_cache, &metadata, scale)
+}
+
+/// [`paged_attention`] with the step's metadata already on q's device.
+///
+/// The CUDA implementation (f32/bf16/f16, head_dim 64 or 128) needs q and the caches to start
+/// on 16-byte boundaries, which fresh and `contiguous()` tensors do.
+pub fn paged_attention_step(
+    q: &Tensor,
+    key_cache: &Tensor,
+    value_cache: &Tensor,
+    metadata: &DeviceMetadata,
     scale: f32,
 ) -> Result<Tensor> {
     let (num_tokens, num_heads, head_dim) = q.dims3()?;
@@ -36,15 +58,19 @@ pub fn paged_attention(
     if q.dtype() != key_cache.dtype() || q.dtype() != value_cache.dtype() {
         candle_core::bail!("paged_attention: q and caches must share a dtype");
     }
-    if metadata.num_tokens() != num_tokens {
+    let host = metadata.host();
+    if host.num_tokens() != num_tokens {
         candle_core::bail!(
             "paged_attention: {num_tokens} query tokens, metadata describes {}",
-            metadata.num_tokens()
+            host.num_tokens()
         );
     }
-    metadata.validate(num_blocks, block_size).map_err(candle_core::Error::wrap)?;
+    host.validate(num_blocks, block_size).map_err(candle_core::Error::wrap)?;
+    if num_tokens == 0 {
+        return q.zeros_like();
+    }
     let op = PagedAttention {
-        metadata: metadata.clone(),
+        metadata,
         dims: Dims { num_heads, num_kv_heads, head_dim, block_size },
         scale,
     };
@@ -59,8 +85,8 @@ struct Dims {
     block_size: usize,
 }
 
-struct PagedAttention {
-    metadata: AttentionMetadata,
+struct PagedAttention<'a> {
+    metadata: &'a DeviceMetadata,
     dims: Dims,
     scale: f32,
 }
@@ -72,7 +98,7 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-impl CustomOp3 for PagedAttention {
+impl CustomOp3 for PagedAttention<'_> {
     fn name(&self) -> &'static str {
         "paged-attention"
     }
@@ -110,14 +136,27 @@ impl CustomOp3 for PagedAttention {
         };
         Ok((storage, shape))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        q_l: &Layout,
+        k: &candle_core::CudaStorage,
+        k_l: &Layout,
+        v: &candle_core::CudaStorage,
+        v_l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.cuda(q, q_l, k, k_l, v, v_l)
+    }
 }
 
-impl PagedAttention {
+impl PagedAttention<'_> {
     /// One task per (token, KV head): the task's query heads share every K/V row it loads.
     fn run<T: Elem>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
         let Dims { num_heads, num_kv_heads, head_dim, block_size } = self.dims;
         let group = num_heads / num_kv_heads;
-        let m = &self.metadata;
+        let m = self.metadata.host();
         // Position of every new token and the sequence it belongs to.
         let mut token_seq = Vec::with_capacity(m.num_tokens());
         for s in 0..m.num_seqs() {
@@ -170,7 +209,6 @@ impl PagedAttention {
         out
     }
 }
-
 
 #[cfg(test)]
 mod tests;

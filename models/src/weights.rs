@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+
+use qwen_serve_kernels::QuantMatrix;
 
 use crate::layers::linear::Linear;
 use crate::ModelError;
@@ -101,7 +103,8 @@ impl Weights {
         Ok(t.to_dtype(self.dtype)?)
     }
 
-    /// A `(out_dim, in_dim)` projection, quantized when the source is and may stay so.
+    /// A `(out_dim, in_dim)` projection, quantized when the source is, may stay so, and has a
+    /// CPU kernel ([`QuantMatrix`]); otherwise dequantized to a dense matrix.
     pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear, ModelError> {
         let weight_name = format!("{name}.weight");
         let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out_dim])?) } else { None };
@@ -109,8 +112,11 @@ impl Weights {
             let path = self.path(&weight_name);
             let q = self.qtensor(&path)?.clone();
             check_shape(&path, q.shape().dims(), &[out_dim, in_dim])?;
-            if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
-                return Ok(Linear::quantized(QMatMul::from_arc(q)?, bias));
+            // Our quantized kernels run on the CPU; elsewhere the matrix is dequantized.
+            if self.device.is_cpu() && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                if let Some(w) = QuantMatrix::from_qtensor(&q)? {
+                    return Ok(Linear::quantized(w, bias));
+                }
             }
         }
         Ok(Linear::dense(self.tensor(&weight_name, &[out_dim, in_dim])?, bias))

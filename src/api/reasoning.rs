@@ -122,8 +122,8 @@ impl ReasoningStreamParser {
                     if let Some(end) = self.buf.find(THINK_END) {
                         let reasoning: String = self.buf.drain(..end).collect();
                         self.push_reasoning(&reasoning, &mut out);
+                        // Newlines still held end the reasoning: they are dropped.
                         self.buf.drain(..THINK_END.len());
-                        self.num_held_newlines = 0;
                         self.phase = Phase::Content;
                         self.trim_content_start = true;
                         continue;

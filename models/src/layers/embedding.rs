@@ -2,6 +2,9 @@ use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Result, Tensor};
+use qwen_serve_kernels::QuantMatrix;
+
+use super::linear::Linear;
 
 /// The token embedding table, `(vocab, hidden)`.
 pub enum Embedding {
@@ -19,11 +22,46 @@ impl Embedding {
         }
     }
 
-    /// The same matrix as an output projection (tied embeddings).
-    pub fn as_linear(&self) -> Result<super::linear::Linear> {
+    /// The same matrix as an output projection (tied embeddings). A quantized table is repacked
+    /// into a [`QuantMatrix`] (a second copy of the weights, in the kernels' layout), or
+    /// dequantized to f32 when its type or device has no kernel.
+    pub fn as_linear(&self) -> Result<Linear> {
         Ok(match self {
-            Self::Dense(w) => super::linear::Linear::dense(w.clone(), None),
-            Self::Quantized(q) => super::linear::Linear::quantized(candle_core::quantized::QMatMul::from_arc(q.clone())?, None),
+            Self::Dense(w) => Linear::dense(w.clone(), None),
+            Self::Quantized(q) => match q.device().is_cpu().then(|| QuantMatrix::from_qtensor(q)).transpose()?.flatten() {
+                Some(w) => Linear::quantized(w, None),
+                None => Linear::dense(q.dequantize(&q.device())?.to_dtype(DType::F32)?, None),
+            },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{DType, Device, Tensor};
+
+    use super::Embedding;
+
+    /// Tied embeddings: the quantized table used as the output projection gives the logits of
+    /// the dequantized table (up to the kernels' 8-bit activations), for a kernel type (Q8_0)
+    /// and a dequantized fallback type (Q4_1).
+    #[test]
+    fn quantized_table_as_output_projection() {
+        let dev = Device::Cpu;
+        let table = Tensor::randn(0f32, 1.0, (10, 256), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 256), &dev).unwrap();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+            let q = Arc::new(QTensor::quantize(&table, dtype).unwrap());
+            let dense = q.dequantize(&dev).unwrap();
+            let expected = x.matmul(&dense.t().unwrap()).unwrap();
+            let got = Embedding::Quantized(q).as_linear().unwrap().forward(&x).unwrap();
+            assert_eq!((got.dims(), got.dtype()), (expected.dims(), DType::F32));
+            let err: f32 = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let scale: f32 = expected.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert!(err <= 0.02 * scale, "{dtype:?}: max error {err} vs max |logit| {scale}");
+        }
     }
 }

@@ -1,7 +1,10 @@
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
+use qwen_serve_kernels::QuantMatrix;
 
 /// `y = x W^T + b` with `W` `(out, in)`, dense or quantized.
+///
+/// Both variants compute each output row from its input row alone (the quantized kernels
+/// guarantee it bit for bit), so a sequence's results do not depend on what it is batched with.
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
@@ -9,7 +12,7 @@ pub struct Linear {
 
 enum Weight {
     Dense(Tensor),
-    Quantized(QMatMul),
+    Quantized(QuantMatrix),
 }
 
 impl Linear {
@@ -17,7 +20,7 @@ impl Linear {
         Self { weight: Weight::Dense(weight), bias }
     }
 
-    pub fn quantized(weight: QMatMul, bias: Option<Tensor>) -> Self {
+    pub fn quantized(weight: QuantMatrix, bias: Option<Tensor>) -> Self {
         Self { weight: Weight::Quantized(weight), bias }
     }
 
@@ -26,8 +29,8 @@ impl Linear {
         let y = match &self.weight {
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             // Quantized kernels take f32 activations.
-            Weight::Quantized(q) if x.dtype() != DType::F32 => q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
-            Weight::Quantized(q) => q.forward(x)?,
+            Weight::Quantized(q) if x.dtype() != DType::F32 => q.matmul(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
+            Weight::Quantized(q) => q.matmul(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),

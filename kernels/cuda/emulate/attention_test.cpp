@@ -1,0 +1,157 @@
+// paged_attention.cu, run by emu.h, against attention in double over the same rounded inputs:
+// the cases of kernels/tests/gpu.rs, shortened (the emulator runs ~1 µs per thread switch).
+#include "emu.h"
+
+#include "../paged_attention.cu"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+struct Case {
+    const char* name;
+    std::vector<std::pair<int, int>> seqs;  // (tokens already cached, new tokens)
+    int heads, kv_heads, d, block_size;
+    int num_sms;  // few SMs make short sequences split
+};
+
+template <typename T> T round_to(float f);
+template <> float round_to<float>(float f) { return f; }
+template <> __nv_bfloat16 round_to<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
+template <> __half round_to<__half>(float f) { return __float2half_rn(f); }
+
+// Mirrors splits() in src/paged_attention/cuda.rs.
+static std::pair<int, int> splits(int num_blocks, int max_seq_len, int num_sms) {
+    const int target = num_sms * 4;
+    num_blocks = std::max(num_blocks, 1);
+    const int wanted = num_blocks >= target ? 1 : (target + num_blocks - 1) / num_blocks;
+    const int num_splits = std::max(1, std::min(wanted, (max_seq_len + 255) / 256));
+    const int split_size = ((max_seq_len + num_splits - 1) / num_splits + 31) / 32 * 32;
+    return {(max_seq_len + split_size - 1) / split_size, split_size};
+}
+
+template <typename T>
+using Kernel = void (*)(const T*, const T*, const T*, T*, float*, float*, const uint32_t*, const uint32_t*,
+                        const uint32_t*, const uint32_t*, int, int, int, int, int, int, float);
+template <typename T> using Combine = void (*)(const float*, const float*, T*, int, int);
+
+// Largest |kernel - reference| over all outputs (NaN counts as 1e9).
+template <typename T> double max_error(const Case& c, Kernel<T> kernel, Combine<T> combine) {
+    std::mt19937 rng(42);
+    std::normal_distribution<float> normal;
+    const int D = c.d, bs = c.block_size, H = c.heads, KVH = c.kv_heads, G = H / KVH;
+    const size_t row = (size_t)KVH * D;  // elements per cache slot
+    std::vector<int> blocks;
+    int max_blocks = 0, num_blocks = 3;
+    for (auto [cached, n] : c.seqs) {
+        blocks.push_back((cached + n + bs - 1) / bs);
+        max_blocks = std::max(max_blocks, blocks.back());
+        num_blocks += blocks.back();
+    }
+    std::vector<uint32_t> free_blocks(num_blocks), tables(c.seqs.size() * max_blocks, 0);
+    for (int i = 0; i < num_blocks; ++i) free_blocks[i] = i;
+    std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+    for (size_t s = 0; s < c.seqs.size(); ++s)
+        for (int b = 0; b < blocks[s]; ++b) {
+            tables[s * max_blocks + b] = free_blocks.back();
+            free_blocks.pop_back();
+        }
+    std::vector<uint32_t> query_start_loc{0}, seq_lens;
+    for (auto [cached, n] : c.seqs) {
+        query_start_loc.push_back(query_start_loc.back() + n);
+        seq_lens.push_back(cached + n);
+    }
+    const int num_tokens = query_start_loc.back();
+    std::vector<T> k_cache(num_blocks * bs * row, round_to<T>(0)), v_cache = k_cache;
+    std::vector<std::vector<float>> K(c.seqs.size()), V(c.seqs.size());  // (seq_len, KVH, D)
+    for (size_t s = 0; s < c.seqs.size(); ++s) {
+        for (uint32_t p = 0; p < seq_lens[s]; ++p) {
+            const size_t slot = (size_t)tables[s * max_blocks + p / bs] * bs + p % bs;
+            for (size_t e = 0; e < row; ++e) {
+                const T k = round_to<T>(normal(rng)), v = round_to<T>(normal(rng));
+                k_cache[slot * row + e] = k;
+                v_cache[slot * row + e] = v;
+                K[s].push_back(qs::to_float(k));
+                V[s].push_back(qs::to_float(v));
+            }
+        }
+    }
+    std::vector<T> q((size_t)num_tokens * H * D);
+    for (auto& x : q) x = round_to<T>(normal(rng));
+    std::vector<uint32_t> tiles;  // as DeviceMetadata's Packed::tiles
+    for (size_t s = 0; s < c.seqs.size(); ++s)
+        for (uint32_t r = 0; r < (query_start_loc[s + 1] - query_start_loc[s]) * G; r += ROWS) tiles.insert(tiles.end(), {(uint32_t)s, r});
+    const int num_tiles = tiles.size() / 2;
+    const auto [num_splits, split_size] = splits(num_tiles * KVH, *std::max_element(seq_lens.begin(), seq_lens.end()), c.num_sms);
+
+    std::vector<T> out((size_t)num_tokens * H * D, round_to<T>(NAN));
+    const size_t partial = num_splits > 1 ? (size_t)num_splits * num_tokens * H : 1;
+    std::vector<float> part_o(partial * D, NAN), part_ml(partial * 2, NAN);
+    const float scale = 1.f / std::sqrt((float)D);
+    emu::launch({(unsigned)num_tiles, (unsigned)KVH, (unsigned)num_splits}, {THREADS}, [&] {
+        kernel(q.data(), k_cache.data(), v_cache.data(), out.data(), part_o.data(), part_ml.data(), query_start_loc.data(),
+               seq_lens.data(), tables.data(), tiles.data(), num_tokens, H, KVH, bs, max_blocks, split_size, scale);
+    });
+    if (num_splits > 1)
+        emu::launch({(unsigned)(num_tokens * H)}, {(unsigned)D},
+                    [&] { combine(part_o.data(), part_ml.data(), out.data(), num_tokens * H, num_splits); });
+
+    double worst = 0;
+    for (size_t s = 0; s < c.seqs.size(); ++s) {
+        const int n = query_start_loc[s + 1] - query_start_loc[s];
+        for (int i = 0; i < n; ++i) {
+            const int pos = seq_lens[s] - n + i, t = query_start_loc[s] + i;
+            for (int h = 0; h < H; ++h) {
+                const size_t kv = (size_t)(h / G) * D;
+                std::vector<double> p(pos + 1);
+                double max = -1e300, sum = 0;
+                for (int j = 0; j <= pos; ++j) {
+                    double dot = 0;
+                    for (int e = 0; e < D; ++e) dot += (double)qs::to_float(q[((size_t)t * H + h) * D + e]) * K[s][j * row + kv + e];
+                    max = std::max(max, p[j] = dot * scale);
+                }
+                for (auto& x : p) sum += x = std::exp(x - max);
+                for (int e = 0; e < D; ++e) {
+                    double o = 0;
+                    for (int j = 0; j <= pos; ++j) o += p[j] / sum * V[s][j * row + kv + e];
+                    const double got = qs::to_float(out[((size_t)t * H + h) * D + e]);
+                    worst = std::max(worst, std::isnan(got) ? 1e9 : std::abs(got - o));
+                }
+            }
+        }
+    }
+    std::printf("  %d tiles x %d kv heads x %d splits of %d keys: ", num_tiles, KVH, num_splits, split_size);
+    return worst;
+}
+
+template <typename T> bool check(const Case& c, const char* dtype, double tolerance, Kernel<T> k64, Kernel<T> k128, Combine<T> combine) {
+    const double err = max_error<T>(c, c.d == 64 ? k64 : k128, combine);
+    const bool ok = err < tolerance;
+    std::printf("%s max error %.3g%s\n", dtype, err, ok ? "" : "  FAILED");
+    std::fflush(stdout);
+    return ok;
+}
+
+int main(int argc, char** argv) {
+    const std::vector<Case> cases = {
+        // A prefill, a chunk after a prefix ending mid-block, two decodes (Qwen2.5-0.5B heads).
+        {"mixed batch, head_dim 64", {{0, 37}, {21, 12}, {50, 1}, {0, 1}}, 14, 2, 64, 16, 132},
+        {"mixed batch, head_dim 128, blocks of 4", {{5, 3}, {0, 100}, {130, 1}}, 28, 4, 128, 4, 132},
+        {"no grouping", {{0, 20}, {7, 1}}, 8, 8, 128, 16, 132},
+        {"decodes split unevenly (8 SMs)", {{1000, 1}, {601, 1}, {40, 1}}, 14, 2, 64, 16, 8},
+        {"one long decode split 12 ways", {{3000, 1}}, 28, 4, 128, 16, 132},
+        {"prefill chunk after a prefix, split", {{500, 40}}, 16, 8, 128, 16, 132},
+    };
+    int failures = 0;
+    for (const auto& c : cases) {
+        if (argc > 1 && !std::strstr(c.name, argv[1])) continue;
+        std::printf("%s\n", c.name);
+        failures += !check<float>(c, "f32 ", 1e-5, paged_attention_d64_f32, paged_attention_d128_f32, paged_attention_combine_f32);
+        // The output's rounding: a unit in the last place at |out| < 4 (as in tests/gpu.rs).
+        failures += !check<__nv_bfloat16>(c, "bf16", 1.6e-2, paged_attention_d64_bf16, paged_attention_d128_bf16, paged_attention_combine_bf16);
+        failures += !check<__half>(c, "f16 ", 2e-3, paged_attention_d64_f16, paged_attention_d128_f16, paged_attention_combine_f16);
+    }
+    std::printf("%d failures\n", failures);
+    return failures != 0;
+}

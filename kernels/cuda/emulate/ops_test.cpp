@@ -1,0 +1,92 @@
+// write_kv.cu, rms_norm.cu, rope.cu and silu_mul.cu, run by emu.h, against direct formulas in
+// double (f32 instantiations: the other dtypes differ only in the shared conversions).
+#include "emu.h"
+
+#include "../rms_norm.cu"
+#include "../rope.cu"
+#include "../silu_mul.cu"
+#include "../write_kv.cu"
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+
+int failures = 0;
+void check(const char* what, double err, double tol) {
+    std::printf("%-40s max error %.3g\n", what, err);
+    failures += !(err <= tol);
+}
+
+int main() {
+    std::mt19937 rng(1);
+    std::normal_distribution<float> nd;
+    {  // write_kv: 5 tokens, row 2*64 into 12 slots
+        const int row = 128, slots = 12, n = 5;
+        std::vector<float> cache(slots * row, 0.f), src(n * row);
+        for (auto& x : src) x = nd(rng);
+        std::vector<uint32_t> map{7, 0, 11, 3, 4};
+        emu::launch({n, (row + 255) / 256}, {256}, [&] { write_kv_f32(cache.data(), src.data(), map.data(), row); });
+        double err = 0;
+        for (int t = 0; t < n; ++t) for (int c = 0; c < row; ++c) err = std::max(err, (double)std::abs(cache[map[t] * row + c] - src[t * row + c]));
+        int untouched_nonzero = 0;
+        for (int s = 0; s < slots; ++s) if (std::find(map.begin(), map.end(), s) == map.end()) for (int c = 0; c < row; ++c) untouched_nonzero += cache[s * row + c] != 0;
+        check("write_kv f32", err + untouched_nonzero, 0);
+    }
+    for (int hidden : {896, 3584, 128, 100}) {  // rms_norm with and without residual
+        const int rows = 3;
+        std::vector<float> x(rows * hidden), r(rows * hidden), w(hidden), out(rows * hidden), sum(rows * hidden);
+        for (auto& v : x) v = 3 * nd(rng);
+        for (auto& v : r) v = nd(rng);
+        for (auto& v : w) v = 1 + 0.2f * nd(rng);
+        // As the launch in src/fused/rms_norm.rs: ~4 elements per thread, whole warps.
+        const unsigned threads = std::clamp(((hidden + 3) / 4 + 31) / 32 * 32, 32, 1024);
+        for (int with_residual : {0, 1}) {
+            emu::launch({rows}, {threads}, [&] { rms_norm_f32(x.data(), with_residual ? r.data() : nullptr, w.data(), out.data(), with_residual ? sum.data() : nullptr, hidden, 1e-6f); });
+            double err = 0;
+            for (int i = 0; i < rows; ++i) {
+                double ss = 0;
+                for (int c = 0; c < hidden; ++c) { double v = x[i * hidden + c] + (with_residual ? r[i * hidden + c] : 0); ss += v * v; }
+                double inv = 1 / std::sqrt(ss / hidden + 1e-6);
+                for (int c = 0; c < hidden; ++c) {
+                    double v = x[i * hidden + c] + (with_residual ? r[i * hidden + c] : 0);
+                    err = std::max(err, std::abs(out[i * hidden + c] - v * inv * w[c]));
+                    if (with_residual) err = std::max(err, std::abs(sum[i * hidden + c] - v));
+                }
+            }
+            char name[64];
+            std::snprintf(name, sizeof name, "rms_norm f32 hidden %d residual %d (%u thr)", hidden, with_residual, threads);
+            check(name, err, 1e-5);
+        }
+    }
+    {  // rope: 4 tokens, 3 heads, head_dim 64, tables of 50 positions; position 60 is out of range
+        const int T = 4, H = 3, half = 32, P = 50;
+        std::vector<float> x(T * H * 2 * half), out(x.size()), cs(P * half), sn(P * half);
+        for (auto& v : x) v = nd(rng);
+        for (int p = 0; p < P; ++p) for (int i = 0; i < half; ++i) { double a = p / std::pow(1e6, 2.0 * i / (2 * half)); cs[p * half + i] = std::cos(a); sn[p * half + i] = std::sin(a); }
+        std::vector<uint32_t> pos{0, 7, 49, 60};
+        emu::launch({T}, {96}, [&] { rope_f32(x.data(), cs.data(), sn.data(), pos.data(), out.data(), H, half, P); });
+        double err = 0; bool nan_for_bad = true;
+        for (int t = 0; t < T; ++t) for (int h = 0; h < H; ++h) for (int i = 0; i < half; ++i) {
+            size_t a = (t * H + h) * 2 * half + i, b = a + half;
+            if (pos[t] >= (uint32_t)P) { nan_for_bad &= std::isnan(out[a]) && std::isnan(out[b]); continue; }
+            double c = cs[pos[t] * half + i], s = sn[pos[t] * half + i];
+            err = std::max(err, std::abs(out[a] - (x[a] * c - x[b] * s)));
+            err = std::max(err, std::abs(out[b] - (x[b] * c + x[a] * s)));
+        }
+        check("rope f32", err + !nan_for_bad, 1e-6);
+    }
+    {  // silu_mul on the halves of a fused gate_up (row stride 2 * width)
+        const int rows = 3, width = 300;
+        std::vector<float> gu(rows * 2 * width), out(rows * width);
+        for (auto& v : gu) v = 3 * nd(rng);
+        emu::launch({rows, (width + 255) / 256}, {256}, [&] { silu_mul_f32(gu.data(), gu.data() + width, out.data(), width, 2 * width, 2 * width); });
+        double err = 0;
+        for (int r = 0; r < rows; ++r) for (int c = 0; c < width; ++c) {
+            double g = gu[r * 2 * width + c], u = gu[r * 2 * width + width + c];
+            err = std::max(err, std::abs(out[r * width + c] - g / (1 + std::exp(-g)) * u) / std::max(1.0, std::abs(g / (1 + std::exp(-g)) * u)));
+        }
+        check("silu_mul f32 (strided halves)", err, 1e-6);
+    }
+    std::printf("%d failures\n", failures);
+    return failures != 0;
+}

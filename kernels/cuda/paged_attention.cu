@@ -1,0 +1,214 @@
+// Causal attention of a flattened batch of new tokens over a paged KV cache: one kernel family
+// for prefill, chunked prefill after a cached prefix, and decode (the semantics of the CPU op in
+// src/paged_attention.rs, which is the reference).
+//
+// Shapes (T = float, __nv_bfloat16 or __half; D = head_dim, 64 or 128):
+//   q                (num_tokens, num_heads, D)
+//   k_cache, v_cache (num_blocks, block_size, num_kv_heads, D)
+//   out              (num_tokens, num_heads, D)
+//   query_start_loc  (num_seqs + 1) u32, seq_lens (num_seqs) u32,
+//   block_tables     (num_seqs, max_blocks_per_seq) u32: see AttentionMetadata
+//   tiles            (num_tiles, 2) u32: (seq, first row) of each tile of ROWS query rows, where
+//                    sequence s's rows are its new tokens times the `group` query heads sharing
+//                    a KV head: row = token_in_seq * group + head_in_group
+//   part_o           (num_splits, num_tokens, num_heads, D) f32, part_ml (..., 2) f32: used
+//                    only when num_splits > 1
+//
+// Grid (num_tiles, num_kv_heads, num_splits), THREADS threads. A block computes ROWS query rows
+// of one KV head against keys [split * split_size, (split + 1) * split_size), cut at the tile's
+// causal end: an online softmax over chunks of KEYS keys staged in shared memory, so no score
+// matrix exists. Every K/V row a block loads serves all its rows (the GQA group and several
+// tokens). With one split the block writes the output. With several (flash-decoding: few, long
+// sequences would otherwise leave most of the GPU idle) it writes its unnormalised output and
+// (max, sum) per row, and paged_attention_combine merges the splits.
+//
+// Scores are kept in log2 units (q is pre-scaled by scale * log2(e)) so exponentials are exp2.
+
+#include "common.cuh"
+
+namespace {
+
+constexpr int WARPS = 4;
+constexpr int THREADS = 32 * WARPS;
+constexpr int ROWS_PER_WARP = 4;
+constexpr int ROWS = WARPS * ROWS_PER_WARP;  // ATTENTION_TILE_ROWS in src/device_metadata.rs
+constexpr int KEYS = 32;                     // keys per chunk: one per lane
+constexpr float LOG2E = 1.4426950408889634f;
+
+template <typename T, int D>
+__device__ __forceinline__ void attention_tile(
+    const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+    T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
+    const uint32_t* __restrict__ query_start_loc, const uint32_t* __restrict__ seq_lens,
+    const uint32_t* __restrict__ block_tables, const uint32_t* __restrict__ tiles, int num_tokens,
+    int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq, int split_size,
+    float scale) {
+    constexpr int N = qs::Vec<T>::N;  // elements per 16-byte load
+    constexpr int DL = D / 32;        // output elements per lane: lane + 32 * e
+    __shared__ __align__(16) float q_s[ROWS][D];
+    __shared__ float k_s[KEYS][D + 1];  // padded: lane j reads row j, column d, conflict-free
+    __shared__ float v_s[KEYS][D];
+
+    const int kvh = blockIdx.y, split = blockIdx.z, num_splits = gridDim.z;
+    const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
+    const int group = num_heads / num_kv_heads;
+    const int q_start = query_start_loc[seq];
+    const int q_len = query_start_loc[seq + 1] - q_start;
+    const int first_pos = (int)seq_lens[seq] - q_len;
+    const int num_rows = min(ROWS, q_len * group - row0);
+    // Keys this block reads: its split, up to the last row's own position.
+    const int kv_begin = split * split_size;
+    const int kv_end = min(first_pos + (row0 + num_rows - 1) / group + 1, kv_begin + split_size);
+    const uint32_t* table = block_tables + (size_t)seq * max_blocks_per_seq;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+    for (int v = threadIdx.x; v < ROWS * (D / N); v += THREADS) {
+        const int r = v / (D / N), d = (v % (D / N)) * N;
+        float vals[N];
+        if (r < num_rows) {
+            const int row = row0 + r;
+            const int token = q_start + row / group, head = kvh * group + row % group;
+            qs::load_vec(q + ((size_t)token * num_heads + head) * D + d, vals);
+        } else {
+#pragma unroll
+            for (int e = 0; e < N; ++e) vals[e] = 0.f;
+        }
+#pragma unroll
+        for (int e = 0; e < N; ++e) q_s[r][d + e] = vals[e] * (scale * LOG2E);
+    }
+
+    // This warp's rows: warp * ROWS_PER_WARP + i. pos = -1 marks a row past the tile's end.
+    int pos[ROWS_PER_WARP];
+    float m[ROWS_PER_WARP], l[ROWS_PER_WARP], acc[ROWS_PER_WARP][DL];
+#pragma unroll
+    for (int i = 0; i < ROWS_PER_WARP; ++i) {
+        const int r = warp * ROWS_PER_WARP + i;
+        pos[i] = r < num_rows ? first_pos + (row0 + r) / group : -1;
+        m[i] = -INFINITY;
+        l[i] = 0.f;
+#pragma unroll
+        for (int e = 0; e < DL; ++e) acc[i][e] = 0.f;
+    }
+
+    for (int c0 = kv_begin; c0 < kv_end; c0 += KEYS) {
+        __syncthreads();  // q_s is complete, and every warp is done with the previous chunk
+        for (int v = threadIdx.x; v < KEYS * (D / N); v += THREADS) {
+            const int j = v / (D / N), d = (v % (D / N)) * N, key = c0 + j;
+            float kv[N], vv[N];
+            if (key < kv_end) {
+                const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
+                const size_t offset = (slot * num_kv_heads + kvh) * D + d;
+                qs::load_vec(k_cache + offset, kv);
+                qs::load_vec(v_cache + offset, vv);
+            } else {
+#pragma unroll
+                for (int e = 0; e < N; ++e) kv[e] = vv[e] = 0.f;
+            }
+#pragma unroll
+            for (int e = 0; e < N; ++e) {
+                k_s[j][d + e] = kv[e];
+                v_s[j][d + e] = vv[e];
+            }
+        }
+        __syncthreads();
+
+        // Lane j scores key c0 + j against each of the warp's rows.
+        float s[ROWS_PER_WARP];
+#pragma unroll
+        for (int i = 0; i < ROWS_PER_WARP; ++i) s[i] = 0.f;
+#pragma unroll 4
+        for (int d = 0; d < D; d += 4) {
+            const float k0 = k_s[lane][d], k1 = k_s[lane][d + 1], k2 = k_s[lane][d + 2], k3 = k_s[lane][d + 3];
+#pragma unroll
+            for (int i = 0; i < ROWS_PER_WARP; ++i) {
+                const float4 qv = *reinterpret_cast<const float4*>(&q_s[warp * ROWS_PER_WARP + i][d]);
+                s[i] = fmaf(qv.x, k0, fmaf(qv.y, k1, fmaf(qv.z, k2, fmaf(qv.w, k3, s[i]))));
+            }
+        }
+
+        const int key = c0 + lane;
+#pragma unroll
+        for (int i = 0; i < ROWS_PER_WARP; ++i) {
+            const bool visible = key < kv_end && key <= pos[i];
+            const float x = visible ? s[i] : -INFINITY;
+            const float m_new = fmaxf(m[i], qs::warp_max(x));
+            if (m_new == -INFINITY) continue;  // warp-uniform: the row sees no key yet
+            const float p = visible ? exp2f(x - m_new) : 0.f;
+            const float correction = exp2f(m[i] - m_new);  // 0 while m[i] is -inf
+            l[i] = l[i] * correction + qs::warp_sum(p);
+            m[i] = m_new;
+#pragma unroll
+            for (int e = 0; e < DL; ++e) acc[i][e] *= correction;
+#pragma unroll 8
+            for (int j = 0; j < KEYS; ++j) {
+                const float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+                for (int e = 0; e < DL; ++e) acc[i][e] = fmaf(pj, v_s[j][lane + 32 * e], acc[i][e]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < ROWS_PER_WARP; ++i) {
+        const int r = warp * ROWS_PER_WARP + i;
+        if (r >= num_rows) continue;
+        const int row = row0 + r;
+        const size_t token_head = (size_t)(q_start + row / group) * num_heads + kvh * group + row % group;
+        if (num_splits == 1) {
+            const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+#pragma unroll
+            for (int e = 0; e < DL; ++e) out[token_head * D + lane + 32 * e] = qs::from_float<T>(acc[i][e] * inv);
+        } else {
+            const size_t p = (size_t)split * num_tokens * num_heads + token_head;
+#pragma unroll
+            for (int e = 0; e < DL; ++e) part_o[p * D + lane + 32 * e] = acc[i][e];
+            if (lane == 0) {
+                part_ml[2 * p] = m[i];
+                part_ml[2 * p + 1] = l[i];
+            }
+        }
+    }
+}
+
+// Merges the splits of each (token, head): out = sum_z 2^(m_z - M) o_z / sum_z 2^(m_z - M) l_z.
+// Grid (num_tokens * num_heads), head_dim threads.
+template <typename T>
+__device__ __forceinline__ void combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
+                                        T* __restrict__ out, int num_rows, int num_splits) {
+    const size_t row = blockIdx.x;
+    const int d = threadIdx.x, D = blockDim.x;
+    float m = -INFINITY;
+    for (int z = 0; z < num_splits; ++z) m = fmaxf(m, part_ml[2 * (z * (size_t)num_rows + row)]);
+    float l = 0.f, acc = 0.f;
+    if (m != -INFINITY) {
+        for (int z = 0; z < num_splits; ++z) {
+            const size_t p = z * (size_t)num_rows + row;
+            const float w = exp2f(part_ml[2 * p] - m);
+            l += w * part_ml[2 * p + 1];
+            acc += w * part_o[p * D + d];
+        }
+    }
+    out[row * D + d] = qs::from_float<T>(l > 0.f ? acc / l : 0.f);
+}
+
+}  // namespace
+
+#define ATTENTION(SUFFIX, T, D)                                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS) paged_attention_d##D##_##SUFFIX(          \
+        const T* q, const T* k_cache, const T* v_cache, T* out, float* part_o, float* part_ml,       \
+        const uint32_t* query_start_loc, const uint32_t* seq_lens, const uint32_t* block_tables,    \
+        const uint32_t* tiles, int num_tokens, int num_heads, int num_kv_heads, int block_size,      \
+        int max_blocks_per_seq, int split_size, float scale) {                                       \
+        attention_tile<T, D>(q, k_cache, v_cache, out, part_o, part_ml, query_start_loc, seq_lens,  \
+                             block_tables, tiles, num_tokens, num_heads, num_kv_heads, block_size,   \
+                             max_blocks_per_seq, split_size, scale);                                 \
+    }
+#define ATTENTION_ALL_D(SUFFIX, T) ATTENTION(SUFFIX, T, 64) ATTENTION(SUFFIX, T, 128)
+QS_FOR_EACH_DTYPE(ATTENTION_ALL_D)
+
+#define COMBINE(SUFFIX, T)                                                                            \
+    extern "C" __global__ void paged_attention_combine_##SUFFIX(                                      \
+        const float* part_o, const float* part_ml, T* out, int num_rows, int num_splits) {           \
+        combine<T>(part_o, part_ml, out, num_rows, num_splits);                                       \
+    }
+QS_FOR_EACH_DTYPE(COMBINE)

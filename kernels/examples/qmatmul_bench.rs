@@ -1,0 +1,71 @@
+//! Times `QuantMatrix::matmul` (each ISA) against candle's `QMatMul` on the test model's
+//! shapes (Qwen2.5-Coder-0.5B Q4_K_M) with random weights.
+//!
+//! `cargo run --release -p qwen-serve-kernels --example qmatmul_bench [-- filter]` (filter: a
+//! substring of "name dtype", e.g. `Q6K` or `l2`); `RAYON_NUM_THREADS=1` for one core.
+
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use qwen_serve_kernels::{Isa, QuantMatrix};
+
+/// (name, dtype, in_features k, out_features n); the `l2` shapes fit a core's L2 cache and show
+/// the kernels' compute speed rather than memory bandwidth.
+const SHAPES: [(&str, GgmlDType, usize, usize); 10] = [
+    ("l2 896->1024", GgmlDType::Q5_0, 896, 1024),
+    ("l2 896->1024", GgmlDType::Q8_0, 896, 1024),
+    ("l2 4864->256", GgmlDType::Q4K, 4864, 256),
+    ("l2 4864->256", GgmlDType::Q6K, 4864, 256),
+    ("attn_q/o 896->896", GgmlDType::Q5_0, 896, 896),
+    ("ffn_up 896->4864", GgmlDType::Q5_0, 896, 4864),
+    ("ffn_down 4864->896", GgmlDType::Q6K, 4864, 896),
+    ("ffn_down 4864->896", GgmlDType::Q4K, 4864, 896),
+    ("attn_v 896->128", GgmlDType::Q8_0, 896, 128),
+    ("output 896->151936", GgmlDType::Q8_0, 896, 151936),
+];
+
+/// Fastest seconds per call over at least `min_time` (and at least 5 calls): on a shared
+/// machine the minimum is the run no other process interrupted.
+fn time(mut f: impl FnMut(), min_time: Duration) -> f64 {
+    f();
+    let mut samples = vec![];
+    let start = Instant::now();
+    while samples.len() < 5 || start.elapsed() < min_time {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.into_iter().fold(f64::INFINITY, f64::min)
+}
+
+fn main() -> candle_core::Result<()> {
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let dev = Device::Cpu;
+    println!("threads: {}, ISAs: {:?}", rayon::current_num_threads(), Isa::available());
+    println!("| shape | type | m | kernel | ms/call | weight GB/s |");
+    println!("|---|---|---|---|---|---|");
+    for (name, dtype, k, n) in SHAPES {
+        if !format!("{name} {dtype:?}").contains(&filter) {
+            continue;
+        }
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+        let q = QTensor::quantize(&w, dtype)?;
+        let bytes = q.storage_size_in_bytes() as f64;
+        let ours = QuantMatrix::from_qtensor(&q)?.expect("supported");
+        let theirs = QMatMul::from_qtensor(q)?;
+        for m in [1, 16] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+            let min_time = Duration::from_millis(if n > 100_000 { 1500 } else { 600 });
+            let mut rows = vec![];
+            for isa in Isa::available() {
+                rows.push((format!("ours {isa:?}"), time(|| drop(ours.matmul_with(&x, isa).unwrap()), min_time)));
+            }
+            rows.push(("candle QMatMul".to_string(), time(|| drop(theirs.forward(&x).unwrap()), min_time)));
+            for (kernel, secs) in rows {
+                println!("| {name} | {dtype:?} | {m} | {kernel} | {:.3} | {:.1} |", secs * 1e3, bytes / secs / 1e9);
+            }
+        }
+    }
+    Ok(())
+}

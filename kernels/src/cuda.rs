@@ -1,0 +1,101 @@
+//! The CUDA kernels' PTX (compiled by build.rs from `cuda/*.cu`) and the helpers the ops' `cuda_fwd`
+//! share to load and feed them.
+//!
+//! Every kernel is instantiated per dtype as `<kernel>_<f32|bf16|f16>`; a module is JIT-compiled
+//! by the driver and cached by candle's device the first time one of its kernels is used.
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice};
+use candle_core::{CudaStorage, Layout, Result, Storage, Tensor, WithDType};
+
+pub(crate) struct Module {
+    pub name: &'static str,
+    pub ptx: &'static str,
+}
+
+macro_rules! module {
+    ($const:ident, $file:literal) => {
+        pub(crate) const $const: Module = Module {
+            name: concat!("qwen_serve_", $file),
+            ptx: include_str!(concat!(env!("OUT_DIR"), "/", $file, ".ptx")),
+        };
+    };
+}
+
+module!(PAGED_ATTENTION, "paged_attention");
+module!(WRITE_KV, "write_kv");
+module!(RMS_NORM, "rms_norm");
+module!(ROPE, "rope");
+module!(SILU_MUL, "silu_mul");
+
+/// `<kernel>_<dtype of T>`: the name of one instantiation of a kernel template.
+pub(crate) fn kernel_name<T: WithDType>(kernel: &str) -> String {
+    format!("{kernel}_{}", T::DTYPE.as_str())
+}
+
+/// `load!(dev, MODULE, name)`: the kernel `name` of `MODULE`, loaded (once) on `dev`. A macro
+/// because candle does not export the type of the loaded function.
+macro_rules! load {
+    ($dev:expr, $module:expr, $name:expr) => {
+        $dev.get_or_load_custom_func(&$name, $module.name, $module.ptx)
+    };
+}
+pub(crate) use load;
+
+/// Element types the CUDA kernels are instantiated for.
+pub(crate) trait CudaElem: CudaDType + DeviceRepr + WithDType {}
+impl<T: CudaDType + DeviceRepr + WithDType> CudaElem for T {}
+
+/// The elements of a contiguous input, from its first one.
+pub(crate) fn input<'a, T: CudaElem>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(s.as_cuda_slice::<T>()?.slice(start..end)),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// Like [`input`], also requiring the first element to start a 16-byte vector (the kernels load
+/// rows with 16-byte accesses; device allocations themselves are 256-byte aligned).
+pub(crate) fn aligned_input<'a, T: CudaElem>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    if (l.start_offset() * std::mem::size_of::<T>()) % 16 != 0 {
+        candle_core::bail!("{what} must start on a 16-byte boundary (offset {})", l.start_offset());
+    }
+    input(s, l, what)
+}
+
+/// An uninitialised output of `len` elements (the kernel writes every one).
+pub(crate) fn output<T: CudaElem>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: every caller launches a kernel that writes all `len` elements before any read.
+    unsafe { dev.alloc::<T>(len.max(1)) }
+}
+
+/// Read access to a u32 tensor on the GPU for the duration of a launch.
+pub(crate) struct U32Tensor<'a> {
+    guard: candle_core::StorageRef<'a>,
+    layout: &'a Layout,
+}
+
+impl<'a> U32Tensor<'a> {
+    pub(crate) fn new(t: &'a Tensor) -> Self {
+        let (guard, layout) = t.storage_and_layout();
+        Self { guard, layout }
+    }
+
+    /// Elements `range` of the (contiguous) tensor.
+    pub(crate) fn view(&self, range: std::ops::Range<usize>, what: &str) -> Result<CudaView<'_, u32>> {
+        let Storage::Cuda(s) = &*self.guard else {
+            candle_core::bail!("{what} must be on the GPU");
+        };
+        let Some((start, end)) = self.layout.contiguous_offsets() else {
+            candle_core::bail!("{what} must be contiguous");
+        };
+        if range.end > end - start {
+            candle_core::bail!("{what}: range {range:?} outside a tensor of {}", end - start);
+        }
+        Ok(s.as_cuda_slice::<u32>()?.slice(start + range.start..start + range.end))
+    }
+
+    pub(crate) fn all(&self, what: &str) -> Result<CudaView<'_, u32>> {
+        self.view(0..self.layout.shape().elem_count(), what)
+    }
+}

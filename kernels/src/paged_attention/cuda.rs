@@ -1,0 +1,133 @@
+//! The CUDA forward of [`PagedAttention`]: `cuda/paged_attention.cu`, which documents the
+//! kernel's layout and its split of long key ranges across thread blocks.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape};
+use half::{bf16, f16};
+
+use super::{Dims, PagedAttention};
+use crate::cuda::{self, kernel_name, load, CudaElem, U32Tensor};
+
+/// Threads per attention block and keys per shared-memory chunk (`THREADS`, `KEYS` in the .cu).
+const THREADS: u32 = 128;
+const KEYS_PER_CHUNK: usize = 32;
+/// Resident attention blocks per SM to aim for (~41 KB of shared memory each at head_dim 128).
+const BLOCKS_PER_SM: usize = 4;
+/// A split shorter than this costs more (partials, the combine pass) than its parallelism gains.
+const MIN_KEYS_PER_SPLIT: usize = 256;
+
+impl PagedAttention<'_> {
+    pub(super) fn cuda(
+        &self,
+        q: &CudaStorage,
+        q_l: &Layout,
+        k: &CudaStorage,
+        k_l: &Layout,
+        v: &CudaStorage,
+        v_l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let storage = match q.dtype() {
+            DType::F32 => self.cuda_typed::<f32>(q, q_l, k, k_l, v, v_l),
+            DType::BF16 => self.cuda_typed::<bf16>(q, q_l, k, k_l, v, v_l),
+            DType::F16 => self.cuda_typed::<f16>(q, q_l, k, k_l, v, v_l),
+            dtype => candle_core::bail!("paged_attention: unsupported dtype {dtype:?} (f32, bf16, f16)"),
+        }?;
+        Ok((storage, q_l.shape().clone()))
+    }
+
+    fn cuda_typed<T: CudaElem>(
+        &self,
+        q: &CudaStorage,
+        q_l: &Layout,
+        k: &CudaStorage,
+        k_l: &Layout,
+        v: &CudaStorage,
+        v_l: &Layout,
+    ) -> Result<CudaStorage> {
+        let Dims { num_heads, num_kv_heads, head_dim, block_size } = self.dims;
+        if head_dim != 64 && head_dim != 128 {
+            candle_core::bail!("paged_attention: the CUDA kernel has head_dim 64 and 128, not {head_dim}");
+        }
+        let dev = q.device();
+        let host = self.metadata.host();
+        let Some(packed) = self.metadata.cuda() else {
+            candle_core::bail!("paged_attention: the step metadata was made for another device than q's");
+        };
+        let num_tokens = host.num_tokens();
+        let tile_tensor = packed.tiles(host, num_heads / num_kv_heads)?;
+        let num_tiles = tile_tensor.dim(0)?;
+        let max_seq_len = host.seq_lens.iter().copied().max().unwrap_or(0) as usize;
+        let (num_splits, split_size) = splits(dev, num_tiles * num_kv_heads, max_seq_len)?;
+
+        let q = cuda::aligned_input::<T>(q, q_l, "paged_attention: q")?;
+        let k = cuda::aligned_input::<T>(k, k_l, "paged_attention: key cache")?;
+        let v = cuda::aligned_input::<T>(v, v_l, "paged_attention: value cache")?;
+        let data = U32Tensor::new(&packed.data);
+        let query_start_loc = data.view(packed.query_start_loc.clone(), "query_start_loc")?;
+        let seq_lens = data.view(packed.seq_lens.clone(), "seq_lens")?;
+        let block_tables = data.view(packed.block_tables.clone(), "block_tables")?;
+        let tile_guard = U32Tensor::new(&tile_tensor);
+        let tiles = tile_guard.all("attention tiles")?;
+
+        let num_rows = num_tokens * num_heads;
+        let mut out = cuda::output::<T>(dev, num_rows * head_dim)?;
+        // Partial results exist only for a split launch; otherwise one-element placeholders.
+        let partial = if num_splits > 1 { num_splits * num_rows } else { 1 };
+        let mut part_o = cuda::output::<f32>(dev, partial * head_dim)?;
+        let mut part_ml = cuda::output::<f32>(dev, partial * 2)?;
+
+        let func = load!(dev, cuda::PAGED_ATTENTION, kernel_name::<T>(&format!("paged_attention_d{head_dim}")))?;
+        let ints = [num_tokens, num_heads, num_kv_heads, block_size, host.max_blocks_per_seq, split_size]
+            .map(|x| x as i32);
+        let mut b = func.builder();
+        b.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&mut part_o).arg(&mut part_ml);
+        b.arg(&query_start_loc).arg(&seq_lens).arg(&block_tables).arg(&tiles);
+        for x in &ints {
+            b.arg(x);
+        }
+        b.arg(&self.scale);
+        let cfg = LaunchConfig {
+            grid_dim: (num_tiles as u32, num_kv_heads as u32, num_splits as u32),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: argument order and types match `paged_attention_d*` in the .cu; every index the
+        // kernel follows was checked by `AttentionMetadata::validate` and the shape checks.
+        unsafe { b.launch(cfg) }.w()?;
+
+        if num_splits > 1 {
+            let func = load!(dev, cuda::PAGED_ATTENTION, kernel_name::<T>("paged_attention_combine"))?;
+            let (rows, splits) = (num_rows as i32, num_splits as i32);
+            let mut b = func.builder();
+            b.arg(&part_o).arg(&part_ml).arg(&mut out).arg(&rows).arg(&splits);
+            let cfg = LaunchConfig {
+                grid_dim: (num_rows as u32, 1, 1),
+                block_dim: (head_dim as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: as above, for `paged_attention_combine_*`.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+}
+
+/// How many blocks share each tile's key range, and the keys each covers (a multiple of the
+/// chunk size). Splitting pays only when the tiles alone leave SMs idle and keys are many:
+/// decode of a few long sequences.
+fn splits(dev: &CudaDevice, num_blocks: usize, max_seq_len: usize) -> Result<(usize, usize)> {
+    let num_sms = dev
+        .cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .w()? as usize;
+    let target = num_sms * BLOCKS_PER_SM;
+    let max_seq_len = max_seq_len.max(1);
+    let wanted = if num_blocks >= target { 1 } else { target.div_ceil(num_blocks.max(1)) };
+    let num_splits = wanted.min(max_seq_len.div_ceil(MIN_KEYS_PER_SPLIT)).max(1);
+    let split_size = max_seq_len.div_ceil(num_splits).next_multiple_of(KEYS_PER_CHUNK);
+    Ok((max_seq_len.div_ceil(split_size), split_size))
+}

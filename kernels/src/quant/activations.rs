@@ -1,0 +1,132 @@
+//! Activations quantized to 8 bits, the integer partner of every weight type's dot product.
+//!
+//! Each row is cut into blocks of the weight type's block length (32 or 256); a block keeps one
+//! f32 scale `d = amax / 127` and values `round(x / d)` in [-127, 127], so a weight-activation
+//! product of a block is an exact integer sum times two scales. The partial sums of the values
+//! (per 32 or 16 elements) let kernels apply a weight type's zero point (`-8`, `-16`, `-32`) or
+//! K-quant minimum once per group instead of per element.
+//!
+//! For the 32-element types the values are stored in the weights' interleaved order
+//! ([`super::format::interleaved_index`]), so a vector of activations lines up with a vector of
+//! weights; K-quant rows stay in element order.
+//!
+//! Quantization runs once per row per call and only in this portable code, so every kernel
+//! (scalar, AVX2, AVX-512) sees the same integers, and a row's integers depend on nothing but
+//! the row.
+
+use super::format::interleaved_index;
+
+/// `m` quantized rows of `k` elements.
+pub(crate) struct QuantizedRows {
+    k: usize,
+    block_len: usize,
+    sum_len: usize,
+    /// `(m, k / block_len)`.
+    scales: Vec<f32>,
+    /// `(m, k / sum_len)`: the sum of each `sum_len` consecutive values.
+    sums: Vec<i32>,
+    /// `(m, k)`.
+    qs: Vec<i8>,
+}
+
+/// One quantized row: `scales[b]` covers block `b`, `sums[g]` is the sum of the values of
+/// elements `g * sum_len ..(g + 1) * sum_len`; `qs` holds the values (element order, or
+/// interleaved).
+#[derive(Clone, Copy)]
+pub(crate) struct ActRow<'a> {
+    pub scales: &'a [f32],
+    pub sums: &'a [i32],
+    pub qs: &'a [i8],
+}
+
+/// Adding then subtracting 1.5 * 2^23 rounds an f32 of magnitude below 2^22 to the nearest
+/// integer, ties to even, in plain SSE2 arithmetic (`f32::round` is a libm call there).
+const ROUNDER: f32 = 12_582_912.0;
+
+impl QuantizedRows {
+    /// `x` is `(m, k)` row-major; `k` must be a multiple of `block_len`, which must be a
+    /// multiple of `sum_len`. `interleave` (32-element blocks only) stores each row's values in
+    /// interleaved order.
+    pub fn quantize(x: &[f32], k: usize, block_len: usize, sum_len: usize, interleave: bool) -> Self {
+        debug_assert!(k.is_multiple_of(block_len) && block_len.is_multiple_of(sum_len) && x.len().is_multiple_of(k));
+        let m = x.len() / k;
+        let mut out = Self {
+            k,
+            block_len,
+            sum_len,
+            scales: vec![0.0; m * k / block_len],
+            sums: vec![0; m * k / sum_len],
+            qs: vec![0; m * k],
+        };
+        let (nb, sums_per_block) = (k / block_len, block_len / sum_len);
+        let mut q = [0i8; 256];
+        let q = &mut q[..block_len];
+        for (i, x) in x.chunks_exact(block_len).enumerate() {
+            let (r, b) = (i / nb, i % nb);
+            out.scales[i] = quantize_block(x, q);
+            for (s, q) in out.sums[i * sums_per_block..].iter_mut().zip(q.chunks_exact(sum_len)) {
+                *s = q.iter().map(|&q| q as i32).sum();
+            }
+            let row = &mut out.qs[r * k..(r + 1) * k];
+            if interleave {
+                debug_assert_eq!(block_len, 32);
+                for (e, &q) in q.iter().enumerate() {
+                    row[interleaved_index(nb, b, e)] = q;
+                }
+            } else {
+                row[b * block_len..(b + 1) * block_len].copy_from_slice(q);
+            }
+        }
+        out
+    }
+
+    pub fn row(&self, r: usize) -> ActRow<'_> {
+        let (nb, ns) = (self.k / self.block_len, self.k / self.sum_len);
+        ActRow {
+            scales: &self.scales[r * nb..(r + 1) * nb],
+            sums: &self.sums[r * ns..(r + 1) * ns],
+            qs: &self.qs[r * self.k..(r + 1) * self.k],
+        }
+    }
+}
+
+/// Quantizes one block into `qs`, returning its scale. An all-zero block gets scale 0.
+fn quantize_block(x: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, &v) in qs.iter_mut().zip(x) {
+        // |v * inv| <= 127 up to rounding; a NaN survives the clamp and casts to 0.
+        let r = ((v * inv).clamp(-127.0, 127.0) + ROUNDER) - ROUNDER;
+        *q = r as i8;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantizes_to_symmetric_bytes_with_sums() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.5) * 0.25).collect();
+        let q = QuantizedRows::quantize(&x, 32, 32, 16, false);
+        let row = q.row(1);
+        // Block 1 holds 2.875 .. 10.625: its largest magnitude maps to 127.
+        assert_eq!(row.scales[0], 10.625 / 127.0);
+        assert_eq!(row.qs[31], 127);
+        for (i, &v) in x[32..].iter().enumerate() {
+            assert!((row.qs[i] as f32 * row.scales[0] - v).abs() <= row.scales[0] / 2.0 + 1e-6);
+        }
+        assert_eq!(row.sums[1], row.qs[16..].iter().map(|&q| q as i32).sum::<i32>());
+        let zeros = QuantizedRows::quantize(&[0.0; 32], 32, 32, 32, false);
+        assert_eq!((zeros.row(0).scales[0], zeros.row(0).qs.iter().all(|&q| q == 0)), (0.0, true));
+    }
+
+    #[test]
+    fn rounds_ties_to_even() {
+        for (v, r) in [(0.5f32, 0.0f32), (1.5, 2.0), (-2.5, -2.0), (126.49, 126.0), (-126.51, -127.0)] {
+            assert_eq!((v + ROUNDER) - ROUNDER, r, "{v}");
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! AVX-512 (F, BW, VL, VNNI) dot products, bitwise equal to [`super::scalar`].
+//!
+//! Each kernel runs a range of weight rows against `R` activation rows: a group of weight
+//! blocks is decoded into registers once and multiplied with every activation row, which is
+//! what makes a batch cheaper per row than a single sequence. Every activation row still goes
+//! through exactly the scalar code's operations, so its results do not depend on `R` or on
+//! which rows share the call.
+//!
+//! 32-element types use `vpdpbusd` (unsigned weight byte times signed activation byte, four
+//! products added into an i32 lane, no saturation) on the interleaved layout; Q8_0's signed
+//! weights are made unsigned by flipping their sign bit (adding 128), removed again with the
+//! activation sums like the other types' zero points. K-quants use `maddubs`/`madd` as the
+//! AVX2 kernels do, where the i16 multiply applies the sub-block scales (pairs stay below
+//! 2 * 63 * 127 < 2^15).
+//!
+//! Safety (every fn): the caller has checked the CPU features (see `Isa::Avx512`) and the
+//! rows are consistent (as built by `QuantMatrix`).
+
+use std::arch::x86_64::*;
+
+use std::ops::Range;
+
+use super::activations::ActRow;
+use super::avx2::f16_to_f32;
+use super::format::{Blocks32, Q4KBlock, Q5KBlock, Q6KBlock};
+
+/// [`super::scalar::fold_lanes`] on a vector.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn fold_lanes(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// A group of `c` = 8 (or, last in a row, 4) blocks' weight values as unsigned bytes, 64 per
+/// vector in interleaved order (`format::interleaved_index`): `c / 2` vectors.
+type Group = [__m512i; 4];
+
+/// The shared driver of the 32-element types: for weight rows `cols`, `emit(j, y)` with `y`
+/// the dot products of row `j` with the `R` activation rows. `decode(j, g0, c)` gives the
+/// values of row `j`'s group of `c` blocks from block `g0`, whose zero point `offset` comes off
+/// through the activation sums.
+///
+/// Per row and group, `vpdpbusd` over the group's vectors leaves in lane `l` (mod 8, or mod 4
+/// when `c` = 4) a partial sum of block `l` only, so folding the vector gives the exact block
+/// sums; then `lanes += (dw * da) * isum` exactly as the scalar code does per lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn sum_blocks32<const R: usize>(
+    d: &[half::f16],
+    nb: usize,
+    cols: Range<usize>,
+    a: [ActRow; R],
+    offset: i32,
+    decode: impl Fn(usize, usize, usize) -> Group,
+    emit: &mut impl FnMut(usize, [f32; R]),
+) {
+    let offset = _mm256_set1_epi32(offset);
+    for j in cols {
+        let mut lanes = [_mm256_setzero_ps(); R];
+        for g0 in (0..nb).step_by(8) {
+            let c = (nb - g0).min(8);
+            let wq = decode(j, g0, c);
+            let dw = d.as_ptr().add(j * nb + g0);
+            let dw = _mm256_cvtph_ps(if c == 8 { _mm_loadu_si128(dw.cast()) } else { _mm_loadl_epi64(dw.cast()) });
+            for (a, lanes) in a.iter().zip(lanes.iter_mut()) {
+                let x = a.qs.as_ptr().add(g0 * 32);
+                let dot = |i: usize, acc| _mm512_dpbusd_epi32(acc, wq[i], _mm512_loadu_si512(x.add(64 * i).cast()));
+                let (da, asum) = (a.scales.as_ptr().add(g0), a.sums.as_ptr().add(g0));
+                // A last group of four fills lanes 0..4; lanes 4..8 get d = 0 and isum = 0,
+                // adding +0.0 (a no-op: a lane never holds -0.0).
+                let (isum, da, asum) = if c == 8 {
+                    let s = _mm512_add_epi32(dot(2, dot(0, _mm512_setzero_si512())), dot(3, dot(1, _mm512_setzero_si512())));
+                    let s = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
+                    (s, _mm256_loadu_ps(da), _mm256_loadu_si256(asum.cast()))
+                } else {
+                    let s = dot(1, dot(0, _mm512_setzero_si512()));
+                    let s = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
+                    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+                    let da = _mm256_zextps128_ps256(_mm_loadu_ps(da));
+                    (_mm256_zextsi128_si256(s), da, _mm256_zextsi128_si256(_mm_loadu_si128(asum.cast())))
+                };
+                let isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(offset, asum));
+                let d = _mm256_mul_ps(dw, da);
+                *lanes = _mm256_add_ps(*lanes, _mm256_mul_ps(d, _mm256_cvtepi32_ps(isum)));
+            }
+        }
+        emit(j, lanes.map(|l| fold_lanes(l)));
+    }
+}
+
+/// The nibble values of a Q4_0/Q5_0 group: each 64-byte chunk holds 128 values, the first 64
+/// in its low nibbles.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn nibble_group(qs: *const u8, c: usize) -> Group {
+    let m = _mm512_set1_epi8(0xF);
+    let v0 = _mm512_loadu_si512(qs.cast());
+    let v1 = if c == 8 { _mm512_loadu_si512(qs.add(64).cast()) } else { _mm512_setzero_si512() };
+    let hi = |v| _mm512_and_si512(_mm512_srli_epi16::<4>(v), m);
+    [_mm512_and_si512(v0, m), hi(v0), _mm512_and_si512(v1, m), hi(v1)]
+}
+
+/// `y[j] = [dot(W_j, a_r) for r]` for `j` in `cols`, `emit`ted one row at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+pub(crate) unsafe fn q4_0<const R: usize>(
+    w: &Blocks32,
+    nb: usize,
+    cols: Range<usize>,
+    a: [ActRow; R],
+    emit: &mut impl FnMut(usize, [f32; R]),
+) {
+    let qs = w.qs.as_ptr();
+    sum_blocks32(&w.d, nb, cols, a, 8, |j, g0, c| nibble_group(qs.add((j * nb + g0) * 16), c), emit)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+pub(crate) unsafe fn q5_0<const R: usize>(
+    w: &Blocks32,
+    nb: usize,
+    cols: Range<usize>,
+    a: [ActRow; R],
+    emit: &mut impl FnMut(usize, [f32; R]),
+) {
+    let (qs, qh) = (w.qs.as_ptr(), w.qh.as_ptr());
+    let sixteen = _mm512_set1_epi8(16);
+    sum_blocks32(
+        &w.d,
+        nb,
+        cols,
+        a,
+        16,
+        |j, g0, c| {
+            let mut z = nibble_group(qs.add((j * nb + g0) * 16), c);
+            // The fifth bits of values 64i.. are the 64-bit word at u32 index 2i.
+            let bits = qh.add(j * nb + g0) as *const u64;
+            for (i, z) in z.iter_mut().enumerate().take(c / 2) {
+                *z = _mm512_mask_add_epi8(*z, bits.add(i).read_unaligned(), *z, sixteen);
+            }
+            z
+        },
+        emit,
+    )
+}
+
+/// Q8_0's signed weights become unsigned by flipping the sign bit (adding 128).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+pub(crate) unsafe fn q8_0<const R: usize>(
+    w: &Blocks32,
+    nb: usize,
+    cols: Range<usize>,
+    a: [ActRow; R],
+    emit: &mut impl FnMut(usize, [f32; R]),
+) {
+    let qs = w.qs.as_ptr();
+    let flip = _mm512_set1_epi8(-128);
+    sum_blocks32(
+        &w.d,
+        nb,
+        cols,
+        a,
+        128,
+        |j, g0, c| {
+            let q = qs.add((j * nb + g0) * 32);
+            std::array::from_fn(|i| {
+                if i < c / 2 { _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * i).cast()), flip) } else { _mm512_setzero_si512() }
+            })
+        },
+        emit,
+    )
+}
+
+/// `sum_i q_i a_i * scale(i)` over one K-quant super-block as sixteen i32 partial sums: `q[t]`
+/// holds elements `64t ..64t + 64` as unsigned bytes, `scales[t]` the i16 scale of each pair.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn scaled_dot256(q: &[__m512i; 4], scales: &[__m512i; 4], x: *const i8) -> __m512i {
+    let mut s = _mm512_setzero_si512();
+    for t in 0..4 {
+        let p = _mm512_maddubs_epi16(q[t], _mm512_loadu_si512(x.add(64 * t).cast()));
+        s = _mm512_add_epi32(s, _mm512_madd_epi16(p, scales[t]));
+    }
+    s
+}
+
+/// The i16 scales of Q4_K/Q5_K sub-blocks, spread to `scaled_dot256`'s layout: in vector `t`,
+/// i16 lanes 0..16 (elements `64t ..64t + 32`) take sub-block `2t`, lanes 16..32 `2t + 1`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn k_scales(scales: &[u8; 8]) -> [__m512i; 4] {
+    let s = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64(scales.as_ptr().cast())));
+    std::array::from_fn(|t| {
+        let (lo, hi) = (2 * t as i16, 2 * t as i16 + 1);
+        _mm512_permutexvar_epi16(_mm512_set_epi16(
+            hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, hi, //
+            lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo, lo,
+        ), s)
+    })
+}
+
+/// The 256 nibbles of a K-quant block's two `pack_nibbles` halves, in element order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn k_nibbles(qs: *const u8) -> [__m512i; 4] {
+    let m = _mm512_set1_epi8(0xF);
+    let (v0, v1) = (_mm512_loadu_si512(qs.cast()), _mm512_loadu_si512(qs.add(64).cast()));
+    let hi = |v| _mm512_and_si512(_mm512_srli_epi16::<4>(v), m);
+    [_mm512_and_si512(v0, m), hi(v0), _mm512_and_si512(v1, m), hi(v1)]
+}
+
+/// Lane `l` of the eight-lane result is lanes `l` and `l + 8` of `s` added.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fold16(s: __m512i) -> __m256i {
+    _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s))
+}
+
+/// The K-quant float step on vectors: `acc += (d * da) * s - (dmin * da) * s_min`
+/// ([`super::scalar::k_lanes`]; Q6_K passes `s_min = None`, as `x - 0.0 = x`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn k_lanes(acc: __m256, d: f32, dmin: f32, da: f32, s: __m256i, s_min: Option<__m256i>) -> __m256 {
+    let t = _mm256_mul_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(s));
+    let t = match s_min {
+        Some(m) => _mm256_sub_ps(t, _mm256_mul_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(m))),
+        None => t,
+    };
+    _mm256_add_ps(acc, t)
+}
+
+/// Q4_K/Q5_K over weight rows `cols`: `decode(blk)` gives a block's 256 unsigned values. The
+/// madd lanes of `scaled_dot256`, folded to eight, are the canonical lane sums.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+unsafe fn k_rows<B: KBlock, const R: usize>(
+    w: &[B],
+    nb: usize,
+    cols: Range<usize>,
+    a: [ActRow; R],
+    decode: impl Fn(&B) -> [__m512i; 4],
+    emit: &mut impl FnMut(usize, [f32; R]),
+) {
+    for j in cols {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (b, blk) in w[j * nb..(j + 1) * nb].iter().enumerate() {
+            let q = decode(blk);
+            let scales = k_scales(blk.scales());
+            let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.mins().as_ptr().cast()));
+            let (d, dmin) = blk.d_dmin();
+            let (d, dmin) = (f16_to_f32(d), f16_to_f32(dmin));
+            for (a, acc) in a.iter().zip(acc.iter_mut()) {
+                let s = fold16(scaled_dot256(&q, &scales, a.qs.as_ptr().add(b * 256)));
+                let s_min = _mm256_mullo_epi32(mins, _mm256_loadu_si256(a.sums.as_ptr().add(b * 8).cast()));
+                *acc = k_lanes(*acc, d, dmin, *a.scales.get_unchecked(b), s, Some(s_min));
+            }
+        }
+        emit(j, acc.map(|acc| fold_lanes(acc)));
+    }
+}
+
+/// What [`k_rows`] reads of a Q4_K/Q5_K block.
+pub(crate) trait KBlock {
+    fn d_dmin(&self) -> (half::f16, half::f16);
+    fn scales(&self) -> &[u8; 8];
+    fn mins(&self) -> &[u8; 8];
+}
+
+macro_rules! k_block {
+    ($t:ty) => {
+        impl KBlock for $t {
+            #[inline(always)]
+            fn d_dmin(&self) -> (half::f16, half::f16) {
+                (self.d, self.dmin)
+            }
+            #[inline(always)]
+            fn scales(&self) -> &[u8; 8] {
+                &self.scales
+            }
+            #[inline(always)]
+            fn mins(&self) -> &[u8; 8] {
+                &self.mins
+            }
+        }
+    };
+}
+k_block!(Q4KBlock);
+k_block!(Q5KBlock);
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+pub(crate) unsafe fn q4k<const R: usize>(
+    w: &[Q4KBlock],
+    nb: usize,
+    cols: Range<usize>,
+    a: [ActRow; R],
+    emit: &mut impl FnMut(usize, [f32; R]),
+) {
+    k_rows(w, nb, cols, a, |blk| k_nibbles(blk.qs.as_ptr()), emit)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+pub(crate) unsafe fn q5k<const R: usize>(
+    w: &[Q5KBlock],
+    nb: usize,
+    cols: Range<usize>,
+    a: [ActRow; R],
+    emit: &mut impl FnMut(usize, [f32; R]),
+) {
+    let sixteen = _mm512_set1_epi8(16);
+    k_rows(
+        w,
+        nb,
+        cols,
+        a,
+        |blk| {
+            let mut q = k_nibbles(blk.qs.as_ptr());
+            for (t, q) in q.iter_mut().enumerate() {
+                let bits = u64::from_le_bytes(blk.qh[8 * t..8 * t + 8].try_into().unwrap());
+                *q = _mm512_mask_add_epi8(*q, bits, *q, sixteen);
+            }
+            q
+        },
+        emit,
+    )
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+pub(crate) unsafe fn q6k<const R: usize>(
+    w: &[Q6KBlock],
+    nb: usize,
+    cols: Range<usize>,
+    a: [ActRow; R],
+    emit: &mut impl FnMut(usize, [f32; R]),
+) {
+    let m2 = _mm512_set1_epi8(3);
+    // Bits 4..5 of elements 128h + 32u + l sit at bits 2u of qh[32h + l]: with qh's 32 bytes
+    // in both 256-bit halves, shift the halves by (0, 2) for elements 0..64, (4, 6) for 64..128.
+    let (shift_lo, shift_hi) = (
+        _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2)),
+        _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(6)),
+    );
+    for j in cols {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (b, blk) in w[j * nb..(j + 1) * nb].iter().enumerate() {
+            let mut q = k_nibbles(blk.ql.as_ptr());
+            for h in 0..2 {
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.qh.as_ptr().add(32 * h).cast()));
+                for (t, shift) in [(2 * h, shift_lo), (2 * h + 1, shift_hi)] {
+                    let high = _mm512_and_si512(_mm512_srlv_epi16(qh, shift), m2);
+                    q[t] = _mm512_or_si512(q[t], _mm512_slli_epi16::<4>(high));
+                }
+            }
+            // Vector t covers 16-element groups 4t..4t+4, eight i16 pairs each.
+            let s16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128(blk.scales.as_ptr().cast())));
+            let scales: [__m512i; 4] = std::array::from_fn(|t| {
+                let g = |j: i16| 4 * t as i16 + j;
+                _mm512_permutexvar_epi16(
+                    _mm512_set_epi16(
+                        g(3), g(3), g(3), g(3), g(3), g(3), g(3), g(3), g(2), g(2), g(2), g(2), g(2), g(2), g(2), g(2), //
+                        g(1), g(1), g(1), g(1), g(1), g(1), g(1), g(1), g(0), g(0), g(0), g(0), g(0), g(0), g(0), g(0),
+                    ),
+                    s16,
+                )
+            });
+            let scales32 = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.scales.as_ptr().cast()));
+            let d = f16_to_f32(blk.d);
+            for (a, acc) in a.iter().zip(acc.iter_mut()) {
+                let s = scaled_dot256(&q, &scales, a.qs.as_ptr().add(b * 256));
+                // The zero point: lane l takes 32 * scales[g] * sums[g] for g = l, l + 8.
+                let offset = _mm512_mullo_epi32(scales32, _mm512_loadu_si512(a.sums.as_ptr().add(b * 16).cast()));
+                let s = fold16(_mm512_sub_epi32(s, _mm512_slli_epi32::<5>(offset)));
+                *acc = k_lanes(*acc, d, 0.0, *a.scales.get_unchecked(b), s, None);
+            }
+        }
+        emit(j, acc.map(|acc| fold_lanes(acc)));
+    }
+}

@@ -1,0 +1,322 @@
+//! Weight storage: GGUF blocks repacked at load into the layouts the dot kernels read.
+//!
+//! The values are never changed, only moved: every weight dequantizes to exactly what candle's
+//! `QTensor::dequantize` gives for the original bytes. Repacking buys aligned, contiguous
+//! streams (eight f16 block scales in one load for the 32-element types) and pre-decoded
+//! 6-bit K-quant scales, at the cost of a copy of the matrix while it is being loaded.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::Result;
+use half::f16;
+
+/// Elements per block of the 32-element types (Q4_0, Q5_0, Q8_0).
+pub(crate) const QK32: usize = 32;
+/// Elements per K-quant super-block.
+pub(crate) const QK_K: usize = 256;
+
+/// One matrix `(n, k)`, row `j` being blocks `j * blocks_per_row ..(j + 1) * blocks_per_row`.
+pub(crate) enum Weights {
+    Q4_0(Blocks32),
+    Q5_0(Blocks32),
+    Q8_0(Blocks32),
+    Q4K(Vec<Q4KBlock>),
+    Q5K(Vec<Q5KBlock>),
+    Q6K(Vec<Q6KBlock>),
+}
+
+/// Structure-of-arrays storage of a 32-element type: `d[b]` scales block `b`. Values are
+/// stored in the [`interleaved_index`] order: Q8_0 one signed byte each, Q4_0/Q5_0 one nibble
+/// each, [`pack_nibbles`] per 128 values, and for Q5_0 the fifth bit of value `v` (same order)
+/// is bit `v % 32` of `qh[v / 32]`. Row `j` owns `d[j * nb ..]`, `qh[j * nb ..]` and `qs` from
+/// `j * nb * QS_LEN` (`QS_LEN` = 32 bytes per block for Q8_0, 16 otherwise).
+pub(crate) struct Blocks32 {
+    pub d: Vec<f16>,
+    pub qh: Vec<u32>,
+    pub qs: Vec<u8>,
+}
+
+/// Where element `e` of block `b` of a row of `nb` blocks sits among the row's values (weights
+/// and quantized activations alike). Blocks form groups of eight (the last group of four when
+/// `nb % 8 == 4`); a group of `c` blocks stores eight *slices* in turn, slice `t` holding
+/// elements `4t ..4t + 4` of each block of the group. So a 32-byte vector is one slice of
+/// eight blocks, and a dot product instruction that adds four neighbouring byte products
+/// (`vpdpbusd`, `maddubs` + `madd`) leaves each block's partial sum in its own i32 lane:
+/// summing the slices gives the block sums with no horizontal reduction.
+#[inline(always)]
+pub(crate) fn interleaved_index(nb: usize, b: usize, e: usize) -> usize {
+    let g0 = b & !7;
+    let c = (nb - g0).min(8);
+    g0 * 32 + (e / 4) * 4 * c + (b - g0) * 4 + e % 4
+}
+
+/// Q4_K with its 6-bit scales and mins unpacked (value `d * scales[s] * q - dmin * mins[s]` in
+/// sub-block `s` = element / 32) and its nibbles laid out by [`pack_nibbles`] per half
+/// (elements `128h ..128h + 128` in `qs[64h..64h + 64]`).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Q4KBlock {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 8],
+    pub mins: [u8; 8],
+    pub qs: [u8; 128],
+}
+
+/// Q5_K: as [`Q4KBlock`] plus a fifth bit, bit `e % 8` of `qh[e / 8]` for element `e` (so
+/// little-endian word `w` of 64 bits covers elements `64w ..64w + 64`).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Q5KBlock {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 8],
+    pub mins: [u8; 8],
+    pub qh: [u8; 32],
+    pub qs: [u8; 128],
+}
+
+/// Q6_K as stored in GGUF (only the scale moved first): in half `h`, elements `128h + i` and
+/// `128h + 64 + i` (`i < 64`) take their low 4 bits from the low and high nibble of
+/// `ql[64h + i]` (the [`pack_nibbles`] layout), and element `128h + 32t + l` (`l < 32`) its
+/// bits 4..5 from bits `2t..2t+1` of `qh[32h + l]`; value `d * scales[e / 16] * (q - 32)`.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Q6KBlock {
+    pub d: f16,
+    pub scales: [i8; 16],
+    pub ql: [u8; 128],
+    pub qh: [u8; 64],
+}
+
+/// Packs 128 4-bit values into 64 bytes: byte `i` holds value `i` in its low nibble and value
+/// `64 + i` in its high nibble.
+pub(crate) fn pack_nibbles(values: &[u8; 128]) -> [u8; 64] {
+    std::array::from_fn(|i| values[i] | (values[64 + i] << 4))
+}
+
+/// Value `e` (< 128) of a [`pack_nibbles`] group.
+#[inline(always)]
+pub(crate) fn nibble(packed: &[u8], e: usize) -> u8 {
+    if e < 64 { packed[e] & 0xF } else { packed[e - 64] >> 4 }
+}
+
+impl Weights {
+    /// Repacks `data`, the raw GGUF bytes of an `(n, k)` matrix; `None` for types we have no
+    /// kernel for.
+    pub fn from_gguf(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
+        let block = match dtype {
+            GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => QK32,
+            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => QK_K,
+            _ => return Ok(None),
+        };
+        if !k.is_multiple_of(block) {
+            candle_core::bail!("quantized matrix: in_features {k} is not a multiple of {dtype:?}'s block {block}");
+        }
+        if block == QK32 && !k.is_multiple_of(128) {
+            // The interleaved layout works in groups of four or eight blocks (every Qwen width
+            // qualifies).
+            return Ok(None);
+        }
+        let num_blocks = n * k / block;
+        if data.len() != num_blocks * dtype.type_size() {
+            candle_core::bail!("quantized matrix: {} bytes for {num_blocks} {dtype:?} blocks", data.len());
+        }
+        let blocks = data.chunks_exact(dtype.type_size());
+        Ok(Some(match dtype {
+            GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => {
+                let data = Blocks32::from_blocks(blocks, k / QK32, dtype);
+                match dtype {
+                    GgmlDType::Q4_0 => Self::Q4_0(data),
+                    GgmlDType::Q5_0 => Self::Q5_0(data),
+                    _ => Self::Q8_0(data),
+                }
+            }
+            GgmlDType::Q4K => Self::Q4K(blocks.map(Q4KBlock::from_gguf).collect()),
+            GgmlDType::Q5K => Self::Q5K(blocks.map(Q5KBlock::from_gguf).collect()),
+            GgmlDType::Q6K => Self::Q6K(blocks.map(Q6KBlock::from_gguf).collect()),
+            _ => unreachable!(),
+        }))
+    }
+
+    /// Elements per scale block (32 or 256).
+    pub fn block_len(&self) -> usize {
+        match self {
+            Self::Q4_0(_) | Self::Q5_0(_) | Self::Q8_0(_) => QK32,
+            Self::Q4K(_) | Self::Q5K(_) | Self::Q6K(_) => QK_K,
+        }
+    }
+
+    /// Elements per activation partial sum the kernels of this type need (see
+    /// [`super::activations`]): one per 32-element block, per Q4_K/Q5_K sub-block, or per Q6_K
+    /// 16-element scale group.
+    pub fn sum_len(&self) -> usize {
+        match self {
+            Self::Q6K(_) => 16,
+            _ => 32,
+        }
+    }
+
+    /// Bytes the kernels stream per output row (for choosing the parallel split).
+    pub fn row_bytes(&self, k: usize) -> usize {
+        let blocks = k / self.block_len();
+        blocks
+            * match self {
+                Self::Q4_0(_) => 18,
+                Self::Q5_0(_) => 22,
+                Self::Q8_0(_) => 34,
+                Self::Q4K(_) => std::mem::size_of::<Q4KBlock>(),
+                Self::Q5K(_) => std::mem::size_of::<Q5KBlock>(),
+                Self::Q6K(_) => std::mem::size_of::<Q6KBlock>(),
+            }
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f16 {
+    f16::from_le_bytes([b[at], b[at + 1]])
+}
+
+impl Blocks32 {
+    /// From GGUF blocks, `nb` per row: `d: f16` then, for Q5_0, `qh: [u8; 4]`, then `qs`
+    /// (Q8_0: 32 bytes; Q4_0/Q5_0: element `i < 16` in the low nibble of byte `i`, element
+    /// `16 + i` in its high nibble).
+    fn from_blocks<'a>(blocks: impl ExactSizeIterator<Item = &'a [u8]>, nb: usize, dtype: GgmlDType) -> Self {
+        let num_blocks = blocks.len();
+        let (q8, q5) = (dtype == GgmlDType::Q8_0, dtype == GgmlDType::Q5_0);
+        let mut out = Self {
+            d: Vec::with_capacity(num_blocks),
+            qh: Vec::with_capacity(if q5 { num_blocks } else { 0 }),
+            qs: Vec::with_capacity(num_blocks * if q8 { 32 } else { 16 }),
+        };
+        // One row's values in interleaved order, and its fifth bits.
+        let (mut values, mut high) = (vec![0u8; nb * 32], vec![0u32; nb]);
+        for (i, blk) in blocks.enumerate() {
+            let b = i % nb;
+            out.d.push(f16_at(blk, 0));
+            let qs = &blk[if q5 { 6 } else { 2 }..];
+            let qh = if q5 { u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]) } else { 0 };
+            // Slice by slice: the four elements of a slice stay neighbours (and in one u32 of
+            // fifth bits, as slices start at multiples of four).
+            for t in 0..8 {
+                let v = interleaved_index(nb, b, 4 * t);
+                for e in 4 * t..4 * t + 4 {
+                    values[v + e % 4] = if q8 { qs[e] } else if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 };
+                }
+                if q5 {
+                    high[v / 32] |= ((qh >> (4 * t)) & 0xF) << (v % 32);
+                }
+            }
+            if b + 1 < nb {
+                continue;
+            }
+            if q8 {
+                out.qs.extend_from_slice(&values);
+            } else {
+                for chunk in values.chunks_exact(128) {
+                    out.qs.extend_from_slice(&pack_nibbles(chunk.try_into().unwrap()));
+                }
+            }
+            if q5 {
+                out.qh.extend_from_slice(&high);
+            }
+            high.fill(0);
+        }
+        out
+    }
+}
+
+/// The 6-bit (scale, min) of sub-block `j` from a Q4_K/Q5_K 12-byte packed array: sub-blocks
+/// 0..4 keep the low 6 bits of bytes `j` and `j + 4`; 4..8 combine a nibble of byte `j + 4`
+/// with the top two bits of bytes `j - 4` (scale) and `j` (min).
+fn unpack_scale_min(packed: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (packed[j] & 63, packed[j + 4] & 63)
+    } else {
+        ((packed[j + 4] & 0xF) | ((packed[j - 4] >> 6) << 4), (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4))
+    }
+}
+
+fn unpack_scales_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
+    for j in 0..8 {
+        (scales[j], mins[j]) = unpack_scale_min(packed, j);
+    }
+    (scales, mins)
+}
+
+/// The 256 4-bit values of a GGUF Q4_K/Q5_K `qs`: element `64c + l` (`l < 32`) is the low
+/// nibble of byte `32c + l`, element `64c + 32 + l` its high nibble.
+fn k_nibbles(qs: &[u8]) -> [u8; 128] {
+    let value = |e: usize| {
+        let byte = qs[(e / 64) * 32 + e % 32];
+        if e % 64 < 32 { byte & 0xF } else { byte >> 4 }
+    };
+    let halves = [0, 128].map(|h| pack_nibbles(&std::array::from_fn(|i| value(h + i))));
+    std::array::from_fn(|i| halves[i / 64][i % 64])
+}
+
+impl Q4KBlock {
+    /// GGUF: `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`.
+    fn from_gguf(b: &[u8]) -> Self {
+        let (scales, mins) = unpack_scales_mins(&b[4..16]);
+        Self { d: f16_at(b, 0), dmin: f16_at(b, 2), scales, mins, qs: k_nibbles(&b[16..144]) }
+    }
+}
+
+impl Q5KBlock {
+    /// GGUF: `d, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`, the fifth bit of
+    /// element `32s + l` being bit `s` of `qh[l]`.
+    fn from_gguf(b: &[u8]) -> Self {
+        let (scales, mins) = unpack_scales_mins(&b[4..16]);
+        let qh = &b[16..48];
+        let mut masks = [0u8; 32];
+        for e in 0..256 {
+            masks[e / 8] |= ((qh[e % 32] >> (e / 32)) & 1) << (e % 8);
+        }
+        Self { d: f16_at(b, 0), dmin: f16_at(b, 2), scales, mins, qh: masks, qs: k_nibbles(&b[48..176]) }
+    }
+}
+
+impl Q6KBlock {
+    /// GGUF: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`.
+    fn from_gguf(b: &[u8]) -> Self {
+        Self {
+            d: f16_at(b, 208),
+            scales: std::array::from_fn(|i| b[192 + i] as i8),
+            ql: b[0..128].try_into().unwrap(),
+            qh: b[128..192].try_into().unwrap(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaving_is_a_permutation_keeping_slices_together() {
+        for nb in [4, 8, 12, 28, 152] {
+            let mut seen = vec![false; nb * 32];
+            for b in 0..nb {
+                for e in 0..32 {
+                    let v = interleaved_index(nb, b, e);
+                    assert!(!seen[v], "nb={nb}: {v} twice");
+                    seen[v] = true;
+                    if e % 4 != 0 {
+                        assert_eq!(v, interleaved_index(nb, b, e - 1) + 1);
+                    }
+                }
+            }
+            // A full group's slice is 32 bytes of eight blocks; a last group of four, 16 bytes.
+            assert_eq!(interleaved_index(nb, 1, 4) - interleaved_index(nb, 0, 4), 4);
+            assert_eq!(interleaved_index(nb, 0, 4), if nb == 4 { 16 } else { 32 });
+        }
+    }
+
+    #[test]
+    fn nibbles_pack_low_then_high() {
+        let values: [u8; 128] = std::array::from_fn(|i| (i % 16) as u8);
+        let packed = pack_nibbles(&values);
+        assert!((0..128).all(|i| nibble(&packed, i) == values[i]));
+        assert_eq!(packed[3], 3 | (3 << 4));
+    }
+}

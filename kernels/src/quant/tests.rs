@@ -1,0 +1,178 @@
+//! The quantized matmul against dense references, and its batch invariance.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use super::activations::QuantizedRows;
+use super::format::interleaved_index;
+use super::{Isa, QuantMatrix};
+
+const TYPES: [GgmlDType; 6] =
+    [GgmlDType::Q4_0, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
+
+fn is_k_quant(t: GgmlDType) -> bool {
+    matches!(t, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
+}
+
+/// Deterministic values with LLM-like structure: mostly small, per-row scales spanning two
+/// orders of magnitude, and a few large outlier channels.
+fn values(len: usize, row_len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    let mut row_scale = 1.0;
+    (0..len)
+        .map(|i| {
+            if i % row_len == 0 {
+                row_scale = 10f32.powf(next() * 1.0);
+            }
+            let v = next() + next() + next();
+            let outlier = if (i % row_len) % 97 == 13 { 20.0 } else { 1.0 };
+            v * row_scale * outlier
+        })
+        .collect()
+}
+
+struct Case {
+    w: QuantMatrix,
+    /// The weights as candle dequantizes them, `(n, k)`.
+    dense: Vec<f32>,
+}
+
+fn case(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> Case {
+    let w = Tensor::from_vec(values(n * k, k, seed), (n, k), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, dtype).unwrap();
+    let dense = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    Case { w: QuantMatrix::from_qtensor(&q).unwrap().expect("supported type"), dense }
+}
+
+fn input(m: usize, k: usize, seed: u64) -> Tensor {
+    Tensor::from_vec(values(m * k, k, seed), (m, k), &Device::Cpu).unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<Vec<u32>> {
+    t.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect()
+}
+
+/// Shapes of the test model (k = 896 and 4864 = 19 * 256), a short row (k = 128: a partial
+/// group of eight 32-blocks only), and n that no task split divides evenly.
+fn shapes(dtype: GgmlDType) -> Vec<(usize, usize)> {
+    if is_k_quant(dtype) { vec![(67, 4864), (150, 256)] } else { vec![(100, 896), (67, 4864), (150, 128)] }
+}
+
+/// Every type and shape, each ISA, m = 1, 3, 17, against f64 dense products:
+/// - with the activations as quantized (the values the kernel multiplies), only f32 rounding
+///   separates us: |error| <= 1e-5 * sum |w a|;
+/// - with the original activations, each element is off by at most half its block's scale:
+///   |error| <= sum_i |w_i| d_i / 2, plus the rounding allowance.
+#[test]
+fn matches_dense_reference() {
+    for dtype in TYPES {
+        for (n, k) in shapes(dtype) {
+            let c = case(dtype, n, k, n as u64 * 7 + k as u64);
+            for m in [1, 3, 17] {
+                let x = input(m, k, m as u64 + 1000);
+                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let (block, sum) = (c.w.weights.block_len(), c.w.weights.sum_len());
+                let acts = QuantizedRows::quantize(&xs, k, block, sum, block == 32);
+                for isa in Isa::available() {
+                    let y = c.w.matmul_with(&x, isa).unwrap().to_vec2::<f32>().unwrap();
+                    for (r, y) in y.iter().enumerate() {
+                        let a = acts.row(r);
+                        for (j, &got) in y.iter().enumerate() {
+                            let w = &c.dense[j * k..(j + 1) * k];
+                            let (mut exact, mut abs, mut bound, mut orig) = (0f64, 0f64, 0f64, 0f64);
+                            for i in 0..k {
+                                let (wi, da) = (w[i] as f64, a.scales[i / block] as f64);
+                                let at = if block == 32 { interleaved_index(k / 32, i / 32, i % 32) } else { i };
+                                let ai = a.qs[at] as f64 * da;
+                                exact += wi * ai;
+                                abs += (wi * ai).abs();
+                                bound += wi.abs() * da / 2.0;
+                                orig += wi * xs[r * k + i] as f64;
+                            }
+                            let got = got as f64;
+                            let what = format!("{dtype:?} {isa:?} n={n} k={k} m={m} y[{r}][{j}]");
+                            assert!((got - exact).abs() <= 1e-5 * abs + 1e-30, "{what}: {got} vs exact {exact}");
+                            let err = (got - orig).abs();
+                            assert!(err <= bound * 1.0001 + 1e-5 * abs, "{what}: {got} vs {orig}, bound {bound}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row r of a batch is bitwise the row computed alone, for every r, sub-batches at any offset,
+/// batches spanning several row tiles, and any rayon thread count.
+#[test]
+fn rows_are_batch_invariant() {
+    let pool = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    for dtype in TYPES {
+        let (n, k) = shapes(dtype)[0];
+        let c = case(dtype, n, k, 3);
+        let m = 40;
+        let x = input(m, k, 4);
+        let full = bits(&c.w.matmul(&x).unwrap());
+        for (r, row) in full.iter().enumerate() {
+            let alone = bits(&c.w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap());
+            assert_eq!(&alone[0], row, "{dtype:?}: row {r} alone");
+        }
+        for (start, len) in [(5, 7), (0, 20), (17, 23), (31, 2)] {
+            let part = bits(&c.w.matmul(&x.narrow(0, start, len).unwrap()).unwrap());
+            assert_eq!(part[..], full[start..start + len], "{dtype:?}: rows {start}..+{len}");
+        }
+        for threads in [1, 2, 3] {
+            let y = pool(threads).install(|| bits(&c.w.matmul(&x).unwrap()));
+            assert_eq!(y, full, "{dtype:?}: {threads} threads");
+        }
+    }
+}
+
+/// Every SIMD kernel gives the scalar reference's bits.
+#[test]
+fn simd_kernels_match_scalar_bitwise() {
+    let available = Isa::available();
+    eprintln!("ISAs on this CPU: {available:?}");
+    for dtype in TYPES {
+        for (n, k) in shapes(dtype) {
+            let c = case(dtype, n, k, 11);
+            let x = input(5, k, 12);
+            let reference = bits(&c.w.matmul_with(&x, Isa::Scalar).unwrap());
+            for &isa in &available {
+                assert_eq!(bits(&c.w.matmul_with(&x, isa).unwrap()), reference, "{dtype:?} {isa:?} n={n} k={k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn zero_activations_give_zeros_and_shapes_are_checked() {
+    let c = case(GgmlDType::Q5_0, 40, 896, 5);
+    let y = c.w.matmul(&Tensor::zeros((2, 896), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+    assert_eq!(y.dims(), &[2, 40]);
+    assert!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0));
+    assert!(c.w.matmul(&input(2, 864, 1)).is_err());
+    assert!(c.w.matmul(&input(2, 896, 1).to_dtype(candle_core::DType::BF16).unwrap()).is_err());
+    assert_eq!((c.w.out_features(), c.w.in_features()), (40, 896));
+}
+
+#[test]
+fn unsupported_types_and_widths_are_declined() {
+    let w = Tensor::from_vec(values(4 * 256, 256, 1), (4, 256), &Device::Cpu).unwrap();
+    for dtype in [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q4_1, GgmlDType::F16] {
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
+    }
+    // The interleaved layout needs whole groups of four 32-element blocks.
+    let w = Tensor::from_vec(values(4 * 96, 96, 1), (4, 96), &Device::Cpu).unwrap();
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?} k = 96");
+    }
+}

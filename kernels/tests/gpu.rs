@@ -1,0 +1,218 @@
+//! Every CUDA op against its CPU implementation (the reference) on identical random inputs.
+//!
+//! Needs an NVIDIA GPU: built only with `--features cuda`, run by `scripts/gpu-check.sh` on
+//! the GPU machine. All tests use GPU 0.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Tensor};
+use qwen_serve_kernels::{
+    add_rms_norm, paged_attention, paged_attention_step, rms_norm, rotary_embedding, silu_mul, write_kv,
+    write_kv_step, AttentionMetadata, DeviceMetadata,
+};
+
+const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("a CUDA device")
+}
+
+/// Largest `|a - b| / max(|b|, 1)` (b is the CPU reference); NaN counts as infinite.
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(&b).map(|(x, y)| {
+        let d = (x - y).abs() / y.abs().max(1.0);
+        if d.is_nan() { f32::INFINITY } else { d }
+    }).fold(0f32, f32::max)
+}
+
+/// Both sides compute in f32 from the same rounded inputs; what differs is summation order and
+/// the final rounding, about one unit in the last place of the output type.
+fn tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-4,
+        DType::BF16 => 1.6e-2,
+        _ => 2e-3,
+    }
+}
+
+fn randn(shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::randn(0f32, 1., shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+}
+
+struct Case {
+    /// (tokens already cached, new tokens) per sequence.
+    seqs: Vec<(usize, usize)>,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    block_size: usize,
+}
+
+/// Runs write_kv (cached prefix, then the step's tokens) and paged attention for `case` on the
+/// CPU and on the GPU from the same inputs; returns (worst output difference, caches equal).
+fn attention_difference(case: &Case, dtype: DType) -> (f32, bool) {
+    let Case { seqs, heads, kv_heads, d, block_size: bs } = case;
+    let (heads, kv_heads, d, bs) = (*heads, *kv_heads, *d, *bs);
+    let blocks: Vec<usize> = seqs.iter().map(|(c, n)| (c + n).div_ceil(bs)).collect();
+    let max_blocks = *blocks.iter().max().unwrap();
+    let num_blocks = blocks.iter().sum::<usize>() + 2;
+    // Blocks handed out back to front, so tables are not the identity.
+    let mut free: Vec<u32> = (0..num_blocks as u32).collect();
+    let mut tables = vec![0u32; seqs.len() * max_blocks];
+    for (s, n) in blocks.iter().enumerate() {
+        for b in 0..*n {
+            tables[s * max_blocks + b] = free.pop().unwrap();
+        }
+    }
+    let table = |s: usize| &tables[s * max_blocks..(s + 1) * max_blocks];
+    let prefix_slots: Vec<u32> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(s, (c, _))| AttentionMetadata::single(table(s), bs, *c, *c).slot_mapping)
+        .collect();
+    let mut meta = AttentionMetadata { max_blocks_per_seq: max_blocks, block_tables: tables.clone(), query_start_loc: vec![0], ..Default::default() };
+    for (s, (c, n)) in seqs.iter().enumerate() {
+        meta.slot_mapping.extend(AttentionMetadata::single(table(s), bs, c + n, *n).slot_mapping);
+        meta.seq_lens.push((c + n) as u32);
+        meta.query_start_loc.push(meta.query_start_loc.last().unwrap() + *n as u32);
+    }
+    let num_tokens = meta.num_tokens();
+    let (k_prefix, v_prefix) = (randn(&[prefix_slots.len(), kv_heads, d], dtype), randn(&[prefix_slots.len(), kv_heads, d], dtype));
+    let (k_new, v_new) = (randn(&[num_tokens, kv_heads, d], dtype), randn(&[num_tokens, kv_heads, d], dtype));
+    let q = randn(&[num_tokens, heads, d], dtype);
+    let scale = 1.0 / (d as f32).sqrt();
+
+    let run = |dev: &Device| {
+        let t = |x: &Tensor| x.to_device(dev).unwrap();
+        let key_cache = Tensor::zeros((num_blocks, bs, kv_heads, d), dtype, dev).unwrap();
+        let value_cache = key_cache.zeros_like().unwrap();
+        write_kv(&key_cache, &value_cache, &t(&k_prefix), &t(&v_prefix), &prefix_slots).unwrap();
+        let step = DeviceMetadata::new(meta.clone(), dev).unwrap();
+        write_kv_step(&key_cache, &value_cache, &t(&k_new), &t(&v_new), &step).unwrap();
+        // Twice with one DeviceMetadata, as two layers would (the second reuses the tiles).
+        let first = paged_attention_step(&t(&q), &key_cache, &value_cache, &step, scale).unwrap();
+        let second = paged_attention_step(&t(&q), &key_cache, &value_cache, &step, scale).unwrap();
+        assert_eq!(max_rel_diff(&first, &second), 0.0, "two layers' calls differ");
+        (first, key_cache, value_cache)
+    };
+    let (cpu_out, cpu_k, cpu_v) = run(&Device::Cpu);
+    let (gpu_out, gpu_k, gpu_v) = run(&gpu());
+    assert_eq!((gpu_out.dims(), gpu_out.dtype()), (cpu_out.dims(), dtype));
+    // The host-metadata entry point agrees with the step one.
+    let plain = paged_attention(&q.to_device(&gpu()).unwrap(), &gpu_k, &gpu_v, &meta, scale).unwrap();
+    assert_eq!(max_rel_diff(&plain, &gpu_out), 0.0);
+    let caches_equal = max_rel_diff(&gpu_k, &cpu_k) == 0.0 && max_rel_diff(&gpu_v, &cpu_v) == 0.0;
+    (max_rel_diff(&gpu_out, &cpu_out), caches_equal)
+}
+
+fn check_attention(case: Case) {
+    for dtype in DTYPES {
+        let (err, caches_equal) = attention_difference(&case, dtype);
+        assert!(caches_equal, "{dtype:?}: write_kv caches differ");
+        assert!(err < tolerance(dtype), "{dtype:?} seqs {:?} d {}: max difference {err}", case.seqs, case.d);
+    }
+}
+
+#[test]
+fn attention_mixed_batch_head_dim_64() {
+    // Qwen2.5-0.5B's heads: a prefill, a chunk after a prefix ending mid-block, two decodes.
+    check_attention(Case { seqs: vec![(0, 37), (21, 12), (50, 1), (0, 1)], heads: 14, kv_heads: 2, d: 64, block_size: 16 });
+}
+
+#[test]
+fn attention_mixed_batch_head_dim_128() {
+    // Qwen2.5-7B's heads (group of 7), small blocks, a longer prefill over many tiles.
+    check_attention(Case { seqs: vec![(5, 3), (0, 300), (130, 1)], heads: 28, kv_heads: 4, d: 128, block_size: 4 });
+}
+
+#[test]
+fn attention_without_grouping() {
+    check_attention(Case { seqs: vec![(0, 20), (7, 1)], heads: 8, kv_heads: 8, d: 128, block_size: 16 });
+}
+
+#[test]
+fn attention_long_decodes_split_the_keys() {
+    // Few sequences with thousands of keys: the kernel splits each key range across blocks
+    // and merges the splits (flash-decoding), including a split count that does not divide.
+    check_attention(Case { seqs: vec![(5000, 1), (3001, 1), (40, 1)], heads: 14, kv_heads: 2, d: 64, block_size: 16 });
+    check_attention(Case { seqs: vec![(12_345, 1)], heads: 28, kv_heads: 4, d: 128, block_size: 16 });
+}
+
+#[test]
+fn attention_long_prefill_chunk_after_a_long_prefix() {
+    check_attention(Case { seqs: vec![(2000, 64)], heads: 16, kv_heads: 8, d: 128, block_size: 16 });
+}
+
+#[test]
+fn rms_norm_and_add_rms_norm() {
+    for dtype in DTYPES {
+        // Qwen hidden sizes (0.5B, 7B) and the per-head q/k norm of Qwen3.
+        for hidden in [896, 3584, 128] {
+            let (x, r) = (randn(&[7, hidden], dtype), randn(&[7, hidden], dtype));
+            let w = (randn(&[hidden], DType::F32).affine(0.2, 1.0).unwrap()).to_dtype(dtype).unwrap();
+            let g = |t: &Tensor| t.to_device(&gpu()).unwrap();
+            let err = max_rel_diff(&rms_norm(&g(&x), &g(&w), 1e-6).unwrap(), &rms_norm(&x, &w, 1e-6).unwrap());
+            assert!(err < tolerance(dtype), "{dtype:?} {hidden}: rms_norm difference {err}");
+            let (gpu_normed, gpu_sum) = add_rms_norm(&g(&x), &g(&r), &g(&w), 1e-6).unwrap();
+            let (cpu_normed, cpu_sum) = add_rms_norm(&x, &r, &w, 1e-6).unwrap();
+            assert_eq!(max_rel_diff(&gpu_sum, &cpu_sum), 0.0, "{dtype:?} {hidden}: residual sums differ");
+            let err = max_rel_diff(&gpu_normed, &cpu_normed);
+            assert!(err < tolerance(dtype), "{dtype:?} {hidden}: add_rms_norm difference {err}");
+        }
+    }
+}
+
+#[test]
+fn rotary_embedding_matches() {
+    for dtype in DTYPES {
+        for (heads, head_dim) in [(14, 64), (28, 128)] {
+            let max_positions = 32_768;
+            let half = head_dim / 2;
+            let angles: Vec<f32> = (0..max_positions * half)
+                .map(|k| (k / half) as f32 / 1e6f32.powf(2.0 * (k % half) as f32 / head_dim as f32))
+                .collect();
+            let angles = Tensor::from_vec(angles, (max_positions, half), &Device::Cpu).unwrap();
+            let (cos, sin) = (angles.cos().unwrap().to_dtype(dtype).unwrap(), angles.sin().unwrap().to_dtype(dtype).unwrap());
+            let positions = Tensor::new(&[0u32, 1, 2, 3, 17, 1000, 32_767, 5], &Device::Cpu).unwrap();
+            let x = randn(&[8, heads, head_dim], dtype);
+            let g = |t: &Tensor| t.to_device(&gpu()).unwrap();
+            let got = rotary_embedding(&g(&x), &g(&cos), &g(&sin), &g(&positions)).unwrap();
+            let err = max_rel_diff(&got, &rotary_embedding(&x, &cos, &sin, &positions).unwrap());
+            assert!(err < tolerance(dtype), "{dtype:?} {head_dim}: rope difference {err}");
+        }
+    }
+}
+
+#[test]
+fn rotary_embedding_from_step_positions() {
+    let meta = AttentionMetadata::single(&[0, 1], 16, 20, 4);
+    let step = DeviceMetadata::new(meta.clone(), &gpu()).unwrap();
+    let cpu_positions = Tensor::new(meta.positions().as_slice(), &Device::Cpu).unwrap();
+    let (cos, sin) = (randn(&[64, 32], DType::F32), randn(&[64, 32], DType::F32));
+    let x = randn(&[4, 2, 64], DType::F32);
+    let g = |t: &Tensor| t.to_device(&gpu()).unwrap();
+    let got = rotary_embedding(&g(&x), &g(&cos), &g(&sin), step.positions()).unwrap();
+    assert!(max_rel_diff(&got, &rotary_embedding(&x, &cos, &sin, &cpu_positions).unwrap()) < 1e-5);
+}
+
+#[test]
+fn silu_mul_on_fused_and_separate_projections() {
+    for dtype in DTYPES {
+        let gate_up = randn(&[9, 2 * 4864], dtype);
+        let g = |t: &Tensor| t.to_device(&gpu()).unwrap();
+        let gpu_gate_up = g(&gate_up);
+        let cpu = silu_mul(&gate_up.narrow(1, 0, 4864).unwrap(), &gate_up.narrow(1, 4864, 4864).unwrap()).unwrap();
+        let strided = silu_mul(&gpu_gate_up.narrow(1, 0, 4864).unwrap(), &gpu_gate_up.narrow(1, 4864, 4864).unwrap()).unwrap();
+        let separate = silu_mul(
+            &gpu_gate_up.narrow(1, 0, 4864).unwrap().contiguous().unwrap(),
+            &gpu_gate_up.narrow(1, 4864, 4864).unwrap().contiguous().unwrap(),
+        )
+        .unwrap();
+        for got in [strided, separate] {
+            let err = max_rel_diff(&got, &cpu);
+            assert!(err < tolerance(dtype), "{dtype:?}: silu_mul difference {err}");
+        }
+    }
+}
