@@ -96,6 +96,12 @@ struct GenerateArgs {
 struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Benchmark the OpenAI-compatible server at this URL (`http://host:port`, e.g. qwen-serve
+    /// or llama.cpp's llama-server) over streamed HTTP instead of the engine in-process.
+    /// --model then only supplies the tokenizer (a local .gguf file or model folder), so both
+    /// servers get the same token ids; the engine flags are ignored.
+    #[arg(long)]
+    server: Option<String>,
     /// Concurrent streams; a comma-separated list runs one measurement per level.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16])]
     concurrency: Vec<usize>,
@@ -108,6 +114,13 @@ struct BenchArgs {
     /// Output length in tokens (EOS is ignored so every request generates exactly this many).
     #[arg(long, default_value_t = 128)]
     output_len: usize,
+    /// Also measure prefill speed: requests with a prompt of this many tokens and max_tokens 1,
+    /// one at a time (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    prefill_len: usize,
+    /// Prefill requests to time; the median is reported (fewer runs, noisier number).
+    #[arg(long, default_value_t = 3)]
+    prefill_runs: usize,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -139,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
+    args.engine.init_threads().map_err(anyhow::Error::msg)?;
     let loaded = loader::load(&args.model.model, &args.model.load_options())?;
     let engine = EngineHandle::start(loaded, engine_config)?;
     let state = qwen_serve::api::state::AppState::new(engine, args.served_model_name, args.api_key, args.enable_thinking);
@@ -171,6 +185,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         bail!("{}", e.replace('`', "").replace("max_tokens", "--max-tokens").replace("top_p", "--top-p").replace("temperature", "--temperature"));
     }
     let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
+    args.engine.init_threads().map_err(anyhow::Error::msg)?;
     let loaded = loader::load(&args.model.model, &args.model.load_options())?;
     let engine = EngineHandle::start(loaded, engine_config)?;
     let prompt_text = if args.chat {
@@ -202,9 +217,21 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
-    let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
-    let loaded = loader::load(&args.model.model, &args.model.load_options())?;
-    let engine = EngineHandle::start(loaded, engine_config)?;
+    let (engine, http) = match &args.server {
+        Some(url) => (None, Some(bench::HttpTarget::connect(url).map_err(anyhow::Error::msg)?)),
+        None => {
+            let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
+            args.engine.init_threads().map_err(anyhow::Error::msg)?;
+            let loaded = loader::load(&args.model.model, &args.model.load_options())?;
+            (Some(EngineHandle::start(loaded, engine_config)?), None)
+        }
+    };
+    let (target, tokenizer): (&dyn bench::Target, _) = match (&engine, &http) {
+        (Some(engine), _) => (engine, engine.tokenizer().clone()),
+        (None, Some(http)) => (http, bench::load_tokenizer(&args.model.model).map_err(anyhow::Error::msg)?),
+        (None, None) => unreachable!("one target is always built"),
+    };
+    let mut prompts = bench::Prompts::new(tokenizer);
     let mut reports = vec![];
     for &concurrency in &args.concurrency {
         let cfg = BenchConfig {
@@ -213,15 +240,21 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             prompt_len: args.prompt_len,
             output_len: args.output_len,
         };
-        let report = bench::run(&engine, &cfg).map_err(anyhow::Error::msg)?;
+        let report = bench::run(target, &mut prompts, &cfg).map_err(anyhow::Error::msg)?;
         eprintln!("concurrency {concurrency}: {:.1} output tok/s", report.output_tok_per_s);
         reports.push(report);
     }
-    print!("{}", bench::table(&reports));
-    let json = serde_json::to_string_pretty(&reports)?;
+    let prefill = match args.prefill_len {
+        0 => None,
+        len => Some(bench::prefill(target, &mut prompts, len, args.prefill_runs).map_err(anyhow::Error::msg)?),
+    };
+    print!("{}", bench::table(&reports, prefill.as_ref()));
     if let Some(path) = &args.json {
-        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+        let results = bench::BenchResults { server: target.name(), reports, prefill };
+        std::fs::write(path, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
     }
-    engine.shutdown();
+    if let Some(engine) = engine {
+        engine.shutdown();
+    }
     Ok(())
 }

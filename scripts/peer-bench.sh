@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# qwen-serve side by side with llama.cpp's llama-server on this CPU: the same GGUF (the test
+# model), the same thread count, the same token-id prompts, the same client
+# (`qwen-serve bench --server`), each server alone on loopback in turn.
+#
+#   scripts/peer-bench.sh [--json PATH] [--runs N] [--threads N]
+#
+# Measures, per server: single-stream decode tok/s (1 stream, prompt 128, output 128; 1000 /
+# median TPOT), prefill tok/s (512-token prompt, max_tokens 1, median of 3), aggregate output
+# tok/s and TTFT p50/p99 at 4 and 16 streams (prompt 128, output 128, 2 x concurrency
+# requests), and the server's peak RSS (VmHWM just before it is stopped). The whole thing runs
+# RUNS times (default 3); the table shows medians and the ratio qwen-serve / llama-server.
+# Writes Markdown to stdout and JSON to --json (default bench-results/peer.json).
+#
+# Environment: RUNS, THREADS (default 2), LLAMA_SERVER (a llama-server binary to use instead
+# of building one with scripts/build-llama-server.sh), PORT (default 18431; PORT+1 is used too).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs="${RUNS:-3}"
+threads="${THREADS:-2}"
+json="bench-results/peer.json"
+port="${PORT:-18431}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --json) json="$2"; shift 2 ;;
+    --runs) runs="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+prompt_len=128
+output_len=128
+prefill_len=512
+levels=1,4,16
+parallel=16
+# llama-server splits its context among its slots: each must hold the longest request.
+slot_ctx=$(( (prefill_len + 1 > prompt_len + output_len ? prefill_len + 1 : prompt_len + output_len) + 64 ))
+ctx=$(( parallel * slot_ctx ))
+
+gguf="$(bash scripts/fetch-test-data.sh)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+echo "building qwen-serve (release)…" >&2
+cargo build --release --quiet >&2
+qwen=target/release/qwen-serve
+
+llama="${LLAMA_SERVER:-}"
+if [ -z "$llama" ]; then
+  llama=$(bash scripts/build-llama-server.sh) || llama=""
+fi
+if [ -z "$llama" ] || [ ! -x "$llama" ]; then
+  echo "NOTE: llama-server is not available (its build failed or was skipped): benchmarking qwen-serve alone" >&2
+  llama=""
+fi
+
+work=$(mktemp -d)
+pid=""
+stop_server() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  pid=""
+}
+trap 'stop_server; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
+
+# start_server NAME PORT: starts it in the background (pid in $pid) and waits for /health.
+start_server() {
+  local name=$1 p=$2 log="$work/$1.log"
+  case "$name" in
+    qwen-serve)
+      # --threads (QWEN_SERVE_THREADS) where this build has it, else rayon's own variable.
+      QWEN_SERVE_THREADS="$threads" RAYON_NUM_THREADS="$threads" "$qwen" serve --model "$gguf" --host 127.0.0.1 --port "$p" 2>"$log" >&2 &
+      ;;
+    llama-server)
+      # --cache-ram 0: no host-memory copies of finished slots' KV (it would grow RSS and
+      # qwen-serve has no such cache). --no-webui: nothing to serve.
+      "$llama" -m "$gguf" --host 127.0.0.1 --port "$p" -t "$threads" -tb "$threads" \
+        --parallel "$parallel" -c "$ctx" --cont-batching --cache-ram 0 --no-webui 2>"$log" >&2 &
+      ;;
+  esac
+  pid=$!
+  for _ in $(seq 600); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "error: $name exited during startup; its log:" >&2; tail -20 "$log" >&2; exit 1
+    fi
+    # llama-server answers 503 while loading; -f fails on it.
+    curl -sf "http://127.0.0.1:$p/health" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "error: $name did not become healthy in 300 s; its log:" >&2; tail -20 "$log" >&2; exit 1
+}
+
+servers="qwen-serve${llama:+ llama-server}"
+for run in $(seq "$runs"); do
+  for name in $servers; do
+    p=$port; [ "$name" = llama-server ] && p=$((port + 1))
+    echo "run $run/$runs: $name on 127.0.0.1:$p…" >&2
+    start_server "$name" "$p"
+    # Other work on the machine skews everything: keep the load average next to the numbers.
+    cut -d' ' -f1 /proc/loadavg > "$work/$name-$run.load"
+    "$qwen" bench --server "http://127.0.0.1:$p" --model "$gguf" \
+      --concurrency "$levels" --prompt-len "$prompt_len" --output-len "$output_len" \
+      --prefill-len "$prefill_len" --prefill-runs 3 --json "$work/$name-$run.json" >&2
+    awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" > "$work/$name-$run.rss_kb"
+    cut -d' ' -f1 /proc/loadavg >> "$work/$name-$run.load"
+    grep -m1 -o 'system_info: .*' "$work/$name.log" > "$work/$name.system_info" || true
+    stop_server
+  done
+done
+
+mkdir -p "$(dirname "$json")"
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+isa=$(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|avx512f|avx512_vnni|avx512_bf16|amx_int8' | tr '\n' ' ' | sed 's/ $//' || true)
+[ -n "$isa" ] && cpu="$cpu ($isa)"
+WORK="$work" RUNS="$runs" THREADS="$threads" CPU="$cpu" JSON="$json" SERVERS="$servers" \
+  LLAMA="$llama" CTX="$ctx" PARALLEL="$parallel" \
+  COMMIT="$(git log -1 --oneline 2>/dev/null || echo unknown)" \
+  DIRTY="$(git status --short 2>/dev/null | wc -l)" \
+  python3 - <<'PY'
+import json, os, statistics
+
+env = os.environ
+work, runs, servers = env["WORK"], int(env["RUNS"]), env["SERVERS"].split()
+
+def metrics(results, rss_kb):
+    by_c = {r["concurrency"]: r for r in results["reports"]}
+    one, four, sixteen = by_c[1], by_c[4], by_c[16]
+    return {
+        "decode_tok_per_s_1": 1000.0 / one["tpot_ms"]["p50"],
+        "ttft_p50_ms_1": one["ttft_ms"]["p50"],
+        "prefill_tok_per_s_512": results["prefill"]["prefill_tok_per_s"],
+        "output_tok_per_s_4": four["output_tok_per_s"],
+        "ttft_p50_ms_4": four["ttft_ms"]["p50"],
+        "ttft_p99_ms_4": four["ttft_ms"]["p99"],
+        "output_tok_per_s_16": sixteen["output_tok_per_s"],
+        "ttft_p50_ms_16": sixteen["ttft_ms"]["p50"],
+        "ttft_p99_ms_16": sixteen["ttft_ms"]["p99"],
+        "tpot_p50_ms_16": sixteen["tpot_ms"]["p50"],
+        "peak_rss_mib": rss_kb / 1024.0,
+    }
+
+rows = [
+    ("decode_tok_per_s_1", "single-stream decode tok/s (128 in / 128 out; 1000 / TPOT p50)", "{:.1f}"),
+    ("ttft_p50_ms_1", "single-stream TTFT p50 (ms)", "{:.0f}"),
+    ("prefill_tok_per_s_512", "prefill tok/s (512-token prompt, median of 3)", "{:.1f}"),
+    ("output_tok_per_s_4", "4 streams: output tok/s", "{:.1f}"),
+    ("ttft_p50_ms_4", "4 streams: TTFT p50 (ms)", "{:.0f}"),
+    ("ttft_p99_ms_4", "4 streams: TTFT p99 (ms)", "{:.0f}"),
+    ("output_tok_per_s_16", "16 streams: output tok/s", "{:.1f}"),
+    ("ttft_p50_ms_16", "16 streams: TTFT p50 (ms)", "{:.0f}"),
+    ("ttft_p99_ms_16", "16 streams: TTFT p99 (ms)", "{:.0f}"),
+    ("tpot_p50_ms_16", "16 streams: TPOT p50 (ms)", "{:.1f}"),
+    ("peak_rss_mib", "peak RSS (MiB, VmHWM)", "{:.0f}"),
+]
+
+per_run, medians, raw = {}, {}, {}
+for s in servers:
+    per_run[s] = []
+    raw[s] = []
+    for run in range(1, runs + 1):
+        with open(f"{work}/{s}-{run}.json") as f:
+            results = json.load(f)
+        with open(f"{work}/{s}-{run}.rss_kb") as f:
+            rss_kb = float(f.read().strip() or "nan")
+        with open(f"{work}/{s}-{run}.load") as f:
+            load = [float(x) for x in f.read().split()]
+        raw[s].append(results)
+        per_run[s].append(metrics(results, rss_kb) | {"load_avg_1m_before_after": load})
+    medians[s] = {k: statistics.median(m[k] for m in per_run[s]) for k, _, _ in rows}
+
+both = "llama-server" in medians
+loads = [x for s in servers for m in per_run[s] for x in m["load_avg_1m_before_after"]]
+
+def read_opt(path):
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+ratios = {k: medians["qwen-serve"][k] / medians["llama-server"][k] for k, _, _ in rows} if both else None
+
+out = {
+    "cpu": env["CPU"],
+    "threads": int(env["THREADS"]),
+    "runs": runs,
+    "git": {"head": env["COMMIT"], "num_changed_paths": int(env["DIRTY"])},
+    "workload": {"prompt_len": 128, "output_len": 128, "prefill_len": 512, "concurrency": [1, 4, 16]},
+    "llama_server": {"binary": env["LLAMA"] or None, "parallel": int(env["PARALLEL"]), "ctx": int(env["CTX"])} if both else None,
+    "llama_server_system_info": read_opt(f"{work}/llama-server.system_info") if both else None,
+    "median": medians,
+    "ratio_qwen_over_llama": ratios,
+    "per_run": per_run,
+    "raw": raw,
+}
+with open(env["JSON"], "w") as f:
+    json.dump(out, f, indent=2)
+
+print(f"CPU: {env['CPU']}; {env['THREADS']} threads per server; median of {runs} run(s); qwen-serve at {env['COMMIT']}"
+      + (f" + {env['DIRTY']} uncommitted path(s)" if env["DIRTY"] != "0" else ""))
+print(f"1-min load average around the measurements: {min(loads):.1f} to {max(loads):.1f} "
+      f"(the servers' own threads count; much above {env['THREADS']}, other work was running)")
+if both:
+    print(f"llama-server: {env['LLAMA']} -t {env['THREADS']} -tb {env['THREADS']} --parallel {env['PARALLEL']} "
+          f"-c {env['CTX']} --cont-batching --cache-ram 0; qwen-serve: --threads {env['THREADS']} (RAYON_NUM_THREADS)")
+print()
+if both:
+    print("| metric | qwen-serve | llama-server | qwen / llama |")
+    print("|---|---|---|---|")
+    for k, label, fmt in rows:
+        q, l = medians["qwen-serve"][k], medians["llama-server"][k]
+        print(f"| {label} | {fmt.format(q)} | {fmt.format(l)} | {ratios[k]:.2f} |")
+    print()
+    print("tok/s: higher is better; ms and MiB: lower is better.")
+else:
+    print("| metric | qwen-serve |")
+    print("|---|---|")
+    for k, label, fmt in rows:
+        print(f"| {label} | {fmt.format(medians['qwen-serve'][k])} |")
+    print()
+    print("llama-server was not available: qwen-serve alone.")
+print(f"JSON: {env['JSON']}")
+PY

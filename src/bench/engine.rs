@@ -1,0 +1,36 @@
+//! The in-process target: requests go straight to the engine, no HTTP.
+
+use std::time::Instant;
+
+use super::{Target, Timing};
+use crate::engine::{EngineHandle, EngineRequest, Event, SamplingParams};
+
+impl Target for EngineHandle {
+    fn name(&self) -> String {
+        format!("qwen-serve in-process ({})", self.model_name())
+    }
+
+    fn run_one(&self, prompt: &[u32], output_len: usize) -> Result<Timing, String> {
+        let params = SamplingParams { max_tokens: output_len, ignore_eos: true, ..Default::default() };
+        let start = Instant::now();
+        let mut stream = self.submit(EngineRequest { prompt: prompt.to_vec(), params }).map_err(|e| e.to_string())?;
+        let (mut first, mut last, mut n) = (None, start, 0);
+        while let Some(event) = stream.blocking_recv() {
+            match event {
+                Event::Token { .. } => {
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    last = now;
+                    n += 1;
+                }
+                Event::Finished { .. } => break,
+                Event::PromptLogprobs(_) => {}
+            }
+        }
+        Timing::new(start, first, last, n)
+    }
+
+    fn num_preemptions(&self) -> Option<usize> {
+        Some(self.stats().num_preemptions)
+    }
+}
