@@ -127,11 +127,12 @@ fn out_of_range_sampling_flags_are_rejected() {
 #[test]
 fn generate_prints_only_the_text_on_stdout() {
     let model = test_gguf();
-    let out = qwen_serve(&["generate", "--model", model.to_str().unwrap(), "--prompt", "def add(a, b):", "--max-tokens", "8"], &[]);
+    // transformers' greedy continuation of this prompt (gguf_reference.json) starts "\n    if len(arr) <= 1:".
+    let out = qwen_serve(&["generate", "--model", model.to_str().unwrap(), "--prompt", "def quicksort(arr):", "--max-tokens", "8"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("return a + b"), "{stdout:?}");
+    assert!(stdout.starts_with("\n    if len(arr) <="), "{stdout:?}");
     assert!(!stdout.contains("tok/s"), "{stdout:?}");
     assert!(stderr.contains("tok/s"), "{stderr}");
 }
