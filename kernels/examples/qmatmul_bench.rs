@@ -25,18 +25,23 @@ const SHAPES: [(&str, GgmlDType, usize, usize); 10] = [
     ("output 896->151936", GgmlDType::Q8_0, 896, 151936),
 ];
 
-/// Fastest seconds per call over at least `min_time` (and at least 5 calls): on a shared
-/// machine the minimum is the run no other process interrupted.
-fn time(mut f: impl FnMut(), min_time: Duration) -> f64 {
-    f();
-    let mut samples = vec![];
+/// Fastest seconds per call of each kernel, calling them in turn (so that they share whatever
+/// else the machine is doing) for at least `min_time` and 5 rounds: on a shared machine the
+/// minimum is the run no other process interrupted.
+fn time(kernels: &mut [(String, Box<dyn FnMut() + '_>)], min_time: Duration) -> Vec<(String, f64)> {
+    let mut best = vec![f64::INFINITY; kernels.len()];
+    kernels.iter_mut().for_each(|(_, f)| f());
     let start = Instant::now();
-    while samples.len() < 5 || start.elapsed() < min_time {
-        let t = Instant::now();
-        f();
-        samples.push(t.elapsed().as_secs_f64());
+    let mut rounds = 0;
+    while rounds < 5 || start.elapsed() < min_time {
+        for ((_, f), best) in kernels.iter_mut().zip(&mut best) {
+            let t = Instant::now();
+            f();
+            *best = best.min(t.elapsed().as_secs_f64());
+        }
+        rounds += 1;
     }
-    samples.into_iter().fold(f64::INFINITY, f64::min)
+    kernels.iter().map(|(name, _)| name.clone()).zip(best).collect()
 }
 
 fn main() -> candle_core::Result<()> {
@@ -56,12 +61,17 @@ fn main() -> candle_core::Result<()> {
         let theirs = QMatMul::from_qtensor(q)?;
         for m in [1, 16] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
-            let min_time = Duration::from_millis(if n > 100_000 { 1500 } else { 600 });
-            let mut rows = vec![];
-            for isa in Isa::available() {
-                rows.push((format!("ours {isa:?}"), time(|| drop(ours.matmul_with(&x, isa).unwrap()), min_time)));
-            }
-            rows.push(("candle QMatMul".to_string(), time(|| drop(theirs.forward(&x).unwrap()), min_time)));
+            let min_time = Duration::from_millis(if n > 100_000 { 4000 } else { 1500 });
+            let mut kernels: Vec<(String, Box<dyn FnMut()>)> = Isa::available()
+                .into_iter()
+                .map(|isa| {
+                    let (ours, x) = (&ours, &x);
+                    let f: Box<dyn FnMut()> = Box::new(move || drop(ours.matmul_with(x, isa).unwrap()));
+                    (format!("ours {isa:?}"), f)
+                })
+                .collect();
+            kernels.push(("candle QMatMul".to_string(), Box::new(|| drop(theirs.forward(&x).unwrap()))));
+            let rows = time(&mut kernels, min_time);
             for (kernel, secs) in rows {
                 println!("| {name} | {dtype:?} | {m} | {kernel} | {:.3} | {:.1} |", secs * 1e3, bytes / secs / 1e9);
             }

@@ -57,7 +57,7 @@ pub(crate) fn input<'a, T: CudaElem>(s: &'a CudaStorage, l: &Layout, what: &str)
 /// Like [`input`], also requiring the first element to start a 16-byte vector (the kernels load
 /// rows with 16-byte accesses; device allocations themselves are 256-byte aligned).
 pub(crate) fn aligned_input<'a, T: CudaElem>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
-    if (l.start_offset() * std::mem::size_of::<T>()) % 16 != 0 {
+    if !(l.start_offset() * std::mem::size_of::<T>()).is_multiple_of(16) {
         candle_core::bail!("{what} must start on a 16-byte boundary (offset {})", l.start_offset());
     }
     input(s, l, what)

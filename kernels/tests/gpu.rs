@@ -12,8 +12,11 @@ use qwen_serve_kernels::{
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
+/// One device for all tests: every `Device::new_cuda` is a distinct device to candle, and ops
+/// refuse tensors from two of them.
 fn gpu() -> Device {
-    Device::new_cuda(0).expect("a CUDA device")
+    static GPU: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| Device::new_cuda(0).expect("a CUDA device")).clone()
 }
 
 /// Largest `|a - b| / max(|b|, 1)` (b is the CPU reference); NaN counts as infinite.

@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::activations::ActRow;
-use super::avx2::f16_to_f32;
+use super::avx2::{f16_to_f32, k_lanes, KBlock};
 use super::format::{Blocks32, Q4KBlock, Q5KBlock, Q6KBlock};
 
 /// [`super::scalar::fold_lanes`] on a vector.
@@ -216,19 +216,6 @@ unsafe fn fold16(s: __m512i) -> __m256i {
     _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s))
 }
 
-/// The K-quant float step on vectors: `acc += (d * da) * s - (dmin * da) * s_min`
-/// ([`super::scalar::k_lanes`]; Q6_K passes `s_min = None`, as `x - 0.0 = x`).
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn k_lanes(acc: __m256, d: f32, dmin: f32, da: f32, s: __m256i, s_min: Option<__m256i>) -> __m256 {
-    let t = _mm256_mul_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(s));
-    let t = match s_min {
-        Some(m) => _mm256_sub_ps(t, _mm256_mul_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(m))),
-        None => t,
-    };
-    _mm256_add_ps(acc, t)
-}
-
 /// Q4_K/Q5_K over weight rows `cols`: `decode(blk)` gives a block's 256 unsigned values. The
 /// madd lanes of `scaled_dot256`, folded to eight, are the canonical lane sums.
 #[inline]
@@ -258,34 +245,6 @@ unsafe fn k_rows<B: KBlock, const R: usize>(
         emit(j, acc.map(|acc| fold_lanes(acc)));
     }
 }
-
-/// What [`k_rows`] reads of a Q4_K/Q5_K block.
-pub(crate) trait KBlock {
-    fn d_dmin(&self) -> (half::f16, half::f16);
-    fn scales(&self) -> &[u8; 8];
-    fn mins(&self) -> &[u8; 8];
-}
-
-macro_rules! k_block {
-    ($t:ty) => {
-        impl KBlock for $t {
-            #[inline(always)]
-            fn d_dmin(&self) -> (half::f16, half::f16) {
-                (self.d, self.dmin)
-            }
-            #[inline(always)]
-            fn scales(&self) -> &[u8; 8] {
-                &self.scales
-            }
-            #[inline(always)]
-            fn mins(&self) -> &[u8; 8] {
-                &self.mins
-            }
-        }
-    };
-}
-k_block!(Q4KBlock);
-k_block!(Q5KBlock);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
 pub(crate) unsafe fn q4k<const R: usize>(

@@ -17,7 +17,7 @@
 //!
 //! Speed: weights are repacked at load ([`format`]; 32-element types interleaved so that SIMD
 //! lanes collect per-block sums directly), kernels are chosen at run time ([`Isa`]), the
-//! AVX-512 kernels decode each weight block once for up to four activation rows, and rayon
+//! SIMD kernels decode each weight block once for up to four activation rows, and rayon
 //! tasks take cache-sized ranges of weight rows for a tile of activation rows.
 //!
 //! Supported weight types: Q4_0, Q5_0, Q8_0 (in_features a multiple of 128), Q4_K, Q5_K,
@@ -117,8 +117,8 @@ impl QuantMatrix {
     /// `emit(j, y)` for each weight row `j` in `cols`, `y[r]` its dot product with `a[r]`.
     fn rows<const R: usize>(&self, isa: Isa, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
         let nb = self.k / self.weights.block_len();
-        // Scalar and AVX2 kernels take one weight row and one activation row at a time;
-        // AVX-512 ones a range of weight rows against all `R` activation rows.
+        // Scalar kernels take one weight row and one activation row at a time; SIMD ones a
+        // range of weight rows against all `R` activation rows.
         macro_rules! dispatch {
             ($dot:ident, $rows:ident, $w:expr, $row:expr) => {
                 match isa {
@@ -126,7 +126,7 @@ impl QuantMatrix {
                     // Safety: `matmul_with` checked that the CPU has the ISA's features; the
                     // activation rows were quantized for this matrix's `k` and type.
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => cols.for_each(|j| emit(j, a.map(|a| unsafe { avx2::$dot($row(j), a) }))),
+                    Isa::Avx2 => unsafe { avx2::$rows($w, nb, cols, a, emit) },
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => unsafe { avx512::$rows($w, nb, cols, a, emit) },
                     #[cfg(not(target_arch = "x86_64"))]
@@ -171,8 +171,8 @@ impl QuantMatrix {
         let task = |t: usize| {
             let (r0, j0) = (t / col_tasks * ROW_TILE, t % col_tasks * cols);
             let (r1, cols) = ((r0 + ROW_TILE).min(m), j0..(j0 + cols).min(n));
-            // Activation rows in fours share each decoded weight block (see `avx512`); the
-            // task's weight rows stay in cache for every four.
+            // Activation rows in fours share each decoded weight block (see the SIMD kernels);
+            // the task's weight rows stay in cache for every four.
             let mut r = r0;
             // Safety: tasks cover disjoint (row tile, column range) rectangles of `y`, which
             // outlives the parallel loop.

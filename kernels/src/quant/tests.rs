@@ -58,8 +58,9 @@ fn bits(t: &Tensor) -> Vec<Vec<u32>> {
     t.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect()
 }
 
-/// Shapes of the test model (k = 896 and 4864 = 19 * 256), a short row (k = 128: a partial
-/// group of eight 32-blocks only), and n that no task split divides evenly.
+/// Shapes of the test model (k = 896: 28 blocks of 32, so a last interleaved group of four;
+/// k = 4864 = 19 * 256), short rows (one group of four 32-blocks; one super-block), and n that
+/// no task split divides evenly.
 fn shapes(dtype: GgmlDType) -> Vec<(usize, usize)> {
     if is_k_quant(dtype) { vec![(67, 4864), (150, 256)] } else { vec![(100, 896), (67, 4864), (150, 128)] }
 }
@@ -109,7 +110,7 @@ fn matches_dense_reference() {
 }
 
 /// Row r of a batch is bitwise the row computed alone, for every r, sub-batches at any offset,
-/// batches spanning several row tiles, and any rayon thread count.
+/// batches spanning several row tiles, any rayon thread count, and every ISA's kernels.
 #[test]
 fn rows_are_batch_invariant() {
     let pool = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -118,18 +119,21 @@ fn rows_are_batch_invariant() {
         let c = case(dtype, n, k, 3);
         let m = 40;
         let x = input(m, k, 4);
-        let full = bits(&c.w.matmul(&x).unwrap());
-        for (r, row) in full.iter().enumerate() {
-            let alone = bits(&c.w.matmul(&x.narrow(0, r, 1).unwrap()).unwrap());
-            assert_eq!(&alone[0], row, "{dtype:?}: row {r} alone");
-        }
-        for (start, len) in [(5, 7), (0, 20), (17, 23), (31, 2)] {
-            let part = bits(&c.w.matmul(&x.narrow(0, start, len).unwrap()).unwrap());
-            assert_eq!(part[..], full[start..start + len], "{dtype:?}: rows {start}..+{len}");
-        }
-        for threads in [1, 2, 3] {
-            let y = pool(threads).install(|| bits(&c.w.matmul(&x).unwrap()));
-            assert_eq!(y, full, "{dtype:?}: {threads} threads");
+        for isa in Isa::available() {
+            let matmul = |x: &Tensor| bits(&c.w.matmul_with(x, isa).unwrap());
+            let full = matmul(&x);
+            for (r, row) in full.iter().enumerate() {
+                let alone = matmul(&x.narrow(0, r, 1).unwrap());
+                assert_eq!(&alone[0], row, "{dtype:?} {isa:?}: row {r} alone");
+            }
+            for (start, len) in [(5, 7), (0, 20), (17, 23), (31, 2)] {
+                let part = matmul(&x.narrow(0, start, len).unwrap());
+                assert_eq!(part[..], full[start..start + len], "{dtype:?} {isa:?}: rows {start}..+{len}");
+            }
+            for threads in [1, 2, 3] {
+                let y = pool(threads).install(|| matmul(&x));
+                assert_eq!(y, full, "{dtype:?} {isa:?}: {threads} threads");
+            }
         }
     }
 }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# UNVERIFIED: written on a machine without a GPU and never run on one; expect to fix it on its
+# first run. It follows the "On the GPU machine" notes of the team's shared CUDA.md.
+#
+# The one-call device check of the CUDA build, in two halves:
+#
+#   scripts/gpu-check.sh --prepare     here (no GPU): builds the kernel GPU tests and the
+#                                      release binary with scripts/build-cuda.sh and packs them,
+#                                      xz-compressed, with the tokenizer into target/gpu-carry
+#   scripts/gpu-check.sh               there, via the device tool:
+#                                      run(command="bash scripts/gpu-check.sh",
+#                                          carry=["target/gpu-carry"], timeout_s=590)
+#
+# On the GPU machine it
+#   1. records the GPU, driver and glibc, and puts the CUDA 13 libraries of the PyTorch install
+#      (site-packages/nvidia/*/lib) and the driver's libcuda.so.1 on LD_LIBRARY_PATH;
+#   2. runs the kernel tests (kernels/tests/gpu.rs: every CUDA op against its CPU reference,
+#      f32/bf16/f16, long contexts for the split decode);
+#   3. builds random-weight checkpoints with the real Qwen2.5-0.5B and -7B configs and compares
+#      qwen-serve's logprobs and greedy text with transformers, then throughput
+#      (scripts/gpu_reference.py). This step assumes the binary takes `--device cuda`
+#      (override with GPU_CHECK_DEVICE_FLAG); it is skipped, and says so, if `serve --help`
+#      shows no --device flag.
+# GPU_CHECK_STEPS (default "kernels 0.5b 7b") picks steps. Their limits (150 + 170 + 240 s) fit
+# one call of timeout_s=590 with little to spare; if the 7B step runs out, rerun at once (the
+# machine stays warm) with GPU_CHECK_STEPS=7b.
+# Results go to $OUT (summary.json, kernel-tests.txt, model-*.json, env.txt); each step has its
+# own time limit so a slow step still leaves the others' results.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+carry=target/gpu-carry
+
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  dir=$(bash scripts/build-cuda.sh --bin qwen-serve)
+  # With qwen-serve selected too, so dependencies get the binary's features and are reused.
+  QWEN_SERVE_CARGO=test bash scripts/build-cuda.sh --no-run -p qwen-serve -p qwen-serve-kernels --test gpu > /dev/null
+  tests=$(ls -t "$dir"/deps/gpu-* | grep -v '\.d$' | head -1)
+  rm -rf "$carry" && mkdir -p "$carry"
+  # Stripped (no line numbers in backtraces) and xz'd: ~95 + 170 MB become ~5 + 9 MB; the GPU
+  # machine unpacks with python3's lzma, needing no xz there.
+  stripped=$(mktemp -d)
+  trap 'rm -rf "$stripped"' EXIT
+  strip -o "$stripped/kernel-gpu-tests" "$tests"
+  strip -o "$stripped/qwen-serve" "$dir/qwen-serve"
+  xz -T2 -6 -c "$stripped/kernel-gpu-tests" > "$carry/kernel-gpu-tests.xz"
+  xz -T2 -6 -c "$stripped/qwen-serve" > "$carry/qwen-serve.xz"
+  tok="$(bash scripts/fetch-test-data.sh)/qwen3-tokenizer"
+  cp "$tok/tokenizer.json" "$tok/tokenizer_config.json" "$carry/"
+  du -sh "$carry"/* >&2
+  echo "carry: $carry ($(du -sm "$carry" | cut -f1) MB of the 64 MiB a call may carry)" >&2
+  exit 0
+fi
+
+out="${OUT:-/tmp/gpu-check-out}"
+mkdir -p "$out"
+work=/tmp/qwen-gpu-check
+mkdir -p "$work"
+summary="$out/summary.json"
+echo '{}' > "$summary"
+note() { # note KEY JSON-VALUE: adds one entry to summary.json
+  python3 - "$summary" "$1" "$2" <<'EOF'
+import json, sys
+path, key, value = sys.argv[1:]
+d = json.load(open(path))
+d[key] = json.loads(value)
+json.dump(d, open(path, "w"), indent=1)
+EOF
+}
+
+# 1. Environment.
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  ldd --version | head -1
+  python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
+} > "$out/env.txt" 2>&1
+cat "$out/env.txt"
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+driver=$(ldconfig -p | awk '/libcuda\.so\.1 /{print $NF; exit}')
+paths=$( { ls -d "$site"/nvidia/*/lib 2>/dev/null | grep -v stubs; [ -n "$driver" ] && dirname "$driver"; \
+  [ -n "${LD_LIBRARY_PATH:-}" ] && echo "$LD_LIBRARY_PATH"; } | paste -sd: -)
+export LD_LIBRARY_PATH="$paths"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >> "$out/env.txt"
+
+for f in kernel-gpu-tests qwen-serve; do
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    "$carry/$f.xz" "$work/$f" && chmod +x "$work/$f"
+done
+missing=$(ldd "$work/qwen-serve" | grep 'not found' || true)
+note missing_libraries "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$missing")"
+[ -n "$missing" ] && echo "missing libraries: $missing"
+
+want() { case " ${GPU_CHECK_STEPS:-kernels 0.5b 7b} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# 2. Kernel tests, one at a time (each compares with the CPU reference, which is the slow part).
+if want kernels; then
+timeout 150 "$work/kernel-gpu-tests" --test-threads=1 > "$out/kernel-tests.txt" 2>&1
+rc=$?
+tail -30 "$out/kernel-tests.txt"
+note kernel_tests "$(python3 - "$out/kernel-tests.txt" "$rc" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read()
+tests = dict(re.findall(r"^test (\S+) \.\.\. (\w+)", text, re.M))
+print(json.dumps({"exit_code": int(sys.argv[2]), "tests": tests}))
+EOF
+)"
+fi
+
+# 3. Model-level comparison with transformers, and throughput.
+device_flag="${GPU_CHECK_DEVICE_FLAG:---device cuda}"
+if "$work/qwen-serve" serve --help 2>/dev/null | grep -q -- '--device'; then
+  for spec in "0.5b f32,bf16 170" "7b bf16 240"; do
+    set -- $spec
+    want "$1" || continue
+    timeout "$3" python3 scripts/gpu_reference.py --config "$1" --dtypes "$2" --qwen-serve "$work/qwen-serve" \
+      --tokenizer-dir "$carry" --out "$out" --work "$work" --device-flag="$device_flag" > "$out/model-$1.log" 2>&1
+    note "model_$1_exit_code" "$?"
+    rm -rf "$work/qwen2.5-$1-random"  # the 7B checkpoint needs the disk
+  done
+else
+  note model_checks '"skipped: qwen-serve serve --help shows no --device flag; the binary cannot be put on the GPU"'
+fi
+cat "$summary"

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""UNVERIFIED on a GPU (see scripts/gpu-check.sh); only dry-run on a CPU, with `--torch-device
+cpu --device-flag=` against the CPU binary. Model-level check for one real Qwen config with
+random weights: transformers is the reference.
+
+  python3 scripts/gpu_reference.py --config 0.5b --qwen-serve BIN --tokenizer-dir DIR --out DIR
+
+1. Builds Qwen2ForCausalLM from the real config (Qwen2.5-0.5B-Instruct or -7B-Instruct) on the
+   GPU with random weights (biases and norm weights perturbed too, so loading them matters) and
+   saves it with its tokenizer as a model folder.
+2. For each dtype: starts `qwen-serve serve` on the folder and asks /v1/completions for the
+   prompt's token logprobs (echo) and a greedy continuation; compares both with transformers on
+   the same weights.
+3. Throughput: `qwen-serve bench` against `model.generate` at the same prompt/output lengths.
+
+Writes <out>/model-<config>.json as it goes, so a run cut short still leaves what it measured.
+Needs python3 with torch, transformers and safetensors; no network.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+
+import torch
+import transformers
+
+CONFIGS = {
+    # Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-7B-Instruct config.json (architecture fields).
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_hidden_layers=24,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_window_layers=21,
+                 sliding_window=32768),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_hidden_layers=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, max_window_layers=28,
+               sliding_window=131072),
+}
+COMMON = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu", bos_token_id=151643,
+              eos_token_id=151645, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+              use_sliding_window=False, attention_dropout=0.0, initializer_range=0.02, use_cache=True)
+TORCH_DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16}
+PROMPT_LEN, GEN_LEN, PORT = 96, 16, 18123
+
+
+def make_model(name, folder, tokenizer_dir, device):
+    config = transformers.Qwen2Config(**COMMON, **CONFIGS[name])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.02)
+            elif "norm" in pname:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tokenizer_dir, f), folder)
+    return model
+
+
+def http(url, body=None, timeout=600):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def start_server(binary, folder, dtype, device_flag):
+    cmd = [binary, "serve", "--model", folder, "--dtype", dtype, "--port", str(PORT), *device_flag]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{folder}-{dtype}-serve.log", "w"))
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {open(f'{folder}-{dtype}-serve.log').read()[-2000:]}")
+        try:
+            http(f"http://127.0.0.1:{PORT}/health", timeout=2)
+            return proc
+        except Exception:
+            time.sleep(1)
+    proc.kill()
+    raise RuntimeError("server did not become healthy in 240 s")
+
+
+def compare(model, tokenizer, dtype, binary, folder, device_flag, device):
+    """Prompt-token logprobs and a greedy continuation, server vs transformers."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 151643, (PROMPT_LEN,), generator=g).tolist()
+    m = model.to(TORCH_DTYPE[dtype])
+    with torch.no_grad():
+        x = torch.tensor([ids], device=device)
+        lp = torch.log_softmax(m(x).logits[0].float(), -1)
+        ref_prompt = [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+        gen = m.generate(x, max_new_tokens=GEN_LEN, do_sample=False, min_new_tokens=GEN_LEN)[0, len(ids):].tolist()
+    ref_tokens = [tokenizer.decode([t]) for t in gen]
+    ref_text = tokenizer.decode(ids + gen)
+    proc = start_server(binary, folder, dtype, device_flag)
+    try:
+        name = http(f"http://127.0.0.1:{PORT}/v1/models")["data"][0]["id"]
+        r = http(f"http://127.0.0.1:{PORT}/v1/completions", {
+            "model": name, "prompt": ids, "max_tokens": GEN_LEN, "temperature": 0, "echo": True, "logprobs": 1})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    lps = r["choices"][0]["logprobs"]
+    got_prompt = lps["token_logprobs"][1:len(ids)]
+    got_tokens = lps["tokens"][len(ids):]
+    diffs = [abs(a - b) for a, b in zip(got_prompt, ref_prompt)]
+    agree = 0
+    for a, b in zip(got_tokens, ref_tokens):
+        if a != b:
+            break
+        agree += 1
+    return {
+        "prompt_logprob_max_abs_diff": max(diffs), "prompt_logprob_mean_abs_diff": sum(diffs) / len(diffs),
+        "prompt_logprob_spread": max(ref_prompt) - min(ref_prompt),
+        "greedy_tokens_agreeing": agree, "greedy_tokens": GEN_LEN,
+        # Token strings may be rendered differently; the echoed text is the robust comparison.
+        "greedy_text_equal": r["choices"][0]["text"] == ref_text,
+        "server_tokens": got_tokens, "transformers_tokens": ref_tokens,
+    }
+
+
+def hf_throughput(model, batch, prompt_len, output_len, device):
+    m = model.to(torch.bfloat16)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 151643, (batch, prompt_len), generator=g).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with torch.no_grad():
+        m.generate(x[:, :8], max_new_tokens=4, do_sample=False)  # warm-up
+        sync()
+        t = time.time()
+        m.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False)
+        sync()
+    secs = time.time() - t
+    return {"batch": batch, "seconds": secs, "output_tokens_per_s": batch * output_len / secs}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", choices=CONFIGS, required=True)
+    ap.add_argument("--qwen-serve", required=True)
+    ap.add_argument("--tokenizer-dir", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="/tmp/qwen-gpu-check")
+    ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--device-flag", default="--device cuda", help="how the binary is told to use the GPU")
+    ap.add_argument("--torch-device", default="cuda", help="cpu: a dry run of this script's plumbing")
+    ap.add_argument("--bench-concurrency", default="1,16")
+    ap.add_argument("--bench-len", type=int, default=128, help="prompt and output tokens")
+    args = ap.parse_args()
+    folder = os.path.join(args.work, f"qwen2.5-{args.config}-random")
+    result = {"config": args.config, "transformers": transformers.__version__, "torch": torch.__version__}
+    path = os.path.join(args.out, f"model-{args.config}.json")
+
+    def save():
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+
+    t = time.time()
+    model = make_model(args.config, folder, args.tokenizer_dir, args.torch_device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    result["make_seconds"] = time.time() - t
+    save()
+    device_flag = args.device_flag.split()
+    for dtype in args.dtypes.split(","):
+        try:
+            result[f"compare_{dtype}"] = compare(model, tokenizer, dtype, args.qwen_serve, folder, device_flag, args.torch_device)
+        except Exception as e:  # keep going: the next measurement may still work
+            result[f"compare_{dtype}"] = {"error": repr(e)}
+        save()
+    bench_json = os.path.join(args.work, f"bench-{args.config}.json")
+    n = str(args.bench_len)
+    cmd = [args.qwen_serve, "bench", "--model", folder, "--dtype", "bf16", *device_flag, "--concurrency",
+           args.bench_concurrency, "--prompt-len", n, "--output-len", n, "--json", bench_json]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result["qwen_serve_bench"] = json.load(open(bench_json)) if p.returncode == 0 else {"error": p.stderr[-3000:]}
+    save()
+    result["transformers_bench"] = [hf_throughput(model, int(b), args.bench_len, args.bench_len, args.torch_device)
+                                    for b in args.bench_concurrency.split(",")]
+    save()
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
