@@ -13,7 +13,14 @@
 # Writes Markdown to stdout and JSON to --json (default bench-results/peer.json).
 #
 # Environment: RUNS, THREADS (default 2), LLAMA_SERVER (a llama-server binary to use instead
-# of building one with scripts/build-llama-server.sh), PORT (default 18431; PORT+1 is used too).
+# of building one with scripts/build-llama-server.sh), PORT (default 18431; PORT+1 is used too),
+# QUIET_WAIT (seconds to wait for other processes to go quiet before each measurement, 600).
+#
+# Measure on a quiet machine. llama-server's OpenMP threads spin-wait for each other: when
+# another process takes one of the cores, its speed collapses (~1 tok/s decode instead of ~10
+# seen with a compile running next door, and far less than on a quiet machine).
+# OMP_WAIT_POLICY=passive in the environment makes it robust to that, at some cost when quiet.
+# The report says how much CPU time other processes took during the measurements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +33,7 @@ while [ $# -gt 0 ]; do
     --json) json="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -95,19 +102,44 @@ start_server() {
   echo "error: $name did not become healthy in 300 s; its log:" >&2; tail -20 "$log" >&2; exit 1
 }
 
+# Machine-wide busy and idle jiffies; a process's own (user + system) jiffies.
+cpu_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat; }
+proc_jiffies() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Waits (up to QUIET_WAIT seconds, default 600) until other processes use under 15% of the
+# CPUs over 3 s: a compile next door halves any number measured here.
+wait_quiet() {
+  local deadline=$(( $(date +%s) + ${QUIET_WAIT:-600} )) b0 i0 b1 i1 busy
+  while :; do
+    read -r b0 i0 < <(cpu_jiffies); sleep 3; read -r b1 i1 < <(cpu_jiffies)
+    busy=$(( 100 * (b1 - b0) / (b1 - b0 + i1 - i0 + 1) ))
+    [ "$busy" -lt 15 ] && return 0
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "WARNING: the machine is still ${busy}% busy with other work; measuring anyway" >&2
+      return 0
+    fi
+    echo "waiting for a quiet machine (${busy}% busy)…" >&2
+    sleep 10
+  done
+}
+
 servers="qwen-serve${llama:+ llama-server}"
 for run in $(seq "$runs"); do
   for name in $servers; do
     p=$port; [ "$name" = llama-server ] && p=$((port + 1))
     echo "run $run/$runs: $name on 127.0.0.1:$p…" >&2
     start_server "$name" "$p"
-    # Other work on the machine skews everything: keep the load average next to the numbers.
-    cut -d' ' -f1 /proc/loadavg > "$work/$name-$run.load"
+    wait_quiet
+    # Other work on the machine skews everything: keep its CPU time next to the numbers.
+    read -r b0 i0 < <(cpu_jiffies); s0=$(proc_jiffies "$pid")
     "$qwen" bench --server "http://127.0.0.1:$p" --model "$gguf" \
       --concurrency "$levels" --prompt-len "$prompt_len" --output-len "$output_len" \
       --prefill-len "$prefill_len" --prefill-runs 3 --json "$work/$name-$run.json" >&2
+    read -r b1 i1 < <(cpu_jiffies); s1=$(proc_jiffies "$pid")
+    # Percent of all CPU time during the measurement spent outside the server (the bench
+    # client's small share included).
+    echo $(( 100 * (b1 - b0 - (s1 - s0)) / (b1 - b0 + i1 - i0 + 1) )) > "$work/$name-$run.other_pct"
     awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" > "$work/$name-$run.rss_kb"
-    cut -d' ' -f1 /proc/loadavg >> "$work/$name-$run.load"
     grep -m1 -o 'system_info: .*' "$work/$name.log" > "$work/$name.system_info" || true
     stop_server
   done
@@ -167,14 +199,14 @@ for s in servers:
             results = json.load(f)
         with open(f"{work}/{s}-{run}.rss_kb") as f:
             rss_kb = float(f.read().strip() or "nan")
-        with open(f"{work}/{s}-{run}.load") as f:
-            load = [float(x) for x in f.read().split()]
+        with open(f"{work}/{s}-{run}.other_pct") as f:
+            other_pct = float(f.read().strip())
         raw[s].append(results)
-        per_run[s].append(metrics(results, rss_kb) | {"load_avg_1m_before_after": load})
+        per_run[s].append(metrics(results, rss_kb) | {"other_cpu_pct": other_pct})
     medians[s] = {k: statistics.median(m[k] for m in per_run[s]) for k, _, _ in rows}
 
 both = "llama-server" in medians
-loads = [x for s in servers for m in per_run[s] for x in m["load_avg_1m_before_after"]]
+others = [m["other_cpu_pct"] for s in servers for m in per_run[s]]
 
 def read_opt(path):
     try:
@@ -202,8 +234,8 @@ with open(env["JSON"], "w") as f:
 
 print(f"CPU: {env['CPU']}; {env['THREADS']} threads per server; median of {runs} run(s); qwen-serve at {env['COMMIT']}"
       + (f" + {env['DIRTY']} uncommitted path(s)" if env["DIRTY"] != "0" else ""))
-print(f"1-min load average around the measurements: {min(loads):.1f} to {max(loads):.1f} "
-      f"(the servers' own threads count; much above {env['THREADS']}, other work was running)")
+print(f"CPU time outside the measured server during the measurements (bench client included): "
+      f"{min(others):.0f}% to {max(others):.0f}% of the machine" + (" -- OTHER WORK WAS RUNNING" if max(others) > 15 else ""))
 if both:
     print(f"llama-server: {env['LLAMA']} -t {env['THREADS']} -tb {env['THREADS']} --parallel {env['PARALLEL']} "
           f"-c {env['CTX']} --cont-batching --cache-ram 0; qwen-serve: --threads {env['THREADS']} (RAYON_NUM_THREADS)")
