@@ -51,6 +51,9 @@ gguf="$(bash scripts/fetch-test-data.sh)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 echo "building qwen-serve (release)…" >&2
 cargo build --release --quiet >&2
 qwen=target/release/qwen-serve
+# What was measured: the tree as built now (others may commit while this runs).
+commit="$(git log -1 --oneline 2>/dev/null || echo unknown)"
+num_dirty="$(git status --short 2>/dev/null | wc -l)"
 
 llama="${LLAMA_SERVER:-}"
 if [ -z "$llama" ]; then
@@ -140,7 +143,6 @@ for run in $(seq "$runs"); do
     # client's small share included).
     echo $(( 100 * (b1 - b0 - (s1 - s0)) / (b1 - b0 + i1 - i0 + 1) )) > "$work/$name-$run.other_pct"
     awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" > "$work/$name-$run.rss_kb"
-    grep -m1 -o 'system_info: .*' "$work/$name.log" > "$work/$name.system_info" || true
     stop_server
   done
 done
@@ -151,8 +153,8 @@ isa=$(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|avx512f|avx512_vnni|
 [ -n "$isa" ] && cpu="$cpu ($isa)"
 WORK="$work" RUNS="$runs" THREADS="$threads" CPU="$cpu" JSON="$json" SERVERS="$servers" \
   LLAMA="$llama" CTX="$ctx" PARALLEL="$parallel" \
-  COMMIT="$(git log -1 --oneline 2>/dev/null || echo unknown)" \
-  DIRTY="$(git status --short 2>/dev/null | wc -l)" \
+  COMMIT="$commit" DIRTY="$num_dirty" \
+  LLAMA_VERSION="$( [ -n "$llama" ] && "$llama" --version 2>&1 | grep -m1 '^version' || true)" \
   python3 - <<'PY'
 import json, os, statistics
 
@@ -208,12 +210,7 @@ for s in servers:
 both = "llama-server" in medians
 others = [m["other_cpu_pct"] for s in servers for m in per_run[s]]
 
-def read_opt(path):
-    try:
-        with open(path) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
+
 ratios = {k: medians["qwen-serve"][k] / medians["llama-server"][k] for k, _, _ in rows} if both else None
 
 out = {
@@ -222,8 +219,7 @@ out = {
     "runs": runs,
     "git": {"head": env["COMMIT"], "num_changed_paths": int(env["DIRTY"])},
     "workload": {"prompt_len": 128, "output_len": 128, "prefill_len": 512, "concurrency": [1, 4, 16]},
-    "llama_server": {"binary": env["LLAMA"] or None, "parallel": int(env["PARALLEL"]), "ctx": int(env["CTX"])} if both else None,
-    "llama_server_system_info": read_opt(f"{work}/llama-server.system_info") if both else None,
+    "llama_server": {"binary": env["LLAMA"] or None, "version": env["LLAMA_VERSION"], "parallel": int(env["PARALLEL"]), "ctx": int(env["CTX"])} if both else None,
     "median": medians,
     "ratio_qwen_over_llama": ratios,
     "per_run": per_run,
@@ -237,7 +233,7 @@ print(f"CPU: {env['CPU']}; {env['THREADS']} threads per server; median of {runs}
 print(f"CPU time outside the measured server during the measurements (bench client included): "
       f"{min(others):.0f}% to {max(others):.0f}% of the machine" + (" -- OTHER WORK WAS RUNNING" if max(others) > 15 else ""))
 if both:
-    print(f"llama-server: {env['LLAMA']} -t {env['THREADS']} -tb {env['THREADS']} --parallel {env['PARALLEL']} "
+    print(f"llama-server ({env['LLAMA_VERSION']}, llama-cpp-python sdist): {env['LLAMA']} -t {env['THREADS']} -tb {env['THREADS']} --parallel {env['PARALLEL']} "
           f"-c {env['CTX']} --cont-batching --cache-ram 0; qwen-serve: --threads {env['THREADS']} (RAYON_NUM_THREADS)")
 print()
 if both:
