@@ -25,10 +25,12 @@ const SHAPES: [(&str, GgmlDType, usize, usize); 10] = [
     ("output 896->151936", GgmlDType::Q8_0, 896, 151936),
 ];
 
+type Kernel<'a> = Box<dyn FnMut() + 'a>;
+
 /// Fastest seconds per call of each kernel, calling them in turn (so that they share whatever
 /// else the machine is doing) for at least `min_time` and 5 rounds: on a shared machine the
 /// minimum is the run no other process interrupted.
-fn time(kernels: &mut [(String, Box<dyn FnMut() + '_>)], min_time: Duration) -> Vec<(String, f64)> {
+fn time(kernels: &mut [(String, Kernel<'_>)], min_time: Duration) -> Vec<(String, f64)> {
     let mut best = vec![f64::INFINITY; kernels.len()];
     kernels.iter_mut().for_each(|(_, f)| f());
     let start = Instant::now();
@@ -62,11 +64,11 @@ fn main() -> candle_core::Result<()> {
         for m in [1, 16] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let min_time = Duration::from_millis(if n > 100_000 { 4000 } else { 1500 });
-            let mut kernels: Vec<(String, Box<dyn FnMut()>)> = Isa::available()
+            let mut kernels: Vec<(String, Kernel)> = Isa::available()
                 .into_iter()
                 .map(|isa| {
                     let (ours, x) = (&ours, &x);
-                    let f: Box<dyn FnMut()> = Box::new(move || drop(ours.matmul_with(x, isa).unwrap()));
+                    let f: Kernel = Box::new(move || drop(ours.matmul_with(x, isa).unwrap()));
                     (format!("ours {isa:?}"), f)
                 })
                 .collect();

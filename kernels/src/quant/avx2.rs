@@ -18,6 +18,22 @@ use std::ops::Range;
 use super::activations::ActRow;
 use super::format::{Blocks32, Q4KBlock, Q5KBlock, Q6KBlock};
 
+/// How far ahead of the weights being read the kernels ask for cache lines. At decode the
+/// kernels stream the whole model from memory; with the hardware prefetcher alone the test
+/// model decoded ~15% slower (1 to 8 KiB tried: 2 to 4 KiB best).
+const PREFETCH_BYTES: usize = 4096;
+
+/// Asks for the cache lines of the `bytes` bytes at `p + PREFETCH_BYTES` (past the end of an
+/// allocation is harmless: a prefetch never faults).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8, bytes: usize) {
+    let p = p.wrapping_add(PREFETCH_BYTES);
+    for offset in (0..bytes).step_by(64) {
+        // Safety: a prefetch is a hint; it reads nothing architecturally.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(offset).cast()) };
+    }
+}
+
 /// `h.to_f32()` (exact either way) without `half`'s run-time feature check.
 #[inline]
 #[target_feature(enable = "f16c")]
@@ -38,7 +54,8 @@ unsafe fn fold_lanes(v: __m256) -> f32 {
 /// the dot products of row `j` with the `R` activation rows. Groups of `c` = 8 (or, last, 4)
 /// blocks are in interleaved order (see `format::interleaved_index`): `piece(j, v)` gives the
 /// 32 weight values of row `j` from row value index `v` (a multiple of 32) as bytes, decoded
-/// once for all `R` rows; unsigned unless `SIGNED` (Q8_0), and with a zero point `offset` that
+/// once for all `R` rows (`qs_len` bytes per block from `qs`, prefetched ahead); unsigned
+/// unless `SIGNED` (Q8_0), and with a zero point `offset` that
 /// comes off through the activation sums. `maddubs` + `madd` leave in lane `l` a partial sum of
 /// block `l` only (for `c` = 4, lanes `l` and `l + 4` both belong to block `l`), so the group's
 /// pieces add up to the exact block sums; then `lanes += (dw * da) * isum` exactly as the
@@ -46,7 +63,7 @@ unsafe fn fold_lanes(v: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn sum_blocks32<const R: usize, const SIGNED: bool>(
-    d: &[half::f16],
+    (d, qs, qs_len): (&[half::f16], *const u8, usize),
     nb: usize,
     cols: Range<usize>,
     a: [ActRow; R],
@@ -59,6 +76,7 @@ unsafe fn sum_blocks32<const R: usize, const SIGNED: bool>(
         let mut lanes = [_mm256_setzero_ps(); R];
         for g0 in (0..nb).step_by(8) {
             let c = (nb - g0).min(8);
+            prefetch(qs.add((j * nb + g0) * qs_len), c * qs_len);
             let mut sums = [_mm256_setzero_si256(); R];
             for p in 0..c {
                 let v = g0 * 32 + 32 * p;
@@ -123,20 +141,20 @@ unsafe fn bits_to_0x10(bits: u32) -> __m256i {
 #[target_feature(enable = "avx2,f16c")]
 pub(crate) unsafe fn q4_0<const R: usize>(w: &Blocks32, nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
     let qs = w.qs.as_ptr();
-    sum_blocks32::<R, false>(&w.d, nb, cols, a, 8, |j, v| nibbles32(qs.add(j * nb * 16), v), emit)
+    sum_blocks32::<R, false>((&w.d, qs, 16), nb, cols, a, 8, |j, v| nibbles32(qs.add(j * nb * 16), v), emit)
 }
 
 #[target_feature(enable = "avx2,f16c")]
 pub(crate) unsafe fn q5_0<const R: usize>(w: &Blocks32, nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
     let (qs, qh) = (w.qs.as_ptr(), w.qh.as_ptr());
     let piece = |j: usize, v: usize| _mm256_or_si256(nibbles32(qs.add(j * nb * 16), v), bits_to_0x10(*qh.add(j * nb + v / 32)));
-    sum_blocks32::<R, false>(&w.d, nb, cols, a, 16, piece, emit)
+    sum_blocks32::<R, false>((&w.d, qs, 16), nb, cols, a, 16, piece, emit)
 }
 
 #[target_feature(enable = "avx2,f16c")]
 pub(crate) unsafe fn q8_0<const R: usize>(w: &Blocks32, nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
     let qs = w.qs.as_ptr();
-    sum_blocks32::<R, true>(&w.d, nb, cols, a, 0, |j, v| _mm256_loadu_si256(qs.add(j * nb * 32 + v).cast()), emit)
+    sum_blocks32::<R, true>((&w.d, qs, 32), nb, cols, a, 0, |j, v| _mm256_loadu_si256(qs.add(j * nb * 32 + v).cast()), emit)
 }
 
 /// The K-quant float step on vectors: `acc += (d * da) * s - (dmin * da) * s_min`
@@ -195,6 +213,7 @@ unsafe fn k_rows<B: KBlock, const R: usize>(
     for j in cols {
         let mut acc = [_mm256_setzero_ps(); R];
         for (b, blk) in w[j * nb..(j + 1) * nb].iter().enumerate() {
+            prefetch((blk as *const B).cast(), std::mem::size_of::<B>());
             let mut s = [_mm256_setzero_si256(); R];
             for sub in 0..8 {
                 let (q, scale) = (piece(blk, sub), _mm256_set1_epi16(blk.scales()[sub] as i16));
@@ -235,6 +254,7 @@ pub(crate) unsafe fn q6k<const R: usize>(w: &[Q6KBlock], nb: usize, cols: Range<
     for j in cols {
         let mut acc = [_mm256_setzero_ps(); R];
         for (b, blk) in w[j * nb..(j + 1) * nb].iter().enumerate() {
+            prefetch((blk as *const Q6KBlock).cast(), std::mem::size_of::<Q6KBlock>());
             let mut s = [_mm256_setzero_si256(); R];
             for h in 0..2 {
                 let qh = _mm256_loadu_si256(blk.qh.as_ptr().add(32 * h).cast());

@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::activations::ActRow;
-use super::avx2::{f16_to_f32, k_lanes, KBlock};
+use super::avx2::{f16_to_f32, k_lanes, prefetch, KBlock};
 use super::format::{Blocks32, Q4KBlock, Q5KBlock, Q6KBlock};
 
 /// [`super::scalar::fold_lanes`] on a vector.
@@ -39,8 +39,8 @@ type Group = [__m512i; 4];
 
 /// The shared driver of the 32-element types: for weight rows `cols`, `emit(j, y)` with `y`
 /// the dot products of row `j` with the `R` activation rows. `decode(j, g0, c)` gives the
-/// values of row `j`'s group of `c` blocks from block `g0`, whose zero point `offset` comes off
-/// through the activation sums.
+/// values of row `j`'s group of `c` blocks from block `g0` (`qs_len` bytes per block from `qs`,
+/// prefetched ahead), whose zero point `offset` comes off through the activation sums.
 ///
 /// Per row and group, `vpdpbusd` over the group's vectors leaves in lane `l` (mod 8, or mod 4
 /// when `c` = 4) a partial sum of block `l` only, so folding the vector gives the exact block
@@ -48,7 +48,7 @@ type Group = [__m512i; 4];
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
 unsafe fn sum_blocks32<const R: usize>(
-    d: &[half::f16],
+    (d, qs, qs_len): (&[half::f16], *const u8, usize),
     nb: usize,
     cols: Range<usize>,
     a: [ActRow; R],
@@ -61,6 +61,7 @@ unsafe fn sum_blocks32<const R: usize>(
         let mut lanes = [_mm256_setzero_ps(); R];
         for g0 in (0..nb).step_by(8) {
             let c = (nb - g0).min(8);
+            prefetch(qs.add((j * nb + g0) * qs_len), c * qs_len);
             let wq = decode(j, g0, c);
             let dw = d.as_ptr().add(j * nb + g0);
             let dw = _mm256_cvtph_ps(if c == 8 { _mm_loadu_si128(dw.cast()) } else { _mm_loadl_epi64(dw.cast()) });
@@ -112,7 +113,7 @@ pub(crate) unsafe fn q4_0<const R: usize>(
     emit: &mut impl FnMut(usize, [f32; R]),
 ) {
     let qs = w.qs.as_ptr();
-    sum_blocks32(&w.d, nb, cols, a, 8, |j, g0, c| nibble_group(qs.add((j * nb + g0) * 16), c), emit)
+    sum_blocks32((&w.d, qs, 16), nb, cols, a, 8, |j, g0, c| nibble_group(qs.add((j * nb + g0) * 16), c), emit)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
@@ -126,7 +127,7 @@ pub(crate) unsafe fn q5_0<const R: usize>(
     let (qs, qh) = (w.qs.as_ptr(), w.qh.as_ptr());
     let sixteen = _mm512_set1_epi8(16);
     sum_blocks32(
-        &w.d,
+        (&w.d, qs, 16),
         nb,
         cols,
         a,
@@ -156,7 +157,7 @@ pub(crate) unsafe fn q8_0<const R: usize>(
     let qs = w.qs.as_ptr();
     let flip = _mm512_set1_epi8(-128);
     sum_blocks32(
-        &w.d,
+        (&w.d, qs, 32),
         nb,
         cols,
         a,
@@ -231,6 +232,7 @@ unsafe fn k_rows<B: KBlock, const R: usize>(
     for j in cols {
         let mut acc = [_mm256_setzero_ps(); R];
         for (b, blk) in w[j * nb..(j + 1) * nb].iter().enumerate() {
+            prefetch((blk as *const B).cast(), std::mem::size_of::<B>());
             let q = decode(blk);
             let scales = k_scales(blk.scales());
             let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.mins().as_ptr().cast()));
@@ -301,6 +303,7 @@ pub(crate) unsafe fn q6k<const R: usize>(
     for j in cols {
         let mut acc = [_mm256_setzero_ps(); R];
         for (b, blk) in w[j * nb..(j + 1) * nb].iter().enumerate() {
+            prefetch((blk as *const Q6KBlock).cast(), std::mem::size_of::<Q6KBlock>());
             let mut q = k_nibbles(blk.ql.as_ptr());
             for h in 0..2 {
                 let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.qh.as_ptr().add(32 * h).cast()));
