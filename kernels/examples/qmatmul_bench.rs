@@ -61,7 +61,10 @@ fn main() -> candle_core::Result<()> {
         let bytes = q.storage_size_in_bytes() as f64;
         let ours = QuantMatrix::from_qtensor(&q)?.expect("supported");
         let theirs = QMatMul::from_qtensor(q)?;
-        for m in [1, 16] {
+        let ms: Vec<usize> = std::env::var("QM_ROWS")
+            .map(|v| v.split(',').map(|m| m.trim().parse().expect("QM_ROWS: comma-separated row counts")).collect())
+            .unwrap_or_else(|_| vec![1, 16]);
+        for &m in &ms {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let min_time = Duration::from_millis(if n > 100_000 { 4000 } else { 1500 });
             let mut kernels: Vec<(String, Kernel)> = Isa::available()
