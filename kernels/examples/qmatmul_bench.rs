@@ -2,7 +2,9 @@
 //! shapes (Qwen2.5-Coder-0.5B Q4_K_M) with random weights.
 //!
 //! `cargo run --release -p qwen-serve-kernels --example qmatmul_bench [-- filter]` (filter: a
-//! substring of "name dtype", e.g. `Q6K` or `l2`); `RAYON_NUM_THREADS=1` for one core.
+//! substring of "name dtype", e.g. `Q6K` or `l2`); `RAYON_NUM_THREADS=1` for one core,
+//! `QM_ROWS=1,16,64` the activation row counts, `QM_KERNELS=Avx512` only the kernels whose
+//! name contains it.
 
 use std::time::{Duration, Instant};
 
@@ -76,6 +78,9 @@ fn main() -> candle_core::Result<()> {
                 })
                 .collect();
             kernels.push(("candle QMatMul".to_string(), Box::new(|| drop(theirs.forward(&x).unwrap()))));
+            if let Ok(only) = std::env::var("QM_KERNELS") {
+                kernels.retain(|(name, _)| name.contains(&only));
+            }
             let rows = time(&mut kernels, min_time);
             for (kernel, secs) in rows {
                 println!("| {name} | {dtype:?} | {m} | {kernel} | {:.3} | {:.1} |", secs * 1e3, bytes / secs / 1e9);

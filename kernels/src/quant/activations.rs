@@ -8,7 +8,8 @@
 //!
 //! For the 32-element types the values are stored in the weights' interleaved order
 //! ([`super::format::interleaved_index`]), so a vector of activations lines up with a vector of
-//! weights; K-quant rows stay in element order.
+//! weights, and each group of blocks also gets its sixteen *lane* sums and scales (see
+//! [`ActRow`]); K-quant rows stay in element order.
 //!
 //! Quantization runs once per row per call and only in this portable code, so every kernel
 //! (scalar, AVX2, AVX-512) sees the same integers, and a row's integers depend on nothing but
@@ -23,20 +24,42 @@ pub(crate) struct QuantizedRows {
     sum_len: usize,
     /// `(m, k / block_len)`.
     scales: Vec<f32>,
-    /// `(m, k / sum_len)`: the sum of each `sum_len` consecutive values.
+    /// K-quants: `(m, k / sum_len)`, the sum of each `sum_len` consecutive values.
     sums: Vec<i32>,
-    /// `(m, k)`.
-    qs: Vec<i8>,
+    /// `m` rows of `row_words` words: the row's `k` values as bytes, then (32-element types) its
+    /// lane initial values and lane scales (see [`ActRow`]).
+    data: Vec<i32>,
+    row_words: usize,
 }
 
-/// One quantized row: `scales[b]` covers block `b`, `sums[g]` is the sum of the values of
-/// elements `g * sum_len ..(g + 1) * sum_len`; `qs` holds the values (element order, or
-/// interleaved).
+/// The i32 lanes of a 512-bit vector: the 32-element types' kernels keep one accumulator per
+/// lane of each group of blocks.
+pub(crate) const LANES: usize = 16;
+
+/// Lane `l` of a group of `c` 32-element blocks: the row value at local offset `o` (from the
+/// group's first value) is added into lane `(o / 4) % LANES`, which belongs to block `l % c`.
+#[inline(always)]
+pub(crate) fn lane_of(o: usize) -> usize {
+    (o / 4) % LANES
+}
+
+/// One quantized row: `scales[b]` covers block `b`, `sums[g]` (K-quants) is the sum of the
+/// values of elements `g * sum_len ..(g + 1) * sum_len`; `qs` holds the values (element order,
+/// or interleaved).
+///
+/// For the 32-element types, group `g` of eight (last: four) blocks has sixteen lanes
+/// ([`lane_of`]): `lane_scales[g * LANES + l]` is the scale of lane `l`'s block and
+/// `lane_init[g * LANES + l]` is minus the weights' zero point times the sum of the values
+/// added into lane `l`, the value a lane's integer sum starts from. In memory `lane_init`
+/// directly follows `qs`, and `lane_scales` follows `lane_init` (kernels address all three from
+/// `qs`'s pointer, one register per row); both are empty for K-quant rows.
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub scales: &'a [f32],
     pub sums: &'a [i32],
     pub qs: &'a [i8],
+    pub lane_init: &'a [i32],
+    pub lane_scales: &'a [f32],
 }
 
 /// Adding then subtracting 1.5 * 2^23 rounds an f32 of magnitude below 2^22 to the nearest
@@ -45,47 +68,73 @@ const ROUNDER: f32 = 12_582_912.0;
 
 impl QuantizedRows {
     /// `x` is `(m, k)` row-major; `k` must be a multiple of `block_len`, which must be a
-    /// multiple of `sum_len`. `interleave` (32-element blocks only) stores each row's values in
-    /// interleaved order.
-    pub fn quantize(x: &[f32], k: usize, block_len: usize, sum_len: usize, interleave: bool) -> Self {
+    /// multiple of `sum_len`. `zero_point: Some(z)` (32-element blocks only) stores each row's
+    /// values in interleaved order with lane values for weights whose zero point is `z`.
+    pub fn quantize(x: &[f32], k: usize, block_len: usize, sum_len: usize, zero_point: Option<i32>) -> Self {
         debug_assert!(k.is_multiple_of(block_len) && block_len.is_multiple_of(sum_len) && x.len().is_multiple_of(k));
+        debug_assert!(k.is_multiple_of(4) && (zero_point.is_none() || block_len == 32));
         let m = x.len() / k;
+        let nb = k / block_len;
+        let groups = if zero_point.is_some() { nb.div_ceil(8) } else { 0 };
+        let row_words = k / 4 + 2 * groups * LANES;
         let mut out = Self {
             k,
             block_len,
             sum_len,
-            scales: vec![0.0; m * k / block_len],
-            sums: vec![0; m * k / sum_len],
-            qs: vec![0; m * k],
+            scales: vec![0.0; m * nb],
+            sums: if zero_point.is_some() { Vec::new() } else { vec![0; m * k / sum_len] },
+            data: vec![0; m * row_words],
+            row_words,
         };
-        let (nb, sums_per_block) = (k / block_len, block_len / sum_len);
+        let sums_per_block = block_len / sum_len;
         let mut q = [0i8; 256];
         let q = &mut q[..block_len];
-        for (i, x) in x.chunks_exact(block_len).enumerate() {
-            let (r, b) = (i / nb, i % nb);
-            out.scales[i] = quantize_block(x, q);
-            for (s, q) in out.sums[i * sums_per_block..].iter_mut().zip(q.chunks_exact(sum_len)) {
-                *s = q.iter().map(|&q| q as i32).sum();
-            }
-            let row = &mut out.qs[r * k..(r + 1) * k];
-            if interleave {
-                debug_assert_eq!(block_len, 32);
-                for (e, &q) in q.iter().enumerate() {
-                    row[interleaved_index(nb, b, e)] = q;
+        for (r, (x, row)) in x.chunks_exact(k).zip(out.data.chunks_exact_mut(row_words)).enumerate() {
+            let (qs, lanes) = row.split_at_mut(k / 4);
+            let qs: &mut [i8] = bytemuck::cast_slice_mut(qs);
+            for (b, x) in x.chunks_exact(block_len).enumerate() {
+                out.scales[r * nb + b] = quantize_block(x, q);
+                if zero_point.is_some() {
+                    for (e, &q) in q.iter().enumerate() {
+                        qs[interleaved_index(nb, b, e)] = q;
+                    }
+                } else {
+                    let i = r * nb + b;
+                    for (s, q) in out.sums[i * sums_per_block..].iter_mut().zip(q.chunks_exact(sum_len)) {
+                        *s = q.iter().map(|&q| q as i32).sum();
+                    }
+                    qs[b * block_len..(b + 1) * block_len].copy_from_slice(q);
                 }
-            } else {
-                row[b * block_len..(b + 1) * block_len].copy_from_slice(q);
+            }
+            let Some(zero_point) = zero_point else { continue };
+            let (init, lane_scales) = lanes.split_at_mut(groups * LANES);
+            for g in 0..groups {
+                let g0 = 8 * g;
+                let c = (nb - g0).min(8);
+                let init = &mut init[g * LANES..(g + 1) * LANES];
+                for (o, &q) in qs[g0 * 32..][..c * 32].iter().enumerate() {
+                    init[lane_of(o)] -= zero_point * q as i32;
+                }
+                for (l, s) in lane_scales[g * LANES..(g + 1) * LANES].iter_mut().enumerate() {
+                    *s = out.scales[r * nb + g0 + l % c].to_bits() as i32;
+                }
             }
         }
         out
     }
 
     pub fn row(&self, r: usize) -> ActRow<'_> {
-        let (nb, ns) = (self.k / self.block_len, self.k / self.sum_len);
+        let nb = self.k / self.block_len;
+        let row = &self.data[r * self.row_words..(r + 1) * self.row_words];
+        let (qs, lanes) = row.split_at(self.k / 4);
+        let (lane_init, lane_scales) = lanes.split_at(lanes.len() / 2);
+        let ns = if self.sums.is_empty() { 0 } else { self.k / self.sum_len };
         ActRow {
             scales: &self.scales[r * nb..(r + 1) * nb],
             sums: &self.sums[r * ns..(r + 1) * ns],
-            qs: &self.qs[r * self.k..(r + 1) * self.k],
+            qs: bytemuck::cast_slice(qs),
+            lane_init,
+            lane_scales: bytemuck::cast_slice(lane_scales),
         }
     }
 }
@@ -110,7 +159,7 @@ mod tests {
     #[test]
     fn quantizes_to_symmetric_bytes_with_sums() {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.5) * 0.25).collect();
-        let q = QuantizedRows::quantize(&x, 32, 32, 16, false);
+        let q = QuantizedRows::quantize(&x, 32, 32, 16, None);
         let row = q.row(1);
         // Block 1 holds 2.875 .. 10.625: its largest magnitude maps to 127.
         assert_eq!(row.scales[0], 10.625 / 127.0);
@@ -119,7 +168,7 @@ mod tests {
             assert!((row.qs[i] as f32 * row.scales[0] - v).abs() <= row.scales[0] / 2.0 + 1e-6);
         }
         assert_eq!(row.sums[1], row.qs[16..].iter().map(|&q| q as i32).sum::<i32>());
-        let zeros = QuantizedRows::quantize(&[0.0; 32], 32, 32, 32, false);
+        let zeros = QuantizedRows::quantize(&[0.0; 32], 32, 32, 32, None);
         assert_eq!((zeros.row(0).scales[0], zeros.row(0).qs.iter().all(|&q| q == 0)), (0.0, true));
     }
 

@@ -15,7 +15,7 @@ use std::arch::x86_64::*;
 
 use std::ops::Range;
 
-use super::activations::ActRow;
+use super::activations::{ActRow, LANES};
 use super::format::{Blocks32, Q4KBlock, Q5KBlock, Q6KBlock};
 
 /// How far ahead of the weights being read the kernels ask for cache lines. At decode the
@@ -55,29 +55,28 @@ unsafe fn fold_lanes(v: __m256) -> f32 {
 /// blocks are in interleaved order (see `format::interleaved_index`): `piece(j, v)` gives the
 /// 32 weight values of row `j` from row value index `v` (a multiple of 32) as bytes, decoded
 /// once for all `R` rows (`qs_len` bytes per block from `qs`, prefetched ahead); unsigned
-/// unless `SIGNED` (Q8_0), and with a zero point `offset` that
-/// comes off through the activation sums. `maddubs` + `madd` leave in lane `l` a partial sum of
-/// block `l` only (for `c` = 4, lanes `l` and `l + 4` both belong to block `l`), so the group's
-/// pieces add up to the exact block sums; then `lanes += (dw * da) * isum` exactly as the
-/// scalar code does per lane.
+/// unless `SIGNED` (Q8_0); the activations' lane initial values take off the zero point.
+///
+/// The scalar code's sixteen lanes per group are two 256-bit halves here: piece `p` of the
+/// group adds into lanes `8 (p % 2) ..`, so even pieces go to the low accumulator and odd ones
+/// to the high one, and each then takes the same fused multiply-add per lane.
 #[inline]
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn sum_blocks32<const R: usize, const SIGNED: bool>(
     (d, qs, qs_len): (&[half::f16], *const u8, usize),
     nb: usize,
     cols: Range<usize>,
     a: [ActRow; R],
-    offset: i32,
     piece: impl Fn(usize, usize) -> __m256i,
     emit: &mut impl FnMut(usize, [f32; R]),
 ) {
     let ones = _mm256_set1_epi16(1);
     for j in cols {
-        let mut lanes = [_mm256_setzero_ps(); R];
-        for g0 in (0..nb).step_by(8) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for (g, g0) in (0..nb).step_by(8).enumerate() {
             let c = (nb - g0).min(8);
             prefetch(qs.add((j * nb + g0) * qs_len), c * qs_len);
-            let mut sums = [_mm256_setzero_si256(); R];
+            let mut sums = [[_mm256_setzero_si256(); 2]; R];
             for p in 0..c {
                 let v = g0 * 32 + 32 * p;
                 let w = piece(j, v);
@@ -86,29 +85,27 @@ unsafe fn sum_blocks32<const R: usize, const SIGNED: bool>(
                 for (a, sums) in a.iter().zip(sums.iter_mut()) {
                     let x = _mm256_loadu_si256(a.qs.as_ptr().add(v).cast());
                     let x = if SIGNED { _mm256_sign_epi8(x, w) } else { x };
-                    *sums = _mm256_add_epi32(*sums, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
+                    sums[p % 2] = _mm256_add_epi32(sums[p % 2], _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
                 }
             }
+            // Lane l (of either half) takes block l % c's scale.
             let dw = d.as_ptr().add(j * nb + g0);
-            let dw = _mm256_cvtph_ps(if c == 8 { _mm_loadu_si128(dw.cast()) } else { _mm_loadl_epi64(dw.cast()) });
-            for ((a, sums), lanes) in a.iter().zip(sums).zip(lanes.iter_mut()) {
-                let (da, asum) = (a.scales.as_ptr().add(g0), a.sums.as_ptr().add(g0));
-                // A last group of four fills lanes 0..4; lanes 4..8 get d = 0 and isum = 0,
-                // adding +0.0 (a no-op: a lane never holds -0.0, as it starts at +0.0 and
-                // x + y = -0.0 needs both -0.0).
-                let (isum, da, asum) = if c == 8 {
-                    (sums, _mm256_loadu_ps(da), _mm256_loadu_si256(asum.cast()))
-                } else {
-                    let half = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256::<1>(sums));
-                    let da = _mm256_zextps128_ps256(_mm_loadu_ps(da));
-                    (_mm256_zextsi128_si256(half), da, _mm256_zextsi128_si256(_mm_loadu_si128(asum.cast())))
-                };
-                let isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(_mm256_set1_epi32(offset), asum));
-                let d = _mm256_mul_ps(dw, da);
-                *lanes = _mm256_add_ps(*lanes, _mm256_mul_ps(d, _mm256_cvtepi32_ps(isum)));
+            let dw = if c == 8 {
+                _mm256_cvtph_ps(_mm_loadu_si128(dw.cast()))
+            } else {
+                let h = _mm_cvtph_ps(_mm_loadl_epi64(dw.cast()));
+                _mm256_set_m128(h, h)
+            };
+            for ((a, sums), acc) in a.iter().zip(sums).zip(acc.iter_mut()) {
+                for (h, (s, acc)) in sums.into_iter().zip(acc.iter_mut()).enumerate() {
+                    let at = g * LANES + 8 * h;
+                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s, _mm256_loadu_si256(a.lane_init.as_ptr().add(at).cast())));
+                    let d = _mm256_mul_ps(dw, _mm256_loadu_ps(a.lane_scales.as_ptr().add(at)));
+                    *acc = _mm256_fmadd_ps(s, d, *acc);
+                }
             }
         }
-        emit(j, lanes.map(|l| fold_lanes(l)));
+        emit(j, acc.map(|[lo, hi]| fold_lanes(_mm256_add_ps(lo, hi))));
     }
 }
 
@@ -138,23 +135,23 @@ unsafe fn bits_to_0x10(bits: u32) -> __m256i {
 }
 
 /// `y[j] = [dot(W_j, a_r) for r]` for `j` in `cols`, `emit`ted one row at a time.
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q4_0<const R: usize>(w: &Blocks32, nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
     let qs = w.qs.as_ptr();
-    sum_blocks32::<R, false>((&w.d, qs, 16), nb, cols, a, 8, |j, v| nibbles32(qs.add(j * nb * 16), v), emit)
+    sum_blocks32::<R, false>((&w.d, qs, 16), nb, cols, a, |j, v| nibbles32(qs.add(j * nb * 16), v), emit)
 }
 
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q5_0<const R: usize>(w: &Blocks32, nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
     let (qs, qh) = (w.qs.as_ptr(), w.qh.as_ptr());
     let piece = |j: usize, v: usize| _mm256_or_si256(nibbles32(qs.add(j * nb * 16), v), bits_to_0x10(*qh.add(j * nb + v / 32)));
-    sum_blocks32::<R, false>((&w.d, qs, 16), nb, cols, a, 16, piece, emit)
+    sum_blocks32::<R, false>((&w.d, qs, 16), nb, cols, a, piece, emit)
 }
 
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q8_0<const R: usize>(w: &Blocks32, nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
     let qs = w.qs.as_ptr();
-    sum_blocks32::<R, true>((&w.d, qs, 32), nb, cols, a, 0, |j, v| _mm256_loadu_si256(qs.add(j * nb * 32 + v).cast()), emit)
+    sum_blocks32::<R, true>((&w.d, qs, 32), nb, cols, a, |j, v| _mm256_loadu_si256(qs.add(j * nb * 32 + v).cast()), emit)
 }
 
 /// The K-quant float step on vectors: `acc += (d * da) * s - (dmin * da) * s_min`
@@ -234,12 +231,12 @@ unsafe fn k_rows<B: KBlock, const R: usize>(
     }
 }
 
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q4k<const R: usize>(w: &[Q4KBlock], nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
     k_rows(w, nb, cols, a, |blk, sub| nibbles32(blk.qs.as_ptr(), 32 * sub), emit)
 }
 
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q5k<const R: usize>(w: &[Q5KBlock], nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
     let piece = |blk: &Q5KBlock, sub: usize| {
         let bits = u32::from_le_bytes(blk.qh[4 * sub..4 * sub + 4].try_into().unwrap());
@@ -248,7 +245,7 @@ pub(crate) unsafe fn q5k<const R: usize>(w: &[Q5KBlock], nb: usize, cols: Range<
     k_rows(w, nb, cols, a, piece, emit)
 }
 
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q6k<const R: usize>(w: &[Q6KBlock], nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
     let m2 = _mm256_set1_epi8(3);
     for j in cols {

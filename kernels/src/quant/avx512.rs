@@ -20,7 +20,7 @@ use std::arch::x86_64::*;
 
 use std::ops::Range;
 
-use super::activations::ActRow;
+use super::activations::{ActRow, LANES};
 use super::avx2::{f16_to_f32, k_lanes, prefetch, KBlock};
 use super::format::{Blocks32, Q4KBlock, Q5KBlock, Q6KBlock};
 
@@ -40,55 +40,72 @@ type Group = [__m512i; 4];
 /// The shared driver of the 32-element types: for weight rows `cols`, `emit(j, y)` with `y`
 /// the dot products of row `j` with the `R` activation rows. `decode(j, g0, c)` gives the
 /// values of row `j`'s group of `c` blocks from block `g0` (`qs_len` bytes per block from `qs`,
-/// prefetched ahead), whose zero point `offset` comes off through the activation sums.
+/// prefetched ahead); the activations were quantized for the zero point of these values.
 ///
-/// Per row and group, `vpdpbusd` over the group's vectors leaves in lane `l` (mod 8, or mod 4
-/// when `c` = 4) a partial sum of block `l` only, so folding the vector gives the exact block
-/// sums; then `lanes += (dw * da) * isum` exactly as the scalar code does per lane.
+/// Per row and group, `vpdpbusd` over the group's vectors, starting from the row's lane
+/// initial values, leaves in lane `l` exactly the scalar code's lane sum
+/// (`activations::lane_of`), and one fused multiply-add per lane accumulates it: a group costs
+/// an activation row four dot products and four other vector operations, with no horizontal
+/// reduction until the row's end.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn sum_blocks32<const R: usize>(
     (d, qs, qs_len): (&[half::f16], *const u8, usize),
     nb: usize,
     cols: Range<usize>,
     a: [ActRow; R],
-    offset: i32,
     decode: impl Fn(usize, usize, usize) -> Group,
     emit: &mut impl FnMut(usize, [f32; R]),
 ) {
-    let offset = _mm256_set1_epi32(offset);
+    // One pointer per row: its values, then lane initial values and lane scales (`ActRow`).
+    let rows = a.map(|a| a.qs.as_ptr().cast::<u8>());
+    let init_at = nb * 32;
+    let scales_at = init_at + nb.div_ceil(8) * LANES * 4;
+    debug_assert!(a.iter().all(|a| a.lane_init.as_ptr().cast() == a.qs.as_ptr().wrapping_add(init_at)
+        && a.lane_scales.as_ptr().cast() == a.qs.as_ptr().wrapping_add(scales_at)));
+    let (full, tail) = (nb / 8, nb % 8 == 4);
     for j in cols {
-        let mut lanes = [_mm256_setzero_ps(); R];
-        for g0 in (0..nb).step_by(8) {
-            let c = (nb - g0).min(8);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut group = |g: usize, c: usize| {
+            let g0 = 8 * g;
             prefetch(qs.add((j * nb + g0) * qs_len), c * qs_len);
             let wq = decode(j, g0, c);
+            // Lane l takes block l % c's scale.
             let dw = d.as_ptr().add(j * nb + g0);
-            let dw = _mm256_cvtph_ps(if c == 8 { _mm_loadu_si128(dw.cast()) } else { _mm_loadl_epi64(dw.cast()) });
-            for (a, lanes) in a.iter().zip(lanes.iter_mut()) {
-                let x = a.qs.as_ptr().add(g0 * 32);
+            let dw = if c == 8 {
+                let h = _mm256_castps_pd(_mm256_cvtph_ps(_mm_loadu_si128(dw.cast())));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(h), h))
+            } else {
+                _mm512_broadcast_f32x4(_mm_cvtph_ps(_mm_loadl_epi64(dw.cast())))
+            };
+            for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+                let x = row.add(g0 * 32);
                 let dot = |i: usize, acc| _mm512_dpbusd_epi32(acc, wq[i], _mm512_loadu_si512(x.add(64 * i).cast()));
-                let (da, asum) = (a.scales.as_ptr().add(g0), a.sums.as_ptr().add(g0));
-                // A last group of four fills lanes 0..4; lanes 4..8 get d = 0 and isum = 0,
-                // adding +0.0 (a no-op: a lane never holds -0.0).
-                let (isum, da, asum) = if c == 8 {
-                    let s = _mm512_add_epi32(dot(2, dot(0, _mm512_setzero_si512())), dot(3, dot(1, _mm512_setzero_si512())));
-                    let s = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
-                    (s, _mm256_loadu_ps(da), _mm256_loadu_si256(asum.cast()))
+                let init = _mm512_loadu_si512(row.add(init_at + 64 * g).cast());
+                let s = if c == 8 {
+                    _mm512_add_epi32(dot(2, dot(0, init)), dot(3, dot(1, _mm512_setzero_si512())))
                 } else {
-                    let s = dot(1, dot(0, _mm512_setzero_si512()));
-                    let s = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
-                    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-                    let da = _mm256_zextps128_ps256(_mm_loadu_ps(da));
-                    (_mm256_zextsi128_si256(s), da, _mm256_zextsi128_si256(_mm_loadu_si128(asum.cast())))
+                    dot(1, dot(0, init))
                 };
-                let isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(offset, asum));
-                let d = _mm256_mul_ps(dw, da);
-                *lanes = _mm256_add_ps(*lanes, _mm256_mul_ps(d, _mm256_cvtepi32_ps(isum)));
+                let d = _mm512_mul_ps(dw, _mm512_loadu_ps(row.add(scales_at + 64 * g).cast()));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, *acc);
             }
+        };
+        for g in 0..full {
+            group(g, 8);
         }
-        emit(j, lanes.map(|l| fold_lanes(l)));
+        if tail {
+            group(full, 4);
+        }
+        emit(j, acc.map(|acc| fold16_ps(acc)));
     }
+}
+
+/// [`super::scalar::fold16`] on a vector of lane accumulators.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn fold16_ps(v: __m512) -> f32 {
+    fold_lanes(_mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))))
 }
 
 /// The nibble values of a Q4_0/Q5_0 group: each 64-byte chunk holds 128 values, the first 64
@@ -104,7 +121,7 @@ unsafe fn nibble_group(qs: *const u8, c: usize) -> Group {
 }
 
 /// `y[j] = [dot(W_j, a_r) for r]` for `j` in `cols`, `emit`ted one row at a time.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q4_0<const R: usize>(
     w: &Blocks32,
     nb: usize,
@@ -113,10 +130,10 @@ pub(crate) unsafe fn q4_0<const R: usize>(
     emit: &mut impl FnMut(usize, [f32; R]),
 ) {
     let qs = w.qs.as_ptr();
-    sum_blocks32((&w.d, qs, 16), nb, cols, a, 8, |j, g0, c| nibble_group(qs.add((j * nb + g0) * 16), c), emit)
+    sum_blocks32((&w.d, qs, 16), nb, cols, a, |j, g0, c| nibble_group(qs.add((j * nb + g0) * 16), c), emit)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q5_0<const R: usize>(
     w: &Blocks32,
     nb: usize,
@@ -131,7 +148,6 @@ pub(crate) unsafe fn q5_0<const R: usize>(
         nb,
         cols,
         a,
-        16,
         |j, g0, c| {
             let mut z = nibble_group(qs.add((j * nb + g0) * 16), c);
             // The fifth bits of values 64i.. are the 64-bit word at u32 index 2i.
@@ -146,7 +162,7 @@ pub(crate) unsafe fn q5_0<const R: usize>(
 }
 
 /// Q8_0's signed weights become unsigned by flipping the sign bit (adding 128).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q8_0<const R: usize>(
     w: &Blocks32,
     nb: usize,
@@ -161,7 +177,6 @@ pub(crate) unsafe fn q8_0<const R: usize>(
         nb,
         cols,
         a,
-        128,
         |j, g0, c| {
             let q = qs.add((j * nb + g0) * 32);
             std::array::from_fn(|i| {
@@ -248,7 +263,7 @@ unsafe fn k_rows<B: KBlock, const R: usize>(
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q4k<const R: usize>(
     w: &[Q4KBlock],
     nb: usize,
@@ -259,7 +274,7 @@ pub(crate) unsafe fn q4k<const R: usize>(
     k_rows(w, nb, cols, a, |blk| k_nibbles(blk.qs.as_ptr()), emit)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q5k<const R: usize>(
     w: &[Q5KBlock],
     nb: usize,
@@ -285,7 +300,7 @@ pub(crate) unsafe fn q5k<const R: usize>(
     )
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q6k<const R: usize>(
     w: &[Q6KBlock],
     nb: usize,

@@ -156,6 +156,19 @@ impl Weights {
         }
     }
 
+    /// The zero point `isa`'s kernels subtract from this type's stored values, which the
+    /// activations of a 32-element type are quantized for (`None` for the K-quants, whose
+    /// kernels apply their own): Q4_0 and Q5_0 values are unsigned, Q8_0's signed ones are made
+    /// unsigned by the AVX-512 kernels only (`vpdpbusd` takes unsigned weights).
+    pub fn zero_point(&self, isa: super::Isa) -> Option<i32> {
+        match self {
+            Self::Q4_0(_) => Some(8),
+            Self::Q5_0(_) => Some(16),
+            Self::Q8_0(_) => Some(if isa == super::Isa::Avx512 { 128 } else { 0 }),
+            Self::Q4K(_) | Self::Q5K(_) | Self::Q6K(_) => None,
+        }
+    }
+
     /// Bytes the kernels stream per output row (for choosing the parallel split).
     pub fn row_bytes(&self, k: usize) -> usize {
         let blocks = k / self.block_len();

@@ -8,9 +8,9 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable Rust, the reference.
     Scalar,
-    /// x86-64 AVX2 + F16C.
+    /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86-64 AVX-512 F, BW, VL and VNNI (Ice Lake, Zen 4 and later), with AVX2 + F16C.
+    /// x86-64 AVX-512 F, BW, VL and VNNI (Ice Lake, Zen 4 and later), with AVX2 + FMA + F16C.
     Avx512,
 }
 
@@ -30,7 +30,7 @@ impl Isa {
         match self {
             Self::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"),
+            Self::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
             #[cfg(target_arch = "x86_64")]
             Self::Avx512 => {
                 Self::Avx2.is_available()

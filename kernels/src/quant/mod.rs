@@ -17,7 +17,7 @@
 //!
 //! Speed: weights are repacked at load ([`format`]; 32-element types interleaved so that SIMD
 //! lanes collect per-block sums directly), kernels are chosen at run time ([`Isa`]), the
-//! SIMD kernels decode each weight block once for up to four activation rows, and rayon
+//! SIMD kernels decode each weight block once for up to eight activation rows, and rayon
 //! tasks take cache-sized ranges of weight rows for a tile of activation rows.
 //!
 //! Supported weight types: Q4_0, Q5_0, Q8_0 (in_features a multiple of 128), Q4_K, Q5_K,
@@ -162,7 +162,7 @@ impl QuantMatrix {
         let (n, k) = (self.n, self.k);
         let m = x.len() / k;
         let block_len = self.weights.block_len();
-        let acts = QuantizedRows::quantize(x, k, block_len, self.weights.sum_len(), block_len == format::QK32);
+        let acts = QuantizedRows::quantize(x, k, block_len, self.weights.sum_len(), self.weights.zero_point(isa));
         let mut y = vec![0f32; m * n];
         let out = OutPtr(y.as_mut_ptr());
         let cols = (TASK_BYTES / self.weights.row_bytes(k)).clamp(8, 1024);
@@ -171,21 +171,26 @@ impl QuantMatrix {
         let task = |t: usize| {
             let (r0, j0) = (t / col_tasks * ROW_TILE, t % col_tasks * cols);
             let (r1, cols) = ((r0 + ROW_TILE).min(m), j0..(j0 + cols).min(n));
-            // Activation rows in fours share each decoded weight block (see the SIMD kernels);
-            // the task's weight rows stay in cache for every four.
+            // Activation rows in eights (then four, two, one) share each decoded weight block
+            // (see the SIMD kernels); the task's weight rows stay in cache for every tile.
             let mut r = r0;
             // Safety: tasks cover disjoint (row tile, column range) rectangles of `y`, which
             // outlives the parallel loop.
             unsafe {
-                while r + 4 <= r1 {
+                while r + 8 <= r1 {
+                    self.write_rows::<8>(isa, cols.clone(), &acts, r, out);
+                    r += 8;
+                }
+                if r + 4 <= r1 {
                     self.write_rows::<4>(isa, cols.clone(), &acts, r, out);
                     r += 4;
                 }
-                match r1 - r {
-                    3 => self.write_rows::<3>(isa, cols, &acts, r, out),
-                    2 => self.write_rows::<2>(isa, cols, &acts, r, out),
-                    1 => self.write_rows::<1>(isa, cols, &acts, r, out),
-                    _ => {}
+                if r + 2 <= r1 {
+                    self.write_rows::<2>(isa, cols.clone(), &acts, r, out);
+                    r += 2;
+                }
+                if r < r1 {
+                    self.write_rows::<1>(isa, cols, &acts, r, out);
                 }
             }
         };

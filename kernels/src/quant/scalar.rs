@@ -6,17 +6,18 @@
 //!   K-quant sub-scales and minimums applied in integers: one per 32-element block, or eight
 //!   *lane sums* per K-quant super-block (lane `l` takes the elements `e` with
 //!   `(e % 32) / 4 == l`, the lanes a 4-product-per-i32 SIMD dot product produces);
-//! - a fixed sequence of f32 operations on those integers and the f16/f32 scales into eight
-//!   lane accumulators, [`block32_value`] into lane `block % 8` for the 32-element types,
-//!   [`k_lanes`] into every lane per super-block for the K-quants, then [`fold_lanes`].
+//! - a fixed sequence of f32 operations on those integers and the f16/f32 scales: for the
+//!   32-element types sixteen lane sums per group of blocks, each added into its own lane
+//!   accumulator by one fused multiply-add ([`dot32`]), then [`fold16`]; for the K-quants
+//!   [`k_lanes`] into eight lanes per super-block, then [`fold_lanes`].
 //!
 //! A SIMD kernel may find the integers any way it likes (they are exact) but must then do
-//! exactly these float operations in this order, without fused multiply-adds.
+//! exactly these float operations in this order (fused where these are, and nowhere else).
 
 use half::f16;
 
-use super::activations::ActRow;
-use super::format::{interleaved_index, nibble, Q4KBlock, Q5KBlock, Q6KBlock};
+use super::activations::{lane_of, ActRow, LANES};
+use super::format::{nibble, Q4KBlock, Q5KBlock, Q6KBlock};
 
 /// One weight row of a 32-element type (see [`super::format::Blocks32`]), `d.len()` blocks.
 #[derive(Clone, Copy)]
@@ -25,12 +26,6 @@ pub(crate) struct Row32<'a> {
     /// Empty unless Q5_0.
     pub qh: &'a [u32],
     pub qs: &'a [u8],
-}
-
-/// The float contribution of one 32-element block: `(dw * da) * isum`.
-#[inline(always)]
-pub(crate) fn block32_value(dw: f16, da: f32, isum: i32) -> f32 {
-    (dw.to_f32() * da) * isum as f32
 }
 
 /// The row total from eight lane accumulators, in the order a 256-bit horizontal sum gives:
@@ -50,21 +45,36 @@ pub(crate) fn k_lanes(acc: &mut [f32; 8], d: f32, dmin: f32, da: f32, s: [i32; 8
     }
 }
 
-/// Row total of a 32-element type given each block's integer sum.
+/// Row total of a 32-element type. Per group of `c` = 8 (last: 4) blocks, sixteen exact lane
+/// sums `s[l]` of weight value times activation value ([`lane_of`]: what a 512-bit `vpdpbusd`
+/// over the group's interleaved values leaves in lane `l`), starting from the lane's
+/// `lane_init` (the zero point's share, see [`ActRow`]); then `acc[l] = fma(s[l], dw * da, acc[l])` with `dw` and `da`
+/// the scales of lane `l`'s block `l % c`; the row total is [`fold16`] of the accumulators.
 #[inline(always)]
-fn sum_blocks32(w: Row32, a: ActRow, isum: impl Fn(usize) -> i32) -> f32 {
-    let mut lanes = [0f32; 8];
-    for b in 0..w.d.len() {
-        lanes[b % 8] += block32_value(w.d[b], a.scales[b], isum(b));
+fn dot32(w: Row32, a: ActRow, value: impl Fn(usize) -> i32) -> f32 {
+    let nb = w.d.len();
+    let mut acc = [0f32; LANES];
+    for (g, g0) in (0..nb).step_by(8).enumerate() {
+        let c = (nb - g0).min(8);
+        let mut s = [0i32; LANES];
+        for o in 0..c * 32 {
+            let v = g0 * 32 + o;
+            s[lane_of(o)] += value(v) * a.qs[v] as i32;
+        }
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let isum = s[l] + a.lane_init[g * LANES + l];
+            let d = w.d[g0 + l % c].to_f32() * a.lane_scales[g * LANES + l];
+            *acc = (isum as f32).mul_add(d, *acc);
+        }
     }
-    fold_lanes(lanes)
+    fold16(acc)
 }
 
-/// `sum_e w(v) a(v)` over the 32 elements of block `b`, `v` each element's interleaved index.
+/// Sixteen lane accumulators to the row total: lane `l` plus lane `l + 8` (a 512-bit vector's
+/// halves), then [`fold_lanes`].
 #[inline(always)]
-fn block_dot(w: Row32, a: ActRow, b: usize, value: impl Fn(usize) -> i32) -> i32 {
-    let nb = w.d.len();
-    (0..32).map(|e| interleaved_index(nb, b, e)).map(|v| value(v) * a.qs[v] as i32).sum()
+pub(crate) fn fold16(acc: [f32; LANES]) -> f32 {
+    fold_lanes(std::array::from_fn(|l| acc[l] + acc[l + 8]))
 }
 
 /// Unsigned nibble `v` of a Q4_0/Q5_0 row.
@@ -73,20 +83,19 @@ fn nibble32(qs: &[u8], v: usize) -> i32 {
     nibble(&qs[(v / 128) * 64..], v % 128) as i32
 }
 
-/// `sum_i (q_i - 8) a_i` per block, `q` the nibbles.
+/// `sum_i (q_i - 8) a_i` per block, `q` the nibbles (activations quantized with zero point 8).
 pub(crate) fn dot_q4_0(w: Row32, a: ActRow) -> f32 {
-    sum_blocks32(w, a, |b| block_dot(w, a, b, |v| nibble32(w.qs, v)) - 8 * a.sums[b])
+    dot32(w, a, |v| nibble32(w.qs, v))
 }
 
-/// `sum_i (q_i - 16) a_i` per block, `q` a nibble plus a fifth bit from `qh`.
+/// `sum_i (q_i - 16) a_i` per block, `q` a nibble plus a fifth bit from `qh` (zero point 16).
 pub(crate) fn dot_q5_0(w: Row32, a: ActRow) -> f32 {
-    sum_blocks32(w, a, |b| {
-        block_dot(w, a, b, |v| nibble32(w.qs, v) | (((w.qh[v / 32] >> (v % 32)) & 1) << 4) as i32) - 16 * a.sums[b]
-    })
+    dot32(w, a, |v| nibble32(w.qs, v) | (((w.qh[v / 32] >> (v % 32)) & 1) << 4) as i32)
 }
 
+/// Signed values (zero point 0).
 pub(crate) fn dot_q8_0(w: Row32, a: ActRow) -> f32 {
-    sum_blocks32(w, a, |b| block_dot(w, a, b, |v| w.qs[v] as i8 as i32))
+    dot32(w, a, |v| w.qs[v] as i8 as i32)
 }
 
 /// Lane sums of a K-quant super-block: `s[l] = sum_e scale(e) * q(e) * a(e)` over the

@@ -79,7 +79,7 @@ fn matches_dense_reference() {
                 let x = input(m, k, m as u64 + 1000);
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                 let (block, sum) = (c.w.weights.block_len(), c.w.weights.sum_len());
-                let acts = QuantizedRows::quantize(&xs, k, block, sum, block == 32);
+                let acts = QuantizedRows::quantize(&xs, k, block, sum, c.w.weights.zero_point(Isa::Scalar));
                 for isa in Isa::available() {
                     let y = c.w.matmul_with(&x, isa).unwrap().to_vec2::<f32>().unwrap();
                     for (r, y) in y.iter().enumerate() {
