@@ -169,6 +169,47 @@ impl Weights {
         }
     }
 
+    /// Row `j` of the matrix (`nb` blocks a row) as f32, bitwise what candle's dequantization
+    /// of the original GGUF row gives (its formulas, in its order of operations).
+    pub fn dequantize_row(&self, j: usize, nb: usize, out: &mut [f32]) {
+        let block_len = self.block_len();
+        debug_assert_eq!(out.len(), nb * block_len);
+        match self {
+            Self::Q4_0(w) | Self::Q5_0(w) | Self::Q8_0(w) => {
+                let (d, qs_len) = (&w.d[j * nb..(j + 1) * nb], if matches!(self, Self::Q8_0(_)) { 32 } else { 16 });
+                let qs = &w.qs[j * nb * qs_len..(j + 1) * nb * qs_len];
+                for (i, y) in out.iter_mut().enumerate() {
+                    let (b, e) = (i / QK32, i % QK32);
+                    let v = interleaved_index(nb, b, e);
+                    let q = match self {
+                        Self::Q8_0(_) => qs[v] as i8 as i32,
+                        Self::Q4_0(_) => nibble(&qs[(v / 128) * 64..], v % 128) as i32 - 8,
+                        _ => {
+                            let high = (w.qh[j * nb + v / 32] >> (v % 32)) & 1;
+                            (nibble(&qs[(v / 128) * 64..], v % 128) as u32 | (high << 4)) as i32 - 16
+                        }
+                    };
+                    *y = q as f32 * d[b].to_f32();
+                }
+            }
+            Self::Q4K(w) => k_rows(&w[j * nb..(j + 1) * nb], out, |blk, e| (blk.d, blk.dmin, blk.scales, blk.mins, nibble(&blk.qs[(e / 128) * 64..], e % 128))),
+            Self::Q5K(w) => k_rows(&w[j * nb..(j + 1) * nb], out, |blk, e| {
+                let q = nibble(&blk.qs[(e / 128) * 64..], e % 128) | (((blk.qh[e / 8] >> (e % 8)) & 1) << 4);
+                (blk.d, blk.dmin, blk.scales, blk.mins, q)
+            }),
+            Self::Q6K(w) => {
+                for (blk, out) in w[j * nb..(j + 1) * nb].iter().zip(out.chunks_exact_mut(QK_K)) {
+                    for (e, y) in out.iter_mut().enumerate() {
+                        let (h, i) = (e / 128, e % 128);
+                        let high = (blk.qh[32 * h + i % 32] >> (2 * (i / 32))) & 3;
+                        let q = (nibble(&blk.ql[64 * h..], i) | (high << 4)) as i32 - 32;
+                        *y = blk.d.to_f32() * blk.scales[e / 16] as f32 * q as f32;
+                    }
+                }
+            }
+        }
+    }
+
     /// Bytes the kernels stream per output row (for choosing the parallel split).
     pub fn row_bytes(&self, k: usize) -> usize {
         let blocks = k / self.block_len();
@@ -181,6 +222,18 @@ impl Weights {
                 Self::Q5K(_) => std::mem::size_of::<Q5KBlock>(),
                 Self::Q6K(_) => std::mem::size_of::<Q6KBlock>(),
             }
+    }
+}
+
+/// Q4_K/Q5_K dequantization as candle does it: `(d * scale) * q - dmin * min` per element,
+/// `value(blk, e)` giving `(d, dmin, scales, mins, q)` of element `e`.
+fn k_rows<B>(blocks: &[B], out: &mut [f32], value: impl Fn(&B, usize) -> (f16, f16, [u8; 8], [u8; 8], u8)) {
+    for (blk, out) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        for (e, y) in out.iter_mut().enumerate() {
+            let (d, dmin, scales, mins, q) = value(blk, e);
+            let (d1, m1) = (d.to_f32() * scales[e / 32] as f32, dmin.to_f32() * mins[e / 32] as f32);
+            *y = d1 * q as f32 - m1;
+        }
     }
 }
 

@@ -83,6 +83,21 @@ impl QuantMatrix {
         self.k
     }
 
+    /// Rows `ids` of the matrix as an f32 `(ids.len(), in_features)` tensor on the CPU (an
+    /// embedding lookup in a table that is also the output projection), each exactly as
+    /// candle dequantizes the original GGUF row.
+    pub fn lookup_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let nb = self.k / self.weights.block_len();
+        let mut out = vec![0f32; ids.len() * self.k];
+        for (&id, out) in ids.iter().zip(out.chunks_exact_mut(self.k)) {
+            if id as usize >= self.n {
+                candle_core::bail!("row {id} of a matrix with {} rows", self.n);
+            }
+            self.weights.dequantize_row(id as usize, nb, out);
+        }
+        Tensor::from_vec(out, (ids.len(), self.k), &candle_core::Device::Cpu)
+    }
+
     /// `y = x W^T`: `x` `(m, in_features)` f32 on the CPU -> `(m, out_features)` f32, with the
     /// best kernels this CPU has.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {

@@ -180,3 +180,20 @@ fn unsupported_types_and_widths_are_declined() {
         assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?} k = 96");
     }
 }
+
+/// Rows looked up in the repacked matrix are bitwise candle's dequantization, every type.
+#[test]
+fn rows_dequantize_like_candle() {
+    for dtype in TYPES {
+        let (n, k) = shapes(dtype)[0];
+        let c = case(dtype, n, k, 21);
+        let ids = [0u32, 5, (n - 1) as u32, 5];
+        let got = c.w.lookup_rows(&ids).unwrap().to_vec2::<f32>().unwrap();
+        for (row, &id) in got.iter().zip(&ids) {
+            let want = &c.dense[id as usize * k..(id as usize + 1) * k];
+            let same = row.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{dtype:?} row {id}");
+        }
+    }
+    assert!(case(GgmlDType::Q8_0, 4, 128, 1).w.lookup_rows(&[4]).is_err());
+}
