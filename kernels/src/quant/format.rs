@@ -169,6 +169,36 @@ impl Weights {
         }
     }
 
+    /// Row-wise concatenation of matrices of one type and width; `None` if the types differ.
+    pub fn concat(parts: &[&Weights]) -> Option<Weights> {
+        fn blocks32<'a>(parts: impl Iterator<Item = Option<&'a Blocks32>>) -> Option<Blocks32> {
+            let mut out = Blocks32 { d: Vec::new(), qh: Vec::new(), qs: Vec::new() };
+            for p in parts {
+                let p = p?;
+                out.d.extend_from_slice(&p.d);
+                out.qh.extend_from_slice(&p.qh);
+                out.qs.extend_from_slice(&p.qs);
+            }
+            Some(out)
+        }
+        fn blocks<'a, B: Copy + 'a>(parts: impl Iterator<Item = Option<&'a Vec<B>>>) -> Option<Vec<B>> {
+            let mut out = Vec::new();
+            for p in parts {
+                out.extend_from_slice(p?);
+            }
+            Some(out)
+        }
+        let parts = parts.iter();
+        Some(match parts.clone().next()? {
+            Self::Q4_0(_) => Self::Q4_0(blocks32(parts.map(|p| if let Self::Q4_0(w) = p { Some(w) } else { None }))?),
+            Self::Q5_0(_) => Self::Q5_0(blocks32(parts.map(|p| if let Self::Q5_0(w) = p { Some(w) } else { None }))?),
+            Self::Q8_0(_) => Self::Q8_0(blocks32(parts.map(|p| if let Self::Q8_0(w) = p { Some(w) } else { None }))?),
+            Self::Q4K(_) => Self::Q4K(blocks(parts.map(|p| if let Self::Q4K(w) = p { Some(w) } else { None }))?),
+            Self::Q5K(_) => Self::Q5K(blocks(parts.map(|p| if let Self::Q5K(w) = p { Some(w) } else { None }))?),
+            Self::Q6K(_) => Self::Q6K(blocks(parts.map(|p| if let Self::Q6K(w) = p { Some(w) } else { None }))?),
+        })
+    }
+
     /// Row `j` of the matrix (`nb` blocks a row) as f32, bitwise what candle's dequantization
     /// of the original GGUF row gives (its formulas, in its order of operations).
     pub fn dequantize_row(&self, j: usize, nb: usize, out: &mut [f32]) {

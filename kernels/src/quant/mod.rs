@@ -83,6 +83,19 @@ impl QuantMatrix {
         self.k
     }
 
+    /// The matrices stacked along `out_features` (`[a; b; ..]`), so that projections of the same
+    /// input (q/k/v, gate/up) run as one matmul: one activation quantization and one parallel
+    /// section instead of one each. `None` unless all have the same weight type and
+    /// `in_features`. Each output column is computed exactly as by its own matrix.
+    pub fn concat(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        if parts.iter().any(|p| p.k != first.k) {
+            return None;
+        }
+        let weights = Weights::concat(&parts.iter().map(|p| &p.weights).collect::<Vec<_>>())?;
+        Some(QuantMatrix { n: parts.iter().map(|p| p.n).sum(), k: first.k, weights })
+    }
+
     /// Rows `ids` of the matrix as an f32 `(ids.len(), in_features)` tensor on the CPU (an
     /// embedding lookup in a table that is also the output projection), each exactly as
     /// candle dequantizes the original GGUF row.

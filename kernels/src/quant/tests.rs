@@ -197,3 +197,27 @@ fn rows_dequantize_like_candle() {
     }
     assert!(case(GgmlDType::Q8_0, 4, 128, 1).w.lookup_rows(&[4]).is_err());
 }
+
+/// Stacked matrices give each part's outputs bitwise; mixed types or widths are declined.
+#[test]
+fn concatenated_matrices_give_each_parts_columns() {
+    for dtype in TYPES {
+        let (_, k) = shapes(dtype)[0];
+        let parts: Vec<Case> = [24, 8, 8].iter().enumerate().map(|(i, &n)| case(dtype, n, k, 30 + i as u64)).collect();
+        let both = QuantMatrix::concat(&parts.iter().map(|c| &c.w).collect::<Vec<_>>()).expect("same type");
+        assert_eq!((both.out_features(), both.in_features()), (40, k));
+        let x = input(9, k, 7);
+        let whole = bits(&both.matmul(&x).unwrap());
+        let mut at = 0;
+        for c in &parts {
+            let own = bits(&c.w.matmul(&x).unwrap());
+            for (r, row) in own.iter().enumerate() {
+                assert_eq!(&whole[r][at..at + c.w.out_features()], &row[..], "{dtype:?}");
+            }
+            at += c.w.out_features();
+        }
+    }
+    let (a, b) = (case(GgmlDType::Q5_0, 8, 896, 1), case(GgmlDType::Q8_0, 8, 896, 2));
+    assert!(QuantMatrix::concat(&[&a.w, &b.w]).is_none());
+    assert!(QuantMatrix::concat(&[&a.w, &case(GgmlDType::Q5_0, 8, 128, 3).w]).is_none());
+}
