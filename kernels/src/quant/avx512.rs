@@ -97,8 +97,38 @@ unsafe fn sum_blocks32<const R: usize>(
         if tail {
             group(full, 4);
         }
-        emit(j, acc.map(|acc| fold16_ps(acc)));
+        if R == 8 {
+            let y = fold16_x8(std::array::from_fn(|r| acc[r]));
+            emit(j, std::array::from_fn(|r| y[r]));
+        } else {
+            emit(j, acc.map(|acc| fold16_ps(acc)));
+        }
     }
+}
+
+/// [`super::scalar::fold16`] of eight rows' accumulators at once: a transposing reduction
+/// that adds exactly the scalar code's pairs (lane `l` + `l + 8`, then `l` + `l + 4`, then
+/// `(0 + 2) + (1 + 3)`), two or four rows per instruction instead of one.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fold16_x8(acc: [__m512; 8]) -> [f32; 8] {
+    // Halves: [t_a | t_b] for rows (a, b) = (0, 1), (2, 3), ..; t = low 256 bits + high.
+    let halves = |a: __m512, b: __m512| {
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+    };
+    let c: [__m512; 4] = std::array::from_fn(|p| halves(acc[2 * p], acc[2 * p + 1]));
+    // Quarters: [m_0 | m_1 | m_2 | m_3] (four lanes each) for rows 0..4 and 4..8; m = t[..4] + t[4..].
+    let quarters = |a: __m512, b: __m512| {
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+    };
+    let (d0, d1) = (quarters(c[0], c[1]), quarters(c[2], c[3]));
+    // Per 128-bit chunk c (row c of d0, row 4 + c of d1): [n0, n1] of each, n0 = m0 + m2, n1 = m1 + m3.
+    let e = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(d0, d1), _mm512_shuffle_ps::<0xEE>(d0, d1));
+    // y = n0 + n1: chunk c holds [y_c, y_{4+c}, ..].
+    let f = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(e, e), _mm512_shuffle_ps::<0xDD>(e, e));
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), f);
+    std::array::from_fn(|r| if r < 4 { out[4 * r] } else { out[4 * (r - 4) + 1] })
 }
 
 /// [`super::scalar::fold16`] on a vector of lane accumulators.

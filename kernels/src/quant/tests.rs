@@ -146,7 +146,8 @@ fn simd_kernels_match_scalar_bitwise() {
     for dtype in TYPES {
         for (n, k) in shapes(dtype) {
             let c = case(dtype, n, k, 11);
-            let x = input(5, k, 12);
+            // 13 rows: tiles of eight, four and one.
+            let x = input(13, k, 12);
             let reference = bits(&c.w.matmul_with(&x, Isa::Scalar).unwrap());
             for &isa in &available {
                 assert_eq!(bits(&c.w.matmul_with(&x, isa).unwrap()), reference, "{dtype:?} {isa:?} n={n} k={k}");
