@@ -15,6 +15,8 @@
 //! (scalar, AVX2, AVX-512) sees the same integers, and a row's integers depend on nothing but
 //! the row.
 
+use rayon::prelude::*;
+
 use super::format::interleaved_index;
 
 /// `m` quantized rows of `k` elements.
@@ -86,39 +88,19 @@ impl QuantizedRows {
             data: vec![0; m * row_words],
             row_words,
         };
-        let sums_per_block = block_len / sum_len;
-        let mut q = [0i8; 256];
-        let q = &mut q[..block_len];
-        for (r, (x, row)) in x.chunks_exact(k).zip(out.data.chunks_exact_mut(row_words)).enumerate() {
-            let (qs, lanes) = row.split_at_mut(k / 4);
-            let qs: &mut [i8] = bytemuck::cast_slice_mut(qs);
-            for (b, x) in x.chunks_exact(block_len).enumerate() {
-                out.scales[r * nb + b] = quantize_block(x, q);
-                if zero_point.is_some() {
-                    for (e, &q) in q.iter().enumerate() {
-                        qs[interleaved_index(nb, b, e)] = q;
-                    }
-                } else {
-                    let i = r * nb + b;
-                    for (s, q) in out.sums[i * sums_per_block..].iter_mut().zip(q.chunks_exact(sum_len)) {
-                        *s = q.iter().map(|&q| q as i32).sum();
-                    }
-                    qs[b * block_len..(b + 1) * block_len].copy_from_slice(q);
-                }
-            }
-            let Some(zero_point) = zero_point else { continue };
-            let (init, lane_scales) = lanes.split_at_mut(groups * LANES);
-            for g in 0..groups {
-                let g0 = 8 * g;
-                let c = (nb - g0).min(8);
-                let init = &mut init[g * LANES..(g + 1) * LANES];
-                for (o, &q) in qs[g0 * 32..][..c * 32].iter().enumerate() {
-                    init[lane_of(o)] -= zero_point * q as i32;
-                }
-                for (l, s) in lane_scales[g * LANES..(g + 1) * LANES].iter_mut().enumerate() {
-                    *s = out.scales[r * nb + g0 + l % c].to_bits() as i32;
-                }
-            }
+        // Rows are independent: split them over the thread pool when there are enough.
+        let rows = x.chunks_exact(k).zip(out.data.chunks_exact_mut(row_words)).zip(out.scales.chunks_exact_mut(nb));
+        let sums_per_row = if zero_point.is_some() { 0 } else { k / sum_len };
+        // K-quant rows only (the 32-element types keep no sums: the iterator is empty).
+        let mut sums = out.sums.chunks_mut(sums_per_row.max(1));
+        let rows: Vec<_> = rows.map(|r| (r, sums.next())).collect();
+        let quantize = |(((x, row), scales), sums): (((&[f32], &mut [i32]), &mut [f32]), Option<&mut [i32]>)| {
+            quantize_row(x, row, scales, sums, (block_len, sum_len, zero_point));
+        };
+        if m * k >= PARALLEL_ELEMENTS {
+            rows.into_par_iter().for_each(quantize);
+        } else {
+            rows.into_iter().for_each(quantize);
         }
         out
     }
@@ -139,9 +121,83 @@ impl QuantizedRows {
     }
 }
 
+/// Below this many elements quantizing on one thread is cheaper than waking others.
+const PARALLEL_ELEMENTS: usize = 64 * 1024;
+
+/// One row: `row` gets the values (and lane data, see [`ActRow`]), `scales` one per block,
+/// `sums` (K-quants) one per `sum_len` values. Compiled for AVX-512 too (the same operations
+/// elementwise, so the same results) when the CPU has it.
+fn quantize_row(x: &[f32], row: &mut [i32], scales: &mut [f32], sums: Option<&mut [i32]>, params: (usize, usize, Option<i32>)) {
+    #[cfg(target_arch = "x86_64")]
+    if super::Isa::detected() == super::Isa::Avx512 {
+        // Safety: the CPU has AVX-512 F and BW.
+        return unsafe { quantize_row_avx512(x, row, scales, sums, params) };
+    }
+    quantize_row_impl(x, row, scales, sums, params)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+unsafe fn quantize_row_avx512(x: &[f32], row: &mut [i32], scales: &mut [f32], sums: Option<&mut [i32]>, params: (usize, usize, Option<i32>)) {
+    quantize_row_impl(x, row, scales, sums, params)
+}
+
+#[inline(always)]
+fn quantize_row_impl(x: &[f32], row: &mut [i32], scales: &mut [f32], sums: Option<&mut [i32]>, (block_len, sum_len, zero_point): (usize, usize, Option<i32>)) {
+    let k = x.len();
+    let nb = k / block_len;
+    let (qs, lanes) = row.split_at_mut(k / 4);
+    let qs: &mut [i8] = bytemuck::cast_slice_mut(qs);
+    let mut q = [0i8; 256];
+    let q = &mut q[..block_len];
+    let mut sums = sums;
+    for (b, x) in x.chunks_exact(block_len).enumerate() {
+        scales[b] = quantize_block(x, q);
+        match (&mut sums, zero_point) {
+            (_, Some(_)) => {
+                // Slice by slice: four neighbouring values stay together (format docs).
+                for (t, slice) in q.chunks_exact(4).enumerate() {
+                    let v = interleaved_index(nb, b, 4 * t);
+                    qs[v..v + 4].copy_from_slice(slice);
+                }
+            }
+            (Some(sums), None) => {
+                let per_block = block_len / sum_len;
+                for (s, q) in sums[b * per_block..(b + 1) * per_block].iter_mut().zip(q.chunks_exact(sum_len)) {
+                    *s = q.iter().map(|&q| q as i32).sum();
+                }
+                qs[b * block_len..(b + 1) * block_len].copy_from_slice(q);
+            }
+            (None, None) => unreachable!("K-quant rows have sums"),
+        }
+    }
+    let Some(zero_point) = zero_point else { return };
+    let groups = nb.div_ceil(8);
+    let (init, lane_scales) = lanes.split_at_mut(groups * LANES);
+    for g in 0..groups {
+        let g0 = 8 * g;
+        let c = (nb - g0).min(8);
+        let init = &mut init[g * LANES..(g + 1) * LANES];
+        for (o, chunk) in qs[g0 * 32..][..c * 32].chunks_exact(4).enumerate() {
+            init[lane_of(4 * o)] -= zero_point * chunk.iter().map(|&q| q as i32).sum::<i32>();
+        }
+        for (l, s) in lane_scales[g * LANES..(g + 1) * LANES].iter_mut().enumerate() {
+            *s = scales[g0 + l % c].to_bits() as i32;
+        }
+    }
+}
+
 /// Quantizes one block into `qs`, returning its scale. An all-zero block gets scale 0.
+#[inline(always)]
 fn quantize_block(x: &[f32], qs: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // Max is exact and order-free: sixteen lanes, then across them.
+    let mut lanes = [0f32; 16];
+    for chunk in x.chunks_exact(16) {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v.abs());
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
     let d = amax / 127.0;
     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     for (q, &v) in qs.iter_mut().zip(x) {
