@@ -46,6 +46,9 @@ parallel=16
 # llama-server splits its context among its slots: each must hold the longest request.
 slot_ctx=$(( (prefill_len + 1 > prompt_len + output_len ? prefill_len + 1 : prompt_len + output_len) + 64 ))
 ctx=$(( parallel * slot_ctx ))
+# The same KV capacity for qwen-serve: ctx tokens of the test model's f32 cache (24 layers x
+# K and V x 2 KV heads x 64 dims x 4 bytes = 24 KiB a token) instead of its 2 GiB default.
+kv_gib=$(python3 -c "print(f'{$ctx * 24 * 2 * 2 * 64 * 4 / 2**30:.4f}')")
 
 gguf="$(bash scripts/fetch-test-data.sh)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 echo "building qwen-serve (release)…" >&2
@@ -84,7 +87,8 @@ start_server() {
   case "$name" in
     qwen-serve)
       # --threads (QWEN_SERVE_THREADS) where this build has it, else rayon's own variable.
-      QWEN_SERVE_THREADS="$threads" RAYON_NUM_THREADS="$threads" "$qwen" serve --model "$gguf" --host 127.0.0.1 --port "$p" 2>"$log" >&2 &
+      QWEN_SERVE_THREADS="$threads" RAYON_NUM_THREADS="$threads" "$qwen" serve --model "$gguf" --host 127.0.0.1 --port "$p" \
+        --kv-cache-memory "$kv_gib" 2>"$log" >&2 &
       ;;
     llama-server)
       # --cache-ram 0: no host-memory copies of finished slots' KV (it would grow RSS and
@@ -152,7 +156,7 @@ cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 isa=$(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|avx512f|avx512_vnni|avx512_bf16|amx_int8' | tr '\n' ' ' | sed 's/ $//' || true)
 [ -n "$isa" ] && cpu="$cpu ($isa)"
 WORK="$work" RUNS="$runs" THREADS="$threads" CPU="$cpu" JSON="$json" SERVERS="$servers" \
-  LLAMA="$llama" CTX="$ctx" PARALLEL="$parallel" \
+  LLAMA="$llama" CTX="$ctx" KV_GIB="$kv_gib" PARALLEL="$parallel" \
   COMMIT="$commit" DIRTY="$num_dirty" \
   LLAMA_VERSION="$( [ -n "$llama" ] && "$llama" --version 2>&1 | grep -m1 '^version' || true)" \
   python3 - <<'PY'
@@ -219,6 +223,7 @@ out = {
     "runs": runs,
     "git": {"head": env["COMMIT"], "num_changed_paths": int(env["DIRTY"])},
     "workload": {"prompt_len": 128, "output_len": 128, "prefill_len": 512, "concurrency": [1, 4, 16]},
+    "qwen_serve": {"kv_cache_memory_gib": float(env["KV_GIB"])},
     "llama_server": {"binary": env["LLAMA"] or None, "version": env["LLAMA_VERSION"], "parallel": int(env["PARALLEL"]), "ctx": int(env["CTX"])} if both else None,
     "median": medians,
     "ratio_qwen_over_llama": ratios,
@@ -234,7 +239,8 @@ print(f"CPU time outside the measured server during the measurements (bench clie
       f"{min(others):.0f}% to {max(others):.0f}% of the machine" + (" -- OTHER WORK WAS RUNNING" if max(others) > 15 else ""))
 if both:
     print(f"llama-server ({env['LLAMA_VERSION']}, llama-cpp-python sdist): {env['LLAMA']} -t {env['THREADS']} -tb {env['THREADS']} --parallel {env['PARALLEL']} "
-          f"-c {env['CTX']} --cont-batching --cache-ram 0; qwen-serve: --threads {env['THREADS']} (RAYON_NUM_THREADS)")
+          f"-c {env['CTX']} --cont-batching --cache-ram 0; qwen-serve: --threads {env['THREADS']} (RAYON_NUM_THREADS) "
+          f"--kv-cache-memory {env['KV_GIB']} (the same {env['CTX']} tokens)")
 print()
 if both:
     print("| metric | qwen-serve | llama-server | qwen / llama |")
