@@ -1,7 +1,8 @@
 //! Flags shared by the subcommands, documented where declared.
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 
+use crate::device::DeviceArg;
 use crate::loader::LoadOptions;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -31,17 +32,29 @@ pub struct ModelArgs {
     #[arg(long)]
     pub revision: Option<String>,
     /// Weight dtype. Unset: GGUF matrices stay quantized (fastest, least memory) and
-    /// safetensors run in f32 on CPU. Set: every weight is dequantized/converted to it.
+    /// safetensors run in f32 on the CPU, bf16 on a GPU (activations and KV cache likewise;
+    /// a quantized GGUF's activations are f32 on the CPU, bf16 on a GPU). Set: every weight is
+    /// dequantized/converted to it.
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
+    /// `cpu`, `cuda` or `cuda:N`. Default: CUDA device 0 when this binary was built with CUDA
+    /// support (scripts/build-cuda.sh) and a GPU is present, otherwise the CPU.
+    #[arg(long, env = "QWEN_SERVE_DEVICE")]
+    pub device: Option<DeviceArg>,
     /// A Jinja chat template file to use instead of the model's own.
     #[arg(long)]
     pub chat_template: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { dtype: self.dtype.map(DType::from), device: Device::Cpu, revision: self.revision.clone(), chat_template: self.chat_template.clone() }
+    /// Opens the device (see [`crate::device::select`]); errors name the flag.
+    pub fn load_options(&self) -> Result<LoadOptions, String> {
+        Ok(LoadOptions {
+            dtype: self.dtype.map(DType::from),
+            device: crate::device::select(self.device)?,
+            revision: self.revision.clone(),
+            chat_template: self.chat_template.clone(),
+        })
     }
 }
 
