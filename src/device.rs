@@ -65,9 +65,10 @@ pub fn select(arg: Option<DeviceArg>) -> Result<Device, String> {
 }
 
 /// The model is loaded on the main thread and run on the engine thread: one explicit stream
-/// orders both, where candle's default (the per-thread default stream) would not.
-fn open_cuda(ordinal: usize) -> candle_core::Result<Device> {
-    let device = Device::new_cuda_with_stream(ordinal)?;
+/// orders both, where candle's default (the per-thread default stream) would not. The error is
+/// one line (candle appends a backtrace when RUST_BACKTRACE is set).
+fn open_cuda(ordinal: usize) -> Result<Device, String> {
+    let device = Device::new_cuda_with_stream(ordinal).map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())?;
     tracing::info!("device: cuda:{ordinal} ({})", describe(&device));
     Ok(device)
 }
