@@ -197,10 +197,36 @@ fn bad_device_names_are_rejected_naming_the_flag() {
 }
 
 #[test]
+fn out_of_range_memory_flags_are_rejected_naming_the_flag() {
+    let model = test_gguf();
+    let model = model.to_str().unwrap();
+    for value in ["0", "1.5", "-0.2", "nan"] {
+        let e = generate_error_with(&["--model", model, "--gpu-memory-utilization", value], &[]);
+        assert!(e.contains("--gpu-memory-utilization must be in (0, 1]"), "{value}: {e}");
+    }
+    for value in ["0", "-1"] {
+        let e = generate_error_with(&["--model", model, "--kv-cache-memory", value], &[]);
+        assert!(e.contains("--kv-cache-memory must be a positive number"), "{value}: {e}");
+    }
+}
+
+#[test]
 fn device_cpu_runs_on_the_cpu() {
     let model = test_gguf();
     let out = qwen_serve(&["generate", "--model", model.to_str().unwrap(), "--device", "cpu", "--prompt", "def quicksort(arr):", "--max-tokens", "3"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(String::from_utf8(out.stdout).unwrap().starts_with("\n    if"), "{stderr}");
+}
+
+#[test]
+fn every_model_subcommand_takes_the_device_flags() {
+    for sub in ["serve", "generate", "bench"] {
+        let out = qwen_serve(&[sub, "--help"], &[]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{sub}");
+        for flag in ["--device <DEVICE>", "--gpu-memory-utilization", "--kv-cache-memory"] {
+            assert!(help.contains(flag), "{sub} --help lacks {flag}");
+        }
+    }
 }
