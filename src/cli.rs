@@ -1,7 +1,8 @@
 //! Flags shared by the subcommands, documented where declared.
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 
+use crate::device::DeviceArg;
 use crate::loader::LoadOptions;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -31,17 +32,29 @@ pub struct ModelArgs {
     #[arg(long)]
     pub revision: Option<String>,
     /// Weight dtype. Unset: GGUF matrices stay quantized (fastest, least memory) and
-    /// safetensors run in f32 on CPU. Set: every weight is dequantized/converted to it.
+    /// safetensors run in f32 on the CPU, bf16 on a GPU (activations and KV cache likewise;
+    /// a quantized GGUF's activations are f32 on the CPU, bf16 on a GPU). Set: every weight is
+    /// dequantized/converted to it.
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
+    /// `cpu`, `cuda` or `cuda:N`. Default: CUDA device 0 when this binary was built with CUDA
+    /// support (scripts/build-cuda.sh) and a GPU is present, otherwise the CPU.
+    #[arg(long, env = "QWEN_SERVE_DEVICE")]
+    pub device: Option<DeviceArg>,
     /// A Jinja chat template file to use instead of the model's own.
     #[arg(long)]
     pub chat_template: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { dtype: self.dtype.map(DType::from), device: Device::Cpu, revision: self.revision.clone(), chat_template: self.chat_template.clone() }
+    /// Opens the device (see [`crate::device::select`]); errors name the flag.
+    pub fn load_options(&self) -> Result<LoadOptions, String> {
+        Ok(LoadOptions {
+            dtype: self.dtype.map(DType::from),
+            device: crate::device::select(self.device)?,
+            revision: self.revision.clone(),
+            chat_template: self.chat_template.clone(),
+        })
     }
 }
 
@@ -54,13 +67,24 @@ pub fn init_logging(default_level: &str, json: bool) {
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
+/// `--kv-cache-memory` when it is not given and the model runs on the CPU.
+const DEFAULT_KV_CACHE_GIB: f64 = 2.0;
+
 /// Engine sizing and scheduling flags (serve, bench).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
     /// KV cache size in GiB (keys and values of all layers, in the activation dtype). More
-    /// means more concurrent tokens before sequences are preempted and recomputed.
-    #[arg(long, env = "QWEN_SERVE_KV_CACHE_MEMORY", default_value_t = 2.0)]
-    pub kv_cache_memory: f64,
+    /// means more concurrent tokens before sequences are preempted and recomputed. Default: 2
+    /// on the CPU; on a GPU, sized by --gpu-memory-utilization (this flag overrides it).
+    #[arg(long, env = "QWEN_SERVE_KV_CACHE_MEMORY", allow_negative_numbers = true)]
+    pub kv_cache_memory: Option<f64>,
+    /// On a GPU, the fraction of its whole memory this process may use, in (0, 1]: after the
+    /// weights are loaded the KV cache gets `total x fraction - memory already in use` (also
+    /// by other processes). The rest is headroom for activations and the CUDA runtime; raise
+    /// it for more cached tokens, lower it when sharing the GPU. Ignored on the CPU and when
+    /// --kv-cache-memory is given.
+    #[arg(long, env = "QWEN_SERVE_GPU_MEMORY_UTILIZATION", default_value_t = 0.9, allow_negative_numbers = true)]
+    pub gpu_memory_utilization: f64,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
@@ -96,8 +120,14 @@ impl EngineArgs {
     }
 
     pub fn engine_config(&self) -> Result<crate::engine::EngineConfig, String> {
-        if !(self.kv_cache_memory > 0.0 && self.kv_cache_memory.is_finite()) {
-            return Err(format!("--kv-cache-memory must be a positive number of GiB, got {}", self.kv_cache_memory));
+        if let Some(gib) = self.kv_cache_memory {
+            if !(gib > 0.0 && gib.is_finite()) {
+                return Err(format!("--kv-cache-memory must be a positive number of GiB, got {gib}"));
+            }
+        }
+        let util = self.gpu_memory_utilization;
+        if !(util > 0.0 && util <= 1.0) {
+            return Err(format!("--gpu-memory-utilization must be in (0, 1], got {util}"));
         }
         for (flag, v) in [("--block-size", self.block_size), ("--max-num-batched-tokens", self.max_num_batched_tokens), ("--max-num-seqs", self.max_num_seqs), ("--max-waiting", self.max_waiting)] {
             if v == 0 {
@@ -106,7 +136,9 @@ impl EngineArgs {
         }
         Ok(crate::engine::EngineConfig {
             block_size: self.block_size,
-            kv_cache_bytes: (self.kv_cache_memory * (1u64 << 30) as f64) as usize,
+            kv_cache_bytes: (self.kv_cache_memory.unwrap_or(DEFAULT_KV_CACHE_GIB) * (1u64 << 30) as f64) as usize,
+            // An explicit size wins on every device.
+            gpu_memory_utilization: self.kv_cache_memory.is_none().then_some(util),
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_num_seqs: self.max_num_seqs,
             max_waiting: self.max_waiting,

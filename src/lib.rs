@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod generate;

@@ -153,7 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
     args.engine.init_threads().map_err(anyhow::Error::msg)?;
-    let loaded = loader::load(&args.model.model, &args.model.load_options())?;
+    let loaded = loader::load(&args.model.model, &args.model.load_options().map_err(anyhow::Error::msg)?)?;
     let engine = EngineHandle::start(loaded, engine_config)?;
     let state = qwen_serve::api::state::AppState::new(engine, args.served_model_name, args.api_key, args.enable_thinking);
     let opts = ServerOptions { max_body_bytes: args.max_body_bytes, cors: args.cors };
@@ -186,7 +186,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
     args.engine.init_threads().map_err(anyhow::Error::msg)?;
-    let loaded = loader::load(&args.model.model, &args.model.load_options())?;
+    let loaded = loader::load(&args.model.model, &args.model.load_options().map_err(anyhow::Error::msg)?)?;
     let engine = EngineHandle::start(loaded, engine_config)?;
     let prompt_text = if args.chat {
         let template = engine.chat_template().context("the model has no chat template; use --prompt without --chat")?;
@@ -222,7 +222,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         None => {
             let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
             args.engine.init_threads().map_err(anyhow::Error::msg)?;
-            let loaded = loader::load(&args.model.model, &args.model.load_options())?;
+            let loaded = loader::load(&args.model.model, &args.model.load_options().map_err(anyhow::Error::msg)?)?;
             (Some(EngineHandle::start(loaded, engine_config)?), None)
         }
     };

@@ -147,3 +147,86 @@ fn chat_flag_applies_the_template() {
     assert!(stdout.to_lowercase().contains("hello"), "{stdout:?}");
     assert!(!stdout.contains("<|im_start|>") && !Path::new(&stdout).exists());
 }
+
+/// `qwen-serve <subcommand> ARGS` that must fail before loading anything: a non-zero exit, no
+/// panic, stdout empty; returns stderr.
+fn flag_error(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = qwen_serve(args, env);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected failure for {args:?}, stderr: {stderr}");
+    assert!(out.stdout.is_empty() && !stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cpu_build_refuses_cuda_and_says_how_to_build_one() {
+    let model = test_gguf();
+    let model = model.to_str().unwrap();
+    for device in ["cuda", "cuda:1"] {
+        let e = generate_error_with(&["--model", model, "--device", device], &[]);
+        assert!(e.contains("--device cuda:") && e.contains("without CUDA support") && e.contains("scripts/build-cuda.sh"), "{e}");
+    }
+    // The environment variable is the same flag.
+    let e = generate_error(model, &[("QWEN_SERVE_DEVICE", "cuda")]);
+    assert!(e.contains("without CUDA support"), "{e}");
+    for args in [&["serve", "--model", model, "--device", "cuda", "--port", "0"][..], &["bench", "--model", model, "--device", "cuda"]] {
+        let stderr = flag_error(args, &[]);
+        assert!(stderr.contains("without CUDA support"), "{args:?}: {stderr}");
+    }
+}
+
+/// `generate --prompt hi --max-tokens 1 ARGS`, asserting one `error:` line and exit code 1.
+fn generate_error_with(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut all = vec!["generate", "--prompt", "hi", "--max-tokens", "1"];
+    all.extend_from_slice(args);
+    let stderr = flag_error(&all, env);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_device_names_are_rejected_naming_the_flag() {
+    let model = test_gguf();
+    for device in ["gpu", "cuda:x", "cuda:", "CPU"] {
+        let stderr = flag_error(&["generate", "--model", model.to_str().unwrap(), "--prompt", "hi", "--device", device], &[]);
+        assert!(stderr.contains("invalid value") && stderr.contains("--device") && stderr.contains("cuda:N"), "{device}: {stderr}");
+    }
+}
+
+#[test]
+fn out_of_range_memory_flags_are_rejected_naming_the_flag() {
+    let model = test_gguf();
+    let model = model.to_str().unwrap();
+    for value in ["0", "1.5", "-0.2", "nan"] {
+        let e = generate_error_with(&["--model", model, "--gpu-memory-utilization", value], &[]);
+        assert!(e.contains("--gpu-memory-utilization must be in (0, 1]"), "{value}: {e}");
+    }
+    for value in ["0", "-1"] {
+        let e = generate_error_with(&["--model", model, "--kv-cache-memory", value], &[]);
+        assert!(e.contains("--kv-cache-memory must be a positive number"), "{value}: {e}");
+    }
+}
+
+#[test]
+fn device_cpu_runs_on_the_cpu() {
+    let model = test_gguf();
+    let out = qwen_serve(&["generate", "--model", model.to_str().unwrap(), "--device", "cpu", "--prompt", "def quicksort(arr):", "--max-tokens", "3"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("\n    if"), "{stderr}");
+}
+
+#[test]
+fn every_model_subcommand_takes_the_device_flags() {
+    for sub in ["serve", "generate", "bench"] {
+        let out = qwen_serve(&[sub, "--help"], &[]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{sub}");
+        for flag in ["--device <DEVICE>", "--gpu-memory-utilization", "--kv-cache-memory"] {
+            assert!(help.contains(flag), "{sub} --help lacks {flag}");
+        }
+    }
+}

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 
 use qwen_serve_kernels::QuantMatrix;
 
-use crate::layers::linear::Linear;
+use crate::layers::linear::{device_quantized, Linear};
 use crate::ModelError;
 
 enum Backend {
@@ -42,11 +42,12 @@ impl Weights {
         Ok(Self::new(Backend::Safetensors(st), dtype, device, false))
     }
 
-    /// GGUF tensors (keyed by GGUF name). With `dequantize_to: None`, matrices stay quantized and
-    /// activations are f32; otherwise every tensor is dequantized to that dtype.
-    pub fn from_gguf(tensors: HashMap<String, QTensor>, dequantize_to: Option<DType>, device: &Device) -> Self {
+    /// GGUF tensors (keyed by GGUF name), already on `device`. With `dequantize_to: None`,
+    /// matrices stay quantized and activations are `activations` (the CPU kernels want f32;
+    /// candle's GPU kernels take bf16 too); otherwise every tensor is dequantized to that dtype.
+    pub fn from_gguf(tensors: HashMap<String, QTensor>, dequantize_to: Option<DType>, activations: DType, device: &Device) -> Self {
         let tensors = tensors.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        let dtype = dequantize_to.unwrap_or(DType::F32);
+        let dtype = dequantize_to.unwrap_or(activations);
         Self::new(Backend::Gguf(tensors), dtype, device, dequantize_to.is_none())
     }
 
@@ -104,7 +105,8 @@ impl Weights {
     }
 
     /// A `(out_dim, in_dim)` projection, quantized when the source is, may stay so, and has a
-    /// CPU kernel ([`QuantMatrix`]); otherwise dequantized to a dense matrix.
+    /// kernel: ours on the CPU ([`QuantMatrix`]), candle's on a GPU ([`device_quantized`]
+    /// types); otherwise dequantized to a dense matrix.
     pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear, ModelError> {
         let weight_name = format!("{name}.weight");
         let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out_dim])?) } else { None };
@@ -112,24 +114,28 @@ impl Weights {
             let path = self.path(&weight_name);
             let q = self.qtensor(&path)?.clone();
             check_shape(&path, q.shape().dims(), &[out_dim, in_dim])?;
-            // Our quantized kernels run on the CPU; elsewhere the matrix is dequantized.
             if self.device.is_cpu() && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
                 if let Some(w) = QuantMatrix::from_qtensor(&q)? {
                     return Ok(Linear::quantized(w, bias));
                 }
+            } else if !self.device.is_cpu() && device_quantized(q.dtype()) {
+                return Ok(Linear::device_quantized(q, bias)?);
             }
         }
         Ok(Linear::dense(self.tensor(&weight_name, &[out_dim, in_dim])?, bias))
     }
 
     /// The `(vocab, hidden)` embedding table: quantized rows are looked up without
-    /// dequantizing the whole table.
+    /// dequantizing the whole table (on a GPU for [`device_quantized`] types; others are
+    /// dequantized there, at the activation dtype's size).
     pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<crate::layers::Embedding, ModelError> {
         if let (true, Backend::Gguf(_)) = (self.keep_quantized, &*self.backend) {
             let path = self.path(&format!("{name}.weight"));
             let q = self.qtensor(&path)?.clone();
             check_shape(&path, q.shape().dims(), &[vocab, hidden])?;
-            return Ok(crate::layers::Embedding::Quantized(q));
+            if self.device.is_cpu() || device_quantized(q.dtype()) {
+                return Ok(crate::layers::Embedding::Quantized(q));
+            }
         }
         Ok(crate::layers::Embedding::Dense(self.tensor(&format!("{name}.weight"), &[vocab, hidden])?))
     }

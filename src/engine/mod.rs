@@ -7,6 +7,7 @@
 
 pub mod block_manager;
 mod core;
+pub mod kv_budget;
 pub mod request;
 pub mod runner;
 pub mod sampler;
@@ -32,8 +33,12 @@ use crate::tokenizer::{ChatTemplate, Tokenizer};
 pub struct EngineConfig {
     /// Tokens per KV block.
     pub block_size: usize,
-    /// Bytes of KV cache (keys and values of all layers).
+    /// Bytes of KV cache (keys and values of all layers): on the CPU, and on a GPU when
+    /// `gpu_memory_utilization` is `None`.
     pub kv_cache_bytes: usize,
+    /// On a GPU, size the KV cache from the memory left after loading: this fraction of the
+    /// whole GPU minus what is in use (see [`kv_budget::gpu_kv_cache_bytes`]).
+    pub gpu_memory_utilization: Option<f64>,
     /// Token budget of one step, shared by decodes and prefill chunks.
     pub max_num_batched_tokens: usize,
     /// Most sequences running at once.
@@ -48,6 +53,7 @@ impl Default for EngineConfig {
         Self {
             block_size: 16,
             kv_cache_bytes: 2 << 30,
+            gpu_memory_utilization: None,
             max_num_batched_tokens: 512,
             max_num_seqs: 64,
             max_waiting: 1024,
@@ -62,7 +68,7 @@ pub enum SubmitError {
     Invalid(String),
     #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context length ({context})")]
     TooLong { prompt: usize, max_tokens: usize, context: usize },
-    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) needs {blocks_needed} KV blocks; the cache has {num_blocks} (raise --kv-cache-memory)")]
+    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) needs {blocks_needed} KV blocks; the cache has {num_blocks} (raise --kv-cache-memory, or --gpu-memory-utilization on a GPU)")]
     CannotFit { prompt: usize, max_tokens: usize, blocks_needed: usize, num_blocks: usize },
     #[error("the waiting queue is full ({0} requests); retry later")]
     QueueFull(usize),
@@ -78,6 +84,14 @@ pub enum EngineError {
     Model(#[from] ModelError),
     #[error("invalid engine config: {0}")]
     Config(String),
+    #[error(
+        "no room for the KV cache: --gpu-memory-utilization {util} allows {allowed_gib:.2} GiB of the GPU's \
+         {total_gib:.2} GiB and {used_gib:.2} GiB in use already (weights, CUDA runtime, other processes); \
+         raise --gpu-memory-utilization or set --kv-cache-memory"
+    )]
+    NoRoomForKvCache { util: f64, allowed_gib: f64, total_gib: f64, used_gib: f64 },
+    #[error("{0}")]
+    Device(String),
 }
 
 /// A snapshot of the engine's counters (for metrics and tests).
@@ -150,11 +164,20 @@ impl EngineHandle {
         let model = loaded.model;
         let cfg = model.config().clone();
         let block_bytes = KvCache::bytes_per_block(&cfg, config.block_size, model.dtype());
-        let num_blocks = config.kv_cache_bytes / block_bytes;
+        let (kv_cache_bytes, why) = kv_budget::kv_cache_bytes(&config, model.device(), block_bytes)?;
+        let num_blocks = kv_cache_bytes / block_bytes;
         if num_blocks == 0 {
-            return Err(EngineError::CacheTooSmall { bytes: config.kv_cache_bytes, block_bytes });
+            return Err(EngineError::CacheTooSmall { bytes: kv_cache_bytes, block_bytes });
         }
         let cache = KvCache::new(&cfg, num_blocks, config.block_size, model.dtype(), model.device())?;
+        tracing::info!(
+            "KV cache: {num_blocks} blocks of {} tokens ({} tokens, {:?}): {why}",
+            config.block_size,
+            num_blocks * config.block_size,
+            model.dtype(),
+        );
+        // Weights and cache were written from this thread; the engine thread reads them.
+        model.device().synchronize().map_err(ModelError::from)?;
         let shared = Arc::new(Shared {
             stats: Mutex::new(EngineStats { num_blocks, num_free_blocks: num_blocks, ..Default::default() }),
             num_pending: AtomicUsize::new(0),

@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use candle_core::DType;
 use qwen_serve_models::{Architecture, ModelConfig, Weights};
 use serde_json::Value;
 
@@ -30,8 +29,8 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadEr
     let config = ModelConfig::from_json(&config_text)?;
 
     let files = safetensors_files(dir)?;
-    // CPU kernels are fastest and exact in f32; a checkpoint's bf16 is converted on load.
-    let dtype = opts.dtype.unwrap_or(DType::F32);
+    // On the CPU a checkpoint's bf16 is converted to f32 on load.
+    let dtype = opts.dtype.unwrap_or_else(|| super::default_dtype(&opts.device));
     let weights = Weights::from_safetensors(&files, dtype, &opts.device)?;
     let model = qwen_serve_models::load_model(&config, &weights)?;
 

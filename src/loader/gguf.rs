@@ -35,7 +35,7 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let weights = Weights::from_gguf(tensors, opts.dtype, &opts.device);
+    let weights = Weights::from_gguf(tensors, opts.dtype, super::default_dtype(&opts.device), &opts.device);
     let model = qwen_serve_models::load_model(&config, &weights)?;
 
     let tokenizer = Tokenizer::from_gguf(&content.metadata)?;

@@ -70,9 +70,10 @@ impl ModelSource {
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// `None`: keep GGUF matrices quantized (f32 activations) and run safetensors in f32 on
-    /// CPU. `Some`: dequantize / convert every weight to this dtype.
+    /// `None`: keep GGUF matrices quantized and run safetensors in [`default_dtype`] (f32 on
+    /// the CPU, bf16 on a GPU). `Some`: dequantize / convert every weight to this dtype.
     pub dtype: Option<DType>,
+    /// Where weights, activations and the KV cache live.
     pub device: Device,
     pub revision: Option<String>,
     /// A Jinja template file that replaces the model's own chat template.
@@ -83,6 +84,12 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self { dtype: None, device: Device::Cpu, revision: None, chat_template: None }
     }
+}
+
+/// Activations and KV cache when `--dtype` is unset (and safetensors weights): f32 on the CPU,
+/// where our kernels are fastest and exact in it; bf16 on a GPU, half the memory and traffic.
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cpu() { DType::F32 } else { DType::BF16 }
 }
 
 /// Everything needed to turn text into tokens and tokens into logits.

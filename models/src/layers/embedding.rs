@@ -9,7 +9,9 @@ use super::linear::Linear;
 /// The token embedding table, `(vocab, hidden)`.
 pub enum Embedding {
     Dense(Tensor),
-    /// Rows are dequantized on lookup, so the table keeps its quantized size in memory.
+    /// Rows are dequantized on lookup, so the table keeps its quantized size in memory. On a
+    /// GPU only a [`device_quantized`](super::linear::device_quantized) type (the weights
+    /// loader dequantizes the others).
     Quantized(Arc<QTensor>),
 }
 
@@ -22,13 +24,15 @@ impl Embedding {
         }
     }
 
-    /// The same matrix as an output projection (tied embeddings). A quantized table is repacked
-    /// into a [`QuantMatrix`] (a second copy of the weights, in the kernels' layout), or
-    /// dequantized to f32 when its type or device has no kernel.
+    /// The same matrix as an output projection (tied embeddings). On the CPU a quantized table
+    /// is repacked into a [`QuantMatrix`] (a second copy of the weights, in the kernels'
+    /// layout), or dequantized to f32 when its type has no kernel; on a GPU candle's quantized
+    /// matmul reads the same blocks (no copy).
     pub fn as_linear(&self) -> Result<Linear> {
         Ok(match self {
             Self::Dense(w) => Linear::dense(w.clone(), None),
-            Self::Quantized(q) => match q.device().is_cpu().then(|| QuantMatrix::from_qtensor(q)).transpose()?.flatten() {
+            Self::Quantized(q) if !q.device().is_cpu() => Linear::device_quantized(q.clone(), None)?,
+            Self::Quantized(q) => match QuantMatrix::from_qtensor(q)? {
                 Some(w) => Linear::quantized(w, None),
                 None => Linear::dense(q.dequantize(&q.device())?.to_dtype(DType::F32)?, None),
             },
