@@ -18,7 +18,7 @@ pub use decoder::QwenForCausalLm;
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use qwen_serve_kernels::AttentionMetadata;
-pub use weights::{gguf_tensor_name, Weights};
+pub use weights::{gguf_tensor_name, GgufReader, Weights};
 
 use candle_core::{DType, Device, Tensor};
 

@@ -4,9 +4,9 @@
 //! backend translates each name to llama.cpp's (`blk.N.attn_q.weight`). GGUF matrices stay
 //! quantized unless the caller asked for a float dtype.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
@@ -17,10 +17,15 @@ use qwen_serve_kernels::QuantMatrix;
 use crate::layers::linear::{device_quantized, Linear};
 use crate::ModelError;
 
+/// Reads one GGUF tensor, by GGUF name, onto the model's device.
+pub type GgufReader = Box<dyn Fn(&str) -> candle_core::Result<QTensor> + Send + Sync>;
+
 enum Backend {
     Safetensors(MmapedSafetensors),
-    /// Tensors keyed by their GGUF names.
-    Gguf(HashMap<String, Arc<QTensor>>),
+    /// Tensors keyed by their GGUF names, read when the model first asks for them. A matrix
+    /// repacked for our CPU kernels is not kept (see [`Weights::linear`]), so loading holds at
+    /// most one GGUF matrix besides what the model keeps.
+    Gguf { names: HashSet<String>, read: GgufReader, loaded: Mutex<HashMap<String, Arc<QTensor>>> },
 }
 
 /// A view of a checkpoint at a name prefix.
@@ -42,13 +47,19 @@ impl Weights {
         Ok(Self::new(Backend::Safetensors(st), dtype, device, false))
     }
 
-    /// GGUF tensors (keyed by GGUF name), already on `device`. With `dequantize_to: None`,
-    /// matrices stay quantized and activations are `activations` (the CPU kernels want f32;
-    /// candle's GPU kernels take bf16 too); otherwise every tensor is dequantized to that dtype.
-    pub fn from_gguf(tensors: HashMap<String, QTensor>, dequantize_to: Option<DType>, activations: DType, device: &Device) -> Self {
-        let tensors = tensors.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        let dtype = dequantize_to.unwrap_or(activations);
-        Self::new(Backend::Gguf(tensors), dtype, device, dequantize_to.is_none())
+    /// GGUF tensors: `names` (GGUF names) exist and `read` reads one onto `device`. With
+    /// `dequantize_to: None`, matrices stay quantized and activations are `activations` (the
+    /// CPU kernels want f32; candle's GPU kernels take bf16 too); otherwise every tensor is
+    /// dequantized to that dtype.
+    pub fn from_gguf(
+        names: impl IntoIterator<Item = String>,
+        read: GgufReader,
+        dequantize_to: Option<DType>,
+        activations: DType,
+        device: &Device,
+    ) -> Self {
+        let backend = Backend::Gguf { names: names.into_iter().collect(), read, loaded: Mutex::new(HashMap::new()) };
+        Self::new(backend, dequantize_to.unwrap_or(activations), device, dequantize_to.is_none())
     }
 
     fn new(backend: Backend, dtype: DType, device: &Device, keep_quantized: bool) -> Self {
@@ -77,15 +88,28 @@ impl Weights {
         let path = self.path(name);
         match &*self.backend {
             Backend::Safetensors(st) => st.get(&path).is_ok(),
-            Backend::Gguf(t) => gguf_tensor_name(&path).is_some_and(|n| t.contains_key(&n)),
+            Backend::Gguf { names, .. } => gguf_tensor_name(&path).is_some_and(|n| names.contains(&n)),
         }
     }
 
-    fn qtensor(&self, path: &str) -> Result<&Arc<QTensor>, ModelError> {
-        let Backend::Gguf(tensors) = &*self.backend else { unreachable!("gguf backend") };
-        gguf_tensor_name(path)
-            .and_then(|n| tensors.get(&n))
-            .ok_or_else(|| ModelError::MissingTensor(path.to_string()))
+    fn qtensor(&self, path: &str) -> Result<Arc<QTensor>, ModelError> {
+        let Backend::Gguf { names, read, loaded } = &*self.backend else { unreachable!("gguf backend") };
+        let name = gguf_tensor_name(path).filter(|n| names.contains(n)).ok_or_else(|| ModelError::MissingTensor(path.to_string()))?;
+        let mut loaded = lock(loaded);
+        if let Some(t) = loaded.get(&name) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(read(&name)?);
+        loaded.insert(name, t.clone());
+        Ok(t)
+    }
+
+    /// Forgets a GGUF tensor that has been converted for good (its memory goes once the
+    /// caller drops its handle).
+    fn release(&self, path: &str) {
+        if let (Backend::Gguf { loaded, .. }, Some(name)) = (&*self.backend, gguf_tensor_name(path)) {
+            lock(loaded).remove(&name);
+        }
     }
 
     /// The tensor `name`, in this view's dtype, checked against `shape`.
@@ -98,7 +122,7 @@ impl Weights {
                 }
                 st.load(&path, &self.device)?
             }
-            Backend::Gguf(_) => self.qtensor(&path)?.dequantize(&self.device)?,
+            Backend::Gguf { .. } => self.qtensor(&path)?.dequantize(&self.device)?,
         };
         check_shape(&path, t.dims(), shape)?;
         Ok(t.to_dtype(self.dtype)?)
@@ -110,13 +134,14 @@ impl Weights {
     pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear, ModelError> {
         let weight_name = format!("{name}.weight");
         let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out_dim])?) } else { None };
-        if let (true, Backend::Gguf(_)) = (self.keep_quantized, &*self.backend) {
+        if let (true, Backend::Gguf { .. }) = (self.keep_quantized, &*self.backend) {
             let path = self.path(&weight_name);
-            let q = self.qtensor(&path)?.clone();
+            let q = self.qtensor(&path)?;
             check_shape(&path, q.shape().dims(), &[out_dim, in_dim])?;
             if self.device.is_cpu() && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
                 if let Some(w) = QuantMatrix::from_qtensor(&q)? {
-                    return Ok(Linear::quantized(w, bias));
+                    self.release(&path);
+                    return Ok(Linear::quantized(Arc::new(w), bias));
                 }
             } else if !self.device.is_cpu() && device_quantized(q.dtype()) {
                 return Ok(Linear::device_quantized(q, bias)?);
@@ -129,16 +154,28 @@ impl Weights {
     /// dequantizing the whole table (on a GPU for [`device_quantized`] types; others are
     /// dequantized there, at the activation dtype's size).
     pub fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<crate::layers::Embedding, ModelError> {
-        if let (true, Backend::Gguf(_)) = (self.keep_quantized, &*self.backend) {
+        if let (true, Backend::Gguf { .. }) = (self.keep_quantized, &*self.backend) {
             let path = self.path(&format!("{name}.weight"));
-            let q = self.qtensor(&path)?.clone();
+            let q = self.qtensor(&path)?;
             check_shape(&path, q.shape().dims(), &[vocab, hidden])?;
+            if self.device.is_cpu() && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                // Repacked for our kernels, the table serves lookups and (tied) the output
+                // projection from one copy.
+                if let Some(w) = QuantMatrix::from_qtensor(&q)? {
+                    self.release(&path);
+                    return Ok(crate::layers::Embedding::Repacked(Arc::new(w)));
+                }
+            }
             if self.device.is_cpu() || device_quantized(q.dtype()) {
                 return Ok(crate::layers::Embedding::Quantized(q));
             }
         }
         Ok(crate::layers::Embedding::Dense(self.tensor(&format!("{name}.weight"), &[vocab, hidden])?))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Result<(), ModelError> {

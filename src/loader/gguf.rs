@@ -1,12 +1,12 @@
 //! A single `.gguf` file: config, weights, tokenizer and chat template all come from it.
 
-use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use qwen_serve_models::{Architecture, ModelConfig, Weights};
+use qwen_serve_models::{Architecture, GgufReader, ModelConfig, Weights};
 
 use super::{progress, stop_tokens, LoadError, LoadOptions, LoadedModel};
 use crate::tokenizer::{ChatTemplate, ChatTemplateSources, Tokenizer};
@@ -27,17 +27,8 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
     let file_len = std::fs::metadata(path).map_err(io)?.len();
     check_tensor_extents(&content, file_len).map_err(format)?;
 
-    let bar = progress::bar(content.tensor_infos.len() as u64, "loading weights");
-    let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
-    for name in content.tensor_infos.keys() {
-        let t = content.tensor(&mut reader, name, &opts.device).map_err(|e| format(format!("tensor `{name}`: {e}")))?;
-        tensors.insert(name.clone(), t);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let weights = Weights::from_gguf(tensors, opts.dtype, super::default_dtype(&opts.device), &opts.device);
-    let model = qwen_serve_models::load_model(&config, &weights)?;
-
+    // The tokenizer first: building it from the metadata takes ~210 MB for a moment (test
+    // model), given back before the weights arrive rather than on top of them.
     let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
     let token = |key: &str| {
         content.metadata.get(key).and_then(|v| as_u64(v)).and_then(|id| tokenizer.id_to_token(id as u32))
@@ -47,6 +38,29 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
         .transpose()?;
     let eos = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(as_u64).map(|id| id as u32);
     let eos_token_ids = stop_tokens(&tokenizer, eos);
+    super::release_free_memory();
+
+    // Tensors are read as the model asks for them, so that a matrix repacked for our kernels
+    // is freed before the next is read (peak memory ~ the loaded model, not twice it).
+    let bar = progress::bar(content.tensor_infos.len() as u64, "loading weights");
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    let source = (Mutex::new(reader), Arc::new(content));
+    let device = opts.device.clone();
+    let read_bar = bar.clone();
+    let read: GgufReader = Box::new(move |name| {
+        let mut reader = source.0.lock().unwrap_or_else(|p| p.into_inner());
+        let t = source.1.tensor(&mut *reader, name, &device).map_err(|e| candle_core::Error::Msg(format!("tensor `{name}`: {e}")));
+        read_bar.inc(1);
+        t
+    });
+    let weights = Weights::from_gguf(names, read, opts.dtype, super::default_dtype(&opts.device), &opts.device);
+    let model = qwen_serve_models::load_model(&config, &weights).map_err(|e| match e {
+        // Candle errors while building from a GGUF come from reading its tensors: name the file.
+        qwen_serve_models::ModelError::Candle(e) => format(e.to_string()),
+        e => LoadError::from(e),
+    })?;
+    drop(weights);
+    bar.finish_and_clear();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(LoadedModel { model, tokenizer, chat_template, eos_token_ids, name })
 }

@@ -18,8 +18,8 @@ pub struct Linear {
 
 enum Weight {
     Dense(Tensor),
-    /// Our CPU kernels (f32 activations).
-    Quantized(QuantMatrix),
+    /// Our CPU kernels (f32 activations); shared with the embedding when tied.
+    Quantized(Arc<QuantMatrix>),
     /// candle's quantized matmul on a GPU, over the GGUF blocks as loaded onto the device.
     Device(QMatMul),
 }
@@ -36,7 +36,7 @@ impl Linear {
         Self { weight: Weight::Dense(weight), bias }
     }
 
-    pub fn quantized(weight: QuantMatrix, bias: Option<Tensor>) -> Self {
+    pub fn quantized(weight: Arc<QuantMatrix>, bias: Option<Tensor>) -> Self {
         Self { weight: Weight::Quantized(weight), bias }
     }
 
