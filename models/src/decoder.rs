@@ -113,17 +113,28 @@ impl CausalLm for QwenForCausalLm {
         let n = batch.input_ids.len();
         let ids = Tensor::from_slice(&batch.input_ids, n, &self.device)?;
         let positions = Tensor::from_vec(meta.positions(), n, &self.device)?;
-        let (cos, sin) = self.rotary.select(&positions)?;
-        // (tokens, hidden)
+        // (tokens, hidden). Each layer's residual add is fused into the norm after it: `x` is
+        // the last sublayer's output, `residual` the stream it has not been added to yet.
         let mut x = self.embed_tokens.forward(&ids, self.dtype)?;
+        let mut residual = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &cos, &sin, cache.layer(i), meta)?;
-            x = (x + h)?;
-            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x)?)?;
-            x = (x + h)?;
+            let (h, r) = match residual.take() {
+                None => (layer.input_layernorm.forward(&x)?, x),
+                Some(r) => layer.input_layernorm.forward_residual(&x, &r)?,
+            };
+            let h = layer.self_attn.forward(&h, &self.rotary, &positions, cache.layer(i), meta)?;
+            let (h, r) = layer.post_attention_layernorm.forward_residual(&h, &r)?;
+            x = layer.mlp.forward(&h)?;
+            residual = Some(r);
         }
+        // Only the rows whose logits are wanted go through the last add and norm.
+        let all_rows = batch.logits_indices.len() == n && batch.logits_indices.iter().enumerate().all(|(i, &r)| r as usize == i);
         let rows = Tensor::from_slice(&batch.logits_indices, batch.logits_indices.len(), &self.device)?;
-        let x = self.norm.forward(&x.index_select(&rows, 0)?)?;
+        let select = |t: Tensor| if all_rows { Ok(t) } else { t.index_select(&rows, 0) };
+        let x = match residual {
+            Some(r) => self.norm.forward_residual(&select(x)?, &select(r)?)?.0,
+            None => self.norm.forward(&select(x)?)?,
+        };
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 }

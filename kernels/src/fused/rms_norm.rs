@@ -1,10 +1,13 @@
 //! RMSNorm, alone or after the residual add that precedes it in a pre-norm block.
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous;
+use super::simd::{multiversion, rows_per_task, Simd};
+use super::{contiguous, filled};
 use crate::elem::Elem;
 
 /// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension. `x`: `(..., hidden)`,
@@ -43,31 +46,120 @@ struct AddRmsNorm {
     eps: f32,
 }
 
-/// Normalises each row of `x` (+ `residual`, whose sums go to `sums`) into `out`.
-fn norm_rows<T: Elem>(x: &[T], residual: Option<(&[T], &mut [T])>, weight: &[T], eps: f32, out: &mut [T]) {
+/// Lanes of the sum-of-squares accumulator: one AVX-512 register, two AVX2 ones. Every
+/// instruction set adds the same numbers in the same order.
+const LANES: usize = 16;
+
+/// `rms_norm` (`residual: None`) or `add_rms_norm` (normed rows, then the sums) of contiguous
+/// `(num_rows, hidden)` data, with `simd`'s instructions.
+fn norm_cpu<T: Elem>(simd: Simd, x: &[T], residual: Option<&[T]>, weight: &[T], eps: f32) -> Vec<T> {
+    let n = x.len();
     let hidden = weight.len();
-    if hidden == 0 {
-        return;
-    }
-    let rows = out.par_chunks_mut(hidden).enumerate();
-    match residual {
-        Some((residual, sums)) => rows.zip(sums.par_chunks_mut(hidden)).for_each(|((r, out), sum)| {
-            let row = r * hidden..(r + 1) * hidden;
-            for ((s, a), b) in sum.iter_mut().zip(&x[row.clone()]).zip(&residual[row]) {
-                *s = T::from_f32(a.to_f32() + b.to_f32());
+    let Some(rows) = rows_per_task(n / hidden.max(1), hidden) else {
+        // SAFETY: the blocks write every normed row and every sum.
+        return unsafe {
+            filled(if residual.is_some() { 2 * n } else { n }, |out| match residual {
+                None => norm_block(simd, x, weight, eps, out),
+                Some(r) => {
+                    let (out, sums) = out.split_at_mut(n);
+                    add_norm_block(simd, x, r, weight, eps, out, sums)
+                }
+            })
+        };
+    };
+    let chunk = rows * hidden;
+    // SAFETY: the chunks cover the outputs, and the blocks write every element of theirs.
+    unsafe {
+        filled(if residual.is_some() { 2 * n } else { n }, |out| match residual {
+            None => out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| norm_block(simd, x, weight, eps, out)),
+            Some(r) => {
+                let (out, sums) = out.split_at_mut(n);
+                (out.par_chunks_mut(chunk), sums.par_chunks_mut(chunk), x.par_chunks(chunk), r.par_chunks(chunk))
+                    .into_par_iter()
+                    .for_each(|(out, sums, x, r)| add_norm_block(simd, x, r, weight, eps, out, sums));
             }
-            norm_row(sum, weight, eps, out);
-        }),
-        None => rows.for_each(|(r, out)| norm_row(&x[r * hidden..(r + 1) * hidden], weight, eps, out)),
+        })
     }
 }
 
-fn norm_row<T: Elem>(x: &[T], weight: &[T], eps: f32, out: &mut [T]) {
-    let sum_sq: f32 = x.iter().map(|v| v.to_f32() * v.to_f32()).sum();
-    let inv_rms = 1.0 / (sum_sq / x.len() as f32 + eps).sqrt();
-    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
-        *o = T::from_f32(v.to_f32() * inv_rms * w.to_f32());
+multiversion! {
+    /// Writes `out` = the normed rows of `x`.
+    fn norm_block<T: Elem>(x: &[T], weight: &[T], eps: f32, out: &mut [MaybeUninit<T>]) => norm_block_body;
+}
+
+multiversion! {
+    /// Writes `sums` = `x + residual` (rounded to T) and `out` = the normed sums.
+    fn add_norm_block<T: Elem>(
+        x: &[T],
+        residual: &[T],
+        weight: &[T],
+        eps: f32,
+        out: &mut [MaybeUninit<T>],
+        sums: &mut [MaybeUninit<T>],
+    ) => add_norm_block_body;
+}
+
+#[inline(always)]
+fn norm_block_body<T: Elem>(x: &[T], weight: &[T], eps: f32, out: &mut [MaybeUninit<T>]) {
+    let hidden = weight.len();
+    for (x, out) in x.chunks_exact(hidden).zip(out.chunks_exact_mut(hidden)) {
+        let (chunks, tail) = x.as_chunks::<LANES>();
+        let mut acc = [0f32; LANES];
+        for c in chunks {
+            for k in 0..LANES {
+                acc[k] += c[k].to_f32() * c[k].to_f32();
+            }
+        }
+        for (a, v) in acc.iter_mut().zip(tail) {
+            *a += v.to_f32() * v.to_f32();
+        }
+        let inv_rms = inv_rms(acc, hidden, eps);
+        for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+            o.write(T::from_f32(v.to_f32() * inv_rms * w.to_f32()));
+        }
     }
+}
+
+#[inline(always)]
+fn add_norm_block_body<T: Elem>(x: &[T], residual: &[T], weight: &[T], eps: f32, out: &mut [MaybeUninit<T>], sums: &mut [MaybeUninit<T>]) {
+    let hidden = weight.len();
+    let rows = x.chunks_exact(hidden).zip(residual.chunks_exact(hidden));
+    for ((x, r), (out, sums)) in rows.zip(out.chunks_exact_mut(hidden).zip(sums.chunks_exact_mut(hidden))) {
+        let sum = |a: &T, b: &T| T::from_f32(a.to_f32() + b.to_f32());
+        let ((xc, xt), (rc, rt)) = (x.as_chunks::<LANES>(), r.as_chunks::<LANES>());
+        let (sc, st) = sums.as_chunks_mut::<LANES>();
+        let mut acc = [0f32; LANES];
+        for ((x, r), s) in xc.iter().zip(rc).zip(sc) {
+            for k in 0..LANES {
+                let v = sum(&x[k], &r[k]);
+                s[k].write(v);
+                acc[k] += v.to_f32() * v.to_f32();
+            }
+        }
+        for (((a, x), r), s) in acc.iter_mut().zip(xt).zip(rt).zip(st) {
+            let v = sum(x, r);
+            s.write(v);
+            *a += v.to_f32() * v.to_f32();
+        }
+        let inv_rms = inv_rms(acc, hidden, eps);
+        // The sums again from x and residual (still in L1), not read back from `sums`.
+        for (((o, x), r), w) in out.iter_mut().zip(x).zip(r).zip(weight) {
+            o.write(T::from_f32(sum(x, r).to_f32() * inv_rms * w.to_f32()));
+        }
+    }
+}
+
+/// `1 / sqrt(mean + eps)` from the lanes' partial sums of squares, added pairwise.
+#[inline(always)]
+fn inv_rms(mut acc: [f32; LANES], hidden: usize, eps: f32) -> f32 {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for k in 0..width {
+            acc[k] += acc[k + width];
+        }
+    }
+    1.0 / (acc[0] / hidden as f32 + eps).sqrt()
 }
 
 impl CustomOp2 for RmsNorm {
@@ -78,9 +170,7 @@ impl CustomOp2 for RmsNorm {
     fn cpu_fwd(&self, x: &CpuStorage, x_l: &Layout, w: &CpuStorage, w_l: &Layout) -> Result<(CpuStorage, Shape)> {
         fn run<T: Elem>(x: &[T], x_l: &Layout, w: &[T], w_l: &Layout, eps: f32) -> Result<Vec<T>> {
             let (x, w) = (contiguous(x, x_l, "rms_norm: x")?, contiguous(w, w_l, "rms_norm: weight")?);
-            let mut out = vec![T::from_f32(0.0); x.len()];
-            norm_rows(x, None, w, eps, &mut out);
-            Ok(out)
+            Ok(norm_cpu(Simd::detected(), x, None, w, eps))
         }
         let out = match (x, w) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(run(x, x_l, w, w_l, self.eps)?),
@@ -107,10 +197,7 @@ impl CustomOp3 for AddRmsNorm {
             let x = contiguous(x, x_l, "add_rms_norm: x")?;
             let r = contiguous(r, r_l, "add_rms_norm: residual")?;
             let w = contiguous(w, w_l, "add_rms_norm: weight")?;
-            let mut both = vec![T::from_f32(0.0); 2 * x.len()];
-            let (out, sums) = both.split_at_mut(x.len());
-            norm_rows(x, Some((r, sums)), w, eps, out);
-            Ok(both)
+            Ok(norm_cpu(Simd::detected(), x, Some(r), w, eps))
         }
         let out = match (x, r, w) {
             (CpuStorage::F32(x), CpuStorage::F32(r), CpuStorage::F32(w)) => CpuStorage::F32(run(x, x_l, r, r_l, w, w_l, self.eps)?),
@@ -200,9 +287,12 @@ mod cuda {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor, D};
+    use candle_core::{DType, Device, Tensor, WithDType, D};
+    use half::{bf16, f16};
 
-    use super::{add_rms_norm, rms_norm};
+    use super::{add_rms_norm, norm_cpu, rms_norm, Simd};
+    use crate::elem::Elem;
+    use crate::fused::test_data::{bits, randn};
 
     /// The unfused composition in f32.
     fn naive(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
@@ -234,6 +324,37 @@ mod tests {
             let err = max_diff(&normed, &naive(&expect_sum, &w, 1e-6));
             assert!(err < tol, "{dtype:?} add_rms_norm error {err}");
         }
+    }
+
+    /// Every instruction set gives the scalar build's bits, for every dtype, a width with a
+    /// tail (903 = 56 * 16 + 7) and a batch big enough to be split across threads; and a row's
+    /// result is the same when it is normalised alone (batch invariance).
+    #[test]
+    fn every_instruction_set_and_batch_size_gives_the_same_bits() {
+        fn check<T: Elem + WithDType>() {
+            let (num_rows, hidden) = (300, 903);
+            let x = randn::<T>(num_rows * hidden, 3.0);
+            let r = randn::<T>(num_rows * hidden, 1.0);
+            let w: Vec<T> = randn::<f32>(hidden, 0.2).into_iter().map(|v| T::from_f32(v + 1.0)).collect();
+            let n = num_rows * hidden;
+            for residual in [None, Some(&r[..])] {
+                let reference = bits(&norm_cpu(Simd::Scalar, &x, residual, &w, 1e-6));
+                for simd in Simd::available() {
+                    let got = bits(&norm_cpu(simd, &x, residual, &w, 1e-6));
+                    assert!(got == reference, "{:?} {simd:?} residual {}", T::DTYPE, residual.is_some());
+                }
+                let row = 123 * hidden..124 * hidden;
+                let alone = bits(&norm_cpu(Simd::detected(), &x[row.clone()], residual.map(|r| &r[row.clone()]), &w, 1e-6));
+                let (normed, sums) = alone.split_at(hidden);
+                assert_eq!(normed, &reference[row.clone()], "{:?} normed row alone", T::DTYPE);
+                if residual.is_some() {
+                    assert_eq!(sums, &reference[n + row.start..n + row.end], "{:?} sum row alone", T::DTYPE);
+                }
+            }
+        }
+        check::<f32>();
+        check::<bf16>();
+        check::<f16>();
     }
 
     #[test]

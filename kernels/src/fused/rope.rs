@@ -1,11 +1,14 @@
 //! Rotary position embedding in the rotate-half (GPT-NeoX) layout Qwen uses, each token rotated
 //! by its own position (a batch mixes sequences at different positions).
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous;
+use super::simd::{multiversion, rows_per_task, Simd};
+use super::{contiguous, filled};
 use crate::elem::Elem;
 
 /// `x`: `(num_tokens, num_heads, head_dim)`; `cos`, `sin`: `(max_positions, head_dim / 2)` of
@@ -35,30 +38,54 @@ struct Rope<'a> {
     positions: &'a Tensor,
 }
 
-fn rotate<T: Elem>(x: &[T], cos: &[T], sin: &[T], positions: &[u32], half: usize) -> Result<Vec<T>> {
+/// Rotates contiguous `x` `(num_tokens, num_heads, 2 * half)` with `simd`'s instructions.
+fn rotate<T: Elem>(simd: Simd, x: &[T], cos: &[T], sin: &[T], positions: &[u32], half: usize) -> Result<Vec<T>> {
     let max_positions = cos.len() / half.max(1);
     if let Some(p) = positions.iter().find(|&&p| p as usize >= max_positions) {
         candle_core::bail!("rotary_embedding: position {p} is past the {max_positions} the tables hold");
     }
-    let mut out = vec![T::from_f32(0.0); x.len()];
     let per_token = x.len() / positions.len().max(1);
-    if per_token == 0 {
-        return Ok(out);
+    if per_token == 0 || half == 0 {
+        return Ok(x.to_vec());
     }
-    out.par_chunks_mut(per_token).enumerate().for_each(|(t, out)| {
-        let p = positions[t] as usize;
+    // SAFETY: the blocks write every token's heads, and the chunks cover `out`.
+    Ok(unsafe {
+        filled(x.len(), |out| match rows_per_task(positions.len(), per_token) {
+            None => rotate_block(simd, x, cos, sin, positions, half, out),
+            Some(rows) => (out.par_chunks_mut(rows * per_token), x.par_chunks(rows * per_token), positions.par_chunks(rows))
+                .into_par_iter()
+                .for_each(|(out, x, positions)| rotate_block(simd, x, cos, sin, positions, half, out)),
+        })
+    })
+}
+
+multiversion! {
+    /// Writes `out` = `x`'s tokens rotated by their `positions` (all inside the tables).
+    fn rotate_block<T: Elem>(
+        x: &[T],
+        cos: &[T],
+        sin: &[T],
+        positions: &[u32],
+        half: usize,
+        out: &mut [MaybeUninit<T>],
+    ) => rotate_block_body;
+}
+
+#[inline(always)]
+fn rotate_block_body<T: Elem>(x: &[T], cos: &[T], sin: &[T], positions: &[u32], half: usize, out: &mut [MaybeUninit<T>]) {
+    let per_token = x.len() / positions.len();
+    for ((x, out), &p) in x.chunks_exact(per_token).zip(out.chunks_exact_mut(per_token)).zip(positions) {
+        let p = p as usize;
         let (cos, sin) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
-        for (head, out) in out.chunks_mut(2 * half).enumerate() {
-            let x = &x[t * per_token + head * 2 * half..][..2 * half];
-            for i in 0..half {
-                let (c, s) = (cos[i].to_f32(), sin[i].to_f32());
-                let (x1, x2) = (x[i].to_f32(), x[i + half].to_f32());
-                out[i] = T::from_f32(x1 * c - x2 * s);
-                out[i + half] = T::from_f32(x2 * c + x1 * s);
+        for (x, out) in x.chunks_exact(2 * half).zip(out.chunks_exact_mut(2 * half)) {
+            let ((x1, x2), (o1, o2)) = (x.split_at(half), out.split_at_mut(half));
+            for (((((o1, o2), x1), x2), c), s) in o1.iter_mut().zip(o2).zip(x1).zip(x2).zip(cos).zip(sin) {
+                let (c, s, x1, x2) = (c.to_f32(), s.to_f32(), x1.to_f32(), x2.to_f32());
+                o1.write(T::from_f32(x1 * c - x2 * s));
+                o2.write(T::from_f32(x2 * c + x1 * s));
             }
         }
-    });
-    Ok(out)
+    }
 }
 
 impl CustomOp3 for Rope<'_> {
@@ -73,8 +100,10 @@ impl CustomOp3 for Rope<'_> {
         };
         let p = contiguous(p, p_l, "rotary_embedding: positions")?;
         let half = c_l.dims()[1];
+        let simd = Simd::detected();
         let out = match (x, c, s) {
             (CpuStorage::F32(x), CpuStorage::F32(c), CpuStorage::F32(s)) => CpuStorage::F32(rotate(
+                simd,
                 contiguous(x, x_l, "x")?,
                 contiguous(c, c_l, "cos")?,
                 contiguous(s, s_l, "sin")?,
@@ -82,6 +111,7 @@ impl CustomOp3 for Rope<'_> {
                 half,
             )?),
             (CpuStorage::BF16(x), CpuStorage::BF16(c), CpuStorage::BF16(s)) => CpuStorage::BF16(rotate(
+                simd,
                 contiguous(x, x_l, "x")?,
                 contiguous(c, c_l, "cos")?,
                 contiguous(s, s_l, "sin")?,
@@ -89,6 +119,7 @@ impl CustomOp3 for Rope<'_> {
                 half,
             )?),
             (CpuStorage::F16(x), CpuStorage::F16(c), CpuStorage::F16(s)) => CpuStorage::F16(rotate(
+                simd,
                 contiguous(x, x_l, "x")?,
                 contiguous(c, c_l, "cos")?,
                 contiguous(s, s_l, "sin")?,
@@ -163,9 +194,12 @@ mod cuda {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::{DType, Device, Tensor, WithDType};
+    use half::{bf16, f16};
 
-    use super::rotary_embedding;
+    use super::{rotary_embedding, rotate, Simd};
+    use crate::elem::Elem;
+    use crate::fused::test_data::{bits, randn};
 
     /// Tables as the model builds them: `(max_positions, half)` angles `p * theta^(-2i / d)`.
     pub(crate) fn tables(max_positions: usize, head_dim: usize, dtype: DType, dev: &Device) -> (Tensor, Tensor) {
@@ -204,6 +238,31 @@ mod tests {
                 assert!(err < tol, "{dtype:?} head_dim {head_dim}: error {err}");
             }
         }
+    }
+
+    /// Every instruction set gives the scalar build's bits, for every dtype and for a batch big
+    /// enough to be split across threads; and a token's result is the same alone.
+    #[test]
+    fn every_instruction_set_and_batch_size_gives_the_same_bits() {
+        fn check<T: Elem + WithDType>() {
+            let (num_tokens, heads, head_dim) = (500, 14, 64);
+            let dev = Device::Cpu;
+            let (cos, sin) = tables(4096, head_dim, T::DTYPE, &dev);
+            let (cos, sin) = (cos.flatten_all().unwrap().to_vec1::<T>().unwrap(), sin.flatten_all().unwrap().to_vec1::<T>().unwrap());
+            let x = randn::<T>(num_tokens * heads * head_dim, 1.0);
+            let positions: Vec<u32> = (0..num_tokens as u32).map(|t| t * 7 % 4096).collect();
+            let reference = bits(&rotate(Simd::Scalar, &x, &cos, &sin, &positions, head_dim / 2).unwrap());
+            for simd in Simd::available() {
+                let got = bits(&rotate(simd, &x, &cos, &sin, &positions, head_dim / 2).unwrap());
+                assert!(got == reference, "{:?} {simd:?}", T::DTYPE);
+            }
+            let token = 321 * heads * head_dim..322 * heads * head_dim;
+            let alone = rotate(Simd::detected(), &x[token.clone()], &cos, &sin, &positions[321..322], head_dim / 2).unwrap();
+            assert_eq!(bits(&alone), &reference[token], "{:?} token alone", T::DTYPE);
+        }
+        check::<f32>();
+        check::<bf16>();
+        check::<f16>();
     }
 
     #[test]

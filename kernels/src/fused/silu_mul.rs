@@ -1,9 +1,13 @@
 //! The SwiGLU activation: `silu(gate) * up`.
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::filled;
+use super::simd::{multiversion, rows_per_task, Simd};
 use crate::elem::Elem;
 
 /// `silu(gate) * up` with `silu(g) = g / (1 + e^-g)`; `gate`, `up`: `(num_rows, width)` of one
@@ -31,21 +35,71 @@ fn rows(l: &Layout, what: &str) -> Result<(usize, usize)> {
     Ok((l.start_offset(), if num_rows > 1 { stride[0] } else { width }))
 }
 
-fn run<T: Elem>(gate: &[T], g_l: &Layout, up: &[T], u_l: &Layout) -> Result<Vec<T>> {
-    let (_, width) = g_l.shape().dims2()?;
+fn run<T: Elem>(simd: Simd, gate: &[T], g_l: &Layout, up: &[T], u_l: &Layout) -> Result<Vec<T>> {
+    let (num_rows, width) = g_l.shape().dims2()?;
     let ((g0, g_stride), (u0, u_stride)) = (rows(g_l, "gate")?, rows(u_l, "up")?);
-    let mut out = vec![T::from_f32(0.0); g_l.shape().elem_count()];
-    if width == 0 {
-        return Ok(out);
+    if num_rows * width == 0 {
+        return Ok(Vec::new());
     }
-    out.par_chunks_mut(width).enumerate().for_each(|(r, out)| {
-        let (g, u) = (&gate[g0 + r * g_stride..][..width], &up[u0 + r * u_stride..][..width]);
+    let block = |r0: usize, out: &mut [MaybeUninit<T>]| {
+        let (gate, up) = (&gate[g0 + r0 * g_stride..], &up[u0 + r0 * u_stride..]);
+        silu_mul_block(simd, gate, g_stride, up, u_stride, width, out);
+    };
+    // SAFETY: the blocks write every row they get, and the chunks cover `out`.
+    Ok(unsafe {
+        filled(num_rows * width, |out| match rows_per_task(num_rows, width) {
+            None => block(0, out),
+            Some(rows) => out.par_chunks_mut(rows * width).enumerate().for_each(|(i, out)| block(i * rows, out)),
+        })
+    })
+}
+
+multiversion! {
+    /// Writes `out` `(rows, width)`; row `r` of gate (up) starts at `r * g_stride` (`u_stride`).
+    fn silu_mul_block<T: Elem>(
+        gate: &[T],
+        g_stride: usize,
+        up: &[T],
+        u_stride: usize,
+        width: usize,
+        out: &mut [MaybeUninit<T>],
+    ) => silu_mul_block_body;
+}
+
+#[inline(always)]
+fn silu_mul_block_body<T: Elem>(gate: &[T], g_stride: usize, up: &[T], u_stride: usize, width: usize, out: &mut [MaybeUninit<T>]) {
+    for (r, out) in out.chunks_exact_mut(width).enumerate() {
+        let (g, u) = (&gate[r * g_stride..][..width], &up[r * u_stride..][..width]);
         for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
             let g = g.to_f32();
-            *o = T::from_f32(g / (1.0 + (-g).exp()) * u.to_f32());
+            o.write(T::from_f32(g / (1.0 + exp(-g)) * u.to_f32()));
         }
-    });
-    Ok(out)
+    }
+}
+
+/// `e^x` within about 2 ulp (Cephes' `expf` polynomial), in plain arithmetic that vectorises,
+/// unlike a call to libm. `x` is clamped to [-87, 88], where `2^n` stays a normal float: below
+/// -87 it gives about 1.6e-38 rather than less (`1 + e^x` is 1 either way), above 88 about
+/// 1.7e38 rather than more (`g / (1 + e^-g)` then differs from 0 by under 1e-36). NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    // 1.5 * 2^23: adding it rounds to an integer, kept in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    // x - n ln2, with ln2 split in two: 355/512 has few enough bits that n * 355/512 is exact.
+    let r = x - n * (355.0 / 512.0) - n * -2.121_944_4e-4;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 0.166_666_65;
+    let p = p * r + 0.5;
+    let e_r = p * (r * r) + r + 1.0;
+    // 2^n from n's bits in t: n in [-126, 127], so the exponent field n + 127 is in [1, 254].
+    let n = t.to_bits().wrapping_sub(ROUND.to_bits());
+    e_r * f32::from_bits(n.wrapping_add(127) << 23)
 }
 
 impl CustomOp2 for SiluMul {
@@ -54,10 +108,11 @@ impl CustomOp2 for SiluMul {
     }
 
     fn cpu_fwd(&self, g: &CpuStorage, g_l: &Layout, u: &CpuStorage, u_l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let simd = Simd::detected();
         let out = match (g, u) {
-            (CpuStorage::F32(g), CpuStorage::F32(u)) => CpuStorage::F32(run(g, g_l, u, u_l)?),
-            (CpuStorage::BF16(g), CpuStorage::BF16(u)) => CpuStorage::BF16(run(g, g_l, u, u_l)?),
-            (CpuStorage::F16(g), CpuStorage::F16(u)) => CpuStorage::F16(run(g, g_l, u, u_l)?),
+            (CpuStorage::F32(g), CpuStorage::F32(u)) => CpuStorage::F32(run(simd, g, g_l, u, u_l)?),
+            (CpuStorage::BF16(g), CpuStorage::BF16(u)) => CpuStorage::BF16(run(simd, g, g_l, u, u_l)?),
+            (CpuStorage::F16(g), CpuStorage::F16(u)) => CpuStorage::F16(run(simd, g, g_l, u, u_l)?),
             _ => candle_core::bail!("silu_mul: unsupported dtype {:?} (f32, bf16, f16)", g.dtype()),
         };
         Ok((out, g_l.shape().clone()))
@@ -121,9 +176,12 @@ mod cuda {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::{DType, Device, Tensor, WithDType};
+    use half::{bf16, f16};
 
-    use super::silu_mul;
+    use super::{run, silu_mul, Simd};
+    use crate::elem::Elem;
+    use crate::fused::test_data::{bits, randn};
 
     /// Largest `|a - b| / max(|b|, 1)`: products reach ~100, where a bf16 ulp is 0.5.
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -150,6 +208,44 @@ mod tests {
                 assert!(err < tol, "{dtype:?}: error {err}");
             }
         }
+    }
+
+    /// Every instruction set gives the scalar build's bits, for every dtype, strided rows, a
+    /// width with a tail and a batch big enough to be split across threads; and a row's
+    /// result is the same alone.
+    #[test]
+    fn every_instruction_set_and_batch_size_gives_the_same_bits() {
+        fn check<T: Elem + WithDType>() {
+            let (num_rows, width) = (100, 4867);
+            let gate_up = Tensor::from_vec(randn::<T>(num_rows * 2 * width, 4.0), (num_rows, 2 * width), &Device::Cpu).unwrap();
+            let (gate, up) = (gate_up.narrow(1, 0, width).unwrap(), gate_up.narrow(1, width, width).unwrap());
+            let data = gate_up.flatten_all().unwrap().to_vec1::<T>().unwrap();
+            let (g_l, u_l) = (gate.layout(), up.layout());
+            let reference = bits(&run(Simd::Scalar, &data, g_l, &data, u_l).unwrap());
+            for simd in Simd::available() {
+                let got = bits(&run(simd, &data, g_l, &data, u_l).unwrap());
+                assert!(got == reference, "{:?} {simd:?}", T::DTYPE);
+            }
+            let (g, u) = (gate.narrow(0, 77, 1).unwrap(), up.narrow(0, 77, 1).unwrap());
+            let alone = bits(&run(Simd::detected(), &data, g.layout(), &data, u.layout()).unwrap());
+            assert_eq!(alone, &reference[77 * width..78 * width], "{:?} row alone", T::DTYPE);
+        }
+        check::<f32>();
+        check::<bf16>();
+        check::<f16>();
+    }
+
+    /// The vectorisable `exp` against libm's, over silu's whole useful range and the clamps.
+    #[test]
+    fn exp_is_within_a_few_ulp() {
+        for i in -87_000..=88_000 {
+            let x = i as f32 / 1000.0;
+            let (got, want) = (super::exp(x), x.exp());
+            assert!((got - want).abs() <= 3.0 * f32::EPSILON * want, "exp({x}) = {got}, not {want}");
+        }
+        assert!(super::exp(-1000.0) > 0.0 && super::exp(-1000.0) < 1e-37);
+        assert!(super::exp(1000.0).is_finite() && super::exp(1000.0) > 1e38);
+        assert!(super::exp(f32::NAN).is_nan());
     }
 
     #[test]

@@ -45,9 +45,9 @@ impl Attention {
         })
     }
 
-    /// `x` `(tokens, hidden)`; `cos`/`sin` `(tokens, head_dim / 2)`; caches
+    /// `x` `(tokens, hidden)`; `positions` `(tokens,)` u32; caches
     /// `(num_blocks, block_size, num_kv_heads, head_dim)`.
-    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, cache: (&Tensor, &Tensor), meta: &AttentionMetadata) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, rotary: &Rotary, positions: &Tensor, cache: (&Tensor, &Tensor), meta: &AttentionMetadata) -> Result<Tensor> {
         let tokens = x.dim(0)?;
         let q = self.q_proj.forward(x)?.reshape((tokens, self.num_heads, self.head_dim))?;
         let k = self.k_proj.forward(x)?.reshape((tokens, self.num_kv_heads, self.head_dim))?;
@@ -56,8 +56,8 @@ impl Attention {
             Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
             None => (q, k),
         };
-        let q = Rotary::apply(&q, cos, sin)?;
-        let k = Rotary::apply(&k, cos, sin)?;
+        let q = rotary.apply(&q, positions)?;
+        let k = rotary.apply(&k, positions)?;
         write_kv(cache.0, cache.1, &k, &v, &meta.slot_mapping)?;
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let out = paged_attention(&q, cache.0, cache.1, meta, scale)?;

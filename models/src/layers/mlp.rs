@@ -1,4 +1,5 @@
 use candle_core::Tensor;
+use qwen_serve_kernels::silu_mul;
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
 
 use super::linear::Linear;
@@ -21,8 +22,10 @@ impl Mlp {
         })
     }
 
+    /// `x` `(tokens, hidden)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        // (tokens, intermediate)
+        let act = silu_mul(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        self.down_proj.forward(&act)
     }
 }

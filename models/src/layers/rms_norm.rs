@@ -15,6 +15,12 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+        qwen_serve_kernels::rms_norm(x, &self.weight, self.eps)
+    }
+
+    /// `(norm(x + residual), x + residual)` in one pass: a pre-norm block's residual add and the
+    /// norm after it. The sum is rounded to the dtype first, as `x + residual` would be.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        qwen_serve_kernels::add_rms_norm(x, residual, &self.weight, self.eps)
     }
 }

@@ -1,4 +1,5 @@
 use candle_core::{DType, Device, Result, Tensor};
+use qwen_serve_kernels::rotary_embedding;
 
 /// Rotary position embedding in the "rotate half" (GPT-NeoX) layout Qwen uses: dimension `i`
 /// pairs with `i + head_dim / 2`.
@@ -18,15 +19,9 @@ impl Rotary {
         Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
     }
 
-    /// The `(cos, sin)` rows for `positions` `(tokens,)`.
-    pub fn select(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.cos.index_select(positions, 0)?, self.sin.index_select(positions, 0)?))
-    }
-
-    /// `x` `(tokens, heads, head_dim)`, rotated by each token's own position.
-    pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let (tokens, heads, dim) = x.dims3()?;
-        // rope_thd treats (batch, seq, heads, dim); one "batch" whose sequence is our tokens.
-        candle_nn::rotary_emb::rope_thd(&x.reshape((1, tokens, heads, dim))?.contiguous()?, cos, sin)?.reshape((tokens, heads, dim))
+    /// `x` `(tokens, heads, head_dim)`, each token rotated by its own position: `positions`
+    /// `(tokens,)` u32, each below `max_positions`.
+    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        rotary_embedding(x, &self.cos, &self.sin, positions)
     }
 }
