@@ -83,6 +83,11 @@ impl QuantMatrix {
         self.k
     }
 
+    /// Whether [`Self::concat`] can stack `self` and `other` (same weight type and width).
+    pub fn stacks_with(&self, other: &QuantMatrix) -> bool {
+        self.k == other.k && std::mem::discriminant(&self.weights) == std::mem::discriminant(&other.weights)
+    }
+
     /// The matrices stacked along `out_features` (`[a; b; ..]`), so that projections of the same
     /// input (q/k/v, gate/up) run as one matmul: one activation quantization and one parallel
     /// section instead of one each. `None` unless all have the same weight type and

@@ -2,7 +2,7 @@ use candle_core::Tensor;
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
 use qwen_serve_kernels::{paged_attention, write_kv, AttentionMetadata};
 
-use super::linear::Linear;
+use super::linear::{Linear, Projections};
 use super::rms_norm::RmsNorm;
 use super::rotary::Rotary;
 use crate::{ModelConfig, ModelError, Weights};
@@ -10,9 +10,8 @@ use crate::{ModelConfig, ModelError, Weights};
 /// Grouped-query self-attention over the paged KV cache. Qwen2 has q/k/v biases; Qwen3 has
 /// none but normalises each head's q and k before the rotation.
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k and v, stacked where their weights allow.
+    qkv_proj: Projections,
     o_proj: Linear,
     qk_norm: Option<(RmsNorm, RmsNorm)>,
     num_heads: usize,
@@ -34,9 +33,11 @@ impl Attention {
             None
         };
         Ok(Self {
-            q_proj: weights.linear("q_proj", h, nh * d, bias)?,
-            k_proj: weights.linear("k_proj", h, nkv * d, bias)?,
-            v_proj: weights.linear("v_proj", h, nkv * d, bias)?,
+            qkv_proj: Projections::new(vec![
+                weights.linear("q_proj", h, nh * d, bias)?,
+                weights.linear("k_proj", h, nkv * d, bias)?,
+                weights.linear("v_proj", h, nkv * d, bias)?,
+            ])?,
             o_proj: weights.linear("o_proj", nh * d, h, false)?,
             qk_norm,
             num_heads: nh,
@@ -49,9 +50,10 @@ impl Attention {
     /// `(num_blocks, block_size, num_kv_heads, head_dim)`.
     pub fn forward(&self, x: &Tensor, rotary: &Rotary, positions: &Tensor, cache: (&Tensor, &Tensor), meta: &AttentionMetadata) -> Result<Tensor> {
         let tokens = x.dim(0)?;
-        let q = self.q_proj.forward(x)?.reshape((tokens, self.num_heads, self.head_dim))?;
-        let k = self.k_proj.forward(x)?.reshape((tokens, self.num_kv_heads, self.head_dim))?;
-        let v = self.v_proj.forward(x)?.reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let [q, k, v]: [Tensor; 3] = self.qkv_proj.forward(x)?.try_into().expect("three projections");
+        let q = q.reshape((tokens, self.num_heads, self.head_dim))?;
+        let k = k.reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let v = v.reshape((tokens, self.num_kv_heads, self.head_dim))?;
         let (q, k) = match &self.qk_norm {
             Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
             None => (q, k),

@@ -52,6 +52,23 @@ impl Linear {
         Ok(Self { weight: Weight::Device(QMatMul::QTensor(weight)), bias })
     }
 
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        match &self.weight {
+            Weight::Dense(w) => w.dim(0).unwrap_or(0),
+            Weight::Quantized(q) => q.out_features(),
+            Weight::Device(QMatMul::QTensor(q)) => q.shape().dims().first().copied().unwrap_or(0),
+            Weight::Device(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dim(0).unwrap_or(0),
+        }
+    }
+
+    fn quant_matrix(&self) -> Option<&QuantMatrix> {
+        match &self.weight {
+            Weight::Quantized(q) => Some(q),
+            _ => None,
+        }
+    }
+
     /// `x` `(tokens, in)` -> `(tokens, out)` in x's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
@@ -64,6 +81,116 @@ impl Linear {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+}
+
+/// Projections of one input (q/k/v, gate/up). Neighbouring parts that are our quantized
+/// kernels' matrices of one type run stacked as one matmul (one activation quantization and
+/// one parallel section instead of one each; each output bitwise the same); others one by one.
+pub struct Projections {
+    /// Each group's (possibly stacked) projection and the widths of its parts.
+    groups: Vec<(Linear, Vec<usize>)>,
+}
+
+impl Projections {
+    pub fn new(parts: Vec<Linear>) -> Result<Self> {
+        let mut groups: Vec<Vec<Linear>> = Vec::new();
+        for part in parts {
+            match groups.last_mut() {
+                Some(group) if stacks(&group[0], &part) => group.push(part),
+                _ => groups.push(vec![part]),
+            }
+        }
+        let groups = groups
+            .into_iter()
+            .map(|group| {
+                let widths: Vec<usize> = group.iter().map(Linear::out_features).collect();
+                if group.len() == 1 {
+                    return Ok((group.into_iter().next().expect("one part"), widths));
+                }
+                let matrices: Vec<&QuantMatrix> = group.iter().filter_map(|p| p.quant_matrix()).collect();
+                let q = QuantMatrix::concat(&matrices).expect("checked by stacks()");
+                let biases: Option<Vec<Tensor>> = group.iter().map(|p| p.bias.clone()).collect();
+                let bias = biases.map(|b| Tensor::cat(&b, 0)).transpose()?;
+                Ok((Linear::quantized(Arc::new(q), bias), widths))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { groups })
+    }
+
+    /// How many matmuls a forward runs.
+    pub fn num_matmuls(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Each part's `(tokens, out)` output, in order, contiguous.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        for (linear, widths) in &self.groups {
+            let y = linear.forward(x)?;
+            if widths.len() == 1 {
+                out.push(y);
+                continue;
+            }
+            let mut at = 0;
+            for &w in widths {
+                out.push(y.narrow(1, at, w)?.contiguous()?);
+                at += w;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether `b` can be stacked under `a`: both our quantized matrices of one type and width,
+/// both with a bias or neither.
+fn stacks(a: &Linear, b: &Linear) -> bool {
+    match (a.quant_matrix(), b.quant_matrix()) {
+        (Some(qa), Some(qb)) => qa.stacks_with(qb) && a.bias.is_some() == b.bias.is_some(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use qwen_serve_kernels::QuantMatrix;
+
+    use super::{Linear, Projections};
+
+    /// Deterministic values (the same matrix each call for the same seed).
+    fn values(len: usize, seed: f64) -> Tensor {
+        Tensor::arange(0u32, len as u32, &Device::Cpu).unwrap().to_dtype(candle_core::DType::F32).unwrap().affine(0.37 * seed, seed).unwrap().sin().unwrap()
+    }
+
+    fn quantized(n: usize, dtype: GgmlDType, bias: bool, seed: f64) -> Linear {
+        let w = values(n * 256, seed).reshape((n, 256)).unwrap();
+        let q = QuantMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap()).unwrap().unwrap();
+        Linear::quantized(Arc::new(q), bias.then(|| values(n, seed + 0.5)))
+    }
+
+    /// Stacked projections give each part's own output bitwise; a part of another type (or
+    /// without a bias among biased ones) starts a group of its own.
+    #[test]
+    fn stacked_projections_match_separate_ones() {
+        let x = Tensor::randn(0f32, 1.0, (5, 256), &Device::Cpu).unwrap();
+        let cases = [
+            (vec![(32, GgmlDType::Q5_0, true), (16, GgmlDType::Q5_0, true), (16, GgmlDType::Q5_0, true)], 1),
+            (vec![(32, GgmlDType::Q5_0, true), (16, GgmlDType::Q5_0, true), (16, GgmlDType::Q8_0, true)], 2),
+            (vec![(24, GgmlDType::Q4K, false), (24, GgmlDType::Q4K, false)], 1),
+            (vec![(24, GgmlDType::Q8_0, false), (24, GgmlDType::Q8_0, true)], 2),
+        ];
+        for (parts, matmuls) in cases {
+            let make = || parts.iter().enumerate().map(|(i, &(n, t, b))| quantized(n, t, b, 1.0 + i as f64)).collect::<Vec<_>>();
+            let alone: Vec<Vec<Vec<f32>>> = make().iter().map(|l| l.forward(&x).unwrap().to_vec2().unwrap()).collect();
+            let p = Projections::new(make()).unwrap();
+            assert_eq!(p.num_matmuls(), matmuls, "{parts:?}");
+            let got: Vec<Vec<Vec<f32>>> = p.forward(&x).unwrap().iter().map(|t| t.to_vec2().unwrap()).collect();
+            assert_eq!(got, alone, "{parts:?}");
         }
     }
 }

@@ -2,13 +2,13 @@ use candle_core::Tensor;
 use qwen_serve_kernels::silu_mul;
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
 
-use super::linear::Linear;
+use super::linear::{Linear, Projections};
 use crate::{ModelConfig, ModelError, Weights};
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate and up, stacked where their weights allow.
+    gate_up_proj: Projections,
     down_proj: Linear,
 }
 
@@ -16,8 +16,7 @@ impl Mlp {
     pub fn new(cfg: &ModelConfig, weights: &Weights) -> Result<Self, ModelError> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: weights.linear("gate_proj", h, i, false)?,
-            up_proj: weights.linear("up_proj", h, i, false)?,
+            gate_up_proj: Projections::new(vec![weights.linear("gate_proj", h, i, false)?, weights.linear("up_proj", h, i, false)?])?,
             down_proj: weights.linear("down_proj", i, h, false)?,
         })
     }
@@ -25,7 +24,8 @@ impl Mlp {
     /// `x` `(tokens, hidden)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // (tokens, intermediate)
-        let act = silu_mul(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        let [gate, up]: [Tensor; 2] = self.gate_up_proj.forward(x)?.try_into().expect("two projections");
+        let act = silu_mul(&gate, &up)?;
         self.down_proj.forward(&act)
     }
 }
