@@ -8,7 +8,7 @@
 //! [-127, 127] and the unsigned operand is at most 63 (K-quants, Q4_0/Q5_0 before their zero
 //! point) or `|w| <= 128` (Q8_0 via the sign trick), so a pair is at most 2 * 128 * 127 < 2^15.
 //!
-//! Safety (every fn): the caller has checked that the CPU has AVX2 and F16C, and the rows are
+//! Safety (every fn): the caller has checked that the CPU has AVX2, FMA and F16C, and the rows are
 //! consistent (`a.qs.len()` = 32 or 256 times the block count, as built by `QuantMatrix`).
 
 use std::arch::x86_64::*;
