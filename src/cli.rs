@@ -12,6 +12,15 @@ pub enum DtypeArg {
     F16,
 }
 
+/// `--quantize` types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantizeArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4k")]
+    Q4k,
+}
+
 impl From<DtypeArg> for DType {
     fn from(d: DtypeArg) -> Self {
         match d {
@@ -37,6 +46,11 @@ pub struct ModelArgs {
     /// dequantized/converted to it.
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
+    /// Quantize a safetensors model's projection matrices at load time for the CPU kernels:
+    /// `q8_0`, or `q4k` (Q4_K where the input width is a multiple of 256, Q8_0 elsewhere).
+    /// Embeddings, norms and biases stay as they are. A GGUF keeps its own types.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeArg>,
     /// `cpu`, `cuda` or `cuda:N`. Default: CUDA device 0 when this binary was built with CUDA
     /// support (scripts/build-cuda.sh) and a GPU is present, otherwise the CPU.
     #[arg(long, env = "QWEN_SERVE_DEVICE")]
@@ -49,9 +63,17 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Opens the device (see [`crate::device::select`]); errors name the flag.
     pub fn load_options(&self) -> Result<LoadOptions, String> {
+        let device = crate::device::select(self.device)?;
+        if self.quantize.is_some() && !device.is_cpu() {
+            return Err("--quantize is for the CPU kernels; on a GPU use --dtype bf16 or a GGUF model".into());
+        }
         Ok(LoadOptions {
             dtype: self.dtype.map(DType::from),
-            device: crate::device::select(self.device)?,
+            quantize: self.quantize.map(|q| match q {
+                QuantizeArg::Q8_0 => candle_core::quantized::GgmlDType::Q8_0,
+                QuantizeArg::Q4k => candle_core::quantized::GgmlDType::Q4K,
+            }),
+            device,
             revision: self.revision.clone(),
             chat_template: self.chat_template.clone(),
         })

@@ -36,6 +36,8 @@ pub struct Weights {
     dtype: DType,
     device: Device,
     keep_quantized: bool,
+    /// Safetensors on the CPU: quantize projections to this type at load (see [`Self::linear`]).
+    quantize: Option<GgmlDType>,
 }
 
 impl Weights {
@@ -63,7 +65,15 @@ impl Weights {
     }
 
     fn new(backend: Backend, dtype: DType, device: &Device, keep_quantized: bool) -> Self {
-        Self { backend: Arc::new(backend), prefix: String::new(), dtype, device: device.clone(), keep_quantized }
+        Self { backend: Arc::new(backend), prefix: String::new(), dtype, device: device.clone(), keep_quantized, quantize: None }
+    }
+
+    /// Quantize projection matrices of a safetensors checkpoint to `dtype` as they load
+    /// (`Q8_0`, or `Q4K` where the input width is a multiple of 256 and `Q8_0` elsewhere), for
+    /// the CPU kernels; matrices no kernel takes stay dense.
+    pub fn quantized_to(mut self, dtype: Option<GgmlDType>) -> Self {
+        self.quantize = dtype;
+        self
     }
 
     /// The sub-view `prefix.name`.
@@ -147,7 +157,17 @@ impl Weights {
                 return Ok(Linear::device_quantized(q, bias)?);
             }
         }
-        Ok(Linear::dense(self.tensor(&weight_name, &[out_dim, in_dim])?, bias))
+        let weight = self.tensor(&weight_name, &[out_dim, in_dim])?;
+        if let (Some(dtype), true) = (self.quantize, self.device.is_cpu()) {
+            let dtype = if dtype == GgmlDType::Q4K && !in_dim.is_multiple_of(256) { GgmlDType::Q8_0 } else { dtype };
+            if in_dim.is_multiple_of(dtype.block_size()) {
+                let q = QTensor::quantize(&weight.to_dtype(DType::F32)?, dtype)?;
+                if let Some(w) = QuantMatrix::from_qtensor(&q)? {
+                    return Ok(Linear::quantized(Arc::new(w), bias.map(|b| b.to_dtype(DType::F32)).transpose()?));
+                }
+            }
+        }
+        Ok(Linear::dense(weight, bias))
     }
 
     /// The `(vocab, hidden)` embedding table: quantized rows are looked up without

@@ -31,7 +31,7 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadEr
     let files = safetensors_files(dir)?;
     // On the CPU a checkpoint's bf16 is converted to f32 on load.
     let dtype = opts.dtype.unwrap_or_else(|| super::default_dtype(&opts.device));
-    let weights = Weights::from_safetensors(&files, dtype, &opts.device)?;
+    let weights = Weights::from_safetensors(&files, dtype, &opts.device)?.quantized_to(opts.quantize);
     let model = qwen_serve_models::load_model(&config, &weights)?;
 
     let tokenizer_path = dir.join("tokenizer.json");

@@ -42,6 +42,9 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
 
     // Tensors are read as the model asks for them, so that a matrix repacked for our kernels
     // is freed before the next is read (peak memory ~ the loaded model, not twice it).
+    if opts.quantize.is_some() {
+        tracing::warn!("--quantize is ignored for a GGUF model: it keeps its own types");
+    }
     let bar = progress::bar(content.tensor_infos.len() as u64, "loading weights");
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
     let source = (Mutex::new(reader), Arc::new(content));

@@ -73,6 +73,8 @@ pub struct LoadOptions {
     /// `None`: keep GGUF matrices quantized and run safetensors in [`default_dtype`] (f32 on
     /// the CPU, bf16 on a GPU). `Some`: dequantize / convert every weight to this dtype.
     pub dtype: Option<DType>,
+    /// Safetensors only: quantize projection matrices to this GGUF type at load (CPU).
+    pub quantize: Option<candle_core::quantized::GgmlDType>,
     /// Where weights, activations and the KV cache live.
     pub device: Device,
     pub revision: Option<String>,
@@ -82,7 +84,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: None, device: Device::Cpu, revision: None, chat_template: None }
+        Self { dtype: None, quantize: None, device: Device::Cpu, revision: None, chat_template: None }
     }
 }
 
