@@ -163,7 +163,7 @@ impl Weights {
             if in_dim.is_multiple_of(dtype.block_size()) {
                 let q = QTensor::quantize(&weight.to_dtype(DType::F32)?, dtype)?;
                 if let Some(w) = QuantMatrix::from_qtensor(&q)? {
-                    return Ok(Linear::quantized(Arc::new(w), bias.map(|b| b.to_dtype(DType::F32)).transpose()?));
+                    return Ok(Linear::quantized(Arc::new(w), bias));
                 }
             }
         }
