@@ -44,7 +44,7 @@ pub(crate) unsafe fn f16_to_f32(h: half::f16) -> f32 {
 /// [`super::scalar::fold_lanes`] on a vector.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn fold_lanes(v: __m256) -> f32 {
+pub(crate) unsafe fn fold_lanes(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))

@@ -21,17 +21,8 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::activations::{ActRow, LANES};
-use super::avx2::{f16_to_f32, k_lanes, prefetch, KBlock};
+use super::avx2::{f16_to_f32, fold_lanes, k_lanes, prefetch, KBlock};
 use super::format::{Blocks32, Q4KBlock, Q5KBlock, Q6KBlock};
-
-/// [`super::scalar::fold_lanes`] on a vector.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn fold_lanes(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
 
 /// A group of `c` = 8 (or, last in a row, 4) blocks' weight values as unsigned bytes, 64 per
 /// vector in interleaved order (`format::interleaved_index`): `c / 2` vectors.
