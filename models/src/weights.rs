@@ -4,9 +4,9 @@
 //! backend translates each name to llama.cpp's (`blk.N.attn_q.weight`). GGUF matrices stay
 //! quantized unless the caller asked for a float dtype.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
@@ -22,10 +22,10 @@ pub type GgufReader = Box<dyn Fn(&str) -> candle_core::Result<QTensor> + Send + 
 
 enum Backend {
     Safetensors(MmapedSafetensors),
-    /// Tensors keyed by their GGUF names, read when the model first asks for them. A matrix
-    /// repacked for our CPU kernels is not kept (see [`Weights::linear`]), so loading holds at
-    /// most one GGUF matrix besides what the model keeps.
-    Gguf { names: HashSet<String>, read: GgufReader, loaded: Mutex<HashMap<String, Arc<QTensor>>> },
+    /// Tensors keyed by their GGUF names, read from the file when the model asks for one (each
+    /// is asked for once) and not kept here: a matrix repacked or dequantized at load is freed
+    /// before the next is read, so loading holds at most one GGUF matrix besides the model.
+    Gguf { names: HashSet<String>, read: GgufReader },
 }
 
 /// A view of a checkpoint at a name prefix.
@@ -60,7 +60,7 @@ impl Weights {
         activations: DType,
         device: &Device,
     ) -> Self {
-        let backend = Backend::Gguf { names: names.into_iter().collect(), read, loaded: Mutex::new(HashMap::new()) };
+        let backend = Backend::Gguf { names: names.into_iter().collect(), read };
         Self::new(backend, dequantize_to.unwrap_or(activations), device, dequantize_to.is_none())
     }
 
@@ -103,23 +103,9 @@ impl Weights {
     }
 
     fn qtensor(&self, path: &str) -> Result<Arc<QTensor>, ModelError> {
-        let Backend::Gguf { names, read, loaded } = &*self.backend else { unreachable!("gguf backend") };
+        let Backend::Gguf { names, read } = &*self.backend else { unreachable!("gguf backend") };
         let name = gguf_tensor_name(path).filter(|n| names.contains(n)).ok_or_else(|| ModelError::MissingTensor(path.to_string()))?;
-        let mut loaded = lock(loaded);
-        if let Some(t) = loaded.get(&name) {
-            return Ok(t.clone());
-        }
-        let t = Arc::new(read(&name)?);
-        loaded.insert(name, t.clone());
-        Ok(t)
-    }
-
-    /// Forgets a GGUF tensor that has been converted for good (its memory goes once the
-    /// caller drops its handle).
-    fn release(&self, path: &str) {
-        if let (Backend::Gguf { loaded, .. }, Some(name)) = (&*self.backend, gguf_tensor_name(path)) {
-            lock(loaded).remove(&name);
-        }
+        Ok(Arc::new(read(&name)?))
     }
 
     /// The tensor `name`, in this view's dtype, checked against `shape`.
@@ -150,7 +136,6 @@ impl Weights {
             check_shape(&path, q.shape().dims(), &[out_dim, in_dim])?;
             if self.device.is_cpu() && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
                 if let Some(w) = QuantMatrix::from_qtensor(&q)? {
-                    self.release(&path);
                     return Ok(Linear::quantized(Arc::new(w), bias));
                 }
             } else if !self.device.is_cpu() && device_quantized(q.dtype()) {
@@ -182,7 +167,6 @@ impl Weights {
                 // Repacked for our kernels, the table serves lookups and (tied) the output
                 // projection from one copy.
                 if let Some(w) = QuantMatrix::from_qtensor(&q)? {
-                    self.release(&path);
                     return Ok(crate::layers::Embedding::Repacked(Arc::new(w)));
                 }
             }
@@ -192,10 +176,6 @@ impl Weights {
         }
         Ok(crate::layers::Embedding::Dense(self.tensor(&format!("{name}.weight"), &[vocab, hidden])?))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Result<(), ModelError> {
