@@ -1,6 +1,7 @@
 //! The Qwen decoder-only transformer (Qwen2, Qwen2.5 and dense Qwen3 share this body).
 
 use candle_core::{DType, Device, Tensor};
+use qwen_serve_kernels::DeviceMetadata;
 
 use crate::layers::attention::Attention;
 use crate::layers::linear::Linear;
@@ -112,7 +113,8 @@ impl CausalLm for QwenForCausalLm {
         let meta = &batch.attention;
         let n = batch.input_ids.len();
         let ids = Tensor::from_slice(&batch.input_ids, n, &self.device)?;
-        let positions = Tensor::from_vec(meta.positions(), n, &self.device)?;
+        // One copy of the step's metadata to the device, shared by every layer.
+        let meta = DeviceMetadata::new(meta.clone(), &self.device)?;
         // (tokens, hidden). Each layer's residual add is fused into the norm after it: `x` is
         // the last sublayer's output, `residual` the stream it has not been added to yet.
         let mut x = self.embed_tokens.forward(&ids, self.dtype)?;
@@ -122,7 +124,7 @@ impl CausalLm for QwenForCausalLm {
                 None => (layer.input_layernorm.forward(&x)?, x),
                 Some(r) => layer.input_layernorm.forward_residual(&x, &r)?,
             };
-            let h = layer.self_attn.forward(&h, &self.rotary, &positions, cache.layer(i), meta)?;
+            let h = layer.self_attn.forward(&h, &self.rotary, cache.layer(i), &meta)?;
             let (h, r) = layer.post_attention_layernorm.forward_residual(&h, &r)?;
             x = layer.mlp.forward(&h)?;
             residual = Some(r);

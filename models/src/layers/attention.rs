@@ -1,6 +1,6 @@
 use candle_core::Tensor;
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
-use qwen_serve_kernels::{paged_attention, write_kv, AttentionMetadata};
+use qwen_serve_kernels::{paged_attention_step, write_kv_step, DeviceMetadata};
 
 use super::linear::{Linear, Projections};
 use super::rms_norm::RmsNorm;
@@ -46,9 +46,9 @@ impl Attention {
         })
     }
 
-    /// `x` `(tokens, hidden)`; `positions` `(tokens,)` u32; caches
-    /// `(num_blocks, block_size, num_kv_heads, head_dim)`.
-    pub fn forward(&self, x: &Tensor, rotary: &Rotary, positions: &Tensor, cache: (&Tensor, &Tensor), meta: &AttentionMetadata) -> Result<Tensor> {
+    /// `x` `(tokens, hidden)`; caches `(num_blocks, block_size, num_kv_heads, head_dim)`; `meta`
+    /// the step's metadata, already on the model's device.
+    pub fn forward(&self, x: &Tensor, rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
         let tokens = x.dim(0)?;
         let [q, k, v]: [Tensor; 3] = self.qkv_proj.forward(x)?.try_into().expect("three projections");
         let q = q.reshape((tokens, self.num_heads, self.head_dim))?;
@@ -58,11 +58,11 @@ impl Attention {
             Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
             None => (q, k),
         };
-        let q = rotary.apply(&q, positions)?;
-        let k = rotary.apply(&k, positions)?;
-        write_kv(cache.0, cache.1, &k, &v, &meta.slot_mapping)?;
+        let q = rotary.apply(&q, meta.positions())?;
+        let k = rotary.apply(&k, meta.positions())?;
+        write_kv_step(cache.0, cache.1, &k, &v, meta)?;
         let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let out = paged_attention(&q, cache.0, cache.1, meta, scale)?;
+        let out = paged_attention_step(&q, cache.0, cache.1, meta, scale)?;
         self.o_proj.forward(&out.reshape((tokens, self.num_heads * self.head_dim))?)
     }
 }
