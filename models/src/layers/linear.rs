@@ -62,6 +62,13 @@ impl Linear {
         }
     }
 
+    fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Some(w),
+            _ => None,
+        }
+    }
+
     fn quant_matrix(&self) -> Option<&QuantMatrix> {
         match &self.weight {
             Weight::Quantized(q) => Some(q),
@@ -87,7 +94,9 @@ impl Linear {
 
 /// Projections of one input (q/k/v, gate/up). Neighbouring parts that are our quantized
 /// kernels' matrices of one type run stacked as one matmul (one activation quantization and
-/// one parallel section instead of one each; each output bitwise the same); others one by one.
+/// one parallel section instead of one each; each output bitwise the same), and so do dense
+/// matrices of one dtype (on a GPU, one launch instead of several); others one by one. The
+/// outputs are column views of the stacked result.
 pub struct Projections {
     /// Each group's (possibly stacked) projection and the widths of its parts.
     groups: Vec<(Linear, Vec<usize>)>,
@@ -109,10 +118,16 @@ impl Projections {
                 if group.len() == 1 {
                     return Ok((group.into_iter().next().expect("one part"), widths));
                 }
-                let matrices: Vec<&QuantMatrix> = group.iter().filter_map(|p| p.quant_matrix()).collect();
-                let q = QuantMatrix::concat(&matrices).expect("checked by stacks()");
                 let biases: Option<Vec<Tensor>> = group.iter().map(|p| p.bias.clone()).collect();
                 let bias = biases.map(|b| Tensor::cat(&b, 0)).transpose()?;
+                let dense: Vec<&Tensor> = group.iter().filter_map(|p| p.dense_weight()).collect();
+                if dense.len() == group.len() {
+                    let weight = Tensor::cat(&dense, 0)?;
+                    drop(group);
+                    return Ok((Linear::dense(weight, bias), widths));
+                }
+                let matrices: Vec<&QuantMatrix> = group.iter().filter_map(|p| p.quant_matrix()).collect();
+                let q = QuantMatrix::concat(&matrices).expect("checked by stacks()");
                 Ok((Linear::quantized(Arc::new(q), bias), widths))
             })
             .collect::<Result<_>>()?;
@@ -133,9 +148,11 @@ impl Projections {
                 out.push(y);
                 continue;
             }
+            // Views: a consumer that needs contiguous rows copies (a reshape does), one that
+            // takes strided rows (silu_mul) reads them in place.
             let mut at = 0;
             for &w in widths {
-                out.push(y.narrow(1, at, w)?.contiguous()?);
+                out.push(y.narrow(1, at, w)?);
                 at += w;
             }
         }
@@ -143,13 +160,18 @@ impl Projections {
     }
 }
 
-/// Whether `b` can be stacked under `a`: both our quantized matrices of one type and width,
-/// both with a bias or neither.
+/// Whether `b` can be stacked under `a`: both our quantized matrices of one type and width, or
+/// both dense of one dtype and input width, on one device; both with a bias or neither.
 fn stacks(a: &Linear, b: &Linear) -> bool {
-    match (a.quant_matrix(), b.quant_matrix()) {
-        (Some(qa), Some(qb)) => qa.stacks_with(qb) && a.bias.is_some() == b.bias.is_some(),
-        _ => false,
-    }
+    let same_shape = |wa: &Tensor, wb: &Tensor| {
+        wa.dtype() == wb.dtype() && wa.device().same_device(wb.device()) && wa.rank() == 2 && wa.dims()[1..] == wb.dims()[1..]
+    };
+    a.bias.is_some() == b.bias.is_some()
+        && match (&a.weight, &b.weight) {
+            (Weight::Quantized(qa), Weight::Quantized(qb)) => qa.stacks_with(qb),
+            (Weight::Dense(wa), Weight::Dense(wb)) => same_shape(wa, wb),
+            _ => false,
+        }
 }
 
 #[cfg(test)]
@@ -192,5 +214,25 @@ mod tests {
             let got: Vec<Vec<Vec<f32>>> = p.forward(&x).unwrap().iter().map(|t| t.to_vec2().unwrap()).collect();
             assert_eq!(got, alone, "{parts:?}");
         }
+    }
+
+    /// Dense matrices of one dtype stack too (one matmul: on a GPU one launch instead of three);
+    /// each part's output matches its own matmul up to the summation order.
+    #[test]
+    fn stacked_dense_projections_match_separate_ones() {
+        let x = Tensor::randn(0f32, 1.0, (5, 64), &Device::Cpu).unwrap();
+        let dense = |n: usize, bias: bool, seed: f64| {
+            Linear::dense(values(n * 64, seed).reshape((n, 64)).unwrap(), bias.then(|| values(n, seed + 0.5)))
+        };
+        let make = || vec![dense(32, true, 1.0), dense(16, true, 2.0), dense(16, true, 3.0)];
+        let alone: Vec<Tensor> = make().iter().map(|l| l.forward(&x).unwrap()).collect();
+        let p = Projections::new(make()).unwrap();
+        assert_eq!(p.num_matmuls(), 1);
+        for (got, want) in p.forward(&x).unwrap().iter().zip(&alone) {
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "{diff}");
+        }
+        let mixed = Projections::new(vec![dense(8, true, 1.0), dense(8, false, 2.0)]).unwrap();
+        assert_eq!(mixed.num_matmuls(), 2, "a part without a bias among biased ones stands alone");
     }
 }
