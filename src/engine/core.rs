@@ -7,8 +7,10 @@ use qwen_serve_models::{CausalLm, KvCache};
 
 use super::block_manager::BlockManager;
 use super::request::Event;
-use super::runner::{ModelRunner, StepLogits};
-use super::sampler::logprobs_of;
+use super::runner::{ModelRunner, Next, StepLogits};
+use rayon::prelude::*;
+
+use super::sampler::{logprobs_of, Sampled};
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use super::sequence::Sequence;
 use super::{Command, EngineConfig, Shared};
@@ -25,6 +27,7 @@ pub(super) struct EngineCore {
     num_prompt_tokens_computed: usize,
     num_generated_tokens: usize,
     num_steps: usize,
+    step_seconds: f64,
 }
 
 impl EngineCore {
@@ -52,6 +55,7 @@ impl EngineCore {
             num_prompt_tokens_computed: 0,
             num_generated_tokens: 0,
             num_steps: 0,
+            step_seconds: 0.0,
         }
     }
 
@@ -102,12 +106,13 @@ impl EngineCore {
     }
 
     fn step(&mut self) {
+        let start = std::time::Instant::now();
         self.scheduler.remove_abandoned();
         let out = self.scheduler.schedule();
         if out.is_empty() {
             return;
         }
-        match self.runner.execute(&out, &self.scheduler.running) {
+        match self.runner.execute(&out, &self.scheduler.running, &self.eos_token_ids) {
             Ok(logits) => self.update(&out, logits),
             Err(e) => {
                 // A failed forward leaves the cache state unknown for these sequences: end them.
@@ -120,6 +125,7 @@ impl EngineCore {
             }
         }
         self.num_steps += 1;
+        self.step_seconds += start.elapsed().as_secs_f64();
     }
 
     fn update(&mut self, out: &SchedulerOutput, logits: StepLogits) {
@@ -136,12 +142,35 @@ impl EngineCore {
             }
         }
         self.scheduler.mark_computed(out);
+        // Sampling reads a whole vocabulary row per sequence (150k logits for Qwen); each
+        // sequence has its own sampler and RNG, so they run in parallel with the same results.
+        let mut rows: Vec<Option<&Next>> = vec![None; self.scheduler.running.len()];
         for (k, s) in out.seqs.iter().enumerate() {
-            let Some(row) = &logits.next[k] else { continue };
+            rows[s.running_index] = logits.next[k].as_ref();
+        }
+        let eos = &self.eos_token_ids;
+        let mut sampled: Vec<Option<Sampled>> = self
+            .scheduler
+            .running
+            .par_iter_mut()
+            .zip(rows)
+            .map(|(seq, next)| {
+                let row = match next? {
+                    Next::Argmax(token) => return Some(Sampled { token: *token, logprobs: None }),
+                    Next::Logits(row) => row,
+                };
+                let suppressed = seq.suppressed(eos);
+                let params = seq.params.clone();
+                let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
+                Some(seq.sampler.sample(row, &params, prompt, output, &suppressed))
+            })
+            .collect();
+        for (k, s) in out.seqs.iter().enumerate() {
+            if logits.next[k].is_none() {
+                continue;
+            }
             let seq = &mut self.scheduler.running[s.running_index];
-            let suppressed = seq.suppressed(&self.eos_token_ids);
-            let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
-            let sampled = seq.sampler.sample(row, &seq.params.clone(), prompt, output, &suppressed);
+            let sampled = sampled[s.running_index].take().expect("sampled above");
             self.num_generated_tokens += 1;
             match seq.append(sampled, &self.tokenizer, &self.eos_token_ids) {
                 Ok(None) => {}
@@ -169,6 +198,9 @@ impl EngineCore {
         stats.num_prompt_tokens_computed = self.num_prompt_tokens_computed;
         stats.num_generated_tokens = self.num_generated_tokens;
         stats.num_steps = self.num_steps;
+        stats.forward_seconds = self.runner.forward_seconds;
+        stats.logits_seconds = self.runner.logits_seconds;
+        stats.step_seconds = self.step_seconds;
     }
 }
 

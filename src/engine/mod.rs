@@ -107,6 +107,13 @@ pub struct EngineStats {
     pub num_prompt_tokens_computed: usize,
     pub num_generated_tokens: usize,
     pub num_steps: usize,
+    /// Seconds, summed over steps: issuing the model's forward (on a GPU, launching its
+    /// kernels; on the CPU, running it) ...
+    pub forward_seconds: f64,
+    /// ... then waiting for its logits (on a GPU, the device finishing the launched work) ...
+    pub logits_seconds: f64,
+    /// ... and whole steps, scheduling and sampling included.
+    pub step_seconds: f64,
 }
 
 pub(crate) enum Command {

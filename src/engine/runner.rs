@@ -2,15 +2,31 @@
 //! the attention metadata (block tables, slot mapping), runs the model over the paged cache
 //! and hands back the logits rows the step needs.
 
+use std::time::Instant;
+
+use candle_core::{Storage, Tensor};
+use rayon::prelude::*;
 use qwen_serve_models::{AttentionMetadata, CausalLm, ForwardBatch, KvCache, ModelError};
 
 use super::scheduler::SchedulerOutput;
+use super::sampler::argmax;
 use super::sequence::Sequence;
+#[cfg(doc)]
+use super::SamplingParams;
+
+/// What a sequence's next token is drawn from.
+pub enum Next {
+    /// Plain greedy decoding ([`SamplingParams::is_plain_greedy`] and nothing suppressed): the
+    /// argmax was taken on the model's device, so its vocabulary-sized row never reached the host.
+    Argmax(u32),
+    /// The full row, for the sampler.
+    Logits(Vec<f32>),
+}
 
 /// Logits of one step, by scheduled sequence (same order as `SchedulerOutput::seqs`).
 pub struct StepLogits {
-    /// The next-token row, for sequences whose known tokens are all computed after this step.
-    pub next: Vec<Option<Vec<f32>>>,
+    /// For sequences whose known tokens are all computed after this step.
+    pub next: Vec<Option<Next>>,
     /// For prompt-logprob sequences: rows for each new prompt token (row `i` predicts the
     /// token after new token `i`).
     pub prompt: Vec<Vec<Vec<f32>>>,
@@ -19,11 +35,14 @@ pub struct StepLogits {
 pub struct ModelRunner {
     model: Box<dyn CausalLm>,
     cache: KvCache,
+    /// Seconds spent issuing forwards, and then waiting for their logits (see `EngineStats`).
+    pub forward_seconds: f64,
+    pub logits_seconds: f64,
 }
 
 impl ModelRunner {
     pub fn new(model: Box<dyn CausalLm>, cache: KvCache) -> Self {
-        Self { model, cache }
+        Self { model, cache, forward_seconds: 0.0, logits_seconds: 0.0 }
     }
 
     pub fn model(&self) -> &dyn CausalLm {
@@ -38,7 +57,9 @@ impl ModelRunner {
         self.cache.num_blocks()
     }
 
-    pub fn execute(&mut self, out: &SchedulerOutput, running: &[Sequence]) -> Result<StepLogits, ModelError> {
+    /// `eos_token_ids`: what a sequence may not sample before its `min_tokens` (with its stop
+    /// ids); a sequence with nothing to suppress and plain greedy parameters gets [`Next::Argmax`].
+    pub fn execute(&mut self, out: &SchedulerOutput, running: &[Sequence], eos_token_ids: &[u32]) -> Result<StepLogits, ModelError> {
         let block_size = self.cache.block_size();
         let max_blocks = out.seqs.iter().map(|s| running[s.running_index].block_table.len()).max().unwrap_or(0);
         let mut batch = ForwardBatch::default();
@@ -47,6 +68,8 @@ impl ModelRunner {
         meta.query_start_loc.push(0);
         // For each scheduled sequence: (first logits row, number of rows) in the output.
         let mut rows = Vec::with_capacity(out.seqs.len());
+        // Per logits row: reduced to its argmax on the device (else copied to the host).
+        let mut argmax_rows = Vec::with_capacity(out.seqs.len());
         for s in &out.seqs {
             let seq = &running[s.running_index];
             let start = seq.num_computed_tokens;
@@ -62,8 +85,10 @@ impl ModelRunner {
             if seq.params.prompt_logprobs.is_some() && start < seq.num_prompt_tokens {
                 // Every new prompt token's row (the last may also be the next-token row).
                 batch.logits_indices.extend(row0..row0 + s.num_new_tokens as u32);
+                argmax_rows.extend(std::iter::repeat_n(false, s.num_new_tokens));
             } else if end == seq.num_tokens() {
                 batch.logits_indices.push(row0 + s.num_new_tokens as u32 - 1);
+                argmax_rows.push(seq.params.is_plain_greedy() && seq.suppressed(eos_token_ids).is_empty());
             }
             rows.push((first, batch.logits_indices.len() - first));
         }
@@ -73,26 +98,122 @@ impl ModelRunner {
         if no_logits {
             batch.logits_indices.push(0);
         }
-        let mut logits = self.model.forward(&batch, &mut self.cache)?.to_vec2::<f32>()?;
-        if no_logits {
-            logits.clear();
-        }
+        let start = Instant::now();
+        let logits = self.model.forward(&batch, &mut self.cache)?;
+        let issued = Instant::now();
+        let mut logits = if no_logits { vec![] } else { host_rows(&logits, &argmax_rows)? };
+        self.forward_seconds += (issued - start).as_secs_f64();
+        self.logits_seconds += issued.elapsed().as_secs_f64();
         let mut next = Vec::with_capacity(out.seqs.len());
         let mut prompt = Vec::with_capacity(out.seqs.len());
-        let mut logits = logits.into_iter().map(Some).collect::<Vec<_>>();
         for (s, (first, count)) in out.seqs.iter().zip(rows) {
             let seq = &running[s.running_index];
             let end = seq.num_computed_tokens + s.num_new_tokens;
-            let mut own: Vec<Vec<f32>> = logits[first..first + count].iter_mut().map(|r| r.take().expect("each row once")).collect();
+            let mut own: Vec<Next> = logits[first..first + count].iter_mut().map(|r| r.take().expect("each row once")).collect();
             let complete = end == seq.num_tokens();
             if seq.params.prompt_logprobs.is_some() && seq.num_computed_tokens < seq.num_prompt_tokens {
-                next.push(if complete { own.last().cloned() } else { None });
-                prompt.push(own);
+                let rows: Vec<Vec<f32>> = own
+                    .into_iter()
+                    .map(|r| match r {
+                        Next::Logits(row) => row,
+                        Next::Argmax(_) => unreachable!("prompt-logprob rows are copied whole"),
+                    })
+                    .collect();
+                next.push(if complete { rows.last().cloned().map(Next::Logits) } else { None });
+                prompt.push(rows);
             } else {
                 next.push(if complete { own.pop() } else { None });
                 prompt.push(vec![]);
             }
         }
         Ok(StepLogits { next, prompt })
+    }
+}
+
+/// The logits rows as the engine needs them: the argmax of each row marked in `argmax_rows`,
+/// and the other rows copied out whole. On a GPU the argmax is taken there (one id comes back
+/// instead of ~600 KB per row); on the CPU the rows are read in place, in parallel.
+fn host_rows(logits: &Tensor, argmax_rows: &[bool]) -> Result<Vec<Option<Next>>, ModelError> {
+    let logits = logits.contiguous()?;
+    let (num_rows, vocab) = logits.dims2()?;
+    if num_rows != argmax_rows.len() {
+        return Err(ModelError::Input(format!("{num_rows} logits rows for {} wanted", argmax_rows.len())));
+    }
+    let (storage, layout) = logits.storage_and_layout();
+    if let Storage::Cpu(cpu) = &*storage {
+        let all = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + num_rows * vocab];
+        return Ok(all
+            .par_chunks(vocab)
+            .zip(argmax_rows)
+            .map(|(row, &greedy)| Some(if greedy { Next::Argmax(argmax(row)) } else { Next::Logits(row.to_vec()) }))
+            .collect());
+    }
+    drop(storage);
+    device_rows(&logits, argmax_rows)
+}
+
+/// [`host_rows`] for logits on a GPU (works on any device): the argmaxes are taken there and
+/// only the rows wanted whole are copied back.
+fn device_rows(logits: &Tensor, argmax_rows: &[bool]) -> Result<Vec<Option<Next>>, ModelError> {
+    let num_rows = argmax_rows.len();
+    let pick = |want: bool| -> Vec<u32> { (0..num_rows as u32).filter(|&i| argmax_rows[i as usize] == want).collect() };
+    let select = |rows: &[u32]| -> candle_core::Result<Tensor> {
+        if rows.len() == num_rows {
+            Ok(logits.clone())
+        } else {
+            logits.index_select(&Tensor::from_slice(rows, rows.len(), logits.device())?, 0)
+        }
+    };
+    let mut out: Vec<Option<Next>> = (0..num_rows).map(|_| None).collect();
+    let (greedy, full) = (pick(true), pick(false));
+    if !greedy.is_empty() {
+        // candle's CUDA argmax may pick another of tied ids than the host's lowest one
+        // (deterministically).
+        let ids = select(&greedy)?.argmax(1)?.to_vec1::<u32>()?;
+        for (&row, id) in greedy.iter().zip(ids) {
+            out[row as usize] = Some(Next::Argmax(id));
+        }
+    }
+    if !full.is_empty() {
+        for (&row, values) in full.iter().zip(select(&full)?.to_vec2::<f32>()?) {
+            out[row as usize] = Some(Next::Logits(values));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::{device_rows, host_rows, Next};
+
+    fn flat(rows: Vec<Option<Next>>) -> Vec<(bool, Vec<f32>)> {
+        rows.into_iter()
+            .map(|r| match r.expect("every row") {
+                Next::Argmax(id) => (true, vec![id as f32]),
+                Next::Logits(row) => (false, row),
+            })
+            .collect()
+    }
+
+    /// The GPU's way (argmax on the device, whole rows copied) gives what the CPU's in-place
+    /// reading does, whichever rows are greedy.
+    #[test]
+    fn device_and_host_rows_agree() {
+        let logits = Tensor::randn(0f32, 1.0, (5, 300), &Device::Cpu).unwrap();
+        for mask in [[true; 5], [false; 5], [true, false, true, true, false]] {
+            let host = flat(host_rows(&logits, &mask).unwrap());
+            assert_eq!(host, flat(device_rows(&logits, &mask).unwrap()), "{mask:?}");
+            let rows = logits.to_vec2::<f32>().unwrap();
+            for (i, (greedy, got)) in host.iter().enumerate() {
+                assert_eq!(*greedy, mask[i]);
+                if *greedy {
+                    assert_eq!(got[0] as u32, super::argmax(&rows[i]));
+                } else {
+                    assert_eq!(got, &rows[i]);
+                }
+            }
+        }
     }
 }

@@ -80,6 +80,18 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Greedy with nothing that changes the logits first and no logprobs to report: the token
+    /// is the raw logits' argmax, which the engine may take on the model's device (the caller
+    /// still checks that nothing is suppressed, see `Sampler::sample`).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature <= 0.0
+            && self.logprobs.is_none()
+            && self.logit_bias.is_empty()
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+    }
+
     /// The first invalid field, named with its allowed range. NaN fails every range check.
     pub fn validate(&self) -> Result<(), String> {
         let in_range = |x: f32, lo: f32, hi: f32| (lo..=hi).contains(&x);
@@ -354,13 +366,27 @@ fn top_k_desc(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 
 /// The highest logit; the lowest id among ties.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+    // The first index of the largest value, as a scan keeping the first strictly larger value
+    // from index 0 would find (NaN never wins; a NaN at index 0 gives 0, as that scan does), in
+    // two passes the compiler vectorises: a whole vocabulary row per sequence and step.
+    const LANES: usize = 16;
+    let Some(&first) = logits.first() else { return 0 };
+    if first.is_nan() {
+        return 0;
+    }
+    let larger = |m: f32, x: f32| if x > m { x } else { m };
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| larger(m, x));
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = larger(*m, x);
         }
     }
-    best as u32
+    max = lanes.into_iter().fold(max, larger);
+    let chunk = logits.chunks(LANES).position(|c| c.iter().fold(false, |hit, &x| hit | (x == max))).unwrap_or(0);
+    let within = logits[chunk * LANES..].iter().position(|&x| x == max).unwrap_or(0);
+    (chunk * LANES + within) as u32
 }
 
 #[cfg(test)]
@@ -410,6 +436,37 @@ mod tests {
         assert_eq!(greedy(&[0.1, 2.0, -1.0, 2.0], &p, &[], &[], &[]), 1);
         assert_eq!(greedy(&[0.1, -2.0, 3.0], &p, &[], &[], &[]), 2);
         assert_eq!(argmax(&[-1.0, -1.0]), 0);
+    }
+
+    #[test]
+    fn argmax_is_the_first_strictly_larger_scan() {
+        let naive = |l: &[f32]| {
+            let mut best = 0;
+            for (i, &x) in l.iter().enumerate() {
+                if x > l[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        let mut rng = StdRng::seed_from_u64(7);
+        for len in [0, 1, 5, 16, 17, 33, 1000, 151_936] {
+            for case in 0..6 {
+                // Few distinct values, so ties land in different chunks; NaN and -inf mixed in.
+                let mut l: Vec<f32> = (0..len).map(|_| (rng.random::<u32>() % 7) as f32).collect();
+                if case >= 2 && len > 0 {
+                    let i = rng.random::<u32>() as usize % len;
+                    l[i] = if case % 2 == 0 { f32::NAN } else { f32::NEG_INFINITY };
+                }
+                if case == 5 && len > 0 {
+                    l[0] = f32::NAN;
+                }
+                if case == 4 {
+                    l.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                }
+                assert_eq!(argmax(&l), naive(&l), "len {len}, case {case}");
+            }
+        }
     }
 
     #[test]
