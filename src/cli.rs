@@ -91,6 +91,10 @@ pub fn init_logging(default_level: &str, json: bool) {
 
 /// `--kv-cache-memory` when it is not given and the model runs on the CPU.
 const DEFAULT_KV_CACHE_GIB: f64 = 2.0;
+const CPU_MAX_NUM_BATCHED_TOKENS: usize = 512;
+const CPU_MAX_NUM_SEQS: usize = 64;
+const GPU_MAX_NUM_BATCHED_TOKENS: usize = 8192;
+const GPU_MAX_NUM_SEQS: usize = 256;
 
 /// Engine sizing and scheduling flags (serve, bench).
 #[derive(Debug, Clone, clap::Args)]
@@ -111,12 +115,13 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
     /// Token budget of one engine step, shared by decodes and prefill chunks: larger prefills
-    /// faster, smaller keeps decode latency steady while long prompts arrive.
-    #[arg(long, default_value_t = 512)]
-    pub max_num_batched_tokens: usize,
-    /// Most sequences decoding at once.
-    #[arg(long, default_value_t = 64)]
-    pub max_num_seqs: usize,
+    /// faster, smaller keeps decode latency steady while long prompts arrive. Default: 512 on
+    /// the CPU, 8192 on a GPU.
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
+    /// Most sequences decoding at once. Default: 64 on the CPU, 256 on a GPU.
+    #[arg(long)]
+    pub max_num_seqs: Option<usize>,
     /// Most requests waiting for admission; more are refused (HTTP 429).
     #[arg(long, default_value_t = 1024)]
     pub max_waiting: usize,
@@ -141,6 +146,17 @@ impl EngineArgs {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| format!("thread pool: {e}"))
     }
 
+    /// `config` with the GPU's defaults for the batch limits the user left unset: a GPU step
+    /// costs about the same for 1 or hundreds of sequences, so it takes many more at once.
+    pub fn for_device(&self, mut config: crate::engine::EngineConfig, device: &candle_core::Device) -> crate::engine::EngineConfig {
+        if !device.is_cpu() {
+            config.max_num_batched_tokens = self.max_num_batched_tokens.unwrap_or(GPU_MAX_NUM_BATCHED_TOKENS);
+            config.max_num_seqs = self.max_num_seqs.unwrap_or(GPU_MAX_NUM_SEQS);
+        }
+        config
+    }
+
+    /// The engine's configuration, with the CPU's batch limits where unset (see [`Self::for_device`]).
     pub fn engine_config(&self) -> Result<crate::engine::EngineConfig, String> {
         if let Some(gib) = self.kv_cache_memory {
             if !(gib > 0.0 && gib.is_finite()) {
@@ -151,7 +167,9 @@ impl EngineArgs {
         if !(util > 0.0 && util <= 1.0) {
             return Err(format!("--gpu-memory-utilization must be in (0, 1], got {util}"));
         }
-        for (flag, v) in [("--block-size", self.block_size), ("--max-num-batched-tokens", self.max_num_batched_tokens), ("--max-num-seqs", self.max_num_seqs), ("--max-waiting", self.max_waiting)] {
+        let batched_tokens = self.max_num_batched_tokens.unwrap_or(CPU_MAX_NUM_BATCHED_TOKENS);
+        let num_seqs = self.max_num_seqs.unwrap_or(CPU_MAX_NUM_SEQS);
+        for (flag, v) in [("--block-size", self.block_size), ("--max-num-batched-tokens", batched_tokens), ("--max-num-seqs", num_seqs), ("--max-waiting", self.max_waiting)] {
             if v == 0 {
                 return Err(format!("{flag} must be at least 1"));
             }
@@ -161,8 +179,8 @@ impl EngineArgs {
             kv_cache_bytes: (self.kv_cache_memory.unwrap_or(DEFAULT_KV_CACHE_GIB) * (1u64 << 30) as f64) as usize,
             // An explicit size wins on every device.
             gpu_memory_utilization: self.kv_cache_memory.is_none().then_some(util),
-            max_num_batched_tokens: self.max_num_batched_tokens,
-            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: batched_tokens,
+            max_num_seqs: num_seqs,
             max_waiting: self.max_waiting,
             enable_prefix_caching: !self.no_prefix_caching,
         })

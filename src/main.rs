@@ -105,9 +105,14 @@ struct BenchArgs {
     /// Concurrent streams; a comma-separated list runs one measurement per level.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16])]
     concurrency: Vec<usize>,
-    /// Requests per level (default: 2 x concurrency, at least 4).
+    /// Requests per level (default: --waves x concurrency).
     #[arg(long)]
     num_prompts: Option<usize>,
+    /// Requests per level as a multiple of its concurrency, when --num-prompts is unset: 1 is
+    /// one batch of equal requests (what a batched `generate` measures), 2 lets each stream
+    /// start a second request as its first ends.
+    #[arg(long, default_value_t = 2)]
+    waves: usize,
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 128)]
     prompt_len: usize,
@@ -154,6 +159,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
     args.engine.init_threads().map_err(anyhow::Error::msg)?;
     let loaded = loader::load(&args.model.model, &args.model.load_options().map_err(anyhow::Error::msg)?)?;
+    let engine_config = args.engine.for_device(engine_config, loaded.model.device());
     let engine = EngineHandle::start(loaded, engine_config)?;
     let state = qwen_serve::api::state::AppState::new(engine, args.served_model_name, args.api_key, args.enable_thinking);
     let opts = ServerOptions { max_body_bytes: args.max_body_bytes, cors: args.cors };
@@ -187,6 +193,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
     args.engine.init_threads().map_err(anyhow::Error::msg)?;
     let loaded = loader::load(&args.model.model, &args.model.load_options().map_err(anyhow::Error::msg)?)?;
+    let engine_config = args.engine.for_device(engine_config, loaded.model.device());
     let engine = EngineHandle::start(loaded, engine_config)?;
     let prompt_text = if args.chat {
         let template = engine.chat_template().context("the model has no chat template; use --prompt without --chat")?;
@@ -223,6 +230,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             let engine_config = args.engine.engine_config().map_err(anyhow::Error::msg)?;
             args.engine.init_threads().map_err(anyhow::Error::msg)?;
             let loaded = loader::load(&args.model.model, &args.model.load_options().map_err(anyhow::Error::msg)?)?;
+            let engine_config = args.engine.for_device(engine_config, loaded.model.device());
             (Some(EngineHandle::start(loaded, engine_config)?), None)
         }
     };
@@ -235,7 +243,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut reports = vec![];
     for &concurrency in &args.concurrency {
         let cfg = BenchConfig {
-            num_prompts: args.num_prompts.unwrap_or((2 * concurrency).max(4)),
+            num_prompts: args.num_prompts.unwrap_or(args.waves * concurrency),
             concurrency,
             prompt_len: args.prompt_len,
             output_len: args.output_len,
@@ -243,18 +251,24 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         let report = bench::run(target, &mut prompts, &cfg).map_err(anyhow::Error::msg)?;
         eprintln!("concurrency {concurrency}: {:.1} output tok/s", report.output_tok_per_s);
         reports.push(report);
+        // Written after every level, so a run cut short keeps what it measured.
+        write_json(args.json.as_deref(), &bench::BenchResults { server: target.name(), reports: reports.clone(), prefill: None })?;
     }
     let prefill = match args.prefill_len {
         0 => None,
         len => Some(bench::prefill(target, &mut prompts, len, args.prefill_runs).map_err(anyhow::Error::msg)?),
     };
     print!("{}", bench::table(&reports, prefill.as_ref()));
-    if let Some(path) = &args.json {
-        let results = bench::BenchResults { server: target.name(), reports, prefill };
-        std::fs::write(path, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
-    }
+    write_json(args.json.as_deref(), &bench::BenchResults { server: target.name(), reports, prefill })?;
     if let Some(engine) = engine {
         engine.shutdown();
+    }
+    Ok(())
+}
+
+fn write_json(path: Option<&std::path::Path>, results: &bench::BenchResults) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(results)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

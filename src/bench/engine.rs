@@ -33,4 +33,9 @@ impl Target for EngineHandle {
     fn num_preemptions(&self) -> Option<usize> {
         Some(self.stats().num_preemptions)
     }
+
+    fn step_counters(&self) -> Option<(usize, f64, f64, f64)> {
+        let s = self.stats();
+        Some((s.num_steps, s.forward_seconds, s.logits_seconds, s.step_seconds))
+    }
 }

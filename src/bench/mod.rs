@@ -29,6 +29,31 @@ pub trait Target: Sync {
     fn num_preemptions(&self) -> Option<usize> {
         None
     }
+    /// The engine's step counters (in-process only): `(steps, forward s, logits s, step s)`.
+    fn step_counters(&self) -> Option<(usize, f64, f64, f64)> {
+        None
+    }
+}
+
+/// Where an average engine step of one level went, in ms (the in-process target only).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTimes {
+    pub num_steps: usize,
+    /// Issuing the forward: on a GPU the host's kernel-launch work, on the CPU the forward itself.
+    pub forward_ms: f64,
+    /// Waiting for the logits after that: on a GPU, device work not hidden behind the launches.
+    pub logits_ms: f64,
+    /// The rest of the step: scheduling, sampling, detokenizing.
+    pub other_ms: f64,
+}
+
+impl StepTimes {
+    fn between(before: (usize, f64, f64, f64), after: (usize, f64, f64, f64)) -> Option<Self> {
+        let steps = after.0.checked_sub(before.0).filter(|&n| n > 0)?;
+        let per_step = |a: f64, b: f64| (a - b) * 1e3 / steps as f64;
+        let (forward_ms, logits_ms) = (per_step(after.1, before.1), per_step(after.2, before.2));
+        Some(Self { num_steps: steps, forward_ms, logits_ms, other_ms: per_step(after.3, before.3) - forward_ms - logits_ms })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +104,7 @@ pub struct BenchReport {
     pub e2e_ms: Percentiles,
     /// `None` where the target cannot tell (a server over HTTP).
     pub num_preemptions: Option<usize>,
+    pub step_times: Option<StepTimes>,
 }
 
 /// Prompt processing speed: one request at a time, `max_tokens` 1.
@@ -124,11 +150,12 @@ fn warm_up<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, prompt_len: us
 
 pub fn run<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, cfg: &BenchConfig) -> Result<BenchReport, String> {
     if cfg.num_prompts == 0 || cfg.concurrency == 0 || cfg.prompt_len == 0 || cfg.output_len == 0 {
-        return Err("--num-prompts, --concurrency, --prompt-len and --output-len must be positive".into());
+        return Err("--num-prompts (--waves), --concurrency, --prompt-len and --output-len must be positive".into());
     }
     warm_up(target, prompts, cfg.prompt_len)?;
     let prompts: Vec<Vec<u32>> = (0..cfg.num_prompts).map(|_| prompts.take(cfg.prompt_len)).collect();
     let preemptions_before = target.num_preemptions();
+    let counters_before = target.step_counters();
     let next = AtomicUsize::new(0);
     let timings = Mutex::new(Vec::with_capacity(cfg.num_prompts));
     let errors = Mutex::new(vec![]);
@@ -167,6 +194,7 @@ pub fn run<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, cfg: &BenchCon
         tpot_ms: Percentiles::of(timings.iter().filter_map(|t| t.tpot_ms).collect()),
         e2e_ms: Percentiles::of(timings.iter().map(|t| t.e2e_ms).collect()),
         num_preemptions: target.num_preemptions().zip(preemptions_before).map(|(after, before)| after - before),
+        step_times: counters_before.zip(target.step_counters()).and_then(|(before, after)| StepTimes::between(before, after)),
     })
 }
 
@@ -197,6 +225,16 @@ pub fn table(reports: &[BenchReport], prefill: Option<&PrefillReport>) -> String
             r.server, r.concurrency, r.num_prompts, r.prompt_len, r.output_len, r.output_tok_per_s, r.total_tok_per_s,
             r.ttft_ms.p50, r.ttft_ms.p99, r.tpot_ms.p50, r.tpot_ms.p99, preemptions
         ));
+    }
+    let steps: Vec<_> = reports.iter().filter_map(|r| Some((r.concurrency, r.step_times.as_ref()?))).collect();
+    if !steps.is_empty() {
+        s.push_str("\nmean engine step (ms): concurrency: forward issued + waiting for logits + rest = step (steps)\n");
+        for (c, t) in steps {
+            s.push_str(&format!(
+                "  {c}: {:.2} + {:.2} + {:.2} = {:.2} ({})\n",
+                t.forward_ms, t.logits_ms, t.other_ms, t.forward_ms + t.logits_ms + t.other_ms, t.num_steps
+            ));
+        }
     }
     if let Some(p) = prefill {
         s.push_str(&format!(
