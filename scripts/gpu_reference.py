@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""UNVERIFIED on a GPU (see scripts/gpu-check.sh); only dry-run on a CPU, with `--torch-device
-cpu --device-flag=` against the CPU binary. Model-level check for one real Qwen config with
+"""Run by scripts/gpu-check.sh on the GPU machine (a dry run on a CPU: `--torch-device cpu
+--device-flag="--device cpu"` against the CPU binary). Model-level check for one real Qwen config with
 random weights: transformers is the reference.
 
   python3 scripts/gpu_reference.py --config 0.5b --qwen-serve BIN --tokenizer-dir DIR --out DIR
@@ -71,7 +71,7 @@ def http(url, body=None, timeout=600):
 def start_server(binary, folder, dtype, device_flag):
     cmd = [binary, "serve", "--model", folder, "--dtype", dtype, "--port", str(PORT), *device_flag]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{folder}-{dtype}-serve.log", "w"))
-    deadline = time.time() + 240
+    deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}: {open(f'{folder}-{dtype}-serve.log').read()[-2000:]}")
@@ -81,18 +81,35 @@ def start_server(binary, folder, dtype, device_flag):
         except Exception:
             time.sleep(1)
     proc.kill()
-    raise RuntimeError("server did not become healthy in 240 s")
+    raise RuntimeError("server did not become healthy in 120 s")
 
 
-def compare(model, tokenizer, dtype, binary, folder, device_flag, device):
-    """Prompt-token logprobs and a greedy continuation, server vs transformers."""
+def prompt_ids():
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 151643, (PROMPT_LEN,), generator=g).tolist()
+    return torch.randint(0, 151643, (PROMPT_LEN,), generator=g).tolist()
+
+
+def prompt_logprobs(m, ids, device):
+    """Each prompt token's logprob given the tokens before it."""
+    with torch.no_grad():
+        lp = torch.log_softmax(m(torch.tensor([ids], device=device)).logits[0].float(), -1)
+    return [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+
+
+def diffs(a, b):
+    d = [abs(x - y) for x, y in zip(a, b)]
+    return {"max_abs": max(d), "mean_abs": sum(d) / len(d)}
+
+
+def compare(model, tokenizer, dtype, binary, folder, device_flag, device, f32_prompt):
+    """Prompt-token logprobs and a greedy continuation, server vs transformers. With
+    `f32_prompt` (transformers in f32 on the same weights), both sides' distance from it too:
+    how far our bf16 is from exact next to how far transformers' own bf16 is."""
+    ids = prompt_ids()
     m = model.to(TORCH_DTYPE[dtype])
+    ref_prompt = prompt_logprobs(m, ids, device)
     with torch.no_grad():
         x = torch.tensor([ids], device=device)
-        lp = torch.log_softmax(m(x).logits[0].float(), -1)
-        ref_prompt = [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
         gen = m.generate(x, max_new_tokens=GEN_LEN, do_sample=False, min_new_tokens=GEN_LEN)[0, len(ids):].tolist()
     ref_tokens = [tokenizer.decode([t]) for t in gen]
     ref_text = tokenizer.decode(ids + gen)
@@ -107,14 +124,19 @@ def compare(model, tokenizer, dtype, binary, folder, device_flag, device):
     lps = r["choices"][0]["logprobs"]
     got_prompt = lps["token_logprobs"][1:len(ids)]
     got_tokens = lps["tokens"][len(ids):]
-    diffs = [abs(a - b) for a, b in zip(got_prompt, ref_prompt)]
+    d = [abs(a - b) for a, b in zip(got_prompt, ref_prompt)]
     agree = 0
     for a, b in zip(got_tokens, ref_tokens):
         if a != b:
             break
         agree += 1
+    vs_f32 = {} if f32_prompt is None else {
+        "qwen_serve_vs_transformers_f32": diffs(got_prompt, f32_prompt),
+        "transformers_vs_transformers_f32": diffs(ref_prompt, f32_prompt),
+    }
     return {
-        "prompt_logprob_max_abs_diff": max(diffs), "prompt_logprob_mean_abs_diff": sum(diffs) / len(diffs),
+        **vs_f32,
+        "prompt_logprob_max_abs_diff": max(d), "prompt_logprob_mean_abs_diff": sum(d) / len(d),
         "prompt_logprob_spread": max(ref_prompt) - min(ref_prompt),
         "greedy_tokens_agreeing": agree, "greedy_tokens": GEN_LEN,
         # Token strings may be rendered differently; the echoed text is the robust comparison.
@@ -129,13 +151,31 @@ def hf_throughput(model, batch, prompt_len, output_len, device):
     x = torch.randint(0, 151643, (batch, prompt_len), generator=g).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.no_grad():
-        m.generate(x[:, :8], max_new_tokens=4, do_sample=False)  # warm-up
+        m.generate(x[:, :8], attention_mask=torch.ones_like(x[:, :8]), max_new_tokens=4, do_sample=False)  # warm-up
         sync()
         t = time.time()
         m.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False)
         sync()
     secs = time.time() - t
     return {"batch": batch, "seconds": secs, "output_tokens_per_s": batch * output_len / secs}
+
+
+def table(result):
+    """The speed side by side: output tok/s by concurrency, and the single stream's decode rate."""
+    ours = {r["concurrency"]: r for r in result.get("qwen_serve_bench", {}).get("reports", [])}
+    lines = [f"{result['config']}: concurrency | qwen-serve out tok/s (TPOT p50 ms; step: forward issued + "
+             "waiting for logits + rest ms) | transformers out tok/s | ratio"]
+    for c in sorted(set(ours) | {h["batch"] for h in result.get("transformers_bench", [])}):
+        r, h = ours.get(c), next((h for h in result.get("transformers_bench", []) if h["batch"] == c), None)
+        q = "-"
+        if r:
+            t = r.get("step_times") or {}
+            q = f"{r['output_tok_per_s']:.0f} ({r['tpot_ms']['p50']:.2f}; " \
+                f"{t.get('forward_ms', 0):.2f} + {t.get('logits_ms', 0):.2f} + {t.get('other_ms', 0):.2f})"
+        hf = f"{h['output_tokens_per_s']:.0f}" if h else "-"
+        ratio = f"{r['output_tok_per_s'] / h['output_tokens_per_s']:.2f}" if r and h else "-"
+        lines.append(f"  {c} | {q} | {hf} | {ratio}")
+    return "\n".join(lines)
 
 
 def main():
@@ -148,8 +188,9 @@ def main():
     ap.add_argument("--dtypes", default="f32,bf16")
     ap.add_argument("--device-flag", default="--device cuda", help="how the binary is told to use the GPU")
     ap.add_argument("--torch-device", default="cuda", help="cpu: a dry run of this script's plumbing")
-    ap.add_argument("--bench-concurrency", default="1,16")
-    ap.add_argument("--bench-len", type=int, default=128, help="prompt and output tokens")
+    ap.add_argument("--bench-concurrency", default="1,16,64,256")
+    ap.add_argument("--bench-len", type=int, default=256, help="prompt and output tokens")
+    ap.add_argument("--bench-timeout", type=int, default=300, help="seconds for qwen-serve's whole bench")
     args = ap.parse_args()
     folder = os.path.join(args.work, f"qwen2.5-{args.config}-random")
     result = {"config": args.config, "transformers": transformers.__version__, "torch": torch.__version__}
@@ -165,22 +206,43 @@ def main():
     result["make_seconds"] = time.time() - t
     save()
     device_flag = args.device_flag.split()
-    for dtype in args.dtypes.split(","):
+    dtypes = args.dtypes.split(",")
+    f32_prompt = None
+    if any(d != "f32" for d in dtypes):
+        f32_prompt = prompt_logprobs(model.to(torch.float32), prompt_ids(), args.torch_device)
+    for dtype in dtypes:
         try:
-            result[f"compare_{dtype}"] = compare(model, tokenizer, dtype, args.qwen_serve, folder, device_flag, args.torch_device)
+            result[f"compare_{dtype}"] = compare(model, tokenizer, dtype, args.qwen_serve, folder, device_flag,
+                                                 args.torch_device, f32_prompt)
         except Exception as e:  # keep going: the next measurement may still work
             result[f"compare_{dtype}"] = {"error": repr(e)}
         save()
     bench_json = os.path.join(args.work, f"bench-{args.config}.json")
     n = str(args.bench_len)
+    # One wave per level: every request starts together, as in a batched generate.
     cmd = [args.qwen_serve, "bench", "--model", folder, "--dtype", "bf16", *device_flag, "--concurrency",
-           args.bench_concurrency, "--prompt-len", n, "--output-len", n, "--json", bench_json]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    result["qwen_serve_bench"] = json.load(open(bench_json)) if p.returncode == 0 else {"error": p.stderr[-3000:]}
+           args.bench_concurrency, "--waves", "1", "--prompt-len", n, "--output-len", n, "--json", bench_json]
+    t = time.time()
+    if os.path.exists(bench_json):
+        os.remove(bench_json)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.bench_timeout)
+        error, log = (None if p.returncode == 0 else f"exit code {p.returncode}"), p.stderr
+    except subprocess.TimeoutExpired as e:
+        error, log = f"timed out after {args.bench_timeout} s", str(e.stderr)
+    # The bench rewrites its JSON after every level: a failed or cut-short run keeps those.
+    result["qwen_serve_bench"] = json.load(open(bench_json)) if os.path.exists(bench_json) else {}
+    result["qwen_serve_bench"]["error"] = error
+    result["qwen_serve_bench_log"] = log[-3000:]
+    result["qwen_serve_bench_seconds"] = time.time() - t
     save()
-    result["transformers_bench"] = [hf_throughput(model, int(b), args.bench_len, args.bench_len, args.torch_device)
-                                    for b in args.bench_concurrency.split(",")]
-    save()
+    print(table(result), flush=True)
+
+    result["transformers_bench"] = []
+    for b in args.bench_concurrency.split(","):
+        result["transformers_bench"].append(hf_throughput(model, int(b), args.bench_len, args.bench_len, args.torch_device))
+        save()
+    print(table(result))
     print(json.dumps(result, indent=1))
 
 
