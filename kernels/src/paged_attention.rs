@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::device_metadata::DeviceMetadata;
 use crate::elem::{axpy, dot, Elem};
+use crate::fused::simd::{multiversion, Simd};
 use crate::metadata::AttentionMetadata;
 
 #[cfg(feature = "cuda")]
@@ -73,6 +74,7 @@ pub fn paged_attention_step(
         metadata,
         dims: Dims { num_heads, num_kv_heads, head_dim, block_size },
         scale,
+        simd: Simd::detected(),
     };
     q.contiguous()?.apply_op3_no_bwd(key_cache, value_cache, &op)
 }
@@ -89,6 +91,8 @@ struct PagedAttention<'a> {
     metadata: &'a DeviceMetadata,
     dims: Dims,
     scale: f32,
+    /// The CPU kernel's instruction set.
+    simd: Simd,
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
@@ -154,6 +158,11 @@ impl CustomOp3 for PagedAttention<'_> {
 impl PagedAttention<'_> {
     /// One task per (token, KV head): the task's query heads share every K/V row it loads.
     fn run<T: Elem>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+        self.run_with(self.simd, q, k, v)
+    }
+
+    /// [`Self::run`] with `simd`'s instructions (every level gives the same bits).
+    fn run_with<T: Elem>(&self, simd: Simd, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
         let Dims { num_heads, num_kv_heads, head_dim, block_size } = self.dims;
         let group = num_heads / num_kv_heads;
         let m = self.metadata.host();
@@ -169,44 +178,62 @@ impl PagedAttention<'_> {
             let (t, kvh) = (task / num_kv_heads, task % num_kv_heads);
             let (s, pos) = token_seq[t];
             let table = m.block_table(s);
-            let num_keys = pos + 1;
             let q_group = &q[(t * num_heads + kvh * group) * head_dim..][..group * head_dim];
-            let row = |j: usize| {
-                let slot = table[j / block_size] as usize * block_size + j % block_size;
-                (slot * num_kv_heads + kvh) * head_dim
-            };
-            // (group, num_keys) scores, then softmax per head.
-            let mut scores = vec![0f32; group * num_keys];
-            for j in 0..num_keys {
-                let key = &k[row(j)..][..head_dim];
-                for g in 0..group {
-                    scores[g * num_keys + j] =
-                        dot(&q_group[g * head_dim..(g + 1) * head_dim], key) * self.scale;
-                }
-            }
-            for g in 0..group {
-                let s = &mut scores[g * num_keys..(g + 1) * num_keys];
-                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for x in s.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                s.iter_mut().for_each(|x| *x *= inv);
-            }
-            let mut acc = vec![0f32; group * head_dim];
-            for j in 0..num_keys {
-                let value = &v[row(j)..][..head_dim];
-                for g in 0..group {
-                    axpy(&mut acc[g * head_dim..(g + 1) * head_dim], scores[g * num_keys + j], value);
-                }
-            }
-            for (o, a) in out.iter_mut().zip(&acc) {
-                *o = T::from_f32(*a);
-            }
+            // Where each visible key's (and value's) row starts in the caches.
+            let rows: Vec<usize> = (0..=pos)
+                .map(|j| {
+                    let slot = table[j / block_size] as usize * block_size + j % block_size;
+                    (slot * num_kv_heads + kvh) * head_dim
+                })
+                .collect();
+            attend(simd, q_group, k, v, &rows, head_dim, self.scale, out);
         });
         out
+    }
+}
+
+multiversion! {
+    /// One task's attention: the `out.len() / head_dim` query heads of `q_group` over the keys
+    /// and values whose rows start at `rows`.
+    fn attend<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) => attend_body;
+}
+
+/// The body [`attend`] compiles per instruction set: vectorisable loops with fixed orders
+/// ([`dot`]'s eight accumulators, elementwise [`axpy`]) and the same `exp`, so every level
+/// gives the same bits.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_body<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) {
+    let group = out.len() / head_dim;
+    let num_keys = rows.len();
+    // (group, num_keys) scores, then softmax per head.
+    let mut scores = vec![0f32; group * num_keys];
+    for (j, &row) in rows.iter().enumerate() {
+        let key = &k[row..][..head_dim];
+        for g in 0..group {
+            scores[g * num_keys + j] = dot(&q_group[g * head_dim..(g + 1) * head_dim], key) * scale;
+        }
+    }
+    for g in 0..group {
+        let s = &mut scores[g * num_keys..(g + 1) * num_keys];
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        s.iter_mut().for_each(|x| *x *= inv);
+    }
+    let mut acc = vec![0f32; group * head_dim];
+    for (j, &row) in rows.iter().enumerate() {
+        let value = &v[row..][..head_dim];
+        for g in 0..group {
+            axpy(&mut acc[g * head_dim..(g + 1) * head_dim], scores[g * num_keys + j], value);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        *o = T::from_f32(*a);
     }
 }
 

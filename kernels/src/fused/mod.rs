@@ -8,7 +8,7 @@
 mod rms_norm;
 mod rope;
 mod silu_mul;
-mod simd;
+pub(crate) mod simd;
 
 pub use rms_norm::{add_rms_norm, rms_norm};
 pub use rope::rotary_embedding;

@@ -2,7 +2,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::{paged_attention, write_kv, AttentionMetadata};
+use super::{Dims, PagedAttention};
+use crate::elem::Elem;
+use crate::fused::simd::Simd;
+use crate::{paged_attention, write_kv, AttentionMetadata, DeviceMetadata};
 
 /// Plain causal attention for one sequence in f64: q `(q_len, heads, d)` at the last `q_len`
 /// positions of k/v `(seq_len, kv_heads, d)`.
@@ -82,6 +85,18 @@ fn max_error(case: &Case, dtype: DType) -> f32 {
     let q = Tensor::randn(0f32, 1., (num_tokens, heads, d), &dev).unwrap().to_dtype(dtype).unwrap();
     let scale = 1.0 / (d as f32).sqrt();
     let out = paged_attention(&q, &key_cache, &value_cache, &meta, scale).unwrap();
+    let op_meta = DeviceMetadata::new(meta.clone(), &dev).unwrap();
+    let op = PagedAttention {
+        metadata: &op_meta,
+        dims: Dims { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, block_size: bs },
+        scale,
+        simd: Simd::Scalar,
+    };
+    match dtype {
+        DType::F32 => levels_agree::<f32>(&op, &q, &key_cache, &value_cache),
+        DType::BF16 => levels_agree::<half::bf16>(&op, &q, &key_cache, &value_cache),
+        _ => levels_agree::<half::f16>(&op, &q, &key_cache, &value_cache),
+    }
     assert_eq!(out.dims(), &[num_tokens, heads, d]);
     assert_eq!(out.dtype(), dtype);
     let out = out.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -95,6 +110,17 @@ fn max_error(case: &Case, dtype: DType) -> f32 {
         row += new;
     }
     worst
+}
+
+/// The CPU kernel gives the same bits with every instruction set this CPU has.
+fn levels_agree<T: Elem + candle_core::WithDType>(op: &PagedAttention, q: &Tensor, k: &Tensor, v: &Tensor) {
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<T>().unwrap();
+    let (q, k, v) = (flat(q), flat(k), flat(v));
+    let bits = |out: Vec<T>| out.into_iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
+    let reference = bits(op.run_with(Simd::Scalar, &q, &k, &v));
+    for simd in Simd::available() {
+        assert_eq!(bits(op.run_with(simd, &q, &k, &v)), reference, "{simd:?}");
+    }
 }
 
 fn mixed_batch() -> Case {
