@@ -237,6 +237,26 @@ def main():
     result["qwen_serve_bench_seconds"] = time.time() - t
     save()
     print(table(result), flush=True)
+    # The same at 1 and 64 streams with candle's upload cache on (QWEN_SERVE_CUDA_PARAM_CACHE,
+    # kernels/src/param_cache.rs): off by default until this A/B says it pays.
+    ab_json = os.path.join(args.work, f"bench-{args.config}-param-cache.json")
+    ab = [c for c in ("1", "64") if c in args.bench_concurrency.split(",")]
+    if ab:
+        cmd_ab = [x if x != args.bench_concurrency else ",".join(ab) for x in cmd]
+        cmd_ab[cmd_ab.index("--json") + 1] = ab_json
+        try:
+            p = subprocess.run(cmd_ab, capture_output=True, text=True, timeout=args.bench_timeout,
+                               env={**os.environ, "QWEN_SERVE_CUDA_PARAM_CACHE": "1"})
+            result["qwen_serve_bench_param_cache"] = json.load(open(ab_json)) if p.returncode == 0 \
+                else {"error": p.stderr[-3000:]}
+        except subprocess.TimeoutExpired:
+            result["qwen_serve_bench_param_cache"] = {"error": f"timed out after {args.bench_timeout} s"}
+        save()
+        for r in result["qwen_serve_bench_param_cache"].get("reports", []):
+            t = r.get("step_times") or {}
+            print(f"  with QWEN_SERVE_CUDA_PARAM_CACHE=1: {r['concurrency']} | {r['output_tok_per_s']:.0f} "
+                  f"({r['tpot_ms']['p50']:.2f}; {t.get('forward_ms', 0):.2f} + {t.get('logits_ms', 0):.2f} + "
+                  f"{t.get('other_ms', 0):.2f})", flush=True)
 
     result["transformers_bench"] = []
     for b in args.bench_concurrency.split(","):

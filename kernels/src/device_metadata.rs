@@ -48,6 +48,18 @@ impl DeviceMetadata {
         &self.positions
     }
 
+    /// Makes now what paged attention would otherwise upload at its first call of the step
+    /// (the GPU's work tiles for KV groups of `group` query heads), so that the layers upload
+    /// nothing step-specific (see [`crate::param_cache`]). Nothing to do on the CPU.
+    pub fn prepare_attention(&self, group: usize) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(packed) = &self.cuda {
+            packed.tiles(&self.host, group)?;
+        }
+        let _ = group;
+        Ok(())
+    }
+
     #[cfg(feature = "cuda")]
     pub(crate) fn cuda(&self) -> Option<&cuda::Packed> {
         self.cuda.as_ref()

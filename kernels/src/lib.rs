@@ -20,6 +20,7 @@ mod elem;
 mod fused;
 mod metadata;
 mod paged_attention;
+mod param_cache;
 mod quant;
 mod write_kv;
 
@@ -27,5 +28,6 @@ pub use device_metadata::DeviceMetadata;
 pub use fused::{add_rms_norm, rms_norm, rotary_embedding, silu_mul};
 pub use metadata::{AttentionMetadata, MetadataError};
 pub use paged_attention::{paged_attention, paged_attention_step};
+pub use param_cache::{param_cache, ParamCache};
 pub use quant::{Isa, QuantMatrix};
 pub use write_kv::{write_kv, write_kv_step};

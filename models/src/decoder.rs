@@ -1,7 +1,7 @@
 //! The Qwen decoder-only transformer (Qwen2, Qwen2.5 and dense Qwen3 share this body).
 
 use candle_core::{DType, Device, Tensor};
-use qwen_serve_kernels::DeviceMetadata;
+use qwen_serve_kernels::{param_cache, DeviceMetadata};
 
 use crate::layers::attention::Attention;
 use crate::layers::linear::Linear;
@@ -113,12 +113,17 @@ impl CausalLm for QwenForCausalLm {
         let meta = &batch.attention;
         let n = batch.input_ids.len();
         let ids = Tensor::from_slice(&batch.input_ids, n, &self.device)?;
-        // One copy of the step's metadata to the device, shared by every layer.
+        // One copy of the step's metadata to the device, shared by every layer; with the rows
+        // whose logits are wanted, everything step-specific is uploaded before the layers run.
         let meta = DeviceMetadata::new(meta.clone(), &self.device)?;
+        meta.prepare_attention(self.config.num_attention_heads / self.config.num_key_value_heads)?;
+        let all_rows = batch.logits_indices.len() == n && batch.logits_indices.iter().enumerate().all(|(i, &r)| r as usize == i);
+        let rows = Tensor::from_slice(&batch.logits_indices, batch.logits_indices.len(), &self.device)?;
         // (tokens, hidden). Each layer's residual add is fused into the norm after it: `x` is
         // the last sublayer's output, `residual` the stream it has not been added to yet.
         let mut x = self.embed_tokens.forward(&ids, self.dtype)?;
         let mut residual = None;
+        let param_cache = param_cache(&self.device);
         for (i, layer) in self.layers.iter().enumerate() {
             let (h, r) = match residual.take() {
                 None => (layer.input_layernorm.forward(&x)?, x),
@@ -129,9 +134,8 @@ impl CausalLm for QwenForCausalLm {
             x = layer.mlp.forward(&h)?;
             residual = Some(r);
         }
+        drop(param_cache);
         // Only the rows whose logits are wanted go through the last add and norm.
-        let all_rows = batch.logits_indices.len() == n && batch.logits_indices.iter().enumerate().all(|(i, &r)| r as usize == i);
-        let rows = Tensor::from_slice(&batch.logits_indices, batch.logits_indices.len(), &self.device)?;
         let select = |t: Tensor| if all_rows { Ok(t) } else { t.index_select(&rows, 0) };
         let x = match residual {
             Some(r) => self.norm.forward_residual(&select(x)?, &select(r)?)?.0,
