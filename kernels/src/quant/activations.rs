@@ -200,9 +200,14 @@ fn quantize_block(x: &[f32], qs: &mut [i8]) -> f32 {
     let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
     let d = amax / 127.0;
     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    // `c + ROUNDER` lies in [2^23, 2^24), where the floats are the integers: its bits minus
+    // ROUNDER's are `c` rounded half to even, as `(c + ROUNDER) - ROUNDER` would give it, but
+    // in integer operations the compiler vectorises (a float-to-i8 cast goes element by element).
+    let base = ROUNDER.to_bits() as i32;
     for (q, &v) in qs.iter_mut().zip(x) {
-        // |v * inv| <= 127 up to rounding; a NaN survives the clamp and casts to 0.
-        let r = ((v * inv).clamp(-127.0, 127.0) + ROUNDER) - ROUNDER;
+        // |v * inv| <= 127 up to rounding; a NaN survives the clamp and becomes 0.
+        let c = (v * inv).clamp(-127.0, 127.0);
+        let r = if c.is_nan() { 0 } else { (c + ROUNDER).to_bits() as i32 - base };
         *q = r as i8;
     }
     d
@@ -226,6 +231,24 @@ mod tests {
         assert_eq!(row.sums[1], row.qs[16..].iter().map(|&q| q as i32).sum::<i32>());
         let zeros = QuantizedRows::quantize(&[0.0; 32], 32, 32, 32, None);
         assert_eq!((zeros.row(0).scales[0], zeros.row(0).qs.iter().all(|&q| q == 0)), (0.0, true));
+    }
+
+    /// The integer-bits rounding is the float one for every value the clamp lets through.
+    #[test]
+    fn bits_rounding_matches_float_rounding() {
+        let base = ROUNDER.to_bits() as i32;
+        let mut v = -127.0f32;
+        while v <= 127.0 {
+            for c in [v, v.next_up(), v.next_down()].map(|c| c.clamp(-127.0, 127.0)) {
+                assert_eq!((c + ROUNDER).to_bits() as i32 - base, ((c + ROUNDER) - ROUNDER) as i32, "{c}");
+            }
+            v += 1.0 / 64.0;
+        }
+        let mut q = [1i8; 32];
+        let mut x = [0.5f32; 32];
+        x[3] = f32::NAN;
+        quantize_block(&x, &mut q);
+        assert_eq!(q[3], 0, "NaN becomes 0");
     }
 
     #[test]
