@@ -4,12 +4,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use qwen_serve_models::{CausalLm, KvCache};
+use rayon::prelude::*;
 
 use super::block_manager::BlockManager;
 use super::request::Event;
 use super::runner::{ModelRunner, Next, StepLogits};
-use rayon::prelude::*;
-
 use super::sampler::{logprobs_of, Sampled};
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use super::sequence::Sequence;
