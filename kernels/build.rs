@@ -1,8 +1,10 @@
 //! Compiles the CUDA kernels to PTX, only when the `cuda` feature is on (a CPU build needs no
 //! nvcc). The PTX is embedded by `src/cuda.rs` and JIT-compiled by the driver when first loaded.
 //!
-//! `-arch=compute_90`: PTX for Hopper (H100/H200), the only GPUs the CUDA build targets; the PTX
-//! of a given nvcc only JITs on a driver at least as new, hence nvcc 13.0.x for a 13.0 driver.
+//! `-arch=compute_XX` with XX from `CUDA_COMPUTE_CAP` (the variable candle's own kernels are
+//! built by; default 90, Hopper: H100/H200, the GPUs the CUDA build was run on). The PTX also
+//! JITs on later architectures; that of a given nvcc only on a driver at least as new, hence
+//! nvcc 13.0.x for a 13.0 driver.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,6 +24,13 @@ fn main() {
     }
     println!("cargo::rerun-if-env-changed=CUDA_HOME");
     println!("cargo::rerun-if-env-changed=NVCC");
+    println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    assert!(
+        !cap.is_empty() && cap.bytes().all(|b| b.is_ascii_digit()),
+        "CUDA_COMPUTE_CAP must be a compute capability like 90 or 80, got {cap:?}"
+    );
+    let arch = format!("-arch=compute_{cap}");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let nvcc = std::env::var("NVCC").map(PathBuf::from).unwrap_or_else(|_| match std::env::var_os("CUDA_HOME") {
         Some(home) => PathBuf::from(home).join("bin/nvcc"),
@@ -32,7 +41,7 @@ fn main() {
         println!("cargo::rerun-if-changed={src}");
         let ptx = out_dir.join(format!("{name}.ptx"));
         let status = Command::new(&nvcc)
-            .args(["--ptx", "-arch=compute_90", "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Icuda"])
+            .args(["--ptx", &arch, "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Icuda"])
             .arg("-o")
             .arg(&ptx)
             .arg(&src)

@@ -67,7 +67,9 @@ fi
 
 export CUDA_HOME="$cuda"
 export PATH="$cuda/bin:$PATH"
-export CUDA_COMPUTE_CAP=90
+# The GPU architecture, for candle's kernels and ours: 90 (H100/H200, what has been run) unless
+# set, e.g. CUDA_COMPUTE_CAP=80 (A100) or 89 (L4, RTX 40xx), untried on such cards.
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export CUDARC_CUDA_VERSION=13000
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-2}"
 # The stub directory is searched before $CUDA_HOME/lib; it never travels with the binary.
