@@ -122,9 +122,7 @@ impl Projections {
                 let bias = biases.map(|b| Tensor::cat(&b, 0)).transpose()?;
                 let dense: Vec<&Tensor> = group.iter().filter_map(|p| p.dense_weight()).collect();
                 if dense.len() == group.len() {
-                    let weight = Tensor::cat(&dense, 0)?;
-                    drop(group);
-                    return Ok((Linear::dense(weight, bias), widths));
+                    return Ok((Linear::dense(Tensor::cat(&dense, 0)?, bias), widths));
                 }
                 let matrices: Vec<&QuantMatrix> = group.iter().filter_map(|p| p.quant_matrix()).collect();
                 let q = QuantMatrix::concat(&matrices).expect("checked by stacks()");
