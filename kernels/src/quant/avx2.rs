@@ -1,22 +1,22 @@
 //! AVX2 dot products, bitwise equal to [`super::scalar`].
 //!
-//! Like the AVX-512 kernels, each runs a range of weight rows against `R` activation rows,
-//! decoding every 32 weight values once for all of them.
+//! The K-quant kernels (the 32-element types are [`super::panel`]'s). Like the AVX-512 ones,
+//! each runs a range of weight rows against `R` activation rows, decoding every super-block
+//! once for all of them.
 //!
 //! Integer sums use `maddubs` (unsigned weight byte times signed activation byte, pairs added to
 //! i16) and `madd` (pairs of i16 to i32). No i16 can saturate: activations are within
-//! [-127, 127] and the unsigned operand is at most 63 (K-quants, Q4_0/Q5_0 before their zero
-//! point) or `|w| <= 128` (Q8_0 via the sign trick), so a pair is at most 2 * 128 * 127 < 2^15.
+//! [-127, 127] and the unsigned operand is at most 63, so a pair is at most 2 * 63 * 127 < 2^15.
 //!
 //! Safety (every fn): the caller has checked that the CPU has AVX2, FMA and F16C, and the rows are
-//! consistent (`a.qs.len()` = 32 or 256 times the block count, as built by `QuantMatrix`).
+//! consistent (`a.qs.len()` = 256 times the block count, as built by `QuantMatrix`).
 
 use std::arch::x86_64::*;
 
 use std::ops::Range;
 
-use super::activations::{ActRow, LANES};
-use super::format::{Blocks32, Q4KBlock, Q5KBlock, Q6KBlock};
+use super::activations::ActRow;
+use super::format::{Q4KBlock, Q5KBlock, Q6KBlock};
 
 /// How far ahead of the weights being read the kernels ask for cache lines. At decode the
 /// kernels stream the whole model from memory; with the hardware prefetcher alone the test
@@ -50,65 +50,6 @@ pub(crate) unsafe fn fold_lanes(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// The shared driver of the 32-element types: for weight rows `cols`, `emit(j, y)` with `y`
-/// the dot products of row `j` with the `R` activation rows. Groups of `c` = 8 (or, last, 4)
-/// blocks are in interleaved order (see `format::interleaved_index`): `piece(j, v)` gives the
-/// 32 weight values of row `j` from row value index `v` (a multiple of 32) as bytes, decoded
-/// once for all `R` rows (`qs_len` bytes per block from `qs`, prefetched ahead); unsigned
-/// unless `SIGNED` (Q8_0); the activations' lane initial values take off the zero point.
-///
-/// The scalar code's sixteen lanes per group are two 256-bit halves here: piece `p` of the
-/// group adds into lanes `8 (p % 2) ..`, so even pieces go to the low accumulator and odd ones
-/// to the high one, and each then takes the same fused multiply-add per lane.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_blocks32<const R: usize, const SIGNED: bool>(
-    (d, qs, qs_len): (&[half::f16], *const u8, usize),
-    nb: usize,
-    cols: Range<usize>,
-    a: [ActRow; R],
-    piece: impl Fn(usize, usize) -> __m256i,
-    emit: &mut impl FnMut(usize, [f32; R]),
-) {
-    let ones = _mm256_set1_epi16(1);
-    for j in cols {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for (g, g0) in (0..nb).step_by(8).enumerate() {
-            let c = (nb - g0).min(8);
-            prefetch(qs.add((j * nb + g0) * qs_len), c * qs_len);
-            let mut sums = [[_mm256_setzero_si256(); 2]; R];
-            for p in 0..c {
-                let v = g0 * 32 + 32 * p;
-                let w = piece(j, v);
-                // Q8_0: |w| times a with w's sign, the same products with an unsigned operand.
-                let u = if SIGNED { _mm256_sign_epi8(w, w) } else { w };
-                for (a, sums) in a.iter().zip(sums.iter_mut()) {
-                    let x = _mm256_loadu_si256(a.qs.as_ptr().add(v).cast());
-                    let x = if SIGNED { _mm256_sign_epi8(x, w) } else { x };
-                    sums[p % 2] = _mm256_add_epi32(sums[p % 2], _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
-                }
-            }
-            // Lane l (of either half) takes block l % c's scale.
-            let dw = d.as_ptr().add(j * nb + g0);
-            let dw = if c == 8 {
-                _mm256_cvtph_ps(_mm_loadu_si128(dw.cast()))
-            } else {
-                let h = _mm_cvtph_ps(_mm_loadl_epi64(dw.cast()));
-                _mm256_set_m128(h, h)
-            };
-            for ((a, sums), acc) in a.iter().zip(sums).zip(acc.iter_mut()) {
-                for (h, (s, acc)) in sums.into_iter().zip(acc.iter_mut()).enumerate() {
-                    let at = g * LANES + 8 * h;
-                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s, _mm256_loadu_si256(a.lane_init.as_ptr().add(at).cast())));
-                    let d = _mm256_mul_ps(dw, _mm256_loadu_ps(a.lane_scales.as_ptr().add(at)));
-                    *acc = _mm256_fmadd_ps(s, d, *acc);
-                }
-            }
-        }
-        emit(j, acc.map(|[lo, hi]| fold_lanes(_mm256_add_ps(lo, hi))));
-    }
-}
-
 /// The 32 unsigned nibble values from value index `v` of a `pack_nibbles` stream: value `i` of
 /// a 128-value chunk is the low nibble of byte `i` (i < 64) or the high nibble of byte `i - 64`.
 #[inline]
@@ -123,7 +64,7 @@ unsafe fn nibbles32(qs: *const u8, v: usize) -> __m256i {
 /// `0x10` in byte `i` where bit `i` of `bits` is set.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn bits_to_0x10(bits: u32) -> __m256i {
+pub(crate) unsafe fn bits_to_0x10(bits: u32) -> __m256i {
     // Byte i takes byte i / 8 of `bits`, then tests its bit i % 8.
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
@@ -132,26 +73,6 @@ unsafe fn bits_to_0x10(bits: u32) -> __m256i {
     let select = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
-}
-
-/// `y[j] = [dot(W_j, a_r) for r]` for `j` in `cols`, `emit`ted one row at a time.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q4_0<const R: usize>(w: &Blocks32, nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
-    let qs = w.qs.as_ptr();
-    sum_blocks32::<R, false>((&w.d, qs, 16), nb, cols, a, |j, v| nibbles32(qs.add(j * nb * 16), v), emit)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q5_0<const R: usize>(w: &Blocks32, nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
-    let (qs, qh) = (w.qs.as_ptr(), w.qh.as_ptr());
-    let piece = |j: usize, v: usize| _mm256_or_si256(nibbles32(qs.add(j * nb * 16), v), bits_to_0x10(*qh.add(j * nb + v / 32)));
-    sum_blocks32::<R, false>((&w.d, qs, 16), nb, cols, a, piece, emit)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q8_0<const R: usize>(w: &Blocks32, nb: usize, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
-    let qs = w.qs.as_ptr();
-    sum_blocks32::<R, true>((&w.d, qs, 32), nb, cols, a, |j, v| _mm256_loadu_si256(qs.add(j * nb * 32 + v).cast()), emit)
 }
 
 /// The K-quant float step on vectors: `acc += (d * da) * s - (dmin * da) * s_min`

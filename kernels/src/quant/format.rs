@@ -1,52 +1,26 @@
 //! Weight storage: GGUF blocks repacked at load into the layouts the dot kernels read.
 //!
 //! The values are never changed, only moved: every weight dequantizes to exactly what candle's
-//! `QTensor::dequantize` gives for the original bytes. Repacking buys aligned, contiguous
-//! streams (eight f16 block scales in one load for the 32-element types) and pre-decoded
-//! 6-bit K-quant scales, at the cost of a copy of the matrix while it is being loaded.
+//! `QTensor::dequantize` gives for the original bytes. Repacking buys the 32-element types'
+//! panel layout ([`super::panel`]) and pre-decoded 6-bit K-quant scales, at the cost of a
+//! copy of the matrix while it is being loaded.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::Result;
 use half::f16;
 
-/// Elements per block of the 32-element types (Q4_0, Q5_0, Q8_0).
-pub(crate) const QK32: usize = 32;
+use super::panel::{Kind, Panels, QK};
+
 /// Elements per K-quant super-block.
 pub(crate) const QK_K: usize = 256;
 
-/// One matrix `(n, k)`, row `j` being blocks `j * blocks_per_row ..(j + 1) * blocks_per_row`.
+/// One matrix `(n, k)`: the 32-element types in panels ([`Panels`]), the K-quants row `j`
+/// being blocks `j * blocks_per_row ..(j + 1) * blocks_per_row`.
 pub(crate) enum Weights {
-    Q4_0(Blocks32),
-    Q5_0(Blocks32),
-    Q8_0(Blocks32),
+    Panels(Panels),
     Q4K(Vec<Q4KBlock>),
     Q5K(Vec<Q5KBlock>),
     Q6K(Vec<Q6KBlock>),
-}
-
-/// Structure-of-arrays storage of a 32-element type: `d[b]` scales block `b`. Values are
-/// stored in the [`interleaved_index`] order: Q8_0 one signed byte each, Q4_0/Q5_0 one nibble
-/// each, [`pack_nibbles`] per 128 values, and for Q5_0 the fifth bit of value `v` (same order)
-/// is bit `v % 32` of `qh[v / 32]`. Row `j` owns `d[j * nb ..]`, `qh[j * nb ..]` and `qs` from
-/// `j * nb * QS_LEN` (`QS_LEN` = 32 bytes per block for Q8_0, 16 otherwise).
-pub(crate) struct Blocks32 {
-    pub d: Vec<f16>,
-    pub qh: Vec<u32>,
-    pub qs: Vec<u8>,
-}
-
-/// Where element `e` of block `b` of a row of `nb` blocks sits among the row's values (weights
-/// and quantized activations alike). Blocks form groups of eight (the last group of four when
-/// `nb % 8 == 4`); a group of `c` blocks stores eight *slices* in turn, slice `t` holding
-/// elements `4t ..4t + 4` of each block of the group. So a 32-byte vector is one slice of
-/// eight blocks, and a dot product instruction that adds four neighbouring byte products
-/// (`vpdpbusd`, `maddubs` + `madd`) leaves each block's partial sum in its own i32 lane:
-/// summing the slices gives the block sums with no horizontal reduction.
-#[inline(always)]
-pub(crate) fn interleaved_index(nb: usize, b: usize, e: usize) -> usize {
-    let g0 = b & !7;
-    let c = (nb - g0).min(8);
-    g0 * 32 + (e / 4) * 4 * c + (b - g0) * 4 + e % 4
 }
 
 /// Q4_K with its 6-bit scales and mins unpacked (value `d * scales[s] * q - dmin * mins[s]` in
@@ -104,51 +78,51 @@ impl Weights {
     /// Repacks `data`, the raw GGUF bytes of an `(n, k)` matrix; `None` for types we have no
     /// kernel for.
     pub fn from_gguf(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
-        let block = match dtype {
-            GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => QK32,
-            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => QK_K,
+        let (block, kind) = match dtype {
+            GgmlDType::Q4_0 => (QK, Some(Kind::Q4_0)),
+            GgmlDType::Q5_0 => (QK, Some(Kind::Q5_0)),
+            GgmlDType::Q8_0 => (QK, Some(Kind::Q8_0)),
+            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => (QK_K, None),
             _ => return Ok(None),
         };
         if !k.is_multiple_of(block) {
             candle_core::bail!("quantized matrix: in_features {k} is not a multiple of {dtype:?}'s block {block}");
         }
-        if block == QK32 && !k.is_multiple_of(128) {
-            // The interleaved layout works in groups of four or eight blocks (every Qwen width
-            // qualifies).
-            return Ok(None);
-        }
         let num_blocks = n * k / block;
         if data.len() != num_blocks * dtype.type_size() {
             candle_core::bail!("quantized matrix: {} bytes for {num_blocks} {dtype:?} blocks", data.len());
         }
+        if let Some(kind) = kind {
+            return Ok(Some(Self::Panels(Panels::from_gguf(kind, data, n, k / QK))));
+        }
         let blocks = data.chunks_exact(dtype.type_size());
         Ok(Some(match dtype {
-            GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0 => {
-                let data = Blocks32::from_blocks(blocks, k / QK32, dtype);
-                match dtype {
-                    GgmlDType::Q4_0 => Self::Q4_0(data),
-                    GgmlDType::Q5_0 => Self::Q5_0(data),
-                    _ => Self::Q8_0(data),
-                }
-            }
             GgmlDType::Q4K => Self::Q4K(blocks.map(Q4KBlock::from_gguf).collect()),
             GgmlDType::Q5K => Self::Q5K(blocks.map(Q5KBlock::from_gguf).collect()),
-            GgmlDType::Q6K => Self::Q6K(blocks.map(Q6KBlock::from_gguf).collect()),
-            _ => unreachable!(),
+            _ => Self::Q6K(blocks.map(Q6KBlock::from_gguf).collect()),
         }))
+    }
+
+    /// The GGUF type.
+    pub fn dtype(&self) -> GgmlDType {
+        match self {
+            Self::Panels(p) => p.kind.into(),
+            Self::Q4K(_) => GgmlDType::Q4K,
+            Self::Q5K(_) => GgmlDType::Q5K,
+            Self::Q6K(_) => GgmlDType::Q6K,
+        }
     }
 
     /// Elements per scale block (32 or 256).
     pub fn block_len(&self) -> usize {
         match self {
-            Self::Q4_0(_) | Self::Q5_0(_) | Self::Q8_0(_) => QK32,
+            Self::Panels(_) => QK,
             Self::Q4K(_) | Self::Q5K(_) | Self::Q6K(_) => QK_K,
         }
     }
 
-    /// Elements per activation partial sum the kernels of this type need (see
-    /// [`super::activations`]): one per 32-element block, per Q4_K/Q5_K sub-block, or per Q6_K
-    /// 16-element scale group.
+    /// Elements per activation partial sum the K-quant kernels need (see
+    /// [`super::activations`]): one per Q4_K/Q5_K sub-block, or per Q6_K 16-element scale group.
     pub fn sum_len(&self) -> usize {
         match self {
             Self::Q6K(_) => 16,
@@ -156,31 +130,8 @@ impl Weights {
         }
     }
 
-    /// The zero point `isa`'s kernels subtract from this type's stored values, which the
-    /// activations of a 32-element type are quantized for (`None` for the K-quants, whose
-    /// kernels apply their own): Q4_0 and Q5_0 values are unsigned, Q8_0's signed ones are made
-    /// unsigned by the AVX-512 kernels only (`vpdpbusd` takes unsigned weights).
-    pub fn zero_point(&self, isa: super::Isa) -> Option<i32> {
-        match self {
-            Self::Q4_0(_) => Some(8),
-            Self::Q5_0(_) => Some(16),
-            Self::Q8_0(_) => Some(if isa == super::Isa::Avx512 { 128 } else { 0 }),
-            Self::Q4K(_) | Self::Q5K(_) | Self::Q6K(_) => None,
-        }
-    }
-
     /// Row-wise concatenation of matrices of one type and width; `None` if the types differ.
     pub fn concat(parts: &[&Weights]) -> Option<Weights> {
-        fn blocks32<'a>(parts: impl Iterator<Item = Option<&'a Blocks32>>) -> Option<Blocks32> {
-            let mut out = Blocks32 { d: Vec::new(), qh: Vec::new(), qs: Vec::new() };
-            for p in parts {
-                let p = p?;
-                out.d.extend_from_slice(&p.d);
-                out.qh.extend_from_slice(&p.qh);
-                out.qs.extend_from_slice(&p.qs);
-            }
-            Some(out)
-        }
         fn blocks<'a, B: Copy + 'a>(parts: impl Iterator<Item = Option<&'a Vec<B>>>) -> Option<Vec<B>> {
             let mut out = Vec::new();
             for p in parts {
@@ -190,9 +141,9 @@ impl Weights {
         }
         let parts = parts.iter();
         Some(match parts.clone().next()? {
-            Self::Q4_0(_) => Self::Q4_0(blocks32(parts.map(|p| if let Self::Q4_0(w) = p { Some(w) } else { None }))?),
-            Self::Q5_0(_) => Self::Q5_0(blocks32(parts.map(|p| if let Self::Q5_0(w) = p { Some(w) } else { None }))?),
-            Self::Q8_0(_) => Self::Q8_0(blocks32(parts.map(|p| if let Self::Q8_0(w) = p { Some(w) } else { None }))?),
+            Self::Panels(_) => {
+                Self::Panels(Panels::concat(&parts.map(|p| if let Self::Panels(w) = p { Some(w) } else { None }).collect::<Option<Vec<_>>>()?)?)
+            }
             Self::Q4K(_) => Self::Q4K(blocks(parts.map(|p| if let Self::Q4K(w) = p { Some(w) } else { None }))?),
             Self::Q5K(_) => Self::Q5K(blocks(parts.map(|p| if let Self::Q5K(w) = p { Some(w) } else { None }))?),
             Self::Q6K(_) => Self::Q6K(blocks(parts.map(|p| if let Self::Q6K(w) = p { Some(w) } else { None }))?),
@@ -205,23 +156,7 @@ impl Weights {
         let block_len = self.block_len();
         debug_assert_eq!(out.len(), nb * block_len);
         match self {
-            Self::Q4_0(w) | Self::Q5_0(w) | Self::Q8_0(w) => {
-                let (d, qs_len) = (&w.d[j * nb..(j + 1) * nb], if matches!(self, Self::Q8_0(_)) { 32 } else { 16 });
-                let qs = &w.qs[j * nb * qs_len..(j + 1) * nb * qs_len];
-                for (i, y) in out.iter_mut().enumerate() {
-                    let (b, e) = (i / QK32, i % QK32);
-                    let v = interleaved_index(nb, b, e);
-                    let q = match self {
-                        Self::Q8_0(_) => qs[v] as i8 as i32,
-                        Self::Q4_0(_) => nibble(&qs[(v / 128) * 64..], v % 128) as i32 - 8,
-                        _ => {
-                            let high = (w.qh[j * nb + v / 32] >> (v % 32)) & 1;
-                            (nibble(&qs[(v / 128) * 64..], v % 128) as u32 | (high << 4)) as i32 - 16
-                        }
-                    };
-                    *y = q as f32 * d[b].to_f32();
-                }
-            }
+            Self::Panels(w) => w.dequantize_row(j, out),
             Self::Q4K(w) => k_rows(&w[j * nb..(j + 1) * nb], out, |blk, e| (blk.d, blk.dmin, blk.scales, blk.mins, nibble(&blk.qs[(e / 128) * 64..], e % 128))),
             Self::Q5K(w) => k_rows(&w[j * nb..(j + 1) * nb], out, |blk, e| {
                 let q = nibble(&blk.qs[(e / 128) * 64..], e % 128) | (((blk.qh[e / 8] >> (e % 8)) & 1) << 4);
@@ -245,9 +180,7 @@ impl Weights {
         let blocks = k / self.block_len();
         blocks
             * match self {
-                Self::Q4_0(_) => 18,
-                Self::Q5_0(_) => 22,
-                Self::Q8_0(_) => 34,
+                Self::Panels(w) => return w.panel_bytes() / super::panel::PANEL,
                 Self::Q4K(_) => std::mem::size_of::<Q4KBlock>(),
                 Self::Q5K(_) => std::mem::size_of::<Q5KBlock>(),
                 Self::Q6K(_) => std::mem::size_of::<Q6KBlock>(),
@@ -269,55 +202,6 @@ fn k_rows<B>(blocks: &[B], out: &mut [f32], value: impl Fn(&B, usize) -> (f16, f
 
 fn f16_at(b: &[u8], at: usize) -> f16 {
     f16::from_le_bytes([b[at], b[at + 1]])
-}
-
-impl Blocks32 {
-    /// From GGUF blocks, `nb` per row: `d: f16` then, for Q5_0, `qh: [u8; 4]`, then `qs`
-    /// (Q8_0: 32 bytes; Q4_0/Q5_0: element `i < 16` in the low nibble of byte `i`, element
-    /// `16 + i` in its high nibble).
-    fn from_blocks<'a>(blocks: impl ExactSizeIterator<Item = &'a [u8]>, nb: usize, dtype: GgmlDType) -> Self {
-        let num_blocks = blocks.len();
-        let (q8, q5) = (dtype == GgmlDType::Q8_0, dtype == GgmlDType::Q5_0);
-        let mut out = Self {
-            d: Vec::with_capacity(num_blocks),
-            qh: Vec::with_capacity(if q5 { num_blocks } else { 0 }),
-            qs: Vec::with_capacity(num_blocks * if q8 { 32 } else { 16 }),
-        };
-        // One row's values in interleaved order, and its fifth bits.
-        let (mut values, mut high) = (vec![0u8; nb * 32], vec![0u32; nb]);
-        for (i, blk) in blocks.enumerate() {
-            let b = i % nb;
-            out.d.push(f16_at(blk, 0));
-            let qs = &blk[if q5 { 6 } else { 2 }..];
-            let qh = if q5 { u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]) } else { 0 };
-            // Slice by slice: the four elements of a slice stay neighbours (and in one u32 of
-            // fifth bits, as slices start at multiples of four).
-            for t in 0..8 {
-                let v = interleaved_index(nb, b, 4 * t);
-                for e in 4 * t..4 * t + 4 {
-                    values[v + e % 4] = if q8 { qs[e] } else if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 };
-                }
-                if q5 {
-                    high[v / 32] |= ((qh >> (4 * t)) & 0xF) << (v % 32);
-                }
-            }
-            if b + 1 < nb {
-                continue;
-            }
-            if q8 {
-                out.qs.extend_from_slice(&values);
-            } else {
-                for chunk in values.chunks_exact(128) {
-                    out.qs.extend_from_slice(&pack_nibbles(chunk.try_into().unwrap()));
-                }
-            }
-            if q5 {
-                out.qh.extend_from_slice(&high);
-            }
-            high.fill(0);
-        }
-        out
-    }
 }
 
 /// The 6-bit (scale, min) of sub-block `j` from a Q4_K/Q5_K 12-byte packed array: sub-blocks
@@ -387,26 +271,6 @@ impl Q6KBlock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn interleaving_is_a_permutation_keeping_slices_together() {
-        for nb in [4, 8, 12, 28, 152] {
-            let mut seen = vec![false; nb * 32];
-            for b in 0..nb {
-                for e in 0..32 {
-                    let v = interleaved_index(nb, b, e);
-                    assert!(!seen[v], "nb={nb}: {v} twice");
-                    seen[v] = true;
-                    if e % 4 != 0 {
-                        assert_eq!(v, interleaved_index(nb, b, e - 1) + 1);
-                    }
-                }
-            }
-            // A full group's slice is 32 bytes of eight blocks; a last group of four, 16 bytes.
-            assert_eq!(interleaved_index(nb, 1, 4) - interleaved_index(nb, 0, 4), 4);
-            assert_eq!(interleaved_index(nb, 0, 4), if nb == 4 { 16 } else { 32 });
-        }
-    }
 
     #[test]
     fn nibbles_pack_low_then_high() {

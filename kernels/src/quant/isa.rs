@@ -12,18 +12,29 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F, BW, VL and VNNI (Ice Lake, Zen 4 and later), with AVX2 + FMA + F16C.
     Avx512,
+    /// AVX-512 plus AMX-TILE and AMX-INT8 (Sapphire Rapids and later) with the OS's permission:
+    /// batches of the 32-element types on tile multiplies, everything else as `Avx512`.
+    Amx,
 }
 
 impl Isa {
-    /// The fastest kernels this CPU supports (detected once).
+    /// The fastest kernels this CPU supports (detected once), or the slower ones named by
+    /// `QWEN_SERVE_CPU_ISA` (`scalar`, `avx2`, `avx512`, `amx`) if this CPU has them: for
+    /// measuring what each brings.
     pub fn detected() -> Self {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| Self::available().into_iter().last().unwrap_or(Self::Scalar))
+        *BEST.get_or_init(|| {
+            let available = Self::available();
+            let named = std::env::var("QWEN_SERVE_CPU_ISA").ok().and_then(|name| {
+                available.iter().copied().find(|isa| format!("{isa:?}").eq_ignore_ascii_case(&name))
+            });
+            named.or(available.last().copied()).unwrap_or(Self::Scalar)
+        })
     }
 
     /// Every ISA this CPU supports, slowest first.
     pub fn available() -> Vec<Self> {
-        [Self::Scalar, Self::Avx2, Self::Avx512].into_iter().filter(|isa| isa.is_available()).collect()
+        [Self::Scalar, Self::Avx2, Self::Avx512, Self::Amx].into_iter().filter(|isa| isa.is_available()).collect()
     }
 
     pub fn is_available(self) -> bool {
@@ -39,8 +50,10 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Self::Amx => Self::Avx512.is_available() && super::panel::amx_permitted(),
             #[cfg(not(target_arch = "x86_64"))]
-            Self::Avx2 | Self::Avx512 => false,
+            Self::Avx2 | Self::Avx512 | Self::Amx => false,
         }
     }
 }

@@ -15,14 +15,14 @@
 //! The price is the activation quantization: each activation is off by at most half its
 //! block's scale (1/254 of the block's largest magnitude) from f32, as in llama.cpp.
 //!
-//! Speed: weights are repacked at load ([`format`]; 32-element types interleaved so that SIMD
-//! lanes collect per-block sums directly), kernels are chosen at run time ([`Isa`]), the
-//! SIMD kernels decode each weight block once for up to eight activation rows, and rayon
-//! tasks take cache-sized ranges of weight rows for a tile of activation rows.
+//! Speed: weights are repacked at load ([`format`]; the 32-element types in sixteen-row panels,
+//! [`panel`]), kernels are chosen at run time ([`Isa`]: AMX tile multiplies for batches of the
+//! 32-element types where the CPU has them), the SIMD kernels decode each weight block once for
+//! up to eight activation rows, and rayon tasks take cache-sized ranges of weight rows for a
+//! tile of activation rows.
 //!
-//! Supported weight types: Q4_0, Q5_0, Q8_0 (in_features a multiple of 128), Q4_K, Q5_K,
-//! Q6_K; [`QuantMatrix::from_qtensor`] returns `None` for the others, which callers dequantize
-//! to a dense matrix instead.
+//! Supported weight types: Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K; [`QuantMatrix::from_qtensor`]
+//! returns `None` for the others, which callers dequantize to a dense matrix instead.
 
 mod activations;
 #[cfg(target_arch = "x86_64")]
@@ -31,6 +31,7 @@ mod avx2;
 mod avx512;
 mod format;
 mod isa;
+mod panel;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -42,9 +43,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use activations::{ActRow, QuantizedRows};
-use format::{Blocks32, Weights};
+use format::Weights;
 pub use isa::Isa;
-use scalar::Row32;
 
 /// A quantized `(out_features, in_features)` weight matrix in the layout our kernels read.
 pub struct QuantMatrix {
@@ -85,7 +85,7 @@ impl QuantMatrix {
 
     /// Whether [`Self::concat`] can stack `self` and `other` (same weight type and width).
     pub fn stacks_with(&self, other: &QuantMatrix) -> bool {
-        self.k == other.k && std::mem::discriminant(&self.weights) == std::mem::discriminant(&other.weights)
+        self.k == other.k && self.weights.dtype() == other.weights.dtype()
     }
 
     /// The matrices stacked along `out_features` (`[a; b; ..]`), so that projections of the same
@@ -107,6 +107,7 @@ impl QuantMatrix {
     pub fn lookup_rows(&self, ids: &[u32]) -> Result<Tensor> {
         let nb = self.k / self.weights.block_len();
         let mut out = vec![0f32; ids.len() * self.k];
+        // (Rows of a panel matrix's padding are not rows.)
         for (&id, out) in ids.iter().zip(out.chunks_exact_mut(self.k)) {
             if id as usize >= self.n {
                 candle_core::bail!("row {id} of a matrix with {} rows", self.n);
@@ -140,13 +141,6 @@ impl QuantMatrix {
         x.contiguous()?.apply_op1_no_bwd(&MatMul { w: self, isa })
     }
 
-    /// Weight row `j` of a 32-element type whose blocks hold `qs_len` bytes of values.
-    fn row32<'a>(&self, w: &'a Blocks32, j: usize, qs_len: usize) -> Row32<'a> {
-        let nb = self.k / format::QK32;
-        let qh = if w.qh.is_empty() { &w.qh[..] } else { &w.qh[j * nb..(j + 1) * nb] };
-        Row32 { d: &w.d[j * nb..(j + 1) * nb], qh, qs: &w.qs[j * nb * qs_len..(j + 1) * nb * qs_len] }
-    }
-
     /// `emit(j, y)` for each weight row `j` in `cols`, `y[r]` its dot product with `a[r]`.
     fn rows<const R: usize>(&self, isa: Isa, cols: Range<usize>, a: [ActRow; R], emit: &mut impl FnMut(usize, [f32; R])) {
         let nb = self.k / self.weights.block_len();
@@ -161,16 +155,14 @@ impl QuantMatrix {
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => unsafe { avx2::$rows($w, nb, cols, a, emit) },
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => unsafe { avx512::$rows($w, nb, cols, a, emit) },
+                    Isa::Avx512 | Isa::Amx => unsafe { avx512::$rows($w, nb, cols, a, emit) },
                     #[cfg(not(target_arch = "x86_64"))]
-                    Isa::Avx2 | Isa::Avx512 => unreachable!("no x86 kernels off x86_64"),
+                    _ => unreachable!("no x86 kernels off x86_64"),
                 }
             };
         }
         match &self.weights {
-            Weights::Q4_0(w) => dispatch!(dot_q4_0, q4_0, w, |j| self.row32(w, j, 16)),
-            Weights::Q5_0(w) => dispatch!(dot_q5_0, q5_0, w, |j| self.row32(w, j, 16)),
-            Weights::Q8_0(w) => dispatch!(dot_q8_0, q8_0, w, |j| self.row32(w, j, 32)),
+            Weights::Panels(_) => unreachable!("panel matrices run in `panel::matmul`"),
             Weights::Q4K(w) => dispatch!(dot_q4k, q4k, w, |j: usize| &w[j * nb..(j + 1) * nb]),
             Weights::Q5K(w) => dispatch!(dot_q5k, q5k, w, |j: usize| &w[j * nb..(j + 1) * nb]),
             Weights::Q6K(w) => dispatch!(dot_q6k, q6k, w, |j: usize| &w[j * nb..(j + 1) * nb]),
@@ -192,10 +184,12 @@ impl QuantMatrix {
 
     /// `x` `(m, k)` row-major -> `(m, n)` row-major.
     fn run(&self, x: &[f32], isa: Isa) -> Vec<f32> {
+        if let Weights::Panels(w) = &self.weights {
+            return panel::matmul(w, x, isa);
+        }
         let (n, k) = (self.n, self.k);
         let m = x.len() / k;
-        let block_len = self.weights.block_len();
-        let acts = QuantizedRows::quantize(x, k, block_len, self.weights.sum_len(), self.weights.zero_point(isa));
+        let acts = QuantizedRows::quantize(x, k, self.weights.block_len(), self.weights.sum_len());
         // Every element is written by exactly one task below (no zero fill needed).
         let mut y = Vec::<f32>::with_capacity(m * n);
         let out = OutPtr(y.as_mut_ptr());

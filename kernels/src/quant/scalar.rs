@@ -2,31 +2,21 @@
 //! every SIMD kernel must match bit for bit.
 //!
 //! The arithmetic is fixed in two parts (see the module docs of [`super`]):
-//! - exact `i32` sums of weight-value times activation-value products, with zero points and
-//!   K-quant sub-scales and minimums applied in integers: one per 32-element block, or eight
-//!   *lane sums* per K-quant super-block (lane `l` takes the elements `e` with
-//!   `(e % 32) / 4 == l`, the lanes a 4-product-per-i32 SIMD dot product produces);
-//! - a fixed sequence of f32 operations on those integers and the f16/f32 scales: for the
-//!   32-element types sixteen lane sums per group of blocks, each added into its own lane
-//!   accumulator by one fused multiply-add ([`dot32`]), then [`fold16`]; for the K-quants
-//!   [`k_lanes`] into eight lanes per super-block, then [`fold_lanes`].
+//! - exact `i32` sums of weight-value times activation-value products, with K-quant sub-scales
+//!   and minimums applied in integers: eight *lane sums* per K-quant super-block (lane `l`
+//!   takes the elements `e` with `(e % 32) / 4 == l`, the lanes a 4-product-per-i32 SIMD dot
+//!   product produces);
+//! - a fixed sequence of f32 operations on those integers and the f16/f32 scales: [`k_lanes`]
+//!   into eight lanes per super-block, then [`fold_lanes`].
 //!
 //! A SIMD kernel may find the integers any way it likes (they are exact) but must then do
 //! exactly these float operations in this order (fused where these are, and nowhere else).
+//! (The 32-element types have their own reference, [`super::panel`]'s.)
 
 use half::f16;
 
-use super::activations::{lane_of, ActRow, LANES};
+use super::activations::ActRow;
 use super::format::{nibble, Q4KBlock, Q5KBlock, Q6KBlock};
-
-/// One weight row of a 32-element type (see [`super::format::Blocks32`]), `d.len()` blocks.
-#[derive(Clone, Copy)]
-pub(crate) struct Row32<'a> {
-    pub d: &'a [f16],
-    /// Empty unless Q5_0.
-    pub qh: &'a [u32],
-    pub qs: &'a [u8],
-}
 
 /// The row total from eight lane accumulators, in the order a 256-bit horizontal sum gives:
 /// halves first (`l + l4`), then pairs.
@@ -43,59 +33,6 @@ pub(crate) fn k_lanes(acc: &mut [f32; 8], d: f32, dmin: f32, da: f32, s: [i32; 8
     for l in 0..8 {
         acc[l] += dd * s[l] as f32 - dm * s_min[l] as f32;
     }
-}
-
-/// Row total of a 32-element type. Per group of `c` = 8 (last: 4) blocks, sixteen exact lane
-/// sums `s[l]` of weight value times activation value ([`lane_of`]: what a 512-bit `vpdpbusd`
-/// over the group's interleaved values leaves in lane `l`), starting from the lane's
-/// `lane_init` (the zero point's share, see [`ActRow`]); then `acc[l] = fma(s[l], dw * da, acc[l])` with `dw` and `da`
-/// the scales of lane `l`'s block `l % c`; the row total is [`fold16`] of the accumulators.
-#[inline(always)]
-fn dot32(w: Row32, a: ActRow, value: impl Fn(usize) -> i32) -> f32 {
-    let nb = w.d.len();
-    let mut acc = [0f32; LANES];
-    for (g, g0) in (0..nb).step_by(8).enumerate() {
-        let c = (nb - g0).min(8);
-        let mut s = [0i32; LANES];
-        for o in 0..c * 32 {
-            let v = g0 * 32 + o;
-            s[lane_of(o)] += value(v) * a.qs[v] as i32;
-        }
-        for (l, acc) in acc.iter_mut().enumerate() {
-            let isum = s[l] + a.lane_init[g * LANES + l];
-            let d = w.d[g0 + l % c].to_f32() * a.lane_scales[g * LANES + l];
-            *acc = (isum as f32).mul_add(d, *acc);
-        }
-    }
-    fold16(acc)
-}
-
-/// Sixteen lane accumulators to the row total: lane `l` plus lane `l + 8` (a 512-bit vector's
-/// halves), then [`fold_lanes`].
-#[inline(always)]
-pub(crate) fn fold16(acc: [f32; LANES]) -> f32 {
-    fold_lanes(std::array::from_fn(|l| acc[l] + acc[l + 8]))
-}
-
-/// Unsigned nibble `v` of a Q4_0/Q5_0 row.
-#[inline(always)]
-fn nibble32(qs: &[u8], v: usize) -> i32 {
-    nibble(&qs[(v / 128) * 64..], v % 128) as i32
-}
-
-/// `sum_i (q_i - 8) a_i` per block, `q` the nibbles (activations quantized with zero point 8).
-pub(crate) fn dot_q4_0(w: Row32, a: ActRow) -> f32 {
-    dot32(w, a, |v| nibble32(w.qs, v))
-}
-
-/// `sum_i (q_i - 16) a_i` per block, `q` a nibble plus a fifth bit from `qh` (zero point 16).
-pub(crate) fn dot_q5_0(w: Row32, a: ActRow) -> f32 {
-    dot32(w, a, |v| nibble32(w.qs, v) | (((w.qh[v / 32] >> (v % 32)) & 1) << 4) as i32)
-}
-
-/// Signed values (zero point 0).
-pub(crate) fn dot_q8_0(w: Row32, a: ActRow) -> f32 {
-    dot32(w, a, |v| w.qs[v] as i8 as i32)
 }
 
 /// Lane sums of a K-quant super-block: `s[l] = sum_e scale(e) * q(e) * a(e)` over the

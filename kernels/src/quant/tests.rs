@@ -4,7 +4,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::activations::QuantizedRows;
-use super::format::interleaved_index;
+use super::panel::Acts;
 use super::{Isa, QuantMatrix};
 
 const TYPES: [GgmlDType; 6] =
@@ -58,11 +58,28 @@ fn bits(t: &Tensor) -> Vec<Vec<u32>> {
     t.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().map(|v| v.to_bits()).collect()).collect()
 }
 
-/// Shapes of the test model (k = 896: 28 blocks of 32, so a last interleaved group of four;
-/// k = 4864 = 19 * 256), short rows (one group of four 32-blocks; one super-block), and n that
-/// no task split divides evenly.
+/// Shapes of the test model (k = 896: 28 blocks of 32; k = 4864 = 19 * 256), short rows (three
+/// 32-blocks; one super-block), and n that neither a task split nor the 16-row panels divide
+/// evenly.
 fn shapes(dtype: GgmlDType) -> Vec<(usize, usize)> {
-    if is_k_quant(dtype) { vec![(67, 4864), (150, 256)] } else { vec![(100, 896), (67, 4864), (150, 128)] }
+    if is_k_quant(dtype) { vec![(67, 4864), (150, 256)] } else { vec![(100, 896), (67, 4864), (150, 96)] }
+}
+
+/// The quantized activations a kernel multiplies: `(values (m, k), scales (m, k / block))`.
+fn quantized(xs: &[f32], k: usize, dtype: GgmlDType, w: &QuantMatrix) -> (Vec<i8>, Vec<f32>) {
+    if is_k_quant(dtype) {
+        let acts = QuantizedRows::quantize(xs, k, w.weights.block_len(), w.weights.sum_len());
+        let m = xs.len() / k;
+        (0..m).fold((Vec::new(), Vec::new()), |(mut q, mut d), r| {
+            q.extend_from_slice(acts.row(r).qs);
+            d.extend_from_slice(acts.row(r).scales);
+            (q, d)
+        })
+    } else {
+        let acts = Acts::quantize(xs, k, 0, false);
+        let m = xs.len() / k;
+        (acts.qs[..m * k].to_vec(), acts.scales[..m * (k / 32)].to_vec())
+    }
 }
 
 /// Every type and shape, each ISA, m = 1, 3, 17, against f64 dense products:
@@ -78,19 +95,17 @@ fn matches_dense_reference() {
             for m in [1, 3, 17] {
                 let x = input(m, k, m as u64 + 1000);
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-                let (block, sum) = (c.w.weights.block_len(), c.w.weights.sum_len());
-                let acts = QuantizedRows::quantize(&xs, k, block, sum, c.w.weights.zero_point(Isa::Scalar));
+                let block = c.w.weights.block_len();
+                let (qs, scales) = quantized(&xs, k, dtype, &c.w);
                 for isa in Isa::available() {
                     let y = c.w.matmul_with(&x, isa).unwrap().to_vec2::<f32>().unwrap();
                     for (r, y) in y.iter().enumerate() {
-                        let a = acts.row(r);
                         for (j, &got) in y.iter().enumerate() {
                             let w = &c.dense[j * k..(j + 1) * k];
                             let (mut exact, mut abs, mut bound, mut orig) = (0f64, 0f64, 0f64, 0f64);
                             for i in 0..k {
-                                let (wi, da) = (w[i] as f64, a.scales[i / block] as f64);
-                                let at = if block == 32 { interleaved_index(k / 32, i / 32, i % 32) } else { i };
-                                let ai = a.qs[at] as f64 * da;
+                                let (wi, da) = (w[i] as f64, scales[r * (k / block) + i / block] as f64);
+                                let ai = qs[r * k + i] as f64 * da;
                                 exact += wi * ai;
                                 abs += (wi * ai).abs();
                                 bound += wi.abs() * da / 2.0;
@@ -146,11 +161,13 @@ fn simd_kernels_match_scalar_bitwise() {
     for dtype in TYPES {
         for (n, k) in shapes(dtype) {
             let c = case(dtype, n, k, 11);
-            // 13 rows: tiles of eight, four and one.
-            let x = input(13, k, 12);
+            // 13 rows: tiles of eight, four and one (one padded AMX tile); 35: three AMX tiles.
+            for m in [13, 35] {
+            let x = input(m, k, 12);
             let reference = bits(&c.w.matmul_with(&x, Isa::Scalar).unwrap());
             for &isa in &available {
-                assert_eq!(bits(&c.w.matmul_with(&x, isa).unwrap()), reference, "{dtype:?} {isa:?} n={n} k={k}");
+                assert_eq!(bits(&c.w.matmul_with(&x, isa).unwrap()), reference, "{dtype:?} {isa:?} n={n} k={k} m={m}");
+            }
             }
         }
     }
@@ -173,12 +190,6 @@ fn unsupported_types_and_widths_are_declined() {
     for dtype in [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q4_1, GgmlDType::F16] {
         let q = QTensor::quantize(&w, dtype).unwrap();
         assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
-    }
-    // The interleaved layout needs whole groups of four 32-element blocks.
-    let w = Tensor::from_vec(values(4 * 96, 96, 1), (4, 96), &Device::Cpu).unwrap();
-    for dtype in [GgmlDType::Q4_0, GgmlDType::Q5_0, GgmlDType::Q8_0] {
-        let q = QTensor::quantize(&w, dtype).unwrap();
-        assert!(QuantMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?} k = 96");
     }
 }
 
