@@ -213,11 +213,12 @@ fn rows_dequantize_like_candle() {
 /// Stacked matrices give each part's outputs bitwise; mixed types or widths are declined.
 #[test]
 fn concatenated_matrices_give_each_parts_columns() {
-    for dtype in TYPES {
+    // [24, 8, 8]: panels repacked; [32, 16, 8]: panels copied.
+    for (dtype, sizes) in TYPES.iter().flat_map(|&t| [(t, [24, 8, 8]), (t, [32, 16, 8])]) {
         let (_, k) = shapes(dtype)[0];
-        let parts: Vec<Case> = [24, 8, 8].iter().enumerate().map(|(i, &n)| case(dtype, n, k, 30 + i as u64)).collect();
+        let parts: Vec<Case> = sizes.iter().enumerate().map(|(i, &n)| case(dtype, n, k, 30 + i as u64)).collect();
         let both = QuantMatrix::concat(&parts.iter().map(|c| &c.w).collect::<Vec<_>>()).expect("same type");
-        assert_eq!((both.out_features(), both.in_features()), (40, k));
+        assert_eq!((both.out_features(), both.in_features()), (sizes.iter().sum(), k));
         let x = input(9, k, 7);
         let whole = bits(&both.matmul(&x).unwrap());
         let mut at = 0;

@@ -127,40 +127,54 @@ impl Panels {
         })
     }
 
-    /// Packs `n` rows of `nb` blocks, `block(j, b)` giving a block's scale and stored values.
-    fn build(kind: Kind, n: usize, nb: usize, block: impl Fn(usize, usize) -> (f16, [u8; QK])) -> Self {
+    /// Packs `n` rows of `nb` blocks, `block(j, b)` giving a block's scale and stored values
+    /// (tiles in parallel: this runs for every matrix at load).
+    fn build(kind: Kind, n: usize, nb: usize, block: impl Fn(usize, usize) -> (f16, [u8; QK]) + Sync) -> Self {
         let tiles = n.div_ceil(PANEL) * nb;
+        let lines = kind.lines();
         let mut out = Self {
             kind,
             n,
             nb,
             d: vec![f16::ZERO; tiles * PANEL],
-            qs: vec![Line([0; 64]); tiles * kind.lines()],
+            qs: vec![Line([0; 64]); tiles * lines],
             qh: vec![Line([0; 64]); if kind == Kind::Q5_0 { tiles } else { 0 }],
         };
         let pad = (f16::ZERO, [kind.zero_point() as u8; QK]);
-        for t in 0..tiles {
+        let pack = |t: usize, d: &mut [f16], qs: &mut [Line], qh: Option<&mut Line>| {
             let (p, b) = (t / nb, t % nb);
-            let qs: &mut [u8] = bytemuck_lines(&mut out.qs[t * kind.lines()..(t + 1) * kind.lines()]);
-            let mut qh = [0u64; 8];
-            for jj in 0..PANEL {
+            let qs = bytemuck_lines(qs);
+            let mut high = [0u64; 8];
+            for (jj, d) in d.iter_mut().enumerate() {
                 let j = p * PANEL + jj;
-                let (d, values) = if j < n { block(j, b) } else { pad };
-                out.d[t * PANEL + jj] = d;
-                for (e, &q) in values.iter().enumerate() {
-                    let v = value_index(jj, e);
-                    match kind {
-                        Kind::Q8_0 => qs[v] = q,
-                        _ => qs[(v / 128) * 64 + v % 64] |= (q & 0xF) << (4 * ((v % 128) / 64)),
+                let (scale, values) = if j < n { block(j, b) } else { pad };
+                *d = scale;
+                // Four neighbouring elements at a time: vector g takes elements 4g..4g + 4
+                // (`value_index`).
+                for (g, q) in values.chunks_exact(4).enumerate() {
+                    let v = value_index(jj, 4 * g);
+                    if kind == Kind::Q8_0 {
+                        qs[v..v + 4].copy_from_slice(q);
+                        continue;
                     }
-                    qh[v / 64] |= (((q >> 4) & 1) as u64) << (v % 64);
+                    let (at, shift) = ((v / 128) * 64 + v % 64, 4 * ((v % 128) / 64));
+                    for (i, &q) in q.iter().enumerate() {
+                        qs[at + i] |= (q & 0xF) << shift;
+                        high[g] |= (((q >> 4) & 1) as u64) << (v % 64 + i);
+                    }
                 }
             }
-            if kind == Kind::Q5_0 {
-                for (i, word) in qh.iter().enumerate() {
-                    out.qh[t].0[8 * i..8 * i + 8].copy_from_slice(&word.to_le_bytes());
+            if let Some(qh) = qh {
+                for (i, word) in high.iter().enumerate() {
+                    qh.0[8 * i..8 * i + 8].copy_from_slice(&word.to_le_bytes());
                 }
             }
+        };
+        let tiles = out.d.par_chunks_mut(PANEL).zip(out.qs.par_chunks_mut(lines)).enumerate();
+        if kind == Kind::Q5_0 {
+            tiles.zip(out.qh.par_iter_mut()).for_each(|((t, (d, qs)), qh)| pack(t, d, qs, Some(qh)));
+        } else {
+            tiles.for_each(|(t, (d, qs))| pack(t, d, qs, None));
         }
         out
     }
@@ -200,12 +214,23 @@ impl Panels {
         }
     }
 
-    /// The matrices stacked along rows (repacked: a part's rows need not fill its last panel);
-    /// `None` unless all have this kind and width.
+    /// The matrices stacked along rows; `None` unless all have this kind and width. Panels are
+    /// copied as they are when every part but the last fills its last panel, repacked
+    /// otherwise.
     pub fn concat(parts: &[&Panels]) -> Option<Panels> {
         let first = parts.first()?;
         if parts.iter().any(|p| p.kind != first.kind || p.nb != first.nb) {
             return None;
+        }
+        if parts[..parts.len() - 1].iter().all(|p| p.n.is_multiple_of(PANEL)) {
+            let mut out = Panels { kind: first.kind, n: 0, nb: first.nb, d: Vec::new(), qs: Vec::new(), qh: Vec::new() };
+            for p in parts {
+                out.n += p.n;
+                out.d.extend_from_slice(&p.d);
+                out.qs.extend_from_slice(&p.qs);
+                out.qh.extend_from_slice(&p.qh);
+            }
+            return Some(out);
         }
         let mut rows = Vec::new();
         for (i, p) in parts.iter().enumerate() {
