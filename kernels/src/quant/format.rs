@@ -1,26 +1,26 @@
 //! Weight storage: GGUF blocks repacked at load into the layouts the dot kernels read.
 //!
 //! The values are never changed, only moved: every weight dequantizes to exactly what candle's
-//! `QTensor::dequantize` gives for the original bytes. Repacking buys the 32-element types'
-//! panel layout ([`super::panel`]) and pre-decoded 6-bit K-quant scales, at the cost of a
-//! copy of the matrix while it is being loaded.
+//! `QTensor::dequantize` gives for the original bytes. Every type goes into sixteen-row panels
+//! ([`super::panel`], [`super::kpanel`]); the K-quant blocks are parsed first into the structs
+//! below (6-bit scales and minimums unpacked), at the cost of a copy of the matrix while it is
+//! being loaded.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::Result;
 use half::f16;
 
+use super::kpanel::KPanels;
 use super::panel::{Kind, Panels, QK};
 
 /// Elements per K-quant super-block.
 pub(crate) const QK_K: usize = 256;
 
-/// One matrix `(n, k)`: the 32-element types in panels ([`Panels`]), the K-quants row `j`
-/// being blocks `j * blocks_per_row ..(j + 1) * blocks_per_row`.
+/// One matrix `(n, k)` in sixteen-row panels: the 32-element types ([`Panels`]) or the
+/// K-quants ([`KPanels`]).
 pub(crate) enum Weights {
     Panels(Panels),
-    Q4K(Vec<Q4KBlock>),
-    Q5K(Vec<Q5KBlock>),
-    Q6K(Vec<Q6KBlock>),
+    KPanels(KPanels),
 }
 
 /// Q4_K with its 6-bit scales and mins unpacked (value `d * scales[s] * q - dmin * mins[s]` in
@@ -96,106 +96,49 @@ impl Weights {
             return Ok(Some(Self::Panels(Panels::from_gguf(kind, data, n, k / QK))));
         }
         let blocks = data.chunks_exact(dtype.type_size());
-        Ok(Some(match dtype {
-            GgmlDType::Q4K => Self::Q4K(blocks.map(Q4KBlock::from_gguf).collect()),
-            GgmlDType::Q5K => Self::Q5K(blocks.map(Q5KBlock::from_gguf).collect()),
-            _ => Self::Q6K(blocks.map(Q6KBlock::from_gguf).collect()),
-        }))
+        let nb = k / QK_K;
+        Ok(Some(Self::KPanels(match dtype {
+            GgmlDType::Q4K => KPanels::from_q4k(&blocks.map(Q4KBlock::from_gguf).collect::<Vec<_>>(), n, nb),
+            GgmlDType::Q5K => KPanels::from_q5k(&blocks.map(Q5KBlock::from_gguf).collect::<Vec<_>>(), n, nb),
+            _ => KPanels::from_q6k(&blocks.map(Q6KBlock::from_gguf).collect::<Vec<_>>(), n, nb),
+        })))
     }
 
     /// The GGUF type.
     pub fn dtype(&self) -> GgmlDType {
         match self {
             Self::Panels(p) => p.kind.into(),
-            Self::Q4K(_) => GgmlDType::Q4K,
-            Self::Q5K(_) => GgmlDType::Q5K,
-            Self::Q6K(_) => GgmlDType::Q6K,
+            Self::KPanels(p) => p.kind.into(),
         }
     }
 
     /// Elements per scale block (32 or 256).
+    #[cfg(test)]
     pub fn block_len(&self) -> usize {
         match self {
             Self::Panels(_) => QK,
-            Self::Q4K(_) | Self::Q5K(_) | Self::Q6K(_) => QK_K,
-        }
-    }
-
-    /// Elements per activation partial sum the K-quant kernels need (see
-    /// [`super::activations`]): one per Q4_K/Q5_K sub-block, or per Q6_K 16-element scale group.
-    pub fn sum_len(&self) -> usize {
-        match self {
-            Self::Q6K(_) => 16,
-            _ => 32,
+            Self::KPanels(_) => QK_K,
         }
     }
 
     /// Row-wise concatenation of matrices of one type and width; `None` if the types differ.
     pub fn concat(parts: &[&Weights]) -> Option<Weights> {
-        fn blocks<'a, B: Copy + 'a>(parts: impl Iterator<Item = Option<&'a Vec<B>>>) -> Option<Vec<B>> {
-            let mut out = Vec::new();
-            for p in parts {
-                out.extend_from_slice(p?);
-            }
-            Some(out)
-        }
-        let parts = parts.iter();
-        Some(match parts.clone().next()? {
+        match parts.first()? {
             Self::Panels(_) => {
-                Self::Panels(Panels::concat(&parts.map(|p| if let Self::Panels(w) = p { Some(w) } else { None }).collect::<Option<Vec<_>>>()?)?)
+                Some(Self::Panels(Panels::concat(&parts.iter().map(|p| if let Self::Panels(w) = p { Some(w) } else { None }).collect::<Option<Vec<_>>>()?)?))
             }
-            Self::Q4K(_) => Self::Q4K(blocks(parts.map(|p| if let Self::Q4K(w) = p { Some(w) } else { None }))?),
-            Self::Q5K(_) => Self::Q5K(blocks(parts.map(|p| if let Self::Q5K(w) = p { Some(w) } else { None }))?),
-            Self::Q6K(_) => Self::Q6K(blocks(parts.map(|p| if let Self::Q6K(w) = p { Some(w) } else { None }))?),
-        })
+            Self::KPanels(_) => {
+                Some(Self::KPanels(KPanels::concat(&parts.iter().map(|p| if let Self::KPanels(w) = p { Some(w) } else { None }).collect::<Option<Vec<_>>>()?)?))
+            }
+        }
     }
 
-    /// Row `j` of the matrix (`nb` blocks a row) as f32, bitwise what candle's dequantization
-    /// of the original GGUF row gives (its formulas, in its order of operations).
-    pub fn dequantize_row(&self, j: usize, nb: usize, out: &mut [f32]) {
-        let block_len = self.block_len();
-        debug_assert_eq!(out.len(), nb * block_len);
+    /// Row `j` of the matrix as f32, bitwise what candle's dequantization of the original GGUF
+    /// row gives (its formulas, in its order of operations).
+    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
         match self {
             Self::Panels(w) => w.dequantize_row(j, out),
-            Self::Q4K(w) => k_rows(&w[j * nb..(j + 1) * nb], out, |blk, e| (blk.d, blk.dmin, blk.scales, blk.mins, nibble(&blk.qs[(e / 128) * 64..], e % 128))),
-            Self::Q5K(w) => k_rows(&w[j * nb..(j + 1) * nb], out, |blk, e| {
-                let q = nibble(&blk.qs[(e / 128) * 64..], e % 128) | (((blk.qh[e / 8] >> (e % 8)) & 1) << 4);
-                (blk.d, blk.dmin, blk.scales, blk.mins, q)
-            }),
-            Self::Q6K(w) => {
-                for (blk, out) in w[j * nb..(j + 1) * nb].iter().zip(out.chunks_exact_mut(QK_K)) {
-                    for (e, y) in out.iter_mut().enumerate() {
-                        let (h, i) = (e / 128, e % 128);
-                        let high = (blk.qh[32 * h + i % 32] >> (2 * (i / 32))) & 3;
-                        let q = (nibble(&blk.ql[64 * h..], i) | (high << 4)) as i32 - 32;
-                        *y = blk.d.to_f32() * blk.scales[e / 16] as f32 * q as f32;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Bytes the kernels stream per output row (for choosing the parallel split).
-    pub fn row_bytes(&self, k: usize) -> usize {
-        let blocks = k / self.block_len();
-        blocks
-            * match self {
-                Self::Panels(w) => return w.panel_bytes() / super::panel::PANEL,
-                Self::Q4K(_) => std::mem::size_of::<Q4KBlock>(),
-                Self::Q5K(_) => std::mem::size_of::<Q5KBlock>(),
-                Self::Q6K(_) => std::mem::size_of::<Q6KBlock>(),
-            }
-    }
-}
-
-/// Q4_K/Q5_K dequantization as candle does it: `(d * scale) * q - dmin * min` per element,
-/// `value(blk, e)` giving `(d, dmin, scales, mins, q)` of element `e`.
-fn k_rows<B>(blocks: &[B], out: &mut [f32], value: impl Fn(&B, usize) -> (f16, f16, [u8; 8], [u8; 8], u8)) {
-    for (blk, out) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
-        for (e, y) in out.iter_mut().enumerate() {
-            let (d, dmin, scales, mins, q) = value(blk, e);
-            let (d1, m1) = (d.to_f32() * scales[e / 32] as f32, dmin.to_f32() * mins[e / 32] as f32);
-            *y = d1 * q as f32 - m1;
+            Self::KPanels(w) => w.dequantize_row(j, out),
         }
     }
 }
@@ -257,6 +200,13 @@ impl Q5KBlock {
 }
 
 impl Q6KBlock {
+    /// Element `e`'s unsigned 6-bit value.
+    pub fn value(&self, e: usize) -> u8 {
+        let (h, i) = (e / 128, e % 128);
+        let high = (self.qh[32 * h + i % 32] >> (2 * (i / 32))) & 3;
+        nibble(&self.ql[64 * h..], i) | (high << 4)
+    }
+
     /// GGUF: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`.
     fn from_gguf(b: &[u8]) -> Self {
         Self {

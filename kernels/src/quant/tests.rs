@@ -68,7 +68,7 @@ fn shapes(dtype: GgmlDType) -> Vec<(usize, usize)> {
 /// The quantized activations a kernel multiplies: `(values (m, k), scales (m, k / block))`.
 fn quantized(xs: &[f32], k: usize, dtype: GgmlDType, w: &QuantMatrix) -> (Vec<i8>, Vec<f32>) {
     if is_k_quant(dtype) {
-        let acts = QuantizedRows::quantize(xs, k, w.weights.block_len(), w.weights.sum_len());
+        let acts = QuantizedRows::quantize(xs, k, w.weights.block_len(), 32);
         let m = xs.len() / k;
         (0..m).fold((Vec::new(), Vec::new()), |(mut q, mut d), r| {
             q.extend_from_slice(acts.row(r).qs);

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use super::avx512::unsigned_values;
 use super::{Acts, Kind, Line, Out, Panels, PANEL, QK};
-use crate::quant::avx2::prefetch;
+use crate::quant::simd::prefetch;
 
 /// Whether this CPU has AMX-TILE and AMX-INT8 and the kernel lets this process use them
 /// (asked once; the permission holds for every thread of the process).

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{Acts, Kind, Out, Panels, PANEL, QK};
-use crate::quant::avx2::{bits_to_0x10, prefetch};
+use crate::quant::simd::{bits_to_0x10, prefetch};
 
 /// Value vector `i` of tile `t` for the panel's rows `8h .. 8h + 8`: Q8_0 signed, the others
 /// unsigned as stored.

@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{Acts, Kind, Out, Panels, PANEL, QK};
-use crate::quant::avx2::prefetch;
+use crate::quant::simd::prefetch;
 
 /// The eight value vectors of tile `t` as unsigned bytes (Q8_0 with its sign bit flipped,
 /// i.e. plus 128; Q4_0/Q5_0 as stored).

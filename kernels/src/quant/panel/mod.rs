@@ -247,10 +247,6 @@ impl Panels {
     pub fn panel_bytes(&self) -> usize {
         self.nb * (self.kind.lines() * 64 + if self.kind == Kind::Q5_0 { 64 } else { 0 } + 2 * PANEL)
     }
-
-    pub fn panels(&self) -> usize {
-        self.n.div_ceil(PANEL)
-    }
 }
 
 /// Where element `e` of a panel's row `jj` sits among a tile's 512 values (module docs).
@@ -301,10 +297,10 @@ impl Out {
     }
 }
 
-/// Weight bytes one task streams for a tile of activation rows (as for the K-quants).
+/// Weight bytes one task streams for a tile of activation rows.
 const TASK_BYTES: usize = 32 * 1024;
 /// Activation rows a task takes on the one-row kernels (in eights, then four, two, one).
-const ROW_TILE: usize = 32;
+pub(crate) const ROW_TILE: usize = 32;
 /// Rows from which the AMX kernel (16 rows a pass, padded) beats the one-row kernels.
 const AMX_MIN_ROWS: usize = 16;
 /// Activation rows an AMX task takes (a multiple of 16): each panel's weights are decoded
@@ -319,27 +315,38 @@ pub(crate) fn matmul(w: &Panels, x: &[f32], isa: Isa) -> Vec<f32> {
     let m = x.len() / k;
     let amx = isa == Isa::Amx && m >= AMX_MIN_ROWS;
     let acts = Acts::quantize(x, k, w.kind.kernel_zero_point(isa), amx);
-    let mut y = Vec::<f32>::with_capacity(m * w.n);
-    let out = Out { ptr: y.as_mut_ptr(), m, n: w.n };
-    let panels = w.panels();
-    let per_task = (TASK_BYTES / w.panel_bytes()).max(1);
-    let panel_tasks = panels.div_ceil(per_task);
     let row_tile = if amx { AMX_ROW_TILE } else { ROW_TILE };
+    // Safety: `isa` is available (checked by the caller); `run_tasks` hands out disjoint
+    // rectangles of the output.
+    run_tasks((m, w.n), w.panel_bytes(), row_tile, |(r0, r1), ps, out| unsafe { run_tile(w, &acts, isa, amx, (r0, r1), ps, out) })
+}
+
+/// The `(m, n)` output of a panel matmul, computed by `task((r0, r1), panels, out)` over
+/// rectangles of at most `row_tile` rows and ~`TASK_BYTES` of weights (`panel_bytes` a panel),
+/// in parallel when there is enough work. Every element is written by exactly one task.
+pub(crate) fn run_tasks(
+    (m, n): (usize, usize),
+    panel_bytes: usize,
+    row_tile: usize,
+    task: impl Fn((usize, usize), std::ops::Range<usize>, Out) + Sync,
+) -> Vec<f32> {
+    let mut y = Vec::<f32>::with_capacity(m * n);
+    let out = Out { ptr: y.as_mut_ptr(), m, n };
+    let panels = n.div_ceil(PANEL);
+    let per_task = (TASK_BYTES / panel_bytes).max(1);
+    let panel_tasks = panels.div_ceil(per_task);
     let num_tasks = panel_tasks * m.div_ceil(row_tile);
-    let task = |t: usize| {
+    let run = |t: usize| {
         let (r0, p0) = (t / panel_tasks * row_tile, t % panel_tasks * per_task);
-        let (r1, ps) = ((r0 + row_tile).min(m), p0..(p0 + per_task).min(panels));
-        // Safety: tasks cover disjoint (row tile, panel range) rectangles of `y`, which outlives
-        // the loop; `isa` is available (checked by the caller).
-        unsafe { run_tile(w, &acts, isa, amx, (r0, r1), ps, out) };
+        task((r0, (r0 + row_tile).min(m)), p0..(p0 + per_task).min(panels), out);
     };
-    if w.panel_bytes() * panels * m < SEQUENTIAL_BYTES {
-        (0..num_tasks).for_each(task);
+    if panel_bytes * panels * m < SEQUENTIAL_BYTES {
+        (0..num_tasks).for_each(run);
     } else {
-        (0..num_tasks).into_par_iter().for_each(task);
+        (0..num_tasks).into_par_iter().for_each(run);
     }
-    // Safety: the tasks' rectangles tile the whole `(m, n)` output.
-    unsafe { y.set_len(m * w.n) };
+    // Safety: the tasks' rectangles tile the whole `(m, n)` output, each element written.
+    unsafe { y.set_len(m * n) };
     y
 }
 
