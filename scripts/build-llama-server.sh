@@ -7,8 +7,11 @@
 # features (no CURL/OpenSSL, no downloaded web UI), and only the llama-server target.
 #
 # AMX is compiled out (-mno-amx-*) unless LLAMA_AMX=1: on VMs whose CPUID advertises AMX
-# without the hypervisor enabling it, ggml's AMX matmul dies with SIGSEGV on its first
-# `ldtilecfg`; qwen-serve has no AMX kernels either, so this compares AVX-512 with AVX-512.
+# without the hypervisor enabling it, ggml's AMX matmul died with SIGSEGV on its first
+# `ldtilecfg` here. qwen-serve asks the kernel for AMX state at run time and uses its AMX
+# kernels only when granted (QWEN_SERVE_CPU_ISA=avx512 turns them off), so on an AMX machine
+# compare like with like: both with AMX (LLAMA_AMX=1) or both without. CPUs without AMX
+# (AMD, older Intel) build the same code either way.
 #
 # LLAMA_CPP_PYTHON_VERSION pins the sdist (default below); QWEN_SERVE_LLAMA_DIR overrides the
 # cache directory (default ~/.cache/qwen-serve/llama.cpp). JOBS sets the build parallelism.
