@@ -4,11 +4,21 @@
 use half::{bf16, f16};
 
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
+    /// Which type this is, for kernels that load it with their own instructions.
+    const KIND: ElemKind;
     fn to_f32(self) -> f32;
     fn from_f32(v: f32) -> Self;
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ElemKind {
+    F32,
+    Bf16,
+    F16,
+}
+
 impl Elem for f32 {
+    const KIND: ElemKind = ElemKind::F32;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -20,6 +30,7 @@ impl Elem for f32 {
 }
 
 impl Elem for bf16 {
+    const KIND: ElemKind = ElemKind::Bf16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
@@ -31,6 +42,7 @@ impl Elem for bf16 {
 }
 
 impl Elem for f16 {
+    const KIND: ElemKind = ElemKind::F16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
@@ -38,34 +50,5 @@ impl Elem for f16 {
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
-    }
-}
-
-/// Dot product with eight independent accumulators so the compiler can vectorise it
-/// (a single running sum is a serial dependency chain it may not reorder).
-#[inline(always)]
-pub(crate) fn dot<A: Elem, B: Elem>(a: &[A], b: &[B]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        let (ac, bc) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
-        for k in 0..8 {
-            acc[k] += ac[k].to_f32() * bc[k].to_f32();
-        }
-    }
-    let mut sum = acc.iter().sum::<f32>();
-    for k in chunks * 8..a.len() {
-        sum += a[k].to_f32() * b[k].to_f32();
-    }
-    sum
-}
-
-/// `out += w * v`, elementwise.
-#[inline(always)]
-pub(crate) fn axpy<B: Elem>(out: &mut [f32], w: f32, v: &[B]) {
-    debug_assert_eq!(out.len(), v.len());
-    for (o, x) in out.iter_mut().zip(v) {
-        *o += w * x.to_f32();
     }
 }

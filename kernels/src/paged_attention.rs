@@ -10,10 +10,15 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::device_metadata::DeviceMetadata;
-use crate::elem::{axpy, dot, Elem};
-use crate::fused::simd::{multiversion, Simd};
+use crate::elem::Elem;
+use crate::fused::simd::Simd;
 use crate::metadata::AttentionMetadata;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
@@ -186,54 +191,9 @@ impl PagedAttention<'_> {
                     (slot * num_kv_heads + kvh) * head_dim
                 })
                 .collect();
-            attend(simd, q_group, k, v, &rows, head_dim, self.scale, out);
+            cpu::attend(simd, q_group, k, v, &rows, head_dim, self.scale, out);
         });
         out
-    }
-}
-
-multiversion! {
-    /// One task's attention: the `out.len() / head_dim` query heads of `q_group` over the keys
-    /// and values whose rows start at `rows`.
-    fn attend<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) => attend_body;
-}
-
-/// The body [`attend`] compiles per instruction set: vectorisable loops with fixed orders
-/// ([`dot`]'s eight accumulators, elementwise [`axpy`]) and the same `exp`, so every level
-/// gives the same bits.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_body<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) {
-    let group = out.len() / head_dim;
-    let num_keys = rows.len();
-    // (group, num_keys) scores, then softmax per head.
-    let mut scores = vec![0f32; group * num_keys];
-    for (j, &row) in rows.iter().enumerate() {
-        let key = &k[row..][..head_dim];
-        for g in 0..group {
-            scores[g * num_keys + j] = dot(&q_group[g * head_dim..(g + 1) * head_dim], key) * scale;
-        }
-    }
-    for g in 0..group {
-        let s = &mut scores[g * num_keys..(g + 1) * num_keys];
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        s.iter_mut().for_each(|x| *x *= inv);
-    }
-    let mut acc = vec![0f32; group * head_dim];
-    for (j, &row) in rows.iter().enumerate() {
-        let value = &v[row..][..head_dim];
-        for g in 0..group {
-            axpy(&mut acc[g * head_dim..(g + 1) * head_dim], scores[g * num_keys + j], value);
-        }
-    }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        *o = T::from_f32(*a);
     }
 }
 

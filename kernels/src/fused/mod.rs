@@ -5,6 +5,7 @@
 //! row's result never depends on the other rows of the batch or on the instruction set used
 //! ([`simd`]), and each output is written once, into memory that is not zeroed first.
 
+pub(crate) mod exp;
 mod rms_norm;
 mod rope;
 mod silu_mul;

@@ -6,6 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::exp::exp;
 use super::filled;
 use super::simd::{multiversion, rows_per_task, Simd};
 use crate::elem::Elem;
@@ -75,31 +76,6 @@ fn silu_mul_block_body<T: Elem>(gate: &[T], g_stride: usize, up: &[T], u_stride:
             o.write(T::from_f32(g / (1.0 + exp(-g)) * u.to_f32()));
         }
     }
-}
-
-/// `e^x` within about 2 ulp (Cephes' `expf` polynomial), in plain arithmetic that vectorises,
-/// unlike a call to libm. `x` is clamped to [-87, 88], where `2^n` stays a normal float: below
-/// -87 it gives about 1.6e-38 rather than less (`1 + e^x` is 1 either way), above 88 about
-/// 1.7e38 rather than more (`g / (1 + e^-g)` then differs from 0 by under 1e-36). NaN stays NaN.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    // 1.5 * 2^23: adding it rounds to an integer, kept in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    // x - n ln2, with ln2 split in two: 355/512 has few enough bits that n * 355/512 is exact.
-    let r = x - n * (355.0 / 512.0) - n * -2.121_944_4e-4;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 0.166_666_65;
-    let p = p * r + 0.5;
-    let e_r = p * (r * r) + r + 1.0;
-    // 2^n from n's bits in t: n in [-126, 127], so the exponent field n + 127 is in [1, 254].
-    let n = t.to_bits().wrapping_sub(ROUND.to_bits());
-    e_r * f32::from_bits(n.wrapping_add(127) << 23)
 }
 
 impl CustomOp2 for SiluMul {
@@ -233,19 +209,6 @@ mod tests {
         check::<f32>();
         check::<bf16>();
         check::<f16>();
-    }
-
-    /// The vectorisable `exp` against libm's, over silu's whole useful range and the clamps.
-    #[test]
-    fn exp_is_within_a_few_ulp() {
-        for i in -87_000..=88_000 {
-            let x = i as f32 / 1000.0;
-            let (got, want) = (super::exp(x), x.exp());
-            assert!((got - want).abs() <= 3.0 * f32::EPSILON * want, "exp({x}) = {got}, not {want}");
-        }
-        assert!(super::exp(-1000.0) > 0.0 && super::exp(-1000.0) < 1e-37);
-        assert!(super::exp(1000.0).is_finite() && super::exp(1000.0) > 1e38);
-        assert!(super::exp(f32::NAN).is_nan());
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Run-time instruction-set dispatch for the fused ops' CPU paths.
+//! Run-time instruction-set dispatch for the fused ops' and the attention's CPU paths.
 //!
 //! Each op's inner loop is one generic `#[inline(always)]` body written so that LLVM can
-//! vectorise it (independent lanes, no calls, no fused multiply-adds); [`multiversion!`]
-//! compiles it once per [`Simd`] level and picks the copy at run time. Rust never contracts
-//! `a * b + c` into an FMA and the bodies fix every reduction's order, so all levels give
-//! bit-identical results: the scalar build is the reference the others are tested against.
+//! vectorise it (independent lanes, no calls); [`multiversion!`] compiles it once per [`Simd`]
+//! level and picks the copy at run time. Rust never contracts `a * b + c` into an FMA (a body
+//! that wants one writes `mul_add`: one rounding at every level, an instruction where the level
+//! has FMA, libm's `fmaf` in the scalar build) and the bodies fix every reduction's order, so
+//! all levels give bit-identical results: the scalar build is the reference the others are
+//! tested against.
 
 use std::sync::OnceLock;
 
@@ -32,10 +34,19 @@ pub(crate) enum Simd {
 }
 
 impl Simd {
-    /// The widest level this CPU supports (detected once).
+    /// The widest level this CPU supports (detected once), or a narrower one named by
+    /// `QWEN_SERVE_CPU_ISA` (`scalar`, `avx2`; `avx512` and `amx` mean AVX-512 here), as for the
+    /// quantized kernels ([`crate::Isa::detected`]): for measuring what each level brings.
     pub(crate) fn detected() -> Self {
         static BEST: OnceLock<Simd> = OnceLock::new();
-        *BEST.get_or_init(|| Self::available().into_iter().last().unwrap_or(Self::Scalar))
+        *BEST.get_or_init(|| {
+            let available = Self::available();
+            let named = std::env::var("QWEN_SERVE_CPU_ISA").ok().and_then(|name| {
+                let name = if name.eq_ignore_ascii_case("amx") { "avx512".to_string() } else { name };
+                available.iter().copied().find(|simd| format!("{simd:?}").eq_ignore_ascii_case(&name))
+            });
+            named.or(available.last().copied()).unwrap_or(Self::Scalar)
+        })
     }
 
     /// Every level this CPU supports, narrowest first.
@@ -47,10 +58,12 @@ impl Simd {
         match self {
             Self::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => is_x86_feature_detected!("avx2"),
+            Self::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
             #[cfg(target_arch = "x86_64")]
             Self::Avx512 => {
                 is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
                     && is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
@@ -66,14 +79,15 @@ impl Simd {
 macro_rules! multiversion {
     ($(#[$doc:meta])* fn $name:ident<$T:ident: Elem>($($arg:ident: $ty:ty),* $(,)?) => $body:path;) => {
         $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
         fn $name<$T: Elem>(simd: $crate::fused::simd::Simd, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
+            #[target_feature(enable = "avx2,fma,f16c")]
             fn avx2<$T: Elem>($($arg: $ty),*) {
                 $body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
             fn avx512<$T: Elem>($($arg: $ty),*) {
                 $body($($arg),*)
             }
@@ -99,7 +113,9 @@ mod tests {
     fn scalar_is_always_available_and_detected_is_the_widest() {
         let available = Simd::available();
         assert_eq!(available[0], Simd::Scalar);
-        assert_eq!(Simd::detected(), *available.last().unwrap());
+        if std::env::var_os("QWEN_SERVE_CPU_ISA").is_none() {
+            assert_eq!(Simd::detected(), *available.last().unwrap());
+        }
     }
 
     #[test]

@@ -142,6 +142,23 @@ fn matches_naive_attention_head_dim_128_small_blocks() {
 }
 
 #[test]
+fn matches_naive_attention_odd_head_dim_and_long_context() {
+    // 40 = two full 16-lane chunks and a remainder; 300 keys = chunks and a remainder in the
+    // softmax; a group of 3 query heads per KV head.
+    let case = Case { seqs: vec![(299, 1), (250, 7)], heads: 6, kv_heads: 2, d: 40, block_size: 16 };
+    let err = max_error(&case, DType::F32);
+    assert!(err < 1e-5, "max error {err}");
+}
+
+#[test]
+fn matches_naive_attention_with_more_than_eight_heads_per_kv_head() {
+    // A group of 10 takes two passes (8 + 2 heads) over each key block in the AVX-512 kernel.
+    let case = Case { seqs: vec![(40, 1), (3, 20)], heads: 20, kv_heads: 2, d: 128, block_size: 16 };
+    let err = max_error(&case, DType::F32);
+    assert!(err < 1e-5, "max error {err}");
+}
+
+#[test]
 fn matches_naive_attention_bf16_and_f16() {
     // Inputs are rounded to 8 (bf16) / 11 (f16) mantissa bits before both computations; the
     // remaining error is the rounding of the output and of the accumulation order.

@@ -1,0 +1,113 @@
+//! The CPU body of paged attention: one task's query heads (those sharing a KV head) over the
+//! key and value rows of its sequence.
+//!
+//! The arithmetic, which every instruction set reproduces bit for bit (the generic body below
+//! is the reference; [`super::avx512`] and [`super::avx2`] are the hand-written fast paths):
+//! - score of key `j` for head `g`: `s = 0; for d in order: s = fma(q[g][d], k[j][d], s)`,
+//!   then `s * scale`;
+//! - softmax per head: the maximum, `e = exp(s - max)` ([`crate::fused::exp::exp`]), their
+//!   sum in sixteen lanes (key `j` into lane `j % 16`, in order) added by [`reduce`], then
+//!   `e * (1 / sum)`;
+//! - output: `acc[d] = 0; for j in order: acc[d] = fma(p[g][j], v[j][d], acc[d])`.
+//!
+//! Keys go sixteen at a time so the reference's inner loop has sixteen independent lanes,
+//! which the vectorised builds and the AVX-512 kernel (a 16 x 16 transpose of the key block,
+//! then one FMA per dimension) rely on.
+
+use crate::elem::Elem;
+use crate::fused::exp::exp;
+use crate::fused::simd::{multiversion, Simd};
+
+/// Keys per block and lanes of every sum.
+pub(super) const LANES: usize = 16;
+
+/// One task's attention: the `out.len() / head_dim` query heads of `q_group` over the keys and
+/// values whose rows start at `rows` (at least one).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend<T: Elem>(simd: Simd, q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) {
+    // Safety: `Simd::Avx512` exists only where the CPU has AVX-512 F/BW/VL, FMA and F16C,
+    // `Simd::Avx2` where it has AVX2, FMA and F16C; every row plus `head_dim` lies inside the
+    // caches (the caller validated the metadata against their shape).
+    #[cfg(target_arch = "x86_64")]
+    match simd {
+        Simd::Avx512 if head_dim == 64 || head_dim == 128 => {
+            return unsafe { super::avx512::attend(q_group, k, v, rows, head_dim, scale, out) };
+        }
+        Simd::Avx2 if head_dim == 64 || head_dim == 128 => {
+            return unsafe { super::avx2::attend(q_group, k, v, rows, head_dim, scale, out) };
+        }
+        _ => {}
+    }
+    attend_any(simd, q_group, k, v, rows, head_dim, scale, out);
+}
+
+multiversion! {
+    /// [`attend`] for any head dimension and instruction set.
+    fn attend_any<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) => attend_body;
+}
+
+#[inline(always)]
+fn attend_body<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) {
+    let group = out.len() / head_dim;
+    let n = rows.len();
+    let stride = n.next_multiple_of(LANES);
+    let q: Vec<f32> = q_group.iter().map(|x| x.to_f32()).collect();
+    let mut scores = vec![0f32; group * stride];
+    // The key block transposed: `kt[d]` holds dimension `d` of its sixteen keys.
+    let mut kt = vec![[0f32; LANES]; head_dim];
+    for j0 in (0..n).step_by(LANES) {
+        for jj in 0..LANES {
+            // A short last block repeats the last key; its extra scores are not kept.
+            for (kt, x) in kt.iter_mut().zip(&k[rows[(j0 + jj).min(n - 1)]..][..head_dim]) {
+                kt[jj] = x.to_f32();
+            }
+        }
+        for g in 0..group {
+            let mut acc = [0f32; LANES];
+            for (qd, kt) in q[g * head_dim..][..head_dim].iter().zip(&kt) {
+                for (a, x) in acc.iter_mut().zip(kt) {
+                    *a = qd.mul_add(*x, *a);
+                }
+            }
+            for (s, a) in scores[g * stride + j0..][..(n - j0).min(LANES)].iter_mut().zip(acc) {
+                *s = a * scale;
+            }
+        }
+    }
+    let mut acc = vec![0f32; head_dim];
+    for g in 0..group {
+        let p = &mut scores[g * stride..][..n];
+        softmax(p);
+        acc.fill(0.0);
+        for (&w, &row) in p.iter().zip(rows) {
+            for (a, x) in acc.iter_mut().zip(&v[row..][..head_dim]) {
+                *a = w.mul_add(x.to_f32(), *a);
+            }
+        }
+        for (o, a) in out[g * head_dim..][..head_dim].iter_mut().zip(&acc) {
+            *o = T::from_f32(*a);
+        }
+    }
+}
+
+/// The lanes' sum in a fixed tree: lane `i` plus lane `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
+#[inline(always)]
+fn reduce(lanes: [f32; LANES]) -> f32 {
+    let s8: [f32; 8] = std::array::from_fn(|i| lanes[i] + lanes[i + 8]);
+    let s4: [f32; 4] = std::array::from_fn(|i| s8[i] + s8[i + 4]);
+    let s2: [f32; 2] = std::array::from_fn(|i| s4[i] + s4[i + 2]);
+    s2[0] + s2[1]
+}
+
+/// Scores to probabilities in place.
+#[inline(always)]
+pub(super) fn softmax(s: &mut [f32]) {
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = [0f32; LANES];
+    for (j, x) in s.iter_mut().enumerate() {
+        *x = exp(*x - max);
+        sum[j % LANES] += *x;
+    }
+    let inv = 1.0 / reduce(sum);
+    s.iter_mut().for_each(|x| *x *= inv);
+}
