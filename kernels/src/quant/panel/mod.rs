@@ -114,14 +114,8 @@ impl Panels {
             let d = f16::from_le_bytes([blk[0], blk[1]]);
             let values = match kind {
                 Kind::Q8_0 => std::array::from_fn(|e| blk[2 + e]),
-                Kind::Q4_0 => std::array::from_fn(|e| if e < 16 { blk[2 + e] & 0xF } else { blk[2 + e - 16] >> 4 }),
-                Kind::Q5_0 => {
-                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-                    std::array::from_fn(|e| {
-                        let low = if e < 16 { blk[6 + e] & 0xF } else { blk[6 + e - 16] >> 4 };
-                        low | ((((qh >> e) & 1) as u8) << 4)
-                    })
-                }
+                Kind::Q4_0 => nibble_values(&blk[2..18], [0; 4]),
+                Kind::Q5_0 => nibble_values(&blk[6..22], [blk[2], blk[3], blk[4], blk[5]]),
             };
             (d, values)
         })
@@ -149,18 +143,26 @@ impl Panels {
                 let j = p * PANEL + jj;
                 let (scale, values) = if j < n { block(j, b) } else { pad };
                 *d = scale;
-                // Four neighbouring elements at a time: vector g takes elements 4g..4g + 4
-                // (`value_index`).
-                for (g, q) in values.chunks_exact(4).enumerate() {
-                    let v = value_index(jj, 4 * g);
-                    if kind == Kind::Q8_0 {
-                        qs[v..v + 4].copy_from_slice(q);
-                        continue;
+                // Four neighbouring elements at a time: vector g takes elements 4g..4g + 4 at
+                // `value_index(jj, 4g) = 64g + 4jj`.
+                let word = |g: usize| u32::from_le_bytes([values[4 * g], values[4 * g + 1], values[4 * g + 2], values[4 * g + 3]]);
+                if kind == Kind::Q8_0 {
+                    for g in 0..QK / 4 {
+                        qs[64 * g + 4 * jj..][..4].copy_from_slice(&values[4 * g..4 * g + 4]);
                     }
-                    let (at, shift) = ((v / 128) * 64 + v % 64, 4 * ((v % 128) / 64));
-                    for (i, &q) in q.iter().enumerate() {
-                        qs[at + i] |= (q & 0xF) << shift;
-                        high[g] |= (((q >> 4) & 1) as u64) << (v % 64 + i);
+                    continue;
+                }
+                // Nibbles: vectors 2h (low) and 2h + 1 (high) share line h.
+                for h in 0..QK / 8 {
+                    let (lo, hi) = (word(2 * h), word(2 * h + 1));
+                    let packed = (lo & 0x0F0F_0F0F) | ((hi & 0x0F0F_0F0F) << 4);
+                    qs[64 * h + 4 * jj..][..4].copy_from_slice(&packed.to_le_bytes());
+                }
+                if kind == Kind::Q5_0 {
+                    for (g, high) in high.iter_mut().enumerate() {
+                        // Bit 4 of the four bytes, gathered into bits 24..28 in element order.
+                        let bits = ((word(g) >> 4) & 0x0101_0101).wrapping_mul(0x0102_0408) >> 24;
+                        *high |= u64::from(bits & 0xF) << (4 * jj);
                     }
                 }
             }
@@ -251,6 +253,35 @@ impl Panels {
 
 /// Where element `e` of a panel's row `jj` sits among a tile's 512 values (module docs).
 #[inline(always)]
+/// The 32 values of a Q4_0/Q5_0 block, eight at a time: element `i < 16` is the low nibble of
+/// `qs[i]`, element `16 + i` its high nibble, plus 16 where bit `e` of `qh` is set (Q5_0).
+fn nibble_values(qs: &[u8], qh: [u8; 4]) -> [u8; QK] {
+    /// Bit `i` of a byte to `0x10` in byte `i` of a word.
+    static FIFTH_BITS: [u64; 256] = {
+        let mut table = [0u64; 256];
+        let mut b = 0;
+        while b < 256 {
+            let mut i = 0;
+            while i < 8 {
+                if (b >> i) & 1 == 1 {
+                    table[b] |= 0x10 << (8 * i);
+                }
+                i += 1;
+            }
+            b += 1;
+        }
+        table
+    };
+    const LOW: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    let half = |i: usize| u64::from_le_bytes(qs[8 * i..8 * i + 8].try_into().expect("eight bytes"));
+    let words = [half(0) & LOW, half(1) & LOW, (half(0) >> 4) & LOW, (half(1) >> 4) & LOW];
+    let mut values = [0u8; QK];
+    for (i, (word, high)) in words.iter().zip(qh).enumerate() {
+        values[8 * i..8 * i + 8].copy_from_slice(&(word | FIFTH_BITS[high as usize]).to_le_bytes());
+    }
+    values
+}
+
 pub(crate) fn value_index(jj: usize, e: usize) -> usize {
     64 * (e / 4) + 4 * jj + e % 4
 }
