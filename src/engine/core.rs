@@ -22,6 +22,8 @@ pub(super) struct EngineCore {
     eos_token_ids: Vec<u32>,
     shared: Arc<Shared>,
     prefix_caching: bool,
+    /// CPU model: run each step on a thread of the rayon pool (see `run`).
+    step_in_pool: bool,
     next_seq_id: u64,
     num_prompt_tokens_computed: usize,
     num_generated_tokens: usize,
@@ -43,8 +45,10 @@ impl EngineCore {
             SchedulerConfig { max_num_batched_tokens: config.max_num_batched_tokens, max_num_seqs: config.max_num_seqs },
             bm,
         );
+        let step_in_pool = model.device().is_cpu();
         Self {
             scheduler,
+            step_in_pool,
             runner: ModelRunner::new(model, cache),
             tokenizer,
             eos_token_ids,
@@ -73,7 +77,14 @@ impl EngineCore {
             while let Ok(cmd) = rx.try_recv() {
                 shutting_down |= self.handle(cmd);
             }
-            self.step();
+            if self.step_in_pool {
+                // From outside the pool every parallel op of the forward (a few hundred per
+                // step) hands its work to the pool and sleeps until it is done; on a pool
+                // thread the step's ops split their work between running threads instead.
+                rayon::scope(|_| self.step());
+            } else {
+                self.step();
+            }
             self.publish_stats();
         }
         self.publish_stats();
