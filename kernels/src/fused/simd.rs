@@ -41,7 +41,7 @@ impl Simd {
         static BEST: OnceLock<Simd> = OnceLock::new();
         *BEST.get_or_init(|| {
             let available = Self::available();
-            let named = std::env::var("QWEN_SERVE_CPU_ISA").ok().and_then(|name| {
+            let named = crate::quant::requested_level().and_then(|name| {
                 let name = if name.eq_ignore_ascii_case("amx") { "avx512".to_string() } else { name };
                 available.iter().copied().find(|simd| format!("{simd:?}").eq_ignore_ascii_case(&name))
             });
@@ -113,7 +113,7 @@ mod tests {
     fn scalar_is_always_available_and_detected_is_the_widest() {
         let available = Simd::available();
         assert_eq!(available[0], Simd::Scalar);
-        if std::env::var_os("QWEN_SERVE_CPU_ISA").is_none() {
+        if crate::quant::requested_level().is_none() {
             assert_eq!(Simd::detected(), *available.last().unwrap());
         }
     }

@@ -17,6 +17,12 @@ pub enum Isa {
     Amx,
 }
 
+/// The instruction set `QWEN_SERVE_CPU_ISA` asks the CPU kernels to use (`scalar`, `avx2`,
+/// `avx512`, `amx`), if set; each kernel family takes it when the CPU has it.
+pub(crate) fn requested_level() -> Option<String> {
+    std::env::var("QWEN_SERVE_CPU_ISA").ok()
+}
+
 impl Isa {
     /// The fastest kernels this CPU supports (detected once), or the slower ones named by
     /// `QWEN_SERVE_CPU_ISA` (`scalar`, `avx2`, `avx512`, `amx`) if this CPU has them: for
@@ -25,9 +31,7 @@ impl Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
             let available = Self::available();
-            let named = std::env::var("QWEN_SERVE_CPU_ISA").ok().and_then(|name| {
-                available.iter().copied().find(|isa| format!("{isa:?}").eq_ignore_ascii_case(&name))
-            });
+            let named = requested_level().and_then(|name| available.iter().copied().find(|isa| format!("{isa:?}").eq_ignore_ascii_case(&name)));
             named.or(available.last().copied()).unwrap_or(Self::Scalar)
         })
     }

@@ -39,6 +39,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use format::Weights;
+pub(crate) use isa::requested_level;
 pub use isa::Isa;
 
 /// A quantized `(out_features, in_features)` weight matrix in the layout our kernels read.
