@@ -8,6 +8,9 @@ use std::str::FromStr;
 
 use candle_core::Device;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 /// A parsed `--device` value: `cpu`, `cuda` (device 0) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {
@@ -69,7 +72,11 @@ pub fn select(arg: Option<DeviceArg>) -> Result<Device, String> {
 /// one line (candle appends a backtrace when RUST_BACKTRACE is set).
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
     let device = Device::new_cuda_with_stream(ordinal).map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())?;
-    tracing::info!("device: cuda:{ordinal} ({})", describe(&device));
+    #[cfg(feature = "cuda")]
+    let tuning = cuda::tune(device.as_cuda_device().map_err(|e| e.to_string())?)?;
+    #[cfg(not(feature = "cuda"))]
+    let tuning = "";
+    tracing::info!("device: cuda:{ordinal} ({}; {tuning})", describe(&device));
     Ok(device)
 }
 
@@ -90,10 +97,12 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
-/// `(free, total)` bytes of a GPU's memory, as the driver reports them now; `None` on the CPU.
+/// `(free, total)` bytes of a GPU's memory, as the driver reports them once the work queued
+/// so far is done and our memory pool has handed back what it holds unused; `None` on the CPU.
 pub fn memory_info(device: &Device) -> Result<Option<(usize, usize)>, String> {
     #[cfg(feature = "cuda")]
     if let Ok(d) = device.as_cuda_device() {
+        cuda::trim(d)?;
         return d.cuda_stream().context().mem_get_info().map(Some).map_err(|e| format!("querying GPU memory: {e}"));
     }
     let _ = device;
