@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Ran as is on an H100 80GB HBM3 (driver 580, torch 2.11 cu130, transformers 5.17) on
-# 2026-11-26 in ~265 s of one call; its results are in benches/results/h100-2026-11-26/.
+# An earlier version ran on an H100 80GB HBM3 (driver 580, torch 2.11 cu130, transformers 5.17)
+# on 2026-11-26 in ~265 s of one call; its results are in benches/results/h100-2026-11-26/.
+# Since then (not yet run on a GPU): the fused q/k/v kernel's test and two more A/B variants.
 #
 # The one-call device check of the CUDA build, in two halves:
 #
@@ -9,7 +10,7 @@
 #                                      xz-compressed, with the tokenizer into target/gpu-carry
 #   scripts/gpu-check.sh               there, via the device tool:
 #                                      run(command="bash scripts/gpu-check.sh",
-#                                          carry=["target/gpu-carry"], timeout_s=470)
+#                                          carry=["target/gpu-carry"], timeout_s=540)
 #
 # On the GPU machine it
 #   1. records the GPU, driver and glibc, and puts the CUDA 13 libraries of the PyTorch install
@@ -21,8 +22,8 @@
 #      (scripts/gpu_reference.py). This step assumes the binary takes `--device cuda`
 #      (override with GPU_CHECK_DEVICE_FLAG); it is skipped, and says so, if `serve --help`
 #      shows no --device flag.
-# GPU_CHECK_STEPS (default "kernels 0.5b 7b") picks steps. Their limits (45 + 170 + 215 s) fit
-# one call of timeout_s=470; if the 7B step runs out, rerun with GPU_CHECK_STEPS=7b.
+# GPU_CHECK_STEPS (default "kernels 0.5b 7b") picks steps. Their limits (45 + 190 + 250 s) fit
+# one call of timeout_s=540; if the 7B step runs out, rerun with GPU_CHECK_STEPS=7b.
 # Results go to $OUT (summary.json, kernel-tests.txt, model-*.json, env.txt); each step has its
 # own time limit so a slow step still leaves the others' results.
 set -uo pipefail
@@ -108,7 +109,7 @@ fi
 # 3. Model-level comparison with transformers, and throughput.
 device_flag="${GPU_CHECK_DEVICE_FLAG:---device cuda}"
 if "$work/qwen-serve" serve --help 2>/dev/null | grep -q -- '--device'; then
-  for spec in "0.5b f32,bf16 170 70" "7b bf16 215 100"; do
+  for spec in "0.5b f32,bf16 190 70" "7b bf16 250 100"; do
     set -- $spec
     want "$1" || continue
     PYTHONUNBUFFERED=1 timeout "$3" python3 scripts/gpu_reference.py --config "$1" --dtypes "$2" --qwen-serve "$work/qwen-serve" \

@@ -237,26 +237,33 @@ def main():
     result["qwen_serve_bench_seconds"] = time.time() - t
     save()
     print(table(result), flush=True)
-    # The same at 1 and 64 streams with candle's upload cache on (QWEN_SERVE_CUDA_PARAM_CACHE,
-    # kernels/src/param_cache.rs): off by default until this A/B says it pays.
-    ab_json = os.path.join(args.work, f"bench-{args.config}-param-cache.json")
+    # A/B of host-overhead switches at 1 and 64 streams, each against the defaults above:
+    # candle's upload cache on (QWEN_SERVE_CUDA_PARAM_CACHE, kernels/src/param_cache.rs; off by
+    # default until this says it pays), and two defaults switched off: the device set-up of
+    # src/device/cuda.rs (QWEN_SERVE_CUDA_TUNING) and the fused q/k/v kernel (kernels/src/qkv.rs).
     ab = [c for c in ("1", "64") if c in args.bench_concurrency.split(",")]
-    if ab:
+    variants = [("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}),
+                ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}),
+                ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"})]
+    for name, env in (variants if ab else []):
+        key = f"qwen_serve_bench_{name}"
+        ab_json = os.path.join(args.work, f"bench-{args.config}-{name}.json")
         cmd_ab = [x if x != args.bench_concurrency else ",".join(ab) for x in cmd]
         cmd_ab[cmd_ab.index("--json") + 1] = ab_json
         try:
             p = subprocess.run(cmd_ab, capture_output=True, text=True, timeout=args.bench_timeout,
-                               env={**os.environ, "QWEN_SERVE_CUDA_PARAM_CACHE": "1"})
-            result["qwen_serve_bench_param_cache"] = json.load(open(ab_json)) if p.returncode == 0 \
-                else {"error": p.stderr[-3000:]}
+                               env={**os.environ, **env})
+            result[key] = json.load(open(ab_json)) if p.returncode == 0 else {"error": p.stderr[-3000:]}
         except subprocess.TimeoutExpired:
-            result["qwen_serve_bench_param_cache"] = {"error": f"timed out after {args.bench_timeout} s"}
+            result[key] = {"error": f"timed out after {args.bench_timeout} s"}
         save()
-        for r in result["qwen_serve_bench_param_cache"].get("reports", []):
+        for r in result[key].get("reports", []):
             t = r.get("step_times") or {}
-            print(f"  with QWEN_SERVE_CUDA_PARAM_CACHE=1: {r['concurrency']} | {r['output_tok_per_s']:.0f} "
+            print(f"  with {env}: {r['concurrency']} | {r['output_tok_per_s']:.0f} "
                   f"({r['tpot_ms']['p50']:.2f}; {t.get('forward_ms', 0):.2f} + {t.get('logits_ms', 0):.2f} + "
                   f"{t.get('other_ms', 0):.2f})", flush=True)
+        if "error" in result[key]:
+            print(f"  with {env}: {result[key]['error'][-500:]}", flush=True)
 
     result["transformers_bench"] = []
     for b in args.bench_concurrency.split(","):

@@ -27,6 +27,7 @@ module!(WRITE_KV, "write_kv");
 module!(RMS_NORM, "rms_norm");
 module!(ROPE, "rope");
 module!(SILU_MUL, "silu_mul");
+module!(QKV, "qkv");
 
 /// `<kernel>_<dtype of T>`: the name of one instantiation of a kernel template.
 pub(crate) fn kernel_name<T: WithDType>(kernel: &str) -> String {
@@ -69,33 +70,49 @@ pub(crate) fn output<T: CudaElem>(dev: &CudaDevice, len: usize) -> Result<CudaSl
     unsafe { dev.alloc::<T>(len.max(1)) }
 }
 
-/// Read access to a u32 tensor on the GPU for the duration of a launch.
-pub(crate) struct U32Tensor<'a> {
+/// Read access to a tensor on the GPU for the duration of a launch.
+pub(crate) struct Locked<'a> {
     guard: candle_core::StorageRef<'a>,
     layout: &'a Layout,
 }
 
-impl<'a> U32Tensor<'a> {
+impl<'a> Locked<'a> {
     pub(crate) fn new(t: &'a Tensor) -> Self {
         let (guard, layout) = t.storage_and_layout();
         Self { guard, layout }
     }
 
-    /// Elements `range` of the (contiguous) tensor.
-    pub(crate) fn view(&self, range: std::ops::Range<usize>, what: &str) -> Result<CudaView<'_, u32>> {
+    fn slice<T: CudaElem>(&self, what: &str) -> Result<&CudaSlice<T>> {
         let Storage::Cuda(s) = &*self.guard else {
             candle_core::bail!("{what} must be on the GPU");
         };
+        s.as_cuda_slice::<T>()
+    }
+
+    /// Elements `range` of the (contiguous) tensor.
+    pub(crate) fn view<T: CudaElem>(&self, range: std::ops::Range<usize>, what: &str) -> Result<CudaView<'_, T>> {
         let Some((start, end)) = self.layout.contiguous_offsets() else {
             candle_core::bail!("{what} must be contiguous");
         };
         if range.end > end - start {
             candle_core::bail!("{what}: range {range:?} outside a tensor of {}", end - start);
         }
-        Ok(s.as_cuda_slice::<u32>()?.slice(start + range.start..start + range.end))
+        Ok(self.slice::<T>(what)?.slice(start + range.start..start + range.end))
     }
 
-    pub(crate) fn all(&self, what: &str) -> Result<CudaView<'_, u32>> {
+    pub(crate) fn all<T: CudaElem>(&self, what: &str) -> Result<CudaView<'_, T>> {
         self.view(0..self.layout.shape().elem_count(), what)
+    }
+
+    /// A `(rows, width)` tensor whose rows are each contiguous but may lie any distance apart:
+    /// the storage from its first element on, and that distance in elements.
+    pub(crate) fn rows<T: CudaElem>(&self, what: &str) -> Result<(CudaView<'_, T>, usize)> {
+        let (num_rows, width) = self.layout.shape().dims2()?;
+        let stride = self.layout.stride();
+        if width > 1 && stride[1] != 1 {
+            candle_core::bail!("the rows of {what} must be contiguous");
+        }
+        let row_stride = if num_rows > 1 { stride[0] } else { width };
+        Ok((self.slice::<T>(what)?.slice(self.layout.start_offset()..), row_stride))
     }
 }

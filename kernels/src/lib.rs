@@ -21,6 +21,7 @@ mod fused;
 mod metadata;
 mod paged_attention;
 mod param_cache;
+mod qkv;
 mod quant;
 mod write_kv;
 
@@ -29,5 +30,8 @@ pub use fused::{add_rms_norm, rms_norm, rotary_embedding, silu_mul};
 pub use metadata::{AttentionMetadata, MetadataError};
 pub use paged_attention::{paged_attention, paged_attention_step};
 pub use param_cache::{param_cache, ParamCache};
+#[cfg(feature = "cuda")]
+pub use qkv::qkv_step_fused;
+pub use qkv::{qkv_step, Qkv};
 pub use quant::{Isa, QuantMatrix};
 pub use write_kv::{write_kv, write_kv_step};

@@ -6,8 +6,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use qwen_serve_kernels::{
-    add_rms_norm, paged_attention, paged_attention_step, rms_norm, rotary_embedding, silu_mul, write_kv,
-    write_kv_step, AttentionMetadata, DeviceMetadata,
+    add_rms_norm, paged_attention, paged_attention_step, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
+    write_kv, write_kv_step, AttentionMetadata, DeviceMetadata, Qkv,
 };
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
@@ -216,6 +216,72 @@ fn silu_mul_on_fused_and_separate_projections() {
         for got in [strided, separate] {
             let err = max_rel_diff(&got, &cpu);
             assert!(err < tolerance(dtype), "{dtype:?}: silu_mul difference {err}");
+        }
+    }
+}
+
+/// The fused q/k/v kernel against the CPU's composition of the separate ops, from a stacked
+/// projection's column views (Qwen2: biases) and from separate ones (Qwen3: per-head norms);
+/// three sequences mid-block, a token with all, decode included.
+#[test]
+fn qkv_step_matches_the_separate_ops() {
+    for dtype in DTYPES {
+        for (heads, kv_heads, d) in [(14, 2, 64), (28, 4, 128)] {
+            let (q_w, kv_w) = (heads * d, kv_heads * d);
+            let num_tokens = 7;
+            let stacked = randn(&[num_tokens, q_w + 2 * kv_w], dtype);
+            let bias = [q_w, kv_w, kv_w].map(|w| randn(&[w], dtype));
+            let norms = [d, d].map(|n| randn(&[n], DType::F32).affine(0.1, 1.0).unwrap().to_dtype(dtype).unwrap());
+            let angles: Vec<f32> = (0..4096 * d / 2).map(|k| (k / (d / 2)) as f32 / 1e6f32.powf(2.0 * (k % (d / 2)) as f32 / d as f32)).collect();
+            let angles = Tensor::from_vec(angles, (4096, d / 2), &Device::Cpu).unwrap();
+            let (cos, sin) = (angles.cos().unwrap().to_dtype(dtype).unwrap(), angles.sin().unwrap().to_dtype(dtype).unwrap());
+            // Sequences of 4, 2 and 1 new tokens after 9, 0 and 30 cached ones; blocks of 16.
+            let mut meta = AttentionMetadata { max_blocks_per_seq: 3, query_start_loc: vec![0], ..Default::default() };
+            for (s, (cached, new)) in [(9usize, 4usize), (0, 2), (30, 1)].into_iter().enumerate() {
+                let table = [3 * s as u32 + 2, 3 * s as u32, 3 * s as u32 + 1];
+                meta.block_tables.extend(table);
+                meta.slot_mapping.extend(AttentionMetadata::single(&table, 16, cached + new, new).slot_mapping);
+                meta.seq_lens.push((cached + new) as u32);
+                meta.query_start_loc.push(meta.query_start_loc.last().unwrap() + new as u32);
+            }
+            for (with_bias, with_norm, split) in [(true, false, true), (false, true, false), (true, true, true)] {
+                let run = |dev: &Device, fused: bool| {
+                    let t = |x: &Tensor| x.to_device(dev).unwrap();
+                    let stacked = t(&stacked);
+                    let parts = [(0, q_w), (q_w, kv_w), (q_w + kv_w, kv_w)].map(|(at, w)| {
+                        let view = stacked.narrow(1, at, w).unwrap();
+                        if split { view } else { view.contiguous().unwrap() }
+                    });
+                    let bias = bias.each_ref().map(t);
+                    let norms = norms.each_ref().map(t);
+                    let qkv = Qkv {
+                        q: &parts[0],
+                        k: &parts[1],
+                        v: &parts[2],
+                        bias: if with_bias { [Some(&bias[0]), Some(&bias[1]), Some(&bias[2])] } else { [None; 3] },
+                        head_norm: with_norm.then_some((&norms[0], &norms[1], 1e-6)),
+                    };
+                    let key_cache = Tensor::zeros((9, 16, kv_heads, d), dtype, dev).unwrap();
+                    let value_cache = key_cache.zeros_like().unwrap();
+                    let step = DeviceMetadata::new(meta.clone(), dev).unwrap();
+                    let q = if fused {
+                        qkv_step_fused(&qkv, &t(&cos), &t(&sin), &key_cache, &value_cache, &step).unwrap().expect("the fused kernel applies")
+                    } else {
+                        qkv_step(&qkv, &t(&cos), &t(&sin), &key_cache, &value_cache, &step).unwrap()
+                    };
+                    (q, key_cache, value_cache)
+                };
+                let (cpu_q, cpu_k, cpu_v) = run(&Device::Cpu, false);
+                let (gpu_q, gpu_k, gpu_v) = run(&gpu(), true);
+                let what = format!("{dtype:?} d {d} bias {with_bias} norm {with_norm} views {split}");
+                assert_eq!((gpu_q.dims(), gpu_q.dtype()), (cpu_q.dims(), dtype), "{what}");
+                for (name, got, want) in [("q", &gpu_q, &cpu_q), ("k cache", &gpu_k, &cpu_k), ("v cache", &gpu_v, &cpu_v)] {
+                    let err = max_rel_diff(got, want);
+                    assert!(err < tolerance(dtype), "{what}: {name} difference {err}");
+                }
+                // v is only biased: the same rounding on both sides.
+                assert_eq!(max_rel_diff(&gpu_v, &cpu_v), 0.0, "{what}: v cache");
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-// write_kv.cu, rms_norm.cu, rope.cu and silu_mul.cu, run by emu.h, against direct formulas in
+// write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu and qkv.cu, run by emu.h, against direct formulas in
 // double (f32 instantiations: the other dtypes differ only in the shared conversions).
 #include "emu.h"
 
@@ -6,6 +6,7 @@
 #include "../rope.cu"
 #include "../silu_mul.cu"
 #include "../write_kv.cu"
+#include "../qkv.cu"
 
 #include <algorithm>
 #include <cstdio>
@@ -86,6 +87,55 @@ int main() {
             err = std::max(err, std::abs(out[r * width + c] - g / (1 + std::exp(-g)) * u) / std::max(1.0, std::abs(g / (1 + std::exp(-g)) * u)));
         }
         check("silu_mul f32 (strided halves)", err, 1e-6);
+    }
+    // qkv: a stacked projection's column views, with and without bias and per-head norm; 3
+    // tokens (the last at a position past the tables), GQA 4/2, into 6 slots.
+    for (int D : {64, 128, 40}) {
+        const int T = 3, H = 4, KH = 2, P = 20, S = 6, half = D / 2, W = (H + 2 * KH) * D;
+        std::vector<float> x(T * W), bias(W), wq(D), wk(D), cs(P * half), sn(P * half);
+        for (auto& v : x) v = nd(rng);
+        for (auto& v : bias) v = nd(rng);
+        for (auto& v : wq) v = 1 + 0.1f * nd(rng);
+        for (auto& v : wk) v = 1 + 0.1f * nd(rng);
+        for (int p = 0; p < P; ++p) for (int i = 0; i < half; ++i) { double a = p / std::pow(1e4, 2.0 * i / D); cs[p * half + i] = std::cos(a); sn[p * half + i] = std::sin(a); }
+        std::vector<uint32_t> pos{3, 19, 25}, slots{4, 0, 5};
+        for (int with : {0, 1}) {  // 0: neither bias nor norm; 1: both
+            std::vector<float> q_out(T * H * D, -7.f), kc(S * KH * D, -7.f), vc(S * KH * D, -7.f);
+            const float* b = with ? bias.data() : nullptr;
+            emu::launch({T}, {256}, [&] {
+                qkv_f32(x.data(), x.data() + H * D, x.data() + (H + KH) * D, W, W, W, b, b ? b + H * D : nullptr,
+                        b ? b + (H + KH) * D : nullptr, with ? wq.data() : nullptr, with ? wk.data() : nullptr, 1e-6f,
+                        cs.data(), sn.data(), pos.data(), P, slots.data(), q_out.data(), kc.data(), vc.data(), H, KH, D);
+            });
+            double err = 0;
+            bool nan_ok = true, untouched_ok = true;
+            for (int t = 0; t < T; ++t) for (int h = 0; h < H + 2 * KH; ++h) {
+                std::vector<double> r(D);
+                for (int i = 0; i < D; ++i) r[i] = x[t * W + h * D + i] + (with ? bias[h * D + i] : 0);
+                const bool is_v = h >= H + KH;
+                if (with && !is_v) {
+                    double ss = 0;
+                    for (double v : r) ss += v * v;
+                    const double inv = 1 / std::sqrt(ss / D + 1e-6);
+                    for (int i = 0; i < D; ++i) r[i] *= inv * (h < H ? wq[i] : wk[i]);
+                }
+                const float* got = h < H ? &q_out[(t * H + h) * D] : h < H + KH ? &kc[(slots[t] * KH + h - H) * D] : &vc[(slots[t] * KH + h - H - KH) * D];
+                for (int i = 0; i < half; ++i) {
+                    double a = r[i], bb = r[i + half];
+                    if (!is_v) {
+                        if (pos[t] >= (uint32_t)P) { nan_ok &= std::isnan(got[i]) && std::isnan(got[i + half]); continue; }
+                        const double c = cs[pos[t] * half + i], s = sn[pos[t] * half + i];
+                        a = r[i] * c - r[i + half] * s;
+                        bb = r[i + half] * c + r[i] * s;
+                    }
+                    err = std::max({err, std::abs(got[i] - a) / std::max(1.0, std::abs(a)), std::abs(got[i + half] - bb) / std::max(1.0, std::abs(bb))});
+                }
+            }
+            for (int s : {1, 2, 3}) for (int c = 0; c < KH * D; ++c) untouched_ok &= kc[s * KH * D + c] == -7.f && vc[s * KH * D + c] == -7.f;
+            char name[64];
+            std::snprintf(name, sizeof name, "qkv f32 head_dim %d bias+norm %d", D, with);
+            check(name, err + !nan_ok + !untouched_ok, 1e-5);
+        }
     }
     std::printf("%d failures\n", failures);
     return failures != 0;

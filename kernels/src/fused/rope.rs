@@ -153,7 +153,7 @@ mod cuda {
     use candle_core::{CudaStorage, DType, Layout, Result, Tensor};
     use half::{bf16, f16};
 
-    use crate::cuda::{self, kernel_name, load, CudaElem, U32Tensor};
+    use crate::cuda::{self, kernel_name, load, CudaElem, Locked};
 
     pub(super) fn launch(x: &CudaStorage, x_l: &Layout, c: &CudaStorage, c_l: &Layout, s: &CudaStorage, s_l: &Layout, positions: &Tensor) -> Result<CudaStorage> {
         match x.dtype() {
@@ -175,8 +175,8 @@ mod cuda {
         let x = cuda::input::<T>(x, x_l, "rotary_embedding: x")?;
         let c = cuda::input::<T>(c, c_l, "rotary_embedding: cos")?;
         let s = cuda::input::<T>(s, s_l, "rotary_embedding: sin")?;
-        let p = U32Tensor::new(positions);
-        let p = p.all("rotary_embedding: positions")?;
+        let p = Locked::new(positions);
+        let p = p.all::<u32>("rotary_embedding: positions")?;
         let func = load!(dev, cuda::ROPE, kernel_name::<T>("rope"))?;
         let ints = [num_heads, head_dim / 2, max_positions].map(|v| v as i32);
         let mut b = func.builder();

@@ -9,7 +9,7 @@ use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 use half::{bf16, f16};
 
 use super::{Dims, PagedAttention};
-use crate::cuda::{self, kernel_name, load, CudaElem, U32Tensor};
+use crate::cuda::{self, kernel_name, load, CudaElem, Locked};
 
 /// Threads per attention block and keys per shared-memory chunk (`THREADS`, `KEYS` in the .cu).
 const THREADS: u32 = 128;
@@ -65,12 +65,12 @@ impl PagedAttention<'_> {
         let q = cuda::aligned_input::<T>(q, q_l, "paged_attention: q")?;
         let k = cuda::aligned_input::<T>(k, k_l, "paged_attention: key cache")?;
         let v = cuda::aligned_input::<T>(v, v_l, "paged_attention: value cache")?;
-        let data = U32Tensor::new(&packed.data);
-        let query_start_loc = data.view(packed.query_start_loc.clone(), "query_start_loc")?;
-        let seq_lens = data.view(packed.seq_lens.clone(), "seq_lens")?;
-        let block_tables = data.view(packed.block_tables.clone(), "block_tables")?;
-        let tile_guard = U32Tensor::new(&tile_tensor);
-        let tiles = tile_guard.all("attention tiles")?;
+        let data = Locked::new(&packed.data);
+        let query_start_loc = data.view::<u32>(packed.query_start_loc.clone(), "query_start_loc")?;
+        let seq_lens = data.view::<u32>(packed.seq_lens.clone(), "seq_lens")?;
+        let block_tables = data.view::<u32>(packed.block_tables.clone(), "block_tables")?;
+        let tile_guard = Locked::new(&tile_tensor);
+        let tiles = tile_guard.all::<u32>("attention tiles")?;
 
         let num_rows = num_tokens * num_heads;
         let mut out = cuda::output::<T>(dev, num_rows * head_dim)?;

@@ -7,7 +7,7 @@ use candle_core::{CudaStorage, DType, Layout, Result};
 use half::{bf16, f16};
 
 use super::WriteSlots;
-use crate::cuda::{self, kernel_name, load, CudaElem, U32Tensor};
+use crate::cuda::{self, kernel_name, load, CudaElem, Locked};
 
 const THREADS: usize = 256;
 
@@ -30,10 +30,10 @@ impl WriteSlots<'_> {
         };
         let mut cache = dst.as_cuda_slice_mut::<T>()?.slice_mut(d0..d1);
         // The step's copy of the slots if there is one, else a copy made now.
-        let guard = self.metadata.and_then(|m| m.cuda()).map(|p| (U32Tensor::new(&p.data), p.slot_mapping.clone()));
+        let guard = self.metadata.and_then(|m| m.cuda()).map(|p| (Locked::new(&p.data), p.slot_mapping.clone()));
         let uploaded;
         let slots = match &guard {
-            Some((data, range)) => data.view(range.clone(), "slot_mapping")?,
+            Some((data, range)) => data.view::<u32>(range.clone(), "slot_mapping")?,
             None => {
                 uploaded = dev.clone_htod(self.slot_mapping)?;
                 uploaded.slice(..)

@@ -1,6 +1,6 @@
 use candle_core::Tensor;
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
-use qwen_serve_kernels::{paged_attention_step, write_kv_step, DeviceMetadata};
+use qwen_serve_kernels::{paged_attention_step, qkv_step, DeviceMetadata, Qkv};
 
 use super::linear::{Linear, Projections};
 use super::rms_norm::RmsNorm;
@@ -15,7 +15,6 @@ pub struct Attention {
     o_proj: Linear,
     qk_norm: Option<(RmsNorm, RmsNorm)>,
     num_heads: usize,
-    num_kv_heads: usize,
     head_dim: usize,
 }
 
@@ -41,7 +40,6 @@ impl Attention {
             o_proj: weights.linear("o_proj", nh * d, h, false)?,
             qk_norm,
             num_heads: nh,
-            num_kv_heads: nkv,
             head_dim: d,
         })
     }
@@ -50,17 +48,16 @@ impl Attention {
     /// the step's metadata, already on the model's device.
     pub fn forward(&self, x: &Tensor, rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
         let tokens = x.dim(0)?;
-        let [q, k, v]: [Tensor; 3] = self.qkv_proj.forward(x)?.try_into().expect("three projections");
-        let q = q.reshape((tokens, self.num_heads, self.head_dim))?;
-        let k = k.reshape((tokens, self.num_kv_heads, self.head_dim))?;
-        let v = v.reshape((tokens, self.num_kv_heads, self.head_dim))?;
-        let (q, k) = match &self.qk_norm {
-            Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
-            None => (q, k),
-        };
-        let q = rotary.apply(&q, meta.positions())?;
-        let k = rotary.apply(&k, meta.positions())?;
-        write_kv_step(cache.0, cache.1, &k, &v, meta)?;
+        // Biases, q/k norms, rotation and the cache write happen in one op (one kernel on a GPU).
+        let [q, k, v]: [Tensor; 3] = self.qkv_proj.forward_unbiased(x)?.try_into().expect("three projections");
+        let [bq, bk, bv] = self.qkv_proj.biases() else { unreachable!("three projections") };
+        let head_norm = self.qk_norm.as_ref().map(|(qn, kn)| {
+            let ((wq, eps), (wk, _)) = (qn.parts(), kn.parts());
+            (wq, wk, eps)
+        });
+        let qkv = Qkv { q: &q, k: &k, v: &v, bias: [bq.as_ref(), bk.as_ref(), bv.as_ref()], head_norm };
+        let (cos, sin) = rotary.tables();
+        let q = qkv_step(&qkv, cos, sin, cache.0, cache.1, meta)?;
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let out = paged_attention_step(&q, cache.0, cache.1, meta, scale)?;
         self.o_proj.forward(&out.reshape((tokens, self.num_heads * self.head_dim))?)

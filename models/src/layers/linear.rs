@@ -78,17 +78,22 @@ impl Linear {
 
     /// `x` `(tokens, in)` -> `(tokens, out)` in x's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
+        let y = self.forward_unbiased(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// [`Self::forward`] without the bias.
+    fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.weight {
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             // Quantized kernels take f32 activations.
             Weight::Quantized(q) if x.dtype() != DType::F32 => q.matmul(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
             Weight::Quantized(q) => q.matmul(x)?,
             Weight::Device(q) => q.forward(&x.contiguous()?)?,
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
+        })
     }
 }
 
@@ -100,6 +105,8 @@ impl Linear {
 pub struct Projections {
     /// Each group's (possibly stacked) projection and the widths of its parts.
     groups: Vec<(Linear, Vec<usize>)>,
+    /// Each part's bias (a view of its group's stacked one), for [`Self::forward_unbiased`].
+    biases: Vec<Option<Tensor>>,
 }
 
 impl Projections {
@@ -128,8 +135,16 @@ impl Projections {
                 let q = QuantMatrix::concat(&matrices).expect("checked by stacks()");
                 Ok((Linear::quantized(Arc::new(q), bias), widths))
             })
-            .collect::<Result<_>>()?;
-        Ok(Self { groups })
+            .collect::<Result<Vec<(Linear, Vec<usize>)>>>()?;
+        let mut biases = Vec::new();
+        for (linear, widths) in &groups {
+            let mut at = 0;
+            for &w in widths {
+                biases.push(linear.bias.as_ref().map(|b| b.narrow(0, at, w)).transpose()?);
+                at += w;
+            }
+        }
+        Ok(Self { groups, biases })
     }
 
     /// How many matmuls a forward runs.
@@ -137,11 +152,26 @@ impl Projections {
         self.groups.len()
     }
 
-    /// Each part's `(tokens, out)` output, in order, contiguous.
+    /// Each part's `(tokens, out)` output, in order: stacked parts are column views.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.outputs(x, Linear::forward)
+    }
+
+    /// [`Self::forward`] without the biases, which [`Self::biases`] gives, to be added by a
+    /// fused consumer.
+    pub fn forward_unbiased(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.outputs(x, Linear::forward_unbiased)
+    }
+
+    /// Each part's bias, in order.
+    pub fn biases(&self) -> &[Option<Tensor>] {
+        &self.biases
+    }
+
+    fn outputs(&self, x: &Tensor, forward: impl Fn(&Linear, &Tensor) -> Result<Tensor>) -> Result<Vec<Tensor>> {
         let mut out = Vec::new();
         for (linear, widths) in &self.groups {
-            let y = linear.forward(x)?;
+            let y = forward(linear, x)?;
             if widths.len() == 1 {
                 out.push(y);
                 continue;
@@ -232,5 +262,16 @@ mod tests {
         }
         let mixed = Projections::new(vec![dense(8, true, 1.0), dense(8, false, 2.0)]).unwrap();
         assert_eq!(mixed.num_matmuls(), 2, "a part without a bias among biased ones stands alone");
+        // Unbiased outputs plus each part's own bias are the biased outputs.
+        for p in [&p, &mixed] {
+            let biased = p.forward(&x).unwrap();
+            for ((y, b), want) in p.forward_unbiased(&x).unwrap().iter().zip(p.biases()).zip(&biased) {
+                let y = match b {
+                    Some(b) => y.broadcast_add(b).unwrap(),
+                    None => y.clone(),
+                };
+                assert_eq!(y.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
+            }
+        }
     }
 }

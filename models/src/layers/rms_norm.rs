@@ -14,6 +14,11 @@ impl RmsNorm {
         Ok(Self { weight: weights.tensor("weight", &[dim])?, eps: eps as f32 })
     }
 
+    /// The weight, `(dim,)`, and epsilon, for an op that fuses the norm.
+    pub fn parts(&self) -> (&Tensor, f32) {
+        (&self.weight, self.eps)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         qwen_serve_kernels::rms_norm(x, &self.weight, self.eps)
     }

@@ -1,5 +1,4 @@
 use candle_core::{DType, Device, Result, Tensor};
-use qwen_serve_kernels::rotary_embedding;
 
 /// Rotary position embedding in the "rotate half" (GPT-NeoX) layout Qwen uses: dimension `i`
 /// pairs with `i + head_dim / 2`.
@@ -19,9 +18,8 @@ impl Rotary {
         Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
     }
 
-    /// `x` `(tokens, heads, head_dim)`, each token rotated by its own position: `positions`
-    /// `(tokens,)` u32, each below `max_positions`.
-    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        rotary_embedding(x, &self.cos, &self.sin, positions)
+    /// The `(max_positions, head_dim / 2)` cos and sin tables, for an op that fuses the rotation.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
     }
 }
