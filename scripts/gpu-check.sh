@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # An earlier version ran on an H100 80GB HBM3 (driver 580, torch 2.11 cu130, transformers 5.17)
 # on 2026-11-26 in ~265 s of one call; its results are in benches/results/h100-2026-11-26/.
-# Since then (not yet run on a GPU): the fused q/k/v kernel's test and two more A/B variants.
+# Since then (not yet run on a GPU): the fused q/k/v kernel's test, three more A/B variants and
+# the greedy comparison with CUDA graphs on.
 #
 # The one-call device check of the CUDA build, in two halves:
 #
@@ -10,7 +11,7 @@
 #                                      xz-compressed, with the tokenizer into target/gpu-carry
 #   scripts/gpu-check.sh               there, via the device tool:
 #                                      run(command="bash scripts/gpu-check.sh",
-#                                          carry=["target/gpu-carry"], timeout_s=540)
+#                                          carry=["target/gpu-carry"], timeout_s=570)
 #
 # On the GPU machine it
 #   1. records the GPU, driver and glibc, and puts the CUDA 13 libraries of the PyTorch install
@@ -22,8 +23,8 @@
 #      (scripts/gpu_reference.py). This step assumes the binary takes `--device cuda`
 #      (override with GPU_CHECK_DEVICE_FLAG); it is skipped, and says so, if `serve --help`
 #      shows no --device flag.
-# GPU_CHECK_STEPS (default "kernels 0.5b 7b") picks steps. Their limits (45 + 190 + 250 s) fit
-# one call of timeout_s=540; if the 7B step runs out, rerun with GPU_CHECK_STEPS=7b.
+# GPU_CHECK_STEPS (default "kernels 0.5b 7b"; also "profile", see step 4) picks steps. Their limits (45 + 200 + 280 s) fit
+# one call of timeout_s=570; if the 7B step runs out, rerun with GPU_CHECK_STEPS=7b.
 # Results go to $OUT (summary.json, kernel-tests.txt, model-*.json, env.txt); each step has its
 # own time limit so a slow step still leaves the others' results.
 set -uo pipefail
@@ -109,18 +110,39 @@ fi
 # 3. Model-level comparison with transformers, and throughput.
 device_flag="${GPU_CHECK_DEVICE_FLAG:---device cuda}"
 if "$work/qwen-serve" serve --help 2>/dev/null | grep -q -- '--device'; then
-  for spec in "0.5b f32,bf16 190 70" "7b bf16 250 100"; do
+  for spec in "0.5b f32,bf16 200 70" "7b bf16 280 100"; do
     set -- $spec
     want "$1" || continue
     PYTHONUNBUFFERED=1 timeout "$3" python3 scripts/gpu_reference.py --config "$1" --dtypes "$2" --qwen-serve "$work/qwen-serve" \
       --tokenizer-dir "$carry" --out "$out" --work "$work" --device-flag="$device_flag" --bench-timeout "$4" \
       > "$out/model-$1.log" 2>&1
     note "model_$1_exit_code" "$?"
-    rm -rf "$work/qwen2.5-$1-random"  # the 7B checkpoint needs the disk
+    [ "$1" = 0.5b ] && rm -rf "$work/qwen2.5-$1-random"
   done
 else
   note model_checks '"skipped: qwen-serve serve --help shows no --device flag; the binary cannot be put on the GPU"'
 fi
+
+# 4. Optional, not in the default steps (~1-2 min): where a decode step's GPU time goes, per
+#    kernel, for the 7B shape at 1 and 256 streams: Nsight Compute with one metric and the clocks
+#    left alone, over ~600 launches after skipping the first ~20-30 steps (prefill, warm-up).
+#    Its per-kernel summary goes to $out/ncu-7b-<streams>.txt.
+if want profile; then
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  folder="$work/qwen2.5-7b-random"
+  [ -d "$folder" ] || PYTHONUNBUFFERED=1 timeout 90 python3 scripts/gpu_reference.py --config 7b --make-only \
+    --qwen-serve "$work/qwen-serve" --tokenizer-dir "$carry" --out "$out" --work "$work" > "$out/profile-make.log" 2>&1
+  for spec in "1 6000" "256 9000"; do
+    set -- $spec
+    if [ -z "$ncu_bin" ]; then note profile '"skipped: no ncu"'; break; fi
+    timeout 150 "$ncu_bin" --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
+      --launch-skip "$2" --launch-count 600 \
+      "$work/qwen-serve" bench --model "$folder" --dtype bf16 $device_flag --concurrency "$1" --waves 1 \
+      --prompt-len 256 --output-len 64 > "$out/ncu-7b-$1.txt" 2>&1
+    note "profile_$1_exit_code" "$?"
+  done
+fi
+rm -rf "$work/qwen2.5-7b-random"
 cat "$summary"
 # The speed tables and the logit comparisons, last, where the device tool's reply shows them.
 for f in "$out"/model-*.json; do

@@ -68,9 +68,10 @@ def http(url, body=None, timeout=600):
         return json.loads(r.read())
 
 
-def start_server(binary, folder, dtype, device_flag):
+def start_server(binary, folder, dtype, device_flag, env=None):
     cmd = [binary, "serve", "--model", folder, "--dtype", dtype, "--port", str(PORT), *device_flag]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{folder}-{dtype}-serve.log", "w"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{folder}-{dtype}-serve.log", "w"),
+                            env={**os.environ, **(env or {})})
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -101,7 +102,7 @@ def diffs(a, b):
     return {"max_abs": max(d), "mean_abs": sum(d) / len(d)}
 
 
-def compare(model, tokenizer, dtype, binary, folder, device_flag, device, f32_prompt):
+def compare(model, tokenizer, dtype, binary, folder, device_flag, device, f32_prompt, env=None):
     """Prompt-token logprobs and a greedy continuation, server vs transformers. With
     `f32_prompt` (transformers in f32 on the same weights), both sides' distance from it too:
     how far our bf16 is from exact next to how far transformers' own bf16 is."""
@@ -113,7 +114,7 @@ def compare(model, tokenizer, dtype, binary, folder, device_flag, device, f32_pr
         gen = m.generate(x, max_new_tokens=GEN_LEN, do_sample=False, min_new_tokens=GEN_LEN)[0, len(ids):].tolist()
     ref_tokens = [tokenizer.decode([t]) for t in gen]
     ref_text = tokenizer.decode(ids + gen)
-    proc = start_server(binary, folder, dtype, device_flag)
+    proc = start_server(binary, folder, dtype, device_flag, env)
     try:
         name = http(f"http://127.0.0.1:{PORT}/v1/models")["data"][0]["id"]
         r = http(f"http://127.0.0.1:{PORT}/v1/completions", {
@@ -191,6 +192,7 @@ def main():
     ap.add_argument("--bench-concurrency", default="1,16,64,256")
     ap.add_argument("--bench-len", type=int, default=256, help="prompt and output tokens")
     ap.add_argument("--bench-timeout", type=int, default=300, help="seconds for qwen-serve's whole bench")
+    ap.add_argument("--make-only", action="store_true", help="only write the checkpoint folder")
     args = ap.parse_args()
     folder = os.path.join(args.work, f"qwen2.5-{args.config}-random")
     result = {"config": args.config, "transformers": transformers.__version__, "torch": torch.__version__}
@@ -202,6 +204,8 @@ def main():
 
     t = time.time()
     model = make_model(args.config, folder, args.tokenizer_dir, args.torch_device)
+    if args.make_only:
+        return
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     result["make_seconds"] = time.time() - t
     save()
@@ -211,12 +215,19 @@ def main():
     if any(d != "f32" for d in dtypes):
         f32_prompt = prompt_logprobs(model.to(torch.float32), prompt_ids(), args.torch_device)
     for dtype in dtypes:
-        try:
-            result[f"compare_{dtype}"] = compare(model, tokenizer, dtype, args.qwen_serve, folder, device_flag,
-                                                 args.torch_device, f32_prompt)
-        except Exception as e:  # keep going: the next measurement may still work
-            result[f"compare_{dtype}"] = {"error": repr(e)}
-        save()
+        # Eager, then with decode steps as CUDA graphs: the graphs must give the eager run's
+        # greedy tokens exactly (same kernels on the same inputs).
+        for key, env in ((f"compare_{dtype}", None), (f"compare_{dtype}_graphs", {"QWEN_SERVE_CUDA_GRAPHS": "8"})):
+            try:
+                result[key] = compare(model, tokenizer, dtype, args.qwen_serve, folder, device_flag,
+                                      args.torch_device, f32_prompt, env)
+            except Exception as e:  # keep going: the next measurement may still work
+                result[key] = {"error": repr(e)}
+            save()
+        eager, graphs = result[f"compare_{dtype}"], result[f"compare_{dtype}_graphs"]
+        if "server_tokens" in eager and "server_tokens" in graphs:
+            graphs["same_tokens_as_eager"] = graphs["server_tokens"] == eager["server_tokens"]
+            save()
     bench_json = os.path.join(args.work, f"bench-{args.config}.json")
     n = str(args.bench_len)
     # One wave per level: every request starts together, as in a batched generate.
@@ -239,12 +250,15 @@ def main():
     print(table(result), flush=True)
     # A/B of host-overhead switches at 1 and 64 streams, each against the defaults above:
     # candle's upload cache on (QWEN_SERVE_CUDA_PARAM_CACHE, kernels/src/param_cache.rs; off by
-    # default until this says it pays), and two defaults switched off: the device set-up of
-    # src/device/cuda.rs (QWEN_SERVE_CUDA_TUNING) and the fused q/k/v kernel (kernels/src/qkv.rs).
+    # default until this says it pays), two defaults switched off: the device set-up of
+    # src/device/cuda.rs (QWEN_SERVE_CUDA_TUNING) and the fused q/k/v kernel (kernels/src/qkv.rs),
+    # and decode steps as CUDA graphs (QWEN_SERVE_CUDA_GRAPHS, models/src/cuda_graphs.rs; off by
+    # default until this shows it works and pays).
     ab = [c for c in ("1", "64") if c in args.bench_concurrency.split(",")]
     variants = [("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}),
                 ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}),
-                ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"})]
+                ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}),
+                ("graphs", {"QWEN_SERVE_CUDA_GRAPHS": "64"})]
     for name, env in (variants if ab else []):
         key = f"qwen_serve_bench_{name}"
         ab_json = os.path.join(args.work, f"bench-{args.config}-{name}.json")

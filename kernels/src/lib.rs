@@ -18,6 +18,7 @@ mod cuda;
 mod device_metadata;
 mod elem;
 mod fused;
+mod host_copy;
 mod metadata;
 mod paged_attention;
 mod param_cache;
@@ -27,9 +28,10 @@ mod write_kv;
 
 pub use device_metadata::DeviceMetadata;
 pub use fused::{add_rms_norm, rms_norm, rotary_embedding, silu_mul};
+pub use host_copy::overwrite_u32;
 pub use metadata::{AttentionMetadata, MetadataError};
 pub use paged_attention::{paged_attention, paged_attention_step};
-pub use param_cache::{param_cache, ParamCache};
+pub use param_cache::{param_cache, param_cache_for_capture, ParamCache};
 #[cfg(feature = "cuda")]
 pub use qkv::qkv_step_fused;
 pub use qkv::{qkv_step, Qkv};

@@ -30,6 +30,17 @@ pub fn param_cache(device: &Device) -> Option<ParamCache> {
     None
 }
 
+/// The cache whatever `QWEN_SERVE_CUDA_PARAM_CACHE` says, on a GPU: CUDA graph capture needs
+/// it (an upload cannot be captured), and the warm-up run before a capture fills it.
+pub fn param_cache_for_capture(device: &Device) -> Option<ParamCache> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return Some(ParamCache { _guard: Box::new(d.enable_cuda_graph_htod_cache()) });
+    }
+    let _ = device;
+    None
+}
+
 #[cfg(feature = "cuda")]
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

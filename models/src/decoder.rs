@@ -68,30 +68,36 @@ impl QwenForCausalLm {
         })
     }
 
-    fn check(&self, batch: &ForwardBatch, cache: &KvCache) -> Result<(), ModelError> {
-        let meta = &batch.attention;
-        meta.validate(cache.num_blocks(), cache.block_size()).map_err(|e| ModelError::Input(e.to_string()))?;
-        if batch.input_ids.len() != meta.num_tokens() {
-            return Err(ModelError::Input(format!("{} ids for {} tokens", batch.input_ids.len(), meta.num_tokens())));
+    /// The layers, the final norm and the head over `ids` already on the device: only device
+    /// work (no copy between host and device, no synchronisation), so a CUDA graph can capture
+    /// it. `rows`: the rows whose logits are wanted, all when `None`.
+    fn run(&self, ids: &Tensor, meta: &DeviceMetadata, rows: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        // (tokens, hidden). Each layer's residual add is fused into the norm after it: `x` is
+        // the last sublayer's output, `residual` the stream it has not been added to yet.
+        let mut x = self.embed_tokens.forward(ids, self.dtype)?;
+        let mut residual = None;
+        let param_cache = param_cache(&self.device);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (h, r) = match residual.take() {
+                None => (layer.input_layernorm.forward(&x)?, x),
+                Some(r) => layer.input_layernorm.forward_residual(&x, &r)?,
+            };
+            let h = layer.self_attn.forward(&h, &self.rotary, cache.layer(i), meta)?;
+            let (h, r) = layer.post_attention_layernorm.forward_residual(&h, &r)?;
+            x = layer.mlp.forward(&h)?;
+            residual = Some(r);
         }
-        if let Some(id) = batch.input_ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
-            return Err(ModelError::Input(format!("token id {id} is outside the vocabulary ({})", self.config.vocab_size)));
-        }
-        if let Some(&len) = meta.seq_lens.iter().max() {
-            if len as usize > self.config.max_position_embeddings {
-                return Err(ModelError::Input(format!(
-                    "sequence of {len} tokens exceeds the context length {}",
-                    self.config.max_position_embeddings
-                )));
-            }
-        }
-        if let Some(i) = batch.logits_indices.iter().find(|&&i| i as usize >= meta.num_tokens()) {
-            return Err(ModelError::Input(format!("logits index {i} is outside the batch")));
-        }
-        if cache.dtype() != self.dtype {
-            return Err(ModelError::Input(format!("cache dtype {:?} differs from the model's {:?}", cache.dtype(), self.dtype)));
-        }
-        Ok(())
+        drop(param_cache);
+        // Only the rows whose logits are wanted go through the last add and norm.
+        let select = |t: Tensor| match rows {
+            Some(rows) => t.index_select(rows, 0),
+            None => Ok(t),
+        };
+        let x = match residual {
+            Some(r) => self.norm.forward_residual(&select(x)?, &select(r)?)?.0,
+            None => self.norm.forward(&select(x)?)?,
+        };
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 }
 
@@ -118,29 +124,37 @@ impl CausalLm for QwenForCausalLm {
         let meta = DeviceMetadata::new(meta.clone(), &self.device)?;
         meta.prepare_attention(self.config.num_attention_heads / self.config.num_key_value_heads)?;
         let all_rows = batch.logits_indices.len() == n && batch.logits_indices.iter().enumerate().all(|(i, &r)| r as usize == i);
-        let rows = Tensor::from_slice(&batch.logits_indices, batch.logits_indices.len(), &self.device)?;
-        // (tokens, hidden). Each layer's residual add is fused into the norm after it: `x` is
-        // the last sublayer's output, `residual` the stream it has not been added to yet.
-        let mut x = self.embed_tokens.forward(&ids, self.dtype)?;
-        let mut residual = None;
-        let param_cache = param_cache(&self.device);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (h, r) = match residual.take() {
-                None => (layer.input_layernorm.forward(&x)?, x),
-                Some(r) => layer.input_layernorm.forward_residual(&x, &r)?,
-            };
-            let h = layer.self_attn.forward(&h, &self.rotary, cache.layer(i), &meta)?;
-            let (h, r) = layer.post_attention_layernorm.forward_residual(&h, &r)?;
-            x = layer.mlp.forward(&h)?;
-            residual = Some(r);
+        let rows = if all_rows { None } else { Some(Tensor::from_slice(&batch.logits_indices, batch.logits_indices.len(), &self.device)?) };
+        self.run(&ids, &meta, rows.as_ref(), cache)
+    }
+
+    fn forward_on_device(&self, ids: &Tensor, meta: &DeviceMetadata, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        self.run(ids, meta, None, cache)
+    }
+
+    fn check(&self, batch: &ForwardBatch, cache: &KvCache) -> Result<(), ModelError> {
+        let meta = &batch.attention;
+        meta.validate(cache.num_blocks(), cache.block_size()).map_err(|e| ModelError::Input(e.to_string()))?;
+        if batch.input_ids.len() != meta.num_tokens() {
+            return Err(ModelError::Input(format!("{} ids for {} tokens", batch.input_ids.len(), meta.num_tokens())));
         }
-        drop(param_cache);
-        // Only the rows whose logits are wanted go through the last add and norm.
-        let select = |t: Tensor| if all_rows { Ok(t) } else { t.index_select(&rows, 0) };
-        let x = match residual {
-            Some(r) => self.norm.forward_residual(&select(x)?, &select(r)?)?.0,
-            None => self.norm.forward(&select(x)?)?,
-        };
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        if let Some(id) = batch.input_ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            return Err(ModelError::Input(format!("token id {id} is outside the vocabulary ({})", self.config.vocab_size)));
+        }
+        if let Some(&len) = meta.seq_lens.iter().max() {
+            if len as usize > self.config.max_position_embeddings {
+                return Err(ModelError::Input(format!(
+                    "sequence of {len} tokens exceeds the context length {}",
+                    self.config.max_position_embeddings
+                )));
+            }
+        }
+        if let Some(i) = batch.logits_indices.iter().find(|&&i| i as usize >= meta.num_tokens()) {
+            return Err(ModelError::Input(format!("logits index {i} is outside the batch")));
+        }
+        if cache.dtype() != self.dtype {
+            return Err(ModelError::Input(format!("cache dtype {:?} differs from the model's {:?}", cache.dtype(), self.dtype)));
+        }
+        Ok(())
     }
 }

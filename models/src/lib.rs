@@ -7,6 +7,7 @@
 //! GGUF names when the weights come from a `.gguf` file.
 
 mod config;
+mod cuda_graphs;
 mod decoder;
 mod error;
 mod kv_cache;
@@ -14,10 +15,11 @@ pub mod layers;
 mod weights;
 
 pub use config::{Architecture, ModelConfig};
+pub use cuda_graphs::{max_graph_batch, with_cuda_graphs};
 pub use decoder::QwenForCausalLm;
 pub use error::ModelError;
 pub use kv_cache::KvCache;
-pub use qwen_serve_kernels::AttentionMetadata;
+pub use qwen_serve_kernels::{AttentionMetadata, DeviceMetadata};
 pub use weights::{gguf_tensor_name, GgufReader, Weights};
 
 use candle_core::{DType, Device, Tensor};
@@ -42,6 +44,13 @@ pub trait CausalLm: Send + Sync {
     /// Writes the new tokens' K/V into `cache` and returns f32 logits
     /// `(logits_indices.len(), vocab_size)`.
     fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError>;
+    /// The checks `forward` makes before any kernel runs: a bad batch is an error, never an
+    /// out-of-bounds access.
+    fn check(&self, batch: &ForwardBatch, cache: &KvCache) -> Result<(), ModelError>;
+    /// `forward` for a batch already on the device (`ids` `(num_tokens,)` u32 and the step's
+    /// metadata), returning every row's logits, after the checks: only device work, no copy
+    /// between host and device and no synchronisation, so a CUDA graph can capture it.
+    fn forward_on_device(&self, ids: &Tensor, meta: &DeviceMetadata, cache: &mut KvCache) -> Result<Tensor, ModelError>;
 }
 
 /// Builds the model named by `config.architecture`.

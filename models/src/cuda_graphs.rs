@@ -1,0 +1,284 @@
+//! Decode steps replayed as CUDA graphs (`QWEN_SERVE_CUDA_GRAPHS=N`, off by default).
+//!
+//! At one token per sequence a step's kernels are small, and issuing them from the host takes
+//! longer than running them. A CUDA graph records a step's launches once and replays them in
+//! one call. It replays the same kernels with the same arguments at the same addresses, so:
+//!
+//! - each batch size of up to N decoding sequences gets its own graph, and its inputs (token
+//!   ids and the packed attention metadata) live in device buffers that stay put while each
+//!   step's values are copied in ([`DeviceMetadata::for_graph`]);
+//! - the launch shapes come from a template: block tables as wide as [`MAX_SEQ_LEN`] tokens
+//!   need, and attention's key-range split sized for that length. Longer sequences, prefills
+//!   and steps that want prompt logprobs run eagerly, as do all steps of a model not on a GPU;
+//! - the first step of a batch size runs eagerly on those buffers (it loads the kernels and
+//!   fills candle's cache of layout uploads, which a capture cannot make), the second is
+//!   captured and replayed, later ones only replayed. The step's checks run every time.
+//!
+//! A capture that fails is logged and that batch size stays eager. Unmeasured on a GPU (the
+//! code was written without one): off unless `QWEN_SERVE_CUDA_GRAPHS` gives the largest batch
+//! to capture; `scripts/gpu-check.sh` measures it.
+
+use crate::{CausalLm, ForwardBatch, ModelError};
+
+/// The longest sequence a graph serves; its block tables are this wide (in blocks) and its
+/// attention splits the key range for this length.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const MAX_SEQ_LEN: usize = 8192;
+
+/// The largest batch to capture, from `QWEN_SERVE_CUDA_GRAPHS` (0 or unset: no graphs).
+pub fn max_graph_batch() -> Result<usize, ModelError> {
+    match std::env::var("QWEN_SERVE_CUDA_GRAPHS") {
+        Err(_) => Ok(0),
+        Ok(v) => v.parse().map_err(|_| ModelError::Config(format!("QWEN_SERVE_CUDA_GRAPHS={v:?}: expected a batch size (0 for none)"))),
+    }
+}
+
+/// `model`, replaying its decode steps of up to `max_batch` sequences as CUDA graphs when it
+/// runs on a GPU of a CUDA build and `max_batch > 0`; otherwise `model` itself.
+pub fn with_cuda_graphs(model: Box<dyn CausalLm>, max_batch: usize) -> Result<Box<dyn CausalLm>, ModelError> {
+    #[cfg(feature = "cuda")]
+    if let (true, candle_core::Device::Cuda(dev)) = (max_batch > 0, model.device()) {
+        // cudarc's event tracking records and waits on events around every launch, which a
+        // capture cannot take (src/device/cuda.rs turns it off unless told not to).
+        if dev.is_event_tracking() {
+            tracing::warn!("CUDA graphs need event tracking off (QWEN_SERVE_CUDA_TUNING unset); running eagerly");
+            return Ok(model);
+        }
+        return Ok(Box::new(cuda::Graphed::new(model, max_batch)?));
+    }
+    let _ = max_batch;
+    Ok(model)
+}
+
+/// Whether `batch` is a step a graph of `max_batch` can run: one new token per sequence, every
+/// row's logits in order, no sequence past `max_seq_len`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn graph_step(batch: &ForwardBatch, max_batch: usize, max_seq_len: usize) -> bool {
+    let m = &batch.attention;
+    let n = m.num_seqs();
+    n > 0
+        && n <= max_batch
+        && batch.input_ids.len() == n
+        && m.query_start_loc.iter().enumerate().all(|(i, &q)| q as usize == i)
+        && batch.logits_indices.iter().enumerate().all(|(i, &r)| r as usize == i)
+        && batch.logits_indices.len() == n
+        && m.seq_lens.iter().all(|&l| l as usize <= max_seq_len)
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::collections::hash_map::Entry;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use candle_core::cuda_backend::cudarc::cublas::sys as cublas;
+    use candle_core::cuda_backend::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use candle_core::cuda_backend::cudarc::driver::{CudaGraph, CudaSlice, DevicePtr};
+    use candle_core::{DType, Device, Tensor, TensorId};
+    use qwen_serve_kernels::{overwrite_u32, param_cache_for_capture};
+
+    use super::{graph_step, MAX_SEQ_LEN};
+    use crate::{CausalLm, DeviceMetadata, ForwardBatch, KvCache, ModelConfig, ModelError};
+
+    /// cuBLAS's workspace, given explicitly: without one it may allocate inside a capture.
+    const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+    pub(super) struct Graphed {
+        inner: Box<dyn CausalLm>,
+        max_batch: usize,
+        sizes: Mutex<HashMap<usize, Size>>,
+        _workspace: CudaSlice<u8>,
+    }
+
+    /// A step's inputs at fixed device addresses, for [`CausalLm::forward_on_device`].
+    struct Inputs {
+        ids: Tensor,
+        meta: DeviceMetadata,
+    }
+
+    impl Inputs {
+        fn fill(&self, batch: &ForwardBatch, block_size: usize) -> Result<(), ModelError> {
+            self.meta.refill(&batch.attention, block_size)?;
+            Ok(overwrite_u32(&self.ids, &batch.input_ids)?)
+        }
+    }
+
+    struct Size {
+        inputs: Inputs,
+        /// The cache the graph was warmed up or captured with (its first key tensor).
+        cache: TensorId,
+        phase: Phase,
+    }
+
+    enum Phase {
+        /// Ran once eagerly on its buffers: the next step is captured.
+        Warm,
+        Captured(Captured),
+        /// The capture failed: eager for good.
+        Eager,
+    }
+
+    /// A graph and the logits it writes (an allocation of the graph's own, the same address
+    /// at every replay; declared first so it is freed before the graph is destroyed).
+    struct Captured {
+        logits: Tensor,
+        graph: CudaGraph,
+    }
+
+    // SAFETY: the graph's handles are used only under the mutex, one thread at a time, with
+    // the device's context bound by cudarc before each call.
+    unsafe impl Send for Captured {}
+
+    impl Graphed {
+        pub(super) fn new(inner: Box<dyn CausalLm>, max_batch: usize) -> Result<Self, ModelError> {
+            let Device::Cuda(dev) = inner.device() else {
+                return Err(ModelError::Config("CUDA graphs need a model on a GPU".into()));
+            };
+            let workspace = dev.alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)?;
+            let blas = dev.cublas_handle();
+            let stream = dev.cuda_stream();
+            let (ptr, _sync) = workspace.device_ptr(&stream);
+            // SAFETY: a live handle, and a device buffer that lives as long as this wrapper
+            // (the model, whose matmuls use the handle, is dropped with it).
+            let status = unsafe { cublas::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut std::ffi::c_void, CUBLAS_WORKSPACE_BYTES) };
+            if status != cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(ModelError::Config(format!("setting cuBLAS's workspace for CUDA graphs: {status:?}")));
+            }
+            drop(_sync);
+            tracing::info!("CUDA graphs: decode steps of up to {max_batch} sequences of up to {MAX_SEQ_LEN} tokens");
+            Ok(Self { inner, max_batch, sizes: Mutex::new(HashMap::new()), _workspace: workspace })
+        }
+
+        fn inputs(&self, n: usize, cache: &KvCache) -> Result<Inputs, ModelError> {
+            let cfg = self.inner.config();
+            let device = self.inner.device();
+            let group = cfg.num_attention_heads / cfg.num_key_value_heads;
+            let max_blocks = MAX_SEQ_LEN.div_ceil(cache.block_size());
+            Ok(Inputs {
+                ids: Tensor::zeros(n, DType::U32, device)?,
+                meta: DeviceMetadata::for_graph(n, max_blocks, cache.block_size(), group, device)?,
+            })
+        }
+
+        /// Captures one step of `size`'s buffers (already holding this step's values), then
+        /// replays it once: this step's logits.
+        fn capture(&self, size: &Size, cache: &mut KvCache) -> Result<Captured, String> {
+            let Device::Cuda(dev) = self.inner.device() else { unreachable!("checked at construction") };
+            let stream = dev.cuda_stream();
+            let _uploads = param_cache_for_capture(self.inner.device());
+            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| e.to_string())?;
+            let logits = self.inner.forward_on_device(&size.inputs.ids, &size.inputs.meta, cache);
+            // Always ended, so the stream leaves capture mode whatever happened inside.
+            let graph = stream.end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
+            let logits = logits.map_err(|e| e.to_string())?;
+            let graph = graph.map_err(|e| e.to_string())?.ok_or("the capture recorded nothing")?;
+            graph.launch().map_err(|e| e.to_string())?;
+            Ok(Captured { logits, graph })
+        }
+    }
+
+    impl CausalLm for Graphed {
+        fn config(&self) -> &ModelConfig {
+            self.inner.config()
+        }
+
+        fn dtype(&self) -> DType {
+            self.inner.dtype()
+        }
+
+        fn device(&self) -> &Device {
+            self.inner.device()
+        }
+
+        fn check(&self, batch: &ForwardBatch, cache: &KvCache) -> Result<(), ModelError> {
+            self.inner.check(batch, cache)
+        }
+
+        fn forward_on_device(&self, ids: &Tensor, meta: &DeviceMetadata, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+            self.inner.forward_on_device(ids, meta, cache)
+        }
+
+        fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+            if !graph_step(batch, self.max_batch, MAX_SEQ_LEN) {
+                return self.inner.forward(batch, cache);
+            }
+            self.inner.check(batch, cache)?;
+            let n = batch.input_ids.len();
+            let cache_id = cache.layer(0).0.id();
+            let mut sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+            let size = match sizes.entry(n) {
+                Entry::Vacant(slot) => {
+                    // The first step of this size: eager on the graph's buffers (the warm-up).
+                    let inputs = self.inputs(n, cache)?;
+                    inputs.fill(batch, cache.block_size())?;
+                    let _uploads = param_cache_for_capture(self.inner.device());
+                    let logits = self.inner.forward_on_device(&inputs.ids, &inputs.meta, cache)?;
+                    slot.insert(Size { inputs, cache: cache_id, phase: Phase::Warm });
+                    return Ok(logits);
+                }
+                Entry::Occupied(size) => size.into_mut(),
+            };
+            if size.cache != cache_id || matches!(size.phase, Phase::Eager) {
+                return self.inner.forward(batch, cache);
+            }
+            size.inputs.fill(batch, cache.block_size())?;
+            if let Phase::Captured(c) = &size.phase {
+                c.graph.launch().map_err(|e| candle_core::Error::Msg(format!("replaying the CUDA graph of {n} sequences: {e}")))?;
+                return Ok(c.logits.clone());
+            }
+            match self.capture(size, cache) {
+                Ok(c) => {
+                    let logits = c.logits.clone();
+                    size.phase = Phase::Captured(c);
+                    Ok(logits)
+                }
+                Err(e) => {
+                    tracing::warn!("CUDA graph capture of {n} sequences failed ({e}); that batch size runs eagerly");
+                    // Frees of buffers a failed capture made are reported to cudarc's error
+                    // state, which the next call would return: those are this failure's.
+                    if let Device::Cuda(dev) = self.inner.device() {
+                        let _ = dev.cuda_stream().context().check_err();
+                    }
+                    size.phase = Phase::Eager;
+                    self.inner.forward(batch, cache)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::graph_step;
+    use crate::{AttentionMetadata, ForwardBatch};
+
+    fn decode(seq_lens: &[u32]) -> ForwardBatch {
+        let n = seq_lens.len();
+        ForwardBatch {
+            input_ids: vec![1; n],
+            attention: AttentionMetadata {
+                query_start_loc: (0..=n as u32).collect(),
+                seq_lens: seq_lens.to_vec(),
+                block_tables: vec![0; n],
+                max_blocks_per_seq: 1,
+                slot_mapping: vec![0; n],
+            },
+            logits_indices: (0..n as u32).collect(),
+        }
+    }
+
+    #[test]
+    fn only_decode_steps_within_the_limits_are_graph_steps() {
+        assert!(graph_step(&decode(&[5, 9, 1]), 4, 16));
+        assert!(!graph_step(&decode(&[5, 9, 1]), 2, 16), "more sequences than captured");
+        assert!(!graph_step(&decode(&[5, 17]), 4, 16), "a sequence past the graph's tables");
+        assert!(!graph_step(&decode(&[]), 4, 16));
+        let mut prefill = decode(&[5, 9]);
+        prefill.attention.query_start_loc = vec![0, 2, 3];
+        prefill.input_ids.push(1);
+        assert!(!graph_step(&prefill, 4, 16), "a sequence with two new tokens");
+        let mut some_rows = decode(&[5, 9]);
+        some_rows.logits_indices = vec![1];
+        assert!(!graph_step(&some_rows, 4, 16), "not every row's logits");
+    }
+}
