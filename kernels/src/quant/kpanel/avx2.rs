@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{sum_pair, KPanels, Out, PANEL, PLANE_LINES, Q_LINES};
+use super::{sum_pair, KKind, KPanels, Out, PANEL, Q_LINES};
 use crate::quant::activations::{ActRow, QuantizedRows};
 use crate::quant::simd::{bits_to_0x10, prefetch};
 use crate::quant::format::QK_K;
@@ -21,14 +21,20 @@ unsafe fn values(w: &KPanels, t: usize, i: usize, h: usize) -> __m256i {
     let line = w.qs.as_ptr().add(t * Q_LINES + i / 2).cast::<u8>();
     let c = _mm256_loadu_si256(line.add(32 * h).cast());
     let c = if i % 2 == 0 { c } else { _mm256_srli_epi16::<4>(c) };
-    let mut v = _mm256_and_si256(c, _mm256_set1_epi8(0xF));
-    let planes = w.kind.planes();
-    for plane in 0..planes {
-        let word = w.bits.as_ptr().add(t * planes * PLANE_LINES).cast::<u64>().add(64 * plane + i).read();
-        let bit = bits_to_0x10((word >> (32 * h)) as u32);
-        v = _mm256_or_si256(v, if plane == 0 { bit } else { _mm256_add_epi8(bit, bit) });
+    let v = _mm256_and_si256(c, _mm256_set1_epi8(0xF));
+    let high = w.bits.as_ptr().add(t * w.kind.high_lines());
+    match w.kind {
+        KKind::Q4K => v,
+        KKind::Q5K => {
+            let word = high.cast::<u64>().add(i).read();
+            _mm256_or_si256(v, bits_to_0x10((word >> (32 * h)) as u32))
+        }
+        KKind::Q6K => {
+            let line = _mm256_loadu_si256(high.add(i / 4).cast::<u8>().add(32 * h).cast());
+            let crumb = _mm256_and_si256(_mm256_srl_epi16(line, _mm_cvtsi32_si128(2 * (i % 4) as i32)), _mm256_set1_epi8(3));
+            _mm256_or_si256(v, _mm256_slli_epi16::<4>(crumb))
+        }
     }
-    v
 }
 
 /// Activation rows `r0..r0 + R` against panels `ps`.

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{sum_pair, KPanels, Out, PANEL, PLANE_LINES, Q_LINES};
+use super::{sum_pair, KKind, KPanels, Out, PANEL, Q_LINES};
 use crate::quant::activations::{ActRow, QuantizedRows};
 use crate::quant::simd::prefetch;
 use crate::quant::format::QK_K;
@@ -22,16 +22,17 @@ use crate::quant::format::QK_K;
 unsafe fn values(w: &KPanels, t: usize, i: usize) -> __m512i {
     let line = _mm512_load_si512(w.qs.as_ptr().add(t * Q_LINES + i / 2).cast());
     let m = _mm512_set1_epi8(0xF);
-    let mut v = if i % 2 == 0 { _mm512_and_si512(line, m) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(line), m) };
-    let planes = w.kind.planes();
-    if planes > 0 {
-        let words = w.bits.as_ptr().add(t * planes * PLANE_LINES).cast::<u64>();
-        v = _mm512_mask_add_epi8(v, words.add(i).read(), v, _mm512_set1_epi8(16));
-        if planes > 1 {
-            v = _mm512_mask_add_epi8(v, words.add(64 + i).read(), v, _mm512_set1_epi8(32));
+    let v = if i % 2 == 0 { _mm512_and_si512(line, m) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(line), m) };
+    let high = w.bits.as_ptr().add(t * w.kind.high_lines());
+    match w.kind {
+        KKind::Q4K => v,
+        KKind::Q5K => _mm512_mask_add_epi8(v, high.cast::<u64>().add(i).read(), v, _mm512_set1_epi8(16)),
+        KKind::Q6K => {
+            let line = _mm512_load_si512(high.add(i / 4).cast());
+            let crumb = _mm512_and_si512(_mm512_srl_epi16(line, _mm_cvtsi32_si128(2 * (i % 4) as i32)), _mm512_set1_epi8(3));
+            _mm512_or_si512(v, _mm512_slli_epi16::<4>(crumb))
         }
     }
-    v
 }
 
 /// Activation rows `r0..r0 + R` against panels `ps`.
@@ -39,7 +40,7 @@ unsafe fn values(w: &KPanels, t: usize, i: usize) -> __m512i {
 pub(crate) unsafe fn rows<const R: usize>(w: &KPanels, a: &QuantizedRows, r0: usize, ps: Range<usize>, out: Out) {
     let (nb, groups, z) = (w.nb, w.kind.groups(), w.kind.zero_point());
     let per_group = 64 / groups;
-    let planes = w.kind.planes();
+    let high_lines = w.kind.high_lines();
     let rows: [ActRow; R] = std::array::from_fn(|r| a.row(r0 + r));
     let zero = _mm512_setzero_si512();
     for p in ps {
@@ -47,7 +48,7 @@ pub(crate) unsafe fn rows<const R: usize>(w: &KPanels, a: &QuantizedRows, r0: us
         for b in 0..nb {
             let t = p * nb + b;
             prefetch(w.qs.as_ptr().add(t * Q_LINES).cast(), Q_LINES * 64);
-            prefetch(w.bits.as_ptr().add(t * planes * PLANE_LINES).cast(), planes * PLANE_LINES * 64);
+            prefetch(w.bits.as_ptr().add(t * high_lines).cast(), high_lines * 64);
             let mut s = [zero; R];
             for g in 0..groups {
                 let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.sc.as_ptr().add((t * groups + g) * PANEL).cast()));

@@ -15,8 +15,10 @@
 //! at value index `v = 64 * (e / 4) + 4 * jj + e % 4` (element `e` of the panel's row `jj`):
 //! 64 vectors of 64 bytes, vector `i` holding elements `4i .. 4i + 4` of the sixteen rows. The
 //! low four bits are nibbles (byte `v % 64` of line `v / 128`, the low nibble when
-//! `(v / 64) % 2 == 0`), bit 4 (Q5_K, Q6_K) and bit 5 (Q6_K) are bit planes (bit `v % 64` of
-//! word `v / 64`). Group scales are `i8` (`sc[(t * groups + g) * 16 + jj]`), Q4_K/Q5_K minimums
+//! `(v / 64) % 2 == 0`). Q5_K's bit 4 is a bit plane (bit `v % 64` of word `v / 64`); Q6_K's
+//! bits 4 and 5 are crumbs (bits `2k, 2k + 1` of byte `v % 64` of line `v / 256`, with
+//! `k = (v / 64) % 4`), so one shift and mask give a value vector's high bits (a bit plane
+//! needs a byte shuffle and compare per vector without AVX-512's mask registers). Group scales are `i8` (`sc[(t * groups + g) * 16 + jj]`), Q4_K/Q5_K minimums
 //! `i16` pairs (`mins[((t * 4 + i) * 16 + jj) * 2 + h]` = minimum of group `2i + h`), so one
 //! `vpdpwssd` with a broadcast pair of activation group sums adds two groups' share of `M`.
 
@@ -61,12 +63,12 @@ impl KKind {
         self != KKind::Q6K
     }
 
-    /// Bit planes above the nibbles.
-    fn planes(self) -> usize {
+    /// Lines per tile of the bits above the nibbles: Q5_K's bit plane, Q6_K's crumbs.
+    fn high_lines(self) -> usize {
         match self {
             KKind::Q4K => 0,
-            KKind::Q5K => 1,
-            KKind::Q6K => 2,
+            KKind::Q5K => PLANE_LINES,
+            KKind::Q6K => CRUMB_LINES,
         }
     }
 }
@@ -93,8 +95,9 @@ pub(crate) struct KBlockValues {
 
 /// Nibble lines per tile (4096 values).
 const Q_LINES: usize = 32;
-/// Lines per bit plane of a tile.
+/// Lines of a tile's bit plane (Q5_K), and of its two-bit crumbs (Q6_K).
 const PLANE_LINES: usize = 8;
+const CRUMB_LINES: usize = 16;
 
 /// One `(n, k)` K-quant matrix in panels (module docs).
 pub(crate) struct KPanels {
@@ -105,7 +108,7 @@ pub(crate) struct KPanels {
     pub d: Vec<f16>,
     pub dmin: Vec<f16>,
     pub qs: Vec<Line>,
-    /// `planes` consecutive planes of `PLANE_LINES` per tile.
+    /// The bits above the nibbles, [`KKind::high_lines`] per tile (module docs).
     pub bits: Vec<Line>,
     pub sc: Vec<i8>,
     pub mins: Vec<i16>,
@@ -138,7 +141,7 @@ impl KPanels {
     fn build(kind: KKind, n: usize, nb: usize, block: impl Fn(usize, usize) -> KBlockValues + Sync) -> Self {
         let tiles = n.div_ceil(PANEL) * nb;
         let groups = kind.groups();
-        let planes = kind.planes();
+        let high_lines = kind.high_lines();
         let mut out = Self {
             kind,
             n,
@@ -146,7 +149,7 @@ impl KPanels {
             d: vec![f16::ZERO; tiles * PANEL],
             dmin: vec![f16::ZERO; tiles * PANEL],
             qs: vec![Line([0; 64]); tiles * Q_LINES],
-            bits: vec![Line([0; 64]); tiles * planes * PLANE_LINES],
+            bits: vec![Line([0; 64]); tiles * high_lines],
             sc: vec![0; tiles * groups * PANEL],
             mins: vec![0; if kind.has_mins() { tiles * 4 * PANEL * 2 } else { 0 }],
         };
@@ -154,7 +157,8 @@ impl KPanels {
         let pack = |t: usize, (d, dmin): (&mut [f16], &mut [f16]), qs: &mut [Line], bits: &mut [Line], sc: &mut [i8], mins: &mut [i16]| {
             let (p, b) = (t / nb, t % nb);
             let qs = lines_as_bytes(qs);
-            let mut words = [[0u64; 64]; 2];
+            let mut plane = [0u64; 64];
+            let crumbs = lines_as_bytes(if kind == KKind::Q6K { &mut *bits } else { &mut [] });
             for jj in 0..PANEL {
                 let j = p * PANEL + jj;
                 let blk = if j < n { block(j, b) } else { pad() };
@@ -172,15 +176,17 @@ impl KPanels {
                     let (at, shift) = ((v / 128) * 64 + v % 64, 4 * ((v % 128) / 64));
                     for (o, &q) in q.iter().enumerate() {
                         qs[at + o] |= (q & 0xF) << shift;
-                        for (plane, words) in words.iter_mut().enumerate() {
-                            words[i] |= (((q >> (4 + plane)) & 1) as u64) << (v % 64 + o);
+                        match kind {
+                            KKind::Q4K => {}
+                            KKind::Q5K => plane[i] |= (((q >> 4) & 1) as u64) << (v % 64 + o),
+                            KKind::Q6K => crumbs[(v / 256) * 64 + v % 64 + o] |= (q >> 4) << (2 * ((v / 64) % 4)),
                         }
                     }
                 }
             }
-            for (plane, lines) in bits.chunks_exact_mut(PLANE_LINES).enumerate() {
-                let bytes = lines_as_bytes(lines);
-                for (i, word) in words[plane].iter().enumerate() {
+            if kind == KKind::Q5K {
+                let bytes = lines_as_bytes(bits);
+                for (i, word) in plane.iter().enumerate() {
                     bytes[8 * i..8 * i + 8].copy_from_slice(&word.to_le_bytes());
                 }
             }
@@ -196,7 +202,7 @@ impl KPanels {
             .for_each(|(t, (((d, dmin), qs), sc))| {
                 // Safety: tile t's planes and minimums are its own ranges of the buffers (which
                 // may be empty, hence not zipped in).
-                let bits = unsafe { bits.range(t * planes * PLANE_LINES, planes * PLANE_LINES) };
+                let bits = unsafe { bits.range(t * high_lines, high_lines) };
                 let mins = unsafe { mins.range(t * min_len, min_len) };
                 pack(t, (d, dmin), qs, bits, sc, mins);
             });
@@ -207,12 +213,13 @@ impl KPanels {
     pub fn value(&self, j: usize, b: usize, e: usize) -> u8 {
         let (t, v) = ((j / PANEL) * self.nb + b, value_index(j % PANEL, e));
         let line = &self.qs[t * Q_LINES + v / 128].0;
-        let mut q = (line[v % 64] >> (4 * ((v % 128) / 64))) & 0xF;
-        for plane in 0..self.kind.planes() {
-            let bytes = &self.bits[(t * self.kind.planes() + plane) * PLANE_LINES + v / 512].0;
-            q |= ((bytes[(v % 512) / 8] >> (v % 8)) & 1) << (4 + plane);
+        let q = (line[v % 64] >> (4 * ((v % 128) / 64))) & 0xF;
+        let high = &self.bits[t * self.kind.high_lines()..];
+        match self.kind {
+            KKind::Q4K => q,
+            KKind::Q5K => q | (((high[v / 512].0[(v % 512) / 8] >> (v % 8)) & 1) << 4),
+            KKind::Q6K => q | (((high[v / 256].0[v % 64] >> (2 * ((v / 64) % 4))) & 3) << 4),
         }
-        q
     }
 
     fn tile_scalars(&self, j: usize, b: usize) -> (usize, usize) {
@@ -295,7 +302,7 @@ impl KPanels {
     /// Bytes the kernels stream per panel.
     pub fn panel_bytes(&self) -> usize {
         let groups = self.kind.groups();
-        self.nb * (64 * (Q_LINES + self.kind.planes() * PLANE_LINES) + 4 * PANEL + groups * PANEL + if self.kind.has_mins() { 128 } else { 0 })
+        self.nb * (64 * (Q_LINES + self.kind.high_lines()) + 4 * PANEL + groups * PANEL + if self.kind.has_mins() { 128 } else { 0 })
     }
 }
 
