@@ -268,6 +268,8 @@ def main():
             p = subprocess.run(cmd_ab, capture_output=True, text=True, timeout=args.bench_timeout,
                                env={**os.environ, **env})
             result[key] = json.load(open(ab_json)) if p.returncode == 0 else {"error": p.stderr[-3000:]}
+            # Whether graphs were captured (or failed), and the device set-up line.
+            result[key]["log_lines"] = [l for l in p.stderr.splitlines() if "CUDA graph" in l or "device: cuda" in l][-12:]
         except subprocess.TimeoutExpired:
             result[key] = {"error": f"timed out after {args.bench_timeout} s"}
         save()
@@ -278,6 +280,8 @@ def main():
                   f"{t.get('other_ms', 0):.2f})", flush=True)
         if "error" in result[key]:
             print(f"  with {env}: {result[key]['error'][-500:]}", flush=True)
+        for line in result[key].get("log_lines", [])[-4:]:
+            print(f"    {line[-200:]}", flush=True)
 
     result["transformers_bench"] = []
     for b in args.bench_concurrency.split(","):

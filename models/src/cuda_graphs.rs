@@ -226,8 +226,10 @@ mod cuda {
                 c.graph.launch().map_err(|e| candle_core::Error::Msg(format!("replaying the CUDA graph of {n} sequences: {e}")))?;
                 return Ok(c.logits.clone());
             }
+            let start = std::time::Instant::now();
             match self.capture(size, cache) {
                 Ok(c) => {
+                    tracing::info!("captured the CUDA graph of {n} decoding sequences in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
                     let logits = c.logits.clone();
                     size.phase = Phase::Captured(c);
                     Ok(logits)
