@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # An earlier version ran on an H100 80GB HBM3 (driver 580, torch 2.11 cu130, transformers 5.17)
 # on 2026-11-26 in ~265 s of one call; its results are in benches/results/h100-2026-11-26/.
-# Since then (not yet run on a GPU): the fused q/k/v kernel's test, three more A/B variants and
-# the greedy comparison with CUDA graphs on.
+# Since then (not yet run on a GPU): the fused q/k/v kernel's test, four more A/B variants (one
+# of them phase times at 1, 64 and 256 streams) and the greedy comparison with CUDA graphs on.
 #
 # The one-call device check of the CUDA build, in two halves:
 #
@@ -23,7 +23,7 @@
 #      (scripts/gpu_reference.py). This step assumes the binary takes `--device cuda`
 #      (override with GPU_CHECK_DEVICE_FLAG); it is skipped, and says so, if `serve --help`
 #      shows no --device flag.
-# GPU_CHECK_STEPS (default "kernels 0.5b 7b"; also "profile", see step 4) picks steps. Their limits (45 + 200 + 280 s) fit
+# GPU_CHECK_STEPS (default "kernels 0.5b 7b"; also "profile", see step 4) picks steps. Their limits (45 + 200 + 290 s) fit
 # one call of timeout_s=570; if the 7B step runs out, rerun with GPU_CHECK_STEPS=7b.
 # Results go to $OUT (summary.json, kernel-tests.txt, model-*.json, env.txt); each step has its
 # own time limit so a slow step still leaves the others' results.
@@ -110,7 +110,7 @@ fi
 # 3. Model-level comparison with transformers, and throughput.
 device_flag="${GPU_CHECK_DEVICE_FLAG:---device cuda}"
 if "$work/qwen-serve" serve --help 2>/dev/null | grep -q -- '--device'; then
-  for spec in "0.5b f32,bf16 200 70" "7b bf16 280 100"; do
+  for spec in "0.5b f32,bf16 200 70" "7b bf16 290 100"; do
     set -- $spec
     want "$1" || continue
     PYTHONUNBUFFERED=1 timeout "$3" python3 scripts/gpu_reference.py --config "$1" --dtypes "$2" --qwen-serve "$work/qwen-serve" \

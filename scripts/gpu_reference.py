@@ -254,15 +254,21 @@ def main():
     # src/device/cuda.rs (QWEN_SERVE_CUDA_TUNING) and the fused q/k/v kernel (kernels/src/qkv.rs),
     # and decode steps as CUDA graphs (QWEN_SERVE_CUDA_GRAPHS, models/src/cuda_graphs.rs; off by
     # default until this shows it works and pays).
-    ab = [c for c in ("1", "64") if c in args.bench_concurrency.split(",")]
-    variants = [("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}),
-                ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}),
-                ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}),
-                ("graphs", {"QWEN_SERVE_CUDA_GRAPHS": "64"})]
-    for name, env in (variants if ab else []):
+    # Last, each phase of the forward timed with a wait for the GPU after it
+    # (QWEN_SERVE_PHASE_TIMES, models/src/phase_times.rs), also at 256 streams: where a step goes.
+    levels = args.bench_concurrency.split(",")
+    ab = [c for c in ("1", "64") if c in levels]
+    variants = [("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}, ab),
+                ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}, ab),
+                ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}, ab),
+                ("graphs", {"QWEN_SERVE_CUDA_GRAPHS": "64"}, ab),
+                ("phase_times", {"QWEN_SERVE_PHASE_TIMES": "1"}, [c for c in ("1", "64", "256") if c in levels])]
+    for name, env, at in variants:
+        if not at:
+            continue
         key = f"qwen_serve_bench_{name}"
         ab_json = os.path.join(args.work, f"bench-{args.config}-{name}.json")
-        cmd_ab = [x if x != args.bench_concurrency else ",".join(ab) for x in cmd]
+        cmd_ab = [x if x != args.bench_concurrency else ",".join(at) for x in cmd]
         cmd_ab[cmd_ab.index("--json") + 1] = ab_json
         try:
             p = subprocess.run(cmd_ab, capture_output=True, text=True, timeout=args.bench_timeout,
@@ -278,6 +284,8 @@ def main():
             print(f"  with {env}: {r['concurrency']} | {r['output_tok_per_s']:.0f} "
                   f"({r['tpot_ms']['p50']:.2f}; {t.get('forward_ms', 0):.2f} + {t.get('logits_ms', 0):.2f} + "
                   f"{t.get('other_ms', 0):.2f})", flush=True)
+            if t.get("phases"):
+                print("    phases (ms/step): " + ", ".join(f"{p['phase']} {p['ms']:.2f}" for p in t["phases"]), flush=True)
         if "error" in result[key]:
             print(f"  with {env}: {result[key]['error'][-500:]}", flush=True)
         for line in result[key].get("log_lines", [])[-4:]:

@@ -40,6 +40,10 @@ pub fn with_cuda_graphs(model: Box<dyn CausalLm>, max_batch: usize) -> Result<Bo
     if let (true, candle_core::Device::Cuda(dev)) = (max_batch > 0, model.device()) {
         // cudarc's event tracking records and waits on events around every launch, which a
         // capture cannot take (src/device/cuda.rs turns it off unless told not to).
+        if crate::phase_times::enabled() {
+            tracing::warn!("CUDA graphs are off while QWEN_SERVE_PHASE_TIMES times each phase");
+            return Ok(model);
+        }
         if dev.is_event_tracking() {
             tracing::warn!("CUDA graphs need event tracking off (QWEN_SERVE_CUDA_TUNING unset); running eagerly");
             return Ok(model);

@@ -9,6 +9,7 @@ use crate::layers::mlp::Mlp;
 use crate::layers::rms_norm::RmsNorm;
 use crate::layers::rotary::Rotary;
 use crate::layers::Embedding;
+use crate::phase_times::{self, Phase};
 use crate::{Architecture, CausalLm, ForwardBatch, KvCache, ModelConfig, ModelError, Weights};
 
 struct DecoderLayer {
@@ -74,7 +75,9 @@ impl QwenForCausalLm {
     fn run(&self, ids: &Tensor, meta: &DeviceMetadata, rows: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor, ModelError> {
         // (tokens, hidden). Each layer's residual add is fused into the norm after it: `x` is
         // the last sublayer's output, `residual` the stream it has not been added to yet.
+        let dev = &self.device;
         let mut x = self.embed_tokens.forward(ids, self.dtype)?;
+        phase_times::mark(dev, Phase::Embed)?;
         let mut residual = None;
         let param_cache = param_cache(&self.device);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -82,8 +85,10 @@ impl QwenForCausalLm {
                 None => (layer.input_layernorm.forward(&x)?, x),
                 Some(r) => layer.input_layernorm.forward_residual(&x, &r)?,
             };
+            phase_times::mark(dev, Phase::Norm)?;
             let h = layer.self_attn.forward(&h, &self.rotary, cache.layer(i), meta)?;
             let (h, r) = layer.post_attention_layernorm.forward_residual(&h, &r)?;
+            phase_times::mark(dev, Phase::Norm)?;
             x = layer.mlp.forward(&h)?;
             residual = Some(r);
         }
@@ -97,7 +102,9 @@ impl QwenForCausalLm {
             Some(r) => self.norm.forward_residual(&select(x)?, &select(r)?)?.0,
             None => self.norm.forward(&select(x)?)?,
         };
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        phase_times::mark(dev, Phase::Head)?;
+        Ok(logits)
     }
 }
 
@@ -116,6 +123,7 @@ impl CausalLm for QwenForCausalLm {
 
     fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError> {
         self.check(batch, cache)?;
+        phase_times::start(&self.device)?;
         let meta = &batch.attention;
         let n = batch.input_ids.len();
         let ids = Tensor::from_slice(&batch.input_ids, n, &self.device)?;

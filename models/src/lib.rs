@@ -12,6 +12,7 @@ mod decoder;
 mod error;
 mod kv_cache;
 pub mod layers;
+pub mod phase_times;
 mod weights;
 
 pub use config::{Architecture, ModelConfig};

@@ -38,4 +38,8 @@ impl Target for EngineHandle {
         let s = self.stats();
         Some((s.num_steps, s.forward_seconds, s.logits_seconds, s.step_seconds))
     }
+
+    fn phase_totals(&self) -> Option<super::PhaseTotals> {
+        qwen_serve_models::phase_times::enabled().then(qwen_serve_models::phase_times::totals)
+    }
 }

@@ -33,6 +33,20 @@ pub trait Target: Sync {
     fn step_counters(&self) -> Option<(usize, f64, f64, f64)> {
         None
     }
+    /// Seconds per forward phase so far (in-process, with `QWEN_SERVE_PHASE_TIMES=1`; see
+    /// `qwen_serve_models::phase_times`).
+    fn phase_totals(&self) -> Option<PhaseTotals> {
+        None
+    }
+}
+
+pub type PhaseTotals = [f64; qwen_serve_models::phase_times::PHASES.len()];
+
+/// One forward phase's share of an average step.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTime {
+    pub phase: &'static str,
+    pub ms: f64,
 }
 
 /// Where an average engine step of one level went, in ms (the in-process target only).
@@ -45,14 +59,24 @@ pub struct StepTimes {
     pub logits_ms: f64,
     /// The rest of the step: scheduling, sampling, detokenizing.
     pub other_ms: f64,
+    /// The forward by phase, each ended by a wait for the device (`QWEN_SERVE_PHASE_TIMES=1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Vec<PhaseTime>>,
 }
 
 impl StepTimes {
-    fn between(before: (usize, f64, f64, f64), after: (usize, f64, f64, f64)) -> Option<Self> {
+    fn between(before: (usize, f64, f64, f64), after: (usize, f64, f64, f64), phases: Option<(PhaseTotals, PhaseTotals)>) -> Option<Self> {
         let steps = after.0.checked_sub(before.0).filter(|&n| n > 0)?;
         let per_step = |a: f64, b: f64| (a - b) * 1e3 / steps as f64;
         let (forward_ms, logits_ms) = (per_step(after.1, before.1), per_step(after.2, before.2));
-        Some(Self { num_steps: steps, forward_ms, logits_ms, other_ms: per_step(after.3, before.3) - forward_ms - logits_ms })
+        let phases = phases.map(|(before, after)| {
+            qwen_serve_models::phase_times::PHASES
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PhaseTime { phase: p.name(), ms: per_step(after[i], before[i]) })
+                .collect()
+        });
+        Some(Self { num_steps: steps, forward_ms, logits_ms, other_ms: per_step(after.3, before.3) - forward_ms - logits_ms, phases })
     }
 }
 
@@ -156,6 +180,7 @@ pub fn run<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, cfg: &BenchCon
     let prompts: Vec<Vec<u32>> = (0..cfg.num_prompts).map(|_| prompts.take(cfg.prompt_len)).collect();
     let preemptions_before = target.num_preemptions();
     let counters_before = target.step_counters();
+    let phases_before = target.phase_totals();
     let next = AtomicUsize::new(0);
     let timings = Mutex::new(Vec::with_capacity(cfg.num_prompts));
     let errors = Mutex::new(vec![]);
@@ -194,7 +219,9 @@ pub fn run<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, cfg: &BenchCon
         tpot_ms: Percentiles::of(timings.iter().filter_map(|t| t.tpot_ms).collect()),
         e2e_ms: Percentiles::of(timings.iter().map(|t| t.e2e_ms).collect()),
         num_preemptions: target.num_preemptions().zip(preemptions_before).map(|(after, before)| after - before),
-        step_times: counters_before.zip(target.step_counters()).and_then(|(before, after)| StepTimes::between(before, after)),
+        step_times: counters_before
+            .zip(target.step_counters())
+            .and_then(|(before, after)| StepTimes::between(before, after, phases_before.zip(target.phase_totals()))),
     })
 }
 
@@ -234,6 +261,10 @@ pub fn table(reports: &[BenchReport], prefill: Option<&PrefillReport>) -> String
                 "  {c}: {:.2} + {:.2} + {:.2} = {:.2} ({})\n",
                 t.forward_ms, t.logits_ms, t.other_ms, t.forward_ms + t.logits_ms + t.other_ms, t.num_steps
             ));
+            if let Some(phases) = &t.phases {
+                let parts: Vec<String> = phases.iter().map(|p| format!("{} {:.2}", p.phase, p.ms)).collect();
+                s.push_str(&format!("     phases, each waited for: {}\n", parts.join(", ")));
+            }
         }
     }
     if let Some(p) = prefill {

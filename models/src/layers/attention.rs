@@ -5,6 +5,7 @@ use qwen_serve_kernels::{paged_attention_step, qkv_step, DeviceMetadata, Qkv};
 use super::linear::{Linear, Projections};
 use super::rms_norm::RmsNorm;
 use super::rotary::Rotary;
+use crate::phase_times::{mark, Phase};
 use crate::{ModelConfig, ModelError, Weights};
 
 /// Grouped-query self-attention over the paged KV cache. Qwen2 has q/k/v biases; Qwen3 has
@@ -50,6 +51,7 @@ impl Attention {
         let tokens = x.dim(0)?;
         // Biases, q/k norms, rotation and the cache write happen in one op (one kernel on a GPU).
         let [q, k, v]: [Tensor; 3] = self.qkv_proj.forward_unbiased(x)?.try_into().expect("three projections");
+        mark(x.device(), Phase::QkvProj)?;
         let [bq, bk, bv] = self.qkv_proj.biases() else { unreachable!("three projections") };
         let head_norm = self.qk_norm.as_ref().map(|(qn, kn)| {
             let ((wq, eps), (wk, _)) = (qn.parts(), kn.parts());
@@ -58,8 +60,12 @@ impl Attention {
         let qkv = Qkv { q: &q, k: &k, v: &v, bias: [bq.as_ref(), bk.as_ref(), bv.as_ref()], head_norm };
         let (cos, sin) = rotary.tables();
         let q = qkv_step(&qkv, cos, sin, cache.0, cache.1, meta)?;
+        mark(x.device(), Phase::QkvStep)?;
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let out = paged_attention_step(&q, cache.0, cache.1, meta, scale)?;
-        self.o_proj.forward(&out.reshape((tokens, self.num_heads * self.head_dim))?)
+        mark(x.device(), Phase::Attention)?;
+        let out = self.o_proj.forward(&out.reshape((tokens, self.num_heads * self.head_dim))?)?;
+        mark(x.device(), Phase::OProj)?;
+        Ok(out)
     }
 }

@@ -3,6 +3,7 @@ use qwen_serve_kernels::silu_mul;
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
 
 use super::linear::{Linear, Projections};
+use crate::phase_times::{mark, Phase};
 use crate::{ModelConfig, ModelError, Weights};
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
@@ -25,7 +26,11 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // (tokens, intermediate)
         let [gate, up]: [Tensor; 2] = self.gate_up_proj.forward(x)?.try_into().expect("two projections");
+        mark(x.device(), Phase::GateUp)?;
         let act = silu_mul(&gate, &up)?;
-        self.down_proj.forward(&act)
+        mark(x.device(), Phase::SiluMul)?;
+        let out = self.down_proj.forward(&act)?;
+        mark(x.device(), Phase::Down)?;
+        Ok(out)
     }
 }
