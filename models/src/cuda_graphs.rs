@@ -91,6 +91,9 @@ mod cuda {
         inner: Box<dyn CausalLm>,
         max_batch: usize,
         sizes: Mutex<HashMap<usize, Size>>,
+        /// `(max_batch, vocab)` f32: every graph copies its logits here (its first rows), so no
+        /// graph keeps an allocation of its own past its end and the graphs' memory can be shared.
+        out: Tensor,
         _workspace: CudaSlice<u8>,
     }
 
@@ -122,10 +125,8 @@ mod cuda {
         Eager,
     }
 
-    /// A graph and the logits it writes (an allocation of the graph's own, the same address
-    /// at every replay; declared first so it is freed before the graph is destroyed).
+    /// A captured step; it leaves its logits in the first rows of [`Graphed::out`].
     struct Captured {
-        logits: Tensor,
         graph: CudaGraph,
     }
 
@@ -150,7 +151,8 @@ mod cuda {
             }
             drop(_sync);
             tracing::info!("CUDA graphs: decode steps of up to {max_batch} sequences of up to {MAX_SEQ_LEN} tokens");
-            Ok(Self { inner, max_batch, sizes: Mutex::new(HashMap::new()), _workspace: workspace })
+            let out = Tensor::zeros((max_batch, inner.config().vocab_size), DType::F32, inner.device())?;
+            Ok(Self { inner, max_batch, sizes: Mutex::new(HashMap::new()), out, _workspace: workspace })
         }
 
         fn inputs(&self, n: usize, cache: &KvCache) -> Result<Inputs, ModelError> {
@@ -165,19 +167,23 @@ mod cuda {
         }
 
         /// Captures one step of `size`'s buffers (already holding this step's values), then
-        /// replays it once: this step's logits.
+        /// replays it once.
         fn capture(&self, size: &Size, cache: &mut KvCache) -> Result<Captured, String> {
             let Device::Cuda(dev) = self.inner.device() else { unreachable!("checked at construction") };
             let stream = dev.cuda_stream();
             let _uploads = param_cache_for_capture(self.inner.device());
             stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| e.to_string())?;
-            let logits = self.inner.forward_on_device(&size.inputs.ids, &size.inputs.meta, cache);
+            // The logits are copied out and freed inside the capture.
+            let copied = self
+                .inner
+                .forward_on_device(&size.inputs.ids, &size.inputs.meta, cache)
+                .and_then(|logits| Ok(self.out.slice_set(&logits, 0, 0)?));
             // Always ended, so the stream leaves capture mode whatever happened inside.
             let graph = stream.end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
-            let logits = logits.map_err(|e| e.to_string())?;
+            copied.map_err(|e| e.to_string())?;
             let graph = graph.map_err(|e| e.to_string())?.ok_or("the capture recorded nothing")?;
             graph.launch().map_err(|e| e.to_string())?;
-            Ok(Captured { logits, graph })
+            Ok(Captured { graph })
         }
     }
 
@@ -228,15 +234,14 @@ mod cuda {
             size.inputs.fill(batch, cache.block_size())?;
             if let Phase::Captured(c) = &size.phase {
                 c.graph.launch().map_err(|e| candle_core::Error::Msg(format!("replaying the CUDA graph of {n} sequences: {e}")))?;
-                return Ok(c.logits.clone());
+                return Ok(self.out.narrow(0, 0, n)?);
             }
             let start = std::time::Instant::now();
             match self.capture(size, cache) {
                 Ok(c) => {
                     tracing::info!("captured the CUDA graph of {n} decoding sequences in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
-                    let logits = c.logits.clone();
                     size.phase = Phase::Captured(c);
-                    Ok(logits)
+                    Ok(self.out.narrow(0, 0, n)?)
                 }
                 Err(e) => {
                     tracing::warn!("CUDA graph capture of {n} sequences failed ({e}); that batch size runs eagerly");
