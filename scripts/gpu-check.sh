@@ -35,16 +35,20 @@ if [ "${1:-}" = "--prepare" ]; then
   set -e
   dir=$(bash scripts/build-cuda.sh --bin qwen-serve)
   # With qwen-serve selected too, so dependencies get the binary's features and are reused.
-  QWEN_SERVE_CARGO=test bash scripts/build-cuda.sh --no-run -p qwen-serve -p qwen-serve-kernels --test gpu > /dev/null
+  QWEN_SERVE_CARGO=test bash scripts/build-cuda.sh --no-run -p qwen-serve -p qwen-serve-kernels -p qwen-serve-models \
+    --test gpu --test gguf_devices > /dev/null
   tests=$(ls -t "$dir"/deps/gpu-* | grep -v '\.d$' | head -1)
+  gguf_tests=$(ls -t "$dir"/deps/gguf_devices-* | grep -v '\.d$' | head -1)
   rm -rf "$carry" && mkdir -p "$carry"
   # Stripped (no line numbers in backtraces) and xz'd: ~95 + 170 MB become ~5 + 9 MB; the GPU
   # machine unpacks with python3's lzma, needing no xz there.
   stripped=$(mktemp -d)
   trap 'rm -rf "$stripped"' EXIT
   strip -o "$stripped/kernel-gpu-tests" "$tests"
+  strip -o "$stripped/gguf-gpu-tests" "$gguf_tests"
   strip -o "$stripped/qwen-serve" "$dir/qwen-serve"
   xz -T2 -6 -c "$stripped/kernel-gpu-tests" > "$carry/kernel-gpu-tests.xz"
+  xz -T2 -6 -c "$stripped/gguf-gpu-tests" > "$carry/gguf-gpu-tests.xz"
   xz -T2 -6 -c "$stripped/qwen-serve" > "$carry/qwen-serve.xz"
   tok="$(bash scripts/fetch-test-data.sh)/qwen3-tokenizer"
   cp "$tok/tokenizer.json" "$tok/tokenizer_config.json" "$carry/"
@@ -83,7 +87,7 @@ paths=$( { ls -d "$site"/nvidia/*/lib 2>/dev/null | grep -v stubs; [ -n "$driver
 export LD_LIBRARY_PATH="$paths"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >> "$out/env.txt"
 
-for f in kernel-gpu-tests qwen-serve; do
+for f in kernel-gpu-tests gguf-gpu-tests qwen-serve; do
   python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
     "$carry/$f.xz" "$work/$f" && chmod +x "$work/$f"
 done
@@ -97,6 +101,9 @@ want() { case " ${GPU_CHECK_STEPS:-kernels 0.5b 7b} " in *" $1 "*) return 0 ;; *
 if want kernels; then
 timeout 45 "$work/kernel-gpu-tests" --test-threads=1 > "$out/kernel-tests.txt" 2>&1
 rc=$?
+# A quantized GGUF model (in-memory blocks of six types) on the GPU against the CPU.
+timeout 30 "$work/gguf-gpu-tests" --test-threads=1 --show-output >> "$out/kernel-tests.txt" 2>&1
+rc=$((rc | $?))
 tail -30 "$out/kernel-tests.txt"
 note kernel_tests "$(python3 - "$out/kernel-tests.txt" "$rc" <<'EOF'
 import json, re, sys

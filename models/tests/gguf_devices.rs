@@ -1,0 +1,147 @@
+//! A quantized GGUF model, built in memory from deterministic weights in six GGUF types, run
+//! from the same blocks in two ways: on the CPU against its own dequantized f32 copy (always),
+//! and, in a CUDA build on a GPU, quantized on the GPU (candle's quantized matmuls, f32 and bf16
+//! activations) against the CPU. The test GGUF itself is too large to carry to the GPU machine,
+//! so this is how a GGUF model gets run there (`scripts/gpu-check.sh`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+use qwen_serve_models::{gguf_tensor_name, load_model, AttentionMetadata, CausalLm, ForwardBatch, GgufReader, KvCache, ModelConfig, Weights};
+
+const CONFIG: &str = r#"{"model_type": "qwen2", "vocab_size": 1024, "hidden_size": 256, "intermediate_size": 512,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": false}"#;
+
+/// Every tensor: (Hugging Face name, shape, GGUF type). Layer 0's matrices are K-quants, layer
+/// 1's the 32-element types; norms and biases f32, as in a real GGUF.
+fn layout(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, GgmlDType)> {
+    use GgmlDType::*;
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let kv = cfg.num_key_value_heads * cfg.head_dim();
+    let mut t = vec![
+        ("model.embed_tokens.weight".to_string(), vec![v, h], Q8_0),
+        ("model.norm.weight".to_string(), vec![h], F32),
+        ("lm_head.weight".to_string(), vec![v, h], Q6K),
+    ];
+    for (l, [q, k, vt, o, gate, up, down]) in [(0, [Q4K, Q5K, Q6K, Q4K, Q4K, Q5K, Q6K]), (1, [Q5_0, Q8_0, Q4_0, Q8_0, Q5_0, Q4_0, Q8_0])] {
+        let p = |name: &str| format!("model.layers.{l}.{name}");
+        t.extend([
+            (p("input_layernorm.weight"), vec![h], F32),
+            (p("post_attention_layernorm.weight"), vec![h], F32),
+            (p("self_attn.q_proj.weight"), vec![h, h], q),
+            (p("self_attn.k_proj.weight"), vec![kv, h], k),
+            (p("self_attn.v_proj.weight"), vec![kv, h], vt),
+            (p("self_attn.q_proj.bias"), vec![h], F32),
+            (p("self_attn.k_proj.bias"), vec![kv], F32),
+            (p("self_attn.v_proj.bias"), vec![kv], F32),
+            (p("self_attn.o_proj.weight"), vec![h, h], o),
+            (p("mlp.gate_proj.weight"), vec![i, h], gate),
+            (p("mlp.up_proj.weight"), vec![i, h], up),
+            (p("mlp.down_proj.weight"), vec![h, i], down),
+        ]);
+    }
+    t
+}
+
+/// Deterministic values of roughly unit size: `sin(0.37 s k + s)`.
+fn values(shape: &[usize], seed: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let x = Tensor::arange(0u32, n as u32, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    x.affine(0.37 * seed, seed).unwrap().sin().unwrap().reshape(shape).unwrap()
+}
+
+/// The model's blocks on the CPU, by GGUF name.
+fn blocks(cfg: &ModelConfig) -> HashMap<String, QTensor> {
+    layout(cfg)
+        .into_iter()
+        .enumerate()
+        .map(|(n, (name, shape, dtype))| {
+            let x = values(&shape, 1.0 + n as f64);
+            let x = if name.contains("norm") {
+                (x * 0.1).unwrap() + 1.0
+            } else if name.ends_with("bias") {
+                x * 0.05
+            } else {
+                x * 0.08
+            }
+            .unwrap();
+            (gguf_tensor_name(&name).expect("a GGUF name"), QTensor::quantize(&x, dtype).unwrap())
+        })
+        .collect()
+}
+
+/// The model over `blocks`, as the GGUF loader builds it: quantized with `activations`, or
+/// dequantized to `dequantize`.
+fn model(cfg: &ModelConfig, blocks: &Arc<HashMap<String, QTensor>>, device: &Device, activations: DType, dequantize: Option<DType>) -> Box<dyn CausalLm> {
+    let (source, dev) = (blocks.clone(), device.clone());
+    let read: GgufReader = Box::new(move |name| {
+        let q = &source[name];
+        QTensor::new(QStorage::from_data(q.data()?, &dev, q.dtype())?, q.shape().clone())
+    });
+    let weights = Weights::from_gguf(blocks.keys().cloned().collect::<Vec<_>>(), read, dequantize, activations, device);
+    load_model(cfg, &weights).unwrap()
+}
+
+/// Logits of a 20-token prefill (every row), then of one decode step, as f32 rows.
+fn logits(m: &dyn CausalLm, device: &Device) -> Vec<Vec<f32>> {
+    let cfg = m.config();
+    let mut cache = KvCache::new(cfg, 4, 16, m.dtype(), device).unwrap();
+    let ids: Vec<u32> = (0..21u32).map(|t| t * 37 % cfg.vocab_size as u32).collect();
+    let prefill = ForwardBatch { input_ids: ids[..20].to_vec(), attention: AttentionMetadata::single(&[2, 0], 16, 20, 20), logits_indices: (0..20).collect() };
+    let decode = ForwardBatch { input_ids: ids[20..].to_vec(), attention: AttentionMetadata::single(&[2, 0], 16, 21, 1), logits_indices: vec![0] };
+    let mut rows = Vec::new();
+    for batch in [prefill, decode] {
+        let out = m.forward(&batch, &mut cache).unwrap();
+        rows.extend(out.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap());
+    }
+    rows
+}
+
+/// The smallest cosine similarity of corresponding rows, and the largest difference relative
+/// to the reference row's largest magnitude.
+fn agreement(got: &[Vec<f32>], want: &[Vec<f32>]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len());
+    let (mut min_cos, mut max_rel) = (1f64, 0f64);
+    for (a, b) in got.iter().zip(want) {
+        let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        min_cos = min_cos.min(dot / (norm(a) * norm(b)));
+        let scale = b.iter().fold(0f64, |m, &y| m.max((y as f64).abs()));
+        let diff = a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+        max_rel = max_rel.max(diff / scale);
+    }
+    (min_cos, max_rel)
+}
+
+#[test]
+fn quantized_model_on_the_cpu_matches_its_dequantized_copy() {
+    let cfg = ModelConfig::from_json(CONFIG).unwrap();
+    let blocks = Arc::new(blocks(&cfg));
+    let cpu = Device::Cpu;
+    let quantized = logits(&*model(&cfg, &blocks, &cpu, DType::F32, None), &cpu);
+    let dequantized = logits(&*model(&cfg, &blocks, &cpu, DType::F32, Some(DType::F32)), &cpu);
+    let (cos, rel) = agreement(&quantized, &dequantized);
+    println!("CPU quantized vs dequantized f32: min cosine {cos:.6}, max relative difference {rel:.4}");
+    // What differs is the activations' rounding to 8 bits in the quantized kernels.
+    assert!(cos > 0.999 && rel < 0.05, "cosine {cos}, relative difference {rel}");
+}
+
+/// The GGUF's blocks on a GPU (candle's quantized matmuls and embedding lookup, our attention
+/// and fused kernels) against our CPU kernels on the same blocks.
+#[cfg(feature = "cuda")]
+#[test]
+fn quantized_model_on_a_gpu_matches_the_cpu() {
+    let cfg = ModelConfig::from_json(CONFIG).unwrap();
+    let blocks = Arc::new(blocks(&cfg));
+    let (cpu, gpu) = (Device::Cpu, Device::new_cuda(0).expect("a CUDA device"));
+    let reference = logits(&*model(&cfg, &blocks, &cpu, DType::F32, None), &cpu);
+    for (activations, min_cos, max_rel) in [(DType::F32, 0.999, 0.05), (DType::BF16, 0.995, 0.1)] {
+        let got = logits(&*model(&cfg, &blocks, &gpu, activations, None), &gpu);
+        let (cos, rel) = agreement(&got, &reference);
+        println!("GPU quantized ({activations:?} activations) vs CPU: min cosine {cos:.6}, max relative difference {rel:.4}");
+        assert!(cos > min_cos && rel < max_rel, "{activations:?}: cosine {cos}, relative difference {rel}");
+    }
+}
