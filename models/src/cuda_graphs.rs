@@ -142,14 +142,14 @@ mod cuda {
             let workspace = dev.alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)?;
             let blas = dev.cublas_handle();
             let stream = dev.cuda_stream();
-            let (ptr, _sync) = workspace.device_ptr(&stream);
+            let (ptr, record) = workspace.device_ptr(&stream);
             // SAFETY: a live handle, and a device buffer that lives as long as this wrapper
             // (the model, whose matmuls use the handle, is dropped with it).
             let status = unsafe { cublas::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut std::ffi::c_void, CUBLAS_WORKSPACE_BYTES) };
             if status != cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
                 return Err(ModelError::Config(format!("setting cuBLAS's workspace for CUDA graphs: {status:?}")));
             }
-            drop(_sync);
+            drop(record);
             tracing::info!("CUDA graphs: decode steps of up to {max_batch} sequences of up to {MAX_SEQ_LEN} tokens");
             let out = Tensor::zeros((max_batch, inner.config().vocab_size), DType::F32, inner.device())?;
             Ok(Self { inner, max_batch, sizes: Mutex::new(HashMap::new()), out, _workspace: workspace })
