@@ -165,6 +165,22 @@ for k, v in r.items():
 b = r.get("qwen_serve_bench", {})
 if b.get("error"):
     print(r["config"], "qwen-serve bench error:", b["error"], r.get("qwen_serve_bench_log", "")[-1500:])
+# The A/B variants: output tok/s, TPOT p50 and the step split per level, then phases and logs.
+for k, v in r.items():
+    if not k.startswith("qwen_serve_bench_") or not isinstance(v, dict):
+        continue
+    name = k[len("qwen_serve_bench_"):]
+    if v.get("error"):
+        print(r["config"], name, "error:", str(v["error"])[-400:])
+    for rep in v.get("reports", []):
+        t = rep.get("step_times") or {}
+        print(r["config"], name, rep["concurrency"], round(rep["output_tok_per_s"]), "tok/s, TPOT",
+              round(rep["tpot_ms"]["p50"], 2), "ms, step", round(t.get("forward_ms", 0), 2), "+",
+              round(t.get("logits_ms", 0), 2), "+", round(t.get("other_ms", 0), 2))
+        if t.get("phases"):
+            print("   phases:", ", ".join(f"{p['phase']} {p['ms']:.2f}" for p in t["phases"]))
+    for line in v.get("log_lines", [])[-3:]:
+        print("  ", line[-160:])
 EOF
   grep -h -A5 ": concurrency |" "${f%.json}.log" 2>/dev/null | tail -6 | sed "s|^|$(basename "$f"): |"
 done
