@@ -67,9 +67,6 @@ impl ModelArgs {
         if self.quantize.is_some() && !device.is_cpu() {
             return Err("--quantize is for the CPU kernels; on a GPU use --dtype bf16 or a GGUF model".into());
         }
-        if let Some(warning) = cpu_dtype_warning(&device, self.dtype) {
-            tracing::warn!("{warning}");
-        }
         Ok(LoadOptions {
             dtype: self.dtype.map(DType::from),
             quantize: self.quantize.map(|q| match q {
@@ -81,22 +78,6 @@ impl ModelArgs {
             chat_template: self.chat_template.clone(),
         })
     }
-}
-
-/// Half-precision weights on the CPU run through candle's generic matrix products, far slower
-/// than f32 (a 0.5B model on a 2-core EPYC: 675 ms per token in bf16 against 59 in f32).
-fn cpu_dtype_warning(device: &candle_core::Device, dtype: Option<DtypeArg>) -> Option<String> {
-    let name = match dtype? {
-        DtypeArg::Bf16 => "bf16",
-        DtypeArg::F16 => "f16",
-        DtypeArg::F32 => return None,
-    };
-    device.is_cpu().then(|| {
-        format!(
-            "--dtype {name} on the CPU: its matrix products are about ten times slower than f32 here; \
-             leave --dtype unset (f32) or use --quantize q8_0 (safetensors) or a GGUF's own types"
-        )
-    })
 }
 
 /// Logs go to stderr (stdout carries generated text); `RUST_LOG` overrides the level.
@@ -206,17 +187,3 @@ impl EngineArgs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{cpu_dtype_warning, DtypeArg};
-
-    #[test]
-    fn half_precision_weights_on_the_cpu_warn() {
-        let cpu = candle_core::Device::Cpu;
-        let warning = cpu_dtype_warning(&cpu, Some(DtypeArg::Bf16)).expect("a warning");
-        assert!(warning.contains("--dtype bf16") && warning.contains("--quantize q8_0"), "{warning}");
-        assert!(cpu_dtype_warning(&cpu, Some(DtypeArg::F16)).is_some());
-        assert!(cpu_dtype_warning(&cpu, Some(DtypeArg::F32)).is_none());
-        assert!(cpu_dtype_warning(&cpu, None).is_none());
-    }
-}

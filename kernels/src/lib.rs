@@ -18,6 +18,7 @@ mod cuda;
 mod device_metadata;
 mod elem;
 mod fused;
+mod half_matmul;
 mod host_copy;
 mod metadata;
 mod paged_attention;
@@ -28,6 +29,7 @@ mod write_kv;
 
 pub use device_metadata::DeviceMetadata;
 pub use fused::{add_rms_norm, rms_norm, rotary_embedding, silu_mul};
+pub use half_matmul::half_matmul;
 pub use host_copy::overwrite_u32;
 pub use metadata::{AttentionMetadata, MetadataError};
 pub use paged_attention::{paged_attention, paged_attention_step};

@@ -88,6 +88,10 @@ impl Linear {
     /// [`Self::forward`] without the bias.
     fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match &self.weight {
+            // candle's CPU matmul in half precision is generic code; ours widens to f32.
+            Weight::Dense(w) if w.device().is_cpu() && matches!(w.dtype(), DType::BF16 | DType::F16) && x.dtype() == w.dtype() => {
+                qwen_serve_kernels::half_matmul(x, w)?
+            }
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             // Quantized kernels take f32 activations.
             Weight::Quantized(q) if x.dtype() != DType::F32 => q.matmul(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
