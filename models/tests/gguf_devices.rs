@@ -1,7 +1,7 @@
 //! A quantized GGUF model, built in memory from deterministic weights in six GGUF types, run
-//! from the same blocks in two ways: on the CPU against its own dequantized f32 copy (always),
-//! and, in a CUDA build on a GPU, quantized on the GPU (candle's quantized matmuls, f32 and bf16
-//! activations) against the CPU. The test GGUF itself is too large to carry to the GPU machine,
+//! from the same blocks in several ways: on the CPU quantized, and dequantized to bf16 and f16,
+//! against its dequantized f32 copy (always), and, in a CUDA build on a GPU, quantized on the
+//! GPU (candle's quantized matmuls, f32 and bf16 activations) against the CPU. The test GGUF itself is too large to carry to the GPU machine,
 //! so this is how a GGUF model gets run there (`scripts/gpu-check.sh`).
 
 use std::collections::HashMap;
@@ -127,6 +127,22 @@ fn quantized_model_on_the_cpu_matches_its_dequantized_copy() {
     println!("CPU quantized vs dequantized f32: min cosine {cos:.6}, max relative difference {rel:.4}");
     // What differs is the activations' rounding to 8 bits in the quantized kernels.
     assert!(cos > 0.999 && rel < 0.05, "cosine {cos}, relative difference {rel}");
+}
+
+/// The same weights dequantized to bf16 and to f16 (dense half-precision matmuls on the CPU,
+/// `qwen_serve_kernels::half_matmul`, and half-precision activations and cache) against f32.
+#[test]
+fn half_precision_model_on_the_cpu_matches_f32() {
+    let cfg = ModelConfig::from_json(CONFIG).unwrap();
+    let blocks = Arc::new(blocks(&cfg));
+    let cpu = Device::Cpu;
+    let reference = logits(&*model(&cfg, &blocks, &cpu, DType::F32, Some(DType::F32)), &cpu);
+    for dtype in [DType::BF16, DType::F16] {
+        let got = logits(&*model(&cfg, &blocks, &cpu, dtype, Some(dtype)), &cpu);
+        let (cos, rel) = agreement(&got, &reference);
+        println!("CPU {dtype:?} vs f32: min cosine {cos:.6}, max relative difference {rel:.4}");
+        assert!(cos > 0.999 && rel < 0.05, "{dtype:?}: cosine {cos}, relative difference {rel}");
+    }
 }
 
 /// The GGUF's blocks on a GPU (candle's quantized matmuls and embedding lookup, our attention
