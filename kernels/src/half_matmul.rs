@@ -7,9 +7,9 @@
 //!
 //! Arithmetic, which every instruction set gives bit for bit (one generic body compiled per
 //! level): output `(r, j)` keeps [`LANES`] partial sums, lane `l` over the elements
-//! `e = l (mod LANES)` in increasing order, `acc[l] = fma(w[j][e], x[r][e], acc[l])` from 0; the
-//! lanes are then added in a fixed tree and the sum rounded to the output type once. A row's
-//! result depends on that row alone, not on the rest of the batch.
+//! `e = l (mod LANES)` in increasing order, `acc[l] = fma(w[j][e], x[r][e], acc[l])` from 0;
+//! the lanes are then added in a fixed tree ([`sum16`]) and the sum rounded to the output type
+//! once. A row's result depends on that row alone, not on the rest of the batch.
 
 use std::mem::MaybeUninit;
 
@@ -19,7 +19,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::elem::Elem;
-use crate::fused::simd::Simd;
+use crate::fused::simd::{sum16, Simd};
 
 /// Partial sums per output (the reference's lanes).
 const LANES: usize = 16;
@@ -215,17 +215,8 @@ fn dot_body<T: Half, const R: usize, const F16C: bool>(w: &[T], x: &[f32], k: us
         }
     }
     for (y, acc) in y.iter_mut().zip(&acc) {
-        *y = reduce(acc);
+        *y = sum16(acc);
     }
-}
-
-/// The lanes' sum in a fixed tree: lane `l` plus lane `l + 8`, then `+ 4`, `+ 2`, `+ 1`.
-#[inline(always)]
-fn reduce(lanes: &[f32; LANES]) -> f32 {
-    let s8: [f32; 8] = std::array::from_fn(|i| lanes[i] + lanes[i + 8]);
-    let s4: [f32; 4] = std::array::from_fn(|i| s8[i] + s8[i + 4]);
-    let s2: [f32; 2] = std::array::from_fn(|i| s4[i] + s4[i + 2]);
-    s2[0] + s2[1]
 }
 
 #[cfg(test)]

@@ -23,6 +23,16 @@ pub(crate) fn rows_per_task(num_rows: usize, width: usize) -> Option<usize> {
     (rows < num_rows).then_some(rows)
 }
 
+/// Sixteen lane sums added in a fixed tree: lane `i` plus lane `i + 8`, then `i + 4`, `i + 2`,
+/// `i + 1` (the order every instruction set reproduces).
+#[inline(always)]
+pub(crate) fn sum16(lanes: &[f32; 16]) -> f32 {
+    let s8: [f32; 8] = std::array::from_fn(|i| lanes[i] + lanes[i + 8]);
+    let s4: [f32; 4] = std::array::from_fn(|i| s8[i] + s8[i + 4]);
+    let s2: [f32; 2] = std::array::from_fn(|i| s4[i] + s4[i + 2]);
+    s2[0] + s2[1]
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Simd {
     /// The generic bodies for the target's baseline (SSE2 on x86-64).

@@ -6,7 +6,7 @@
 //! - score of key `j` for head `g`: `s = 0; for d in order: s = fma(q[g][d], k[j][d], s)`,
 //!   then `s * scale`;
 //! - softmax per head: the maximum, `e = exp(s - max)` ([`crate::fused::exp::exp`]), their
-//!   sum in sixteen lanes (key `j` into lane `j % 16`, in order) added by [`reduce`], then
+//!   sum in sixteen lanes (key `j` into lane `j % 16`, in order) added by [`sum16`], then
 //!   `e * (1 / sum)`;
 //! - output: `acc[d] = 0; for j in order: acc[d] = fma(p[g][j], v[j][d], acc[d])`.
 //!
@@ -16,7 +16,7 @@
 
 use crate::elem::Elem;
 use crate::fused::exp::exp;
-use crate::fused::simd::{multiversion, Simd};
+use crate::fused::simd::{multiversion, sum16, Simd};
 
 /// Keys per block and lanes of every sum.
 pub(super) const LANES: usize = 16;
@@ -90,14 +90,6 @@ fn attend_body<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_di
     }
 }
 
-/// The lanes' sum in a fixed tree: lane `i` plus lane `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
-#[inline(always)]
-fn reduce(lanes: [f32; LANES]) -> f32 {
-    let s8: [f32; 8] = std::array::from_fn(|i| lanes[i] + lanes[i + 8]);
-    let s4: [f32; 4] = std::array::from_fn(|i| s8[i] + s8[i + 4]);
-    let s2: [f32; 2] = std::array::from_fn(|i| s4[i] + s4[i + 2]);
-    s2[0] + s2[1]
-}
 
 /// Scores to probabilities in place.
 #[inline(always)]
@@ -108,6 +100,6 @@ pub(super) fn softmax(s: &mut [f32]) {
         *x = exp(*x - max);
         sum[j % LANES] += *x;
     }
-    let inv = 1.0 / reduce(sum);
+    let inv = 1.0 / sum16(&sum);
     s.iter_mut().for_each(|x| *x *= inv);
 }
