@@ -19,6 +19,11 @@ pub enum QuantizeArg {
     Q8_0,
     #[value(name = "q4k")]
     Q4k,
+    /// Not quantized: stored in bf16 (half f32's memory), multiplied in f32.
+    #[value(name = "bf16")]
+    Bf16,
+    #[value(name = "f16")]
+    F16,
 }
 
 impl From<DtypeArg> for DType {
@@ -47,7 +52,8 @@ pub struct ModelArgs {
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
     /// Quantize a safetensors model's projection matrices at load time for the CPU kernels:
-    /// `q8_0`, or `q4k` (Q4_K where the input width is a multiple of 256, Q8_0 elsewhere).
+    /// `q8_0`, or `q4k` (Q4_K where the input width is a multiple of 256, Q8_0 elsewhere); or
+    /// store them in `bf16` / `f16` under f32 activations (half the memory, f32 arithmetic).
     /// Embeddings, norms and biases stay as they are. A GGUF keeps its own types.
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeArg>,
@@ -72,6 +78,8 @@ impl ModelArgs {
             quantize: self.quantize.map(|q| match q {
                 QuantizeArg::Q8_0 => candle_core::quantized::GgmlDType::Q8_0,
                 QuantizeArg::Q4k => candle_core::quantized::GgmlDType::Q4K,
+                QuantizeArg::Bf16 => candle_core::quantized::GgmlDType::BF16,
+                QuantizeArg::F16 => candle_core::quantized::GgmlDType::F16,
             }),
             device,
             revision: self.revision.clone(),

@@ -28,11 +28,20 @@ const ROWS: usize = 8;
 /// Weight bytes a task keeps hot (in L2) while all activation rows pass over them.
 const BLOCK_BYTES: usize = 256 * 1024;
 
-/// `x` `(m, k)` times `w` `(n, k)` transposed: `(m, n)`, all bf16 or all f16, on the CPU.
+/// `x` `(m, k)` times `w` `(n, k)` transposed, on the CPU: `w` bf16 or f16, `x` of the same
+/// type (the result too) or f32 (weights stored in half precision, f32 activations; the
+/// result f32).
 pub fn half_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let ((m, k), (n, k2)) = (x.dims2()?, w.dims2()?);
-    if k != k2 || x.dtype() != w.dtype() || !matches!(x.dtype(), DType::BF16 | DType::F16) {
-        candle_core::bail!("half_matmul: x {:?} {:?} and w {:?} {:?} must be (m, k) and (n, k) of bf16 or f16", x.dims(), x.dtype(), w.dims(), w.dtype());
+    let types_fit = matches!(w.dtype(), DType::BF16 | DType::F16) && (x.dtype() == w.dtype() || x.dtype() == DType::F32);
+    if k != k2 || !types_fit {
+        candle_core::bail!(
+            "half_matmul: x {:?} {:?} and w {:?} {:?} must be (m, k) and (n, k), w bf16 or f16, x of its type or f32",
+            x.dims(),
+            x.dtype(),
+            w.dims(),
+            w.dtype()
+        );
     }
     if !x.device().is_cpu() || !w.device().is_cpu() {
         candle_core::bail!("half_matmul: CPU tensors only");
@@ -46,11 +55,20 @@ pub fn half_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     };
     let simd = Simd::detected();
     let storage = match (xs, ws) {
-        (CpuStorage::BF16(x), CpuStorage::BF16(w)) => CpuStorage::BF16(run(simd, slice(x, xl), slice(w, wl), m, n, k)),
-        (CpuStorage::F16(x), CpuStorage::F16(w)) => CpuStorage::F16(run(simd, slice(x, xl), slice(w, wl), m, n, k)),
-        _ => candle_core::bail!("half_matmul: bf16 or f16"),
+        (CpuStorage::BF16(x), CpuStorage::BF16(w)) => CpuStorage::BF16(run(simd, &widen(slice(x, xl), k), slice(w, wl), m, n, k)),
+        (CpuStorage::F16(x), CpuStorage::F16(w)) => CpuStorage::F16(run(simd, &widen(slice(x, xl), k), slice(w, wl), m, n, k)),
+        (CpuStorage::F32(x), CpuStorage::BF16(w)) => CpuStorage::F32(run(simd, slice(x, xl), slice(w, wl), m, n, k)),
+        (CpuStorage::F32(x), CpuStorage::F16(w)) => CpuStorage::F32(run(simd, slice(x, xl), slice(w, wl), m, n, k)),
+        _ => candle_core::bail!("half_matmul: unsupported types"),
     };
     Ok(Tensor::from_storage(candle_core::Storage::Cpu(storage), Shape::from((m, n)), candle_core::op::BackpropOp::none(), false))
+}
+
+/// Half-precision activation rows of `k` as f32 (exactly).
+fn widen<T: Half>(x: &[T], k: usize) -> Vec<f32> {
+    let mut xf = vec![0f32; x.len()];
+    xf.par_chunks_mut(k.max(1)).zip(x.par_chunks(k.max(1))).for_each(|(d, s)| T::widen_slice(s, d));
+    xf
 }
 
 fn slice<'a, T>(data: &'a [T], layout: &Layout) -> &'a [T] {
@@ -124,10 +142,9 @@ impl<T> Out<T> {
 
 /// The product with `simd`'s instructions: tasks take ranges of weight rows; within a task,
 /// blocks of weight rows that fit [`BLOCK_BYTES`] meet every block of [`ROWS`] activation rows.
-pub(crate) fn run<T: Half>(simd: Simd, x: &[T], w: &[T], m: usize, n: usize, k: usize) -> Vec<T> {
-    let mut xf = vec![0f32; m * k];
-    xf.par_chunks_mut(k.max(1)).zip(x.par_chunks(k.max(1))).for_each(|(d, s)| T::widen_slice(s, d));
-    let mut y: Vec<T> = Vec::with_capacity(m * n);
+/// `xf`: the activations as f32; the output in `O`.
+pub(crate) fn run<T: Half, O: Elem>(simd: Simd, xf: &[f32], w: &[T], m: usize, n: usize, k: usize) -> Vec<O> {
+    let mut y: Vec<O> = Vec::with_capacity(m * n);
     let out = Out(y.spare_capacity_mut().as_mut_ptr());
     let threads = rayon::current_num_threads();
     let per_task = n.div_ceil(4 * threads).max(8);
@@ -143,7 +160,7 @@ pub(crate) fn run<T: Half>(simd: Simd, x: &[T], w: &[T], m: usize, n: usize, k: 
                     for (i, &v) in y[..rows].iter().enumerate() {
                         // SAFETY: (r0 + i, j) is inside the m x n output and only this task
                         // writes column j.
-                        unsafe { out.write((r0 + i) * n + j, T::from_f32(v)) };
+                        unsafe { out.write((r0 + i) * n + j, O::from_f32(v)) };
                     }
                 }
             }
@@ -262,15 +279,31 @@ mod tests {
             let to = |t: Tensor| t.to_dtype(T::DTYPE).unwrap().flatten_all().unwrap().to_vec1::<T>().unwrap();
             let (x, w) = (to(values((m, k), 3.0)), to(values((n, k), 4.0)));
             let bits = |v: Vec<T>| v.iter().map(|b| b.to_f32().to_bits()).collect::<Vec<_>>();
-            let reference = bits(run(Simd::Scalar, &x, &w, m, n, k));
+            let xf = super::widen(&x, k);
+            let reference = bits(run::<T, T>(Simd::Scalar, &xf, &w, m, n, k));
             for simd in Simd::available() {
-                assert_eq!(bits(run(simd, &x, &w, m, n, k)), reference, "{:?} {simd:?}", T::DTYPE);
+                assert_eq!(bits(run::<T, T>(simd, &xf, &w, m, n, k)), reference, "{:?} {simd:?}", T::DTYPE);
             }
-            let alone = bits(run(Simd::detected(), &x[5 * k..6 * k], &w, 1, n, k));
+            let alone = bits(run::<T, T>(Simd::detected(), &xf[5 * k..6 * k], &w, 1, n, k));
             assert_eq!(alone, reference[5 * n..6 * n], "{:?} row 5 alone", T::DTYPE);
         }
         check::<bf16>();
         check::<f16>();
+    }
+
+    /// f32 activations against half-precision weights: the f32 product of the same values.
+    #[test]
+    fn f32_activations_match_the_f32_product() {
+        for dtype in [DType::BF16, DType::F16] {
+            let (m, n, k) = (5, 24, 200);
+            let x = values((m, k), 5.0);
+            let w = values((n, k), 6.0).to_dtype(dtype).unwrap();
+            let got = half_matmul(&x, &w).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let want = x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap();
+            let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 1e-4, "{dtype:?}: error {err}");
+        }
     }
 
     #[test]

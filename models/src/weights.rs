@@ -70,7 +70,8 @@ impl Weights {
 
     /// Quantize projection matrices of a safetensors checkpoint to `dtype` as they load
     /// (`Q8_0`, or `Q4K` where the input width is a multiple of 256 and `Q8_0` elsewhere), for
-    /// the CPU kernels; matrices no kernel takes stay dense.
+    /// the CPU kernels; matrices no kernel takes stay dense. `BF16` / `F16` store them in half
+    /// precision instead, multiplied in f32 under the model's activations.
     pub fn quantized_to(mut self, dtype: Option<GgmlDType>) -> Self {
         self.quantize = dtype;
         self
@@ -143,6 +144,11 @@ impl Weights {
             }
         }
         let weight = self.tensor(&weight_name, &[out_dim, in_dim])?;
+        if let (Some(dtype @ (GgmlDType::BF16 | GgmlDType::F16)), true) = (self.quantize, self.device.is_cpu()) {
+            // Stored in half precision, multiplied in f32 (`half_matmul`).
+            let half = if dtype == GgmlDType::BF16 { DType::BF16 } else { DType::F16 };
+            return Ok(Linear::dense(weight.to_dtype(half)?, bias));
+        }
         if let (Some(dtype), true) = (self.quantize, self.device.is_cpu()) {
             let dtype = if dtype == GgmlDType::Q4K && !in_dim.is_multiple_of(256) { GgmlDType::Q8_0 } else { dtype };
             if in_dim.is_multiple_of(dtype.block_size()) {

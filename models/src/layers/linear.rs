@@ -88,8 +88,11 @@ impl Linear {
     /// [`Self::forward`] without the bias.
     fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match &self.weight {
-            // candle's CPU matmul in half precision is generic code; ours widens to f32.
-            Weight::Dense(w) if w.device().is_cpu() && matches!(w.dtype(), DType::BF16 | DType::F16) && x.dtype() == w.dtype() => {
+            // candle's CPU matmul in half precision is generic code; ours widens to f32 (and
+            // takes f32 activations too: half-precision weights under f32 activations).
+            Weight::Dense(w)
+                if w.device().is_cpu() && matches!(w.dtype(), DType::BF16 | DType::F16) && (x.dtype() == w.dtype() || x.dtype() == DType::F32) =>
+            {
                 qwen_serve_kernels::half_matmul(x, w)?
             }
             Weight::Dense(w) => x.matmul(&w.t()?)?,
