@@ -25,11 +25,12 @@ use crate::{CausalLm, ForwardBatch, ModelError};
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 const MAX_SEQ_LEN: usize = 8192;
 
-/// The largest batch to capture, from `QWEN_SERVE_CUDA_GRAPHS` (0 or unset: no graphs).
-pub fn max_graph_batch() -> Result<usize, ModelError> {
+/// The largest batch to capture, from `QWEN_SERVE_CUDA_GRAPHS` (0 or unset: no graphs); the
+/// error names the variable.
+pub fn max_graph_batch() -> Result<usize, String> {
     match std::env::var("QWEN_SERVE_CUDA_GRAPHS") {
         Err(_) => Ok(0),
-        Ok(v) => v.parse().map_err(|_| ModelError::Config(format!("QWEN_SERVE_CUDA_GRAPHS={v:?}: expected a batch size (0 for none)"))),
+        Ok(v) => v.parse().map_err(|_| format!("QWEN_SERVE_CUDA_GRAPHS={v:?}: expected a batch size (0 for none)")),
     }
 }
 

@@ -184,7 +184,7 @@ impl EngineHandle {
             model.dtype(),
         );
         // Off unless QWEN_SERVE_CUDA_GRAPHS gives the largest batch to capture (see the module).
-        let model = qwen_serve_models::with_cuda_graphs(model, qwen_serve_models::max_graph_batch()?)?;
+        let model = qwen_serve_models::with_cuda_graphs(model, qwen_serve_models::max_graph_batch().map_err(EngineError::Config)?)?;
         // Weights and cache were written from this thread; the engine thread reads them.
         model.device().synchronize().map_err(ModelError::from)?;
         let shared = Arc::new(Shared {
