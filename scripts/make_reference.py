@@ -18,6 +18,10 @@ What it produces (every JSON file carries a "generator" object with the package 
   tests/fixtures/tiny-qwen3/               tiny random Qwen3 checkpoint (config.json,
                                            model.safetensors fp32) + reference.json logits
   tests/fixtures/tiny-qwen2/               tiny random Qwen2 checkpoint, same layout
+  tests/fixtures/tiny-qwen3-moe/           tiny random Qwen3-MoE checkpoint (16 experts, top 4,
+                                           renormalised, a dense layer, untied head), same layout
+  tests/fixtures/tiny-qwen2-moe/           tiny random Qwen2-MoE checkpoint (8 experts, top 3, a
+                                           gated shared expert, decoder_sparse_step 2), same layout
 
 How to run (from the repository root; the venv is made once with
 scripts/requirements-reference.txt):
@@ -701,7 +705,7 @@ PREFILL = 13
 
 
 def tiny_configs():
-    from transformers import Qwen2Config, Qwen3Config
+    from transformers import Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig
 
     common = dict(
         vocab_size=512,
@@ -732,7 +736,48 @@ def tiny_configs():
         num_key_value_heads=1,
         **common,
     )
-    return {"tiny-qwen3": (qwen3, "Qwen3ForCausalLM"), "tiny-qwen2": (qwen2, "Qwen2ForCausalLM")}
+    # MoE: the real models' routing features at toy sizes. Qwen3-30B-A3B routes to 8 of 128
+    # experts with renormalised weights (norm_topk_prob) and no shared expert; Qwen1.5-MoE-A2.7B
+    # / Qwen2-57B-A14B route to 4 of 60 / 8 of 64 without renormalising, add a shared expert
+    # behind a sigmoid gate, and carry q/k/v biases. mlp_only_layers and decoder_sparse_step
+    # (dense layers among sparse ones) are exercised too, and the Qwen3 one has an untied head.
+    moe_common = dict(common, tie_word_embeddings=False)
+    qwen3_moe = Qwen3MoeConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        moe_intermediate_size=16,
+        num_experts=16,
+        num_experts_per_tok=4,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[1],
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        attention_bias=False,
+        **{k: v for k, v in moe_common.items() if k != "num_hidden_layers"},
+    )
+    qwen2_moe = Qwen2MoeConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=64,
+        num_experts=8,
+        num_experts_per_tok=3,
+        norm_topk_prob=False,
+        decoder_sparse_step=2,
+        mlp_only_layers=[],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **dict(common),
+    )
+    return {
+        "tiny-qwen3": (qwen3, "Qwen3ForCausalLM"),
+        "tiny-qwen2": (qwen2, "Qwen2ForCausalLM"),
+        "tiny-qwen3-moe": (qwen3_moe, "Qwen3MoeForCausalLM"),
+        "tiny-qwen2-moe": (qwen2_moe, "Qwen2MoeForCausalLM"),
+    }
 
 
 def reinit_(model, seed: int) -> None:
@@ -860,9 +905,47 @@ def perturbations(name: str, model, cfg) -> dict:
                 a.o_proj.weight.copy_(a.o_proj.weight[:, rows])
         res["gqa_modulo_mapping_instead_of_grouped"] = diff(m)
 
+    if any(hasattr(layer.mlp, "experts") for layer in model.model.layers):
+        # the top-k weights renormalised or not, and one routed expert fewer per token
+        for field, value in (("norm_topk_prob", not cfg.norm_topk_prob), ("num_experts_per_tok", cfg.num_experts_per_tok - 1)):
+            c2 = copy.deepcopy(cfg)
+            setattr(c2, field, value)
+            m = type(model)(c2).eval()
+            m.load_state_dict(model.state_dict())
+            res[f"{field}_{value}"] = diff(m)
+        if any(hasattr(layer.mlp, "shared_expert_gate") for layer in model.model.layers):
+            # the shared expert's sigmoid gate ignored (a constant 0.5)
+            m = copy.deepcopy(model)
+            with torch.no_grad():
+                for layer in m.model.layers:
+                    if hasattr(layer.mlp, "shared_expert_gate"):
+                        layer.mlp.shared_expert_gate.weight.zero_()
+            res["shared_expert_gate_constant_half"] = diff(m)
+
     for k, v in res.items():
         print(f"  {name}: perturbation {k}: max |diff| = {v:.4g}")
     return res
+
+
+def router_min_gap(model, ids) -> float | None:
+    """The smallest gap between the k-th and (k+1)-th routing probability over every token and
+    sparse layer: a near-tie could route differently under another summation order, so the
+    fixture must not have one."""
+    gaps, hooks = [], []
+    for layer in model.model.layers:
+        if not hasattr(layer.mlp, "experts"):
+            continue
+        k = layer.mlp.gate.top_k
+
+        def hook(_mod, _inp, out, k=k):
+            top = torch.softmax(out[0].float(), dim=-1).sort(dim=-1, descending=True).values
+            gaps.append(float((top[:, k - 1] - top[:, k]).min()))
+
+        hooks.append(layer.mlp.gate.register_forward_hook(hook))
+    full_logits(model, ids)
+    for h in hooks:
+        h.remove()
+    return min(gaps) if gaps else None
 
 
 def run_tiny(data_dir: Path, gen: dict) -> None:
@@ -876,7 +959,12 @@ def run_tiny(data_dir: Path, gen: dict) -> None:
         cfg._attn_implementation = "eager"
         model = cls(cfg).eval()
         reinit_(model, seed=1000 + seed)
-        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "embeddings not tied"
+        tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+        assert tied == cfg.tie_word_embeddings, "embeddings tied or not as configured"
+        gap = router_min_gap(model, TINY_IDS)
+        if gap is not None:
+            print(f"  {folder}: smallest gap at the top-k routing boundary {gap:.3g}")
+            assert gap > 1e-4, "a near-tie in routing: pick another seed"
         out_dir = FIXTURES / folder
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.iterdir():
@@ -893,6 +981,11 @@ def run_tiny(data_dir: Path, gen: dict) -> None:
         cfg_json = json.loads(cfg_path.read_text())
         rp = cfg_json.get("rope_parameters") or {}
         cfg_json.setdefault("rope_theta", rp.get("rope_theta", 1000000.0))
+        # transformers 5 writes the expert count as "num_local_experts"; the Hub's Qwen MoE
+        # config.json files say "num_experts". Keep transformers' spelling in one fixture and
+        # the Hub's in the other, so loaders are tested on both.
+        if folder == "tiny-qwen2-moe" and "num_local_experts" in cfg_json:
+            cfg_json["num_experts"] = cfg_json.pop("num_local_experts")
         cfg_path.write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
         for f in out_dir.iterdir():
             f.chmod(0o644)
@@ -924,6 +1017,7 @@ def run_tiny(data_dir: Path, gen: dict) -> None:
                 "logits_incremental": [[f7(v) for v in row] for row in inc.tolist()],
                 "incremental_vs_full_max_abs_diff": inc_diff,
                 "perturbation_max_abs_diff": pert,
+                **({"router_min_topk_gap": gap} if gap is not None else {}),
             },
         )
         total = sum(f.stat().st_size for f in out_dir.iterdir())

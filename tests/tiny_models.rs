@@ -1,22 +1,71 @@
-//! Small random-weight Qwen3 and Qwen2 checkpoints with the real models' shape ratios
+//! Small random-weight Qwen3, Qwen2 and MoE checkpoints with the real models' shape ratios
 //! (tests/fixtures/tiny-*, written with logits by transformers in `scripts/make_reference.py`).
 //! The weights are large (N(0, 0.2)) so a wrong rope layout, bias, q/k norm or GQA mapping moves
 //! the logits far beyond the tolerance.
 
 mod common;
 
-use candle_core::{DType, Device};
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
 use common::{fixture, read_json};
 use qwen_serve::generate::score;
-use qwen_serve_models::{load_model, AttentionMetadata, CausalLm, ForwardBatch, KvCache, ModelConfig, Weights};
+use qwen_serve_models::{
+    gguf_expert_name, gguf_tensor_name, load_model, AttentionMetadata, CausalLm, ForwardBatch, GgufReader, KvCache, ModelConfig, Weights,
+};
 
 const TOLERANCE: f32 = 1e-4;
 
+fn config(name: &str) -> ModelConfig {
+    ModelConfig::from_json(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap()).unwrap()
+}
+
 fn load(name: &str) -> Box<dyn CausalLm> {
-    let dir = fixture(name);
-    let cfg = ModelConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let weights = Weights::from_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu).unwrap();
-    load_model(&cfg, &weights).unwrap()
+    let weights = Weights::from_safetensors(&[fixture(name).join("model.safetensors")], DType::F32, &Device::Cpu).unwrap();
+    load_model(&config(name), &weights).unwrap()
+}
+
+/// The fixture's tensors as a GGUF file holds them, by GGUF name: each MoE layer's experts
+/// stacked into one `(experts, rows, cols)` tensor per projection, the shared-expert gate as a
+/// vector, matrices in `dtype` where their width allows it (f16 elsewhere, as llama.cpp's
+/// quantizer falls back; vectors f32).
+fn gguf_blocks(name: &str, dtype: GgmlDType) -> HashMap<String, QTensor> {
+    let tensors = candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut stacks: BTreeMap<String, BTreeMap<usize, Tensor>> = BTreeMap::new();
+    let mut blocks = HashMap::new();
+    let quantize = |t: &Tensor| {
+        let dtype = match (t.rank(), t.dims()[t.rank() - 1] % dtype.block_size()) {
+            (1, _) => GgmlDType::F32,
+            (_, 0) => dtype,
+            _ => GgmlDType::F16,
+        };
+        QTensor::quantize(t, dtype).unwrap()
+    };
+    for (hf, t) in tensors {
+        if let Some((stacked, expert)) = gguf_expert_name(&hf) {
+            stacks.entry(stacked).or_default().insert(expert, t);
+        } else {
+            let gguf = gguf_tensor_name(&hf).unwrap_or_else(|| panic!("no GGUF name for {hf}"));
+            let t = if hf.ends_with("shared_expert_gate.weight") { t.squeeze(0).unwrap() } else { t };
+            blocks.insert(gguf, quantize(&t));
+        }
+    }
+    for (stacked, experts) in stacks {
+        let parts: Vec<Tensor> = experts.into_values().collect();
+        blocks.insert(stacked, quantize(&Tensor::stack(&parts, 0).unwrap()));
+    }
+    blocks
+}
+
+fn load_gguf(name: &str, dtype: GgmlDType, dequantize: Option<DType>) -> Box<dyn CausalLm> {
+    let blocks = gguf_blocks(name, dtype);
+    let names: Vec<String> = blocks.keys().cloned().collect();
+    let read: GgufReader = Box::new(move |n| {
+        let q = &blocks[n];
+        QTensor::new(QStorage::from_data(q.data()?, &Device::Cpu, q.dtype())?, q.shape().clone())
+    });
+    load_model(&config(name), &Weights::from_gguf(names, read, dequantize, DType::F32, &Device::Cpu)).unwrap()
 }
 
 fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
@@ -33,10 +82,13 @@ fn assert_close(ours: &[Vec<f32>], reference: &[Vec<f32>], what: &str) {
 
 /// One full pass, and a prefill of `prefill_len` tokens followed by single-token decodes.
 fn check(name: &str) {
+    check_model(name, load(name).as_ref());
+}
+
+fn check_model(name: &str, model: &dyn CausalLm) {
     let reference = read_json(&format!("{name}/reference.json"));
-    let model = load(name);
     let ids = common::ids(&reference["input_ids"]);
-    let full = score(model.as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
+    let full = score(model, &ids).unwrap().to_vec2::<f32>().unwrap();
     assert_close(&full, &rows(&reference["logits"]), &format!("{name} full pass"));
 
     let prefill = reference["prefill_len"].as_u64().unwrap() as usize;
@@ -66,4 +118,115 @@ fn tiny_qwen3_matches_transformers() {
 #[test]
 fn tiny_qwen2_with_bias_and_tied_embeddings_matches_transformers() {
     check("tiny-qwen2");
+}
+
+/// 16 experts, top 4 with renormalised weights, a dense layer among sparse ones
+/// (`mlp_only_layers`), an untied head, and the expert count spelt `num_local_experts`.
+#[test]
+fn tiny_qwen3_moe_matches_transformers() {
+    check("tiny-qwen3-moe");
+}
+
+/// 8 experts, top 3 without renormalising, a shared expert behind a sigmoid gate, q/k/v biases
+/// (`qkv_bias`), `decoder_sparse_step` 2 (layer 0 dense), and the Hub's `num_experts`.
+#[test]
+fn tiny_qwen2_moe_matches_transformers() {
+    check("tiny-qwen2-moe");
+}
+
+/// The MoE fixtures laid out as llama.cpp's GGUF files hold them (stacked experts, the
+/// shared-expert gate as a vector), in f32: the same logits as transformers.
+#[test]
+fn tiny_moe_models_from_gguf_tensors_match_transformers() {
+    for name in ["tiny-qwen3-moe", "tiny-qwen2-moe"] {
+        check_model(name, load_gguf(name, GgmlDType::F32, None).as_ref());
+    }
+}
+
+/// The same with the matrices in Q8_0 (experts split out of the stacked blocks for our
+/// kernels) against their dequantized copy.
+#[test]
+fn quantized_moe_experts_match_their_dequantized_copy() {
+    for name in ["tiny-qwen3-moe", "tiny-qwen2-moe"] {
+        let ids: Vec<u32> = (0..24u32).map(|t| t * 37 % 512).collect();
+        let quantized = score(load_gguf(name, GgmlDType::Q8_0, None).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
+        let dequantized = score(load_gguf(name, GgmlDType::Q8_0, Some(DType::F32)).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
+        let f32_model = score(load(name).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
+        let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+            a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max)
+        };
+        let min_cosine = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+            let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum::<f64>();
+            a.iter().zip(b).map(|(x, y)| dot(x, y) / (dot(x, x) * dot(y, y)).sqrt()).fold(1f64, f64::min)
+        };
+        let (q_vs_deq, deq_vs_f32) = (max_diff(&quantized, &dequantized), max_diff(&dequantized, &f32_model));
+        let cosine = min_cosine(&quantized, &dequantized);
+        println!("{name}: Q8_0 kernels vs dequantized: max diff {q_vs_deq:.4}, min cosine {cosine:.6}; dequantized Q8_0 vs f32 {deq_vs_f32:.4}");
+        // Q8_0 weights move these logits (range about +-7) by tenths, and the kernels' 8-bit
+        // activations about as much again; experts split wrongly move them by whole units
+        // (a reversed split: 2.5 to 5).
+        assert!(deq_vs_f32 < 1.0, "{name}: dequantized Q8_0 vs f32 {deq_vs_f32}");
+        assert!(cosine > 0.99 && q_vs_deq < 1.0, "{name}: cosine {cosine}, max diff {q_vs_deq}");
+        assert!(deq_vs_f32 > 0.0, "{name}: the Q8_0 copy is not quantized");
+    }
+}
+
+/// A token's logits do not depend on what it is batched with: two prompts prefilled together,
+/// then decoded together, give bitwise the rows each gives alone, though the batch routes
+/// more tokens to each expert (one matmul over all of an expert's rows). As a GGUF model runs
+/// on the CPU: Q8_0 matrices (our kernels), f16 where the width does not fit Q8_0 blocks
+/// (`half_matmul`), and the router in f32 through `half_matmul` too.
+#[test]
+fn moe_rows_do_not_depend_on_the_batch() {
+    for name in ["tiny-qwen3-moe", "tiny-qwen2-moe"] {
+        let model = load_gguf(name, GgmlDType::Q8_0, None);
+        let block_size = 4;
+        let prompts: [Vec<u32>; 2] = [vec![5, 99, 300, 7, 7, 42, 510], vec![1, 2, 3, 400, 77]];
+        let tables: [Vec<u32>; 2] = [vec![0, 1], vec![2, 3]];
+        let next = [11u32, 250];
+        // Alone: a prefill then one decode step, each prompt in its own cache.
+        let mut alone = Vec::new();
+        for ((prompt, table), &token) in prompts.iter().zip(&tables).zip(&next) {
+            let mut cache = KvCache::new(model.config(), 4, block_size, DType::F32, &Device::Cpu).unwrap();
+            let n = prompt.len();
+            let prefill = ForwardBatch { input_ids: prompt.clone(), attention: AttentionMetadata::single(table, block_size, n, n), logits_indices: (0..n as u32).collect() };
+            let decode = ForwardBatch { input_ids: vec![token], attention: AttentionMetadata::single(table, block_size, n + 1, 1), logits_indices: vec![0] };
+            alone.push((model.forward(&prefill, &mut cache).unwrap().to_vec2::<f32>().unwrap(), model.forward(&decode, &mut cache).unwrap().to_vec2::<f32>().unwrap()));
+        }
+        // Together, in one cache.
+        let together = |parts: [AttentionMetadata; 2], ids: Vec<u32>| {
+            let mut attention = AttentionMetadata { max_blocks_per_seq: 2, query_start_loc: vec![0], ..Default::default() };
+            for p in parts {
+                attention.query_start_loc.push(attention.query_start_loc.last().unwrap() + p.num_tokens() as u32);
+                attention.seq_lens.extend(p.seq_lens);
+                attention.block_tables.extend(p.block_tables);
+                attention.slot_mapping.extend(p.slot_mapping);
+            }
+            ForwardBatch { logits_indices: (0..ids.len() as u32).collect(), input_ids: ids, attention }
+        };
+        let mut cache = KvCache::new(model.config(), 4, block_size, DType::F32, &Device::Cpu).unwrap();
+        let (a, b) = (prompts[0].len(), prompts[1].len());
+        let prefill = together(
+            [AttentionMetadata::single(&tables[0], block_size, a, a), AttentionMetadata::single(&tables[1], block_size, b, b)],
+            prompts.concat(),
+        );
+        let rows = model.forward(&prefill, &mut cache).unwrap().to_vec2::<f32>().unwrap();
+        same_bits(&rows[..a], &alone[0].0, &format!("{name}: first prompt's prefill"));
+        same_bits(&rows[a..], &alone[1].0, &format!("{name}: second prompt's prefill"));
+        let decode = together(
+            [AttentionMetadata::single(&tables[0], block_size, a + 1, 1), AttentionMetadata::single(&tables[1], block_size, b + 1, 1)],
+            next.to_vec(),
+        );
+        let rows = model.forward(&decode, &mut cache).unwrap().to_vec2::<f32>().unwrap();
+        same_bits(&rows[..1], &alone[0].1, &format!("{name}: first prompt's decode"));
+        same_bits(&rows[1..], &alone[1].1, &format!("{name}: second prompt's decode"));
+    }
+}
+
+fn same_bits(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: rows");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(a == b, "{what}: row {i} differs by up to {d}");
+    }
 }

@@ -11,18 +11,36 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3 (dense): no attention bias, RMSNorm on each head's q and k.
     Qwen3,
+    /// Qwen1.5-MoE / Qwen2-MoE: Qwen2's attention; sparse layers route each token to its top-k
+    /// experts and add a shared expert behind a sigmoid gate.
+    Qwen2Moe,
+    /// Qwen3-MoE: Qwen3's attention; sparse layers route each token to its top-k experts.
+    Qwen3Moe,
 }
 
 impl Architecture {
     /// `model_type` values this build serves.
-    pub const SUPPORTED: &'static [&'static str] = &["qwen2", "qwen3"];
+    pub const SUPPORTED: &'static [&'static str] = &["qwen2", "qwen3", "qwen2_moe", "qwen3_moe"];
 
+    /// A Hugging Face `model_type`, or a GGUF `general.architecture` (llama.cpp spells the MoE
+    /// ones without the underscore).
     pub fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
             "qwen2" => Some(Self::Qwen2),
             "qwen3" => Some(Self::Qwen3),
+            "qwen2_moe" | "qwen2moe" => Some(Self::Qwen2Moe),
+            "qwen3_moe" | "qwen3moe" => Some(Self::Qwen3Moe),
             _ => None,
         }
+    }
+
+    /// RMSNorm on each head's q and k (the Qwen3 family).
+    pub fn qk_norm(self) -> bool {
+        matches!(self, Self::Qwen3 | Self::Qwen3Moe)
+    }
+
+    pub fn is_moe(self) -> bool {
+        matches!(self, Self::Qwen2Moe | Self::Qwen3Moe)
     }
 }
 
@@ -54,6 +72,35 @@ pub struct ModelConfig {
     /// transformers >= 5 writes `{"rope_theta", "rope_type"}` here (and may omit `rope_theta`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_parameters: Option<serde_json::Value>,
+    /// Qwen2-MoE's spelling of `attention_bias` (transformers writes it; the Hub's configs leave
+    /// it out and mean true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qkv_bias: Option<bool>,
+    /// MoE: routed experts per sparse layer (transformers 5 writes `num_local_experts`).
+    #[serde(default, alias = "num_local_experts")]
+    pub num_experts: usize,
+    /// MoE: experts each token is routed to.
+    #[serde(default)]
+    pub num_experts_per_tok: usize,
+    /// MoE: each routed expert's SwiGLU width.
+    #[serde(default)]
+    pub moe_intermediate_size: usize,
+    /// Qwen2-MoE: the shared expert's width (0: none).
+    #[serde(default)]
+    pub shared_expert_intermediate_size: usize,
+    /// MoE: renormalise the top-k routing probabilities to sum to 1 (Qwen3-MoE does).
+    #[serde(default)]
+    pub norm_topk_prob: bool,
+    /// MoE: every `decoder_sparse_step`-th layer is sparse (the rest dense)...
+    #[serde(default = "one")]
+    pub decoder_sparse_step: usize,
+    /// ...except these, which are dense.
+    #[serde(default)]
+    pub mlp_only_layers: Vec<usize>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_rope_theta() -> f64 {
@@ -82,7 +129,16 @@ impl ModelConfig {
     }
 
     pub fn attention_bias(&self) -> bool {
-        self.attention_bias.unwrap_or(self.architecture() == Architecture::Qwen2)
+        self.attention_bias.or(self.qkv_bias).unwrap_or(matches!(self.architecture(), Architecture::Qwen2 | Architecture::Qwen2Moe))
+    }
+
+    /// Whether layer `i` routes its tokens to experts (as transformers decides it): an MoE
+    /// model's every `decoder_sparse_step`-th layer, less `mlp_only_layers`.
+    pub fn sparse_layer(&self, i: usize) -> bool {
+        self.architecture().is_moe()
+            && self.num_experts > 0
+            && (i + 1) % self.decoder_sparse_step == 0
+            && !self.mlp_only_layers.contains(&i)
     }
 
     /// Rejects what this implementation would silently compute wrongly.
@@ -117,6 +173,24 @@ impl ModelConfig {
         if self.head_dim() == 0 || self.head_dim() % 2 != 0 {
             return err(format!("head dimension {} must be even and positive", self.head_dim()));
         }
+        if self.architecture().is_moe() {
+            for (name, v) in [
+                ("num_experts", self.num_experts),
+                ("num_experts_per_tok", self.num_experts_per_tok),
+                ("moe_intermediate_size", self.moe_intermediate_size),
+                ("decoder_sparse_step", self.decoder_sparse_step),
+            ] {
+                if v == 0 {
+                    return err(format!("`{name}` must be positive for `{}`", self.model_type));
+                }
+            }
+            if self.num_experts_per_tok > self.num_experts {
+                return err(format!(
+                    "`num_experts_per_tok` ({}) exceeds `num_experts` ({})",
+                    self.num_experts_per_tok, self.num_experts
+                ));
+            }
+        }
         if self.use_sliding_window {
             return err("`use_sliding_window: true` is not supported".into());
         }
@@ -131,5 +205,37 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelConfig;
+
+    fn moe(extra: &str) -> Result<ModelConfig, crate::ModelError> {
+        ModelConfig::from_json(&format!(
+            r#"{{"model_type": "qwen3_moe", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 4,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 8, "rms_norm_eps": 1e-6{extra}}}"#
+        ))
+    }
+
+    #[test]
+    fn moe_configs_are_checked_and_say_which_layers_are_sparse() {
+        let cfg = moe(r#", "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 4, "decoder_sparse_step": 2, "mlp_only_layers": [3]"#).unwrap();
+        assert_eq!((0..4).map(|i| cfg.sparse_layer(i)).collect::<Vec<_>>(), [false, true, false, false]);
+        // transformers 5 spells the expert count `num_local_experts`.
+        let cfg = moe(r#", "num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 4"#).unwrap();
+        assert_eq!(cfg.num_experts, 4);
+        assert!((0..4).all(|i| cfg.sparse_layer(i)));
+        for (extra, field) in [
+            (r#", "num_experts_per_tok": 2, "moe_intermediate_size": 4"#, "num_experts"),
+            (r#", "num_experts": 4, "moe_intermediate_size": 4"#, "num_experts_per_tok"),
+            (r#", "num_experts": 4, "num_experts_per_tok": 2"#, "moe_intermediate_size"),
+            (r#", "num_experts": 4, "num_experts_per_tok": 5, "moe_intermediate_size": 4"#, "num_experts_per_tok"),
+            (r#", "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 4, "decoder_sparse_step": 0"#, "decoder_sparse_step"),
+        ] {
+            let err = moe(extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
     }
 }

@@ -41,6 +41,11 @@ pub fn with_cuda_graphs(model: Box<dyn CausalLm>, max_batch: usize) -> Result<Bo
     if let (true, candle_core::Device::Cuda(dev)) = (max_batch > 0, model.device()) {
         // cudarc's event tracking records and waits on events around every launch, which a
         // capture cannot take (src/device/cuda.rs turns it off unless told not to).
+        if model.config().architecture().is_moe() {
+            // The router's choices come back to the host every layer, which a graph cannot hold.
+            tracing::warn!("CUDA graphs are off for MoE models (routing is decided on the host); running eagerly");
+            return Ok(model);
+        }
         if crate::phase_times::enabled() {
             tracing::warn!("CUDA graphs are off while QWEN_SERVE_PHASE_TIMES times each phase");
             return Ok(model);

@@ -1,4 +1,5 @@
-//! The Qwen decoder-only transformer (Qwen2, Qwen2.5 and dense Qwen3 share this body).
+//! The Qwen decoder-only transformer: Qwen2, Qwen2.5, Qwen3 and their MoE variants share this
+//! body (the MoE ones replace some layers' feed-forward by [`SparseMoe`]).
 
 use candle_core::{DType, Device, Tensor};
 use qwen_serve_kernels::{param_cache, DeviceMetadata};
@@ -6,17 +7,40 @@ use qwen_serve_kernels::{param_cache, DeviceMetadata};
 use crate::layers::attention::Attention;
 use crate::layers::linear::Linear;
 use crate::layers::mlp::Mlp;
+use crate::layers::moe::SparseMoe;
 use crate::layers::rms_norm::RmsNorm;
 use crate::layers::rotary::Rotary;
 use crate::layers::Embedding;
 use crate::phase_times::{self, Phase};
-use crate::{Architecture, CausalLm, ForwardBatch, KvCache, ModelConfig, ModelError, Weights};
+use crate::{CausalLm, ForwardBatch, KvCache, ModelConfig, ModelError, Weights};
 
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: FeedForward,
+}
+
+enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    fn new(cfg: &ModelConfig, i: usize, weights: &Weights) -> Result<Self, ModelError> {
+        Ok(if cfg.sparse_layer(i) {
+            Self::Sparse(SparseMoe::new(cfg, weights)?)
+        } else {
+            Self::Dense(Mlp::new(weights, cfg.hidden_size, cfg.intermediate_size)?)
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(mlp) => mlp.forward(x),
+            Self::Sparse(moe) => moe.forward(x),
+        }
+    }
 }
 
 pub struct QwenForCausalLm {
@@ -33,7 +57,7 @@ pub struct QwenForCausalLm {
 impl QwenForCausalLm {
     pub fn new(cfg: &ModelConfig, weights: &Weights) -> Result<Self, ModelError> {
         cfg.validate()?;
-        let qk_norm = cfg.architecture() == Architecture::Qwen3;
+        let qk_norm = cfg.architecture().qk_norm();
         let model = weights.pp("model");
         let embed_tokens = model.embedding("embed_tokens", cfg.vocab_size, cfg.hidden_size)?;
         let layers = (0..cfg.num_hidden_layers)
@@ -43,7 +67,7 @@ impl QwenForCausalLm {
                     input_layernorm: RmsNorm::new(&w.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
                     self_attn: Attention::new(cfg, &w.pp("self_attn"), qk_norm)?,
                     post_attention_layernorm: RmsNorm::new(&w.pp("post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
-                    mlp: Mlp::new(cfg, &w.pp("mlp"))?,
+                    mlp: FeedForward::new(cfg, i, &w.pp("mlp"))?,
                 })
             })
             .collect::<Result<_, ModelError>>()?;

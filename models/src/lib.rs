@@ -21,7 +21,7 @@ pub use decoder::QwenForCausalLm;
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use qwen_serve_kernels::{AttentionMetadata, DeviceMetadata};
-pub use weights::{gguf_tensor_name, GgufReader, Weights};
+pub use weights::{gguf_expert_name, gguf_tensor_name, GgufReader, Weights};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -50,7 +50,8 @@ pub trait CausalLm: Send + Sync {
     fn check(&self, batch: &ForwardBatch, cache: &KvCache) -> Result<(), ModelError>;
     /// `forward` for a batch already on the device (`ids` `(num_tokens,)` u32 and the step's
     /// metadata), returning every row's logits, after the checks: only device work, no copy
-    /// between host and device and no synchronisation, so a CUDA graph can capture it.
+    /// between host and device and no synchronisation, so a CUDA graph can capture it (except
+    /// for MoE models, whose routing is decided on the host; they are never captured).
     fn forward_on_device(&self, ids: &Tensor, meta: &DeviceMetadata, cache: &mut KvCache) -> Result<Tensor, ModelError>;
 }
 

@@ -28,12 +28,27 @@ pub enum Phase {
     GateUp,
     SiluMul,
     Down,
+    /// MoE layers: the router, the routing decided on the host, the gather of each expert's
+    /// rows, the weighted scatter-add of their outputs and the shared expert's gate (the
+    /// experts' own matmuls count as gate_up, silu_mul and down).
+    Route,
     /// The last norm, the output head and the logits' conversion to f32.
     Head,
 }
 
-pub const PHASES: [Phase; 10] =
-    [Phase::Embed, Phase::Norm, Phase::QkvProj, Phase::QkvStep, Phase::Attention, Phase::OProj, Phase::GateUp, Phase::SiluMul, Phase::Down, Phase::Head];
+pub const PHASES: [Phase; 11] = [
+    Phase::Embed,
+    Phase::Norm,
+    Phase::QkvProj,
+    Phase::QkvStep,
+    Phase::Attention,
+    Phase::OProj,
+    Phase::GateUp,
+    Phase::SiluMul,
+    Phase::Down,
+    Phase::Route,
+    Phase::Head,
+];
 
 impl Phase {
     pub fn name(self) -> &'static str {
@@ -47,6 +62,7 @@ impl Phase {
             Phase::GateUp => "gate_up",
             Phase::SiluMul => "silu_mul",
             Phase::Down => "down",
+            Phase::Route => "route",
             Phase::Head => "head",
         }
     }

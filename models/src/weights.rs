@@ -4,11 +4,11 @@
 //! backend translates each name to llama.cpp's (`blk.N.attn_q.weight`). GGUF matrices stay
 //! quantized unless the caller asked for a float dtype.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
@@ -25,7 +25,13 @@ enum Backend {
     /// Tensors keyed by their GGUF names, read from the file when the model asks for one (each
     /// is asked for once) and not kept here: a matrix repacked or dequantized at load is freed
     /// before the next is read, so loading holds at most one GGUF matrix besides the model.
-    Gguf { names: HashSet<String>, read: GgufReader },
+    Gguf {
+        names: HashSet<String>,
+        read: GgufReader,
+        /// MoE: a stacked `(experts, rows, cols)` tensor read once and split into one matrix
+        /// per expert, each handed out once (then dropped here) as the model asks for it.
+        experts: Mutex<HashMap<String, Vec<Option<QTensor>>>>,
+    },
 }
 
 /// A view of a checkpoint at a name prefix.
@@ -60,7 +66,7 @@ impl Weights {
         activations: DType,
         device: &Device,
     ) -> Self {
-        let backend = Backend::Gguf { names: names.into_iter().collect(), read };
+        let backend = Backend::Gguf { names: names.into_iter().collect(), read, experts: Mutex::default() };
         Self::new(backend, dequantize_to.unwrap_or(activations), device, dequantize_to.is_none())
     }
 
@@ -99,13 +105,38 @@ impl Weights {
         let path = self.path(name);
         match &*self.backend {
             Backend::Safetensors(st) => st.get(&path).is_ok(),
-            Backend::Gguf { names, .. } => gguf_tensor_name(&path).is_some_and(|n| names.contains(&n)),
+            Backend::Gguf { names, .. } => match gguf_expert_name(&path) {
+                Some((stacked, _)) => names.contains(&stacked),
+                None => gguf_tensor_name(&path).is_some_and(|n| names.contains(&n)),
+            },
         }
     }
 
     fn qtensor(&self, path: &str) -> Result<Arc<QTensor>, ModelError> {
-        let Backend::Gguf { names, read } = &*self.backend else { unreachable!("gguf backend") };
-        let name = gguf_tensor_name(path).filter(|n| names.contains(n)).ok_or_else(|| ModelError::MissingTensor(path.to_string()))?;
+        let Backend::Gguf { names, read, experts } = &*self.backend else { unreachable!("gguf backend") };
+        let missing = || ModelError::MissingTensor(path.to_string());
+        if let Some((stacked, expert)) = gguf_expert_name(path) {
+            if !names.contains(&stacked) {
+                return Err(missing());
+            }
+            let mut experts = experts.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = experts.get_mut(&stacked).and_then(|parts| parts.get_mut(expert)).and_then(Option::take);
+            let q = match taken {
+                Some(q) => q,
+                None => {
+                    // First ask (or a second one for the same expert): read and split again.
+                    let mut parts: Vec<Option<QTensor>> = split_experts(&stacked, &read(&stacked)?)?.into_iter().map(Some).collect();
+                    let q = parts.get_mut(expert).and_then(Option::take).ok_or_else(missing)?;
+                    experts.insert(stacked.clone(), parts);
+                    q
+                }
+            };
+            if experts.get(&stacked).is_some_and(|parts| parts.iter().all(Option::is_none)) {
+                experts.remove(&stacked);
+            }
+            return Ok(Arc::new(q));
+        }
+        let name = gguf_tensor_name(path).filter(|n| names.contains(n)).ok_or_else(missing)?;
         Ok(Arc::new(read(&name)?))
     }
 
@@ -122,7 +153,7 @@ impl Weights {
             Backend::Gguf { .. } => self.qtensor(&path)?.dequantize(&self.device)?,
         };
         check_shape(&path, t.dims(), shape)?;
-        Ok(t.to_dtype(self.dtype)?)
+        Ok(t.reshape(shape)?.to_dtype(self.dtype)?)
     }
 
     /// A `(out_dim, in_dim)` projection, quantized when the source is, may stay so, and has a
@@ -131,7 +162,7 @@ impl Weights {
     pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear, ModelError> {
         let weight_name = format!("{name}.weight");
         let bias = if bias { Some(self.tensor(&format!("{name}.bias"), &[out_dim])?) } else { None };
-        if let (true, Backend::Gguf { .. }) = (self.keep_quantized, &*self.backend) {
+        let weight = if let (true, Backend::Gguf { .. }) = (self.keep_quantized, &*self.backend) {
             let path = self.path(&weight_name);
             let q = self.qtensor(&path)?;
             check_shape(&path, q.shape().dims(), &[out_dim, in_dim])?;
@@ -142,8 +173,18 @@ impl Weights {
             } else if !self.device.is_cpu() && device_quantized(q.dtype()) {
                 return Ok(Linear::device_quantized(q, bias)?);
             }
-        }
-        let weight = self.tensor(&weight_name, &[out_dim, in_dim])?;
+            // No kernel for it: dequantized from the blocks in hand (an expert's matrix is
+            // handed out once). Half-precision matrices stay so on the CPU under f32
+            // activations (`half_matmul`: half the memory, rows independent of the batch).
+            let dense = q.dequantize(&self.device)?;
+            if let (true, DType::F32, GgmlDType::F16 | GgmlDType::BF16) = (self.device.is_cpu(), self.dtype, q.dtype()) {
+                let half = if q.dtype() == GgmlDType::F16 { DType::F16 } else { DType::BF16 };
+                return Ok(Linear::dense(dense.to_dtype(half)?, bias));
+            }
+            dense.to_dtype(self.dtype)?
+        } else {
+            self.tensor(&weight_name, &[out_dim, in_dim])?
+        };
         if let (Some(dtype @ (GgmlDType::BF16 | GgmlDType::F16)), true) = (self.quantize, self.device.is_cpu()) {
             // Stored in half precision, multiplied in f32 (`half_matmul`).
             let half = if dtype == GgmlDType::BF16 { DType::BF16 } else { DType::F16 };
@@ -184,8 +225,23 @@ impl Weights {
     }
 }
 
+/// One matrix per expert of a stacked `(experts, rows, cols)` GGUF tensor (each expert's blocks
+/// are one contiguous run of its bytes).
+fn split_experts(name: &str, stacked: &QTensor) -> Result<Vec<QTensor>, ModelError> {
+    let &[experts, rows, cols] = stacked.shape().dims() else {
+        return Err(ModelError::Shape { name: name.to_string(), expected: vec![0, 0, 0], found: stacked.shape().dims().to_vec() });
+    };
+    let bytes = stacked.data()?;
+    let per = bytes.len() / experts.max(1);
+    let device = stacked.device();
+    (0..experts).map(|e| Ok(qtensor_from_ggml(stacked.dtype(), &bytes[e * per..(e + 1) * per], vec![rows, cols], &device)?)).collect()
+}
+
 fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Result<(), ModelError> {
-    if found != expected {
+    // GGUF files drop leading unit dimensions (Qwen2-MoE's `(1, hidden)` shared-expert gate is
+    // stored as `(hidden)`); the caller reshapes.
+    let squeezed = expected.iter().position(|&d| d != 1).map_or(&[][..], |i| &expected[i..]);
+    if found != expected && found != squeezed {
         return Err(ModelError::Shape { name: name.to_string(), expected: expected.to_vec(), found: found.to_vec() });
     }
     Ok(())
@@ -218,9 +274,31 @@ pub fn gguf_tensor_name(hf: &str) -> Option<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        "mlp.gate" => "ffn_gate_inp",
+        "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_expert.up_proj" => "ffn_up_shexp",
+        "mlp.shared_expert.down_proj" => "ffn_down_shexp",
+        "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
         _ => return None,
     };
     Some(format!("blk.{layer}.{gguf}.{suffix}"))
+}
+
+/// Maps a Hugging Face MoE expert's matrix (`model.layers.N.mlp.experts.E.gate_proj.weight`) to
+/// the llama.cpp tensor stacking every expert's (`blk.N.ffn_gate_exps.weight`) and `E`.
+pub fn gguf_expert_name(hf: &str) -> Option<(String, usize)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once(".mlp.experts.")?;
+    let layer: usize = layer.parse().ok()?;
+    let (expert, rest) = rest.split_once('.')?;
+    let expert: usize = expert.parse().ok()?;
+    let gguf = match rest {
+        "gate_proj.weight" => "ffn_gate_exps",
+        "up_proj.weight" => "ffn_up_exps",
+        "down_proj.weight" => "ffn_down_exps",
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{gguf}.weight"), expert))
 }
 
 #[cfg(test)]
@@ -235,5 +313,41 @@ mod tests {
         assert_eq!(gguf_tensor_name("lm_head.weight").as_deref(), Some("output.weight"));
         assert_eq!(gguf_tensor_name("model.layers.x.mlp.up_proj.weight"), None);
         assert_eq!(gguf_tensor_name("model.layers.0.mlp.experts.weight"), None);
+        assert_eq!(gguf_tensor_name("model.layers.2.mlp.gate.weight").as_deref(), Some("blk.2.ffn_gate_inp.weight"));
+        assert_eq!(gguf_tensor_name("model.layers.2.mlp.shared_expert_gate.weight").as_deref(), Some("blk.2.ffn_gate_inp_shexp.weight"));
+        assert_eq!(gguf_tensor_name("model.layers.2.mlp.shared_expert.down_proj.weight").as_deref(), Some("blk.2.ffn_down_shexp.weight"));
+    }
+
+    /// Each expert split out of a stacked tensor of whole blocks (32- and 256-value types) holds
+    /// that expert's values.
+    #[test]
+    fn splits_stacked_experts_into_their_own_blocks() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let x = Tensor::arange(0u32, 3 * 4 * 256, &Device::Cpu).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        let x = x.affine(0.37, 1.0).unwrap().sin().unwrap().reshape((3, 4, 256)).unwrap();
+        for dtype in [GgmlDType::F32, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let stacked = QTensor::quantize(&x, dtype).unwrap();
+            let whole = stacked.dequantize(&Device::Cpu).unwrap();
+            let parts = super::split_experts("t", &stacked).unwrap();
+            assert_eq!(parts.len(), 3);
+            for (e, part) in parts.iter().enumerate() {
+                assert_eq!((part.dtype(), part.shape().dims()), (dtype, &[4, 256][..]));
+                let got = part.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let want = whole.get(e).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(got, want, "{dtype:?} expert {e}");
+            }
+        }
+        let flat = QTensor::quantize(&x.flatten_to(1).unwrap(), GgmlDType::F32).unwrap();
+        assert!(super::split_experts("t", &flat).is_err(), "a matrix is not a stack of experts");
+    }
+
+    #[test]
+    fn maps_expert_names_to_stacked_gguf_tensors() {
+        use super::gguf_expert_name;
+        assert_eq!(gguf_expert_name("model.layers.3.mlp.experts.17.up_proj.weight"), Some(("blk.3.ffn_up_exps.weight".into(), 17)));
+        assert_eq!(gguf_expert_name("model.layers.0.mlp.experts.0.down_proj.weight"), Some(("blk.0.ffn_down_exps.weight".into(), 0)));
+        assert_eq!(gguf_expert_name("model.layers.0.mlp.experts.x.down_proj.weight"), None);
+        assert_eq!(gguf_expert_name("model.layers.0.mlp.gate_proj.weight"), None);
     }
 }

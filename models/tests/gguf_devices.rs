@@ -1,4 +1,4 @@
-//! A quantized GGUF model, built in memory from deterministic weights in six GGUF types, run
+//! A quantized GGUF model (and a Qwen3-MoE one), built in memory from deterministic weights in six GGUF types, run
 //! from the same blocks in several ways: on the CPU quantized, and dequantized to bf16 and f16,
 //! against its dequantized f32 copy (always), and, in a CUDA build on a GPU, quantized on the
 //! GPU (candle's quantized matmuls, f32 and bf16 activations) against the CPU. The test GGUF itself is too large to carry to the GPU machine,
@@ -46,6 +46,45 @@ fn layout(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, GgmlDType)> {
     t
 }
 
+const MOE_CONFIG: &str = r#"{"model_type": "qwen3_moe", "vocab_size": 1024, "hidden_size": 256, "intermediate_size": 512,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": false, "num_experts": 4, "num_experts_per_tok": 4,
+    "moe_intermediate_size": 256, "norm_topk_prob": true}"#;
+
+/// A Qwen3-MoE as llama.cpp lays it out (GGUF names): each layer's experts stacked into one
+/// `(experts, rows, cols)` tensor per projection, layer 0's in K-quants and layer 1's in the
+/// 32-element types; the router f32. Every token goes to every expert (top 4 of 4), so two
+/// ways of rounding cannot route a token differently at a near-tie; the choice of the top k
+/// is held to transformers' by `tests/tiny_models.rs`.
+fn moe_layout(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, GgmlDType)> {
+    use GgmlDType::*;
+    let (h, v, e, mi) = (cfg.hidden_size, cfg.vocab_size, cfg.num_experts, cfg.moe_intermediate_size);
+    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim(), cfg.num_key_value_heads * cfg.head_dim());
+    let mut t = vec![
+        ("token_embd.weight".to_string(), vec![v, h], Q8_0),
+        ("output_norm.weight".to_string(), vec![h], F32),
+        ("output.weight".to_string(), vec![v, h], Q6K),
+    ];
+    for (l, [gate, up, down]) in [(0, [Q4K, Q5K, Q6K]), (1, [Q4_0, Q5_0, Q8_0])] {
+        let p = |name: &str| format!("blk.{l}.{name}.weight");
+        t.extend([
+            (p("attn_norm"), vec![h], F32),
+            (p("ffn_norm"), vec![h], F32),
+            (p("attn_q_norm"), vec![cfg.head_dim()], F32),
+            (p("attn_k_norm"), vec![cfg.head_dim()], F32),
+            (p("attn_q"), vec![q, h], Q8_0),
+            (p("attn_k"), vec![kv, h], Q8_0),
+            (p("attn_v"), vec![kv, h], Q8_0),
+            (p("attn_output"), vec![h, q], Q8_0),
+            (p("ffn_gate_inp"), vec![e, h], F32),
+            (p("ffn_gate_exps"), vec![e, mi, h], gate),
+            (p("ffn_up_exps"), vec![e, mi, h], up),
+            (p("ffn_down_exps"), vec![e, h, mi], down),
+        ]);
+    }
+    t
+}
+
 /// Deterministic values of roughly unit size: `sin(0.37 s k + s)`.
 fn values(shape: &[usize], seed: f64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -55,7 +94,14 @@ fn values(shape: &[usize], seed: f64) -> Tensor {
 
 /// The model's blocks on the CPU, by GGUF name.
 fn blocks(cfg: &ModelConfig) -> HashMap<String, QTensor> {
-    layout(cfg)
+    let layout = layout(cfg).into_iter().map(|(name, shape, dtype)| (gguf_tensor_name(&name).expect("a GGUF name"), shape, dtype));
+    blocks_of(layout.collect())
+}
+
+/// Deterministic blocks for `(GGUF name, shape, type)` entries: norms near 1, biases and
+/// matrices small, routers larger (routing weights far from uniform).
+fn blocks_of(layout: Vec<(String, Vec<usize>, GgmlDType)>) -> HashMap<String, QTensor> {
+    layout
         .into_iter()
         .enumerate()
         .map(|(n, (name, shape, dtype))| {
@@ -64,11 +110,13 @@ fn blocks(cfg: &ModelConfig) -> HashMap<String, QTensor> {
                 (x * 0.1).unwrap() + 1.0
             } else if name.ends_with("bias") {
                 x * 0.05
+            } else if name.contains("ffn_gate_inp") {
+                x * 0.5
             } else {
                 x * 0.08
             }
             .unwrap();
-            (gguf_tensor_name(&name).expect("a GGUF name"), QTensor::quantize(&x, dtype).unwrap())
+            (name, QTensor::quantize(&x, dtype).unwrap())
         })
         .collect()
 }
@@ -142,6 +190,39 @@ fn half_precision_model_on_the_cpu_matches_f32() {
         let (cos, rel) = agreement(&got, &reference);
         println!("CPU {dtype:?} vs f32: min cosine {cos:.6}, max relative difference {rel:.4}");
         assert!(cos > 0.999 && rel < 0.05, "{dtype:?}: cosine {cos}, relative difference {rel}");
+    }
+}
+
+/// A Qwen3-MoE GGUF (stacked experts split per expert at load, K-quants and 32-element types)
+/// quantized on the CPU against its dequantized f32 copy. (This small MoE is touchier than the
+/// dense model above: its weights' own rounding moves the logits by up to 0.21 of the row's
+/// largest, against f32 blocks of the same values; the kernels' 8-bit activations by ~0.12.)
+#[test]
+fn quantized_moe_model_on_the_cpu_matches_its_dequantized_copy() {
+    let cfg = ModelConfig::from_json(MOE_CONFIG).unwrap();
+    let blocks = Arc::new(blocks_of(moe_layout(&cfg)));
+    let cpu = Device::Cpu;
+    let quantized = logits(&*model(&cfg, &blocks, &cpu, DType::F32, None), &cpu);
+    let dequantized = logits(&*model(&cfg, &blocks, &cpu, DType::F32, Some(DType::F32)), &cpu);
+    let (cos, rel) = agreement(&quantized, &dequantized);
+    println!("MoE CPU quantized vs dequantized f32: min cosine {cos:.6}, max relative difference {rel:.4}");
+    assert!(cos > 0.999 && rel < 0.2, "cosine {cos}, relative difference {rel}");
+}
+
+/// The same MoE GGUF on a GPU (candle's quantized matmuls per expert, gather and scatter-add
+/// there, routing on the host) against the CPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn quantized_moe_model_on_a_gpu_matches_the_cpu() {
+    let cfg = ModelConfig::from_json(MOE_CONFIG).unwrap();
+    let blocks = Arc::new(blocks_of(moe_layout(&cfg)));
+    let (cpu, gpu) = (Device::Cpu, Device::new_cuda(0).expect("a CUDA device"));
+    let reference = logits(&*model(&cfg, &blocks, &cpu, DType::F32, None), &cpu);
+    for (activations, min_cos, max_rel) in [(DType::F32, 0.999, 0.2), (DType::BF16, 0.995, 0.3)] {
+        let got = logits(&*model(&cfg, &blocks, &gpu, activations, None), &gpu);
+        let (cos, rel) = agreement(&got, &reference);
+        println!("MoE GPU quantized ({activations:?} activations) vs CPU: min cosine {cos:.6}, max relative difference {rel:.4}");
+        assert!(cos > min_cos && rel < max_rel, "{activations:?}: cosine {cos}, relative difference {rel}");
     }
 }
 

@@ -49,6 +49,10 @@ pub fn export_hf_folder(gguf: &Path, out: &Path) -> Result<(), LoadError> {
     let mut reader = BufReader::new(File::open(gguf).map_err(io(gguf))?);
     let content = Content::read(&mut reader).map_err(|e| format(e.to_string()))?;
     let config = gguf_config(&content).map_err(format)?;
+    if config.architecture().is_moe() {
+        // The expert tensors would need unstacking into per-expert names; not done here.
+        return Err(format(format!("exporting a `{}` (MoE) GGUF is not supported", config.model_type)));
+    }
     std::fs::create_dir_all(out).map_err(io(out))?;
 
     let mut tensors = HashMap::new();

@@ -124,12 +124,35 @@ pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
     let embd = content.tensor_infos.get("token_embd.weight").ok_or("missing tensor `token_embd.weight`")?;
     let num_heads = int("attention.head_count")?;
     let hidden = int("embedding_length")?;
+    let architecture = Architecture::from_model_type(&arch).expect("checked above");
+    // MoE as llama.cpp reads it: every layer sparse; the top-k weights renormalised for
+    // Qwen3-MoE and not for Qwen2-MoE (unless the file says); Qwen2-MoE's shared expert as wide
+    // as the dense feed-forward unless its own width is given.
+    let (num_experts, top_k, moe_width, shared_width, norm_topk_prob) = if architecture.is_moe() {
+        let norm = match md.get(&format!("{arch}.expert_weights_norm")) {
+            Some(Value::Bool(b)) => *b,
+            _ => architecture == Architecture::Qwen3Moe,
+        };
+        let shared = match architecture {
+            Architecture::Qwen2Moe => int("expert_shared_feed_forward_length").or_else(|_| int("feed_forward_length"))?,
+            _ => 0,
+        };
+        (int("expert_count")?, int("expert_used_count")?, int("expert_feed_forward_length")?, shared, norm)
+    } else {
+        (0, 0, 0, 0, false)
+    };
+    // A MoE file may leave the dense width out (no layer is dense there).
+    let intermediate_size = match int("feed_forward_length") {
+        Ok(v) => v,
+        Err(_) if architecture.is_moe() => moe_width,
+        Err(e) => return Err(e),
+    };
     let cfg = ModelConfig {
         model_type: arch.clone(),
         // GGUF stores dims innermost-first; candle reports them as (vocab, hidden).
         vocab_size: embd.shape.dims()[0],
         hidden_size: hidden,
-        intermediate_size: int("feed_forward_length")?,
+        intermediate_size,
         num_hidden_layers: int("block_count")?,
         num_attention_heads: num_heads,
         num_key_value_heads: int("attention.head_count_kv").unwrap_or(num_heads),
@@ -142,6 +165,14 @@ pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
         use_sliding_window: false,
         rope_scaling: None,
         rope_parameters: None,
+        qkv_bias: None,
+        num_experts,
+        num_experts_per_tok: top_k,
+        moe_intermediate_size: moe_width,
+        shared_expert_intermediate_size: shared_width,
+        norm_topk_prob,
+        decoder_sparse_step: 1,
+        mlp_only_layers: Vec::new(),
     };
     if md.contains_key(&format!("{arch}.rope.scaling.type")) {
         return Err(format!("`{arch}.rope.scaling.type` (rope scaling) is not supported"));
@@ -150,3 +181,60 @@ pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
     Ok(cfg)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMagic};
+    use candle_core::quantized::GgmlDType;
+    use qwen_serve_models::Architecture;
+
+    use super::gguf_config;
+
+    fn content(arch: &str, extra: &[(&str, Value)]) -> Content {
+        let mut metadata: HashMap<String, Value> = [
+            ("general.architecture".to_string(), Value::String(arch.into())),
+            (format!("{arch}.block_count"), Value::U32(2)),
+            (format!("{arch}.embedding_length"), Value::U32(64)),
+            (format!("{arch}.attention.head_count"), Value::U32(4)),
+            (format!("{arch}.attention.head_count_kv"), Value::U32(2)),
+            (format!("{arch}.context_length"), Value::U32(512)),
+            (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+        ]
+        .into_iter()
+        .collect();
+        metadata.extend(extra.iter().map(|(k, v)| (format!("{arch}.{k}"), v.clone())));
+        let embd = TensorInfo { ggml_dtype: GgmlDType::F32, shape: (512, 64).into(), offset: 0 };
+        Content { magic: VersionedMagic::GgufV3, metadata, tensor_infos: [("token_embd.weight".to_string(), embd)].into(), tensor_data_offset: 0 }
+    }
+
+    /// llama.cpp's MoE metadata: every layer sparse, Qwen3-MoE renormalising its top-k and
+    /// Qwen2-MoE not, Qwen2-MoE's shared expert as wide as the dense feed-forward unless given.
+    #[test]
+    fn moe_metadata_maps_onto_the_config() {
+        let experts = [("expert_count", Value::U32(8)), ("expert_used_count", Value::U32(2)), ("expert_feed_forward_length", Value::U32(32))];
+        let cfg = gguf_config(&content("qwen3moe", &experts)).unwrap();
+        assert_eq!(cfg.architecture(), Architecture::Qwen3Moe);
+        assert_eq!((cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size), (8, 2, 32));
+        assert_eq!((cfg.intermediate_size, cfg.shared_expert_intermediate_size, cfg.norm_topk_prob), (32, 0, true));
+        assert!((0..2).all(|i| cfg.sparse_layer(i)));
+
+        let mut qwen2 = experts.to_vec();
+        qwen2.push(("feed_forward_length", Value::U32(96)));
+        let cfg = gguf_config(&content("qwen2moe", &qwen2)).unwrap();
+        assert_eq!(cfg.architecture(), Architecture::Qwen2Moe);
+        assert_eq!((cfg.intermediate_size, cfg.shared_expert_intermediate_size, cfg.norm_topk_prob), (96, 96, false));
+        assert!(cfg.attention_bias());
+        qwen2.push(("expert_shared_feed_forward_length", Value::U32(48)));
+        qwen2.push(("expert_weights_norm", Value::Bool(true)));
+        let cfg = gguf_config(&content("qwen2moe", &qwen2)).unwrap();
+        assert_eq!((cfg.shared_expert_intermediate_size, cfg.norm_topk_prob), (48, true));
+
+        let err = gguf_config(&content("qwen3moe", &experts[..2])).unwrap_err();
+        assert!(err.contains("qwen3moe.expert_feed_forward_length"), "{err}");
+        let too_many = [("expert_count", Value::U32(2)), ("expert_used_count", Value::U32(3)), ("expert_feed_forward_length", Value::U32(32))];
+        let err = gguf_config(&content("qwen3moe", &too_many)).unwrap_err();
+        assert!(err.contains("num_experts_per_tok"), "{err}");
+    }
+}

@@ -20,18 +20,21 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
     pub chat_template: Option<std::path::PathBuf>,
+    /// What `--model` names; the test GGUF when `None`.
+    pub model: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { engine: EngineConfig::default(), api_key: None, max_body_bytes: 1 << 20, chat_template: None }
+        Self { engine: EngineConfig::default(), api_key: None, max_body_bytes: 1 << 20, chat_template: None, model: None }
     }
 }
 
 /// Starts the server on its own runtime thread; it lives as long as the test process.
 pub fn start(config: ServerConfig) -> TestServer {
     let opts = LoadOptions { chat_template: config.chat_template.clone(), ..Default::default() };
-    let loaded = loader::load(super::test_gguf().to_str().unwrap(), &opts).expect("load test GGUF");
+    let model = config.model.clone().unwrap_or_else(super::test_gguf);
+    let loaded = loader::load(model.to_str().unwrap(), &opts).unwrap_or_else(|e| panic!("load {}: {e}", model.display()));
     let engine = EngineHandle::start(loaded, config.engine).expect("start engine");
     let state = AppState::new(engine, Some("qwen-test".into()), config.api_key, true);
     let app = router(state.clone(), &ServerOptions { max_body_bytes: config.max_body_bytes, cors: false });

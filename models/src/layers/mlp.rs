@@ -4,7 +4,7 @@ type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
 
 use super::linear::{Linear, Projections};
 use crate::phase_times::{mark, Phase};
-use crate::{ModelConfig, ModelError, Weights};
+use crate::{ModelError, Weights};
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 pub struct Mlp {
@@ -14,8 +14,8 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(cfg: &ModelConfig, weights: &Weights) -> Result<Self, ModelError> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    /// `hidden -> intermediate -> hidden`.
+    pub fn new(weights: &Weights, h: usize, i: usize) -> Result<Self, ModelError> {
         Ok(Self {
             gate_up_proj: Projections::new(vec![weights.linear("gate_proj", h, i, false)?, weights.linear("up_proj", h, i, false)?])?,
             down_proj: weights.linear("down_proj", i, h, false)?,

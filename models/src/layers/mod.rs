@@ -4,6 +4,7 @@ pub mod attention;
 mod embedding;
 pub mod linear;
 pub mod mlp;
+pub mod moe;
 pub mod rms_norm;
 pub mod rotary;
 

@@ -1,0 +1,155 @@
+//! The sparse mixture-of-experts feed-forward of Qwen2-MoE and Qwen3-MoE.
+//!
+//! A router scores every expert for each token; the token goes through its top-k experts (each
+//! a SwiGLU [`Mlp`]) and their outputs are summed, weighted by the routing probabilities
+//! (renormalised over the k when the config says so). Qwen2-MoE adds a shared expert that every
+//! token goes through, scaled by a sigmoid gate.
+//!
+//! Routing is decided on the host (the router's logits are copied back, one small
+//! `(tokens, experts)` matrix per layer), so each expert runs one matmul over exactly the rows
+//! routed to it. Each token's result depends on its own row alone: on the CPU the kernels
+//! compute rows independently, and a token's expert outputs are summed in expert order.
+
+use candle_core::{DType, Tensor};
+use qwen_serve_kernels::half_matmul;
+type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
+
+use super::linear::Linear;
+use super::mlp::Mlp;
+use crate::phase_times::{mark, Phase};
+use crate::{ModelConfig, ModelError, Weights};
+
+pub struct SparseMoe {
+    /// `(experts, hidden)`, kept dense (a near-tie must not flip with the weights' rounding).
+    router: Tensor,
+    experts: Vec<Mlp>,
+    top_k: usize,
+    renormalize: bool,
+    shared: Option<SharedExpert>,
+}
+
+/// Qwen2-MoE's always-on expert: `sigmoid(gate(x)) * mlp(x)`.
+struct SharedExpert {
+    mlp: Mlp,
+    /// `(hidden -> 1)`.
+    gate: Linear,
+}
+
+/// The rows routed to each expert: `tokens[e]` and `weights[e]` list, in token order, the
+/// tokens expert `e` takes and the weight its output gets.
+#[derive(Debug, Default, PartialEq)]
+pub struct Routing {
+    pub tokens: Vec<Vec<u32>>,
+    pub weights: Vec<Vec<f32>>,
+}
+
+/// Routes each row of `logits` `(tokens, experts)` to its `top_k` highest-scoring experts (ties
+/// to the lower index), weighted by their softmax probability over all experts, or over the
+/// chosen k when `renormalize`.
+pub fn route(logits: &[Vec<f32>], num_experts: usize, top_k: usize, renormalize: bool) -> Routing {
+    let mut routing = Routing { tokens: vec![Vec::new(); num_experts], weights: vec![Vec::new(); num_experts] };
+    let mut order: Vec<usize> = Vec::with_capacity(num_experts);
+    for (t, row) in logits.iter().enumerate() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
+        order.clear();
+        order.extend(0..num_experts);
+        // A NaN logit sorts last rather than poisoning the order.
+        order.sort_by(|&a, &b| exp[b].partial_cmp(&exp[a]).unwrap_or_else(|| exp[a].is_nan().cmp(&exp[b].is_nan())).then(a.cmp(&b)));
+        let chosen = &mut order[..top_k];
+        let total: f32 = if renormalize { chosen.iter().map(|&e| exp[e]).sum() } else { exp.iter().sum() };
+        // Each expert's rows stay in token order.
+        chosen.sort_unstable();
+        for &e in chosen.iter() {
+            routing.tokens[e].push(t as u32);
+            routing.weights[e].push(exp[e] / total);
+        }
+    }
+    routing
+}
+
+impl SparseMoe {
+    pub fn new(cfg: &ModelConfig, weights: &Weights) -> Result<Self, ModelError> {
+        let (h, e) = (cfg.hidden_size, cfg.num_experts);
+        let router = weights.tensor("gate.weight", &[e, h])?;
+        let experts = (0..e)
+            .map(|i| Mlp::new(&weights.pp("experts").pp(i), h, cfg.moe_intermediate_size))
+            .collect::<Result<_, ModelError>>()?;
+        let shared = if cfg.shared_expert_intermediate_size > 0 {
+            Some(SharedExpert {
+                mlp: Mlp::new(&weights.pp("shared_expert"), h, cfg.shared_expert_intermediate_size)?,
+                gate: Linear::dense(weights.tensor("shared_expert_gate.weight", &[1, h])?, None),
+            })
+        } else {
+            None
+        };
+        Ok(Self { router, experts, top_k: cfg.num_experts_per_tok, renormalize: cfg.norm_topk_prob, shared })
+    }
+
+    /// `x` `(tokens, hidden)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, hidden) = x.dims2()?;
+        let dev = x.device();
+        // On the CPU a product whose rows do not depend on the batch (candle's f32 matmul
+        // picks its kernel by batch size, and a last-bit difference can flip a near-tie).
+        let logits = if dev.is_cpu() { half_matmul(x, &self.router)? } else { x.matmul(&self.router.t()?)? };
+        let logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let routing = route(&logits, self.experts.len(), self.top_k, self.renormalize);
+        // Every (token, expert) pair as one row, grouped by expert: one gather, one matmul per
+        // expert over its slice, one weighted scatter-add back.
+        let rows: Vec<u32> = routing.tokens.concat();
+        let index = Tensor::from_vec(rows.clone(), rows.len(), dev)?;
+        let gathered = x.index_select(&index, 0)?;
+        mark(dev, Phase::Route)?;
+        let mut outputs = Vec::new();
+        let mut at = 0;
+        for (expert, tokens) in self.experts.iter().zip(&routing.tokens) {
+            if !tokens.is_empty() {
+                outputs.push(expert.forward(&gathered.narrow(0, at, tokens.len())?)?);
+                at += tokens.len();
+            }
+        }
+        let weights = Tensor::from_vec(routing.weights.concat(), (rows.len(), 1), dev)?.to_dtype(x.dtype())?;
+        let weighted = Tensor::cat(&outputs, 0)?.broadcast_mul(&weights)?;
+        let mut out = Tensor::zeros((n, hidden), x.dtype(), dev)?.index_add(&index, &weighted, 0)?;
+        mark(dev, Phase::Route)?;
+        if let Some(shared) = &self.shared {
+            let y = shared.mlp.forward(x)?;
+            let gate = (shared.gate.forward(x)?.neg()?.exp()? + 1.0)?.recip()?;
+            out = (out + y.broadcast_mul(&gate)?)?;
+            mark(dev, Phase::Route)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn routes_each_token_to_its_top_k_experts() {
+        let logits = vec![vec![0.0, 2.0, 1.0, -1.0], vec![3.0, 3.0, 0.0, 5.0]];
+        let r = route(&logits, 4, 2, false);
+        assert_eq!(r.tokens, vec![vec![1], vec![0], vec![0], vec![1]]);
+        // Softmax over all four experts.
+        let p = |row: &[f32], e: usize| row[e].exp() / row.iter().map(|l| l.exp()).sum::<f32>();
+        assert!((r.weights[1][0] - p(&logits[0], 1)).abs() < 1e-6);
+        assert!((r.weights[2][0] - p(&logits[0], 2)).abs() < 1e-6);
+        // A tie (experts 0 and 1 of token 1) goes to the lower index.
+        assert!((r.weights[0][0] - p(&logits[1], 0)).abs() < 1e-6);
+        assert!((r.weights[3][0] - p(&logits[1], 3)).abs() < 1e-6);
+
+        let r = route(&logits, 4, 2, true);
+        for t in 0..2 {
+            let total: f32 = (0..4).filter_map(|e| r.tokens[e].iter().position(|&x| x == t).map(|i| r.weights[e][i])).sum();
+            assert!((total - 1.0).abs() < 1e-6, "renormalised weights of token {t} sum to {total}");
+        }
+    }
+
+    #[test]
+    fn a_nan_logit_is_never_chosen_over_numbers() {
+        let r = route(&[vec![f32::NAN, 0.5, 0.1]], 3, 2, true);
+        assert_eq!(r.tokens, vec![vec![], vec![0], vec![0]]);
+    }
+}
