@@ -3,7 +3,11 @@
 # model), the same thread count, the same token-id prompts, the same client
 # (`qwen-serve bench --server`), each server alone on loopback in turn.
 #
-#   scripts/peer-bench.sh [--json PATH] [--runs N] [--threads N]
+#   scripts/peer-bench.sh [--json PATH] [--runs N] [--threads N] [--model GGUF --kv-token-bytes N]
+#
+# --model: another GGUF instead of the test model (e.g. the MoE one from
+# scripts/make_moe_bench_model.py); --kv-token-bytes: its f32 KV cache bytes per token
+# (layers x 2 x KV heads x head dim x 4), so both servers get the same KV capacity.
 #
 # Measures, per server: single-stream decode tok/s (1 stream, prompt 128, output 128; 1000 /
 # median TPOT), prefill tok/s (512-token prompt, max_tokens 1, median of 3), aggregate output
@@ -28,12 +32,16 @@ runs="${RUNS:-3}"
 threads="${THREADS:-2}"
 json="bench-results/peer.json"
 port="${PORT:-18431}"
+gguf=""
+kv_token_bytes=$(( 24 * 2 * 2 * 64 * 4 ))
 while [ $# -gt 0 ]; do
   case "$1" in
     --json) json="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --model) gguf="$2"; shift 2 ;;
+    --kv-token-bytes) kv_token_bytes="$2"; shift 2 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -46,11 +54,12 @@ parallel=16
 # llama-server splits its context among its slots: each must hold the longest request.
 slot_ctx=$(( (prefill_len + 1 > prompt_len + output_len ? prefill_len + 1 : prompt_len + output_len) + 64 ))
 ctx=$(( parallel * slot_ctx ))
-# The same KV capacity for qwen-serve: ctx tokens of the test model's f32 cache (24 layers x
-# K and V x 2 KV heads x 64 dims x 4 bytes = 24 KiB a token) instead of its 2 GiB default.
-kv_gib=$(python3 -c "print(f'{$ctx * 24 * 2 * 2 * 64 * 4 / 2**30:.4f}')")
+# The same KV capacity for qwen-serve: ctx tokens of the model's f32 cache (the test model:
+# 24 layers x K and V x 2 KV heads x 64 dims x 4 bytes = 24 KiB a token) instead of its 2 GiB
+# default.
+kv_gib=$(python3 -c "print(f'{$ctx * $kv_token_bytes / 2**30:.4f}')")
 
-gguf="$(bash scripts/fetch-test-data.sh)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+[ -n "$gguf" ] || gguf="$(bash scripts/fetch-test-data.sh)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 echo "building qwen-serve (release)…" >&2
 cargo build --release --quiet >&2
 qwen=target/release/qwen-serve
@@ -157,7 +166,7 @@ isa=$(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|avx512f|avx512_vnni|
 [ -n "$isa" ] && cpu="$cpu ($isa)"
 WORK="$work" RUNS="$runs" THREADS="$threads" CPU="$cpu" JSON="$json" SERVERS="$servers" \
   LLAMA="$llama" CTX="$ctx" KV_GIB="$kv_gib" PARALLEL="$parallel" \
-  COMMIT="$commit" DIRTY="$num_dirty" \
+  COMMIT="$commit" DIRTY="$num_dirty" MODEL="$(basename "$gguf")" \
   LLAMA_VERSION="$( [ -n "$llama" ] && "$llama" --version 2>&1 | grep -m1 '^version' || true)" \
   python3 - <<'PY'
 import json, os, statistics
@@ -221,6 +230,7 @@ out = {
     "cpu": env["CPU"],
     "threads": int(env["THREADS"]),
     "runs": runs,
+    "model": env["MODEL"],
     "git": {"head": env["COMMIT"], "num_changed_paths": int(env["DIRTY"])},
     "workload": {"prompt_len": 128, "output_len": 128, "prefill_len": 512, "concurrency": [1, 4, 16]},
     "qwen_serve": {"kv_cache_memory_gib": float(env["KV_GIB"])},

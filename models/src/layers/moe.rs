@@ -14,7 +14,6 @@ use candle_core::{DType, Tensor};
 use qwen_serve_kernels::half_matmul;
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
 
-use super::linear::Linear;
 use super::mlp::Mlp;
 use crate::phase_times::{mark, Phase};
 use crate::{ModelConfig, ModelError, Weights};
@@ -31,8 +30,8 @@ pub struct SparseMoe {
 /// Qwen2-MoE's always-on expert: `sigmoid(gate(x)) * mlp(x)`.
 struct SharedExpert {
     mlp: Mlp,
-    /// `(hidden -> 1)`.
-    gate: Linear,
+    /// `(1, hidden)`.
+    gate: Tensor,
 }
 
 /// The rows routed to each expert: `tokens[e]` and `weights[e]` list, in token order, the
@@ -78,7 +77,7 @@ impl SparseMoe {
         let shared = if cfg.shared_expert_intermediate_size > 0 {
             Some(SharedExpert {
                 mlp: Mlp::new(&weights.pp("shared_expert"), h, cfg.shared_expert_intermediate_size)?,
-                gate: Linear::dense(weights.tensor("shared_expert_gate.weight", &[1, h])?, None),
+                gate: weights.tensor("shared_expert_gate.weight", &[1, h])?,
             })
         } else {
             None
@@ -90,16 +89,14 @@ impl SparseMoe {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, hidden) = x.dims2()?;
         let dev = x.device();
-        // On the CPU a product whose rows do not depend on the batch (candle's f32 matmul
-        // picks its kernel by batch size, and a last-bit difference can flip a near-tie).
-        let logits = if dev.is_cpu() { half_matmul(x, &self.router)? } else { x.matmul(&self.router.t()?)? };
-        let logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let logits = project(x, &self.router)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let routing = route(&logits, self.experts.len(), self.top_k, self.renormalize);
         // Every (token, expert) pair as one row, grouped by expert: one gather, one matmul per
         // expert over its slice, one weighted scatter-add back.
         let rows: Vec<u32> = routing.tokens.concat();
         let index = Tensor::from_vec(rows.clone(), rows.len(), dev)?;
-        let gathered = x.index_select(&index, 0)?;
+        let host = dev.is_cpu() && x.dtype() == DType::F32;
+        let gathered = if host { gather_on_host(x, &rows)? } else { x.index_select(&index, 0)? };
         mark(dev, Phase::Route)?;
         let mut outputs = Vec::new();
         let mut at = 0;
@@ -109,18 +106,71 @@ impl SparseMoe {
                 at += tokens.len();
             }
         }
-        let weights = Tensor::from_vec(routing.weights.concat(), (rows.len(), 1), dev)?.to_dtype(x.dtype())?;
-        let weighted = Tensor::cat(&outputs, 0)?.broadcast_mul(&weights)?;
-        let mut out = Tensor::zeros((n, hidden), x.dtype(), dev)?.index_add(&index, &weighted, 0)?;
+        let mut out = if host { combine_on_host(&outputs, &routing, n, hidden)? } else { combine(&outputs, &routing, &index, x)? };
         mark(dev, Phase::Route)?;
         if let Some(shared) = &self.shared {
             let y = shared.mlp.forward(x)?;
-            let gate = (shared.gate.forward(x)?.neg()?.exp()? + 1.0)?.recip()?;
+            let gate = (project(x, &shared.gate)?.neg()?.exp()? + 1.0)?.recip()?;
             out = (out + y.broadcast_mul(&gate)?)?;
             mark(dev, Phase::Route)?;
         }
         Ok(out)
     }
+}
+
+/// `x W^T` for the router and the shared-expert gate, on the CPU by a product whose rows do not
+/// depend on the batch (candle's f32 matmul picks its kernel by batch size, and a last-bit
+/// difference could flip a near-tie between experts).
+fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() { half_matmul(x, w) } else { x.matmul(&w.t()?) }
+}
+
+/// The weighted sum of each token's expert outputs `(tokens, hidden)` like `x`: one weighted
+/// scatter-add of every `(token, expert)` row (`index`: their tokens, grouped by expert).
+fn combine(outputs: &[Tensor], routing: &Routing, index: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let weights = Tensor::from_vec(routing.weights.concat(), (index.dim(0)?, 1), x.device())?.to_dtype(x.dtype())?;
+    let weighted = Tensor::cat(outputs, 0)?.broadcast_mul(&weights)?;
+    x.zeros_like()?.index_add(index, &weighted, 0)
+}
+
+/// Rows `rows` of `x` (f32 on the CPU), copied whole: candle's `index_select` goes element by
+/// element.
+fn gather_on_host(x: &Tensor, rows: &[u32]) -> Result<Tensor> {
+    let hidden = x.dim(1)?;
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+        candle_core::bail!("gather_on_host: f32 CPU tensors only");
+    };
+    let (start, end) = layout.contiguous_offsets().expect("made contiguous");
+    let data = &data[start..end];
+    let mut out = Vec::with_capacity(rows.len() * hidden);
+    for &r in rows {
+        out.extend_from_slice(&data[r as usize * hidden..][..hidden]);
+    }
+    Tensor::from_vec(out, (rows.len(), hidden), &candle_core::Device::Cpu)
+}
+
+/// The weighted sum of each token's expert outputs (f32 on the CPU): what the scatter-add does
+/// elsewhere, with the same operations in the same order (`out[t] += w * y`, experts in
+/// ascending order), without candle's generic strided loops.
+fn combine_on_host(outputs: &[Tensor], routing: &Routing, n: usize, hidden: usize) -> Result<Tensor> {
+    let mut out = vec![0f32; n * hidden];
+    let used = routing.tokens.iter().zip(&routing.weights).filter(|(tokens, _)| !tokens.is_empty());
+    for (y, (tokens, weights)) in outputs.iter().zip(used) {
+        let y = y.contiguous()?;
+        let (storage, layout) = y.storage_and_layout();
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+            candle_core::bail!("combine_on_host: f32 CPU tensors only");
+        };
+        let (start, end) = layout.contiguous_offsets().expect("made contiguous");
+        for ((&t, &w), src) in tokens.iter().zip(weights).zip(data[start..end].chunks_exact(hidden)) {
+            for (d, &s) in out[t as usize * hidden..][..hidden].iter_mut().zip(src) {
+                *d += w * s;
+            }
+        }
+    }
+    Tensor::from_vec(out, (n, hidden), &candle_core::Device::Cpu)
 }
 
 #[cfg(test)]
@@ -145,6 +195,30 @@ mod tests {
             let total: f32 = (0..4).filter_map(|e| r.tokens[e].iter().position(|&x| x == t).map(|i| r.weights[e][i])).sum();
             assert!((total - 1.0).abs() < 1e-6, "renormalised weights of token {t} sum to {total}");
         }
+    }
+
+    /// The host paths (f32 on the CPU) give the generic ones' bits.
+    #[test]
+    fn host_gather_and_combine_match_candles_ops() {
+        use candle_core::{Device, Tensor};
+        let (n, hidden, experts) = (5, 24, 4);
+        let x = Tensor::randn(0f32, 1.0, (n, hidden), &Device::Cpu).unwrap();
+        let logits: Vec<Vec<f32>> = (0..n).map(|t| (0..experts).map(|e| ((t * 7 + e * 3) % 5) as f32 * 0.3 - e as f32 * 0.01).collect()).collect();
+        let routing = route(&logits, experts, 2, true);
+        let rows: Vec<u32> = routing.tokens.concat();
+        let index = Tensor::from_vec(rows.clone(), rows.len(), &Device::Cpu).unwrap();
+        let gathered = super::gather_on_host(&x, &rows).unwrap();
+        assert_eq!(gathered.to_vec2::<f32>().unwrap(), x.index_select(&index, 0).unwrap().to_vec2::<f32>().unwrap());
+        // Stand-in expert outputs: each expert's rows scaled by its own factor.
+        let mut outputs = Vec::new();
+        let mut at = 0;
+        for (e, tokens) in routing.tokens.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+            outputs.push((gathered.narrow(0, at, tokens.len()).unwrap() * (1.5 + e as f64)).unwrap());
+            at += tokens.len();
+        }
+        let host = super::combine_on_host(&outputs, &routing, n, hidden).unwrap().to_vec2::<f32>().unwrap();
+        let generic = super::combine(&outputs, &routing, &index, &x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(host, generic);
     }
 
     #[test]
