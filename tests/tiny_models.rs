@@ -230,3 +230,23 @@ fn same_bits(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
         assert!(a == b, "{what}: row {i} differs by up to {d}");
     }
 }
+
+/// The MoE checkpoints in bf16 on the CPU (half-precision weights and activations: the
+/// routing's weighted sum through candle's ops rather than the f32 host path) stay close to
+/// transformers' f32 logits.
+#[test]
+fn moe_models_in_bf16_stay_close_to_f32() {
+    for name in ["tiny-qwen3-moe", "tiny-qwen2-moe"] {
+        let weights = Weights::from_safetensors(&[fixture(name).join("model.safetensors")], DType::BF16, &Device::Cpu).unwrap();
+        let model = load_model(&config(name), &weights).unwrap();
+        let reference = read_json(&format!("{name}/reference.json"));
+        let ids = common::ids(&reference["input_ids"]);
+        let got = score(model.as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
+        let want = rows(&reference["logits"]);
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
+        let cosines: Vec<f64> = got.iter().zip(&want).map(|(a, b)| dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()).collect();
+        let min = cosines.iter().copied().fold(1f64, f64::min);
+        println!("{name} bf16 vs f32 reference: min cosine {min:.5}");
+        assert!(min > 0.99, "{name}: cosines {cosines:?}");
+    }
+}

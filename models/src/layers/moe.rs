@@ -92,11 +92,14 @@ impl SparseMoe {
         let logits = project(x, &self.router)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let routing = route(&logits, self.experts.len(), self.top_k, self.renormalize);
         // Every (token, expert) pair as one row, grouped by expert: one gather, one matmul per
-        // expert over its slice, one weighted scatter-add back.
+        // expert over its slice, then each token's rows weighted and summed.
         let rows: Vec<u32> = routing.tokens.concat();
-        let index = Tensor::from_vec(rows.clone(), rows.len(), dev)?;
         let host = dev.is_cpu() && x.dtype() == DType::F32;
-        let gathered = if host { gather_on_host(x, &rows)? } else { x.index_select(&index, 0)? };
+        let gathered = if host {
+            gather_on_host(x, &rows)?
+        } else {
+            x.index_select(&Tensor::from_vec(rows.clone(), rows.len(), dev)?, 0)?
+        };
         mark(dev, Phase::Route)?;
         let mut outputs = Vec::new();
         let mut at = 0;
@@ -106,7 +109,7 @@ impl SparseMoe {
                 at += tokens.len();
             }
         }
-        let mut out = if host { combine_on_host(&outputs, &routing, n, hidden)? } else { combine(&outputs, &routing, &index, x)? };
+        let mut out = if host { combine_on_host(&outputs, &routing, n, hidden)? } else { combine(&outputs, &routing, x)? };
         mark(dev, Phase::Route)?;
         if let Some(shared) = &self.shared {
             let y = shared.mlp.forward(x)?;
@@ -125,12 +128,26 @@ fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() { half_matmul(x, w) } else { x.matmul(&w.t()?) }
 }
 
-/// The weighted sum of each token's expert outputs `(tokens, hidden)` like `x`: one weighted
-/// scatter-add of every `(token, expert)` row (`index`: their tokens, grouped by expert).
-fn combine(outputs: &[Tensor], routing: &Routing, index: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let weights = Tensor::from_vec(routing.weights.concat(), (index.dim(0)?, 1), x.device())?.to_dtype(x.dtype())?;
+/// The weighted sum of each token's expert outputs, `(tokens, hidden)` like `x`: the weighted
+/// rows (grouped by expert) gathered token by token into `(tokens, k, hidden)` and summed over
+/// the k. (candle's `index_add` on a GPU gives each column one thread that walks every row in
+/// turn: slow for long prompts.)
+fn combine(outputs: &[Tensor], routing: &Routing, x: &Tensor) -> Result<Tensor> {
+    let (n, hidden) = x.dims2()?;
+    let rows = routing.tokens.iter().map(Vec::len).sum::<usize>();
+    let k = rows / n.max(1);
+    // Row of the grouped layout holding each token's j-th expert (ascending expert order).
+    let mut order = vec![0u32; rows];
+    let mut filled = vec![0usize; n];
+    for (at, &t) in routing.tokens.iter().flatten().enumerate() {
+        let t = t as usize;
+        order[t * k + filled[t]] = at as u32;
+        filled[t] += 1;
+    }
+    let weights = Tensor::from_vec(routing.weights.concat(), (rows, 1), x.device())?.to_dtype(x.dtype())?;
     let weighted = Tensor::cat(outputs, 0)?.broadcast_mul(&weights)?;
-    x.zeros_like()?.index_add(index, &weighted, 0)
+    let order = Tensor::from_vec(order, rows, x.device())?;
+    weighted.index_select(&order, 0)?.reshape((n, k, hidden))?.sum(1)
 }
 
 /// Rows `rows` of `x` (f32 on the CPU), copied whole: candle's `index_select` goes element by
@@ -217,7 +234,7 @@ mod tests {
             at += tokens.len();
         }
         let host = super::combine_on_host(&outputs, &routing, n, hidden).unwrap().to_vec2::<f32>().unwrap();
-        let generic = super::combine(&outputs, &routing, &index, &x).unwrap().to_vec2::<f32>().unwrap();
+        let generic = super::combine(&outputs, &routing, &x).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(host, generic);
     }
 
