@@ -101,7 +101,7 @@ want() { case " ${GPU_CHECK_STEPS:-kernels 0.5b 7b} " in *" $1 "*) return 0 ;; *
 if want kernels; then
 timeout 45 "$work/kernel-gpu-tests" --test-threads=1 > "$out/kernel-tests.txt" 2>&1
 rc=$?
-# A quantized GGUF model (in-memory blocks of six types) on the GPU against the CPU.
+# Quantized GGUF models (in-memory blocks of six types; a dense Qwen2 and a Qwen3-MoE) on the GPU against the CPU.
 timeout 30 "$work/gguf-gpu-tests" --test-threads=1 --show-output >> "$out/kernel-tests.txt" 2>&1
 rc=$((rc | $?))
 tail -30 "$out/kernel-tests.txt"

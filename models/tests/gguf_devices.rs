@@ -209,21 +209,13 @@ fn quantized_moe_model_on_the_cpu_matches_its_dequantized_copy() {
     assert!(cos > 0.999 && rel < 0.2, "cosine {cos}, relative difference {rel}");
 }
 
-/// The same MoE GGUF on a GPU (candle's quantized matmuls per expert, gather and scatter-add
-/// there, routing on the host) against the CPU.
+/// The same MoE GGUF on a GPU (candle's quantized matmuls per expert, the gather and the
+/// weighted sum there, routing on the host) against the CPU.
 #[cfg(feature = "cuda")]
 #[test]
 fn quantized_moe_model_on_a_gpu_matches_the_cpu() {
     let cfg = ModelConfig::from_json(MOE_CONFIG).unwrap();
-    let blocks = Arc::new(blocks_of(moe_layout(&cfg)));
-    let (cpu, gpu) = (Device::Cpu, Device::new_cuda(0).expect("a CUDA device"));
-    let reference = logits(&*model(&cfg, &blocks, &cpu, DType::F32, None), &cpu);
-    for (activations, min_cos, max_rel) in [(DType::F32, 0.999, 0.2), (DType::BF16, 0.995, 0.3)] {
-        let got = logits(&*model(&cfg, &blocks, &gpu, activations, None), &gpu);
-        let (cos, rel) = agreement(&got, &reference);
-        println!("MoE GPU quantized ({activations:?} activations) vs CPU: min cosine {cos:.6}, max relative difference {rel:.4}");
-        assert!(cos > min_cos && rel < max_rel, "{activations:?}: cosine {cos}, relative difference {rel}");
-    }
+    gpu_matches_cpu("MoE", &cfg, blocks_of(moe_layout(&cfg)), [(0.999, 0.2), (0.995, 0.3)]);
 }
 
 /// The GGUF's blocks on a GPU (candle's quantized matmuls and embedding lookup, our attention
@@ -232,13 +224,20 @@ fn quantized_moe_model_on_a_gpu_matches_the_cpu() {
 #[test]
 fn quantized_model_on_a_gpu_matches_the_cpu() {
     let cfg = ModelConfig::from_json(CONFIG).unwrap();
-    let blocks = Arc::new(blocks(&cfg));
+    gpu_matches_cpu("dense", &cfg, blocks(&cfg), [(0.999, 0.05), (0.995, 0.1)]);
+}
+
+/// `blocks` run quantized on the GPU with f32 and with bf16 activations against the CPU: each
+/// within its (min cosine, max relative difference).
+#[cfg(feature = "cuda")]
+fn gpu_matches_cpu(what: &str, cfg: &ModelConfig, blocks: HashMap<String, QTensor>, limits: [(f64, f64); 2]) {
+    let blocks = Arc::new(blocks);
     let (cpu, gpu) = (Device::Cpu, Device::new_cuda(0).expect("a CUDA device"));
-    let reference = logits(&*model(&cfg, &blocks, &cpu, DType::F32, None), &cpu);
-    for (activations, min_cos, max_rel) in [(DType::F32, 0.999, 0.05), (DType::BF16, 0.995, 0.1)] {
-        let got = logits(&*model(&cfg, &blocks, &gpu, activations, None), &gpu);
+    let reference = logits(&*model(cfg, &blocks, &cpu, DType::F32, None), &cpu);
+    for (activations, (min_cos, max_rel)) in [DType::F32, DType::BF16].into_iter().zip(limits) {
+        let got = logits(&*model(cfg, &blocks, &gpu, activations, None), &gpu);
         let (cos, rel) = agreement(&got, &reference);
-        println!("GPU quantized ({activations:?} activations) vs CPU: min cosine {cos:.6}, max relative difference {rel:.4}");
-        assert!(cos > min_cos && rel < max_rel, "{activations:?}: cosine {cos}, relative difference {rel}");
+        println!("{what}: GPU quantized ({activations:?} activations) vs CPU: min cosine {cos:.6}, max relative difference {rel:.4}");
+        assert!(cos > min_cos && rel < max_rel, "{what} {activations:?}: cosine {cos}, relative difference {rel}");
     }
 }
