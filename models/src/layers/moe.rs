@@ -15,7 +15,8 @@ use qwen_serve_kernels::half_matmul;
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
 
 use super::mlp::Mlp;
-use crate::phase_times::{mark, Phase};
+use crate::phase_times::{self, mark, Phase};
+use rayon::prelude::*;
 use crate::{ModelConfig, ModelError, Weights};
 
 pub struct SparseMoe {
@@ -101,14 +102,22 @@ impl SparseMoe {
             x.index_select(&Tensor::from_vec(rows.clone(), rows.len(), dev)?, 0)?
         };
         mark(dev, Phase::Route)?;
-        let mut outputs = Vec::new();
+        let mut work = Vec::new();
         let mut at = 0;
         for (expert, tokens) in self.experts.iter().zip(&routing.tokens) {
             if !tokens.is_empty() {
-                outputs.push(expert.forward(&gathered.narrow(0, at, tokens.len())?)?);
+                work.push((expert, gathered.narrow(0, at, tokens.len())?));
                 at += tokens.len();
             }
         }
+        // On the CPU the experts run side by side (each also splits its own matmuls): a
+        // decode step's experts are small, and one after another each would wait for its
+        // slowest task before the next starts. Each output is the same either way.
+        let outputs: Vec<Tensor> = if dev.is_cpu() && !phase_times::enabled() {
+            work.into_par_iter().map(|(expert, xs)| expert.forward(&xs)).collect::<Result<_>>()?
+        } else {
+            work.into_iter().map(|(expert, xs)| expert.forward(&xs)).collect::<Result<_>>()?
+        };
         let mut out = if host { combine_on_host(&outputs, &routing, n, hidden)? } else { combine(&outputs, &routing, x)? };
         mark(dev, Phase::Route)?;
         if let Some(shared) = &self.shared {
