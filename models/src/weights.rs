@@ -124,10 +124,11 @@ impl Weights {
             let q = match taken {
                 Some(q) => q,
                 None => {
-                    // First ask (or a second one for the same expert): read and split again.
+                    // The first ask reads and splits the stack, keeping the other experts for
+                    // their asks; a second ask for one expert reads it again, keeping nothing.
                     let mut parts: Vec<Option<QTensor>> = split_experts(&stacked, &read(&stacked)?)?.into_iter().map(Some).collect();
                     let q = parts.get_mut(expert).and_then(Option::take).ok_or_else(missing)?;
-                    experts.insert(stacked.clone(), parts);
+                    experts.entry(stacked.clone()).or_insert(parts);
                     q
                 }
             };

@@ -14,9 +14,10 @@ use candle_core::{DType, Tensor};
 use qwen_serve_kernels::half_matmul;
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
 
+use rayon::prelude::*;
+
 use super::mlp::Mlp;
 use crate::phase_times::{self, mark, Phase};
-use rayon::prelude::*;
 use crate::{ModelConfig, ModelError, Weights};
 
 pub struct SparseMoe {
@@ -90,6 +91,9 @@ impl SparseMoe {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, hidden) = x.dims2()?;
         let dev = x.device();
+        if n == 0 {
+            return x.zeros_like();
+        }
         let logits = project(x, &self.router)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let routing = route(&logits, self.experts.len(), self.top_k, self.renormalize);
         // Every (token, expert) pair as one row, grouped by expert: one gather, one matmul per
@@ -177,9 +181,9 @@ fn gather_on_host(x: &Tensor, rows: &[u32]) -> Result<Tensor> {
     Tensor::from_vec(out, (rows.len(), hidden), &candle_core::Device::Cpu)
 }
 
-/// The weighted sum of each token's expert outputs (f32 on the CPU): what the scatter-add does
-/// elsewhere, with the same operations in the same order (`out[t] += w * y`, experts in
-/// ascending order), without candle's generic strided loops.
+/// The weighted sum of each token's expert outputs (f32 on the CPU): [`combine`]'s operations
+/// in its order (`w * y` added up over the token's experts in ascending order, from 0), without
+/// candle's generic strided loops.
 fn combine_on_host(outputs: &[Tensor], routing: &Routing, n: usize, hidden: usize) -> Result<Tensor> {
     let mut out = vec![0f32; n * hidden];
     let used = routing.tokens.iter().zip(&routing.weights).filter(|(tokens, _)| !tokens.is_empty());
