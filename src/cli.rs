@@ -119,6 +119,12 @@ pub struct EngineArgs {
     /// --kv-cache-memory is given.
     #[arg(long, env = "QWEN_SERVE_GPU_MEMORY_UTILIZATION", default_value_t = 0.9, allow_negative_numbers = true)]
     pub gpu_memory_utilization: f64,
+    /// The KV cache's dtype: `auto` (the activations': f32 for a GGUF or f32 model on the CPU,
+    /// bf16 on a GPU), `f32`, `bf16` or `f16`. A half-precision cache holds twice the tokens in
+    /// the same memory and halves what attention reads; keys and values are rounded to it
+    /// (llama.cpp's default cache is f16).
+    #[arg(long, env = "QWEN_SERVE_KV_CACHE_DTYPE", default_value = "auto", value_parser = ["auto", "f32", "bf16", "f16"])]
+    pub kv_cache_dtype: String,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
@@ -191,6 +197,12 @@ impl EngineArgs {
             max_num_seqs: num_seqs,
             max_waiting: self.max_waiting,
             enable_prefix_caching: !self.no_prefix_caching,
+            kv_cache_dtype: match self.kv_cache_dtype.as_str() {
+                "f32" => Some(candle_core::DType::F32),
+                "bf16" => Some(candle_core::DType::BF16),
+                "f16" => Some(candle_core::DType::F16),
+                _ => None,
+            },
         })
     }
 }

@@ -78,8 +78,13 @@ pub fn generate(
 /// Logits `(ids.len(), vocab)` for every position of `ids` (row `i` predicts token `i + 1`),
 /// computed directly on the model with a private cache.
 pub fn score(model: &dyn CausalLm, ids: &[u32]) -> Result<Tensor, ModelError> {
+    score_with_cache(model, ids, model.dtype())
+}
+
+/// [`score`] over a KV cache of `cache_dtype` (`--kv-cache-dtype`).
+pub fn score_with_cache(model: &dyn CausalLm, ids: &[u32], cache_dtype: candle_core::DType) -> Result<Tensor, ModelError> {
     let num_blocks = ids.len().div_ceil(SCORE_BLOCK_SIZE).max(1);
-    let mut cache = KvCache::new(model.config(), num_blocks, SCORE_BLOCK_SIZE, model.dtype(), model.device())?;
+    let mut cache = KvCache::new(model.config(), num_blocks, SCORE_BLOCK_SIZE, cache_dtype, model.device())?;
     let table: Vec<u32> = (0..num_blocks as u32).collect();
     let mut rows = vec![];
     for start in (0..ids.len()).step_by(SCORE_CHUNK) {

@@ -197,6 +197,15 @@ fn bad_device_names_are_rejected_naming_the_flag() {
 }
 
 #[test]
+fn unknown_kv_cache_dtypes_are_rejected_naming_the_flag() {
+    let model = test_gguf();
+    for dtype in ["f8", "fp16", "F16"] {
+        let stderr = flag_error(&["generate", "--model", model.to_str().unwrap(), "--prompt", "hi", "--kv-cache-dtype", dtype], &[]);
+        assert!(stderr.contains("invalid value") && stderr.contains("--kv-cache-dtype") && stderr.contains("bf16"), "{dtype}: {stderr}");
+    }
+}
+
+#[test]
 fn out_of_range_memory_flags_are_rejected_naming_the_flag() {
     let model = test_gguf();
     let model = model.to_str().unwrap();
@@ -225,7 +234,7 @@ fn every_model_subcommand_takes_the_device_flags() {
         let out = qwen_serve(&[sub, "--help"], &[]);
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{sub}");
-        for flag in ["--device <DEVICE>", "--gpu-memory-utilization", "--kv-cache-memory"] {
+        for flag in ["--device <DEVICE>", "--gpu-memory-utilization", "--kv-cache-memory", "--kv-cache-dtype"] {
             assert!(help.contains(flag), "{sub} --help lacks {flag}");
         }
     }

@@ -115,6 +115,23 @@ fn batch_invariance_with_and_without_preemption() {
     small.shutdown();
 }
 
+/// An f16 KV cache (`--kv-cache-dtype f16`) holds twice the blocks of an f32 one in the same
+/// bytes, and batched sequences still get the tokens they get alone.
+#[test]
+fn f16_kv_cache_holds_twice_the_tokens_and_keeps_batches_exact() {
+    let f32_block = 2 * 24 * 16 * 2 * 64 * 4;
+    let e = engine(EngineConfig { kv_cache_bytes: 40 * f32_block, kv_cache_dtype: Some(candle_core::DType::F16), ..Default::default() });
+    assert_eq!(e.stats().num_blocks, 80);
+    let ps = prompts(&e);
+    let params = greedy(16);
+    let alone = run_alone(&e, &ps[..6], &params);
+    let together = run_all(&e, &ps[..6], &params);
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a, t, "prompt {i}: batched tokens differ from alone");
+    }
+    e.shutdown();
+}
+
 /// A repeated long prompt is served with its prefix from the cache, with the same output.
 #[test]
 fn repeated_prompt_uses_the_prefix_cache() {

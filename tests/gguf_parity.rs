@@ -6,7 +6,8 @@ mod common;
 
 use common::{ids, quantized_model, read_json, top_k};
 use qwen_serve::engine::{EngineConfig, EngineHandle, FinishReason, SamplingParams};
-use qwen_serve::generate::{generate, score};
+use candle_core::DType;
+use qwen_serve::generate::{generate, score_with_cache};
 use qwen_serve::loader::{self, LoadOptions};
 
 /// Feeds prompt + reference continuation in one pass; at each position that predicts a
@@ -15,6 +16,17 @@ use qwen_serve::loader::{self, LoadOptions};
 /// fp32; we run the quantized matmuls, so near-ties may flip.)
 #[test]
 fn teacher_forced_agreement_with_transformers() {
+    teacher_forced_agreement(DType::F32);
+}
+
+/// The same with an f16 KV cache (`--kv-cache-dtype f16`, llama.cpp's default): keys and
+/// values rounded to f16 keep the same agreement.
+#[test]
+fn teacher_forced_agreement_with_an_f16_kv_cache() {
+    teacher_forced_agreement(DType::F16);
+}
+
+fn teacher_forced_agreement(cache: DType) {
     let reference = read_json("gguf_reference.json");
     let model = quantized_model();
     let (mut positions, mut top1) = (0, 0);
@@ -26,7 +38,7 @@ fn teacher_forced_agreement_with_transformers() {
         // Our tokenizer must agree on the prompt, or the comparison is meaningless.
         assert_eq!(model.tokenizer.encode(case["prompt_text"].as_str().unwrap()).unwrap(), prompt, "{name}: prompt ids");
         let all: Vec<u32> = prompt.iter().chain(&continuation).copied().collect();
-        let logits = score(model.model.as_ref(), &all).unwrap().to_vec2::<f32>().unwrap();
+        let logits = score_with_cache(model.model.as_ref(), &all, cache).unwrap().to_vec2::<f32>().unwrap();
         for (i, &expected) in continuation.iter().enumerate() {
             let row = &logits[prompt.len() - 1 + i];
             let ours = top_k(row, 5);
@@ -40,7 +52,7 @@ fn teacher_forced_agreement_with_transformers() {
         }
     }
     let rate = top1 as f64 / positions as f64;
-    eprintln!("top-1 agreement {top1}/{positions} = {:.1}%", rate * 100.0);
+    eprintln!("{cache:?} cache: top-1 agreement {top1}/{positions} = {:.1}%", rate * 100.0);
     assert!(outside_top5.is_empty(), "reference tokens outside our top-5: {outside_top5:?}");
     assert!(rate >= 0.95, "top-1 agreement {:.1}% < 95%", rate * 100.0);
 }

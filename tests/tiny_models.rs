@@ -250,3 +250,31 @@ fn moe_models_in_bf16_stay_close_to_f32() {
         assert!(min > 0.99, "{name}: cosines {cosines:?}");
     }
 }
+
+/// A half-precision KV cache under f32 activations (`--kv-cache-dtype`): keys and values are
+/// rounded as they are written and queries meet them in that dtype; the logits stay close to
+/// transformers' f32 ones (the top token too, but for near-ties: bf16 changes one of 60).
+#[test]
+fn half_precision_kv_cache_stays_close_to_f32() {
+    for name in ["tiny-qwen3", "tiny-qwen2", "tiny-qwen3-moe"] {
+        let model = load(name);
+        let reference = read_json(&format!("{name}/reference.json"));
+        let ids = common::ids(&reference["input_ids"]);
+        let want = rows(&reference["logits"]);
+        for dtype in [DType::F16, DType::BF16] {
+            let block_size = 4;
+            let mut cache = KvCache::new(model.config(), ids.len().div_ceil(block_size), block_size, dtype, &Device::Cpu).unwrap();
+            let table: Vec<u32> = (0..cache.num_blocks() as u32).collect();
+            let n = ids.len();
+            let batch = ForwardBatch { input_ids: ids.clone(), attention: AttentionMetadata::single(&table, block_size, n, n), logits_indices: (0..n as u32).collect() };
+            let got = model.forward(&batch, &mut cache).unwrap().to_vec2::<f32>().unwrap();
+            let diff = got.iter().zip(&want).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs())).fold(0f32, f32::max);
+            let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap();
+            let same_top = got.iter().zip(&want).filter(|(a, b)| argmax(a) == argmax(b)).count();
+            println!("{name} {dtype:?} cache: max logit difference {diff:.4}, top-1 same at {same_top}/{n}");
+            // One rounding of K, V and q to 11 (f16) or 8 (bf16) significant bits.
+            let limit = if dtype == DType::F16 { 0.05 } else { 0.3 };
+            assert!(diff < limit, "{name} {dtype:?}: max difference {diff}, top-1 same at {same_top}/{n}");
+        }
+    }
+}

@@ -88,6 +88,11 @@ fn composed(
     };
     let q = rotary_embedding(&q, cos, sin, metadata.positions())?;
     let k = rotary_embedding(&k, cos, sin, metadata.positions())?;
+    // A cache in another dtype than the activations (`--kv-cache-dtype`) stores them rounded.
+    let (k, v) = match key_cache.dtype() {
+        dtype if dtype != k.dtype() => (k.to_dtype(dtype)?, v.to_dtype(dtype)?),
+        _ => (k, v),
+    };
     write_kv_step(key_cache, value_cache, &k, &v, metadata)?;
     Ok(q)
 }

@@ -39,7 +39,9 @@ pub struct ForwardBatch {
 /// A decoder-only language model.
 pub trait CausalLm: Send + Sync {
     fn config(&self) -> &ModelConfig;
-    /// The dtype of activations and of the KV cache.
+    /// The dtype of activations, and of the KV cache unless it is given another (f32, bf16 or
+    /// f16: keys and values are rounded to it as they are written, and queries meet them in
+    /// it).
     fn dtype(&self) -> DType;
     fn device(&self) -> &Device;
     /// Writes the new tokens' K/V into `cache` and returns f32 logits

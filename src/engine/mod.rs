@@ -46,6 +46,8 @@ pub struct EngineConfig {
     /// Most requests waiting for admission; beyond it `submit` fails with `QueueFull` (429).
     pub max_waiting: usize,
     pub enable_prefix_caching: bool,
+    /// The KV cache's dtype; the model's activation dtype when `None`.
+    pub kv_cache_dtype: Option<candle_core::DType>,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +60,7 @@ impl Default for EngineConfig {
             max_num_seqs: 64,
             max_waiting: 1024,
             enable_prefix_caching: true,
+            kv_cache_dtype: None,
         }
     }
 }
@@ -170,18 +173,19 @@ impl EngineHandle {
         }
         let model = loaded.model;
         let cfg = model.config().clone();
-        let block_bytes = KvCache::bytes_per_block(&cfg, config.block_size, model.dtype());
+        let kv_dtype = config.kv_cache_dtype.unwrap_or(model.dtype());
+        let block_bytes = KvCache::bytes_per_block(&cfg, config.block_size, kv_dtype);
         let (kv_cache_bytes, why) = kv_budget::kv_cache_bytes(&config, model.device(), block_bytes)?;
         let num_blocks = kv_cache_bytes / block_bytes;
         if num_blocks == 0 {
             return Err(EngineError::CacheTooSmall { bytes: kv_cache_bytes, block_bytes });
         }
-        let cache = KvCache::new(&cfg, num_blocks, config.block_size, model.dtype(), model.device())?;
+        let cache = KvCache::new(&cfg, num_blocks, config.block_size, kv_dtype, model.device())?;
         tracing::info!(
             "KV cache: {num_blocks} blocks of {} tokens ({} tokens, {:?}): {why}",
             config.block_size,
             num_blocks * config.block_size,
-            model.dtype(),
+            kv_dtype,
         );
         // Off unless QWEN_SERVE_CUDA_GRAPHS gives the largest batch to capture (see the module).
         let model = qwen_serve_models::with_cuda_graphs(model, qwen_serve_models::max_graph_batch().map_err(EngineError::Config)?)?;

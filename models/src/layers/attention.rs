@@ -62,7 +62,13 @@ impl Attention {
         let q = qkv_step(&qkv, cos, sin, cache.0, cache.1, meta)?;
         mark(x.device(), Phase::QkvStep)?;
         let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let out = paged_attention_step(&q, cache.0, cache.1, meta, scale)?;
+        // A cache in another dtype (`--kv-cache-dtype`): q meets it in its dtype, as llama.cpp
+        // does with an f16 cache; the output comes back in the activations'.
+        let out = if q.dtype() == cache.0.dtype() {
+            paged_attention_step(&q, cache.0, cache.1, meta, scale)?
+        } else {
+            paged_attention_step(&q.to_dtype(cache.0.dtype())?, cache.0, cache.1, meta, scale)?.to_dtype(q.dtype())?
+        };
         mark(x.device(), Phase::Attention)?;
         let out = self.o_proj.forward(&out.reshape((tokens, self.num_heads * self.head_dim))?)?;
         mark(x.device(), Phase::OProj)?;
