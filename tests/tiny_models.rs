@@ -171,6 +171,20 @@ fn quantized_moe_experts_match_their_dequantized_copy() {
     }
 }
 
+/// Block types our CPU kernels lack (here Q4_1) run as f16 matrices: close to their
+/// dequantized f32 copy (only f16's rounding of the weights apart).
+#[test]
+fn quantized_types_without_a_cpu_kernel_run_as_f16() {
+    for name in ["tiny-qwen3-moe", "tiny-qwen2-moe"] {
+        let ids: Vec<u32> = (0..24u32).map(|t| t * 37 % 512).collect();
+        let half = score(load_gguf(name, GgmlDType::Q4_1, None).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
+        let full = score(load_gguf(name, GgmlDType::Q4_1, Some(DType::F32)).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
+        let diff = half.iter().zip(&full).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs())).fold(0f32, f32::max);
+        println!("{name}: Q4_1 as f16 vs dequantized f32: max difference {diff:.5}");
+        assert!(diff < 0.02, "{name}: {diff}");
+    }
+}
+
 /// A token's logits do not depend on what it is batched with: two prompts prefilled together,
 /// then decoded together, give bitwise the rows each gives alone, though the batch routes
 /// more tokens to each expert (one matmul over all of an expert's rows). As a GGUF model runs

@@ -85,7 +85,8 @@ pub struct ModelConfig {
     /// MoE: each routed expert's SwiGLU width.
     #[serde(default)]
     pub moe_intermediate_size: usize,
-    /// Qwen2-MoE: the shared expert's width (0: none).
+    /// Qwen2-MoE: the shared expert's width (0: none; transformers' 5632 when a `qwen2_moe`
+    /// config.json leaves it out).
     #[serde(default)]
     pub shared_expert_intermediate_size: usize,
     /// MoE: renormalise the top-k routing probabilities to sum to 1 (Qwen3-MoE does).
@@ -111,6 +112,9 @@ impl ModelConfig {
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
         let mut cfg: Self = serde_json::from_str(text).map_err(|e| ModelError::Config(e.to_string()))?;
         let raw: serde_json::Value = serde_json::from_str(text).expect("parsed above");
+        if cfg.model_type == "qwen2_moe" && raw.get("shared_expert_intermediate_size").is_none() {
+            cfg.shared_expert_intermediate_size = 5632;
+        }
         if raw.get("rope_theta").is_none() {
             if let Some(theta) = cfg.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()) {
                 cfg.rope_theta = theta;
@@ -128,8 +132,15 @@ impl ModelConfig {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
+    /// q/k/v biases: Qwen2 always has them; Qwen2-MoE as `qkv_bias` says (transformers reads
+    /// only that field there; the Hub's configs leave it out and mean true); Qwen3 as
+    /// `attention_bias` says (false when absent).
     pub fn attention_bias(&self) -> bool {
-        self.attention_bias.or(self.qkv_bias).unwrap_or(matches!(self.architecture(), Architecture::Qwen2 | Architecture::Qwen2Moe))
+        match self.architecture() {
+            Architecture::Qwen2 => self.attention_bias.unwrap_or(true),
+            Architecture::Qwen2Moe => self.qkv_bias.unwrap_or(true),
+            Architecture::Qwen3 | Architecture::Qwen3Moe => self.attention_bias.unwrap_or(false),
+        }
     }
 
     /// Whether layer `i` routes its tokens to experts (as transformers decides it): an MoE
@@ -227,6 +238,23 @@ mod tests {
         let cfg = moe(r#", "num_local_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 4"#).unwrap();
         assert_eq!(cfg.num_experts, 4);
         assert!((0..4).all(|i| cfg.sparse_layer(i)));
+        assert!(!cfg.attention_bias() && cfg.shared_expert_intermediate_size == 0);
+        // Qwen2-MoE as transformers reads it: biases from `qkv_bias` alone (true when absent),
+        // a 5632-wide shared expert when its width is left out.
+        let qwen2 = |extra: &str| {
+            ModelConfig::from_json(&format!(
+                r#"{{"model_type": "qwen2_moe", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 8, "rms_norm_eps": 1e-6,
+                    "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 4{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let cfg = qwen2(r#", "attention_bias": false"#);
+        assert!(cfg.attention_bias());
+        assert_eq!(cfg.shared_expert_intermediate_size, 5632);
+        let cfg = qwen2(r#", "qkv_bias": false, "shared_expert_intermediate_size": 16"#);
+        assert!(!cfg.attention_bias());
+        assert_eq!(cfg.shared_expert_intermediate_size, 16);
         for (extra, field) in [
             (r#", "num_experts_per_tok": 2, "moe_intermediate_size": 4"#, "num_experts"),
             (r#", "num_experts": 4, "moe_intermediate_size": 4"#, "num_experts_per_tok"),

@@ -103,7 +103,9 @@ impl QwenForCausalLm {
         let mut x = self.embed_tokens.forward(ids, self.dtype)?;
         phase_times::mark(dev, Phase::Embed)?;
         let mut residual = None;
-        let param_cache = param_cache(&self.device);
+        // Not for MoE: its layers upload per-step routing (new values every step), which the
+        // cache would keep forever.
+        let param_cache = if self.config.architecture().is_moe() { None } else { param_cache(&self.device) };
         for (i, layer) in self.layers.iter().enumerate() {
             let (h, r) = match residual.take() {
                 None => (layer.input_layernorm.forward(&x)?, x),

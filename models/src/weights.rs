@@ -178,8 +178,11 @@ impl Weights {
             // handed out once). Half-precision matrices stay so on the CPU under f32
             // activations (`half_matmul`: half the memory, rows independent of the batch).
             let dense = q.dequantize(&self.device)?;
-            if let (true, DType::F32, GgmlDType::F16 | GgmlDType::BF16) = (self.device.is_cpu(), self.dtype, q.dtype()) {
-                let half = if q.dtype() == GgmlDType::F16 { DType::F16 } else { DType::BF16 };
+            if self.device.is_cpu() && self.dtype == DType::F32 && q.dtype() != GgmlDType::F32 {
+                // bf16 stays bf16; f16, and block types our kernels lack (Q2_K, Q3_K, Q4_1, ...),
+                // become f16: half the memory of f32 (a 3-bit type still grows ~5x), rows still
+                // independent of the batch (`half_matmul`).
+                let half = if q.dtype() == GgmlDType::BF16 { DType::BF16 } else { DType::F16 };
                 return Ok(Linear::dense(dense.to_dtype(half)?, bias));
             }
             dense.to_dtype(self.dtype)?

@@ -133,11 +133,30 @@ pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
             Some(Value::Bool(b)) => *b,
             _ => architecture == Architecture::Qwen3Moe,
         };
+        // Missing or 0: the dense width, as llama.cpp reads it.
         let shared = match architecture {
-            Architecture::Qwen2Moe => int("expert_shared_feed_forward_length").or_else(|_| int("feed_forward_length"))?,
+            Architecture::Qwen2Moe => match int("expert_shared_feed_forward_length") {
+                Ok(w) if w > 0 => w,
+                _ => int("feed_forward_length")?,
+            },
             _ => 0,
         };
-        (int("expert_count")?, int("expert_used_count")?, int("expert_feed_forward_length")?, shared, norm)
+        let (experts, used) = (int("expert_count")?, int("expert_used_count")?);
+        // Per-layer widths (an array) must agree; missing: the dense width over the experts
+        // used, as llama.cpp falls back (older Qwen1.5-MoE files).
+        let key = format!("{arch}.expert_feed_forward_length");
+        let width = match md.get(&key) {
+            Some(Value::Array(widths)) => {
+                let widths: Vec<u64> = widths.iter().filter_map(as_u64).collect();
+                match widths.first() {
+                    Some(&w) if widths.iter().all(|&x| x == w) => w as usize,
+                    _ => return Err(format!("`{key}` differs between layers ({widths:?}); not supported")),
+                }
+            }
+            Some(v) => as_u64(v).ok_or(format!("non-integer `{key}`"))? as usize,
+            None => int("feed_forward_length")? / used.max(1),
+        };
+        (experts, used, width, shared, norm)
     } else {
         (0, 0, 0, 0, false)
     };
@@ -231,8 +250,21 @@ mod tests {
         let cfg = gguf_config(&content("qwen2moe", &qwen2)).unwrap();
         assert_eq!((cfg.shared_expert_intermediate_size, cfg.norm_topk_prob), (48, true));
 
+        // No expert width: the dense width over the experts used (llama.cpp's fallback); a
+        // shared width of 0: the dense width.
+        let old = [("expert_count", Value::U32(8)), ("expert_used_count", Value::U32(2)), ("feed_forward_length", Value::U32(96)), ("expert_shared_feed_forward_length", Value::U32(0))];
+        let cfg = gguf_config(&content("qwen2moe", &old)).unwrap();
+        assert_eq!((cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size), (48, 96));
+        // Per-layer widths: one width when they agree, refused when they differ.
+        let array = |w: &[u32]| Value::Array(w.iter().map(|&x| Value::U32(x)).collect());
+        let mut per_layer = experts[..2].to_vec();
+        per_layer.push(("expert_feed_forward_length", array(&[32, 32])));
+        assert_eq!(gguf_config(&content("qwen3moe", &per_layer)).unwrap().moe_intermediate_size, 32);
+        per_layer[2] = ("expert_feed_forward_length", array(&[32, 64]));
+        let err = gguf_config(&content("qwen3moe", &per_layer)).unwrap_err();
+        assert!(err.contains("qwen3moe.expert_feed_forward_length") && err.contains("differs"), "{err}");
         let err = gguf_config(&content("qwen3moe", &experts[..2])).unwrap_err();
-        assert!(err.contains("qwen3moe.expert_feed_forward_length"), "{err}");
+        assert!(err.contains("qwen3moe.feed_forward_length"), "{err}");
         let too_many = [("expert_count", Value::U32(2)), ("expert_used_count", Value::U32(3)), ("expert_feed_forward_length", Value::U32(32))];
         let err = gguf_config(&content("qwen3moe", &too_many)).unwrap_err();
         assert!(err.contains("num_experts_per_tok"), "{err}");
