@@ -107,7 +107,7 @@ const GPU_MAX_NUM_SEQS: usize = 256;
 /// Engine sizing and scheduling flags (serve, bench).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
-    /// KV cache size in GiB (keys and values of all layers, in the activation dtype). More
+    /// KV cache size in GiB (keys and values of all layers, in --kv-cache-dtype). More
     /// means more concurrent tokens before sequences are preempted and recomputed. Default: 2
     /// on the CPU; on a GPU, sized by --gpu-memory-utilization (this flag overrides it).
     #[arg(long, env = "QWEN_SERVE_KV_CACHE_MEMORY", allow_negative_numbers = true)]

@@ -72,6 +72,11 @@ fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
     v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
 }
 
+/// The largest absolute difference between corresponding entries of two row sets.
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max)
+}
+
 fn assert_close(ours: &[Vec<f32>], reference: &[Vec<f32>], what: &str) {
     assert_eq!(ours.len(), reference.len(), "{what}: rows");
     for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
@@ -152,9 +157,6 @@ fn quantized_moe_experts_match_their_dequantized_copy() {
         let quantized = score(load_gguf(name, GgmlDType::Q8_0, None).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
         let dequantized = score(load_gguf(name, GgmlDType::Q8_0, Some(DType::F32)).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
         let f32_model = score(load(name).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
-        let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
-            a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max)
-        };
         let min_cosine = |a: &[Vec<f32>], b: &[Vec<f32>]| {
             let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum::<f64>();
             a.iter().zip(b).map(|(x, y)| dot(x, y) / (dot(x, x) * dot(y, y)).sqrt()).fold(1f64, f64::min)
@@ -179,7 +181,7 @@ fn quantized_types_without_a_cpu_kernel_run_as_f16() {
         let ids: Vec<u32> = (0..24u32).map(|t| t * 37 % 512).collect();
         let half = score(load_gguf(name, GgmlDType::Q4_1, None).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
         let full = score(load_gguf(name, GgmlDType::Q4_1, Some(DType::F32)).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
-        let diff = half.iter().zip(&full).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs())).fold(0f32, f32::max);
+        let diff = max_diff(&half, &full);
         println!("{name}: Q4_1 as f16 vs dequantized f32: max difference {diff:.5}");
         assert!(diff < 0.02, "{name}: {diff}");
     }
@@ -282,7 +284,7 @@ fn half_precision_kv_cache_stays_close_to_f32() {
             let n = ids.len();
             let batch = ForwardBatch { input_ids: ids.clone(), attention: AttentionMetadata::single(&table, block_size, n, n), logits_indices: (0..n as u32).collect() };
             let got = model.forward(&batch, &mut cache).unwrap().to_vec2::<f32>().unwrap();
-            let diff = got.iter().zip(&want).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs())).fold(0f32, f32::max);
+            let diff = max_diff(&got, &want);
             let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap();
             let same_top = got.iter().zip(&want).filter(|(a, b)| argmax(a) == argmax(b)).count();
             println!("{name} {dtype:?} cache: max logit difference {diff:.4}, top-1 same at {same_top}/{n}");
