@@ -72,6 +72,17 @@ fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
     v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
 }
 
+/// Every position's f32 logits for `ids` in one pass.
+fn scored(model: &dyn CausalLm, ids: &[u32]) -> Vec<Vec<f32>> {
+    score(model, ids).unwrap().to_vec2::<f32>().unwrap()
+}
+
+/// The cosine similarity of each pair of corresponding rows.
+fn cosines(a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<f64> {
+    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum::<f64>();
+    a.iter().zip(b).map(|(x, y)| dot(x, y) / (dot(x, x) * dot(y, y)).sqrt()).collect()
+}
+
 /// The largest absolute difference between corresponding entries of two row sets.
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max)
@@ -93,7 +104,7 @@ fn check(name: &str) {
 fn check_model(name: &str, model: &dyn CausalLm) {
     let reference = read_json(&format!("{name}/reference.json"));
     let ids = common::ids(&reference["input_ids"]);
-    let full = score(model, &ids).unwrap().to_vec2::<f32>().unwrap();
+    let full = scored(model, &ids);
     assert_close(&full, &rows(&reference["logits"]), &format!("{name} full pass"));
 
     let prefill = reference["prefill_len"].as_u64().unwrap() as usize;
@@ -154,15 +165,11 @@ fn tiny_moe_models_from_gguf_tensors_match_transformers() {
 fn quantized_moe_experts_match_their_dequantized_copy() {
     for name in ["tiny-qwen3-moe", "tiny-qwen2-moe"] {
         let ids: Vec<u32> = (0..24u32).map(|t| t * 37 % 512).collect();
-        let quantized = score(load_gguf(name, GgmlDType::Q8_0, None).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
-        let dequantized = score(load_gguf(name, GgmlDType::Q8_0, Some(DType::F32)).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
-        let f32_model = score(load(name).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
-        let min_cosine = |a: &[Vec<f32>], b: &[Vec<f32>]| {
-            let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum::<f64>();
-            a.iter().zip(b).map(|(x, y)| dot(x, y) / (dot(x, x) * dot(y, y)).sqrt()).fold(1f64, f64::min)
-        };
+        let quantized = scored(load_gguf(name, GgmlDType::Q8_0, None).as_ref(), &ids);
+        let dequantized = scored(load_gguf(name, GgmlDType::Q8_0, Some(DType::F32)).as_ref(), &ids);
+        let f32_model = scored(load(name).as_ref(), &ids);
         let (q_vs_deq, deq_vs_f32) = (max_diff(&quantized, &dequantized), max_diff(&dequantized, &f32_model));
-        let cosine = min_cosine(&quantized, &dequantized);
+        let cosine = cosines(&quantized, &dequantized).into_iter().fold(1f64, f64::min);
         println!("{name}: Q8_0 kernels vs dequantized: max diff {q_vs_deq:.4}, min cosine {cosine:.6}; dequantized Q8_0 vs f32 {deq_vs_f32:.4}");
         // Q8_0 weights move these logits (range about +-7) by tenths, and the kernels' 8-bit
         // activations about as much again; experts split wrongly move them by whole units
@@ -179,8 +186,8 @@ fn quantized_moe_experts_match_their_dequantized_copy() {
 fn quantized_types_without_a_cpu_kernel_run_as_f16() {
     for name in ["tiny-qwen3-moe", "tiny-qwen2-moe"] {
         let ids: Vec<u32> = (0..24u32).map(|t| t * 37 % 512).collect();
-        let half = score(load_gguf(name, GgmlDType::Q4_1, None).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
-        let full = score(load_gguf(name, GgmlDType::Q4_1, Some(DType::F32)).as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
+        let half = scored(load_gguf(name, GgmlDType::Q4_1, None).as_ref(), &ids);
+        let full = scored(load_gguf(name, GgmlDType::Q4_1, Some(DType::F32)).as_ref(), &ids);
         let diff = max_diff(&half, &full);
         println!("{name}: Q4_1 as f16 vs dequantized f32: max difference {diff:.5}");
         assert!(diff < 0.02, "{name}: {diff}");
@@ -257,10 +264,7 @@ fn moe_models_in_bf16_stay_close_to_f32() {
         let model = load_model(&config(name), &weights).unwrap();
         let reference = read_json(&format!("{name}/reference.json"));
         let ids = common::ids(&reference["input_ids"]);
-        let got = score(model.as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
-        let want = rows(&reference["logits"]);
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
-        let cosines: Vec<f64> = got.iter().zip(&want).map(|(a, b)| dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()).collect();
+        let cosines = cosines(&scored(model.as_ref(), &ids), &rows(&reference["logits"]));
         let min = cosines.iter().copied().fold(1f64, f64::min);
         println!("{name} bf16 vs f32 reference: min cosine {min:.5}");
         assert!(min > 0.99, "{name}: cosines {cosines:?}");

@@ -167,14 +167,20 @@ fn agreement(got: &[Vec<f32>], want: &[Vec<f32>]) -> (f64, f64) {
 #[test]
 fn quantized_model_on_the_cpu_matches_its_dequantized_copy() {
     let cfg = ModelConfig::from_json(CONFIG).unwrap();
-    let blocks = Arc::new(blocks(&cfg));
-    let cpu = Device::Cpu;
-    let quantized = logits(&*model(&cfg, &blocks, &cpu, DType::F32, None), &cpu);
-    let dequantized = logits(&*model(&cfg, &blocks, &cpu, DType::F32, Some(DType::F32)), &cpu);
-    let (cos, rel) = agreement(&quantized, &dequantized);
-    println!("CPU quantized vs dequantized f32: min cosine {cos:.6}, max relative difference {rel:.4}");
     // What differs is the activations' rounding to 8 bits in the quantized kernels.
-    assert!(cos > 0.999 && rel < 0.05, "cosine {cos}, relative difference {rel}");
+    cpu_matches_dequantized("dense", &cfg, blocks(&cfg), (0.999, 0.05));
+}
+
+/// `blocks` run quantized on the CPU against their dequantized f32 copy, within (min cosine,
+/// max relative difference).
+fn cpu_matches_dequantized(what: &str, cfg: &ModelConfig, blocks: HashMap<String, QTensor>, (min_cos, max_rel): (f64, f64)) {
+    let blocks = Arc::new(blocks);
+    let cpu = Device::Cpu;
+    let quantized = logits(&*model(cfg, &blocks, &cpu, DType::F32, None), &cpu);
+    let dequantized = logits(&*model(cfg, &blocks, &cpu, DType::F32, Some(DType::F32)), &cpu);
+    let (cos, rel) = agreement(&quantized, &dequantized);
+    println!("{what}: CPU quantized vs dequantized f32: min cosine {cos:.6}, max relative difference {rel:.4}");
+    assert!(cos > min_cos && rel < max_rel, "{what}: cosine {cos}, relative difference {rel}");
 }
 
 /// The same weights dequantized to bf16 and to f16 (dense half-precision matmuls on the CPU,
@@ -200,13 +206,7 @@ fn half_precision_model_on_the_cpu_matches_f32() {
 #[test]
 fn quantized_moe_model_on_the_cpu_matches_its_dequantized_copy() {
     let cfg = ModelConfig::from_json(MOE_CONFIG).unwrap();
-    let blocks = Arc::new(blocks_of(moe_layout(&cfg)));
-    let cpu = Device::Cpu;
-    let quantized = logits(&*model(&cfg, &blocks, &cpu, DType::F32, None), &cpu);
-    let dequantized = logits(&*model(&cfg, &blocks, &cpu, DType::F32, Some(DType::F32)), &cpu);
-    let (cos, rel) = agreement(&quantized, &dequantized);
-    println!("MoE CPU quantized vs dequantized f32: min cosine {cos:.6}, max relative difference {rel:.4}");
-    assert!(cos > 0.999 && rel < 0.2, "cosine {cos}, relative difference {rel}");
+    cpu_matches_dequantized("MoE", &cfg, blocks_of(moe_layout(&cfg)), (0.999, 0.2));
 }
 
 /// The same MoE GGUF on a GPU (candle's quantized matmuls per expert, the gather and the
