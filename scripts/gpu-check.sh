@@ -23,7 +23,9 @@
 #      (scripts/gpu_reference.py). This step assumes the binary takes `--device cuda`
 #      (override with GPU_CHECK_DEVICE_FLAG); it is skipped, and says so, if `serve --help`
 #      shows no --device flag.
-# GPU_CHECK_STEPS (default "kernels 0.5b 7b"; also "profile", see step 4) picks steps. Their limits (45 + 30 + 190 + 285 s)
+# A shorter run: GPU_CHECK_HF (transformers' levels, e.g. "256" or "none"), GPU_CHECK_VARIANTS
+# (A/B runs by name, e.g. "graphs,split_256"), GPU_CHECK_DTYPES_05B, GPU_CHECK_LIMIT_05B/_7B (s).
+# GPU_CHECK_STEPS (default "kernels 0.5b 7b"; also "profile", see step 4) picks steps. Their limits (45 + 45 + 190 + 285 s)
 # fit one call of timeout_s=570; if the 7B step runs out, rerun with GPU_CHECK_STEPS=7b.
 # Results go to $OUT (summary.json, kernel-tests.txt, model-*.json, env.txt); each step has its
 # own time limit so a slow step still leaves the others' results.
@@ -102,7 +104,7 @@ if want kernels; then
 timeout 45 "$work/kernel-gpu-tests" --test-threads=1 > "$out/kernel-tests.txt" 2>&1
 rc=$?
 # Quantized GGUF models (in-memory blocks of six types; a dense Qwen2 and a Qwen3-MoE) on the GPU against the CPU.
-timeout 30 "$work/gguf-gpu-tests" --test-threads=1 --show-output >> "$out/kernel-tests.txt" 2>&1
+timeout 45 "$work/gguf-gpu-tests" --test-threads=1 --show-output >> "$out/kernel-tests.txt" 2>&1
 rc=$((rc | $?))
 tail -30 "$out/kernel-tests.txt"
 note kernel_tests "$(python3 - "$out/kernel-tests.txt" "$rc" <<'EOF'
@@ -123,11 +125,12 @@ fi
 # 3. Model-level comparison with transformers, and throughput.
 device_flag="${GPU_CHECK_DEVICE_FLAG:---device cuda}"
 if "$work/qwen-serve" serve --help 2>/dev/null | grep -q -- '--device'; then
-  for spec in "0.5b f32,bf16 190 70" "7b bf16 285 100"; do
+  for spec in "0.5b ${GPU_CHECK_DTYPES_05B:-f32,bf16} ${GPU_CHECK_LIMIT_05B:-190} 70" "7b bf16 ${GPU_CHECK_LIMIT_7B:-285} 100"; do
     set -- $spec
     want "$1" || continue
     PYTHONUNBUFFERED=1 timeout "$3" python3 scripts/gpu_reference.py --config "$1" --dtypes "$2" --qwen-serve "$work/qwen-serve" \
       --tokenizer-dir "$carry" --out "$out" --work "$work" --device-flag="$device_flag" --bench-timeout "$4" \
+      ${GPU_CHECK_HF:+--hf-concurrency "$GPU_CHECK_HF"} ${GPU_CHECK_VARIANTS:+--variants "$GPU_CHECK_VARIANTS"} \
       > "$out/model-$1.log" 2>&1
     note "model_$1_exit_code" "$?"
     [ "$1" = 0.5b ] && rm -rf "$work/qwen2.5-$1-random"
@@ -165,7 +168,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 for k, v in r.items():
     if k.startswith("compare_"):
-        print(r["config"], k, {x: v[x] for x in v if not x.endswith("_tokens")})
+        print(r["config"], k, {x: v[x] for x in v if not x.endswith("_tokens") and x != "server_top2"})
     if k.endswith("_seconds"):
         print(r["config"], k, round(v, 1))
 b = r.get("qwen_serve_bench", {})

@@ -118,7 +118,7 @@ def compare(model, tokenizer, dtype, binary, folder, device_flag, device, f32_pr
     try:
         name = http(f"http://127.0.0.1:{PORT}/v1/models")["data"][0]["id"]
         r = http(f"http://127.0.0.1:{PORT}/v1/completions", {
-            "model": name, "prompt": ids, "max_tokens": GEN_LEN, "temperature": 0, "echo": True, "logprobs": 1})
+            "model": name, "prompt": ids, "max_tokens": GEN_LEN, "temperature": 0, "echo": True, "logprobs": 2})
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -143,6 +143,9 @@ def compare(model, tokenizer, dtype, binary, folder, device_flag, device, f32_pr
         # Token strings may be rendered differently; the echoed text is the robust comparison.
         "greedy_text_equal": r["choices"][0]["text"] == ref_text,
         "server_tokens": got_tokens, "transformers_tokens": ref_tokens,
+        # The two likeliest tokens at each generated position: how close a tie was where two
+        # runs part ways.
+        "server_top2": (lps.get("top_logprobs") or [])[len(ids):],
     }
 
 
@@ -190,6 +193,8 @@ def main():
     ap.add_argument("--device-flag", default="--device cuda", help="how the binary is told to use the GPU")
     ap.add_argument("--torch-device", default="cuda", help="cpu: a dry run of this script's plumbing")
     ap.add_argument("--bench-concurrency", default="1,16,64,256")
+    ap.add_argument("--hf-concurrency", default=None, help="levels for transformers' generate (default: the bench's; 'none')")
+    ap.add_argument("--variants", default=None, help="A/B runs to make, by name (default: all; 'none')")
     ap.add_argument("--bench-len", type=int, default=256, help="prompt and output tokens")
     ap.add_argument("--bench-timeout", type=int, default=300, help="seconds for qwen-serve's whole bench")
     ap.add_argument("--make-only", action="store_true", help="only write the checkpoint folder")
@@ -231,6 +236,11 @@ def main():
         eager, graphs = result[f"compare_{dtype}"], result.get(f"compare_{dtype}_graphs", {})
         if "server_tokens" in eager and "server_tokens" in graphs:
             graphs["same_tokens_as_eager"] = graphs["server_tokens"] == eager["server_tokens"]
+            apart = [i for i, (a, b) in enumerate(zip(eager["server_tokens"], graphs["server_tokens"])) if a != b]
+            if apart and len(eager.get("server_top2", [])) > apart[0]:
+                # Where they part: each run's two likeliest tokens (a near-tie flips on rounding).
+                graphs["first_difference"] = {"index": apart[0], "eager_top2": eager["server_top2"][apart[0]],
+                                              "graphs_top2": graphs["server_top2"][apart[0]]}
             save()
     bench_json = os.path.join(args.work, f"bench-{args.config}.json")
     n = str(args.bench_len)
@@ -254,7 +264,8 @@ def main():
     # transformers' batched generate on the same weights, before the A/B runs below so that a
     # step cut short by its time limit loses those first.
     result["transformers_bench"] = []
-    for b in args.bench_concurrency.split(","):
+    hf_levels = (args.hf_concurrency or args.bench_concurrency).split(",")
+    for b in [] if hf_levels == ["none"] else hf_levels:
         result["transformers_bench"].append(hf_throughput(model, int(b), args.bench_len, args.bench_len, args.torch_device))
         save()
     print(table(result), flush=True)
@@ -273,9 +284,12 @@ def main():
                 ("phase_times", {"QWEN_SERVE_PHASE_TIMES": "1"}, [c for c in ("1", "64", "256") if c in levels]),
                 ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}, ab),
                 ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}, ab),
-                ("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}, ab)]
+                ("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}, ab),
+                # Attention's splits at least 256 keys, as before 2026-11-27 (now 64).
+                ("split_256", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "256"}, ab)]
+    wanted = None if args.variants is None else set(args.variants.split(","))
     for name, env, at in variants:
-        if not at:
+        if not at or (wanted is not None and name not in wanted):
             continue
         key = f"qwen_serve_bench_{name}"
         ab_json = os.path.join(args.work, f"bench-{args.config}-{name}.json")

@@ -16,11 +16,18 @@
 //
 // Grid (num_tiles, num_kv_heads, num_splits), THREADS threads. A block computes ROWS query rows
 // of one KV head against keys [split * split_size, (split + 1) * split_size), cut at the tile's
-// causal end: an online softmax over chunks of KEYS keys staged in shared memory, so no score
+// causal end, where each sequence's split_size divides its own keys among the splits
+// (rounded up to whole chunks, at least min_split): an online softmax over chunks of KEYS keys staged in shared memory, so no score
 // matrix exists. Every K/V row a block loads serves all its rows (the GQA group and several
 // tokens). With one split the block writes the output. With several (flash-decoding: few, long
 // sequences would otherwise leave most of the GPU idle) it writes its unnormalised output and
 // (max, sum) per row, and paged_attention_combine merges the splits.
+//
+// The host picks num_splits = min(what fills the GPU, ceil(longest / min_split)). A launch sized
+// for longer sequences than the step has (a CUDA graph's) gives the step's own bits: either both
+// have the same number of splits, or the step's own launch has at most min_split keys per
+// split, so every sequence's split_size is min_split in both. Splits past a sequence's end add
+// exact zeros in the combine, and the unsplit output is acc / l, as the combine computes it.
 //
 // Scores are kept in log2 units (q is pre-scaled by scale * log2(e)) so exponentials are exp2.
 
@@ -41,7 +48,7 @@ __device__ __forceinline__ void attention_tile(
     T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
     const uint32_t* __restrict__ query_start_loc, const uint32_t* __restrict__ seq_lens,
     const uint32_t* __restrict__ block_tables, const uint32_t* __restrict__ tiles, int num_tokens,
-    int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq, int split_size,
+    int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq, int min_split,
     float scale) {
     constexpr int N = qs::Vec<T>::N;  // elements per 16-byte load
     constexpr int DL = D / 32;        // output elements per lane: lane + 32 * e
@@ -57,6 +64,8 @@ __device__ __forceinline__ void attention_tile(
     const int first_pos = (int)seq_lens[seq] - q_len;
     const int num_rows = min(ROWS, q_len * group - row0);
     // Keys this block reads: its split, up to the last row's own position.
+    const int per_split = ((int)seq_lens[seq] + num_splits - 1) / num_splits;
+    const int split_size = max(min_split, (per_split + KEYS - 1) / KEYS * KEYS);
     const int kv_begin = split * split_size;
     const int kv_end = min(first_pos + (row0 + num_rows - 1) / group + 1, kv_begin + split_size);
     const uint32_t* table = block_tables + (size_t)seq * max_blocks_per_seq;
@@ -111,6 +120,10 @@ __device__ __forceinline__ void attention_tile(
             }
         }
         __syncthreads();
+        // A warp whose rows are all past the tile's end (a decode tile holds one token's GQA
+        // group, often fewer than ROWS rows) only helps load: skipping its scoring halves the
+        // arithmetic of a group-of-7 decode. Warp-uniform; the barriers stay outside.
+        if (warp * ROWS_PER_WARP >= num_rows) continue;
 
         // Lane j scores key c0 + j against each of the warp's rows.
         float s[ROWS_PER_WARP];
@@ -155,9 +168,8 @@ __device__ __forceinline__ void attention_tile(
         const int row = row0 + r;
         const size_t token_head = (size_t)(q_start + row / group) * num_heads + kvh * group + row % group;
         if (num_splits == 1) {
-            const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
 #pragma unroll
-            for (int e = 0; e < DL; ++e) out[token_head * D + lane + 32 * e] = qs::from_float<T>(acc[i][e] * inv);
+            for (int e = 0; e < DL; ++e) out[token_head * D + lane + 32 * e] = qs::from_float<T>(l[i] > 0.f ? acc[i][e] / l[i] : 0.f);
         } else {
             const size_t p = (size_t)split * num_tokens * num_heads + token_head;
 #pragma unroll
@@ -198,10 +210,10 @@ __device__ __forceinline__ void combine(const float* __restrict__ part_o, const 
         const T* q, const T* k_cache, const T* v_cache, T* out, float* part_o, float* part_ml,       \
         const uint32_t* query_start_loc, const uint32_t* seq_lens, const uint32_t* block_tables,    \
         const uint32_t* tiles, int num_tokens, int num_heads, int num_kv_heads, int block_size,      \
-        int max_blocks_per_seq, int split_size, float scale) {                                       \
+        int max_blocks_per_seq, int min_split, float scale) {                                        \
         attention_tile<T, D>(q, k_cache, v_cache, out, part_o, part_ml, query_start_loc, seq_lens,  \
                              block_tables, tiles, num_tokens, num_heads, num_kv_heads, block_size,   \
-                             max_blocks_per_seq, split_size, scale);                                 \
+                             max_blocks_per_seq, min_split, scale);                                  \
     }
 #define ATTENTION_ALL_D(SUFFIX, T) ATTENTION(SUFFIX, T, 64) ATTENTION(SUFFIX, T, 128)
 QS_FOR_EACH_DTYPE(ATTENTION_ALL_D)

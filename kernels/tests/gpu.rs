@@ -143,6 +143,42 @@ fn attention_long_decodes_split_the_keys() {
     check_attention(Case { seqs: vec![(12_345, 1)], heads: 28, kv_heads: 4, d: 128, block_size: 16 });
 }
 
+/// A decode step through metadata made for a CUDA graph (launch shaped for 8192-key
+/// sequences, the step's values copied in) gives exactly the bits of the step's own launch:
+/// replaying decode steps as graphs changes nothing but speed.
+#[test]
+fn attention_in_a_graph_shaped_launch_gives_the_eager_bits() {
+    let (heads, kv_heads, d, bs) = (14, 2, 64, 16);
+    for lens in [vec![301usize, 91], vec![41], vec![1000, 5, 130, 700]] {
+        for dtype in DTYPES {
+            let num_blocks: usize = lens.iter().map(|l| l.div_ceil(bs)).sum::<usize>() + 1;
+            let max_blocks = lens.iter().map(|l| l.div_ceil(bs)).max().unwrap();
+            let mut meta = AttentionMetadata { max_blocks_per_seq: max_blocks, query_start_loc: vec![0], ..Default::default() };
+            let mut next = 1u32;
+            for (s, &len) in lens.iter().enumerate() {
+                let table: Vec<u32> = (0..max_blocks).map(|b| if b < len.div_ceil(bs) { next + b as u32 } else { 0 }).collect();
+                next += len.div_ceil(bs) as u32;
+                meta.slot_mapping.extend(AttentionMetadata::single(&table, bs, len, 1).slot_mapping);
+                meta.block_tables.extend(table);
+                meta.seq_lens.push(len as u32);
+                meta.query_start_loc.push(s as u32 + 1);
+            }
+            let dev = gpu();
+            let key_cache = randn(&[num_blocks, bs, kv_heads, d], dtype).to_device(&dev).unwrap();
+            let value_cache = randn(&[num_blocks, bs, kv_heads, d], dtype).to_device(&dev).unwrap();
+            let q = randn(&[lens.len(), heads, d], dtype).to_device(&dev).unwrap();
+            let eager = DeviceMetadata::new(meta.clone(), &dev).unwrap();
+            let graph = DeviceMetadata::for_graph(lens.len(), 8192 / bs, bs, heads / kv_heads, &dev).unwrap();
+            graph.refill(&meta, bs).unwrap();
+            let want = paged_attention_step(&q, &key_cache, &value_cache, &eager, 0.125).unwrap();
+            let got = paged_attention_step(&q, &key_cache, &value_cache, &graph, 0.125).unwrap();
+            let (want, got) = (want.to_dtype(DType::F32).unwrap(), got.to_dtype(DType::F32).unwrap());
+            let same = want.flatten_all().unwrap().to_vec1::<f32>().unwrap() == got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(same, "{dtype:?} lengths {lens:?}: differ by {}", max_rel_diff(&got, &want));
+        }
+    }
+}
+
 #[test]
 fn attention_long_prefill_chunk_after_a_long_prefix() {
     check_attention(Case { seqs: vec![(2000, 64)], heads: 16, kv_heads: 8, d: 128, block_size: 16 });

@@ -209,13 +209,39 @@ fn quantized_moe_model_on_the_cpu_matches_its_dequantized_copy() {
     cpu_matches_dequantized("MoE", &cfg, blocks_of(moe_layout(&cfg)), (0.999, 0.2));
 }
 
-/// The same MoE GGUF on a GPU (candle's quantized matmuls per expert, the gather and the
-/// weighted sum there, routing on the host) against the CPU.
+/// The same MoE GGUF on a GPU (routing on the host, one matmul per expert, the gather and the
+/// weighted sum there), in two ways:
+/// - dequantized to f32 on both sides, so no rounding of activations differs: the MoE's
+///   plumbing on the GPU must give the CPU's f32 logits, closely;
+/// - quantized, against the same dequantized f32 reference and within the CPU's own bounds
+///   (`quantized_moe_model_on_the_cpu_matches_its_dequantized_copy`). Not against the CPU's
+///   quantized run: candle's CUDA kernels round activations to Q8_1 per 32 values, ours to
+///   Q8_K per 256 or Q8_0, and in this touchy model the two roundings add up. On an H200
+///   (2026-11-27) GPU quantized against CPU quantized gave a min cosine of 0.9976 and a max
+///   relative difference of 0.14.
 #[cfg(feature = "cuda")]
 #[test]
-fn quantized_moe_model_on_a_gpu_matches_the_cpu() {
+fn moe_model_on_a_gpu_matches_the_cpu() {
     let cfg = ModelConfig::from_json(MOE_CONFIG).unwrap();
-    gpu_matches_cpu("MoE", &cfg, blocks_of(moe_layout(&cfg)), [(0.999, 0.2), (0.995, 0.3)]);
+    let blocks = Arc::new(blocks_of(moe_layout(&cfg)));
+    let (cpu, gpu) = (Device::Cpu, Device::new_cuda(0).expect("a CUDA device"));
+    let reference = logits(&*model(&cfg, &blocks, &cpu, DType::F32, Some(DType::F32)), &cpu);
+    let dequantized = logits(&*model(&cfg, &blocks, &gpu, DType::F32, Some(DType::F32)), &gpu);
+    let (cos, rel) = agreement(&dequantized, &reference);
+    println!("MoE: GPU dequantized f32 vs CPU dequantized f32: min cosine {cos:.7}, max relative difference {rel:.2e}");
+    let mut failures = Vec::new();
+    if !(cos > 0.99999 && rel < 1e-3) {
+        failures.push(format!("dequantized f32: cosine {cos}, relative difference {rel}"));
+    }
+    for (activations, (min_cos, max_rel)) in [(DType::F32, (0.999, 0.2)), (DType::BF16, (0.995, 0.3))] {
+        let got = logits(&*model(&cfg, &blocks, &gpu, activations, None), &gpu);
+        let (cos, rel) = agreement(&got, &reference);
+        println!("MoE: GPU quantized ({activations:?} activations) vs CPU dequantized f32: min cosine {cos:.6}, max relative difference {rel:.4}");
+        if !(cos > min_cos && rel < max_rel) {
+            failures.push(format!("quantized {activations:?}: cosine {cos}, relative difference {rel}"));
+        }
+    }
+    assert!(failures.is_empty(), "MoE on the GPU: {failures:?}");
 }
 
 /// The GGUF's blocks on a GPU (candle's quantized matmuls and embedding lookup, our attention

@@ -14,6 +14,7 @@ struct Case {
     std::vector<std::pair<int, int>> seqs;  // (tokens already cached, new tokens)
     int heads, kv_heads, d, block_size;
     int num_sms;  // few SMs make short sequences split
+    int graph_len = 0;  // splits sized for this many keys, as a CUDA graph's template (0: the batch's longest)
 };
 
 template <typename T> T round_to(float f);
@@ -21,14 +22,13 @@ template <> float round_to<float>(float f) { return f; }
 template <> __nv_bfloat16 round_to<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
 template <> __half round_to<__half>(float f) { return __float2half_rn(f); }
 
-// Mirrors splits() in src/paged_attention/cuda.rs.
-static std::pair<int, int> splits(int num_blocks, int max_seq_len, int num_sms) {
+// Mirrors splits() and MIN_KEYS_PER_SPLIT in src/paged_attention/cuda.rs.
+constexpr int MIN_SPLIT = 64;
+static int splits(int num_blocks, int max_seq_len, int num_sms) {
     const int target = num_sms * 4;
     num_blocks = std::max(num_blocks, 1);
     const int wanted = num_blocks >= target ? 1 : (target + num_blocks - 1) / num_blocks;
-    const int num_splits = std::max(1, std::min(wanted, (max_seq_len + 255) / 256));
-    const int split_size = ((max_seq_len + num_splits - 1) / num_splits + 31) / 32 * 32;
-    return {(max_seq_len + split_size - 1) / split_size, split_size};
+    return std::max(1, std::min(wanted, (max_seq_len + MIN_SPLIT - 1) / MIN_SPLIT));
 }
 
 template <typename T>
@@ -36,7 +36,8 @@ using Kernel = void (*)(const T*, const T*, const T*, T*, float*, float*, const 
                         const uint32_t*, const uint32_t*, int, int, int, int, int, int, float);
 template <typename T> using Combine = void (*)(const float*, const float*, T*, int, int);
 
-// Largest |kernel - reference| over all outputs (NaN counts as 1e9).
+// Largest |kernel - reference| over all outputs (NaN counts as 1e9). A case with a graph_len
+// must also give, bit for bit, what the launch sized for its own longest sequence gives.
 template <typename T> double max_error(const Case& c, Kernel<T> kernel, Combine<T> combine) {
     std::mt19937 rng(42);
     std::normal_distribution<float> normal;
@@ -83,19 +84,32 @@ template <typename T> double max_error(const Case& c, Kernel<T> kernel, Combine<
     for (size_t s = 0; s < c.seqs.size(); ++s)
         for (uint32_t r = 0; r < (query_start_loc[s + 1] - query_start_loc[s]) * G; r += ROWS) tiles.insert(tiles.end(), {(uint32_t)s, r});
     const int num_tiles = tiles.size() / 2;
-    const auto [num_splits, split_size] = splits(num_tiles * KVH, *std::max_element(seq_lens.begin(), seq_lens.end()), c.num_sms);
-
-    std::vector<T> out((size_t)num_tokens * H * D, round_to<T>(NAN));
-    const size_t partial = num_splits > 1 ? (size_t)num_splits * num_tokens * H : 1;
-    std::vector<float> part_o(partial * D, NAN), part_ml(partial * 2, NAN);
+    const int longest = *std::max_element(seq_lens.begin(), seq_lens.end());
     const float scale = 1.f / std::sqrt((float)D);
-    emu::launch({(unsigned)num_tiles, (unsigned)KVH, (unsigned)num_splits}, {THREADS}, [&] {
-        kernel(q.data(), k_cache.data(), v_cache.data(), out.data(), part_o.data(), part_ml.data(), query_start_loc.data(),
-               seq_lens.data(), tables.data(), tiles.data(), num_tokens, H, KVH, bs, max_blocks, split_size, scale);
-    });
-    if (num_splits > 1)
-        emu::launch({(unsigned)(num_tokens * H)}, {(unsigned)D},
-                    [&] { combine(part_o.data(), part_ml.data(), out.data(), num_tokens * H, num_splits); });
+    auto run = [&](int num_splits) {
+        std::vector<T> out((size_t)num_tokens * H * D, round_to<T>(NAN));
+        const size_t partial = num_splits > 1 ? (size_t)num_splits * num_tokens * H : 1;
+        std::vector<float> part_o(partial * D, NAN), part_ml(partial * 2, NAN);
+        emu::launch({(unsigned)num_tiles, (unsigned)KVH, (unsigned)num_splits}, {THREADS}, [&] {
+            kernel(q.data(), k_cache.data(), v_cache.data(), out.data(), part_o.data(), part_ml.data(), query_start_loc.data(),
+                   seq_lens.data(), tables.data(), tiles.data(), num_tokens, H, KVH, bs, max_blocks, MIN_SPLIT, scale);
+        });
+        if (num_splits > 1)
+            emu::launch({(unsigned)(num_tokens * H)}, {(unsigned)D},
+                        [&] { combine(part_o.data(), part_ml.data(), out.data(), num_tokens * H, num_splits); });
+        return out;
+    };
+    const int num_splits = splits(num_tiles * KVH, std::max(c.graph_len, longest), c.num_sms);
+    const std::vector<T> out = run(num_splits);
+    if (c.graph_len) {
+        const int own = splits(num_tiles * KVH, longest, c.num_sms);
+        const std::vector<T> step = run(own);
+        if (std::memcmp(step.data(), out.data(), out.size() * sizeof(T)) != 0) {
+            std::printf("  %d splits differ from the step's own %d  FAILED ", num_splits, own);
+            return 1e9;
+        }
+        std::printf("  same bits as its own %d splits;", own);
+    }
 
     double worst = 0;
     for (size_t s = 0; s < c.seqs.size(); ++s) {
@@ -121,7 +135,7 @@ template <typename T> double max_error(const Case& c, Kernel<T> kernel, Combine<
             }
         }
     }
-    std::printf("  %d tiles x %d kv heads x %d splits of %d keys: ", num_tiles, KVH, num_splits, split_size);
+    std::printf("  %d tiles x %d kv heads x %d splits: ", num_tiles, KVH, num_splits);
     return worst;
 }
 
@@ -140,8 +154,12 @@ int main(int argc, char** argv) {
         {"mixed batch, head_dim 128, blocks of 4", {{5, 3}, {0, 100}, {130, 1}}, 28, 4, 128, 4, 132},
         {"no grouping", {{0, 20}, {7, 1}}, 8, 8, 128, 16, 132},
         {"decodes split unevenly (8 SMs)", {{1000, 1}, {601, 1}, {40, 1}}, 14, 2, 64, 16, 8},
-        {"one long decode split 12 ways", {{3000, 1}}, 28, 4, 128, 16, 132},
+        {"one long decode, split", {{3000, 1}}, 28, 4, 128, 16, 132},
         {"prefill chunk after a prefix, split", {{500, 40}}, 16, 8, 128, 16, 132},
+        // Most splits past every sequence's end: they must add nothing.
+        {"decodes split for 8192 keys (a CUDA graph)", {{300, 1}, {90, 1}}, 14, 2, 64, 16, 132, 8192},
+        {"one short decode split for 8192 keys", {{40, 1}}, 28, 4, 128, 16, 132, 8192},
+        {"decodes of a mid-size batch split for 8192 keys", {{500, 1}, {200, 1}, {77, 1}, {1000, 1}}, 28, 4, 128, 16, 12, 8192},
     };
     int failures = 0;
     for (const auto& c : cases) {

@@ -27,6 +27,7 @@ inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __align__(n) __attribute__((aligned(n)))
 
 inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 
 namespace emu {

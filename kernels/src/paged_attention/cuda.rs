@@ -16,8 +16,25 @@ const THREADS: u32 = 128;
 const KEYS_PER_CHUNK: usize = 32;
 /// Resident attention blocks per SM to aim for (~41 KB of shared memory each at head_dim 128).
 const BLOCKS_PER_SM: usize = 4;
-/// A split shorter than this costs more (partials, the combine pass) than its parallelism gains.
-const MIN_KEYS_PER_SPLIT: usize = 256;
+/// Keys a split covers at least. A block works through its keys one chunk at a time (load,
+/// barrier, score, accumulate), so a decode of a few sequences is latency-bound: 512 keys in
+/// one block took ~40 us per layer on an H200 (2026-11-27). Two chunks per split keep the
+/// partials and the combine pass small. A decode step replayed as a CUDA graph (its launch
+/// sized for 8192 keys) splits each sequence's keys exactly as the eager step does: see the
+/// kernel's header. `QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS` overrides it (a multiple of 32),
+/// for measurements.
+const MIN_KEYS_PER_SPLIT: usize = 2 * KEYS_PER_CHUNK;
+
+fn min_keys_per_split() -> usize {
+    static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEYS.get_or_init(|| {
+        std::env::var("QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&k| k > 0 && k % KEYS_PER_CHUNK == 0)
+            .unwrap_or(MIN_KEYS_PER_SPLIT)
+    })
+}
 
 impl PagedAttention<'_> {
     pub(super) fn cuda(
@@ -60,7 +77,7 @@ impl PagedAttention<'_> {
         let tile_tensor = packed.tiles(host, num_heads / num_kv_heads)?;
         let num_tiles = tile_tensor.dim(0)?;
         let max_seq_len = host.seq_lens.iter().copied().max().unwrap_or(0) as usize;
-        let (num_splits, split_size) = splits(dev, num_tiles * num_kv_heads, max_seq_len)?;
+        let num_splits = splits(dev, num_tiles * num_kv_heads, max_seq_len)?;
 
         let q = cuda::aligned_input::<T>(q, q_l, "paged_attention: q")?;
         let k = cuda::aligned_input::<T>(k, k_l, "paged_attention: key cache")?;
@@ -80,7 +97,7 @@ impl PagedAttention<'_> {
         let mut part_ml = cuda::output::<f32>(dev, partial * 2)?;
 
         let func = load!(dev, cuda::PAGED_ATTENTION, kernel_name::<T>(&format!("paged_attention_d{head_dim}")))?;
-        let ints = [num_tokens, num_heads, num_kv_heads, block_size, host.max_blocks_per_seq, split_size]
+        let ints = [num_tokens, num_heads, num_kv_heads, block_size, host.max_blocks_per_seq, min_keys_per_split()]
             .map(|x| x as i32);
         let mut b = func.builder();
         b.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&mut part_o).arg(&mut part_ml);
@@ -115,10 +132,10 @@ impl PagedAttention<'_> {
     }
 }
 
-/// How many blocks share each tile's key range, and the keys each covers (a multiple of the
-/// chunk size). Splitting pays only when the tiles alone leave SMs idle and keys are many:
-/// decode of a few long sequences.
-fn splits(dev: &CudaDevice, num_blocks: usize, max_seq_len: usize) -> Result<(usize, usize)> {
+/// How many blocks share each tile's key range (the kernel divides each sequence's keys among
+/// them, at least `min_keys_per_split()` each). Splitting pays when the tiles alone leave SMs
+/// idle: decode of a few sequences.
+fn splits(dev: &CudaDevice, num_blocks: usize, max_seq_len: usize) -> Result<usize> {
     let num_sms = dev
         .cuda_stream()
         .context()
@@ -127,7 +144,5 @@ fn splits(dev: &CudaDevice, num_blocks: usize, max_seq_len: usize) -> Result<(us
     let target = num_sms * BLOCKS_PER_SM;
     let max_seq_len = max_seq_len.max(1);
     let wanted = if num_blocks >= target { 1 } else { target.div_ceil(num_blocks.max(1)) };
-    let num_splits = wanted.min(max_seq_len.div_ceil(MIN_KEYS_PER_SPLIT)).max(1);
-    let split_size = max_seq_len.div_ceil(num_splits).next_multiple_of(KEYS_PER_CHUNK);
-    Ok((max_seq_len.div_ceil(split_size), split_size))
+    Ok(wanted.min(max_seq_len.div_ceil(min_keys_per_split())).max(1))
 }
