@@ -269,18 +269,19 @@ def main():
         result["transformers_bench"].append(hf_throughput(model, int(b), args.bench_len, args.bench_len, args.torch_device))
         save()
     print(table(result), flush=True)
-    # A/B of host-overhead switches at 1 and 64 streams, each against the defaults above:
-    # candle's upload cache on (QWEN_SERVE_CUDA_PARAM_CACHE, kernels/src/param_cache.rs; off by
-    # default until this says it pays), two defaults switched off: the device set-up of
-    # src/device/cuda.rs (QWEN_SERVE_CUDA_TUNING) and the fused q/k/v kernel (kernels/src/qkv.rs),
-    # and decode steps as CUDA graphs (QWEN_SERVE_CUDA_GRAPHS, models/src/cuda_graphs.rs; off by
-    # default until this shows it works and pays).
-    # Last, each phase of the forward timed with a wait for the GPU after it
-    # (QWEN_SERVE_PHASE_TIMES, models/src/phase_times.rs), also at 256 streams: where a step goes.
+    # A/B runs, each against the defaults above: decode steps as CUDA graphs
+    # (QWEN_SERVE_CUDA_GRAPHS, models/src/cuda_graphs.rs; off by default until this shows it
+    # works and pays) at every level. At 1 and 64 streams: each phase of the forward timed with
+    # a wait for the GPU after it (QWEN_SERVE_PHASE_TIMES, models/src/phase_times.rs; also at
+    # 256), and defaults switched off: our few-rows matmul (QWEN_SERVE_CUDA_SMALL_MATMUL,
+    # kernels/src/small_matmul.rs), the fused q/k/v kernel (kernels/src/qkv.rs), the device
+    # set-up of src/device/cuda.rs (QWEN_SERVE_CUDA_TUNING); candle's upload cache on
+    # (QWEN_SERVE_CUDA_PARAM_CACHE, kernels/src/param_cache.rs); attention's older 256-key splits.
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [("graphs", {"QWEN_SERVE_CUDA_GRAPHS": "64"}, ab),
+    variants = [("graphs", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, levels),
+                ("small_matmul_off", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "0"}, ab),
                 ("phase_times", {"QWEN_SERVE_PHASE_TIMES": "1"}, [c for c in ("1", "64", "256") if c in levels]),
                 ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}, ab),
                 ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}, ab),

@@ -25,6 +25,7 @@ mod paged_attention;
 mod param_cache;
 mod qkv;
 mod quant;
+mod small_matmul;
 mod write_kv;
 
 pub use device_metadata::DeviceMetadata;
@@ -38,4 +39,5 @@ pub use param_cache::{param_cache, param_cache_for_capture, ParamCache};
 pub use qkv::qkv_step_fused;
 pub use qkv::{qkv_step, Qkv};
 pub use quant::{Isa, QuantMatrix};
+pub use small_matmul::{small_matmul, small_matmul_applies, MAX_ROWS as SMALL_MATMUL_MAX_ROWS};
 pub use write_kv::{write_kv, write_kv_step};

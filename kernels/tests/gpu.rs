@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use qwen_serve_kernels::{
     add_rms_norm, paged_attention, paged_attention_step, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
-    write_kv, write_kv_step, AttentionMetadata, DeviceMetadata, Qkv,
+    small_matmul, small_matmul_applies, write_kv, write_kv_step, AttentionMetadata, DeviceMetadata, Qkv,
 };
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
@@ -175,6 +175,32 @@ fn attention_in_a_graph_shaped_launch_gives_the_eager_bits() {
             let (want, got) = (want.to_dtype(DType::F32).unwrap(), got.to_dtype(DType::F32).unwrap());
             let same = want.flatten_all().unwrap().to_vec1::<f32>().unwrap() == got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert!(same, "{dtype:?} lengths {lens:?}: differ by {}", max_rel_diff(&got, &want));
+        }
+    }
+}
+
+/// The few-rows matmul against its CPU loop, at 1 to 8 rows and the shapes of Qwen2.5-0.5B's
+/// and -7B's projections (odd output counts too); and each row's output is the same bits
+/// whatever number of rows come with it.
+#[test]
+fn small_matmul_matches_the_cpu() {
+    for (n, k) in [(1152, 896), (37, 64), (4864 * 2, 896), (3584, 18944), (5, 3584)] {
+        for dtype in DTYPES {
+            let w = randn(&[n, k], dtype);
+            let x = randn(&[8, k], dtype);
+            let (wg, xg) = (w.to_device(&gpu()).unwrap(), x.to_device(&gpu()).unwrap());
+            let one = small_matmul(&xg.narrow(0, 0, 1).unwrap(), &wg).unwrap();
+            // The CPU loop's rows do not depend on each other either.
+            let want8 = small_matmul(&x, &w).unwrap();
+            for m in [1, 2, 3, 5, 8] {
+                let xm = xg.narrow(0, 0, m).unwrap();
+                assert!(small_matmul_applies(&xm, &wg), "{dtype:?} ({m}, {k}) x ({n}, {k})");
+                let got = small_matmul(&xm, &wg).unwrap();
+                let want = want8.narrow(0, 0, m).unwrap();
+                let err = max_rel_diff(&got, &want);
+                assert!(err < tolerance(dtype), "{dtype:?} ({m}, {k}) x ({n}, {k}): max difference {err}");
+                assert_eq!(max_rel_diff(&got.narrow(0, 0, 1).unwrap(), &one), 0.0, "{dtype:?} row 0 with {m} rows");
+            }
         }
     }
 }

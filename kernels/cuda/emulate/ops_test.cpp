@@ -1,4 +1,4 @@
-// write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu and qkv.cu, run by emu.h, against direct formulas in
+// write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu, qkv.cu and small_matmul.cu, run by emu.h, against direct formulas in
 // double (f32 instantiations: the other dtypes differ only in the shared conversions).
 #include "emu.h"
 
@@ -7,8 +7,10 @@
 #include "../silu_mul.cu"
 #include "../write_kv.cu"
 #include "../qkv.cu"
+#include "../small_matmul.cu"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <random>
 
@@ -136,6 +138,23 @@ int main() {
             std::snprintf(name, sizeof name, "qkv f32 head_dim %d bias+norm %d", D, with);
             check(name, err + !nan_ok + !untouched_ok, 1e-5);
         }
+    }
+    for (auto [m, n, k] : {std::array<int, 3>{1, 37, 64}, {3, 9, 520}, {8, 4, 256}}) {  // small_matmul, odd n and k tails
+        std::vector<float> x(m * k), w(n * k), out(m * n, NAN);
+        for (auto& v : x) v = nd(rng);
+        for (auto& v : w) v = nd(rng);
+        void (*kernel[])(const float*, const float*, float*, int, int) = {small_matmul_m1_f32, small_matmul_m2_f32, small_matmul_m3_f32,
+            small_matmul_m4_f32, small_matmul_m5_f32, small_matmul_m6_f32, small_matmul_m7_f32, small_matmul_m8_f32};
+        emu::launch({(unsigned)((n + 7) / 8)}, {128}, [&] { kernel[m - 1](x.data(), w.data(), out.data(), n, k); });
+        double err = 0;
+        for (int i = 0; i < m; ++i) for (int j = 0; j < n; ++j) {
+            double dot = 0;
+            for (int e = 0; e < k; ++e) dot += (double)x[i * k + e] * w[j * k + e];
+            err = std::max(err, std::isnan(out[i * n + j]) ? 1e9 : std::abs(out[i * n + j] - dot));
+        }
+        char name[64];
+        std::snprintf(name, sizeof name, "small_matmul f32 (%d, %d) x (%d, %d)", m, k, n, k);
+        check(name, err, 1e-4);
     }
     std::printf("%d failures\n", failures);
     return failures != 0;
