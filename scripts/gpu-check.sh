@@ -23,7 +23,8 @@
 #      (scripts/gpu_reference.py). This step assumes the binary takes `--device cuda`
 #      (override with GPU_CHECK_DEVICE_FLAG); it is skipped, and says so, if `serve --help`
 #      shows no --device flag.
-# A shorter run: GPU_CHECK_HF (transformers' levels, e.g. "256" or "none"), GPU_CHECK_VARIANTS
+# A shorter run: GPU_CHECK_HF (transformers' levels, e.g. "256" or "none"; per model
+# GPU_CHECK_HF_05B, GPU_CHECK_HF_7B), GPU_CHECK_VARIANTS
 # (A/B runs by name, e.g. "graphs,split_256"), GPU_CHECK_DTYPES_05B, GPU_CHECK_LIMIT_05B/_7B (s).
 # GPU_CHECK_STEPS (default "kernels 0.5b 7b"; also "profile", see step 4) picks steps. Their limits (45 + 45 + 190 + 285 s)
 # fit one call of timeout_s=570; if the 7B step runs out, rerun with GPU_CHECK_STEPS=7b.
@@ -130,12 +131,13 @@ fi
 # 3. Model-level comparison with transformers, and throughput.
 device_flag="${GPU_CHECK_DEVICE_FLAG:---device cuda}"
 if "$work/qwen-serve" serve --help 2>/dev/null | grep -q -- '--device'; then
-  for spec in "0.5b ${GPU_CHECK_DTYPES_05B:-f32,bf16} ${GPU_CHECK_LIMIT_05B:-190} 70" "7b bf16 ${GPU_CHECK_LIMIT_7B:-285} 100"; do
+  for spec in "0.5b ${GPU_CHECK_DTYPES_05B:-f32,bf16} ${GPU_CHECK_LIMIT_05B:-190} 70 ${GPU_CHECK_HF_05B:-${GPU_CHECK_HF:-}}" \
+            "7b bf16 ${GPU_CHECK_LIMIT_7B:-285} 100 ${GPU_CHECK_HF_7B:-${GPU_CHECK_HF:-}}"; do
     set -- $spec
     want "$1" || continue
     PYTHONUNBUFFERED=1 timeout "$3" python3 scripts/gpu_reference.py --config "$1" --dtypes "$2" --qwen-serve "$work/qwen-serve" \
       --tokenizer-dir "$carry" --out "$out" --work "$work" --device-flag="$device_flag" --bench-timeout "$4" \
-      ${GPU_CHECK_HF:+--hf-concurrency "$GPU_CHECK_HF"} ${GPU_CHECK_VARIANTS:+--variants "$GPU_CHECK_VARIANTS"} \
+      ${5:+--hf-concurrency "$5"} ${GPU_CHECK_VARIANTS:+--variants "$GPU_CHECK_VARIANTS"} \
       > "$out/model-$1.log" 2>&1
     note "model_$1_exit_code" "$?"
     [ "$1" = 0.5b ] && rm -rf "$work/qwen2.5-$1-random"
