@@ -121,11 +121,6 @@ if ! grep -q '^test qkv_step_matches_the_separate_ops \.\.\. ok' "$out/kernel-te
   export QWEN_SERVE_CUDA_FUSED_QKV=0
   note fused_qkv '"off for the model steps: its kernel test did not pass"'
 fi
-# Likewise the few-rows matmul (on by default): cuBLAS takes over if its test did not pass.
-if ! grep -q '^test small_matmul_matches_the_cpu \.\.\. ok' "$out/kernel-tests.txt"; then
-  export QWEN_SERVE_CUDA_SMALL_MATMUL=0
-  note small_matmul '"off for the model steps: its kernel test did not pass"'
-fi
 fi
 
 # 3. Model-level comparison with transformers, and throughput.

@@ -221,9 +221,9 @@ def main():
         f32_prompt = prompt_logprobs(model.to(torch.float32), prompt_ids(), args.torch_device)
     for dtype in dtypes:
         # Eager, then with decode steps as CUDA graphs: the graphs must give the eager run's
-        # greedy tokens exactly (same kernels on the same inputs).
+        # greedy tokens exactly (same kernels on the same inputs, attention split alike).
         # (Graphs only in bf16, the dtype served on a GPU by default: each comparison costs a server start.)
-        runs = [(f"compare_{dtype}", None)]
+        runs = [(f"compare_{dtype}", {"QWEN_SERVE_CUDA_GRAPHS": "0"})]
         if dtype == "bf16":
             runs.append((f"compare_{dtype}_graphs", {"QWEN_SERVE_CUDA_GRAPHS": "8"}))
         for key, env in runs:
@@ -269,19 +269,21 @@ def main():
         result["transformers_bench"].append(hf_throughput(model, int(b), args.bench_len, args.bench_len, args.torch_device))
         save()
     print(table(result), flush=True)
-    # A/B runs, each against the defaults above: decode steps as CUDA graphs
-    # (QWEN_SERVE_CUDA_GRAPHS, models/src/cuda_graphs.rs; off by default until this shows it
-    # works and pays) at every level. At 1 and 64 streams: each phase of the forward timed with
-    # a wait for the GPU after it (QWEN_SERVE_PHASE_TIMES, models/src/phase_times.rs; also at
-    # 256), and defaults switched off: our few-rows matmul (QWEN_SERVE_CUDA_SMALL_MATMUL,
-    # kernels/src/small_matmul.rs), the fused q/k/v kernel (kernels/src/qkv.rs), the device
+    # A/B runs, each against the defaults above: decode steps without CUDA graphs
+    # (QWEN_SERVE_CUDA_GRAPHS=0, models/src/cuda_graphs.rs; graphs of up to 64 sequences by
+    # default) at every level, and with graphs up to 256 at 256. At 1 and 16 streams our few-rows matmul
+    # (QWEN_SERVE_CUDA_SMALL_MATMUL=1, kernels/src/small_matmul.rs; off by default until
+    # measured). At 1 and 64 streams: each phase of the forward timed with a wait for the GPU
+    # after it (QWEN_SERVE_PHASE_TIMES, models/src/phase_times.rs; also at 256), and defaults
+    # switched off: the fused q/k/v kernel (kernels/src/qkv.rs), the device
     # set-up of src/device/cuda.rs (QWEN_SERVE_CUDA_TUNING); candle's upload cache on
     # (QWEN_SERVE_CUDA_PARAM_CACHE, kernels/src/param_cache.rs); attention's older 256-key splits.
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [("graphs", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, levels),
-                ("small_matmul_off", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "0"}, ab),
+    variants = [("graphs_off", {"QWEN_SERVE_CUDA_GRAPHS": "0"}, levels),
+                ("graphs_256", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, [c for c in ("256",) if c in levels]),
+                ("small_matmul", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "1"}, [c for c in ("1", "16") if c in levels]),
                 ("phase_times", {"QWEN_SERVE_PHASE_TIMES": "1"}, [c for c in ("1", "64", "256") if c in levels]),
                 ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}, ab),
                 ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}, ab),

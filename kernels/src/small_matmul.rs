@@ -2,7 +2,12 @@
 //! projections of a decode step of a few sequences on a GPU (`cuda/small_matmul.cu`). There
 //! reading the weight is the whole cost, and cuBLAS's general kernels read it at well under the
 //! memory's rate at these shapes (on an H200, 2026-11-27: a 7B decode step's matmuls ran at
-//! ~50-80% of the copy bandwidth, the small ones lowest). The CPU loop here is the reference.
+//! ~50-80% of the copy bandwidth, the small ones lowest). The CPU loop here (in f64) is the
+//! reference.
+//!
+//! Off unless `QWEN_SERVE_CUDA_SMALL_MATMUL=1`: its test ran on an H200 for three of its five
+//! shapes in every dtype (the fourth stopped on the test's own f32 reference, since made
+//! exact), and its speed has not been measured yet.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -14,8 +19,8 @@ pub const MAX_ROWS: usize = 8;
 
 /// Whether [`small_matmul`] runs `x · wᵀ` on the GPU: a CUDA build, `x` `(m, k)` with
 /// `1 <= m <= MAX_ROWS` and `w` `(n, k)` on one CUDA device, of one dtype (f32, bf16, f16), both
-/// contiguous, rows a whole number of 16-byte vectors; and `QWEN_SERVE_CUDA_SMALL_MATMUL` is not
-/// `0`. Otherwise the caller's general matmul is the one to use.
+/// contiguous, rows a whole number of 16-byte vectors; and `QWEN_SERVE_CUDA_SMALL_MATMUL=1`.
+/// Otherwise the caller's general matmul is the one to use.
 pub fn small_matmul_applies(x: &Tensor, w: &Tensor) -> bool {
     let (Ok((m, k)), Ok((_, k2))) = (x.dims2(), w.dims2()) else { return false };
     let vector = 16 / x.dtype().size_in_bytes().max(1);
@@ -33,11 +38,11 @@ pub fn small_matmul_applies(x: &Tensor, w: &Tensor) -> bool {
 
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| cfg!(feature = "cuda") && std::env::var("QWEN_SERVE_CUDA_SMALL_MATMUL").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| cfg!(feature = "cuda") && std::env::var("QWEN_SERVE_CUDA_SMALL_MATMUL").is_ok_and(|v| v == "1"))
 }
 
-/// `x (m, k) · w (n, k)ᵀ` -> `(m, n)` in their dtype, accumulated in f32, for `m <= MAX_ROWS`.
-/// Each output's sum runs in the same order whatever `m` is.
+/// `x (m, k) · w (n, k)ᵀ` -> `(m, n)` in their dtype, for `m <= MAX_ROWS`: on a GPU accumulated
+/// in f32, each output's sum in the same order whatever `m` is; on the CPU in f64.
 pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let ((m, k), (_, k2)) = (x.dims2()?, w.dims2()?);
     if k != k2 || x.dtype() != w.dtype() || !(1..=MAX_ROWS).contains(&m) {
@@ -57,8 +62,8 @@ fn reference<T: Elem>(x: &[T], x_l: &Layout, w: &[T], w_l: &Layout) -> Result<Ve
     let mut out = Vec::with_capacity(m * n);
     for i in 0..m {
         for j in 0..n {
-            let dot = x[i * k..][..k].iter().zip(&w[j * k..][..k]).map(|(a, b)| a.to_f32() * b.to_f32()).sum::<f32>();
-            out.push(T::from_f32(dot));
+            let dot = x[i * k..][..k].iter().zip(&w[j * k..][..k]).map(|(a, b)| a.to_f32() as f64 * b.to_f32() as f64).sum::<f64>();
+            out.push(T::from_f32(dot as f32));
         }
     }
     Ok(out)

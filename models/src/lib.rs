@@ -16,7 +16,7 @@ pub mod phase_times;
 mod weights;
 
 pub use config::{Architecture, ModelConfig};
-pub use cuda_graphs::{max_graph_batch, with_cuda_graphs};
+pub use cuda_graphs::{max_graph_batch, with_cuda_graphs, DEFAULT_GRAPH_BATCH};
 pub use decoder::QwenForCausalLm;
 pub use error::ModelError;
 pub use kv_cache::KvCache;

@@ -213,12 +213,14 @@ fn quantized_moe_model_on_the_cpu_matches_its_dequantized_copy() {
 /// weighted sum there), in two ways:
 /// - dequantized to f32 on both sides, so no rounding of activations differs: the MoE's
 ///   plumbing on the GPU must give the CPU's f32 logits, closely;
-/// - quantized, against the same dequantized f32 reference and within the CPU's own bounds
-///   (`quantized_moe_model_on_the_cpu_matches_its_dequantized_copy`). Not against the CPU's
-///   quantized run: candle's CUDA kernels round activations to Q8_1 per 32 values, ours to
-///   Q8_K per 256 or Q8_0, and in this touchy model the two roundings add up. On an H200
-///   (2026-11-27) GPU quantized against CPU quantized gave a min cosine of 0.9976 and a max
-///   relative difference of 0.14.
+/// - quantized, against the same dequantized f32 reference. Not against the CPU's quantized
+///   run: candle's CUDA kernels round activations to Q8_1 per 32 values, ours to Q8_K per 256
+///   or Q8_0, and in this touchy model the two roundings add up (on an H200, 2026-11-27: min
+///   cosine 0.9976, max relative difference 0.14). Against the dequantized weights candle's
+///   rounding alone gave 0.99893 / 0.099 with f32 activations and 0.99954 / 0.23 with bf16
+///   (ours on the CPU: 0.99952 / 0.12), and the dequantized f32 run on the GPU matched the
+///   CPU's to a cosine of 1.0000000 and 7e-6. The bounds leave room for that rounding; a
+///   wrong expert, weight or sum moves a row far more.
 #[cfg(feature = "cuda")]
 #[test]
 fn moe_model_on_a_gpu_matches_the_cpu() {
@@ -233,7 +235,7 @@ fn moe_model_on_a_gpu_matches_the_cpu() {
     if !(cos > 0.99999 && rel < 1e-3) {
         failures.push(format!("dequantized f32: cosine {cos}, relative difference {rel}"));
     }
-    for (activations, (min_cos, max_rel)) in [(DType::F32, (0.999, 0.2)), (DType::BF16, (0.995, 0.3))] {
+    for (activations, (min_cos, max_rel)) in [(DType::F32, (0.998, 0.2)), (DType::BF16, (0.995, 0.3))] {
         let got = logits(&*model(&cfg, &blocks, &gpu, activations, None), &gpu);
         let (cos, rel) = agreement(&got, &reference);
         println!("MoE: GPU quantized ({activations:?} activations) vs CPU dequantized f32: min cosine {cos:.6}, max relative difference {rel:.4}");

@@ -187,7 +187,7 @@ impl EngineHandle {
             num_blocks * config.block_size,
             kv_dtype,
         );
-        // Off unless QWEN_SERVE_CUDA_GRAPHS gives the largest batch to capture (see the module).
+        // Decode steps of up to QWEN_SERVE_CUDA_GRAPHS (default 64; 0: none) sequences as CUDA graphs, on a GPU.
         let model = qwen_serve_models::with_cuda_graphs(model, qwen_serve_models::max_graph_batch().map_err(EngineError::Config)?)?;
         // Weights and cache were written from this thread; the engine thread reads them.
         model.device().synchronize().map_err(ModelError::from)?;
