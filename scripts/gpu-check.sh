@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# An earlier version ran on an H100 80GB HBM3 (driver 580, torch 2.11 cu130, transformers 5.17)
-# on 2026-11-26 in ~265 s of one call; its results are in benches/results/h100-2026-11-26/.
-# Since then (not yet run on a GPU): the fused q/k/v kernel's test, four more A/B variants (one
-# of them phase times at 1, 64 and 256 streams) and the greedy comparison with CUDA graphs on.
+# Run on an H100 80GB HBM3 on 2026-11-26 (~265 s) and twice on an H200 on 2026-11-27 (~400 s,
+# then a shorter run of ~250 s with GPU_CHECK_DTYPES_05B=bf16 GPU_CHECK_HF_05B=none
+# GPU_CHECK_HF_7B=256 and four variants); results in benches/results/. Since then (not yet
+# run on a GPU): the few-rows matmul's test against an exact reference and its A/B variant,
+# CUDA graphs on by default (the eager comparison and the graphs_off variant set them off).
 #
 # The one-call device check of the CUDA build, in two halves:
 #

@@ -280,3 +280,52 @@ fn tool_calls_end_to_end() {
     let none = s.post("/v1/chat/completions", &body(json!({"tool_choice": "none"}))).json();
     assert!(none["choices"][0]["message"]["tool_calls"].is_null(), "{none}");
 }
+
+/// `response_format: json_object`: greedy, streamed and sampled hot (where the model left alone
+/// rarely writes JSON) outputs are each one JSON object, or, cut by `max_tokens`, the start of
+/// one; what JSON mode cannot do is refused naming the field.
+#[test]
+fn json_object_mode_holds_the_output_to_one_object() {
+    let s = server();
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Describe a cat named Tom, aged 3, as JSON."}],
+            "response_format": {"type": "json_object"}, "temperature": 0, "max_tokens": 150});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    let choice = &whole["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap();
+    assert_eq!(choice["finish_reason"], "stop", "{whole}");
+    let object: serde_json::Map<String, Value> = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+    assert!(!object.is_empty(), "{content}");
+
+    let data = s.post("/v1/chat/completions", &body(json!({"stream": true}))).sse_data();
+    let text: String = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, content);
+
+    let hot = s.post("/v1/chat/completions", &body(json!({"temperature": 1.8, "top_p": 1, "seed": 11, "n": 4, "max_tokens": 60}))).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        let content = choice["message"]["content"].as_str().unwrap();
+        match (choice["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(content)) {
+            ("stop", Ok(_)) => {}
+            ("length", Err(e)) if e.is_eof() => {}
+            (reason, parsed) => panic!("{reason}: {parsed:?}: {content:?}"),
+        }
+    }
+
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}))).error(400);
+    assert_eq!(e["param"], "response_format");
+    assert!(e["message"].as_str().unwrap().contains("json_object"), "{e}");
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": 5}}))).error(400);
+    assert_eq!(e["param"], "response_format");
+    let e = s.post("/v1/chat/completions", &body(json!({"ignore_eos": true}))).error(400);
+    assert_eq!(e["param"], "ignore_eos");
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let e = s.post("/v1/chat/completions", &body(json!({"tools": tools}))).error(400);
+    assert_eq!(e["param"], "response_format");
+}

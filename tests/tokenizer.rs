@@ -438,3 +438,31 @@ fn rendered_prompts_encode_with_single_special_tokens() {
     assert_eq!(ids.iter().filter(|&&id| id == IM_START).count(), num_turns);
     assert_eq!(tok.decode(&ids, false).unwrap(), case.expected);
 }
+
+/// JSON mode reads each token as bytes: for both tokenizers, the bytes of a text's tokens,
+/// concatenated, are the text (the reference texts: spaces, newlines, CJK, emoji split across
+/// tokens); special tokens have none.
+#[test]
+fn token_bytes_concatenate_to_the_text() {
+    let t = tokenization();
+    for (name, tok) in [("gguf", gguf_tokenizer()), ("qwen3", qwen3_tokenizer())] {
+        let bytes = tok.token_bytes();
+        assert_eq!(bytes.len(), tok.vocab_size());
+        assert!(bytes[IM_START as usize].is_empty(), "{name}: <|im_start|> is special");
+        let mut compared = 0;
+        for (case, text) in t.names.iter().zip(&t.texts) {
+            // NFC may change a text before it is split; those are not byte-for-byte round trips.
+            if changed_by_nfc(tok, text) {
+                continue;
+            }
+            let ids = tok.encode(text).unwrap();
+            let joined: Vec<u8> = ids.iter().flat_map(|&id| bytes[id as usize].iter().copied()).collect();
+            if ids.iter().any(|&id| tok.is_special(id)) {
+                continue;
+            }
+            assert_eq!(String::from_utf8_lossy(&joined), text.as_str(), "{name}: {case}");
+            compared += 1;
+        }
+        assert!(compared * 2 > t.texts.len(), "{name}: {compared} of {} texts compared", t.texts.len());
+    }
+}

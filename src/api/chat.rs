@@ -23,20 +23,25 @@ use crate::tokenizer::Tokenizer;
 pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
-    validate::response_format(req.response_format.as_ref())?;
+    let json_object = validate::response_format(req.response_format.as_ref())?;
     let messages = validate::template_messages(&req.messages)?;
     let tools = validate::tools(&req)?;
+    if json_object {
+        validate::json_object_compatible(&req, tools.is_some())?;
+    }
     let logprobs = validate::chat_logprobs(&req)?;
     let engine = &state.engine;
     let template = engine
         .chat_template()
         .ok_or_else(|| ApiError::bad_request("this model has no chat template; use /v1/completions"))?;
     let mut kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
-    kwargs.entry("enable_thinking").or_insert(Value::Bool(state.default_enable_thinking));
+    // JSON mode holds the whole output to the object, so a thinking model answers without thinking.
+    kwargs.entry("enable_thinking").or_insert(Value::Bool(state.default_enable_thinking && !json_object));
     let prompt_text = template.render(&messages, tools.as_deref(), true, &kwargs)?;
     let prompt = engine.tokenizer().encode(&prompt_text)?;
     let default_max = engine.max_context().saturating_sub(prompt.len());
-    let params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), default_max, logprobs)?;
+    let mut params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), default_max, logprobs)?;
+    params.json_object = json_object;
     let n = params.n;
     let stream = engine.submit(EngineRequest { prompt, params })?;
     let num_prompt_tokens = stream.num_prompt_tokens;

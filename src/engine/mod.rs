@@ -7,6 +7,7 @@
 
 pub mod block_manager;
 mod core;
+pub mod json_object;
 pub mod kv_budget;
 pub mod request;
 pub mod runner;

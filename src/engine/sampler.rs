@@ -2,7 +2,8 @@
 //!
 //! Processing order, each step seeing the previous one's output:
 //! 1. `logit_bias` is added to the raw logits.
-//! 2. `suppressed` ids are set to -inf.
+//! 2. `suppressed` ids are set to -inf, and so is every token an output constraint
+//!    ([`Allowed`], JSON mode) does not allow.
 //! 3. Penalties. Repetition (HF/vLLM) over the distinct tokens of prompt and output: a positive
 //!    logit is divided by the penalty, any other multiplied. Then presence and frequency (OpenAI)
 //!    over the output only: `logit -= presence * [count > 0] + frequency * count`.
@@ -53,6 +54,8 @@ pub struct SamplingParams {
     /// Some(k): the sampled token's logprob and the k most likely alternatives (k may be 0).
     pub logprobs: Option<usize>,
     pub prompt_logprobs: Option<usize>,
+    /// `response_format: json_object`: the output is one JSON object (`super::json_object`).
+    pub json_object: bool,
 }
 
 impl Default for SamplingParams {
@@ -75,6 +78,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             logprobs: None,
             prompt_logprobs: None,
+            json_object: false,
         }
     }
 }
@@ -90,6 +94,7 @@ impl SamplingParams {
             && self.repetition_penalty == 1.0
             && self.presence_penalty == 0.0
             && self.frequency_penalty == 0.0
+            && !self.json_object
     }
 
     /// The first invalid field, named with its allowed range. NaN fails every range check.
@@ -132,6 +137,20 @@ impl SamplingParams {
             return Err(format!("`prompt_logprobs` must be in [0, {MAX_LOGPROBS}]"));
         }
         Ok(())
+    }
+}
+
+/// The tokens an output constraint allows at this step: one bit per id (`id / 64`, bit `id % 64`),
+/// plus `also` (EOS once a JSON object is complete).
+#[derive(Debug, Clone, Copy)]
+pub struct Allowed<'a> {
+    pub bits: &'a [u64],
+    pub also: &'a [u32],
+}
+
+impl Allowed<'_> {
+    fn contains(&self, id: usize) -> bool {
+        self.bits.get(id / 64).is_some_and(|w| w >> (id % 64) & 1 == 1) || self.also.contains(&(id as u32))
     }
 }
 
@@ -185,14 +204,27 @@ impl Sampler {
         output: &[u32],
         suppressed: &[u32],
     ) -> Sampled {
-        self.process(logits, params, prompt, output, suppressed);
+        self.sample_allowed(logits, params, prompt, output, suppressed, None)
+    }
+
+    /// [`Self::sample`] under an output constraint: only `allowed` tokens can be drawn.
+    pub fn sample_allowed(
+        &mut self,
+        logits: &[f32],
+        params: &SamplingParams,
+        prompt: &[u32],
+        output: &[u32],
+        suppressed: &[u32],
+        allowed: Option<Allowed>,
+    ) -> Sampled {
+        self.process(logits, params, prompt, output, suppressed, allowed);
         let token = if params.temperature <= 0.0 { argmax(&self.logits) } else { self.draw(params) };
         let logprobs = params.logprobs.map(|k| log_softmax_pick(&self.logits, token, k));
         Sampled { token, logprobs }
     }
 
     /// Steps 1-3: fills `self.logits` with the processed logits.
-    fn process(&mut self, raw: &[f32], params: &SamplingParams, prompt: &[u32], output: &[u32], suppressed: &[u32]) {
+    fn process(&mut self, raw: &[f32], params: &SamplingParams, prompt: &[u32], output: &[u32], suppressed: &[u32], allowed: Option<Allowed>) {
         let vocab = raw.len();
         let logits = &mut self.logits;
         logits.clear();
@@ -205,6 +237,13 @@ impl Sampler {
         for &id in suppressed {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l = f32::NEG_INFINITY;
+            }
+        }
+        if let Some(allowed) = allowed {
+            for (id, l) in logits.iter_mut().enumerate() {
+                if !allowed.contains(id) {
+                    *l = f32::NEG_INFINITY;
+                }
             }
         }
         if params.repetition_penalty != 1.0 {

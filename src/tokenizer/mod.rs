@@ -207,6 +207,48 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+
+    /// What each token id writes, as bytes (a token may hold part of a UTF-8 character); empty
+    /// for special tokens. Vocabulary entries are byte-level BPE strings (GPT-2's byte-to-char
+    /// table, as Qwen's and our GGUF tokenizers use); added tokens are their own text. An entry
+    /// outside that table falls back to decoding the id alone.
+    pub fn token_bytes(&self) -> Vec<Box<[u8]>> {
+        let byte_of = byte_level_decoder();
+        let added = self.inner.get_added_tokens_decoder();
+        (0..self.vocab_size as u32)
+            .map(|id| {
+                if self.is_special(id) {
+                    return Box::default();
+                }
+                if let Some(token) = added.get(&id) {
+                    return token.content.as_bytes().into();
+                }
+                let Some(piece) = self.inner.id_to_token(id) else { return Box::default() };
+                match piece.chars().map(|c| byte_of.get(&c).copied()).collect::<Option<Vec<u8>>>() {
+                    Some(bytes) => bytes.into(),
+                    None => self.decode(&[id], false).map(|t| t.into_bytes().into()).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// GPT-2's byte-level alphabet, reversed: the char that stands for each byte -> the byte.
+/// Printable bytes stand for themselves; the others (0-32, 127-160, 173) for U+0100 onwards.
+fn byte_level_decoder() -> HashMap<char, u8> {
+    let mut map = HashMap::with_capacity(256);
+    let mut next = 0u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let c = if printable {
+            char::from(b)
+        } else {
+            next += 1;
+            char::from_u32(255 + next).expect("U+0100..U+0143")
+        };
+        map.insert(c, b);
+    }
+    map
 }
 
 #[cfg(test)]

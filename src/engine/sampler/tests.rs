@@ -28,7 +28,7 @@ fn random_logits(vocab: usize, seed: u64) -> Vec<f32> {
 /// Steps 1-3 only.
 fn processed(logits: &[f32], p: &SamplingParams, prompt: &[u32], output: &[u32], suppressed: &[u32]) -> Vec<f32> {
     let mut s = Sampler::new(Some(0));
-    s.process(logits, p, prompt, output, suppressed);
+    s.process(logits, p, prompt, output, suppressed, None);
     s.logits.clone()
 }
 

@@ -1,0 +1,199 @@
+use serde_json::{Map, Value};
+
+use super::*;
+
+fn parse(text: &[u8]) -> Option<JsonState> {
+    let mut s = JsonState::default();
+    s.feed_all(text).then_some(s)
+}
+
+fn accepts_whole(text: &[u8]) -> bool {
+    parse(text).is_some_and(|s| s.is_complete())
+}
+
+#[test]
+fn objects_are_accepted_and_complete_only_at_their_end() {
+    let docs: [&[u8]; 8] = [
+        b"{}",
+        b"{\"a\":1}",
+        b" \n{ \"a\" : [1, -2.5e+3, 0, -0.0, 1E9, true, false, null, {\"b\": \"x\\\"y\\\\\\u00e9\\n\\/\"}], \"c\": {} }",
+        b"{\"a\":[[],[[]],{}]}",
+        "{\"k\u{e9}y\": \"\u{65e5}\u{672c} \u{1F600}\"}".as_bytes(),
+        b"{\"a\":\"\"}",
+        b"{\"\":0.5e-7}",
+        b"{\"a\":{\"b\":{\"c\":[1,2,{\"d\":null}]}}}",
+    ];
+    for doc in docs {
+        let shown = String::from_utf8_lossy(doc);
+        assert!(accepts_whole(doc), "{shown}");
+        for end in 0..doc.len() {
+            let state = parse(&doc[..end]);
+            assert!(state.is_some_and(|s| !s.is_complete()), "prefix {end} of {shown}");
+        }
+        assert!(serde_json::from_slice::<Map<String, Value>>(doc).is_ok(), "serde_json agrees on {shown}");
+    }
+}
+
+#[test]
+fn what_is_not_a_json_object_is_refused() {
+    let bad: [&[u8]; 22] = [
+        b"[]",
+        b"\"a\"",
+        b"1",
+        b"{\"a\":01}",
+        b"{\"a\":1,}",
+        b"{a:1}",
+        b"{\"a\" 1}",
+        b"{\"a\":1}}",
+        b"{\"a\":1} ",
+        b"{\"a\":1}x",
+        b"{\"a\":\"\x01\"}",
+        b"{\"a\":\"\\q\"}",
+        b"{\"a\":\"\\ud800\"}",
+        b"{\"a\":\"\\uDC00\"}",
+        b"{\"a\":tru}",
+        b"{\"a\":-}",
+        b"{\"a\":1.}",
+        b"{\"a\":1e}",
+        b"{\"a\":.5}",
+        b"{\"a\":\"\xc3\x28\"}",
+        b"{\"a\":\"\x80\"}",
+        b"{'a':1}",
+    ];
+    for doc in bad {
+        assert!(!accepts_whole(doc), "{}", String::from_utf8_lossy(doc));
+    }
+}
+
+#[test]
+fn nesting_and_whitespace_runs_are_bounded() {
+    let mut deep = b"{\"a\":".to_vec();
+    deep.extend(std::iter::repeat_n(b'[', MAX_DEPTH as usize - 1));
+    assert!(parse(&deep).is_some());
+    deep.push(b'[');
+    assert!(parse(&deep).is_none(), "a 65th level");
+    let mut spaces = b"{".to_vec();
+    spaces.extend(std::iter::repeat_n(b' ', MAX_WHITESPACE as usize));
+    assert!(parse(&spaces).is_some());
+    spaces.push(b'\n');
+    assert!(parse(&spaces).is_none(), "a 65th whitespace byte in a row");
+    assert!(parse(b"{ \"a\" : 1 , \"b\" : 2 }").is_some_and(|s| s.is_complete()), "runs restart after each token");
+}
+
+/// A small deterministic generator (xorshift), so the test needs no crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn random_value(rng: &mut Rng, depth: usize) -> Value {
+    let words = ["", "a", "key", "é", "日本", "tab\there", "quote\"back\\slash", "\u{1}ctl", "😀"];
+    match rng.below(if depth == 0 { 5 } else { 7 }) {
+        0 => Value::Null,
+        1 => Value::Bool(rng.below(2) == 0),
+        2 => serde_json::json!(rng.next() as i64 % 100_000),
+        3 => serde_json::json!((rng.next() % 1_000_000) as f64 / 1e3 - 500.0),
+        4 => Value::String(words[rng.below(words.len())].to_string()),
+        5 => Value::Array((0..rng.below(4)).map(|_| random_value(rng, depth - 1)).collect()),
+        _ => Value::Object(random_object(rng, depth - 1)),
+    }
+}
+
+fn random_object(rng: &mut Rng, depth: usize) -> Map<String, Value> {
+    (0..rng.below(4)).map(|i| (format!("k{i}"), random_value(rng, depth))).collect()
+}
+
+/// Random objects (compact and pretty) are accepted; random one-byte edits of them are accepted
+/// exactly when serde_json reads an object from them.
+#[test]
+fn agrees_with_serde_json_on_random_objects_and_edits() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let alphabet = b"{}[]\",:0123456789-+.eEtrufalsn \n\\xu";
+    let mut disagreements = Vec::new();
+    let mut verdicts = [0usize; 2];
+    for i in 0..400 {
+        let object = Value::Object(random_object(&mut rng, 3));
+        let text = if i % 2 == 0 { serde_json::to_vec(&object) } else { serde_json::to_vec_pretty(&object) }.unwrap();
+        assert!(accepts_whole(&text), "{}", String::from_utf8_lossy(&text));
+        for _ in 0..20 {
+            let mut edited = text.clone();
+            let at = rng.below(edited.len());
+            match rng.below(3) {
+                0 => {
+                    edited.remove(at);
+                }
+                1 => edited[at] = alphabet[rng.below(alphabet.len())],
+                _ => edited.insert(at, alphabet[rng.below(alphabet.len())]),
+            }
+            // serde_json also takes whitespace after the object; we end it there. It refuses
+            // numbers past f64's range (`123e456`), which JSON's grammar allows: not compared.
+            let serde = match serde_json::from_slice::<Map<String, Value>>(&edited) {
+                Err(e) if e.to_string().contains("number out of range") => continue,
+                result => result.is_ok(),
+            };
+            let ours = accepts_whole(edited.trim_ascii_end());
+            verdicts[usize::from(serde)] += 1;
+            if serde != ours {
+                disagreements.push(String::from_utf8_lossy(&edited).into_owned());
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{} disagreements, e.g. {:?}", disagreements.len(), &disagreements[..disagreements.len().min(5)]);
+    assert!(verdicts[0] > 1000 && verdicts[1] > 1000, "edits refused / still objects: {verdicts:?}");
+}
+
+fn bit(mask: &[u64], id: usize) -> bool {
+    mask[id / 64] >> (id % 64) & 1 == 1
+}
+
+/// The sorted walk gives, for every state met along some objects, exactly the tokens whose
+/// bytes the parser accepts one by one; and a cached mask is the same as a fresh one.
+#[test]
+fn the_vocabulary_walk_matches_feeding_each_token() {
+    let mut rng = Rng(7);
+    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
+    let pieces: [&[u8]; 24] = [
+        b"{\"", b"\":", b"\": \"", b"\",", b"\"}", b"}}", b"]}", b"},", b"true", b"tr", b"null,", b"1.", b"0e", b"-1",
+        b"\\u", b"\\n", b"  ", b"\n  ", b"\xc3", b"\xa9", b"\xc3\xa9", b"\xe6\x97\xa5", b"abc", b"a\"b",
+    ];
+    for _ in 0..300 {
+        let len = 1 + rng.below(3);
+        tokens.push((0..len).flat_map(|_| pieces[rng.below(pieces.len())].iter().copied()).collect());
+    }
+    tokens.push(Box::default()); // a special token: never allowed
+    let vocab = JsonVocab::from_bytes(tokens.clone());
+    let docs: [&[u8]; 3] = [
+        b"{\"a\": [1, -2.5e+3, true, {\"b\": \"x\\\"\xc3\xa9\\u00e9\"}], \"c\": null}",
+        b"{\n  \"k\": {\"x\": []}\n}",
+        b"{\"n\":0}",
+    ];
+    let mut checked = 0;
+    for doc in docs {
+        let mut state = JsonState::default();
+        for &b in doc.iter() {
+            let mask = vocab.allowed(&state);
+            assert_eq!(mask, vocab.allowed(&state), "cached");
+            for (id, token) in tokens.iter().enumerate() {
+                let mut s = state;
+                let want = !token.is_empty() && s.feed_all(token);
+                assert_eq!(bit(&mask, id), want, "token {:?} after {:?}", String::from_utf8_lossy(token), state);
+            }
+            checked += 1;
+            assert!(state.feed(b));
+        }
+        assert!(state.is_complete());
+        let done = vocab.allowed(&state);
+        assert!(done.iter().all(|&w| w == 0), "nothing but EOS after the object");
+    }
+    assert!(checked > 80);
+}
