@@ -318,9 +318,12 @@ fn json_object_mode_holds_the_output_to_one_object() {
         }
     }
 
-    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}))).error(400);
+    let unsupported = json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}});
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": unsupported}}}))).error(400);
     assert_eq!(e["param"], "response_format");
-    assert!(e["message"].as_str().unwrap().contains("json_object"), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("`pattern` at `/properties/a`"), "{e}");
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}))).error(400);
+    assert_eq!(e["param"], "response_format");
     let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": 5}}))).error(400);
     assert_eq!(e["param"], "response_format");
     let e = s.post("/v1/chat/completions", &body(json!({"ignore_eos": true}))).error(400);
@@ -328,4 +331,46 @@ fn json_object_mode_holds_the_output_to_one_object() {
     let tools = json!([{"type": "function", "function": {"name": "f"}}]);
     let e = s.post("/v1/chat/completions", &body(json!({"tools": tools}))).error(400);
     assert_eq!(e["param"], "response_format");
+}
+
+/// `response_format: json_schema`: greedy and hot-sampled outputs are instances of the schema
+/// (keys, types, the enum, required keys), or, cut by `max_tokens`, the start of one.
+#[test]
+fn json_schema_mode_holds_the_output_to_the_schema() {
+    let s = server();
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["name", "age", "kind", "toys"],
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "kind": {"enum": ["cat", "dog"]},
+            "toys": {"type": "array", "items": {"type": "string"}}, "vet": {"anyOf": [{"type": "string"}, {"type": "null"}]}}});
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Describe a cat named Tom, aged 3, as JSON."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "pet", "strict": true, "schema": schema}}, "temperature": 0, "max_tokens": 120});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let instance = |v: &serde_json::Map<String, Value>| {
+        let keys_ok = v.keys().all(|k| ["name", "age", "kind", "toys", "vet"].contains(&k.as_str()));
+        keys_ok
+            && v["name"].is_string()
+            && (v["age"].is_i64() || v["age"].is_u64())
+            && (v["kind"] == "cat" || v["kind"] == "dog")
+            && v["toys"].as_array().is_some_and(|t| t.iter().all(Value::is_string))
+            && v.get("vet").is_none_or(|x| x.is_string() || x.is_null())
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    let choice = &whole["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap();
+    assert_eq!(choice["finish_reason"], "stop", "{whole}");
+    let v: serde_json::Map<String, Value> = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+    assert!(instance(&v), "{content}");
+    assert_eq!(v["name"], "Tom", "{content}");
+
+    let hot = s.post("/v1/chat/completions", &body(json!({"temperature": 1.8, "seed": 5, "n": 4, "max_tokens": 60}))).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        let content = choice["message"]["content"].as_str().unwrap();
+        match (choice["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(content)) {
+            ("stop", Ok(v)) => assert!(instance(&v), "{content}"),
+            ("length", Err(e)) if e.is_eof() => {}
+            (reason, parsed) => panic!("{reason}: {parsed:?}: {content:?}"),
+        }
+    }
 }

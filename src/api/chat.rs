@@ -15,6 +15,7 @@ use super::state::{ApiJson, AppState};
 use super::tool_parser::{parse_tool_calls, ToolCall, ToolCallStreamParser, ToolStreamEvent};
 use super::types::*;
 use super::validate;
+use crate::engine::constraint::OutputFormat;
 use crate::engine::sampler::Logprobs;
 use crate::engine::{EngineRequest, Event, FinishReason};
 use crate::error::ApiError;
@@ -23,11 +24,12 @@ use crate::tokenizer::Tokenizer;
 pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
-    let json_object = validate::response_format(req.response_format.as_ref())?;
+    let format = validate::response_format(req.response_format.as_ref())?;
+    let json = format != OutputFormat::Text;
     let messages = validate::template_messages(&req.messages)?;
     let tools = validate::tools(&req)?;
-    if json_object {
-        validate::json_object_compatible(&req, tools.is_some())?;
+    if json {
+        validate::json_format_compatible(&req, tools.is_some())?;
     }
     let logprobs = validate::chat_logprobs(&req)?;
     let engine = &state.engine;
@@ -36,12 +38,12 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
         .ok_or_else(|| ApiError::bad_request("this model has no chat template; use /v1/completions"))?;
     let mut kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     // JSON mode holds the whole output to the object, so a thinking model answers without thinking.
-    kwargs.entry("enable_thinking").or_insert(Value::Bool(state.default_enable_thinking && !json_object));
+    kwargs.entry("enable_thinking").or_insert(Value::Bool(state.default_enable_thinking && !json));
     let prompt_text = template.render(&messages, tools.as_deref(), true, &kwargs)?;
     let prompt = engine.tokenizer().encode(&prompt_text)?;
     let default_max = engine.max_context().saturating_sub(prompt.len());
     let mut params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), default_max, logprobs)?;
-    params.json_object = json_object;
+    params.format = format;
     let n = params.n;
     let stream = engine.submit(EngineRequest { prompt, params })?;
     let num_prompt_tokens = stream.num_prompt_tokens;

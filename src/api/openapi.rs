@@ -63,7 +63,7 @@ pub fn spec() -> Value {
                     "tools": {"type": "array", "items": {"type": "object"}},
                     "tool_choice": {"type": "string", "enum": ["auto", "none"]},
                     "chat_template_kwargs": {"type": "object"},
-                    "response_format": {"type": "object", "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}}}}))},
+                    "response_format": {"type": "object", "properties": {"type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}}}}))},
                 "CompletionRequest": {"type": "object", "required": ["prompt"], "properties": with(sampling_properties(), json!({
                     "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "array", "items": {"type": "integer"}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]},
                     "echo": {"type": "boolean"},

@@ -5,6 +5,8 @@ use serde_json::{json, Value};
 
 use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields};
 use crate::engine::sampler::MAX_LOGPROBS;
+use crate::engine::constraint::OutputFormat;
+use crate::engine::json_schema::Schema;
 use crate::engine::SamplingParams;
 use crate::error::ApiError;
 
@@ -85,7 +87,7 @@ pub fn sampling_params(f: &SamplingFields, vocab_size: usize, default_max_tokens
         stop_token_ids,
         logprobs,
         prompt_logprobs: None,
-        json_object: false,
+        format: OutputFormat::Text,
     })
 }
 
@@ -190,33 +192,40 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
     }
 }
 
-/// What `response_format: json_object` cannot go with: tools (a call is not a JSON object
-/// here), `ignore_eos` (only EOS may follow the closed object), thinking asked for explicitly
-/// (the whole output is the object).
-pub fn json_object_compatible(req: &ChatCompletionRequest, has_tools: bool) -> Result<(), ApiError> {
+/// What a JSON `response_format` cannot go with: tools (a call is not the object here),
+/// `ignore_eos` (only EOS may follow the closed object), thinking asked for explicitly (the
+/// whole output is the object).
+pub fn json_format_compatible(req: &ChatCompletionRequest, has_tools: bool) -> Result<(), ApiError> {
     if has_tools {
-        return Err(ApiError::invalid("response_format", "`response_format` json_object cannot be combined with `tools`: the output is held to one JSON object, so no tool call could be written"));
+        return Err(ApiError::invalid("response_format", "a JSON `response_format` cannot be combined with `tools`: the output is held to one JSON object, so no tool call could be written"));
     }
     if req.sampling.ignore_eos == Some(true) {
-        return Err(ApiError::invalid("ignore_eos", "`ignore_eos` cannot be combined with `response_format` json_object: only EOS may follow the closed object"));
+        return Err(ApiError::invalid("ignore_eos", "`ignore_eos` cannot be combined with a JSON `response_format`: only EOS may follow the closed object"));
     }
     if req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true)) {
-        return Err(ApiError::invalid("chat_template_kwargs", "`enable_thinking: true` cannot be combined with `response_format` json_object: the whole output is held to the object"));
+        return Err(ApiError::invalid("chat_template_kwargs", "`enable_thinking: true` cannot be combined with a JSON `response_format`: the whole output is held to the object"));
     }
     Ok(())
 }
 
-/// `response_format`: whether the output must be one JSON object (`{"type": "json_object"}`).
-pub fn response_format(format: Option<&Value>) -> Result<bool, ApiError> {
-    let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(false) };
+/// `response_format`: `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
+/// "json_schema": {"name": ..., "schema": {...}}}` (the schema compiled here, so an unsupported
+/// one is a 400 naming its keyword).
+pub fn response_format(format: Option<&Value>) -> Result<OutputFormat, ApiError> {
+    const TYPES: &str = "\"text\", \"json_object\" or \"json_schema\"";
+    let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(OutputFormat::Text) };
     match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(false),
-        Some("json_object") => Ok(true),
-        Some("json_schema") => Err(ApiError::invalid(
-            "response_format",
-            "`response_format` type \"json_schema\" is not supported: the output can be held to a JSON object (\"json_object\"), not to a schema",
-        )),
-        Some(other) => Err(ApiError::invalid("response_format", format!("`response_format` type {other:?} is not supported (\"text\" or \"json_object\")"))),
-        None => Err(ApiError::invalid("response_format", "`response_format` must be an object with a string `type` (\"text\" or \"json_object\")")),
+        Some("text") => Ok(OutputFormat::Text),
+        Some("json_object") => Ok(OutputFormat::JsonObject),
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| ApiError::invalid("response_format", "`response_format.json_schema.schema` is missing"))?;
+            let schema = Schema::compile(schema).map_err(|e| ApiError::invalid("response_format", format!("`response_format.json_schema.schema`: {e}")))?;
+            Ok(OutputFormat::JsonSchema(std::sync::Arc::new(schema)))
+        }
+        Some(other) => Err(ApiError::invalid("response_format", format!("`response_format` type {other:?} is not supported ({TYPES})"))),
+        None => Err(ApiError::invalid("response_format", format!("`response_format` must be an object with a string `type` ({TYPES})"))),
     }
 }

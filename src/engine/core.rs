@@ -7,7 +7,7 @@ use qwen_serve_models::{CausalLm, KvCache};
 use rayon::prelude::*;
 
 use super::block_manager::BlockManager;
-use super::json_object::JsonVocab;
+use super::constraint::{OutputFormat, Vocab};
 use super::request::Event;
 use super::runner::{ModelRunner, Next, StepLogits};
 use super::sampler::{logprobs_of, Allowed, Sampled};
@@ -22,8 +22,8 @@ pub(super) struct EngineCore {
     tokenizer: Arc<Tokenizer>,
     eos_token_ids: Vec<u32>,
     shared: Arc<Shared>,
-    /// The vocabulary as bytes for JSON mode, made when its first request comes.
-    json_vocab: Option<JsonVocab>,
+    /// The vocabulary as bytes for JSON output, made when its first request comes.
+    vocab: Option<Vocab>,
     prefix_caching: bool,
     /// CPU model: run each step on a thread of the rayon pool (see `run`).
     step_in_pool: bool,
@@ -56,7 +56,7 @@ impl EngineCore {
             tokenizer,
             eos_token_ids,
             shared,
-            json_vocab: None,
+            vocab: None,
             prefix_caching: config.enable_prefix_caching,
             next_seq_id: 0,
             num_prompt_tokens_computed: 0,
@@ -101,9 +101,9 @@ impl EngineCore {
             Command::Submit { request_id, request, events } => {
                 self.shared.num_pending.fetch_sub(1, Ordering::AcqRel);
                 let params = Arc::new(request.params);
-                if params.json_object && self.json_vocab.is_none() {
+                if params.format != OutputFormat::Text && self.vocab.is_none() {
                     let start = std::time::Instant::now();
-                    self.json_vocab = Some(JsonVocab::new(&self.tokenizer));
+                    self.vocab = Some(Vocab::new(&self.tokenizer));
                     tracing::info!("JSON mode: vocabulary as bytes in {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
                 }
                 let n = params.n.max(1);
@@ -168,7 +168,7 @@ impl EngineCore {
             rows[s.running_index] = logits.next[k].as_ref();
         }
         let eos = &self.eos_token_ids;
-        let json_vocab = self.json_vocab.as_ref();
+        let vocab = self.vocab.as_ref();
         let mut sampled: Vec<Option<Sampled>> = self
             .scheduler
             .running
@@ -181,14 +181,14 @@ impl EngineCore {
                 };
                 let params = seq.params.clone();
                 let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
-                let (Some(state), Some(vocab)) = (seq.json, json_vocab) else {
+                let (Some(constraint), Some(vocab)) = (seq.constraint.as_ref(), vocab) else {
                     let suppressed = seq.suppressed(eos);
                     return Some(seq.sampler.sample(row, &params, prompt, output, &suppressed));
                 };
-                // JSON mode: the tokens that continue the object; once it is closed, EOS alone
+                // JSON output: the tokens that continue the object; once it is closed, EOS alone
                 // (even before `min_tokens`).
-                let bits = vocab.allowed(&state);
-                let (also, suppressed): (&[u32], _) = if state.is_complete() { (eos, vec![]) } else { (&[], seq.suppressed(eos)) };
+                let bits = constraint.allowed(vocab);
+                let (also, suppressed): (&[u32], _) = if constraint.is_complete() { (eos, vec![]) } else { (&[], seq.suppressed(eos)) };
                 Some(seq.sampler.sample_allowed(row, &params, prompt, output, &suppressed, Some(Allowed { bits: &bits, also })))
             })
             .collect();
@@ -199,9 +199,9 @@ impl EngineCore {
             let seq = &mut self.scheduler.running[s.running_index];
             let sampled = sampled[s.running_index].take().expect("sampled above");
             self.num_generated_tokens += 1;
-            if let (Some(state), Some(vocab)) = (seq.json.as_mut(), &self.json_vocab) {
-                // Accepted: the mask came from this state (EOS and special tokens add no bytes).
-                state.feed_all(vocab.token(sampled.token));
+            if let (Some(constraint), Some(vocab)) = (seq.constraint.as_mut(), &self.vocab) {
+                // EOS and special tokens add no bytes.
+                constraint.advance(vocab.token(sampled.token));
             }
             match seq.append(sampled, &self.tokenizer, &self.eos_token_ids) {
                 Ok(None) => {}

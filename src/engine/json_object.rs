@@ -2,26 +2,36 @@
 //! (RFC 8259), token by token.
 //!
 //! [`JsonState`] is a byte-level JSON parser whose state is a few bytes (`Copy`): the open
-//! containers are bits of a `u64`. Before each draw, [`JsonVocab::allowed`] says which tokens'
-//! bytes the parser accepts from the sequence's state; the sampler gives every other token -inf.
-//! EOS is allowed once the object is closed, and nothing else is then. The vocabulary is walked
-//! in sorted byte order, so a shared prefix is parsed once and a rejected prefix rules out every
-//! token that starts with it; the answer is cached per state (a generation revisits few states:
-//! "inside a string", "after a value in an object at depth 2", ...).
+//! containers are bits of a `u64`. Before each draw the tokens whose bytes it accepts from the
+//! sequence's state are found by `super::constraint` (the sampler gives every other token -inf);
+//! EOS is allowed once the object is closed, and nothing else is then.
 //!
-//! Limits, each a parse error past it: 64 levels of nesting, 64 whitespace bytes in a row (a
-//! model may otherwise pad with spaces until `max_tokens`), `\u` escapes of UTF-16 surrogates
+//! Limits, each a parse error past it: 64 levels of nesting; whitespace between tokens is one
+//! space, or a line break and up to 20 spaces or tabs (llama.cpp's JSON grammar allows the
+//! same: enough to pretty-print, where a model steered off the token it wanted otherwise pads
+//! with blank lines or spaces until `max_tokens`, as the test model did when a schema did not
+//! yet let it close an object); `\u` escapes of UTF-16 surrogates
 //! (characters past U+FFFF can still be written as UTF-8). Strings must be valid UTF-8.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use crate::tokenizer::Tokenizer;
+use super::constraint::ByteParser;
 
 const MAX_DEPTH: u8 = 64;
-const MAX_WHITESPACE: u8 = 64;
-/// Cached masks (each vocab / 8 bytes: 19 KB for Qwen's 151,665 tokens).
-const MAX_CACHED_STATES: usize = 2048;
+/// Spaces or tabs allowed after a line break.
+const MAX_INDENT: u8 = 20;
+/// A whitespace run that began with a line break (the low bits count the indentation after it).
+const LINE_BREAK: u8 = 0x80;
+
+/// One whitespace byte between tokens (`run`: the run so far, zeroed by any other byte): a run
+/// is one space, or `\n` and up to [`MAX_INDENT`] spaces or tabs.
+pub(super) fn whitespace_step(run: &mut u8, b: u8) -> bool {
+    match (*run, b) {
+        (0, b' ') => *run = 1,
+        (0, b'\n') => *run = LINE_BREAK,
+        (r, b' ' | b'\t') if r & LINE_BREAK != 0 && r & !LINE_BREAK < MAX_INDENT => *run += 1,
+        _ => return false,
+    }
+    true
+}
 
 /// Where a JSON object's parse stands; `Copy` and hashable, so a vocabulary walk can branch on it
 /// and masks can be cached by it.
@@ -60,7 +70,7 @@ enum Mode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Escape {
+pub(super) enum Escape {
     None,
     /// After `\`.
     Backslash,
@@ -69,7 +79,7 @@ enum Escape {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Number {
+pub(super) enum Number {
     Minus,
     Zero,
     Int,
@@ -80,7 +90,7 @@ enum Number {
     ExpDigits,
 }
 
-const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
+pub(super) const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
 
 impl Default for JsonState {
     fn default() -> Self {
@@ -109,7 +119,7 @@ impl JsonState {
                     true
                 }
                 // The number ended; the byte belongs to what follows it.
-                None if matches!(n, Number::Zero | Number::Int | Number::Frac | Number::ExpDigits) => {
+                None if number_complete(n) => {
                     self.mode = Mode::AfterValue;
                     self.feed(b)
                 }
@@ -126,8 +136,7 @@ impl JsonState {
             Mode::Done => false,
             mode => {
                 if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-                    self.whitespace += 1;
-                    return self.whitespace <= MAX_WHITESPACE;
+                    return whitespace_step(&mut self.whitespace, b);
                 }
                 self.whitespace = 0;
                 self.structural(mode, b)
@@ -196,44 +205,66 @@ impl JsonState {
     }
 
     fn string_byte(&mut self, key: bool, escape: Escape, utf8_left: u8, b: u8) -> bool {
-        let str_mode = |escape, utf8_left| Mode::Str { key, escape, utf8_left };
-        self.mode = match escape {
-            _ if utf8_left > 0 => match b {
-                0x80..=0xBF => str_mode(escape, utf8_left - 1),
-                _ => return false,
-            },
-            Escape::Backslash => match b {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => str_mode(Escape::None, 0),
-                b'u' => str_mode(Escape::Hex { read: 0, d: false }, 0),
-                _ => return false,
-            },
-            Escape::Hex { read, d } => {
-                if !b.is_ascii_hexdigit() || (read == 1 && d && matches!(b, b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')) {
-                    return false;
-                }
-                if read == 3 {
-                    str_mode(Escape::None, 0)
-                } else {
-                    str_mode(Escape::Hex { read: read + 1, d: read == 0 && matches!(b, b'd' | b'D') }, 0)
-                }
-            }
-            Escape::None => match b {
-                b'"' if key => Mode::Colon,
-                b'"' => Mode::AfterValue,
-                b'\\' => str_mode(Escape::Backslash, 0),
-                0x00..=0x1F => return false,
-                0x20..=0x7F => str_mode(Escape::None, 0),
-                0xC2..=0xDF => str_mode(Escape::None, 1),
-                0xE0..=0xEF => str_mode(Escape::None, 2),
-                0xF0..=0xF4 => str_mode(Escape::None, 3),
-                _ => return false,
-            },
+        self.mode = match string_step(escape, utf8_left, b) {
+            StringStep::Refused => return false,
+            StringStep::Inside(escape, utf8_left) => Mode::Str { key, escape, utf8_left },
+            StringStep::Closed if key => Mode::Colon,
+            StringStep::Closed => Mode::AfterValue,
         };
         true
     }
 }
 
-fn number_next(n: Number, b: u8) -> Option<Number> {
+impl ByteParser for JsonState {
+    fn feed(&mut self, b: u8) -> bool {
+        JsonState::feed(self, b)
+    }
+}
+
+/// What one byte does inside a string (after its opening quote).
+pub(super) enum StringStep {
+    Refused,
+    /// Still inside, with this escape and this many UTF-8 continuation bytes to come.
+    Inside(Escape, u8),
+    /// The closing quote.
+    Closed,
+}
+
+pub(super) fn string_step(escape: Escape, utf8_left: u8, b: u8) -> StringStep {
+    use StringStep::*;
+    match escape {
+        _ if utf8_left > 0 => match b {
+            0x80..=0xBF => Inside(escape, utf8_left - 1),
+            _ => Refused,
+        },
+        Escape::Backslash => match b {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Inside(Escape::None, 0),
+            b'u' => Inside(Escape::Hex { read: 0, d: false }, 0),
+            _ => Refused,
+        },
+        Escape::Hex { read, d } => {
+            if !b.is_ascii_hexdigit() || (read == 1 && d && matches!(b, b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')) {
+                Refused
+            } else if read == 3 {
+                Inside(Escape::None, 0)
+            } else {
+                Inside(Escape::Hex { read: read + 1, d: read == 0 && matches!(b, b'd' | b'D') }, 0)
+            }
+        }
+        Escape::None => match b {
+            b'"' => Closed,
+            b'\\' => Inside(Escape::Backslash, 0),
+            0x00..=0x1F => Refused,
+            0x20..=0x7F => Inside(Escape::None, 0),
+            0xC2..=0xDF => Inside(Escape::None, 1),
+            0xE0..=0xEF => Inside(Escape::None, 2),
+            0xF0..=0xF4 => Inside(Escape::None, 3),
+            _ => Refused,
+        },
+    }
+}
+
+pub(super) fn number_next(n: Number, b: u8) -> Option<Number> {
     use Number::*;
     Some(match (n, b) {
         (Minus, b'0') => Zero,
@@ -248,88 +279,10 @@ fn number_next(n: Number, b: u8) -> Option<Number> {
     })
 }
 
-/// The vocabulary as bytes, sorted for the walk, and the masks found so far. One per engine,
-/// built when the first JSON request comes.
-pub struct JsonVocab {
-    /// Each token's bytes, by id; empty for special tokens (never allowed).
-    bytes: Vec<Box<[u8]>>,
-    /// Ids of the tokens with bytes in byte order, each with the length of the prefix it shares
-    /// with the one before.
-    sorted: Vec<(u32, u32)>,
-    cache: Mutex<HashMap<JsonState, Arc<[u64]>>>,
-}
-
-impl JsonVocab {
-    pub fn new(tokenizer: &Tokenizer) -> Self {
-        Self::from_bytes(tokenizer.token_bytes())
-    }
-
-    /// `bytes[id]`: what token `id` writes; empty for one that may never be sampled here.
-    pub fn from_bytes(bytes: Vec<Box<[u8]>>) -> Self {
-        let mut ids: Vec<u32> = (0..bytes.len() as u32).filter(|&i| !bytes[i as usize].is_empty()).collect();
-        ids.sort_unstable_by(|&a, &b| bytes[a as usize].cmp(&bytes[b as usize]));
-        let mut sorted = Vec::with_capacity(ids.len());
-        let mut previous: &[u8] = &[];
-        for &id in &ids {
-            let b = &bytes[id as usize];
-            let shared = b.iter().zip(previous).take_while(|(x, y)| x == y).count();
-            sorted.push((id, shared as u32));
-            previous = b;
-        }
-        Self { bytes, sorted, cache: Mutex::new(HashMap::new()) }
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// The bytes token `id` writes (empty: none, or a special token).
-    pub fn token(&self, id: u32) -> &[u8] {
-        self.bytes.get(id as usize).map_or(&[], |b| b)
-    }
-
-    /// One bit per token id (`id / 64`, bit `id % 64`): whether its bytes continue `state`.
-    pub fn allowed(&self, state: &JsonState) -> Arc<[u64]> {
-        if let Some(mask) = self.cache.lock().expect("json mask cache").get(state) {
-            return mask.clone();
-        }
-        let mask: Arc<[u64]> = self.walk(*state).into();
-        let mut cache = self.cache.lock().expect("json mask cache");
-        if cache.len() >= MAX_CACHED_STATES {
-            cache.clear();
-        }
-        cache.insert(*state, mask.clone());
-        mask
-    }
-
-    /// The sorted walk: `states[d]` is the state after the first `d` bytes of the current token,
-    /// for every `d` its bytes were accepted up to.
-    fn walk(&self, start: JsonState) -> Vec<u64> {
-        let mut mask = vec![0u64; self.bytes.len().div_ceil(64)];
-        let mut states = vec![start];
-        for &(id, shared) in &self.sorted {
-            let shared = shared as usize;
-            // The token before failed within the prefix this one shares: so does this one.
-            if shared >= states.len() {
-                continue;
-            }
-            states.truncate(shared + 1);
-            let mut state = states[shared];
-            let mut ok = true;
-            for &b in &self.bytes[id as usize][shared..] {
-                if !state.feed(b) {
-                    ok = false;
-                    break;
-                }
-                states.push(state);
-            }
-            if ok {
-                mask[id as usize / 64] |= 1 << (id % 64);
-            }
-        }
-        mask
-    }
+/// Whether a number may end here.
+pub(super) fn number_complete(n: Number) -> bool {
+    matches!(n, Number::Zero | Number::Int | Number::Frac | Number::ExpDigits)
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,8 +6,10 @@
 //! (sample, detokenize, stop, stream events, free finished sequences).
 
 pub mod block_manager;
+pub mod constraint;
 mod core;
 pub mod json_object;
+pub mod json_schema;
 pub mod kv_budget;
 pub mod request;
 pub mod runner;

@@ -19,6 +19,8 @@
 use std::cmp::Ordering;
 
 use rand::rngs::StdRng;
+
+use super::constraint::OutputFormat;
 use rand::{Rng, SeedableRng};
 
 /// The most alternatives `logprobs` / `prompt_logprobs` may ask for (OpenAI's limit).
@@ -54,8 +56,8 @@ pub struct SamplingParams {
     /// Some(k): the sampled token's logprob and the k most likely alternatives (k may be 0).
     pub logprobs: Option<usize>,
     pub prompt_logprobs: Option<usize>,
-    /// `response_format: json_object`: the output is one JSON object (`super::json_object`).
-    pub json_object: bool,
+    /// `response_format`: plain text, or JSON held to an object or a schema (`super::constraint`).
+    pub format: OutputFormat,
 }
 
 impl Default for SamplingParams {
@@ -78,7 +80,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             logprobs: None,
             prompt_logprobs: None,
-            json_object: false,
+            format: OutputFormat::Text,
         }
     }
 }
@@ -94,7 +96,7 @@ impl SamplingParams {
             && self.repetition_penalty == 1.0
             && self.presence_penalty == 0.0
             && self.frequency_penalty == 0.0
-            && !self.json_object
+            && self.format == OutputFormat::Text
     }
 
     /// The first invalid field, named with its allowed range. NaN fails every range check.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::block_manager::BlockId;
-use super::json_object::JsonState;
+use super::constraint::Constraint;
 use super::request::{Event, FinishReason, RequestId, StopReason, Usage};
 use super::sampler::{Sampled, Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStatus};
@@ -46,8 +46,8 @@ pub struct Sequence {
     /// Prompt logprobs gathered chunk by chunk (`prompt_logprobs` requests).
     pub prompt_logprobs: Option<Vec<Option<super::sampler::Logprobs>>>,
     pub prompt_logprobs_sent: bool,
-    /// JSON mode (`response_format: json_object`): where the output's parse stands.
-    pub json: Option<JsonState>,
+    /// A JSON `response_format`: where the output's parse stands.
+    pub constraint: Option<Constraint>,
 }
 
 impl Sequence {
@@ -60,7 +60,7 @@ impl Sequence {
         events: UnboundedSender<Event>,
     ) -> Self {
         let seed = params.seed.map(|s| s.wrapping_add(index as u64));
-        let json = params.json_object.then(JsonState::default);
+        let constraint = params.format.start();
         Self {
             id,
             request_id,
@@ -80,7 +80,7 @@ impl Sequence {
             num_preemptions: 0,
             prompt_logprobs: None,
             prompt_logprobs_sent: false,
-            json,
+            constraint,
         }
     }
 

@@ -1,0 +1,65 @@
+use super::*;
+use crate::engine::json_object::JsonState;
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn bit(mask: &[u64], id: usize) -> bool {
+    mask[id / 64] >> (id % 64) & 1 == 1
+}
+
+/// The sorted walk gives, for every state met along some objects, exactly the tokens whose
+/// bytes the parser accepts one by one; and a cached mask is the same as a fresh one.
+#[test]
+fn the_vocabulary_walk_matches_feeding_each_token() {
+    let mut rng = Rng(7);
+    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
+    let pieces: [&[u8]; 24] = [
+        b"{\"", b"\":", b"\": \"", b"\",", b"\"}", b"}}", b"]}", b"},", b"true", b"tr", b"null,", b"1.", b"0e", b"-1",
+        b"\\u", b"\\n", b"  ", b"\n  ", b"\xc3", b"\xa9", b"\xc3\xa9", b"\xe6\x97\xa5", b"abc", b"a\"b",
+    ];
+    for _ in 0..300 {
+        let len = 1 + rng.below(3);
+        tokens.push((0..len).flat_map(|_| pieces[rng.below(pieces.len())].iter().copied()).collect());
+    }
+    tokens.push(Box::default()); // a special token: never allowed
+    let vocab = Vocab::from_bytes(tokens.clone());
+    let cache = MaskCache::default();
+    let docs: [&[u8]; 3] = [
+        b"{\"a\": [1, -2.5e+3, true, {\"b\": \"x\\\"\xc3\xa9\\u00e9\"}], \"c\": null}",
+        b"{\n  \"k\": {\"x\": []}\n}",
+        b"{\"n\":0}",
+    ];
+    let mut checked = 0;
+    for doc in docs {
+        let mut state = JsonState::default();
+        for &b in doc.iter() {
+            let mask = vocab.allowed(&cache, &state);
+            assert_eq!(mask, vocab.allowed(&cache, &state), "cached");
+            for (id, token) in tokens.iter().enumerate() {
+                let mut s = state;
+                let want = !token.is_empty() && s.feed_all(token);
+                assert_eq!(bit(&mask, id), want, "token {:?} after {:?}", String::from_utf8_lossy(token), state);
+            }
+            checked += 1;
+            assert!(state.feed(b));
+        }
+        assert!(state.is_complete());
+        let done = vocab.allowed(&cache, &state);
+        assert!(done.iter().all(|&w| w == 0), "nothing but EOS after the object");
+    }
+    assert!(checked > 80);
+}

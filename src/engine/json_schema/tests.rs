@@ -1,0 +1,309 @@
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::engine::constraint::Vocab;
+use crate::engine::json_object::tests::whitespace_within_limits;
+
+fn pets() -> Value {
+    json!({
+        "$defs": {"Pet": {"type": "object", "additionalProperties": false, "required": ["kind", "age"],
+            "properties": {"kind": {"enum": ["cat", "dog", "caterpillar"]}, "age": {"type": "integer", "description": "years"}}}},
+        "title": "Owner",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string"},
+            "score": {"type": "number"},
+            "ok": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "pet": {"$ref": "#/$defs/Pet"},
+            "pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}},
+            "nick": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "level": {"const": 3},
+            "note": {"type": ["string", "null"]}
+        },
+        "required": ["name", "score", "ok", "tags", "pet", "nick", "level"]
+    })
+}
+
+fn parse(schema: &Schema, text: &[u8]) -> Option<SchemaState> {
+    let mut s = schema.start();
+    text.iter().all(|&b| s.feed(b)).then_some(s)
+}
+
+fn accepts_whole(schema: &Schema, text: &[u8]) -> bool {
+    parse(schema, text).is_some_and(|s| s.is_complete())
+}
+
+#[test]
+fn instances_are_accepted_and_complete_only_at_their_end() {
+    let schema = Schema::compile(&pets()).unwrap();
+    let docs = [
+        r#"{"name":"Tom","score":1.5e3,"ok":true,"tags":[],"pet":{"kind":"cat","age":3},"nick":null,"level":3}"#,
+        r#"{ "level": 3, "nick": "T", "pet": {"age": -0, "kind": "caterpillar"}, "tags": ["a", "b\"c"], "ok": false, "score": -2, "name": "", "note": null, "pets": [{"kind":"dog","age":10}] }"#,
+        "{\n  \"name\": \"\u{e9}\",\n  \"score\": 0,\n  \"ok\": true,\n  \"tags\": [\"x\"],\n  \"pet\": {\"kind\": \"dog\", \"age\": 1},\n  \"nick\": \"n\",\n  \"level\": 3,\n  \"note\": \"y\"\n}",
+    ];
+    for doc in docs {
+        let doc = doc.as_bytes();
+        assert!(accepts_whole(&schema, doc), "{}", String::from_utf8_lossy(doc));
+        for end in 0..doc.len() {
+            assert!(parse(&schema, &doc[..end]).is_some_and(|s| !s.is_complete()), "prefix {end} of {}", String::from_utf8_lossy(doc));
+        }
+    }
+}
+
+#[test]
+fn what_the_schema_does_not_allow_is_refused() {
+    let schema = Schema::compile(&pets()).unwrap();
+    let base = r#""score":1,"ok":true,"tags":[],"pet":{"kind":"cat","age":3},"nick":null,"level":3"#;
+    let bad = [
+        format!(r#"{{{base}}}"#),                              // "name" missing
+        format!(r#"{{"name":"a",{base},"extra":1}}"#),         // a key not in properties
+        format!(r#"{{"name":"a","name":"b",{base}}}"#),        // a key twice
+        format!(r#"{{"name":1,{base}}}"#),                     // a number for a string
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""age":3"#, r#""age":3.5"#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""age":3"#, r#""age":3e2"#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""kind":"cat""#, r#""kind":"cow""#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""kind":"cat""#, r#""kind":"ca""#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""level":3"#, r#""level":4"#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""level":3"#, r#""level":30"#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""nick":null"#, r#""nick":5"#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""tags":[]"#, r#""tags":[1]"#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""ok":true"#, r#""ok":"true""#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""pet":{"kind":"cat","age":3}"#, r#""pet":{"kind":"cat"}"#),
+        format!(r#"{{"name":"a",{base}}}"#).replace(r#""name""#, r#""nam""#),
+        format!(r#"{{"name":"a",{base}}} "#),
+    ];
+    for doc in &bad {
+        assert!(!accepts_whole(&schema, doc.as_bytes()), "{doc}");
+    }
+    assert!(accepts_whole(&schema, format!(r#"{{"name":"a",{base}}}"#).as_bytes()), "the base itself is fine");
+}
+
+#[test]
+fn unsupported_schemas_are_refused_naming_the_problem() {
+    let cases = [
+        (json!({"type": "array", "items": {"type": "string"}}), "root must be an object"),
+        (json!({"type": "object", "properties": {"a": {"type": "string", "minLength": 2}}}), "`minLength` at `/properties/a`"),
+        (json!({"type": "object", "properties": {"a": {"type": "string", "format": "date-time"}}}), "`format`"),
+        (json!({"type": "object", "additionalProperties": {"type": "integer"}}), "additionalProperties"),
+        (json!({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}}}), "start alike"),
+        (json!({"type": "object", "properties": {"a": {}}}), "no `type`"),
+        (json!({"type": "object", "properties": {"a": {"enum": [{"x": 1}]}}}), "`enum` values"),
+        (json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}), "names \"b\""),
+        (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/Nope"}}}), "points nowhere"),
+        (json!({"type": "object", "properties": {"a": {"type": "array"}}}), "needs `items`"),
+        (json!({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}]}}}), "`oneOf`"),
+    ];
+    for (schema, expected) in cases {
+        let err = Schema::compile(&schema).expect_err(&schema.to_string());
+        assert!(err.contains(expected), "{schema}: {err}");
+    }
+}
+
+#[test]
+fn recursive_references_hold_at_every_depth_up_to_the_limit() {
+    let tree = json!({"$defs": {"Node": {"type": "object", "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
+        "required": ["v", "kids"]}}, "$ref": "#/$defs/Node"});
+    let schema = Schema::compile(&tree).unwrap();
+    assert!(accepts_whole(&schema, br#"{"v":1,"kids":[{"v":2,"kids":[]},{"kids":[{"v":3,"kids":[]}],"v":4}]}"#));
+    assert!(!accepts_whole(&schema, br#"{"v":1,"kids":[{"v":2}]}"#));
+    // Each level is an object and an array: depth 12 holds six levels.
+    let nested = |levels: usize| format!("{}{}", r#"{"v":0,"kids":["#.repeat(levels), "]}".repeat(levels));
+    assert!(parse(&schema, nested(5).as_bytes()).is_some());
+    assert!(parse(&schema, nested(7).as_bytes()).is_none());
+}
+
+/// Validity under `pets()`, written out for the subset it uses.
+fn valid(v: &Value, s: &Value, root: &Value) -> bool {
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        return valid(v, root.pointer(&r[1..]).unwrap(), root);
+    }
+    if let Some(e) = s.get("enum").and_then(Value::as_array) {
+        return e.contains(v);
+    }
+    if let Some(c) = s.get("const") {
+        return c == v;
+    }
+    if let Some(any) = s.get("anyOf").and_then(Value::as_array) {
+        return any.iter().any(|a| valid(v, a, root));
+    }
+    let types: Vec<&str> = match &s["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().map(|t| t.as_str().unwrap()).collect(),
+        _ => unreachable!(),
+    };
+    types.iter().any(|&t| match (t, v) {
+        ("object", Value::Object(o)) => {
+            let props = s["properties"].as_object().unwrap();
+            let required = s["required"].as_array().map_or(vec![], |r| r.iter().map(|x| x.as_str().unwrap()).collect());
+            o.keys().all(|k| props.contains_key(k))
+                && required.iter().all(|r| o.contains_key(*r))
+                && o.iter().all(|(k, x)| valid(x, &props[k], root))
+        }
+        ("array", Value::Array(a)) => a.iter().all(|x| valid(x, &s["items"], root)),
+        ("string", Value::String(_)) | ("boolean", Value::Bool(_)) | ("null", Value::Null) => true,
+        ("integer", Value::Number(n)) => n.is_i64() || n.is_u64(),
+        ("number", Value::Number(_)) => true,
+        _ => false,
+    })
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn random_pet(rng: &mut Rng) -> Value {
+    let kind = ["cat", "dog", "caterpillar"][rng.below(3)];
+    json!({"kind": kind, "age": rng.below(30) as i64 - 5})
+}
+
+fn random_owner(rng: &mut Rng) -> Value {
+    let words = ["", "Tom", "é", "a\"b", "x\\y", "日本"];
+    let mut o = Map::new();
+    o.insert("name".into(), json!(words[rng.below(words.len())]));
+    o.insert("score".into(), json!((rng.next() % 100_000) as f64 / 100.0 - 300.0));
+    o.insert("ok".into(), json!(rng.below(2) == 0));
+    o.insert("tags".into(), Value::Array((0..rng.below(3)).map(|_| json!(words[rng.below(words.len())])).collect()));
+    o.insert("pet".into(), random_pet(rng));
+    if rng.below(2) == 0 {
+        o.insert("pets".into(), Value::Array((0..rng.below(3)).map(|_| random_pet(rng)).collect()));
+    }
+    o.insert("nick".into(), if rng.below(2) == 0 { Value::Null } else { json!("n") });
+    o.insert("level".into(), json!(3));
+    if rng.below(2) == 0 {
+        o.insert("note".into(), Value::Null);
+    }
+    // Keys in a random order.
+    let mut entries: Vec<(String, Value)> = o.into_iter().collect();
+    for i in (1..entries.len()).rev() {
+        entries.swap(i, rng.below(i + 1));
+    }
+    Value::Object(entries.into_iter().collect())
+}
+
+/// A JSON value read by serde_json, refusing an object with a key twice (serde_json's `Value`
+/// keeps the last; the output parser refuses a repeated key).
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Unique;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Unique, A::Error> {
+                let mut o = Map::new();
+                while let Some((k, v)) = m.next_entry::<String, Unique>()? {
+                    if o.insert(k.clone(), v.0).is_some() {
+                        return Err(serde::de::Error::custom(format!("key {k} twice")));
+                    }
+                }
+                Ok(Unique(Value::Object(o)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = a.next_element::<Unique>()? {
+                    v.push(x.0);
+                }
+                Ok(Unique(Value::Array(v)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Unique, E> {
+                Ok(Unique(json!(s)))
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Unique, E> {
+                Ok(Unique(json!(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Unique, E> {
+                Ok(Unique(json!(n)))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Unique, E> {
+                Ok(Unique(json!(n)))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Unique, E> {
+                Ok(Unique(json!(n)))
+            }
+            fn visit_unit<E>(self) -> Result<Unique, E> {
+                Ok(Unique(Value::Null))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Random valid instances (random key orders, compact and pretty) are accepted; one-byte edits
+/// of them are accepted exactly when serde_json reads them (no key twice) and they are still
+/// valid.
+#[test]
+fn agrees_with_a_validator_on_random_instances_and_edits() {
+    let root = pets();
+    let schema = Schema::compile(&root).unwrap();
+    let mut rng = Rng(0xDEAD_BEEF_1234_5678);
+    let alphabet = b"{}[]\",:0123456789-.etrufalsn \\";
+    let (mut disagreements, mut verdicts) = (Vec::new(), [0usize; 2]);
+    for i in 0..300 {
+        let owner = random_owner(&mut rng);
+        assert!(valid(&owner, &root, &root));
+        let text = if i % 2 == 0 { serde_json::to_vec(&owner) } else { serde_json::to_vec_pretty(&owner) }.unwrap();
+        assert!(accepts_whole(&schema, &text), "{}", String::from_utf8_lossy(&text));
+        for _ in 0..20 {
+            let mut edited = text.clone();
+            let at = rng.below(edited.len());
+            match rng.below(3) {
+                0 => {
+                    edited.remove(at);
+                }
+                1 => edited[at] = alphabet[rng.below(alphabet.len())],
+                _ => edited.insert(at, alphabet[rng.below(alphabet.len())]),
+            }
+            // serde_json refuses numbers past f64's range, which JSON's grammar allows: not compared.
+            let expected = match serde_json::from_slice::<Unique>(&edited) {
+                Err(e) if e.to_string().contains("number out of range") => continue,
+                parsed => parsed.is_ok_and(|v| valid(&v.0, &root, &root)) && whitespace_within_limits(edited.trim_ascii_end()),
+            };
+            verdicts[usize::from(expected)] += 1;
+            if expected != accepts_whole(&schema, edited.trim_ascii_end()) {
+                disagreements.push(String::from_utf8_lossy(&edited).into_owned());
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{} disagreements, e.g. {:?}", disagreements.len(), &disagreements[..disagreements.len().min(4)]);
+    assert!(verdicts[0] > 1000 && verdicts[1] > 500, "{verdicts:?}");
+}
+
+/// The vocabulary walk from schema states gives exactly the tokens whose bytes the parser takes.
+#[test]
+fn the_vocabulary_walk_matches_feeding_each_token() {
+    let schema = Schema::compile(&pets()).unwrap();
+    let doc = br#"{"name": "T\u00e9", "score": -1.5, "ok": true, "tags": ["a"], "pet": {"kind": "caterpillar", "age": 3}, "nick": null, "level": 3}"#;
+    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
+    for piece in ["{\"", "\":", "\": \"", "\",", "\"}", "}}", "name", "\"name\"", "cat", "\"cat\"", "\"caterpillar\"", "\"dog\"}", "true", "null", "nu",
+        "3,", "3}", "-1", ".5", "e5", "[\"", "\"]", "pet", "\"pet\": {", "kind", "age\":", "score", "level\": 3}", "tags"] {
+        tokens.push(piece.as_bytes().into());
+    }
+    let vocab = Vocab::from_bytes(tokens.clone());
+    let mut state = schema.start();
+    for &b in doc.iter() {
+        let mask = vocab.allowed(&schema.masks, &state);
+        for (id, token) in tokens.iter().enumerate() {
+            let mut s = state;
+            let want = token.iter().all(|&t| s.feed(t));
+            assert_eq!(mask[id / 64] >> (id % 64) & 1 == 1, want, "{:?} after {:?}", String::from_utf8_lossy(token), state.mode);
+        }
+        assert!(state.feed(b));
+    }
+    assert!(state.is_complete());
+}
