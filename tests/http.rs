@@ -364,6 +364,12 @@ fn json_schema_mode_holds_the_output_to_the_schema() {
     assert!(instance(&v), "{content}");
     assert_eq!(v["name"], "Tom", "{content}");
 
+    // A schema no output can finish within the parser's 12 levels is refused up front.
+    let endless = json!({"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]});
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": endless}}}))).error(400);
+    assert_eq!(e["param"], "response_format");
+    assert!(e["message"].as_str().unwrap().contains("nests less than 12"), "{e}");
+
     let hot = s.post("/v1/chat/completions", &body(json!({"temperature": 1.8, "seed": 5, "n": 4, "max_tokens": 60}))).json();
     for choice in hot["choices"].as_array().unwrap() {
         let content = choice["message"]["content"].as_str().unwrap();

@@ -53,7 +53,8 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
         model: state.model_name.clone(),
         tokenizer: engine.tokenizer().clone(),
         tools,
-        reasoning: state.reasoning,
+        // JSON output has no reasoning part: a `<think>` written inside one of its strings stays there.
+        reasoning: state.reasoning && !json,
         prompt_ends_in_think: prompt_text.trim_end().ends_with("<think>"),
         want_logprobs: logprobs.is_some(),
     };

@@ -189,6 +189,11 @@ impl EngineCore {
                 // (even before `min_tokens`).
                 let bits = constraint.allowed(vocab);
                 let (also, suppressed): (&[u32], _) = if constraint.is_complete() { (eos, vec![]) } else { (&[], seq.suppressed(eos)) };
+                // No token continues the output (a schema nested past the parser's limit):
+                // nothing is drawn, and the sequence ends below.
+                if also.is_empty() && bits.iter().all(|&w| w == 0) {
+                    return None;
+                }
                 Some(seq.sampler.sample_allowed(row, &params, prompt, output, &suppressed, Some(Allowed { bits: &bits, also })))
             })
             .collect();
@@ -197,12 +202,22 @@ impl EngineCore {
                 continue;
             }
             let seq = &mut self.scheduler.running[s.running_index];
-            let sampled = sampled[s.running_index].take().expect("sampled above");
+            let sampled = sampled[s.running_index].take();
+            // EOS and special tokens add no bytes.
+            let continues = match (&sampled, seq.constraint.as_mut(), &self.vocab) {
+                (Some(sampled), Some(constraint), Some(vocab)) => constraint.advance(vocab.token(sampled.token)),
+                (sampled, _, _) => sampled.is_some(),
+            };
+            let Some(sampled) = sampled.filter(|_| continues) else {
+                tracing::warn!("sequence {}: no token continues its constrained output; ending it", seq.id);
+                if let Err(e) = seq.finish_at_dead_end(&self.tokenizer) {
+                    tracing::error!("detokenization failed: {e}");
+                    seq.abort();
+                }
+                finished.push(s.running_index);
+                continue;
+            };
             self.num_generated_tokens += 1;
-            if let (Some(constraint), Some(vocab)) = (seq.constraint.as_mut(), &self.vocab) {
-                // EOS and special tokens add no bytes.
-                constraint.advance(vocab.token(sampled.token));
-            }
             match seq.append(sampled, &self.tokenizer, &self.eos_token_ids) {
                 Ok(None) => {}
                 Ok(Some(_)) => finished.push(s.running_index),

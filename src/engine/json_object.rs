@@ -230,13 +230,31 @@ pub(super) enum StringStep {
     Closed,
 }
 
+///
+/// `utf8_left` counts the continuation bytes still to come (low 2 bits) and, for the first of
+/// them, which range the lead byte allows (the bits above): UTF-8 without overlong forms,
+/// surrogates or code points past U+10FFFF, as `str` requires.
 pub(super) fn string_step(escape: Escape, utf8_left: u8, b: u8) -> StringStep {
     use StringStep::*;
+    const E0: u8 = 1 << 2;
+    const ED: u8 = 2 << 2;
+    const F0: u8 = 3 << 2;
+    const F4: u8 = 4 << 2;
     match escape {
-        _ if utf8_left > 0 => match b {
-            0x80..=0xBF => Inside(escape, utf8_left - 1),
-            _ => Refused,
-        },
+        _ if utf8_left > 0 => {
+            let range = match utf8_left & !3 {
+                E0 => 0xA0..=0xBF,
+                ED => 0x80..=0x9F,
+                F0 => 0x90..=0xBF,
+                F4 => 0x80..=0x8F,
+                _ => 0x80..=0xBF,
+            };
+            if range.contains(&b) {
+                Inside(escape, (utf8_left & 3) - 1)
+            } else {
+                Refused
+            }
+        }
         Escape::Backslash => match b {
             b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Inside(Escape::None, 0),
             b'u' => Inside(Escape::Hex { read: 0, d: false }, 0),
@@ -257,8 +275,12 @@ pub(super) fn string_step(escape: Escape, utf8_left: u8, b: u8) -> StringStep {
             0x00..=0x1F => Refused,
             0x20..=0x7F => Inside(Escape::None, 0),
             0xC2..=0xDF => Inside(Escape::None, 1),
-            0xE0..=0xEF => Inside(Escape::None, 2),
-            0xF0..=0xF4 => Inside(Escape::None, 3),
+            0xE0 => Inside(Escape::None, 2 | E0),
+            0xED => Inside(Escape::None, 2 | ED),
+            0xE1..=0xEF => Inside(Escape::None, 2),
+            0xF0 => Inside(Escape::None, 3 | F0),
+            0xF4 => Inside(Escape::None, 3 | F4),
+            0xF1..=0xF3 => Inside(Escape::None, 3),
             _ => Refused,
         },
     }

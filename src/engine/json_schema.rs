@@ -40,14 +40,18 @@ enum Node {
     Enum(Vec<Box<[u8]>>),
     /// Alternatives that no first byte could start twice.
     Union(Vec<NodeId>),
-    /// A `$ref` not yet resolved while compiling (none are left after).
-    Pending,
+    /// A `$ref`, while compiling: the node it names (none are left after).
+    Alias(NodeId),
 }
 
 /// A compiled schema and the masks found for it (shared by a request's `n` sequences).
 #[derive(Debug)]
 pub struct Schema {
     nodes: Vec<Node>,
+    /// Per node, the fewest containers a value of it must open to be complete (`u8::MAX`: more
+    /// than the parser holds). The parser only starts a value that fits in the levels left, so
+    /// every output it accepts can still be completed.
+    need: Vec<u8>,
     root: NodeId,
     pub(super) masks: MaskCache<SchemaState>,
 }
@@ -55,12 +59,20 @@ pub struct Schema {
 impl Schema {
     /// Compiles `schema`; the error says which keyword at which JSON pointer is the problem.
     pub fn compile(schema: &Value) -> Result<Self, String> {
-        let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new() };
+        let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new(), unions: Vec::new() };
         let root = c.node(schema, "")?;
-        if !matches!(c.nodes[root as usize], Node::Object { .. }) {
+        let (nodes, root) = resolve_aliases(c.nodes, root)?;
+        for (id, where_) in c.unions {
+            check_union(&nodes, id, &where_)?;
+        }
+        if !matches!(nodes[root as usize], Node::Object { .. }) {
             return Err("the schema's root must be an object (`\"type\": \"object\"`)".into());
         }
-        Ok(Self { nodes: c.nodes, root, masks: MaskCache::default() })
+        let need = nesting_needed(&nodes);
+        if need[root as usize] as usize > MAX_DEPTH {
+            return Err(format!("no instance of the schema nests less than {MAX_DEPTH} levels deep (required objects within required objects, or without end)"));
+        }
+        Ok(Self { nodes, need, root, masks: MaskCache::default() })
     }
 
     pub(super) fn start(&self) -> SchemaState {
@@ -72,6 +84,104 @@ struct Compiler<'a> {
     root: &'a Value,
     nodes: Vec<Node>,
     refs: HashMap<String, NodeId>,
+    /// Unions made, with where they are, to check once every reference is resolved.
+    unions: Vec<(NodeId, String)>,
+}
+
+/// Replaces every alias (a `$ref`) by the node it ends at; an alias that ends at itself is an
+/// error. Returns the nodes and the root, renumbered.
+fn resolve_aliases(mut nodes: Vec<Node>, root: NodeId) -> Result<(Vec<Node>, NodeId), String> {
+    let target = |nodes: &[Node], mut id: NodeId| {
+        for _ in 0..=nodes.len() {
+            match nodes[id as usize] {
+                Node::Alias(next) => id = next,
+                _ => return Ok(id),
+            }
+        }
+        Err("a `$ref` refers to itself and to nothing else".to_string())
+    };
+    let targets: Vec<NodeId> = (0..nodes.len() as NodeId).map(|id| target(&nodes, id)).collect::<Result<_, _>>()?;
+    for node in &mut nodes {
+        match node {
+            Node::Object { props, .. } => props.iter_mut().for_each(|(_, id)| *id = targets[*id as usize]),
+            Node::Array { items } => *items = targets[*items as usize],
+            Node::Union(ids) => ids.iter_mut().for_each(|id| *id = targets[*id as usize]),
+            _ => {}
+        }
+    }
+    Ok((nodes, targets[root as usize]))
+}
+
+/// Which first bytes can start a value of `id`: bits for `{`, `[`, `"`, a number, t/f, n. A
+/// union that holds itself (through other unions) has no first byte of its own: an error.
+fn kinds(nodes: &[Node], id: NodeId, visiting: &mut Vec<NodeId>) -> Result<u8, String> {
+    Ok(match &nodes[id as usize] {
+        Node::Object { .. } => 1,
+        Node::Array { .. } => 2,
+        Node::String => 4,
+        Node::Number { .. } => 8,
+        Node::Boolean => 16,
+        Node::Null => 32,
+        Node::Enum(values) => values.iter().map(|v| first_kind(v[0])).fold(0, |a, k| a | k),
+        Node::Union(ids) => {
+            if visiting.contains(&id) {
+                return Err("an `anyOf` holds itself through `$ref`s".into());
+            }
+            visiting.push(id);
+            let mut all = 0;
+            for &member in ids {
+                all |= kinds(nodes, member, visiting)?;
+            }
+            visiting.pop();
+            all
+        }
+        Node::Alias(_) => unreachable!("aliases are resolved before"),
+    })
+}
+
+/// A union's alternatives must start differently, so the first byte picks one.
+fn check_union(nodes: &[Node], id: NodeId, where_: &str) -> Result<(), String> {
+    let Node::Union(ids) = &nodes[id as usize] else { return Ok(()) };
+    let mut seen = 0u8;
+    for &member in ids {
+        let k = kinds(nodes, member, &mut vec![id])?;
+        if seen & k != 0 {
+            return Err(format!("`anyOf` / a `type` list at {where_} has two alternatives that start alike (two objects, two strings, ...): not supported"));
+        }
+        seen |= k;
+    }
+    Ok(())
+}
+
+/// For every node, the fewest containers a value of it must open: 0 for a scalar, 1 for an
+/// array (it may be empty), 1 + the most its required properties need for an object, the
+/// fewest of its alternatives for a union; `u8::MAX` past the parser's depth (or without end).
+fn nesting_needed(nodes: &[Node]) -> Vec<u8> {
+    let mut need = vec![u8::MAX; nodes.len()];
+    // Each round settles at least one more node; values only fall.
+    for _ in 0..=nodes.len() {
+        let mut changed = false;
+        for (id, node) in nodes.iter().enumerate() {
+            let n = match node {
+                Node::Object { props, required } => {
+                    let deepest = props.iter().enumerate().filter(|(i, _)| required >> i & 1 == 1).map(|(_, (_, p))| need[*p as usize]).max().unwrap_or(0);
+                    deepest.saturating_add(1)
+                }
+                Node::Array { .. } => 1,
+                Node::Union(ids) => ids.iter().map(|&m| need[m as usize]).min().unwrap_or(u8::MAX),
+                _ => 0,
+            };
+            let n = if n as usize > MAX_DEPTH { u8::MAX } else { n };
+            if n < need[id] {
+                need[id] = n;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    need
 }
 
 const ANNOTATIONS: [&str; 7] = ["title", "description", "default", "examples", "$schema", "$id", "$comment"];
@@ -97,11 +207,11 @@ impl Compiler<'_> {
                 .strip_prefix('#')
                 .and_then(|p| self.root.pointer(p))
                 .ok_or_else(|| format!("`$ref` {r:?} at {where_} points nowhere in the schema (only `#/...` references)"))?;
-            let id = self.push(Node::Pending)?;
+            // A placeholder first, so a reference within the target (recursion) finds it.
+            let id = self.push(Node::Alias(0))?;
             self.refs.insert(r.to_string(), id);
             let resolved = self.node(target, r.trim_start_matches('#'))?;
-            self.nodes[id as usize] = std::mem::replace(&mut self.nodes[resolved as usize], Node::Pending);
-            self.nodes[resolved as usize] = Node::Union(vec![id]);
+            self.nodes[id as usize] = Node::Alias(resolved);
             return Ok(id);
         }
         let known = ["type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "$defs", "definitions"];
@@ -174,7 +284,12 @@ impl Compiler<'_> {
                     props.push((name.as_bytes().into(), id));
                 }
                 let mut required = 0u64;
-                for r in o.get("required").and_then(Value::as_array).into_iter().flatten() {
+                let required_in = match o.get("required") {
+                    None => &[][..],
+                    Some(Value::Array(r)) => r.as_slice(),
+                    Some(_) => return Err(format!("`required` at {where_} must be an array of property names")),
+                };
+                for r in required_in {
                     let i = r
                         .as_str()
                         .and_then(|r| props.iter().position(|(n, _)| **n == *r.as_bytes()))
@@ -198,32 +313,9 @@ impl Compiler<'_> {
     }
 
     fn union(&mut self, ids: Vec<NodeId>, where_: &str) -> Result<NodeId, String> {
-        let mut seen = 0u8;
-        for &id in &ids {
-            let k = self.kinds(id);
-            if seen & k != 0 {
-                return Err(format!("`anyOf` / a `type` list at {where_} has two alternatives that start alike (two objects, two strings, ...): not supported"));
-            }
-            seen |= k;
-        }
-        self.push(Node::Union(ids))
-    }
-
-    /// Which first bytes can start a value of `id`: bits for `{`, `[`, `"`, a number, t/f, n.
-    fn kinds(&self, id: NodeId) -> u8 {
-        match &self.nodes[id as usize] {
-            Node::Object { .. } => 1,
-            Node::Array { .. } => 2,
-            Node::String => 4,
-            Node::Number { .. } => 8,
-            Node::Boolean => 16,
-            Node::Null => 32,
-            Node::Enum(values) => values.iter().map(|v| first_kind(v[0])).fold(0, |a, k| a | k),
-            Node::Union(ids) => ids.iter().map(|&i| self.kinds(i)).fold(0, |a, k| a | k),
-            // A reference still being compiled (recursion): counted as everything, so a union
-            // holding it with anything else is refused rather than guessed.
-            Node::Pending => 63,
-        }
+        let id = self.push(Node::Union(ids))?;
+        self.unions.push((id, where_.to_string()));
+        Ok(id)
     }
 }
 
@@ -284,18 +376,32 @@ impl SchemaState {
         self.mode == Mode::Done
     }
 
-    /// Node `id` of this state's schema. Not tied to `&self`: the parse changes `self` while it
-    /// reads the node.
+    /// Node `id` of this state's schema.
     fn node<'s>(&self, id: NodeId) -> &'s Node {
+        &self.schema().nodes[id as usize]
+    }
+
+    /// This state's schema. Not tied to `&self`: the parse changes `self` while it reads nodes.
+    fn schema<'s>(&self) -> &'s Schema {
         // SAFETY: `Schema::start` set the address of a schema that the sequence holds in an
         // `Arc` beside every state derived from it (`Constraint::Schema`), and the vocabulary
         // walk reads states only while the constraint that owns that `Arc` is borrowed.
-        let schema: &'s Schema = unsafe { &*(self.schema as *const Schema) };
-        &schema.nodes[id as usize]
+        unsafe { &*(self.schema as *const Schema) }
     }
 
     fn top(&self) -> Frame {
         self.frames[self.depth as usize - 1]
+    }
+
+    /// Whether a value of `node` can start here and still be completed in the levels left.
+    fn fits(&self, node: NodeId) -> bool {
+        self.depth as usize + self.schema().need[node as usize] as usize <= MAX_DEPTH
+    }
+
+    /// The properties of the innermost object not yet written whose values fit.
+    fn open_props(&self, props: &[(Box<[u8]>, NodeId)]) -> u64 {
+        let unseen = !self.top().seen & low_bits(props.len());
+        props.iter().enumerate().filter(|&(i, (_, p))| unseen >> i & 1 == 1 && self.fits(*p)).fold(0, |m, (i, _)| m | 1 << i)
     }
 
     fn step(&mut self, b: u8) -> bool {
@@ -377,7 +483,7 @@ impl SchemaState {
                 let frame = self.top();
                 match self.node(frame.node) {
                     Node::Object { props, required } => {
-                        let unseen = !frame.seen & low_bits(props.len());
+                        let unseen = self.open_props(props);
                         let may_close = required & !frame.seen == 0;
                         match (mode, b) {
                             (Mode::KeyOrClose | Mode::Key, b'"') if unseen != 0 => {
@@ -393,7 +499,7 @@ impl SchemaState {
                         }
                     }
                     Node::Array { items } => match (mode, b) {
-                        (Mode::AfterValue, b',') => {
+                        (Mode::AfterValue, b',') if self.fits(*items) => {
                             self.mode = Mode::Value(*items);
                             true
                         }
@@ -416,6 +522,9 @@ impl SchemaState {
 
     /// The first byte of a value of `node`.
     fn value(&mut self, node: NodeId, b: u8) -> bool {
+        if !self.fits(node) {
+            return false;
+        }
         self.mode = match (self.node(node), b) {
             (Node::Object { .. }, b'{') => return self.open(node, Mode::KeyOrClose),
             (Node::Array { items }, b'[') => {

@@ -183,6 +183,17 @@ impl Sequence {
         Ok(Some(reason))
     }
 
+    /// Ends the sequence where its output constraint allows no token at all (a schema that
+    /// needs more nesting than the parser holds): as at `max_tokens`, with what it has written,
+    /// the start of a valid object.
+    pub fn finish_at_dead_end(&mut self, tokenizer: &Tokenizer) -> Result<(), TokenizerError> {
+        let tail = self.decoder.finish(tokenizer)?;
+        let (mut text, _) = self.stop.push(&tail);
+        text.push_str(&self.stop.flush());
+        self.send(Event::Finished { index: self.index, reason: FinishReason::Length, stop_reason: None, text, usage: self.usage() });
+        Ok(())
+    }
+
     /// Ends the sequence without a normal finish (client gone, shutdown).
     pub fn abort(&self) {
         // Siblings waiting on this prompt must not wait forever.

@@ -94,6 +94,11 @@ fn unsupported_schemas_are_refused_naming_the_problem() {
         (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/Nope"}}}), "points nowhere"),
         (json!({"type": "object", "properties": {"a": {"type": "array"}}}), "needs `items`"),
         (json!({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}]}}}), "`oneOf`"),
+        (json!({"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}), "refers to itself"),
+        (json!({"type": "object", "properties": {"p": {"$ref": "#/$defs/A"}}, "$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"$ref": "#/$defs/A"}}}), "refers to itself"),
+        (json!({"type": "object", "properties": {"x": {"anyOf": [{"$ref": "#/properties/x"}, {"type": "null"}]}}}), "holds itself"),
+        (json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": "a"}), "`required`"),
+        (json!({"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}), "nests less than 12"),
     ];
     for (schema, expected) in cases {
         let err = Schema::compile(&schema).expect_err(&schema.to_string());
@@ -112,6 +117,58 @@ fn recursive_references_hold_at_every_depth_up_to_the_limit() {
     let nested = |levels: usize| format!("{}{}", r#"{"v":0,"kids":["#.repeat(levels), "]}".repeat(levels));
     assert!(parse(&schema, nested(5).as_bytes()).is_some());
     assert!(parse(&schema, nested(7).as_bytes()).is_none());
+}
+
+/// pydantic's `Optional[Self]`: a union holding a reference to the model being compiled.
+#[test]
+fn an_optional_reference_to_the_model_itself_compiles() {
+    let linked = json!({"$defs": {"Item": {"type": "object", "required": ["v", "next"],
+        "properties": {"v": {"type": "integer"}, "next": {"anyOf": [{"$ref": "#/$defs/Item"}, {"type": "null"}]}}}},
+        "$ref": "#/$defs/Item"});
+    let schema = Schema::compile(&linked).unwrap();
+    assert!(accepts_whole(&schema, br#"{"v":1,"next":{"v":2,"next":null}}"#));
+    assert!(!accepts_whole(&schema, br#"{"v":1,"next":{"v":2}}"#));
+}
+
+/// Strings are UTF-8 as `str` requires: no overlong forms, surrogates or code points past U+10FFFF.
+#[test]
+fn strings_are_valid_utf8() {
+    let schema = Schema::compile(&json!({"type": "object", "properties": {"s": {"type": "string"}}})).unwrap();
+    let doc = |bytes: &[u8]| [&br#"{"s":""#[..], bytes, b"\"}"].concat();
+    for good in [0xE9, 0x800, 0xD7FF, 0xE000, 0x10000, 0x10FFFF] {
+        let c = char::from_u32(good).unwrap();
+        assert!(accepts_whole(&schema, &doc(c.to_string().as_bytes())), "U+{good:X}");
+    }
+    for bad in [&b"\xE0\x80\x80"[..], b"\xED\xA0\x80", b"\xF0\x80\x80\x80", b"\xF4\x90\x80\x80", b"\xC0\x80", b"\xF5\x80\x80\x80"] {
+        assert!(!accepts_whole(&schema, &doc(bad)), "{bad:x?}");
+    }
+}
+
+/// Random byte-level generation under a recursive schema whose nesting is optional: whatever
+/// bytes were taken, some byte can always follow until the object is complete (the parser
+/// starts no value it could not finish within its depth).
+#[test]
+fn no_accepted_prefix_is_a_dead_end() {
+    let tree = json!({"$defs": {"Node": {"type": "object", "required": ["v"], "properties": {"v": {"type": "integer"},
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}, "twin": {"$ref": "#/$defs/Node"}}}}, "$ref": "#/$defs/Node"});
+    let schema = Schema::compile(&tree).unwrap();
+    let bytes = b"{}[]\",:0123456789-vkidstwn ";
+    let mut rng = Rng(42);
+    let mut deepest = 0;
+    for _ in 0..200 {
+        let mut state = schema.start();
+        for _ in 0..3000 {
+            if state.is_complete() {
+                break;
+            }
+            let next: Vec<SchemaState> = bytes.iter().filter_map(|&b| { let mut s = state; s.feed(b).then_some(s) }).collect();
+            assert!(!next.is_empty(), "dead end at {state:?}");
+            // Prefer opening and continuing to closing, to reach the depth limit.
+            state = next[rng.below(next.len())];
+            deepest = deepest.max(state.depth);
+        }
+    }
+    assert_eq!(deepest as usize, MAX_DEPTH, "the walks reached the depth limit");
 }
 
 /// Validity under `pets()`, written out for the subset it uses.
