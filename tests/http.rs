@@ -318,6 +318,18 @@ fn json_object_mode_holds_the_output_to_one_object() {
         }
     }
 
+    // /v1/completions takes it too (as vLLM does).
+    let completion = s.post("/v1/completions", &json!({"prompt": "A cat as a JSON object:", "response_format": {"type": "json_object"},
+        "max_tokens": 80, "temperature": 0}).to_string()).json();
+    let text = completion["choices"][0]["text"].as_str().unwrap();
+    match (completion["choices"][0]["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(text)) {
+        ("stop", Ok(_)) => {}
+        ("length", Err(e)) if e.is_eof() => {}
+        (reason, parsed) => panic!("{reason}: {parsed:?}: {text:?}"),
+    }
+    let e = s.post("/v1/completions", &json!({"prompt": "x", "response_format": {"type": "json_object"}, "ignore_eos": true}).to_string()).error(400);
+    assert_eq!(e["param"], "ignore_eos");
+
     let unsupported = json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}});
     let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": unsupported}}}))).error(400);
     assert_eq!(e["param"], "response_format");

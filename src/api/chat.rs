@@ -29,7 +29,8 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
     let messages = validate::template_messages(&req.messages)?;
     let tools = validate::tools(&req)?;
     if json {
-        validate::json_format_compatible(&req, tools.is_some())?;
+        let thinking_asked = req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true));
+        validate::json_format_compatible(&req.sampling, tools.is_some(), thinking_asked)?;
     }
     let logprobs = validate::chat_logprobs(&req)?;
     let engine = &state.engine;

@@ -14,6 +14,7 @@ use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::types::*;
 use super::validate;
+use crate::engine::constraint::OutputFormat;
 use crate::engine::sampler::{Logprobs, MAX_LOGPROBS};
 use crate::engine::{EngineRequest, Event, FinishReason, RequestStream};
 use crate::error::ApiError;
@@ -50,7 +51,12 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
     }
+    let format = validate::response_format(req.response_format.as_ref())?;
+    if format != OutputFormat::Text {
+        validate::json_format_compatible(&req.sampling, false, false)?;
+    }
     let mut params = validate::sampling_params(&req.sampling, tokenizer.vocab_size(), DEFAULT_MAX_TOKENS, logprobs)?;
+    params.format = format;
     if req.echo && logprobs.is_some() {
         params.prompt_logprobs = logprobs;
     }

@@ -63,11 +63,12 @@ pub fn spec() -> Value {
                     "tools": {"type": "array", "items": {"type": "object"}},
                     "tool_choice": {"type": "string", "enum": ["auto", "none"]},
                     "chat_template_kwargs": {"type": "object"},
-                    "response_format": {"type": "object", "properties": {"type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}}}}))},
+                    "response_format": response_format()}))},
                 "CompletionRequest": {"type": "object", "required": ["prompt"], "properties": with(sampling_properties(), json!({
                     "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "array", "items": {"type": "integer"}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]},
                     "echo": {"type": "boolean"},
-                    "logprobs": {"type": "integer", "minimum": 0, "maximum": 20}}))},
+                    "logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+                    "response_format": response_format()}))},
                 "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
                 "DetokenizeRequest": {"type": "object", "required": ["tokens"], "properties": {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
             }
@@ -84,4 +85,12 @@ pub fn spec() -> Value {
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {}}}}}},
         }
     })
+}
+
+/// `response_format` (chat and completions): plain text, any JSON object, or an object held to
+/// `json_schema.schema`.
+fn response_format() -> Value {
+    json!({"type": "object", "required": ["type"], "properties": {
+        "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+        "json_schema": {"type": "object", "required": ["schema"], "properties": {"name": {"type": "string"}, "strict": {"type": "boolean"}, "schema": {"type": "object"}}}}})
 }

@@ -120,6 +120,8 @@ pub struct CompletionRequest {
     pub logprobs: Option<i64>,
     pub suffix: Option<String>,
     pub best_of: Option<i64>,
+    /// As in chat (a vLLM extension here): JSON output held to an object or a schema.
+    pub response_format: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -195,14 +195,14 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
 /// What a JSON `response_format` cannot go with: tools (a call is not the object here),
 /// `ignore_eos` (only EOS may follow the closed object), thinking asked for explicitly (the
 /// whole output is the object).
-pub fn json_format_compatible(req: &ChatCompletionRequest, has_tools: bool) -> Result<(), ApiError> {
+pub fn json_format_compatible(sampling: &SamplingFields, has_tools: bool, thinking_asked: bool) -> Result<(), ApiError> {
     if has_tools {
         return Err(ApiError::invalid("response_format", "a JSON `response_format` cannot be combined with `tools`: the output is held to one JSON object, so no tool call could be written"));
     }
-    if req.sampling.ignore_eos == Some(true) {
+    if sampling.ignore_eos == Some(true) {
         return Err(ApiError::invalid("ignore_eos", "`ignore_eos` cannot be combined with a JSON `response_format`: only EOS may follow the closed object"));
     }
-    if req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true)) {
+    if thinking_asked {
         return Err(ApiError::invalid("chat_template_kwargs", "`enable_thinking: true` cannot be combined with a JSON `response_format`: the whole output is held to the object"));
     }
     Ok(())
