@@ -59,5 +59,7 @@ pub trait CausalLm: Send + Sync {
 
 /// Builds the model named by `config.architecture`.
 pub fn load_model(config: &ModelConfig, weights: &Weights) -> Result<Box<dyn CausalLm>, ModelError> {
-    Ok(Box::new(QwenForCausalLm::new(config, weights)?))
+    let model = QwenForCausalLm::new(config, weights)?;
+    weights.check_all_experts_used()?;
+    Ok(Box::new(model))
 }

@@ -141,6 +141,21 @@ impl Weights {
         Ok(Arc::new(read(&name)?))
     }
 
+    /// A GGUF stack of experts whose experts were not all taken holds more than the config's
+    /// `num_experts`: the file and the config disagree (and the rest would sit in memory).
+    pub fn check_all_experts_used(&self) -> Result<(), ModelError> {
+        let Backend::Gguf { experts, .. } = &*self.backend else { return Ok(()) };
+        let experts = experts.lock().unwrap_or_else(|e| e.into_inner());
+        match experts.iter().find(|(_, parts)| parts.iter().any(Option::is_some)) {
+            Some((name, parts)) => Err(ModelError::Config(format!(
+                "`{name}` stacks {} experts, {} of them beyond what the config uses (expert_count)",
+                parts.len(),
+                parts.iter().filter(|p| p.is_some()).count()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The tensor `name`, in this view's dtype, checked against `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let path = self.path(name);

@@ -209,6 +209,28 @@ fn quantized_moe_model_on_the_cpu_matches_its_dequantized_copy() {
     cpu_matches_dequantized("MoE", &cfg, blocks_of(moe_layout(&cfg)), (0.999, 0.2));
 }
 
+/// A stack of experts with more experts than the config (and its router) use is a file that
+/// disagrees with its metadata: refused, naming the tensor.
+#[test]
+fn a_stack_with_more_experts_than_the_config_is_refused() {
+    let cfg = ModelConfig::from_json(&MOE_CONFIG.replace("\"num_experts\": 4, \"num_experts_per_tok\": 4", "\"num_experts\": 3, \"num_experts_per_tok\": 3")).unwrap();
+    let mut layout = moe_layout(&cfg);
+    for (name, shape, _) in &mut layout {
+        if name.contains("_exps") {
+            shape[0] = 4;
+        }
+    }
+    let blocks = Arc::new(blocks_of(layout));
+    let source = blocks.clone();
+    let read: GgufReader = Box::new(move |name| {
+        let q = &source[name];
+        QTensor::new(QStorage::from_data(q.data()?, &Device::Cpu, q.dtype())?, q.shape().clone())
+    });
+    let weights = Weights::from_gguf(blocks.keys().cloned().collect::<Vec<_>>(), read, None, DType::F32, &Device::Cpu);
+    let err = load_model(&cfg, &weights).err().expect("refused").to_string();
+    assert!(err.contains("_exps.weight` stacks 4 experts, 1 of them beyond"), "{err}");
+}
+
 /// The same MoE GGUF on a GPU (routing on the host, one matmul per expert, the gather and the
 /// weighted sum there), in two ways:
 /// - dequantized to f32 on both sides, so no rounding of activations differs: the MoE's
