@@ -5,12 +5,13 @@
 //! The subset is what OpenAI's strict mode and pydantic models use: `type` (one or a list),
 //! `properties` + `required` (keys in any order, each at most once, no others; `}` only once
 //! every required key is written), `additionalProperties` false or true (no extra keys are
-//! written either way), `items`, `enum`, `const`, `anyOf` whose alternatives start differently
-//! (`{`, `[`, a string, a number, a boolean, null: `Optional[X]` is `anyOf: [X, {type: null}]`),
-//! `$ref` into `$defs` / `definitions` (recursion too), and the annotations `title`,
-//! `description`, `default`, `examples`. Anything else (`minLength`, `pattern`, `format`,
-//! `minimum`, `oneOf`, ...) is refused when the request comes, naming the keyword and where it
-//! is: the output would not be held to it. The root must be an object.
+//! written either way), `items` with `minItems` / `maxItems`, `minLength` / `maxLength` (in
+//! characters), `enum`, `const`, `anyOf` whose alternatives start differently (`{`, `[`, a
+//! string, a number, a boolean, null: `Optional[X]` is `anyOf: [X, {type: null}]`), `$ref`
+//! into `$defs` / `definitions` (recursion too), and the annotations `title`, `description`,
+//! `default`, `examples`. Anything else (`pattern`, `format`, `minimum`, `oneOf`, ...) is
+//! refused when the request comes, naming the keyword and where it is: the output would not
+//! be held to it. The root must be an object.
 
 use std::collections::HashMap;
 
@@ -31,8 +32,10 @@ type NodeId = u16;
 #[derive(Debug)]
 enum Node {
     Object { props: Vec<(Box<[u8]>, NodeId)>, required: u64 },
-    Array { items: NodeId },
-    String,
+    /// `minItems` / `maxItems`.
+    Array { items: NodeId, min: u32, max: u32 },
+    /// `minLength` / `maxLength`, in characters (an escape is one).
+    String { min: u32, max: u32 },
     Number { integer: bool },
     Boolean,
     Null,
@@ -104,7 +107,7 @@ fn resolve_aliases(mut nodes: Vec<Node>, root: NodeId) -> Result<(Vec<Node>, Nod
     for node in &mut nodes {
         match node {
             Node::Object { props, .. } => props.iter_mut().for_each(|(_, id)| *id = targets[*id as usize]),
-            Node::Array { items } => *items = targets[*items as usize],
+            Node::Array { items, .. } => *items = targets[*items as usize],
             Node::Union(ids) => ids.iter_mut().for_each(|id| *id = targets[*id as usize]),
             _ => {}
         }
@@ -118,7 +121,7 @@ fn kinds(nodes: &[Node], id: NodeId, visiting: &mut Vec<NodeId>) -> Result<u8, S
     Ok(match &nodes[id as usize] {
         Node::Object { .. } => 1,
         Node::Array { .. } => 2,
-        Node::String => 4,
+        Node::String { .. } => 4,
         Node::Number { .. } => 8,
         Node::Boolean => 16,
         Node::Null => 32,
@@ -167,7 +170,8 @@ fn nesting_needed(nodes: &[Node]) -> Vec<u8> {
                     let deepest = props.iter().enumerate().filter(|(i, _)| required >> i & 1 == 1).map(|(_, (_, p))| need[*p as usize]).max().unwrap_or(0);
                     deepest.saturating_add(1)
                 }
-                Node::Array { .. } => 1,
+                // Empty, or its fewest items.
+                Node::Array { items, min, .. } => if *min > 0 { need[*items as usize].saturating_add(1) } else { 1 },
                 Node::Union(ids) => ids.iter().map(|&m| need[m as usize]).min().unwrap_or(u8::MAX),
                 _ => 0,
             };
@@ -214,7 +218,10 @@ impl Compiler<'_> {
             self.nodes[id as usize] = Node::Alias(resolved);
             return Ok(id);
         }
-        let known = ["type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "$defs", "definitions"];
+        let known = [
+            "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
+            "anyOf", "$defs", "definitions",
+        ];
         if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str()) && !ANNOTATIONS.contains(&k.as_str())) {
             return Err(format!("keyword `{k}` at {where_} is not supported (the output would not be held to it)"));
         }
@@ -300,9 +307,13 @@ impl Compiler<'_> {
             }
             "array" => {
                 let items = o.get("items").ok_or_else(|| format!("an array at {where_} needs `items`"))?;
-                Node::Array { items: self.node(items, &format!("{at}/items"))? }
+                let (min, max) = bounds(o, "minItems", "maxItems", where_)?;
+                Node::Array { items: self.node(items, &format!("{at}/items"))?, min, max }
             }
-            "string" => Node::String,
+            "string" => {
+                let (min, max) = bounds(o, "minLength", "maxLength", where_)?;
+                Node::String { min, max }
+            }
             "integer" => Node::Number { integer: true },
             "number" => Node::Number { integer: false },
             "boolean" => Node::Boolean,
@@ -317,6 +328,19 @@ impl Compiler<'_> {
         self.unions.push((id, where_.to_string()));
         Ok(id)
     }
+}
+
+/// A `min`/`max` keyword pair (both optional): whole numbers with `min <= max`.
+fn bounds(o: &serde_json::Map<String, Value>, min: &str, max: &str, where_: &str) -> Result<(u32, u32), String> {
+    let read = |k: &str, default: u32| match o.get(k) {
+        None => Ok(default),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("`{k}` at {where_} must be a whole number")),
+    };
+    let (lo, hi) = (read(min, 0)?, read(max, u32::MAX)?);
+    if lo > hi {
+        return Err(format!("`{min}` at {where_} is above `{max}`"));
+    }
+    Ok((lo, hi))
 }
 
 fn first_kind(b: u8) -> u8 {
@@ -363,7 +387,8 @@ enum Mode {
     /// After a key: `:`, then the value of property `prop`.
     Colon { prop: u8 },
     AfterValue,
-    Str { escape: Escape, utf8_left: u8 },
+    /// Inside a string value of `node`, `chars` characters in.
+    Str { node: NodeId, escape: Escape, utf8_left: u8, chars: u32 },
     Number { part: Number, integer: bool },
     Literal { which: u8, matched: u8 },
     /// Inside an enum value: the values it can still be, `read` bytes in.
@@ -398,6 +423,18 @@ impl SchemaState {
         self.depth as usize + self.schema().need[node as usize] as usize <= MAX_DEPTH
     }
 
+    /// For the innermost array (its frame's `seen` counts the items begun): whether it holds
+    /// `minItems` already, and whether it may take another item.
+    fn array_may_close(&self) -> bool {
+        let Node::Array { min, .. } = self.node(self.top().node) else { unreachable!("an array frame") };
+        self.top().seen >= u64::from(*min)
+    }
+
+    fn array_may_grow(&self) -> bool {
+        let Node::Array { max, .. } = self.node(self.top().node) else { unreachable!("an array frame") };
+        self.top().seen < u64::from(*max)
+    }
+
     /// The properties of the innermost object not yet written whose values fit.
     fn open_props(&self, props: &[(Box<[u8]>, NodeId)]) -> u64 {
         let unseen = !self.top().seen & low_bits(props.len());
@@ -406,10 +443,16 @@ impl SchemaState {
 
     fn step(&mut self, b: u8) -> bool {
         match self.mode {
-            Mode::Str { escape, utf8_left } => {
+            Mode::Str { node, escape, utf8_left, chars } => {
+                let Node::String { min, max } = *self.node(node) else { unreachable!("a string mode holds a string node") };
+                // A character begins: a plain byte, a UTF-8 lead byte or a backslash.
+                let begins = escape == Escape::None && utf8_left == 0 && b != b'"';
+                let chars = chars + u32::from(begins);
                 self.mode = match string_step(escape, utf8_left, b) {
                     StringStep::Refused => return false,
-                    StringStep::Inside(escape, utf8_left) => Mode::Str { escape, utf8_left },
+                    StringStep::Inside(..) if chars > max => return false,
+                    StringStep::Inside(escape, utf8_left) => Mode::Str { node, escape, utf8_left, chars },
+                    StringStep::Closed if chars < min => return false,
                     StringStep::Closed => Mode::AfterValue,
                 };
                 true
@@ -477,8 +520,17 @@ impl SchemaState {
     fn structural(&mut self, mode: Mode, b: u8) -> bool {
         match mode {
             Mode::Value(node) => self.value(node, b),
-            Mode::ValueOrClose(_) if b == b']' => self.close(),
-            Mode::ValueOrClose(items) => self.value(items, b),
+            Mode::ValueOrClose(_) if b == b']' => self.array_may_close() && self.close(),
+            Mode::ValueOrClose(items) => {
+                // The first item (`maxItems: 0` refuses it); the array's frame stays where it
+                // is if the item opens a container of its own.
+                let array = self.depth as usize - 1;
+                let started = self.array_may_grow() && self.value(items, b);
+                if started {
+                    self.frames[array].seen = 1;
+                }
+                started
+            }
             Mode::KeyOrClose | Mode::Key | Mode::AfterValue if self.depth > 0 => {
                 let frame = self.top();
                 match self.node(frame.node) {
@@ -498,12 +550,13 @@ impl SchemaState {
                             _ => false,
                         }
                     }
-                    Node::Array { items } => match (mode, b) {
-                        (Mode::AfterValue, b',') if self.fits(*items) => {
+                    Node::Array { items, .. } => match (mode, b) {
+                        (Mode::AfterValue, b',') if self.fits(*items) && self.array_may_grow() => {
+                            self.frames[self.depth as usize - 1].seen += 1;
                             self.mode = Mode::Value(*items);
                             true
                         }
-                        (Mode::AfterValue, b']') => self.close(),
+                        (Mode::AfterValue, b']') if self.array_may_close() => self.close(),
                         _ => false,
                     },
                     _ => unreachable!("frames hold objects and arrays"),
@@ -527,11 +580,11 @@ impl SchemaState {
         }
         self.mode = match (self.node(node), b) {
             (Node::Object { .. }, b'{') => return self.open(node, Mode::KeyOrClose),
-            (Node::Array { items }, b'[') => {
+            (Node::Array { items, .. }, b'[') => {
                 let items = *items;
                 return self.open(node, Mode::ValueOrClose(items));
             }
-            (Node::String, b'"') => Mode::Str { escape: Escape::None, utf8_left: 0 },
+            (Node::String { .. }, b'"') => Mode::Str { node, escape: Escape::None, utf8_left: 0, chars: 0 },
             (Node::Number { integer }, b'-') => Mode::Number { part: Number::Minus, integer: *integer },
             (Node::Number { integer }, b'0') => Mode::Number { part: Number::Zero, integer: *integer },
             (Node::Number { integer }, b'1'..=b'9') => Mode::Number { part: Number::Int, integer: *integer },

@@ -12,10 +12,10 @@ fn pets() -> Value {
         "type": "object",
         "additionalProperties": false,
         "properties": {
-            "name": {"type": "string"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 12},
             "score": {"type": "number"},
             "ok": {"type": "boolean"},
-            "tags": {"type": "array", "items": {"type": "string"}},
+            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2},
             "pet": {"$ref": "#/$defs/Pet"},
             "pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}},
             "nick": {"anyOf": [{"type": "string"}, {"type": "null"}]},
@@ -40,7 +40,7 @@ fn instances_are_accepted_and_complete_only_at_their_end() {
     let schema = Schema::compile(&pets()).unwrap();
     let docs = [
         r#"{"name":"Tom","score":1.5e3,"ok":true,"tags":[],"pet":{"kind":"cat","age":3},"nick":null,"level":3}"#,
-        r#"{ "level": 3, "nick": "T", "pet": {"age": -0, "kind": "caterpillar"}, "tags": ["a", "b\"c"], "ok": false, "score": -2, "name": "", "note": null, "pets": [{"kind":"dog","age":10}] }"#,
+        r#"{ "level": 3, "nick": "T", "pet": {"age": -0, "kind": "caterpillar"}, "tags": ["a", "b\"c"], "ok": false, "score": -2, "name": "N", "note": null, "pets": [{"kind":"dog","age":10}] }"#,
         "{\n  \"name\": \"\u{e9}\",\n  \"score\": 0,\n  \"ok\": true,\n  \"tags\": [\"x\"],\n  \"pet\": {\"kind\": \"dog\", \"age\": 1},\n  \"nick\": \"n\",\n  \"level\": 3,\n  \"note\": \"y\"\n}",
     ];
     for doc in docs {
@@ -56,6 +56,13 @@ fn instances_are_accepted_and_complete_only_at_their_end() {
 fn what_the_schema_does_not_allow_is_refused() {
     let schema = Schema::compile(&pets()).unwrap();
     let base = r#""score":1,"ok":true,"tags":[],"pet":{"kind":"cat","age":3},"nick":null,"level":3"#;
+    let with_name = |name: &str| format!(r#"{{"name":{name},{base}}}"#);
+    for (name, ok) in [(r#""""#, false), (r#""a""#, true), (r#""123456789012""#, true), (r#""1234567890123""#, false), (r#""\u00e9\n日本語ab""#, true)] {
+        assert_eq!(accepts_whole(&schema, with_name(name).as_bytes()), ok, "{name}");
+    }
+    let tags = |t: &str| format!(r#"{{"name":"a",{}}}"#, base.replace(r#""tags":[]"#, &format!(r#""tags":{t}"#)));
+    assert!(accepts_whole(&schema, tags(r#"["x","y"]"#).as_bytes()));
+    assert!(!accepts_whole(&schema, tags(r#"["x","y","z"]"#).as_bytes()), "maxItems 2");
     let bad = [
         format!(r#"{{{base}}}"#),                              // "name" missing
         format!(r#"{{"name":"a",{base},"extra":1}}"#),         // a key not in properties
@@ -84,7 +91,9 @@ fn what_the_schema_does_not_allow_is_refused() {
 fn unsupported_schemas_are_refused_naming_the_problem() {
     let cases = [
         (json!({"type": "array", "items": {"type": "string"}}), "root must be an object"),
-        (json!({"type": "object", "properties": {"a": {"type": "string", "minLength": 2}}}), "`minLength` at `/properties/a`"),
+        (json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": 2}}}), "`minimum` at `/properties/a`"),
+        (json!({"type": "object", "properties": {"a": {"type": "string", "minLength": 3, "maxLength": 2}}}), "`minLength` at `/properties/a` is above"),
+        (json!({"type": "object", "properties": {"a": {"type": "array", "items": {"$ref": "#"}, "minItems": 1}}, "required": ["a"]}), "nests less than 12"),
         (json!({"type": "object", "properties": {"a": {"type": "string", "format": "date-time"}}}), "`format`"),
         (json!({"type": "object", "additionalProperties": {"type": "integer"}}), "additionalProperties"),
         (json!({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}}}), "start alike"),
@@ -117,6 +126,16 @@ fn recursive_references_hold_at_every_depth_up_to_the_limit() {
     let nested = |levels: usize| format!("{}{}", r#"{"v":0,"kids":["#.repeat(levels), "]}".repeat(levels));
     assert!(parse(&schema, nested(5).as_bytes()).is_some());
     assert!(parse(&schema, nested(7).as_bytes()).is_none());
+}
+
+/// `minItems` on nested arrays, and the nesting a non-empty array of arrays needs.
+#[test]
+fn item_counts_hold_at_every_level() {
+    let schema = Schema::compile(&json!({"type": "object", "required": ["m"], "properties": {"m": {"type": "array", "maxItems": 2,
+        "items": {"type": "array", "items": {"type": "integer"}, "minItems": 1}}}})).unwrap();
+    for (doc, ok) in [(r#"{"m":[]}"#, true), (r#"{"m":[[1],[2,3]]}"#, true), (r#"{"m":[[]]}"#, false), (r#"{"m":[[1],[2],[3]]}"#, false)] {
+        assert_eq!(accepts_whole(&schema, doc.as_bytes()), ok, "{doc}");
+    }
 }
 
 /// pydantic's `Optional[Self]`: a union holding a reference to the model being compiled.
@@ -198,8 +217,15 @@ fn valid(v: &Value, s: &Value, root: &Value) -> bool {
                 && required.iter().all(|r| o.contains_key(*r))
                 && o.iter().all(|(k, x)| valid(x, &props[k], root))
         }
-        ("array", Value::Array(a)) => a.iter().all(|x| valid(x, &s["items"], root)),
-        ("string", Value::String(_)) | ("boolean", Value::Bool(_)) | ("null", Value::Null) => true,
+        ("array", Value::Array(a)) => {
+            let n = a.len() as u64;
+            n >= s["minItems"].as_u64().unwrap_or(0) && n <= s["maxItems"].as_u64().unwrap_or(u64::MAX) && a.iter().all(|x| valid(x, &s["items"], root))
+        }
+        ("string", Value::String(x)) => {
+            let n = x.chars().count() as u64;
+            n >= s["minLength"].as_u64().unwrap_or(0) && n <= s["maxLength"].as_u64().unwrap_or(u64::MAX)
+        }
+        ("boolean", Value::Bool(_)) | ("null", Value::Null) => true,
         ("integer", Value::Number(n)) => n.is_i64() || n.is_u64(),
         ("number", Value::Number(_)) => true,
         _ => false,
@@ -228,8 +254,9 @@ fn random_pet(rng: &mut Rng) -> Value {
 
 fn random_owner(rng: &mut Rng) -> Value {
     let words = ["", "Tom", "é", "a\"b", "x\\y", "日本"];
+    let names = ["Tom", "é", "a\"b", "x\\y", "日本", "Tom Tom Tom"];
     let mut o = Map::new();
-    o.insert("name".into(), json!(words[rng.below(words.len())]));
+    o.insert("name".into(), json!(names[rng.below(names.len())]));
     o.insert("score".into(), json!((rng.next() % 100_000) as f64 / 100.0 - 300.0));
     o.insert("ok".into(), json!(rng.below(2) == 0));
     o.insert("tags".into(), Value::Array((0..rng.below(3)).map(|_| json!(words[rng.below(words.len())])).collect()));
