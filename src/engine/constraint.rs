@@ -90,14 +90,18 @@ impl Constraint {
     }
 }
 
-/// Cached masks of one kind of parser (each vocab / 8 bytes: 19 KB for Qwen's 151,665 tokens).
-pub struct MaskCache<S>(Mutex<HashMap<S, Arc<[u64]>>>);
+/// Cached masks of one kind of parser (each vocab / 8 bytes: 19 KB for Qwen's 151,665 tokens),
+/// emptied when full.
+pub struct MaskCache<S> {
+    masks: Mutex<HashMap<S, Arc<[u64]>>>,
+    capacity: usize,
+}
 
-const MAX_CACHED_STATES: usize = 2048;
-
-impl<S> Default for MaskCache<S> {
-    fn default() -> Self {
-        Self(Mutex::new(HashMap::new()))
+impl<S> MaskCache<S> {
+    /// Room for `capacity` masks: the engine's one for `json_object` holds 2048 (~38 MB at
+    /// most), each schema request's 256 (~5 MB).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self { masks: Mutex::new(HashMap::new()), capacity }
     }
 }
 
@@ -136,7 +140,7 @@ impl Vocab {
             sorted.push((id, shared as u32));
             previous = b;
         }
-        Self { bytes, sorted, object_masks: MaskCache::default() }
+        Self { bytes, sorted, object_masks: MaskCache::with_capacity(2048) }
     }
 
     /// The bytes token `id` writes (empty: none, or a special token).
@@ -146,12 +150,12 @@ impl Vocab {
 
     /// One bit per token id (`id / 64`, bit `id % 64`): whether its bytes continue `state`.
     pub fn allowed<S: ByteParser>(&self, cache: &MaskCache<S>, state: &S) -> Arc<[u64]> {
-        if let Some(mask) = cache.0.lock().expect("mask cache").get(state) {
+        if let Some(mask) = cache.masks.lock().expect("mask cache").get(state) {
             return mask.clone();
         }
         let mask: Arc<[u64]> = self.walk(*state).into();
-        let mut cached = cache.0.lock().expect("mask cache");
-        if cached.len() >= MAX_CACHED_STATES {
+        let mut cached = cache.masks.lock().expect("mask cache");
+        if cached.len() >= cache.capacity {
             cached.clear();
         }
         cached.insert(*state, mask.clone());

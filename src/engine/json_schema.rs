@@ -75,7 +75,7 @@ impl Schema {
         if need[root as usize] as usize > MAX_DEPTH {
             return Err(format!("no instance of the schema nests less than {MAX_DEPTH} levels deep (required objects within required objects, or without end)"));
         }
-        Ok(Self { nodes, need, root, masks: MaskCache::default() })
+        Ok(Self { nodes, need, root, masks: MaskCache::with_capacity(256) })
     }
 
     pub(super) fn start(&self) -> SchemaState {
@@ -423,11 +423,19 @@ impl SchemaState {
         self.depth as usize + self.schema().need[node as usize] as usize <= MAX_DEPTH
     }
 
-    /// For the innermost array (its frame's `seen` counts the items begun): whether it holds
-    /// `minItems` already, and whether it may take another item.
+    /// For the innermost array (its frame's `seen` counts the items begun, if counted): whether
+    /// it holds `minItems` already, and whether it may take another item.
     fn array_may_close(&self) -> bool {
         let Node::Array { min, .. } = self.node(self.top().node) else { unreachable!("an array frame") };
         self.top().seen >= u64::from(*min)
+    }
+
+    /// Whether the innermost array counts its items: only under `minItems` / `maxItems`, since
+    /// the count is part of the state (without, every item's states repeat the first one's, and
+    /// their masks are cached once).
+    fn array_counted(&self) -> bool {
+        let Node::Array { min, max, .. } = self.node(self.top().node) else { unreachable!("an array frame") };
+        *min > 0 || *max < u32::MAX
     }
 
     fn array_may_grow(&self) -> bool {
@@ -445,8 +453,11 @@ impl SchemaState {
         match self.mode {
             Mode::Str { node, escape, utf8_left, chars } => {
                 let Node::String { min, max } = *self.node(node) else { unreachable!("a string mode holds a string node") };
-                // A character begins: a plain byte, a UTF-8 lead byte or a backslash.
-                let begins = escape == Escape::None && utf8_left == 0 && b != b'"';
+                // A character begins: a plain byte, a UTF-8 lead byte or a backslash. Counted only
+                // under a length limit: the count is part of the state, so without a limit every
+                // position in a string is the same state, and its mask is cached once.
+                let limited = min > 0 || max < u32::MAX;
+                let begins = limited && escape == Escape::None && utf8_left == 0 && b != b'"';
                 let chars = chars + u32::from(begins);
                 self.mode = match string_step(escape, utf8_left, b) {
                     StringStep::Refused => return false,
@@ -524,10 +535,10 @@ impl SchemaState {
             Mode::ValueOrClose(items) => {
                 // The first item (`maxItems: 0` refuses it); the array's frame stays where it
                 // is if the item opens a container of its own.
-                let array = self.depth as usize - 1;
+                let (array, counted) = (self.depth as usize - 1, self.array_counted());
                 let started = self.array_may_grow() && self.value(items, b);
                 if started {
-                    self.frames[array].seen = 1;
+                    self.frames[array].seen = u64::from(counted);
                 }
                 started
             }
@@ -552,7 +563,7 @@ impl SchemaState {
                     }
                     Node::Array { items, .. } => match (mode, b) {
                         (Mode::AfterValue, b',') if self.fits(*items) && self.array_may_grow() => {
-                            self.frames[self.depth as usize - 1].seen += 1;
+                            self.frames[self.depth as usize - 1].seen += u64::from(self.array_counted());
                             self.mode = Mode::Value(*items);
                             true
                         }

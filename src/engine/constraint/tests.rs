@@ -37,7 +37,7 @@ fn the_vocabulary_walk_matches_feeding_each_token() {
     }
     tokens.push(Box::default()); // a special token: never allowed
     let vocab = Vocab::from_bytes(tokens.clone());
-    let cache = MaskCache::default();
+    let cache = MaskCache::with_capacity(16);
     let docs: [&[u8]; 3] = [
         b"{\"a\": [1, -2.5e+3, true, {\"b\": \"x\\\"\xc3\xa9\\u00e9\"}], \"c\": null}",
         b"{\n  \"k\": {\"x\": []}\n}",

@@ -128,6 +128,22 @@ fn recursive_references_hold_at_every_depth_up_to_the_limit() {
     assert!(parse(&schema, nested(7).as_bytes()).is_none());
 }
 
+/// Inside a string without length limits every position is the same state, and so is every
+/// item of an array without count limits (so their masks are cached once); under a limit the
+/// count is part of the state.
+#[test]
+fn states_repeat_where_the_masks_do() {
+    let schema = Schema::compile(&json!({"type": "object", "properties": {"s": {"type": "string"}, "t": {"type": "string", "maxLength": 9},
+        "a": {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "integer"}}}},
+        "b": {"type": "array", "items": {"type": "integer"}, "maxItems": 5}}})).unwrap();
+    assert_eq!(parse(&schema, br#"{"a":[{"x":1},{"x""#), parse(&schema, br#"{"a":[{"x""#));
+    assert_ne!(parse(&schema, br#"{"b":[1,2"#), parse(&schema, br#"{"b":[1"#));
+    let free = parse(&schema, br#"{"s":""#).unwrap();
+    assert_eq!(parse(&schema, "{\"s\":\"any text, \u{e9}t\u{e9} \\\" and all".as_bytes()), Some(free));
+    let limited = parse(&schema, br#"{"t":""#).unwrap();
+    assert_ne!(parse(&schema, br#"{"t":"ab"#), Some(limited));
+}
+
 /// `minItems` on nested arrays, and the nesting a non-empty array of arrays needs.
 #[test]
 fn item_counts_hold_at_every_level() {
