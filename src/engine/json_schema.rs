@@ -7,11 +7,11 @@
 //! every required key is written), `additionalProperties` false or true (no extra keys are
 //! written either way), `items` with `minItems` / `maxItems`, `minLength` / `maxLength` (in
 //! characters), `enum`, `const`, `anyOf` whose alternatives start differently (`{`, `[`, a
-//! string, a number, a boolean, null: `Optional[X]` is `anyOf: [X, {type: null}]`), `$ref`
-//! into `$defs` / `definitions` (recursion too), and the annotations `title`, `description`,
-//! `default`, `examples`. Anything else (`pattern`, `format`, `minimum`, `oneOf`, ...) is
-//! refused when the request comes, naming the keyword and where it is: the output would not
-//! be held to it. The root must be an object.
+//! string, a number, a boolean, null: `Optional[X]` is `anyOf: [X, {type: null}]`), `allOf`
+//! of one schema, `$ref` into `$defs` / `definitions` (recursion too), and the annotations
+//! `title`, `description`, `default`, `examples`. Anything else (`pattern`, `format`,
+//! `minimum`, `oneOf`, ...) is refused when the request comes, naming the keyword and where it
+//! is: the output would not be held to it. The root must be an object.
 
 use std::collections::HashMap;
 
@@ -202,8 +202,18 @@ impl Compiler<'_> {
         let Some(o) = s.as_object() else {
             return Err(format!("{where_} must be a schema object"));
         };
+        // pydantic v1 wraps a reference in a one-element `allOf` to give it a description.
+        if let Some(all) = o.get("allOf") {
+            return match all.as_array().map(Vec::as_slice) {
+                Some([only]) if o.keys().all(|k| k == "allOf" || ANNOTATIONS.contains(&k.as_str())) => self.node(only, &format!("{at}/allOf/0")),
+                _ => Err(format!("`allOf` at {where_} is supported only as one schema with annotations beside it")),
+            };
+        }
         if let Some(r) = o.get("$ref") {
             let r = r.as_str().ok_or_else(|| format!("`$ref` at {where_} must be a string"))?;
+            if let Some(k) = o.keys().find(|k| *k != "$ref" && *k != "$defs" && *k != "definitions" && !ANNOTATIONS.contains(&k.as_str())) {
+                return Err(format!("keyword `{k}` beside `$ref` at {where_} is not supported (the output would not be held to it)"));
+            }
             if let Some(&id) = self.refs.get(r) {
                 return Ok(id);
             }

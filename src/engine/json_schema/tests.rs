@@ -107,6 +107,8 @@ fn unsupported_schemas_are_refused_naming_the_problem() {
         (json!({"type": "object", "properties": {"p": {"$ref": "#/$defs/A"}}, "$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"$ref": "#/$defs/A"}}}), "refers to itself"),
         (json!({"type": "object", "properties": {"x": {"anyOf": [{"$ref": "#/properties/x"}, {"type": "null"}]}}}), "holds itself"),
         (json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": "a"}), "`required`"),
+        (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/S", "maxItems": 2}}, "$defs": {"S": {"type": "string"}}}), "`maxItems` beside `$ref`"),
+        (json!({"type": "object", "properties": {"a": {"allOf": [{"type": "string"}, {"type": "integer"}]}}}), "`allOf`"),
         (json!({"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}), "nests less than 12"),
     ];
     for (schema, expected) in cases {
@@ -152,6 +154,15 @@ fn item_counts_hold_at_every_level() {
     for (doc, ok) in [(r#"{"m":[]}"#, true), (r#"{"m":[[1],[2,3]]}"#, true), (r#"{"m":[[]]}"#, false), (r#"{"m":[[1],[2],[3]]}"#, false)] {
         assert_eq!(accepts_whole(&schema, doc.as_bytes()), ok, "{doc}");
     }
+}
+
+/// pydantic v1's `allOf: [{"$ref": ...}]` beside a description is the reference.
+#[test]
+fn a_one_element_all_of_is_its_schema() {
+    let schema = Schema::compile(&json!({"type": "object", "required": ["p"], "$defs": {"P": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}},
+        "properties": {"p": {"allOf": [{"$ref": "#/$defs/P"}], "description": "a P"}}})).unwrap();
+    assert!(accepts_whole(&schema, br#"{"p":{"n":1}}"#));
+    assert!(!accepts_whole(&schema, br#"{"p":{}}"#));
 }
 
 /// pydantic's `Optional[Self]`: a union holding a reference to the model being compiled.
