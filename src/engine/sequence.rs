@@ -183,9 +183,9 @@ impl Sequence {
         Ok(Some(reason))
     }
 
-    /// Ends the sequence where its output constraint allows no token at all (a schema that
-    /// needs more nesting than the parser holds): as at `max_tokens`, with what it has written,
-    /// the start of a valid object.
+    /// Ends the sequence where its output constraint allows no token at all: as at
+    /// `max_tokens`, with what it has written, the start of a valid object. A guard: the
+    /// parsers start no value they could not finish, so no test reaches it.
     pub fn finish_at_dead_end(&mut self, tokenizer: &Tokenizer) -> Result<(), TokenizerError> {
         let tail = self.decoder.finish(tokenizer)?;
         let (mut text, _) = self.stop.push(&tail);
