@@ -29,6 +29,9 @@ const MAX_NAME_BYTES: usize = 255;
 
 type NodeId = u16;
 
+/// In `Mode::Str`, for a string without length limits: every such string parses alike.
+const UNLIMITED: NodeId = NodeId::MAX;
+
 #[derive(Debug)]
 enum Node {
     Object { props: Vec<(Box<[u8]>, NodeId)>, required: u64 },
@@ -62,7 +65,7 @@ pub struct Schema {
 impl Schema {
     /// Compiles `schema`; the error says which keyword at which JSON pointer is the problem.
     pub fn compile(schema: &Value) -> Result<Self, String> {
-        let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new(), unions: Vec::new() };
+        let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new(), unions: Vec::new(), depth: 0 };
         let root = c.node(schema, "")?;
         let (nodes, root) = resolve_aliases(c.nodes, root)?;
         for (id, where_) in c.unions {
@@ -89,10 +92,15 @@ struct Compiler<'a> {
     refs: HashMap<String, NodeId>,
     /// Unions made, with where they are, to check once every reference is resolved.
     unions: Vec<(NodeId, String)>,
+    /// Schemas being compiled, one within another (nesting and `$ref` chains).
+    depth: usize,
 }
 
+/// How deep schemas may sit within one another, `$ref`s followed: compiling recurses.
+const MAX_SCHEMA_NESTING: usize = 128;
+
 /// Replaces every alias (a `$ref`) by the node it ends at; an alias that ends at itself is an
-/// error. Returns the nodes and the root, renumbered.
+/// error. Returns the nodes (aliases left in place, referred to by none) and the root.
 fn resolve_aliases(mut nodes: Vec<Node>, root: NodeId) -> Result<(Vec<Node>, NodeId), String> {
     let target = |nodes: &[Node], mut id: NodeId| {
         for _ in 0..=nodes.len() {
@@ -192,12 +200,22 @@ const ANNOTATIONS: [&str; 7] = ["title", "description", "default", "examples", "
 
 impl Compiler<'_> {
     fn push(&mut self, node: Node) -> Result<NodeId, String> {
-        let id = NodeId::try_from(self.nodes.len()).map_err(|_| "the schema has too many parts".to_string())?;
+        let id = NodeId::try_from(self.nodes.len()).ok().filter(|&id| id != UNLIMITED).ok_or_else(|| "the schema has too many parts".to_string())?;
         self.nodes.push(node);
         Ok(id)
     }
 
     fn node(&mut self, s: &Value, at: &str) -> Result<NodeId, String> {
+        if self.depth == MAX_SCHEMA_NESTING {
+            return Err(format!("schemas sit more than {MAX_SCHEMA_NESTING} deep within one another (`$ref`s followed) at `{at}`"));
+        }
+        self.depth += 1;
+        let node = self.node_within(s, at);
+        self.depth -= 1;
+        node
+    }
+
+    fn node_within(&mut self, s: &Value, at: &str) -> Result<NodeId, String> {
         let where_ = if at.is_empty() { "the root".to_string() } else { format!("`{at}`") };
         let Some(o) = s.as_object() else {
             return Err(format!("{where_} must be a schema object"));
@@ -205,7 +223,9 @@ impl Compiler<'_> {
         // pydantic v1 wraps a reference in a one-element `allOf` to give it a description.
         if let Some(all) = o.get("allOf") {
             return match all.as_array().map(Vec::as_slice) {
-                Some([only]) if o.keys().all(|k| k == "allOf" || ANNOTATIONS.contains(&k.as_str())) => self.node(only, &format!("{at}/allOf/0")),
+                Some([only]) if o.keys().all(|k| ["allOf", "$defs", "definitions"].contains(&k.as_str()) || ANNOTATIONS.contains(&k.as_str())) => {
+                    self.node(only, &format!("{at}/allOf/0"))
+                }
                 _ => Err(format!("`allOf` at {where_} is supported only as one schema with annotations beside it")),
             };
         }
@@ -448,6 +468,15 @@ impl SchemaState {
         *min > 0 || *max < u32::MAX
     }
 
+    /// Keeps an array's item count only as far as its limits look: without `maxItems` a count
+    /// past `minItems` changes no mask, so it stops there (and the states repeat).
+    fn clamp_count(&mut self, frame: usize) {
+        let Node::Array { min, max, .. } = self.node(self.frames[frame].node) else { unreachable!("an array frame") };
+        if *max == u32::MAX {
+            self.frames[frame].seen = self.frames[frame].seen.min(u64::from(*min));
+        }
+    }
+
     fn array_may_grow(&self) -> bool {
         let Node::Array { max, .. } = self.node(self.top().node) else { unreachable!("an array frame") };
         self.top().seen < u64::from(*max)
@@ -462,18 +491,24 @@ impl SchemaState {
     fn step(&mut self, b: u8) -> bool {
         match self.mode {
             Mode::Str { node, escape, utf8_left, chars } => {
-                let Node::String { min, max } = *self.node(node) else { unreachable!("a string mode holds a string node") };
-                // A character begins: a plain byte, a UTF-8 lead byte or a backslash. Counted only
-                // under a length limit: the count is part of the state, so without a limit every
-                // position in a string is the same state, and its mask is cached once.
-                let limited = min > 0 || max < u32::MAX;
-                let begins = limited && escape == Escape::None && utf8_left == 0 && b != b'"';
-                let chars = chars + u32::from(begins);
+                let (min, max) = match node {
+                    UNLIMITED => (0, u32::MAX),
+                    _ => match *self.node(node) {
+                        Node::String { min, max } => (min, max),
+                        _ => unreachable!("a string mode holds a string node"),
+                    },
+                };
+                // A character begins: a plain byte, a UTF-8 lead byte or a backslash. The count is
+                // part of the state, so it is kept only as far as the limits look: without any,
+                // every position in every string is one state, and its mask is cached once.
+                let begins = escape == Escape::None && utf8_left == 0 && b != b'"';
+                let counted = chars + u32::from(begins);
+                let chars = if max == u32::MAX { counted.min(min) } else { counted };
                 self.mode = match string_step(escape, utf8_left, b) {
                     StringStep::Refused => return false,
-                    StringStep::Inside(..) if chars > max => return false,
+                    StringStep::Inside(..) if counted > max => return false,
                     StringStep::Inside(escape, utf8_left) => Mode::Str { node, escape, utf8_left, chars },
-                    StringStep::Closed if chars < min => return false,
+                    StringStep::Closed if counted < min => return false,
                     StringStep::Closed => Mode::AfterValue,
                 };
                 true
@@ -549,6 +584,7 @@ impl SchemaState {
                 let started = self.array_may_grow() && self.value(items, b);
                 if started {
                     self.frames[array].seen = u64::from(counted);
+                    self.clamp_count(array);
                 }
                 started
             }
@@ -574,6 +610,7 @@ impl SchemaState {
                     Node::Array { items, .. } => match (mode, b) {
                         (Mode::AfterValue, b',') if self.fits(*items) && self.array_may_grow() => {
                             self.frames[self.depth as usize - 1].seen += u64::from(self.array_counted());
+                            self.clamp_count(self.depth as usize - 1);
                             self.mode = Mode::Value(*items);
                             true
                         }
@@ -605,7 +642,10 @@ impl SchemaState {
                 let items = *items;
                 return self.open(node, Mode::ValueOrClose(items));
             }
-            (Node::String { .. }, b'"') => Mode::Str { node, escape: Escape::None, utf8_left: 0, chars: 0 },
+            (Node::String { min, max }, b'"') => {
+                let node = if *min == 0 && *max == u32::MAX { UNLIMITED } else { node };
+                Mode::Str { node, escape: Escape::None, utf8_left: 0, chars: 0 }
+            }
             (Node::Number { integer }, b'-') => Mode::Number { part: Number::Minus, integer: *integer },
             (Node::Number { integer }, b'0') => Mode::Number { part: Number::Zero, integer: *integer },
             (Node::Number { integer }, b'1'..=b'9') => Mode::Number { part: Number::Int, integer: *integer },

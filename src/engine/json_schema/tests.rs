@@ -109,6 +109,7 @@ fn unsupported_schemas_are_refused_naming_the_problem() {
         (json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": "a"}), "`required`"),
         (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/S", "maxItems": 2}}, "$defs": {"S": {"type": "string"}}}), "`maxItems` beside `$ref`"),
         (json!({"type": "object", "properties": {"a": {"allOf": [{"type": "string"}, {"type": "integer"}]}}}), "`allOf`"),
+        (ref_chain(200), "more than 128 deep"),
         (json!({"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}), "nests less than 12"),
     ];
     for (schema, expected) in cases {
@@ -117,8 +118,19 @@ fn unsupported_schemas_are_refused_naming_the_problem() {
     }
 }
 
+/// A property behind a chain of `n` references.
+fn ref_chain(n: usize) -> Value {
+    let mut defs = Map::new();
+    for i in 0..n {
+        defs.insert(format!("A{i}"), json!({"$ref": format!("#/$defs/A{}", i + 1)}));
+    }
+    defs.insert(format!("A{n}"), json!({"type": "string"}));
+    json!({"type": "object", "properties": {"p": {"$ref": "#/$defs/A0"}}, "$defs": defs})
+}
+
 #[test]
 fn recursive_references_hold_at_every_depth_up_to_the_limit() {
+    assert!(Schema::compile(&ref_chain(100)).is_ok(), "a chain of 100 references");
     let tree = json!({"$defs": {"Node": {"type": "object", "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
         "required": ["v", "kids"]}}, "$ref": "#/$defs/Node"});
     let schema = Schema::compile(&tree).unwrap();
@@ -137,9 +149,15 @@ fn recursive_references_hold_at_every_depth_up_to_the_limit() {
 fn states_repeat_where_the_masks_do() {
     let schema = Schema::compile(&json!({"type": "object", "properties": {"s": {"type": "string"}, "t": {"type": "string", "maxLength": 9},
         "a": {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "integer"}}}},
-        "b": {"type": "array", "items": {"type": "integer"}, "maxItems": 5}}})).unwrap();
+        "b": {"type": "array", "items": {"type": "integer"}, "maxItems": 5}, "c": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+        "u": {"type": "string", "minLength": 2}}})).unwrap();
     assert_eq!(parse(&schema, br#"{"a":[{"x":1},{"x""#), parse(&schema, br#"{"a":[{"x""#));
     assert_ne!(parse(&schema, br#"{"b":[1,2"#), parse(&schema, br#"{"b":[1"#));
+    // Past a lower limit with no upper one, counting stops.
+    assert_eq!(parse(&schema, br#"{"c":[1,2,3"#), parse(&schema, br#"{"c":[1,2"#));
+    assert_eq!(parse(&schema, br#"{"u":"abcdef"#), parse(&schema, br#"{"u":"ab"#));
+    assert_ne!(parse(&schema, br#"{"u":"a"#), parse(&schema, br#"{"u":"ab"#));
+    assert!(!accepts_whole(&schema, br#"{"u":"a"}"#) && accepts_whole(&schema, br#"{"u":"abcdef"}"#) && !accepts_whole(&schema, br#"{"c":[]}"#));
     let free = parse(&schema, br#"{"s":""#).unwrap();
     assert_eq!(parse(&schema, "{\"s\":\"any text, \u{e9}t\u{e9} \\\" and all".as_bytes()), Some(free));
     let limited = parse(&schema, br#"{"t":""#).unwrap();
