@@ -534,7 +534,7 @@ impl SchemaState {
             }
             Mode::Enum { node, candidates, read } => {
                 let Node::Enum(values) = self.node(node) else { unreachable!("an enum mode holds an enum node") };
-                let next = matching(values, candidates, read as usize, b);
+                let next = matching(values.iter().map(|v| &v[..]), candidates, read as usize, b);
                 if next != 0 {
                     self.mode = Mode::Enum { node, candidates: next, read: read + 1 };
                     return true;
@@ -557,8 +557,7 @@ impl SchemaState {
                         None => false,
                     };
                 }
-                let names: Vec<&[u8]> = props.iter().map(|(n, _)| n.as_ref()).collect();
-                let next = matching(&names, candidates, read as usize, b);
+                let next = matching(props.iter().map(|(n, _)| &n[..]), candidates, read as usize, b);
                 self.mode = Mode::KeyName { candidates: next, read: read.saturating_add(1) };
                 next != 0
             }
@@ -652,7 +651,7 @@ impl SchemaState {
             (Node::Boolean, b't') => Mode::Literal { which: 0, matched: 1 },
             (Node::Boolean, b'f') => Mode::Literal { which: 1, matched: 1 },
             (Node::Null, b'n') => Mode::Literal { which: 2, matched: 1 },
-            (Node::Enum(values), _) => match matching(values, low_bits(values.len()), 0, b) {
+            (Node::Enum(values), _) => match matching(values.iter().map(|v| &v[..]), low_bits(values.len()), 0, b) {
                 0 => return false,
                 candidates => Mode::Enum { node, candidates, read: 1 },
             },
@@ -704,12 +703,8 @@ fn low_bits(n: usize) -> u64 {
 }
 
 /// Of `candidates` (bits into `names`), those whose byte `read` is `b`.
-fn matching<T: AsRef<[u8]>>(names: &[T], candidates: u64, read: usize, b: u8) -> u64 {
-    names
-        .iter()
-        .enumerate()
-        .filter(|(i, n)| candidates >> i & 1 == 1 && n.as_ref().get(read) == Some(&b))
-        .fold(0, |m, (i, _)| m | 1 << i)
+fn matching<'a>(names: impl Iterator<Item = &'a [u8]>, candidates: u64, read: usize, b: u8) -> u64 {
+    names.enumerate().filter(|(i, n)| candidates >> i & 1 == 1 && n.get(read) == Some(&b)).fold(0, |m, (i, _)| m | 1 << i)
 }
 
 #[cfg(test)]
