@@ -62,6 +62,36 @@ check("completions echo", c.text.startswith("def quicksort(arr):"), c.text)
 check("completions logprobs", c.logprobs.token_logprobs[0] is None and c.logprobs.token_logprobs[-1] <= 0, c.logprobs)
 check("completions top_logprobs", len(c.logprobs.top_logprobs[-1]) == 2, c.logprobs.top_logprobs)
 
+# Structured output the SDK's way: a pydantic model becomes a strict `json_schema` (`$defs`,
+# an enum, `Optional`), and the reply parses back into the model.
+from typing import Literal, Optional  # noqa: E402
+
+from pydantic import BaseModel  # noqa: E402
+
+
+class Toy(BaseModel):
+    name: str
+    squeaks: bool
+
+
+class Pet(BaseModel):
+    name: str
+    age: int
+    kind: Literal["cat", "dog"]
+    toys: list[Toy]
+    vet: Optional[str]
+
+
+parsed = client.chat.completions.parse(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Describe a cat named Tom, aged 3, who has two toys, as JSON."}],
+    response_format=Pet,
+    temperature=0,
+    max_tokens=200,
+)
+pet = parsed.choices[0].message.parsed
+check("chat.completions.parse into a pydantic model", isinstance(pet, Pet) and pet.name == "Tom" and pet.kind == "cat", parsed.choices[0].message)
+
 try:
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5)
     check("bad temperature raises", False, "no exception")
