@@ -90,7 +90,7 @@ pub(super) enum Number {
     ExpDigits,
 }
 
-pub(super) const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
+const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
 
 impl Default for JsonState {
     fn default() -> Self {
@@ -113,26 +113,28 @@ impl JsonState {
     pub fn feed(&mut self, b: u8) -> bool {
         match self.mode {
             Mode::Str { key, escape, utf8_left } => self.string_byte(key, escape, utf8_left, b),
-            Mode::Number(n) => match number_next(n, b) {
-                Some(next) => {
+            Mode::Number(n) => match number_step(n, b, false) {
+                Step::Inside(next) => {
                     self.mode = Mode::Number(next);
                     true
                 }
-                // The number ended; the byte belongs to what follows it.
-                None if number_complete(n) => {
+                Step::Ended => {
                     self.mode = Mode::AfterValue;
                     self.feed(b)
                 }
-                None => false,
+                Step::Refused => false,
             },
-            Mode::Literal { which, matched } => {
-                let word = LITERALS[which as usize];
-                if word[matched as usize] != b {
-                    return false;
+            Mode::Literal { which, matched } => match literal_step(which, matched, b) {
+                Step::Inside(matched) => {
+                    self.mode = Mode::Literal { which, matched };
+                    true
                 }
-                self.mode = if matched as usize + 1 == word.len() { Mode::AfterValue } else { Mode::Literal { which, matched: matched + 1 } };
-                true
-            }
+                Step::Ended => {
+                    self.mode = Mode::AfterValue;
+                    true
+                }
+                Step::Refused => false,
+            },
             Mode::Done => false,
             mode => {
                 if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
@@ -286,7 +288,7 @@ pub(super) fn string_step(escape: Escape, utf8_left: u8, b: u8) -> StringStep {
     }
 }
 
-pub(super) fn number_next(n: Number, b: u8) -> Option<Number> {
+fn number_next(n: Number, b: u8) -> Option<Number> {
     use Number::*;
     Some(match (n, b) {
         (Minus, b'0') => Zero,
@@ -301,9 +303,33 @@ pub(super) fn number_next(n: Number, b: u8) -> Option<Number> {
     })
 }
 
-/// Whether a number may end here.
-pub(super) fn number_complete(n: Number) -> bool {
-    matches!(n, Number::Zero | Number::Int | Number::Frac | Number::ExpDigits)
+/// What one byte does to a number or a literal.
+pub(super) enum Step<T> {
+    Refused,
+    /// Still inside, now here.
+    Inside(T),
+    /// A literal's last byte was read; for a number, the number ended before this byte, which
+    /// belongs to what follows it.
+    Ended,
+}
+
+/// One byte of a number; `integer`: no fraction or exponent.
+pub(super) fn number_step(n: Number, b: u8, integer: bool) -> Step<Number> {
+    match number_next(n, b).filter(|next| !integer || matches!(next, Number::Int | Number::Zero)) {
+        Some(next) => Step::Inside(next),
+        None if matches!(n, Number::Zero | Number::Int | Number::Frac | Number::ExpDigits) => Step::Ended,
+        None => Step::Refused,
+    }
+}
+
+/// One byte of `true`, `false` or `null` ([`LITERALS`] index `which`), `matched` bytes in.
+pub(super) fn literal_step(which: u8, matched: u8, b: u8) -> Step<u8> {
+    let word = LITERALS[which as usize];
+    match word.get(matched as usize) {
+        Some(&w) if w == b && matched as usize + 1 == word.len() => Step::Ended,
+        Some(&w) if w == b => Step::Inside(matched + 1),
+        _ => Step::Refused,
+    }
 }
 
 #[cfg(test)]

@@ -1,21 +1,6 @@
 use super::*;
+use crate::engine::json_object::tests::Rng;
 use crate::engine::json_object::JsonState;
-
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn bit(mask: &[u64], id: usize) -> bool {
     mask[id / 64] >> (id % 64) & 1 == 1

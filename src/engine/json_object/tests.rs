@@ -84,18 +84,19 @@ fn nesting_and_whitespace_runs_are_bounded() {
     assert!(parse(b"{ \"a\" : 1 , \"b\" : 2 }").is_some_and(|s| s.is_complete()), "runs restart after each token");
 }
 
-/// A small deterministic generator (xorshift), so the test needs no crate.
-struct Rng(u64);
+/// A small deterministic generator (xorshift), so the tests need no crate (also for the
+/// schema and vocabulary tests).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 }

@@ -2,7 +2,7 @@ use serde_json::{json, Map, Value};
 
 use super::*;
 use crate::engine::constraint::Vocab;
-use crate::engine::json_object::tests::whitespace_within_limits;
+use crate::engine::json_object::tests::{whitespace_within_limits, Rng};
 
 fn pets() -> Value {
     json!({
@@ -277,20 +277,6 @@ fn valid(v: &Value, s: &Value, root: &Value) -> bool {
     })
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn random_pet(rng: &mut Rng) -> Value {
     let kind = ["cat", "dog", "caterpillar"][rng.below(3)];

@@ -1,0 +1,326 @@
+//! Compiling a JSON Schema into `super::Node`s: keywords checked against the supported subset,
+//! `$ref`s resolved (recursion included), unions checked to start differently, and the
+//! nesting each node needs worked out.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::{Node, NodeId, MAX_CHOICES, MAX_DEPTH, MAX_NAME_BYTES, UNLIMITED};
+
+/// The nodes, the nesting each needs (see `super::Schema::need`) and the root; the error says
+/// which keyword at which JSON pointer is the problem.
+pub(super) fn compile(schema: &Value) -> Result<(Vec<Node>, Vec<u8>, NodeId), String> {
+    let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new(), unions: Vec::new(), depth: 0 };
+    let root = c.node(schema, "")?;
+    let (nodes, root) = resolve_aliases(c.nodes, root)?;
+    for (id, where_) in c.unions {
+        check_union(&nodes, id, &where_)?;
+    }
+    if !matches!(nodes[root as usize], Node::Object { .. }) {
+        return Err("the schema's root must be an object (`\"type\": \"object\"`)".into());
+    }
+    let need = nesting_needed(&nodes);
+    if need[root as usize] as usize > MAX_DEPTH {
+        return Err(format!("no instance of the schema nests less than {MAX_DEPTH} levels deep (required objects within required objects, or without end)"));
+    }
+    Ok((nodes, need, root))
+}
+
+struct Compiler<'a> {
+    root: &'a Value,
+    nodes: Vec<Node>,
+    refs: HashMap<String, NodeId>,
+    /// Unions made, with where they are, to check once every reference is resolved.
+    unions: Vec<(NodeId, String)>,
+    /// Schemas being compiled, one within another (nesting and `$ref` chains).
+    depth: usize,
+}
+
+/// How deep schemas may sit within one another, `$ref`s followed: compiling recurses.
+const MAX_SCHEMA_NESTING: usize = 128;
+
+/// Replaces every alias (a `$ref`) by the node it ends at; an alias that ends at itself is an
+/// error. Returns the nodes (aliases left in place, referred to by none) and the root.
+fn resolve_aliases(mut nodes: Vec<Node>, root: NodeId) -> Result<(Vec<Node>, NodeId), String> {
+    let target = |nodes: &[Node], mut id: NodeId| {
+        for _ in 0..=nodes.len() {
+            match nodes[id as usize] {
+                Node::Alias(next) => id = next,
+                _ => return Ok(id),
+            }
+        }
+        Err("a `$ref` refers to itself and to nothing else".to_string())
+    };
+    let targets: Vec<NodeId> = (0..nodes.len() as NodeId).map(|id| target(&nodes, id)).collect::<Result<_, _>>()?;
+    for node in &mut nodes {
+        match node {
+            Node::Object { props, .. } => props.iter_mut().for_each(|(_, id)| *id = targets[*id as usize]),
+            Node::Array { items, .. } => *items = targets[*items as usize],
+            Node::Union(ids) => ids.iter_mut().for_each(|id| *id = targets[*id as usize]),
+            _ => {}
+        }
+    }
+    Ok((nodes, targets[root as usize]))
+}
+
+/// Which first bytes can start a value of `id`: bits for `{`, `[`, `"`, a number, t/f, n. A
+/// union that holds itself (through other unions) has no first byte of its own: an error.
+fn kinds(nodes: &[Node], id: NodeId, visiting: &mut Vec<NodeId>) -> Result<u8, String> {
+    Ok(match &nodes[id as usize] {
+        Node::Object { .. } => 1,
+        Node::Array { .. } => 2,
+        Node::String { .. } => 4,
+        Node::Number { .. } => 8,
+        Node::Boolean => 16,
+        Node::Null => 32,
+        Node::Enum(values) => values.iter().map(|v| first_kind(v[0])).fold(0, |a, k| a | k),
+        Node::Union(ids) => {
+            if visiting.contains(&id) {
+                return Err("an `anyOf` holds itself through `$ref`s".into());
+            }
+            visiting.push(id);
+            let mut all = 0;
+            for &member in ids {
+                all |= kinds(nodes, member, visiting)?;
+            }
+            visiting.pop();
+            all
+        }
+        Node::Alias(_) => unreachable!("aliases are resolved before"),
+    })
+}
+
+/// A union's alternatives must start differently, so the first byte picks one.
+fn check_union(nodes: &[Node], id: NodeId, where_: &str) -> Result<(), String> {
+    let Node::Union(ids) = &nodes[id as usize] else { return Ok(()) };
+    let mut seen = 0u8;
+    for &member in ids {
+        let k = kinds(nodes, member, &mut vec![id])?;
+        if seen & k != 0 {
+            return Err(format!("`anyOf` / a `type` list at {where_} has two alternatives that start alike (two objects, two strings, ...): not supported"));
+        }
+        seen |= k;
+    }
+    Ok(())
+}
+
+/// For every node, the fewest containers a value of it must open: 0 for a scalar, 1 for an
+/// array (it may be empty), 1 + the most its required properties need for an object, the
+/// fewest of its alternatives for a union; `u8::MAX` past the parser's depth (or without end).
+fn nesting_needed(nodes: &[Node]) -> Vec<u8> {
+    let mut need = vec![u8::MAX; nodes.len()];
+    // Each round settles at least one more node; values only fall.
+    for _ in 0..=nodes.len() {
+        let mut changed = false;
+        for (id, node) in nodes.iter().enumerate() {
+            let n = match node {
+                Node::Object { props, required } => {
+                    let deepest = props.iter().enumerate().filter(|(i, _)| required >> i & 1 == 1).map(|(_, (_, p))| need[*p as usize]).max().unwrap_or(0);
+                    deepest.saturating_add(1)
+                }
+                // Empty, or its fewest items.
+                Node::Array { items, min, .. } => if *min > 0 { need[*items as usize].saturating_add(1) } else { 1 },
+                Node::Union(ids) => ids.iter().map(|&m| need[m as usize]).min().unwrap_or(u8::MAX),
+                _ => 0,
+            };
+            let n = if n as usize > MAX_DEPTH { u8::MAX } else { n };
+            if n < need[id] {
+                need[id] = n;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    need
+}
+
+const ANNOTATIONS: [&str; 7] = ["title", "description", "default", "examples", "$schema", "$id", "$comment"];
+
+impl Compiler<'_> {
+    fn push(&mut self, node: Node) -> Result<NodeId, String> {
+        let id = NodeId::try_from(self.nodes.len()).ok().filter(|&id| id != UNLIMITED).ok_or_else(|| "the schema has too many parts".to_string())?;
+        self.nodes.push(node);
+        Ok(id)
+    }
+
+    fn node(&mut self, s: &Value, at: &str) -> Result<NodeId, String> {
+        if self.depth == MAX_SCHEMA_NESTING {
+            return Err(format!("schemas sit more than {MAX_SCHEMA_NESTING} deep within one another (`$ref`s followed) at `{at}`"));
+        }
+        self.depth += 1;
+        let node = self.node_within(s, at);
+        self.depth -= 1;
+        node
+    }
+
+    fn node_within(&mut self, s: &Value, at: &str) -> Result<NodeId, String> {
+        let where_ = if at.is_empty() { "the root".to_string() } else { format!("`{at}`") };
+        let Some(o) = s.as_object() else {
+            return Err(format!("{where_} must be a schema object"));
+        };
+        // pydantic v1 wraps a reference in a one-element `allOf` to give it a description.
+        if let Some(all) = o.get("allOf") {
+            return match all.as_array().map(Vec::as_slice) {
+                Some([only]) if o.keys().all(|k| ["allOf", "$defs", "definitions"].contains(&k.as_str()) || ANNOTATIONS.contains(&k.as_str())) => {
+                    self.node(only, &format!("{at}/allOf/0"))
+                }
+                _ => Err(format!("`allOf` at {where_} is supported only as one schema with annotations beside it")),
+            };
+        }
+        if let Some(r) = o.get("$ref") {
+            let r = r.as_str().ok_or_else(|| format!("`$ref` at {where_} must be a string"))?;
+            if let Some(k) = o.keys().find(|k| *k != "$ref" && *k != "$defs" && *k != "definitions" && !ANNOTATIONS.contains(&k.as_str())) {
+                return Err(format!("keyword `{k}` beside `$ref` at {where_} is not supported (the output would not be held to it)"));
+            }
+            if let Some(&id) = self.refs.get(r) {
+                return Ok(id);
+            }
+            let target = r
+                .strip_prefix('#')
+                .and_then(|p| self.root.pointer(p))
+                .ok_or_else(|| format!("`$ref` {r:?} at {where_} points nowhere in the schema (only `#/...` references)"))?;
+            // A placeholder first, so a reference within the target (recursion) finds it.
+            let id = self.push(Node::Alias(0))?;
+            self.refs.insert(r.to_string(), id);
+            let resolved = self.node(target, r.trim_start_matches('#'))?;
+            self.nodes[id as usize] = Node::Alias(resolved);
+            return Ok(id);
+        }
+        let known = [
+            "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
+            "anyOf", "$defs", "definitions",
+        ];
+        if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str()) && !ANNOTATIONS.contains(&k.as_str())) {
+            return Err(format!("keyword `{k}` at {where_} is not supported (the output would not be held to it)"));
+        }
+        if o.contains_key("enum") || o.contains_key("const") {
+            let values: Vec<&Value> = match (o.get("enum"), o.get("const")) {
+                (Some(Value::Array(v)), None) => v.iter().collect(),
+                (None, Some(v)) => vec![v],
+                _ => return Err(format!("`enum` at {where_} must be an array (and not come with `const`)")),
+            };
+            if values.is_empty() || values.len() > MAX_CHOICES {
+                return Err(format!("`enum` at {where_} must have 1 to {MAX_CHOICES} values"));
+            }
+            let texts = values
+                .iter()
+                .map(|v| {
+                    let text = serde_json::to_vec(v).expect("a JSON value serializes");
+                    if v.is_object() || v.is_array() || text.len() > MAX_NAME_BYTES {
+                        Err(format!("`enum` values at {where_} must be strings, numbers, booleans or null of at most {MAX_NAME_BYTES} bytes"))
+                    } else {
+                        Ok(text.into_boxed_slice())
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return self.push(Node::Enum(texts));
+        }
+        if let Some(any) = o.get("anyOf") {
+            let alternatives = any.as_array().filter(|a| !a.is_empty()).ok_or_else(|| format!("`anyOf` at {where_} must be a non-empty array"))?;
+            let ids = alternatives.iter().enumerate().map(|(i, a)| self.node(a, &format!("{at}/anyOf/{i}"))).collect::<Result<Vec<_>, _>>()?;
+            return self.union(ids, &where_);
+        }
+        let types: Vec<&str> = match o.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) if !ts.is_empty() => ts.iter().map(|t| t.as_str().ok_or_else(|| format!("`type` at {where_} must name types"))).collect::<Result<_, _>>()?,
+            Some(_) => return Err(format!("`type` at {where_} must be a type name or a list of them")),
+            None => return Err(format!("{where_} has no `type`: a schema for any value is not supported")),
+        };
+        let ids = types.iter().map(|t| self.typed(t, o, at, &where_)).collect::<Result<Vec<_>, _>>()?;
+        if ids.len() == 1 {
+            Ok(ids[0])
+        } else {
+            self.union(ids, &where_)
+        }
+    }
+
+    fn typed(&mut self, t: &str, o: &serde_json::Map<String, Value>, at: &str, where_: &str) -> Result<NodeId, String> {
+        let node = match t {
+            "object" => {
+                let empty = serde_json::Map::new();
+                let props_in = match o.get("properties") {
+                    None => &empty,
+                    Some(Value::Object(p)) => p,
+                    Some(_) => return Err(format!("`properties` at {where_} must be an object")),
+                };
+                if props_in.len() > MAX_CHOICES {
+                    return Err(format!("an object at {where_} has more than {MAX_CHOICES} properties"));
+                }
+                match o.get("additionalProperties") {
+                    None | Some(Value::Bool(_)) => {}
+                    Some(_) => return Err(format!("`additionalProperties` at {where_} may only be true or false (a map of any keys is not supported)")),
+                }
+                let mut props: Vec<(Box<[u8]>, NodeId)> = Vec::new();
+                for (name, schema) in props_in {
+                    if name.len() > MAX_NAME_BYTES || name.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+                        return Err(format!("property name {name:?} at {where_} is too long or needs escapes"));
+                    }
+                    let id = self.node(schema, &format!("{at}/properties/{name}"))?;
+                    props.push((name.as_bytes().into(), id));
+                }
+                let mut required = 0u64;
+                let required_in = match o.get("required") {
+                    None => &[][..],
+                    Some(Value::Array(r)) => r.as_slice(),
+                    Some(_) => return Err(format!("`required` at {where_} must be an array of property names")),
+                };
+                for r in required_in {
+                    let i = r
+                        .as_str()
+                        .and_then(|r| props.iter().position(|(n, _)| **n == *r.as_bytes()))
+                        .ok_or_else(|| format!("`required` at {where_} names {r}, which is not among its `properties`"))?;
+                    required |= 1 << i;
+                }
+                Node::Object { props, required }
+            }
+            "array" => {
+                let items = o.get("items").ok_or_else(|| format!("an array at {where_} needs `items`"))?;
+                let (min, max) = bounds(o, "minItems", "maxItems", where_)?;
+                Node::Array { items: self.node(items, &format!("{at}/items"))?, min, max }
+            }
+            "string" => {
+                let (min, max) = bounds(o, "minLength", "maxLength", where_)?;
+                Node::String { min, max }
+            }
+            "integer" => Node::Number { integer: true },
+            "number" => Node::Number { integer: false },
+            "boolean" => Node::Boolean,
+            "null" => Node::Null,
+            other => return Err(format!("`type` {other:?} at {where_} is not a JSON Schema type")),
+        };
+        self.push(node)
+    }
+
+    fn union(&mut self, ids: Vec<NodeId>, where_: &str) -> Result<NodeId, String> {
+        let id = self.push(Node::Union(ids))?;
+        self.unions.push((id, where_.to_string()));
+        Ok(id)
+    }
+}
+
+/// A `min`/`max` keyword pair (both optional): whole numbers with `min <= max`.
+fn bounds(o: &serde_json::Map<String, Value>, min: &str, max: &str, where_: &str) -> Result<(u32, u32), String> {
+    let read = |k: &str, default: u32| match o.get(k) {
+        None => Ok(default),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("`{k}` at {where_} must be a whole number")),
+    };
+    let (lo, hi) = (read(min, 0)?, read(max, u32::MAX)?);
+    if lo > hi {
+        return Err(format!("`{min}` at {where_} is above `{max}`"));
+    }
+    Ok((lo, hi))
+}
+
+fn first_kind(b: u8) -> u8 {
+    match b {
+        b'{' => 1,
+        b'[' => 2,
+        b'"' => 4,
+        b't' | b'f' => 16,
+        b'n' => 32,
+        _ => 8,
+    }
+}
