@@ -281,15 +281,15 @@ def main():
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [("graphs_off", {"QWEN_SERVE_CUDA_GRAPHS": "0"}, levels),
-                ("graphs_256", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, [c for c in ("256",) if c in levels]),
-                ("small_matmul", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "1"}, [c for c in ("1", "16") if c in levels]),
+    variants = [("small_matmul", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "1"}, [c for c in ("1", "16") if c in levels]),
+                ("graphs_off", {"QWEN_SERVE_CUDA_GRAPHS": "0"}, levels),
                 ("phase_times", {"QWEN_SERVE_PHASE_TIMES": "1"}, [c for c in ("1", "64", "256") if c in levels]),
+                ("graphs_256", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, [c for c in ("256",) if c in levels]),
+                # Attention's splits at least 256 keys, as before 2026-11-27 (now 64).
+                ("split_256", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "256"}, ab),
                 ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}, ab),
                 ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}, ab),
-                ("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}, ab),
-                # Attention's splits at least 256 keys, as before 2026-11-27 (now 64).
-                ("split_256", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "256"}, ab)]
+                ("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}, ab)]
     wanted = None if args.variants is None else set(args.variants.split(","))
     for name, env, at in variants:
         if not at or (wanted is not None and name not in wanted):
