@@ -99,6 +99,20 @@ impl Rng {
     pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+
+    /// `text` with one random byte removed, replaced or inserted (from `alphabet`).
+    pub(crate) fn edit(&mut self, text: &[u8], alphabet: &[u8]) -> Vec<u8> {
+        let mut edited = text.to_vec();
+        let at = self.below(edited.len());
+        match self.below(3) {
+            0 => {
+                edited.remove(at);
+            }
+            1 => edited[at] = alphabet[self.below(alphabet.len())],
+            _ => edited.insert(at, alphabet[self.below(alphabet.len())]),
+        }
+        edited
+    }
 }
 
 fn random_value(rng: &mut Rng, depth: usize) -> Value {
@@ -159,15 +173,7 @@ fn agrees_with_serde_json_on_random_objects_and_edits() {
         let text = if i % 2 == 0 { serde_json::to_vec(&object) } else { serde_json::to_vec_pretty(&object) }.unwrap();
         assert!(accepts_whole(&text), "{}", String::from_utf8_lossy(&text));
         for _ in 0..20 {
-            let mut edited = text.clone();
-            let at = rng.below(edited.len());
-            match rng.below(3) {
-                0 => {
-                    edited.remove(at);
-                }
-                1 => edited[at] = alphabet[rng.below(alphabet.len())],
-                _ => edited.insert(at, alphabet[rng.below(alphabet.len())]),
-            }
+            let edited = rng.edit(&text, alphabet);
             // serde_json also takes whitespace after the object; we end it there. It refuses
             // numbers past f64's range (`123e456`), which JSON's grammar allows: not compared.
             // Past the whitespace limits serde_json reads on; those edits must be refused.

@@ -375,15 +375,7 @@ fn agrees_with_a_validator_on_random_instances_and_edits() {
         let text = if i % 2 == 0 { serde_json::to_vec(&owner) } else { serde_json::to_vec_pretty(&owner) }.unwrap();
         assert!(accepts_whole(&schema, &text), "{}", String::from_utf8_lossy(&text));
         for _ in 0..20 {
-            let mut edited = text.clone();
-            let at = rng.below(edited.len());
-            match rng.below(3) {
-                0 => {
-                    edited.remove(at);
-                }
-                1 => edited[at] = alphabet[rng.below(alphabet.len())],
-                _ => edited.insert(at, alphabet[rng.below(alphabet.len())]),
-            }
+            let edited = rng.edit(&text, alphabet);
             // serde_json refuses numbers past f64's range, which JSON's grammar allows: not compared.
             let expected = match serde_json::from_slice::<Unique>(&edited) {
                 Err(e) if e.to_string().contains("number out of range") => continue,
