@@ -84,7 +84,7 @@ impl Constraint {
     /// the output, which a token drawn under this state's mask always does.
     pub fn advance(&mut self, bytes: &[u8]) -> bool {
         match self {
-            Self::Object(s) => bytes.iter().all(|&b| s.feed(b)),
+            Self::Object(s) => s.feed_all(bytes),
             Self::Schema(_, s) => bytes.iter().all(|&b| ByteParser::feed(s, b)),
         }
     }
