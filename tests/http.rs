@@ -345,6 +345,63 @@ fn json_object_mode_holds_the_output_to_one_object() {
     assert_eq!(e["param"], "response_format");
 }
 
+/// The keywords beyond plain types, on the real model: a `format`, a `pattern` under a
+/// `maxLength`, integer and number bounds, and a map. Greedy and hot-sampled outputs are
+/// checked here by hand (not by the parser that made them).
+#[test]
+fn json_schema_formats_patterns_bounds_and_maps_hold() {
+    let s = server();
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["name", "born", "code", "age", "weight", "toys"],
+        "properties": {"name": {"type": "string"}, "born": {"type": "string", "format": "date"},
+            "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$", "maxLength": 6},
+            "age": {"type": "integer", "minimum": 1, "maximum": 20}, "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 12.5},
+            "toys": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 9}}}});
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Describe a cat named Tom as JSON: born 2021-04-01, license code TOM-07, aged 3, weighing 4.2 kg, with ball: 2 and mouse: 1 toys."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "cat", "strict": true, "schema": schema}}, "temperature": 0, "max_tokens": 150});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let date = |d: &str| {
+        let p: Vec<&str> = d.split('-').collect();
+        let num = |x: &str, len: usize, lo: u32, hi: u32| x.len() == len && x.bytes().all(|b| b.is_ascii_digit()) && (lo..=hi).contains(&x.parse::<u32>().unwrap());
+        p.len() == 3 && num(p[0], 4, 0, 9999) && num(p[1], 2, 1, 12) && num(p[2], 2, 1, 31)
+    };
+    let code = |c: &str| {
+        let b = c.as_bytes();
+        b.len() == 6 && b[..3].iter().all(u8::is_ascii_uppercase) && b[3] == b'-' && b[4..].iter().all(u8::is_ascii_digit)
+    };
+    let instance = |v: &serde_json::Map<String, Value>| {
+        v.len() == 6
+            && v["name"].is_string()
+            && v["born"].as_str().is_some_and(date)
+            && v["code"].as_str().is_some_and(code)
+            && v["age"].as_i64().is_some_and(|a| (1..=20).contains(&a))
+            && v["weight"].as_f64().is_some_and(|w| w > 0.0 && w <= 12.5)
+            && v["toys"].as_object().is_some_and(|t| t.values().all(|n| n.as_i64().is_some_and(|n| (0..=9).contains(&n))))
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    let choice = &whole["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap();
+    assert_eq!(choice["finish_reason"], "stop", "{whole}");
+    let v: serde_json::Map<String, Value> = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+    assert!(instance(&v), "{content}");
+    let hot = s.post("/v1/chat/completions", &body(json!({"temperature": 1.5, "seed": 11, "n": 4, "max_tokens": 120}))).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        let content = choice["message"]["content"].as_str().unwrap();
+        match (choice["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(content)) {
+            ("stop", Ok(v)) => assert!(instance(&v), "{content}"),
+            ("length", Err(e)) if e.is_eof() => {}
+            (reason, parsed) => panic!("{reason}: {parsed:?}: {content:?}"),
+        }
+    }
+    // A pattern Rust's regex syntax has no counterpart for is refused, naming it.
+    let lookahead = json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "(?=x)"}}});
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": lookahead}}}))).error(400);
+    assert_eq!(e["param"], "response_format");
+    assert!(e["message"].as_str().unwrap().contains("`pattern` \"(?=x)\" at `/properties/a`"), "{e}");
+}
+
 /// `response_format: json_schema`: greedy and hot-sampled outputs are instances of the schema
 /// (keys, types, the enum, required keys), or, cut by `max_tokens`, the start of one.
 #[test]

@@ -54,7 +54,7 @@ impl OutputFormat {
     }
 }
 
-/// One sequence's parse of its output so far. (A schema's state is the larger, ~230 bytes: one
+/// One sequence's parse of its output so far. (A schema's state is the larger, ~250 bytes: one
 /// per sequence, copied at each step anyway.)
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)]

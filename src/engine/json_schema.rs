@@ -5,18 +5,22 @@
 //! The subset is what OpenAI's strict mode and pydantic models use: `type` (one or a list),
 //! `properties` + `required` (keys in any order, each at most once, no others; `}` only once
 //! every required key is written), `additionalProperties` false or true (no extra keys are
-//! written either way), `items` with `minItems` / `maxItems`, `minLength` / `maxLength` (in
-//! characters), `enum`, `const`, `anyOf` whose alternatives start differently (`{`, `[`, a
-//! string, a number, a boolean, null: `Optional[X]` is `anyOf: [X, {type: null}]`), `allOf`
-//! of one schema, `$ref` into `$defs` / `definitions` (recursion too), and the annotations
-//! `title`, `description`, `default`, `examples`. Anything else (`pattern`, `format`,
-//! `minimum`, `oneOf`, ...) is refused when the request comes, naming the keyword and where it
-//! is: the output would not be held to it. The root must be an object.
+//! written either way) or a schema without `properties` (a map), `items` with `minItems` /
+//! `maxItems`, `minLength` / `maxLength` (in characters), `pattern` and `format`
+//! ([`pattern`]), `minimum` / `maximum` and their exclusive forms ([`number`]), `enum`,
+//! `const`, `anyOf` / `oneOf` whose alternatives start differently (`{`, `[`, a string, a
+//! number, a boolean, null: `Optional[X]` is `anyOf: [X, {type: null}]`), `allOf` of one
+//! schema, `$ref` into `$defs` / `definitions` (recursion too), and the annotations `title`,
+//! `description`, `default`, `examples`. Anything else (`multipleOf`, `propertyNames`, ...) is
+//! refused when the request comes, naming the keyword and where it is: the output would not
+//! be held to it. The root must be an object.
 
 use serde_json::Value;
 
 use super::constraint::{ByteParser, MaskCache};
 use super::json_object::{literal_step, number_step, string_step, whitespace_step, Escape, Number, Step, StringStep};
+use number::{Bounded, Range};
+use pattern::{PatState, Pattern, DEAD};
 
 /// Open containers in one output.
 const MAX_DEPTH: usize = 12;
@@ -33,11 +37,16 @@ const UNLIMITED: NodeId = NodeId::MAX;
 #[derive(Debug)]
 enum Node {
     Object { props: Vec<(Box<[u8]>, NodeId)>, required: u64 },
+    /// `additionalProperties: {schema}` without `properties`: any keys, each with a value of
+    /// `values` (a repeated key is not refused).
+    Map { values: NodeId },
     /// `minItems` / `maxItems`.
     Array { items: NodeId, min: u32, max: u32 },
-    /// `minLength` / `maxLength`, in characters (an escape is one).
-    String { min: u32, max: u32 },
-    Number { integer: bool },
+    /// `minLength` / `maxLength`, in characters (an escape is one); `pattern` / `format` (an
+    /// index into `Schema::patterns`).
+    String { min: u32, max: u32, pattern: Option<u16> },
+    /// `range`: `minimum` / `maximum` and their exclusive forms.
+    Number { integer: bool, range: Option<Range> },
     Boolean,
     Null,
     /// The allowed values, each as its compact JSON text.
@@ -57,14 +66,16 @@ pub struct Schema {
     /// every output it accepts can still be completed.
     need: Vec<u8>,
     root: NodeId,
+    /// The `pattern`s and `format`s strings are held to.
+    patterns: Vec<Pattern>,
     pub(super) masks: MaskCache<SchemaState>,
 }
 
 impl Schema {
     /// Compiles `schema`; the error says which keyword at which JSON pointer is the problem.
     pub fn compile(schema: &Value) -> Result<Self, String> {
-        let (nodes, need, root) = compile::compile(schema)?;
-        Ok(Self { nodes, need, root, masks: MaskCache::with_capacity(256) })
+        let compile::Compiled { nodes, need, root, patterns } = compile::compile(schema)?;
+        Ok(Self { nodes, need, root, patterns, masks: MaskCache::with_capacity(256) })
     }
 
     pub(super) fn start(&self) -> SchemaState {
@@ -104,10 +115,17 @@ enum Mode {
     KeyName { candidates: u64, read: u8 },
     /// After a key: `:`, then the value of property `prop`.
     Colon { prop: u8 },
+    /// Inside a map's key.
+    MapKey { escape: Escape, utf8_left: u8 },
+    /// After a map's key: `:`, then a value.
+    MapColon,
     AfterValue,
-    /// Inside a string value of `node`, `chars` characters in.
-    Str { node: NodeId, escape: Escape, utf8_left: u8, chars: u32 },
+    /// Inside a string value of `node`, `chars` characters in; `pat`: where its pattern's
+    /// match stands (0 without one).
+    Str { node: NodeId, escape: Escape, utf8_left: u8, chars: u32, pat: PatState },
     Number { part: Number, integer: bool },
+    /// Inside a number of `node`, which has bounds.
+    Bounded { node: NodeId, num: Bounded },
     Literal { which: u8, matched: u8 },
     /// Inside an enum value: the values it can still be, `read` bytes in.
     Enum { node: NodeId, candidates: u64, read: u8 },
@@ -178,11 +196,11 @@ impl SchemaState {
 
     fn step(&mut self, b: u8) -> bool {
         match self.mode {
-            Mode::Str { node, escape, utf8_left, chars } => {
-                let (min, max) = match node {
-                    UNLIMITED => (0, u32::MAX),
+            Mode::Str { node, escape, utf8_left, chars, pat } => {
+                let (min, max, pattern) = match node {
+                    UNLIMITED => (0, u32::MAX, None),
                     _ => match *self.node(node) {
-                        Node::String { min, max } => (min, max),
+                        Node::String { min, max, pattern } => (min, max, pattern.map(|p| &self.schema().patterns[p as usize])),
                         _ => unreachable!("a string mode holds a string node"),
                     },
                 };
@@ -192,11 +210,18 @@ impl SchemaState {
                 let begins = escape == Escape::None && utf8_left == 0 && b != b'"';
                 let counted = chars + u32::from(begins);
                 let chars = if max == u32::MAX { counted.min(min) } else { counted };
+                let pat = match pattern {
+                    Some(p) => match pattern_step(p, pat, escape, b, counted, max) {
+                        Some(pat) => pat,
+                        None => return false,
+                    },
+                    None => pat,
+                };
                 self.mode = match string_step(escape, utf8_left, b) {
                     StringStep::Refused => return false,
                     StringStep::Inside(..) if counted > max => return false,
-                    StringStep::Inside(escape, utf8_left) => Mode::Str { node, escape, utf8_left, chars },
-                    StringStep::Closed if counted < min => return false,
+                    StringStep::Inside(escape, utf8_left) => Mode::Str { node, escape, utf8_left, chars, pat },
+                    StringStep::Closed if counted < min || pattern.is_some_and(|p| !p.accepts(pat)) => return false,
                     StringStep::Closed => Mode::AfterValue,
                 };
                 true
@@ -212,6 +237,20 @@ impl SchemaState {
                 }
                 Step::Refused => false,
             },
+            Mode::Bounded { node, num } => {
+                let Node::Number { integer, range: Some(range) } = self.node(node) else { unreachable!("a bounded number's node") };
+                match num.step(b, range, *integer) {
+                    Step::Inside(num) => {
+                        self.mode = Mode::Bounded { node, num };
+                        true
+                    }
+                    Step::Ended => {
+                        self.mode = Mode::AfterValue;
+                        self.step(b)
+                    }
+                    Step::Refused => false,
+                }
+            }
             Mode::Literal { which, matched } => match literal_step(which, matched, b) {
                 Step::Inside(matched) => {
                     self.mode = Mode::Literal { which, matched };
@@ -251,6 +290,14 @@ impl SchemaState {
                 let next = matching(props.iter().map(|(n, _)| &n[..]), candidates, read as usize, b);
                 self.mode = Mode::KeyName { candidates: next, read: read.saturating_add(1) };
                 next != 0
+            }
+            Mode::MapKey { escape, utf8_left } => {
+                self.mode = match string_step(escape, utf8_left, b) {
+                    StringStep::Refused => return false,
+                    StringStep::Inside(escape, utf8_left) => Mode::MapKey { escape, utf8_left },
+                    StringStep::Closed => Mode::MapColon,
+                };
+                true
             }
             Mode::Done => false,
             mode => {
@@ -297,6 +344,21 @@ impl SchemaState {
                             _ => false,
                         }
                     }
+                    Node::Map { values } => {
+                        let more = self.fits(*values);
+                        match (mode, b) {
+                            (Mode::KeyOrClose | Mode::Key, b'"') if more => {
+                                self.mode = Mode::MapKey { escape: Escape::None, utf8_left: 0 };
+                                true
+                            }
+                            (Mode::KeyOrClose | Mode::AfterValue, b'}') => self.close(),
+                            (Mode::AfterValue, b',') if more => {
+                                self.mode = Mode::Key;
+                                true
+                            }
+                            _ => false,
+                        }
+                    }
                     Node::Array { items, .. } => match (mode, b) {
                         (Mode::AfterValue, b',') if self.fits(*items) && self.array_may_grow() => {
                             self.frames[self.depth as usize - 1].seen += u64::from(self.array_counted());
@@ -317,6 +379,11 @@ impl SchemaState {
                 self.mode = Mode::Value(value);
                 true
             }
+            Mode::MapColon if b == b':' => {
+                let Node::Map { values } = self.node(self.top().node) else { unreachable!("map keys are read in maps") };
+                self.mode = Mode::Value(*values);
+                true
+            }
             _ => false,
         }
     }
@@ -327,18 +394,22 @@ impl SchemaState {
             return false;
         }
         self.mode = match (self.node(node), b) {
-            (Node::Object { .. }, b'{') => return self.open(node, Mode::KeyOrClose),
+            (Node::Object { .. } | Node::Map { .. }, b'{') => return self.open(node, Mode::KeyOrClose),
             (Node::Array { items, .. }, b'[') => {
                 let items = *items;
                 return self.open(node, Mode::ValueOrClose(items));
             }
-            (Node::String { min, max }, b'"') => {
-                let node = if *min == 0 && *max == u32::MAX { UNLIMITED } else { node };
-                Mode::Str { node, escape: Escape::None, utf8_left: 0, chars: 0 }
+            (Node::String { min, max, pattern }, b'"') => {
+                let node = if *min == 0 && *max == u32::MAX && pattern.is_none() { UNLIMITED } else { node };
+                Mode::Str { node, escape: Escape::None, utf8_left: 0, chars: 0, pat: 0 }
             }
-            (Node::Number { integer }, b'-') => Mode::Number { part: Number::Minus, integer: *integer },
-            (Node::Number { integer }, b'0') => Mode::Number { part: Number::Zero, integer: *integer },
-            (Node::Number { integer }, b'1'..=b'9') => Mode::Number { part: Number::Int, integer: *integer },
+            (Node::Number { integer, range: Some(range) }, _) => match Bounded::start(b, range, *integer) {
+                Some(num) => Mode::Bounded { node, num },
+                None => return false,
+            },
+            (Node::Number { integer, range: None }, b'-') => Mode::Number { part: Number::Minus, integer: *integer },
+            (Node::Number { integer, range: None }, b'0') => Mode::Number { part: Number::Zero, integer: *integer },
+            (Node::Number { integer, range: None }, b'1'..=b'9') => Mode::Number { part: Number::Int, integer: *integer },
             (Node::Boolean, b't') => Mode::Literal { which: 0, matched: 1 },
             (Node::Boolean, b'f') => Mode::Literal { which: 1, matched: 1 },
             (Node::Null, b'n') => Mode::Literal { which: 2, matched: 1 },
@@ -385,6 +456,34 @@ impl ByteParser for SchemaState {
     }
 }
 
+/// The bytes JSON's short escapes stand for (after `\\`): `"`, `\\`, `/`, b, f, n, r, t.
+fn unescaped(b: u8) -> Option<u8> {
+    Some(match b {
+        b'"' | b'\\' | b'/' => b,
+        b'b' => 0x08,
+        b'f' => 0x0C,
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        _ => return None,
+    })
+}
+
+/// Byte `b` of a string held to `pattern`, whose match is at `pat` (the string's characters
+/// `counted` with this byte's, at most `max`): the match's next state, or `None` if `b` cannot
+/// come. A character's bytes go to the pattern as written, an escape's as the byte it stands
+/// for; a backslash only where some escape could follow, and no `\u` escapes.
+fn pattern_step(pattern: &Pattern, pat: PatState, escape: Escape, b: u8, counted: u32, max: u32) -> Option<PatState> {
+    let fits = |next: PatState| next != DEAD && counted.saturating_add(pattern.shortest(next)) <= max;
+    match (escape, b) {
+        (Escape::None, b'"') => Some(pat),
+        (Escape::None, b'\\') => b"\"\\/bfnrt".iter().any(|&e| fits(pattern.step(pat, unescaped(e).expect("an escape")))).then_some(pat),
+        (Escape::None, _) => Some(pattern.step(pat, b)).filter(|&n| fits(n)),
+        (Escape::Backslash, _) => Some(pattern.step(pat, unescaped(b)?)).filter(|&n| fits(n)),
+        (Escape::Hex { .. }, _) => None,
+    }
+}
+
 fn low_bits(n: usize) -> u64 {
     if n >= 64 {
         u64::MAX
@@ -399,5 +498,7 @@ fn matching<'a>(names: impl Iterator<Item = &'a [u8]>, candidates: u64, read: us
 }
 
 mod compile;
+mod number;
+mod pattern;
 #[cfg(test)]
 mod tests;

@@ -92,6 +92,32 @@ parsed = client.chat.completions.parse(
 pet = parsed.choices[0].message.parsed
 check("chat.completions.parse into a pydantic model", isinstance(pet, Pet) and pet.name == "Tom" and pet.kind == "cat", parsed.choices[0].message)
 
+# Formats, bounds and maps the way pydantic writes them (`format: date`, `minimum` /
+# `maximum`, `additionalProperties: {...}`); pydantic's own validation checks the reply.
+import datetime  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+
+class Checkup(BaseModel):
+    pet: str
+    date: datetime.date
+    weight_kg: float = Field(gt=0, le=50)
+    score: int = Field(ge=1, le=5)
+    vaccines: dict[str, bool]
+
+
+parsed = client.chat.completions.parse(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Tom the cat had a checkup on 2024-03-05: 4.5 kg, score 4 of 5, rabies and flu vaccines done. As JSON."}],
+    response_format=Checkup,
+    temperature=0,
+    max_tokens=200,
+)
+checkup = parsed.choices[0].message.parsed
+check("parse: date, bounded numbers and a dict", isinstance(checkup, Checkup), parsed.choices[0].message)
+print(f"   {checkup!r}")
+
 try:
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5)
     check("bad temperature raises", False, "no exception")

@@ -1,30 +1,39 @@
 //! Compiling a JSON Schema into `super::Node`s: keywords checked against the supported subset,
-//! `$ref`s resolved (recursion included), unions checked to start differently, and the
-//! nesting each node needs worked out.
+//! `$ref`s resolved (recursion included), unions checked to start differently, patterns and
+//! formats built into tables, bounds read exactly, and the nesting each node needs worked out.
 
 use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::number::Range;
+use super::pattern::{Pattern, FORMATS};
 use super::{Node, NodeId, MAX_CHOICES, MAX_DEPTH, MAX_NAME_BYTES, UNLIMITED};
 
-/// The nodes, the nesting each needs (see `super::Schema::need`) and the root; the error says
-/// which keyword at which JSON pointer is the problem.
-pub(super) fn compile(schema: &Value) -> Result<(Vec<Node>, Vec<u8>, NodeId), String> {
-    let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new(), unions: Vec::new(), depth: 0 };
+/// A compiled schema's parts (see `super::Schema`).
+pub(super) struct Compiled {
+    pub nodes: Vec<Node>,
+    pub need: Vec<u8>,
+    pub root: NodeId,
+    pub patterns: Vec<Pattern>,
+}
+
+/// Compiles `schema`; the error says which keyword at which JSON pointer is the problem.
+pub(super) fn compile(schema: &Value) -> Result<Compiled, String> {
+    let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new(), unions: Vec::new(), depth: 0, patterns: Vec::new() };
     let root = c.node(schema, "")?;
     let (nodes, root) = resolve_aliases(c.nodes, root)?;
     for (id, where_) in c.unions {
         check_union(&nodes, id, &where_)?;
     }
-    if !matches!(nodes[root as usize], Node::Object { .. }) {
+    if !matches!(nodes[root as usize], Node::Object { .. } | Node::Map { .. }) {
         return Err("the schema's root must be an object (`\"type\": \"object\"`)".into());
     }
     let need = nesting_needed(&nodes);
     if need[root as usize] as usize > MAX_DEPTH {
         return Err(format!("no instance of the schema nests less than {MAX_DEPTH} levels deep (required objects within required objects, or without end)"));
     }
-    Ok((nodes, need, root))
+    Ok(Compiled { nodes, need, root, patterns: c.patterns })
 }
 
 struct Compiler<'a> {
@@ -35,6 +44,7 @@ struct Compiler<'a> {
     unions: Vec<(NodeId, String)>,
     /// Schemas being compiled, one within another (nesting and `$ref` chains).
     depth: usize,
+    patterns: Vec<Pattern>,
 }
 
 /// How deep schemas may sit within one another, `$ref`s followed: compiling recurses.
@@ -56,7 +66,7 @@ fn resolve_aliases(mut nodes: Vec<Node>, root: NodeId) -> Result<(Vec<Node>, Nod
     for node in &mut nodes {
         match node {
             Node::Object { props, .. } => props.iter_mut().for_each(|(_, id)| *id = targets[*id as usize]),
-            Node::Array { items, .. } => *items = targets[*items as usize],
+            Node::Array { items, .. } | Node::Map { values: items } => *items = targets[*items as usize],
             Node::Union(ids) => ids.iter_mut().for_each(|id| *id = targets[*id as usize]),
             _ => {}
         }
@@ -68,7 +78,7 @@ fn resolve_aliases(mut nodes: Vec<Node>, root: NodeId) -> Result<(Vec<Node>, Nod
 /// union that holds itself (through other unions) has no first byte of its own: an error.
 fn kinds(nodes: &[Node], id: NodeId, visiting: &mut Vec<NodeId>) -> Result<u8, String> {
     Ok(match &nodes[id as usize] {
-        Node::Object { .. } => 1,
+        Node::Object { .. } | Node::Map { .. } => 1,
         Node::Array { .. } => 2,
         Node::String { .. } => 4,
         Node::Number { .. } => 8,
@@ -98,7 +108,7 @@ fn check_union(nodes: &[Node], id: NodeId, where_: &str) -> Result<(), String> {
     for &member in ids {
         let k = kinds(nodes, member, &mut vec![id])?;
         if seen & k != 0 {
-            return Err(format!("`anyOf` / a `type` list at {where_} has two alternatives that start alike (two objects, two strings, ...): not supported"));
+            return Err(format!("`anyOf` / `oneOf` / a `type` list at {where_} has two alternatives that start alike (two objects, two strings, ...): not supported"));
         }
         seen |= k;
     }
@@ -106,7 +116,7 @@ fn check_union(nodes: &[Node], id: NodeId, where_: &str) -> Result<(), String> {
 }
 
 /// For every node, the fewest containers a value of it must open: 0 for a scalar, 1 for an
-/// array (it may be empty), 1 + the most its required properties need for an object, the
+/// array or a map (either may be empty), 1 + the most its required properties need for an object, the
 /// fewest of its alternatives for a union; `u8::MAX` past the parser's depth (or without end).
 fn nesting_needed(nodes: &[Node]) -> Vec<u8> {
     let mut need = vec![u8::MAX; nodes.len()];
@@ -121,6 +131,8 @@ fn nesting_needed(nodes: &[Node]) -> Vec<u8> {
                 }
                 // Empty, or its fewest items.
                 Node::Array { items, min, .. } => if *min > 0 { need[*items as usize].saturating_add(1) } else { 1 },
+                // It may be empty.
+                Node::Map { .. } => 1,
                 Node::Union(ids) => ids.iter().map(|&m| need[m as usize]).min().unwrap_or(u8::MAX),
                 _ => 0,
             };
@@ -191,7 +203,7 @@ impl Compiler<'_> {
         }
         let known = [
             "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
-            "anyOf", "$defs", "definitions",
+            "anyOf", "oneOf", "$defs", "definitions", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
         ];
         if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str()) && !ANNOTATIONS.contains(&k.as_str())) {
             return Err(format!("keyword `{k}` at {where_} is not supported (the output would not be held to it)"));
@@ -218,9 +230,17 @@ impl Compiler<'_> {
                 .collect::<Result<Vec<_>, _>>()?;
             return self.push(Node::Enum(texts));
         }
-        if let Some(any) = o.get("anyOf") {
-            let alternatives = any.as_array().filter(|a| !a.is_empty()).ok_or_else(|| format!("`anyOf` at {where_} must be a non-empty array"))?;
-            let ids = alternatives.iter().enumerate().map(|(i, a)| self.node(a, &format!("{at}/anyOf/{i}"))).collect::<Result<Vec<_>, _>>()?;
+        // Alternatives must start differently (checked later), so at most one can hold for a
+        // value: `oneOf` is `anyOf`.
+        let union = match (o.get("anyOf"), o.get("oneOf")) {
+            (Some(_), Some(_)) => return Err(format!("`anyOf` and `oneOf` together at {where_} are not supported")),
+            (Some(any), None) => Some(("anyOf", any)),
+            (None, Some(one)) => Some(("oneOf", one)),
+            (None, None) => None,
+        };
+        if let Some((keyword, alternatives)) = union {
+            let alternatives = alternatives.as_array().filter(|a| !a.is_empty()).ok_or_else(|| format!("`{keyword}` at {where_} must be a non-empty array"))?;
+            let ids = alternatives.iter().enumerate().map(|(i, a)| self.node(a, &format!("{at}/{keyword}/{i}"))).collect::<Result<Vec<_>, _>>()?;
             return self.union(ids, &where_);
         }
         let types: Vec<&str> = match o.get("type") {
@@ -251,7 +271,12 @@ impl Compiler<'_> {
                 }
                 match o.get("additionalProperties") {
                     None | Some(Value::Bool(_)) => {}
-                    Some(_) => return Err(format!("`additionalProperties` at {where_} may only be true or false (a map of any keys is not supported)")),
+                    Some(values @ Value::Object(_)) if props_in.is_empty() && o.get("required").is_none_or(|r| r.as_array().is_some_and(Vec::is_empty)) => {
+                        let values = self.node(values, &format!("{at}/additionalProperties"))?;
+                        return self.push(Node::Map { values });
+                    }
+                    Some(Value::Object(_)) => return Err(format!("`additionalProperties` as a schema at {where_} is supported only without `properties` and `required` (a map)")),
+                    Some(_) => return Err(format!("`additionalProperties` at {where_} must be true, false or a schema")),
                 }
                 let mut props: Vec<(Box<[u8]>, NodeId)> = Vec::new();
                 for (name, schema) in props_in {
@@ -283,15 +308,42 @@ impl Compiler<'_> {
             }
             "string" => {
                 let (min, max) = bounds(o, "minLength", "maxLength", where_)?;
-                Node::String { min, max }
+                let pattern = self.pattern(o, min, max, where_)?;
+                Node::String { min, max, pattern }
             }
-            "integer" => Node::Number { integer: true },
-            "number" => Node::Number { integer: false },
+            "integer" => Node::Number { integer: true, range: Range::from_schema(o, true, where_)? },
+            "number" => Node::Number { integer: false, range: Range::from_schema(o, false, where_)? },
             "boolean" => Node::Boolean,
             "null" => Node::Null,
             other => return Err(format!("`type` {other:?} at {where_} is not a JSON Schema type")),
         };
         self.push(node)
+    }
+
+    /// A string's `pattern` or `format`, if it has one (not both); `minLength` beside it only
+    /// where every string the pattern takes is that long anyway.
+    fn pattern(&mut self, o: &serde_json::Map<String, Value>, min: u32, max: u32, where_: &str) -> Result<Option<u16>, String> {
+        let pattern = match (o.get("pattern"), o.get("format")) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => return Err(format!("`pattern` and `format` together at {where_} are not supported")),
+            (Some(Value::String(p)), None) => Pattern::from_schema_pattern(p).map_err(|e| format!("`pattern` {p:?} at {where_} {e}"))?,
+            (None, Some(Value::String(f))) => match Pattern::from_format(f) {
+                Some(p) => p.map_err(|e| format!("`format` {f:?} at {where_} {e}"))?,
+                None => return Err(format!("`format` {f:?} at {where_} is not supported (only {FORMATS})")),
+            },
+            _ => return Err(format!("`pattern` / `format` at {where_} must be a string")),
+        };
+        if pattern.shortest(pattern.start()) > max {
+            return Err(format!("`maxLength` at {where_} is below the fewest characters the `pattern` / `format` takes"));
+        }
+        if pattern.shortest(pattern.start()) < min {
+            return Err(format!("`minLength` beside `pattern` / `format` at {where_} is supported only where every match is that long"));
+        }
+        if self.patterns.len() == usize::from(u16::MAX) {
+            return Err("the schema has too many patterns".into());
+        }
+        self.patterns.push(pattern);
+        Ok(Some(self.patterns.len() as u16 - 1))
     }
 
     fn union(&mut self, ids: Vec<NodeId>, where_: &str) -> Result<NodeId, String> {

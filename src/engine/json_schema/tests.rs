@@ -91,18 +91,26 @@ fn what_the_schema_does_not_allow_is_refused() {
 fn unsupported_schemas_are_refused_naming_the_problem() {
     let cases = [
         (json!({"type": "array", "items": {"type": "string"}}), "root must be an object"),
-        (json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": 2}}}), "`minimum` at `/properties/a`"),
+        (json!({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 2}}}), "`multipleOf` at `/properties/a`"),
         (json!({"type": "object", "properties": {"a": {"type": "string", "minLength": 3, "maxLength": 2}}}), "`minLength` at `/properties/a` is above"),
         (json!({"type": "object", "properties": {"a": {"type": "array", "items": {"$ref": "#"}, "minItems": 1}}, "required": ["a"]}), "nests less than 12"),
-        (json!({"type": "object", "properties": {"a": {"type": "string", "format": "date-time"}}}), "`format`"),
-        (json!({"type": "object", "additionalProperties": {"type": "integer"}}), "additionalProperties"),
+        (json!({"type": "object", "properties": {"a": {"type": "string", "format": "uri"}}}), "`format` \"uri\" at `/properties/a` is not supported"),
+        (json!({"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": {"type": "integer"}}), "supported only without `properties`"),
+        (json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "(?=x)y"}}}), "`pattern` \"(?=x)y\" at `/properties/a` cannot be used"),
+        (json!({"type": "object", "properties": {"a": {"type": "string", "format": "uuid", "minLength": 40}}}), "`minLength` beside"),
+        (json!({"type": "object", "properties": {"a": {"type": "string", "format": "uuid", "maxLength": 35}}}), "`maxLength` at `/properties/a` is below"),
+        (json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "x", "format": "uuid"}}}), "together"),
+        (json!({"type": "object", "properties": {"a": {"type": "integer", "exclusiveMinimum": 1, "maximum": 1.5}}}), "leave no integer"),
+        (json!({"type": "object", "properties": {"a": {"type": "number", "minimum": 2, "exclusiveMaximum": 2}}}), "leave no number"),
+        (json!({"type": "object", "properties": {"a": {"type": "number", "maximum": 1e20}}}), "under 10^15"),
+        (json!({"type": "object", "properties": {"a": {"type": "number", "minimum": 0.1234567890123}}}), "at most 12 decimals"),
         (json!({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}}}), "start alike"),
         (json!({"type": "object", "properties": {"a": {}}}), "no `type`"),
         (json!({"type": "object", "properties": {"a": {"enum": [{"x": 1}]}}}), "`enum` values"),
         (json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}), "names \"b\""),
         (json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/Nope"}}}), "points nowhere"),
         (json!({"type": "object", "properties": {"a": {"type": "array"}}}), "needs `items`"),
-        (json!({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}]}}}), "`oneOf`"),
+        (json!({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 2}]}}}), "start alike"),
         (json!({"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}), "refers to itself"),
         (json!({"type": "object", "properties": {"p": {"$ref": "#/$defs/A"}}, "$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"$ref": "#/$defs/A"}}}), "refers to itself"),
         (json!({"type": "object", "properties": {"x": {"anyOf": [{"$ref": "#/properties/x"}, {"type": "null"}]}}}), "holds itself"),
@@ -413,4 +421,145 @@ fn the_vocabulary_walk_matches_feeding_each_token() {
         assert!(state.feed(b));
     }
     assert!(state.is_complete());
+}
+
+/// Is `text` a JSON number in the range (each bound `Some((value, exclusive))`)? By serde_json
+/// and `f64` comparisons: exact for the short numbers and bounds used here.
+fn in_range(text: &str, integer: bool, lo: Option<(f64, bool)>, hi: Option<(f64, bool)>) -> bool {
+    let Ok(Value::Number(n)) = serde_json::from_str::<Value>(text) else { return false };
+    if text.contains(['e', 'E']) || (integer && !(n.is_i64() || n.is_u64())) {
+        return false;
+    }
+    let x = n.as_f64().unwrap();
+    lo.is_none_or(|(l, open)| x > l || (!open && x == l)) && hi.is_none_or(|(h, open)| x < h || (!open && x == h))
+}
+
+/// Bounded numbers: random short texts are taken exactly when they are numbers in range, and a
+/// random walk never reaches a prefix no byte can continue.
+#[test]
+fn bounded_numbers_take_exactly_their_range() {
+    type Bound = Option<(f64, bool)>;
+    let cases: [(&str, Value, bool, Bound, Bound); 9] = [
+        ("integer", json!({"minimum": 1000}), true, Some((1000.0, false)), None),
+        ("number", json!({"minimum": -20000, "exclusiveMaximum": 5000.5}), false, Some((-20000.0, false)), Some((5000.5, true))),
+        ("integer", json!({"minimum": -5, "maximum": 120}), true, Some((-5.0, false)), Some((120.0, false))),
+        ("integer", json!({"exclusiveMinimum": 0, "exclusiveMaximum": 10}), true, Some((0.0, true)), Some((10.0, true))),
+        ("integer", json!({"maximum": -3}), true, None, Some((-3.0, false))),
+        ("integer", json!({"minimum": 0.5, "maximum": 2.5}), true, Some((0.5, false)), Some((2.5, false))),
+        ("number", json!({"minimum": 0, "maximum": 1}), false, Some((0.0, false)), Some((1.0, false))),
+        ("number", json!({"exclusiveMinimum": -1.5, "maximum": 2.25}), false, Some((-1.5, true)), Some((2.25, false))),
+        ("number", json!({"exclusiveMinimum": 0.5}), false, Some((0.5, true)), None),
+    ];
+    let mut rng = Rng(99);
+    for (t, bounds, integer, lo, hi) in cases {
+        let mut prop = bounds.as_object().unwrap().clone();
+        prop.insert("type".into(), json!(t));
+        let schema = Schema::compile(&json!({"type": "object", "properties": {"n": prop}})).unwrap();
+        let mut taken = 0;
+        for _ in 0..20_000 {
+            let len = 1 + rng.below(6);
+            let text: String = (0..len).map(|_| b"0123456789-.0112e"[rng.below(17)] as char).collect();
+            let want = in_range(&text, integer, lo, hi);
+            taken += usize::from(want);
+            assert_eq!(accepts_whole(&schema, format!(r#"{{"n":{text}}}"#).as_bytes()), want, "{t} {bounds} {text:?}");
+        }
+        assert!(taken > 100, "{t} {bounds}: {taken} taken");
+        // At and around each bound.
+        for (b, _) in [lo, hi].into_iter().flatten() {
+            for d in [0.0, 1.0, -1.0, 0.5, -0.5, 0.25, -0.25, 0.001, -0.001, 1e-6, -1e-6, 2.0, -2.0] {
+                for text in [format!("{}", b + d), format!("{:.1}", b + d), format!("{:.0}", b + d)] {
+                    let want = in_range(&text, integer, lo, hi);
+                    assert_eq!(accepts_whole(&schema, format!(r#"{{"n":{text}}}"#).as_bytes()), want, "{t} {bounds} {text:?}");
+                }
+            }
+        }
+        for _ in 0..300 {
+            let mut state = parse(&schema, br#"{"n":"#).unwrap();
+            for _ in 0..40 {
+                let next: Vec<SchemaState> = b"0123456789-.}".iter().filter_map(|&b| { let mut s = state; s.feed(b).then_some(s) }).collect();
+                assert!(!next.is_empty(), "{t} {bounds}: dead end at {state:?}");
+                state = next[rng.below(next.len())];
+                if state.is_complete() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn strings_follow_their_pattern_or_format() {
+    let schema = Schema::compile(&json!({"type": "object", "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}-\\d+$", "maxLength": 6},
+        "note": {"type": "string", "pattern": "^a\\nb/\"c$"},
+        "when": {"type": ["string", "null"], "format": "date-time"}}})).unwrap();
+    for (doc, ok) in [
+        (r#"{"id":"123e4567-e89b-12d3-a456-426614174000"}"#, true),
+        (r#"{"id":"123e4567-e89b-12d3-a456-42661417400"}"#, false),
+        (r#"{"code":"ABC-12"}"#, true),
+        (r#"{"code":"ABC-123"}"#, false),
+        (r#"{"code":"AB-1"}"#, false),
+        (r#"{"note":"a\nb\/\"c"}"#, true),
+        (r#"{"note":"a\nb/\"c"}"#, true),
+        (r#"{"note":"a\u000ab/\"c"}"#, false),
+        (r#"{"when":"2024-05-01T12:00:00Z"}"#, true),
+        (r#"{"when":null}"#, true),
+        (r#"{"when":"yesterday"}"#, false),
+    ] {
+        assert_eq!(accepts_whole(&schema, doc.as_bytes()), ok, "{doc}");
+    }
+    // Under a length limit a character is refused where the pattern could not then be finished
+    // in the characters left: after "ABC-1" (5 of 6) a digit may follow, no letter.
+    let after = parse(&schema, br#"{"code":"ABC-1"#).unwrap();
+    assert!({ let mut s = after; s.feed(b'2') } && !{ let mut s = after; s.feed(b'X') });
+    // No escape can continue "A": a backslash is refused there.
+    assert!(!{ let mut s = parse(&schema, br#"{"code":"A"#).unwrap(); s.feed(b'\\') });
+}
+
+#[test]
+fn maps_take_any_keys() {
+    let schema = Schema::compile(&json!({"type": "object", "required": ["scores"], "properties": {
+        "scores": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}}})).unwrap();
+    for (doc, ok) in [
+        (r#"{"scores":{}}"#, true),
+        (r#"{"scores":{"a":1, "b c\n":2, "日本":30}}"#, true),
+        (r#"{"scores":{"a":-1}}"#, false),
+        (r#"{"scores":{"a":"x"}}"#, false),
+        (r#"{"scores":{"a":1,}}"#, false),
+        (r#"{"scores":{"a"}}"#, false),
+    ] {
+        assert_eq!(accepts_whole(&schema, doc.as_bytes()), ok, "{doc}");
+    }
+    let root = Schema::compile(&json!({"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}})).unwrap();
+    assert!(accepts_whole(&root, br#"{"x":["a"],"y":[]}"#) && !accepts_whole(&root, br#"{"x":"a"}"#));
+}
+
+/// Random byte-level walks (every byte value a candidate) under patterns, formats, length
+/// limits, bounded numbers and maps: some byte can always follow.
+#[test]
+fn no_prefix_is_a_dead_end_under_patterns_bounds_and_maps() {
+    let schema = Schema::compile(&json!({"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2,3}-\\d+$", "maxLength": 7},
+        "tag": {"type": "string", "pattern": "x\\by|q"},
+        "day": {"type": "string", "format": "date"},
+        "ip": {"type": "string", "format": "ipv6"},
+        "p": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.75},
+        "k": {"type": "integer", "minimum": 10, "maximum": 12},
+        "m": {"type": "object", "additionalProperties": {"type": "integer", "exclusiveMaximum": -2}}}})).unwrap();
+    let mut rng = Rng(5);
+    let mut complete = 0;
+    for _ in 0..300 {
+        let mut state = schema.start();
+        for _ in 0..400 {
+            if state.is_complete() {
+                complete += 1;
+                break;
+            }
+            let next: Vec<SchemaState> = (0..=255u8).filter_map(|b| { let mut s = state; s.feed(b).then_some(s) }).collect();
+            assert!(!next.is_empty(), "dead end at {state:?}");
+            state = next[rng.below(next.len())];
+        }
+    }
+    assert!(complete > 10, "{complete} walks completed");
 }

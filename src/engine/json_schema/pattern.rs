@@ -1,0 +1,274 @@
+//! `pattern` and `format` on strings: a string's characters held to a regular expression.
+//!
+//! The expression becomes a DFA (regex-automata), read out into a table of the states a string
+//! can reach, over the DFA's byte classes, keeping only the states from which some string the
+//! output can still write is accepted: a byte that would leave them is refused, so a string
+//! begun under a pattern can always be finished. The bytes fed are the string's decoded
+//! characters as UTF-8 (an escape like `\n` feeds the byte it stands for; `\u` escapes are not
+//! taken, every character can be written as itself).
+
+use std::collections::HashMap;
+
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::util::{start, syntax};
+use regex_automata::{Anchored, MatchKind};
+
+/// A state index of a [`Pattern`]; [`DEAD`] for no state.
+pub(super) type PatState = u16;
+pub(super) const DEAD: PatState = PatState::MAX;
+
+/// States a pattern may have (they index the table as `u16`s, [`DEAD`] excluded).
+const MAX_STATES: usize = 4096;
+/// Memory the DFA may take while it is built.
+const BUILD_LIMIT: usize = 8 << 20;
+
+/// Characters a decoded string can hold: anything from U+0020 up, and the control characters
+/// JSON has short escapes for (`\b`, `\t`, `\n`, `\f`, `\r`).
+fn writable(b: u8) -> bool {
+    b >= 0x20 || matches!(b, 0x08 | 0x09 | 0x0A | 0x0C | 0x0D)
+}
+
+/// Whether byte `b` begins a character (an ASCII byte or a UTF-8 lead byte).
+pub(super) fn begins_char(b: u8) -> bool {
+    !(0x80..0xC0).contains(&b)
+}
+
+#[derive(Debug)]
+pub(super) struct Pattern {
+    class: [u8; 256],
+    classes: usize,
+    /// `next[state * classes + class]`: the state after a byte of that class, or [`DEAD`].
+    next: Vec<PatState>,
+    /// Whether the string may end in each state.
+    accepts: Vec<bool>,
+    /// Per state, the fewest characters still needed for the string to be accepted.
+    shortest: Vec<u32>,
+}
+
+impl Pattern {
+    /// A JSON Schema `pattern` (ECMA-262 syntax, matched anywhere in the string unless anchored
+    /// with `^` / `$`).
+    pub fn from_schema_pattern(pattern: &str) -> Result<Self, String> {
+        let rust = ecma_to_rust(pattern)?;
+        Self::build(&format!("(?s:.)*(?:{rust})(?s:.)*"))
+    }
+
+    /// A JSON Schema `format` among those OpenAI's strict mode lists; `None` for any other.
+    pub fn from_format(format: &str) -> Option<Result<Self, String>> {
+        format_regex(format).map(|r| Self::build(&r))
+    }
+
+    /// `regex` (Rust syntax) matched against the whole string. (`MatchKind::All`: a
+    /// leftmost-first DFA would drop `ab` from `a|ab` once `a` had matched.)
+    fn build(regex: &str) -> Result<Self, String> {
+        let dfa = dense::Builder::new()
+            .configure(dense::Config::new()
+                    .match_kind(MatchKind::All)
+                    .start_kind(StartKind::Anchored).determinize_size_limit(Some(BUILD_LIMIT)).dfa_size_limit(Some(BUILD_LIMIT)))
+            .syntax(syntax::Config::new().unicode(true).utf8(true))
+            .build(regex)
+            .map_err(|e| format!("cannot be used: {e}"))?;
+        let start = dfa.start_state(&start::Config::new().anchored(Anchored::Yes)).map_err(|e| format!("cannot be used: {e}"))?;
+        let mut class = [0u8; 256];
+        for b in 0..=255u8 {
+            class[b as usize] = dfa.byte_classes().get(b);
+        }
+        let classes = dfa.byte_classes().alphabet_len();
+        // A representative writable byte per class, if the class has one.
+        let mut sample: Vec<Option<u8>> = vec![None; classes];
+        for b in (0..=255u8).filter(|&b| writable(b)) {
+            sample[class[b as usize] as usize].get_or_insert(b);
+        }
+        // Every state reachable from the start by writable bytes, numbered in visiting order.
+        let mut index: HashMap<_, usize> = HashMap::from([(start, 0)]);
+        let mut ids = vec![start];
+        let mut next = Vec::new();
+        let mut i = 0;
+        while i < ids.len() {
+            let id = ids[i];
+            for &b in &sample {
+                let to = match b {
+                    Some(b) => dfa.next_state(id, b),
+                    None => {
+                        next.push(usize::MAX);
+                        continue;
+                    }
+                };
+                if dfa.is_dead_state(to) || dfa.is_quit_state(to) {
+                    next.push(usize::MAX);
+                    continue;
+                }
+                let n = *index.entry(to).or_insert_with(|| {
+                    ids.push(to);
+                    ids.len() - 1
+                });
+                next.push(n);
+            }
+            if ids.len() > MAX_STATES {
+                return Err(format!("is too complex (more than {MAX_STATES} states)"));
+            }
+            i += 1;
+        }
+        let accepts: Vec<bool> = ids.iter().map(|&id| dfa.is_match_state(dfa.next_eoi_state(id))).collect();
+        let shortest = shortest_to_accept(&next, classes, &accepts, &class);
+        if shortest[0] == u32::MAX {
+            return Err("matches no string".into());
+        }
+        // Bytes into states that can no longer reach an accepted end are refused.
+        let next = next.into_iter().map(|n| if n == usize::MAX || shortest[n] == u32::MAX { DEAD } else { n as PatState }).collect();
+        Ok(Self { class, classes, next, accepts, shortest })
+    }
+
+    pub fn start(&self) -> PatState {
+        0
+    }
+
+    /// The state after decoded byte `b`, or [`DEAD`].
+    pub fn step(&self, s: PatState, b: u8) -> PatState {
+        self.next[s as usize * self.classes + self.class[b as usize] as usize]
+    }
+
+    pub fn accepts(&self, s: PatState) -> bool {
+        self.accepts[s as usize]
+    }
+
+    /// The fewest characters that finish an accepted string from `s`.
+    pub fn shortest(&self, s: PatState) -> u32 {
+        self.shortest[s as usize]
+    }
+}
+
+/// Per state, the fewest characters (bytes that begin one) on a path of writable bytes to an
+/// accepting state; `u32::MAX` where there is none.
+fn shortest_to_accept(next: &[usize], classes: usize, accepts: &[bool], class: &[u8; 256]) -> Vec<u32> {
+    // The cheapest writable byte of each class: 0 if a continuation byte is among them.
+    let mut cost = vec![u32::MAX; classes];
+    for b in (0..=255u8).filter(|&b| writable(b)) {
+        let c = &mut cost[class[b as usize] as usize];
+        *c = (*c).min(u32::from(begins_char(b)));
+    }
+    let mut shortest: Vec<u32> = accepts.iter().map(|&a| if a { 0 } else { u32::MAX }).collect();
+    // Bellman-Ford: each round settles paths one byte longer.
+    for _ in 0..=accepts.len() {
+        let mut changed = false;
+        for s in 0..accepts.len() {
+            for c in 0..classes {
+                let to = next[s * classes + c];
+                if to == usize::MAX || cost[c] == u32::MAX || shortest[to] == u32::MAX {
+                    continue;
+                }
+                let via = shortest[to] + cost[c];
+                if via < shortest[s] {
+                    shortest[s] = via;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    shortest
+}
+
+/// Rewrites an ECMA-262 pattern for Rust's regex syntax where the two read the same text
+/// differently: `\d` and `\w` are ASCII classes there (Unicode ones in Rust), `\b` an ASCII
+/// word boundary (a backspace inside a class), and `[` or `&` / `~` inside a class are literal.
+/// What Rust does not have (look-around, back-references) fails to compile after.
+fn ecma_to_rust(p: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(p.len() + 16);
+    let mut in_class = false;
+    let mut chars = p.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let Some(e) = chars.next() else { return Err("ends in a lone backslash".into()) };
+                let piece = match (e, in_class) {
+                    ('d', false) => "[0-9]",
+                    ('d', true) => "0-9",
+                    ('w', false) => "[0-9A-Za-z_]",
+                    ('w', true) => "0-9A-Za-z_",
+                    ('D', false) => "[^0-9]",
+                    ('W', false) => "[^0-9A-Za-z_]",
+                    ('D' | 'W', true) => return Err(format!("`\\{e}` inside a character class is not supported")),
+                    ('b', false) => r"(?-u:\b)",
+                    ('B', false) => r"(?-u:\B)",
+                    ('b', true) => r"\x08",
+                    _ => {
+                        out.push('\\');
+                        out.push(e);
+                        continue;
+                    }
+                };
+                out.push_str(piece);
+            }
+            '[' if !in_class => {
+                in_class = true;
+                out.push('[');
+                // A `]` or `^]` right after the opening bracket: ECMA's empty class or a
+                // literal `]` in Rust; neither is worth supporting.
+                if chars.peek() == Some(&'^') {
+                    out.push(chars.next().expect("peeked"));
+                }
+                if chars.peek() == Some(&']') {
+                    return Err("an empty character class (`[]` or `[^]`) is not supported".into());
+                }
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(']');
+            }
+            '[' | '&' | '~' if in_class => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// The formats of OpenAI's strict mode, as regexes over the whole string (RFC 3339 dates and
+/// times, ISO 8601 durations, RFC 4122 UUIDs; emails and hostnames by their usual ASCII shape).
+fn format_regex(format: &str) -> Option<String> {
+    const DATE: &str = "[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])";
+    const TIME: &str = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])";
+    const LABEL: &str = "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?";
+    const OCTET: &str = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+    const H: &str = "[0-9A-Fa-f]{1,4}";
+    Some(match format {
+        "date" => DATE.to_string(),
+        "time" => TIME.to_string(),
+        "date-time" => format!("{DATE}[Tt]{TIME}"),
+        "duration" => {
+            let n = "[0-9]+";
+            let secs = format!("{n}(?:\\.{n})?S");
+            let date = format!("(?:{n}Y(?:{n}M)?(?:{n}D)?|{n}M(?:{n}D)?|{n}D)");
+            let time = format!("T(?:{n}H(?:{n}M)?(?:{secs})?|{n}M(?:{secs})?|{secs})");
+            format!("P(?:{n}W|{date}(?:{time})?|{time})")
+        }
+        "email" => format!("[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~-]+(?:\\.[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~-]+)*@{LABEL}(?:\\.{LABEL})+"),
+        "hostname" => format!("{LABEL}(?:\\.{LABEL})*"),
+        "ipv4" => format!("{OCTET}(?:\\.{OCTET}){{3}}"),
+        "ipv6" => [
+            format!("(?:{H}:){{7}}{H}"),
+            format!("(?:{H}:){{1,7}}:"),
+            format!("(?:{H}:){{1,6}}:{H}"),
+            format!("(?:{H}:){{1,5}}(?::{H}){{1,2}}"),
+            format!("(?:{H}:){{1,4}}(?::{H}){{1,3}}"),
+            format!("(?:{H}:){{1,3}}(?::{H}){{1,4}}"),
+            format!("(?:{H}:){{1,2}}(?::{H}){{1,5}}"),
+            format!("{H}:(?::{H}){{1,6}}"),
+            format!(":(?:(?::{H}){{1,7}}|:)"),
+        ]
+        .join("|"),
+        "uuid" => "[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}".to_string(),
+        _ => return None,
+    })
+}
+
+/// The formats [`Pattern::from_format`] knows, for error messages.
+pub(super) const FORMATS: &str = "date-time, date, time, duration, email, hostname, ipv4, ipv6, uuid";
+
+#[cfg(test)]
+mod tests;
