@@ -37,7 +37,8 @@ impl Range {
         let read = |k: &str| -> Result<Option<i128>, String> {
             match o.get(k) {
                 None => Ok(None),
-                Some(Value::Number(n)) => parse_decimal(&n.to_string())
+                // serde_json prints small and large floats with exponents (1e-7), Rust never.
+                Some(Value::Number(n)) => parse_decimal(&n.as_i64().map_or_else(|| n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()), |i| i.to_string()))
                     .map(Some)
                     .ok_or_else(|| format!("`{k}` at {where_} must be a number under 10^15 in magnitude with at most 12 decimals")),
                 Some(_) => Err(format!("`{k}` at {where_} must be a number")),
@@ -110,8 +111,8 @@ impl Range {
     }
 }
 
-/// A decimal's text as an integer in units of 10^-SCALE, if it is under 10^15 in magnitude with
-/// at most 12 decimals (`f64`s print without exponents in Rust).
+/// A decimal's text (no exponent) as an integer in units of 10^-SCALE, if it is under 10^15 in
+/// magnitude with at most 12 decimals.
 fn parse_decimal(text: &str) -> Option<i128> {
     let (neg, text) = text.strip_prefix('-').map_or((false, text), |t| (true, t));
     let (int, frac) = text.split_once('.').unwrap_or((text, ""));

@@ -439,7 +439,7 @@ fn in_range(text: &str, integer: bool, lo: Option<(f64, bool)>, hi: Option<(f64,
 #[test]
 fn bounded_numbers_take_exactly_their_range() {
     type Bound = Option<(f64, bool)>;
-    let cases: [(&str, Value, bool, Bound, Bound); 9] = [
+    let cases: [(&str, Value, bool, Bound, Bound); 10] = [
         ("integer", json!({"minimum": 1000}), true, Some((1000.0, false)), None),
         ("number", json!({"minimum": -20000, "exclusiveMaximum": 5000.5}), false, Some((-20000.0, false)), Some((5000.5, true))),
         ("integer", json!({"minimum": -5, "maximum": 120}), true, Some((-5.0, false)), Some((120.0, false))),
@@ -449,6 +449,7 @@ fn bounded_numbers_take_exactly_their_range() {
         ("number", json!({"minimum": 0, "maximum": 1}), false, Some((0.0, false)), Some((1.0, false))),
         ("number", json!({"exclusiveMinimum": -1.5, "maximum": 2.25}), false, Some((-1.5, true)), Some((2.25, false))),
         ("number", json!({"exclusiveMinimum": 0.5}), false, Some((0.5, true)), None),
+        ("number", json!({"minimum": 1e-7, "maximum": 2e14}), false, Some((1e-7, false)), Some((2e14, false))),
     ];
     let mut rng = Rng(99);
     for (t, bounds, integer, lo, hi) in cases {
