@@ -208,12 +208,30 @@ impl Compiler<'_> {
         if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str()) && !ANNOTATIONS.contains(&k.as_str())) {
             return Err(format!("keyword `{k}` at {where_} is not supported (the output would not be held to it)"));
         }
+        // Beside a list of values or of alternatives, a keyword would go unheeded: refused.
+        let beside = |allowed: &[&str], what: &str| match o.keys().find(|k| !allowed.contains(&k.as_str()) && !ANNOTATIONS.contains(&k.as_str())) {
+            Some(k) => Err(format!("keyword `{k}` beside `{what}` at {where_} is not supported (the output would not be held to it)")),
+            None => Ok(()),
+        };
         if o.contains_key("enum") || o.contains_key("const") {
-            let values: Vec<&Value> = match (o.get("enum"), o.get("const")) {
+            beside(&["enum", "const", "type", "$defs", "definitions"], if o.contains_key("enum") { "enum" } else { "const" })?;
+            let mut values: Vec<&Value> = match (o.get("enum"), o.get("const")) {
                 (Some(Value::Array(v)), None) => v.iter().collect(),
                 (None, Some(v)) => vec![v],
                 _ => return Err(format!("`enum` at {where_} must be an array (and not come with `const`)")),
             };
+            // pydantic's `Literal` writes a `type` beside them: only the values of that type hold.
+            if let Some(t) = o.get("type") {
+                let types: Vec<&str> = match t {
+                    Value::String(t) => vec![t.as_str()],
+                    Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+                    _ => return Err(format!("`type` at {where_} must be a type name or a list of them")),
+                };
+                values.retain(|v| types.iter().any(|&t| is_of_type(v, t)));
+                if values.is_empty() {
+                    return Err(format!("no `enum` / `const` value at {where_} is of its `type`"));
+                }
+            }
             if values.is_empty() || values.len() > MAX_CHOICES {
                 return Err(format!("`enum` at {where_} must have 1 to {MAX_CHOICES} values"));
             }
@@ -239,6 +257,7 @@ impl Compiler<'_> {
             (None, None) => None,
         };
         if let Some((keyword, alternatives)) = union {
+            beside(&["anyOf", "oneOf", "$defs", "definitions"], keyword)?;
             let alternatives = alternatives.as_array().filter(|a| !a.is_empty()).ok_or_else(|| format!("`{keyword}` at {where_} must be a non-empty array"))?;
             let ids = alternatives.iter().enumerate().map(|(i, a)| self.node(a, &format!("{at}/{keyword}/{i}"))).collect::<Result<Vec<_>, _>>()?;
             return self.union(ids, &where_);
@@ -364,6 +383,16 @@ fn bounds(o: &serde_json::Map<String, Value>, min: &str, max: &str, where_: &str
         return Err(format!("`{min}` at {where_} is above `{max}`"));
     }
     Ok((lo, hi))
+}
+
+/// Whether `v` is an instance of JSON Schema type `t`.
+fn is_of_type(v: &Value, t: &str) -> bool {
+    match (t, v) {
+        ("integer", Value::Number(n)) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0),
+        ("number", Value::Number(_)) | ("string", Value::String(_)) | ("boolean", Value::Bool(_)) | ("null", Value::Null) => true,
+        ("object", Value::Object(_)) | ("array", Value::Array(_)) => true,
+        _ => false,
+    }
 }
 
 fn first_kind(b: u8) -> u8 {

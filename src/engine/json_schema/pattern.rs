@@ -7,9 +7,10 @@
 //! characters as UTF-8 (an escape like `\n` feeds the byte it stands for; `\u` escapes are not
 //! taken, every character can be written as itself).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::nfa::thompson;
 use regex_automata::util::{start, syntax};
 use regex_automata::{Anchored, MatchKind};
 
@@ -19,7 +20,8 @@ pub(super) const DEAD: PatState = PatState::MAX;
 
 /// States a pattern may have (they index the table as `u16`s, [`DEAD`] excluded).
 const MAX_STATES: usize = 4096;
-/// Memory the DFA may take while it is built.
+/// Memory the NFA, and then the DFA, may take while they are built (`a{1000000000}` would
+/// otherwise build a billion NFA states before the DFA's limit is looked at).
 const BUILD_LIMIT: usize = 8 << 20;
 
 /// Characters a decoded string can hold: anything from U+0020 up, and the control characters
@@ -50,6 +52,8 @@ impl Pattern {
     /// with `^` / `$`).
     pub fn from_schema_pattern(pattern: &str) -> Result<Self, String> {
         let rust = ecma_to_rust(pattern)?;
+        // Alone first: an unbalanced `)` would otherwise close the group it is wrapped in.
+        syntax::parse(&rust).map_err(|e| format!("cannot be used: {e}"))?;
         Self::build(&format!("(?s:.)*(?:{rust})(?s:.)*"))
     }
 
@@ -66,6 +70,7 @@ impl Pattern {
                     .match_kind(MatchKind::All)
                     .start_kind(StartKind::Anchored).determinize_size_limit(Some(BUILD_LIMIT)).dfa_size_limit(Some(BUILD_LIMIT)))
             .syntax(syntax::Config::new().unicode(true).utf8(true))
+            .thompson(thompson::Config::new().nfa_size_limit(Some(BUILD_LIMIT)))
             .build(regex)
             .map_err(|e| format!("cannot be used: {e}"))?;
         let start = dfa.start_state(&start::Config::new().anchored(Anchored::Yes)).map_err(|e| format!("cannot be used: {e}"))?;
@@ -139,7 +144,8 @@ impl Pattern {
 }
 
 /// Per state, the fewest characters (bytes that begin one) on a path of writable bytes to an
-/// accepting state; `u32::MAX` where there is none.
+/// accepting state; `u32::MAX` where there is none. A breadth-first search back from the
+/// accepting states, edges costing 0 or 1 (linear in the table).
 fn shortest_to_accept(next: &[usize], classes: usize, accepts: &[bool], class: &[u8; 256]) -> Vec<u32> {
     // The cheapest writable byte of each class: 0 if a continuation byte is among them.
     let mut cost = vec![u32::MAX; classes];
@@ -147,25 +153,26 @@ fn shortest_to_accept(next: &[usize], classes: usize, accepts: &[bool], class: &
         let c = &mut cost[class[b as usize] as usize];
         *c = (*c).min(u32::from(begins_char(b)));
     }
-    let mut shortest: Vec<u32> = accepts.iter().map(|&a| if a { 0 } else { u32::MAX }).collect();
-    // Bellman-Ford: each round settles paths one byte longer.
-    for _ in 0..=accepts.len() {
-        let mut changed = false;
-        for s in 0..accepts.len() {
-            for c in 0..classes {
-                let to = next[s * classes + c];
-                if to == usize::MAX || cost[c] == u32::MAX || shortest[to] == u32::MAX {
-                    continue;
-                }
-                let via = shortest[to] + cost[c];
-                if via < shortest[s] {
-                    shortest[s] = via;
-                    changed = true;
-                }
+    let states = accepts.len();
+    let mut into: Vec<Vec<(usize, u32)>> = vec![Vec::new(); states];
+    for s in 0..states {
+        for c in (0..classes).filter(|&c| cost[c] != u32::MAX) {
+            let to = next[s * classes + c];
+            if to != usize::MAX {
+                into[to].push((s, cost[c]));
             }
         }
-        if !changed {
-            break;
+    }
+    let mut shortest = vec![u32::MAX; states];
+    let mut queue: VecDeque<usize> = (0..states).filter(|&s| accepts[s]).collect();
+    queue.iter().for_each(|&s| shortest[s] = 0);
+    while let Some(to) = queue.pop_front() {
+        for &(from, c) in &into[to] {
+            let via = shortest[to] + c;
+            if via < shortest[from] {
+                shortest[from] = via;
+                if c == 0 { queue.push_front(from) } else { queue.push_back(from) }
+            }
         }
     }
     shortest
@@ -173,13 +180,16 @@ fn shortest_to_accept(next: &[usize], classes: usize, accepts: &[bool], class: &
 
 /// Rewrites an ECMA-262 pattern for Rust's regex syntax where the two read the same text
 /// differently: `\d` and `\w` are ASCII classes there (Unicode ones in Rust), `\b` an ASCII
-/// word boundary (a backspace inside a class), and `[` or `&` / `~` inside a class are literal.
-/// What Rust does not have (look-around, back-references) fails to compile after.
+/// word boundary (a backspace inside a class), `.` excludes every line terminator, and `[`,
+/// `&`, `~` and a second `-` in a row inside a class are literal (Rust's nested classes and set
+/// operations). What Rust does not have (look-around, back-references) fails to compile after.
 fn ecma_to_rust(p: &str) -> Result<String, String> {
     let mut out = String::with_capacity(p.len() + 16);
     let mut in_class = false;
+    let mut dash = false;
     let mut chars = p.chars().peekable();
     while let Some(c) = chars.next() {
+        let after_dash = std::mem::replace(&mut dash, in_class && c == '-');
         match c {
             '\\' => {
                 let Some(e) = chars.next() else { return Err("ends in a lone backslash".into()) };
@@ -218,10 +228,15 @@ fn ecma_to_rust(p: &str) -> Result<String, String> {
                 in_class = false;
                 out.push(']');
             }
+            '-' if after_dash => {
+                dash = false;
+                out.push_str("\\-");
+            }
             '[' | '&' | '~' if in_class => {
                 out.push('\\');
                 out.push(c);
             }
+            '.' if !in_class => out.push_str("[^\\n\\r\\u{2028}\\u{2029}]"),
             _ => out.push(c),
         }
     }
@@ -229,11 +244,13 @@ fn ecma_to_rust(p: &str) -> Result<String, String> {
 }
 
 /// The formats of OpenAI's strict mode, as regexes over the whole string (RFC 3339 dates and
-/// times, ISO 8601 durations, RFC 4122 UUIDs; emails and hostnames by their usual ASCII shape).
+/// times, ISO 8601 durations, RFC 4122 UUIDs; emails and hostnames by their usual ASCII shape,
+/// labels of at most 63 characters; a hostname's 253-character total is not checked).
 fn format_regex(format: &str) -> Option<String> {
-    const DATE: &str = "[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])";
+    // Days by month (February 29 in any year).
+    const DATE: &str = "[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-9]))";
     const TIME: &str = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])";
-    const LABEL: &str = "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?";
+    const LABEL: &str = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
     const OCTET: &str = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
     const H: &str = "[0-9A-Fa-f]{1,4}";
     Some(match format {

@@ -21,15 +21,18 @@ fn format(f: &str) -> Pattern {
     Pattern::from_format(f).expect("a known format").expect("compiles")
 }
 
+const LABEL_63: &str = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk.com";
+const LABEL_64: &str = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl.com";
+
 #[test]
 fn formats_take_what_they_name() {
     let cases: [(&str, &[&str], &[&str]); 8] = [
-        ("date", &["2024-02-29", "1999-12-31"], &["2024-13-01", "2024-1-01", "24-01-01", "2024-01-32", "2024-01-01T"]),
+        ("date", &["2024-02-29", "1999-12-31", "2024-04-30"], &["2024-13-01", "2024-1-01", "24-01-01", "2024-01-32", "2024-01-01T", "2023-02-30", "2024-04-31"]),
         ("time", &["23:59:60Z", "00:00:00.123+05:30", "12:30:00z"], &["24:00:00Z", "12:30:00", "12:30Z", "12:60:00Z"]),
         ("date-time", &["2024-05-01T12:30:00Z", "2024-05-01t12:30:00.5-08:00"], &["2024-05-01 12:30:00Z", "2024-05-01T12:30:00"]),
         ("duration", &["P1D", "PT1H30M", "P1Y2M3DT4H5M6.5S", "P3W", "PT0S"], &["P", "PT", "P1DT", "1D", "P1H", "P1W2D"]),
         ("email", &["a@b.co", "first.last+tag@mail.example.org"], &["a@b", "@b.co", "a@.co", "a b@c.de", "a@b..co", ".a@b.co"]),
-        ("hostname", &["localhost", "a-b.example.com", "x1"], &["-a.com", "a-.com", "a..b", "a_b.com", ""]),
+        ("hostname", &["localhost", "a-b.example.com", "x1", LABEL_63], &["-a.com", "a-.com", "a..b", "a_b.com", "", LABEL_64]),
         ("uuid", &["123e4567-e89b-12d3-a456-426614174000"], &["123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400g"]),
         ("ipv4", &["0.0.0.0", "255.255.255.255", "10.1.2.3"], &["256.0.0.1", "1.2.3", "01.2.3.4", "1.2.3.4.5"]),
     ];
@@ -89,6 +92,12 @@ fn schema_patterns_match_anywhere_unless_anchored() {
     assert!(takes(&p(r"\bcat\b"), "a cat!") && !takes(&p(r"\bcat\b"), "cats"));
     assert!(takes(&p("^[a[]+$"), "a[a"), "`[` inside a class is a literal");
     assert!(takes(&p("^é.$"), "é日"), "non-ASCII characters are characters");
+    // ECMA's `.` takes no line terminator; `--` in a class is a range ending at `-`, not Rust's
+    // set difference.
+    let dot = p("^.$");
+    assert!(takes(&dot, "a") && !takes(&dot, "\r") && !takes(&dot, "\n") && !takes(&dot, "\u{2028}"));
+    let class = p("^[^#--x]$");
+    assert!(!takes(&class, "x") && !takes(&class, "$") && takes(&class, "a"));
 }
 
 #[test]
@@ -106,6 +115,9 @@ fn what_no_written_string_can_finish_is_dead() {
 
 #[test]
 fn shortest_counts_characters_still_needed() {
+    // A long chain (each state settled by the search in one pass).
+    let chain = Pattern::from_schema_pattern("^(?:a|[b-y]){3000}z$").unwrap();
+    assert_eq!(chain.shortest(chain.start()), 3001);
     let uuid = format("uuid");
     assert_eq!(uuid.shortest(uuid.start()), 36);
     let p = Pattern::from_schema_pattern("^日本+$").unwrap();
