@@ -24,7 +24,7 @@ use crate::tokenizer::Tokenizer;
 pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
-    let format = validate::response_format(req.response_format.as_ref())?;
+    let format = validate::response_format(req.response_format.as_ref(), &state.schemas)?;
     let json = format != OutputFormat::Text;
     let messages = validate::template_messages(&req.messages)?;
     let tools = validate::tools(&req)?;

@@ -51,7 +51,7 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
     }
-    let format = validate::response_format(req.response_format.as_ref())?;
+    let format = validate::response_format(req.response_format.as_ref(), &state.schemas)?;
     if format != OutputFormat::Text {
         validate::json_format_compatible(&req.sampling, false, false)?;
     }

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::metrics::Metrics;
+use crate::engine::constraint::SchemaCache;
 use crate::engine::EngineHandle;
 use crate::error::ApiError;
 
@@ -23,6 +24,8 @@ pub struct AppState {
     pub default_enable_thinking: bool,
     /// The chat template renders `<think>` (Qwen3): split reasoning from content.
     pub reasoning: bool,
+    /// `response_format` schemas compiled for earlier requests (with the masks found for them).
+    pub schemas: Arc<SchemaCache>,
 }
 
 impl AppState {
@@ -42,6 +45,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             default_enable_thinking,
             reasoning,
+            schemas: Arc::new(SchemaCache::with_capacity(16)),
         }
     }
 }

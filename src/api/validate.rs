@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields};
 use crate::engine::sampler::MAX_LOGPROBS;
 use crate::engine::constraint::OutputFormat;
-use crate::engine::json_schema::Schema;
+use crate::engine::constraint::SchemaCache;
 use crate::engine::SamplingParams;
 use crate::error::ApiError;
 
@@ -209,9 +209,9 @@ pub fn json_format_compatible(sampling: &SamplingFields, has_tools: bool, thinki
 }
 
 /// `response_format`: `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
-/// "json_schema": {"name": ..., "schema": {...}}}` (the schema compiled here, so an unsupported
-/// one is a 400 naming its keyword).
-pub fn response_format(format: Option<&Value>) -> Result<OutputFormat, ApiError> {
+/// "json_schema": {"name": ..., "schema": {...}}}` (the schema compiled here, or found among
+/// those `schemas` holds, so an unsupported one is a 400 naming its keyword).
+pub fn response_format(format: Option<&Value>, schemas: &SchemaCache) -> Result<OutputFormat, ApiError> {
     const TYPES: &str = "\"text\", \"json_object\" or \"json_schema\"";
     let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(OutputFormat::Text) };
     match format.get("type").and_then(Value::as_str) {
@@ -222,8 +222,8 @@ pub fn response_format(format: Option<&Value>) -> Result<OutputFormat, ApiError>
                 .get("json_schema")
                 .and_then(|j| j.get("schema"))
                 .ok_or_else(|| ApiError::invalid("response_format", "`response_format.json_schema.schema` is missing"))?;
-            let schema = Schema::compile(schema).map_err(|e| ApiError::invalid("response_format", format!("`response_format.json_schema.schema`: {e}")))?;
-            Ok(OutputFormat::JsonSchema(std::sync::Arc::new(schema)))
+            let schema = schemas.get(schema).map_err(|e| ApiError::invalid("response_format", format!("`response_format.json_schema.schema`: {e}")))?;
+            Ok(OutputFormat::JsonSchema(schema))
         }
         Some(other) => Err(ApiError::invalid("response_format", format!("`response_format` type {other:?} is not supported ({TYPES})"))),
         None => Err(ApiError::invalid("response_format", format!("`response_format` must be an object with a string `type` ({TYPES})"))),

@@ -90,6 +90,35 @@ impl Constraint {
     }
 }
 
+/// Compiled schemas by their JSON text, so that requests with the same schema (a batch job's)
+/// share one [`Schema`] and the masks found for it; emptied when full.
+pub struct SchemaCache {
+    schemas: Mutex<HashMap<String, Arc<Schema>>>,
+    capacity: usize,
+}
+
+impl SchemaCache {
+    /// Room for `capacity` schemas (each holding up to ~5 MB of masks).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self { schemas: Mutex::new(HashMap::new()), capacity }
+    }
+
+    /// `schema` compiled, or the one compiled before from the same text; the error says which
+    /// keyword at which JSON pointer is the problem.
+    pub fn get(&self, schema: &serde_json::Value) -> Result<Arc<Schema>, String> {
+        let key = schema.to_string();
+        if let Some(s) = self.schemas.lock().expect("schema cache").get(&key) {
+            return Ok(s.clone());
+        }
+        let compiled = Arc::new(Schema::compile(schema)?);
+        let mut schemas = self.schemas.lock().expect("schema cache");
+        if schemas.len() >= self.capacity {
+            schemas.clear();
+        }
+        Ok(schemas.entry(key).or_insert(compiled).clone())
+    }
+}
+
 /// Cached masks of one kind of parser (each vocab / 8 bytes: 19 KB for Qwen's 151,665 tokens),
 /// emptied when full.
 pub struct MaskCache<S> {

@@ -48,3 +48,21 @@ fn the_vocabulary_walk_matches_feeding_each_token() {
     }
     assert!(checked > 80);
 }
+
+/// Requests with the same schema share one compiled schema (and its masks); a different one, or
+/// one past the capacity, is compiled anew; a refused one stays an error.
+#[test]
+fn schemas_are_shared_by_their_text() {
+    let cache = SchemaCache::with_capacity(2);
+    let a = serde_json::json!({"type": "object", "properties": {"x": {"type": "integer"}}});
+    let b = serde_json::json!({"type": "object", "properties": {"y": {"type": "integer"}}});
+    let first = cache.get(&a).unwrap();
+    assert!(Arc::ptr_eq(&first, &cache.get(&a.clone()).unwrap()));
+    let other = cache.get(&b).unwrap();
+    assert!(!Arc::ptr_eq(&first, &other));
+    assert!(cache.get(&serde_json::json!({"type": "object", "properties": {"x": {"type": "integer", "multipleOf": 2}}})).unwrap_err().contains("multipleOf"));
+    // Full: emptied, so `a` is compiled again.
+    let c = serde_json::json!({"type": "object"});
+    cache.get(&c).unwrap();
+    assert!(!Arc::ptr_eq(&first, &cache.get(&a).unwrap()));
+}
