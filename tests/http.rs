@@ -345,6 +345,19 @@ fn json_object_mode_holds_the_output_to_one_object() {
     assert_eq!(e["param"], "response_format");
 }
 
+/// Every choice of a chat response is an instance (`instance` says) if it stopped, or the start of
+/// one if `max_tokens` cut it.
+fn choices_are_instances(response: &Value, instance: &dyn Fn(&serde_json::Map<String, Value>) -> bool) {
+    for choice in response["choices"].as_array().unwrap() {
+        let content = choice["message"]["content"].as_str().unwrap();
+        match (choice["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(content)) {
+            ("stop", Ok(v)) => assert!(instance(&v), "{content}"),
+            ("length", Err(e)) if e.is_eof() => {}
+            (reason, parsed) => panic!("{reason}: {parsed:?}: {content:?}"),
+        }
+    }
+}
+
 /// The keywords beyond plain types, on the real model: a `format`, a `pattern` under a
 /// `maxLength`, integer and number bounds, and a map. Greedy and hot-sampled outputs are
 /// checked here by hand (not by the parser that made them).
@@ -381,20 +394,9 @@ fn json_schema_formats_patterns_bounds_and_maps_hold() {
             && v["toys"].as_object().is_some_and(|t| t.values().all(|n| n.as_i64().is_some_and(|n| (0..=9).contains(&n))))
     };
     let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
-    let choice = &whole["choices"][0];
-    let content = choice["message"]["content"].as_str().unwrap();
-    assert_eq!(choice["finish_reason"], "stop", "{whole}");
-    let v: serde_json::Map<String, Value> = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
-    assert!(instance(&v), "{content}");
-    let hot = s.post("/v1/chat/completions", &body(json!({"temperature": 1.5, "seed": 11, "n": 4, "max_tokens": 120}))).json();
-    for choice in hot["choices"].as_array().unwrap() {
-        let content = choice["message"]["content"].as_str().unwrap();
-        match (choice["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(content)) {
-            ("stop", Ok(v)) => assert!(instance(&v), "{content}"),
-            ("length", Err(e)) if e.is_eof() => {}
-            (reason, parsed) => panic!("{reason}: {parsed:?}: {content:?}"),
-        }
-    }
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
+    choices_are_instances(&whole, &instance);
+    choices_are_instances(&s.post("/v1/chat/completions", &body(json!({"temperature": 1.5, "seed": 11, "n": 4, "max_tokens": 120}))).json(), &instance);
     // A pattern Rust's regex syntax has no counterpart for is refused, naming it.
     let lookahead = json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "(?=x)"}}});
     let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": lookahead}}}))).error(400);
@@ -439,13 +441,5 @@ fn json_schema_mode_holds_the_output_to_the_schema() {
     assert_eq!(e["param"], "response_format");
     assert!(e["message"].as_str().unwrap().contains("nests less than 12"), "{e}");
 
-    let hot = s.post("/v1/chat/completions", &body(json!({"temperature": 1.8, "seed": 5, "n": 4, "max_tokens": 60}))).json();
-    for choice in hot["choices"].as_array().unwrap() {
-        let content = choice["message"]["content"].as_str().unwrap();
-        match (choice["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(content)) {
-            ("stop", Ok(v)) => assert!(instance(&v), "{content}"),
-            ("length", Err(e)) if e.is_eof() => {}
-            (reason, parsed) => panic!("{reason}: {parsed:?}: {content:?}"),
-        }
-    }
+    choices_are_instances(&s.post("/v1/chat/completions", &body(json!({"temperature": 1.8, "seed": 5, "n": 4, "max_tokens": 60}))).json(), &instance);
 }
