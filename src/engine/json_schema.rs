@@ -9,7 +9,8 @@
 //! `maxItems`, `minLength` / `maxLength` (in characters), `pattern` and `format`
 //! ([`pattern`]), `minimum` / `maximum` and their exclusive forms ([`number`]), `enum`,
 //! `const`, `anyOf` / `oneOf` whose alternatives start differently (`{`, `[`, a string, a
-//! number, a boolean, null: `Optional[X]` is `anyOf: [X, {type: null}]`), `allOf` of one
+//! number, a boolean, null: `Optional[X]` is `anyOf: [X, {type: null}]`) or are objects
+//! ([`Node::Objects`]: pydantic's unions of models, discriminated or not), `allOf` of one
 //! schema, `$ref` into `$defs` / `definitions` (recursion too), and the annotations `title`,
 //! `description`, `default`, `examples`. Anything else (`multipleOf`, `propertyNames`, ...) is
 //! refused when the request comes, naming the keyword and where it is: the output would not
@@ -49,12 +50,27 @@ enum Node {
     Number { integer: bool, range: Option<Range> },
     Boolean,
     Null,
-    /// The allowed values, each as its compact JSON text.
-    Enum(Vec<Box<[u8]>>),
+    /// The allowed values, each as its compact JSON text. `tags` (empty for a plain `enum`):
+    /// for a property of [`Node::Objects`] whose alternatives allow different values, which
+    /// alternatives allow each value.
+    Enum { values: Vec<Box<[u8]>>, tags: Vec<u64> },
+    /// Two or more objects of one `anyOf` / `oneOf`, read as one object: a key is one some
+    /// alternative still open has, the value is its (same in every alternative that has the
+    /// key, or an enum whose value narrows them), and `}` closes once one alternative has its
+    /// required keys. `required` is per alternative, over `keys`.
+    Objects { alts: Vec<NodeId>, keys: Vec<UnionKey>, required: Vec<u64> },
     /// Alternatives that no first byte could start twice.
     Union(Vec<NodeId>),
     /// A `$ref`, while compiling: the node it names (none are left after).
     Alias(NodeId),
+}
+
+/// A property of [`Node::Objects`]: its name, its value's node, and the alternatives that have it.
+#[derive(Debug)]
+struct UnionKey {
+    name: Box<[u8]>,
+    value: NodeId,
+    has: u64,
 }
 
 /// A compiled schema and the masks found for it (shared by a request's `n` sequences).
@@ -94,11 +110,13 @@ pub struct SchemaState {
     whitespace: u8,
 }
 
-/// An open container: its node, and for an object the properties already written.
+/// An open container: its node, for an object the properties already written, and for
+/// [`Node::Objects`] the alternatives it can still be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 struct Frame {
     node: NodeId,
     seen: u64,
+    alive: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,6 +212,13 @@ impl SchemaState {
         props.iter().enumerate().filter(|&(i, (_, p))| unseen >> i & 1 == 1 && self.fits(*p)).fold(0, |m, (i, _)| m | 1 << i)
     }
 
+    /// The keys of the innermost [`Node::Objects`] not yet written that an alternative still
+    /// open has, and whose values fit.
+    fn open_keys(&self, keys: &[UnionKey]) -> u64 {
+        let (seen, alive) = (self.top().seen, self.top().alive);
+        keys.iter().enumerate().filter(|&(i, k)| seen >> i & 1 == 0 && k.has & alive != 0 && self.fits(k.value)).fold(0, |m, (i, _)| m | 1 << i)
+    }
+
     fn step(&mut self, b: u8) -> bool {
         match self.mode {
             Mode::Str { node, escape, utf8_left, chars, pat } => {
@@ -263,23 +288,29 @@ impl SchemaState {
                 Step::Refused => false,
             },
             Mode::Enum { node, candidates, read } => {
-                let Node::Enum(values) = self.node(node) else { unreachable!("an enum mode holds an enum node") };
+                let Node::Enum { values, tags } = self.node(node) else { unreachable!("an enum mode holds an enum node") };
                 let next = matching(values.iter().map(|v| &v[..]), candidates, read as usize, b);
                 if next != 0 {
                     self.mode = Mode::Enum { node, candidates: next, read: read + 1 };
                     return true;
                 }
-                // A value ended (a number cannot tell before the byte after it).
-                if values.iter().enumerate().any(|(i, v)| candidates >> i & 1 == 1 && v.len() == read as usize) {
-                    self.mode = Mode::AfterValue;
-                    return self.step(b);
+                // A value ended (a number cannot tell before the byte after it); a tagged one
+                // narrows its object's alternatives to those that allow it.
+                match values.iter().enumerate().position(|(i, v)| candidates >> i & 1 == 1 && v.len() == read as usize) {
+                    Some(i) => {
+                        if let Some(tag) = tags.get(i) {
+                            self.frames[self.depth as usize - 1].alive &= tag;
+                        }
+                        self.mode = Mode::AfterValue;
+                        self.step(b)
+                    }
+                    None => false,
                 }
-                false
             }
             Mode::KeyName { candidates, read } => {
-                let Node::Object { props, .. } = self.node(self.top().node) else { unreachable!("keys are read in objects") };
+                let object = self.node(self.top().node);
                 if b == b'"' {
-                    return match props.iter().enumerate().position(|(i, (n, _))| candidates >> i & 1 == 1 && n.len() == read as usize) {
+                    return match (0..key_count(object)).position(|i| candidates >> i & 1 == 1 && key_name(object, i).len() == read as usize) {
                         Some(prop) => {
                             self.mode = Mode::Colon { prop: prop as u8 };
                             true
@@ -287,7 +318,7 @@ impl SchemaState {
                         None => false,
                     };
                 }
-                let next = matching(props.iter().map(|(n, _)| &n[..]), candidates, read as usize, b);
+                let next = matching((0..key_count(object)).map(|i| key_name(object, i)), candidates, read as usize, b);
                 self.mode = Mode::KeyName { candidates: next, read: read.saturating_add(1) };
                 next != 0
             }
@@ -328,9 +359,15 @@ impl SchemaState {
             Mode::KeyOrClose | Mode::Key | Mode::AfterValue if self.depth > 0 => {
                 let frame = self.top();
                 match self.node(frame.node) {
-                    Node::Object { props, required } => {
-                        let unseen = self.open_props(props);
-                        let may_close = required & !frame.seen == 0;
+                    object @ (Node::Object { .. } | Node::Objects { .. }) => {
+                        let (unseen, may_close) = match object {
+                            Node::Object { props, required } => (self.open_props(props), required & !frame.seen == 0),
+                            Node::Objects { keys, required, .. } => (
+                                self.open_keys(keys),
+                                required.iter().enumerate().any(|(a, r)| frame.alive >> a & 1 == 1 && r & !frame.seen == 0),
+                            ),
+                            _ => unreachable!("matched above"),
+                        };
                         match (mode, b) {
                             (Mode::KeyOrClose | Mode::Key, b'"') if unseen != 0 => {
                                 self.mode = Mode::KeyName { candidates: unseen, read: 0 };
@@ -373,9 +410,17 @@ impl SchemaState {
                 }
             }
             Mode::Colon { prop } if b == b':' => {
-                let Node::Object { props, .. } = self.node(self.top().node) else { unreachable!("keys are read in objects") };
-                let value = props[prop as usize].1;
-                self.frames[self.depth as usize - 1].seen |= 1 << prop;
+                let schema = self.schema();
+                let top = &mut self.frames[self.depth as usize - 1];
+                top.seen |= 1 << prop;
+                let value = match schema.nodes[top.node as usize] {
+                    Node::Object { ref props, .. } => props[prop as usize].1,
+                    Node::Objects { ref keys, .. } => {
+                        top.alive &= keys[prop as usize].has;
+                        keys[prop as usize].value
+                    }
+                    _ => unreachable!("keys are read in objects"),
+                };
                 self.mode = Mode::Value(value);
                 true
             }
@@ -394,10 +439,16 @@ impl SchemaState {
             return false;
         }
         self.mode = match (self.node(node), b) {
-            (Node::Object { .. } | Node::Map { .. }, b'{') => return self.open(node, Mode::KeyOrClose),
+            (Node::Object { .. } | Node::Map { .. }, b'{') => return self.open(node, Mode::KeyOrClose, 0),
+            (Node::Objects { alts, .. }, b'{') => {
+                // The alternatives whose required keys fit in the levels left (one at least:
+                // `fits(node)` takes the fewest).
+                let alive = alts.iter().enumerate().filter(|&(_, &a)| self.fits(a)).fold(0, |m, (i, _)| m | 1 << i);
+                return self.open(node, Mode::KeyOrClose, alive);
+            }
             (Node::Array { items, .. }, b'[') => {
                 let items = *items;
-                return self.open(node, Mode::ValueOrClose(items));
+                return self.open(node, Mode::ValueOrClose(items), 0);
             }
             (Node::String { min, max, pattern }, b'"') => {
                 let node = if *min == 0 && *max == u32::MAX && pattern.is_none() { UNLIMITED } else { node };
@@ -413,10 +464,18 @@ impl SchemaState {
             (Node::Boolean, b't') => Mode::Literal { which: 0, matched: 1 },
             (Node::Boolean, b'f') => Mode::Literal { which: 1, matched: 1 },
             (Node::Null, b'n') => Mode::Literal { which: 2, matched: 1 },
-            (Node::Enum(values), _) => match matching(values.iter().map(|v| &v[..]), low_bits(values.len()), 0, b) {
-                0 => return false,
-                candidates => Mode::Enum { node, candidates, read: 1 },
-            },
+            (Node::Enum { values, tags }, _) => {
+                // A tagged enum offers only the values of alternatives still open.
+                let open = if tags.is_empty() {
+                    low_bits(values.len())
+                } else {
+                    tags.iter().enumerate().filter(|(_, t)| *t & self.top().alive != 0).fold(0, |m, (i, _)| m | 1 << i)
+                };
+                match matching(values.iter().map(|v| &v[..]), open, 0, b) {
+                    0 => return false,
+                    candidates => Mode::Enum { node, candidates, read: 1 },
+                }
+            }
             (Node::Union(ids), _) => {
                 // At most one alternative can start with `b` (checked when compiling).
                 return ids.iter().any(|&id| {
@@ -432,11 +491,11 @@ impl SchemaState {
         true
     }
 
-    fn open(&mut self, node: NodeId, mode: Mode) -> bool {
+    fn open(&mut self, node: NodeId, mode: Mode, alive: u64) -> bool {
         if self.depth as usize == MAX_DEPTH {
             return false;
         }
-        self.frames[self.depth as usize] = Frame { node, seen: 0 };
+        self.frames[self.depth as usize] = Frame { node, seen: 0, alive };
         self.depth += 1;
         self.mode = mode;
         true
@@ -481,6 +540,24 @@ fn pattern_step(pattern: &Pattern, pat: PatState, escape: Escape, b: u8, counted
         (Escape::None, _) => Some(pattern.step(pat, b)).filter(|&n| fits(n)),
         (Escape::Backslash, _) => Some(pattern.step(pat, unescaped(b)?)).filter(|&n| fits(n)),
         (Escape::Hex { .. }, _) => None,
+    }
+}
+
+/// How many keys an object node names.
+fn key_count(object: &Node) -> usize {
+    match object {
+        Node::Object { props, .. } => props.len(),
+        Node::Objects { keys, .. } => keys.len(),
+        _ => unreachable!("keys are read in objects"),
+    }
+}
+
+/// Key `i` of an object node.
+fn key_name(object: &Node, i: usize) -> &[u8] {
+    match object {
+        Node::Object { props, .. } => &props[i].0,
+        Node::Objects { keys, .. } => &keys[i].name,
+        _ => unreachable!("keys are read in objects"),
     }
 }
 

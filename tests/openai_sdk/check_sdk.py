@@ -118,6 +118,38 @@ checkup = parsed.choices[0].message.parsed
 check("parse: date, bounded numbers and a dict", isinstance(checkup, Checkup), parsed.choices[0].message)
 print(f"   {checkup!r}")
 
+# A discriminated union (`oneOf` of two models told apart by a `Literal`, with pydantic's
+# `discriminator`), in a list.
+from typing import Annotated, Union  # noqa: E402
+
+
+class Pizza(BaseModel):
+    kind: Literal["pizza"]
+    size_cm: int = Field(ge=20, le=50)
+    toppings: list[str]
+
+
+class Drink(BaseModel):
+    kind: Literal["drink"]
+    litres: float = Field(gt=0, le=2)
+
+
+class Order(BaseModel):
+    customer: str
+    items: list[Annotated[Union[Pizza, Drink], Field(discriminator="kind")]]
+
+
+parsed = client.chat.completions.parse(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Ann orders a 30 cm pizza with ham and olives, and 0.5 litres of cola. As JSON."}],
+    response_format=Order,
+    temperature=0,
+    max_tokens=200,
+)
+order = parsed.choices[0].message.parsed
+check("parse: a discriminated union", isinstance(order, Order) and len(order.items) > 0, parsed.choices[0].message)
+print(f"   {order!r}")
+
 try:
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5)
     check("bad temperature raises", False, "no exception")

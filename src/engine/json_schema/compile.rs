@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::number::Range;
 use super::pattern::{Pattern, FORMATS};
-use super::{Node, NodeId, MAX_CHOICES, MAX_DEPTH, MAX_NAME_BYTES, UNLIMITED};
+use super::{Node, NodeId, UnionKey, MAX_CHOICES, MAX_DEPTH, MAX_NAME_BYTES, UNLIMITED};
 
 /// A compiled schema's parts (see `super::Schema`).
 pub(super) struct Compiled {
@@ -22,8 +22,11 @@ pub(super) struct Compiled {
 pub(super) fn compile(schema: &Value) -> Result<Compiled, String> {
     let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new(), unions: Vec::new(), depth: 0, patterns: Vec::new() };
     let root = c.node(schema, "")?;
-    let (nodes, root) = resolve_aliases(c.nodes, root)?;
-    for (id, where_) in c.unions {
+    let (mut nodes, root) = resolve_aliases(c.nodes, root)?;
+    for (id, where_, one_of) in &c.unions {
+        merge_objects(&mut nodes, *id, where_, *one_of)?;
+    }
+    for (id, where_, _) in c.unions {
         check_union(&nodes, id, &where_)?;
     }
     if !matches!(nodes[root as usize], Node::Object { .. } | Node::Map { .. }) {
@@ -40,8 +43,9 @@ struct Compiler<'a> {
     root: &'a Value,
     nodes: Vec<Node>,
     refs: HashMap<String, NodeId>,
-    /// Unions made, with where they are, to check once every reference is resolved.
-    unions: Vec<(NodeId, String)>,
+    /// Unions made, with where they are and whether they are a `oneOf`, to check once every
+    /// reference is resolved.
+    unions: Vec<(NodeId, String, bool)>,
     /// Schemas being compiled, one within another (nesting and `$ref` chains).
     depth: usize,
     patterns: Vec<Pattern>,
@@ -74,17 +78,135 @@ fn resolve_aliases(mut nodes: Vec<Node>, root: NodeId) -> Result<(Vec<Node>, Nod
     Ok((nodes, targets[root as usize]))
 }
 
+fn push(nodes: &mut Vec<Node>, node: Node) -> Result<NodeId, String> {
+    let id = NodeId::try_from(nodes.len()).ok().filter(|&id| id != UNLIMITED).ok_or_else(|| "the schema has too many parts".to_string())?;
+    nodes.push(node);
+    Ok(id)
+}
+
+/// Replaces the objects among union `id`'s alternatives (two or more) by one [`Node::Objects`].
+/// A property the objects share must have the same schema in each, or be an `enum` / `const`
+/// in each (its values then narrow the alternatives). A `oneOf`'s objects must exclude one
+/// another: some property every one of them requires takes values only one of them allows (a
+/// discriminator), so no instance is valid under two.
+fn merge_objects(nodes: &mut Vec<Node>, id: NodeId, where_: &str, one_of: bool) -> Result<(), String> {
+    let Node::Union(members) = &nodes[id as usize] else { return Ok(()) };
+    let objects: Vec<NodeId> = members.iter().copied().filter(|&m| matches!(nodes[m as usize], Node::Object { .. })).collect();
+    if objects.len() < 2 {
+        return Ok(());
+    }
+    if objects.len() > MAX_CHOICES {
+        return Err(format!("`anyOf` / `oneOf` at {where_} has more than {MAX_CHOICES} objects"));
+    }
+    // Each property name, with the value node each alternative that has it gives it.
+    type Uses = Vec<(usize, NodeId)>;
+    let mut uses: Vec<(Box<[u8]>, Uses)> = Vec::new();
+    for (a, &o) in objects.iter().enumerate() {
+        let Node::Object { props, .. } = &nodes[o as usize] else { unreachable!("filtered to objects") };
+        for (name, value) in props {
+            match uses.iter_mut().find(|(n, _)| n == name) {
+                Some((_, u)) => u.push((a, *value)),
+                None => uses.push((name.clone(), vec![(a, *value)])),
+            }
+        }
+    }
+    if uses.len() > MAX_CHOICES {
+        return Err(format!("the objects of `anyOf` / `oneOf` at {where_} have more than {MAX_CHOICES} properties together"));
+    }
+    let mut keys = Vec::with_capacity(uses.len());
+    let mut discriminated = false;
+    for (name, u) in uses {
+        let has = u.iter().fold(0u64, |m, &(a, _)| m | 1 << a);
+        let first = u[0].1;
+        let value = if u.iter().all(|&(_, v)| same(nodes, v, first, 0)) {
+            first
+        } else if u.iter().all(|&(_, v)| matches!(&nodes[v as usize], Node::Enum { tags, .. } if tags.is_empty())) {
+            let (mut values, mut tags): (Vec<Box<[u8]>>, Vec<u64>) = (Vec::new(), Vec::new());
+            for &(a, v) in &u {
+                let Node::Enum { values: allowed, .. } = &nodes[v as usize] else { unreachable!("checked to be enums") };
+                for text in allowed {
+                    match values.iter().position(|t| t == text) {
+                        Some(i) => tags[i] |= 1 << a,
+                        None => {
+                            values.push(text.clone());
+                            tags.push(1 << a);
+                        }
+                    }
+                }
+            }
+            if values.len() > MAX_CHOICES {
+                return Err(format!("property {:?} of the objects of `anyOf` / `oneOf` at {where_} takes more than {MAX_CHOICES} values", String::from_utf8_lossy(&name)));
+            }
+            let required_by_all = objects.iter().all(|&o| match &nodes[o as usize] {
+                Node::Object { props, required } => props.iter().position(|(n, _)| *n == name).is_some_and(|i| required >> i & 1 == 1),
+                _ => false,
+            });
+            discriminated |= required_by_all && tags.iter().all(|t| t.count_ones() == 1);
+            push(nodes, Node::Enum { values, tags })?
+        } else {
+            return Err(format!(
+                "the objects of `anyOf` / `oneOf` at {where_} give property {:?} different schemas: only `enum` / `const` values may differ between them",
+                String::from_utf8_lossy(&name)
+            ));
+        };
+        keys.push(UnionKey { name, value, has });
+    }
+    if one_of && !discriminated {
+        return Err(format!(
+            "the objects of `oneOf` at {where_} need a property all of them require whose `enum` / `const` values differ (a discriminator), so that no output is valid under two"
+        ));
+    }
+    let required = objects
+        .iter()
+        .map(|&o| {
+            let Node::Object { props, required } = &nodes[o as usize] else { unreachable!("filtered to objects") };
+            props.iter().enumerate().filter(|(i, _)| required >> i & 1 == 1).fold(0u64, |m, (_, (n, _))| m | 1 << keys.iter().position(|k| k.name == *n).expect("every name is a key"))
+        })
+        .collect();
+    let merged = push(nodes, Node::Objects { alts: objects.clone(), keys, required })?;
+    let Node::Union(members) = &mut nodes[id as usize] else { unreachable!("checked above") };
+    let at = members.iter().position(|m| *m == objects[0]).expect("a member");
+    members.retain(|m| !objects.contains(m));
+    members.insert(at.min(members.len()), merged);
+    Ok(())
+}
+
+/// Whether nodes `a` and `b` take the same values (structurally, `depth` levels in; past 16
+/// levels, not known: false).
+fn same(nodes: &[Node], a: NodeId, b: NodeId, depth: usize) -> bool {
+    if a == b {
+        return true;
+    }
+    if depth > 16 {
+        return false;
+    }
+    let same = |x: NodeId, y: NodeId| same(nodes, x, y, depth + 1);
+    match (&nodes[a as usize], &nodes[b as usize]) {
+        (Node::String { min, max, pattern }, Node::String { min: m, max: x, pattern: p }) => (min, max, pattern) == (m, x, p),
+        (Node::Number { integer, range }, Node::Number { integer: i, range: r }) => integer == i && range == r,
+        (Node::Boolean, Node::Boolean) | (Node::Null, Node::Null) => true,
+        (Node::Enum { values, tags }, Node::Enum { values: v, tags: t }) => values == v && tags.is_empty() && t.is_empty(),
+        (Node::Array { items, min, max }, Node::Array { items: i, min: m, max: x }) => (min, max) == (m, x) && same(*items, *i),
+        (Node::Map { values }, Node::Map { values: v }) => same(*values, *v),
+        (Node::Object { props, required }, Node::Object { props: p, required: r }) => {
+            required == r && props.len() == p.len() && props.iter().zip(p).all(|((n, x), (m, y))| n == m && same(*x, *y))
+        }
+        (Node::Union(x), Node::Union(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(*x, *y)),
+        _ => false,
+    }
+}
+
 /// Which first bytes can start a value of `id`: bits for `{`, `[`, `"`, a number, t/f, n. A
 /// union that holds itself (through other unions) has no first byte of its own: an error.
 fn kinds(nodes: &[Node], id: NodeId, visiting: &mut Vec<NodeId>) -> Result<u8, String> {
     Ok(match &nodes[id as usize] {
-        Node::Object { .. } | Node::Map { .. } => 1,
+        Node::Object { .. } | Node::Map { .. } | Node::Objects { .. } => 1,
         Node::Array { .. } => 2,
         Node::String { .. } => 4,
         Node::Number { .. } => 8,
         Node::Boolean => 16,
         Node::Null => 32,
-        Node::Enum(values) => values.iter().map(|v| first_kind(v[0])).fold(0, |a, k| a | k),
+        Node::Enum { values, .. } => values.iter().map(|v| first_kind(v[0])).fold(0, |a, k| a | k),
         Node::Union(ids) => {
             if visiting.contains(&id) {
                 return Err("an `anyOf` holds itself through `$ref`s".into());
@@ -133,7 +255,7 @@ fn nesting_needed(nodes: &[Node]) -> Vec<u8> {
                 Node::Array { items, min, .. } => if *min > 0 { need[*items as usize].saturating_add(1) } else { 1 },
                 // It may be empty.
                 Node::Map { .. } => 1,
-                Node::Union(ids) => ids.iter().map(|&m| need[m as usize]).min().unwrap_or(u8::MAX),
+                Node::Union(ids) | Node::Objects { alts: ids, .. } => ids.iter().map(|&m| need[m as usize]).min().unwrap_or(u8::MAX),
                 _ => 0,
             };
             let n = if n as usize > MAX_DEPTH { u8::MAX } else { n };
@@ -153,9 +275,7 @@ const ANNOTATIONS: [&str; 7] = ["title", "description", "default", "examples", "
 
 impl Compiler<'_> {
     fn push(&mut self, node: Node) -> Result<NodeId, String> {
-        let id = NodeId::try_from(self.nodes.len()).ok().filter(|&id| id != UNLIMITED).ok_or_else(|| "the schema has too many parts".to_string())?;
-        self.nodes.push(node);
-        Ok(id)
+        push(&mut self.nodes, node)
     }
 
     fn node(&mut self, s: &Value, at: &str) -> Result<NodeId, String> {
@@ -205,7 +325,10 @@ impl Compiler<'_> {
             "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
             "anyOf", "oneOf", "$defs", "definitions", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
         ];
-        if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str()) && !ANNOTATIONS.contains(&k.as_str())) {
+        // `discriminator` (OpenAPI's; pydantic writes it beside a `oneOf`) only names what the
+        // alternatives' values enforce anyway.
+        let union_here = o.contains_key("anyOf") || o.contains_key("oneOf");
+        if let Some(k) = o.keys().find(|k| !(known.contains(&k.as_str()) || ANNOTATIONS.contains(&k.as_str()) || (union_here && *k == "discriminator"))) {
             return Err(format!("keyword `{k}` at {where_} is not supported (the output would not be held to it)"));
         }
         // Beside a list of values or of alternatives, a keyword would go unheeded: refused.
@@ -246,7 +369,7 @@ impl Compiler<'_> {
                     }
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            return self.push(Node::Enum(texts));
+            return self.push(Node::Enum { values: texts, tags: Vec::new() });
         }
         // Alternatives must start differently (checked later), so at most one can hold for a
         // value: `oneOf` is `anyOf`.
@@ -257,10 +380,10 @@ impl Compiler<'_> {
             (None, None) => None,
         };
         if let Some((keyword, alternatives)) = union {
-            beside(&["anyOf", "oneOf", "$defs", "definitions"], keyword)?;
+            beside(&["anyOf", "oneOf", "$defs", "definitions", "discriminator"], keyword)?;
             let alternatives = alternatives.as_array().filter(|a| !a.is_empty()).ok_or_else(|| format!("`{keyword}` at {where_} must be a non-empty array"))?;
             let ids = alternatives.iter().enumerate().map(|(i, a)| self.node(a, &format!("{at}/{keyword}/{i}"))).collect::<Result<Vec<_>, _>>()?;
-            return self.union(ids, &where_);
+            return self.union(ids, &where_, keyword == "oneOf");
         }
         let types: Vec<&str> = match o.get("type") {
             Some(Value::String(t)) => vec![t.as_str()],
@@ -272,7 +395,7 @@ impl Compiler<'_> {
         if ids.len() == 1 {
             Ok(ids[0])
         } else {
-            self.union(ids, &where_)
+            self.union(ids, &where_, false)
         }
     }
 
@@ -365,9 +488,9 @@ impl Compiler<'_> {
         Ok(Some(self.patterns.len() as u16 - 1))
     }
 
-    fn union(&mut self, ids: Vec<NodeId>, where_: &str) -> Result<NodeId, String> {
+    fn union(&mut self, ids: Vec<NodeId>, where_: &str, one_of: bool) -> Result<NodeId, String> {
         let id = self.push(Node::Union(ids))?;
-        self.unions.push((id, where_.to_string()));
+        self.unions.push((id, where_.to_string(), one_of));
         Ok(id)
     }
 }

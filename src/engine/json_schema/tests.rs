@@ -542,10 +542,12 @@ fn maps_take_any_keys() {
 }
 
 /// Random byte-level walks (every byte value a candidate) under patterns, formats, length
-/// limits, bounded numbers and maps: some byte can always follow.
+/// limits, bounded numbers, maps and a union of objects: some byte can always follow.
 #[test]
 fn no_prefix_is_a_dead_end_under_patterns_bounds_and_maps() {
-    let schema = Schema::compile(&json!({"type": "object", "properties": {
+    let union = pets_union();
+    let schema = Schema::compile(&json!({"type": "object", "$defs": union["$defs"], "properties": {
+        "pet": union["properties"]["pet"],
         "code": {"type": "string", "pattern": "^[A-Z]{2,3}-\\d+$", "maxLength": 7},
         "tag": {"type": "string", "pattern": "x\\by|q"},
         "day": {"type": "string", "format": "date"},
@@ -568,4 +570,56 @@ fn no_prefix_is_a_dead_end_under_patterns_bounds_and_maps() {
         }
     }
     assert!(complete > 10, "{complete} walks completed");
+}
+
+/// pydantic's discriminated union: `oneOf` two models told apart by a `const`.
+fn pets_union() -> Value {
+    json!({"type": "object", "required": ["pet"], "properties": {"pet": {
+            "oneOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}],
+            "discriminator": {"propertyName": "kind", "mapping": {"cat": "#/$defs/Cat", "dog": "#/$defs/Dog"}}}},
+        "$defs": {
+            "Cat": {"type": "object", "required": ["kind", "meows"], "properties": {"kind": {"const": "cat", "type": "string"}, "meows": {"type": "boolean"}, "name": {"type": "string"}}},
+            "Dog": {"type": "object", "required": ["kind", "barks"], "properties": {"kind": {"const": "dog", "type": "string"}, "barks": {"type": "integer", "minimum": 0}, "name": {"type": "string"}}}}})
+}
+
+#[test]
+fn unions_of_objects_keep_the_alternatives_the_keys_allow() {
+    let schema = Schema::compile(&pets_union()).unwrap();
+    for (doc, ok) in [
+        (r#"{"pet":{"kind":"cat","meows":true}}"#, true),
+        (r#"{"pet":{"meows":false,"name":"Tom","kind":"cat"}}"#, true),
+        (r#"{"pet":{"barks":3,"kind":"dog"}}"#, true),
+        (r#"{"pet":{"name":"Rex","kind":"dog","barks":0}}"#, true),
+        (r#"{"pet":{"kind":"cat","barks":3}}"#, false),
+        (r#"{"pet":{"meows":true,"kind":"dog"}}"#, false),
+        (r#"{"pet":{"kind":"cat","meows":true,"barks":1}}"#, false),
+        (r#"{"pet":{"name":"x"}}"#, false),
+        (r#"{"pet":{"kind":"cat"}}"#, false),
+        (r#"{"pet":{"kind":"cow","meows":true}}"#, false),
+        (r#"{"pet":{"kind":"dog","barks":-1}}"#, false),
+    ] {
+        assert_eq!(accepts_whole(&schema, doc.as_bytes()), ok, "{doc}");
+    }
+    // Once a key is Cat's alone, only "cat" may start the discriminator's value.
+    let meowed = parse(&schema, br#"{"pet":{"meows":true,"kind":"#).unwrap();
+    let continues = |bytes: &[u8]| {
+        let mut s = meowed;
+        bytes.iter().all(|&b| s.feed(b))
+    };
+    assert!(continues(br#""c"#) && !continues(br#""d"#));
+
+    // `anyOf` needs no discriminator: keys alone tell the alternatives apart, or an instance of
+    // either is fine.
+    let either = Schema::compile(&json!({"type": "object", "properties": {"v": {"anyOf": [
+        {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}, "both": {"type": "string"}}},
+        {"type": "object", "required": ["b"], "properties": {"b": {"type": "string"}, "both": {"type": "string"}}},
+        {"type": "null"}]}}})).unwrap();
+    for (doc, ok) in [(r#"{"v":{"a":1}}"#, true), (r#"{"v":{"both":"x","b":"y"}}"#, true), (r#"{"v":null}"#, true), (r#"{"v":{"a":1,"b":"y"}}"#, false), (r#"{"v":{"both":"x"}}"#, false)] {
+        assert_eq!(accepts_whole(&either, doc.as_bytes()), ok, "{doc}");
+    }
+
+    let err = |schema: Value| Schema::compile(&schema).unwrap_err();
+    let obj = |t: &str| json!({"type": "object", "properties": {"x": {"type": t}}});
+    assert!(err(json!({"type": "object", "properties": {"v": {"anyOf": [obj("string"), obj("integer")]}}})).contains("different schemas"));
+    assert!(err(json!({"type": "object", "properties": {"v": {"oneOf": [obj("string"), obj("string")]}}})).contains("discriminator"));
 }
