@@ -2,7 +2,7 @@
 //! `$ref`s resolved (recursion included), unions checked to start differently, patterns and
 //! formats built into tables, bounds read exactly, and the nesting each node needs worked out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -20,7 +20,7 @@ pub(super) struct Compiled {
 
 /// Compiles `schema`; the error says which keyword at which JSON pointer is the problem.
 pub(super) fn compile(schema: &Value) -> Result<Compiled, String> {
-    let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new(), unions: Vec::new(), depth: 0, patterns: Vec::new() };
+    let mut c = Compiler { root: schema, nodes: Vec::new(), refs: HashMap::new(), unions: Vec::new(), depth: 0, patterns: Vec::new(), pattern_ids: HashMap::new() };
     let root = c.node(schema, "")?;
     let (mut nodes, root) = resolve_aliases(c.nodes, root)?;
     for (id, where_, one_of) in &c.unions {
@@ -49,6 +49,8 @@ struct Compiler<'a> {
     /// Schemas being compiled, one within another (nesting and `$ref` chains).
     depth: usize,
     patterns: Vec<Pattern>,
+    /// Where each `pattern` / `format` text is in `patterns`.
+    pattern_ids: HashMap<(&'static str, String), u16>,
 }
 
 /// How deep schemas may sit within one another, `$ref`s followed: compiling recurses.
@@ -118,14 +120,15 @@ fn merge_objects(nodes: &mut Vec<Node>, id: NodeId, where_: &str, one_of: bool) 
     for (name, u) in uses {
         let has = u.iter().fold(0u64, |m, &(a, _)| m | 1 << a);
         let first = u[0].1;
-        let value = if u.iter().all(|&(_, v)| same(nodes, v, first, 0)) {
+        let mut assumed = HashSet::new();
+        let value = if u.iter().all(|&(_, v)| same(nodes, v, first, &mut assumed)) {
             first
         } else if u.iter().all(|&(_, v)| matches!(&nodes[v as usize], Node::Enum { tags, .. } if tags.is_empty())) {
             let (mut values, mut tags): (Vec<Box<[u8]>>, Vec<u64>) = (Vec::new(), Vec::new());
             for &(a, v) in &u {
                 let Node::Enum { values: allowed, .. } = &nodes[v as usize] else { unreachable!("checked to be enums") };
                 for text in allowed {
-                    match values.iter().position(|t| t == text) {
+                    match values.iter().position(|t| same_json(t, text)) {
                         Some(i) => tags[i] |= 1 << a,
                         None => {
                             values.push(text.clone());
@@ -171,16 +174,23 @@ fn merge_objects(nodes: &mut Vec<Node>, id: NodeId, where_: &str, one_of: bool) 
     Ok(())
 }
 
-/// Whether nodes `a` and `b` take the same values (structurally, `depth` levels in; past 16
-/// levels, not known: false).
-fn same(nodes: &[Node], a: NodeId, b: NodeId, depth: usize) -> bool {
-    if a == b {
+/// Whether two JSON texts are the same value (numbers by value: `1` and `1.0` are one).
+fn same_json(a: &[u8], b: &[u8]) -> bool {
+    match (serde_json::from_slice::<Value>(a), serde_json::from_slice::<Value>(b)) {
+        (Ok(Value::Number(x)), Ok(Value::Number(y))) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+/// Whether nodes `a` and `b` take the same values, structurally. Pairs in `assumed` are taken
+/// to be the same (those being compared, and those found so): each pair is compared once, so
+/// shared and recursive references cost no more than the nodes, and a difference anywhere
+/// makes the whole answer false.
+fn same(nodes: &[Node], a: NodeId, b: NodeId, assumed: &mut HashSet<(NodeId, NodeId)>) -> bool {
+    if a == b || !assumed.insert((a, b)) {
         return true;
     }
-    if depth > 16 {
-        return false;
-    }
-    let same = |x: NodeId, y: NodeId| same(nodes, x, y, depth + 1);
+    let mut same = |x: NodeId, y: NodeId| same(nodes, x, y, assumed);
     match (&nodes[a as usize], &nodes[b as usize]) {
         (Node::String { min, max, pattern }, Node::String { min: m, max: x, pattern: p }) => (min, max, pattern) == (m, x, p),
         (Node::Number { integer, range }, Node::Number { integer: i, range: r }) => integer == i && range == r,
@@ -465,27 +475,40 @@ impl Compiler<'_> {
     /// A string's `pattern` or `format`, if it has one (not both); `minLength` beside it only
     /// where every string the pattern takes is that long anyway.
     fn pattern(&mut self, o: &serde_json::Map<String, Value>, min: u32, max: u32, where_: &str) -> Result<Option<u16>, String> {
-        let pattern = match (o.get("pattern"), o.get("format")) {
+        let (keyword, text) = match (o.get("pattern"), o.get("format")) {
             (None, None) => return Ok(None),
             (Some(_), Some(_)) => return Err(format!("`pattern` and `format` together at {where_} are not supported")),
-            (Some(Value::String(p)), None) => Pattern::from_schema_pattern(p).map_err(|e| format!("`pattern` {p:?} at {where_} {e}"))?,
-            (None, Some(Value::String(f))) => match Pattern::from_format(f) {
-                Some(p) => p.map_err(|e| format!("`format` {f:?} at {where_} {e}"))?,
-                None => return Err(format!("`format` {f:?} at {where_} is not supported (only {FORMATS})")),
-            },
+            (Some(Value::String(p)), None) => ("pattern", p),
+            (None, Some(Value::String(f))) => ("format", f),
             _ => return Err(format!("`pattern` / `format` at {where_} must be a string")),
         };
+        // One table per distinct pattern or format: built once, and the same in every place
+        // (so two models of a union with a `date` each have one schema for it).
+        let index = match self.pattern_ids.get(&(keyword, text.clone())) {
+            Some(&i) => i,
+            None => {
+                let pattern = match keyword {
+                    "pattern" => Pattern::from_schema_pattern(text),
+                    _ => Pattern::from_format(text).unwrap_or_else(|| Err(format!("is not supported (only {FORMATS})"))),
+                }
+                .map_err(|e| format!("`{keyword}` {text:?} at {where_} {e}"))?;
+                if self.patterns.len() == usize::from(u16::MAX) {
+                    return Err("the schema has too many patterns".into());
+                }
+                self.patterns.push(pattern);
+                let i = self.patterns.len() as u16 - 1;
+                self.pattern_ids.insert((keyword, text.clone()), i);
+                i
+            }
+        };
+        let pattern = &self.patterns[index as usize];
         if pattern.shortest(pattern.start()) > max {
             return Err(format!("`maxLength` at {where_} is below the fewest characters the `pattern` / `format` takes"));
         }
         if pattern.shortest(pattern.start()) < min {
             return Err(format!("`minLength` beside `pattern` / `format` at {where_} is supported only where every match is that long"));
         }
-        if self.patterns.len() == usize::from(u16::MAX) {
-            return Err("the schema has too many patterns".into());
-        }
-        self.patterns.push(pattern);
-        Ok(Some(self.patterns.len() as u16 - 1))
+        Ok(Some(index))
     }
 
     fn union(&mut self, ids: Vec<NodeId>, where_: &str, one_of: bool) -> Result<NodeId, String> {

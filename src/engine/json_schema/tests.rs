@@ -618,8 +618,140 @@ fn unions_of_objects_keep_the_alternatives_the_keys_allow() {
         assert_eq!(accepts_whole(&either, doc.as_bytes()), ok, "{doc}");
     }
 
+    // Shared properties with the same format, written out in each model, are one schema.
+    let dated = |kind: &str| json!({"type": "object", "required": ["kind", "born"], "properties": {"kind": {"const": kind}, "born": {"type": "string", "format": "date"}}});
+    let union = Schema::compile(&json!({"type": "object", "properties": {"v": {"oneOf": [dated("a"), dated("b")]}}})).unwrap();
+    assert!(accepts_whole(&union, br#"{"v":{"born":"2024-01-02","kind":"b"}}"#));
+
     let err = |schema: Value| Schema::compile(&schema).unwrap_err();
+    // `1` and `1.0` are one value: no discriminator.
+    let one = |v: Value| json!({"type": "object", "required": ["k"], "properties": {"k": {"const": v}}});
+    assert!(err(json!({"type": "object", "properties": {"v": {"oneOf": [one(json!(1)), one(json!(1.0))]}}})).contains("discriminator"));
+    // References that join again (a lattice of 8^12 paths) are compared once per pair.
+    let mut defs = Map::new();
+    for chain in ["T", "U"] {
+        for i in 0..12 {
+            let next = json!({"$ref": format!("#/$defs/{chain}{}", i + 1)});
+            let props: Map<String, Value> = "abcdefgh".chars().map(|c| (c.to_string(), next.clone())).collect();
+            defs.insert(format!("{chain}{i}"), json!({"type": "object", "properties": props}));
+        }
+        defs.insert(format!("{chain}12"), json!({"type": "string"}));
+    }
+    let x = |chain: &str| json!({"type": "object", "properties": {"x": {"$ref": format!("#/$defs/{chain}0")}}});
+    assert!(Schema::compile(&json!({"type": "object", "$defs": defs, "properties": {"v": {"anyOf": [x("T"), x("U")]}}})).is_ok());
     let obj = |t: &str| json!({"type": "object", "properties": {"x": {"type": t}}});
     assert!(err(json!({"type": "object", "properties": {"v": {"anyOf": [obj("string"), obj("integer")]}}})).contains("different schemas"));
     assert!(err(json!({"type": "object", "properties": {"v": {"oneOf": [obj("string"), obj("string")]}}})).contains("discriminator"));
+}
+
+/// A random schema `depth` levels deep at most, over every supported keyword (and some
+/// combinations the compiler refuses).
+fn random_schema(rng: &mut Rng, depth: usize) -> Value {
+    let names = ["a", "b", "ab", "kind", "x y", "é"];
+    let leaf = depth == 0;
+    match rng.below(if leaf { 6 } else { 11 }) {
+        0 => {
+            let mut s = json!({"type": "string"});
+            match rng.below(6) {
+                0 => s["maxLength"] = json!(rng.below(5)),
+                1 => s["minLength"] = json!(1 + rng.below(3)),
+                2 => s["pattern"] = json!(["^[a-c]+$", "b", "^x?y{1,2}$", "\\d"][rng.below(4)]),
+                3 => s["format"] = json!(["date", "uuid", "ipv4", "email", "time"][rng.below(5)]),
+                4 => {
+                    s["pattern"] = json!("^[a-z]+[0-9]$");
+                    s["maxLength"] = json!(1 + rng.below(4));
+                }
+                _ => {}
+            }
+            s
+        }
+        1 => {
+            let mut s = json!({"type": (["integer", "number"][rng.below(2)])});
+            let bound = |rng: &mut Rng| json!([-3.5, -1.0, 0.0, 0.25, 2.0, 10.0, 150.0][rng.below(7)]);
+            for k in ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"] {
+                if rng.below(3) == 0 {
+                    s[k] = bound(rng);
+                }
+            }
+            s
+        }
+        2 => json!({"type": "boolean"}),
+        3 => json!({"type": (["null", "string"][rng.below(2)])}),
+        4 => json!({"enum": ([&["x", "y"][..], &["x"], &["y", "z"]][rng.below(3)])}),
+        5 => json!({"const": rng.below(3)}),
+        6 => {
+            let mut s = json!({"type": "array", "items": random_schema(rng, depth - 1)});
+            if rng.below(2) == 0 {
+                s["minItems"] = json!(rng.below(2));
+                s["maxItems"] = json!(1 + rng.below(3));
+            }
+            s
+        }
+        7 | 8 => random_object(rng, depth, &names),
+        9 => json!({"type": "object", "additionalProperties": random_schema(rng, depth - 1)}),
+        _ => {
+            let n = 2 + rng.below(2);
+            let alternatives: Vec<Value> = (0..n)
+                .map(|i| match rng.below(3) {
+                    // Objects told apart by a required `kind`.
+                    0 => {
+                        let mut o = random_object(rng, depth, &names);
+                        o["properties"]["kind"] = json!({"const": format!("k{i}")});
+                        o["required"] = json!(["kind"]);
+                        o
+                    }
+                    1 => random_object(rng, depth, &names),
+                    _ => random_schema(rng, depth - 1),
+                })
+                .collect();
+            json!({(["anyOf", "oneOf"][rng.below(2)]): alternatives})
+        }
+    }
+}
+
+fn random_object(rng: &mut Rng, depth: usize, names: &[&str]) -> Value {
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for _ in 0..rng.below(4) {
+        let name = names[rng.below(names.len())];
+        props.insert(name.into(), random_schema(rng, depth.saturating_sub(1)));
+        if rng.below(3) == 0 && !required.contains(&name) {
+            required.push(name);
+        }
+    }
+    json!({"type": "object", "properties": props, "required": required})
+}
+
+/// Random schemas over every keyword: compiling never panics, and random byte walks under the
+/// ones that compile never reach a dead end; what completes is JSON.
+#[test]
+fn random_schemas_compile_or_are_refused_and_never_dead_end() {
+    let mut rng = Rng(0x5EED_0BAD_CAFE);
+    let (mut compiled, mut refused, mut complete) = (0, 0, 0);
+    for _ in 0..400 {
+        let root = random_object(&mut rng, 3, &["a", "b", "ab", "kind", "x y", "é"]);
+        let Ok(schema) = Schema::compile(&root) else {
+            refused += 1;
+            continue;
+        };
+        compiled += 1;
+        for _ in 0..4 {
+            let (mut state, mut text) = (schema.start(), Vec::new());
+            for _ in 0..200 {
+                if state.is_complete() {
+                    complete += 1;
+                    // (serde_json refuses numbers past f64's range, which JSON's grammar allows.)
+                    let parsed = serde_json::from_slice::<Value>(&text);
+                    assert!(parsed.as_ref().map_or_else(|e| e.to_string().contains("number out of range"), |_| true), "{}", String::from_utf8_lossy(&text));
+                    break;
+                }
+                let next: Vec<(u8, SchemaState)> = (0..=255u8).filter_map(|b| { let mut s = state; s.feed(b).then_some((b, s)) }).collect();
+                assert!(!next.is_empty(), "dead end under {root} after {:?}", String::from_utf8_lossy(&text));
+                let (b, s) = next[rng.below(next.len())];
+                text.push(b);
+                state = s;
+            }
+        }
+    }
+    assert!(compiled > 150 && refused > 10 && complete > 100, "{compiled} compiled, {refused} refused, {complete} complete");
 }
