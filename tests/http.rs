@@ -148,7 +148,12 @@ fn every_error_status_has_an_openai_body() {
     assert!(body.contains("\"error\"") && body.contains("larger than the server accepts"), "{body}");
     let e = s.post("/v1/completions", &json!({"prompt": "hi", "logit_bias": {"abc": 1}}).to_string()).error(400);
     assert_eq!(e["param"], "logit_bias");
-    let e = s.post("/v1/chat/completions", &chat_body(json!({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}))).error(400);
+    let e = s.post("/v1/chat/completions", &chat_body(json!({"tool_choice": {"type": "function", "function": {"name": "g"}}, "tools": [{"type": "function", "function": {"name": "f"}}]}))).error(400);
+    assert_eq!(e["param"], "tool_choice");
+    assert!(e["message"].as_str().unwrap().contains("\"g\""), "{e}");
+    let e = s.post("/v1/chat/completions", &chat_body(json!({"tool_choice": "required"}))).error(400);
+    assert_eq!(e["param"], "tool_choice");
+    let e = s.post("/v1/chat/completions", &chat_body(json!({"tool_choice": "sometimes", "tools": [{"type": "function", "function": {"name": "f"}}]}))).error(400);
     assert_eq!(e["param"], "tool_choice");
 }
 
@@ -279,6 +284,68 @@ fn tool_calls_end_to_end() {
 
     let none = s.post("/v1/chat/completions", &body(json!({"tool_choice": "none"}))).json();
     assert!(none["choices"][0]["message"]["tool_calls"].is_null(), "{none}");
+}
+
+/// `tool_choice` forcing calls: a named function is called even where the prompt asks for none,
+/// `"required"` calls one of the tools, with arguments that fit its parameters, whole,
+/// streamed and sampled hot.
+#[test]
+fn forced_tool_calls_end_to_end() {
+    let s = server();
+    let weather = json!({"type": "function", "function": {"name": "get_weather", "description": "Get the current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}});
+    let time = json!({"type": "function", "function": {"name": "get_time", "description": "Get the local time in a time zone",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40}}, "required": ["zone"]}}});
+    let body = |prompt: &str, extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": prompt}], "tools": [weather, time], "temperature": 0, "max_tokens": 60});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    // Each call names a tool and carries arguments that fit it.
+    let fits = |call: &Value| {
+        let args: serde_json::Map<String, Value> = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        match call["function"]["name"].as_str().unwrap() {
+            "get_weather" => args["city"].is_string() && args.keys().all(|k| k == "city" || k == "unit") && args.get("unit").is_none_or(|u| u == "celsius" || u == "fahrenheit"),
+            "get_time" => args["zone"].as_str().is_some_and(|z| z.chars().count() <= 40) && args.len() == 1,
+            other => panic!("called {other}"),
+        }
+    };
+    let named = json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}});
+    let whole = s.post("/v1/chat/completions", &body("Tell me a joke about cats.", named.clone())).json();
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{whole}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{whole}");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert!(fits(&calls[0]), "{whole}");
+
+    let required = s.post("/v1/chat/completions", &body("What time is it in Tokyo?", json!({"tool_choice": "required"}))).json();
+    let choice = &required["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{required}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert!(!calls.is_empty() && calls.iter().all(fits), "{required}");
+
+    let mut streamed = named.clone();
+    streamed["stream"] = json!(true);
+    let data = s.post("/v1/chat/completions", &body("Tell me a joke about cats.", streamed)).sse_data();
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let deltas: Vec<&Value> = chunks.iter().flat_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten()).collect();
+    assert_eq!(deltas.len(), 1);
+    assert_eq!(deltas[0]["function"]["arguments"], whole["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]);
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+
+    let hot = s.post("/v1/chat/completions", &body("Weather or time, your pick.", json!({"tool_choice": "required", "temperature": 1.5, "seed": 3, "n": 4}))).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        match choice["finish_reason"].as_str().unwrap() {
+            "tool_calls" => assert!(choice["message"]["tool_calls"].as_array().unwrap().iter().all(fits), "{choice}"),
+            "length" => {}
+            other => panic!("{other}: {choice}"),
+        }
+    }
+    let e = s.post("/v1/chat/completions", &body("hi", json!({"tool_choice": "required", "response_format": {"type": "json_object"}}))).error(400);
+    assert_eq!(e["param"], "tool_choice");
+    let e = s.post("/v1/chat/completions", &body("hi", json!({"tool_choice": "required", "ignore_eos": true}))).error(400);
+    assert_eq!(e["param"], "ignore_eos");
 }
 
 /// `response_format: json_object`: greedy, streamed and sampled hot (where the model left alone

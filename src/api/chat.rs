@@ -24,14 +24,20 @@ use crate::tokenizer::Tokenizer;
 pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
-    let format = validate::response_format(req.response_format.as_ref(), &state.schemas)?;
-    let json = format != OutputFormat::Text;
+    let response_format = validate::response_format(req.response_format.as_ref(), &state.schemas)?;
     let messages = validate::template_messages(&req.messages)?;
-    let tools = validate::tools(&req)?;
-    if json {
-        let thinking_asked = req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true));
-        validate::json_format_compatible(&req.sampling, tools.is_some(), thinking_asked)?;
-    }
+    let (tools, forced) = validate::tools(&req)?;
+    let format = match forced {
+        Some(_) if response_format != OutputFormat::Text => {
+            return Err(ApiError::invalid("tool_choice", "a forced `tool_choice` cannot be combined with a JSON `response_format`: the output is held to the tool calls"));
+        }
+        Some(calls) => calls,
+        None => response_format,
+    };
+    // A held output (JSON, or forced tool calls) has no reasoning part.
+    let json = format != OutputFormat::Text;
+    let thinking_asked = req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true));
+    validate::held_output_compatible(&req.sampling, &format, tools.is_some(), thinking_asked)?;
     let logprobs = validate::chat_logprobs(&req)?;
     let engine = &state.engine;
     let template = engine

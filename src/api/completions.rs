@@ -14,7 +14,6 @@ use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::types::*;
 use super::validate;
-use crate::engine::constraint::OutputFormat;
 use crate::engine::sampler::{Logprobs, MAX_LOGPROBS};
 use crate::engine::{EngineRequest, Event, FinishReason, RequestStream};
 use crate::error::ApiError;
@@ -52,9 +51,7 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
         return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
     }
     let format = validate::response_format(req.response_format.as_ref(), &state.schemas)?;
-    if format != OutputFormat::Text {
-        validate::json_format_compatible(&req.sampling, false, false)?;
-    }
+    validate::held_output_compatible(&req.sampling, &format, false, false)?;
     let mut params = validate::sampling_params(&req.sampling, tokenizer.vocab_size(), DEFAULT_MAX_TOKENS, logprobs)?;
     params.format = format;
     if req.echo && logprobs.is_some() {

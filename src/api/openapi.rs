@@ -61,7 +61,8 @@ pub fn spec() -> Value {
                     "logprobs": {"type": "boolean"},
                     "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
                     "tools": {"type": "array", "items": {"type": "object"}},
-                    "tool_choice": {"type": "string", "enum": ["auto", "none"]},
+                    "tool_choice": {"oneOf": [{"type": "string", "enum": ["auto", "none", "required"]},
+                        {"type": "object", "required": ["type", "function"], "properties": {"type": {"const": "function"}, "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}]},
                     "chat_template_kwargs": {"type": "object"},
                     "response_format": response_format()}))},
                 "CompletionRequest": {"type": "object", "required": ["prompt"], "properties": with(sampling_properties(), json!({

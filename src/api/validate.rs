@@ -1,12 +1,14 @@
 //! Parse once: wire types become engine requests here, every field checked once, every error
 //! naming the field and the allowed range.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields};
+use crate::engine::constraint::{OutputFormat, SchemaCache};
 use crate::engine::sampler::MAX_LOGPROBS;
-use crate::engine::constraint::OutputFormat;
-use crate::engine::constraint::SchemaCache;
+use crate::engine::tool_calls::ToolCallFormat;
 use crate::engine::SamplingParams;
 use crate::error::ApiError;
 
@@ -164,21 +166,45 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ApiErro
         .collect()
 }
 
-/// Tools to hand to the template, or None (no tools, or `tool_choice: "none"`).
-pub fn tools(req: &ChatCompletionRequest) -> Result<Option<Vec<Value>>, ApiError> {
-    let Some(tools) = &req.tools else { return Ok(None) };
+/// The tools a request offers: those to hand to the template (None: no tools, or
+/// `tool_choice: "none"`), and, when `tool_choice` is `"required"` or names a function, the
+/// calls the output is held to.
+pub fn tools(req: &ChatCompletionRequest) -> Result<(Option<Vec<Value>>, Option<OutputFormat>), ApiError> {
+    let Some(tools) = &req.tools else {
+        return match &req.tool_choice {
+            None => Ok((None, None)),
+            Some(Value::String(s)) if s == "none" || s == "auto" => Ok((None, None)),
+            Some(_) => Err(ApiError::invalid("tool_choice", "`tool_choice` asks for a tool call, but the request has no `tools`")),
+        };
+    };
+    let mut functions = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
         let name = t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
-        if t.get("type").and_then(Value::as_str) != Some("function") || name.is_none_or(str::is_empty) {
-            return Err(ApiError::invalid(format!("tools[{i}]"), format!("`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}")));
+        match name {
+            Some(name) if t.get("type").and_then(Value::as_str) == Some("function") && !name.is_empty() => {
+                functions.push((name, t["function"].get("parameters").filter(|p| !p.is_null())));
+            }
+            _ => return Err(ApiError::invalid(format!("tools[{i}]"), format!("`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"))),
         }
     }
-    match &req.tool_choice {
-        None => Ok(Some(tools.clone())),
-        Some(Value::String(s)) if s == "auto" => Ok(Some(tools.clone())),
-        Some(Value::String(s)) if s == "none" => Ok(None),
-        Some(other) => Err(ApiError::invalid("tool_choice", format!("`tool_choice` must be \"auto\" or \"none\" (forced tool calls are not supported yet); got {other}"))),
-    }
+    let (chosen, single) = match &req.tool_choice {
+        None => return Ok((Some(tools.clone()), None)),
+        Some(Value::String(s)) if s == "auto" => return Ok((Some(tools.clone()), None)),
+        Some(Value::String(s)) if s == "none" => return Ok((None, None)),
+        Some(Value::String(s)) if s == "required" => (functions, false),
+        Some(choice) => {
+            let named = choice.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).filter(|_| choice.get("type").and_then(Value::as_str) == Some("function"));
+            let Some(named) = named else {
+                return Err(ApiError::invalid("tool_choice", format!("`tool_choice` must be \"auto\", \"none\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}; got {choice}")));
+            };
+            let function = functions.into_iter().find(|(name, _)| *name == named).ok_or_else(|| ApiError::invalid("tool_choice", format!("`tool_choice` names function {named:?}, which is not among `tools`")))?;
+            (vec![function], true)
+        }
+    };
+    let no_parameters = json!({"type": "object", "properties": {}});
+    let chosen: Vec<(&str, &Value)> = chosen.iter().map(|&(name, p)| (name, p.unwrap_or(&no_parameters))).collect();
+    let format = ToolCallFormat::new(&chosen, single).map_err(|e| ApiError::invalid("tools", format!("a forced `tool_choice` holds the call's arguments to the function's `parameters`: {e}")))?;
+    Ok((Some(tools.clone()), Some(OutputFormat::ToolCalls(Arc::new(format)))))
 }
 
 /// `logprobs: true` + `top_logprobs` -> number of alternatives.
@@ -192,18 +218,23 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
     }
 }
 
-/// What a JSON `response_format` cannot go with: tools (a call is not the object here),
-/// `ignore_eos` (only EOS may follow the closed object), thinking asked for explicitly (the
-/// whole output is the object).
-pub fn json_format_compatible(sampling: &SamplingFields, has_tools: bool, thinking_asked: bool) -> Result<(), ApiError> {
-    if has_tools {
+/// What a held output (a JSON `response_format`, or tool calls a `tool_choice` forces) cannot
+/// go with: tools beside a JSON format (a call is not the object), `ignore_eos` (only EOS may
+/// follow the end), thinking asked for explicitly (the whole output is held).
+pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, has_tools: bool, thinking_asked: bool) -> Result<(), ApiError> {
+    let what = match format {
+        OutputFormat::Text => return Ok(()),
+        OutputFormat::ToolCalls(_) => "a forced `tool_choice`",
+        OutputFormat::JsonObject | OutputFormat::JsonSchema(_) => "a JSON `response_format`",
+    };
+    if has_tools && !matches!(format, OutputFormat::ToolCalls(_)) {
         return Err(ApiError::invalid("response_format", "a JSON `response_format` cannot be combined with `tools`: the output is held to one JSON object, so no tool call could be written"));
     }
     if sampling.ignore_eos == Some(true) {
-        return Err(ApiError::invalid("ignore_eos", "`ignore_eos` cannot be combined with a JSON `response_format`: only EOS may follow the closed object"));
+        return Err(ApiError::invalid("ignore_eos", format!("`ignore_eos` cannot be combined with {what}: only EOS may follow the end of the held output")));
     }
     if thinking_asked {
-        return Err(ApiError::invalid("chat_template_kwargs", "`enable_thinking: true` cannot be combined with a JSON `response_format`: the whole output is held to the object"));
+        return Err(ApiError::invalid("chat_template_kwargs", format!("`enable_thinking: true` cannot be combined with {what}: the whole output is held")));
     }
     Ok(())
 }

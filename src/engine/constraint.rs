@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::json_object::JsonState;
 use super::json_schema::{Schema, SchemaState};
+use super::tool_calls::{ToolCallFormat, ToolCallsState};
 use crate::tokenizer::Tokenizer;
 
 /// A parser the vocabulary walk can branch on: copied at every shared prefix.
@@ -31,6 +32,8 @@ pub enum OutputFormat {
     JsonObject,
     /// A JSON object valid under the schema.
     JsonSchema(Arc<Schema>),
+    /// Tool calls (`tool_choice` `"required"` or a named function).
+    ToolCalls(Arc<ToolCallFormat>),
 }
 
 impl PartialEq for OutputFormat {
@@ -38,6 +41,7 @@ impl PartialEq for OutputFormat {
         match (self, other) {
             (Self::Text, Self::Text) | (Self::JsonObject, Self::JsonObject) => true,
             (Self::JsonSchema(a), Self::JsonSchema(b)) => Arc::ptr_eq(a, b),
+            (Self::ToolCalls(a), Self::ToolCalls(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -50,6 +54,7 @@ impl OutputFormat {
             Self::Text => None,
             Self::JsonObject => Some(Constraint::Object(JsonState::default())),
             Self::JsonSchema(schema) => Some(Constraint::Schema(schema.clone(), schema.start())),
+            Self::ToolCalls(calls) => Some(Constraint::ToolCalls(calls.clone(), calls.start())),
         }
     }
 }
@@ -61,14 +66,17 @@ impl OutputFormat {
 pub enum Constraint {
     Object(JsonState),
     Schema(Arc<Schema>, SchemaState),
+    ToolCalls(Arc<ToolCallFormat>, ToolCallsState),
 }
 
 impl Constraint {
-    /// Whether the output is complete: only EOS may follow.
+    /// Whether the output may end here: EOS is allowed (and, for a JSON object, only EOS;
+    /// after a tool call, another call may also begin).
     pub fn is_complete(&self) -> bool {
         match self {
             Self::Object(s) => s.is_complete(),
             Self::Schema(_, s) => s.is_complete(),
+            Self::ToolCalls(_, s) => s.is_complete(),
         }
     }
 
@@ -77,6 +85,7 @@ impl Constraint {
         match self {
             Self::Object(s) => vocab.allowed(&vocab.object_masks, s),
             Self::Schema(schema, s) => vocab.allowed(&schema.masks, s),
+            Self::ToolCalls(calls, s) => vocab.allowed(&calls.masks, s),
         }
     }
 
@@ -86,6 +95,7 @@ impl Constraint {
         match self {
             Self::Object(s) => s.feed_all(bytes),
             Self::Schema(_, s) => bytes.iter().all(|&b| ByteParser::feed(s, b)),
+            Self::ToolCalls(_, s) => bytes.iter().all(|&b| s.feed(b)),
         }
     }
 }

@@ -55,8 +55,8 @@ enum Node {
     /// alternatives allow each value.
     Enum { values: Vec<Box<[u8]>>, tags: Vec<u64> },
     /// Two or more objects of one `anyOf` / `oneOf`, read as one object: a key is one some
-    /// alternative still open has, the value is its (same in every alternative that has the
-    /// key, or an enum whose value narrows them), and `}` closes once one alternative has its
+    /// alternative still open has (and, where alternatives give it different schemas, one
+    /// whose open alternatives agree on it), and `}` closes once one alternative has its
     /// required keys. `required` is per alternative, over `keys`.
     Objects { alts: Vec<NodeId>, keys: Vec<UnionKey>, required: Vec<u64> },
     /// Alternatives that no first byte could start twice.
@@ -65,12 +65,26 @@ enum Node {
     Alias(NodeId),
 }
 
-/// A property of [`Node::Objects`]: its name, its value's node, and the alternatives that have it.
+/// A property of [`Node::Objects`]: its name, the alternatives that have it, and its value's
+/// node for each group of them (one group where they agree, or where it is an enum in each,
+/// merged into one whose values narrow the alternatives; more where a discriminator must
+/// first narrow them to one group).
 #[derive(Debug)]
 struct UnionKey {
     name: Box<[u8]>,
-    value: NodeId,
     has: u64,
+    groups: Vec<(u64, NodeId)>,
+}
+
+impl UnionKey {
+    /// The value's node if the open alternatives `alive` that have this key agree on one.
+    fn value_for(&self, alive: u64) -> Option<NodeId> {
+        let mut open = self.groups.iter().filter(|(alts, _)| alts & alive != 0);
+        match (open.next(), open.next()) {
+            (Some(&(_, node)), None) => Some(node),
+            _ => None,
+        }
+    }
 }
 
 /// A compiled schema and the masks found for it (shared by a request's `n` sequences).
@@ -155,6 +169,11 @@ impl SchemaState {
         self.mode == Mode::Done
     }
 
+    /// A fresh parse under the same schema.
+    pub(super) fn restart(&self) -> Self {
+        self.schema().start()
+    }
+
     /// Node `id` of this state's schema.
     fn node<'s>(&self, id: NodeId) -> &'s Node {
         &self.schema().nodes[id as usize]
@@ -216,7 +235,7 @@ impl SchemaState {
     /// open has, and whose values fit.
     fn open_keys(&self, keys: &[UnionKey]) -> u64 {
         let (seen, alive) = (self.top().seen, self.top().alive);
-        keys.iter().enumerate().filter(|&(i, k)| seen >> i & 1 == 0 && k.has & alive != 0 && self.fits(k.value)).fold(0, |m, (i, _)| m | 1 << i)
+        keys.iter().enumerate().filter(|&(i, k)| seen >> i & 1 == 0 && k.value_for(alive).is_some_and(|v| self.fits(v))).fold(0, |m, (i, _)| m | 1 << i)
     }
 
     fn step(&mut self, b: u8) -> bool {
@@ -416,8 +435,9 @@ impl SchemaState {
                 let value = match schema.nodes[top.node as usize] {
                     Node::Object { ref props, .. } => props[prop as usize].1,
                     Node::Objects { ref keys, .. } => {
-                        top.alive &= keys[prop as usize].has;
-                        keys[prop as usize].value
+                        let key = &keys[prop as usize];
+                        top.alive &= key.has;
+                        key.value_for(top.alive).expect("a key is offered only where its value is known")
                     }
                     _ => unreachable!("keys are read in objects"),
                 };

@@ -29,7 +29,12 @@ pub(super) fn compile(schema: &Value) -> Result<Compiled, String> {
     for (id, where_, _) in c.unions {
         check_union(&nodes, id, &where_)?;
     }
-    if !matches!(nodes[root as usize], Node::Object { .. } | Node::Map { .. }) {
+    // A root union of objects alone (tool calls of several functions) is its merged object.
+    let root = match &nodes[root as usize] {
+        Node::Union(members) if members.len() == 1 => members[0],
+        _ => root,
+    };
+    if !matches!(nodes[root as usize], Node::Object { .. } | Node::Map { .. } | Node::Objects { .. }) {
         return Err("the schema's root must be an object (`\"type\": \"object\"`)".into());
     }
     let need = nesting_needed(&nodes);
@@ -117,12 +122,14 @@ fn merge_objects(nodes: &mut Vec<Node>, id: NodeId, where_: &str, one_of: bool) 
     }
     let mut keys = Vec::with_capacity(uses.len());
     let mut discriminated = false;
+    // A property with a schema per group of alternatives: it waits for a discriminator.
+    let mut split = None;
     for (name, u) in uses {
         let has = u.iter().fold(0u64, |m, &(a, _)| m | 1 << a);
         let first = u[0].1;
         let mut assumed = HashSet::new();
-        let value = if u.iter().all(|&(_, v)| same(nodes, v, first, &mut assumed)) {
-            first
+        let groups = if u.iter().all(|&(_, v)| same(nodes, v, first, &mut assumed)) {
+            vec![(has, first)]
         } else if u.iter().all(|&(_, v)| matches!(&nodes[v as usize], Node::Enum { tags, .. } if tags.is_empty())) {
             let (mut values, mut tags): (Vec<Box<[u8]>>, Vec<u64>) = (Vec::new(), Vec::new());
             for &(a, v) in &u {
@@ -145,14 +152,26 @@ fn merge_objects(nodes: &mut Vec<Node>, id: NodeId, where_: &str, one_of: bool) 
                 _ => false,
             });
             discriminated |= required_by_all && tags.iter().all(|t| t.count_ones() == 1);
-            push(nodes, Node::Enum { values, tags })?
+            vec![(has, push(nodes, Node::Enum { values, tags })?)]
         } else {
-            return Err(format!(
-                "the objects of `anyOf` / `oneOf` at {where_} give property {:?} different schemas: only `enum` / `const` values may differ between them",
-                String::from_utf8_lossy(&name)
-            ));
+            let mut groups: Vec<(u64, NodeId)> = Vec::new();
+            for &(a, v) in &u {
+                match groups.iter_mut().find(|(_, g)| same(nodes, *g, v, &mut HashSet::new())) {
+                    Some((alts, _)) => *alts |= 1 << a,
+                    None => groups.push((1 << a, v)),
+                }
+            }
+            split.get_or_insert_with(|| String::from_utf8_lossy(&name).into_owned());
+            groups
         };
-        keys.push(UnionKey { name, value, has });
+        keys.push(UnionKey { name, has, groups });
+    }
+    // Without a discriminator, alternatives that give a property different schemas could stay
+    // open together with nothing left to tell them apart.
+    if let (Some(name), false) = (&split, discriminated) {
+        return Err(format!(
+            "the objects of `anyOf` / `oneOf` at {where_} give property {name:?} different schemas: only `enum` / `const` values may differ between them, unless a property all of them require has `enum` / `const` values that tell them apart (a discriminator)"
+        ));
     }
     if one_of && !discriminated {
         return Err(format!(

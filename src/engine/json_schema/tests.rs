@@ -623,6 +623,14 @@ fn unions_of_objects_keep_the_alternatives_the_keys_allow() {
     let union = Schema::compile(&json!({"type": "object", "properties": {"v": {"oneOf": [dated("a"), dated("b")]}}})).unwrap();
     assert!(accepts_whole(&union, br#"{"v":{"born":"2024-01-02","kind":"b"}}"#));
 
+    // Behind a discriminator, models may give one property different schemas: it is offered
+    // once the discriminator has chosen.
+    let typed = |kind: &str, t: &str| json!({"type": "object", "required": ["kind", "v"], "properties": {"kind": {"const": kind}, "v": {"type": t}}});
+    let split = Schema::compile(&json!({"type": "object", "properties": {"x": {"oneOf": [typed("n", "integer"), typed("s", "string")]}}})).unwrap();
+    for (doc, ok) in [(r#"{"x":{"kind":"n","v":1}}"#, true), (r#"{"x":{"kind":"s","v":"a"}}"#, true), (r#"{"x":{"kind":"s","v":1}}"#, false), (r#"{"x":{"v":1,"kind":"n"}}"#, false)] {
+        assert_eq!(accepts_whole(&split, doc.as_bytes()), ok, "{doc}");
+    }
+
     let err = |schema: Value| Schema::compile(&schema).unwrap_err();
     // `1` and `1.0` are one value: no discriminator.
     let one = |v: Value| json!({"type": "object", "required": ["k"], "properties": {"k": {"const": v}}});

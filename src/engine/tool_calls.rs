@@ -1,0 +1,144 @@
+//! `tool_choice: "required"` or a named function: the output is held to tool calls in the
+//! Hermes format Qwen's templates teach (`<tool_call>\n{"name": ..., "arguments": {...}}\n
+//! </tool_call>`), each call's object to a schema made from the tools' `parameters`
+//! ([`ToolCallFormat::new`]), so the arguments always parse and fit the function. The API's
+//! tool-call parser then reads the calls from the text as it would any other.
+
+use serde_json::{json, Map, Value};
+
+use super::constraint::{ByteParser, MaskCache};
+use super::json_schema::{Schema, SchemaState};
+
+const OPEN: &[u8] = b"<tool_call>\n";
+const CLOSE: &[u8] = b"\n</tool_call>";
+/// Calls one output may hold under `"required"` (a runaway list ends here).
+const MAX_CALLS: u8 = 16;
+
+/// The calls an output must make: the schema of one call's object, and whether only one call
+/// may be made (a named function) or one or more (`"required"`).
+#[derive(Debug)]
+pub struct ToolCallFormat {
+    schema: Schema,
+    single: bool,
+    pub(super) masks: MaskCache<ToolCallsState>,
+}
+
+impl ToolCallFormat {
+    /// `tools`: `(name, parameters schema)` of each function the output may call, one call of
+    /// the one function if `single`. The error names the tool whose parameters cannot be held.
+    pub fn new(tools: &[(&str, &Value)], single: bool) -> Result<Self, String> {
+        let mut calls = Vec::with_capacity(tools.len());
+        let mut defs = Map::new();
+        for (i, &(name, parameters)) in tools.iter().enumerate() {
+            Schema::compile(parameters).map_err(|e| format!("the parameters of function {name:?}: {e}"))?;
+            let at = if tools.len() == 1 { "/properties/arguments".to_string() } else { format!("/anyOf/{i}/properties/arguments") };
+            let arguments = rebase(parameters, &format!("t{i}_"), &at, &mut defs);
+            calls.push(json!({"type": "object", "required": ["name", "arguments"], "properties": {"name": {"const": name}, "arguments": arguments}}));
+        }
+        let mut schema = match calls.len() {
+            1 => calls.pop().expect("one call"),
+            _ => json!({"anyOf": calls}),
+        };
+        schema["$defs"] = Value::Object(defs);
+        let schema = Schema::compile(&schema).map_err(|e| format!("the tools together: {e}"))?;
+        Ok(Self { schema, single, masks: MaskCache::with_capacity(256) })
+    }
+
+    pub(super) fn start(&self) -> ToolCallsState {
+        ToolCallsState { phase: Phase::Open(0), call: self.schema.start(), calls: 0, single: self.single }
+    }
+}
+
+/// Where an output of tool calls stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ToolCallsState {
+    phase: Phase,
+    /// The current call's object (or the last one's, finished).
+    call: SchemaState,
+    calls: u8,
+    single: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Phase {
+    /// `OPEN`, this many bytes in.
+    Open(u8),
+    /// Inside the call's object.
+    Call,
+    /// `CLOSE`, this many bytes in.
+    Close(u8),
+    /// After a call: the output may end, or (`"required"`) a line break begins another.
+    Done,
+}
+
+impl ToolCallsState {
+    /// Whether a call has just closed, so the output may end.
+    pub fn is_complete(&self) -> bool {
+        self.phase == Phase::Done
+    }
+}
+
+impl ByteParser for ToolCallsState {
+    fn feed(&mut self, b: u8) -> bool {
+        self.phase = match self.phase {
+            Phase::Open(i) if OPEN[i as usize] != b => return false,
+            Phase::Open(i) if i as usize + 1 == OPEN.len() => {
+                self.call = self.call.restart();
+                Phase::Call
+            }
+            Phase::Open(i) => Phase::Open(i + 1),
+            Phase::Call if !self.call.feed(b) => return false,
+            Phase::Call if self.call.is_complete() => Phase::Close(0),
+            Phase::Call => Phase::Call,
+            Phase::Close(i) if CLOSE[i as usize] != b => return false,
+            Phase::Close(i) if i as usize + 1 == CLOSE.len() => {
+                self.calls += 1;
+                Phase::Done
+            }
+            Phase::Close(i) => Phase::Close(i + 1),
+            Phase::Done if b == b'\n' && !self.single && self.calls < MAX_CALLS => Phase::Open(0),
+            Phase::Done => return false,
+        };
+        true
+    }
+}
+
+/// `parameters` placed at JSON pointer `at` of a larger schema: its `$defs` / `definitions`
+/// moved into `defs` with names prefixed by `prefix`, and its `$ref`s rewritten to match
+/// (`#/$defs/X` to `#/$defs/{prefix}X`, any other `#...` to `#{at}...`).
+fn rebase(parameters: &Value, prefix: &str, at: &str, defs: &mut Map<String, Value>) -> Value {
+    fn refs(v: &Value, prefix: &str, at: &str) -> Value {
+        match v {
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| match (k.as_str(), x) {
+                        ("$ref", Value::String(r)) => {
+                            let moved = ["#/$defs/", "#/definitions/"].iter().find_map(|d| r.strip_prefix(d));
+                            let r = match (moved, r.strip_prefix('#')) {
+                                (Some(rest), _) => format!("#/$defs/{prefix}{rest}"),
+                                (None, Some(rest)) => format!("#{at}{rest}"),
+                                (None, None) => r.clone(),
+                            };
+                            (k.clone(), Value::String(r))
+                        }
+                        _ => (k.clone(), refs(x, prefix, at)),
+                    })
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(|x| refs(x, prefix, at)).collect()),
+            other => other.clone(),
+        }
+    }
+    let mut rebased = refs(parameters, prefix, at);
+    if let Value::Object(o) = &mut rebased {
+        for key in ["$defs", "definitions"] {
+            if let Some(Value::Object(d)) = o.remove(key) {
+                defs.extend(d.into_iter().map(|(name, def)| (format!("{prefix}{name}"), def)));
+            }
+        }
+    }
+    rebased
+}
+
+#[cfg(test)]
+mod tests;
