@@ -346,6 +346,12 @@ fn forced_tool_calls_end_to_end() {
     assert_eq!(e["param"], "tool_choice");
     let e = s.post("/v1/chat/completions", &body("hi", json!({"tool_choice": "required", "ignore_eos": true}))).error(400);
     assert_eq!(e["param"], "ignore_eos");
+    let e = s.post("/v1/chat/completions", &body("hi", json!({"tool_choice": "required", "stop": ["</tool_call>"]}))).error(400);
+    assert_eq!(e["param"], "stop");
+    // A function without parameters (`{}` too) is called with `{}`.
+    let ping = json!([{"type": "function", "function": {"name": "ping", "parameters": {}}}]);
+    let pinged = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hello"}], "tools": ping, "tool_choice": "required", "max_tokens": 30}).to_string()).json();
+    assert_eq!(pinged["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{}", "{pinged}");
 }
 
 /// `response_format: json_object`: greedy, streamed and sampled hot (where the model left alone

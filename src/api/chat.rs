@@ -24,9 +24,9 @@ use crate::tokenizer::Tokenizer;
 pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
-    let response_format = validate::response_format(req.response_format.as_ref(), &state.schemas)?;
+    let response_format = validate::response_format(req.response_format.as_ref(), &state.formats)?;
     let messages = validate::template_messages(&req.messages)?;
-    let (tools, forced) = validate::tools(&req)?;
+    let (tools, forced) = validate::tools(&req, &state.formats)?;
     let format = match forced {
         Some(_) if response_format != OutputFormat::Text => {
             return Err(ApiError::invalid("tool_choice", "a forced `tool_choice` cannot be combined with a JSON `response_format`: the output is held to the tool calls"));

@@ -50,7 +50,7 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
     }
-    let format = validate::response_format(req.response_format.as_ref(), &state.schemas)?;
+    let format = validate::response_format(req.response_format.as_ref(), &state.formats)?;
     validate::held_output_compatible(&req.sampling, &format, false, false)?;
     let mut params = validate::sampling_params(&req.sampling, tokenizer.vocab_size(), DEFAULT_MAX_TOKENS, logprobs)?;
     params.format = format;

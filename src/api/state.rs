@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::metrics::Metrics;
-use crate::engine::constraint::SchemaCache;
+use crate::engine::constraint::FormatCache;
 use crate::engine::EngineHandle;
 use crate::error::ApiError;
 
@@ -24,8 +24,9 @@ pub struct AppState {
     pub default_enable_thinking: bool,
     /// The chat template renders `<think>` (Qwen3): split reasoning from content.
     pub reasoning: bool,
-    /// `response_format` schemas compiled for earlier requests (with the masks found for them).
-    pub schemas: Arc<SchemaCache>,
+    /// `response_format` schemas and forced tool calls compiled for earlier requests (with the
+    /// masks found for them).
+    pub formats: Arc<FormatCache>,
 }
 
 impl AppState {
@@ -45,7 +46,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             default_enable_thinking,
             reasoning,
-            schemas: Arc::new(SchemaCache::with_capacity(16)),
+            formats: Arc::new(FormatCache::with_capacity(16)),
         }
     }
 }

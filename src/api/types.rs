@@ -65,6 +65,8 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
+    /// Under `tool_choice: "required"`, false allows one call only.
+    pub parallel_tool_calls: Option<bool>,
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     pub response_format: Option<Value>,
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields};
-use crate::engine::constraint::{OutputFormat, SchemaCache};
+use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields, StringOrList};
+use crate::engine::constraint::{FormatCache, OutputFormat};
 use crate::engine::sampler::MAX_LOGPROBS;
 use crate::engine::tool_calls::ToolCallFormat;
 use crate::engine::SamplingParams;
@@ -168,8 +168,9 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ApiErro
 
 /// The tools a request offers: those to hand to the template (None: no tools, or
 /// `tool_choice: "none"`), and, when `tool_choice` is `"required"` or names a function, the
-/// calls the output is held to.
-pub fn tools(req: &ChatCompletionRequest) -> Result<(Option<Vec<Value>>, Option<OutputFormat>), ApiError> {
+/// calls the output is held to (one call if a function is named or `parallel_tool_calls` is
+/// false; made once per set of tools, `formats` keeps them).
+pub fn tools(req: &ChatCompletionRequest, formats: &FormatCache) -> Result<(Option<Vec<Value>>, Option<OutputFormat>), ApiError> {
     let Some(tools) = &req.tools else {
         return match &req.tool_choice {
             None => Ok((None, None)),
@@ -182,7 +183,9 @@ pub fn tools(req: &ChatCompletionRequest) -> Result<(Option<Vec<Value>>, Option<
         let name = t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
         match name {
             Some(name) if t.get("type").and_then(Value::as_str) == Some("function") && !name.is_empty() => {
-                functions.push((name, t["function"].get("parameters").filter(|p| !p.is_null())));
+                // No parameters, or `{}`: the arguments are `{}`.
+                let parameters = t["function"].get("parameters").filter(|p| !p.is_null() && p.as_object().is_none_or(|o| !o.is_empty()));
+                functions.push((name, parameters));
             }
             _ => return Err(ApiError::invalid(format!("tools[{i}]"), format!("`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"))),
         }
@@ -191,7 +194,10 @@ pub fn tools(req: &ChatCompletionRequest) -> Result<(Option<Vec<Value>>, Option<
         None => return Ok((Some(tools.clone()), None)),
         Some(Value::String(s)) if s == "auto" => return Ok((Some(tools.clone()), None)),
         Some(Value::String(s)) if s == "none" => return Ok((None, None)),
-        Some(Value::String(s)) if s == "required" => (functions, false),
+        Some(Value::String(s)) if s == "required" && functions.is_empty() => {
+            return Err(ApiError::invalid("tool_choice", "`tool_choice: \"required\"` needs at least one tool in `tools`"));
+        }
+        Some(Value::String(s)) if s == "required" => (functions, req.parallel_tool_calls == Some(false)),
         Some(choice) => {
             let named = choice.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).filter(|_| choice.get("type").and_then(Value::as_str) == Some("function"));
             let Some(named) = named else {
@@ -203,8 +209,11 @@ pub fn tools(req: &ChatCompletionRequest) -> Result<(Option<Vec<Value>>, Option<
     };
     let no_parameters = json!({"type": "object", "properties": {}});
     let chosen: Vec<(&str, &Value)> = chosen.iter().map(|&(name, p)| (name, p.unwrap_or(&no_parameters))).collect();
-    let format = ToolCallFormat::new(&chosen, single).map_err(|e| ApiError::invalid("tools", format!("a forced `tool_choice` holds the call's arguments to the function's `parameters`: {e}")))?;
-    Ok((Some(tools.clone()), Some(OutputFormat::ToolCalls(Arc::new(format)))))
+    let key = format!("tools {single} {}", json!(chosen));
+    let format = formats
+        .get(key, || Ok(OutputFormat::ToolCalls(Arc::new(ToolCallFormat::new(&chosen, single)?))))
+        .map_err(|e| ApiError::invalid("tools", format!("a forced `tool_choice` holds the call's arguments to the function's `parameters`: {e}")))?;
+    Ok((Some(tools.clone()), Some(format)))
 }
 
 /// `logprobs: true` + `top_logprobs` -> number of alternatives.
@@ -233,6 +242,13 @@ pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, 
     if sampling.ignore_eos == Some(true) {
         return Err(ApiError::invalid("ignore_eos", format!("`ignore_eos` cannot be combined with {what}: only EOS may follow the end of the held output")));
     }
+    // A stop string could cut a call before its closing tag, and the call would be lost.
+    if matches!(format, OutputFormat::ToolCalls(_)) {
+        let stops = sampling.stop.as_ref().is_some_and(|s| !matches!(s, StringOrList::Many(v) if v.is_empty()));
+        if stops || sampling.stop_token_ids.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::invalid(if stops { "stop" } else { "stop_token_ids" }, format!("`stop` / `stop_token_ids` cannot be combined with {what}: they could cut a call short")));
+        }
+    }
     if thinking_asked {
         return Err(ApiError::invalid("chat_template_kwargs", format!("`enable_thinking: true` cannot be combined with {what}: the whole output is held")));
     }
@@ -241,8 +257,8 @@ pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, 
 
 /// `response_format`: `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
 /// "json_schema": {"name": ..., "schema": {...}}}` (the schema compiled here, or found among
-/// those `schemas` holds, so an unsupported one is a 400 naming its keyword).
-pub fn response_format(format: Option<&Value>, schemas: &SchemaCache) -> Result<OutputFormat, ApiError> {
+/// those `formats` holds, so an unsupported one is a 400 naming its keyword).
+pub fn response_format(format: Option<&Value>, formats: &FormatCache) -> Result<OutputFormat, ApiError> {
     const TYPES: &str = "\"text\", \"json_object\" or \"json_schema\"";
     let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(OutputFormat::Text) };
     match format.get("type").and_then(Value::as_str) {
@@ -253,8 +269,7 @@ pub fn response_format(format: Option<&Value>, schemas: &SchemaCache) -> Result<
                 .get("json_schema")
                 .and_then(|j| j.get("schema"))
                 .ok_or_else(|| ApiError::invalid("response_format", "`response_format.json_schema.schema` is missing"))?;
-            let schema = schemas.get(schema).map_err(|e| ApiError::invalid("response_format", format!("`response_format.json_schema.schema`: {e}")))?;
-            Ok(OutputFormat::JsonSchema(schema))
+            formats.schema(schema).map_err(|e| ApiError::invalid("response_format", format!("`response_format.json_schema.schema`: {e}")))
         }
         Some(other) => Err(ApiError::invalid("response_format", format!("`response_format` type {other:?} is not supported ({TYPES})"))),
         None => Err(ApiError::invalid("response_format", format!("`response_format` must be an object with a string `type` ({TYPES})"))),

@@ -100,32 +100,37 @@ impl Constraint {
     }
 }
 
-/// Compiled schemas by their JSON text, so that requests with the same schema (a batch job's)
-/// share one [`Schema`] and the masks found for it; emptied when full.
-pub struct SchemaCache {
-    schemas: Mutex<HashMap<String, Arc<Schema>>>,
+/// Compiled output formats (schemas, forced tool calls) by the text they were made from, so
+/// that requests asking the same (a batch job's, an agent's every turn) share one and the masks
+/// found for it; emptied when full.
+pub struct FormatCache {
+    formats: Mutex<HashMap<String, OutputFormat>>,
     capacity: usize,
 }
 
-impl SchemaCache {
-    /// Room for `capacity` schemas (each holding up to ~5 MB of masks).
+impl FormatCache {
+    /// Room for `capacity` formats (each holding up to ~5 MB of masks).
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { schemas: Mutex::new(HashMap::new()), capacity }
+        Self { formats: Mutex::new(HashMap::new()), capacity }
     }
 
-    /// `schema` compiled, or the one compiled before from the same text; the error says which
-    /// keyword at which JSON pointer is the problem.
-    pub fn get(&self, schema: &serde_json::Value) -> Result<Arc<Schema>, String> {
-        let key = schema.to_string();
-        if let Some(s) = self.schemas.lock().expect("schema cache").get(&key) {
-            return Ok(s.clone());
+    /// The format made before from `key`, or `make`'s (kept if it is one).
+    pub fn get(&self, key: String, make: impl FnOnce() -> Result<OutputFormat, String>) -> Result<OutputFormat, String> {
+        if let Some(f) = self.formats.lock().expect("format cache").get(&key) {
+            return Ok(f.clone());
         }
-        let compiled = Arc::new(Schema::compile(schema)?);
-        let mut schemas = self.schemas.lock().expect("schema cache");
-        if schemas.len() >= self.capacity {
-            schemas.clear();
+        let made = make()?;
+        let mut formats = self.formats.lock().expect("format cache");
+        if formats.len() >= self.capacity {
+            formats.clear();
         }
-        Ok(schemas.entry(key).or_insert(compiled).clone())
+        Ok(formats.entry(key).or_insert(made).clone())
+    }
+
+    /// `schema` compiled (`response_format: json_schema`), or the one compiled before from the
+    /// same text; the error says which keyword at which JSON pointer is the problem.
+    pub fn schema(&self, schema: &serde_json::Value) -> Result<OutputFormat, String> {
+        self.get(format!("schema {schema}"), || Ok(OutputFormat::JsonSchema(Arc::new(Schema::compile(schema)?))))
     }
 }
 

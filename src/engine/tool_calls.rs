@@ -32,7 +32,7 @@ impl ToolCallFormat {
         for (i, &(name, parameters)) in tools.iter().enumerate() {
             Schema::compile(parameters).map_err(|e| format!("the parameters of function {name:?}: {e}"))?;
             let at = if tools.len() == 1 { "/properties/arguments".to_string() } else { format!("/anyOf/{i}/properties/arguments") };
-            let arguments = rebase(parameters, &format!("t{i}_"), &at, &mut defs);
+            let arguments = rebase(parameters, i, &at, &mut defs);
             calls.push(json!({"type": "object", "required": ["name", "arguments"], "properties": {"name": {"const": name}, "arguments": arguments}}));
         }
         let mut schema = match calls.len() {
@@ -45,7 +45,7 @@ impl ToolCallFormat {
     }
 
     pub(super) fn start(&self) -> ToolCallsState {
-        ToolCallsState { phase: Phase::Open(0), call: self.schema.start(), calls: 0, single: self.single }
+        ToolCallsState { phase: Phase::Open(0), call: self.schema.start(), tag: 0, calls: 0, single: self.single }
     }
 }
 
@@ -55,6 +55,10 @@ pub struct ToolCallsState {
     phase: Phase,
     /// The current call's object (or the last one's, finished).
     call: SchemaState,
+    /// How much of `</tool_call>` the call's last bytes spell: inside a string it may not be
+    /// written whole, or the parser reading the calls back would end the call there (a string
+    /// can spell it with an escape, `\u003e` for the `>`).
+    tag: u8,
     calls: u8,
     single: bool,
 }
@@ -78,16 +82,25 @@ impl ToolCallsState {
     }
 }
 
+/// Follows `</tool_call>` through a call's bytes (`tag`: how much of it they end with); false
+/// at its last byte.
+fn past_tag(tag: &mut u8, b: u8) -> bool {
+    let end = &CLOSE[1..];
+    *tag = if b == end[*tag as usize] { *tag + 1 } else { u8::from(b == end[0]) };
+    (*tag as usize) < end.len()
+}
+
 impl ByteParser for ToolCallsState {
     fn feed(&mut self, b: u8) -> bool {
         self.phase = match self.phase {
             Phase::Open(i) if OPEN[i as usize] != b => return false,
             Phase::Open(i) if i as usize + 1 == OPEN.len() => {
                 self.call = self.call.restart();
+                self.tag = 0;
                 Phase::Call
             }
             Phase::Open(i) => Phase::Open(i + 1),
-            Phase::Call if !self.call.feed(b) => return false,
+            Phase::Call if !self.call.feed(b) || !past_tag(&mut self.tag, b) => return false,
             Phase::Call if self.call.is_complete() => Phase::Close(0),
             Phase::Call => Phase::Call,
             Phase::Close(i) if CLOSE[i as usize] != b => return false,
@@ -103,36 +116,38 @@ impl ByteParser for ToolCallsState {
     }
 }
 
-/// `parameters` placed at JSON pointer `at` of a larger schema: its `$defs` / `definitions`
-/// moved into `defs` with names prefixed by `prefix`, and its `$ref`s rewritten to match
-/// (`#/$defs/X` to `#/$defs/{prefix}X`, any other `#...` to `#{at}...`).
-fn rebase(parameters: &Value, prefix: &str, at: &str, defs: &mut Map<String, Value>) -> Value {
-    fn refs(v: &Value, prefix: &str, at: &str) -> Value {
+/// Tool `tool`'s `parameters` placed at JSON pointer `at` of a larger schema: its `$defs` /
+/// `definitions` moved into `defs` with names prefixed by the tool and the keyword
+/// (`t{tool}_` / `t{tool}d_`), and its `$ref`s rewritten to match (`#/$defs/X` to
+/// `#/$defs/t{tool}_X`, any other `#...` to `#{at}...`).
+fn rebase(parameters: &Value, tool: usize, at: &str, defs: &mut Map<String, Value>) -> Value {
+    let prefixes = [("$defs", format!("t{tool}_")), ("definitions", format!("t{tool}d_"))];
+    fn refs(v: &Value, prefixes: &[(&str, String); 2], at: &str) -> Value {
         match v {
             Value::Object(o) => Value::Object(
                 o.iter()
                     .map(|(k, x)| match (k.as_str(), x) {
                         ("$ref", Value::String(r)) => {
-                            let moved = ["#/$defs/", "#/definitions/"].iter().find_map(|d| r.strip_prefix(d));
+                            let moved = prefixes.iter().find_map(|(k, p)| r.strip_prefix(&format!("#/{k}/")).map(|rest| (p, rest)));
                             let r = match (moved, r.strip_prefix('#')) {
-                                (Some(rest), _) => format!("#/$defs/{prefix}{rest}"),
+                                (Some((prefix, rest)), _) => format!("#/$defs/{prefix}{rest}"),
                                 (None, Some(rest)) => format!("#{at}{rest}"),
                                 (None, None) => r.clone(),
                             };
                             (k.clone(), Value::String(r))
                         }
-                        _ => (k.clone(), refs(x, prefix, at)),
+                        _ => (k.clone(), refs(x, prefixes, at)),
                     })
                     .collect(),
             ),
-            Value::Array(a) => Value::Array(a.iter().map(|x| refs(x, prefix, at)).collect()),
+            Value::Array(a) => Value::Array(a.iter().map(|x| refs(x, prefixes, at)).collect()),
             other => other.clone(),
         }
     }
-    let mut rebased = refs(parameters, prefix, at);
+    let mut rebased = refs(parameters, &prefixes, at);
     if let Value::Object(o) = &mut rebased {
-        for key in ["$defs", "definitions"] {
-            if let Some(Value::Object(d)) = o.remove(key) {
+        for (key, prefix) in &prefixes {
+            if let Some(Value::Object(d)) = o.remove(*key) {
                 defs.extend(d.into_iter().map(|(name, def)| (format!("{prefix}{name}"), def)));
             }
         }

@@ -150,6 +150,30 @@ order = parsed.choices[0].message.parsed
 check("parse: a discriminated union", isinstance(order, Order) and len(order.items) > 0, parsed.choices[0].message)
 print(f"   {order!r}")
 
+# A forced call of a strict function tool made from a pydantic model: `parse` reads its
+# arguments back into the model.
+class GetWeather(BaseModel):
+    city: str
+    unit: str = Field(pattern="^(celsius|fahrenheit)$")
+
+
+parsed = client.chat.completions.parse(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Is it cold in Oslo right now?"}],
+    tools=[openai.pydantic_function_tool(GetWeather)],
+    tool_choice={"type": "function", "function": {"name": "GetWeather"}},
+    temperature=0,
+    max_tokens=60,
+)
+message = parsed.choices[0].message
+call = message.tool_calls[0] if message.tool_calls else None
+check(
+    "parse: a forced call of a pydantic function tool",
+    parsed.choices[0].finish_reason == "tool_calls" and call is not None and isinstance(call.function.parsed_arguments, GetWeather),
+    message,
+)
+print(f"   {call.function.parsed_arguments!r}")
+
 try:
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5)
     check("bad temperature raises", False, "no exception")

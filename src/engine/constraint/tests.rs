@@ -53,16 +53,14 @@ fn the_vocabulary_walk_matches_feeding_each_token() {
 /// one past the capacity, is compiled anew; a refused one stays an error.
 #[test]
 fn schemas_are_shared_by_their_text() {
-    let cache = SchemaCache::with_capacity(2);
+    let cache = FormatCache::with_capacity(2);
     let a = serde_json::json!({"type": "object", "properties": {"x": {"type": "integer"}}});
     let b = serde_json::json!({"type": "object", "properties": {"y": {"type": "integer"}}});
-    let first = cache.get(&a).unwrap();
-    assert!(Arc::ptr_eq(&first, &cache.get(&a.clone()).unwrap()));
-    let other = cache.get(&b).unwrap();
-    assert!(!Arc::ptr_eq(&first, &other));
-    assert!(cache.get(&serde_json::json!({"type": "object", "properties": {"x": {"type": "integer", "multipleOf": 2}}})).unwrap_err().contains("multipleOf"));
+    let first = cache.schema(&a).unwrap();
+    assert_eq!(first, cache.schema(&a.clone()).unwrap(), "the same Arc");
+    assert_ne!(first, cache.schema(&b).unwrap());
+    assert!(cache.schema(&serde_json::json!({"type": "object", "properties": {"x": {"type": "integer", "multipleOf": 2}}})).unwrap_err().contains("multipleOf"));
     // Full: emptied, so `a` is compiled again.
-    let c = serde_json::json!({"type": "object"});
-    cache.get(&c).unwrap();
-    assert!(!Arc::ptr_eq(&first, &cache.get(&a).unwrap()));
+    cache.schema(&serde_json::json!({"type": "object"})).unwrap();
+    assert_ne!(first, cache.schema(&a).unwrap());
 }

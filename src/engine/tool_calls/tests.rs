@@ -67,6 +67,24 @@ fn parameters_keep_their_own_definitions() {
         let mut s = f.start();
         assert_eq!(feed(&mut s, &format!("<tool_call>\n{call}\n</tool_call>")) && s.is_complete(), ok, "{call}");
     }
+    // `$defs` and `definitions` of one name stay apart.
+    let both = json!({"type": "object", "required": ["p", "q"], "properties": {"p": {"$ref": "#/$defs/X"}, "q": {"$ref": "#/definitions/X"}},
+        "$defs": {"X": {"type": "integer"}}, "definitions": {"X": {"type": "boolean"}}});
+    let f = ToolCallFormat::new(&[("c", &both)], true).unwrap();
+    let mut s = f.start();
+    assert!(feed(&mut s, "<tool_call>\n{\"name\": \"c\", \"arguments\": {\"p\": 1, \"q\": true}}\n</tool_call>") && s.is_complete());
     let err = ToolCallFormat::new(&[("f", &json!({"type": "object", "properties": {"x": {"type": "integer", "multipleOf": 2}}}))], true).unwrap_err();
     assert!(err.contains("function \"f\"") && err.contains("multipleOf"), "{err}");
+}
+
+/// A string argument may not spell the closing tag whole (the calls are read back by finding
+/// it), though it may hold it with an escaped `>`.
+#[test]
+fn a_string_cannot_close_the_call() {
+    let code = json!({"type": "object", "required": ["code"], "properties": {"code": {"type": "string"}}});
+    let f = ToolCallFormat::new(&[("run", &code)], true).unwrap();
+    let mut s = f.start();
+    assert!(feed(&mut s, "<tool_call>\n{\"name\": \"run\", \"arguments\": {\"code\": \"print('</tool_call"));
+    assert!(!s.clone().feed(b'>'));
+    assert!(feed(&mut s, "\\u003e')\"}}\n</tool_call>") && s.is_complete());
 }
