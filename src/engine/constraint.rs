@@ -1,8 +1,8 @@
-//! Output constraints (`response_format`): which tokens may come next.
+//! Output constraints (`response_format`, a forced `tool_choice`): which tokens may come next.
 //!
 //! A constraint is a byte-level parser whose state is `Copy` ([`ByteParser`]):
 //! `super::json_object::JsonState` for any JSON object, `super::json_schema::SchemaState` for
-//! a schema. Before each draw, [`Vocab::allowed`] says which tokens' bytes the parser accepts
+//! a schema, `super::tool_calls::ToolCallsState` for tool calls. Before each draw, [`Vocab::allowed`] says which tokens' bytes the parser accepts
 //! from the sequence's state; the sampler gives every other token -inf. The vocabulary is
 //! walked in sorted byte order, so a shared prefix is parsed once and a rejected prefix rules
 //! out every token that starts with it; the answer is cached per state ([`MaskCache`]), since a

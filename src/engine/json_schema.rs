@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::constraint::{ByteParser, MaskCache};
 use super::json_object::{literal_step, number_step, string_step, whitespace_step, Escape, Number, Step, StringStep};
 use number::{Bounded, Range};
-use pattern::{PatState, Pattern, DEAD};
+use pattern::{pattern_step, PatState, Pattern};
 
 /// Open containers in one output.
 const MAX_DEPTH: usize = 12;
@@ -535,34 +535,6 @@ impl ByteParser for SchemaState {
     }
 }
 
-/// The bytes JSON's short escapes stand for (after `\\`): `"`, `\\`, `/`, b, f, n, r, t.
-fn unescaped(b: u8) -> Option<u8> {
-    Some(match b {
-        b'"' | b'\\' | b'/' => b,
-        b'b' => 0x08,
-        b'f' => 0x0C,
-        b'n' => b'\n',
-        b'r' => b'\r',
-        b't' => b'\t',
-        _ => return None,
-    })
-}
-
-/// Byte `b` of a string held to `pattern`, whose match is at `pat` (the string's characters
-/// `counted` with this byte's, at most `max`): the match's next state, or `None` if `b` cannot
-/// come. A character's bytes go to the pattern as written, an escape's as the byte it stands
-/// for; a backslash only where some escape could follow, and no `\u` escapes.
-fn pattern_step(pattern: &Pattern, pat: PatState, escape: Escape, b: u8, counted: u32, max: u32) -> Option<PatState> {
-    let fits = |next: PatState| next != DEAD && counted.saturating_add(pattern.shortest(next)) <= max;
-    match (escape, b) {
-        (Escape::None, b'"') => Some(pat),
-        (Escape::None, b'\\') => b"\"\\/bfnrt".iter().any(|&e| fits(pattern.step(pat, unescaped(e).expect("an escape")))).then_some(pat),
-        (Escape::None, _) => Some(pattern.step(pat, b)).filter(|&n| fits(n)),
-        (Escape::Backslash, _) => Some(pattern.step(pat, unescaped(b)?)).filter(|&n| fits(n)),
-        (Escape::Hex { .. }, _) => None,
-    }
-}
-
 /// How many keys an object node names.
 fn key_count(object: &Node) -> usize {
     match object {
@@ -597,5 +569,6 @@ fn matching<'a>(names: impl Iterator<Item = &'a [u8]>, candidates: u64, read: us
 mod compile;
 mod number;
 mod pattern;
+mod union;
 #[cfg(test)]
 mod tests;

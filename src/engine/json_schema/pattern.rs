@@ -14,6 +14,8 @@ use regex_automata::nfa::thompson;
 use regex_automata::util::{start, syntax};
 use regex_automata::{Anchored, MatchKind};
 
+use crate::engine::json_object::Escape;
+
 /// A state index of a [`Pattern`]; [`DEAD`] for no state.
 pub(super) type PatState = u16;
 pub(super) const DEAD: PatState = PatState::MAX;
@@ -282,6 +284,34 @@ fn format_regex(format: &str) -> Option<String> {
         "uuid" => "[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}".to_string(),
         _ => return None,
     })
+}
+
+/// The bytes JSON's short escapes stand for (after `\\`): `"`, `\\`, `/`, b, f, n, r, t.
+fn unescaped(b: u8) -> Option<u8> {
+    Some(match b {
+        b'"' | b'\\' | b'/' => b,
+        b'b' => 0x08,
+        b'f' => 0x0C,
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        _ => return None,
+    })
+}
+
+/// Byte `b` of a string held to `pattern`, whose match is at `pat` (the string's characters
+/// `counted` with this byte's, at most `max`): the match's next state, or `None` if `b` cannot
+/// come. A character's bytes go to the pattern as written, an escape's as the byte it stands
+/// for; a backslash only where some escape could follow, and no `\u` escapes.
+pub(super) fn pattern_step(pattern: &Pattern, pat: PatState, escape: Escape, b: u8, counted: u32, max: u32) -> Option<PatState> {
+    let fits = |next: PatState| next != DEAD && counted.saturating_add(pattern.shortest(next)) <= max;
+    match (escape, b) {
+        (Escape::None, b'"') => Some(pat),
+        (Escape::None, b'\\') => b"\"\\/bfnrt".iter().any(|&e| fits(pattern.step(pat, unescaped(e).expect("an escape")))).then_some(pat),
+        (Escape::None, _) => Some(pattern.step(pat, b)).filter(|&n| fits(n)),
+        (Escape::Backslash, _) => Some(pattern.step(pat, unescaped(b)?)).filter(|&n| fits(n)),
+        (Escape::Hex { .. }, _) => None,
+    }
 }
 
 /// The formats [`Pattern::from_format`] knows, for error messages.
