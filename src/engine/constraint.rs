@@ -21,6 +21,13 @@ use crate::tokenizer::Tokenizer;
 pub trait ByteParser: Copy + Eq + Hash {
     /// Reads one byte; false if it cannot come next.
     fn feed(&mut self, b: u8) -> bool;
+
+    /// Inside a string, between characters, where any plain text (see [`Vocab`]) of at most
+    /// this many characters may come next: the walk then takes the plain tokens that fit
+    /// without feeding them. `None` where it must feed every token (a pattern, an escape, ...).
+    fn plain_budget(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// What `response_format` asks of the output.
@@ -158,12 +165,23 @@ impl<S> std::fmt::Debug for MaskCache<S> {
 /// The vocabulary as bytes, sorted for the walk. One per engine, made when the first
 /// constrained request comes; `object_masks` serves every `json_object` request (a schema's
 /// masks live with the schema).
+///
+/// A token is *plain* if its bytes are whole UTF-8 characters, none of them a control
+/// character, `"`, `\\` or `<`: inside a string any parser takes it as text (`<` is left out
+/// for tool calls, whose strings may not spell their closing tag). Most of the vocabulary is
+/// plain, and a walk from inside a string ([`ByteParser::plain_budget`]) takes those by their
+/// length in characters and feeds only the rest: a walk there fed every byte of ~150,000
+/// tokens before.
 pub struct Vocab {
     /// Each token's bytes, by id; empty for special tokens (never allowed).
     bytes: Vec<Box<[u8]>>,
     /// Ids of the tokens with bytes in byte order, each with the length of the prefix it shares
     /// with the one before.
     sorted: Vec<(u32, u32)>,
+    /// The same for the tokens that are not plain.
+    sorted_rest: Vec<(u32, u32)>,
+    /// `plain_within[c]`: the plain tokens of at most `c` characters (the last: all of them).
+    plain_within: Vec<Vec<u64>>,
     object_masks: MaskCache<JsonState>,
 }
 
@@ -176,15 +194,19 @@ impl Vocab {
     pub fn from_bytes(bytes: Vec<Box<[u8]>>) -> Self {
         let mut ids: Vec<u32> = (0..bytes.len() as u32).filter(|&i| !bytes[i as usize].is_empty()).collect();
         ids.sort_unstable_by(|&a, &b| bytes[a as usize].cmp(&bytes[b as usize]));
-        let mut sorted = Vec::with_capacity(ids.len());
-        let mut previous: &[u8] = &[];
-        for &id in &ids {
-            let b = &bytes[id as usize];
-            let shared = b.iter().zip(previous).take_while(|(x, y)| x == y).count();
-            sorted.push((id, shared as u32));
-            previous = b;
+        let chars: Vec<Option<usize>> = bytes.iter().map(|b| plain_chars(b)).collect();
+        let sorted = shared_prefixes(&bytes, &ids);
+        let rest: Vec<u32> = ids.iter().copied().filter(|&id| chars[id as usize].is_none()).collect();
+        let sorted_rest = shared_prefixes(&bytes, &rest);
+        let longest = chars.iter().flatten().copied().max().unwrap_or(0);
+        let words = bytes.len().div_ceil(64);
+        let mut plain_within = vec![vec![0u64; words]; longest + 1];
+        for (id, n) in chars.iter().enumerate().filter_map(|(id, n)| n.map(|n| (id, n))) {
+            for mask in &mut plain_within[n..] {
+                mask[id / 64] |= 1 << (id % 64);
+            }
         }
-        Self { bytes, sorted, object_masks: MaskCache::with_capacity(2048) }
+        Self { bytes, sorted, sorted_rest, plain_within, object_masks: MaskCache::with_capacity(2048) }
     }
 
     /// The bytes token `id` writes (empty: none, or a special token).
@@ -207,11 +229,15 @@ impl Vocab {
     }
 
     /// The sorted walk: `states[d]` is the state after the first `d` bytes of the current token,
-    /// for every `d` its bytes were accepted up to.
+    /// for every `d` its bytes were accepted up to. From inside a string the plain tokens that
+    /// fit are taken whole, and only the rest are walked.
     fn walk<S: ByteParser>(&self, start: S) -> Vec<u64> {
-        let mut mask = vec![0u64; self.bytes.len().div_ceil(64)];
+        let (mut mask, tokens) = match start.plain_budget() {
+            Some(budget) => (self.plain_within[(budget as usize).min(self.plain_within.len() - 1)].clone(), &self.sorted_rest),
+            None => (vec![0u64; self.bytes.len().div_ceil(64)], &self.sorted),
+        };
         let mut states = vec![start];
-        for &(id, shared) in &self.sorted {
+        for &(id, shared) in tokens {
             let shared = shared as usize;
             // The token before failed within the prefix this one shares: so does this one.
             if shared >= states.len() {
@@ -233,6 +259,25 @@ impl Vocab {
         }
         mask
     }
+}
+
+/// `ids` (in byte order), each with the length of the prefix it shares with the one before.
+fn shared_prefixes(bytes: &[Box<[u8]>], ids: &[u32]) -> Vec<(u32, u32)> {
+    let mut previous: &[u8] = &[];
+    ids.iter()
+        .map(|&id| {
+            let b = &bytes[id as usize];
+            let shared = b.iter().zip(previous).take_while(|(x, y)| x == y).count();
+            previous = b;
+            (id, shared as u32)
+        })
+        .collect()
+}
+
+/// A plain token's length in characters (see [`Vocab`]); `None` if it is not plain.
+fn plain_chars(bytes: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(bytes).ok().filter(|t| !t.is_empty())?;
+    text.chars().all(|c| c >= ' ' && !matches!(c, '"' | '\\' | '<' | '\u{7f}')).then(|| text.chars().count())
 }
 
 #[cfg(test)]

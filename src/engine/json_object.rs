@@ -221,6 +221,10 @@ impl ByteParser for JsonState {
     fn feed(&mut self, b: u8) -> bool {
         JsonState::feed(self, b)
     }
+
+    fn plain_budget(&self) -> Option<u32> {
+        matches!(self.mode, Mode::Str { escape: Escape::None, utf8_left: 0, .. }).then_some(u32::MAX)
+    }
 }
 
 /// What one byte does inside a string (after its opening quote).

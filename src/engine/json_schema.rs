@@ -533,6 +533,17 @@ impl ByteParser for SchemaState {
     fn feed(&mut self, b: u8) -> bool {
         self.step(b)
     }
+
+    fn plain_budget(&self) -> Option<u32> {
+        match self.mode {
+            Mode::MapKey { escape: Escape::None, utf8_left: 0 } | Mode::Str { node: UNLIMITED, escape: Escape::None, utf8_left: 0, .. } => Some(u32::MAX),
+            Mode::Str { node, escape: Escape::None, utf8_left: 0, chars, .. } => match *self.node(node) {
+                Node::String { max, pattern: None, .. } => Some(max.saturating_sub(chars)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 /// How many keys an object node names.

@@ -114,6 +114,11 @@ impl ByteParser for ToolCallsState {
         };
         true
     }
+
+    fn plain_budget(&self) -> Option<u32> {
+        // Plain text holds no `<`, so it cannot spell the closing tag from a clean start.
+        (self.phase == Phase::Call && self.tag == 0).then(|| self.call.plain_budget()).flatten()
+    }
 }
 
 /// Tool `tool`'s `parameters` placed at JSON pointer `at` of a larger schema: its `$defs` /

@@ -1,6 +1,7 @@
 use super::*;
 use crate::engine::json_object::tests::Rng;
 use crate::engine::json_object::JsonState;
+use crate::engine::tool_calls::ToolCallFormat;
 
 fn bit(mask: &[u64], id: usize) -> bool {
     mask[id / 64] >> (id % 64) & 1 == 1
@@ -63,4 +64,45 @@ fn schemas_are_shared_by_their_text() {
     // Full: emptied, so `a` is compiled again.
     cache.schema(&serde_json::json!({"type": "object"})).unwrap();
     assert_ne!(first, cache.schema(&a).unwrap());
+}
+
+/// Plain tokens are taken by their length inside strings (with and without limits, in map keys
+/// and tool-call arguments) exactly as feeding them would take them; other tokens are walked.
+#[test]
+fn plain_tokens_are_taken_as_feeding_takes_them() {
+    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
+    for piece in ["hello", " world", "é日", "日本語テキスト", "abcdefghijk", "</tool_call>", "</tool", "_call", ">", "ab\"", "\\n", "\"}", "\":", "12", "a<b", "\u{7f}x"] {
+        tokens.push(piece.as_bytes().into());
+    }
+    tokens.push(b"\xe6\x97".as_slice().into());
+    let vocab = Vocab::from_bytes(tokens.clone());
+    let check = |name: &str, doc: &[u8], states: &mut dyn FnMut(&[u8]) -> Option<(Arc<[u64]>, Box<dyn Fn(&[u8]) -> bool>)>| {
+        for end in 0..doc.len() {
+            let Some((mask, feeds)) = states(&doc[..end]) else { panic!("{name}: prefix {end} refused") };
+            for (id, token) in tokens.iter().enumerate() {
+                assert_eq!(bit(&mask, id), feeds(token), "{name}: {:?} after {:?}", String::from_utf8_lossy(token), String::from_utf8_lossy(&doc[..end]));
+            }
+        }
+    };
+    let object = r#"{"a b": "hello world \u00e9 日本", "c": ["x", "</tool_call>"]}"#.as_bytes();
+    check("json_object", object, &mut |prefix| {
+        let mut s = JsonState::default();
+        s.feed_all(prefix).then(|| (vocab.allowed(&vocab.object_masks, &s), Box::new(move |t: &[u8]| { let mut x = s; x.feed_all(t) }) as Box<dyn Fn(&[u8]) -> bool>))
+    });
+    let schema = Arc::new(Schema::compile(&serde_json::json!({"type": "object", "properties": {
+        "short": {"type": "string", "maxLength": 7}, "long": {"type": "string", "minLength": 2},
+        "m": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 3}}}})).unwrap());
+    let doc = r#"{"short": "hi 日本", "long": "abcdefghijk", "m": {"key 日": "abc"}}"#.as_bytes();
+    let sc = schema.clone();
+    check("schema", doc, &mut |prefix| {
+        let mut s = sc.start();
+        prefix.iter().all(|&b| s.feed(b)).then(|| (vocab.allowed(&sc.masks, &s), Box::new(move |t: &[u8]| { let mut x = s; t.iter().all(|&b| x.feed(b)) }) as Box<dyn Fn(&[u8]) -> bool>))
+    });
+    let params = serde_json::json!({"type": "object", "required": ["s"], "properties": {"s": {"type": "string", "maxLength": 30}}});
+    let calls = Arc::new(ToolCallFormat::new(&[("f", &params)], true).unwrap());
+    let doc = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"s\": \"a </tool_call b 日\"}}\n</tool_call>".as_bytes();
+    check("tool calls", doc, &mut |prefix| {
+        let mut s = calls.start();
+        prefix.iter().all(|&b| s.feed(b)).then(|| (vocab.allowed(&calls.masks, &s), Box::new(move |t: &[u8]| { let mut x = s; t.iter().all(|&b| x.feed(b)) }) as Box<dyn Fn(&[u8]) -> bool>))
+    });
 }
