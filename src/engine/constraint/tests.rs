@@ -66,6 +66,21 @@ fn schemas_are_shared_by_their_text() {
     assert_ne!(first, cache.schema(&a).unwrap());
 }
 
+/// At every prefix of `doc` (read from `start`), the walk's mask is exactly the tokens feeding
+/// accepts.
+fn walk_agrees<S: ByteParser + std::fmt::Debug>(name: &str, vocab: &Vocab, tokens: &[Box<[u8]>], cache: &MaskCache<S>, start: S, doc: &[u8]) {
+    let mut state = start;
+    for (end, &b) in doc.iter().enumerate() {
+        let mask = vocab.allowed(cache, &state);
+        for (id, token) in tokens.iter().enumerate() {
+            let mut s = state;
+            let feeds = token.iter().all(|&t| s.feed(t));
+            assert_eq!(bit(&mask, id), feeds, "{name}: {:?} after {:?}", String::from_utf8_lossy(token), String::from_utf8_lossy(&doc[..end]));
+        }
+        assert!(state.feed(b), "{name}: byte {end} refused");
+    }
+}
+
 /// Plain tokens are taken by their length inside strings (with and without limits, in map keys
 /// and tool-call arguments) exactly as feeding them would take them; other tokens are walked.
 #[test]
@@ -76,33 +91,15 @@ fn plain_tokens_are_taken_as_feeding_takes_them() {
     }
     tokens.push(b"\xe6\x97".as_slice().into());
     let vocab = Vocab::from_bytes(tokens.clone());
-    let check = |name: &str, doc: &[u8], states: &mut dyn FnMut(&[u8]) -> Option<(Arc<[u64]>, Box<dyn Fn(&[u8]) -> bool>)>| {
-        for end in 0..doc.len() {
-            let Some((mask, feeds)) = states(&doc[..end]) else { panic!("{name}: prefix {end} refused") };
-            for (id, token) in tokens.iter().enumerate() {
-                assert_eq!(bit(&mask, id), feeds(token), "{name}: {:?} after {:?}", String::from_utf8_lossy(token), String::from_utf8_lossy(&doc[..end]));
-            }
-        }
-    };
     let object = r#"{"a b": "hello world \u00e9 日本", "c": ["x", "</tool_call>"]}"#.as_bytes();
-    check("json_object", object, &mut |prefix| {
-        let mut s = JsonState::default();
-        s.feed_all(prefix).then(|| (vocab.allowed(&vocab.object_masks, &s), Box::new(move |t: &[u8]| { let mut x = s; x.feed_all(t) }) as Box<dyn Fn(&[u8]) -> bool>))
-    });
-    let schema = Arc::new(Schema::compile(&serde_json::json!({"type": "object", "properties": {
+    walk_agrees("json_object", &vocab, &tokens, &vocab.object_masks, JsonState::default(), object);
+    let schema = Schema::compile(&serde_json::json!({"type": "object", "properties": {
         "short": {"type": "string", "maxLength": 7}, "long": {"type": "string", "minLength": 2},
-        "m": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 3}}}})).unwrap());
+        "m": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 3}}}})).unwrap();
     let doc = r#"{"short": "hi 日本", "long": "abcdefghijk", "m": {"key 日": "abc"}}"#.as_bytes();
-    let sc = schema.clone();
-    check("schema", doc, &mut |prefix| {
-        let mut s = sc.start();
-        prefix.iter().all(|&b| s.feed(b)).then(|| (vocab.allowed(&sc.masks, &s), Box::new(move |t: &[u8]| { let mut x = s; t.iter().all(|&b| x.feed(b)) }) as Box<dyn Fn(&[u8]) -> bool>))
-    });
+    walk_agrees("schema", &vocab, &tokens, &schema.masks, schema.start(), doc);
     let params = serde_json::json!({"type": "object", "required": ["s"], "properties": {"s": {"type": "string", "maxLength": 30}}});
-    let calls = Arc::new(ToolCallFormat::new(&[("f", &params)], true).unwrap());
+    let calls = ToolCallFormat::new(&[("f", &params)], true).unwrap();
     let doc = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"s\": \"a </tool_call b 日\"}}\n</tool_call>".as_bytes();
-    check("tool calls", doc, &mut |prefix| {
-        let mut s = calls.start();
-        prefix.iter().all(|&b| s.feed(b)).then(|| (vocab.allowed(&calls.masks, &s), Box::new(move |t: &[u8]| { let mut x = s; t.iter().all(|&b| x.feed(b)) }) as Box<dyn Fn(&[u8]) -> bool>))
-    });
+    walk_agrees("tool calls", &vocab, &tokens, &calls.masks, calls.start(), doc);
 }
