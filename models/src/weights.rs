@@ -210,8 +210,8 @@ impl Weights {
             return Ok(Linear::dense(weight.to_dtype(half)?, bias));
         }
         if let (Some(dtype), true) = (self.quantize, self.device.is_cpu()) {
-            let dtype = if dtype == GgmlDType::Q4K && !in_dim.is_multiple_of(256) { GgmlDType::Q8_0 } else { dtype };
-            if in_dim.is_multiple_of(dtype.block_size()) {
+            let dtype = if dtype == GgmlDType::Q4K && in_dim % 256 != 0 { GgmlDType::Q8_0 } else { dtype };
+            if in_dim % dtype.block_size() == 0 {
                 let q = QTensor::quantize(&weight.to_dtype(DType::F32)?, dtype)?;
                 if let Some(w) = QuantMatrix::from_qtensor(&q)? {
                     return Ok(Linear::quantized(Arc::new(w), bias));
