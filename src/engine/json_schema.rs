@@ -270,42 +270,12 @@ impl SchemaState {
                 };
                 true
             }
-            Mode::Number { part, integer } => match number_step(part, b, integer) {
-                Step::Inside(part) => {
-                    self.mode = Mode::Number { part, integer };
-                    true
-                }
-                Step::Ended => {
-                    self.mode = Mode::AfterValue;
-                    self.step(b)
-                }
-                Step::Refused => false,
-            },
+            Mode::Number { part, integer } => self.apply(number_step(part, b, integer), |part| Mode::Number { part, integer }, Some(b)),
             Mode::Bounded { node, num } => {
                 let Node::Number { integer, range: Some(range) } = self.node(node) else { unreachable!("a bounded number's node") };
-                match num.step(b, range, *integer) {
-                    Step::Inside(num) => {
-                        self.mode = Mode::Bounded { node, num };
-                        true
-                    }
-                    Step::Ended => {
-                        self.mode = Mode::AfterValue;
-                        self.step(b)
-                    }
-                    Step::Refused => false,
-                }
+                self.apply(num.step(b, range, *integer), |num| Mode::Bounded { node, num }, Some(b))
             }
-            Mode::Literal { which, matched } => match literal_step(which, matched, b) {
-                Step::Inside(matched) => {
-                    self.mode = Mode::Literal { which, matched };
-                    true
-                }
-                Step::Ended => {
-                    self.mode = Mode::AfterValue;
-                    true
-                }
-                Step::Refused => false,
-            },
+            Mode::Literal { which, matched } => self.apply(literal_step(which, matched, b), |matched| Mode::Literal { which, matched }, None),
             Mode::Enum { node, candidates, read } => {
                 let Node::Enum { values, tags } = self.node(node) else { unreachable!("an enum mode holds an enum node") };
                 let next = matching(values.iter().map(|v| &v[..]), candidates, read as usize, b);
@@ -357,6 +327,22 @@ impl SchemaState {
                 self.whitespace = 0;
                 self.structural(mode, b)
             }
+        }
+    }
+
+    /// A number's or literal's step: `inside` is the mode within it; at a number's end the byte
+    /// that ended it (`reread`) goes to what follows, a literal ends on its own last byte.
+    fn apply<T>(&mut self, step: Step<T>, inside: impl FnOnce(T) -> Mode, reread: Option<u8>) -> bool {
+        match step {
+            Step::Inside(t) => {
+                self.mode = inside(t);
+                true
+            }
+            Step::Ended => {
+                self.mode = Mode::AfterValue;
+                reread.is_none_or(|b| self.step(b))
+            }
+            Step::Refused => false,
         }
     }
 
