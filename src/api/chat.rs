@@ -34,10 +34,12 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
         Some(calls) => calls,
         None => response_format,
     };
-    // A held output (JSON, or forced tool calls) has no reasoning part.
     let json = format != OutputFormat::Text;
+    // A held output (JSON, or forced tool calls) has no reasoning part, unless thinking is asked
+    // for on a template that renders it: then the output is held once the thinking ends.
     let thinking_asked = req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true));
-    validate::held_output_compatible(&req.sampling, &format, tools.is_some(), thinking_asked)?;
+    let think_first = json && thinking_asked && state.reasoning;
+    validate::held_output_compatible(&req.sampling, &format, tools.is_some(), thinking_asked && !think_first)?;
     let logprobs = validate::chat_logprobs(&req)?;
     let engine = &state.engine;
     let template = engine
@@ -51,6 +53,7 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
     let default_max = engine.max_context().saturating_sub(prompt.len());
     let mut params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), default_max, logprobs)?;
     params.format = format;
+    params.think_first = think_first;
     let n = params.n;
     let stream = engine.submit(EngineRequest { prompt, params })?;
     let num_prompt_tokens = stream.num_prompt_tokens;
@@ -60,8 +63,9 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
         model: state.model_name.clone(),
         tokenizer: engine.tokenizer().clone(),
         tools,
-        // JSON output has no reasoning part: a `<think>` written inside one of its strings stays there.
-        reasoning: state.reasoning && !json,
+        // JSON output has no reasoning part (a `<think>` written inside one of its strings stays
+        // there) unless it comes after the thinking.
+        reasoning: state.reasoning && (!json || think_first),
         prompt_ends_in_think: prompt_text.trim_end().ends_with("<think>"),
         want_logprobs: logprobs.is_some(),
     };

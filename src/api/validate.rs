@@ -90,6 +90,7 @@ pub fn sampling_params(f: &SamplingFields, vocab_size: usize, default_max_tokens
         logprobs,
         prompt_logprobs: None,
         format: OutputFormat::Text,
+        think_first: false,
     })
 }
 
@@ -229,7 +230,8 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
 
 /// What a held output (a JSON `response_format`, or tool calls a `tool_choice` forces) cannot
 /// go with: tools beside a JSON format (a call is not the object), `ignore_eos` (only EOS may
-/// follow the end), thinking asked for explicitly (the whole output is held).
+/// follow the end), thinking asked for on a template that does not render it (the whole
+/// output is held).
 pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, has_tools: bool, thinking_asked: bool) -> Result<(), ApiError> {
     let what = match format {
         OutputFormat::Text => return Ok(()),
@@ -250,7 +252,7 @@ pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, 
         }
     }
     if thinking_asked {
-        return Err(ApiError::invalid("chat_template_kwargs", format!("`enable_thinking: true` cannot be combined with {what}: the whole output is held")));
+        return Err(ApiError::invalid("chat_template_kwargs", format!("`enable_thinking: true` cannot be combined with {what} on this model: its chat template renders no thinking, so the whole output is held")));
     }
     Ok(())
 }

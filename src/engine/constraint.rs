@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::json_object::JsonState;
 use super::json_schema::{Schema, SchemaState};
+use super::thinking::{Held, ThinkingState};
 use super::tool_calls::{ToolCallFormat, ToolCallsState};
 use crate::tokenizer::Tokenizer;
 
@@ -64,6 +65,18 @@ impl OutputFormat {
             Self::ToolCalls(calls) => Some(Constraint::ToolCalls(calls.clone(), calls.start())),
         }
     }
+
+    /// A fresh parse that first lets the model think, free until `</think>` (see
+    /// `super::thinking`); `None` for plain text.
+    pub fn start_after_thinking(&self) -> Option<Constraint> {
+        let held = match self.start()? {
+            Constraint::Object(s) => Held::Object(s),
+            Constraint::Schema(_, s) => Held::Schema(s),
+            Constraint::ToolCalls(_, s) => Held::Calls(s),
+            Constraint::Thinking(..) => unreachable!("start() makes no thinking constraint"),
+        };
+        Some(Constraint::Thinking(self.clone(), ThinkingState::new(held)))
+    }
 }
 
 /// One sequence's parse of its output so far. (A schema's state is the larger, ~250 bytes: one
@@ -74,6 +87,8 @@ pub enum Constraint {
     Object(JsonState),
     Schema(Arc<Schema>, SchemaState),
     ToolCalls(Arc<ToolCallFormat>, ToolCallsState),
+    /// Thinking first, then the format (which keeps the schema or tools alive).
+    Thinking(OutputFormat, ThinkingState),
 }
 
 impl Constraint {
@@ -84,6 +99,7 @@ impl Constraint {
             Self::Object(s) => s.is_complete(),
             Self::Schema(_, s) => s.is_complete(),
             Self::ToolCalls(_, s) => s.is_complete(),
+            Self::Thinking(_, s) => s.is_complete(),
         }
     }
 
@@ -93,6 +109,13 @@ impl Constraint {
             Self::Object(s) => vocab.allowed(&vocab.object_masks, s),
             Self::Schema(schema, s) => vocab.allowed(&schema.masks, s),
             Self::ToolCalls(calls, s) => vocab.allowed(&calls.masks, s),
+            // Once held, the format's own masks (and cache).
+            Self::Thinking(format, s) => match (format, s.held()) {
+                (OutputFormat::JsonObject, Some(Held::Object(h))) => vocab.allowed(&vocab.object_masks, h),
+                (OutputFormat::JsonSchema(schema), Some(Held::Schema(h))) => vocab.allowed(&schema.masks, h),
+                (OutputFormat::ToolCalls(calls), Some(Held::Calls(h))) => vocab.allowed(&calls.masks, h),
+                _ => vocab.allowed(&vocab.thinking_masks, s),
+            },
         }
     }
 
@@ -103,6 +126,7 @@ impl Constraint {
             Self::Object(s) => s.feed_all(bytes),
             Self::Schema(_, s) => bytes.iter().all(|&b| ByteParser::feed(s, b)),
             Self::ToolCalls(_, s) => bytes.iter().all(|&b| s.feed(b)),
+            Self::Thinking(_, s) => bytes.iter().all(|&b| s.feed(b)),
         }
     }
 }
@@ -183,6 +207,8 @@ pub struct Vocab {
     /// `plain_within[c]`: the plain tokens of at most `c` characters (the last: all of them).
     plain_within: Vec<Vec<u64>>,
     object_masks: MaskCache<JsonState>,
+    /// Masks while thinking before held output (each state holds its format's parser).
+    thinking_masks: MaskCache<ThinkingState>,
 }
 
 impl Vocab {
@@ -206,7 +232,7 @@ impl Vocab {
                 mask[id / 64] |= 1 << (id % 64);
             }
         }
-        Self { bytes, sorted, sorted_rest, plain_within, object_masks: MaskCache::with_capacity(2048) }
+        Self { bytes, sorted, sorted_rest, plain_within, object_masks: MaskCache::with_capacity(2048), thinking_masks: MaskCache::with_capacity(256) }
     }
 
     /// The bytes token `id` writes (empty: none, or a special token).

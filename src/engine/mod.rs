@@ -17,6 +17,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
 pub mod stop;
+pub mod thinking;
 pub mod tool_calls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

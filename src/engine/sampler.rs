@@ -58,6 +58,8 @@ pub struct SamplingParams {
     pub prompt_logprobs: Option<usize>,
     /// `response_format`: plain text, or JSON held to an object or a schema (`super::constraint`).
     pub format: OutputFormat,
+    /// Held output comes after the model's thinking (`super::thinking`).
+    pub think_first: bool,
 }
 
 impl Default for SamplingParams {
@@ -81,6 +83,7 @@ impl Default for SamplingParams {
             logprobs: None,
             prompt_logprobs: None,
             format: OutputFormat::Text,
+            think_first: false,
         }
     }
 }

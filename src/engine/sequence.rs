@@ -60,7 +60,7 @@ impl Sequence {
         events: UnboundedSender<Event>,
     ) -> Self {
         let seed = params.seed.map(|s| s.wrapping_add(index as u64));
-        let constraint = params.format.start();
+        let constraint = if params.think_first { params.format.start_after_thinking() } else { params.format.start() };
         Self {
             id,
             request_id,
