@@ -66,7 +66,9 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
         // JSON output has no reasoning part (a `<think>` written inside one of its strings stays
         // there) unless it comes after the thinking.
         reasoning: state.reasoning && (!json || think_first),
-        prompt_ends_in_think: prompt_text.trim_end().ends_with("<think>"),
+        // Held output after thinking: the output begins in the thinking, with or without `<think>`.
+        prompt_ends_in_think: prompt_text.trim_end().ends_with("<think>") || think_first,
+        think_first,
         want_logprobs: logprobs.is_some(),
     };
     let mut timing = Timing::new(started);
@@ -87,7 +89,7 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
         .iter()
         .enumerate()
         .map(|(index, c)| {
-            let (reasoning_content, content) = if ctx.reasoning { split_reasoning(&c.text) } else { (None, Some(c.text.clone())) };
+            let (reasoning_content, content) = if ctx.reasoning { split_reasoning(&c.text, ctx.think_first) } else { (None, Some(c.text.clone())) };
             let (content, calls) = match (&ctx.tools, content) {
                 (Some(tools), Some(content)) => parse_tool_calls(&content, Some(tools)),
                 (_, content) => (content, vec![]),
@@ -120,6 +122,8 @@ struct ChatContext {
     tools: Option<Vec<Value>>,
     reasoning: bool,
     prompt_ends_in_think: bool,
+    /// Held output after thinking (`enable_thinking: true` with JSON or forced calls).
+    think_first: bool,
     want_logprobs: bool,
 }
 

@@ -22,10 +22,11 @@ const THINK_END: &str = "</think>";
 
 /// Non-streaming: (reasoning_content, content). Reasoning is the text before `</think>`
 /// (without a leading `<think>` and surrounding newlines trimmed); content is what follows
-/// (leading newlines trimmed). No `</think>`: if the text starts with `<think>` the whole rest
-/// is reasoning (truncated thinking, content None); otherwise everything is content.
+/// (leading newlines trimmed). No `</think>`: if the text starts with `<think>`, or
+/// `in_thinking` says the output began inside the thinking (held output after it), the whole
+/// rest is reasoning (truncated thinking, content None); otherwise everything is content.
 /// Empty parts are None.
-pub fn split_reasoning(text: &str) -> (Option<String>, Option<String>) {
+pub fn split_reasoning(text: &str, in_thinking: bool) -> (Option<String>, Option<String>) {
     match text.find(THINK_END) {
         Some(end) => {
             let before = &text[..end];
@@ -38,6 +39,7 @@ pub fn split_reasoning(text: &str) -> (Option<String>, Option<String>) {
         }
         None => match strip_think_start(text) {
             Some(reasoning) => (non_empty(reasoning.trim_matches('\n')), None),
+            None if in_thinking => (non_empty(text.trim_matches('\n')), None),
             None => (None, non_empty(text)),
         },
     }
@@ -184,7 +186,7 @@ mod tests {
     use super::*;
 
     fn split(text: &str) -> (Option<String>, Option<String>) {
-        split_reasoning(text)
+        split_reasoning(text, false)
     }
 
     fn parts(reasoning: Option<&str>, content: Option<&str>) -> (Option<String>, Option<String>) {
@@ -272,9 +274,25 @@ mod tests {
         );
     }
 
+    /// Held output after thinking: the output begins in the thinking whether or not it opens
+    /// with `<think>`, and both modes split it alike.
+    #[test]
+    fn output_that_begins_in_thinking() {
+        for (text, reasoning, content) in [
+            ("Okay, a cat.\n</think>\n\n{\"a\": 1}", "Okay, a cat.", "{\"a\": 1}"),
+            ("<think>\nOkay.\n</think>\n\n{}", "Okay.", "{}"),
+            ("</think>{}", "", "{}"),
+            ("Thinking, cut off", "Thinking, cut off", ""),
+        ] {
+            let (r, c) = split_reasoning(text, true);
+            assert_eq!((r.unwrap_or_default(), c.unwrap_or_default()), (reasoning.to_string(), content.to_string()), "{text:?}");
+            assert_stream(text, true, (reasoning, content));
+        }
+    }
+
     /// The stream agrees with `split_reasoning`.
     fn assert_stream_matches(text: &str, prompt_ends_in_think: bool) {
-        let (reasoning, content) = split_reasoning(text);
+        let (reasoning, content) = split_reasoning(text, false);
         let expected = (reasoning.unwrap_or_default(), content.unwrap_or_default());
         assert_stream(text, prompt_ends_in_think, (&expected.0, &expected.1));
     }

@@ -114,7 +114,12 @@ impl Constraint {
                 (OutputFormat::JsonObject, Some(Held::Object(h))) => vocab.allowed(&vocab.object_masks, h),
                 (OutputFormat::JsonSchema(schema), Some(Held::Schema(h))) => vocab.allowed(&schema.masks, h),
                 (OutputFormat::ToolCalls(calls), Some(Held::Calls(h))) => vocab.allowed(&calls.masks, h),
-                _ => vocab.allowed(&vocab.thinking_masks, s),
+                // Thinking: each format's own cache (a held state may hold its schema's address,
+                // which a later schema could reuse).
+                (OutputFormat::JsonObject, None) => vocab.allowed(&vocab.thinking_masks, s),
+                (OutputFormat::JsonSchema(schema), None) => vocab.allowed(&schema.thinking_masks, s),
+                (OutputFormat::ToolCalls(calls), None) => vocab.allowed(&calls.thinking_masks, s),
+                _ => unreachable!("a thinking constraint holds its format's parser"),
             },
         }
     }
@@ -207,7 +212,7 @@ pub struct Vocab {
     /// `plain_within[c]`: the plain tokens of at most `c` characters (the last: all of them).
     plain_within: Vec<Vec<u64>>,
     object_masks: MaskCache<JsonState>,
-    /// Masks while thinking before held output (each state holds its format's parser).
+    /// Masks while thinking before `json_object` output.
     thinking_masks: MaskCache<ThinkingState>,
 }
 

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::constraint::{ByteParser, MaskCache};
 use super::json_object::{literal_step, number_step, string_step, whitespace_step, Escape, Number, Step, StringStep};
+use super::thinking::ThinkingState;
 use number::{Bounded, Range};
 use pattern::{pattern_step, PatState, Pattern};
 
@@ -99,13 +100,15 @@ pub struct Schema {
     /// The `pattern`s and `format`s strings are held to.
     patterns: Vec<Pattern>,
     pub(super) masks: MaskCache<SchemaState>,
+    /// Masks while thinking before the held object (`super::thinking`).
+    pub(super) thinking_masks: MaskCache<ThinkingState>,
 }
 
 impl Schema {
     /// Compiles `schema`; the error says which keyword at which JSON pointer is the problem.
     pub fn compile(schema: &Value) -> Result<Self, String> {
         let compile::Compiled { nodes, need, root, patterns } = compile::compile(schema)?;
-        Ok(Self { nodes, need, root, patterns, masks: MaskCache::with_capacity(256) })
+        Ok(Self { nodes, need, root, patterns, masks: MaskCache::with_capacity(256), thinking_masks: MaskCache::with_capacity(16) })
     }
 
     pub(super) fn start(&self) -> SchemaState {

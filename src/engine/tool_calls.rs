@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::constraint::{ByteParser, MaskCache};
 use super::json_schema::{Schema, SchemaState};
+use super::thinking::ThinkingState;
 
 const OPEN: &[u8] = b"<tool_call>\n";
 const CLOSE: &[u8] = b"\n</tool_call>";
@@ -21,6 +22,8 @@ pub struct ToolCallFormat {
     schema: Schema,
     single: bool,
     pub(super) masks: MaskCache<ToolCallsState>,
+    /// Masks while thinking before the calls (`super::thinking`).
+    pub(super) thinking_masks: MaskCache<ThinkingState>,
 }
 
 impl ToolCallFormat {
@@ -41,7 +44,7 @@ impl ToolCallFormat {
         };
         schema["$defs"] = Value::Object(defs);
         let schema = Schema::compile(&schema).map_err(|e| format!("the tools together: {e}"))?;
-        Ok(Self { schema, single, masks: MaskCache::with_capacity(256) })
+        Ok(Self { schema, single, masks: MaskCache::with_capacity(256), thinking_masks: MaskCache::with_capacity(16) })
     }
 
     pub(super) fn start(&self) -> ToolCallsState {
