@@ -82,15 +82,17 @@ class Pet(BaseModel):
     vet: Optional[str]
 
 
-parsed = client.chat.completions.parse(
-    model=MODEL,
-    messages=[{"role": "user", "content": "Describe a cat named Tom, aged 3, who has two toys, as JSON."}],
-    response_format=Pet,
-    temperature=0,
-    max_tokens=200,
-)
-pet = parsed.choices[0].message.parsed
-check("chat.completions.parse into a pydantic model", isinstance(pet, Pet) and pet.name == "Tom" and pet.kind == "cat", parsed.choices[0].message)
+def parse(prompt, max_tokens=200, **kwargs):
+    """`chat.completions.parse`, greedy: the reply's message."""
+    parsed = client.chat.completions.parse(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=max_tokens, **kwargs
+    )
+    return parsed.choices[0]
+
+
+choice = parse("Describe a cat named Tom, aged 3, who has two toys, as JSON.", response_format=Pet)
+pet = choice.message.parsed
+check("chat.completions.parse into a pydantic model", isinstance(pet, Pet) and pet.name == "Tom" and pet.kind == "cat", choice.message)
 
 # Formats, bounds and maps the way pydantic writes them (`format: date`, `minimum` /
 # `maximum`, `additionalProperties: {...}`); pydantic's own validation checks the reply.
@@ -107,15 +109,9 @@ class Checkup(BaseModel):
     vaccines: dict[str, bool]
 
 
-parsed = client.chat.completions.parse(
-    model=MODEL,
-    messages=[{"role": "user", "content": "Tom the cat had a checkup on 2024-03-05: 4.5 kg, score 4 of 5, rabies and flu vaccines done. As JSON."}],
-    response_format=Checkup,
-    temperature=0,
-    max_tokens=200,
-)
-checkup = parsed.choices[0].message.parsed
-check("parse: date, bounded numbers and a dict", isinstance(checkup, Checkup), parsed.choices[0].message)
+choice = parse("Tom the cat had a checkup on 2024-03-05: 4.5 kg, score 4 of 5, rabies and flu vaccines done. As JSON.", response_format=Checkup)
+checkup = choice.message.parsed
+check("parse: date, bounded numbers and a dict", isinstance(checkup, Checkup), choice.message)
 print(f"   {checkup!r}")
 
 # A discriminated union (`oneOf` of two models told apart by a `Literal`, with pydantic's
@@ -139,15 +135,9 @@ class Order(BaseModel):
     items: list[Annotated[Union[Pizza, Drink], Field(discriminator="kind")]]
 
 
-parsed = client.chat.completions.parse(
-    model=MODEL,
-    messages=[{"role": "user", "content": "Ann orders a 30 cm pizza with ham and olives, and 0.5 litres of cola. As JSON."}],
-    response_format=Order,
-    temperature=0,
-    max_tokens=200,
-)
-order = parsed.choices[0].message.parsed
-check("parse: a discriminated union", isinstance(order, Order) and len(order.items) > 0, parsed.choices[0].message)
+choice = parse("Ann orders a 30 cm pizza with ham and olives, and 0.5 litres of cola. As JSON.", response_format=Order)
+order = choice.message.parsed
+check("parse: a discriminated union", isinstance(order, Order) and len(order.items) > 0, choice.message)
 print(f"   {order!r}")
 
 # A forced call of a strict function tool made from a pydantic model: `parse` reads its
@@ -157,20 +147,17 @@ class GetWeather(BaseModel):
     unit: str = Field(pattern="^(celsius|fahrenheit)$")
 
 
-parsed = client.chat.completions.parse(
-    model=MODEL,
-    messages=[{"role": "user", "content": "Is it cold in Oslo right now?"}],
+choice = parse(
+    "Is it cold in Oslo right now?",
+    max_tokens=60,
     tools=[openai.pydantic_function_tool(GetWeather)],
     tool_choice={"type": "function", "function": {"name": "GetWeather"}},
-    temperature=0,
-    max_tokens=60,
 )
-message = parsed.choices[0].message
-call = message.tool_calls[0] if message.tool_calls else None
+call = choice.message.tool_calls[0] if choice.message.tool_calls else None
 check(
     "parse: a forced call of a pydantic function tool",
-    parsed.choices[0].finish_reason == "tool_calls" and call is not None and isinstance(call.function.parsed_arguments, GetWeather),
-    message,
+    choice.finish_reason == "tool_calls" and call is not None and isinstance(call.function.parsed_arguments, GetWeather),
+    choice.message,
 )
 print(f"   {call.function.parsed_arguments!r}")
 

@@ -37,8 +37,7 @@ impl Range {
         let read = |k: &str| -> Result<Option<i128>, String> {
             match o.get(k) {
                 None => Ok(None),
-                // serde_json prints small and large floats with exponents (1e-7), Rust never.
-                Some(Value::Number(n)) => parse_decimal(&n.as_i64().map_or_else(|| n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()), |i| i.to_string()))
+                Some(Value::Number(n)) => parse_decimal(&decimal_text(n))
                     .map(Some)
                     .ok_or_else(|| format!("`{k}` at {where_} must be a number under 10^15 in magnitude with at most 12 decimals")),
                 Some(_) => Err(format!("`{k}` at {where_} must be a number")),
@@ -108,6 +107,16 @@ impl Range {
 
     fn holds(&self, v: i128) -> bool {
         (v > self.lo || (v == self.lo && !self.lo_open)) && (v < self.hi || (v == self.hi && !self.hi_open))
+    }
+}
+
+/// A bound's text without an exponent: serde_json prints small and large floats with one
+/// (`1e-7`), Rust's `f64` display never does.
+fn decimal_text(n: &serde_json::Number) -> String {
+    match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => i.to_string(),
+        (None, Some(f)) => f.to_string(),
+        (None, None) => n.to_string(),
     }
 }
 

@@ -68,9 +68,13 @@ impl Pattern {
     /// leftmost-first DFA would drop `ab` from `a|ab` once `a` had matched.)
     fn build(regex: &str) -> Result<Self, String> {
         let dfa = dense::Builder::new()
-            .configure(dense::Config::new()
+            .configure(
+                dense::Config::new()
                     .match_kind(MatchKind::All)
-                    .start_kind(StartKind::Anchored).determinize_size_limit(Some(BUILD_LIMIT)).dfa_size_limit(Some(BUILD_LIMIT)))
+                    .start_kind(StartKind::Anchored)
+                    .determinize_size_limit(Some(BUILD_LIMIT))
+                    .dfa_size_limit(Some(BUILD_LIMIT)),
+            )
             .syntax(syntax::Config::new().unicode(true).utf8(true))
             .thompson(thompson::Config::new().nfa_size_limit(Some(BUILD_LIMIT)))
             .build(regex)
@@ -94,22 +98,14 @@ impl Pattern {
         while i < ids.len() {
             let id = ids[i];
             for &b in &sample {
-                let to = match b {
-                    Some(b) => dfa.next_state(id, b),
-                    None => {
-                        next.push(usize::MAX);
-                        continue;
-                    }
-                };
-                if dfa.is_dead_state(to) || dfa.is_quit_state(to) {
-                    next.push(usize::MAX);
-                    continue;
-                }
-                let n = *index.entry(to).or_insert_with(|| {
-                    ids.push(to);
-                    ids.len() - 1
+                let to = b.map(|b| dfa.next_state(id, b)).filter(|&to| !dfa.is_dead_state(to) && !dfa.is_quit_state(to));
+                next.push(match to {
+                    Some(to) => *index.entry(to).or_insert_with(|| {
+                        ids.push(to);
+                        ids.len() - 1
+                    }),
+                    None => usize::MAX,
                 });
-                next.push(n);
             }
             if ids.len() > MAX_STATES {
                 return Err(format!("is too complex (more than {MAX_STATES} states)"));
