@@ -26,7 +26,9 @@
 #      shows no --device flag.
 # A shorter run: GPU_CHECK_HF (transformers' levels, e.g. "256" or "none"; per model
 # GPU_CHECK_HF_05B, GPU_CHECK_HF_7B), GPU_CHECK_VARIANTS
-# (A/B runs by name, e.g. "graphs,split_256"), GPU_CHECK_DTYPES_05B, GPU_CHECK_LIMIT_05B/_7B (s).
+# (A/B runs by name, e.g. "graphs,split_256"), GPU_CHECK_DTYPES_05B/_7B (the dtypes compared with
+# transformers, or "none"), GPU_CHECK_LEVELS (the bench's concurrency levels, default
+# 1,16,64,256), GPU_CHECK_LIMIT_05B/_7B (s).
 # GPU_CHECK_STEPS (default "kernels 0.5b 7b"; also "profile", see step 4) picks steps. Their limits (45 + 45 + 190 + 285 s)
 # fit one call of timeout_s=570; if the 7B step runs out, rerun with GPU_CHECK_STEPS=7b.
 # Results go to $OUT (summary.json, kernel-tests.txt, model-*.json, env.txt); each step has its
@@ -128,39 +130,44 @@ fi
 device_flag="${GPU_CHECK_DEVICE_FLAG:---device cuda}"
 if "$work/qwen-serve" serve --help 2>/dev/null | grep -q -- '--device'; then
   for spec in "0.5b ${GPU_CHECK_DTYPES_05B:-f32,bf16} ${GPU_CHECK_LIMIT_05B:-190} 70 ${GPU_CHECK_HF_05B:-${GPU_CHECK_HF:-}}" \
-            "7b bf16 ${GPU_CHECK_LIMIT_7B:-285} 100 ${GPU_CHECK_HF_7B:-${GPU_CHECK_HF:-}}"; do
+            "7b ${GPU_CHECK_DTYPES_7B:-bf16} ${GPU_CHECK_LIMIT_7B:-285} 100 ${GPU_CHECK_HF_7B:-${GPU_CHECK_HF:-}}"; do
     set -- $spec
     want "$1" || continue
     PYTHONUNBUFFERED=1 timeout "$3" python3 scripts/gpu_reference.py --config "$1" --dtypes "$2" --qwen-serve "$work/qwen-serve" \
       --tokenizer-dir "$carry" --out "$out" --work "$work" --device-flag="$device_flag" --bench-timeout "$4" \
-      ${5:+--hf-concurrency "$5"} ${GPU_CHECK_VARIANTS:+--variants "$GPU_CHECK_VARIANTS"} \
+      ${5:+--hf-concurrency "$5"} ${GPU_CHECK_LEVELS:+--bench-concurrency "$GPU_CHECK_LEVELS"} ${GPU_CHECK_VARIANTS:+--variants "$GPU_CHECK_VARIANTS"} \
       > "$out/model-$1.log" 2>&1
     note "model_$1_exit_code" "$?"
-    [ "$1" = 0.5b ] && rm -rf "$work/qwen2.5-$1-random"
+    # The 0.5B's folder stays for the profile step when it runs.
+    [ "$1" = 0.5b ] && ! want profile && rm -rf "$work/qwen2.5-$1-random"
   done
 else
   note model_checks '"skipped: qwen-serve serve --help shows no --device flag; the binary cannot be put on the GPU"'
 fi
 
-# 4. Optional, not in the default steps (~1-2 min): where a decode step's GPU time goes, per
-#    kernel, for the 7B shape at 1 and 256 streams: Nsight Compute with one metric and the clocks
-#    left alone, over ~600 launches after skipping the first ~20-30 steps (prefill, warm-up).
-#    Its per-kernel summary goes to $out/ncu-7b-<streams>.txt.
+# 4. Optional, not in the default steps: where a decode step's GPU time goes, per kernel.
+#    Nsight Compute with one metric and the clocks left alone, over 600 launches after skipping
+#    prefill and warm-up. GPU_CHECK_PROFILE lists the runs as config:streams:skip[:VAR=VALUE]
+#    (default "0.5b:1:3000 7b:1:6000 7b:256:9000"); every summary goes into $out/ncu.txt (a call
+#    brings back at most 8 files).
 if want profile; then
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  folder="$work/qwen2.5-7b-random"
-  [ -d "$folder" ] || PYTHONUNBUFFERED=1 timeout 90 python3 scripts/gpu_reference.py --config 7b --make-only \
-    --qwen-serve "$work/qwen-serve" --tokenizer-dir "$carry" --out "$out" --work "$work" > "$out/profile-make.log" 2>&1
-  for spec in "1 6000" "256 9000"; do
-    set -- $spec
+  for spec in ${GPU_CHECK_PROFILE:-0.5b:1:3000 7b:1:6000 7b:256:9000}; do
+    IFS=: read -r config streams skip setting <<< "$spec"
     if [ -z "$ncu_bin" ]; then note profile '"skipped: no ncu"'; break; fi
-    timeout 150 "$ncu_bin" --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
-      --launch-skip "$2" --launch-count 600 \
-      "$work/qwen-serve" bench --model "$folder" --dtype bf16 $device_flag --concurrency "$1" --waves 1 \
-      --prompt-len 256 --output-len 64 > "$out/ncu-7b-$1.txt" 2>&1
-    note "profile_$1_exit_code" "$?"
+    folder="$work/qwen2.5-$config-random"
+    [ -d "$folder" ] || PYTHONUNBUFFERED=1 timeout 90 python3 scripts/gpu_reference.py --config "$config" --make-only \
+      --qwen-serve "$work/qwen-serve" --tokenizer-dir "$carry" --out "$out" --work "$work" >> "$out/ncu.txt" 2>&1
+    echo "=== $spec" >> "$out/ncu.txt"
+    start=$(date +%s)
+    env ${setting:+"$setting"} timeout 120 "$ncu_bin" --clock-control none --metrics gpu__time_duration.sum \
+      --print-summary per-kernel --launch-skip "$skip" --launch-count 600 \
+      "$work/qwen-serve" bench --model "$folder" --dtype bf16 $device_flag --concurrency "$streams" --waves 1 \
+      --prompt-len 256 --output-len 64 >> "$out/ncu.txt" 2>&1
+    note "profile_${config}_${streams}${setting:+_${setting%%=*}}" "{\"exit_code\": $?, \"seconds\": $(( $(date +%s) - start ))}"
   done
 fi
+rm -rf "$work/qwen2.5-0.5b-random"
 rm -rf "$work/qwen2.5-7b-random"
 cat "$summary"
 # The speed tables and the logit comparisons, last, where the device tool's reply shows them.

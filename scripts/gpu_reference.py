@@ -189,7 +189,7 @@ def main():
     ap.add_argument("--tokenizer-dir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default="/tmp/qwen-gpu-check")
-    ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--dtypes", default="f32,bf16", help="dtypes to compare with transformers ('none')")
     ap.add_argument("--device-flag", default="--device cuda", help="how the binary is told to use the GPU")
     ap.add_argument("--torch-device", default="cuda", help="cpu: a dry run of this script's plumbing")
     ap.add_argument("--bench-concurrency", default="1,16,64,256")
@@ -215,7 +215,7 @@ def main():
     result["make_seconds"] = time.time() - t
     save()
     device_flag = args.device_flag.split()
-    dtypes = args.dtypes.split(",")
+    dtypes = [] if args.dtypes == "none" else args.dtypes.split(",")
     f32_prompt = None
     if any(d != "f32" for d in dtypes):
         f32_prompt = prompt_logprobs(model.to(torch.float32), prompt_ids(), args.torch_device)

@@ -73,6 +73,19 @@ __device__ __forceinline__ float block_sum(float x, float* scratch) {
     return total;
 }
 
+// Maximum over the block; every thread gets the result. `scratch` holds one float per warp.
+// Must be reached by all threads of the block.
+__device__ __forceinline__ float block_max(float x, float* scratch) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = (blockDim.x + 31) / 32;
+    x = warp_max(x);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = x;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < num_warps; ++w) m = fmaxf(m, scratch[w]);
+    return m;
+}
+
 }  // namespace qs
 
 // X-macro over the element types: MACRO(suffix, type) for each, so a file instantiates its

@@ -183,22 +183,34 @@ __device__ __forceinline__ void attention_tile(
 }
 
 // Merges the splits of each (token, head): out = sum_z 2^(m_z - M) o_z / sum_z 2^(m_z - M) l_z.
-// Grid (num_tokens * num_heads), head_dim threads.
+// Grid (num_tokens * num_heads), head_dim threads, 2 * num_splits floats of dynamic shared
+// memory. A CUDA graph's launch has many more splits than a short sequence fills (128 for 8192
+// keys): the block reads every split's (m, l) at once, and only the splits with keys are summed,
+// in split order. Splits without keys (m = -inf, weight 0) only ever added exact zeros, so the
+// output has the bits of a launch with fewer splits, the eager one's.
 template <typename T>
 __device__ __forceinline__ void combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
                                         T* __restrict__ out, int num_rows, int num_splits) {
+    extern __shared__ float split_s[];  // weights [0, num_splits), then sums l
+    __shared__ float scratch[32];
     const size_t row = blockIdx.x;
     const int d = threadIdx.x, D = blockDim.x;
     float m = -INFINITY;
-    for (int z = 0; z < num_splits; ++z) m = fmaxf(m, part_ml[2 * (z * (size_t)num_rows + row)]);
+    for (int z = d; z < num_splits; z += D) m = fmaxf(m, part_ml[2 * (z * (size_t)num_rows + row)]);
+    m = qs::block_max(m, scratch);
+    for (int z = d; z < num_splits; z += D) {
+        const size_t p = z * (size_t)num_rows + row;
+        const float m_z = part_ml[2 * p];
+        split_s[z] = m_z == -INFINITY ? 0.f : exp2f(m_z - m);
+        split_s[num_splits + z] = part_ml[2 * p + 1];
+    }
+    __syncthreads();
     float l = 0.f, acc = 0.f;
-    if (m != -INFINITY) {
-        for (int z = 0; z < num_splits; ++z) {
-            const size_t p = z * (size_t)num_rows + row;
-            const float w = exp2f(part_ml[2 * p] - m);
-            l += w * part_ml[2 * p + 1];
-            acc += w * part_o[p * D + d];
-        }
+    for (int z = 0; z < num_splits; ++z) {
+        const float w = split_s[z];
+        if (w == 0.f) continue;  // block-uniform
+        l += w * split_s[num_splits + z];
+        acc += w * part_o[(z * (size_t)num_rows + row) * D + d];
     }
     out[row * D + d] = qs::from_float<T>(l > 0.f ? acc / l : 0.f);
 }

@@ -29,6 +29,7 @@ module!(ROPE, "rope");
 module!(SILU_MUL, "silu_mul");
 module!(QKV, "qkv");
 module!(SMALL_MATMUL, "small_matmul");
+module!(ARGMAX, "argmax");
 
 /// `<kernel>_<dtype of T>`: the name of one instantiation of a kernel template.
 pub(crate) fn kernel_name<T: WithDType>(kernel: &str) -> String {

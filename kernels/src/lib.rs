@@ -13,6 +13,7 @@
 //! as a [`DeviceMetadata`] that the `*_step` ops and [`rotary_embedding`] (through its positions)
 //! share across layers.
 
+mod argmax;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod device_metadata;
@@ -28,6 +29,7 @@ mod quant;
 mod small_matmul;
 mod write_kv;
 
+pub use argmax::argmax_rows;
 pub use device_metadata::DeviceMetadata;
 pub use fused::{add_rms_norm, rms_norm, rotary_embedding, silu_mul};
 pub use half_matmul::half_matmul;

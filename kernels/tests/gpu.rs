@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use qwen_serve_kernels::{
-    add_rms_norm, paged_attention, paged_attention_step, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
+    add_rms_norm, argmax_rows, paged_attention, paged_attention_step, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
     small_matmul, write_kv, write_kv_step, AttentionMetadata, DeviceMetadata, Qkv,
 };
 
@@ -185,6 +185,32 @@ fn attention_in_a_graph_shaped_launch_gives_the_eager_bits() {
 /// by its dtype's rounding (`tolerance`, relative) plus f32 accumulation: 1e-6 of
 /// `sum |x_j w_j|` (about 16 units of f32 rounding; a wrong or missing term costs ~1 over
 /// `k` terms of ~1).
+#[test]
+fn argmax_rows_matches_the_cpu() {
+    for (rows, vocab) in [(1, 151_936), (3, 300), (256, 152_064), (2, 5000), (4, 1)] {
+        let mut x = Tensor::randn(0f32, 1., (rows, vocab), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        for (r, row) in x.iter_mut().enumerate() {
+            // Ties between slices, as logits rounded from bf16 often are; NaN and infinities.
+            let top = row.iter().copied().fold(f32::MIN, f32::max);
+            if vocab > 1 {
+                row[vocab - 1 - r % (vocab / 2).max(1)] = top + 1.0;
+                row[vocab / 2 - r % (vocab / 4).max(1)] = top + 1.0;
+            }
+            match r % 4 {
+                1 => row[0] = f32::NAN,
+                2 => row[vocab / 3] = f32::NAN,
+                3 => row.iter_mut().for_each(|v| *v = f32::NEG_INFINITY),
+                _ => {}
+            }
+        }
+        let flat: Vec<f32> = x.into_iter().flatten().collect();
+        let cpu = Tensor::from_vec(flat, (rows, vocab), &Device::Cpu).unwrap();
+        let want = argmax_rows(&cpu).unwrap().to_vec1::<u32>().unwrap();
+        let got = argmax_rows(&cpu.to_device(&gpu()).unwrap()).unwrap().to_vec1::<u32>().unwrap();
+        assert_eq!(got, want, "rows {rows}, vocab {vocab}");
+    }
+}
+
 #[test]
 fn small_matmul_matches_the_cpu() {
     for (n, k) in [(1152, 896), (37, 64), (4864 * 2, 896), (3584, 18944), (5, 3584)] {

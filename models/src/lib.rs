@@ -20,7 +20,8 @@ pub use cuda_graphs::{max_graph_batch, with_cuda_graphs, DEFAULT_GRAPH_BATCH};
 pub use decoder::QwenForCausalLm;
 pub use error::ModelError;
 pub use kv_cache::KvCache;
-pub use qwen_serve_kernels::{AttentionMetadata, DeviceMetadata};
+// The engine takes greedy tokens where the logits are, through the same kernel crate.
+pub use qwen_serve_kernels::{argmax_rows, AttentionMetadata, DeviceMetadata};
 pub use weights::{gguf_expert_name, gguf_tensor_name, GgufReader, Weights};
 
 use candle_core::{DType, Device, Tensor};

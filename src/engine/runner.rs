@@ -167,9 +167,8 @@ fn device_rows(logits: &Tensor, argmax_rows: &[bool]) -> Result<Vec<Option<Next>
     let mut out: Vec<Option<Next>> = (0..num_rows).map(|_| None).collect();
     let (greedy, full) = (pick(true), pick(false));
     if !greedy.is_empty() {
-        // candle's CUDA argmax may pick another of tied ids than the host's lowest one
-        // (deterministically).
-        let ids = select(&greedy)?.argmax(1)?.to_vec1::<u32>()?;
+        // Ties go to the lowest id, as on the host.
+        let ids = qwen_serve_models::argmax_rows(&select(&greedy)?)?.to_vec1::<u32>()?;
         for (&row, id) in greedy.iter().zip(ids) {
             out[row as usize] = Some(Next::Argmax(id));
         }

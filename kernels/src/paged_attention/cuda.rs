@@ -123,7 +123,8 @@ impl PagedAttention<'_> {
             let cfg = LaunchConfig {
                 grid_dim: (num_rows as u32, 1, 1),
                 block_dim: (head_dim as u32, 1, 1),
-                shared_mem_bytes: 0,
+                // Each split's weight and sum.
+                shared_mem_bytes: (2 * num_splits * std::mem::size_of::<f32>()) as u32,
             };
             // SAFETY: as above, for `paged_attention_combine_*`.
             unsafe { b.launch(cfg) }.w()?;
