@@ -287,6 +287,9 @@ def main():
                 ("graphs_256", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, [c for c in ("256",) if c in levels]),
                 # Attention's splits at least 256 keys, as before 2026-11-27 (now 64).
                 ("split_256", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "256"}, ab),
+                # One chunk of keys per split (the default is two): shorter per-block latency for
+                # a few sequences, more partials to combine.
+                ("split_32", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "32"}, ab),
                 ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}, ab),
                 ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}, ab),
                 ("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}, ab)]

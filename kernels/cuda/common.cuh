@@ -24,16 +24,21 @@ template <typename T> struct Vec {
     static constexpr int N = 16 / sizeof(T);
 };
 
-// Loads Vec<T>::N elements from `src` (16-byte aligned) as floats.
-template <typename T> __device__ __forceinline__ void load_vec(const T* src, float* dst) {
+// The Vec<T>::N elements held in 16 bytes, as floats.
+template <typename T> __device__ __forceinline__ void unpack_vec(uint4 raw, float* dst) {
     constexpr int N = Vec<T>::N;
     union {
         uint4 raw;
         T elems[N];
     } u;
-    u.raw = *reinterpret_cast<const uint4*>(src);
+    u.raw = raw;
 #pragma unroll
     for (int i = 0; i < N; ++i) dst[i] = to_float(u.elems[i]);
+}
+
+// Loads Vec<T>::N elements from `src` (16-byte aligned) as floats.
+template <typename T> __device__ __forceinline__ void load_vec(const T* src, float* dst) {
+    unpack_vec<T>(*reinterpret_cast<const uint4*>(src), dst);
 }
 
 // Stores Vec<T>::N floats to `dst` (16-byte aligned), rounding to T.

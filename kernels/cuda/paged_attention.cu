@@ -17,8 +17,9 @@
 // Grid (num_tiles, num_kv_heads, num_splits), THREADS threads. A block computes ROWS query rows
 // of one KV head against keys [split * split_size, (split + 1) * split_size), cut at the tile's
 // causal end, where each sequence's split_size divides its own keys among the splits
-// (rounded up to whole chunks, at least min_split): an online softmax over chunks of KEYS keys staged in shared memory, so no score
-// matrix exists. Every K/V row a block loads serves all its rows (the GQA group and several
+// (rounded up to whole chunks, at least min_split): an online softmax over chunks of KEYS keys
+// staged in shared memory, so no score matrix exists. The next chunk's loads are issued while
+// this one is scored, and the tile's rows are dealt round the warps. Every K/V row a block loads serves all its rows (the GQA group and several
 // tokens). With one split the block writes the output. With several (flash-decoding: few, long
 // sequences would otherwise leave most of the GPU idle) it writes its unnormalised output and
 // (max, sum) per row, and paged_attention_combine merges the splits.
@@ -71,7 +72,9 @@ __device__ __forceinline__ void attention_tile(
     const uint32_t* table = block_tables + (size_t)seq * max_blocks_per_seq;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-    for (int v = threadIdx.x; v < ROWS * (D / N); v += THREADS) {
+    // (A split past this tile's keys, most of a CUDA graph's launch, needs no q: it only
+    // writes its empty partials.)
+    for (int v = threadIdx.x; v < ROWS * (D / N) && kv_begin < kv_end; v += THREADS) {
         const int r = v / (D / N), d = (v % (D / N)) * N;
         float vals[N];
         if (r < num_rows) {
@@ -86,12 +89,13 @@ __device__ __forceinline__ void attention_tile(
         for (int e = 0; e < N; ++e) q_s[r][d + e] = vals[e] * (scale * LOG2E);
     }
 
-    // This warp's rows: warp * ROWS_PER_WARP + i. pos = -1 marks a row past the tile's end.
+    // This warp's rows: warp + WARPS * i, dealt round so that a decode tile's few rows (a GQA
+    // group of 7 in 16) keep every warp busy. pos = -1 marks a row past the tile's end.
     int pos[ROWS_PER_WARP];
     float m[ROWS_PER_WARP], l[ROWS_PER_WARP], acc[ROWS_PER_WARP][DL];
 #pragma unroll
     for (int i = 0; i < ROWS_PER_WARP; ++i) {
-        const int r = warp * ROWS_PER_WARP + i;
+        const int r = warp + WARPS * i;
         pos[i] = r < num_rows ? first_pos + (row0 + r) / group : -1;
         m[i] = -INFINITY;
         l[i] = 0.f;
@@ -99,20 +103,38 @@ __device__ __forceinline__ void attention_tile(
         for (int e = 0; e < DL; ++e) acc[i][e] = 0.f;
     }
 
-    for (int c0 = kv_begin; c0 < kv_end; c0 += KEYS) {
-        __syncthreads();  // q_s is complete, and every warp is done with the previous chunk
-        for (int v = threadIdx.x; v < KEYS * (D / N); v += THREADS) {
+    const int rows_here = warp < num_rows ? (num_rows - warp + WARPS - 1) / WARPS : 0;
+    // Each thread's share of a chunk's K and V rows, as raw 16-byte vectors (zeros past
+    // kv_end): the next chunk's loads are issued before this one is scored, so the memory's
+    // latency hides behind the arithmetic instead of adding to it chunk after chunk.
+    constexpr int LOADS = KEYS * (D / N) / THREADS;
+    static_assert(KEYS * (D / N) % THREADS == 0, "a chunk is whole loads per thread");
+    uint4 k_raw[LOADS], v_raw[LOADS];
+    auto fetch = [&](int c0) {
+#pragma unroll
+        for (int t = 0; t < LOADS; ++t) {
+            const int v = threadIdx.x + t * THREADS;
             const int j = v / (D / N), d = (v % (D / N)) * N, key = c0 + j;
-            float kv[N], vv[N];
             if (key < kv_end) {
                 const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
                 const size_t offset = (slot * num_kv_heads + kvh) * D + d;
-                qs::load_vec(k_cache + offset, kv);
-                qs::load_vec(v_cache + offset, vv);
+                k_raw[t] = *reinterpret_cast<const uint4*>(k_cache + offset);
+                v_raw[t] = *reinterpret_cast<const uint4*>(v_cache + offset);
             } else {
-#pragma unroll
-                for (int e = 0; e < N; ++e) kv[e] = vv[e] = 0.f;
+                k_raw[t] = v_raw[t] = make_uint4(0u, 0u, 0u, 0u);
             }
+        }
+    };
+    if (kv_begin < kv_end) fetch(kv_begin);
+    for (int c0 = kv_begin; c0 < kv_end; c0 += KEYS) {
+        __syncthreads();  // q_s is complete, and every warp is done with the previous chunk
+#pragma unroll
+        for (int t = 0; t < LOADS; ++t) {
+            const int v = threadIdx.x + t * THREADS;
+            const int j = v / (D / N), d = (v % (D / N)) * N;
+            float kv[N], vv[N];
+            qs::unpack_vec<T>(k_raw[t], kv);
+            qs::unpack_vec<T>(v_raw[t], vv);
 #pragma unroll
             for (int e = 0; e < N; ++e) {
                 k_s[j][d + e] = kv[e];
@@ -120,10 +142,11 @@ __device__ __forceinline__ void attention_tile(
             }
         }
         __syncthreads();
-        // A warp whose rows are all past the tile's end (a decode tile holds one token's GQA
-        // group, often fewer than ROWS rows) only helps load: skipping its scoring halves the
-        // arithmetic of a group-of-7 decode. Warp-uniform; the barriers stay outside.
-        if (warp * ROWS_PER_WARP >= num_rows) continue;
+        if (c0 + KEYS < kv_end) fetch(c0 + KEYS);
+        // Rows past the tile's end (a decode tile holds one token's GQA group, often fewer
+        // than ROWS rows) are not scored: a warp whose rows all are only helps load.
+        // Warp-uniform; the barriers stay outside.
+        if (rows_here == 0) continue;
 
         // Lane j scores key c0 + j against each of the warp's rows.
         float s[ROWS_PER_WARP];
@@ -134,36 +157,53 @@ __device__ __forceinline__ void attention_tile(
             const float k0 = k_s[lane][d], k1 = k_s[lane][d + 1], k2 = k_s[lane][d + 2], k3 = k_s[lane][d + 3];
 #pragma unroll
             for (int i = 0; i < ROWS_PER_WARP; ++i) {
-                const float4 qv = *reinterpret_cast<const float4*>(&q_s[warp * ROWS_PER_WARP + i][d]);
+                if (i >= rows_here) break;
+                const float4 qv = *reinterpret_cast<const float4*>(&q_s[warp + WARPS * i][d]);
                 s[i] = fmaf(qv.x, k0, fmaf(qv.y, k1, fmaf(qv.z, k2, fmaf(qv.w, k3, s[i]))));
             }
         }
 
+        // Each row's online-softmax update, then one pass over the chunk's values for all the
+        // warp's rows: each value is read from shared memory once, not once per row.
         const int key = c0 + lane;
+        float p[ROWS_PER_WARP];
+        bool seen[ROWS_PER_WARP];  // warp-uniform: whether the row has seen a key yet
 #pragma unroll
         for (int i = 0; i < ROWS_PER_WARP; ++i) {
+            p[i] = 0.f;
+            seen[i] = false;
+            if (i >= rows_here) continue;
             const bool visible = key < kv_end && key <= pos[i];
             const float x = visible ? s[i] : -INFINITY;
             const float m_new = fmaxf(m[i], qs::warp_max(x));
-            if (m_new == -INFINITY) continue;  // warp-uniform: the row sees no key yet
-            const float p = visible ? exp2f(x - m_new) : 0.f;
+            if (m_new == -INFINITY) continue;
+            seen[i] = true;
+            p[i] = visible ? exp2f(x - m_new) : 0.f;
             const float correction = exp2f(m[i] - m_new);  // 0 while m[i] is -inf
-            l[i] = l[i] * correction + qs::warp_sum(p);
+            l[i] = l[i] * correction + qs::warp_sum(p[i]);
             m[i] = m_new;
 #pragma unroll
             for (int e = 0; e < DL; ++e) acc[i][e] *= correction;
+        }
 #pragma unroll 8
-            for (int j = 0; j < KEYS; ++j) {
-                const float pj = __shfl_sync(0xffffffffu, p, j);
+        for (int j = 0; j < KEYS; ++j) {
+            float vj[DL];
 #pragma unroll
-                for (int e = 0; e < DL; ++e) acc[i][e] = fmaf(pj, v_s[j][lane + 32 * e], acc[i][e]);
+            for (int e = 0; e < DL; ++e) vj[e] = v_s[j][lane + 32 * e];
+#pragma unroll
+            for (int i = 0; i < ROWS_PER_WARP; ++i) {
+                if (i >= rows_here) break;
+                const float pj = __shfl_sync(0xffffffffu, p[i], j);
+                if (!seen[i]) continue;
+#pragma unroll
+                for (int e = 0; e < DL; ++e) acc[i][e] = fmaf(pj, vj[e], acc[i][e]);
             }
         }
     }
 
 #pragma unroll
     for (int i = 0; i < ROWS_PER_WARP; ++i) {
-        const int r = warp * ROWS_PER_WARP + i;
+        const int r = warp + WARPS * i;
         if (r >= num_rows) continue;
         const int row = row0 + r;
         const size_t token_head = (size_t)(q_start + row / group) * num_heads + kvh * group + row % group;
@@ -172,8 +212,12 @@ __device__ __forceinline__ void attention_tile(
             for (int e = 0; e < DL; ++e) out[token_head * D + lane + 32 * e] = qs::from_float<T>(l[i] > 0.f ? acc[i][e] / l[i] : 0.f);
         } else {
             const size_t p = (size_t)split * num_tokens * num_heads + token_head;
+            // A split with no keys for this row (most of a CUDA graph's launch) leaves its
+            // output unwritten: the combine never reads it (warp-uniform).
+            if (m[i] != -INFINITY) {
 #pragma unroll
-            for (int e = 0; e < DL; ++e) part_o[p * D + lane + 32 * e] = acc[i][e];
+                for (int e = 0; e < DL; ++e) part_o[p * D + lane + 32 * e] = acc[i][e];
+            }
             if (lane == 0) {
                 part_ml[2 * p] = m[i];
                 part_ml[2 * p + 1] = l[i];

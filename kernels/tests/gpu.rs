@@ -179,12 +179,6 @@ fn attention_in_a_graph_shaped_launch_gives_the_eager_bits() {
     }
 }
 
-/// The few-rows matmul against its CPU loop (exact sums in f64), at 1 to 8 rows and the shapes
-/// of Qwen2.5-0.5B's and -7B's projections (odd output counts too); and each row's output is
-/// the same bits whatever number of rows come with it. An output may differ from the exact sum
-/// by its dtype's rounding (`tolerance`, relative) plus f32 accumulation: 1e-6 of
-/// `sum |x_j w_j|` (about 16 units of f32 rounding; a wrong or missing term costs ~1 over
-/// `k` terms of ~1).
 #[test]
 fn argmax_rows_matches_the_cpu() {
     for (rows, vocab) in [(1, 151_936), (3, 300), (256, 152_064), (2, 5000), (4, 1)] {
@@ -211,6 +205,12 @@ fn argmax_rows_matches_the_cpu() {
     }
 }
 
+/// The few-rows matmul against its CPU loop (exact sums in f64), at 1 to 8 rows and the shapes
+/// of Qwen2.5-0.5B's and -7B's projections (odd output counts too); and each row's output is
+/// the same bits whatever number of rows come with it. An output may differ from the exact sum
+/// by its dtype's rounding (`tolerance`, relative) plus f32 accumulation: 1e-6 of
+/// `sum |x_j w_j|` (about 16 units of f32 rounding; a wrong or missing term costs ~1 over
+/// `k` terms of ~1).
 #[test]
 fn small_matmul_matches_the_cpu() {
     for (n, k) in [(1152, 896), (37, 64), (4864 * 2, 896), (3584, 18944), (5, 3584)] {

@@ -131,7 +131,9 @@ impl Launch<'_> {
         b.arg(&eps).arg(&cos).arg(&sin).arg(&positions).arg(&max_positions).arg(&slot_mapping);
         b.arg(&mut out).arg(&key_cache).arg(&value_cache);
         push_all(&mut b, &dims);
-        let cfg = LaunchConfig { grid_dim: (num_tokens as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // One warp per head: a decode step's few tokens still spread over several SMs.
+        let head_blocks = (num_heads + 2 * num_kv_heads).div_ceil(THREADS as usize / 32) as u32;
+        let cfg = LaunchConfig { grid_dim: (num_tokens as u32, head_blocks, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: arguments match `qkv_*` in the .cu; shapes, dtypes and layouts were checked by
         // `fused`, and every slot lies inside the caches.
         unsafe { b.launch(cfg) }.w()?;
