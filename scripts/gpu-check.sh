@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# Run on an H100 80GB HBM3 on 2026-11-26 (~265 s) and twice on an H200 on 2026-11-27 (~400 s,
-# then a shorter run of ~250 s with GPU_CHECK_DTYPES_05B=bf16 GPU_CHECK_HF_05B=none
-# GPU_CHECK_HF_7B=256 and four variants); results in benches/results/. Since then (not yet
-# run on a GPU): the few-rows matmul's test against an exact reference and its A/B variant,
-# CUDA graphs on by default (the eager comparison and the graphs_off variant set them off).
+# Run on an H100 80GB HBM3 on 2026-11-26 (~265 s) and five times on an H200 on 2026-11-27
+# (the last three: a profile of the code then, ~225 s; a check of the changes it led to, ~315 s;
+# a short rerun after one more attention change, ~145 s); results in benches/results/.
 #
 # The one-call device check of the CUDA build, in two halves:
 #
@@ -149,7 +147,7 @@ fi
 #    Nsight Compute with one metric and the clocks left alone, over 600 launches after skipping
 #    prefill and warm-up. GPU_CHECK_PROFILE lists the runs as config:streams:skip[:VAR=VALUE]
 #    (default "0.5b:1:3000 7b:1:6000 7b:256:9000"); every summary goes into $out/ncu.txt (a call
-#    brings back at most 8 files).
+#    brings back at most 8 files), which scripts/ncu_summary.py turns into per-kernel tables.
 if want profile; then
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   for spec in ${GPU_CHECK_PROFILE:-0.5b:1:3000 7b:1:6000 7b:256:9000}; do
@@ -203,3 +201,6 @@ for k, v in r.items():
 EOF
   grep -h -A5 ": concurrency |" "${f%.json}.log" 2>/dev/null | tail -6 | sed "s|^|$(basename "$f"): |"
 done
+# Where the profiled steps' GPU time went, per kernel (the largest first).
+[ -e "$out/ncu.txt" ] && python3 scripts/ncu_summary.py "$out/ncu.txt" | awk '/^###/ {n = 0} {if (n++ < 10) print}'
+

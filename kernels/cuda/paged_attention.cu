@@ -54,8 +54,10 @@ __device__ __forceinline__ void attention_tile(
     constexpr int N = qs::Vec<T>::N;  // elements per 16-byte load
     constexpr int DL = D / 32;        // output elements per lane: lane + 32 * e
     __shared__ __align__(16) float q_s[ROWS][D];
-    __shared__ float k_s[KEYS][D + 1];  // padded: lane j reads row j, column d, conflict-free
-    __shared__ float v_s[KEYS][D];
+    // Rows padded by one 16-byte vector: lane j reading row j's vector d / 4 (a quarter-warp's
+    // 8 lanes at once) meets every bank once. Both are written a vector at a time.
+    __shared__ __align__(16) float k_s[KEYS][D + 4];
+    __shared__ __align__(16) float v_s[KEYS][D];
 
     const int kvh = blockIdx.y, split = blockIdx.z, num_splits = gridDim.z;
     const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
@@ -136,9 +138,9 @@ __device__ __forceinline__ void attention_tile(
             qs::unpack_vec<T>(k_raw[t], kv);
             qs::unpack_vec<T>(v_raw[t], vv);
 #pragma unroll
-            for (int e = 0; e < N; ++e) {
-                k_s[j][d + e] = kv[e];
-                v_s[j][d + e] = vv[e];
+            for (int e = 0; e < N; e += 4) {
+                *reinterpret_cast<float4*>(&k_s[j][d + e]) = make_float4(kv[e], kv[e + 1], kv[e + 2], kv[e + 3]);
+                *reinterpret_cast<float4*>(&v_s[j][d + e]) = make_float4(vv[e], vv[e + 1], vv[e + 2], vv[e + 3]);
             }
         }
         __syncthreads();
@@ -154,7 +156,8 @@ __device__ __forceinline__ void attention_tile(
         for (int i = 0; i < ROWS_PER_WARP; ++i) s[i] = 0.f;
 #pragma unroll 4
         for (int d = 0; d < D; d += 4) {
-            const float k0 = k_s[lane][d], k1 = k_s[lane][d + 1], k2 = k_s[lane][d + 2], k3 = k_s[lane][d + 3];
+            const float4 kk = *reinterpret_cast<const float4*>(&k_s[lane][d]);
+            const float k0 = kk.x, k1 = kk.y, k2 = kk.z, k3 = kk.w;
 #pragma unroll
             for (int i = 0; i < ROWS_PER_WARP; ++i) {
                 if (i >= rows_here) break;
