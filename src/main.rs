@@ -133,6 +133,14 @@ struct BenchArgs {
     engine: EngineArgs,
 }
 
+/// mimalloc keeps freed memory for reuse: a step's large outputs (a decode step's logits
+/// are ~600 KB a sequence on the CPU) would otherwise be mapped and unmapped by glibc every
+/// step, each page faulted in again. Test GGUF, one stream, three alternating runs each:
+/// 84 / 73 / 75 tok/s with glibc's allocator, 91 / 83 / 87 with mimalloc; a 64-stream step of a
+/// small model with Qwen's vocabulary went from 29 to 18 ms.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_logs = matches!(&cli.command, Command::Serve(a) if a.log_json);
