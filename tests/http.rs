@@ -403,10 +403,10 @@ fn json_object_mode_holds_the_output_to_one_object() {
     let e = s.post("/v1/completions", &json!({"prompt": "x", "response_format": {"type": "json_object"}, "ignore_eos": true}).to_string()).error(400);
     assert_eq!(e["param"], "ignore_eos");
 
-    let unsupported = json!({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 3}}});
+    let unsupported = json!({"type": "object", "properties": {"a": {"type": "object", "minProperties": 1}}});
     let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": unsupported}}}))).error(400);
     assert_eq!(e["param"], "response_format");
-    assert!(e["message"].as_str().unwrap().contains("`multipleOf` at `/properties/a`"), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("`minProperties` at `/properties/a`"), "{e}");
     let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}))).error(400);
     assert_eq!(e["param"], "response_format");
     let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": 5}}))).error(400);

@@ -7,12 +7,12 @@
 //! every required key is written), `additionalProperties` false or true (no extra keys are
 //! written either way) or a schema without `properties` (a map), `items` with `minItems` /
 //! `maxItems`, `minLength` / `maxLength` (in characters), `pattern` and `format`
-//! ([`pattern`]), `minimum` / `maximum` and their exclusive forms ([`number`]), `enum`,
+//! ([`pattern`]), `minimum` / `maximum`, their exclusive forms and `multipleOf` ([`number`]), `enum`,
 //! `const`, `anyOf` / `oneOf` whose alternatives start differently (`{`, `[`, a string, a
 //! number, a boolean, null: `Optional[X]` is `anyOf: [X, {type: null}]`) or are objects
 //! ([`Node::Objects`]: pydantic's unions of models, discriminated or not), `allOf` of one
 //! schema, `$ref` into `$defs` / `definitions` (recursion too), and the annotations `title`,
-//! `description`, `default`, `examples`. Anything else (`multipleOf`, `propertyNames`, ...) is
+//! `description`, `default`, `examples`. Anything else (`propertyNames`, `minProperties`, ...) is
 //! refused when the request comes, naming the keyword and where it is: the output would not
 //! be held to it. The root must be an object.
 
@@ -47,7 +47,7 @@ enum Node {
     /// `minLength` / `maxLength`, in characters (an escape is one); `pattern` / `format` (an
     /// index into `Schema::patterns`).
     String { min: u32, max: u32, pattern: Option<u16> },
-    /// `range`: `minimum` / `maximum` and their exclusive forms.
+    /// `range`: `minimum` / `maximum`, their exclusive forms and `multipleOf`.
     Number { integer: bool, range: Option<Range> },
     Boolean,
     Null,

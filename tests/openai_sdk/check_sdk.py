@@ -104,14 +104,14 @@ from pydantic import Field  # noqa: E402
 class Checkup(BaseModel):
     pet: str
     date: datetime.date
-    weight_kg: float = Field(gt=0, le=50)
+    weight_kg: float = Field(gt=0, le=50, multiple_of=0.5)
     score: int = Field(ge=1, le=5)
     vaccines: dict[str, bool]
 
 
 choice = parse("Tom the cat had a checkup on 2024-03-05: 4.5 kg, score 4 of 5, rabies and flu vaccines done. As JSON.", response_format=Checkup)
 checkup = choice.message.parsed
-check("parse: date, bounded numbers and a dict", isinstance(checkup, Checkup), choice.message)
+check("parse: date, bounded numbers, a multiple and a dict", isinstance(checkup, Checkup), choice.message)
 print(f"   {checkup!r}")
 
 # A discriminated union (`oneOf` of two models told apart by a `Literal`, with pydantic's

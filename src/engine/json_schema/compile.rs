@@ -220,6 +220,7 @@ impl Compiler<'_> {
         let known = [
             "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
             "anyOf", "oneOf", "$defs", "definitions", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+            "multipleOf",
         ];
         // `discriminator` (OpenAPI's; pydantic writes it beside a `oneOf`) only names what the
         // alternatives' values enforce anyway.

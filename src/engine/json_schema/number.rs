@@ -1,10 +1,12 @@
-//! `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum`: a number held to a range.
+//! `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` and `multipleOf`: a number
+//! held to a range and a step.
 //!
 //! The parse keeps the digits written so far exactly (an integer in units of 10^-[`SCALE`]), and
-//! takes a digit only if some number that begins with the text so far is in range: so the
-//! number can always be finished. Exponents are not taken under bounds; a number has at most
-//! [`INT_DIGITS`] integer and [`FRAC_DIGITS`] fraction digits, the bounds at most 12 decimals
-//! and a magnitude under 10^15, which keeps every value exact in an `i128`.
+//! takes a digit only if some number that begins with the text so far is in range (and a
+//! multiple of the step): so the number can always be finished. Exponents are not taken under
+//! these keywords; a number has at most [`INT_DIGITS`] integer and [`FRAC_DIGITS`] fraction
+//! digits, the keywords' values at most 12 decimals and a magnitude under 10^15, which keeps
+//! every value exact in an `i128`. A multiple is exact in decimal: 0.3 is a multiple of 0.1.
 
 use serde_json::{Map, Value};
 
@@ -21,18 +23,22 @@ fn pow10(n: u32) -> i128 {
     10i128.pow(n)
 }
 
-/// An interval of values; an end at ±[`INF`] is open.
+/// An interval of values; an end at ±[`INF`] is open. `step`: only its multiples are in it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Range {
     lo: i128,
     lo_open: bool,
     hi: i128,
     hi_open: bool,
+    step: Option<i128>,
 }
 
+/// Every value.
+const EVERYTHING: Range = Range { lo: -INF, lo_open: true, hi: INF, hi_open: true, step: None };
+
 impl Range {
-    /// The bounds `o` puts on a number (`integer`: on whole numbers, so they are rounded in to
-    /// whole numbers and both ends closed); `None` if it has none.
+    /// The bounds and step `o` puts on a number (`integer`: on whole numbers, so the bounds are
+    /// rounded in to whole numbers and both ends closed); `None` if it has none.
     pub fn from_schema(o: &Map<String, Value>, integer: bool, where_: &str) -> Result<Option<Self>, String> {
         let read = |k: &str| -> Result<Option<i128>, String> {
             match o.get(k) {
@@ -44,9 +50,20 @@ impl Range {
             }
         };
         let (min, max, xmin, xmax) = (read("minimum")?, read("maximum")?, read("exclusiveMinimum")?, read("exclusiveMaximum")?);
-        if [min, max, xmin, xmax].iter().all(Option::is_none) {
+        let step = read("multipleOf")?;
+        if [min, max, xmin, xmax, step].iter().all(Option::is_none) {
             return Ok(None);
         }
+        let step = match step {
+            Some(s) if s <= 0 => return Err(format!("`multipleOf` at {where_} must be greater than 0")),
+            // A whole number's step: the least common multiple with 1.
+            Some(s) if integer => {
+                let unit = pow10(SCALE);
+                let whole = (s / gcd(s, unit)).checked_mul(unit).filter(|&w| w < pow10(15 + SCALE));
+                Some(whole.ok_or_else(|| format!("`multipleOf` at {where_} leaves no integer under 10^15 but 0"))?)
+            }
+            s => s,
+        };
         // Of two lower bounds the higher holds (the exclusive one on a tie); of two upper the lower.
         let (lo, lo_open) = match (min, xmin) {
             (Some(m), Some(x)) if x >= m => (x, true),
@@ -60,11 +77,11 @@ impl Range {
             (None, Some(x)) => (x, true),
             (None, None) => (INF, true),
         };
-        let mut range = Range { lo, lo_open, hi, hi_open };
+        let mut range = Range { lo, lo_open, hi, hi_open, step };
         if integer {
             range = range.whole();
         }
-        if !range.meets(&Range { lo: -INF, lo_open: true, hi: INF, hi_open: true }) {
+        if !range.admits(&EVERYTHING) {
             return Err(format!("the bounds at {where_} leave no {}", if integer { "integer" } else { "number" }));
         }
         Ok(Some(range))
@@ -87,11 +104,12 @@ impl Range {
                 if self.hi_open && down == hi { down - unit } else { down }
             }
         };
-        Self { lo, lo_open: lo == -INF, hi, hi_open: hi == INF }
+        Self { lo, lo_open: lo == -INF, hi, hi_open: hi == INF, step: self.step }
     }
 
-    /// Whether the two share a value.
-    fn meets(&self, other: &Range) -> bool {
+    /// Whether `other` (an interval of values written at 10^-SCALE, no step) has a value in this
+    /// range: in both intervals, and a multiple of the step.
+    fn admits(&self, other: &Range) -> bool {
         let (lo, lo_open) = match self.lo.cmp(&other.lo) {
             std::cmp::Ordering::Greater => (self.lo, self.lo_open),
             std::cmp::Ordering::Less => (other.lo, other.lo_open),
@@ -102,11 +120,22 @@ impl Range {
             std::cmp::Ordering::Greater => (other.hi, other.hi_open),
             std::cmp::Ordering::Equal => (self.hi, self.hi_open || other.hi_open),
         };
-        lo < hi || (lo == hi && !lo_open && !hi_open)
+        if !(lo < hi || (lo == hi && !lo_open && !hi_open)) {
+            return false;
+        }
+        let Some(step) = self.step else { return true };
+        if lo == -INF || hi == INF {
+            return true;
+        }
+        // The closed interval of values one unit of 10^-SCALE apart, and its first multiple.
+        let (lo, hi) = (lo + i128::from(lo_open), hi - i128::from(hi_open));
+        lo.div_euclid(step) * step + if lo.rem_euclid(step) != 0 { step } else { 0 } <= hi
     }
 
     fn holds(&self, v: i128) -> bool {
-        (v > self.lo || (v == self.lo && !self.lo_open)) && (v < self.hi || (v == self.hi && !self.hi_open))
+        (v > self.lo || (v == self.lo && !self.lo_open))
+            && (v < self.hi || (v == self.hi && !self.hi_open))
+            && self.step.is_none_or(|step| v % step == 0)
     }
 }
 
@@ -118,6 +147,13 @@ fn decimal_text(n: &serde_json::Number) -> String {
         (None, Some(f)) => f.to_string(),
         (None, None) => n.to_string(),
     }
+}
+
+fn gcd(mut a: i128, mut b: i128) -> i128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// A decimal's text (no exponent) as an integer in units of 10^-SCALE, if it is under 10^15 in
@@ -193,8 +229,8 @@ impl Bounded {
         let v = self.value().abs();
         // Whether a magnitude in `[lo, hi)` (`[lo, hi]` if `!hi_open`), signed, is in range.
         let within = |lo: i128, hi: i128, hi_open: bool| {
-            let signed = if self.neg { Range { lo: -hi, lo_open: hi_open, hi: -lo, hi_open: false } } else { Range { lo, lo_open: false, hi, hi_open } };
-            signed.meets(range)
+            let signed = if self.neg { Range { lo: -hi, lo_open: hi_open, hi: -lo, hi_open: false, step: None } } else { Range { lo, lo_open: false, hi, hi_open, step: None } };
+            range.admits(&signed)
         };
         match self.part {
             // "-": any magnitude (from 1 for an integer: no "-0").

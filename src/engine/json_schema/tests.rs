@@ -91,7 +91,7 @@ fn what_the_schema_does_not_allow_is_refused() {
 fn unsupported_schemas_are_refused_naming_the_problem() {
     let cases = [
         (json!({"type": "array", "items": {"type": "string"}}), "root must be an object"),
-        (json!({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 2}}}), "`multipleOf` at `/properties/a`"),
+        (json!({"type": "object", "properties": {"a": {"type": "object", "minProperties": 1}}}), "`minProperties` at `/properties/a`"),
         (json!({"type": "object", "properties": {"a": {"type": "string", "minLength": 3, "maxLength": 2}}}), "`minLength` at `/properties/a` is above"),
         (json!({"type": "object", "properties": {"a": {"type": "array", "items": {"$ref": "#"}, "minItems": 1}}, "required": ["a"]}), "nests less than 12"),
         (json!({"type": "object", "properties": {"a": {"type": "string", "format": "uri"}}}), "`format` \"uri\" at `/properties/a` is not supported"),
@@ -104,6 +104,11 @@ fn unsupported_schemas_are_refused_naming_the_problem() {
         (json!({"type": "object", "properties": {"a": {"type": "number", "minimum": 2, "exclusiveMaximum": 2}}}), "leave no number"),
         (json!({"type": "object", "properties": {"a": {"type": "number", "maximum": 1e20}}}), "under 10^15"),
         (json!({"type": "object", "properties": {"a": {"type": "number", "minimum": 0.1234567890123}}}), "at most 12 decimals"),
+        (json!({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 0}}}), "`multipleOf` at `/properties/a` must be greater than 0"),
+        (json!({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": -2}}}), "`multipleOf` at `/properties/a` must be greater than 0"),
+        (json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": 10, "maximum": 12, "multipleOf": 7}}}), "leave no integer"),
+        (json!({"type": "object", "properties": {"a": {"type": "number", "multipleOf": "2"}}}), "`multipleOf` at `/properties/a` must be a number"),
+        (json!({"type": "object", "properties": {"a": {"type": "integer", "enum": [2, 4], "multipleOf": 2}}}), "keyword `multipleOf` beside `enum`"),
         (json!({"type": "object", "properties": {"a": {"type": "integer", "enum": [1, 5], "minimum": 3}}}), "keyword `minimum` beside `enum`"),
         (json!({"type": "object", "properties": {"a": {"oneOf": [{"type": "integer"}, {"type": "null"}], "minimum": 5}}}), "keyword `minimum` beside `oneOf`"),
         (json!({"type": "object", "properties": {"a": {"type": "string", "enum": [1, 2]}}}), "no `enum` / `const` value"),

@@ -73,6 +73,64 @@ fn bounded_numbers_take_exactly_their_range() {
     }
 }
 
+/// `text` (no exponent, at most 8 decimals) in units of 10^-8, exactly.
+fn scaled(text: &str) -> Option<i128> {
+    let (neg, t) = text.strip_prefix('-').map_or((false, text), |t| (true, t));
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    if frac.len() > 8 {
+        return None;
+    }
+    let v = format!("{int}{frac:0<8}").parse::<i128>().ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// `multipleOf`, alone and under bounds: random short texts are taken exactly when they are
+/// numbers in range whose value is a whole multiple of the step in decimal (0.3 of 0.1), and a
+/// random walk never reaches a prefix no byte can continue.
+#[test]
+fn multiples_take_exactly_their_values() {
+    let cases = [
+        ("integer", json!({"multipleOf": 5}), None, None),
+        ("integer", json!({"multipleOf": 3, "minimum": 10, "maximum": 40}), Some((10.0, false)), Some((40.0, false))),
+        ("integer", json!({"multipleOf": 2.5}), None, None),
+        ("number", json!({"multipleOf": 0.25}), None, None),
+        ("number", json!({"multipleOf": 0.1, "minimum": -1, "exclusiveMaximum": 2}), Some((-1.0, false)), Some((2.0, true))),
+        ("number", json!({"multipleOf": 7, "exclusiveMinimum": 0}), Some((0.0, true)), None),
+        ("number", json!({"multipleOf": 0.03, "minimum": 0.1, "maximum": 0.2}), Some((0.1, false)), Some((0.2, false))),
+    ];
+    let mut rng = Rng(7);
+    for (t, keywords, lo, hi) in cases {
+        let integer = t == "integer";
+        let step = scaled(&keywords["multipleOf"].to_string()).unwrap();
+        let mut prop = keywords.as_object().unwrap().clone();
+        prop.insert("type".into(), json!(t));
+        let schema = Schema::compile(&json!({"type": "object", "properties": {"n": prop}})).unwrap();
+        let want = |text: &str| in_range(text, integer, lo, hi) && scaled(text).is_some_and(|v| v % step == 0);
+        let mut taken = 0;
+        for _ in 0..20_000 {
+            let len = 1 + rng.below(5);
+            let text: String = (0..len).map(|_| b"0123456789-.0512"[rng.below(16)] as char).collect();
+            taken += usize::from(want(&text));
+            assert_eq!(accepts_whole(&schema, format!(r#"{{"n":{text}}}"#).as_bytes()), want(&text), "{t} {keywords} {text:?}");
+        }
+        assert!(taken > 0, "{t} {keywords}: {taken} taken");
+        for text in ["0", "-0", "0.3", "0.30", "0.75", "-2.5", "5", "-5", "10", "12", "15", "21", "35", "42", "0.12", "0.15", "0.18", "0.21", "1.9", "2", "-1", "-1.1"] {
+            assert_eq!(accepts_whole(&schema, format!(r#"{{"n":{text}}}"#).as_bytes()), want(text), "{t} {keywords} {text:?}");
+        }
+        for _ in 0..300 {
+            let mut state = parse(&schema, br#"{"n":"#).unwrap();
+            for _ in 0..40 {
+                let next: Vec<SchemaState> = b"0123456789-.}".iter().filter_map(|&b| { let mut s = state; s.feed(b).then_some(s) }).collect();
+                assert!(!next.is_empty(), "{t} {keywords}: dead end at {state:?}");
+                state = next[rng.below(next.len())];
+                if state.is_complete() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn strings_follow_their_pattern_or_format() {
     let schema = Schema::compile(&json!({"type": "object", "properties": {
@@ -260,6 +318,9 @@ fn random_schema(rng: &mut Rng, depth: usize) -> Value {
                 if rng.below(3) == 0 {
                     s[k] = bound(rng);
                 }
+            }
+            if rng.below(4) == 0 {
+                s["multipleOf"] = json!([0.5, 3.0, 0.1, 7.0][rng.below(4)]);
             }
             s
         }
