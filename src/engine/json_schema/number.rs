@@ -7,6 +7,9 @@
 //! these keywords; a number has at most [`INT_DIGITS`] integer and [`FRAC_DIGITS`] fraction
 //! digits, the keywords' values at most 12 decimals and a magnitude under 10^15, which keeps
 //! every value exact in an `i128`. A multiple is exact in decimal: 0.3 is a multiple of 0.1.
+//! The keywords' values come through serde_json as `f64`: past ~15 significant digits they are
+//! already rounded when they get here (a value like 123456789.123456789012 is held as
+//! 123456789.12345679), for bounds and steps alike.
 
 use serde_json::{Map, Value};
 
