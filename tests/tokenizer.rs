@@ -269,6 +269,35 @@ fn incremental_deltas_concatenate_to_the_full_decode() {
     // A whole conversation rendered and encoded, streamed as if generated.
     let text = &t.texts.concat();
     failures.extend(check_stream(tok, "all texts", &tok.encode(text).unwrap(), true).err());
+    // Both tokenizers stream the byte-level way (no decode call per token).
+    let qwen3 = qwen3_tokenizer();
+    assert!(tok.byte_pieces().is_some() && qwen3.byte_pieces().is_some());
+    for (name, ids) in t.names.iter().zip(&t.qwen3_ids) {
+        failures.extend(check_stream(qwen3, name, ids, true).err());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Random ids (split characters, invalid bytes, special and out-of-vocabulary ids among them)
+/// stream to the one-shot decode.
+#[test]
+fn random_ids_stream_to_the_full_decode() {
+    let tok = gguf_tokenizer();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut failures = Vec::new();
+    for i in 0..300 {
+        // Byte tokens (ids below 256 hold single bytes in Qwen's vocabulary) often, any id else.
+        let ids: Vec<u32> = (0..1 + next(40)).map(|_| if next(2) == 0 { next(256) } else { next(152_000) } as u32).collect();
+        for skip in [false, true] {
+            failures.extend(check_stream(tok, &format!("random {i}"), &ids, skip).err());
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -1,17 +1,25 @@
 //! Streaming detokenization: turns a sequence's token ids, one at a time, into text deltas.
 //!
-//! The prefix-offset / read-offset technique of TGI and vLLM: decode a small window of recent
-//! ids twice, with and without the ids not yet emitted, and emit the difference. A window that
-//! decodes to text ending in U+FFFD is (probably) cut inside a multi-byte character, so nothing
-//! is emitted until a later id completes it.
+//! For a byte-level tokenizer (Qwen's: each id stands for fixed bytes, and a decode is those
+//! bytes read as UTF-8, invalid sequences as U+FFFD) the decoder keeps the bytes not yet
+//! emitted and emits the text up to the last complete character: no call into `tokenizers` per
+//! token. On the EPYC, 64 sequences of a small model: 0.65 us a token against 2.4 us for two
+//! decodes of the window, in an engine step's host work that grows with its sequences.
+//!
+//! Otherwise, the prefix-offset / read-offset technique of TGI and vLLM: decode a small window
+//! of recent ids twice, with and without the ids not yet emitted, and emit the difference. A
+//! window that decodes to text ending in U+FFFD is (probably) cut inside a multi-byte
+//! character, so nothing is emitted until a later id completes it.
 //!
 //! Invariants:
-//! - `ids` is the window: ids before `ids[0]` have been emitted and never decode again.
+//! - Either way the concatenation of all deltas equals `decode(all_ids)`, and a delta ends in
+//!   U+FFFD only at `finish`.
+//! - Window: `ids` is the window: ids before `ids[0]` have been emitted and never decode again.
 //! - `ids[..read_offset]` has been emitted; it is kept as left context because some decoders
 //!   (SentencePiece's leading-space rule) decode a token differently at the start of a text.
 //! - The window only slides to a point where its decode does not end in U+FFFD, i.e. a complete
 //!   character boundary; a byte-level decode is then the concatenation of the decodes on either
-//!   side, so the concatenation of all deltas equals `decode(all_ids)`.
+//!   side.
 //! - Work per id is bounded by the window, i.e. by the ids since the last completed character,
 //!   not by the sequence length.
 
@@ -20,21 +28,35 @@ use super::{Tokenizer, TokenizerError};
 #[derive(Debug, Clone)]
 pub struct IncrementalDecoder {
     skip_special_tokens: bool,
+    /// The window's way even for a byte-level tokenizer (the tests compare the two).
+    window_only: bool,
     ids: Vec<u32>,
     read_offset: usize,
+    /// Byte-level: the bytes not emitted yet (a split character, or invalid bytes waiting for
+    /// text after them).
+    pending: Vec<u8>,
 }
 
 impl IncrementalDecoder {
     pub fn new(skip_special_tokens: bool) -> Self {
         Self {
             skip_special_tokens,
+            window_only: false,
             ids: Vec::new(),
             read_offset: 0,
+            pending: Vec::new(),
         }
     }
 
     /// Feeds one id; returns the text it completes (often empty while a character is split).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, TokenizerError> {
+        if let Some(pieces) = tokenizer.byte_pieces().filter(|_| !self.window_only) {
+            if !(self.skip_special_tokens && tokenizer.is_special(id)) {
+                // Ids outside the vocabulary decode to nothing, as in `tokenizers`.
+                self.pending.extend_from_slice(pieces.get(id as usize).map_or(&[][..], |b| b));
+            }
+            return Ok(self.take_text(false));
+        }
         self.ids.push(id);
         let (emitted, text) = self.decode_window(tokenizer)?;
         // A decode that does not extend what was emitted (never the case for byte-level BPE)
@@ -51,6 +73,9 @@ impl IncrementalDecoder {
     /// Flushes what is held back (a trailing incomplete character decodes to U+FFFD, exactly as
     /// `decode` of the whole sequence would) and resets the decoder.
     pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String, TokenizerError> {
+        if !self.pending.is_empty() {
+            return Ok(self.take_text(true));
+        }
         let delta = if self.read_offset < self.ids.len() {
             let (emitted, text) = self.decode_window(tokenizer)?;
             text[common_prefix_len(&text, &emitted)..].to_owned()
@@ -67,6 +92,36 @@ impl IncrementalDecoder {
         let emitted = tokenizer.decode(&self.ids[..self.read_offset], self.skip_special_tokens)?;
         let text = tokenizer.decode(&self.ids, self.skip_special_tokens)?;
         Ok((emitted, text))
+    }
+}
+
+impl IncrementalDecoder {
+    /// Byte-level: the pending bytes as text (invalid sequences as U+FFFD, as `decode` reads
+    /// them) up to the last complete character; the rest stays pending, unless `flush`. Invalid
+    /// bytes are replaced only once text follows them: until then a later byte might be read
+    /// with them differently, and a delta does not end in U+FFFD.
+    fn take_text(&mut self, flush: bool) -> String {
+        let mut text = String::new();
+        // Bytes and text up to the end of the last chunk with valid text.
+        let (mut bytes, mut upto_bytes, mut upto_text) = (0, 0, 0);
+        for chunk in self.pending.utf8_chunks() {
+            text.push_str(chunk.valid());
+            bytes += chunk.valid().len();
+            if !chunk.valid().is_empty() {
+                (upto_bytes, upto_text) = (bytes, text.len());
+            }
+            if !chunk.invalid().is_empty() {
+                text.push('\u{FFFD}');
+                bytes += chunk.invalid().len();
+            }
+        }
+        if flush {
+            self.pending.clear();
+            return text;
+        }
+        text.truncate(upto_text);
+        self.pending.drain(..upto_bytes);
+        text
     }
 }
 
@@ -128,10 +183,17 @@ mod tests {
         char::from_u32(256 + rank).unwrap()
     }
 
+    /// The deltas of `ids` streamed, the byte-level way; the window's way must give the same.
     fn stream(tok: &Tokenizer, ids: &[u32], skip: bool) -> Vec<String> {
-        let mut dec = IncrementalDecoder::new(skip);
-        let mut deltas: Vec<String> = ids.iter().map(|&id| dec.push(tok, id).unwrap()).collect();
-        deltas.push(dec.finish(tok).unwrap());
+        assert!(tok.byte_pieces().is_some(), "a byte-level tokenizer");
+        let run = |window_only: bool| {
+            let mut dec = IncrementalDecoder { window_only, ..IncrementalDecoder::new(skip) };
+            let mut deltas: Vec<String> = ids.iter().map(|&id| dec.push(tok, id).unwrap()).collect();
+            deltas.push(dec.finish(tok).unwrap());
+            deltas
+        };
+        let deltas = run(false);
+        assert_eq!(deltas, run(true), "{ids:?}");
         deltas
     }
 
@@ -194,6 +256,21 @@ mod tests {
         let deltas = stream(&tok, ids, false);
         assert_eq!(deltas, ["a", "", "", "\u{FFFD}"]);
         assert_eq!(deltas.concat(), tok.decode(ids, false).unwrap());
+    }
+
+    #[test]
+    fn invalid_bytes_come_out_as_the_full_decode_does_once_text_follows() {
+        let tok = byte_tokenizer();
+        // A lone continuation byte, a byte never in UTF-8, a lead byte cut short by ASCII.
+        for (ids, want) in [
+            (vec![0x80, u32::from(b'a')], vec!["", "\u{FFFD}a", ""]),
+            (vec![u32::from(b'a'), 0xFF], vec!["a", "", "\u{FFFD}"]),
+            (vec![0xE4, u32::from(b'x'), 0xFF, 0xFE, u32::from(b'y')], vec!["", "\u{FFFD}x", "", "", "\u{FFFD}\u{FFFD}y", ""]),
+        ] {
+            let deltas = stream(&tok, &ids, false);
+            assert_eq!(deltas, want, "{ids:?}");
+            assert_eq!(deltas.concat(), tok.decode(&ids, false).unwrap());
+        }
     }
 
     #[test]

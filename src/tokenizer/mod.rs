@@ -86,6 +86,9 @@ pub struct Tokenizer {
     bos_token_id: Option<u32>,
     eos_token_id: Option<u32>,
     pad_token_id: Option<u32>,
+    /// What each id decodes to, when the tokenizer is byte-level (see [`Self::byte_pieces`]);
+    /// made on first use, shared by the clones.
+    pieces: std::sync::Arc<std::sync::OnceLock<Option<Box<[Box<[u8]>]>>>>,
 }
 
 /// Not derived: the inner tokenizer would print its whole vocabulary.
@@ -145,6 +148,7 @@ impl Tokenizer {
             bos_token_id,
             eos_token_id,
             pad_token_id,
+            pieces: Default::default(),
         }
     }
 
@@ -230,6 +234,46 @@ impl Tokenizer {
                 }
             })
             .collect()
+    }
+}
+
+impl Tokenizer {
+    /// For a byte-level tokenizer (its decoder is `ByteLevel` alone, as Qwen's and our GGUF
+    /// tokenizers are): the bytes each id decodes to, special ones included, so that
+    /// `decode(ids)` is those bytes joined and read as UTF-8 with U+FFFD for invalid sequences
+    /// (without the special ids when skipping them). `None` for any other tokenizer, or if a
+    /// sample of ids decodes otherwise. Made on first use (~150k ids: tens of ms).
+    pub fn byte_pieces(&self) -> Option<&[Box<[u8]>]> {
+        self.pieces.get_or_init(|| self.make_byte_pieces()).as_deref()
+    }
+
+    fn make_byte_pieces(&self) -> Option<Box<[Box<[u8]>]>> {
+        use tokenizers::DecoderWrapper;
+        if !matches!(self.inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) {
+            return None;
+        }
+        // As the ByteLevel decoder reads a token: through the alphabet if every char is in it,
+        // else as its own UTF-8.
+        let byte_of = byte_level_decoder();
+        let pieces: Box<[Box<[u8]>]> = (0..self.vocab_size as u32)
+            .map(|id| match self.inner.id_to_token(id) {
+                None => Box::default(),
+                Some(token) => match token.chars().map(|c| byte_of.get(&c).copied()).collect::<Option<Vec<u8>>>() {
+                    Some(bytes) => bytes.into(),
+                    None => token.into_bytes().into(),
+                },
+            })
+            .collect();
+        let added = self.inner.get_added_tokens_decoder();
+        let sample = (0..self.vocab_size as u32).step_by(61).chain(added.keys().copied());
+        for id in sample {
+            let piece = pieces.get(id as usize).map_or(&[][..], |b| b);
+            if self.decode(&[id], false).ok()? != String::from_utf8_lossy(piece) {
+                tracing::warn!("token {id} decodes unlike its bytes: streaming through the tokenizer's decoder");
+                return None;
+            }
+        }
+        Some(pieces)
     }
 }
 
