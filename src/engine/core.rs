@@ -67,6 +67,8 @@ impl EngineCore {
     }
 
     pub(super) fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        // Made here, before any request waits on it: each id's bytes, for streaming.
+        let _ = self.tokenizer.byte_pieces();
         let mut shutting_down = false;
         loop {
             if !self.scheduler.has_work() {

@@ -12,8 +12,8 @@
 //! character, so nothing is emitted until a later id completes it.
 //!
 //! Invariants:
-//! - Either way the concatenation of all deltas equals `decode(all_ids)`, and a delta ends in
-//!   U+FFFD only at `finish`.
+//! - Either way the concatenation of all deltas equals `decode(all_ids)`, and only `finish`
+//!   ends a delta with the U+FFFD of bytes not (yet) valid UTF-8.
 //! - Window: `ids` is the window: ids before `ids[0]` have been emitted and never decode again.
 //! - `ids[..read_offset]` has been emitted; it is kept as left context because some decoders
 //!   (SentencePiece's leading-space rule) decode a token differently at the start of a text.
