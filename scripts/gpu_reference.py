@@ -272,12 +272,13 @@ def main():
     # A/B runs, each against the defaults above: decode steps without CUDA graphs
     # (QWEN_SERVE_CUDA_GRAPHS=0, models/src/cuda_graphs.rs; graphs of up to 64 sequences by
     # default) at every level, and with graphs up to 256 at 256. At 1 and 16 streams our few-rows matmul
-    # (QWEN_SERVE_CUDA_SMALL_MATMUL=1, kernels/src/small_matmul.rs; off by default until
-    # measured). At 1 and 64 streams: each phase of the forward timed with a wait for the GPU
+    # (QWEN_SERVE_CUDA_SMALL_MATMUL=1, kernels/src/small_matmul.rs; off by default: slower than
+    # cuBLAS on an H200). At 1 and 64 streams: each phase of the forward timed with a wait for the GPU
     # after it (QWEN_SERVE_PHASE_TIMES, models/src/phase_times.rs; also at 256), and defaults
     # switched off: the fused q/k/v kernel (kernels/src/qkv.rs), the device
     # set-up of src/device/cuda.rs (QWEN_SERVE_CUDA_TUNING); candle's upload cache on
-    # (QWEN_SERVE_CUDA_PARAM_CACHE, kernels/src/param_cache.rs); attention's older 256-key splits.
+    # (QWEN_SERVE_CUDA_PARAM_CACHE, kernels/src/param_cache.rs); attention's older 256-key splits, and
+    # one chunk of keys per split.
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
