@@ -213,10 +213,14 @@ impl Tokenizer {
     }
 
     /// What each token id writes, as bytes (a token may hold part of a UTF-8 character); empty
-    /// for special tokens. Vocabulary entries are byte-level BPE strings (GPT-2's byte-to-char
-    /// table, as Qwen's and our GGUF tokenizers use); added tokens are their own text. An entry
-    /// outside that table falls back to decoding the id alone.
+    /// for special tokens. For a byte-level tokenizer, its [`Self::byte_pieces`]. Otherwise
+    /// vocabulary entries are read as byte-level BPE strings (GPT-2's byte-to-char table) and
+    /// added tokens are their own text; an entry outside that table falls back to decoding the
+    /// id alone.
     pub fn token_bytes(&self) -> Vec<Box<[u8]>> {
+        if let Some(pieces) = self.byte_pieces() {
+            return pieces.iter().enumerate().map(|(id, b)| if self.is_special(id as u32) { Box::default() } else { b.clone() }).collect();
+        }
         let byte_of = byte_level_decoder();
         let added = self.inner.get_added_tokens_decoder();
         (0..self.vocab_size as u32)
