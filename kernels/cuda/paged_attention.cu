@@ -11,24 +11,29 @@
 //   tiles            (num_tiles, 2) u32: (seq, first row) of each tile of ROWS query rows, where
 //                    sequence s's rows are its new tokens times the `group` query heads sharing
 //                    a KV head: row = token_in_seq * group + head_in_group
-//   part_o           (num_splits, num_tokens, num_heads, D) f32, part_ml (..., 2) f32: used
-//                    only when num_splits > 1
+//   part_o           (num_splits, num_tokens, num_heads, D) f32, part_ml (..., 2) f32,
+//                    counters (num_tiles * num_kv_heads) u32: used only when num_splits > 1
 //
 // Grid (num_tiles, num_kv_heads, num_splits), THREADS threads. A block computes ROWS query rows
 // of one KV head against keys [split * split_size, (split + 1) * split_size), cut at the tile's
 // causal end, where each sequence's split_size divides its own keys among the splits
 // (rounded up to whole chunks, at least min_split): an online softmax over chunks of KEYS keys
 // staged in shared memory, so no score matrix exists. The next chunk's loads are issued while
-// this one is scored, and the tile's rows are dealt round the warps. Every K/V row a block loads serves all its rows (the GQA group and several
-// tokens). With one split the block writes the output. With several (flash-decoding: few, long
-// sequences would otherwise leave most of the GPU idle) it writes its unnormalised output and
-// (max, sum) per row, and paged_attention_combine merges the splits.
+// this one is scored, and the tile's rows are dealt round the warps. Every K/V row a block
+// loads serves all its rows (the GQA group and several tokens). With one split the block
+// writes the output. With several (flash-decoding: few, long sequences would otherwise leave
+// most of the GPU idle) each split that has keys writes its unnormalised output and
+// (max, sum) per row, and the last of them to finish merges them into the output: `counters`
+// (one per (tile, KV head), zero before the launch) count the finished splits, and the last
+// block sets its counter back to zero, so a CUDA graph can replay the launch. Splits past the
+// tile's keys (most of a graph's launch) return at once.
 //
 // The host picks num_splits = min(what fills the GPU, ceil(longest / min_split)). A launch sized
 // for longer sequences than the step has (a CUDA graph's) gives the step's own bits: either both
 // have the same number of splits, or the step's own launch has at most min_split keys per
-// split, so every sequence's split_size is min_split in both. Splits past a sequence's end add
-// exact zeros in the combine, and the unsplit output is acc / l, as the combine computes it.
+// split, so every sequence's split_size is min_split in both. The merge sums the splits in
+// split order whichever block does it, skipping those without keys for a row, and the unsplit
+// output is acc / l, as the merge computes it.
 //
 // Scores are kept in log2 units (q is pre-scaled by scale * log2(e)) so exponentials are exp2.
 
@@ -41,13 +46,17 @@ constexpr int THREADS = 32 * WARPS;
 constexpr int ROWS_PER_WARP = 4;
 constexpr int ROWS = WARPS * ROWS_PER_WARP;  // ATTENTION_TILE_ROWS in src/device_metadata.rs
 constexpr int KEYS = 32;                     // keys per chunk: one per lane
+constexpr int MERGE_LOADS = 4;               // splits whose partial outputs the merge loads at once
+// Resident blocks per SM the registers must allow (the host aims at 4: BLOCKS_PER_SM in
+// src/paged_attention/cuda.rs); more at head_dim 64, whose blocks use half the shared memory.
+constexpr int min_blocks(int d) { return d == 64 ? 6 : 4; }
 constexpr float LOG2E = 1.4426950408889634f;
 
 template <typename T, int D>
 __device__ __forceinline__ void attention_tile(
     const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
     T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
-    const uint32_t* __restrict__ query_start_loc, const uint32_t* __restrict__ seq_lens,
+    uint32_t* __restrict__ counters, const uint32_t* __restrict__ query_start_loc, const uint32_t* __restrict__ seq_lens,
     const uint32_t* __restrict__ block_tables, const uint32_t* __restrict__ tiles, int num_tokens,
     int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq, int min_split,
     float scale) {
@@ -70,13 +79,15 @@ __device__ __forceinline__ void attention_tile(
     const int per_split = ((int)seq_lens[seq] + num_splits - 1) / num_splits;
     const int split_size = max(min_split, (per_split + KEYS - 1) / KEYS * KEYS);
     const int kv_begin = split * split_size;
-    const int kv_end = min(first_pos + (row0 + num_rows - 1) / group + 1, kv_begin + split_size);
+    const int tile_end = first_pos + (row0 + num_rows - 1) / group + 1;  // past the last row's key
+    const int kv_end = min(tile_end, kv_begin + split_size);
+    // A split past this tile's keys (most of a CUDA graph's launch) has nothing to add.
+    // Block-uniform, before any barrier. (Split 0 always has keys.)
+    if (kv_begin >= kv_end) return;
     const uint32_t* table = block_tables + (size_t)seq * max_blocks_per_seq;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-    // (A split past this tile's keys, most of a CUDA graph's launch, needs no q: it only
-    // writes its empty partials.)
-    for (int v = threadIdx.x; v < ROWS * (D / N) && kv_begin < kv_end; v += THREADS) {
+    for (int v = threadIdx.x; v < ROWS * (D / N); v += THREADS) {
         const int r = v / (D / N), d = (v % (D / N)) * N;
         float vals[N];
         if (r < num_rows) {
@@ -127,7 +138,7 @@ __device__ __forceinline__ void attention_tile(
             }
         }
     };
-    if (kv_begin < kv_end) fetch(kv_begin);
+    fetch(kv_begin);
     for (int c0 = kv_begin; c0 < kv_end; c0 += KEYS) {
         __syncthreads();  // q_s is complete, and every warp is done with the previous chunk
 #pragma unroll
@@ -204,82 +215,116 @@ __device__ __forceinline__ void attention_tile(
         }
     }
 
+    // (token, head) of each of the warp's rows: an index of `out` and of a split's partials.
+    size_t token_head[ROWS_PER_WARP];
 #pragma unroll
     for (int i = 0; i < ROWS_PER_WARP; ++i) {
-        const int r = warp + WARPS * i;
-        if (r >= num_rows) continue;
-        const int row = row0 + r;
-        const size_t token_head = (size_t)(q_start + row / group) * num_heads + kvh * group + row % group;
-        if (num_splits == 1) {
+        const int row = row0 + warp + WARPS * i;
+        token_head[i] = (size_t)(q_start + row / group) * num_heads + kvh * group + row % group;
+    }
+    if (num_splits == 1) {
 #pragma unroll
-            for (int e = 0; e < DL; ++e) out[token_head * D + lane + 32 * e] = qs::from_float<T>(l[i] > 0.f ? acc[i][e] / l[i] : 0.f);
-        } else {
-            const size_t p = (size_t)split * num_tokens * num_heads + token_head;
-            // A split with no keys for this row (most of a CUDA graph's launch) leaves its
-            // output unwritten: the combine never reads it (warp-uniform).
-            if (m[i] != -INFINITY) {
+        for (int i = 0; i < ROWS_PER_WARP; ++i) {
+            if (i >= rows_here) break;
 #pragma unroll
-                for (int e = 0; e < DL; ++e) part_o[p * D + lane + 32 * e] = acc[i][e];
-            }
-            if (lane == 0) {
-                part_ml[2 * p] = m[i];
-                part_ml[2 * p + 1] = l[i];
-            }
+            for (int e = 0; e < DL; ++e) out[token_head[i] * D + lane + 32 * e] = qs::from_float<T>(l[i] > 0.f ? acc[i][e] / l[i] : 0.f);
+        }
+        return;
+    }
+
+    const size_t split_stride = (size_t)num_tokens * num_heads;  // from one split's partials to the next's
+#pragma unroll
+    for (int i = 0; i < ROWS_PER_WARP; ++i) {
+        if (i >= rows_here) break;
+        const size_t p = split * split_stride + token_head[i];
+        // A row without keys in this split (an early token of a prefill chunk) has only its
+        // (max, sum) written: the merge never reads its output (warp-uniform).
+        if (m[i] != -INFINITY) {
+#pragma unroll
+            for (int e = 0; e < DL; ++e) part_o[p * D + lane + 32 * e] = acc[i][e];
+        }
+        if (lane == 0) {
+            part_ml[2 * p] = m[i];
+            part_ml[2 * p + 1] = l[i];
         }
     }
-}
 
-// Merges the splits of each (token, head): out = sum_z 2^(m_z - M) o_z / sum_z 2^(m_z - M) l_z.
-// Grid (num_tokens * num_heads), head_dim threads, 2 * num_splits floats of dynamic shared
-// memory. A CUDA graph's launch has many more splits than a short sequence fills (128 for 8192
-// keys): the block reads every split's (m, l) at once, and only the splits with keys are summed,
-// in split order. Splits without keys (m = -inf, weight 0) only ever added exact zeros, so the
-// output has the bits of a launch with fewer splits, the eager one's.
-template <typename T>
-__device__ __forceinline__ void combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                        T* __restrict__ out, int num_rows, int num_splits) {
-    extern __shared__ float split_s[];  // weights [0, num_splits), then sums l
-    __shared__ float scratch[32];
-    const size_t row = blockIdx.x;
-    const int d = threadIdx.x, D = blockDim.x;
-    float m = -INFINITY;
-    for (int z = d; z < num_splits; z += D) m = fmaxf(m, part_ml[2 * (z * (size_t)num_rows + row)]);
-    m = qs::block_max(m, scratch);
-    for (int z = d; z < num_splits; z += D) {
-        const size_t p = z * (size_t)num_rows + row;
-        const float m_z = part_ml[2 * p];
-        split_s[z] = m_z == -INFINITY ? 0.f : exp2f(m_z - m);
-        split_s[num_splits + z] = part_ml[2 * p + 1];
+    // The last split of this (tile, KV head) to finish merges them all. As in CUDA's
+    // threadFenceReduction sample, each thread's writes are made visible before the count.
+    const int active = min(num_splits, (tile_end + split_size - 1) / split_size);  // splits with keys
+    __shared__ bool is_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        uint32_t* counter = counters + (size_t)blockIdx.x * gridDim.y + kvh;
+        is_last = atomicAdd(counter, 1u) == (uint32_t)active - 1;
+        if (is_last) *counter = 0;  // every split has counted: ready for the next launch
     }
     __syncthreads();
-    float l = 0.f, acc = 0.f;
-    for (int z = 0; z < num_splits; ++z) {
-        const float w = split_s[z];
-        if (w == 0.f) continue;  // block-uniform
-        l += w * split_s[num_splits + z];
-        acc += w * part_o[(z * (size_t)num_rows + row) * D + d];
+    if (!is_last) return;
+    __threadfence();
+    // out = sum_z 2^(m_z - M) o_z / sum_z 2^(m_z - M) l_z over the splits with keys for the
+    // row, added in split order. Other blocks' partials are read from L2 (__ldcg), not L1.
+#pragma unroll
+    for (int i = 0; i < ROWS_PER_WARP; ++i) {
+        if (i >= rows_here) break;
+        float big = -INFINITY;
+        for (int z = lane; z < active; z += 32) big = fmaxf(big, __ldcg(&part_ml[2 * (z * split_stride + token_head[i])]));
+        big = qs::warp_max(big);
+        float sum = 0.f, o[DL];
+#pragma unroll
+        for (int e = 0; e < DL; ++e) o[e] = 0.f;
+        for (int z0 = 0; z0 < active; z0 += 32) {
+            // Lane j weighs split z0 + j; the warp then adds the splits one after another.
+            const int z = z0 + lane;
+            float w = 0.f, l_z = 0.f;
+            if (z < active) {
+                const size_t p = z * split_stride + token_head[i];
+                const float m_z = __ldcg(&part_ml[2 * p]);
+                l_z = __ldcg(&part_ml[2 * p + 1]);
+                w = m_z == -INFINITY ? 0.f : exp2f(m_z - big);
+            }
+            const int n = min(32, active - z0);
+            // MERGE_LOADS splits' outputs are loaded at once, then added in order: the loads
+            // do not wait on each other (a split per L2 round trip would be ~0.3 us each).
+            for (int j0 = 0; j0 < n; j0 += MERGE_LOADS) {
+                float o_j[MERGE_LOADS][DL];
+#pragma unroll
+                for (int jj = 0; jj < MERGE_LOADS; ++jj) {
+                    const int j = j0 + jj;
+                    const float w_j = __shfl_sync(0xffffffffu, w, j % 32);
+                    const float* o_z = part_o + ((z0 + j) * split_stride + token_head[i]) * D + lane;
+#pragma unroll
+                    for (int e = 0; e < DL; ++e) o_j[jj][e] = j < n && w_j != 0.f ? __ldcg(o_z + 32 * e) : 0.f;
+                }
+#pragma unroll
+                for (int jj = 0; jj < MERGE_LOADS; ++jj) {
+                    const int j = j0 + jj;
+                    const float w_j = __shfl_sync(0xffffffffu, w, j % 32), l_j = __shfl_sync(0xffffffffu, l_z, j % 32);
+                    if (j >= n || w_j == 0.f) continue;  // warp-uniform
+                    sum += w_j * l_j;
+#pragma unroll
+                    for (int e = 0; e < DL; ++e) o[e] += w_j * o_j[jj][e];
+                }
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < DL; ++e) out[token_head[i] * D + lane + 32 * e] = qs::from_float<T>(sum > 0.f ? o[e] / sum : 0.f);
     }
-    out[row * D + d] = qs::from_float<T>(l > 0.f ? acc / l : 0.f);
 }
 
 }  // namespace
 
-#define ATTENTION(SUFFIX, T, D)                                                                      \
-    extern "C" __global__ void __launch_bounds__(THREADS) paged_attention_d##D##_##SUFFIX(          \
-        const T* q, const T* k_cache, const T* v_cache, T* out, float* part_o, float* part_ml,       \
-        const uint32_t* query_start_loc, const uint32_t* seq_lens, const uint32_t* block_tables,    \
-        const uint32_t* tiles, int num_tokens, int num_heads, int num_kv_heads, int block_size,      \
-        int max_blocks_per_seq, int min_split, float scale) {                                        \
-        attention_tile<T, D>(q, k_cache, v_cache, out, part_o, part_ml, query_start_loc, seq_lens,  \
-                             block_tables, tiles, num_tokens, num_heads, num_kv_heads, block_size,   \
-                             max_blocks_per_seq, min_split, scale);                                  \
+#define ATTENTION(SUFFIX, T, D)                                                                       \
+    extern "C" __global__ void __launch_bounds__(THREADS, min_blocks(D))                              \
+        paged_attention_d##D##_##SUFFIX(                                                              \
+        const T* q, const T* k_cache, const T* v_cache, T* out, float* part_o, float* part_ml,        \
+        uint32_t* counters, const uint32_t* query_start_loc, const uint32_t* seq_lens,               \
+        const uint32_t* block_tables, const uint32_t* tiles, int num_tokens, int num_heads,          \
+        int num_kv_heads, int block_size, int max_blocks_per_seq, int min_split, float scale) {      \
+        attention_tile<T, D>(q, k_cache, v_cache, out, part_o, part_ml, counters, query_start_loc,    \
+                             seq_lens, block_tables, tiles, num_tokens, num_heads, num_kv_heads,      \
+                             block_size, max_blocks_per_seq, min_split, scale);                       \
     }
 #define ATTENTION_ALL_D(SUFFIX, T) ATTENTION(SUFFIX, T, 64) ATTENTION(SUFFIX, T, 128)
 QS_FOR_EACH_DTYPE(ATTENTION_ALL_D)
-
-#define COMBINE(SUFFIX, T)                                                                            \
-    extern "C" __global__ void paged_attention_combine_##SUFFIX(                                      \
-        const float* part_o, const float* part_ml, T* out, int num_rows, int num_splits) {           \
-        combine<T>(part_o, part_ml, out, num_rows, num_splits);                                       \
-    }
-QS_FOR_EACH_DTYPE(COMBINE)

@@ -48,13 +48,15 @@ impl DeviceMetadata {
         &self.positions
     }
 
-    /// Makes now what paged attention would otherwise upload at its first call of the step
-    /// (the GPU's work tiles for KV groups of `group` query heads), so that the layers upload
-    /// nothing step-specific (see [`crate::param_cache`]). Nothing to do on the CPU.
+    /// Makes now what paged attention would otherwise make at its first call of the step (the
+    /// GPU's work tiles for KV groups of `group` query heads, and the split counters), so that
+    /// the layers upload and allocate nothing step-specific (see [`crate::param_cache`]; a
+    /// CUDA graph's capture can do neither). Nothing to do on the CPU.
     pub fn prepare_attention(&self, group: usize) -> Result<()> {
         #[cfg(feature = "cuda")]
         if let Some(packed) = &self.cuda {
             packed.tiles(&self.host, group)?;
+            packed.split_counters(crate::paged_attention::split_target(self.positions.device())?)?;
         }
         let _ = group;
         Ok(())
@@ -144,7 +146,7 @@ pub(crate) mod cuda {
     use std::ops::Range;
     use std::sync::OnceLock;
 
-    use candle_core::{Device, Result, Tensor};
+    use candle_core::{DType, Device, Result, Tensor};
 
     use super::{pack, ATTENTION_TILE_ROWS};
     use crate::metadata::AttentionMetadata;
@@ -159,6 +161,9 @@ pub(crate) mod cuda {
         /// Attention work tiles `(seq, first row)` for one KV group size, made on first use
         /// (every layer of a model has the same group size).
         tiles: OnceLock<(usize, Tensor)>,
+        /// Zeroed u32 counters for attention launches that split key ranges (the kernel sets
+        /// each back to zero), made on first use.
+        counters: OnceLock<Tensor>,
     }
 
     impl Packed {
@@ -178,6 +183,7 @@ pub(crate) mod cuda {
                 block_tables: r.block_tables,
                 slot_mapping: r.slot_mapping,
                 tiles: OnceLock::new(),
+                counters: OnceLock::new(),
             };
             Ok((packed, positions))
         }
@@ -188,6 +194,18 @@ pub(crate) mod cuda {
                 candle_core::bail!("refill: {} values for a buffer of {}", values.len(), self.data.elem_count());
             }
             crate::host_copy::overwrite_u32(&self.data, values)
+        }
+
+        /// At least `len` zeroed u32 counters on the device, the same ones for every call.
+        pub fn split_counters(&self, len: usize) -> Result<Tensor> {
+            if self.counters.get().is_none() {
+                let _ = self.counters.set(Tensor::zeros(len, DType::U32, self.data.device())?);
+            }
+            let counters = self.counters.get().expect("made above");
+            if counters.elem_count() < len {
+                candle_core::bail!("attention split counters: {} made, {len} wanted", counters.elem_count());
+            }
+            Ok(counters.clone())
         }
 
         /// `(num_tiles, 2)` u32 on the device: `(seq, first row)` of every tile of

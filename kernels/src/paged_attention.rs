@@ -22,6 +22,13 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+/// The attention blocks a launch on `device` (a GPU) aims to have resident at once; a launch
+/// of fewer splits its key ranges and needs as many split counters.
+#[cfg(feature = "cuda")]
+pub(crate) fn split_target(device: &candle_core::Device) -> Result<usize> {
+    cuda::split_target(device.as_cuda_device()?)
+}
+
 /// `q`: `(num_tokens, num_heads, head_dim)`; caches: `(num_blocks, block_size, num_kv_heads,
 /// head_dim)`, of q's dtype. Returns `(num_tokens, num_heads, head_dim)` in q's dtype.
 ///

@@ -3,26 +3,32 @@
 // ordering or PTX: only of what one block's threads compute.
 //
 // Every CUDA thread of a block is a fiber (ucontext) on one OS thread; __syncthreads and warp
-// shuffles are barriers that switch fibers. Blocks run one after another, so __shared__ can be
-// function statics. A barrier that not all of a block's (or warp's) threads reach aborts.
+// shuffles are barriers that switch fibers. Blocks run one after another, in a shuffled order
+// (a kernel may not depend on which block finishes first), so __shared__ can be function
+// statics, atomics need no locking and fences nothing. A barrier that not all of a block's (or
+// warp's) threads reach aborts.
 #pragma once
 #include <ucontext.h>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstdint>
+#include <algorithm>
 #include <functional>
+#include <random>
 #include <vector>
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 struct uint4 { unsigned x, y, z, w; };
 struct float4 { float x, y, z, w; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 
@@ -91,24 +97,35 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
     const unsigned n = block.x;
     fibers.assign(n, Fiber{});
     for (auto& f : fibers) f.stack.resize(1 << 16);
+    std::vector<dim3> blocks;
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                blockIdx = {x, y, z};
-                for (auto& f : fibers) {
-                    f.state = Runnable;
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = f.stack.data();
-                    f.ctx.uc_stack.ss_size = f.stack.size();
-                    f.ctx.uc_link = nullptr;
-                    makecontext(&f.ctx, entry, 0);
-                }
-                run_block(n);
-            }
+            for (unsigned x = 0; x < grid.x; ++x) blocks.push_back({x, y, z});
+    static std::mt19937 order(7);
+    std::shuffle(blocks.begin(), blocks.end(), order);
+    for (const dim3& b : blocks) {
+        blockIdx = b;
+        for (auto& f : fibers) {
+            f.state = Runnable;
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = f.stack.data();
+            f.ctx.uc_stack.ss_size = f.stack.size();
+            f.ctx.uc_link = nullptr;
+            makecontext(&f.ctx, entry, 0);
+        }
+        run_block(n);
+    }
 }
 }  // namespace emu
 
 inline void __syncthreads() { emu::wait(emu::AtBlock); }
+inline void __threadfence() {}
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    const unsigned old = *p;
+    *p = old + v;
+    return old;
+}
+inline float __ldcg(const float* p) { return *p; }
 
 inline float __shfl_sync(unsigned, float v, int src) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -18,12 +18,13 @@ const KEYS_PER_CHUNK: usize = 32;
 const BLOCKS_PER_SM: usize = 4;
 /// Keys a split covers at least. A block works through its keys one chunk at a time (load,
 /// barrier, score, accumulate), so a decode of a few sequences is latency-bound: 512 keys in
-/// one block took ~40 us per layer on an H200 (2026-11-27). Two chunks per split keep the
-/// partials and the combine pass small. A decode step replayed as a CUDA graph (its launch
-/// sized for 8192 keys) splits each sequence's keys exactly as the eager step does: see the
-/// kernel's header. `QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS` overrides it (a multiple of 32),
-/// for measurements.
-const MIN_KEYS_PER_SPLIT: usize = 2 * KEYS_PER_CHUNK;
+/// one block took ~40 us per layer on an H200 (2026-11-27). One chunk per split: since the
+/// last split to finish merges the partials (no separate merge launch), that beat two chunks
+/// on an H100 (2026-11-27, one stream: 0.5B 780 against 715 tok/s, 7B 162 against 159; 64
+/// streams even). A decode step replayed as a CUDA graph (its launch sized for 8192 keys)
+/// splits each sequence's keys exactly as the eager step does: see the kernel's header.
+/// `QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS` overrides it (a multiple of 32), for measurements.
+const MIN_KEYS_PER_SPLIT: usize = KEYS_PER_CHUNK;
 
 fn min_keys_per_split() -> usize {
     static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -78,6 +79,9 @@ impl PagedAttention<'_> {
         let num_tiles = tile_tensor.dim(0)?;
         let max_seq_len = host.seq_lens.iter().copied().max().unwrap_or(0) as usize;
         let num_splits = splits(dev, num_tiles * num_kv_heads, max_seq_len)?;
+        // One per (tile, KV head) of a split launch, which has fewer than split_target() blocks
+        // without its splits; the kernel leaves them zero.
+        let counter_tensor = packed.split_counters(split_target(dev)?)?;
 
         let q = cuda::aligned_input::<T>(q, q_l, "paged_attention: q")?;
         let k = cuda::aligned_input::<T>(k, k_l, "paged_attention: key cache")?;
@@ -88,6 +92,8 @@ impl PagedAttention<'_> {
         let block_tables = data.view::<u32>(packed.block_tables.clone(), "block_tables")?;
         let tile_guard = Locked::new(&tile_tensor);
         let tiles = tile_guard.all::<u32>("attention tiles")?;
+        let counter_guard = Locked::new(&counter_tensor);
+        let counters = counter_guard.all::<u32>("attention split counters")?;
 
         let num_rows = num_tokens * num_heads;
         let mut out = cuda::output::<T>(dev, num_rows * head_dim)?;
@@ -100,7 +106,7 @@ impl PagedAttention<'_> {
         let ints = [num_tokens, num_heads, num_kv_heads, block_size, host.max_blocks_per_seq, min_keys_per_split()]
             .map(|x| x as i32);
         let mut b = func.builder();
-        b.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&mut part_o).arg(&mut part_ml);
+        b.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&mut part_o).arg(&mut part_ml).arg(&counters);
         b.arg(&query_start_loc).arg(&seq_lens).arg(&block_tables).arg(&tiles);
         for x in &ints {
             b.arg(x);
@@ -115,34 +121,26 @@ impl PagedAttention<'_> {
         // kernel follows was checked by `AttentionMetadata::validate` and the shape checks.
         unsafe { b.launch(cfg) }.w()?;
 
-        if num_splits > 1 {
-            let func = load!(dev, cuda::PAGED_ATTENTION, kernel_name::<T>("paged_attention_combine"))?;
-            let (rows, splits) = (num_rows as i32, num_splits as i32);
-            let mut b = func.builder();
-            b.arg(&part_o).arg(&part_ml).arg(&mut out).arg(&rows).arg(&splits);
-            let cfg = LaunchConfig {
-                grid_dim: (num_rows as u32, 1, 1),
-                block_dim: (head_dim as u32, 1, 1),
-                // Each split's weight and sum.
-                shared_mem_bytes: (2 * num_splits * std::mem::size_of::<f32>()) as u32,
-            };
-            // SAFETY: as above, for `paged_attention_combine_*`.
-            unsafe { b.launch(cfg) }.w()?;
-        }
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
+}
+
+/// The attention blocks a launch aims to have resident at once: a launch of fewer (tiles times
+/// KV heads) splits its key ranges.
+pub(crate) fn split_target(dev: &CudaDevice) -> Result<usize> {
+    let num_sms = dev
+        .cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .w()? as usize;
+    Ok(num_sms * BLOCKS_PER_SM)
 }
 
 /// How many blocks share each tile's key range (the kernel divides each sequence's keys among
 /// them, at least `min_keys_per_split()` each). Splitting pays when the tiles alone leave SMs
 /// idle: decode of a few sequences.
 fn splits(dev: &CudaDevice, num_blocks: usize, max_seq_len: usize) -> Result<usize> {
-    let num_sms = dev
-        .cuda_stream()
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .w()? as usize;
-    let target = num_sms * BLOCKS_PER_SM;
+    let target = split_target(dev)?;
     let max_seq_len = max_seq_len.max(1);
     let wanted = if num_blocks >= target { 1 } else { target.div_ceil(num_blocks.max(1)) };
     Ok(wanted.min(max_seq_len.div_ceil(min_keys_per_split())).max(1))
