@@ -35,7 +35,7 @@ int main() {
         for (int s = 0; s < slots; ++s) if (std::find(map.begin(), map.end(), s) == map.end()) for (int c = 0; c < row; ++c) untouched_nonzero += cache[s * row + c] != 0;
         check("write_kv f32", err + untouched_nonzero, 0);
     }
-    for (int hidden : {896, 3584, 128, 100}) {  // rms_norm with and without residual
+    for (int hidden : {896, 3584, 128, 100, 9000}) {  // rms_norm with and without residual; 9000 re-reads past 8 per thread
         const int rows = 3;
         std::vector<float> x(rows * hidden), r(rows * hidden), w(hidden), out(rows * hidden), sum(rows * hidden);
         for (auto& v : x) v = 3 * nd(rng);
