@@ -278,19 +278,21 @@ def main():
     # switched off: the fused q/k/v kernel (kernels/src/qkv.rs), the device
     # set-up of src/device/cuda.rs (QWEN_SERVE_CUDA_TUNING); candle's upload cache on
     # (QWEN_SERVE_CUDA_PARAM_CACHE, kernels/src/param_cache.rs); attention's older 256-key splits, and
-    # one chunk of keys per split.
+    # two chunks of keys per split; and each replayed step timed (graph_times).
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [("small_matmul", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "1"}, [c for c in ("1", "16") if c in levels]),
+    variants = [# Host and GPU time of each replayed step (models/src/cuda_graphs.rs), in the log lines.
+                ("graph_times", {"QWEN_SERVE_CUDA_GRAPH_TIMES": "1", "RUST_LOG": "info"}, ab),
+                ("small_matmul", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "1"}, [c for c in ("1", "16") if c in levels]),
                 ("graphs_off", {"QWEN_SERVE_CUDA_GRAPHS": "0"}, levels),
                 ("phase_times", {"QWEN_SERVE_PHASE_TIMES": "1"}, [c for c in ("1", "64", "256") if c in levels]),
                 ("graphs_256", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, [c for c in ("256",) if c in levels]),
-                # Attention's splits at least 256 keys, as before 2026-11-27 (now 64).
+                # Attention's splits at least 256 keys, as before 2026-11-27 (now 32).
                 ("split_256", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "256"}, ab),
-                # One chunk of keys per split (the default is two): shorter per-block latency for
-                # a few sequences, more partials to combine.
-                ("split_32", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "32"}, ab),
+                # Two chunks of keys per split (the default is one, since 2026-11-27): longer
+                # per-block latency for a few sequences, fewer partials to merge.
+                ("split_64", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "64"}, ab),
                 ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}, ab),
                 ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}, ab),
                 ("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}, ab)]

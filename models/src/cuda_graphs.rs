@@ -246,11 +246,17 @@ mod cuda {
             if size.cache != cache_id || matches!(size.phase, Phase::Eager) {
                 return self.inner.forward(batch, cache);
             }
-            size.inputs.fill(batch, cache.block_size())?;
             if let Phase::Captured(c) = &size.phase {
+                let timer = super::replay_times::Timer::start(self.inner.device())?;
+                size.inputs.fill(batch, cache.block_size())?;
+                let timer = timer.map(|t| t.filled()).transpose()?;
                 c.graph.launch().map_err(|e| candle_core::Error::Msg(format!("replaying the CUDA graph of {n} sequences: {e}")))?;
+                if let Some(t) = timer {
+                    t.launched(n)?;
+                }
                 return Ok(self.out.narrow(0, 0, n)?);
             }
+            size.inputs.fill(batch, cache.block_size())?;
             let start = std::time::Instant::now();
             match self.capture(size, cache) {
                 Ok(c) => {
@@ -269,6 +275,88 @@ mod cuda {
                     self.inner.forward(batch, cache)
                 }
             }
+        }
+    }
+}
+
+/// Where a replayed step's time goes (`QWEN_SERVE_CUDA_GRAPH_TIMES=1`, off by default): the
+/// host's time to copy the step's inputs in and to launch the graph, and the GPU's time for the
+/// copies and the graph, from CUDA events. Each replay then waits for the GPU, so the host no
+/// longer overlaps it; the means over every 128 replays are logged.
+#[cfg(feature = "cuda")]
+mod replay_times {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+    use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaStream};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{Device, Result};
+
+    const EVERY: u32 = 128;
+
+    /// Totals since the last log line: replays, then seconds of host fill, host launch, GPU
+    /// copies and GPU graph.
+    static TOTALS: Mutex<(u32, [f64; 4])> = Mutex::new((0, [0.0; 4]));
+
+    fn enabled() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var("QWEN_SERVE_CUDA_GRAPH_TIMES").is_ok_and(|v| v == "1"))
+    }
+
+    pub(super) struct Timer {
+        stream: std::sync::Arc<CudaStream>,
+        host: Instant,
+        start: CudaEvent,
+    }
+
+    pub(super) struct Filled {
+        timer: Timer,
+        fill_s: f64,
+        host: Instant,
+        filled: CudaEvent,
+    }
+
+    fn record(stream: &CudaStream) -> Result<CudaEvent> {
+        stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).w()
+    }
+
+    impl Timer {
+        /// A timer when they are switched on and `device` is a GPU.
+        pub(super) fn start(device: &Device) -> Result<Option<Self>> {
+            let (true, Device::Cuda(dev)) = (enabled(), device) else { return Ok(None) };
+            let stream = dev.cuda_stream();
+            let start = record(&stream)?;
+            Ok(Some(Self { stream, host: Instant::now(), start }))
+        }
+
+        pub(super) fn filled(self) -> Result<Filled> {
+            let fill_s = self.host.elapsed().as_secs_f64();
+            let filled = record(&self.stream)?;
+            Ok(Filled { timer: self, fill_s, host: Instant::now(), filled })
+        }
+    }
+
+    impl Filled {
+        pub(super) fn launched(self, num_seqs: usize) -> Result<()> {
+            let launch_s = self.host.elapsed().as_secs_f64();
+            let done = record(&self.timer.stream)?;
+            let copy_ms = self.timer.start.elapsed_ms(&self.filled).w()? as f64;
+            let graph_ms = self.filled.elapsed_ms(&done).w()? as f64;
+            let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+            totals.0 += 1;
+            for (t, x) in totals.1.iter_mut().zip([self.fill_s, launch_s, copy_ms / 1e3, graph_ms / 1e3]) {
+                *t += x;
+            }
+            if totals.0 == EVERY {
+                let us = totals.1.map(|t| t * 1e6 / EVERY as f64);
+                tracing::info!(
+                    "CUDA graph replay times (mean of {EVERY}, last with {num_seqs} sequences): host fill {:.1} us, host launch {:.1} us; GPU copies {:.1} us, graph {:.1} us",
+                    us[0], us[1], us[2], us[3]
+                );
+                *totals = (0, [0.0; 4]);
+            }
+            Ok(())
         }
     }
 }
