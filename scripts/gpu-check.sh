@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Run on an H100 80GB HBM3 on 2026-11-26 (~265 s) and five times on an H200 on 2026-11-27
+# Run on an H100 80GB HBM3 on 2026-11-26 (~265 s), five times on an H200 on 2026-11-27
 # (the last three: a profile of the code then, ~225 s; a check of the changes it led to, ~315 s;
-# a short rerun after one more attention change, ~145 s); results in benches/results/.
+# a short rerun after one more attention change, ~145 s), then twice on an H100 the same day
+# (~220 s with transformers at 256 only; ~375 s with it at every level and two profiles);
+# results in benches/results/.
 #
 # The one-call device check of the CUDA build, in two halves:
 #

@@ -94,7 +94,8 @@ fn attention_difference(case: &Case, dtype: DType) -> (f32, bool) {
         write_kv(&key_cache, &value_cache, &t(&k_prefix), &t(&v_prefix), &prefix_slots).unwrap();
         let step = DeviceMetadata::new(meta.clone(), dev).unwrap();
         write_kv_step(&key_cache, &value_cache, &t(&k_new), &t(&v_new), &step).unwrap();
-        // Twice with one DeviceMetadata, as two layers would (the second reuses the tiles).
+        // Twice with one DeviceMetadata, as two layers would: the second reuses the tiles and the
+        // split counters, which the first must leave at zero.
         let first = paged_attention_step(&t(&q), &key_cache, &value_cache, &step, scale).unwrap();
         let second = paged_attention_step(&t(&q), &key_cache, &value_cache, &step, scale).unwrap();
         assert_eq!(max_rel_diff(&first, &second), 0.0, "two layers' calls differ");
