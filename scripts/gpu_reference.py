@@ -285,6 +285,8 @@ def main():
     variants = [# Host and GPU time of each replayed step (models/src/cuda_graphs.rs), in the log lines.
                 ("graph_times", {"QWEN_SERVE_CUDA_GRAPH_TIMES": "1", "RUST_LOG": "info"}, ab),
                 ("small_matmul", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "1"}, [c for c in ("1", "16") if c in levels]),
+                # Our few-rows matmul for weights of 64 MiB and more only (a 7B's gate/up and down).
+                ("small_matmul_large", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "large"}, [c for c in ("1", "16") if c in levels]),
                 ("graphs_off", {"QWEN_SERVE_CUDA_GRAPHS": "0"}, levels),
                 ("phase_times", {"QWEN_SERVE_PHASE_TIMES": "1"}, [c for c in ("1", "64", "256") if c in levels]),
                 ("graphs_256", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, [c for c in ("256",) if c in levels]),

@@ -5,10 +5,13 @@
 //! ~50-80% of the copy bandwidth, the small ones lowest). The CPU loop here (in f64) is the
 //! reference.
 //!
-//! Off unless `QWEN_SERVE_CUDA_SMALL_MATMUL=1`: its test passes on an H200 in every dtype, but
-//! it did not pay there (2026-11-27, one stream: 511 against cuBLAS's 555 tok/s for the 0.5B
-//! shape, 176 against 178 for the 7B; on the 7B's gate/up it reads at ~4.2 TB/s as cuBLAS does,
-//! on the small matrices it is slower).
+//! Off unless `QWEN_SERVE_CUDA_SMALL_MATMUL` says otherwise: its test passes on an H200 in
+//! every dtype, but it did not pay there (2026-11-27, one stream: 511 against cuBLAS's 555
+//! tok/s for the 0.5B shape, 176 against 178 for the 7B; on the 7B's gate/up it reads at ~4.2
+//! TB/s, 88% of the memory's rate, on the small matrices it is slower). On an H100 cuBLAS reads
+//! the 7B's gate/up at 2.7 TB/s, 81% (2026-11-27), so `=large` (only weights of at least
+//! [`LARGE_WEIGHT_BYTES`]: a 7B's gate/up and down, no 0.5B matrix) is there to be measured
+//! against it; `=1` takes every dense projection.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -18,14 +21,23 @@ use crate::elem::Elem;
 /// The most rows of `x` [`small_matmul`] takes.
 pub const MAX_ROWS: usize = 8;
 
+/// With `QWEN_SERVE_CUDA_SMALL_MATMUL=large`, the smallest weight [`small_matmul`] takes.
+pub const LARGE_WEIGHT_BYTES: usize = 64 << 20;
+
 /// Whether [`small_matmul`] runs `x · wᵀ` on the GPU: a CUDA build, `x` `(m, k)` with
 /// `1 <= m <= MAX_ROWS` and `w` `(n, k)` on one CUDA device, of one dtype (f32, bf16, f16), both
-/// contiguous, rows a whole number of 16-byte vectors; and `QWEN_SERVE_CUDA_SMALL_MATMUL=1`.
-/// Otherwise the caller's general matmul is the one to use.
+/// contiguous, rows a whole number of 16-byte vectors; and `QWEN_SERVE_CUDA_SMALL_MATMUL=1`,
+/// or `=large` and `w` at least [`LARGE_WEIGHT_BYTES`]. Otherwise the caller's general matmul
+/// is the one to use.
 pub fn small_matmul_applies(x: &Tensor, w: &Tensor) -> bool {
     let (Ok((m, k)), Ok((_, k2))) = (x.dims2(), w.dims2()) else { return false };
     let vector = 16 / x.dtype().size_in_bytes().max(1);
-    enabled()
+    let wanted = match policy() {
+        Policy::Off => false,
+        Policy::All => true,
+        Policy::Large => w.elem_count() * w.dtype().size_in_bytes() >= LARGE_WEIGHT_BYTES,
+    };
+    wanted
         && x.device().is_cuda()
         && x.device().same_device(w.device())
         && x.dtype() == w.dtype()
@@ -37,9 +49,22 @@ pub fn small_matmul_applies(x: &Tensor, w: &Tensor) -> bool {
         && w.is_contiguous()
 }
 
-fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| cfg!(feature = "cuda") && std::env::var("QWEN_SERVE_CUDA_SMALL_MATMUL").is_ok_and(|v| v == "1"))
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Policy {
+    Off,
+    All,
+    Large,
+}
+
+/// `QWEN_SERVE_CUDA_SMALL_MATMUL`: `1` every dense projection, `large` the large weights,
+/// anything else (or unset, or a CPU-only build) none.
+fn policy() -> Policy {
+    static POLICY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+    *POLICY.get_or_init(|| match std::env::var("QWEN_SERVE_CUDA_SMALL_MATMUL").as_deref() {
+        Ok("1") if cfg!(feature = "cuda") => Policy::All,
+        Ok("large") if cfg!(feature = "cuda") => Policy::Large,
+        _ => Policy::Off,
+    })
 }
 
 /// `x (m, k) · w (n, k)ᵀ` -> `(m, n)` in their dtype, for `m <= MAX_ROWS`: on a GPU accumulated

@@ -95,8 +95,8 @@ impl Linear {
             {
                 qwen_serve_kernels::half_matmul(x, w)?
             }
-            // A decode step of a few sequences on a GPU, with `QWEN_SERVE_CUDA_SMALL_MATMUL=1`:
-            // our kernel, which reads the weight once (unmeasured yet against cuBLAS).
+            // A decode step of a few sequences on a GPU, with `QWEN_SERVE_CUDA_SMALL_MATMUL` set:
+            // our kernel, which reads the weight once (see kernels/src/small_matmul.rs).
             Weight::Dense(w) if qwen_serve_kernels::small_matmul_applies(x, w) => qwen_serve_kernels::small_matmul(x, w)?,
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             // Quantized kernels take f32 activations.
