@@ -71,9 +71,10 @@ __device__ __forceinline__ void rms_norm(const T* __restrict__ x, const T* __res
 
 }  // namespace
 
+// Up to 1024 threads a block (src/fused/rms_norm.rs): at most 64 registers a thread.
 #define RMS_NORM(SUFFIX, T)                                                                          \
-    extern "C" __global__ void rms_norm_##SUFFIX(const T* x, const T* residual, const T* weight,    \
-                                                 T* out, T* sum_out, int hidden, float eps) {       \
+    extern "C" __global__ void __launch_bounds__(1024) rms_norm_##SUFFIX(                            \
+        const T* x, const T* residual, const T* weight, T* out, T* sum_out, int hidden, float eps) { \
         rms_norm<T>(x, residual, weight, out, sum_out, hidden, eps);                                 \
     }
 QS_FOR_EACH_DTYPE(RMS_NORM)

@@ -250,8 +250,9 @@ fn attention_long_prefill_chunk_after_a_long_prefix() {
 #[test]
 fn rms_norm_and_add_rms_norm() {
     for dtype in DTYPES {
-        // Qwen hidden sizes (0.5B, 7B) and the per-head q/k norm of Qwen3.
-        for hidden in [896, 3584, 128] {
+        // Qwen hidden sizes (0.5B, 7B, 14B), the per-head q/k norm of Qwen3, and a row past
+        // the 8 elements a thread keeps in registers at 1024 threads.
+        for hidden in [896, 3584, 5120, 128, 9000] {
             let (x, r) = (randn(&[7, hidden], dtype), randn(&[7, hidden], dtype));
             let w = (randn(&[hidden], DType::F32).affine(0.2, 1.0).unwrap()).to_dtype(dtype).unwrap();
             let g = |t: &Tensor| t.to_device(&gpu()).unwrap();

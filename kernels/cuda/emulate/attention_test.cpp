@@ -162,6 +162,8 @@ int main(int argc, char** argv) {
         // Most splits past every sequence's end: they must add nothing.
         {"decodes split for 8192 keys (a CUDA graph)", {{300, 1}, {90, 1}}, 14, 2, 64, 16, 132, 8192},
         {"one short decode split for 8192 keys", {{40, 1}}, 28, 4, 128, 16, 132, 8192},
+        // Eagerly one split (every key in one chunk); the graph's launch merges 256 splits.
+        {"a decode within one chunk, split for 8192 keys", {{20, 1}}, 14, 2, 64, 16, 132, 8192},
         {"decodes of a mid-size batch split for 8192 keys", {{500, 1}, {200, 1}, {77, 1}, {1000, 1}}, 28, 4, 128, 16, 12, 8192},
     };
     int failures = 0;

@@ -92,6 +92,8 @@ impl PagedAttention<'_> {
         let block_tables = data.view::<u32>(packed.block_tables.clone(), "block_tables")?;
         let tile_guard = Locked::new(&tile_tensor);
         let tiles = tile_guard.all::<u32>("attention tiles")?;
+        // The kernel's atomics write these through a read view: they are only ever used by this
+        // kernel, on the device's one stream, so no other access needs ordering against them.
         let counter_guard = Locked::new(&counter_tensor);
         let counters = counter_guard.all::<u32>("attention split counters")?;
 
