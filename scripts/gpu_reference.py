@@ -297,15 +297,22 @@ def main():
                 ("split_64", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "64"}, ab),
                 ("fused_qkv_off", {"QWEN_SERVE_CUDA_FUSED_QKV": "0"}, ab),
                 ("tuning_off", {"QWEN_SERVE_CUDA_TUNING": "off"}, ab),
-                ("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}, ab)]
+                ("param_cache", {"QWEN_SERVE_CUDA_PARAM_CACHE": "1"}, ab),
+                # One stream decoding past 4,096 keys, with splits capped at 64 (the default) and
+                # not (up to 256 here): how long contexts take the last-split merge.
+                ("long_context", {}, ["1"], {"--prompt-len": "4096", "--output-len": "128"}),
+                ("long_context_256_splits", {"QWEN_SERVE_CUDA_ATTENTION_MAX_SPLITS": "256"}, ["1"],
+                 {"--prompt-len": "4096", "--output-len": "128"})]
     wanted = None if args.variants is None else set(args.variants.split(","))
-    for name, env, at in variants:
+    for name, env, at, *flags in variants:
         if not at or (wanted is not None and name not in wanted):
             continue
         key = f"qwen_serve_bench_{name}"
         ab_json = os.path.join(args.work, f"bench-{args.config}-{name}.json")
         cmd_ab = [x if x != args.bench_concurrency else ",".join(at) for x in cmd]
         cmd_ab[cmd_ab.index("--json") + 1] = ab_json
+        for flag, value in (flags[0] if flags else {}).items():
+            cmd_ab[cmd_ab.index(flag) + 1] = value
         try:
             p = subprocess.run(cmd_ab, capture_output=True, text=True, timeout=args.bench_timeout,
                                env={**os.environ, **env})
@@ -317,13 +324,13 @@ def main():
         save()
         for r in result[key].get("reports", []):
             t = r.get("step_times") or {}
-            print(f"  with {env}: {r['concurrency']} | {r['output_tok_per_s']:.0f} "
+            print(f"  {name} {env}: {r['concurrency']} | {r['output_tok_per_s']:.0f} "
                   f"({r['tpot_ms']['p50']:.2f}; {t.get('forward_ms', 0):.2f} + {t.get('logits_ms', 0):.2f} + "
                   f"{t.get('other_ms', 0):.2f})", flush=True)
             if t.get("phases"):
                 print("    phases (ms/step): " + ", ".join(f"{p['phase']} {p['ms']:.2f}" for p in t["phases"]), flush=True)
         if "error" in result[key]:
-            print(f"  with {env}: {result[key]['error'][-500:]}", flush=True)
+            print(f"  {name} {env}: {result[key]['error'][-500:]}", flush=True)
         for line in result[key].get("log_lines", [])[-4:]:
             print(f"    {line[-200:]}", flush=True)
 

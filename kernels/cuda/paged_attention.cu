@@ -28,12 +28,13 @@
 // block sets its counter back to zero, so a CUDA graph can replay the launch. Splits past the
 // tile's keys (most of a graph's launch) return at once.
 //
-// The host picks num_splits = min(what fills the GPU, ceil(longest / min_split)). A launch sized
-// for longer sequences than the step has (a CUDA graph's) gives the step's own bits: either both
-// have the same number of splits, or the step's own launch has at most min_split keys per
-// split, so every sequence's split_size is min_split in both. The merge sums the splits in
-// split order whichever block does it, skipping those without keys for a row, and the unsplit
-// output is acc / l, as the merge computes it.
+// The host picks num_splits = min(W, ceil(longest / min_split)), W what fills the GPU (at most
+// MAX_SPLITS, 64, in src/paged_attention/cuda.rs). A launch sized for longer sequences than the
+// step has (a CUDA graph's, with the same W) gives the step's own bits: either both have the
+// same number of splits, or the step's own launch has at most min_split keys per split, so
+// every sequence's split_size is min_split in both. The merge sums the splits in split order
+// whichever block does it, skipping those without keys for a row, and the unsplit output is
+// acc / l, as the merge computes it.
 //
 // Scores are kept in log2 units (q is pre-scaled by scale * log2(e)) so exponentials are exp2.
 

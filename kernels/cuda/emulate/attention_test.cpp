@@ -22,12 +22,12 @@ template <> float round_to<float>(float f) { return f; }
 template <> __nv_bfloat16 round_to<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
 template <> __half round_to<__half>(float f) { return __float2half_rn(f); }
 
-// Mirrors splits() and MIN_KEYS_PER_SPLIT in src/paged_attention/cuda.rs.
-constexpr int MIN_SPLIT = 32;
+// Mirrors splits(), MIN_KEYS_PER_SPLIT and MAX_SPLITS in src/paged_attention/cuda.rs.
+constexpr int MIN_SPLIT = 32, MAX_SPLITS = 64;
 static int splits(int num_blocks, int max_seq_len, int num_sms) {
     const int target = num_sms * 4;
     num_blocks = std::max(num_blocks, 1);
-    const int wanted = num_blocks >= target ? 1 : (target + num_blocks - 1) / num_blocks;
+    const int wanted = num_blocks >= target ? 1 : std::min(MAX_SPLITS, (target + num_blocks - 1) / num_blocks);
     return std::max(1, std::min(wanted, (max_seq_len + MIN_SPLIT - 1) / MIN_SPLIT));
 }
 
@@ -161,6 +161,8 @@ int main(int argc, char** argv) {
         {"prefill chunk after a prefix, split", {{500, 40}}, 16, 8, 128, 16, 132},
         // Most splits past every sequence's end: they must add nothing.
         {"decodes split for 8192 keys (a CUDA graph)", {{300, 1}, {90, 1}}, 14, 2, 64, 16, 132, 8192},
+        // Longer than MAX_SPLITS chunks: longer splits, in the step's launch and the graph's.
+        {"a long decode split for 8192 keys", {{3000, 1}, {2100, 1}}, 14, 2, 64, 16, 132, 8192},
         {"one short decode split for 8192 keys", {{40, 1}}, 28, 4, 128, 16, 132, 8192},
         // Eagerly one split (every key in one chunk); the graph's launch merges 256 splits.
         {"a decode within one chunk, split for 8192 keys", {{20, 1}}, 14, 2, 64, 16, 132, 8192},

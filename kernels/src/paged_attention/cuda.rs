@@ -26,15 +26,27 @@ const BLOCKS_PER_SM: usize = 4;
 /// `QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS` overrides it (a multiple of 32), for measurements.
 const MIN_KEYS_PER_SPLIT: usize = KEYS_PER_CHUNK;
 
+/// The most splits of one tile's key range. The last split to finish merges them all, a warp
+/// each row of the tile one after another, reading the splits a few at a time: with a split
+/// per 32 keys an 8192-key decode would merge 256. Past 64 x 32 = 2048 keys the splits get
+/// longer instead (the cap applies to a CUDA graph's launch as to the eager one, so graphs
+/// keep the eager bits). Chosen, not measured: ~10 L2 round trips of merge against ~70 at 8192
+/// keys. `QWEN_SERVE_CUDA_ATTENTION_MAX_SPLITS` overrides it, for measurements.
+const MAX_SPLITS: usize = 64;
+
+/// `var` as a positive number that `valid` accepts, else `default`; read once per `cell`.
+fn setting(cell: &'static std::sync::OnceLock<usize>, var: &str, valid: fn(usize) -> bool, default: usize) -> usize {
+    *cell.get_or_init(|| std::env::var(var).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&k| k > 0 && valid(k)).unwrap_or(default))
+}
+
 fn min_keys_per_split() -> usize {
     static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *KEYS.get_or_init(|| {
-        std::env::var("QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&k| k > 0 && k % KEYS_PER_CHUNK == 0)
-            .unwrap_or(MIN_KEYS_PER_SPLIT)
-    })
+    setting(&KEYS, "QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS", |k| k % KEYS_PER_CHUNK == 0, MIN_KEYS_PER_SPLIT)
+}
+
+fn max_splits() -> usize {
+    static SPLITS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    setting(&SPLITS, "QWEN_SERVE_CUDA_ATTENTION_MAX_SPLITS", |_| true, MAX_SPLITS)
 }
 
 impl PagedAttention<'_> {
@@ -139,11 +151,11 @@ pub(crate) fn split_target(dev: &CudaDevice) -> Result<usize> {
 }
 
 /// How many blocks share each tile's key range (the kernel divides each sequence's keys among
-/// them, at least `min_keys_per_split()` each). Splitting pays when the tiles alone leave SMs
-/// idle: decode of a few sequences.
+/// them, at least `min_keys_per_split()` each; at most `max_splits()`). Splitting pays when
+/// the tiles alone leave SMs idle: decode of a few sequences.
 fn splits(dev: &CudaDevice, num_blocks: usize, max_seq_len: usize) -> Result<usize> {
     let target = split_target(dev)?;
     let max_seq_len = max_seq_len.max(1);
-    let wanted = if num_blocks >= target { 1 } else { target.div_ceil(num_blocks.max(1)) };
+    let wanted = if num_blocks >= target { 1 } else { target.div_ceil(num_blocks.max(1)).min(max_splits()) };
     Ok(wanted.min(max_seq_len.div_ceil(min_keys_per_split())).max(1))
 }
