@@ -4,10 +4,13 @@
 # (`qwen-serve bench --server`), each server alone on loopback in turn.
 #
 #   scripts/peer-bench.sh [--json PATH] [--runs N] [--threads N] [--model GGUF --kv-token-bytes N]
+#                         [--kv-cache-dtype f32|f16|bf16]
 #
 # --model: another GGUF instead of the test model (e.g. the MoE one from
 # scripts/make_moe_bench_model.py); --kv-token-bytes: its f32 KV cache bytes per token
 # (layers x 2 x KV heads x head dim x 4), so both servers get the same KV capacity.
+# --kv-cache-dtype: qwen-serve's cache dtype (default f32, its default for a GGUF on the CPU;
+# f16 is llama-server's), its size scaled to hold the same tokens.
 #
 # Measures, per server: single-stream decode tok/s (1 stream, prompt 128, output 128; 1000 /
 # median TPOT), prefill tok/s (512-token prompt, max_tokens 1, median of 3), aggregate output
@@ -34,6 +37,7 @@ json="bench-results/peer.json"
 port="${PORT:-18431}"
 gguf=""
 kv_token_bytes=$(( 24 * 2 * 2 * 64 * 4 ))
+kv_dtype=f32
 while [ $# -gt 0 ]; do
   case "$1" in
     --json) json="$2"; shift 2 ;;
@@ -41,6 +45,7 @@ while [ $# -gt 0 ]; do
     --threads) threads="$2"; shift 2 ;;
     --model) gguf="$2"; shift 2 ;;
     --kv-token-bytes) kv_token_bytes="$2"; shift 2 ;;
+    --kv-cache-dtype) kv_dtype="$2"; shift 2 ;;
     -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -57,7 +62,12 @@ ctx=$(( parallel * slot_ctx ))
 # The same KV capacity for qwen-serve: ctx tokens of the model's f32 cache (the test model:
 # 24 layers x K and V x 2 KV heads x 64 dims x 4 bytes = 24 KiB a token) instead of its 2 GiB
 # default.
-kv_gib=$(python3 -c "print(f'{$ctx * $kv_token_bytes / 2**30:.4f}')")
+case "$kv_dtype" in
+  f32) kv_scale=1 ;;
+  f16|bf16) kv_scale=2 ;;
+  *) echo "--kv-cache-dtype: f32, f16 or bf16, not $kv_dtype" >&2; exit 2 ;;
+esac
+kv_gib=$(python3 -c "print(f'{$ctx * $kv_token_bytes / $kv_scale / 2**30:.4f}')")
 
 [ -n "$gguf" ] || gguf="$(bash scripts/fetch-test-data.sh)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 echo "building qwen-serve (release)…" >&2
@@ -97,7 +107,7 @@ start_server() {
     qwen-serve)
       # --threads (QWEN_SERVE_THREADS) where this build has it, else rayon's own variable.
       QWEN_SERVE_THREADS="$threads" RAYON_NUM_THREADS="$threads" "$qwen" serve --model "$gguf" --host 127.0.0.1 --port "$p" \
-        --kv-cache-memory "$kv_gib" 2>"$log" >&2 &
+        --kv-cache-memory "$kv_gib" --kv-cache-dtype "$kv_dtype" 2>"$log" >&2 &
       ;;
     llama-server)
       # --cache-ram 0: no host-memory copies of finished slots' KV (it would grow RSS and
@@ -165,7 +175,7 @@ cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 isa=$(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|avx512f|avx512_vnni|avx512_bf16|amx_int8' | tr '\n' ' ' | sed 's/ $//' || true)
 [ -n "$isa" ] && cpu="$cpu ($isa)"
 WORK="$work" RUNS="$runs" THREADS="$threads" CPU="$cpu" JSON="$json" SERVERS="$servers" \
-  LLAMA="$llama" CTX="$ctx" KV_GIB="$kv_gib" PARALLEL="$parallel" \
+  LLAMA="$llama" CTX="$ctx" KV_GIB="$kv_gib" KV_DTYPE="$kv_dtype" PARALLEL="$parallel" \
   COMMIT="$commit" DIRTY="$num_dirty" MODEL="$(basename "$gguf")" \
   LLAMA_VERSION="$( [ -n "$llama" ] && "$llama" --version 2>&1 | grep -m1 '^version' || true)" \
   python3 - <<'PY'
@@ -233,7 +243,7 @@ out = {
     "model": env["MODEL"],
     "git": {"head": env["COMMIT"], "num_changed_paths": int(env["DIRTY"])},
     "workload": {"prompt_len": 128, "output_len": 128, "prefill_len": 512, "concurrency": [1, 4, 16]},
-    "qwen_serve": {"kv_cache_memory_gib": float(env["KV_GIB"])},
+    "qwen_serve": {"kv_cache_memory_gib": float(env["KV_GIB"]), "kv_cache_dtype": env["KV_DTYPE"]},
     "llama_server": {"binary": env["LLAMA"] or None, "version": env["LLAMA_VERSION"], "parallel": int(env["PARALLEL"]), "ctx": int(env["CTX"])} if both else None,
     "median": medians,
     "ratio_qwen_over_llama": ratios,
@@ -250,7 +260,7 @@ print(f"CPU time outside the measured server during the measurements (bench clie
 if both:
     print(f"llama-server ({env['LLAMA_VERSION']}, llama-cpp-python sdist): {env['LLAMA']} -t {env['THREADS']} -tb {env['THREADS']} --parallel {env['PARALLEL']} "
           f"-c {env['CTX']} --cont-batching --cache-ram 0; qwen-serve: --threads {env['THREADS']} (RAYON_NUM_THREADS) "
-          f"--kv-cache-memory {env['KV_GIB']} (the same {env['CTX']} tokens)")
+          f"--kv-cache-memory {env['KV_GIB']} --kv-cache-dtype {env['KV_DTYPE']} (the same {env['CTX']} tokens)")
 print()
 if both:
     print("| metric | qwen-serve | llama-server | qwen / llama |")
