@@ -150,7 +150,9 @@ fn attention_long_decodes_split_the_keys() {
 #[test]
 fn attention_in_a_graph_shaped_launch_gives_the_eager_bits() {
     let (heads, kv_heads, d, bs) = (14, 2, 64, 16);
-    for lens in [vec![301usize, 91], vec![41], vec![1000, 5, 130, 700]] {
+    // Also: keys within one chunk (eagerly unsplit), and sequences past the 64-split cap (2,048
+    // keys at 32 a split), where both launches lengthen the splits.
+    for lens in [vec![301usize, 91], vec![41], vec![1000, 5, 130, 700], vec![20], vec![3000, 2100]] {
         for dtype in DTYPES {
             let num_blocks: usize = lens.iter().map(|l| l.div_ceil(bs)).sum::<usize>() + 1;
             let max_blocks = lens.iter().map(|l| l.div_ceil(bs)).max().unwrap();
