@@ -12,7 +12,7 @@ use std::process::Command;
 /// Every kernel source; each becomes `$OUT_DIR/<name>.ptx`.
 const KERNELS: &[&str] = &["paged_attention", "write_kv", "rms_norm", "rope", "silu_mul", "qkv", "small_matmul", "argmax"];
 /// Headers the kernels include.
-const HEADERS: &[&str] = &["cuda/common.cuh"];
+const HEADERS: &[&str] = &["cuda/common.cuh", "cuda/attention_tile.cuh"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

@@ -38,7 +38,7 @@
 //
 // Scores are kept in log2 units (q is pre-scaled by scale * log2(e)) so exponentials are exp2.
 
-#include "common.cuh"
+#include "attention_tile.cuh"
 
 namespace {
 
@@ -69,23 +69,13 @@ __device__ __forceinline__ void attention_tile(
     __shared__ __align__(16) float k_s[KEYS][D + 4];
     __shared__ __align__(16) float v_s[KEYS][D];
 
-    const int kvh = blockIdx.y, split = blockIdx.z, num_splits = gridDim.z;
-    const int seq = tiles[2 * blockIdx.x], row0 = tiles[2 * blockIdx.x + 1];
-    const int group = num_heads / num_kv_heads;
-    const int q_start = query_start_loc[seq];
-    const int q_len = query_start_loc[seq + 1] - q_start;
-    const int first_pos = (int)seq_lens[seq] - q_len;
-    const int num_rows = min(ROWS, q_len * group - row0);
-    // Keys this block reads: its split, up to the last row's own position.
-    const int per_split = ((int)seq_lens[seq] + num_splits - 1) / num_splits;
-    const int split_size = max(min_split, (per_split + KEYS - 1) / KEYS * KEYS);
-    const int kv_begin = split * split_size;
-    const int tile_end = first_pos + (row0 + num_rows - 1) / group + 1;  // past the last row's key
-    const int kv_end = min(tile_end, kv_begin + split_size);
+    const TileRange r = tile_range(tiles, query_start_loc, seq_lens, num_heads, num_kv_heads, min_split, ROWS, KEYS);
     // A split past this tile's keys (most of a CUDA graph's launch) has nothing to add.
     // Block-uniform, before any barrier. (Split 0 always has keys.)
-    if (kv_begin >= kv_end) return;
-    const uint32_t* table = block_tables + (size_t)seq * max_blocks_per_seq;
+    if (r.kv_begin >= r.kv_end) return;
+    const int kvh = r.kvh, group = r.group, q_start = r.q_start, first_pos = r.first_pos;
+    const int num_rows = r.num_rows, row0 = r.row0, kv_begin = r.kv_begin, kv_end = r.kv_end;
+    const uint32_t* table = block_tables + (size_t)r.seq * max_blocks_per_seq;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
     for (int v = threadIdx.x; v < ROWS * (D / N); v += THREADS) {
@@ -216,102 +206,8 @@ __device__ __forceinline__ void attention_tile(
         }
     }
 
-    // (token, head) of each of the warp's rows: an index of `out` and of a split's partials.
-    size_t token_head[ROWS_PER_WARP];
-#pragma unroll
-    for (int i = 0; i < ROWS_PER_WARP; ++i) {
-        const int row = row0 + warp + WARPS * i;
-        token_head[i] = (size_t)(q_start + row / group) * num_heads + kvh * group + row % group;
-    }
-    if (num_splits == 1) {
-#pragma unroll
-        for (int i = 0; i < ROWS_PER_WARP; ++i) {
-            if (i >= rows_here) break;
-#pragma unroll
-            for (int e = 0; e < DL; ++e) out[token_head[i] * D + lane + 32 * e] = qs::from_float<T>(l[i] > 0.f ? acc[i][e] / l[i] : 0.f);
-        }
-        return;
-    }
-
-    const size_t split_stride = (size_t)num_tokens * num_heads;  // from one split's partials to the next's
-#pragma unroll
-    for (int i = 0; i < ROWS_PER_WARP; ++i) {
-        if (i >= rows_here) break;
-        const size_t p = split * split_stride + token_head[i];
-        // A row without keys in this split (an early token of a prefill chunk) has only its
-        // (max, sum) written: the merge never reads its output (warp-uniform).
-        if (m[i] != -INFINITY) {
-#pragma unroll
-            for (int e = 0; e < DL; ++e) part_o[p * D + lane + 32 * e] = acc[i][e];
-        }
-        if (lane == 0) {
-            part_ml[2 * p] = m[i];
-            part_ml[2 * p + 1] = l[i];
-        }
-    }
-
-    // The last split of this (tile, KV head) to finish merges them all. As in CUDA's
-    // threadFenceReduction sample, each thread's writes are made visible before the count.
-    const int active = min(num_splits, (tile_end + split_size - 1) / split_size);  // splits with keys
-    __shared__ bool is_last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        uint32_t* counter = counters + (size_t)blockIdx.x * gridDim.y + kvh;
-        is_last = atomicAdd(counter, 1u) == (uint32_t)active - 1;
-        if (is_last) *counter = 0;  // every split has counted: ready for the next launch
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    // out = sum_z 2^(m_z - M) o_z / sum_z 2^(m_z - M) l_z over the splits with keys for the
-    // row, added in split order. Other blocks' partials are read from L2 (__ldcg), not L1.
-#pragma unroll
-    for (int i = 0; i < ROWS_PER_WARP; ++i) {
-        if (i >= rows_here) break;
-        float big = -INFINITY;
-        for (int z = lane; z < active; z += 32) big = fmaxf(big, __ldcg(&part_ml[2 * (z * split_stride + token_head[i])]));
-        big = qs::warp_max(big);
-        float sum = 0.f, o[DL];
-#pragma unroll
-        for (int e = 0; e < DL; ++e) o[e] = 0.f;
-        for (int z0 = 0; z0 < active; z0 += 32) {
-            // Lane j weighs split z0 + j; the warp then adds the splits one after another.
-            const int z = z0 + lane;
-            float w = 0.f, l_z = 0.f;
-            if (z < active) {
-                const size_t p = z * split_stride + token_head[i];
-                const float m_z = __ldcg(&part_ml[2 * p]);
-                l_z = __ldcg(&part_ml[2 * p + 1]);
-                w = m_z == -INFINITY ? 0.f : exp2f(m_z - big);
-            }
-            const int n = min(32, active - z0);
-            // MERGE_LOADS splits' outputs are loaded at once, then added in order: the loads
-            // do not wait on each other (a split per L2 round trip would be ~0.3 us each).
-            for (int j0 = 0; j0 < n; j0 += MERGE_LOADS) {
-                float o_j[MERGE_LOADS][DL];
-#pragma unroll
-                for (int jj = 0; jj < MERGE_LOADS; ++jj) {
-                    const int j = j0 + jj;
-                    const float w_j = __shfl_sync(0xffffffffu, w, j % 32);
-                    const float* o_z = part_o + ((z0 + j) * split_stride + token_head[i]) * D + lane;
-#pragma unroll
-                    for (int e = 0; e < DL; ++e) o_j[jj][e] = j < n && w_j != 0.f ? __ldcg(o_z + 32 * e) : 0.f;
-                }
-#pragma unroll
-                for (int jj = 0; jj < MERGE_LOADS; ++jj) {
-                    const int j = j0 + jj;
-                    const float w_j = __shfl_sync(0xffffffffu, w, j % 32), l_j = __shfl_sync(0xffffffffu, l_z, j % 32);
-                    if (j >= n || w_j == 0.f) continue;  // warp-uniform
-                    sum += w_j * l_j;
-#pragma unroll
-                    for (int e = 0; e < DL; ++e) o[e] += w_j * o_j[jj][e];
-                }
-            }
-        }
-#pragma unroll
-        for (int e = 0; e < DL; ++e) out[token_head[i] * D + lane + 32 * e] = qs::from_float<T>(sum > 0.f ? o[e] / sum : 0.f);
-    }
+    finish_rows<T, D, ROWS_PER_WARP, WARPS, MERGE_LOADS>(acc, m, l, rows_here, r, out, part_o, part_ml, counters,
+                                                          num_tokens, num_heads);
 }
 
 }  // namespace
