@@ -118,6 +118,18 @@ tests = dict(re.findall(r"^test (\S+) \.\.\. (\w+)", text, re.M))
 print(json.dumps({"exit_code": int(sys.argv[2]), "tests": tests}))
 EOF
 )"
+# The attention tests again on the opt-in tensor-core kernel (QWEN_SERVE_CUDA_MMA_ATTENTION=1),
+# appended to the same file (a call brings back at most 8).
+QWEN_SERVE_CUDA_MMA_ATTENTION=1 timeout 45 "$work/kernel-gpu-tests" --test-threads=1 attention > "$work/kernel-tests-mma.txt" 2>&1
+mma_rc=$?
+{ echo "=== QWEN_SERVE_CUDA_MMA_ATTENTION=1"; cat "$work/kernel-tests-mma.txt"; } >> "$out/kernel-tests.txt"
+note kernel_tests_mma_attention "$(python3 - "$work/kernel-tests-mma.txt" "$mma_rc" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read()
+print(json.dumps({"exit_code": int(sys.argv[2]), "tests": dict(re.findall(r"^test (\S+) \.\.\. (\w+)", text, re.M))}))
+EOF
+)"
+tail -3 "$work/kernel-tests-mma.txt"
 # The fused q/k/v kernel is on by default; if its test did not pass, the model steps run
 # without it (the separate ops, which the other tests cover) and the summary says so.
 if ! grep -q '^test qkv_step_matches_the_separate_ops \.\.\. ok' "$out/kernel-tests.txt"; then

@@ -226,6 +226,9 @@ def main():
         runs = [(f"compare_{dtype}", {"QWEN_SERVE_CUDA_GRAPHS": "0"})]
         if dtype == "bf16":
             runs.append((f"compare_{dtype}_graphs", {"QWEN_SERVE_CUDA_GRAPHS": "8"}))
+            # The opt-in tensor-core attention against transformers too, when its variant runs.
+            if args.variants is None or "mma_attention" in args.variants.split(","):
+                runs.append((f"compare_{dtype}_mma", {"QWEN_SERVE_CUDA_GRAPHS": "8", "QWEN_SERVE_CUDA_MMA_ATTENTION": "1"}))
         for key, env in runs:
             try:
                 result[key] = compare(model, tokenizer, dtype, args.qwen_serve, folder, device_flag,
@@ -282,7 +285,9 @@ def main():
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [# Host and GPU time of each replayed step (models/src/cuda_graphs.rs), in the log lines.
+    variants = [# Attention on the tensor cores (kernels/cuda/paged_attention_mma.cu), at every level.
+                ("mma_attention", {"QWEN_SERVE_CUDA_MMA_ATTENTION": "1"}, levels),
+                # Host and GPU time of each replayed step (models/src/cuda_graphs.rs), in the log lines.
                 ("graph_times", {"QWEN_SERVE_CUDA_GRAPH_TIMES": "1", "RUST_LOG": "info"}, ab),
                 ("small_matmul", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "1"}, [c for c in ("1", "16") if c in levels]),
                 # Our few-rows matmul for weights of 64 MiB and more only (a 7B's gate/up and down).

@@ -91,6 +91,52 @@ __device__ __forceinline__ float block_max(float x, float* scratch) {
     return m;
 }
 
+// Two elements of T in one 32-bit register, `lo` in the low half (the smaller index in an mma
+// fragment), rounded from f32.
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+    union {
+        T t[2];
+        uint32_t u;
+    } p;
+    p.t[0] = from_float<T>(lo);
+    p.t[1] = from_float<T>(hi);
+    return p.u;
+}
+
+// Two elements of T already in memory, `lo` and `hi` apart, in one register as pack2 lays them.
+template <typename T> __device__ __forceinline__ uint32_t pair(const T& lo, const T& hi) {
+    union {
+        T t[2];
+        uint32_t u;
+    } p;
+    p.t[0] = lo;
+    p.t[1] = hi;
+    return p.u;
+}
+
+// d += a * b on the tensor cores, one warp: a 16 x 16 tile of T (row-major fragment a), b
+// 16 x 8 (column fragment), d 16 x 8 in f32; the fragments' layout is PTX's for
+// mma.m16n8k16 (lane = 4 * group + t: a holds rows group and group + 8, columns 2t, 2t + 1 and
+// those plus 8; b rows 2t, 2t + 1 and plus 8 of column group; d rows group and group + 8 of
+// columns 2t, 2t + 1). T is __nv_bfloat16 or __half.
+template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+#ifdef QS_EMULATOR
+template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    emu::mma_16816<sizeof(T) == 2 && !std::is_same<T, __half>::value>(d, a, b);
+}
+#else
+template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <> __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
 }  // namespace qs
 
 // X-macro over the element types: MACRO(suffix, type) for each, so a file instantiates its

@@ -23,6 +23,7 @@ macro_rules! module {
 }
 
 module!(PAGED_ATTENTION, "paged_attention");
+module!(PAGED_ATTENTION_MMA, "paged_attention_mma");
 module!(WRITE_KV, "write_kv");
 module!(RMS_NORM, "rms_norm");
 module!(ROPE, "rope");

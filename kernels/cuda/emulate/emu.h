@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstdint>
+#include <cstring>
 #include <algorithm>
 #include <functional>
 #include <random>
@@ -136,3 +137,48 @@ inline float __shfl_sync(unsigned, float v, int src) {
     return r;
 }
 inline float __shfl_xor_sync(unsigned m, float v, int mask) { return __shfl_sync(m, v, (threadIdx.x % 32) ^ mask); }
+
+// The kernels' tensor-core tile product (qs::mma_16816 in common.cuh) as a warp collective:
+// every lane publishes its fragments, each computes its four outputs from the whole tiles
+// (products of 16-bit values are exact in f32; they are added in k order), then the warp meets
+// again before the buffers are reused.
+#define QS_EMULATOR 1
+#include <type_traits>
+namespace emu {
+inline uint32_t mma_a[32][32][4], mma_b[32][32][2];
+inline float half_bits(uint16_t h, bool bf16) {
+    if (bf16) {
+        uint32_t u = (uint32_t)h << 16;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    }
+    _Float16 v;
+    std::memcpy(&v, &h, 2);
+    return (float)v;
+}
+template <bool BF16> void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    const unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = 0; i < 4; ++i) mma_a[w][lane][i] = a[i];
+    for (int i = 0; i < 2; ++i) mma_b[w][lane][i] = b[i];
+    wait(AtWarp);
+    auto A = [&](int row, int k) {  // row-major 16 x 16
+        const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0), src = (row % 8) * 4 + (k % 8) / 2;
+        return half_bits((uint16_t)(mma_a[w][src][reg] >> (16 * (k % 2))), BF16);
+    };
+    auto B = [&](int k, int col) {  // 16 x 8
+        const int reg = k >= 8 ? 1 : 0, src = col * 4 + (k % 8) / 2;
+        return half_bits((uint16_t)(mma_b[w][src][reg] >> (16 * (k % 2))), BF16);
+    };
+    const int g = lane / 4, t = lane % 4;
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i % 2);
+        float acc = d[i];
+        for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+        out[i] = acc;
+    }
+    wait(AtWarp);
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+}  // namespace emu

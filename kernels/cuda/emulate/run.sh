@@ -9,5 +9,7 @@ trap 'rm -rf "$out"' EXIT
 for t in ops_test attention_test; do
   g++ -std=c++20 -O2 -Iinclude -o "$out/$t" "$t.cpp"
 done
+g++ -std=c++20 -O2 -Iinclude -DMMA -o "$out/attention_mma_test" attention_test.cpp
 "$out/ops_test"
 "$out/attention_test" "$@"
+"$out/attention_mma_test" "$@"

@@ -44,6 +44,14 @@ fn min_keys_per_split() -> usize {
     setting(&KEYS, "QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS", |k| k % KEYS_PER_CHUNK == 0, MIN_KEYS_PER_SPLIT)
 }
 
+/// Whether bf16/f16 attention runs on the tensor cores (`cuda/paged_attention_mma.cu`; the same
+/// grid, tiles, splits and ending): `QWEN_SERVE_CUDA_MMA_ATTENTION=1`. Off until measured; its
+/// logic passes the CPU emulation (kernels/cuda/emulate).
+fn mma_attention() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("QWEN_SERVE_CUDA_MMA_ATTENTION").is_ok_and(|v| v == "1"))
+}
+
 fn max_splits() -> usize {
     static SPLITS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     setting(&SPLITS, "QWEN_SERVE_CUDA_ATTENTION_MAX_SPLITS", |_| true, MAX_SPLITS)
@@ -116,7 +124,11 @@ impl PagedAttention<'_> {
         let mut part_o = cuda::output::<f32>(dev, partial * head_dim)?;
         let mut part_ml = cuda::output::<f32>(dev, partial * 2)?;
 
-        let func = load!(dev, cuda::PAGED_ATTENTION, kernel_name::<T>(&format!("paged_attention_d{head_dim}")))?;
+        let func = if mma_attention() && matches!(T::DTYPE, DType::BF16 | DType::F16) {
+            load!(dev, cuda::PAGED_ATTENTION_MMA, kernel_name::<T>(&format!("paged_attention_mma_d{head_dim}")))?
+        } else {
+            load!(dev, cuda::PAGED_ATTENTION, kernel_name::<T>(&format!("paged_attention_d{head_dim}")))?
+        };
         let ints = [num_tokens, num_heads, num_kv_heads, block_size, host.max_blocks_per_seq, min_keys_per_split()]
             .map(|x| x as i32);
         let mut b = func.builder();
