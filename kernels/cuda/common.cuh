@@ -124,6 +124,9 @@ template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], c
 template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     emu::mma_16816<sizeof(T) == 2 && !std::is_same<T, __half>::value>(d, a, b);
 }
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+// No bf16/f16 mma.m16n8k16 before sm_80: the host never launches a kernel using it there.
+template <typename T> __device__ __forceinline__ void mma_16816(float (&)[4], const uint32_t (&)[4], const uint32_t (&)[2]) { __trap(); }
 #else
 template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
