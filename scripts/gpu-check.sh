@@ -103,6 +103,16 @@ note missing_libraries "$(python3 -c 'import json,sys; print(json.dumps(sys.argv
 
 want() { case " ${GPU_CHECK_STEPS:-kernels 0.5b 7b} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
+# A test binary's output FILE and exit code RC as JSON: {"exit_code", "tests": {name: result}}.
+test_results() {
+  python3 - "$1" "$2" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read()
+tests = dict(re.findall(r"^test (\S+) \.\.\. (\w+)", text, re.M))
+print(json.dumps({"exit_code": int(sys.argv[2]), "tests": tests}))
+EOF
+}
+
 # 2. Kernel tests, one at a time (each compares with the CPU reference, which is the slow part).
 if want kernels; then
 timeout 45 "$work/kernel-gpu-tests" --test-threads=1 > "$out/kernel-tests.txt" 2>&1
@@ -111,24 +121,13 @@ rc=$?
 timeout 45 "$work/gguf-gpu-tests" --test-threads=1 --show-output >> "$out/kernel-tests.txt" 2>&1
 rc=$((rc | $?))
 tail -30 "$out/kernel-tests.txt"
-note kernel_tests "$(python3 - "$out/kernel-tests.txt" "$rc" <<'EOF'
-import json, re, sys
-text = open(sys.argv[1]).read()
-tests = dict(re.findall(r"^test (\S+) \.\.\. (\w+)", text, re.M))
-print(json.dumps({"exit_code": int(sys.argv[2]), "tests": tests}))
-EOF
-)"
+note kernel_tests "$(test_results "$out/kernel-tests.txt" "$rc")"
 # The attention tests again on the opt-in tensor-core kernel (QWEN_SERVE_CUDA_MMA_ATTENTION=1),
 # appended to the same file (a call brings back at most 8).
 QWEN_SERVE_CUDA_MMA_ATTENTION=1 timeout 45 "$work/kernel-gpu-tests" --test-threads=1 attention > "$work/kernel-tests-mma.txt" 2>&1
 mma_rc=$?
 { echo "=== QWEN_SERVE_CUDA_MMA_ATTENTION=1"; cat "$work/kernel-tests-mma.txt"; } >> "$out/kernel-tests.txt"
-note kernel_tests_mma_attention "$(python3 - "$work/kernel-tests-mma.txt" "$mma_rc" <<'EOF'
-import json, re, sys
-text = open(sys.argv[1]).read()
-print(json.dumps({"exit_code": int(sys.argv[2]), "tests": dict(re.findall(r"^test (\S+) \.\.\. (\w+)", text, re.M))}))
-EOF
-)"
+note kernel_tests_mma_attention "$(test_results "$work/kernel-tests-mma.txt" "$mma_rc")"
 tail -3 "$work/kernel-tests-mma.txt"
 # The fused q/k/v kernel is on by default; if its test did not pass, the model steps run
 # without it (the separate ops, which the other tests cover) and the summary says so.

@@ -5,6 +5,19 @@
 
 #include "common.cuh"
 
+// The attention kernels' parameters, the same for both and in this order (the host launches
+// either with one argument list: src/paged_attention/cuda.rs), and the call passing them on.
+#define ATTENTION_PARAMS(T)                                                                        \
+    const T *__restrict__ q, const T *__restrict__ k_cache, const T *__restrict__ v_cache,          \
+        T *__restrict__ out, float *__restrict__ part_o, float *__restrict__ part_ml,               \
+        uint32_t *__restrict__ counters, const uint32_t *__restrict__ query_start_loc,              \
+        const uint32_t *__restrict__ seq_lens, const uint32_t *__restrict__ block_tables,           \
+        const uint32_t *__restrict__ tiles, int num_tokens, int num_heads, int num_kv_heads,        \
+        int block_size, int max_blocks_per_seq, int min_split, float scale
+#define ATTENTION_ARGS                                                                             \
+    q, k_cache, v_cache, out, part_o, part_ml, counters, query_start_loc, seq_lens, block_tables,   \
+        tiles, num_tokens, num_heads, num_kv_heads, block_size, max_blocks_per_seq, min_split, scale
+
 namespace {
 
 // A block's tile (blockIdx.x) of one KV head (blockIdx.y) and its split (blockIdx.z) of the

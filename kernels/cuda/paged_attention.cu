@@ -54,13 +54,7 @@ constexpr int min_blocks(int d) { return d == 64 ? 6 : 4; }
 constexpr float LOG2E = 1.4426950408889634f;
 
 template <typename T, int D>
-__device__ __forceinline__ void attention_tile(
-    const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
-    T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
-    uint32_t* __restrict__ counters, const uint32_t* __restrict__ query_start_loc, const uint32_t* __restrict__ seq_lens,
-    const uint32_t* __restrict__ block_tables, const uint32_t* __restrict__ tiles, int num_tokens,
-    int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq, int min_split,
-    float scale) {
+__device__ __forceinline__ void attention_tile(ATTENTION_PARAMS(T)) {
     constexpr int N = qs::Vec<T>::N;  // elements per 16-byte load
     constexpr int DL = D / 32;        // output elements per lane: lane + 32 * e
     __shared__ __align__(16) float q_s[ROWS][D];
@@ -69,13 +63,13 @@ __device__ __forceinline__ void attention_tile(
     __shared__ __align__(16) float k_s[KEYS][D + 4];
     __shared__ __align__(16) float v_s[KEYS][D];
 
-    const TileRange r = tile_range(tiles, query_start_loc, seq_lens, num_heads, num_kv_heads, min_split, ROWS, KEYS);
+    const TileRange tile = tile_range(tiles, query_start_loc, seq_lens, num_heads, num_kv_heads, min_split, ROWS, KEYS);
     // A split past this tile's keys (most of a CUDA graph's launch) has nothing to add.
     // Block-uniform, before any barrier. (Split 0 always has keys.)
-    if (r.kv_begin >= r.kv_end) return;
-    const int kvh = r.kvh, group = r.group, q_start = r.q_start, first_pos = r.first_pos;
-    const int num_rows = r.num_rows, row0 = r.row0, kv_begin = r.kv_begin, kv_end = r.kv_end;
-    const uint32_t* table = block_tables + (size_t)r.seq * max_blocks_per_seq;
+    if (tile.kv_begin >= tile.kv_end) return;
+    const int kvh = tile.kvh, group = tile.group, q_start = tile.q_start, first_pos = tile.first_pos;
+    const int num_rows = tile.num_rows, row0 = tile.row0, kv_begin = tile.kv_begin, kv_end = tile.kv_end;
+    const uint32_t* table = block_tables + (size_t)tile.seq * max_blocks_per_seq;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
     for (int v = threadIdx.x; v < ROWS * (D / N); v += THREADS) {
@@ -206,22 +200,16 @@ __device__ __forceinline__ void attention_tile(
         }
     }
 
-    finish_rows<T, D, ROWS_PER_WARP, WARPS, MERGE_LOADS>(acc, m, l, rows_here, r, out, part_o, part_ml, counters,
+    finish_rows<T, D, ROWS_PER_WARP, WARPS, MERGE_LOADS>(acc, m, l, rows_here, tile, out, part_o, part_ml, counters,
                                                           num_tokens, num_heads);
 }
 
 }  // namespace
 
-#define ATTENTION(SUFFIX, T, D)                                                                       \
-    extern "C" __global__ void __launch_bounds__(THREADS, min_blocks(D))                              \
-        paged_attention_d##D##_##SUFFIX(                                                              \
-        const T* q, const T* k_cache, const T* v_cache, T* out, float* part_o, float* part_ml,        \
-        uint32_t* counters, const uint32_t* query_start_loc, const uint32_t* seq_lens,               \
-        const uint32_t* block_tables, const uint32_t* tiles, int num_tokens, int num_heads,          \
-        int num_kv_heads, int block_size, int max_blocks_per_seq, int min_split, float scale) {      \
-        attention_tile<T, D>(q, k_cache, v_cache, out, part_o, part_ml, counters, query_start_loc,    \
-                             seq_lens, block_tables, tiles, num_tokens, num_heads, num_kv_heads,      \
-                             block_size, max_blocks_per_seq, min_split, scale);                       \
+#define ATTENTION(SUFFIX, T, D)                                          \
+    extern "C" __global__ void __launch_bounds__(THREADS, min_blocks(D)) \
+        paged_attention_d##D##_##SUFFIX(ATTENTION_PARAMS(T)) {           \
+        attention_tile<T, D>(ATTENTION_ARGS);                            \
     }
 #define ATTENTION_ALL_D(SUFFIX, T) ATTENTION(SUFFIX, T, 64) ATTENTION(SUFFIX, T, 128)
 QS_FOR_EACH_DTYPE(ATTENTION_ALL_D)

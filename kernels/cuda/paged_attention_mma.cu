@@ -26,13 +26,7 @@ constexpr int MERGE_LOADS = 4;
 constexpr float LOG2E = 1.4426950408889634f;
 
 template <typename T, int D>
-__device__ __forceinline__ void attention_mma(
-    const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
-    T* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
-    uint32_t* __restrict__ counters, const uint32_t* __restrict__ query_start_loc, const uint32_t* __restrict__ seq_lens,
-    const uint32_t* __restrict__ block_tables, const uint32_t* __restrict__ tiles, int num_tokens,
-    int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq, int min_split,
-    float scale) {
+__device__ __forceinline__ void attention_mma(ATTENTION_PARAMS(T)) {
     constexpr int N = qs::Vec<T>::N;  // elements per 16-byte load
     constexpr int KSTEPS = D / 16;    // mma steps over the head dimension
     constexpr int NT = D / 8;         // 8-column tiles of the output
@@ -42,9 +36,9 @@ __device__ __forceinline__ void attention_mma(
     __shared__ float ml_s[WARPS][ROWS][2];
     __shared__ __align__(16) float o_s[ROWS][D + 4];
 
-    const TileRange r = tile_range(tiles, query_start_loc, seq_lens, num_heads, num_kv_heads, min_split, ROWS, SPLIT_KEYS);
-    if (r.kv_begin >= r.kv_end) return;  // block-uniform, before any barrier
-    const uint32_t* table = block_tables + (size_t)r.seq * max_blocks_per_seq;
+    const TileRange tile = tile_range(tiles, query_start_loc, seq_lens, num_heads, num_kv_heads, min_split, ROWS, SPLIT_KEYS);
+    if (tile.kv_begin >= tile.kv_end) return;  // block-uniform, before any barrier
+    const uint32_t* table = block_tables + (size_t)tile.seq * max_blocks_per_seq;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;  // the lane's fragment rows g, g + 8 and column pair 2t
 
@@ -54,10 +48,10 @@ __device__ __forceinline__ void attention_mma(
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int rr = g + 8 * h;
-        const bool real = rr < r.num_rows;
-        const int row = r.row0 + rr;
-        pos[h] = real ? r.first_pos + row / r.group : -1;
-        const T* q_row = real ? q + ((size_t)(r.q_start + row / r.group) * num_heads + r.kvh * r.group + row % r.group) * D : q;
+        const bool real = rr < tile.num_rows;
+        const int row = tile.row0 + rr;
+        pos[h] = real ? tile.first_pos + row / tile.group : -1;
+        const T* q_row = real ? q + ((size_t)(tile.q_start + row / tile.group) * num_heads + tile.kvh * tile.group + row % tile.group) * D : q;
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ++ks) {
             const T zero = qs::from_float<T>(0.f);
@@ -74,14 +68,14 @@ __device__ __forceinline__ void attention_mma(
 #pragma unroll
         for (int i = 0; i < 4; ++i) o[nt][i] = 0.f;
 
-    for (int c0 = r.kv_begin; c0 < r.kv_end; c0 += KEYS) {
+    for (int c0 = tile.kv_begin; c0 < tile.kv_end; c0 += KEYS) {
         __syncthreads();  // every warp is done with the previous chunk
         for (int v = threadIdx.x; v < KEYS * (D / N); v += THREADS) {
             const int j = v / (D / N), d = (v % (D / N)) * N, key = c0 + j;
             uint4 kk = make_uint4(0u, 0u, 0u, 0u), vv = kk;
-            if (key < r.kv_end) {
+            if (key < tile.kv_end) {
                 const size_t slot = (size_t)table[key / block_size] * block_size + key % block_size;
-                const size_t offset = (slot * num_kv_heads + r.kvh) * D + d;
+                const size_t offset = (slot * num_kv_heads + tile.kvh) * D + d;
                 kk = *reinterpret_cast<const uint4*>(k_cache + offset);
                 vv = *reinterpret_cast<const uint4*>(v_cache + offset);
             }
@@ -90,7 +84,7 @@ __device__ __forceinline__ void attention_mma(
         }
         __syncthreads();
         const int kw = warp * WARP_KEYS;  // the warp's first key in the chunk
-        if (c0 + kw >= r.kv_end) continue;  // warp-uniform: no keys of this warp's here
+        if (c0 + kw >= tile.kv_end) continue;  // warp-uniform: no keys of this warp's here
 
         // S for keys kw + 8 * nt + (2t, 2t + 1), rows g (s[nt][0..1]) and g + 8 (s[nt][2..3]).
         float s[2][4];
@@ -117,7 +111,7 @@ __device__ __forceinline__ void attention_mma(
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int key = c0 + kw + 8 * nt + 2 * t + e;
-                    const bool visible = key < r.kv_end && key <= pos[h];
+                    const bool visible = key < tile.kv_end && key <= pos[h];
                     float& x = s[nt][2 * h + e];
                     x = visible ? x * (scale * LOG2E) : -INFINITY;
                     big = fmaxf(big, x);
@@ -195,7 +189,7 @@ __device__ __forceinline__ void attention_mma(
     }
     // The ending's layout: this warp's rows warp + WARPS * i, dimension lane + 32 * e.
     float acc[RPW][D / 32], mr[RPW], lr[RPW];
-    const int rows_here = warp < r.num_rows ? (r.num_rows - warp + WARPS - 1) / WARPS : 0;
+    const int rows_here = warp < tile.num_rows ? (tile.num_rows - warp + WARPS - 1) / WARPS : 0;
 #pragma unroll
     for (int i = 0; i < RPW; ++i) {
         const int row = warp + WARPS * i;
@@ -212,20 +206,15 @@ __device__ __forceinline__ void attention_mma(
 #pragma unroll
         for (int e = 0; e < D / 32; ++e) acc[i][e] = o_s[row][lane + 32 * e];
     }
-    finish_rows<T, D, RPW, WARPS, MERGE_LOADS>(acc, mr, lr, rows_here, r, out, part_o, part_ml, counters, num_tokens, num_heads);
+    finish_rows<T, D, RPW, WARPS, MERGE_LOADS>(acc, mr, lr, rows_here, tile, out, part_o, part_ml, counters, num_tokens, num_heads);
 }
 
 }  // namespace
 
-#define ATTENTION_MMA(SUFFIX, T, D)                                                                   \
-    extern "C" __global__ void __launch_bounds__(THREADS) paged_attention_mma_d##D##_##SUFFIX(       \
-        const T* q, const T* k_cache, const T* v_cache, T* out, float* part_o, float* part_ml,        \
-        uint32_t* counters, const uint32_t* query_start_loc, const uint32_t* seq_lens,               \
-        const uint32_t* block_tables, const uint32_t* tiles, int num_tokens, int num_heads,          \
-        int num_kv_heads, int block_size, int max_blocks_per_seq, int min_split, float scale) {      \
-        attention_mma<T, D>(q, k_cache, v_cache, out, part_o, part_ml, counters, query_start_loc,     \
-                            seq_lens, block_tables, tiles, num_tokens, num_heads, num_kv_heads,       \
-                            block_size, max_blocks_per_seq, min_split, scale);                        \
+#define ATTENTION_MMA(SUFFIX, T, D)                                \
+    extern "C" __global__ void __launch_bounds__(THREADS)          \
+        paged_attention_mma_d##D##_##SUFFIX(ATTENTION_PARAMS(T)) { \
+        attention_mma<T, D>(ATTENTION_ARGS);                       \
     }
 ATTENTION_MMA(bf16, __nv_bfloat16, 64)
 ATTENTION_MMA(bf16, __nv_bfloat16, 128)

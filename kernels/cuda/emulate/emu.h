@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <functional>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
@@ -143,7 +144,6 @@ inline float __shfl_xor_sync(unsigned m, float v, int mask) { return __shfl_sync
 // (products of 16-bit values are exact in f32; they are added in k order), then the warp meets
 // again before the buffers are reused.
 #define QS_EMULATOR 1
-#include <type_traits>
 namespace emu {
 inline uint32_t mma_a[32][32][4], mma_b[32][32][2];
 inline float half_bits(uint16_t h, bool bf16) {

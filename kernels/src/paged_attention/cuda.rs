@@ -106,10 +106,11 @@ impl PagedAttention<'_> {
         let tile_tensor = packed.tiles(host, num_heads / num_kv_heads)?;
         let num_tiles = tile_tensor.dim(0)?;
         let max_seq_len = host.seq_lens.iter().copied().max().unwrap_or(0) as usize;
-        let num_splits = splits(dev, num_tiles * num_kv_heads, max_seq_len)?;
-        // One per (tile, KV head) of a split launch, which has fewer than split_target() blocks
+        let target = split_target(dev)?;
+        let num_splits = splits(target, num_tiles * num_kv_heads, max_seq_len);
+        // One per (tile, KV head) of a split launch, which has fewer than `target` blocks
         // without its splits; the kernel leaves them zero.
-        let counter_tensor = packed.split_counters(split_target(dev)?)?;
+        let counter_tensor = packed.split_counters(target)?;
 
         let q = cuda::aligned_input::<T>(q, q_l, "paged_attention: q")?;
         let k = cuda::aligned_input::<T>(k, k_l, "paged_attention: key cache")?;
@@ -171,11 +172,11 @@ pub(crate) fn split_target(dev: &CudaDevice) -> Result<usize> {
 }
 
 /// How many blocks share each tile's key range (the kernel divides each sequence's keys among
-/// them, at least `min_keys_per_split()` each; at most `max_splits()`). Splitting pays when
-/// the tiles alone leave SMs idle: decode of a few sequences.
-fn splits(dev: &CudaDevice, num_blocks: usize, max_seq_len: usize) -> Result<usize> {
-    let target = split_target(dev)?;
+/// them, at least `min_keys_per_split()` each; at most `max_splits()`), for a launch of
+/// `num_blocks` without splits on a device that aims at `target` ([`split_target`]). Splitting
+/// pays when the tiles alone leave SMs idle: decode of a few sequences.
+fn splits(target: usize, num_blocks: usize, max_seq_len: usize) -> usize {
     let max_seq_len = max_seq_len.max(1);
     let wanted = if num_blocks >= target { 1 } else { target.div_ceil(num_blocks.max(1)).min(max_splits()) };
-    Ok(wanted.min(max_seq_len.div_ceil(min_keys_per_split())).max(1))
+    wanted.min(max_seq_len.div_ceil(min_keys_per_split())).max(1)
 }
