@@ -41,6 +41,20 @@ template <typename T> __device__ __forceinline__ void load_vec(const T* src, flo
     unpack_vec<T>(*reinterpret_cast<const uint4*>(src), dst);
 }
 
+// 16 bytes (16-byte aligned) read once, such as a weight: through the read-only path and not
+// kept in L1, which holds what is reused (activations).
+__device__ __forceinline__ uint4 load_stream(const void* src) {
+#if defined(QS_EMULATOR) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 700
+    return *reinterpret_cast<const uint4*>(src);
+#else
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(src));
+    return v;
+#endif
+}
+
 // Stores Vec<T>::N floats to `dst` (16-byte aligned), rounding to T.
 template <typename T> __device__ __forceinline__ void store_vec(T* dst, const float* src) {
     constexpr int N = Vec<T>::N;

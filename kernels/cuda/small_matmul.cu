@@ -1,73 +1,140 @@
-// Matrix times a few vectors: out (m, n) = x (m, k) · w (n, k)ᵀ for 1 <= m <= 8, the projections
-// of a decode step of a few sequences (src/small_matmul.rs, whose CPU loop is the reference).
-// Reading w is the whole cost, so each warp streams two of its rows once, 16 bytes per lane per
-// load, and applies them to all m inputs; x (at most 8 rows) stays in L1/L2.
+// Matrix times a few vectors, out (m, n) = x (m, k) · w (n, k)ᵀ for 1 <= m <= 8: the projections
+// of a decode step of a few sequences (src/small_matmul.rs, whose CPU loop in f64 is the
+// reference), optionally with the ops around them fused in, so that a decoder layer of a few
+// rows is four matmul launches and the attention's two instead of ten:
 //
-//   x    (m, k) contiguous, w (n, k) contiguous, both 16-byte aligned, k a multiple of 16 / sizeof(T)
-//   out  (m, n) contiguous
+//   PLAIN     out = x · wᵀ
+//   NORM      out = rms_norm(x) · wᵀ, rms_norm(x) = x / sqrt(mean(x²) + eps) * aux (the norm's
+//             weight, (k)). One pass: each warp reads the whole of x anyway, so it adds up x²
+//             as it goes and scales its dot products by the row's 1 / rms at the end.
+//   NORM_F32  NORM with f32 output (the logits)
+//   GATE_UP   NORM against rows j and n + j of w (2n, k), stacked gate and up projections:
+//             out (m, n) = silu(gate) * up, gate and up rounded to T first, as the unfused ops
+//             would store them
+//   RESIDUAL  out = aux + x · wᵀ, aux (m, n) the residual stream; the product is rounded to T
+//             before the add, as the unfused add would see it
 //
-// Grid ceil(n / (R * WARPS)), WARPS * 32 threads; warp g computes rows [g * R, g * R + R) of w.
-// Each output is one lane-strided partial sum per lane, then a warp sum: the same order for
-// any m, so a row's result does not depend on how many rows are batched with it.
+//   x    (m, k) contiguous, w contiguous, both 16-byte aligned, k a multiple of 16 / sizeof(T)
+//
+// Reading w is the whole cost. One warp per output row (GATE_UP: per pair of rows): each lane
+// issues all its 16-byte loads of a round (8 of them) before using any, so a row of up to 8 * 32
+// vectors (k = 2048 in bf16) is one round trip to memory; x and the norm's weight stay in L1,
+// and w bypasses it. Warps stride over the rows, and each output is one lane-strided partial
+// sum per lane then a warp sum: the same order for any m, so a row's result does not depend on
+// how many rows are batched with it. M is m rounded up to 1, 2, 4 or 8.
 
 #include "common.cuh"
 
 namespace {
 
-constexpr int R = 2;      // rows of w per warp
 constexpr int WARPS = 4;  // SMALL_MATMUL_WARPS in src/small_matmul.rs
 
-template <typename T, int M>
-__device__ __forceinline__ void small_matmul(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out,
-                                             int n, int k) {
-    constexpr int N = qs::Vec<T>::N;
-    const int lane = threadIdx.x % 32;
-    const int n0 = (blockIdx.x * WARPS + threadIdx.x / 32) * R;
-    if (n0 >= n) return;  // warp-uniform
-    const int rows = min(R, n - n0);
-    float acc[R][M];
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int i = 0; i < M; ++i) acc[r][i] = 0.f;
+enum Mode { PLAIN, NORM, NORM_F32, GATE_UP, RESIDUAL };
 
-#pragma unroll 2
-    for (int k0 = lane * N; k0 < k; k0 += 32 * N) {
-        float xv[M][N];
+// Loads of w a lane issues before using them.
+constexpr int LOADS_IN_FLIGHT = 8;
+
+template <typename T, int MODE> struct Out {
+    using Type = T;
+};
+template <typename T> struct Out<T, NORM_F32> {
+    using Type = float;
+};
+
+template <typename T, int M, int MODE>
+__device__ __forceinline__ void small_matmul(const T* __restrict__ x, const T* __restrict__ w,
+                                             const T* __restrict__ aux, typename Out<T, MODE>::Type* __restrict__ out,
+                                             int m, int n, int k, float eps) {
+    constexpr int N = qs::Vec<T>::N;
+    constexpr bool NORMED = MODE == NORM || MODE == NORM_F32 || MODE == GATE_UP;
+    constexpr int R = MODE == GATE_UP ? 2 : 1;  // rows of w per output
+    constexpr int U = LOADS_IN_FLIGHT / R;      // vectors per row a lane loads per round
+    const int lane = threadIdx.x % 32;
+    const int chunks = k / N;
+    const int num_warps = gridDim.x * (blockDim.x / 32);
+    // Warp-uniform: every lane of a warp takes the same rows (the warp sums need all 32).
+    for (int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; row < n; row += num_warps) {
+        float acc[R][M], sq[M];
 #pragma unroll
-        for (int i = 0; i < M; ++i) qs::load_vec(x + (size_t)i * k + k0, xv[i]);
+        for (int i = 0; i < M; ++i) {
+            sq[i] = 0.f;
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            if (r >= rows) break;  // warp-uniform
-            float wv[N];
-            qs::load_vec(w + (size_t)(n0 + r) * k + k0, wv);
+            for (int r = 0; r < R; ++r) acc[r][i] = 0.f;
+        }
+        for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
+            uint4 raw[U][R];
 #pragma unroll
-            for (int i = 0; i < M; ++i)
+            for (int u = 0; u < U; ++u)
 #pragma unroll
-                for (int e = 0; e < N; ++e) acc[r][i] = fmaf(wv[e], xv[i][e], acc[r][i]);
+                for (int r = 0; r < R; ++r) {
+                    const int c = c0 + u * 32;
+                    raw[u][r] = c < chunks ? qs::load_stream(w + (size_t)(row + r * n) * k + (size_t)c * N) : make_uint4(0, 0, 0, 0);
+                }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int c = c0 + u * 32;
+                if (c >= chunks) break;
+                float wv[R][N], gv[N];
+#pragma unroll
+                for (int r = 0; r < R; ++r) qs::unpack_vec<T>(raw[u][r], wv[r]);
+                if constexpr (NORMED) qs::load_vec(aux + (size_t)c * N, gv);
+#pragma unroll
+                for (int i = 0; i < M; ++i) {
+                    if (i >= m) break;  // uniform
+                    float xv[N];
+                    qs::load_vec(x + (size_t)i * k + (size_t)c * N, xv);
+                    if constexpr (NORMED) {
+#pragma unroll
+                        for (int e = 0; e < N; ++e) {
+                            sq[i] = fmaf(xv[e], xv[e], sq[i]);
+                            xv[e] *= gv[e];
+                        }
+                    }
+#pragma unroll
+                    for (int r = 0; r < R; ++r)
+#pragma unroll
+                        for (int e = 0; e < N; ++e) acc[r][i] = fmaf(wv[r][e], xv[e], acc[r][i]);
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            if constexpr (NORMED) sq[i] = qs::warp_sum(sq[i]);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r][i] = qs::warp_sum(acc[r][i]);
+        }
+        // Lane i writes output (i, row).
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            if (lane != i || i >= m) continue;
+            const size_t at = (size_t)i * n + row;
+            const float inv_rms = NORMED ? rsqrtf(sq[i] / k + eps) : 1.f;
+            if constexpr (MODE == GATE_UP) {
+                const float g = qs::to_float(qs::from_float<T>(acc[0][i] * inv_rms));
+                const float u = qs::to_float(qs::from_float<T>(acc[R - 1][i] * inv_rms));
+                out[at] = qs::from_float<T>(g / (1.f + expf(-g)) * u);
+            } else if constexpr (MODE == RESIDUAL) {
+                out[at] = qs::from_float<T>(qs::to_float(qs::from_float<T>(acc[0][i])) + qs::to_float(aux[at]));
+            } else {
+                out[at] = qs::from_float<typename Out<T, MODE>::Type>(acc[0][i] * inv_rms);
+            }
         }
     }
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int i = 0; i < M; ++i) acc[r][i] = qs::warp_sum(acc[r][i]);
-    // Lane r * M + i writes output (i, n0 + r).
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int i = 0; i < M; ++i)
-            if (lane == r * M + i && r < rows) out[(size_t)i * n + n0 + r] = qs::from_float<T>(acc[r][i]);
 }
 
 }  // namespace
 
-#define SMALL_MATMUL_M(SUFFIX, T, M)                                                                   \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32) small_matmul_m##M##_##SUFFIX(            \
-        const T* x, const T* w, T* out, int n, int k) {                                                \
-        small_matmul<T, M>(x, w, out, n, k);                                                           \
+#define SMALL_MATMUL_MODE(SUFFIX, T, M, MODE, NAME)                                                            \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32) small_matmul_##NAME##_m##M##_##SUFFIX(           \
+        const T* x, const T* w, const T* aux, typename Out<T, MODE>::Type* out, int m, int n, int k, float eps) { \
+        small_matmul<T, M, MODE>(x, w, aux, out, m, n, k, eps);                                               \
     }
-#define SMALL_MATMUL(SUFFIX, T)                                                                        \
-    SMALL_MATMUL_M(SUFFIX, T, 1) SMALL_MATMUL_M(SUFFIX, T, 2) SMALL_MATMUL_M(SUFFIX, T, 3)             \
-    SMALL_MATMUL_M(SUFFIX, T, 4) SMALL_MATMUL_M(SUFFIX, T, 5) SMALL_MATMUL_M(SUFFIX, T, 6)             \
-    SMALL_MATMUL_M(SUFFIX, T, 7) SMALL_MATMUL_M(SUFFIX, T, 8)
+#define SMALL_MATMUL_M(SUFFIX, T, M)                                     \
+    SMALL_MATMUL_MODE(SUFFIX, T, M, PLAIN, plain)                        \
+    SMALL_MATMUL_MODE(SUFFIX, T, M, NORM, norm)                          \
+    SMALL_MATMUL_MODE(SUFFIX, T, M, NORM_F32, norm_f32)                  \
+    SMALL_MATMUL_MODE(SUFFIX, T, M, GATE_UP, gate_up)                    \
+    SMALL_MATMUL_MODE(SUFFIX, T, M, RESIDUAL, residual)
+#define SMALL_MATMUL(SUFFIX, T)                                                                      \
+    SMALL_MATMUL_M(SUFFIX, T, 1) SMALL_MATMUL_M(SUFFIX, T, 2) SMALL_MATMUL_M(SUFFIX, T, 4) SMALL_MATMUL_M(SUFFIX, T, 8)
 QS_FOR_EACH_DTYPE(SMALL_MATMUL)

@@ -67,6 +67,13 @@ pub(crate) fn aligned_input<'a, T: CudaElem>(s: &'a CudaStorage, l: &Layout, wha
     input(s, l, what)
 }
 
+/// The device's number of SMs.
+pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    use candle_core::cuda_backend::WrapErr;
+    Ok(dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()? as usize)
+}
+
 /// An uninitialised output of `len` elements (the kernel writes every one).
 pub(crate) fn output<T: CudaElem>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     // SAFETY: every caller launches a kernel that writes all `len` elements before any read.

@@ -139,22 +139,51 @@ int main() {
             check(name, err + !nan_ok + !untouched_ok, 1e-5);
         }
     }
-    for (auto [m, n, k] : {std::array<int, 3>{1, 37, 64}, {3, 9, 520}, {8, 4, 256}}) {  // small_matmul, odd n and k tails
-        std::vector<float> x(m * k), w(n * k), out(m * n, NAN);
+    // small_matmul in every mode, against the formulas in double: odd n and k tails, m padded up
+    // to the kernel's M, rows past the grid's warps (grid stride), k past one round of loads.
+    for (auto [m, n, k, blocks] : {std::array<int, 4>{1, 37, 64, 10}, {3, 9, 520, 3}, {8, 4, 256, 1}, {5, 11, 4100, 2}, {2, 70, 36, 4}}) {
+        std::vector<float> x(m * k), w(2 * n * k), g(k), r(m * n), out(m * n);
         for (auto& v : x) v = nd(rng);
         for (auto& v : w) v = nd(rng);
-        void (*kernel[])(const float*, const float*, float*, int, int) = {small_matmul_m1_f32, small_matmul_m2_f32, small_matmul_m3_f32,
-            small_matmul_m4_f32, small_matmul_m5_f32, small_matmul_m6_f32, small_matmul_m7_f32, small_matmul_m8_f32};
-        emu::launch({(unsigned)((n + 7) / 8)}, {128}, [&] { kernel[m - 1](x.data(), w.data(), out.data(), n, k); });
-        double err = 0;
-        for (int i = 0; i < m; ++i) for (int j = 0; j < n; ++j) {
-            double dot = 0;
-            for (int e = 0; e < k; ++e) dot += (double)x[i * k + e] * w[j * k + e];
-            err = std::max(err, std::isnan(out[i * n + j]) ? 1e9 : std::abs(out[i * n + j] - dot));
+        for (auto& v : g) v = 1 + 0.2f * nd(rng);
+        for (auto& v : r) v = nd(rng);
+        const int M = m == 1 ? 1 : m == 2 ? 2 : m <= 4 ? 4 : 8;
+        using K = void (*)(const float*, const float*, const float*, float*, int, int, int, float);
+        const K kernels[5][4] = {
+            {small_matmul_plain_m1_f32, small_matmul_plain_m2_f32, small_matmul_plain_m4_f32, small_matmul_plain_m8_f32},
+            {small_matmul_norm_m1_f32, small_matmul_norm_m2_f32, small_matmul_norm_m4_f32, small_matmul_norm_m8_f32},
+            {small_matmul_norm_f32_m1_f32, small_matmul_norm_f32_m2_f32, small_matmul_norm_f32_m4_f32, small_matmul_norm_f32_m8_f32},
+            {small_matmul_gate_up_m1_f32, small_matmul_gate_up_m2_f32, small_matmul_gate_up_m4_f32, small_matmul_gate_up_m8_f32},
+            {small_matmul_residual_m1_f32, small_matmul_residual_m2_f32, small_matmul_residual_m4_f32, small_matmul_residual_m8_f32},
+        };
+        const char* names[5] = {"plain", "norm", "norm_f32", "gate_up", "residual"};
+        const int which = M == 1 ? 0 : M == 2 ? 1 : M == 4 ? 2 : 3;
+        for (int mode = 0; mode < 5; ++mode) {
+            std::fill(out.begin(), out.end(), NAN);
+            const float* aux = mode == 4 ? r.data() : mode == 0 ? nullptr : g.data();
+            emu::launch({(unsigned)blocks}, {128}, [&] { kernels[mode][which](x.data(), w.data(), aux, out.data(), m, n, k, 1e-6f); });
+            double err = 0;
+            for (int i = 0; i < m; ++i) {
+                double ss = 0;
+                for (int e = 0; e < k; ++e) ss += (double)x[i * k + e] * x[i * k + e];
+                const double inv = mode == 0 || mode == 4 ? 1 : 1 / std::sqrt(ss / k + 1e-6);
+                auto dot = [&](int row) {
+                    double d = 0;
+                    for (int e = 0; e < k; ++e) d += (double)x[i * k + e] * (mode == 0 || mode == 4 ? 1 : g[e]) * w[(size_t)row * k + e];
+                    return d * inv;
+                };
+                for (int j = 0; j < n; ++j) {
+                    double want = dot(j);
+                    if (mode == 3) want = want / (1 + std::exp(-want)) * dot(n + j);
+                    if (mode == 4) want += r[i * n + j];
+                    const double got = out[i * n + j];
+                    err = std::max(err, std::isnan(got) ? 1e9 : std::abs(got - want) / (1 + std::abs(want)));
+                }
+            }
+            char name[80];
+            std::snprintf(name, sizeof name, "small_matmul %s f32 (%d, %d) x (%d, %d)", names[mode], m, k, n, k);
+            check(name, err, 1e-4);
         }
-        char name[64];
-        std::snprintf(name, sizeof name, "small_matmul f32 (%d, %d) x (%d, %d)", m, k, n, k);
-        check(name, err, 1e-4);
     }
     std::printf("%d failures\n", failures);
     return failures != 0;

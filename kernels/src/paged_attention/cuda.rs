@@ -163,12 +163,7 @@ impl PagedAttention<'_> {
 /// The attention blocks a launch aims to have resident at once: a launch of fewer (tiles times
 /// KV heads) splits its key ranges.
 pub(crate) fn split_target(dev: &CudaDevice) -> Result<usize> {
-    let num_sms = dev
-        .cuda_stream()
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .w()? as usize;
-    Ok(num_sms * BLOCKS_PER_SM)
+    Ok(crate::cuda::sm_count(dev)? * BLOCKS_PER_SM)
 }
 
 /// How many blocks share each tile's key range (the kernel divides each sequence's keys among
