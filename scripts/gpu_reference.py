@@ -229,6 +229,9 @@ def main():
             # The opt-in tensor-core attention against transformers too, when its variant runs.
             if args.variants is None or "mma_attention" in args.variants.split(","):
                 runs.append((f"compare_{dtype}_mma", {"QWEN_SERVE_CUDA_GRAPHS": "8", "QWEN_SERVE_CUDA_MMA_ATTENTION": "1"}))
+            # The opt-in fused decode path (its greedy tokens are decode steps of one row).
+            if args.variants is None or "fused_decode" in args.variants.split(","):
+                runs.append((f"compare_{dtype}_fused", {"QWEN_SERVE_CUDA_GRAPHS": "8", "QWEN_SERVE_CUDA_FUSED_DECODE": "1"}))
         for key, env in runs:
             try:
                 result[key] = compare(model, tokenizer, dtype, args.qwen_serve, folder, device_flag,
@@ -285,7 +288,12 @@ def main():
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [# Attention on the tensor cores (kernels/cuda/paged_attention_mma.cu), at every level.
+    variants = [# Decode steps of up to 8 sequences in the few-rows kernels with norms, SiLU and residual
+                # adds fused in (kernels/src/small_matmul.rs): six launches a layer instead of ten.
+                ("fused_decode", {"QWEN_SERVE_CUDA_FUSED_DECODE": "1"}, [c for c in ("1",) if c in levels]),
+                ("fused_decode_graph_times", {"QWEN_SERVE_CUDA_FUSED_DECODE": "1", "QWEN_SERVE_CUDA_GRAPH_TIMES": "1", "RUST_LOG": "info"},
+                 [c for c in ("1",) if c in levels]),
+                # Attention on the tensor cores (kernels/cuda/paged_attention_mma.cu), at every level.
                 ("mma_attention", {"QWEN_SERVE_CUDA_MMA_ATTENTION": "1"}, levels),
                 # Host and GPU time of each replayed step (models/src/cuda_graphs.rs), in the log lines.
                 ("graph_times", {"QWEN_SERVE_CUDA_GRAPH_TIMES": "1", "RUST_LOG": "info"}, ab),
@@ -323,7 +331,7 @@ def main():
                                env={**os.environ, **env})
             result[key] = json.load(open(ab_json)) if p.returncode == 0 else {"error": p.stderr[-3000:]}
             # Whether graphs were captured (or failed), and the device set-up line.
-            result[key]["log_lines"] = [l for l in p.stderr.splitlines() if "CUDA graph" in l or "device: cuda" in l][-12:]
+            result[key]["log_lines"] = [l for l in p.stderr.splitlines() if "CUDA graph" in l or "device: cuda" in l or "fused decode" in l][-12:]
         except subprocess.TimeoutExpired:
             result[key] = {"error": f"timed out after {args.bench_timeout} s"}
         save()

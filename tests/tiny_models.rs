@@ -12,7 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use common::{fixture, read_json};
 use qwen_serve::generate::score;
 use qwen_serve_models::{
-    gguf_expert_name, gguf_tensor_name, load_model, AttentionMetadata, CausalLm, ForwardBatch, GgufReader, KvCache, ModelConfig, Weights,
+    gguf_expert_name, gguf_tensor_name, load_model, AttentionMetadata, CausalLm, ForwardBatch, GgufReader, KvCache, ModelConfig, QwenForCausalLm,
+    Weights,
 };
 
 const TOLERANCE: f32 = 1e-4;
@@ -138,6 +139,24 @@ fn tiny_qwen2_with_bias_and_tied_embeddings_matches_transformers() {
 
 /// 16 experts, top 4 with renormalised weights, a dense layer among sparse ones
 /// (`mlp_only_layers`), an untied head, and the expert count spelt `num_local_experts`.
+/// The fused decode path (norms, SiLU and residual adds inside the few-rows matmuls; on a GPU
+/// `QWEN_SERVE_CUDA_FUSED_DECODE=1`) keeps the residual stream, the gate/up halves, the q/k/v
+/// split and the last norm as the unfused layers do: on the CPU its ops run their reference
+/// loops, and every step of up to 8 tokens (here each decode step, and the short prefills)
+/// takes it. A sparse model does not.
+#[test]
+fn fused_decode_path_matches_transformers() {
+    for name in ["tiny-qwen3", "tiny-qwen2"] {
+        let weights = Weights::from_safetensors(&[fixture(name).join("model.safetensors")], DType::F32, &Device::Cpu).unwrap();
+        let model = QwenForCausalLm::new(&config(name), &weights).unwrap().with_fused_decode(true);
+        assert!(model.fused_decode(), "{name}: every layer fuses");
+        check_model(name, &model);
+    }
+    let name = "tiny-qwen3-moe";
+    let weights = Weights::from_safetensors(&[fixture(name).join("model.safetensors")], DType::F32, &Device::Cpu).unwrap();
+    assert!(!QwenForCausalLm::new(&config(name), &weights).unwrap().with_fused_decode(true).fused_decode());
+}
+
 #[test]
 fn tiny_qwen3_moe_matches_transformers() {
     check("tiny-qwen3-moe");

@@ -2,7 +2,7 @@
 //! body (the MoE ones replace some layers' feed-forward by [`SparseMoe`]).
 
 use candle_core::{DType, Device, Tensor};
-use qwen_serve_kernels::{param_cache, DeviceMetadata};
+use qwen_serve_kernels::{param_cache, small_matmul_fused, small_matmul_weight_fits, DeviceMetadata, MatmulFusion, SMALL_MATMUL_MAX_ROWS};
 
 use crate::layers::attention::Attention;
 use crate::layers::linear::Linear;
@@ -43,6 +43,28 @@ impl FeedForward {
     }
 }
 
+impl DecoderLayer {
+    /// Whether [`Self::forward_fused`] runs here.
+    fn fuses(&self, dtype: DType) -> bool {
+        matches!(&self.mlp, FeedForward::Dense(mlp) if mlp.fuses(dtype)) && self.self_attn.fuses(dtype)
+    }
+
+    /// The layer over the residual stream `x` of a decode step of a few rows, in the few-rows
+    /// kernels with norms, SiLU and residual adds fused in: the new residual stream.
+    fn forward_fused(&self, x: &Tensor, rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> candle_core::Result<Tensor> {
+        let FeedForward::Dense(mlp) = &self.mlp else { candle_core::bail!("fused decode: a sparse feed-forward") };
+        let x = self.self_attn.forward_fused(x, &self.input_layernorm, rotary, cache, meta)?;
+        mlp.forward_fused(&x, &self.post_attention_layernorm)
+    }
+}
+
+/// `QWEN_SERVE_CUDA_FUSED_DECODE=1`: decode steps of up to `SMALL_MATMUL_MAX_ROWS` sequences run the
+/// few-rows kernels with the ops around each projection fused in (kernels/src/small_matmul.rs).
+/// Off by default until measured on a GPU.
+fn fused_decode_wanted() -> bool {
+    std::env::var("QWEN_SERVE_CUDA_FUSED_DECODE").is_ok_and(|v| v == "1")
+}
+
 pub struct QwenForCausalLm {
     config: ModelConfig,
     embed_tokens: Embedding,
@@ -52,6 +74,8 @@ pub struct QwenForCausalLm {
     rotary: Rotary,
     dtype: DType,
     device: Device,
+    /// Steps of up to `SMALL_MATMUL_MAX_ROWS` tokens take [`DecoderLayer::forward_fused`].
+    fused_decode: bool,
 }
 
 impl QwenForCausalLm {
@@ -81,7 +105,7 @@ impl QwenForCausalLm {
             return Err(ModelError::MissingTensor("lm_head.weight".into()));
         };
         let rotary = Rotary::new(cfg.head_dim(), cfg.max_position_embeddings, cfg.rope_theta, weights.dtype(), weights.device())?;
-        Ok(Self {
+        let this = Self {
             config: cfg.clone(),
             embed_tokens,
             layers,
@@ -90,7 +114,28 @@ impl QwenForCausalLm {
             rotary,
             dtype: weights.dtype(),
             device: weights.device().clone(),
-        })
+            fused_decode: false,
+        }
+        .with_fused_decode(weights.device().is_cuda() && fused_decode_wanted());
+        if this.fused_decode {
+            tracing::info!("fused decode: steps of up to {SMALL_MATMUL_MAX_ROWS} sequences run the few-rows kernels");
+        } else if fused_decode_wanted() {
+            tracing::warn!("fused decode: not for this model (a sparse layer, quantized or unfit weights, or no GPU)");
+        }
+        Ok(this)
+    }
+
+    /// Turns the fused decode path on or off; on only where every layer fuses (dense weights
+    /// of the activations' dtype, no sparse layers) and a CUDA build, or for tests, the CPU
+    /// (where the few-rows ops run their f64 reference loops).
+    pub fn with_fused_decode(mut self, on: bool) -> Self {
+        self.fused_decode = on && self.layers.iter().all(|l| l.fuses(self.dtype));
+        self
+    }
+
+    /// Whether decode steps of a few sequences take the fused path.
+    pub fn fused_decode(&self) -> bool {
+        self.fused_decode
     }
 
     /// The layers, the final norm and the head over `ids` already on the device: only device
@@ -106,6 +151,25 @@ impl QwenForCausalLm {
         // Not for MoE: its layers upload per-step routing (new values every step), which the
         // cache would keep forever.
         let param_cache = if self.config.architecture().is_moe() { None } else { param_cache(&self.device) };
+        // Select the rows whose logits are wanted.
+        let select = |t: Tensor| match rows {
+            Some(rows) => t.index_select(rows, 0),
+            None => Ok(t),
+        };
+        if self.fused_decode && ids.dim(0)? <= SMALL_MATMUL_MAX_ROWS {
+            for (i, layer) in self.layers.iter().enumerate() {
+                x = layer.forward_fused(&x, &self.rotary, cache.layer(i), meta)?;
+            }
+            drop(param_cache);
+            let x = select(x)?;
+            let (weight, eps) = self.norm.parts();
+            let logits = match self.lm_head.dense_weight() {
+                Some(w) if small_matmul_weight_fits(w, x.dtype()) => small_matmul_fused(&x, w, MatmulFusion::NormF32 { weight, eps })?,
+                _ => self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)?,
+            };
+            phase_times::mark(dev, Phase::Head)?;
+            return Ok(logits);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let (h, r) = match residual.take() {
                 None => (layer.input_layernorm.forward(&x)?, x),
@@ -120,10 +184,6 @@ impl QwenForCausalLm {
         }
         drop(param_cache);
         // Only the rows whose logits are wanted go through the last add and norm.
-        let select = |t: Tensor| match rows {
-            Some(rows) => t.index_select(rows, 0),
-            None => Ok(t),
-        };
         let x = match residual {
             Some(r) => self.norm.forward_residual(&select(x)?, &select(r)?)?.0,
             None => self.norm.forward(&select(x)?)?,

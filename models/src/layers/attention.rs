@@ -1,6 +1,6 @@
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
-use qwen_serve_kernels::{paged_attention_step, qkv_step, DeviceMetadata, Qkv};
+use qwen_serve_kernels::{paged_attention_step, qkv_step, small_matmul_fused, small_matmul_weight_fits, DeviceMetadata, MatmulFusion, Qkv};
 
 use super::linear::{Linear, Projections};
 use super::rms_norm::RmsNorm;
@@ -48,10 +48,43 @@ impl Attention {
     /// `x` `(tokens, hidden)`; caches `(num_blocks, block_size, num_kv_heads, head_dim)`; `meta`
     /// the step's metadata, already on the model's device.
     pub fn forward(&self, x: &Tensor, rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
-        let tokens = x.dim(0)?;
-        // Biases, q/k norms, rotation and the cache write happen in one op (one kernel on a GPU).
         let [q, k, v]: [Tensor; 3] = self.qkv_proj.forward_unbiased(x)?.try_into().expect("three projections");
         mark(x.device(), Phase::QkvProj)?;
+        let out = self.attend([q, k, v], rotary, cache, meta)?;
+        let out = self.o_proj.forward(&out)?;
+        mark(x.device(), Phase::OProj)?;
+        Ok(out)
+    }
+
+    /// Whether [`Self::forward_fused`] runs here: q/k/v stacked in one dense matrix and o dense,
+    /// each fit for the few-rows kernels with activations of `dtype`.
+    pub fn fuses(&self, dtype: DType) -> bool {
+        let (Some((qkv, _)), Some(o)) = (self.qkv_proj.stacked_dense(), self.o_proj.dense_weight()) else { return false };
+        small_matmul_weight_fits(qkv, dtype) && small_matmul_weight_fits(o, dtype)
+    }
+
+    /// `x + self.forward(norm(x))` for a decode step of a few rows, in three launches around
+    /// the attention's (see kernels/src/small_matmul.rs): the norm fused into the q/k/v
+    /// projection and the residual add into o's. Only where [`Self::fuses`].
+    pub fn forward_fused(&self, x: &Tensor, norm: &RmsNorm, rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
+        let (Some((w_qkv, widths)), Some(w_o)) = (self.qkv_proj.stacked_dense(), self.o_proj.dense_weight()) else {
+            candle_core::bail!("fused attention: q/k/v or o is not one dense matrix");
+        };
+        let (weight, eps) = norm.parts();
+        let qkv = small_matmul_fused(x, w_qkv, MatmulFusion::Norm { weight, eps })?;
+        let (q, k) = (qkv.narrow(1, 0, widths[0])?, qkv.narrow(1, widths[0], widths[1])?);
+        let v = qkv.narrow(1, widths[0] + widths[1], widths[2])?;
+        mark(x.device(), Phase::QkvProj)?;
+        let out = self.attend([q, k, v], rotary, cache, meta)?;
+        let out = small_matmul_fused(&out, w_o, MatmulFusion::Residual(x))?;
+        mark(x.device(), Phase::OProj)?;
+        Ok(out)
+    }
+
+    /// Attention over the unbiased projections: `(tokens, heads * head_dim)`.
+    fn attend(&self, [q, k, v]: [Tensor; 3], rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
+        let tokens = q.dim(0)?;
+        // Biases, q/k norms, rotation and the cache write happen in one op (one kernel on a GPU).
         let [bq, bk, bv] = self.qkv_proj.biases() else { unreachable!("three projections") };
         let head_norm = self.qk_norm.as_ref().map(|(qn, kn)| {
             let ((wq, eps), (wk, _)) = (qn.parts(), kn.parts());
@@ -60,7 +93,7 @@ impl Attention {
         let qkv = Qkv { q: &q, k: &k, v: &v, bias: [bq.as_ref(), bk.as_ref(), bv.as_ref()], head_norm };
         let (cos, sin) = rotary.tables();
         let q = qkv_step(&qkv, cos, sin, cache.0, cache.1, meta)?;
-        mark(x.device(), Phase::QkvStep)?;
+        mark(q.device(), Phase::QkvStep)?;
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         // A cache in another dtype (`--kv-cache-dtype`): q meets it in its dtype, as llama.cpp
         // does with an f16 cache; the output comes back in the activations'.
@@ -69,9 +102,7 @@ impl Attention {
         } else {
             paged_attention_step(&q.to_dtype(cache.0.dtype())?, cache.0, cache.1, meta, scale)?.to_dtype(q.dtype())?
         };
-        mark(x.device(), Phase::Attention)?;
-        let out = self.o_proj.forward(&out.reshape((tokens, self.num_heads * self.head_dim))?)?;
-        mark(x.device(), Phase::OProj)?;
-        Ok(out)
+        mark(q.device(), Phase::Attention)?;
+        out.reshape((tokens, self.num_heads * self.head_dim))
     }
 }

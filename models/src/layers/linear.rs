@@ -62,7 +62,8 @@ impl Linear {
         }
     }
 
-    fn dense_weight(&self) -> Option<&Tensor> {
+    /// The weight when it is a dense matrix.
+    pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.weight {
             Weight::Dense(w) => Some(w),
             _ => None,
@@ -155,6 +156,15 @@ impl Projections {
             }
         }
         Ok(Self { groups, biases })
+    }
+
+    /// The one dense matrix all parts are stacked in (rows in part order) and the parts'
+    /// widths, when they are.
+    pub fn stacked_dense(&self) -> Option<(&Tensor, &[usize])> {
+        match self.groups.as_slice() {
+            [(linear, widths)] => linear.dense_weight().map(|w| (w, widths.as_slice())),
+            _ => None,
+        }
     }
 
     /// How many matmuls a forward runs.

@@ -1,8 +1,9 @@
-use candle_core::Tensor;
-use qwen_serve_kernels::silu_mul;
+use candle_core::{DType, Tensor};
+use qwen_serve_kernels::{silu_mul, small_matmul_fused, small_matmul_weight_fits, MatmulFusion};
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
 
 use super::linear::{Linear, Projections};
+use super::rms_norm::RmsNorm;
 use crate::phase_times::{mark, Phase};
 use crate::{ModelError, Weights};
 
@@ -30,6 +31,28 @@ impl Mlp {
         let act = silu_mul(&gate, &up)?;
         mark(x.device(), Phase::SiluMul)?;
         let out = self.down_proj.forward(&act)?;
+        mark(x.device(), Phase::Down)?;
+        Ok(out)
+    }
+
+    /// Whether [`Self::forward_fused`] runs here: gate over up in one dense matrix and down
+    /// dense, each fit for the few-rows kernels with activations of `dtype`.
+    pub fn fuses(&self, dtype: DType) -> bool {
+        let (Some((gate_up, widths)), Some(down)) = (self.gate_up_proj.stacked_dense(), self.down_proj.dense_weight()) else { return false };
+        widths.len() == 2 && widths[0] == widths[1] && small_matmul_weight_fits(gate_up, dtype) && small_matmul_weight_fits(down, dtype)
+    }
+
+    /// `x + self.forward(norm(x))` for a decode step of a few rows, in two launches (see
+    /// kernels/src/small_matmul.rs): the norm and SiLU-and-mul fused into the gate/up projection,
+    /// the residual add into down's. Only where [`Self::fuses`].
+    pub fn forward_fused(&self, x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
+        let (Some((gate_up, _)), Some(down)) = (self.gate_up_proj.stacked_dense(), self.down_proj.dense_weight()) else {
+            candle_core::bail!("fused feed-forward: gate/up or down is not one dense matrix");
+        };
+        let (weight, eps) = norm.parts();
+        let act = small_matmul_fused(x, gate_up, MatmulFusion::GateUp { weight, eps })?;
+        mark(x.device(), Phase::SiluMul)?;
+        let out = small_matmul_fused(&act, down, MatmulFusion::Residual(x))?;
         mark(x.device(), Phase::Down)?;
         Ok(out)
     }
