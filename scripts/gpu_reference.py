@@ -288,8 +288,9 @@ def main():
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [# Decode steps of up to 8 sequences in the few-rows kernels with norms, SiLU and residual
-                # adds fused in (kernels/src/small_matmul.rs): six launches a layer instead of ten.
+    variants = [# Decode steps of one or two sequences in the few-rows kernels with norms, q/k/v, SiLU and
+                # residual adds fused in (kernels/src/small_matmul.rs, qkv/matmul.rs): five launches a
+                # layer instead of ten.
                 ("fused_decode", {"QWEN_SERVE_CUDA_FUSED_DECODE": "1"}, [c for c in ("1",) if c in levels]),
                 ("fused_decode_graph_times", {"QWEN_SERVE_CUDA_FUSED_DECODE": "1", "QWEN_SERVE_CUDA_GRAPH_TIMES": "1", "RUST_LOG": "info"},
                  [c for c in ("1",) if c in levels]),

@@ -142,8 +142,8 @@ fn tiny_qwen2_with_bias_and_tied_embeddings_matches_transformers() {
 /// The fused decode path (norms, SiLU and residual adds inside the few-rows matmuls; on a GPU
 /// `QWEN_SERVE_CUDA_FUSED_DECODE=1`) keeps the residual stream, the gate/up halves, the q/k/v
 /// split and the last norm as the unfused layers do: on the CPU its ops run their reference
-/// loops, and every step of up to 8 tokens (here each decode step, and the short prefills)
-/// takes it. A sparse model does not.
+/// loops, and every step of up to 2 tokens takes it (here each decode step, and a step of
+/// two sequences against the unfused model). A sparse model does not.
 #[test]
 fn fused_decode_path_matches_transformers() {
     for name in ["tiny-qwen3", "tiny-qwen2"] {
@@ -151,6 +151,27 @@ fn fused_decode_path_matches_transformers() {
         let model = QwenForCausalLm::new(&config(name), &weights).unwrap().with_fused_decode(true);
         assert!(model.fused_decode(), "{name}: every layer fuses");
         check_model(name, &model);
+        // Two sequences after prefills of 5 and 3 tokens, each in its own blocks.
+        let unfused = load(name);
+        let step = |model: &dyn CausalLm| {
+            let mut cache = KvCache::new(model.config(), 4, 4, DType::F32, &Device::Cpu).unwrap();
+            for (prompt, table) in [(vec![5u32, 99, 300, 7, 42], [0u32, 1]), (vec![1, 2, 3], [2, 3])] {
+                let n = prompt.len();
+                let batch = ForwardBatch { input_ids: prompt, attention: AttentionMetadata::single(&table, 4, n, n), logits_indices: vec![n as u32 - 1] };
+                model.forward(&batch, &mut cache).unwrap();
+            }
+            let (a, b) = (AttentionMetadata::single(&[0, 1], 4, 6, 1), AttentionMetadata::single(&[2, 3], 4, 4, 1));
+            let attention = AttentionMetadata {
+                max_blocks_per_seq: 2,
+                query_start_loc: vec![0, 1, 2],
+                seq_lens: [a.seq_lens, b.seq_lens].concat(),
+                block_tables: [a.block_tables, b.block_tables].concat(),
+                slot_mapping: [a.slot_mapping, b.slot_mapping].concat(),
+            };
+            let batch = ForwardBatch { input_ids: vec![11, 250], attention, logits_indices: vec![0, 1] };
+            model.forward(&batch, &mut cache).unwrap().to_vec2::<f32>().unwrap()
+        };
+        assert_close(&step(&model), &step(unfused.as_ref()), &format!("{name}: a step of two sequences"));
     }
     let name = "tiny-qwen3-moe";
     let weights = Weights::from_safetensors(&[fixture(name).join("model.safetensors")], DType::F32, &Device::Cpu).unwrap();

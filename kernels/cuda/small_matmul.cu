@@ -16,23 +16,19 @@
 //
 //   x    (m, k) contiguous, w contiguous, both 16-byte aligned, k a multiple of 16 / sizeof(T)
 //
-// Reading w is the whole cost. One warp per output row (GATE_UP: per pair of rows): each lane
-// issues all its 16-byte loads of a round (8 of them) before using any, so a row of up to 8 * 32
-// vectors (k = 2048 in bf16) is one round trip to memory; x and the norm's weight stay in L1,
-// and w bypasses it. Warps stride over the rows, and each output is one lane-strided partial
-// sum per lane then a warp sum: the same order for any m, so a row's result does not depend on
-// how many rows are batched with it. M is m rounded up to 1, 2, 4 or 8.
+// Reading w is the whole cost. One warp per output row (GATE_UP: per pair of rows), summed by
+// qs::warp_row_sums (small_matmul.cuh): each lane issues 8 16-byte loads of w before using any,
+// so a row of up to 8 * 32 vectors (k = 2048 in bf16) is one round trip to memory; x and the
+// norm's weight stay in L1, and w bypasses it. Warps stride over the rows; a row's result does
+// not depend on how many rows are batched with it. M is m rounded up to 1, 2, 4 or 8.
 
-#include "common.cuh"
+#include "small_matmul.cuh"
 
 namespace {
 
 constexpr int WARPS = 4;  // SMALL_MATMUL_WARPS in src/small_matmul.rs
 
 enum Mode { PLAIN, NORM, NORM_F32, GATE_UP, RESIDUAL };
-
-// Loads of w a lane issues before using them.
-constexpr int LOADS_IN_FLIGHT = 8;
 
 template <typename T, int MODE> struct Out {
     using Type = T;
@@ -45,64 +41,17 @@ template <typename T, int M, int MODE>
 __device__ __forceinline__ void small_matmul(const T* __restrict__ x, const T* __restrict__ w,
                                              const T* __restrict__ aux, typename Out<T, MODE>::Type* __restrict__ out,
                                              int m, int n, int k, float eps) {
-    constexpr int N = qs::Vec<T>::N;
     constexpr bool NORMED = MODE == NORM || MODE == NORM_F32 || MODE == GATE_UP;
     constexpr int R = MODE == GATE_UP ? 2 : 1;  // rows of w per output
-    constexpr int U = LOADS_IN_FLIGHT / R;      // vectors per row a lane loads per round
     const int lane = threadIdx.x % 32;
-    const int chunks = k / N;
     const int num_warps = gridDim.x * (blockDim.x / 32);
     // Warp-uniform: every lane of a warp takes the same rows (the warp sums need all 32).
     for (int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; row < n; row += num_warps) {
+        const T* w_rows[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) w_rows[r] = w + (size_t)(row + r * n) * k;
         float acc[R][M], sq[M];
-#pragma unroll
-        for (int i = 0; i < M; ++i) {
-            sq[i] = 0.f;
-#pragma unroll
-            for (int r = 0; r < R; ++r) acc[r][i] = 0.f;
-        }
-        for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
-            uint4 raw[U][R];
-#pragma unroll
-            for (int u = 0; u < U; ++u)
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    const int c = c0 + u * 32;
-                    raw[u][r] = c < chunks ? qs::load_stream(w + (size_t)(row + r * n) * k + (size_t)c * N) : make_uint4(0, 0, 0, 0);
-                }
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int c = c0 + u * 32;
-                if (c >= chunks) break;
-                float wv[R][N], gv[N];
-#pragma unroll
-                for (int r = 0; r < R; ++r) qs::unpack_vec<T>(raw[u][r], wv[r]);
-                if constexpr (NORMED) qs::load_vec(aux + (size_t)c * N, gv);
-#pragma unroll
-                for (int i = 0; i < M; ++i) {
-                    if (i >= m) break;  // uniform
-                    float xv[N];
-                    qs::load_vec(x + (size_t)i * k + (size_t)c * N, xv);
-                    if constexpr (NORMED) {
-#pragma unroll
-                        for (int e = 0; e < N; ++e) {
-                            sq[i] = fmaf(xv[e], xv[e], sq[i]);
-                            xv[e] *= gv[e];
-                        }
-                    }
-#pragma unroll
-                    for (int r = 0; r < R; ++r)
-#pragma unroll
-                        for (int e = 0; e < N; ++e) acc[r][i] = fmaf(wv[r][e], xv[e], acc[r][i]);
-                }
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < M; ++i) {
-            if constexpr (NORMED) sq[i] = qs::warp_sum(sq[i]);
-#pragma unroll
-            for (int r = 0; r < R; ++r) acc[r][i] = qs::warp_sum(acc[r][i]);
-        }
+        qs::warp_row_sums<T, M, R, NORMED>(x, w_rows, aux, m, k, acc, sq);
         // Lane i writes output (i, row).
 #pragma unroll
         for (int i = 0; i < M; ++i) {

@@ -4,7 +4,7 @@
 //! Every kernel is instantiated per dtype as `<kernel>_<f32|bf16|f16>`; a module is JIT-compiled
 //! by the driver and cached by candle's device the first time one of its kernels is used.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::{CudaStorage, Layout, Result, Storage, Tensor, WithDType};
 
@@ -30,6 +30,7 @@ module!(ROPE, "rope");
 module!(SILU_MUL, "silu_mul");
 module!(QKV, "qkv");
 module!(SMALL_MATMUL, "small_matmul");
+module!(QKV_MATMUL, "qkv_matmul");
 module!(ARGMAX, "argmax");
 
 /// `<kernel>_<dtype of T>`: the name of one instantiation of a kernel template.
@@ -72,6 +73,15 @@ pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
     use candle_core::cuda_backend::WrapErr;
     Ok(dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()? as usize)
+}
+
+/// Blocks of `threads` for a grid-stride launch of `func` that wants `wanted`: at most as many as
+/// can be resident at once (occupancy times SMs), so that no second wave of a few blocks each
+/// owning a share of the work trails the first.
+pub(crate) fn resident_blocks(dev: &CudaDevice, func: &CudaFunction, threads: u32, wanted: usize) -> Result<u32> {
+    use candle_core::cuda_backend::WrapErr;
+    let per_sm = func.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).w()?.max(1) as usize;
+    Ok(wanted.clamp(1, sm_count(dev)? * per_sm) as u32)
 }
 
 /// An uninitialised output of `len` elements (the kernel writes every one).

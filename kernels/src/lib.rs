@@ -38,8 +38,8 @@ pub use metadata::{AttentionMetadata, MetadataError};
 pub use paged_attention::{paged_attention, paged_attention_step};
 pub use param_cache::{param_cache, param_cache_for_capture, ParamCache};
 #[cfg(feature = "cuda")]
-pub use qkv::qkv_step_fused;
-pub use qkv::{qkv_step, Qkv};
+pub use qkv::{qkv_matmul_step_fused, qkv_step_fused};
+pub use qkv::{qkv_matmul_step, qkv_step, Qkv, QkvMatmul};
 pub use quant::{Isa, QuantMatrix};
 pub use small_matmul::{small_matmul, small_matmul_applies, small_matmul_fits, small_matmul_fused, small_matmul_weight_fits, MatmulFusion, MAX_ROWS as SMALL_MATMUL_MAX_ROWS};
 pub use write_kv::{write_kv, write_kv_step};

@@ -14,6 +14,11 @@ use crate::write_kv::write_kv_step;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod matmul;
+
+#[cfg(feature = "cuda")]
+pub use matmul::qkv_matmul_step_fused;
+pub use matmul::{qkv_matmul_step, QkvMatmul};
 
 /// One layer's projections for a step.
 pub struct Qkv<'a> {

@@ -1,13 +1,14 @@
 //! Matrix times a few vectors, `x (m, k) · w (n, k)ᵀ` for `m` up to [`MAX_ROWS`]: the dense
 //! projections of a decode step of a few sequences on a GPU (`cuda/small_matmul.cu`), alone
-//! or with the ops around them fused in ([`MatmulFusion`]: the norm before a projection, SiLU-and-mul
-//! after gate/up, the residual add after o and down), so that a decoder layer of a few rows is
-//! six launches instead of ten. Reading the weight is the whole cost. The CPU loop here (in
-//! f64) is the reference; the model only takes these ops on a GPU.
+//! or with the ops around them fused in ([`MatmulFusion`]: the norm before a projection,
+//! SiLU-and-mul after gate/up, the residual add after o and down), so that a decoder layer of
+//! a few rows is five launches instead of ten (with `qkv/matmul.rs`). Reading the weight is
+//! the whole cost. The CPU loop here (in f64) is the reference; the model only takes these
+//! ops on a GPU.
 //!
 //! Off unless switched on; `QWEN_SERVE_CUDA_SMALL_MATMUL` for the plain projections (`1` every
 //! one, `large` only weights of at least [`LARGE_WEIGHT_BYTES`]), and the model's fused decode
-//! path (models/src/layers, `QWEN_SERVE_CUDA_FUSED_DECODE=1`) for the fused ones. History: the
+//! path (models/src/decoder.rs, `QWEN_SERVE_CUDA_FUSED_DECODE=1`) for the fused ones. History: the
 //! first kernel (a warp per two rows, one load in flight per lane) passed its test on an H200
 //! but lost to cuBLAS there (2026-11-27, one stream: 511 against 555 tok/s for the 0.5B shape,
 //! 176 against 178 for the 7B); cuBLAS itself reads the 7B's gate/up at 2.7 TB/s on an H100,
@@ -277,10 +278,9 @@ mod cuda {
     use super::SmallMatmul;
     use crate::cuda::{self, kernel_name, load, CudaElem};
 
-    /// Warps per block (`WARPS` in the .cu); a warp computes one output at a time.
+    /// Warps per block (`WARPS` in the .cu); a warp computes one output at a time, and warps
+    /// stride over the outputs past what the resident blocks cover.
     const SMALL_MATMUL_WARPS: usize = 4;
-    /// The most blocks a launch has per SM: warps stride over the remaining rows.
-    const BLOCKS_PER_SM: usize = 8;
 
     pub(super) fn forward(
         op: &SmallMatmul,
@@ -318,7 +318,12 @@ mod cuda {
         let dev = x.device();
         let xs = cuda::aligned_input::<T>(x, x_l, "small_matmul: x")?;
         let ws = cuda::aligned_input::<T>(w, w_l, "small_matmul: w")?;
-        let aux = aux.map(|(a, a_l)| cuda::input::<T>(a, a_l, "small_matmul: the third operand")).transpose()?;
+        // The norm's weight is read 16 bytes at a time, the residual one element at a time.
+        let aux = match aux {
+            Some((a, a_l)) if op.mode.normed() => Some(cuda::aligned_input::<T>(a, a_l, "small_matmul: the norm's weight")?),
+            Some((a, a_l)) => Some(cuda::input::<T>(a, a_l, "small_matmul: the residual")?),
+            None => None,
+        };
         let mut out = cuda::output::<O>(dev, m * n)?;
         if n == 0 {
             return Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()));
@@ -329,8 +334,9 @@ mod cuda {
         let mut b = func.builder();
         // The plain kernel does not read its third operand: x stands in.
         b.arg(&xs).arg(&ws).arg(aux.as_ref().unwrap_or(&xs)).arg(&mut out).arg(&m_arg).arg(&n_arg).arg(&k_arg).arg(&op.eps);
-        let blocks = n.div_ceil(SMALL_MATMUL_WARPS).min(cuda::sm_count(dev)? * BLOCKS_PER_SM);
-        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (32 * SMALL_MATMUL_WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+        let threads = 32 * SMALL_MATMUL_WARPS as u32;
+        let blocks = cuda::resident_blocks(dev, &func, threads, n.div_ceil(SMALL_MATMUL_WARPS))?;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: arguments match `small_matmul_<mode>_m<M>_<dtype>` (M = m rounded up to a power
         // of two, at most 8: checked by the caller); x holds m * k and w n * k elements (2n * k
         // for gate_up), both contiguous and 16-byte aligned, k a whole number of vectors;

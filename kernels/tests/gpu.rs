@@ -6,8 +6,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use qwen_serve_kernels::{
-    add_rms_norm, argmax_rows, paged_attention, paged_attention_step, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
-    small_matmul_fused, write_kv, write_kv_step, AttentionMetadata, DeviceMetadata, MatmulFusion, Qkv,
+    add_rms_norm, argmax_rows, paged_attention, paged_attention_step, qkv_matmul_step, qkv_matmul_step_fused, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
+    small_matmul_fused, write_kv, write_kv_step, AttentionMetadata, DeviceMetadata, MatmulFusion, Qkv, QkvMatmul,
 };
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
@@ -234,7 +234,8 @@ fn small_matmul_fusions_match_the_cpu() {
     for (n, k) in [(1152, 896), (37, 64), (4864, 896), (896, 4864), (5, 3584)] {
         for dtype in DTYPES {
             let w = randn(&[2 * n, k], dtype);
-            let x = randn(&[8, k], dtype);
+            // x ~ N(0, 16): 1 / rms is 1/4, so a norm left out shows in every dtype.
+            let x = (randn(&[8, k], DType::F32) * 4.0).unwrap().to_dtype(dtype).unwrap();
             let g = randn(&[k], DType::F32).affine(0.2, 1.0).unwrap().to_dtype(dtype).unwrap();
             let r = randn(&[8, n], dtype);
             let half = w.narrow(0, 0, n).unwrap();
@@ -244,6 +245,11 @@ fn small_matmul_fusions_match_the_cpu() {
             check_small_matmul(&x, &w, Some(MatmulFusion::GateUp { weight: &g, eps: 1e-6 }), dtype, &what("gate_up"));
             check_small_matmul(&x, &half, Some(MatmulFusion::Residual(&r)), dtype, &what("residual"));
         }
+    }
+    // The 7B's down projection with its residual add: x (8 rows of 18,944) is larger than L1.
+    for dtype in DTYPES {
+        let (w, x, r) = (randn(&[3584, 18944], dtype), randn(&[8, 18944], dtype), randn(&[8, 3584], dtype));
+        check_small_matmul(&x, &w, Some(MatmulFusion::Residual(&r)), dtype, &format!("residual {dtype:?} (3584, 18944)"));
     }
 }
 
@@ -298,7 +304,9 @@ fn check_small_matmul(x: &Tensor, w: &Tensor, fusion: Option<MatmulFusion>, dtyp
     let magnitude = normed(&ax, &aw, aux_abs.as_ref());
     let product = residual.then(|| rows(&run(x, w, None)));
     let tol = if matches!(fusion, Some(MatmulFusion::NormF32 { .. })) { tolerance(DType::F32) } else { tolerance(dtype) };
-    let one = (!residual).then(|| run(&xg.narrow(0, 0, 1).unwrap(), &wg, gpu_fusion));
+    // Row 0 alone (with row 0 of the residual).
+    let r0 = if residual { aux_g.as_ref().map(|r| r.narrow(0, 0, 1).unwrap()) } else { None };
+    let one = run(&xg.narrow(0, 0, 1).unwrap(), &wg, r0.as_ref().map(MatmulFusion::Residual).or(gpu_fusion));
     for m in [1, 2, 3, 5, 8] {
         let r_m = if residual { aux_g.as_ref().map(|r| r.narrow(0, 0, m).unwrap()) } else { None };
         let got = run(&xg.narrow(0, 0, m).unwrap(), &wg, r_m.as_ref().map(MatmulFusion::Residual).or(gpu_fusion));
@@ -323,8 +331,62 @@ fn check_small_matmul(x: &Tensor, w: &Tensor, fusion: Option<MatmulFusion>, dtyp
             }
         }
         assert!(worst <= 1.0, "{what}, {m} rows: an error {worst} times the allowed");
-        if let Some(one) = &one {
-            assert_eq!(max_rel_diff(&got.narrow(0, 0, 1).unwrap(), one), 0.0, "{what}: row 0 with {m} rows");
+        assert_eq!(max_rel_diff(&got.narrow(0, 0, 1).unwrap(), &one), 0.0, "{what}: row 0 with {m} rows");
+    }
+}
+
+/// The q/k/v projection with its norm, biases, rotation and cache writes in one launch
+/// (`cuda/qkv_matmul.cu`) against the CPU's composition of the same ops, at the 0.5B's and 7B's
+/// attention shapes, 1, 3 and 8 tokens of different sequences, with and without biases. Weights
+/// are scaled by 1/sqrt(hidden) so projections are ~1 and f32 accumulation stays far below the
+/// dtype's rounding.
+#[test]
+fn qkv_matmul_matches_the_cpu() {
+    for dtype in DTYPES {
+        for (heads, kv_heads, d, hidden) in [(14, 2, 64, 896), (28, 4, 128, 3584)] {
+            let rows = (heads + 2 * kv_heads) * d;
+            let w = (randn(&[rows, hidden], DType::F32) / (hidden as f64).sqrt()).unwrap().to_dtype(dtype).unwrap();
+            let bias = randn(&[rows], dtype);
+            let g = randn(&[hidden], DType::F32).affine(0.2, 1.0).unwrap().to_dtype(dtype).unwrap();
+            let angles: Vec<f32> = (0..4096 * d / 2).map(|k| (k / (d / 2)) as f32 / 1e6f32.powf(2.0 * (k % (d / 2)) as f32 / d as f32)).collect();
+            let angles = Tensor::from_vec(angles, (4096, d / 2), &Device::Cpu).unwrap();
+            let (cos, sin) = (angles.cos().unwrap().to_dtype(dtype).unwrap(), angles.sin().unwrap().to_dtype(dtype).unwrap());
+            for m in [1usize, 3, 8] {
+                let x = randn(&[m, hidden], dtype);
+                // Sequence s decodes its token at position 7 s + 5, in block s (blocks of 16).
+                let mut meta = AttentionMetadata { max_blocks_per_seq: 1, query_start_loc: vec![0], ..Default::default() };
+                for s in 0..m {
+                    let len = 7 * s + 6;
+                    meta.block_tables.push(s as u32);
+                    meta.slot_mapping.extend(AttentionMetadata::single(&[s as u32], 16, len, 1).slot_mapping);
+                    meta.seq_lens.push(len as u32);
+                    meta.query_start_loc.push(s as u32 + 1);
+                }
+                for with_bias in [false, true] {
+                    let run = |dev: &Device| {
+                        let t = |x: &Tensor| x.to_device(dev).unwrap();
+                        let (x, w, g, bias) = (t(&x), t(&w), t(&g), t(&bias));
+                        let key_cache = Tensor::zeros((m, 16, kv_heads, d), dtype, dev).unwrap();
+                        let value_cache = key_cache.zeros_like().unwrap();
+                        let step = DeviceMetadata::new(meta.clone(), dev).unwrap();
+                        let p = QkvMatmul { x: &x, weight: &w, bias: with_bias.then_some(&bias), norm: (&g, 1e-6), num_heads: heads, head_norm: None };
+                        let q = if dev.is_cpu() {
+                            qkv_matmul_step(&p, &t(&cos), &t(&sin), &key_cache, &value_cache, &step).unwrap()
+                        } else {
+                            qkv_matmul_step_fused(&p, &t(&cos), &t(&sin), &key_cache, &value_cache, &step).unwrap().expect("the one-launch kernel applies")
+                        };
+                        (q, key_cache, value_cache)
+                    };
+                    let (cpu_q, cpu_k, cpu_v) = run(&Device::Cpu);
+                    let (gpu_q, gpu_k, gpu_v) = run(&gpu());
+                    let what = format!("{dtype:?} d {d} hidden {hidden} tokens {m} bias {with_bias}");
+                    assert_eq!((gpu_q.dims(), gpu_q.dtype()), (cpu_q.dims(), dtype), "{what}");
+                    for (name, got, want) in [("q", &gpu_q, &cpu_q), ("k cache", &gpu_k, &cpu_k), ("v cache", &gpu_v, &cpu_v)] {
+                        let err = max_rel_diff(got, want);
+                        assert!(err < tolerance(dtype), "{what}: {name} difference {err}");
+                    }
+                }
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! body (the MoE ones replace some layers' feed-forward by [`SparseMoe`]).
 
 use candle_core::{DType, Device, Tensor};
-use qwen_serve_kernels::{param_cache, small_matmul_fused, small_matmul_weight_fits, DeviceMetadata, MatmulFusion, SMALL_MATMUL_MAX_ROWS};
+use qwen_serve_kernels::{param_cache, small_matmul_fused, small_matmul_weight_fits, DeviceMetadata, MatmulFusion};
 
 use crate::layers::attention::Attention;
 use crate::layers::linear::Linear;
@@ -58,9 +58,16 @@ impl DecoderLayer {
     }
 }
 
-/// `QWEN_SERVE_CUDA_FUSED_DECODE=1`: decode steps of up to `SMALL_MATMUL_MAX_ROWS` sequences run the
-/// few-rows kernels with the ops around each projection fused in (kernels/src/small_matmul.rs).
-/// Off by default until measured on a GPU.
+/// `QWEN_SERVE_CUDA_FUSED_DECODE=1`: decode steps of up to [`FUSED_DECODE_MAX_ROWS`] sequences
+/// run the few-rows kernels with the ops around each projection fused in
+/// (kernels/src/small_matmul.rs). Off by default until measured on a GPU.
+/// The most tokens a step may have to take the fused path. Each warp there normalises and
+/// converts x for every weight row it reads, so its instructions per weight element grow with
+/// the rows: by the issue rate an H100 needs at its memory's rate (~17 per bf16 element per
+/// SM), one or two rows fit and four or eight do not (a reading of the SASS; not measured).
+/// Larger steps take the unfused layers.
+pub const FUSED_DECODE_MAX_ROWS: usize = 2;
+
 fn fused_decode_wanted() -> bool {
     std::env::var("QWEN_SERVE_CUDA_FUSED_DECODE").is_ok_and(|v| v == "1")
 }
@@ -74,7 +81,7 @@ pub struct QwenForCausalLm {
     rotary: Rotary,
     dtype: DType,
     device: Device,
-    /// Steps of up to `SMALL_MATMUL_MAX_ROWS` tokens take [`DecoderLayer::forward_fused`].
+    /// Steps of up to [`FUSED_DECODE_MAX_ROWS`] tokens take [`DecoderLayer::forward_fused`].
     fused_decode: bool,
 }
 
@@ -118,7 +125,7 @@ impl QwenForCausalLm {
         }
         .with_fused_decode(weights.device().is_cuda() && fused_decode_wanted());
         if this.fused_decode {
-            tracing::info!("fused decode: steps of up to {SMALL_MATMUL_MAX_ROWS} sequences run the few-rows kernels");
+            tracing::info!("fused decode: steps of up to {FUSED_DECODE_MAX_ROWS} sequences run the few-rows kernels");
         } else if fused_decode_wanted() {
             tracing::warn!("fused decode: not for this model (a sparse layer, quantized or unfit weights, or no GPU)");
         }
@@ -156,7 +163,7 @@ impl QwenForCausalLm {
             Some(rows) => t.index_select(rows, 0),
             None => Ok(t),
         };
-        if self.fused_decode && ids.dim(0)? <= SMALL_MATMUL_MAX_ROWS {
+        if self.fused_decode && ids.dim(0)? <= FUSED_DECODE_MAX_ROWS {
             for (i, layer) in self.layers.iter().enumerate() {
                 x = layer.forward_fused(&x, &self.rotary, cache.layer(i), meta)?;
             }

@@ -1,4 +1,4 @@
-// write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu, qkv.cu and small_matmul.cu, run by emu.h, against direct formulas in
+// write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu, qkv.cu, small_matmul.cu and qkv_matmul.cu, run by emu.h, against direct formulas in
 // double (f32 instantiations: the other dtypes differ only in the shared conversions).
 #include "emu.h"
 
@@ -8,6 +8,7 @@
 #include "../write_kv.cu"
 #include "../qkv.cu"
 #include "../small_matmul.cu"
+#include "../qkv_matmul.cu"
 
 #include <algorithm>
 #include <array>
@@ -184,6 +185,66 @@ int main() {
             std::snprintf(name, sizeof name, "small_matmul %s f32 (%d, %d) x (%d, %d)", names[mode], m, k, n, k);
             check(name, err, 1e-4);
         }
+    }
+    // qkv_matmul: norm, projection, bias, rotation and cache writes against the formulas in
+    // double; 3 tokens (M = 4), heads (3, 1) of 8, slots scattered, one position past the tables.
+    for (int with_bias : {0, 1}) {
+        const int m = 3, k = 40, heads = 3, kv_heads = 1, d = 8, half = d / 2, rows = (heads + 2 * kv_heads) * d;
+        const int max_positions = 16, slots = 10;
+        std::vector<float> x(m * k), w(rows * k), g(k), bias(rows), cos(max_positions * half), sin(max_positions * half);
+        for (auto& v : x) v = nd(rng);
+        for (auto& v : w) v = nd(rng);
+        for (auto& v : g) v = 1 + 0.2f * nd(rng);
+        for (auto& v : bias) v = nd(rng);
+        for (int p = 0; p < max_positions; ++p) for (int i = 0; i < half; ++i) { cos[p * half + i] = std::cos(p * (i + 1) * 0.3f); sin[p * half + i] = std::sin(p * (i + 1) * 0.3f); }
+        std::vector<uint32_t> positions{5, 0, 15}, slot_mapping{7, 2, 9};
+        std::vector<float> q_out(m * heads * d, NAN), k_cache(slots * kv_heads * d, 0.f), v_cache(slots * kv_heads * d, 0.f);
+        emu::launch({2}, {128}, [&] {
+            qkv_matmul_m4_f32(x.data(), w.data(), g.data(), 1e-6f, with_bias ? bias.data() : nullptr, cos.data(), sin.data(), positions.data(),
+                              max_positions, slot_mapping.data(), q_out.data(), k_cache.data(), v_cache.data(), m, k, heads, kv_heads, d);
+        });
+        double err = 0;
+        for (int t = 0; t < m; ++t) {
+            double ss = 0;
+            for (int c = 0; c < k; ++c) ss += (double)x[t * k + c] * x[t * k + c];
+            const double inv = 1 / std::sqrt(ss / k + 1e-6);
+            std::vector<double> y(rows);
+            for (int r = 0; r < rows; ++r) {
+                double dot = 0;
+                for (int c = 0; c < k; ++c) dot += (double)x[t * k + c] * g[c] * w[r * k + c];
+                y[r] = dot * inv + (with_bias ? bias[r] : 0);
+            }
+            for (int h = 0; h < heads + 2 * kv_heads; ++h) {
+                for (int i = 0; i < half; ++i) {
+                    double a = y[h * d + i], b = y[h * d + i + half];
+                    if (h < heads + kv_heads) {
+                        const double c = cos[positions[t] * half + i], s_ = sin[positions[t] * half + i];
+                        const double a0 = a;
+                        a = a0 * c - b * s_;
+                        b = b * c + a0 * s_;
+                    }
+                    const float* dst = h < heads ? &q_out[(t * heads + h) * d]
+                                     : h < heads + kv_heads ? &k_cache[(slot_mapping[t] * kv_heads + h - heads) * d]
+                                                            : &v_cache[(slot_mapping[t] * kv_heads + h - heads - kv_heads) * d];
+                    for (auto [got, want] : {std::pair{dst[i], a}, {dst[i + half], b}})
+                        err = std::max(err, std::isnan(got) ? 1e9 : std::abs(got - want) / (1 + std::abs(want)));
+                }
+            }
+        }
+        int stray = 0;  // slots not in the mapping stay zero
+        for (int sl = 0; sl < slots; ++sl)
+            if (std::find(slot_mapping.begin(), slot_mapping.end(), (uint32_t)sl) == slot_mapping.end())
+                for (int c = 0; c < kv_heads * d; ++c) stray += k_cache[sl * kv_heads * d + c] != 0 || v_cache[sl * kv_heads * d + c] != 0;
+        // A position past the tables rotates to NaN, as the rope kernel does.
+        std::vector<uint32_t> past{5, 16, 15};
+        emu::launch({2}, {128}, [&] {
+            qkv_matmul_m4_f32(x.data(), w.data(), g.data(), 1e-6f, nullptr, cos.data(), sin.data(), past.data(), max_positions,
+                              slot_mapping.data(), q_out.data(), k_cache.data(), v_cache.data(), m, k, heads, kv_heads, d);
+        });
+        const bool nan_past = std::isnan(q_out[(1 * heads) * d]) && !std::isnan(q_out[0]);
+        char name[64];
+        std::snprintf(name, sizeof name, "qkv_matmul f32 bias %d", with_bias);
+        check(name, err + stray + !nan_past, 1e-5);
     }
     std::printf("%d failures\n", failures);
     return failures != 0;

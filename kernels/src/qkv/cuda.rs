@@ -59,7 +59,7 @@ pub(super) fn fused(qkv: &Qkv, cos: &Tensor, sin: &Tensor, key_cache: &Tensor, v
     Ok(Some(Tensor::from_storage(Storage::Cuda(storage), (num_tokens, num_heads, head_dim), BackpropOp::none(), false)))
 }
 
-fn enabled() -> bool {
+pub(super) fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("QWEN_SERVE_CUDA_FUSED_QKV").map_or(true, |v| v != "0"))
 }

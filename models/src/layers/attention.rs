@@ -1,6 +1,8 @@
 use candle_core::{DType, Tensor};
 type Result<T, E = candle_core::Error> = std::result::Result<T, E>;
-use qwen_serve_kernels::{paged_attention_step, qkv_step, small_matmul_fused, small_matmul_weight_fits, DeviceMetadata, MatmulFusion, Qkv};
+use qwen_serve_kernels::{
+    paged_attention_step, qkv_matmul_step, qkv_step, small_matmul_fused, small_matmul_weight_fits, DeviceMetadata, MatmulFusion, Qkv, QkvMatmul,
+};
 
 use super::linear::{Linear, Projections};
 use super::rms_norm::RmsNorm;
@@ -59,46 +61,56 @@ impl Attention {
     /// Whether [`Self::forward_fused`] runs here: q/k/v stacked in one dense matrix and o dense,
     /// each fit for the few-rows kernels with activations of `dtype`.
     pub fn fuses(&self, dtype: DType) -> bool {
-        let (Some((qkv, _)), Some(o)) = (self.qkv_proj.stacked_dense(), self.o_proj.dense_weight()) else { return false };
+        let (Some((qkv, _, _)), Some(o)) = (self.qkv_proj.stacked_dense(), self.o_proj.dense_weight()) else { return false };
         small_matmul_weight_fits(qkv, dtype) && small_matmul_weight_fits(o, dtype)
     }
 
-    /// `x + self.forward(norm(x))` for a decode step of a few rows, in three launches around
-    /// the attention's (see kernels/src/small_matmul.rs): the norm fused into the q/k/v
-    /// projection and the residual add into o's. Only where [`Self::fuses`].
+    /// `x + self.forward(norm(x))` for a decode step of a few rows, in three launches (see
+    /// kernels/src/small_matmul.rs and qkv/matmul.rs): the norm, the q/k/v projection, its
+    /// biases, the rotation and the cache write in one (for Qwen3's per-head norms, two); the
+    /// attention; o's projection with the residual add. Only where [`Self::fuses`].
     pub fn forward_fused(&self, x: &Tensor, norm: &RmsNorm, rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
-        let (Some((w_qkv, widths)), Some(w_o)) = (self.qkv_proj.stacked_dense(), self.o_proj.dense_weight()) else {
+        let (Some((w_qkv, bias, _)), Some(w_o)) = (self.qkv_proj.stacked_dense(), self.o_proj.dense_weight()) else {
             candle_core::bail!("fused attention: q/k/v or o is not one dense matrix");
         };
-        let (weight, eps) = norm.parts();
-        let qkv = small_matmul_fused(x, w_qkv, MatmulFusion::Norm { weight, eps })?;
-        let (q, k) = (qkv.narrow(1, 0, widths[0])?, qkv.narrow(1, widths[0], widths[1])?);
-        let v = qkv.narrow(1, widths[0] + widths[1], widths[2])?;
-        mark(x.device(), Phase::QkvProj)?;
-        let out = self.attend([q, k, v], rotary, cache, meta)?;
+        let (cos, sin) = rotary.tables();
+        let p = QkvMatmul { x, weight: w_qkv, bias, norm: norm.parts(), num_heads: self.num_heads, head_norm: self.head_norm() };
+        let q = qkv_matmul_step(&p, cos, sin, cache.0, cache.1, meta)?;
+        mark(x.device(), Phase::QkvStep)?;
+        let out = self.attention(&q, cache, meta)?;
         let out = small_matmul_fused(&out, w_o, MatmulFusion::Residual(x))?;
         mark(x.device(), Phase::OProj)?;
         Ok(out)
     }
 
-    /// Attention over the unbiased projections: `(tokens, heads * head_dim)`.
-    fn attend(&self, [q, k, v]: [Tensor; 3], rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
-        let tokens = q.dim(0)?;
-        // Biases, q/k norms, rotation and the cache write happen in one op (one kernel on a GPU).
-        let [bq, bk, bv] = self.qkv_proj.biases() else { unreachable!("three projections") };
-        let head_norm = self.qk_norm.as_ref().map(|(qn, kn)| {
+    /// Each q and k head's norm weights and epsilon (Qwen3).
+    fn head_norm(&self) -> Option<(&Tensor, &Tensor, f32)> {
+        self.qk_norm.as_ref().map(|(qn, kn)| {
             let ((wq, eps), (wk, _)) = (qn.parts(), kn.parts());
             (wq, wk, eps)
-        });
-        let qkv = Qkv { q: &q, k: &k, v: &v, bias: [bq.as_ref(), bk.as_ref(), bv.as_ref()], head_norm };
+        })
+    }
+
+    /// Attention over the unbiased projections: `(tokens, heads * head_dim)`.
+    fn attend(&self, [q, k, v]: [Tensor; 3], rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
+        // Biases, q/k norms, rotation and the cache write happen in one op (one kernel on a GPU).
+        let [bq, bk, bv] = self.qkv_proj.biases() else { unreachable!("three projections") };
+        let qkv = Qkv { q: &q, k: &k, v: &v, bias: [bq.as_ref(), bk.as_ref(), bv.as_ref()], head_norm: self.head_norm() };
         let (cos, sin) = rotary.tables();
         let q = qkv_step(&qkv, cos, sin, cache.0, cache.1, meta)?;
         mark(q.device(), Phase::QkvStep)?;
+        self.attention(&q, cache, meta)
+    }
+
+    /// Paged attention of the rotated queries `(tokens, heads, head_dim)` over the caches:
+    /// `(tokens, heads * head_dim)`.
+    fn attention(&self, q: &Tensor, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
+        let tokens = q.dim(0)?;
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         // A cache in another dtype (`--kv-cache-dtype`): q meets it in its dtype, as llama.cpp
         // does with an f16 cache; the output comes back in the activations'.
         let out = if q.dtype() == cache.0.dtype() {
-            paged_attention_step(&q, cache.0, cache.1, meta, scale)?
+            paged_attention_step(q, cache.0, cache.1, meta, scale)?
         } else {
             paged_attention_step(&q.to_dtype(cache.0.dtype())?, cache.0, cache.1, meta, scale)?.to_dtype(q.dtype())?
         };

@@ -158,11 +158,11 @@ impl Projections {
         Ok(Self { groups, biases })
     }
 
-    /// The one dense matrix all parts are stacked in (rows in part order) and the parts'
-    /// widths, when they are.
-    pub fn stacked_dense(&self) -> Option<(&Tensor, &[usize])> {
+    /// The one dense matrix all parts are stacked in (rows in part order), their stacked bias
+    /// and the parts' widths, when they are.
+    pub fn stacked_dense(&self) -> Option<(&Tensor, Option<&Tensor>, &[usize])> {
         match self.groups.as_slice() {
-            [(linear, widths)] => linear.dense_weight().map(|w| (w, widths.as_slice())),
+            [(linear, widths)] => linear.dense_weight().map(|w| (w, linear.bias.as_ref(), widths.as_slice())),
             _ => None,
         }
     }

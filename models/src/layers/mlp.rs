@@ -38,7 +38,7 @@ impl Mlp {
     /// Whether [`Self::forward_fused`] runs here: gate over up in one dense matrix and down
     /// dense, each fit for the few-rows kernels with activations of `dtype`.
     pub fn fuses(&self, dtype: DType) -> bool {
-        let (Some((gate_up, widths)), Some(down)) = (self.gate_up_proj.stacked_dense(), self.down_proj.dense_weight()) else { return false };
+        let (Some((gate_up, _, widths)), Some(down)) = (self.gate_up_proj.stacked_dense(), self.down_proj.dense_weight()) else { return false };
         widths.len() == 2 && widths[0] == widths[1] && small_matmul_weight_fits(gate_up, dtype) && small_matmul_weight_fits(down, dtype)
     }
 
@@ -46,7 +46,7 @@ impl Mlp {
     /// kernels/src/small_matmul.rs): the norm and SiLU-and-mul fused into the gate/up projection,
     /// the residual add into down's. Only where [`Self::fuses`].
     pub fn forward_fused(&self, x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
-        let (Some((gate_up, _)), Some(down)) = (self.gate_up_proj.stacked_dense(), self.down_proj.dense_weight()) else {
+        let (Some((gate_up, _, _)), Some(down)) = (self.gate_up_proj.stacked_dense(), self.down_proj.dense_weight()) else {
             candle_core::bail!("fused feed-forward: gate/up or down is not one dense matrix");
         };
         let (weight, eps) = norm.parts();
