@@ -282,6 +282,15 @@ mod cuda {
     /// stride over the outputs past what the resident blocks cover.
     const SMALL_MATMUL_WARPS: usize = 4;
 
+    /// The op's operands: x, w and the fusion's third one.
+    struct Operands<'a> {
+        x: &'a CudaStorage,
+        x_l: &'a Layout,
+        w: &'a CudaStorage,
+        w_l: &'a Layout,
+        aux: Option<(&'a CudaStorage, &'a Layout)>,
+    }
+
     pub(super) fn forward(
         op: &SmallMatmul,
         x: &CudaStorage,
@@ -292,25 +301,20 @@ mod cuda {
     ) -> Result<(CudaStorage, Shape)> {
         use half::{bf16, f16};
         let (shape, out_dtype) = op.output(x_l, w_l, x.dtype());
+        let ops = Operands { x, x_l, w, w_l, aux };
         let storage = match (x.dtype(), out_dtype) {
-            (DType::F32, _) => launch::<f32, f32>(op, x, x_l, w, w_l, aux)?,
-            (DType::BF16, DType::F32) => launch::<bf16, f32>(op, x, x_l, w, w_l, aux)?,
-            (DType::BF16, _) => launch::<bf16, bf16>(op, x, x_l, w, w_l, aux)?,
-            (DType::F16, DType::F32) => launch::<f16, f32>(op, x, x_l, w, w_l, aux)?,
-            (DType::F16, _) => launch::<f16, f16>(op, x, x_l, w, w_l, aux)?,
+            (DType::F32, _) => launch::<f32, f32>(op, &ops)?,
+            (DType::BF16, DType::F32) => launch::<bf16, f32>(op, &ops)?,
+            (DType::BF16, _) => launch::<bf16, bf16>(op, &ops)?,
+            (DType::F16, DType::F32) => launch::<f16, f32>(op, &ops)?,
+            (DType::F16, _) => launch::<f16, f16>(op, &ops)?,
             (dtype, _) => candle_core::bail!("small_matmul: unsupported dtype {dtype:?} (f32, bf16, f16)"),
         };
         Ok((storage, shape.into()))
     }
 
-    fn launch<T: CudaElem, O: CudaElem>(
-        op: &SmallMatmul,
-        x: &CudaStorage,
-        x_l: &Layout,
-        w: &CudaStorage,
-        w_l: &Layout,
-        aux: Option<(&CudaStorage, &Layout)>,
-    ) -> Result<CudaStorage> {
+    fn launch<T: CudaElem, O: CudaElem>(op: &SmallMatmul, ops: &Operands) -> Result<CudaStorage> {
+        let Operands { x, x_l, w, w_l, aux } = *ops;
         let ((m, k), (n, _)) = (x_l.shape().dims2()?, op.output(x_l, w_l, x.dtype()).0);
         if k * std::mem::size_of::<T>() % 16 != 0 {
             candle_core::bail!("small_matmul: rows of {k} elements are not whole 16-byte vectors");

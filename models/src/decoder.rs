@@ -58,9 +58,6 @@ impl DecoderLayer {
     }
 }
 
-/// `QWEN_SERVE_CUDA_FUSED_DECODE=1`: decode steps of up to [`FUSED_DECODE_MAX_ROWS`] sequences
-/// run the few-rows kernels with the ops around each projection fused in
-/// (kernels/src/small_matmul.rs). Off by default until measured on a GPU.
 /// The most tokens a step may have to take the fused path. Each warp there normalises and
 /// converts x for every weight row it reads, so its instructions per weight element grow with
 /// the rows: by the issue rate an H100 needs at its memory's rate (~17 per bf16 element per
@@ -68,6 +65,9 @@ impl DecoderLayer {
 /// Larger steps take the unfused layers.
 pub const FUSED_DECODE_MAX_ROWS: usize = 2;
 
+/// `QWEN_SERVE_CUDA_FUSED_DECODE=1`: decode steps of up to [`FUSED_DECODE_MAX_ROWS`] sequences
+/// run the few-rows kernels with the ops around each projection fused in
+/// (kernels/src/small_matmul.rs). Off by default until measured on a GPU.
 fn fused_decode_wanted() -> bool {
     std::env::var("QWEN_SERVE_CUDA_FUSED_DECODE").is_ok_and(|v| v == "1")
 }

@@ -67,6 +67,7 @@ mod cuda {
     use super::QkvMatmul;
     use crate::cuda::{self, kernel_name, load, CudaElem, Locked};
     use crate::device_metadata::DeviceMetadata;
+    use crate::qkv::cuda::{enabled, TargetViews, Targets};
     use crate::small_matmul::{small_matmul_fits, MAX_ROWS};
 
     /// As in the .cu: a warp computes one pair of rows at a time, and warps stride over the
@@ -77,37 +78,25 @@ mod cuda {
     /// operands of another dtype or layout, or `QWEN_SERVE_CUDA_FUSED_QKV=0`.
     pub(super) fn fused(p: &QkvMatmul, cos: &Tensor, sin: &Tensor, key_cache: &Tensor, value_cache: &Tensor, metadata: &DeviceMetadata) -> Result<Option<Tensor>> {
         let Device::Cuda(dev) = p.x.device() else { return Ok(None) };
-        let Some(packed) = metadata.cuda() else { return Ok(None) };
-        if p.head_norm.is_some() || !crate::qkv::cuda::enabled() {
+        if p.head_norm.is_some() || !enabled() {
             return Ok(None);
         }
-        let (num_blocks, block_size, num_kv_heads, head_dim) = key_cache.dims4()?;
+        let Some(targets) = Targets::new(cos, sin, key_cache, value_cache, metadata, p.x, "qkv_matmul_step")? else { return Ok(None) };
+        let (_, _, num_kv_heads, head_dim) = key_cache.dims4()?;
         let dtype = p.x.dtype();
         let (m, rows) = (p.x.dim(0)?, p.weight.dim(0)?);
-        let whole: Vec<&Tensor> = [key_cache, value_cache, cos, sin, p.norm.0].into_iter().chain(p.bias).collect();
         let fits = small_matmul_fits(p.x, p.weight)
             && m <= MAX_ROWS
-            && head_dim % 2 == 0
             && rows == (p.num_heads + 2 * num_kv_heads) * head_dim
-            && value_cache.dims() == key_cache.dims()
-            && cos.dims2().is_ok_and(|(_, half)| 2 * half == head_dim)
-            && sin.dims() == cos.dims()
             && p.norm.0.dims() == [p.x.dim(1)?]
             && p.bias.is_none_or(|b| b.dims() == [rows])
-            && whole.iter().all(|t| t.dtype() == dtype && t.is_contiguous() && t.device().same_device(p.x.device()))
+            && [p.norm.0].into_iter().chain(p.bias).all(|t| t.dtype() == dtype && t.is_contiguous() && t.device().same_device(p.x.device()))
             // x, w and the norm's weight are read 16 bytes at a time.
             && [p.x, p.weight, p.norm.0].iter().all(|t| (t.layout().start_offset() * dtype.size_in_bytes()) % 16 == 0);
         if !fits {
             return Ok(None);
         }
-        let slots = &metadata.host().slot_mapping;
-        if slots.len() != m {
-            candle_core::bail!("qkv_matmul_step: {m} tokens but {} slots", slots.len());
-        }
-        if let Some(s) = slots.iter().find(|&&s| s as usize >= num_blocks * block_size) {
-            candle_core::bail!("qkv_matmul_step: slot {s} is outside the cache");
-        }
-        let launch = Launch { p, cos, sin, key_cache, value_cache, slots: (&packed.data, packed.slot_mapping.clone()), positions: metadata.positions() };
+        let launch = Launch { p, targets };
         let storage = match dtype {
             DType::F32 => launch.run::<f32>(dev, num_kv_heads, head_dim)?,
             DType::BF16 => launch.run::<bf16>(dev, num_kv_heads, head_dim)?,
@@ -119,13 +108,7 @@ mod cuda {
 
     struct Launch<'a> {
         p: &'a QkvMatmul<'a>,
-        cos: &'a Tensor,
-        sin: &'a Tensor,
-        key_cache: &'a Tensor,
-        value_cache: &'a Tensor,
-        /// The step's packed metadata and the range of its slot mapping.
-        slots: (&'a Tensor, std::ops::Range<usize>),
-        positions: &'a Tensor,
+        targets: Targets<'a>,
     }
 
     impl Launch<'_> {
@@ -141,18 +124,10 @@ mod cuda {
             let (x, w, norm) = (lx.all::<T>("x")?, lw.all::<T>("q/k/v weight")?, lnorm.all::<T>("norm weight")?);
             let lbias = p.bias.map(lock);
             let bias = lbias.as_ref().map(|b| b.all::<T>("q/k/v bias")).transpose()?;
-            let (lcos, lsin) = (lock(self.cos), lock(self.sin));
-            let (cos, sin) = (lcos.all::<T>("cos")?, lsin.all::<T>("sin")?);
-            let lpos = lock(self.positions);
-            let positions = lpos.all::<u32>("positions")?;
-            let lslots = lock(self.slots.0);
-            let slot_mapping = lslots.view::<u32>(self.slots.1.clone(), "slot_mapping")?;
-            // The caches are written through views of read locks, as the q/k/v kernel does.
-            let (lkc, lvc) = (lock(self.key_cache), lock(self.value_cache));
-            let (key_cache, value_cache) = (lkc.all::<T>("key cache")?, lvc.all::<T>("value cache")?);
+            let locks = self.targets.locks();
+            let targets = TargetViews::<T>::new(&self.targets, &locks)?;
 
             let func = load!(dev, cuda::QKV_MATMUL, kernel_name::<T>(&format!("qkv_matmul_m{}", m.next_power_of_two())))?;
-            let max_positions = self.cos.dim(0)? as i32;
             let ints = [m, k, num_heads, num_kv_heads, head_dim].map(|d| d as i32);
             let null = 0u64;
             let mut b = func.builder();
@@ -161,8 +136,8 @@ mod cuda {
                 Some(view) => b.arg(view),
                 None => b.arg(&null),
             };
-            b.arg(&cos).arg(&sin).arg(&positions).arg(&max_positions).arg(&slot_mapping);
-            b.arg(&mut out).arg(&key_cache).arg(&value_cache);
+            targets.push_rotation(&mut b);
+            targets.push_outputs(&mut b, &mut out);
             for v in &ints {
                 b.arg(v);
             }
