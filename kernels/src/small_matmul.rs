@@ -126,6 +126,8 @@ pub fn small_matmul_fused(x: &Tensor, w: &Tensor, fusion: MatmulFusion) -> Resul
     if k != k2 || x.dtype() != w.dtype() || !(1..=MAX_ROWS).contains(&m) {
         candle_core::bail!("small_matmul: x {:?} {:?}, w {:?} {:?}: want (m <= {MAX_ROWS}, k) and (n, k) of one dtype", x.dims(), x.dtype(), w.dims(), w.dtype());
     }
+    // The kernels read rows of x contiguously; a no-op when they already are.
+    let x = &x.contiguous()?;
     let (mode, eps, aux) = match fusion {
         MatmulFusion::None => return x.apply_op2_no_bwd(w, &SmallMatmul { mode: Mode::Plain, eps: 0.0 }),
         MatmulFusion::Norm { weight, eps } => (Mode::Norm, eps, weight),
