@@ -1,5 +1,6 @@
 // write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu, qkv.cu, small_matmul.cu and qkv_matmul.cu, run by emu.h, against direct formulas in
-// double (f32 instantiations: the other dtypes differ only in the shared conversions).
+// double (f32 instantiations: the other dtypes differ only in the shared conversions; small_matmul's
+// bf16 ones too, for the roundings its modes make).
 #include "emu.h"
 
 #include "../rms_norm.cu"
@@ -184,6 +185,56 @@ int main() {
             char name[80];
             std::snprintf(name, sizeof name, "small_matmul %s f32 (%d, %d) x (%d, %d)", names[mode], m, k, n, k);
             check(name, err, 1e-4);
+        }
+    }
+    {  // small_matmul's bf16 kernels (the roundings each mode makes, and f32 logits from bf16), m = 2
+        const int m = 2, n = 9, k = 64;
+        using B = __nv_bfloat16;
+        auto bf = [](float v) { return __float2bfloat16_rn(v); };
+        auto fl = [](B v) { return (double)__bfloat162float(v); };
+        std::vector<B> x(m * k), w(2 * n * k), g(k), r(m * n), out(m * n);
+        std::vector<float> logits(m * n);
+        for (auto& v : x) v = bf(2 * nd(rng));
+        for (auto& v : w) v = bf(nd(rng));
+        for (auto& v : g) v = bf(1 + 0.2f * nd(rng));
+        for (auto& v : r) v = bf(nd(rng));
+        const char* names[5] = {"plain", "norm", "norm_f32", "gate_up", "residual"};
+        for (int mode = 0; mode < 5; ++mode) {
+            const B* aux = mode == 4 ? r.data() : g.data();
+            emu::launch({2}, {128}, [&] {
+                switch (mode) {
+                    case 0: small_matmul_plain_m2_bf16(x.data(), w.data(), aux, out.data(), m, n, k, 1e-6f); break;
+                    case 1: small_matmul_norm_m2_bf16(x.data(), w.data(), aux, out.data(), m, n, k, 1e-6f); break;
+                    case 2: small_matmul_norm_f32_m2_bf16(x.data(), w.data(), aux, logits.data(), m, n, k, 1e-6f); break;
+                    case 3: small_matmul_gate_up_m2_bf16(x.data(), w.data(), aux, out.data(), m, n, k, 1e-6f); break;
+                    default: small_matmul_residual_m2_bf16(x.data(), w.data(), aux, out.data(), m, n, k, 1e-6f);
+                }
+            });
+            double err = 0;
+            for (int i = 0; i < m; ++i) {
+                double ss = 0;
+                for (int c = 0; c < k; ++c) ss += fl(x[i * k + c]) * fl(x[i * k + c]);
+                const bool normed = mode >= 1 && mode <= 3;
+                const double inv = normed ? 1 / std::sqrt(ss / k + 1e-6) : 1;
+                auto dot = [&](int row) {
+                    double d = 0;
+                    for (int c = 0; c < k; ++c) d += fl(x[i * k + c]) * (normed ? fl(g[c]) : 1) * fl(w[row * k + c]);
+                    return d * inv;
+                };
+                auto round = [&](double v) { return fl(bf((float)v)); };
+                for (int j = 0; j < n; ++j) {
+                    double want = dot(j), got = mode == 2 ? logits[i * n + j] : fl(out[i * n + j]);
+                    if (mode == 3) { const double a = round(want), b = round(dot(n + j)); want = a / (1 + std::exp(-a)) * b; }
+                    if (mode == 4) want = round(want) + fl(r[i * n + j]);
+                    // One bf16 rounding of the output (none for the f32 logits); gate and up each
+                    // rounded once more before SiLU.
+                    const double tol = mode == 2 ? 1e-5 : mode == 3 ? 2e-2 : 8e-3;
+                    err = std::max(err, std::isnan(got) ? 1e9 : std::abs(got - want) / (std::abs(want) + 1) / tol);
+                }
+            }
+            char name[64];
+            std::snprintf(name, sizeof name, "small_matmul %s bf16 (error / allowed)", names[mode]);
+            check(name, err, 1);
         }
     }
     // qkv_matmul: norm, projection, bias, rotation and cache writes against the formulas in
