@@ -7,6 +7,7 @@ use qwen_serve_models::{CausalLm, KvCache};
 use rayon::prelude::*;
 
 use super::block_manager::BlockManager;
+use super::outbox::{Delivery, EventTx};
 use super::constraint::{OutputFormat, Vocab};
 use super::request::Event;
 use super::runner::{ModelRunner, Next, StepLogits};
@@ -32,6 +33,8 @@ pub(super) struct EngineCore {
     num_generated_tokens: usize,
     num_steps: usize,
     step_seconds: f64,
+    /// Sequences' events, delivered off this thread once per step.
+    delivery: Delivery,
 }
 
 impl EngineCore {
@@ -63,6 +66,7 @@ impl EngineCore {
             num_generated_tokens: 0,
             num_steps: 0,
             step_seconds: 0.0,
+            delivery: Delivery::new(),
         }
     }
 
@@ -91,6 +95,9 @@ impl EngineCore {
             } else {
                 self.step();
             }
+            // Every event of the step (tokens, finishes, aborts of abandoned or rejected
+            // sequences) goes out together.
+            self.delivery.flush();
             self.publish_stats();
         }
         self.publish_stats();
@@ -111,7 +118,8 @@ impl EngineCore {
                 let n = params.n.max(1);
                 let prompt_computed = (n > 1).then(|| Arc::new(AtomicBool::new(false)));
                 for index in 0..n {
-                    let mut seq = Sequence::new(self.next_seq_id, request_id, index, request.prompt.clone(), params.clone(), events.clone());
+                    let tx = EventTx::queued(events.clone(), self.delivery.outbox());
+                    let mut seq = Sequence::new(self.next_seq_id, request_id, index, request.prompt.clone(), params.clone(), tx);
                     self.next_seq_id += 1;
                     // Siblings take the first choice's prompt blocks from the prefix cache.
                     if index == 0 {

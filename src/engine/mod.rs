@@ -9,6 +9,7 @@ pub mod block_manager;
 pub mod constraint;
 mod core;
 pub mod json_object;
+pub mod outbox;
 pub mod json_schema;
 pub mod kv_budget;
 pub mod request;

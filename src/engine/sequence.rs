@@ -8,10 +8,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::block_manager::BlockId;
 use super::constraint::Constraint;
+use super::outbox::EventTx;
 use super::request::{Event, FinishReason, RequestId, StopReason, Usage};
 use super::sampler::{Sampled, Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStatus};
@@ -35,7 +35,7 @@ pub struct Sequence {
     pub sampler: Sampler,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
-    events: UnboundedSender<Event>,
+    events: EventTx,
     /// Siblings of an `n > 1` request wait until the first choice has computed the prompt, so
     /// they take its full blocks from the prefix cache instead of recomputing them.
     pub wait_for_prompt: Option<Arc<AtomicBool>>,
@@ -57,7 +57,7 @@ impl Sequence {
         index: usize,
         prompt: Vec<u32>,
         params: Arc<SamplingParams>,
-        events: UnboundedSender<Event>,
+        events: impl Into<EventTx>,
     ) -> Self {
         let seed = params.seed.map(|s| s.wrapping_add(index as u64));
         let constraint = if params.think_first { params.format.start_after_thinking() } else { params.format.start() };
@@ -74,7 +74,7 @@ impl Sequence {
             decoder: IncrementalDecoder::new(true),
             stop: StopMatcher::new(&params.stop),
             params,
-            events,
+            events: events.into(),
             wait_for_prompt: None,
             prompt_computed: None,
             num_preemptions: 0,
@@ -132,7 +132,7 @@ impl Sequence {
     }
 
     pub fn send(&self, event: Event) -> bool {
-        self.events.send(event).is_ok()
+        self.events.send(event)
     }
 
     fn usage(&self) -> Usage {
