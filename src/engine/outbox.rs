@@ -30,13 +30,13 @@ impl EventTx {
         Self { tx, outbox: Some(outbox) }
     }
 
-    /// Sends or queues `event`; false when the receiver is gone (a queued event is then
-    /// dropped on delivery).
+    /// Sends or queues `event`; false (and nothing queued) when the receiver is gone.
     pub fn send(&self, event: Event) -> bool {
         match &self.outbox {
+            Some(_) if self.tx.is_closed() => false,
             Some(outbox) => {
                 outbox.queue.lock().expect("outbox lock").push((self.tx.clone(), event));
-                !self.tx.is_closed()
+                true
             }
             None => self.tx.send(event).is_ok(),
         }
@@ -64,13 +64,15 @@ pub struct Outbox {
 /// The delivery thread and the outbox it empties.
 pub struct Delivery {
     outbox: Outbox,
-    batches: Option<mpsc::Sender<Batch>>,
+    batches: Option<mpsc::SyncSender<Batch>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Delivery {
     pub fn new() -> Self {
-        let (batches, rx) = mpsc::channel::<Batch>();
+        // At most two steps' events wait for delivery; beyond that the engine waits (a
+        // backlog would only delay tokens further).
+        let (batches, rx) = mpsc::sync_channel::<Batch>(2);
         let thread = std::thread::Builder::new()
             .name("qwen-serve-events".into())
             .spawn(move || {

@@ -297,6 +297,44 @@ int main() {
         std::snprintf(name, sizeof name, "qkv_matmul f32 bias %d", with_bias);
         check(name, err + stray + !nan_past, 1e-5);
     }
+    // qkv_matmul in bf16 against its composition, the NORM few-rows matmul and then the q/k/v
+    // kernel over the stacked projection's columns: the same bits (the same sums and roundings).
+    for (int m : {1, 3}) for (int with_bias : {0, 1}) for (int k : {64, 2048}) {
+        using B = __nv_bfloat16;
+        auto bf = [](float v) { return __float2bfloat16_rn(v); };
+        const int heads = 4, kv = 2, d = 64, half = d / 2, rows = (heads + 2 * kv) * d, maxp = 32, slots = 16;
+        std::vector<B> x(m * k), w((size_t)rows * k), g(k), bias(rows), cs(maxp * half), sn(maxp * half);
+        for (auto& v : x) v = bf(3 * nd(rng));
+        for (auto& v : w) v = bf(nd(rng) * 0.05f);
+        for (auto& v : g) v = bf(1 + 0.2f * nd(rng));
+        for (auto& v : bias) v = bf(nd(rng));
+        for (int p = 0; p < maxp; ++p) for (int i = 0; i < half; ++i) { cs[p * half + i] = bf(std::cos(p * (i + 1) * 0.1f)); sn[p * half + i] = bf(std::sin(p * (i + 1) * 0.1f)); }
+        std::vector<uint32_t> pos{3, 17, 31}, sm{5, 0, 12};
+        std::vector<B> q1(m * heads * d), k1(slots * kv * d, bf(0)), v1(slots * kv * d, bf(0));
+        emu::launch({3}, {128}, [&] {
+            auto f = m == 1 ? qkv_matmul_m1_bf16 : qkv_matmul_m4_bf16;
+            f(x.data(), w.data(), g.data(), 1e-6f, with_bias ? bias.data() : nullptr, cs.data(), sn.data(), pos.data(), maxp, sm.data(), q1.data(), k1.data(), v1.data(), m, k, heads, kv, d);
+        });
+        std::vector<B> y(m * rows);
+        emu::launch({3}, {128}, [&] {
+            auto f = m == 1 ? small_matmul_norm_m1_bf16 : small_matmul_norm_m4_bf16;
+            f(x.data(), w.data(), g.data(), y.data(), m, rows, k, 1e-6f);
+        });
+        std::vector<B> q2(m * heads * d), k2(slots * kv * d, bf(0)), v2(slots * kv * d, bf(0));
+        const B* bq = with_bias ? bias.data() : nullptr;
+        const B* bk = with_bias ? bias.data() + heads * d : nullptr;
+        const B* bv = with_bias ? bias.data() + (heads + kv) * d : nullptr;
+        emu::launch({(unsigned)m, 1}, {256}, [&] {
+            qkv_bf16(y.data(), y.data() + heads * d, y.data() + (heads + kv) * d, rows, rows, rows, bq, bk, bv, nullptr, nullptr, 0.f, cs.data(), sn.data(),
+                     pos.data(), maxp, sm.data(), q2.data(), k2.data(), v2.data(), heads, kv, d);
+        });
+        int diff = 0;
+        auto cmp = [&](const std::vector<B>& a, const std::vector<B>& b) { for (size_t i = 0; i < a.size(); ++i) diff += a[i].x != b[i].x; };
+        cmp(q1, q2), cmp(k1, k2), cmp(v1, v2);
+        char name[64];
+        std::snprintf(name, sizeof name, "qkv_matmul bf16 = composition m %d k %d bias %d", m, k, with_bias);
+        check(name, diff, 0);
+    }
     std::printf("%d failures\n", failures);
     return failures != 0;
 }

@@ -61,8 +61,9 @@ pub(super) struct Targets<'a> {
 impl<'a> Targets<'a> {
     /// `None` where a kernel does not take them: metadata not on the GPU, caches of another
     /// shape, dtype or device than `like` (the step's activations), an odd head dim, tables
-    /// that do not match it. An error when the step's slots are not one per token of `like`,
-    /// each inside the caches (as write_kv checks: the kernels write wherever the slots say).
+    /// that do not match it. An error when the step's positions and slots are not one per
+    /// token of `like`, each slot inside the caches (as write_kv checks: the kernels write
+    /// wherever the slots say).
     pub(super) fn new(
         cos: &'a Tensor,
         sin: &'a Tensor,
@@ -81,6 +82,9 @@ impl<'a> Targets<'a> {
             && [key_cache, value_cache, cos, sin].iter().all(|t| t.dtype() == like.dtype() && t.is_contiguous() && t.device().same_device(like.device()));
         if !fits {
             return Ok(None);
+        }
+        if metadata.positions().dim(0)? != like.dim(0)? {
+            candle_core::bail!("{what}: {} tokens but {} positions", like.dim(0)?, metadata.positions().dim(0)?);
         }
         let slots = &metadata.host().slot_mapping;
         if slots.len() != like.dim(0)? {

@@ -33,6 +33,9 @@ pub fn qkv_matmul_step(p: &QkvMatmul, cos: &Tensor, sin: &Tensor, key_cache: &Te
         return Ok(q);
     }
     let (_, _, num_kv_heads, head_dim) = key_cache.dims4()?;
+    if p.x.dim(0)? == 0 {
+        return Tensor::zeros((0, p.num_heads, head_dim), p.x.dtype(), p.x.device());
+    }
     let (q_w, kv_w) = (p.num_heads * head_dim, num_kv_heads * head_dim);
     let (weight, eps) = p.norm;
     let y = small_matmul_fused(p.x, p.weight, MatmulFusion::Norm { weight, eps })?;
