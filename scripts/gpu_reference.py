@@ -304,6 +304,10 @@ def main():
                 ("graphs_off", {"QWEN_SERVE_CUDA_GRAPHS": "0"}, levels),
                 ("phase_times", {"QWEN_SERVE_PHASE_TIMES": "1"}, [c for c in ("1", "64", "256") if c in levels]),
                 ("graphs_256", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, [c for c in ("256",) if c in levels]),
+                # 200 streams: eager by default, and on the 256-row graph with 56 padding rows
+                # (models/src/cuda_graphs.rs, pad_decode_batch).
+                ("eager_200", {}, ["200"]),
+                ("graphs_256_padded_200", {"QWEN_SERVE_CUDA_GRAPHS": "256"}, ["200"]),
                 # Attention's splits at least 256 keys, as before 2026-11-27 (now 32).
                 ("split_256", {"QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS": "256"}, ab),
                 # Two chunks of keys per split (the default is one, since 2026-11-27): longer

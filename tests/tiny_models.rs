@@ -12,8 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use common::{fixture, read_json};
 use qwen_serve::generate::score;
 use qwen_serve_models::{
-    gguf_expert_name, gguf_tensor_name, load_model, AttentionMetadata, CausalLm, ForwardBatch, GgufReader, KvCache, ModelConfig, QwenForCausalLm,
-    Weights,
+    gguf_expert_name, gguf_tensor_name, graph_rows, load_model, pad_decode_batch, AttentionMetadata, CausalLm, DeviceMetadata, ForwardBatch, GgufReader,
+    KvCache, ModelConfig, QwenForCausalLm, Weights,
 };
 
 const TOLERANCE: f32 = 1e-4;
@@ -176,6 +176,61 @@ fn fused_decode_path_matches_transformers() {
     let name = "tiny-qwen3-moe";
     let weights = Weights::from_safetensors(&[fixture(name).join("model.safetensors")], DType::F32, &Device::Cpu).unwrap();
     assert!(!QwenForCausalLm::new(&config(name), &weights).unwrap().with_fused_decode(true).fused_decode());
+}
+
+/// A decode step padded to a graph's rows (as CUDA graphs above 64 sequences run it): the
+/// real sequences' logits are the unpadded step's bit for bit, and so is every usable block of
+/// the cache; the padding wrote only the scratch block. And the rows a graph takes.
+#[test]
+fn padded_decode_steps_give_the_unpadded_results() {
+    assert_eq!([1, 64, 65, 96, 97, 128, 129, 250, 256].map(|n| graph_rows(n, 256)), [1, 64, 96, 96, 128, 128, 192, 256, 256]);
+    assert_eq!((graph_rows(99, 100), graph_rows(100, 100)), (100, 100));
+    let model = load("tiny-qwen2");
+    let prompts: [Vec<u32>; 3] = [vec![5, 99, 300, 7, 42], vec![1, 2, 3], vec![9, 8, 7, 6, 5, 4]];
+    let tables: [[u32; 2]; 3] = [[0, 1], [2, 3], [4, 5]];
+    let step = |pad_to: Option<usize>| {
+        let mut cache = KvCache::new(model.config(), 6, 4, DType::F32, &Device::Cpu).unwrap();
+        for (prompt, table) in prompts.iter().zip(&tables) {
+            let n = prompt.len();
+            let batch = ForwardBatch { input_ids: prompt.clone(), attention: AttentionMetadata::single(table, 4, n, n), logits_indices: vec![n as u32 - 1] };
+            model.forward(&batch, &mut cache).unwrap();
+        }
+        let parts: Vec<AttentionMetadata> = prompts.iter().zip(&tables).map(|(p, t)| AttentionMetadata::single(t, 4, p.len() + 1, 1)).collect();
+        let attention = AttentionMetadata {
+            max_blocks_per_seq: 2,
+            query_start_loc: vec![0, 1, 2, 3],
+            seq_lens: parts.iter().flat_map(|p| p.seq_lens.clone()).collect(),
+            block_tables: parts.iter().flat_map(|p| p.block_tables.clone()).collect(),
+            slot_mapping: parts.iter().flat_map(|p| p.slot_mapping.clone()).collect(),
+        };
+        let batch = ForwardBatch { input_ids: vec![11, 250, 17], attention, logits_indices: vec![0, 1, 2] };
+        let logits = match pad_to {
+            None => model.forward(&batch, &mut cache).unwrap(),
+            Some(rows) => {
+                let padded = pad_decode_batch(&batch, rows, &cache);
+                assert_eq!((padded.input_ids.len(), padded.attention.num_seqs()), (rows, rows));
+                let ids = Tensor::from_slice(&padded.input_ids, rows, &Device::Cpu).unwrap();
+                let meta = DeviceMetadata::new(padded.attention.clone(), &Device::Cpu).unwrap();
+                let all = model.forward_on_device(&ids, &meta, &mut cache).unwrap();
+                assert_eq!(all.dim(0).unwrap(), rows);
+                all.narrow(0, 0, 3).unwrap()
+            }
+        };
+        // The usable blocks of every layer's keys and values.
+        let usable: Vec<Vec<f32>> = (0..model.config().num_hidden_layers)
+            .flat_map(|i| {
+                let (k, v) = cache.layer(i);
+                [k, v].map(|t| t.narrow(0, 0, cache.num_blocks()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            })
+            .collect();
+        (logits.to_vec2::<f32>().unwrap(), usable)
+    };
+    let (want, want_cache) = step(None);
+    for rows in [4, 8] {
+        let (got, got_cache) = step(Some(rows));
+        same_bits(&got, &want, &format!("padded to {rows}"));
+        assert!(got_cache == want_cache, "padded to {rows}: a usable block changed");
+    }
 }
 
 #[test]

@@ -22,9 +22,10 @@
 //! Qwen2.5-0.5B and -7B shapes, and graphs of up to 256 sequences were faster than eager steps
 //! at 1, 16, 64 and 256 streams (0.5B one stream: 559 against 339 tok/s; 7B: 176 against 172).
 //! The default stops at 64: every batch size gets a graph of its own, and bigger ones gain
-//! least.
+//! least. Above 64 ([`graph_rows`]) sizes share graphs: a step runs on the graph of its size
+//! rounded up, its extra rows padding that writes only the cache's scratch block.
 
-use crate::{CausalLm, ForwardBatch, ModelError};
+use crate::{CausalLm, ForwardBatch, KvCache, ModelError};
 
 /// The longest sequence a graph serves; its block tables are this wide (in blocks) and its
 /// attention splits the key range for this length.
@@ -69,6 +70,47 @@ pub fn with_cuda_graphs(model: Box<dyn CausalLm>, max_batch: usize) -> Result<Bo
     Ok(model)
 }
 
+/// The rows of the graph that runs a decode step of `n` sequences: `n` itself up to
+/// [`EXACT_GRAPH_BATCH`], above it `n` rounded up to a multiple of 32 (of 64 past 128), at most
+/// `max_batch`. Above 64 sequences a few graphs then serve every batch size, the extra rows
+/// being padding ([`pad_decode_batch`]).
+pub fn graph_rows(n: usize, max_batch: usize) -> usize {
+    let rows = match n {
+        0..=EXACT_GRAPH_BATCH => n,
+        ..=128 => n.next_multiple_of(32),
+        _ => n.next_multiple_of(64),
+    };
+    rows.min(max_batch).max(n)
+}
+
+/// Batch sizes up to this many sequences get a graph of their own.
+pub const EXACT_GRAPH_BATCH: usize = 64;
+
+/// `batch`, a decode step of one token per sequence, grown to `rows` sequences: each padding
+/// sequence is one token (id 0) at position 0 of `cache`'s scratch block, so it writes its key
+/// and value only there and attends only to them; its logits are the rows past the batch's.
+/// A sequence's results do not depend on the padding where the model's rows are independent
+/// (on the CPU, bit for bit).
+pub fn pad_decode_batch(batch: &ForwardBatch, rows: usize, cache: &KvCache) -> ForwardBatch {
+    let mut padded = batch.clone();
+    let n = batch.input_ids.len();
+    let m = &mut padded.attention;
+    let width = m.max_blocks_per_seq.max(1);
+    m.max_blocks_per_seq = width;
+    m.block_tables.resize(n * width, 0);
+    let scratch = cache.scratch_block();
+    for i in n..rows {
+        padded.input_ids.push(0);
+        m.query_start_loc.push(i as u32 + 1);
+        m.seq_lens.push(1);
+        m.block_tables.push(scratch);
+        m.block_tables.extend(std::iter::repeat_n(0, width - 1));
+        m.slot_mapping.push(scratch * cache.block_size() as u32);
+        padded.logits_indices.push(i as u32);
+    }
+    padded
+}
+
 /// Whether `batch` is a step a graph of `max_batch` can run: one new token per sequence, every
 /// row's logits in order, no sequence past `max_seq_len`.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -96,7 +138,7 @@ mod cuda {
     use candle_core::{DType, Device, Tensor, TensorId};
     use qwen_serve_kernels::{overwrite_u32, param_cache_for_capture};
 
-    use super::{graph_step, MAX_SEQ_LEN};
+    use super::{graph_rows, graph_step, pad_decode_batch, MAX_SEQ_LEN};
     use crate::{CausalLm, DeviceMetadata, ForwardBatch, KvCache, ModelConfig, ModelError};
 
     /// cuBLAS's workspace, given explicitly: without one it may allocate inside a capture.
@@ -229,30 +271,39 @@ mod cuda {
             }
             self.inner.check(batch, cache)?;
             let n = batch.input_ids.len();
+            // Above 64 sequences a graph of a few more rows runs the step, padded.
+            let rows = graph_rows(n, self.max_batch);
+            let padded;
+            let batch = if rows > n {
+                padded = pad_decode_batch(batch, rows, cache);
+                &padded
+            } else {
+                batch
+            };
             let cache_id = cache.layer(0).0.id();
             let mut sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
-            let size = match sizes.entry(n) {
+            let size = match sizes.entry(rows) {
                 Entry::Vacant(slot) => {
                     // The first step of this size: eager on the graph's buffers (the warm-up).
-                    let inputs = self.inputs(n, cache)?;
+                    let inputs = self.inputs(rows, cache)?;
                     inputs.fill(batch, cache.block_size())?;
                     let _uploads = param_cache_for_capture(self.inner.device());
                     let logits = self.inner.forward_on_device(&inputs.ids, &inputs.meta, cache)?;
                     slot.insert(Size { inputs, cache: cache_id, phase: Phase::Warm });
-                    return Ok(logits);
+                    return Ok(logits.narrow(0, 0, n)?);
                 }
                 Entry::Occupied(size) => size.into_mut(),
             };
             if size.cache != cache_id || matches!(size.phase, Phase::Eager) {
-                return self.inner.forward(batch, cache);
+                return Ok(self.eager(batch, n, cache)?);
             }
             if let Phase::Captured(c) = &size.phase {
                 let timer = super::replay_times::Timer::start(self.inner.device())?;
                 size.inputs.fill(batch, cache.block_size())?;
                 let timer = timer.map(|t| t.filled()).transpose()?;
-                c.graph.launch().map_err(|e| candle_core::Error::Msg(format!("replaying the CUDA graph of {n} sequences: {e}")))?;
+                c.graph.launch().map_err(|e| candle_core::Error::Msg(format!("replaying the CUDA graph of {rows} sequences: {e}")))?;
                 if let Some(t) = timer {
-                    t.launched(n)?;
+                    t.launched(rows)?;
                 }
                 return Ok(self.out.narrow(0, 0, n)?);
             }
@@ -260,21 +311,38 @@ mod cuda {
             let start = std::time::Instant::now();
             match self.capture(size, cache) {
                 Ok(c) => {
-                    tracing::info!("captured the CUDA graph of {n} decoding sequences in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+                    tracing::info!("captured the CUDA graph of {rows} decoding sequences in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
                     size.phase = Phase::Captured(c);
                     Ok(self.out.narrow(0, 0, n)?)
                 }
                 Err(e) => {
-                    tracing::warn!("CUDA graph capture of {n} sequences failed ({e}); that batch size runs eagerly");
+                    tracing::warn!("CUDA graph capture of {rows} sequences failed ({e}); that batch size runs eagerly");
                     // Frees of buffers a failed capture made are reported to cudarc's error
                     // state, which the next call would return: those are this failure's.
                     if let Device::Cuda(dev) = self.inner.device() {
                         let _ = dev.cuda_stream().context().check_err();
                     }
                     size.phase = Phase::Eager;
-                    self.inner.forward(batch, cache)
+                    Ok(self.eager(batch, n, cache)?)
                 }
             }
+        }
+    }
+
+    impl Graphed {
+        /// A (possibly padded) graph step run eagerly: the first `n` rows' logits. A padded
+        /// step runs on the device as the graph would (the checks were made on the batch itself;
+        /// its padding writes only the scratch block, which `check` would refuse).
+        fn eager(&self, batch: &ForwardBatch, n: usize, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+            if batch.input_ids.len() == n {
+                return self.inner.forward(batch, cache);
+            }
+            let device = self.inner.device();
+            let ids = Tensor::from_slice(&batch.input_ids, batch.input_ids.len(), device)?;
+            let meta = DeviceMetadata::new(batch.attention.clone(), device)?;
+            let cfg = self.inner.config();
+            meta.prepare_attention(cfg.num_attention_heads / cfg.num_key_value_heads)?;
+            Ok(self.inner.forward_on_device(&ids, &meta, cache)?.narrow(0, 0, n)?)
         }
     }
 }

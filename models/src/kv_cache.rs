@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::{ModelConfig, ModelError};
 
 pub struct KvCache {
+    /// `num_blocks + 1` blocks: the last is [`Self::scratch_block`].
     layers: Vec<(Tensor, Tensor)>,
     num_blocks: usize,
     block_size: usize,
@@ -17,7 +18,7 @@ impl KvCache {
         if num_blocks == 0 || block_size == 0 {
             return Err(ModelError::Input("the KV cache needs at least one block of at least one token".into()));
         }
-        let shape = (num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim());
+        let shape = (num_blocks + 1, block_size, cfg.num_key_value_heads, cfg.head_dim());
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
             .collect::<Result<_, candle_core::Error>>()?;
@@ -29,8 +30,15 @@ impl KvCache {
         2 * cfg.num_hidden_layers * block_size * cfg.num_key_value_heads * cfg.head_dim() * dtype.size_in_bytes()
     }
 
+    /// Blocks sequences may use (block ids `0..num_blocks`).
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
+    }
+
+    /// One block past the usable ones, in no sequence's block table: the padding rows of a
+    /// replayed CUDA graph write their keys and values there (`pad_decode_batch`).
+    pub fn scratch_block(&self) -> u32 {
+        self.num_blocks as u32
     }
 
     pub fn block_size(&self) -> usize {
