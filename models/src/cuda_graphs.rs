@@ -75,10 +75,12 @@ pub fn with_cuda_graphs(model: Box<dyn CausalLm>, max_batch: usize) -> Result<Bo
 /// `max_batch`. Above 64 sequences a few graphs then serve every batch size, the extra rows
 /// being padding ([`pad_decode_batch`]).
 pub fn graph_rows(n: usize, max_batch: usize) -> usize {
-    let rows = match n {
-        0..=EXACT_GRAPH_BATCH => n,
-        ..=128 => n.next_multiple_of(32),
-        _ => n.next_multiple_of(64),
+    let rows = if n <= EXACT_GRAPH_BATCH {
+        n
+    } else if n <= 128 {
+        n.next_multiple_of(32)
+    } else {
+        n.next_multiple_of(64)
     };
     rows.min(max_batch).max(n)
 }
