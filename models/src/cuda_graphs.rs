@@ -92,7 +92,9 @@ pub const EXACT_GRAPH_BATCH: usize = 64;
 /// sequence is one token (id 0) at position 0 of `cache`'s scratch block, so it writes its key
 /// and value only there and attends only to them; its logits are the rows past the batch's.
 /// A sequence's results do not depend on the padding where the model's rows are independent
-/// (on the CPU, bit for bit).
+/// (on the CPU, bit for bit; on a GPU cuBLAS and the attention's split both go by the row
+/// count, so a padded step matches the same padded step run eagerly). `rows` at least the
+/// batch's sequences; `batch` a checked decode step.
 pub fn pad_decode_batch(batch: &ForwardBatch, rows: usize, cache: &KvCache) -> ForwardBatch {
     let mut padded = batch.clone();
     let n = batch.input_ids.len();

@@ -1,6 +1,7 @@
 //! The paged KV cache: per layer, one key and one value tensor of
-//! `(num_blocks, block_size, num_kv_heads, head_dim)`. Sequences own blocks through their
-//! block tables (see `AttentionMetadata`); the cache itself knows nothing of sequences.
+//! `(num_blocks + 1, block_size, num_kv_heads, head_dim)`. Sequences own blocks through their
+//! block tables (see `AttentionMetadata`); the cache itself knows nothing of sequences. The
+//! extra block is [`KvCache::scratch_block`], one block beyond the size asked for.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -36,7 +37,9 @@ impl KvCache {
     }
 
     /// One block past the usable ones, in no sequence's block table: the padding rows of a
-    /// replayed CUDA graph write their keys and values there (`pad_decode_batch`).
+    /// replayed CUDA graph write their keys and values there (`pad_decode_batch`). The kernels'
+    /// own bounds checks go by the tensors and accept it; what keeps sequences off it is the
+    /// model's `check` of each step's metadata against [`Self::num_blocks`].
     pub fn scratch_block(&self) -> u32 {
         self.num_blocks as u32
     }
