@@ -53,8 +53,7 @@ enum Mode {
 }
 
 impl Mode {
-    /// The kernel's name for it (`small_matmul_<mode>_m<M>_<dtype>`).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    /// The kernel's name for it (`small_matmul_<mode>_m<M>_<dtype>`), also in errors.
     fn name(self) -> &'static str {
         match self {
             Self::Plain => "plain",

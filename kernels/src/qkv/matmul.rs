@@ -42,13 +42,15 @@ pub fn qkv_matmul_step(p: &QkvMatmul, cos: &Tensor, sin: &Tensor, key_cache: &Te
     if y.dim(1)? != q_w + 2 * kv_w {
         candle_core::bail!("qkv_matmul_step: {} projection rows for {} heads and {num_kv_heads} KV heads of {head_dim}", y.dim(1)?, p.num_heads);
     }
-    let part = |t: &Tensor, at: usize, w: usize| t.narrow(0, at, w);
-    let bias = match p.bias {
-        Some(b) => [Some(part(b, 0, q_w)?), Some(part(b, q_w, kv_w)?), Some(part(b, q_w + kv_w, kv_w)?)],
-        None => [None, None, None],
+    // q's, k's and v's parts of a stacked tensor along `dim`.
+    let parts = |t: &Tensor, dim: usize| -> Result<[Tensor; 3]> { Ok([t.narrow(dim, 0, q_w)?, t.narrow(dim, q_w, kv_w)?, t.narrow(dim, q_w + kv_w, kv_w)?]) };
+    let [q, k, v] = parts(&y, 1)?;
+    let bias = p.bias.map(|b| parts(b, 0)).transpose()?;
+    let bias = match &bias {
+        Some([bq, bk, bv]) => [Some(bq), Some(bk), Some(bv)],
+        None => [None; 3],
     };
-    let (q, k, v) = (y.narrow(1, 0, q_w)?, y.narrow(1, q_w, kv_w)?, y.narrow(1, q_w + kv_w, kv_w)?);
-    let qkv = Qkv { q: &q, k: &k, v: &v, bias: [bias[0].as_ref(), bias[1].as_ref(), bias[2].as_ref()], head_norm: p.head_norm };
+    let qkv = Qkv { q: &q, k: &k, v: &v, bias, head_norm: p.head_norm };
     qkv_step(&qkv, cos, sin, key_cache, value_cache, metadata)
 }
 
@@ -71,7 +73,7 @@ mod cuda {
     use crate::cuda::{self, kernel_name, load, CudaElem, Locked};
     use crate::device_metadata::DeviceMetadata;
     use crate::qkv::cuda::{enabled, TargetViews, Targets};
-    use crate::small_matmul::{small_matmul_fits, MAX_ROWS};
+    use crate::small_matmul::small_matmul_fits;
 
     /// As in the .cu: a warp computes one pair of rows at a time, and warps stride over the
     /// pairs past what the resident blocks cover.
@@ -89,7 +91,6 @@ mod cuda {
         let dtype = p.x.dtype();
         let (m, rows) = (p.x.dim(0)?, p.weight.dim(0)?);
         let fits = small_matmul_fits(p.x, p.weight)
-            && m <= MAX_ROWS
             && rows == (p.num_heads + 2 * num_kv_heads) * head_dim
             && p.norm.0.dims() == [p.x.dim(1)?]
             && p.bias.is_none_or(|b| b.dims() == [rows])
