@@ -18,6 +18,8 @@ use crate::metadata::AttentionMetadata;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_tile;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -168,7 +170,9 @@ impl CustomOp3 for PagedAttention<'_> {
 }
 
 impl PagedAttention<'_> {
-    /// One task per (token, KV head): the task's query heads share every K/V row it loads.
+    /// One task per (tile, KV head): a tile is up to [`cpu::tile_tokens`] consecutive new tokens
+    /// of one sequence (one token where only token-by-token kernels apply, and for a decode), and
+    /// the task's query heads share every K/V row it loads.
     fn run<T: Elem>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
         self.run_with(self.simd, q, k, v)
     }
@@ -178,30 +182,49 @@ impl PagedAttention<'_> {
         let Dims { num_heads, num_kv_heads, head_dim, block_size } = self.dims;
         let group = num_heads / num_kv_heads;
         let m = self.metadata.host();
-        // Position of every new token and the sequence it belongs to.
-        let mut token_seq = Vec::with_capacity(m.num_tokens());
+        let tile_tokens = cpu::tile_tokens(simd, group, head_dim);
+        let mut out = vec![T::from_f32(0.0); q.len()];
+        // Token t's outputs for KV head h: chunk t * num_kv_heads + h.
+        let mut chunks: Vec<Option<&mut [T]>> = out.chunks_mut(group * head_dim).map(Some).collect();
+        let mut tasks = Vec::new();
         for s in 0..m.num_seqs() {
             let (start, end) = (m.query_start_loc[s] as usize, m.query_start_loc[s + 1] as usize);
-            let first_pos = m.seq_lens[s] as usize - (end - start);
-            token_seq.extend((0..end - start).map(|i| (s, first_pos + i)));
+            // Keys the sequence's first new token sees (its own included).
+            let first_n = m.seq_lens[s] as usize - (end - start) + 1;
+            for t0 in (start..end).step_by(tile_tokens) {
+                let tokens = t0..(t0 + tile_tokens).min(end);
+                for kvh in 0..num_kv_heads {
+                    let outs: Vec<&mut [T]> = tokens.clone().map(|t| chunks[t * num_kv_heads + kvh].take().expect("one task per chunk")).collect();
+                    tasks.push(Task { seq: s, tokens: tokens.clone(), first_n: first_n + (t0 - start), kvh, outs });
+                }
+            }
         }
-        let mut out = vec![T::from_f32(0.0); q.len()];
-        out.par_chunks_mut(group * head_dim).enumerate().for_each(|(task, out)| {
-            let (t, kvh) = (task / num_kv_heads, task % num_kv_heads);
-            let (s, pos) = token_seq[t];
-            let table = m.block_table(s);
-            let q_group = &q[(t * num_heads + kvh * group) * head_dim..][..group * head_dim];
-            // Where each visible key's (and value's) row starts in the caches.
-            let rows: Vec<usize> = (0..=pos)
+        tasks.into_par_iter().for_each(|mut task| {
+            let table = m.block_table(task.seq);
+            let q_groups: Vec<&[T]> =
+                task.tokens.clone().map(|t| &q[(t * num_heads + task.kvh * group) * head_dim..][..group * head_dim]).collect();
+            // Where each key (and value) the tile's last token sees starts in the caches.
+            let rows: Vec<usize> = (0..task.first_n + task.tokens.len() - 1)
                 .map(|j| {
                     let slot = table[j / block_size] as usize * block_size + j % block_size;
-                    (slot * num_kv_heads + kvh) * head_dim
+                    (slot * num_kv_heads + task.kvh) * head_dim
                 })
                 .collect();
-            cpu::attend(simd, q_group, k, v, &rows, head_dim, self.scale, out);
+            cpu::attend_tile(simd, &q_groups, k, v, &rows, task.first_n, head_dim, self.scale, &mut task.outs);
         });
         out
     }
+}
+
+/// One (tile, KV head) of [`PagedAttention::run_with`].
+struct Task<'a, T> {
+    seq: usize,
+    /// The tile's new tokens (rows of q).
+    tokens: std::ops::Range<usize>,
+    /// Keys the tile's first token sees.
+    first_n: usize,
+    kvh: usize,
+    outs: Vec<&'a mut [T]>,
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ pub(super) unsafe fn attend<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[us
 /// Sixteen elements from `p` as f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn load<T: Elem>(p: *const T) -> __m512 {
+pub(super) unsafe fn load<T: Elem>(p: *const T) -> __m512 {
     match T::KIND {
         ElemKind::F32 => _mm512_loadu_ps(p.cast()),
         // bf16 is the top half of an f32.
@@ -119,7 +119,7 @@ unsafe fn score_block<T: Elem, const CH: usize, const H: usize>(keys: &[*const T
 /// Rows to columns: lane `j` of output `i` is lane `i` of input `j`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn transpose(r: [__m512; 16]) -> [__m512; 16] {
+pub(super) unsafe fn transpose(r: [__m512; 16]) -> [__m512; 16] {
     // Pairs of rows interleaved: per 128-bit lane, elements 4k, 4k+1 (lo) or 4k+2, 4k+3 (hi).
     let mut t = [_mm512_setzero_ps(); 16];
     for i in 0..8 {
@@ -154,7 +154,7 @@ unsafe fn transpose(r: [__m512; 16]) -> [__m512; 16] {
 /// The reference softmax on `p[..n]` (`p` holds `n` rounded up to sixteen floats).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn softmax(p: *mut f32, n: usize) {
+pub(super) unsafe fn softmax(p: *mut f32, n: usize) {
     let (full, rest) = (n / LANES, n % LANES);
     let tail: __mmask16 = ((1u32 << rest) - 1) as u16;
     let mut max = _mm512_set1_ps(f32::NEG_INFINITY);

@@ -41,6 +41,32 @@ pub(super) fn attend<T: Elem>(simd: Simd, q_group: &[T], k: &[T], v: &[T], rows:
     attend_any(simd, q_group, k, v, rows, head_dim, scale, out);
 }
 
+/// Consecutive new tokens of one sequence a task takes together: enough for
+/// [`super::avx512_tile`]'s rows where it applies, else one (the other kernels go token by token).
+pub(super) fn tile_tokens(simd: Simd, group: usize, head_dim: usize) -> usize {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 if head_dim == 64 || head_dim == 128 => (super::avx512_tile::TILE_ROWS / group).max(1),
+        _ => 1,
+    }
+}
+
+/// A tile's attention: consecutive new tokens of one sequence (query heads `q_groups[i]` of one
+/// KV head for token `i`), token `i` over the first `first_n + i` keys of `rows`, into `outs[i]`.
+/// The same bits as [`attend`] token by token.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend_tile<T: Elem>(simd: Simd, q_groups: &[&[T]], k: &[T], v: &[T], rows: &[usize], first_n: usize, head_dim: usize, scale: f32, outs: &mut [&mut [T]]) {
+    debug_assert!(first_n >= 1 && rows.len() == first_n + q_groups.len() - 1 && outs.len() == q_groups.len());
+    // Safety: as in `attend`.
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx512 && (head_dim == 64 || head_dim == 128) && q_groups.len() > 1 {
+        return unsafe { super::avx512_tile::attend_tile(q_groups, k, v, rows, first_n, head_dim, scale, outs) };
+    }
+    for (i, (q_group, out)) in q_groups.iter().zip(outs.iter_mut()).enumerate() {
+        attend(simd, q_group, k, v, &rows[..first_n + i], head_dim, scale, out);
+    }
+}
+
 multiversion! {
     /// [`attend`] for any head dimension and instruction set.
     fn attend_any<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) => attend_body;
