@@ -4,13 +4,16 @@
 # (`qwen-serve bench --server`), each server alone on loopback in turn.
 #
 #   scripts/peer-bench.sh [--json PATH] [--runs N] [--threads N] [--model GGUF --kv-token-bytes N]
-#                         [--kv-cache-dtype f32|f16|bf16]
+#                         [--kv-cache-dtype f32|f16|bf16] [--long-prompt N]
 #
 # --model: another GGUF instead of the test model (e.g. the MoE one from
 # scripts/make_moe_bench_model.py); --kv-token-bytes: its f32 KV cache bytes per token
 # (layers x 2 x KV heads x head dim x 4), so both servers get the same KV capacity.
 # --kv-cache-dtype: qwen-serve's cache dtype (default f32, its default for a GGUF on the CPU;
 # f16 is llama-server's), its size scaled to hold the same tokens.
+# --long-prompt N: also, per run, each server restarted with one slot of N + 192 tokens (the
+# same KV capacity for both) measures prefill of an N-token prompt (median of 2) and one
+# stream's decode right after an N-token prompt (2 requests of 64 output tokens).
 #
 # Measures, per server: single-stream decode tok/s (1 stream, prompt 128, output 128; 1000 /
 # median TPOT), prefill tok/s (512-token prompt, max_tokens 1, median of 3), aggregate output
@@ -38,6 +41,7 @@ port="${PORT:-18431}"
 gguf=""
 kv_token_bytes=$(( 24 * 2 * 2 * 64 * 4 ))
 kv_dtype=f32
+long_len=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --json) json="$2"; shift 2 ;;
@@ -46,6 +50,7 @@ while [ $# -gt 0 ]; do
     --model) gguf="$2"; shift 2 ;;
     --kv-token-bytes) kv_token_bytes="$2"; shift 2 ;;
     --kv-cache-dtype) kv_dtype="$2"; shift 2 ;;
+    --long-prompt) long_len="$2"; shift 2 ;;
     -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -68,6 +73,8 @@ case "$kv_dtype" in
   *) echo "--kv-cache-dtype: f32, f16 or bf16, not $kv_dtype" >&2; exit 2 ;;
 esac
 kv_gib=$(python3 -c "print(f'{$ctx * $kv_token_bytes / $kv_scale / 2**30:.4f}')")
+long_ctx=$(( long_len + 192 ))
+long_kv_gib=$(python3 -c "print(f'{$long_ctx * $kv_token_bytes / $kv_scale / 2**30:.4f}')")
 
 [ -n "$gguf" ] || gguf="$(bash scripts/fetch-test-data.sh)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 echo "building qwen-serve (release)…" >&2
@@ -100,20 +107,22 @@ stop_server() {
 trap 'stop_server; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
-# start_server NAME PORT: starts it in the background (pid in $pid) and waits for /health.
+# start_server NAME PORT [long]: starts it in the background (pid in $pid) and waits for
+# /health; `long`: one slot for the --long-prompt measurement instead of the main workload's.
 start_server() {
-  local name=$1 p=$2 log="$work/$1.log"
+  local name=$1 p=$2 log="$work/$1.log" kv=$kv_gib slots=$parallel slots_ctx=$ctx
+  [ "${3:-}" = long ] && { kv=$long_kv_gib; slots=1; slots_ctx=$long_ctx; }
   case "$name" in
     qwen-serve)
       # --threads (QWEN_SERVE_THREADS) where this build has it, else rayon's own variable.
       QWEN_SERVE_THREADS="$threads" RAYON_NUM_THREADS="$threads" "$qwen" serve --model "$gguf" --host 127.0.0.1 --port "$p" \
-        --kv-cache-memory "$kv_gib" --kv-cache-dtype "$kv_dtype" 2>"$log" >&2 &
+        --kv-cache-memory "$kv" --kv-cache-dtype "$kv_dtype" 2>"$log" >&2 &
       ;;
     llama-server)
       # --cache-ram 0: no host-memory copies of finished slots' KV (it would grow RSS and
       # qwen-serve has no such cache). --no-webui: nothing to serve.
       "$llama" -m "$gguf" --host 127.0.0.1 --port "$p" -t "$threads" -tb "$threads" \
-        --parallel "$parallel" -c "$ctx" --cont-batching --cache-ram 0 --no-webui 2>"$log" >&2 &
+        --parallel "$slots" -c "$slots_ctx" --cont-batching --cache-ram 0 --no-webui 2>"$log" >&2 &
       ;;
   esac
   pid=$!
@@ -167,6 +176,15 @@ for run in $(seq "$runs"); do
     echo $(( 100 * (b1 - b0 - (s1 - s0)) / (b1 - b0 + i1 - i0 + 1) )) > "$work/$name-$run.other_pct"
     awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" > "$work/$name-$run.rss_kb"
     stop_server
+    if [ "$long_len" -gt 0 ]; then
+      echo "run $run/$runs: $name, one $long_len-token prompt…" >&2
+      start_server "$name" "$p" long
+      wait_quiet
+      "$qwen" bench --server "http://127.0.0.1:$p" --model "$gguf" --concurrency 1 --num-prompts 2 \
+        --prompt-len "$long_len" --output-len 64 --prefill-len "$long_len" --prefill-runs 2 \
+        --json "$work/$name-$run.long.json" >&2
+      stop_server
+    fi
   done
 done
 
@@ -176,7 +194,7 @@ isa=$(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|avx512f|avx512_vnni|
 [ -n "$isa" ] && cpu="$cpu ($isa)"
 WORK="$work" RUNS="$runs" THREADS="$threads" CPU="$cpu" JSON="$json" SERVERS="$servers" \
   LLAMA="$llama" CTX="$ctx" KV_GIB="$kv_gib" KV_DTYPE="$kv_dtype" PARALLEL="$parallel" \
-  COMMIT="$commit" DIRTY="$num_dirty" MODEL="$(basename "$gguf")" \
+  COMMIT="$commit" DIRTY="$num_dirty" MODEL="$(basename "$gguf")" LONG_LEN="$long_len" \
   LLAMA_VERSION="$( [ -n "$llama" ] && "$llama" --version 2>&1 | grep -m1 '^version' || true)" \
   python3 - <<'PY'
 import json, os, statistics
@@ -214,6 +232,16 @@ rows = [
     ("tpot_p50_ms_16", "16 streams: TPOT p50 (ms)", "{:.1f}"),
     ("peak_rss_mib", "peak RSS (MiB, VmHWM)", "{:.0f}"),
 ]
+long_len = int(env["LONG_LEN"])
+if long_len:
+    rows += [
+        ("prefill_tok_per_s_long", f"prefill tok/s ({long_len}-token prompt, median of 2)", "{:.1f}"),
+        ("decode_tok_per_s_long", f"single-stream decode tok/s after a {long_len}-token prompt (1000 / TPOT p50)", "{:.1f}"),
+    ]
+
+def long_metrics(results):
+    one = results["reports"][0]
+    return {"prefill_tok_per_s_long": results["prefill"]["prefill_tok_per_s"], "decode_tok_per_s_long": 1000.0 / one["tpot_ms"]["p50"]}
 
 per_run, medians, raw = {}, {}, {}
 for s in servers:
@@ -226,8 +254,14 @@ for s in servers:
             rss_kb = float(f.read().strip() or "nan")
         with open(f"{work}/{s}-{run}.other_pct") as f:
             other_pct = float(f.read().strip())
+        run_metrics = metrics(results, rss_kb) | {"other_cpu_pct": other_pct}
+        if long_len:
+            with open(f"{work}/{s}-{run}.long.json") as f:
+                long_results = json.load(f)
+            results = {"main": results, "long_prompt": long_results}
+            run_metrics |= long_metrics(long_results)
         raw[s].append(results)
-        per_run[s].append(metrics(results, rss_kb) | {"other_cpu_pct": other_pct})
+        per_run[s].append(run_metrics)
     medians[s] = {k: statistics.median(m[k] for m in per_run[s]) for k, _, _ in rows}
 
 both = "llama-server" in medians
@@ -242,7 +276,7 @@ out = {
     "runs": runs,
     "model": env["MODEL"],
     "git": {"head": env["COMMIT"], "num_changed_paths": int(env["DIRTY"])},
-    "workload": {"prompt_len": 128, "output_len": 128, "prefill_len": 512, "concurrency": [1, 4, 16]},
+    "workload": {"prompt_len": 128, "output_len": 128, "prefill_len": 512, "concurrency": [1, 4, 16], "long_prompt_len": long_len or None},
     "qwen_serve": {"kv_cache_memory_gib": float(env["KV_GIB"]), "kv_cache_dtype": env["KV_DTYPE"]},
     "llama_server": {"binary": env["LLAMA"] or None, "version": env["LLAMA_VERSION"], "parallel": int(env["PARALLEL"]), "ctx": int(env["CTX"])} if both else None,
     "median": medians,
