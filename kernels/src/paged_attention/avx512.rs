@@ -1,31 +1,15 @@
-//! AVX-512 paged attention for head dimensions 64 and 128, bitwise equal to the generic body
-//! in [`super::cpu`] (whose docs give the arithmetic).
+//! AVX-512 pieces of paged attention, bitwise equal to the generic body in [`super::cpu`] (whose
+//! docs give the arithmetic): row loads as f32, the 16 x 16 transpose of a key block, the
+//! softmax and its `exp`. [`super::avx512_tile`] is the kernel built from them.
 //!
-//! Scores: a block of sixteen key rows is loaded sixteen dimensions at a time and transposed in
-//! registers, so lane `jj` of vector `dd` is dimension `dd` of key `jj`; then one FMA with a
-//! broadcast query element advances sixteen scores of one head, for up to eight heads at once.
-//! The softmax and the weighted values are the reference's loops on sixteen lanes.
-//!
-//! Safety (every fn): the CPU has AVX-512 F/BW/VL, FMA and F16C; `rows` are non-empty and every
-//! row plus the head dimension lies inside `k` and `v`.
+//! Safety (every fn): the CPU has AVX-512 F/BW/VL, FMA and F16C; pointers cover what they read.
 
 use std::arch::x86_64::*;
 
-use super::cpu::LANES;
-use crate::fused::exp::{EXP_LN2, EXP_POLY, EXP_RANGE, EXP_ROUND};
 use crate::elem::{Elem, ElemKind};
+use crate::fused::exp::{EXP_LN2, EXP_POLY, EXP_RANGE, EXP_ROUND};
 
-/// Query heads whose scores one pass over a key block computes.
-const HEAD_BLOCK: usize = 8;
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(super) unsafe fn attend<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) {
-    match head_dim {
-        64 => attend_chunks::<T, 4>(q_group, k, v, rows, scale, out),
-        128 => attend_chunks::<T, 8>(q_group, k, v, rows, scale, out),
-        _ => unreachable!("the dispatcher sends head dims 64 and 128 only"),
-    }
-}
+use super::cpu::LANES;
 
 /// Sixteen elements from `p` as f32.
 #[inline]
@@ -36,83 +20,6 @@ pub(super) unsafe fn load<T: Elem>(p: *const T) -> __m512 {
         // bf16 is the top half of an f32.
         ElemKind::Bf16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))),
         ElemKind::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
-    }
-}
-
-/// `attend` with `CH` sixteen-element chunks per head.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn attend_chunks<T: Elem, const CH: usize>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], scale: f32, out: &mut [T]) {
-    let head_dim = CH * LANES;
-    let group = out.len() / head_dim;
-    let n = rows.len();
-    let stride = n.next_multiple_of(LANES);
-    let q: Vec<f32> = q_group.iter().map(|x| x.to_f32()).collect();
-    let mut scores = vec![0f32; group * stride];
-    for j0 in (0..n).step_by(LANES) {
-        let mut keys = [k.as_ptr(); LANES];
-        for (jj, key) in keys.iter_mut().enumerate() {
-            *key = k.as_ptr().add(rows[(j0 + jj).min(n - 1)]);
-        }
-        let mut g0 = 0;
-        while g0 < group {
-            let heads = (group - g0).min(HEAD_BLOCK);
-            let (q, s) = (q.as_ptr().add(g0 * head_dim), scores.as_mut_ptr().add(g0 * stride + j0));
-            match heads {
-                1 => score_block::<T, CH, 1>(&keys, q, scale, s, stride),
-                2 => score_block::<T, CH, 2>(&keys, q, scale, s, stride),
-                3 => score_block::<T, CH, 3>(&keys, q, scale, s, stride),
-                4 => score_block::<T, CH, 4>(&keys, q, scale, s, stride),
-                5 => score_block::<T, CH, 5>(&keys, q, scale, s, stride),
-                6 => score_block::<T, CH, 6>(&keys, q, scale, s, stride),
-                7 => score_block::<T, CH, 7>(&keys, q, scale, s, stride),
-                _ => score_block::<T, CH, 8>(&keys, q, scale, s, stride),
-            }
-            g0 += heads;
-        }
-    }
-    for g in 0..group {
-        let p = scores.as_mut_ptr().add(g * stride);
-        softmax(p, n);
-        let mut acc = [_mm512_setzero_ps(); CH];
-        for (j, &row) in rows.iter().enumerate() {
-            let w = _mm512_set1_ps(*p.add(j));
-            let value = v.as_ptr().add(row);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(w, load(value.add(c * LANES)), *a);
-            }
-        }
-        let o = &mut out[g * head_dim..][..head_dim];
-        for (c, a) in acc.iter().enumerate() {
-            let mut y = [0f32; LANES];
-            _mm512_storeu_ps(y.as_mut_ptr(), *a);
-            for (o, y) in o[c * LANES..][..LANES].iter_mut().zip(y) {
-                *o = T::from_f32(y);
-            }
-        }
-    }
-}
-
-/// Scores of sixteen keys for `H` heads: `s[g * stride + jj]` for query rows `q + g * head_dim`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn score_block<T: Elem, const CH: usize, const H: usize>(keys: &[*const T; LANES], q: *const f32, scale: f32, s: *mut f32, stride: usize) {
-    let mut acc = [_mm512_setzero_ps(); H];
-    for c in 0..CH {
-        let mut r = [_mm512_setzero_ps(); LANES];
-        for (r, key) in r.iter_mut().zip(keys) {
-            *r = load(key.add(c * LANES));
-        }
-        let kt = transpose(r);
-        for (dd, kt) in kt.iter().enumerate() {
-            for (g, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(*q.add(g * CH * LANES + c * LANES + dd)), *kt, *a);
-            }
-        }
-    }
-    let scale = _mm512_set1_ps(scale);
-    for (g, a) in acc.iter().enumerate() {
-        _mm512_storeu_ps(s.add(g * stride), _mm512_mul_ps(*a, scale));
     }
 }
 

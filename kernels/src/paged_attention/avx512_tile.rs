@@ -1,17 +1,20 @@
-//! AVX-512 attention of a tile: a few consecutive new tokens of one sequence (a prefill chunk's),
-//! all the query heads of one KV head, over the keys they see. Bitwise equal, token by token, to
-//! [`super::avx512::attend`] and so to the generic body in [`super::cpu`] (whose docs give the
-//! arithmetic): only the order in which the same operations run changes.
+//! The AVX-512 paged attention kernel for head dimensions 64 and 128: a tile of a few
+//! consecutive new tokens of one sequence (a prefill chunk's; one token for a decode), all the
+//! query heads of one KV head, over the keys they see. Bitwise equal, token by token, to the
+//! generic body in [`super::cpu`] (whose docs give the arithmetic): only the order in which the
+//! same operations run changes.
 //!
-//! Token by token, every query token of a long prompt streams all of its sequence's K and V rows
-//! from memory again (a 512-token chunk at 4096 keys: ~2 GB a layer with the f32 cache). A tile
-//! of `tokens x group` query rows loads each key and value row once:
+//! Token by token, every query token of a long prompt would stream all of its sequence's K and
+//! V rows from memory again (a 512-token chunk at 4096 keys: ~2 GB a layer with the f32 cache).
+//! A tile of `tokens x group` query rows loads each key and value row once:
 //! - scores: each block of 32 keys is transposed once into a buffer (`kt[dim][key]`); then
 //!   twelve rows at a time, one FMA with a broadcast query element advances 32 scores of a row
 //!   (24 accumulators: two FMAs per broadcast);
 //! - the softmax of each row over its own keys (token `i` of the tile sees `first_n + i`);
-//! - values: over chunks of keys, a few rows at a time accumulate `p * v` for the keys every
-//!   row of the tile sees, one value vector feeding all of them; then each row's own last keys.
+//! - values: over chunks of 128 keys (in L1/L2 while they are used), a few rows at a time
+//!   accumulate `p * v` for the keys every row of the tile sees, one value vector feeding all
+//!   of them; then each row's own last keys. A decode's group of query heads shares its value
+//!   rows the same way.
 //!
 //! Safety (every fn): the CPU has AVX-512 F/BW/VL, FMA and F16C; `rows` holds `first_n + tokens
 //! - 1` key rows (`first_n >= 1`), each plus the head dimension inside `k` and `v`.

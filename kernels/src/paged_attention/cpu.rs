@@ -11,8 +11,9 @@
 //! - output: `acc[d] = 0; for j in order: acc[d] = fma(p[g][j], v[j][d], acc[d])`.
 //!
 //! Keys go sixteen at a time so the reference's inner loop has sixteen independent lanes,
-//! which the vectorised builds and the AVX-512 kernel (a 16 x 16 transpose of the key block,
-//! then one FMA per dimension) rely on.
+//! which the vectorised builds and the AVX-512 kernel (16 x 16 transposes of key blocks, then
+//! one FMA per dimension) rely on. Only the order in which (query, key) pairs are visited may
+//! differ between the kernels, never the operations on one pair or their order.
 
 use crate::elem::Elem;
 use crate::fused::exp::exp;
@@ -31,7 +32,7 @@ pub(super) fn attend<T: Elem>(simd: Simd, q_group: &[T], k: &[T], v: &[T], rows:
     #[cfg(target_arch = "x86_64")]
     match simd {
         Simd::Avx512 if head_dim == 64 || head_dim == 128 => {
-            return unsafe { super::avx512::attend(q_group, k, v, rows, head_dim, scale, out) };
+            return unsafe { super::avx512_tile::attend_tile(&[q_group], k, v, rows, rows.len(), head_dim, scale, &mut [out]) };
         }
         Simd::Avx2 if head_dim == 64 || head_dim == 128 => {
             return unsafe { super::avx2::attend(q_group, k, v, rows, head_dim, scale, out) };
@@ -59,7 +60,7 @@ pub(super) fn attend_tile<T: Elem>(simd: Simd, q_groups: &[&[T]], k: &[T], v: &[
     debug_assert!(first_n >= 1 && rows.len() == first_n + q_groups.len() - 1 && outs.len() == q_groups.len());
     // Safety: as in `attend`.
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx512 && (head_dim == 64 || head_dim == 128) && q_groups.len() > 1 {
+    if simd == Simd::Avx512 && (head_dim == 64 || head_dim == 128) {
         return unsafe { super::avx512_tile::attend_tile(q_groups, k, v, rows, first_n, head_dim, scale, outs) };
     }
     for (i, (q_group, out)) in q_groups.iter().zip(outs.iter_mut()).enumerate() {

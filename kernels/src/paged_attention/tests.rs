@@ -173,8 +173,8 @@ fn tiles_of_long_prefill_chunks_match_token_by_token() {
     // Tiles of consecutive tokens (AVX-512) against the scalar kernel's bits (`levels_agree`):
     // chunks after cached prefixes that cross the value pass's 128-key chunks, tiles cut short
     // at a sequence's end, groups of 7 (d 64: 4-token tiles of 28 rows, the 0.5B's shape) and of
-    // 7 at d 128 (the 7B's), in f32 and bf16.
-    let small = Case { seqs: vec![(300, 45), (0, 70), (5, 1)], heads: 14, kv_heads: 2, d: 64, block_size: 16 };
+    // 7 at d 128 (the 7B's), decodes past a 128-key chunk, in f32 and bf16.
+    let small = Case { seqs: vec![(300, 45), (0, 70), (5, 1), (200, 1)], heads: 14, kv_heads: 2, d: 64, block_size: 16 };
     let large = Case { seqs: vec![(200, 33), (129, 6)], heads: 28, kv_heads: 4, d: 128, block_size: 16 };
     for case in [&small, &large] {
         let err = max_error(case, DType::F32);
