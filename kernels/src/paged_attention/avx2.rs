@@ -1,7 +1,7 @@
 //! AVX2 paged attention for head dimensions 64 and 128, bitwise equal to the generic body in
-//! [`super::cpu`] (whose docs give the arithmetic): [`super::avx512`]'s scheme on eight-lane
-//! vectors. A block of sixteen keys is two halves of eight, each loaded eight dimensions at a
-//! time and transposed in registers; one FMA with a broadcast query element then advances
+//! [`super::cpu`] (whose docs give the arithmetic), one token at a time. A block of sixteen
+//! keys is two halves of eight, each loaded eight dimensions at a time and transposed in
+//! registers; one FMA with a broadcast query element then advances
 //! eight scores of one head, for up to four heads at once (sixteen registers). The softmax is
 //! the reference's own code.
 //!

@@ -16,8 +16,9 @@
 //!   of them; then each row's own last keys. A decode's group of query heads shares its value
 //!   rows the same way.
 //!
-//! Safety (every fn): the CPU has AVX-512 F/BW/VL, FMA and F16C; `rows` holds `first_n + tokens
-//! - 1` key rows (`first_n >= 1`), each plus the head dimension inside `k` and `v`.
+//! Safety (every fn): the CPU has AVX-512 F/BW/VL, FMA and F16C; `rows` holds
+//! `first_n + tokens - 1` key rows (`first_n >= 1`), each plus the head dimension inside `k`
+//! and `v`.
 
 use std::arch::x86_64::*;
 

@@ -2,7 +2,8 @@
 //! key and value rows of its sequence.
 //!
 //! The arithmetic, which every instruction set reproduces bit for bit (the generic body below
-//! is the reference; [`super::avx512`] and [`super::avx2`] are the hand-written fast paths):
+//! is the reference; [`super::avx512_tile`], on [`super::avx512`]'s pieces, and [`super::avx2`]
+//! are the hand-written fast paths):
 //! - score of key `j` for head `g`: `s = 0; for d in order: s = fma(q[g][d], k[j][d], s)`,
 //!   then `s * scale`;
 //! - softmax per head: the maximum, `e = exp(s - max)` ([`crate::fused::exp::exp`]), their
@@ -22,22 +23,16 @@ use crate::fused::simd::{multiversion, sum16, Simd};
 /// Keys per block and lanes of every sum.
 pub(super) const LANES: usize = 16;
 
-/// One task's attention: the `out.len() / head_dim` query heads of `q_group` over the keys and
-/// values whose rows start at `rows` (at least one).
+/// One token's attention, for what [`attend_tile`] does not send to the AVX-512 kernel: the
+/// `out.len() / head_dim` query heads of `q_group` over the keys and values whose rows start at
+/// `rows` (at least one).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn attend<T: Elem>(simd: Simd, q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) {
-    // Safety: `Simd::Avx512` exists only where the CPU has AVX-512 F/BW/VL, FMA and F16C,
-    // `Simd::Avx2` where it has AVX2, FMA and F16C; every row plus `head_dim` lies inside the
-    // caches (the caller validated the metadata against their shape).
+fn attend<T: Elem>(simd: Simd, q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) {
+    // Safety: `Simd::Avx2` exists only where the CPU has AVX2, FMA and F16C; every row plus
+    // `head_dim` lies inside the caches (the caller validated the metadata against their shape).
     #[cfg(target_arch = "x86_64")]
-    match simd {
-        Simd::Avx512 if head_dim == 64 || head_dim == 128 => {
-            return unsafe { super::avx512_tile::attend_tile(&[q_group], k, v, rows, rows.len(), head_dim, scale, &mut [out]) };
-        }
-        Simd::Avx2 if head_dim == 64 || head_dim == 128 => {
-            return unsafe { super::avx2::attend(q_group, k, v, rows, head_dim, scale, out) };
-        }
-        _ => {}
+    if simd == Simd::Avx2 && (head_dim == 64 || head_dim == 128) {
+        return unsafe { super::avx2::attend(q_group, k, v, rows, head_dim, scale, out) };
     }
     attend_any(simd, q_group, k, v, rows, head_dim, scale, out);
 }
@@ -58,7 +53,8 @@ pub(super) fn tile_tokens(simd: Simd, group: usize, head_dim: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend_tile<T: Elem>(simd: Simd, q_groups: &[&[T]], k: &[T], v: &[T], rows: &[usize], first_n: usize, head_dim: usize, scale: f32, outs: &mut [&mut [T]]) {
     debug_assert!(first_n >= 1 && rows.len() == first_n + q_groups.len() - 1 && outs.len() == q_groups.len());
-    // Safety: as in `attend`.
+    // Safety: `Simd::Avx512` exists only where the CPU has AVX-512 F/BW/VL, FMA and F16C; every
+    // row plus `head_dim` lies inside the caches (the caller validated the metadata).
     #[cfg(target_arch = "x86_64")]
     if simd == Simd::Avx512 && (head_dim == 64 || head_dim == 128) {
         return unsafe { super::avx512_tile::attend_tile(q_groups, k, v, rows, first_n, head_dim, scale, outs) };

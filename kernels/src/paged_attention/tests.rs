@@ -152,7 +152,8 @@ fn matches_naive_attention_odd_head_dim_and_long_context() {
 
 #[test]
 fn matches_naive_attention_with_more_than_eight_heads_per_kv_head() {
-    // A group of 10 takes two passes (8 + 2 heads) over each key block in the AVX-512 kernel.
+    // A group of 10: AVX-512 tiles of 6 tokens (60 rows in 12-row score passes and 3-row value
+    // passes; the short last tile and the decode leave remainders); AVX2 takes 4, 4 and 2 heads.
     let case = Case { seqs: vec![(40, 1), (3, 20)], heads: 20, kv_heads: 2, d: 128, block_size: 16 };
     let err = max_error(&case, DType::F32);
     assert!(err < 1e-5, "max error {err}");
@@ -169,14 +170,16 @@ fn matches_naive_attention_bf16_and_f16() {
 }
 
 #[test]
-fn tiles_of_long_prefill_chunks_match_token_by_token() {
+fn attention_tiles_match_the_reference_bits() {
     // Tiles of consecutive tokens (AVX-512) against the scalar kernel's bits (`levels_agree`):
-    // chunks after cached prefixes that cross the value pass's 128-key chunks, tiles cut short
-    // at a sequence's end, groups of 7 (d 64: 4-token tiles of 28 rows, the 0.5B's shape) and of
-    // 7 at d 128 (the 7B's), decodes past a 128-key chunk, in f32 and bf16.
+    // chunks after cached prefixes that cross the value pass's 128-key chunks, fresh prompts,
+    // tiles cut short at a sequence's end, decodes past a 128-key chunk; groups of 7 at d 64
+    // (the 0.5B's shape: 9-token tiles of 63 rows) and at d 128 (the 7B's), and a group of 72
+    // (one token a tile, more rows than a tile aims for), in f32 and bf16.
     let small = Case { seqs: vec![(300, 45), (0, 70), (5, 1), (200, 1)], heads: 14, kv_heads: 2, d: 64, block_size: 16 };
-    let large = Case { seqs: vec![(200, 33), (129, 6)], heads: 28, kv_heads: 4, d: 128, block_size: 16 };
-    for case in [&small, &large] {
+    let large = Case { seqs: vec![(200, 33), (129, 6), (0, 20)], heads: 28, kv_heads: 4, d: 128, block_size: 16 };
+    let wide = Case { seqs: vec![(10, 3), (140, 1)], heads: 72, kv_heads: 1, d: 64, block_size: 16 };
+    for case in [&small, &large, &wide] {
         let err = max_error(case, DType::F32);
         assert!(err < 1e-5, "max error {err}");
         let err = max_error(case, DType::BF16);
