@@ -1,36 +1,17 @@
-//! AVX2 paged attention for head dimensions 64 and 128, bitwise equal to the generic body in
-//! [`super::cpu`] (whose docs give the arithmetic), one token at a time. A block of sixteen
-//! keys is two halves of eight, each loaded eight dimensions at a time and transposed in
-//! registers; one FMA with a broadcast query element then advances
-//! eight scores of one head, for up to four heads at once (sixteen registers). The softmax is
-//! the reference's own code.
+//! AVX2 pieces of paged attention, bitwise equal to the generic body in [`super::cpu`] (whose
+//! docs give the arithmetic): row loads as f32, the 8 x 8 transpose of a key block, the softmax
+//! and its `exp`. [`super::avx2_tile`] is the kernel built from them.
 //!
-//! Safety (every fn): the CPU has AVX2, FMA and F16C; `rows` are non-empty and every row plus
-//! the head dimension lies inside `k` and `v`.
+//! Safety (every fn): the CPU has AVX2, FMA and F16C; pointers cover what they read.
 
 use std::arch::x86_64::*;
 
-use super::cpu::{softmax, LANES};
 use crate::elem::{Elem, ElemKind};
-
-/// Query heads whose scores one pass over a key block computes.
-const HEAD_BLOCK: usize = 4;
-/// Output elements one pass over the values accumulates (eight registers).
-const DIM_BLOCK: usize = 64;
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn attend<T: Elem>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], head_dim: usize, scale: f32, out: &mut [T]) {
-    match head_dim {
-        64 => attend_chunks::<T, 8>(q_group, k, v, rows, scale, out),
-        128 => attend_chunks::<T, 16>(q_group, k, v, rows, scale, out),
-        _ => unreachable!("the dispatcher sends head dims 64 and 128 only"),
-    }
-}
 
 /// Eight elements from `p` as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load<T: Elem>(p: *const T) -> __m256 {
+pub(super) unsafe fn load<T: Elem>(p: *const T) -> __m256 {
     match T::KIND {
         ElemKind::F32 => _mm256_loadu_ps(p.cast()),
         // bf16 is the top half of an f32.
@@ -39,87 +20,10 @@ unsafe fn load<T: Elem>(p: *const T) -> __m256 {
     }
 }
 
-/// `attend` with `CH` eight-element chunks per head.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_chunks<T: Elem, const CH: usize>(q_group: &[T], k: &[T], v: &[T], rows: &[usize], scale: f32, out: &mut [T]) {
-    let head_dim = CH * 8;
-    let group = out.len() / head_dim;
-    let n = rows.len();
-    let stride = n.next_multiple_of(LANES);
-    let q: Vec<f32> = q_group.iter().map(|x| x.to_f32()).collect();
-    let mut scores = vec![0f32; group * stride];
-    for j0 in (0..n).step_by(LANES) {
-        for half in 0..2 {
-            let mut keys = [k.as_ptr(); 8];
-            for (jj, key) in keys.iter_mut().enumerate() {
-                // A short last block repeats the last key; its extra scores are not kept.
-                *key = k.as_ptr().add(rows[(j0 + 8 * half + jj).min(n - 1)]);
-            }
-            let mut g0 = 0;
-            while g0 < group {
-                let heads = (group - g0).min(HEAD_BLOCK);
-                let (q, s) = (q.as_ptr().add(g0 * head_dim), scores.as_mut_ptr().add(g0 * stride + j0 + 8 * half));
-                match heads {
-                    1 => score_block::<T, CH, 1>(&keys, q, scale, s, stride),
-                    2 => score_block::<T, CH, 2>(&keys, q, scale, s, stride),
-                    3 => score_block::<T, CH, 3>(&keys, q, scale, s, stride),
-                    _ => score_block::<T, CH, 4>(&keys, q, scale, s, stride),
-                }
-                g0 += heads;
-            }
-        }
-    }
-    for g in 0..group {
-        let p = &mut scores[g * stride..][..n];
-        softmax(p);
-        for d0 in (0..head_dim).step_by(DIM_BLOCK) {
-            let mut acc = [_mm256_setzero_ps(); DIM_BLOCK / 8];
-            for (&w, &row) in p.iter().zip(rows) {
-                let (w, value) = (_mm256_set1_ps(w), v.as_ptr().add(row + d0));
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(w, load(value.add(8 * c)), *a);
-                }
-            }
-            let o = &mut out[g * head_dim + d0..][..DIM_BLOCK];
-            for (c, a) in acc.iter().enumerate() {
-                let mut y = [0f32; 8];
-                _mm256_storeu_ps(y.as_mut_ptr(), *a);
-                for (o, y) in o[8 * c..][..8].iter_mut().zip(y) {
-                    *o = T::from_f32(y);
-                }
-            }
-        }
-    }
-}
-
-/// Scores of eight keys for `H` heads: `s[g * stride + jj]` for query rows `q + g * head_dim`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn score_block<T: Elem, const CH: usize, const H: usize>(keys: &[*const T; 8], q: *const f32, scale: f32, s: *mut f32, stride: usize) {
-    let mut acc = [_mm256_setzero_ps(); H];
-    for c in 0..CH {
-        let mut r = [_mm256_setzero_ps(); 8];
-        for (r, key) in r.iter_mut().zip(keys) {
-            *r = load(key.add(8 * c));
-        }
-        let kt = transpose(r);
-        for (dd, kt) in kt.iter().enumerate() {
-            for (g, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*q.add(g * CH * 8 + 8 * c + dd)), *kt, *a);
-            }
-        }
-    }
-    let scale = _mm256_set1_ps(scale);
-    for (g, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(s.add(g * stride), _mm256_mul_ps(*a, scale));
-    }
-}
-
 /// Rows to columns: lane `j` of output `i` is lane `i` of input `j`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose(r: [__m256; 8]) -> [__m256; 8] {
+pub(super) unsafe fn transpose(r: [__m256; 8]) -> [__m256; 8] {
     // Per 128-bit lane k: elements 4k, 4k+1 (lo) or 4k+2, 4k+3 (hi) of a pair of rows.
     let mut t = [_mm256_setzero_ps(); 8];
     for i in 0..4 {
@@ -140,4 +44,60 @@ unsafe fn transpose(r: [__m256; 8]) -> [__m256; 8] {
         out[4 + c] = _mm256_permute2f128_ps::<0x31>(s[c], s[4 + c]);
     }
     out
+}
+
+/// The reference softmax ([`super::cpu::softmax`]) on eight lanes, bit for bit: the same
+/// maximum, `exp` operation for operation, each key's term added to lane `j % 16` of the sum in
+/// order (even eight-key vectors in lanes 0-7, odd ones in 8-15), the same final tree.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn softmax(p: &mut [f32]) {
+    let (n, full) = (p.len(), p.len() / 8);
+    let ptr = p.as_mut_ptr();
+    let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+    for i in 0..full {
+        max = _mm256_max_ps(max, _mm256_loadu_ps(ptr.add(8 * i)));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), max);
+    let max = p[8 * full..].iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max);
+    let (maxv, mut sums) = (_mm256_set1_ps(max), [_mm256_setzero_ps(); 2]);
+    for i in 0..full {
+        let e = exp(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(8 * i)), maxv));
+        _mm256_storeu_ps(ptr.add(8 * i), e);
+        sums[i % 2] = _mm256_add_ps(sums[i % 2], e);
+    }
+    let mut sum = [0f32; 16];
+    _mm256_storeu_ps(sum.as_mut_ptr(), sums[0]);
+    _mm256_storeu_ps(sum.as_mut_ptr().add(8), sums[1]);
+    for (j, x) in p.iter_mut().enumerate().skip(8 * full) {
+        *x = crate::fused::exp::exp(*x - max);
+        sum[j % 16] += *x;
+    }
+    let inv = _mm256_set1_ps(1.0 / crate::fused::simd::sum16(&sum));
+    for i in 0..full {
+        _mm256_storeu_ps(ptr.add(8 * i), _mm256_mul_ps(_mm256_loadu_ps(ptr.add(8 * i)), inv));
+    }
+    let inv = 1.0 / crate::fused::simd::sum16(&sum);
+    p[8 * full..n].iter_mut().for_each(|x| *x *= inv);
+}
+
+/// [`crate::fused::exp::exp`] on eight lanes, operation for operation (for inputs that are not
+/// NaN; the scores here are finite).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn exp(x: __m256) -> __m256 {
+    use crate::fused::exp::{EXP_LN2, EXP_POLY, EXP_RANGE, EXP_ROUND};
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_RANGE.0)), _mm256_set1_ps(EXP_RANGE.1));
+    let round = _mm256_set1_ps(EXP_ROUND);
+    let t = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), round);
+    let n = _mm256_sub_ps(t, round);
+    let r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2.0))), _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2.1)));
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(*c));
+    }
+    let e_r = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0));
+    let bits = _mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(EXP_ROUND.to_bits() as i32)), _mm256_set1_epi32(127));
+    _mm256_mul_ps(e_r, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits)))
 }

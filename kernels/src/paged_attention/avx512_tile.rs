@@ -32,8 +32,6 @@ const BLOCK_KEYS: usize = 2 * LANES;
 const SCORE_ROWS: usize = 12;
 /// Keys per chunk of the value pass: their rows stay in the cache while each row block uses them.
 const VALUE_KEYS: usize = 128;
-/// Query rows a tile aims for (its tokens: this over the group, at least one).
-pub(super) const TILE_ROWS: usize = 64;
 
 /// The tile's attention: token `i` (query heads `q_groups[i]`, `group x head_dim`) over the
 /// first `first_n + i` keys of `rows`, into `outs[i]`.
