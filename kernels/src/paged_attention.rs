@@ -17,12 +17,10 @@ use crate::metadata::AttentionMetadata;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
-mod avx2_tile;
-#[cfg(target_arch = "x86_64")]
 mod avx512;
-#[cfg(target_arch = "x86_64")]
-mod avx512_tile;
 mod cpu;
+#[cfg(target_arch = "x86_64")]
+mod tile;
 #[cfg(feature = "cuda")]
 mod cuda;
 

@@ -2,8 +2,8 @@
 //! key and value rows of its sequence.
 //!
 //! The arithmetic, which every instruction set reproduces bit for bit (the generic body below
-//! is the reference; [`super::avx512_tile`] and [`super::avx2_tile`], on [`super::avx512`]'s and
-//! [`super::avx2`]'s pieces, are the hand-written fast paths):
+//! is the reference; [`super::tile`], on [`super::avx512`]'s or [`super::avx2`]'s pieces, is the
+//! hand-written fast path):
 //! - score of key `j` for head `g`: `s = 0; for d in order: s = fma(q[g][d], k[j][d], s)`,
 //!   then `s * scale`;
 //! - softmax per head: the maximum, `e = exp(s - max)` ([`crate::fused::exp::exp`]), their
@@ -48,11 +48,11 @@ pub(super) fn attend_tile<T: Elem>(simd: Simd, q_groups: &[&[T]], k: &[T], v: &[
     // caches (the caller validated the metadata).
     #[cfg(target_arch = "x86_64")]
     if simd == Simd::Avx512 && (head_dim == 64 || head_dim == 128) {
-        return unsafe { super::avx512_tile::attend_tile(q_groups, k, v, rows, first_n, head_dim, scale, outs) };
+        return unsafe { super::tile::attend_tile::<super::avx512::Avx512, T>(q_groups, k, v, rows, first_n, head_dim, scale, outs) };
     }
     #[cfg(target_arch = "x86_64")]
     if simd == Simd::Avx2 && (head_dim == 64 || head_dim == 128) {
-        return unsafe { super::avx2_tile::attend_tile(q_groups, k, v, rows, first_n, head_dim, scale, outs) };
+        return unsafe { super::tile::attend_tile::<super::avx2::Avx2, T>(q_groups, k, v, rows, first_n, head_dim, scale, outs) };
     }
     for (i, (q_group, out)) in q_groups.iter().zip(outs.iter_mut()).enumerate() {
         attend_any(simd, q_group, k, v, &rows[..first_n + i], head_dim, scale, out);
