@@ -152,8 +152,8 @@ fn matches_naive_attention_odd_head_dim_and_long_context() {
 
 #[test]
 fn matches_naive_attention_with_more_than_eight_heads_per_kv_head() {
-    // A group of 10: AVX-512 tiles of 6 tokens (60 rows in 12-row score passes and 3-row value
-    // passes; the short last tile and the decode leave remainders); AVX2 takes 4, 4 and 2 heads.
+    // A group of 10: tiles of 6 tokens (60 rows: score passes of 12 rows with AVX-512, of 6
+    // with AVX2; value passes of 6 and 3), the short last tile and the decode leave remainders.
     let case = Case { seqs: vec![(40, 1), (3, 20)], heads: 20, kv_heads: 2, d: 128, block_size: 16 };
     let err = max_error(&case, DType::F32);
     assert!(err < 1e-5, "max error {err}");
@@ -171,7 +171,7 @@ fn matches_naive_attention_bf16_and_f16() {
 
 #[test]
 fn attention_tiles_match_the_reference_bits() {
-    // Tiles of consecutive tokens (AVX-512) against the scalar kernel's bits (`levels_agree`):
+    // Tiles of consecutive tokens (AVX-512, AVX2) against the scalar kernel's bits (`levels_agree`):
     // chunks after cached prefixes that cross the value pass's 128-key chunks, fresh prompts,
     // tiles cut short at a sequence's end, decodes past a 128-key chunk; groups of 7 at d 64
     // (the 0.5B's shape: 9-token tiles of 63 rows) and at d 128 (the 7B's), and a group of 72
