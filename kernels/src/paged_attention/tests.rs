@@ -171,9 +171,10 @@ fn matches_naive_attention_bf16_and_f16() {
 
 #[test]
 fn attention_tiles_match_the_reference_bits() {
-    // Tiles of consecutive tokens (AVX-512, AVX2) against the scalar kernel's bits (`levels_agree`):
-    // chunks after cached prefixes that cross the value pass's 128-key chunks, fresh prompts,
-    // tiles cut short at a sequence's end, decodes past a 128-key chunk; groups of 7 at d 64
+    // Tiles of consecutive tokens (AVX-512, AVX2) against the scalar kernel's bits
+    // (`levels_agree`): chunks after cached prefixes that cross the value pass's 128-key
+    // chunks, fresh prompts, tiles cut short at a sequence's end, decodes past a 128-key
+    // chunk; groups of 7 at d 64
     // (the 0.5B's shape: 9-token tiles of 63 rows) and at d 128 (the 7B's), and a group of 72
     // (one token a tile, more rows than a tile aims for), in f32 and bf16.
     let small = Case { seqs: vec![(300, 45), (0, 70), (5, 1), (200, 1)], heads: 14, kv_heads: 2, d: 64, block_size: 16 };
