@@ -137,8 +137,23 @@ fn tiny_qwen2_with_bias_and_tied_embeddings_matches_transformers() {
     check("tiny-qwen2");
 }
 
-/// 16 experts, top 4 with renormalised weights, a dense layer among sparse ones
-/// (`mlp_only_layers`), an untied head, and the expert count spelt `num_local_experts`.
+/// Prefills each prompt alone in its two blocks of 4 tokens, then returns the step that decodes
+/// `next[i]` after prompt `i`, one token per sequence.
+fn prefill_then_decode(model: &dyn CausalLm, cache: &mut KvCache, prompts: &[(&[u32], [u32; 2])], next: &[u32]) -> ForwardBatch {
+    let mut attention = AttentionMetadata { max_blocks_per_seq: 2, query_start_loc: vec![0], ..Default::default() };
+    for (i, (prompt, table)) in prompts.iter().enumerate() {
+        let n = prompt.len();
+        let batch = ForwardBatch { input_ids: prompt.to_vec(), attention: AttentionMetadata::single(table, 4, n, n), logits_indices: vec![n as u32 - 1] };
+        model.forward(&batch, cache).unwrap();
+        let decode = AttentionMetadata::single(table, 4, n + 1, 1);
+        attention.query_start_loc.push(i as u32 + 1);
+        attention.seq_lens.extend(decode.seq_lens);
+        attention.block_tables.extend(decode.block_tables);
+        attention.slot_mapping.extend(decode.slot_mapping);
+    }
+    ForwardBatch { input_ids: next.to_vec(), attention, logits_indices: (0..next.len() as u32).collect() }
+}
+
 /// The fused decode path (norms, SiLU and residual adds inside the few-rows matmuls; on a GPU
 /// `QWEN_SERVE_CUDA_FUSED_DECODE=1`) keeps the residual stream, the gate/up halves, the q/k/v
 /// split and the last norm as the unfused layers do: on the CPU its ops run their reference
@@ -155,20 +170,7 @@ fn fused_decode_path_matches_transformers() {
         let unfused = load(name);
         let step = |model: &dyn CausalLm| {
             let mut cache = KvCache::new(model.config(), 4, 4, DType::F32, &Device::Cpu).unwrap();
-            for (prompt, table) in [(vec![5u32, 99, 300, 7, 42], [0u32, 1]), (vec![1, 2, 3], [2, 3])] {
-                let n = prompt.len();
-                let batch = ForwardBatch { input_ids: prompt, attention: AttentionMetadata::single(&table, 4, n, n), logits_indices: vec![n as u32 - 1] };
-                model.forward(&batch, &mut cache).unwrap();
-            }
-            let (a, b) = (AttentionMetadata::single(&[0, 1], 4, 6, 1), AttentionMetadata::single(&[2, 3], 4, 4, 1));
-            let attention = AttentionMetadata {
-                max_blocks_per_seq: 2,
-                query_start_loc: vec![0, 1, 2],
-                seq_lens: [a.seq_lens, b.seq_lens].concat(),
-                block_tables: [a.block_tables, b.block_tables].concat(),
-                slot_mapping: [a.slot_mapping, b.slot_mapping].concat(),
-            };
-            let batch = ForwardBatch { input_ids: vec![11, 250], attention, logits_indices: vec![0, 1] };
+            let batch = prefill_then_decode(model, &mut cache, &[(&[5, 99, 300, 7, 42], [0, 1]), (&[1, 2, 3], [2, 3])], &[11, 250]);
             model.forward(&batch, &mut cache).unwrap().to_vec2::<f32>().unwrap()
         };
         assert_close(&step(&model), &step(unfused.as_ref()), &format!("{name}: a step of two sequences"));
@@ -186,24 +188,10 @@ fn padded_decode_steps_give_the_unpadded_results() {
     assert_eq!([1, 64, 65, 96, 97, 128, 129, 250, 256].map(|n| graph_rows(n, 256)), [1, 64, 96, 96, 128, 128, 192, 256, 256]);
     assert_eq!((graph_rows(99, 100), graph_rows(100, 100)), (100, 100));
     let model = load("tiny-qwen2");
-    let prompts: [Vec<u32>; 3] = [vec![5, 99, 300, 7, 42], vec![1, 2, 3], vec![9, 8, 7, 6, 5, 4]];
-    let tables: [[u32; 2]; 3] = [[0, 1], [2, 3], [4, 5]];
     let step = |pad_to: Option<usize>| {
         let mut cache = KvCache::new(model.config(), 6, 4, DType::F32, &Device::Cpu).unwrap();
-        for (prompt, table) in prompts.iter().zip(&tables) {
-            let n = prompt.len();
-            let batch = ForwardBatch { input_ids: prompt.clone(), attention: AttentionMetadata::single(table, 4, n, n), logits_indices: vec![n as u32 - 1] };
-            model.forward(&batch, &mut cache).unwrap();
-        }
-        let parts: Vec<AttentionMetadata> = prompts.iter().zip(&tables).map(|(p, t)| AttentionMetadata::single(t, 4, p.len() + 1, 1)).collect();
-        let attention = AttentionMetadata {
-            max_blocks_per_seq: 2,
-            query_start_loc: vec![0, 1, 2, 3],
-            seq_lens: parts.iter().flat_map(|p| p.seq_lens.clone()).collect(),
-            block_tables: parts.iter().flat_map(|p| p.block_tables.clone()).collect(),
-            slot_mapping: parts.iter().flat_map(|p| p.slot_mapping.clone()).collect(),
-        };
-        let batch = ForwardBatch { input_ids: vec![11, 250, 17], attention, logits_indices: vec![0, 1, 2] };
+        let prompts: [(&[u32], [u32; 2]); 3] = [(&[5, 99, 300, 7, 42], [0, 1]), (&[1, 2, 3], [2, 3]), (&[9, 8, 7, 6, 5, 4], [4, 5])];
+        let batch = prefill_then_decode(model.as_ref(), &mut cache, &prompts, &[11, 250, 17]);
         let logits = match pad_to {
             None => model.forward(&batch, &mut cache).unwrap(),
             Some(rows) => {
@@ -233,6 +221,8 @@ fn padded_decode_steps_give_the_unpadded_results() {
     }
 }
 
+/// 16 experts, top 4 with renormalised weights, a dense layer among sparse ones
+/// (`mlp_only_layers`), an untied head, and the expert count spelt `num_local_experts`.
 #[test]
 fn tiny_qwen3_moe_matches_transformers() {
     check("tiny-qwen3-moe");
