@@ -7,8 +7,8 @@ use qwen_serve_models::{CausalLm, KvCache};
 use rayon::prelude::*;
 
 use super::block_manager::BlockManager;
-use super::outbox::{Delivery, EventTx};
 use super::constraint::{OutputFormat, Vocab};
+use super::outbox::{Delivery, EventTx};
 use super::request::Event;
 use super::runner::{ModelRunner, Next, StepLogits};
 use super::sampler::{logprobs_of, Allowed, Sampled};

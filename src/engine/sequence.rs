@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-
 use super::block_manager::BlockId;
 use super::constraint::Constraint;
 use super::outbox::EventTx;

@@ -58,11 +58,16 @@ impl Attention {
         Ok(out)
     }
 
-    /// Whether [`Self::forward_fused`] runs here: q/k/v stacked in one dense matrix and o dense,
-    /// each fit for the few-rows kernels with activations of `dtype`.
+    /// q/k/v stacked in one dense matrix (and its stacked bias) and o dense, each fit for the
+    /// few-rows kernels with activations of `dtype`.
+    fn fused_weights(&self, dtype: DType) -> Option<(&Tensor, Option<&Tensor>, &Tensor)> {
+        let (Some((qkv, bias, _)), Some(o)) = (self.qkv_proj.stacked_dense(), self.o_proj.dense_weight()) else { return None };
+        (small_matmul_weight_fits(qkv, dtype) && small_matmul_weight_fits(o, dtype)).then_some((qkv, bias, o))
+    }
+
+    /// Whether [`Self::forward_fused`] runs here.
     pub fn fuses(&self, dtype: DType) -> bool {
-        let (Some((qkv, _, _)), Some(o)) = (self.qkv_proj.stacked_dense(), self.o_proj.dense_weight()) else { return false };
-        small_matmul_weight_fits(qkv, dtype) && small_matmul_weight_fits(o, dtype)
+        self.fused_weights(dtype).is_some()
     }
 
     /// `x + self.forward(norm(x))` for a decode step of a few rows, in three launches (see
@@ -70,8 +75,8 @@ impl Attention {
     /// biases, the rotation and the cache write in one (for Qwen3's per-head norms, two); the
     /// attention; o's projection with the residual add. Only where [`Self::fuses`].
     pub fn forward_fused(&self, x: &Tensor, norm: &RmsNorm, rotary: &Rotary, cache: (&Tensor, &Tensor), meta: &DeviceMetadata) -> Result<Tensor> {
-        let (Some((w_qkv, bias, _)), Some(w_o)) = (self.qkv_proj.stacked_dense(), self.o_proj.dense_weight()) else {
-            candle_core::bail!("fused attention: q/k/v or o is not one dense matrix");
+        let Some((w_qkv, bias, w_o)) = self.fused_weights(x.dtype()) else {
+            candle_core::bail!("fused attention: q/k/v and o are not dense matrices the few-rows kernels take");
         };
         let (cos, sin) = rotary.tables();
         let p = QkvMatmul { x, weight: w_qkv, bias, norm: norm.parts(), num_heads: self.num_heads, head_norm: self.head_norm() };

@@ -35,19 +35,25 @@ impl Mlp {
         Ok(out)
     }
 
-    /// Whether [`Self::forward_fused`] runs here: gate over up in one dense matrix and down
-    /// dense, each fit for the few-rows kernels with activations of `dtype`.
+    /// Gate over up in one dense matrix and down dense, each fit for the few-rows kernels with
+    /// activations of `dtype`.
+    fn fused_weights(&self, dtype: DType) -> Option<(&Tensor, &Tensor)> {
+        let (Some((gate_up, _, widths)), Some(down)) = (self.gate_up_proj.stacked_dense(), self.down_proj.dense_weight()) else { return None };
+        let fits = widths.len() == 2 && widths[0] == widths[1] && small_matmul_weight_fits(gate_up, dtype) && small_matmul_weight_fits(down, dtype);
+        fits.then_some((gate_up, down))
+    }
+
+    /// Whether [`Self::forward_fused`] runs here.
     pub fn fuses(&self, dtype: DType) -> bool {
-        let (Some((gate_up, _, widths)), Some(down)) = (self.gate_up_proj.stacked_dense(), self.down_proj.dense_weight()) else { return false };
-        widths.len() == 2 && widths[0] == widths[1] && small_matmul_weight_fits(gate_up, dtype) && small_matmul_weight_fits(down, dtype)
+        self.fused_weights(dtype).is_some()
     }
 
     /// `x + self.forward(norm(x))` for a decode step of a few rows, in two launches (see
     /// kernels/src/small_matmul.rs): the norm and SiLU-and-mul fused into the gate/up projection,
     /// the residual add into down's. Only where [`Self::fuses`].
     pub fn forward_fused(&self, x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
-        let (Some((gate_up, _, _)), Some(down)) = (self.gate_up_proj.stacked_dense(), self.down_proj.dense_weight()) else {
-            candle_core::bail!("fused feed-forward: gate/up or down is not one dense matrix");
+        let Some((gate_up, down)) = self.fused_weights(x.dtype()) else {
+            candle_core::bail!("fused feed-forward: gate/up and down are not dense matrices the few-rows kernels take");
         };
         let (weight, eps) = norm.parts();
         let act = small_matmul_fused(x, gate_up, MatmulFusion::GateUp { weight, eps })?;
