@@ -68,11 +68,37 @@ pub(crate) fn aligned_input<'a, T: CudaElem>(s: &'a CudaStorage, l: &Layout, wha
     input(s, l, what)
 }
 
+/// A driver question whose answer never changes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Query {
+    /// SMs of the device with this ordinal.
+    Sms(usize),
+    /// Resident blocks per SM of a function (its handle: a loaded function stays loaded, candle
+    /// keeps its modules for the device's life) at this many threads a block.
+    Occupancy(usize, u32),
+}
+
+/// `ask`'s answer to `query`, asked once: a few-rows launch per projection would otherwise query
+/// the driver twice on every eager step.
+fn memo(query: Query, ask: impl FnOnce() -> Result<usize>) -> Result<usize> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static ANSWERS: OnceLock<Mutex<HashMap<Query, usize>>> = OnceLock::new();
+    let answers = ANSWERS.get_or_init(Default::default);
+    if let Some(&v) = answers.lock().unwrap_or_else(|e| e.into_inner()).get(&query) {
+        return Ok(v);
+    }
+    let v = ask()?;
+    answers.lock().unwrap_or_else(|e| e.into_inner()).insert(query, v);
+    Ok(v)
+}
+
 /// The device's number of SMs.
 pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
     use candle_core::cuda_backend::WrapErr;
-    Ok(dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()? as usize)
+    let ctx = dev.cuda_stream().context().clone();
+    memo(Query::Sms(ctx.ordinal()), || Ok(ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()? as usize))
 }
 
 /// Blocks of `threads` for a grid-stride launch of `func` that wants `wanted`: at most as many as
@@ -80,7 +106,9 @@ pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
 /// owning a share of the work trails the first.
 pub(crate) fn resident_blocks(dev: &CudaDevice, func: &CudaFunction, threads: u32, wanted: usize) -> Result<u32> {
     use candle_core::cuda_backend::WrapErr;
-    let per_sm = func.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).w()?.max(1) as usize;
+    let per_sm = memo(Query::Occupancy(func.cu_function() as usize, threads), || {
+        Ok(func.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).w()?.max(1) as usize)
+    })?;
     Ok(wanted.clamp(1, sm_count(dev)? * per_sm) as u32)
 }
 
