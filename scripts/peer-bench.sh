@@ -50,7 +50,9 @@ while [ $# -gt 0 ]; do
     --model) gguf="$2"; shift 2 ;;
     --kv-token-bytes) kv_token_bytes="$2"; shift 2 ;;
     --kv-cache-dtype) kv_dtype="$2"; shift 2 ;;
-    --long-prompt) long_len="$2"; shift 2 ;;
+    --long-prompt)
+      case "${2:-}" in ''|*[!0-9]*) echo "--long-prompt: a number of tokens, not '${2:-}'" >&2; exit 2 ;; esac
+      long_len="$2"; shift 2 ;;
     -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
