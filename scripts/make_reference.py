@@ -22,12 +22,15 @@ What it produces (every JSON file carries a "generator" object with the package 
                                            renormalised, a dense layer, untied head), same layout
   tests/fixtures/tiny-qwen2-moe/           tiny random Qwen2-MoE checkpoint (8 experts, top 3, a
                                            gated shared expert, decoder_sparse_step 2), same layout
+  tests/fixtures/rope_scaling.json         logits of tiny-qwen2 / tiny-qwen3 (read from their folders,
+                                           so run after `tiny`) with YaRN and linear rope scaling,
+                                           past the original context
 
 How to run (from the repository root; the venv is made once with
 scripts/requirements-reference.txt):
 
     HF_HUB_OFFLINE=1 ~/.cache/qwen-serve/ref-venv/bin/python scripts/make_reference.py [TEST_DATA_DIR]
-        [--only templates,tokenization,gguf,tiny]
+        [--only templates,tokenization,gguf,tiny,rope]
 
 TEST_DATA_DIR defaults to the directory printed by `bash scripts/fetch-test-data.sh`. The script
 never contacts the Hugging Face Hub (it sets HF_HUB_OFFLINE=1 itself and loads only local files).
@@ -65,7 +68,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN3_TOKENIZER_DIR = "qwen3-tokenizer"
-SECTIONS = ("templates", "tokenization", "gguf", "tiny")
+SECTIONS = ("templates", "tokenization", "gguf", "tiny", "rope")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1025,6 +1028,84 @@ def run_tiny(data_dir: Path, gen: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# 5. rope scaling on the tiny checkpoints
+# ----------------------------------------------------------------------------------------------
+
+# Each case: a tiny fixture, the config.json keys that change (as a user would write them: the
+# Hub's `rope_scaling` with `type`, or transformers 5's `rope_parameters`), and a sequence past
+# the original context, so the scaled frequencies and YaRN's attention factor both matter.
+# The tiny contexts need a small rope base for YaRN's ramp to span several dimensions (at 1e6
+# all but the first would be interpolated): the first case sets the top-level `rope_theta`
+# (which `rope_scaling`, having none, takes), the second the base inside `rope_parameters`
+# (which wins over the fixture's top-level 1e6, as in transformers).
+ROPE_CASES = [
+    ("qwen2_yarn", "tiny-qwen2", 64, {
+        "max_position_embeddings": 64,
+        "rope_theta": 10.0,
+        "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+    }),
+    ("qwen3_yarn_parameters", "tiny-qwen3", 60, {
+        "max_position_embeddings": 120,
+        "rope_parameters": {"rope_type": "yarn", "rope_theta": 100.0, "factor": 2.5, "original_max_position_embeddings": 48,
+                            "beta_fast": 2, "beta_slow": 0.5, "attention_factor": 1.3, "truncate": False},
+    }),
+    ("qwen3_linear", "tiny-qwen3", 64, {
+        "max_position_embeddings": 32,
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+    }),
+]
+
+
+def _rope_model(fixture: str, overrides: dict, tmp: Path):
+    import transformers as tf
+
+    src = FIXTURES / fixture
+    cfg_json = json.loads((src / "config.json").read_text())
+    cfg_json.update(copy.deepcopy(overrides))
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "config.json").write_text(json.dumps(cfg_json))
+    link = tmp / "model.safetensors"
+    if not link.exists():
+        link.symlink_to(src / "model.safetensors")
+    cls = getattr(tf, cfg_json["architectures"][0])
+    return cls.from_pretrained(str(tmp), dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def run_rope(data_dir: Path, gen: dict) -> None:
+    import tempfile
+
+    print("[rope]")
+    cases = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for name, fixture, length, overrides in ROPE_CASES:
+            ids = [(i * 37 + 11) % 512 for i in range(length)]
+            positions = sorted(set(range(0, length, 7)) | {length - 1})
+            model = _rope_model(fixture, overrides, Path(tmpdir) / name)
+            logits = full_logits(model, ids)[positions]
+            # Plausible mistakes, each of which the Rust test must be able to see.
+            field = "rope_scaling" if "rope_scaling" in overrides else "rope_parameters"
+            mistakes = {"rope_scaling_ignored": {field: None} if field == "rope_scaling" else {field: {"rope_type": "default", "rope_theta": 1000000.0}}}
+            if overrides[field].get("rope_type", overrides[field].get("type")) == "yarn":
+                mistakes["attention_factor_1"] = {field: dict(overrides[field], attention_factor=1.0)}
+                mistakes["truncate_flipped"] = {field: dict(overrides[field], truncate=not overrides[field].get("truncate", True))}
+            pert = {}
+            for mistake, change in mistakes.items():
+                wrong = _rope_model(fixture, dict(overrides, **change), Path(tmpdir) / f"{name}-{mistake}")
+                pert[mistake] = float((full_logits(wrong, ids)[positions] - logits).abs().max())
+            print(f"  {name}: {len(ids)} tokens, perturbations {pert}")
+            cases.append({
+                "name": name,
+                "fixture": fixture,
+                "config": overrides,
+                "input_ids": ids,
+                "positions": positions,
+                "logits": [[f7(v) for v in row] for row in logits.tolist()],
+                "perturbation_max_abs_diff": pert,
+            })
+    write_json(FIXTURES / "rope_scaling.json", {"generator": gen, "cases": cases})
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -1037,7 +1118,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_test_data_dir()
-    if not (data_dir / GGUF_NAME).exists() and any(s != "tiny" for s in only):
+    if not (data_dir / GGUF_NAME).exists() and any(s not in ("tiny", "rope") for s in only):
         sys.exit(f"error: {data_dir / GGUF_NAME} not found")
 
     torch.manual_seed(0)
@@ -1045,7 +1126,7 @@ def main() -> None:
     gen = generator_info()
     print(f"generator: {gen}")
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    runners = {"templates": run_templates, "tokenization": run_tokenization, "gguf": run_gguf, "tiny": run_tiny}
+    runners = {"templates": run_templates, "tokenization": run_tokenization, "gguf": run_gguf, "tiny": run_tiny, "rope": run_rope}
     for s in SECTIONS:
         if s in only:
             t0 = time.time()

@@ -125,6 +125,11 @@ pub struct EngineArgs {
     /// (llama.cpp's default cache is f16).
     #[arg(long, env = "QWEN_SERVE_KV_CACHE_DTYPE", default_value = "auto", value_parser = ["auto", "f32", "bf16", "f16"])]
     pub kv_cache_dtype: String,
+    /// The longest sequence served, prompt and output together (as vLLM's flag): at most the
+    /// model's context length (`max_position_embeddings`, or what its rope scaling stretches it
+    /// to, e.g. YaRN's `original_max_position_embeddings x factor`), which is the default.
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
@@ -203,6 +208,7 @@ impl EngineArgs {
                 "f16" => Some(candle_core::DType::F16),
                 _ => None,
             },
+            max_model_len: self.max_model_len,
         })
     }
 }

@@ -223,6 +223,17 @@ fn sampling_features_cancellation_and_admission() {
     assert!(matches!(empty, SubmitError::Invalid(_)));
     e.shutdown();
 
+    // `--max-model-len`: a shorter context is the one requests are held to; a longer one than
+    // the model's is refused at start.
+    let short = engine(EngineConfig { max_model_len: Some(100), kv_cache_bytes: 4 << 20, ..Default::default() });
+    assert_eq!(short.max_context(), 100);
+    let too_long = short.submit(EngineRequest { prompt: quick.clone(), params: greedy(100) }).map(|_| ()).unwrap_err();
+    assert!(matches!(too_long, SubmitError::TooLong { context: 100, max_tokens: 100, .. }), "{too_long:?}");
+    short.shutdown();
+    let loaded = loader::load(test_gguf().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let err = EngineHandle::start(loaded, EngineConfig { max_model_len: Some(32769), ..Default::default() }).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("`--max-model-len` 32769 must be in [1, 32768]"), "{err}");
+
     let tiny = engine(EngineConfig { kv_cache_bytes: 4 * 2 * 24 * 16 * 2 * 64 * 4, ..Default::default() });
     let cannot = tiny.submit(EngineRequest { prompt: quick.clone(), params: greedy(100) }).map(|_| ()).unwrap_err();
     assert!(matches!(cannot, SubmitError::CannotFit { num_blocks: 4, .. }), "{cannot:?}");

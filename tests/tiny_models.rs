@@ -13,7 +13,7 @@ use common::{fixture, read_json};
 use qwen_serve::generate::score;
 use qwen_serve_models::{
     gguf_expert_name, gguf_tensor_name, graph_rows, load_model, pad_decode_batch, AttentionMetadata, CausalLm, DeviceMetadata, ForwardBatch, GgufReader,
-    KvCache, ModelConfig, QwenForCausalLm, Weights,
+    KvCache, ModelConfig, QwenForCausalLm, RopeScaling, Weights,
 };
 
 const TOLERANCE: f32 = 1e-4;
@@ -135,6 +135,43 @@ fn tiny_qwen3_matches_transformers() {
 #[test]
 fn tiny_qwen2_with_bias_and_tied_embeddings_matches_transformers() {
     check("tiny-qwen2");
+}
+
+/// YaRN and linear rope scaling, spelled as the Hub's `rope_scaling` or transformers 5's
+/// `rope_parameters`, against transformers on sequences past the original context
+/// (tests/fixtures/rope_scaling.json: the tiny checkpoints with their config.json changed).
+#[test]
+fn rope_scaling_matches_transformers_past_the_original_context() {
+    let reference = read_json("rope_scaling.json");
+    for case in reference["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let fixture_name = case["fixture"].as_str().unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(fixture_name).join("config.json")).unwrap()).unwrap();
+        for (key, value) in case["config"].as_object().unwrap() {
+            json[key] = value.clone();
+        }
+        let cfg = ModelConfig::from_json(&json.to_string()).unwrap();
+        let ids = common::ids(&case["input_ids"]);
+        let original = match cfg.rope().unwrap() {
+            RopeScaling::Yarn(y) => y.original_max_position_embeddings,
+            _ => cfg.max_position_embeddings,
+        };
+        assert!(original < ids.len() && ids.len() <= cfg.context_length(), "{name}: the case stays inside the original context");
+        // Each mistake the fixture measured moves the logits far past the tolerance.
+        for (mistake, diff) in case["perturbation_max_abs_diff"].as_object().unwrap() {
+            assert!(diff.as_f64().unwrap() > 1000.0 * TOLERANCE as f64, "{name}: {mistake} is within the tolerance");
+        }
+        let weights = Weights::from_safetensors(&[fixture(fixture_name).join("model.safetensors")], DType::F32, &Device::Cpu).unwrap();
+        let model = load_model(&cfg, &weights).unwrap();
+        let all = scored(model.as_ref(), &ids);
+        let positions = common::ids(&case["positions"]);
+        let ours: Vec<Vec<f32>> = positions.iter().map(|&p| all[p as usize].clone()).collect();
+        assert_close(&ours, &rows(&case["logits"]), name);
+        // One token past the stretched context is refused, not rotated by a missing row.
+        let too_long: Vec<u32> = ids.iter().copied().cycle().take(cfg.context_length() + 1).collect();
+        let err = score(model.as_ref(), &too_long).unwrap_err().to_string();
+        assert!(err.contains("exceeds the context length"), "{name}: {err}");
+    }
 }
 
 /// Prefills each prompt alone in its two blocks of 4 tokens, then returns the step that decodes

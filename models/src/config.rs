@@ -115,10 +115,9 @@ impl ModelConfig {
         if cfg.model_type == "qwen2_moe" && raw.get("shared_expert_intermediate_size").is_none() {
             cfg.shared_expert_intermediate_size = 5632;
         }
-        if raw.get("rope_theta").is_none() {
-            if let Some(theta) = cfg.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()) {
-                cfg.rope_theta = theta;
-            }
+        // transformers: the rope parameters' own `rope_theta` first, then the top-level one.
+        if let Some(theta) = cfg.rope_params().and_then(|(_, p)| p.get("rope_theta").cloned()) {
+            cfg.rope_theta = theta.as_f64().filter(|t| *t > 0.0).ok_or(ModelError::Config(format!("`rope_theta` must be a positive number, got {theta}")))?;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -205,23 +204,132 @@ impl ModelConfig {
         if self.use_sliding_window {
             return err("`use_sliding_window: true` is not supported".into());
         }
-        if let Some(kind) = self.rope_parameters.as_ref().and_then(|p| p.get("rope_type")).and_then(|t| t.as_str()) {
-            if kind != "default" {
-                return err(format!("`rope_parameters.rope_type` `{kind}` is not supported"));
-            }
-        }
-        if let Some(s) = &self.rope_scaling {
-            if !s.is_null() {
-                return err(format!("`rope_scaling` {s} is not supported"));
-            }
-        }
+        self.rope()?;
         Ok(())
+    }
+
+    /// The rotary scaling `rope_scaling` (the Hub's spelling) or, when that is absent,
+    /// transformers 5's `rope_parameters` asks for, read as transformers reads it.
+    pub fn rope(&self) -> Result<RopeScaling, ModelError> {
+        for (field, v) in [("rope_scaling", &self.rope_scaling), ("rope_parameters", &self.rope_parameters)] {
+            if let Some(v) = v.as_ref().filter(|v| !v.is_null() && !v.is_object()) {
+                return Err(ModelError::Config(format!("`{field}` must be an object, got {v}")));
+            }
+        }
+        match self.rope_params() {
+            None => Ok(RopeScaling::None),
+            Some((field, params)) => RopeScaling::from_params(params, self.max_position_embeddings).map_err(|m| ModelError::Config(format!("`{field}`: {m}"))),
+        }
+    }
+
+    /// The object the rope parameters are read from, as transformers 5 picks it: a non-empty
+    /// `rope_scaling` over `rope_parameters`.
+    fn rope_params(&self) -> Option<(&'static str, &serde_json::Value)> {
+        fn present(v: &Option<serde_json::Value>) -> Option<&serde_json::Value> {
+            v.as_ref().filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+        }
+        present(&self.rope_scaling).map(|p| ("rope_scaling", p)).or(present(&self.rope_parameters).map(|p| ("rope_parameters", p)))
+    }
+
+    /// The longest sequence the model serves: `max_position_embeddings`, stretched by rope
+    /// scaling as vLLM stretches it (YaRN: `original_max_position_embeddings * factor`;
+    /// linear: `max_position_embeddings * factor`).
+    pub fn context_length(&self) -> usize {
+        match self.rope() {
+            Ok(RopeScaling::Yarn(y)) => (y.original_max_position_embeddings as f64 * y.factor) as usize,
+            Ok(RopeScaling::Linear { factor }) => (self.max_position_embeddings as f64 * factor) as usize,
+            _ => self.max_position_embeddings,
+        }
+    }
+}
+
+/// How positions become rotary angles.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// Angle `position * theta^(-2i / head_dim)`.
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// YaRN, static (as transformers and vLLM apply it, at every length).
+    Yarn(Yarn),
+}
+
+/// YaRN's parameters (arXiv 2309.00071): frequencies that turn fewer than `beta_slow` times
+/// over the original context are interpolated (divided by `factor`), those that turn more
+/// than `beta_fast` times are kept, a linear ramp between; cos and sin are multiplied by
+/// `attention_factor`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    pub factor: f64,
+    pub original_max_position_embeddings: usize,
+    pub attention_factor: f64,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    /// Round the ramp's ends outwards to whole dimensions (transformers' default).
+    pub truncate: bool,
+}
+
+impl RopeScaling {
+    /// The rope types served, for error messages.
+    pub const SUPPORTED: &'static str = "default, linear, yarn";
+
+    fn from_params(p: &serde_json::Value, max_position_embeddings: usize) -> Result<Self, String> {
+        let kind = p.get("rope_type").or_else(|| p.get("type")).map(|t| t.as_str().ok_or(format!("`rope_type` must be a string, got {t}"))).transpose()?;
+        let number = |key: &str| -> Result<Option<f64>, String> {
+            match p.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or(format!("`{key}` must be a number, got {v}")),
+            }
+        };
+        if let Some(f) = number("partial_rotary_factor")? {
+            if f != 1.0 {
+                return Err(format!("`partial_rotary_factor` {f} is not supported (only 1)"));
+            }
+        }
+        let factor = |default: Option<f64>| -> Result<f64, String> {
+            let factor = number("factor")?.or(default).ok_or("`factor` is missing")?;
+            if factor < 1.0 {
+                return Err(format!("`factor` must be at least 1, got {factor}"));
+            }
+            Ok(factor)
+        };
+        match kind.unwrap_or("default") {
+            "default" => Ok(Self::None),
+            "linear" => Ok(Self::Linear { factor: factor(None)? }),
+            "yarn" => {
+                let original = match number("original_max_position_embeddings")? {
+                    None => max_position_embeddings,
+                    Some(n) if n >= 1.0 && n.fract() == 0.0 => n as usize,
+                    Some(n) => return Err(format!("`original_max_position_embeddings` must be a positive integer, got {n}")),
+                };
+                // transformers: with no factor, the ratio of the two lengths.
+                let factor = factor(Some(max_position_embeddings as f64 / original as f64))?;
+                let mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+                let attention_factor = match (number("attention_factor")?, number("mscale")?, number("mscale_all_dim")?) {
+                    (Some(a), _, _) => a,
+                    (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => mscale(factor, m) / mscale(factor, all),
+                    _ => mscale(factor, 1.0),
+                };
+                // transformers reads these with `or`: 0 means the default too.
+                let beta = |key: &str, default: f64| number(key).map(|b| b.filter(|&b| b != 0.0).unwrap_or(default));
+                let truncate = match p.get("truncate") {
+                    None | Some(serde_json::Value::Null) => true,
+                    Some(v) => v.as_bool().ok_or(format!("`truncate` must be a boolean, got {v}"))?,
+                };
+                let yarn = Yarn { factor, original_max_position_embeddings: original, attention_factor, beta_fast: beta("beta_fast", 32.0)?, beta_slow: beta("beta_slow", 1.0)?, truncate };
+                if yarn.attention_factor <= 0.0 || yarn.beta_fast <= 0.0 || yarn.beta_slow <= 0.0 {
+                    return Err(format!("`attention_factor`, `beta_fast` and `beta_slow` must be positive, got {}, {} and {}", yarn.attention_factor, yarn.beta_fast, yarn.beta_slow));
+                }
+                Ok(Self::Yarn(yarn))
+            }
+            other => Err(format!("rope type `{other}` is not supported; supported: {}", Self::SUPPORTED)),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ModelConfig;
+    use super::{ModelConfig, RopeScaling, Yarn};
 
     fn moe(extra: &str) -> Result<ModelConfig, crate::ModelError> {
         ModelConfig::from_json(&format!(
@@ -264,6 +372,53 @@ mod tests {
         ] {
             let err = moe(extra).unwrap_err().to_string();
             assert!(err.contains(field), "{extra}: {err}");
+        }
+    }
+    fn qwen2(extra: &str) -> Result<ModelConfig, crate::ModelError> {
+        ModelConfig::from_json(&format!(
+            r#"{{"model_type": "qwen2", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6{extra}}}"#
+        ))
+    }
+
+    /// Qwen2.5's documented YaRN block (the Hub's `rope_scaling` with `type`), transformers 5's
+    /// `rope_parameters` spelling, their defaults, and the context each gives.
+    #[test]
+    fn rope_scaling_is_read_as_transformers_reads_it() {
+        let cfg = qwen2(r#", "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"}"#).unwrap();
+        let qwen = Yarn { factor: 4.0, original_max_position_embeddings: 32768, attention_factor: 0.1 * 4f64.ln() + 1.0, beta_fast: 32.0, beta_slow: 1.0, truncate: true };
+        assert_eq!(cfg.rope().unwrap(), RopeScaling::Yarn(qwen));
+        assert_eq!(cfg.context_length(), 131072);
+        // transformers 5: `rope_parameters`, no original length (then max_position_embeddings),
+        // an explicit attention factor, betas and truncation.
+        let cfg = qwen2(r#", "rope_theta": 10000, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 2.5, "attention_factor": 1.5, "beta_fast": 8, "beta_slow": 2, "truncate": false}"#).unwrap();
+        let want = Yarn { factor: 2.5, original_max_position_embeddings: 32768, attention_factor: 1.5, beta_fast: 8.0, beta_slow: 2.0, truncate: false };
+        assert_eq!((cfg.rope().unwrap(), cfg.rope_theta, cfg.context_length()), (RopeScaling::Yarn(want), 1e6, 81920));
+        // DeepSeek's mscale pair gives the attention factor; no factor: the lengths' ratio.
+        let cfg = qwen2(r#", "rope_scaling": {"rope_type": "yarn", "original_max_position_embeddings": 8192, "mscale": 1, "mscale_all_dim": 1}"#).unwrap();
+        let RopeScaling::Yarn(y) = cfg.rope().unwrap() else { panic!("yarn") };
+        assert_eq!((y.factor, y.attention_factor), (4.0, 1.0));
+        for none in [r#", "rope_scaling": null"#, r#", "rope_scaling": {}, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}"#, ""] {
+            let cfg = qwen2(none).unwrap();
+            assert_eq!((cfg.rope().unwrap(), cfg.context_length()), (RopeScaling::None, 32768), "{none}");
+        }
+        // The top-level base where the chosen object has none.
+        let cfg = qwen2(r#", "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2}, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}"#).unwrap();
+        assert_eq!(cfg.rope_theta, 5e5);
+        assert_eq!((cfg.rope().unwrap(), cfg.context_length()), (RopeScaling::Linear { factor: 2.0 }, 65536));
+
+        for (extra, says) in [
+            (r#", "rope_scaling": {"type": "dynamic", "factor": 2}"#, "`rope_scaling`: rope type `dynamic` is not supported; supported: default, linear, yarn"),
+            (r#", "rope_parameters": {"rope_type": "llama3", "factor": 8}"#, "`rope_parameters`: rope type `llama3`"),
+            (r#", "rope_scaling": {"type": "yarn", "factor": 0.5}"#, "`factor` must be at least 1, got 0.5"),
+            (r#", "rope_scaling": {"type": "linear"}"#, "`factor` is missing"),
+            (r#", "rope_scaling": {"type": "yarn", "factor": "4"}"#, "`factor` must be a number"),
+            (r#", "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 0}"#, "`original_max_position_embeddings` must be a positive integer"),
+            (r#", "rope_scaling": {"type": "yarn", "factor": 4, "partial_rotary_factor": 0.5}"#, "`partial_rotary_factor` 0.5 is not supported"),
+            (r#", "rope_scaling": "yarn""#, "`rope_scaling` must be an object"),
+        ] {
+            let err = qwen2(extra).unwrap_err().to_string();
+            assert!(err.contains(says), "{extra}: {err}");
         }
     }
 }

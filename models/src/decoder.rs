@@ -111,7 +111,7 @@ impl QwenForCausalLm {
         } else {
             return Err(ModelError::MissingTensor("lm_head.weight".into()));
         };
-        let rotary = Rotary::new(cfg.head_dim(), cfg.max_position_embeddings, cfg.rope_theta, weights.dtype(), weights.device())?;
+        let rotary = Rotary::new(cfg.head_dim(), cfg.context_length(), cfg.rope_theta, cfg.rope()?, weights.dtype(), weights.device())?;
         let this = Self {
             config: cfg.clone(),
             embed_tokens,
@@ -243,10 +243,10 @@ impl CausalLm for QwenForCausalLm {
             return Err(ModelError::Input(format!("token id {id} is outside the vocabulary ({})", self.config.vocab_size)));
         }
         if let Some(&len) = meta.seq_lens.iter().max() {
-            if len as usize > self.config.max_position_embeddings {
+            if len as usize > self.rotary.max_positions() {
                 return Err(ModelError::Input(format!(
                     "sequence of {len} tokens exceeds the context length {}",
-                    self.config.max_position_embeddings
+                    self.rotary.max_positions()
                 )));
             }
         }

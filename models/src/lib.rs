@@ -15,7 +15,7 @@ pub mod layers;
 pub mod phase_times;
 mod weights;
 
-pub use config::{Architecture, ModelConfig};
+pub use config::{Architecture, ModelConfig, RopeScaling, Yarn};
 pub use cuda_graphs::{graph_rows, max_graph_batch, pad_decode_batch, with_cuda_graphs, DEFAULT_GRAPH_BATCH, EXACT_GRAPH_BATCH};
 pub use decoder::QwenForCausalLm;
 pub use error::ModelError;

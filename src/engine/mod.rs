@@ -54,6 +54,9 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// The KV cache's dtype; the model's activation dtype when `None`.
     pub kv_cache_dtype: Option<candle_core::DType>,
+    /// The longest sequence (prompt + output) served: the model's context length when `None`,
+    /// at most that.
+    pub max_model_len: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +70,7 @@ impl Default for EngineConfig {
             max_waiting: 1024,
             enable_prefix_caching: true,
             kv_cache_dtype: None,
+            max_model_len: None,
         }
     }
 }
@@ -179,6 +183,16 @@ impl EngineHandle {
         }
         let model = loaded.model;
         let cfg = model.config().clone();
+        let max_context = match config.max_model_len {
+            None => cfg.context_length(),
+            Some(n) if n == 0 || n > cfg.context_length() => {
+                return Err(EngineError::Config(format!(
+                    "`--max-model-len` {n} must be in [1, {}], the model's context length (`max_position_embeddings`, stretched by its rope scaling)",
+                    cfg.context_length()
+                )))
+            }
+            Some(n) => n,
+        };
         let kv_dtype = config.kv_cache_dtype.unwrap_or(model.dtype());
         let block_bytes = KvCache::bytes_per_block(&cfg, config.block_size, kv_dtype);
         let (kv_cache_bytes, why) = kv_budget::kv_cache_bytes(&config, model.device(), block_bytes)?;
@@ -219,7 +233,7 @@ impl EngineHandle {
             tokenizer,
             chat_template,
             model_name,
-            max_context: cfg.max_position_embeddings,
+            max_context,
             vocab_size: cfg.vocab_size,
             num_blocks,
             config,

@@ -1,5 +1,6 @@
 //! A single `.gguf` file: config, weights, tokenizer and chat template all come from it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
@@ -103,6 +104,47 @@ fn as_f64(v: &Value) -> Option<f64> {
     }
 }
 
+/// llama.cpp's rope scaling keys as the `rope_scaling` object of a config.json (what
+/// llama.cpp's converter read them from); `None` for none.
+fn gguf_rope_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option<serde_json::Value>, String> {
+    let key = |k: &str| format!("{arch}.rope.{k}");
+    let float = |k: &str| md.get(&key(k)).map(|v| as_f64(v).ok_or(format!("non-numeric `{}`", key(k)))).transpose();
+    // Keys whose meaning this loader does not map are refused rather than ignored.
+    for (k, neutral) in [("scaling.attn_factor", 1.0), ("scaling.yarn_log_multiplier", 0.0), ("scaling.yarn_ext_factor", 1.0)] {
+        if let Some(v) = float(k)? {
+            if v != neutral {
+                return Err(format!("`{}` = {v} is not supported", key(k)));
+            }
+        }
+    }
+    // The older key for a linear factor.
+    let factor = match float("scaling.factor")? {
+        Some(f) => Some(f),
+        None => float("scale_linear")?,
+    };
+    let kind = match md.get(&key("scaling.type")) {
+        None => factor.filter(|&f| f != 0.0 && f != 1.0).map(|_| "linear".to_string()),
+        Some(Value::String(s)) if s == "none" => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => return Err(format!("non-string `{}`: {v:?}", key("scaling.type"))),
+    };
+    let Some(kind) = kind else { return Ok(None) };
+    let mut params = serde_json::json!({ "rope_type": kind });
+    let fields = [
+        ("factor", factor),
+        ("original_max_position_embeddings", md.get(&key("scaling.original_context_length")).and_then(as_u64).map(|n| n as f64)),
+        ("attention_factor", float("scaling.yarn_attn_factor")?),
+        ("beta_fast", float("scaling.yarn_beta_fast")?),
+        ("beta_slow", float("scaling.yarn_beta_slow")?),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            params[name] = serde_json::json!(v);
+        }
+    }
+    Ok(Some(params))
+}
+
 /// Maps llama.cpp's `{arch}.*` metadata onto the Hugging Face config fields.
 pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
     let md = &content.metadata;
@@ -182,7 +224,7 @@ pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         attention_bias: None,
         use_sliding_window: false,
-        rope_scaling: None,
+        rope_scaling: gguf_rope_scaling(md, &arch)?,
         rope_parameters: None,
         qkv_bias: None,
         num_experts,
@@ -193,9 +235,6 @@ pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
         decoder_sparse_step: 1,
         mlp_only_layers: Vec::new(),
     };
-    if md.contains_key(&format!("{arch}.rope.scaling.type")) {
-        return Err(format!("`{arch}.rope.scaling.type` (rope scaling) is not supported"));
-    }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
 }
@@ -268,5 +307,34 @@ mod tests {
         let too_many = [("expert_count", Value::U32(2)), ("expert_used_count", Value::U32(3)), ("expert_feed_forward_length", Value::U32(32))];
         let err = gguf_config(&content("qwen3moe", &too_many)).unwrap_err();
         assert!(err.contains("num_experts_per_tok"), "{err}");
+    }
+    /// llama.cpp's rope scaling keys become the config's `rope_scaling`: YaRN with its
+    /// original context and betas, `none` as none, the old linear key as linear; keys whose
+    /// meaning is not mapped are refused.
+    #[test]
+    fn rope_scaling_metadata_maps_onto_the_config() {
+        use qwen_serve_models::{RopeScaling, Yarn};
+        let yarn = [
+            ("rope.scaling.type", Value::String("yarn".into())),
+            ("rope.scaling.factor", Value::F32(4.0)),
+            ("rope.scaling.original_context_length", Value::U32(128)),
+            ("rope.scaling.yarn_beta_fast", Value::F32(16.0)),
+        ];
+        let cfg = gguf_config(&content("qwen2", &yarn)).unwrap();
+        let want = Yarn { factor: 4.0, original_max_position_embeddings: 128, attention_factor: 0.1 * 4f64.ln() + 1.0, beta_fast: 16.0, beta_slow: 1.0, truncate: true };
+        assert_eq!(cfg.rope().unwrap(), RopeScaling::Yarn(want));
+        assert_eq!((cfg.max_position_embeddings, cfg.context_length()), (512, 512));
+
+        let none = gguf_config(&content("qwen2", &[("rope.scaling.type", Value::String("none".into()))])).unwrap();
+        assert_eq!((none.rope().unwrap(), none.context_length()), (RopeScaling::None, 512));
+        let linear = gguf_config(&content("qwen2", &[("rope.scale_linear", Value::F32(2.0))])).unwrap();
+        assert_eq!((linear.rope().unwrap(), linear.context_length()), (RopeScaling::Linear { factor: 2.0 }, 1024));
+
+        let longrope = gguf_config(&content("qwen2", &[("rope.scaling.type", Value::String("longrope".into()))])).unwrap_err();
+        assert!(longrope.contains("`longrope` is not supported") && longrope.contains("yarn"), "{longrope}");
+        let mut log_mul = yarn.to_vec();
+        log_mul.push(("rope.scaling.yarn_log_multiplier", Value::F32(0.1)));
+        let err = gguf_config(&content("qwen2", &log_mul)).unwrap_err();
+        assert!(err.contains("qwen2.rope.scaling.yarn_log_multiplier"), "{err}");
     }
 }

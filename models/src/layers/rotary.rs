@@ -1,5 +1,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::config::RopeScaling;
+
 /// Rotary position embedding in the "rotate half" (GPT-NeoX) layout Qwen uses: dimension `i`
 /// pairs with `i + head_dim / 2`.
 pub struct Rotary {
@@ -9,17 +11,86 @@ pub struct Rotary {
 }
 
 impl Rotary {
-    pub fn new(head_dim: usize, max_positions: usize, theta: f64, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(head_dim: usize, max_positions: usize, theta: f64, scaling: RopeScaling, dtype: DType, device: &Device) -> Result<Self> {
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32).collect();
+        let (inv_freq, attention_factor) = inv_freq(head_dim, theta, scaling);
+        let inv_freq: Vec<f32> = inv_freq.into_iter().map(|f| f as f32).collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
         let positions = Tensor::arange(0u32, max_positions as u32, device)?.to_dtype(DType::F32)?.reshape((max_positions, 1))?;
         let freqs = positions.broadcast_mul(&inv_freq)?;
-        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+        let (mut cos, mut sin) = (freqs.cos()?, freqs.sin()?);
+        if attention_factor != 1.0 {
+            (cos, sin) = ((cos * attention_factor)?, (sin * attention_factor)?);
+        }
+        Ok(Self { cos: cos.to_dtype(dtype)?, sin: sin.to_dtype(dtype)? })
     }
 
     /// The `(max_positions, head_dim / 2)` cos and sin tables, for an op that fuses the rotation.
     pub fn tables(&self) -> (&Tensor, &Tensor) {
         (&self.cos, &self.sin)
+    }
+
+    /// The positions the tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+}
+
+/// Each of the `head_dim / 2` frequencies, and the factor cos and sin are multiplied by (1
+/// but for YaRN), as transformers' `ROPE_INIT_FUNCTIONS` compute them.
+fn inv_freq(head_dim: usize, theta: f64, scaling: RopeScaling) -> (Vec<f64>, f64) {
+    let dim = head_dim as f64;
+    let base: Vec<f64> = (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / dim)).collect();
+    match scaling {
+        RopeScaling::None => (base, 1.0),
+        RopeScaling::Linear { factor } => (base.iter().map(|f| f / factor).collect(), 1.0),
+        RopeScaling::Yarn(y) => {
+            // The dimension whose frequency turns `rotations` times over the original context.
+            let original = y.original_max_position_embeddings as f64;
+            let dim_of = |rotations: f64| dim * (original / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+            let (mut low, mut high) = (dim_of(y.beta_fast), dim_of(y.beta_slow));
+            if y.truncate {
+                (low, high) = (low.floor(), high.ceil());
+            }
+            let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+            if low == high {
+                high += 0.001;
+            }
+            let freqs = base
+                .iter()
+                .enumerate()
+                .map(|(i, &f)| {
+                    // 1 below `low` (kept), 0 above `high` (interpolated).
+                    let keep = 1.0 - ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                    f / y.factor * (1.0 - keep) + f * keep
+                })
+                .collect();
+            (freqs, y.attention_factor)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inv_freq;
+    use crate::config::{RopeScaling, Yarn};
+
+    /// YaRN keeps the fast frequencies, divides the slow ones by the factor and ramps between.
+    #[test]
+    fn yarn_keeps_fast_frequencies_and_interpolates_slow_ones() {
+        let (base, one) = inv_freq(128, 1e6, RopeScaling::None);
+        assert_eq!(one, 1.0);
+        let yarn = Yarn { factor: 4.0, original_max_position_embeddings: 32768, attention_factor: 1.1386, beta_fast: 32.0, beta_slow: 1.0, truncate: true };
+        let (scaled, attention) = inv_freq(128, 1e6, RopeScaling::Yarn(yarn));
+        assert_eq!(attention, 1.1386);
+        // Qwen2.5-7B's shape: dims 0..=low kept, high.. interpolated.
+        assert_eq!(scaled[0], base[0]);
+        assert_eq!(scaled[63], base[63] / 4.0);
+        assert!(scaled.iter().zip(&base).all(|(s, b)| *s <= *b && *s >= b / 4.0));
+        let kept = scaled.iter().zip(&base).filter(|(s, b)| s == b).count();
+        let divided = scaled.iter().zip(&base).filter(|(s, b)| **s == **b / 4.0).count();
+        assert!(kept > 0 && divided > 0 && kept + divided < 64, "{kept} kept, {divided} divided");
+        let (linear, _) = inv_freq(128, 1e6, RopeScaling::Linear { factor: 2.0 });
+        assert!(linear.iter().zip(&base).all(|(l, b)| *l == b / 2.0));
     }
 }
