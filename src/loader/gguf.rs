@@ -314,27 +314,32 @@ mod tests {
     #[test]
     fn rope_scaling_metadata_maps_onto_the_config() {
         use qwen_serve_models::{RopeScaling, Yarn};
+        let qwen2 = |extra: &[(&str, Value)]| {
+            let mut keys = vec![("feed_forward_length", Value::U32(96))];
+            keys.extend(extra.iter().cloned());
+            gguf_config(&content("qwen2", &keys))
+        };
         let yarn = [
             ("rope.scaling.type", Value::String("yarn".into())),
             ("rope.scaling.factor", Value::F32(4.0)),
             ("rope.scaling.original_context_length", Value::U32(128)),
             ("rope.scaling.yarn_beta_fast", Value::F32(16.0)),
         ];
-        let cfg = gguf_config(&content("qwen2", &yarn)).unwrap();
+        let cfg = qwen2(&yarn).unwrap();
         let want = Yarn { factor: 4.0, original_max_position_embeddings: 128, attention_factor: 0.1 * 4f64.ln() + 1.0, beta_fast: 16.0, beta_slow: 1.0, truncate: true };
         assert_eq!(cfg.rope().unwrap(), RopeScaling::Yarn(want));
         assert_eq!((cfg.max_position_embeddings, cfg.context_length()), (512, 512));
 
-        let none = gguf_config(&content("qwen2", &[("rope.scaling.type", Value::String("none".into()))])).unwrap();
+        let none = qwen2(&[("rope.scaling.type", Value::String("none".into()))]).unwrap();
         assert_eq!((none.rope().unwrap(), none.context_length()), (RopeScaling::None, 512));
-        let linear = gguf_config(&content("qwen2", &[("rope.scale_linear", Value::F32(2.0))])).unwrap();
+        let linear = qwen2(&[("rope.scale_linear", Value::F32(2.0))]).unwrap();
         assert_eq!((linear.rope().unwrap(), linear.context_length()), (RopeScaling::Linear { factor: 2.0 }, 1024));
 
-        let longrope = gguf_config(&content("qwen2", &[("rope.scaling.type", Value::String("longrope".into()))])).unwrap_err();
+        let longrope = qwen2(&[("rope.scaling.type", Value::String("longrope".into()))]).unwrap_err();
         assert!(longrope.contains("`longrope` is not supported") && longrope.contains("yarn"), "{longrope}");
         let mut log_mul = yarn.to_vec();
         log_mul.push(("rope.scaling.yarn_log_multiplier", Value::F32(0.1)));
-        let err = gguf_config(&content("qwen2", &log_mul)).unwrap_err();
+        let err = qwen2(&log_mul).unwrap_err();
         assert!(err.contains("qwen2.rope.scaling.yarn_log_multiplier"), "{err}");
     }
 }
