@@ -112,6 +112,31 @@ fn completions_prompt_forms_echo_and_logprobs() {
     assert_eq!(joined, text);
 }
 
+/// `suffix`: the middle between prompt and suffix, in Qwen2.5-Coder's FIM format. The test
+/// model writes the variable the suffix returns; without the suffix it returns at once.
+#[test]
+fn completions_fill_in_the_middle() {
+    let s = server();
+    let prefix = "def greet(name):\n    ";
+    let suffix = "\n    return message\n";
+    let fim = s.post("/v1/completions", &json!({"prompt": prefix, "suffix": suffix, "max_tokens": 6, "temperature": 0}).to_string()).json();
+    let text = fim["choices"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("message = "), "{text:?}");
+    let count = |t: &str| s.post("/tokenize", &json!({"prompt": t}).to_string()).json()["count"].as_u64().unwrap();
+    assert_eq!(fim["usage"]["prompt_tokens"].as_u64().unwrap(), count(prefix) + count(suffix) + 3, "prefix, suffix and three FIM tokens");
+    let plain = s.post("/v1/completions", &json!({"prompt": prefix, "max_tokens": 6, "temperature": 0}).to_string()).json();
+    let text = plain["choices"][0]["text"].as_str().unwrap();
+    assert!(text.trim_start().starts_with("return"), "{text:?}");
+    // Token-id prompts take a suffix too; an empty suffix is no suffix (OpenAI's default).
+    let ids = s.post("/tokenize", &json!({"prompt": prefix}).to_string()).json()["tokens"].clone();
+    let by_ids = s.post("/v1/completions", &json!({"prompt": ids, "suffix": suffix, "max_tokens": 6, "temperature": 0}).to_string()).json();
+    assert_eq!(by_ids["choices"][0]["text"], fim["choices"][0]["text"]);
+    let empty = s.post("/v1/completions", &json!({"prompt": prefix, "suffix": "", "max_tokens": 6, "temperature": 0}).to_string()).json();
+    assert_eq!(empty["choices"][0]["text"], plain["choices"][0]["text"]);
+    let e = s.post("/v1/completions", &json!({"prompt": prefix, "suffix": suffix, "echo": true}).to_string()).error(400);
+    assert_eq!(e["param"], "echo");
+}
+
 #[test]
 fn tokenize_and_detokenize_round_trip() {
     let s = server();

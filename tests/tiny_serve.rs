@@ -60,6 +60,11 @@ fn moe_models_serve_transformers_logprobs_and_concurrent_requests() {
         let argmax = (0..last.len()).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u64;
         assert_eq!(tokens[ids.len()], argmax, "{name}: the greedy token is transformers' argmax");
 
+        // No fill-in-the-middle tokens in this vocabulary: a suffix is a 400 that says so.
+        let e = server.post("/v1/completions", &serde_json::json!({"prompt": "t1 t2", "suffix": "t3"}).to_string()).error(400);
+        assert_eq!(e["param"], "suffix", "{name}: {e}");
+        assert!(e["message"].as_str().unwrap().contains("<|fim_prefix|>"), "{name}: {e}");
+
         // Eight concurrent requests, each to its full length.
         let handles: Vec<_> = (0..8u64)
             .map(|i| {

@@ -9,6 +9,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
+use super::fim;
 use super::generation::{collect, random_id, unix_time, usage, Timing};
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
@@ -25,8 +26,9 @@ const DEFAULT_MAX_TOKENS: usize = 16;
 pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
-    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::invalid("suffix", "`suffix` is not supported"));
+    let suffix = req.suffix.as_deref().filter(|s| !s.is_empty());
+    if suffix.is_some() && req.echo {
+        return Err(ApiError::invalid("echo", "`echo` cannot be combined with `suffix`: the prompt the model reads is not the text sent"));
     }
     if req.best_of.is_some_and(|b| b != 1 && Some(b) != req.sampling.n) {
         return Err(ApiError::invalid("best_of", "`best_of` other than `n` is not supported"));
@@ -38,7 +40,7 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     };
     let engine = &state.engine;
     let tokenizer = engine.tokenizer();
-    let prompts: Vec<Vec<u32>> = match &req.prompt {
+    let mut prompts: Vec<Vec<u32>> = match &req.prompt {
         Prompt::Text(t) => vec![tokenizer.encode(t)?],
         Prompt::Texts(ts) => ts.iter().map(|t| tokenizer.encode(t)).collect::<Result<_, _>>()?,
         Prompt::Tokens(ids) => vec![ids.clone()],
@@ -50,10 +52,15 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
     }
+    let mut fim_ends = vec![];
+    if let Some(suffix) = suffix {
+        (prompts, fim_ends) = fim::fill_in_the_middle(tokenizer, prompts, suffix)?;
+    }
     let format = validate::response_format(req.response_format.as_ref(), &state.formats)?;
     validate::held_output_compatible(&req.sampling, &format, false, false)?;
     let mut params = validate::sampling_params(&req.sampling, tokenizer.vocab_size(), DEFAULT_MAX_TOKENS, logprobs)?;
     params.format = format;
+    params.stop_token_ids.extend(fim_ends);
     if req.echo && logprobs.is_some() {
         params.prompt_logprobs = logprobs;
     }

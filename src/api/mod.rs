@@ -4,6 +4,7 @@
 
 mod chat;
 mod completions;
+mod fim;
 mod generation;
 pub mod metrics;
 mod misc;

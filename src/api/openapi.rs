@@ -68,6 +68,7 @@ pub fn spec() -> Value {
                 "CompletionRequest": {"type": "object", "required": ["prompt"], "properties": with(sampling_properties(), json!({
                     "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "array", "items": {"type": "integer"}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]},
                     "echo": {"type": "boolean"},
+                    "suffix": {"type": "string", "description": "Fill in the middle: the text after the completion (models with Qwen2.5-Coder's FIM tokens)"},
                     "logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
                     "response_format": response_format()}))},
                 "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
