@@ -1,32 +1,21 @@
-//! A single `.gguf` file: config, weights, tokenizer and chat template all come from it.
+//! A `.gguf` model (one file, or the parts of a split one): config, weights, tokenizer and
+//! chat template all come from it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::fs::File;
-use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use qwen_serve_models::{Architecture, GgufReader, ModelConfig, Weights};
 
+use super::gguf_files::GgufFiles;
 use super::{progress, stop_tokens, LoadError, LoadOptions, LoadedModel};
 use crate::tokenizer::{ChatTemplate, ChatTemplateSources, Tokenizer};
 
-const GGUF_MAGIC: &[u8; 4] = b"GGUF";
-
 pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
     let format = |reason: String| LoadError::Format { path: path.to_path_buf(), reason };
-    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
-    let mut reader = BufReader::new(File::open(path).map_err(io)?);
-    let mut magic = [0u8; 4];
-    if reader.read_exact(&mut magic).is_err() || &magic != GGUF_MAGIC {
-        return Err(format("not a GGUF file (pass a .gguf file, a Hugging Face model folder or a Hub repo id)".into()));
-    }
-    reader.rewind().map_err(io)?;
-    let content = Content::read(&mut reader).map_err(|e| format(format!("corrupt GGUF header: {e}")))?;
-    let config = gguf_config(&content).map_err(format)?;
-    let file_len = std::fs::metadata(path).map_err(io)?.len();
-    check_tensor_extents(&content, file_len).map_err(format)?;
+    let files = GgufFiles::open(path)?;
+    let content = &files.content;
+    let config = gguf_config(content).map_err(format)?;
 
     // The tokenizer first: building it from the metadata takes ~210 MB for a moment (test
     // model), given back before the weights arrive rather than on top of them.
@@ -48,12 +37,10 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
     }
     let bar = progress::bar(content.tensor_infos.len() as u64, "loading weights");
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
-    let source = (Mutex::new(reader), Arc::new(content));
     let device = opts.device.clone();
     let read_bar = bar.clone();
     let read: GgufReader = Box::new(move |name| {
-        let mut reader = source.0.lock().unwrap_or_else(|p| p.into_inner());
-        let t = source.1.tensor(&mut *reader, name, &device).map_err(|e| candle_core::Error::Msg(format!("tensor `{name}`: {e}")));
+        let t = files.tensor(name, &device).map_err(|e| candle_core::Error::Msg(format!("tensor `{name}`: {e}")));
         read_bar.inc(1);
         t
     });
@@ -67,19 +54,6 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
     bar.finish_and_clear();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(LoadedModel { model, tokenizer, chat_template, eos_token_ids, name })
-}
-
-/// A truncated file would otherwise fail deep inside a tensor read.
-fn check_tensor_extents(content: &Content, file_len: u64) -> Result<(), String> {
-    for (name, info) in &content.tensor_infos {
-        let numel = info.shape.elem_count() as u64;
-        let bytes = numel / info.ggml_dtype.block_size() as u64 * info.ggml_dtype.type_size() as u64;
-        let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
-        if end > file_len {
-            return Err(format!("truncated: tensor `{name}` ends at byte {end}, the file has {file_len}"));
-        }
-    }
-    Ok(())
 }
 
 fn as_u64(v: &Value) -> Option<u64> {

@@ -6,6 +6,7 @@
 mod export;
 mod folder;
 mod gguf;
+mod gguf_files;
 mod hub;
 mod progress;
 
