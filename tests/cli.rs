@@ -137,6 +137,35 @@ fn generate_prints_only_the_text_on_stdout() {
     assert!(stderr.contains("tok/s"), "{stderr}");
 }
 
+/// `owner/name:TAG` picks a GGUF file of a Hub repository by its quantization, here from a
+/// Hugging Face cache laid out as hf-hub writes it (`HF_HUB_OFFLINE=1`: no network); without a
+/// tag, or with one no file carries, the error lists the quantizations there are.
+#[test]
+fn a_hub_gguf_is_picked_by_its_quantization() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--qwen-serve--Test-Coder-GGUF");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(snapshot.join("Q8_0")).unwrap();
+    std::os::unix::fs::symlink(test_gguf(), snapshot.join("test-coder-q4_k_m.gguf")).unwrap();
+    std::fs::write(snapshot.join("Q8_0/test-coder-Q8_0-00001-of-00002.gguf"), b"not read").unwrap();
+    std::fs::write(snapshot.join("README.md"), b"#").unwrap();
+    let env = [("HF_HOME", home.path().to_str().unwrap()), ("HF_HUB_OFFLINE", "1")];
+
+    let out = qwen_serve(&["generate", "--model", "qwen-serve/Test-Coder-GGUF:Q4_K_M", "--prompt", "def quicksort(arr):", "--max-tokens", "8"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("\n    if len(arr) <="), "{stderr}");
+
+    let e = generate_error("qwen-serve/Test-Coder-GGUF", &env);
+    assert!(e.contains("holds GGUF files") && e.contains("`qwen-serve/Test-Coder-GGUF:Q4_K_M`") && e.contains("available: Q4_K_M, Q8_0"), "{e}");
+    let e = generate_error("qwen-serve/Test-Coder-GGUF:Q5_K_M", &env);
+    assert!(e.contains("no GGUF file for `Q5_K_M`; available: Q4_K_M, Q8_0"), "{e}");
+    let e = generate_error("qwen-serve/Missing-GGUF:Q4_K_M", &env);
+    assert!(e.contains("not in the Hugging Face cache"), "{e}");
+}
+
 #[test]
 fn chat_flag_applies_the_template() {
     let model = test_gguf();

@@ -1,7 +1,8 @@
 //! Turns the `--model` argument into a ready model: weights, config, tokenizer, chat template.
 //!
-//! Three sources, chosen from the argument: a `.gguf` file, a local Hugging Face folder, or a
-//! Hub repo id (downloaded through hf-hub into the standard Hugging Face cache).
+//! Four sources, chosen from the argument: a `.gguf` file, a local Hugging Face folder, a Hub
+//! repo id, or a Hub repo id with a GGUF quantization (`owner/name:Q4_K_M`); Hub files are
+//! downloaded through hf-hub into the standard Hugging Face cache.
 
 mod export;
 mod folder;
@@ -45,6 +46,9 @@ pub enum ModelSource {
     Gguf(PathBuf),
     Folder(PathBuf),
     Hub { repo_id: String, revision: Option<String> },
+    /// `owner/name:TAG`: the GGUF file of a Hub repository whose name carries the
+    /// quantization `TAG` (llama.cpp's `-hf owner/name:TAG`).
+    HubGguf { repo_id: String, tag: String, revision: Option<String> },
 }
 
 impl ModelSource {
@@ -57,12 +61,21 @@ impl ModelSource {
         if path.is_file() {
             return Ok(Self::Gguf(path.to_path_buf()));
         }
-        let looks_like_repo = model.split('/').count() == 2
-            && !model.starts_with('.')
-            && !model.ends_with(".gguf")
-            && model.split('/').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        let (repo_id, tag) = match model.rsplit_once(':') {
+            Some((repo, tag)) => (repo, Some(tag)),
+            None => (model, None),
+        };
+        let looks_like_repo = repo_id.split('/').count() == 2
+            && !repo_id.starts_with('.')
+            && !repo_id.ends_with(".gguf")
+            && repo_id.split('/').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            && tag.is_none_or(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        let revision = revision.map(str::to_string);
         if looks_like_repo {
-            Ok(Self::Hub { repo_id: model.to_string(), revision: revision.map(str::to_string) })
+            Ok(match tag {
+                Some(tag) => Self::HubGguf { repo_id: repo_id.to_string(), tag: tag.to_string(), revision },
+                None => Self::Hub { repo_id: repo_id.to_string(), revision },
+            })
         } else {
             Err(LoadError::NotFound(path.to_path_buf()))
         }
@@ -136,6 +149,12 @@ fn load_source(model: &str, opts: &LoadOptions) -> Result<LoadedModel, LoadError
             let dir = hub::fetch(&repo_id, revision.as_deref())?;
             let mut loaded = folder::load(&dir, opts)?;
             loaded.name = repo_id;
+            Ok(loaded)
+        }
+        ModelSource::HubGguf { repo_id, tag, revision } => {
+            let path = hub::fetch_gguf(&repo_id, &tag, revision.as_deref())?;
+            let mut loaded = gguf::load(&path, opts)?;
+            loaded.name = format!("{repo_id}:{tag}");
             Ok(loaded)
         }
     }
