@@ -226,7 +226,7 @@ fn sampling_features_cancellation_and_admission() {
     // `--max-model-len`: a shorter context is the one requests are held to; a longer one than
     // the model's is refused at start.
     let short = engine(EngineConfig { max_model_len: Some(100), kv_cache_bytes: 4 << 20, ..Default::default() });
-    assert_eq!(short.max_context(), 100);
+    assert_eq!((short.max_context(), short.max_sequence_tokens()), (100, 100));
     let too_long = short.submit(EngineRequest { prompt: quick.clone(), params: greedy(100) }).map(|_| ()).unwrap_err();
     assert!(matches!(too_long, SubmitError::TooLong { context: 100, max_tokens: 100, .. }), "{too_long:?}");
     short.shutdown();
@@ -235,6 +235,8 @@ fn sampling_features_cancellation_and_admission() {
     assert!(err.contains("`--max-model-len` 32769 must be in [1, 32768]"), "{err}");
 
     let tiny = engine(EngineConfig { kv_cache_bytes: 4 * 2 * 24 * 16 * 2 * 64 * 4, ..Default::default() });
+    // A cache smaller than the context bounds the longest sequence (chat's default max_tokens).
+    assert_eq!((tiny.max_context(), tiny.max_sequence_tokens()), (32768, 64));
     let cannot = tiny.submit(EngineRequest { prompt: quick.clone(), params: greedy(100) }).map(|_| ()).unwrap_err();
     assert!(matches!(cannot, SubmitError::CannotFit { num_blocks: 4, .. }), "{cannot:?}");
     tiny.shutdown();

@@ -17,13 +17,18 @@ use qwen_serve::loader::{self, LoadOptions};
 
 /// Writes the test GGUF as `parts` files in `dir`; `no_of(k)` is what part `k` says it is.
 fn split(dir: &Path, parts: usize, no_of: impl Fn(usize) -> u16) -> Vec<PathBuf> {
+    split_counted(dir, parts, parts as u16, no_of)
+}
+
+/// As [`split`], each part saying the model has `count` parts.
+fn split_counted(dir: &Path, parts: usize, count: u16, no_of: impl Fn(usize) -> u16) -> Vec<PathBuf> {
     let mut reader = BufReader::new(File::open(test_gguf()).unwrap());
     let content = Content::read(&mut reader).unwrap();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     let tensors: Vec<(&str, QTensor)> = names.iter().map(|n| (n.as_str(), content.tensor(&mut reader, n, &Device::Cpu).unwrap())).collect();
     let per_part = tensors.len().div_ceil(parts);
-    let count = Value::U16(parts as u16);
+    let count = Value::U16(count);
     let total = Value::I32(tensors.len() as i32);
     (0..parts)
         .map(|k| {
@@ -55,7 +60,14 @@ fn a_split_gguf_loads_from_any_part_with_the_whole_files_logits() {
         let got = score(loaded.model.as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(got, want, "{}: the same tensors give the same bits", part.display());
         assert_eq!(loaded.chat_template.is_some(), whole.chat_template.is_some());
+        assert_eq!(loaded.name, "model.gguf", "served under the model's name, not a part's");
     }
+
+    // llama.cpp's merge leaves `split.count` 0 in the merged file: one file.
+    let merged_dir = tempfile::tempdir().unwrap();
+    let merged = split_counted(merged_dir.path(), 1, 0, |_| 0);
+    let loaded = loader::load(merged[0].to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(score(loaded.model.as_ref(), &ids).unwrap().to_vec2::<f32>().unwrap(), want);
 
     // A missing part is named.
     std::fs::remove_file(&parts[1]).unwrap();

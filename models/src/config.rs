@@ -69,6 +69,12 @@ pub struct ModelConfig {
     pub use_sliding_window: bool,
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// Where set, transformers takes YaRN's original context from here over `rope_scaling`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_position_embeddings: Option<usize>,
+    /// Rotary embedding on a fraction of each head (Qwen uses all of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
     /// transformers >= 5 writes `{"rope_theta", "rope_type"}` here (and may omit `rope_theta`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_parameters: Option<serde_json::Value>,
@@ -99,6 +105,9 @@ pub struct ModelConfig {
     #[serde(default)]
     pub mlp_only_layers: Vec<usize>,
 }
+
+/// The longest context served (positions stay exact in f32).
+pub const MAX_CONTEXT: usize = 1 << 24;
 
 fn one() -> usize {
     1
@@ -204,7 +213,14 @@ impl ModelConfig {
         if self.use_sliding_window {
             return err("`use_sliding_window: true` is not supported".into());
         }
+        if let Some(f) = self.partial_rotary_factor.filter(|&f| f != 1.0) {
+            return err(format!("`partial_rotary_factor` {f} is not supported (only 1)"));
+        }
         self.rope()?;
+        // The rotary tables hold a row per position, and f32 positions are exact up to 2^24.
+        if self.context_length() > MAX_CONTEXT {
+            return err(format!("a context of {} tokens (`max_position_embeddings` stretched by its rope scaling) is more than the {MAX_CONTEXT} served", self.context_length()));
+        }
         Ok(())
     }
 
@@ -218,7 +234,8 @@ impl ModelConfig {
         }
         match self.rope_params() {
             None => Ok(RopeScaling::None),
-            Some((field, params)) => RopeScaling::from_params(params, self.max_position_embeddings).map_err(|m| ModelError::Config(format!("`{field}`: {m}"))),
+            Some((field, params)) => RopeScaling::from_params(params, self.max_position_embeddings, self.original_max_position_embeddings)
+                .map_err(|m| ModelError::Config(format!("`{field}`: {m}"))),
         }
     }
 
@@ -236,6 +253,7 @@ impl ModelConfig {
     /// linear: `max_position_embeddings * factor`).
     pub fn context_length(&self) -> usize {
         match self.rope() {
+            // `as` saturates: an absurd factor is refused by `validate`, not wrapped.
             Ok(RopeScaling::Yarn(y)) => (y.original_max_position_embeddings as f64 * y.factor) as usize,
             Ok(RopeScaling::Linear { factor }) => (self.max_position_embeddings as f64 * factor) as usize,
             _ => self.max_position_embeddings,
@@ -273,7 +291,9 @@ impl RopeScaling {
     /// The rope types served, for error messages.
     pub const SUPPORTED: &'static str = "default, linear, yarn";
 
-    fn from_params(p: &serde_json::Value, max_position_embeddings: usize) -> Result<Self, String> {
+    /// `top_level_original`: a config's own `original_max_position_embeddings`, which
+    /// transformers puts over the one in the rope parameters.
+    fn from_params(p: &serde_json::Value, max_position_embeddings: usize, top_level_original: Option<usize>) -> Result<Self, String> {
         let kind = p.get("rope_type").or_else(|| p.get("type")).map(|t| t.as_str().ok_or(format!("`rope_type` must be a string, got {t}"))).transpose()?;
         let number = |key: &str| -> Result<Option<f64>, String> {
             match p.get(key) {
@@ -286,8 +306,12 @@ impl RopeScaling {
                 return Err(format!("`partial_rotary_factor` {f} is not supported (only 1)"));
             }
         }
-        let factor = |default: Option<f64>| -> Result<f64, String> {
-            let factor = number("factor")?.or(default).ok_or("`factor` is missing")?;
+        // transformers requires the key; a null `factor` in YaRN is the ratio of the lengths.
+        let factor = |null: Option<f64>| -> Result<f64, String> {
+            if p.get("factor").is_none() {
+                return Err("`factor` is missing".into());
+            }
+            let factor = number("factor")?.or(null).ok_or("`factor` is missing")?;
             if factor < 1.0 {
                 return Err(format!("`factor` must be at least 1, got {factor}"));
             }
@@ -297,10 +321,12 @@ impl RopeScaling {
             "default" => Ok(Self::None),
             "linear" => Ok(Self::Linear { factor: factor(None)? }),
             "yarn" => {
-                let original = match number("original_max_position_embeddings")? {
-                    None => max_position_embeddings,
-                    Some(n) if n >= 1.0 && n.fract() == 0.0 => n as usize,
-                    Some(n) => return Err(format!("`original_max_position_embeddings` must be a positive integer, got {n}")),
+                let original = match (top_level_original, number("original_max_position_embeddings")?) {
+                    (Some(n), _) if n > 0 => n,
+                    (Some(n), _) => return Err(format!("`original_max_position_embeddings` must be a positive integer, got {n}")),
+                    (None, None) => max_position_embeddings,
+                    (None, Some(n)) if n >= 1.0 && n.fract() == 0.0 => n as usize,
+                    (None, Some(n)) => return Err(format!("`original_max_position_embeddings` must be a positive integer, got {n}")),
                 };
                 // transformers: with no factor, the ratio of the two lengths.
                 let factor = factor(Some(max_position_embeddings as f64 / original as f64))?;
@@ -312,8 +338,10 @@ impl RopeScaling {
                 };
                 // transformers reads these with `or`: 0 means the default too.
                 let beta = |key: &str, default: f64| number(key).map(|b| b.filter(|&b| b != 0.0).unwrap_or(default));
+                // transformers: `get("truncate", True)`, so an explicit null is false.
                 let truncate = match p.get("truncate") {
-                    None | Some(serde_json::Value::Null) => true,
+                    None => true,
+                    Some(serde_json::Value::Null) => false,
                     Some(v) => v.as_bool().ok_or(format!("`truncate` must be a boolean, got {v}"))?,
                 };
                 let yarn = Yarn { factor, original_max_position_embeddings: original, attention_factor, beta_fast: beta("beta_fast", 32.0)?, beta_slow: beta("beta_slow", 1.0)?, truncate };
@@ -394,10 +422,14 @@ mod tests {
         let cfg = qwen2(r#", "rope_theta": 10000, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 2.5, "attention_factor": 1.5, "beta_fast": 8, "beta_slow": 2, "truncate": false}"#).unwrap();
         let want = Yarn { factor: 2.5, original_max_position_embeddings: 32768, attention_factor: 1.5, beta_fast: 8.0, beta_slow: 2.0, truncate: false };
         assert_eq!((cfg.rope().unwrap(), cfg.rope_theta, cfg.context_length()), (RopeScaling::Yarn(want), 1e6, 81920));
-        // DeepSeek's mscale pair gives the attention factor; no factor: the lengths' ratio.
-        let cfg = qwen2(r#", "rope_scaling": {"rope_type": "yarn", "original_max_position_embeddings": 8192, "mscale": 1, "mscale_all_dim": 1}"#).unwrap();
+        // DeepSeek's mscale pair gives the attention factor; a null factor: the lengths' ratio;
+        // a null truncate: none (Python's None).
+        let cfg = qwen2(r#", "rope_scaling": {"rope_type": "yarn", "factor": null, "original_max_position_embeddings": 8192, "mscale": 1, "mscale_all_dim": 1, "truncate": null}"#).unwrap();
         let RopeScaling::Yarn(y) = cfg.rope().unwrap() else { panic!("yarn") };
-        assert_eq!((y.factor, y.attention_factor), (4.0, 1.0));
+        assert_eq!((y.factor, y.attention_factor, y.truncate), (4.0, 1.0, false));
+        // A top-level original context wins over the rope parameters' (as Phi-3 writes it).
+        let cfg = qwen2(r#", "original_max_position_embeddings": 4096, "rope_scaling": {"type": "yarn", "factor": 2, "original_max_position_embeddings": 8192}"#).unwrap();
+        assert_eq!(cfg.context_length(), 8192);
         for none in [r#", "rope_scaling": null"#, r#", "rope_scaling": {}, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}"#, ""] {
             let cfg = qwen2(none).unwrap();
             assert_eq!((cfg.rope().unwrap(), cfg.context_length()), (RopeScaling::None, 32768), "{none}");
@@ -416,6 +448,9 @@ mod tests {
             (r#", "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 0}"#, "`original_max_position_embeddings` must be a positive integer"),
             (r#", "rope_scaling": {"type": "yarn", "factor": 4, "partial_rotary_factor": 0.5}"#, "`partial_rotary_factor` 0.5 is not supported"),
             (r#", "rope_scaling": "yarn""#, "`rope_scaling` must be an object"),
+            (r#", "rope_scaling": {"type": "yarn"}"#, "`factor` is missing"),
+            (r#", "partial_rotary_factor": 0.5"#, "`partial_rotary_factor` 0.5 is not supported"),
+            (r#", "rope_scaling": {"type": "linear", "factor": 1e30}"#, "is more than the 16777216 served"),
         ] {
             let err = qwen2(extra).unwrap_err().to_string();
             assert!(err.contains(says), "{extra}: {err}");

@@ -60,7 +60,9 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     validate::held_output_compatible(&req.sampling, &format, false, false)?;
     let mut params = validate::sampling_params(&req.sampling, tokenizer.vocab_size(), DEFAULT_MAX_TOKENS, logprobs)?;
     params.format = format;
-    params.stop_token_ids.extend(fim_ends);
+    if !params.ignore_eos {
+        params.stop_token_ids.extend(fim_ends);
+    }
     if req.echo && logprobs.is_some() {
         params.prompt_logprobs = logprobs;
     }

@@ -1,12 +1,10 @@
 //! The benchmark's inputs: synthetic prompts as token ids, and the tokenizer that makes them
 //! when the model itself runs elsewhere (`--server`).
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
 
+use crate::loader::gguf_files::GgufFiles;
 use crate::tokenizer::Tokenizer;
 
 /// `len` tokens of English-like text for prompt number `i`. It starts with `i`'s decimal digits
@@ -55,7 +53,7 @@ pub fn load_tokenizer(model: &str) -> Result<Tokenizer, String> {
     if !path.is_file() {
         return Err(format!("{model}: with --server, --model must be a local .gguf file or model folder (it supplies the tokenizer)"));
     }
-    let file = File::open(path).map_err(|e| format!("{model}: {e}"))?;
-    let content = Content::read(&mut BufReader::new(file)).map_err(|e| format!("{model}: not a readable GGUF file: {e}"))?;
-    Tokenizer::from_gguf(&content.metadata).map_err(|e| format!("{model}: {e}"))
+    // Any part of a split model: the metadata is in the first.
+    let files = GgufFiles::open(path).map_err(|e| e.to_string())?;
+    Tokenizer::from_gguf(&files.content.metadata).map_err(|e| format!("{model}: {e}"))
 }

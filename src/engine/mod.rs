@@ -207,6 +207,12 @@ impl EngineHandle {
             num_blocks * config.block_size,
             kv_dtype,
         );
+        if num_blocks * config.block_size < max_context {
+            tracing::warn!(
+                "the KV cache holds {} tokens, fewer than the {max_context}-token context: longer requests are refused and chat's default max_tokens stops there (raise --kv-cache-memory, or set --max-model-len)",
+                num_blocks * config.block_size
+            );
+        }
         // Decode steps of up to QWEN_SERVE_CUDA_GRAPHS (default 64; 0: none) sequences as CUDA graphs, on a GPU.
         let model = qwen_serve_models::with_cuda_graphs(model, qwen_serve_models::max_graph_batch().map_err(EngineError::Config)?)?;
         // Weights and cache were written from this thread; the engine thread reads them.
@@ -254,6 +260,12 @@ impl EngineHandle {
 
     pub fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    /// The longest sequence a request can have now: the context, or fewer tokens where the KV
+    /// cache holds fewer (a 4x YaRN context can outgrow it).
+    pub fn max_sequence_tokens(&self) -> usize {
+        self.max_context.min(self.num_blocks * self.config.block_size)
     }
 
     pub fn config(&self) -> &EngineConfig {

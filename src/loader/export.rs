@@ -2,15 +2,13 @@
 //! template), so that one set of real weights exercises both loading paths.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use qwen_serve_models::gguf_tensor_name;
 use serde_json::json;
 
+use super::gguf_files::GgufFiles;
 use super::{gguf::gguf_config, LoadError};
 use crate::tokenizer::{ChatTemplateSources, Tokenizer};
 
@@ -46,9 +44,9 @@ pub fn export_hf_folder(gguf: &Path, out: &Path) -> Result<(), LoadError> {
         let path = path.to_path_buf();
         move |source| LoadError::Io { path, source }
     };
-    let mut reader = BufReader::new(File::open(gguf).map_err(io(gguf))?);
-    let content = Content::read(&mut reader).map_err(|e| format(e.to_string()))?;
-    let config = gguf_config(&content).map_err(format)?;
+    let files = GgufFiles::open(gguf)?;
+    let content = &files.content;
+    let config = gguf_config(content).map_err(format)?;
     if config.architecture().is_moe() {
         // The expert tensors would need unstacking into per-expert names; not done here.
         return Err(format(format!("exporting a `{}` (MoE) GGUF is not supported", config.model_type)));
@@ -61,7 +59,7 @@ pub fn export_hf_folder(gguf: &Path, out: &Path) -> Result<(), LoadError> {
         if !content.tensor_infos.contains_key(&gguf_name) {
             continue;
         }
-        let q = content.tensor(&mut reader, &gguf_name, &Device::Cpu).map_err(|e| format(e.to_string()))?;
+        let q = files.tensor(&gguf_name, &Device::Cpu).map_err(|e| format(e.to_string()))?;
         let t: Tensor = q.dequantize(&Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).map_err(|e| format(e.to_string()))?;
         tensors.insert(hf, t);
     }

@@ -14,6 +14,7 @@ use crate::tokenizer::{ChatTemplate, ChatTemplateSources, Tokenizer};
 pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
     let format = |reason: String| LoadError::Format { path: path.to_path_buf(), reason };
     let files = GgufFiles::open(path)?;
+    let name = files.name.clone();
     let content = &files.content;
     let config = gguf_config(content).map_err(format)?;
 
@@ -52,7 +53,6 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
     })?;
     drop(weights);
     bar.finish_and_clear();
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(LoadedModel { model, tokenizer, chat_template, eos_token_ids, name })
 }
 
@@ -79,34 +79,43 @@ fn as_f64(v: &Value) -> Option<f64> {
 }
 
 /// llama.cpp's rope scaling keys as the `rope_scaling` object of a config.json (what
-/// llama.cpp's converter read them from); `None` for none.
+/// llama.cpp's converter read them from); `None` for none. Values llama.cpp reads as unset
+/// (a factor of 0, a negative extrapolation factor, an original context of 0) are unset here.
 fn gguf_rope_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option<serde_json::Value>, String> {
     let key = |k: &str| format!("{arch}.rope.{k}");
     let float = |k: &str| md.get(&key(k)).map(|v| as_f64(v).ok_or(format!("non-numeric `{}`", key(k)))).transpose();
     // Keys whose meaning this loader does not map are refused rather than ignored.
     for (k, neutral) in [("scaling.attn_factor", 1.0), ("scaling.yarn_log_multiplier", 0.0), ("scaling.yarn_ext_factor", 1.0)] {
         if let Some(v) = float(k)? {
-            if v != neutral {
+            if v != neutral && !(k.ends_with("ext_factor") && v < 0.0) {
                 return Err(format!("`{}` = {v} is not supported", key(k)));
             }
         }
     }
-    // The older key for a linear factor.
+    // The older key for a linear factor; 0 and 1 scale nothing.
     let factor = match float("scaling.factor")? {
         Some(f) => Some(f),
         None => float("scale_linear")?,
-    };
+    }
+    .filter(|&f| f != 0.0 && f != 1.0);
     let kind = match md.get(&key("scaling.type")) {
-        None => factor.filter(|&f| f != 0.0 && f != 1.0).map(|_| "linear".to_string()),
+        None => factor.map(|_| "linear".to_string()),
         Some(Value::String(s)) if s == "none" => None,
+        Some(Value::String(s)) if (s == "linear" || s == "yarn") && factor.is_none() => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(v) => return Err(format!("non-string `{}`: {v:?}", key("scaling.type"))),
     };
     let Some(kind) = kind else { return Ok(None) };
+    let original = match md.get(&key("scaling.original_context_length")) {
+        None => None,
+        Some(v) => Some(as_u64(v).ok_or(format!("non-integer `{}`", key("scaling.original_context_length")))?).filter(|&n| n > 0),
+    };
     let mut params = serde_json::json!({ "rope_type": kind });
+    // attention_factor / betas as transformers reads the config they were converted from
+    // (llama.cpp itself reads them only for some architectures).
     let fields = [
         ("factor", factor),
-        ("original_max_position_embeddings", md.get(&key("scaling.original_context_length")).and_then(as_u64).map(|n| n as f64)),
+        ("original_max_position_embeddings", original.map(|n| n as f64)),
         ("attention_factor", float("scaling.yarn_attn_factor")?),
         ("beta_fast", float("scaling.yarn_beta_fast")?),
         ("beta_slow", float("scaling.yarn_beta_slow")?),
@@ -199,6 +208,8 @@ pub fn gguf_config(content: &Content) -> Result<ModelConfig, String> {
         attention_bias: None,
         use_sliding_window: false,
         rope_scaling: gguf_rope_scaling(md, &arch)?,
+        original_max_position_embeddings: None,
+        partial_rotary_factor: None,
         rope_parameters: None,
         qkv_bias: None,
         num_experts,
@@ -309,7 +320,10 @@ mod tests {
         let linear = qwen2(&[("rope.scale_linear", Value::F32(2.0))]).unwrap();
         assert_eq!((linear.rope().unwrap(), linear.context_length()), (RopeScaling::Linear { factor: 2.0 }, 1024));
 
-        let longrope = qwen2(&[("rope.scaling.type", Value::String("longrope".into()))]).unwrap_err();
+        // What llama.cpp writes for "no scaling" (its model saver): linear, factor 0, ext -1.
+        let unset = [("rope.scaling.type", Value::String("linear".into())), ("rope.scaling.factor", Value::F32(0.0)), ("rope.scaling.yarn_ext_factor", Value::F32(-1.0))];
+        assert_eq!(qwen2(&unset).unwrap().rope().unwrap(), RopeScaling::None);
+        let longrope = qwen2(&[("rope.scaling.type", Value::String("longrope".into())), ("rope.scaling.factor", Value::F32(4.0))]).unwrap_err();
         assert!(longrope.contains("`longrope` is not supported") && longrope.contains("yarn"), "{longrope}");
         let mut log_mul = yarn.to_vec();
         log_mul.push(("rope.scaling.yarn_log_multiplier", Value::F32(0.1)));

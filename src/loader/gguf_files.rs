@@ -24,20 +24,26 @@ struct Part {
     content: Content,
 }
 
-pub(super) struct GgufFiles {
+pub(crate) struct GgufFiles {
     /// The first part's metadata and every part's tensor infos (offsets meaningful only
     /// within their part).
     pub content: Content,
+    /// The model's name: the file's, without a part's `-0000k-of-0000n`.
+    pub name: String,
     parts: Vec<Part>,
     part_of: HashMap<String, usize>,
 }
 
 impl GgufFiles {
     /// `path` and, when it is one part of a split model, the other parts beside it.
-    pub fn open(path: &Path) -> Result<Self, LoadError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, LoadError> {
         let first = read_part(path, "not a GGUF file (pass a .gguf file, a Hugging Face model folder or a Hub repo id)")?;
-        let count = split_field(&first.content, "split.count").map_err(|r| format(path, r))?.unwrap_or(1);
-        let mut parts = if count <= 1 {
+        // llama.cpp's merge writes `split.count` 0 into the merged file: 0 and 1 are one file.
+        let count = split_field(&first.content, "split.count").map_err(|r| format(path, r))?.unwrap_or(1).max(1);
+        if count > u16::MAX as usize {
+            return Err(format(path, format!("`split.count` {count} is more parts than llama.cpp writes ({})", u16::MAX)));
+        }
+        let parts = if count == 1 {
             vec![first]
         } else {
             let paths = part_paths(path, count).ok_or_else(|| {
@@ -57,13 +63,14 @@ impl GgufFiles {
             let mut first = Some(first);
             parts.into_iter().map(|p| p.or_else(|| first.take()).expect("the given part is one of the paths")).collect()
         };
-        for (i, part) in parts.iter().enumerate() {
+        for (i, part) in parts.iter().enumerate().filter(|_| count > 1) {
             let no = split_field(&part.content, "split.no").map_err(|r| format(&part.path, r))?.unwrap_or(0);
             let c = split_field(&part.content, "split.count").map_err(|r| format(&part.path, r))?.unwrap_or(1);
-            if (no, c) != (i, count.max(1)) {
-                return Err(format(&part.path, format!("says it is part {} of {c}; expected part {} of {}", no + 1, i + 1, count.max(1))));
+            if (no, c) != (i, count) {
+                return Err(format(&part.path, format!("says it is part {} of {c}; expected part {} of {count}", no + 1, i + 1)));
             }
         }
+        let mut parts = parts;
         let mut part_of = HashMap::new();
         let mut tensor_infos = HashMap::new();
         for (i, part) in parts.iter().enumerate() {
@@ -82,10 +89,16 @@ impl GgufFiles {
             }
         }
         let content = Content { magic: parts[0].content.magic, metadata, tensor_infos, tensor_data_offset: 0 };
-        Ok(Self { content, parts, part_of })
+        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // A part's name (checked by `part_paths` above) less its `-0000k-of-0000n`.
+        let name = match file.strip_suffix(".gguf").and_then(|stem| stem.rsplit_once("-of-")).and_then(|(rest, _)| rest.rsplit_once('-')) {
+            Some((base, _)) if count > 1 => format!("{base}.gguf"),
+            _ => file,
+        };
+        Ok(Self { content, name, parts, part_of })
     }
 
-    pub fn tensor(&self, name: &str, device: &Device) -> candle_core::Result<QTensor> {
+    pub(crate) fn tensor(&self, name: &str, device: &Device) -> candle_core::Result<QTensor> {
         let part = &self.parts[*self.part_of.get(name).ok_or_else(|| candle_core::Error::Msg(format!("no tensor `{name}`")))?];
         let mut reader = part.reader.lock().unwrap_or_else(|p| p.into_inner());
         part.content.tensor(&mut *reader, name, device)

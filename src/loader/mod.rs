@@ -7,7 +7,7 @@
 mod export;
 mod folder;
 mod gguf;
-mod gguf_files;
+pub(crate) mod gguf_files;
 mod hub;
 mod progress;
 
