@@ -25,12 +25,15 @@ What it produces (every JSON file carries a "generator" object with the package 
   tests/fixtures/rope_scaling.json         logits of tiny-qwen2 / tiny-qwen3 (read from their folders,
                                            so run after `tiny`) with YaRN and linear rope scaling,
                                            past the original context
+  tests/fixtures/gguf_yarn_reference.json  the GGUF model under Qwen's documented YaRN (factor 4 over
+                                           32768): greedy continuations and teacher-forced top-5, and
+                                           how often the unscaled model's argmax agrees with them
 
 How to run (from the repository root; the venv is made once with
 scripts/requirements-reference.txt):
 
     HF_HUB_OFFLINE=1 ~/.cache/qwen-serve/ref-venv/bin/python scripts/make_reference.py [TEST_DATA_DIR]
-        [--only templates,tokenization,gguf,tiny,rope]
+        [--only templates,tokenization,gguf,tiny,rope,gguf_yarn]
 
 TEST_DATA_DIR defaults to the directory printed by `bash scripts/fetch-test-data.sh`. The script
 never contacts the Hugging Face Hub (it sets HF_HUB_OFFLINE=1 itself and loads only local files).
@@ -68,7 +71,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN3_TOKENIZER_DIR = "qwen3-tokenizer"
-SECTIONS = ("templates", "tokenization", "gguf", "tiny", "rope")
+SECTIONS = ("templates", "tokenization", "gguf", "tiny", "rope", "gguf_yarn")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1106,6 +1109,58 @@ def run_rope(data_dir: Path, gen: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# 6. the GGUF model under YaRN
+# ----------------------------------------------------------------------------------------------
+
+# Qwen's model cards' block for contexts past 32K (what `--rope-scaling` passes).
+QWEN_YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+GGUF_YARN_PROMPTS = [p for p in GGUF_PROMPTS if p[0] in ("quicksort_prefix", "english_sentence", "fibonacci")]
+
+
+def run_gguf_yarn(data_dir: Path, gen: dict) -> None:
+    from transformers import AutoModelForCausalLM
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
+
+    print("[gguf_yarn]")
+    tok = load_gguf_tokenizer(data_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(data_dir), gguf_file=GGUF_NAME, dtype=torch.float32, attn_implementation="eager").eval()
+    plain_rotary = model.model.rotary_emb
+    model.config.rope_parameters = dict(QWEN_YARN, rope_theta=model.config.rope_parameters["rope_theta"])
+    yarn_rotary = Qwen2RotaryEmbedding(config=model.config)
+    print(f"  yarn attention scaling {yarn_rotary.attention_scaling:.4f}")
+    template = read_gguf_chat_template(data_dir)
+    records = []
+    for name, kind, text, max_new in GGUF_YARN_PROMPTS:
+        if kind == "chat":
+            text = tok.apply_chat_template([{"role": "user", "content": text}], chat_template=template, tokenize=False, add_generation_prompt=True)
+        ids = tok.encode(text, add_special_tokens=False)
+        model.model.rotary_emb = yarn_rotary
+        with torch.no_grad():
+            inp = torch.tensor([ids])
+            out = model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, repetition_penalty=1.0, eos_token_id=STOP_IDS, pad_token_id=151643)
+        cont = out[0, len(ids):].tolist()
+        n = len(ids)
+        with torch.no_grad():
+            yarn_logits = model(torch.tensor([ids + cont])).logits[0, n - 1 : n - 1 + len(cont)].float()
+            model.model.rotary_emb = plain_rotary
+            plain_logits = model(torch.tensor([ids + cont])).logits[0, n - 1 : n - 1 + len(cont)].float()
+        top = torch.topk(yarn_logits, 5, dim=-1)
+        plain_agree = sum(int(a == b) for a, b in zip(plain_logits.argmax(-1).tolist(), top.indices[:, 0].tolist())) / len(cont)
+        print(f"  {name}: {n} + {len(cont)}: {tok.decode(cont)!r}; unscaled argmax agrees at {plain_agree:.2f}")
+        records.append({
+            "name": name,
+            "prompt_ids": ids,
+            "continuation_ids": cont,
+            "continuation_text": tok.decode(cont),
+            "top5_ids": top.indices.tolist(),
+            "top5_logits": [[f7(v) for v in row] for row in top.values.tolist()],
+            "unscaled_top1_agreement": plain_agree,
+        })
+    write_json(FIXTURES / "gguf_yarn_reference.json", {"generator": gen, "model_file": GGUF_NAME, "rope_scaling": QWEN_YARN, "prompts": records})
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -1126,7 +1181,7 @@ def main() -> None:
     gen = generator_info()
     print(f"generator: {gen}")
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    runners = {"templates": run_templates, "tokenization": run_tokenization, "gguf": run_gguf, "tiny": run_tiny, "rope": run_rope}
+    runners = {"templates": run_templates, "tokenization": run_tokenization, "gguf": run_gguf, "tiny": run_tiny, "rope": run_rope, "gguf_yarn": run_gguf_yarn}
     for s in SECTIONS:
         if s in only:
             t0 = time.time()

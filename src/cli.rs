@@ -64,6 +64,11 @@ pub struct ModelArgs {
     /// A Jinja chat template file to use instead of the model's own.
     #[arg(long)]
     pub chat_template: Option<std::path::PathBuf>,
+    /// Rope scaling as JSON, replacing the model's (vLLM's flag), e.g. Qwen's YaRN for long
+    /// contexts: `{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":32768}`
+    /// (the context becomes 131072; the GGUF files Qwen ships carry no YaRN of their own).
+    #[arg(long)]
+    pub rope_scaling: Option<String>,
 }
 
 impl ModelArgs {
@@ -84,6 +89,15 @@ impl ModelArgs {
             device,
             revision: self.revision.clone(),
             chat_template: self.chat_template.clone(),
+            rope_scaling: self
+                .rope_scaling
+                .as_deref()
+                .map(|text| match serde_json::from_str::<serde_json::Value>(text) {
+                    Ok(v) if v.is_object() => Ok(v),
+                    Ok(v) => Err(format!("--rope-scaling must be a JSON object, got {v}")),
+                    Err(e) => Err(format!("--rope-scaling is not JSON ({e}): {text}")),
+                })
+                .transpose()?,
         })
     }
 }

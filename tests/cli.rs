@@ -249,6 +249,21 @@ fn out_of_range_memory_flags_are_rejected_naming_the_flag() {
 }
 
 #[test]
+fn bad_rope_scaling_is_rejected_naming_the_flag() {
+    let model = test_gguf();
+    let model = model.to_str().unwrap();
+    for (value, message) in [
+        ("yarn", "--rope-scaling is not JSON"),
+        ("[1]", "--rope-scaling must be a JSON object"),
+        (r#"{"rope_type": "dynamic", "factor": 2}"#, "invalid model config: --rope-scaling: `rope_scaling`: rope type `dynamic` is not supported"),
+        (r#"{"rope_type": "yarn", "factor": 0.5}"#, "`factor` must be at least 1"),
+    ] {
+        let e = generate_error_with(&["--model", model, "--rope-scaling", value], &[]);
+        assert!(e.contains(message), "{value}: {e}");
+    }
+}
+
+#[test]
 fn device_cpu_runs_on_the_cpu() {
     let model = test_gguf();
     let out = qwen_serve(&["generate", "--model", model.to_str().unwrap(), "--device", "cpu", "--prompt", "def quicksort(arr):", "--max-tokens", "3"], &[]);

@@ -81,3 +81,49 @@ fn greedy_chat_generation_matches_the_expected_answer() {
         out.text
     );
 }
+
+/// Qwen's documented YaRN (`--rope-scaling`, factor 4 over 32768) on the test GGUF against
+/// transformers with the same rope parameters (`tests/fixtures/gguf_yarn_reference.json`):
+/// top-1 / top-5 agreement as above, and the reference's top-5 logits closer to ours than to
+/// the unscaled model's. At these short lengths YaRN barely moves the argmax (the unscaled
+/// model agrees with it at 94-100% of positions) but its attention factor (1.139 on q and k)
+/// moves every logit, which the values show.
+#[test]
+fn yarn_rope_scaling_agrees_with_transformers() {
+    let reference = read_json("gguf_yarn_reference.json");
+    let opts = LoadOptions { rope_scaling: Some(reference["rope_scaling"].clone()), ..Default::default() };
+    let yarn = loader::load(common::test_gguf().to_str().unwrap(), &opts).unwrap();
+    assert_eq!(yarn.model.config().context_length(), 131072);
+    let plain = quantized_model();
+    let (mut positions, mut top1, mut outside_top5) = (0, 0, vec![]);
+    let (mut diff_yarn, mut diff_plain, mut values) = (0f64, 0f64, 0);
+    for case in reference["prompts"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let prompt = ids(&case["prompt_ids"]);
+        let continuation = ids(&case["continuation_ids"]);
+        let all: Vec<u32> = prompt.iter().chain(&continuation).copied().collect();
+        let ours = score_with_cache(yarn.model.as_ref(), &all, DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        let unscaled = score_with_cache(plain.model.as_ref(), &all, DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        for (i, &expected) in continuation.iter().enumerate() {
+            let (row, plain_row) = (&ours[prompt.len() - 1 + i], &unscaled[prompt.len() - 1 + i]);
+            let top = top_k(row, 5);
+            positions += 1;
+            top1 += usize::from(top[0] == expected);
+            if !top.contains(&expected) {
+                outside_top5.push(format!("{name}@{i}"));
+            }
+            for (id, want) in ids(&case["top5_ids"][i]).into_iter().zip(case["top5_logits"][i].as_array().unwrap()) {
+                let want = want.as_f64().unwrap();
+                diff_yarn += (row[id as usize] as f64 - want).abs();
+                diff_plain += (plain_row[id as usize] as f64 - want).abs();
+                values += 1;
+            }
+        }
+    }
+    let (diff_yarn, diff_plain) = (diff_yarn / values as f64, diff_plain / values as f64);
+    let rate = top1 as f64 / positions as f64;
+    eprintln!("YaRN: top-1 {top1}/{positions}; mean |top-5 logit - reference|: {diff_yarn:.3} with YaRN, {diff_plain:.3} without");
+    assert!(outside_top5.is_empty(), "reference tokens outside our top-5: {outside_top5:?}");
+    assert!(rate >= 0.95, "top-1 agreement {:.1}% < 95%", rate * 100.0);
+    assert!(diff_yarn * 2.0 < diff_plain, "YaRN's logits are not closer to the reference: {diff_yarn:.3} vs unscaled {diff_plain:.3}");
+}

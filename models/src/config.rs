@@ -124,12 +124,26 @@ impl ModelConfig {
         if cfg.model_type == "qwen2_moe" && raw.get("shared_expert_intermediate_size").is_none() {
             cfg.shared_expert_intermediate_size = 5632;
         }
-        // transformers: the rope parameters' own `rope_theta` first, then the top-level one.
-        if let Some(theta) = cfg.rope_params().and_then(|(_, p)| p.get("rope_theta").cloned()) {
-            cfg.rope_theta = theta.as_f64().filter(|t| *t > 0.0).ok_or(ModelError::Config(format!("`rope_theta` must be a positive number, got {theta}")))?;
-        }
+        cfg.take_rope_theta()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// This config with its `rope_scaling` replaced (`--rope-scaling`, as vLLM's flag: how a
+    /// checkpoint or GGUF without YaRN in its config gets it), checked.
+    pub fn with_rope_scaling(mut self, scaling: serde_json::Value) -> Result<Self, ModelError> {
+        self.rope_scaling = Some(scaling);
+        self.take_rope_theta()?;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// transformers: the rope parameters' own `rope_theta` first, then the top-level one.
+    fn take_rope_theta(&mut self) -> Result<(), ModelError> {
+        if let Some(theta) = self.rope_params().and_then(|(_, p)| p.get("rope_theta").cloned()) {
+            self.rope_theta = theta.as_f64().filter(|t| *t > 0.0).ok_or(ModelError::Config(format!("`rope_theta` must be a positive number, got {theta}")))?;
+        }
+        Ok(())
     }
 
     pub fn architecture(&self) -> Architecture {

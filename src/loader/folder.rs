@@ -26,7 +26,7 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadEr
     if Architecture::from_model_type(model_type).is_none() {
         return Err(LoadError::UnsupportedArchitecture { found: model_type.to_string() });
     }
-    let config = ModelConfig::from_json(&config_text)?;
+    let config = super::configured(ModelConfig::from_json(&config_text)?, opts)?;
 
     let files = safetensors_files(dir)?;
     // On the CPU a checkpoint's bf16 is converted to f32 on load.

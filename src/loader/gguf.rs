@@ -16,7 +16,7 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
     let files = GgufFiles::open(path)?;
     let name = files.name.clone();
     let content = &files.content;
-    let config = gguf_config(content).map_err(format)?;
+    let config = super::configured(gguf_config(content).map_err(format)?, opts)?;
 
     // The tokenizer first: building it from the metadata takes ~210 MB for a moment (test
     // model), given back before the weights arrive rather than on top of them.

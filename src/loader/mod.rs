@@ -14,7 +14,7 @@ mod progress;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use qwen_serve_models::{CausalLm, ModelError};
+use qwen_serve_models::{CausalLm, ModelConfig, ModelError};
 use thiserror::Error;
 
 use crate::tokenizer::{ChatTemplate, Tokenizer, TokenizerError};
@@ -94,11 +94,13 @@ pub struct LoadOptions {
     pub revision: Option<String>,
     /// A Jinja template file that replaces the model's own chat template.
     pub chat_template: Option<PathBuf>,
+    /// Replaces the config's `rope_scaling` (`--rope-scaling`).
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: None, quantize: None, device: Device::Cpu, revision: None, chat_template: None }
+        Self { dtype: None, quantize: None, device: Device::Cpu, revision: None, chat_template: None, rope_scaling: None }
     }
 }
 
@@ -157,6 +159,20 @@ fn load_source(model: &str, opts: &LoadOptions) -> Result<LoadedModel, LoadError
             loaded.name = format!("{repo_id}:{tag}");
             Ok(loaded)
         }
+    }
+}
+
+/// `config` with the options' overrides (`--rope-scaling`) applied.
+fn configured(config: ModelConfig, opts: &LoadOptions) -> Result<ModelConfig, LoadError> {
+    match &opts.rope_scaling {
+        None => Ok(config),
+        Some(scaling) => config.with_rope_scaling(scaling.clone()).map_err(|e| {
+            let why = match e {
+                ModelError::Config(m) => m,
+                e => e.to_string(),
+            };
+            LoadError::Model(ModelError::Config(format!("--rope-scaling: {why}")))
+        }),
     }
 }
 
