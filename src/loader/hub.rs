@@ -68,21 +68,20 @@ impl HubRepo {
 pub(super) fn fetch(repo_id: &str, revision: Option<&str>) -> Result<PathBuf, LoadError> {
     let hub = HubRepo::open(repo_id, revision)?;
     let (get, fail) = (&hub.get, |file: &str, e: String| hub.fail(file, e));
-    if let Err(e) = get("config.json") {
-        // A GGUF repository has no config.json: say how to pick one of its files.
-        if let Ok(files) = (hub.list)() {
-            let tags = gguf_tags(&files);
-            if !tags.is_empty() {
-                return Err(LoadError::Hub(format!(
-                    "{repo_id} holds GGUF files, not a model folder: pick one by its quantization, e.g. `{repo_id}:{}` (available: {})",
-                    tags[0],
+    let config = match get("config.json") {
+        Ok(config) => config,
+        Err(e) => {
+            // A GGUF repository has no config.json: say how to pick one of its files.
+            let tags = (hub.list)().map(|files| gguf_tags(&files)).unwrap_or_default();
+            return Err(match tags.first() {
+                Some(first) => LoadError::Hub(format!(
+                    "{repo_id} holds GGUF files, not a model folder: pick one by its quantization, e.g. `{repo_id}:{first}` (available: {})",
                     tags.join(", ")
-                )));
-            }
+                )),
+                None => fail("config.json", e),
+            });
         }
-        return Err(fail("config.json", e));
-    }
-    let config = get("config.json").map_err(|e| fail("config.json", e))?;
+    };
     get("tokenizer.json").map_err(|e| fail("tokenizer.json", e))?;
     for optional in ["tokenizer_config.json", "generation_config.json"] {
         let _ = get(optional);
