@@ -3,7 +3,7 @@
 //! 16 sequences at several context lengths, and 512-token prefill chunks at the end of prompts
 //! of 512, 2048 and 4096 tokens. Each case re-runs one layer, so its K/V stay in cache where they
 //! fit (32 MiB of L3 on the EPYC); a real step reads every layer's from memory.
-//! `cargo run --release -p qwen-serve-kernels --example attention_bench [f32|bf16]`.
+//! `cargo run --release -p qwen-serve-kernels --example attention_bench [f32|bf16|f16]`.
 
 use std::time::Instant;
 
@@ -42,7 +42,13 @@ fn case(seqs: &[(usize, usize)], heads: usize, kv_heads: usize, d: usize, dtype:
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str, default: usize| args.iter().position(|a| a == name).map_or(default, |i| args[i + 1].parse().unwrap());
-    let dtype = if args.iter().any(|a| a == "bf16") { DType::BF16 } else { DType::F32 };
+    let dtype = if args.iter().any(|a| a == "bf16") {
+        DType::BF16
+    } else if args.iter().any(|a| a == "f16") {
+        DType::F16
+    } else {
+        DType::F32
+    };
     let (heads, kv_heads, d) = (flag("--heads", 14), flag("--kv-heads", 2), flag("--head-dim", 64));
     println!("{heads} heads, {kv_heads} KV heads, head dim {d}, {dtype:?} cache, {} threads", rayon::current_num_threads());
     for &(n, ctx) in &[(1, 256), (1, 2048), (1, 4096), (16, 192), (16, 1024)] {
