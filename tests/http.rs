@@ -28,7 +28,7 @@ fn models_health_and_openapi() {
     assert_eq!(models["data"][0]["id"], "qwen-test");
     assert_eq!(s.get("/health").status, 200);
     let spec = s.get("/openapi.json").json();
-    for path in ["/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
+    for path in ["/v1/chat/completions", "/v1/completions", "/infill", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
         assert!(spec["paths"][path].is_object(), "openapi lacks {path}");
     }
 }
@@ -135,6 +135,44 @@ fn completions_fill_in_the_middle() {
     assert_eq!(empty["choices"][0]["text"], plain["choices"][0]["text"]);
     let e = s.post("/v1/completions", &json!({"prompt": prefix, "suffix": suffix, "echo": true}).to_string()).error(400);
     assert_eq!(e["param"], "echo");
+}
+
+/// llama.cpp's `/infill`, as llama.vscode calls it: the repository's other files before the
+/// prefix in llama.cpp's layout (llama-server 0.3.36 on the same file and request, greedy,
+/// wrote the same 16 tokens and counted the same prompt tokens, with and without the extra
+/// file), its response shape, and its SSE chunks.
+#[test]
+fn llama_cpp_infill() {
+    let s = server();
+    let body = |extra: Value| {
+        let mut b = json!({"input_prefix": "def greet(name):\n", "prompt": "    ", "input_suffix": "\n    return message\n", "n_predict": 6, "top_k": 1});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let r = s.post("/infill", &body(json!({}))).json();
+    assert!(r["content"].as_str().unwrap().starts_with("return f\"Hello, {"), "{r}");
+    assert_eq!((r["stop"].as_bool(), r["stop_type"].as_str(), r["tokens_predicted"].as_u64()), (Some(true), Some("limit"), Some(6)), "{r}");
+    assert!(r["timings"]["predicted_per_second"].as_f64().unwrap() > 0.0, "{r}");
+    // <|repo_name|>myproject\n<|file_sep|>filename\n<|fim_prefix|>...: the extra file adds its
+    // separator, name and text.
+    let count = |t: &str| s.post("/tokenize", &json!({"prompt": t}).to_string()).json()["count"].as_u64().unwrap();
+    let base = r["tokens_evaluated"].as_u64().unwrap();
+    assert_eq!(base, count("myproject\n") + count("filename\n") + count("def greet(name):\n") + count("    ") + count("\n    return message\n") + 5);
+    let extra = json!({"input_extra": [{"filename": "util.py", "text": "message = 'hi'\n"}]});
+    let with_extra = s.post("/infill", &body(extra.clone())).json();
+    assert_eq!(with_extra["tokens_evaluated"].as_u64().unwrap(), base + 1 + count("util.py\n") + count("message = 'hi'\n"));
+    // The other file's quotes carry over.
+    assert!(with_extra["content"].as_str().unwrap().starts_with("return f'Hello, {"), "{with_extra}");
+    let streamed = s.post("/infill", &body(json!({"stream": true}))).sse_data();
+    let chunks: Vec<Value> = streamed.iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let last = chunks.last().unwrap();
+    assert!(last["stop"].as_bool().unwrap() && chunks[..chunks.len() - 1].iter().all(|c| c["stop"] == false));
+    let joined: String = chunks.iter().map(|c| c["content"].as_str().unwrap_or("")).collect();
+    assert_eq!(joined, r["content"].as_str().unwrap());
+    let e = s.post("/infill", &json!({"input_prefix": "x"}).to_string()).error(422);
+    assert!(e["message"].as_str().unwrap().contains("input_suffix"), "{e}");
+    let e = s.post("/infill", &body(json!({"n_predict": -2}))).error(400);
+    assert_eq!(e["param"], "n_predict");
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! Fill in the middle: `/v1/completions` with a `suffix` asks for the text between the prompt
-//! and the suffix, in the format Qwen2.5-Coder was trained on,
-//! `<|fim_prefix|>{prompt}<|fim_suffix|>{suffix}<|fim_middle|>`.
+//! Fill in the middle: `/v1/completions` with a `suffix` (and llama.cpp's `/infill`) asks for
+//! the text between a prefix and a suffix, in the format Qwen2.5-Coder was trained on,
+//! `<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>`.
 
 use crate::error::ApiError;
 use crate::tokenizer::Tokenizer;
@@ -13,26 +13,72 @@ const MIDDLE: &str = "<|fim_middle|>";
 /// repository-level markers a model writes when it moves on to another file.
 const ENDS: [&str; 3] = ["<|fim_pad|>", "<|file_sep|>", "<|repo_name|>"];
 
-/// Each prompt wrapped around `suffix` for the model to fill, and the extra tokens that end
-/// the middle; a 400 naming `suffix` where the vocabulary has no FIM tokens.
+/// A vocabulary's FIM tokens.
+pub struct Fim {
+    prefix: u32,
+    suffix: u32,
+    middle: u32,
+    repo_name: Option<u32>,
+    file_sep: Option<u32>,
+    /// Tokens that end the middle besides EOS.
+    pub ends: Vec<u32>,
+}
+
+impl Fim {
+    /// A 400 naming `field` where the vocabulary has no FIM tokens.
+    pub fn of(tokenizer: &Tokenizer, field: &str) -> Result<Self, ApiError> {
+        // Qwen2.5's tokenizers list these as added tokens not marked special.
+        let id = |t: &str| tokenizer.token_to_id(t);
+        let (Some(prefix), Some(suffix), Some(middle)) = (id(PREFIX), id(SUFFIX), id(MIDDLE)) else {
+            return Err(ApiError::invalid(field, format!("`{field}` needs a model whose vocabulary has the fill-in-the-middle tokens {PREFIX}, {SUFFIX} and {MIDDLE} (Qwen2.5-Coder's); this one has not")));
+        };
+        Ok(Self { prefix, suffix, middle, repo_name: id("<|repo_name|>"), file_sep: id("<|file_sep|>"), ends: ENDS.iter().filter_map(|t| id(t)).collect() })
+    }
+
+    /// `context`, then `prefix` and `suffix` around the middle to write.
+    pub fn wrap(&self, context: &[u32], prefix: &[u32], suffix: &[u32]) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(context.len() + prefix.len() + suffix.len() + 3);
+        ids.extend(context);
+        ids.push(self.prefix);
+        ids.extend(prefix);
+        ids.push(self.suffix);
+        ids.extend(suffix);
+        ids.push(self.middle);
+        ids
+    }
+
+    /// Qwen2.5-Coder's repository-level context as llama.cpp's `/infill` writes it: the
+    /// repository's name, each file of `files` (name, text) after a file separator, then a
+    /// separator before the file being edited (named "filename", as llama.cpp names it).
+    pub fn repository(&self, tokenizer: &Tokenizer, files: &[(String, String)]) -> Result<Vec<u32>, ApiError> {
+        let mut ids = vec![];
+        if let Some(repo) = self.repo_name {
+            ids.push(repo);
+            ids.extend(tokenizer.encode("myproject\n")?);
+        }
+        for (name, text) in files {
+            match self.file_sep {
+                Some(sep) => {
+                    ids.push(sep);
+                    ids.extend(tokenizer.encode(&format!("{name}\n"))?);
+                }
+                None => ids.extend(tokenizer.encode("\n\n--- snippet ---\n\n")?),
+            }
+            ids.extend(tokenizer.encode(text)?);
+        }
+        if let Some(sep) = self.file_sep {
+            ids.push(sep);
+            ids.extend(tokenizer.encode("filename\n")?);
+        }
+        Ok(ids)
+    }
+}
+
+/// Each prompt wrapped around `suffix` for the model to fill (`/v1/completions`), and the
+/// extra tokens that end the middle.
 pub fn fill_in_the_middle(tokenizer: &Tokenizer, prompts: Vec<Vec<u32>>, suffix: &str) -> Result<(Vec<Vec<u32>>, Vec<u32>), ApiError> {
-    // Qwen2.5's tokenizers list these as added tokens not marked special.
-    let id = |t: &str| tokenizer.token_to_id(t);
-    let (Some(prefix), Some(suffix_id), Some(middle)) = (id(PREFIX), id(SUFFIX), id(MIDDLE)) else {
-        return Err(ApiError::invalid("suffix", format!("`suffix` needs a model whose vocabulary has the fill-in-the-middle tokens {PREFIX}, {SUFFIX} and {MIDDLE} (Qwen2.5-Coder's); this one has not")));
-    };
+    let fim = Fim::of(tokenizer, "suffix")?;
     let suffix_ids = tokenizer.encode(suffix)?;
-    let wrapped = prompts
-        .into_iter()
-        .map(|p| {
-            let mut ids = Vec::with_capacity(p.len() + suffix_ids.len() + 3);
-            ids.push(prefix);
-            ids.extend(p);
-            ids.push(suffix_id);
-            ids.extend(&suffix_ids);
-            ids.push(middle);
-            ids
-        })
-        .collect();
-    Ok((wrapped, ENDS.iter().filter_map(|t| id(t)).collect()))
+    let wrapped = prompts.iter().map(|p| fim.wrap(&[], p, &suffix_ids)).collect();
+    Ok((wrapped, fim.ends))
 }

@@ -5,6 +5,7 @@
 mod chat;
 mod completions;
 mod fim;
+mod infill;
 mod generation;
 pub mod metrics;
 mod misc;

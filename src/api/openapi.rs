@@ -71,6 +71,12 @@ pub fn spec() -> Value {
                     "suffix": {"type": "string", "description": "Fill in the middle: the text after the completion (models with Qwen2.5-Coder's FIM tokens)"},
                     "logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
                     "response_format": response_format()}))},
+                "InfillRequest": {"type": "object", "required": ["input_prefix", "input_suffix"], "properties": {
+                    "input_prefix": {"type": "string"}, "input_suffix": {"type": "string"}, "prompt": {"type": "string"},
+                    "input_extra": {"type": "array", "items": {"type": "object", "required": ["text"], "properties": {"filename": {"type": "string"}, "text": {"type": "string"}}}},
+                    "n_predict": {"type": "integer", "minimum": -1}, "temperature": {"type": "number"}, "top_k": {"type": "integer"}, "top_p": {"type": "number"}, "min_p": {"type": "number"},
+                    "repeat_penalty": {"type": "number"}, "presence_penalty": {"type": "number"}, "frequency_penalty": {"type": "number"}, "seed": {"type": "integer"},
+                    "stop": {"type": "array", "items": {"type": "string"}}, "ignore_eos": {"type": "boolean"}, "stream": {"type": "boolean"}}},
                 "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
                 "DetokenizeRequest": {"type": "object", "required": ["tokens"], "properties": {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
             }
@@ -80,6 +86,7 @@ pub fn spec() -> Value {
             "/v1/chat/completions": {"post": {"summary": "Chat completion", "requestBody": json_body("ChatCompletionRequest"), "responses": post_responses}},
             "/v1/completions": {"post": {"summary": "Text completion", "requestBody": json_body("CompletionRequest"), "responses": post_responses}},
             "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {"description": "model list", "content": {"application/json": {}}}, "401": error_responses()["401"]}}},
+            "/infill": {"post": {"summary": "Fill in the middle, as llama.cpp's /infill (its request and response shapes)", "requestBody": json_body("InfillRequest"), "responses": {"200": {"description": "llama.cpp's completion object, or its SSE chunks with `stream`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/tokenize": {"post": {"summary": "Text or chat messages to token ids", "requestBody": json_body("TokenizeRequest"), "responses": {"200": {"description": "tokens", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/detokenize": {"post": {"summary": "Token ids to text", "requestBody": json_body("DetokenizeRequest"), "responses": {"200": {"description": "text", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/health": {"get": {"summary": "Liveness (no auth)", "security": [], "responses": {"200": {"description": "ok", "content": {"application/json": {}}}}}},
