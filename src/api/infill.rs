@@ -101,31 +101,32 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): ApiJson<InfillR
         let metrics = state.metrics.clone();
         return Ok(sse_response(move |tx| async move {
             let mut stream = stream;
-            let mut content_so_far = 0usize;
             while let Some(event) = stream.recv().await {
                 match event {
                     Event::PromptLogprobs(_) => {}
                     Event::Token { text, .. } => {
                         timing.token();
-                        content_so_far += 1;
                         if !text.is_empty() && !tx.json(&json!({"content": text, "stop": false})).await {
                             return;
                         }
                     }
+                    Event::Finished { reason: FinishReason::Abort, .. } => break,
                     Event::Finished { reason, stop_reason, text, usage, .. } => {
-                        let mut last = reply(&model, text, reason, stop_reason.as_ref(), usage, &timing);
-                        last["tokens_predicted"] = json!(content_so_far.max(usage.num_output_tokens));
-                        tx.json(&last).await;
+                        tx.json(&reply(&model, text, reason, stop_reason.as_ref(), usage, &timing)).await;
                         let (ttft, tpot, e2e) = timing.summary();
                         metrics.observe_generation(ttft, tpot, e2e);
                         return;
                     }
                 }
             }
+            tx.json(&json!({"error": {"message": "the engine stopped before the request finished", "type": "server_error"}})).await;
         }));
     }
     let collected = collect(stream, 1, &mut timing).await?;
     let c = collected.choices.into_iter().next().expect("one choice");
+    if c.finish_reason == Some(FinishReason::Abort) {
+        return Err(ApiError::internal("generation was aborted by the engine"));
+    }
     let (ttft, tpot, e2e) = timing.summary();
     state.metrics.observe_generation(ttft, tpot, e2e);
     Ok(Json(reply(&model, c.text, c.finish_reason.unwrap_or(FinishReason::Stop), c.stop_reason.as_ref(), c.usage, &timing)).into_response())
