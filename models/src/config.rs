@@ -373,11 +373,21 @@ impl RopeScaling {
 mod tests {
     use super::{ModelConfig, RopeScaling, Yarn};
 
-    fn moe(extra: &str) -> Result<ModelConfig, crate::ModelError> {
+    /// A tiny config of `model_type` with `layers` layers, `max_positions` positions and `extra`
+    /// fields (`, "key": value, ...`).
+    fn config(model_type: &str, layers: usize, max_positions: usize, extra: &str) -> Result<ModelConfig, crate::ModelError> {
         ModelConfig::from_json(&format!(
-            r#"{{"model_type": "qwen3_moe", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 4,
-                "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 8, "rms_norm_eps": 1e-6{extra}}}"#
+            r#"{{"model_type": "{model_type}", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": {layers},
+                "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": {max_positions}, "rms_norm_eps": 1e-6{extra}}}"#
         ))
+    }
+
+    fn moe(extra: &str) -> Result<ModelConfig, crate::ModelError> {
+        config("qwen3_moe", 4, 8, extra)
+    }
+
+    fn qwen2(extra: &str) -> Result<ModelConfig, crate::ModelError> {
+        config("qwen2", 1, 32768, extra)
     }
 
     #[test]
@@ -391,18 +401,11 @@ mod tests {
         assert!(!cfg.attention_bias() && cfg.shared_expert_intermediate_size == 0);
         // Qwen2-MoE as transformers reads it: biases from `qkv_bias` alone (true when absent),
         // a 5632-wide shared expert when its width is left out.
-        let qwen2 = |extra: &str| {
-            ModelConfig::from_json(&format!(
-                r#"{{"model_type": "qwen2_moe", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
-                    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 8, "rms_norm_eps": 1e-6,
-                    "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 4{extra}}}"#
-            ))
-            .unwrap()
-        };
-        let cfg = qwen2(r#", "attention_bias": false"#);
+        let qwen2_moe = |extra: &str| config("qwen2_moe", 1, 8, &format!(r#", "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 4{extra}"#)).unwrap();
+        let cfg = qwen2_moe(r#", "attention_bias": false"#);
         assert!(cfg.attention_bias());
         assert_eq!(cfg.shared_expert_intermediate_size, 5632);
-        let cfg = qwen2(r#", "qkv_bias": false, "shared_expert_intermediate_size": 16"#);
+        let cfg = qwen2_moe(r#", "qkv_bias": false, "shared_expert_intermediate_size": 16"#);
         assert!(!cfg.attention_bias());
         assert_eq!(cfg.shared_expert_intermediate_size, 16);
         for (extra, field) in [
@@ -415,12 +418,6 @@ mod tests {
             let err = moe(extra).unwrap_err().to_string();
             assert!(err.contains(field), "{extra}: {err}");
         }
-    }
-    fn qwen2(extra: &str) -> Result<ModelConfig, crate::ModelError> {
-        ModelConfig::from_json(&format!(
-            r#"{{"model_type": "qwen2", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
-                "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6{extra}}}"#
-        ))
     }
 
     /// Qwen2.5's documented YaRN block (the Hub's `rope_scaling` with `type`), transformers 5's

@@ -50,13 +50,13 @@ impl Fim {
     /// Qwen2.5-Coder's repository-level context as llama.cpp's `/infill` writes it: the
     /// repository's name, each file of `files` (name, text) after a file separator, then a
     /// separator before the file being edited (named "filename", as llama.cpp names it).
-    pub fn repository(&self, tokenizer: &Tokenizer, files: &[(String, String)]) -> Result<Vec<u32>, ApiError> {
+    pub fn repository(&self, tokenizer: &Tokenizer, files: &[(&str, &str)]) -> Result<Vec<u32>, ApiError> {
         let mut ids = vec![];
         if let Some(repo) = self.repo_name {
             ids.push(repo);
             ids.extend(tokenizer.encode("myproject\n")?);
         }
-        for (name, text) in files {
+        for &(name, text) in files {
             match self.file_sep {
                 Some(sep) => {
                     ids.push(sep);

@@ -61,7 +61,7 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): ApiJson<InfillR
     let engine = &state.engine;
     let tokenizer = engine.tokenizer();
     let fim = Fim::of(tokenizer, "input_prefix")?;
-    let files: Vec<(String, String)> = req.input_extra.iter().map(|f| (f.filename.clone(), f.text.clone())).collect();
+    let files: Vec<(&str, &str)> = req.input_extra.iter().map(|f| (f.filename.as_str(), f.text.as_str())).collect();
     let context = fim.repository(tokenizer, &files)?;
     let mut prefix = tokenizer.encode(&req.input_prefix)?;
     prefix.extend(tokenizer.encode(&req.prompt)?);
@@ -89,8 +89,7 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): ApiJson<InfillR
         ignore_eos: req.ignore_eos,
         ..Default::default()
     };
-    let default_max = engine.max_sequence_tokens().saturating_sub(prompt.len()).max(1);
-    let mut params = validate::sampling_params(&fields, tokenizer.vocab_size(), default_max, None)?;
+    let mut params = validate::sampling_params(&fields, tokenizer.vocab_size(), engine.default_max_tokens(prompt.len()), None)?;
     if !params.ignore_eos {
         params.stop_token_ids.extend(&fim.ends);
     }

@@ -5,8 +5,8 @@
 mod chat;
 mod completions;
 mod fim;
-mod infill;
 mod generation;
+mod infill;
 pub mod metrics;
 mod misc;
 mod openapi;

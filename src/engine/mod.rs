@@ -183,12 +183,12 @@ impl EngineHandle {
         }
         let model = loaded.model;
         let cfg = model.config().clone();
+        let context = cfg.context_length();
         let max_context = match config.max_model_len {
-            None => cfg.context_length(),
-            Some(n) if n == 0 || n > cfg.context_length() => {
+            None => context,
+            Some(n) if n == 0 || n > context => {
                 return Err(EngineError::Config(format!(
-                    "`--max-model-len` {n} must be in [1, {}], the model's context length (`max_position_embeddings`, stretched by its rope scaling)",
-                    cfg.context_length()
+                    "`--max-model-len` {n} must be in [1, {context}], the model's context length (`max_position_embeddings`, stretched by its rope scaling)"
                 )))
             }
             Some(n) => n,
@@ -266,6 +266,13 @@ impl EngineHandle {
     /// cache holds fewer (a 4x YaRN context can outgrow it).
     pub fn max_sequence_tokens(&self) -> usize {
         self.max_context.min(self.num_blocks * self.config.block_size)
+    }
+
+    /// `max_tokens` for a request that leaves it out where the API has no default of its own:
+    /// as long as the sequence can grow (at least 1, so a prompt that already fills it is
+    /// refused as too long).
+    pub fn default_max_tokens(&self, prompt_len: usize) -> usize {
+        self.max_sequence_tokens().saturating_sub(prompt_len).max(1)
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -43,7 +43,7 @@ impl GgufFiles {
         if count > u16::MAX as usize {
             return Err(format(path, format!("`split.count` {count} is more parts than llama.cpp writes ({})", u16::MAX)));
         }
-        let parts = if count == 1 {
+        let mut parts = if count == 1 {
             vec![first]
         } else {
             let paths = part_paths(path, count).ok_or_else(|| {
@@ -70,7 +70,6 @@ impl GgufFiles {
                 return Err(format(&part.path, format!("says it is part {} of {c}; expected part {} of {count}", no + 1, i + 1)));
             }
         }
-        let mut parts = parts;
         let mut part_of = HashMap::new();
         let mut tensor_infos = HashMap::new();
         for (i, part) in parts.iter().enumerate() {

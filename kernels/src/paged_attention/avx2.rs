@@ -53,7 +53,7 @@ unsafe fn transpose(r: [__m256; 8]) -> [__m256; 8] {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn softmax(p: &mut [f32]) {
-    let (n, full) = (p.len(), p.len() / 8);
+    let full = p.len() / 8;
     let ptr = p.as_mut_ptr();
     let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
     for i in 0..full {
@@ -75,12 +75,12 @@ unsafe fn softmax(p: &mut [f32]) {
         *x = crate::fused::exp::exp(*x - max);
         sum[j % 16] += *x;
     }
-    let inv = _mm256_set1_ps(1.0 / crate::fused::simd::sum16(&sum));
-    for i in 0..full {
-        _mm256_storeu_ps(ptr.add(8 * i), _mm256_mul_ps(_mm256_loadu_ps(ptr.add(8 * i)), inv));
-    }
     let inv = 1.0 / crate::fused::simd::sum16(&sum);
-    p[8 * full..n].iter_mut().for_each(|x| *x *= inv);
+    let invv = _mm256_set1_ps(inv);
+    for i in 0..full {
+        _mm256_storeu_ps(ptr.add(8 * i), _mm256_mul_ps(_mm256_loadu_ps(ptr.add(8 * i)), invv));
+    }
+    p[8 * full..].iter_mut().for_each(|x| *x *= inv);
 }
 
 /// [`crate::fused::exp::exp`] on eight lanes, operation for operation (for inputs that are not

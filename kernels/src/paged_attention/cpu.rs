@@ -27,12 +27,17 @@ pub(super) const LANES: usize = 16;
 /// on the EPYC (a 512-token chunk at 4096 keys: 21.9 against 25.3 and 26.9 ms a layer).
 const TILE_ROWS: usize = 64;
 
+/// Head dimensions the tile kernels take.
+fn tiled(head_dim: usize) -> bool {
+    head_dim == 64 || head_dim == 128
+}
+
 /// Consecutive new tokens of one sequence a task takes together: enough for the tile kernels'
 /// rows where they apply, else one (the generic body goes token by token).
 pub(super) fn tile_tokens(simd: Simd, group: usize, head_dim: usize) -> usize {
     match simd {
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 | Simd::Avx2 if head_dim == 64 || head_dim == 128 => (TILE_ROWS / group).max(1),
+        Simd::Avx512 | Simd::Avx2 if tiled(head_dim) => (TILE_ROWS / group).max(1),
         _ => 1,
     }
 }
@@ -47,11 +52,11 @@ pub(super) fn attend_tile<T: Elem>(simd: Simd, q_groups: &[&[T]], k: &[T], v: &[
     // `Simd::Avx2` where it has AVX2, FMA and F16C; every row plus `head_dim` lies inside the
     // caches (the caller validated the metadata).
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx512 && (head_dim == 64 || head_dim == 128) {
+    if simd == Simd::Avx512 && tiled(head_dim) {
         return unsafe { super::tile::attend_tile::<super::avx512::Avx512, T>(q_groups, k, v, rows, first_n, head_dim, scale, outs) };
     }
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx2 && (head_dim == 64 || head_dim == 128) {
+    if simd == Simd::Avx2 && tiled(head_dim) {
         return unsafe { super::tile::attend_tile::<super::avx2::Avx2, T>(q_groups, k, v, rows, first_n, head_dim, scale, outs) };
     }
     for (i, (q_group, out)) in q_groups.iter().zip(outs.iter_mut()).enumerate() {
