@@ -353,12 +353,14 @@ fn qkv_matmul_matches_the_cpu() {
             let (cos, sin) = (angles.cos().unwrap().to_dtype(dtype).unwrap(), angles.sin().unwrap().to_dtype(dtype).unwrap());
             for m in [1usize, 3, 8] {
                 let x = randn(&[m, hidden], dtype);
-                // Sequence s decodes its token at position 7 s + 5, in block s (blocks of 16).
-                let mut meta = AttentionMetadata { max_blocks_per_seq: 1, query_start_loc: vec![0], ..Default::default() };
+                // Sequence s decodes its token at position 7 s + 5 (up to 54), in blocks 4 s..4 s + 4
+                // (blocks of 16).
+                let mut meta = AttentionMetadata { max_blocks_per_seq: 4, query_start_loc: vec![0], ..Default::default() };
                 for s in 0..m {
                     let len = 7 * s + 6;
-                    meta.block_tables.push(s as u32);
-                    meta.slot_mapping.extend(AttentionMetadata::single(&[s as u32], 16, len, 1).slot_mapping);
+                    let table: Vec<u32> = (4 * s as u32..4 * s as u32 + 4).collect();
+                    meta.slot_mapping.extend(AttentionMetadata::single(&table, 16, len, 1).slot_mapping);
+                    meta.block_tables.extend(table);
                     meta.seq_lens.push(len as u32);
                     meta.query_start_loc.push(s as u32 + 1);
                 }
@@ -366,7 +368,7 @@ fn qkv_matmul_matches_the_cpu() {
                     let run = |dev: &Device| {
                         let t = |x: &Tensor| x.to_device(dev).unwrap();
                         let (x, w, g, bias) = (t(&x), t(&w), t(&g), t(&bias));
-                        let key_cache = Tensor::zeros((m, 16, kv_heads, d), dtype, dev).unwrap();
+                        let key_cache = Tensor::zeros((4 * m, 16, kv_heads, d), dtype, dev).unwrap();
                         let value_cache = key_cache.zeros_like().unwrap();
                         let step = DeviceMetadata::new(meta.clone(), dev).unwrap();
                         let p = QkvMatmul { x: &x, weight: &w, bias: with_bias.then_some(&bias), norm: (&g, 1e-6), num_heads: heads, head_norm: None };
