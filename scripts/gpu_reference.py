@@ -226,12 +226,13 @@ def main():
         runs = [(f"compare_{dtype}", {"QWEN_SERVE_CUDA_GRAPHS": "0"})]
         if dtype == "bf16":
             runs.append((f"compare_{dtype}_graphs", {"QWEN_SERVE_CUDA_GRAPHS": "8"}))
-            # The opt-in tensor-core attention against transformers too, when its variant runs.
-            if args.variants is None or "mma_attention" in args.variants.split(","):
-                runs.append((f"compare_{dtype}_mma", {"QWEN_SERVE_CUDA_GRAPHS": "8", "QWEN_SERVE_CUDA_MMA_ATTENTION": "1"}))
-            # The opt-in fused decode path (its greedy tokens are decode steps of one row).
-            if args.variants is None or "fused_decode" in args.variants.split(","):
-                runs.append((f"compare_{dtype}_fused", {"QWEN_SERVE_CUDA_GRAPHS": "8", "QWEN_SERVE_CUDA_FUSED_DECODE": "1"}))
+            # Attention with f32 arithmetic instead of the tensor cores against transformers too,
+            # when its variant runs.
+            if args.variants is None or "mma_attention_off" in args.variants.split(","):
+                runs.append((f"compare_{dtype}_mma_off", {"QWEN_SERVE_CUDA_GRAPHS": "8", "QWEN_SERVE_CUDA_MMA_ATTENTION": "0"}))
+            # Without the fused decode path (its greedy tokens are decode steps of one row).
+            if args.variants is None or "fused_decode_off" in args.variants.split(","):
+                runs.append((f"compare_{dtype}_fused_off", {"QWEN_SERVE_CUDA_GRAPHS": "8", "QWEN_SERVE_CUDA_FUSED_DECODE": "0"}))
         for key, env in runs:
             try:
                 result[key] = compare(model, tokenizer, dtype, args.qwen_serve, folder, device_flag,
@@ -288,14 +289,13 @@ def main():
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [# Decode steps of one or two sequences in the few-rows kernels with norms, q/k/v, SiLU and
-                # residual adds fused in (kernels/src/small_matmul.rs, qkv/matmul.rs): five launches a
-                # layer instead of ten.
-                ("fused_decode", {"QWEN_SERVE_CUDA_FUSED_DECODE": "1"}, [c for c in ("1",) if c in levels]),
-                ("fused_decode_graph_times", {"QWEN_SERVE_CUDA_FUSED_DECODE": "1", "QWEN_SERVE_CUDA_GRAPH_TIMES": "1", "RUST_LOG": "info"},
-                 [c for c in ("1",) if c in levels]),
-                # Attention on the tensor cores (kernels/cuda/paged_attention_mma.cu), at every level.
-                ("mma_attention", {"QWEN_SERVE_CUDA_MMA_ATTENTION": "1"}, levels),
+    variants = [# Decode steps of one or two sequences without the few-rows kernels that fuse norms, q/k/v,
+                # SiLU and residual adds in (kernels/src/small_matmul.rs, qkv/matmul.rs; five launches
+                # a layer instead of ten; on by default since 2026-11-27).
+                ("fused_decode_off", {"QWEN_SERVE_CUDA_FUSED_DECODE": "0"}, [c for c in ("1",) if c in levels]),
+                # Attention with f32 arithmetic instead of the tensor cores
+                # (kernels/cuda/paged_attention_mma.cu, the default since 2026-11-27), at every level.
+                ("mma_attention_off", {"QWEN_SERVE_CUDA_MMA_ATTENTION": "0"}, levels),
                 # Host and GPU time of each replayed step (models/src/cuda_graphs.rs), in the log lines.
                 ("graph_times", {"QWEN_SERVE_CUDA_GRAPH_TIMES": "1", "RUST_LOG": "info"}, ab),
                 ("small_matmul", {"QWEN_SERVE_CUDA_SMALL_MATMUL": "1"}, [c for c in ("1", "16") if c in levels]),

@@ -192,7 +192,7 @@ fn prefill_then_decode(model: &dyn CausalLm, cache: &mut KvCache, prompts: &[(&[
 }
 
 /// The fused decode path (norms, SiLU and residual adds inside the few-rows matmuls; on a GPU
-/// `QWEN_SERVE_CUDA_FUSED_DECODE=1`) keeps the residual stream, the gate/up halves, the q/k/v
+/// on by default, `QWEN_SERVE_CUDA_FUSED_DECODE=0` turns it off) keeps the residual stream, the gate/up halves, the q/k/v
 /// split and the last norm as the unfused layers do: on the CPU its ops run their reference
 /// loops, and every step of up to 2 tokens takes it (here each decode step, and a step of
 /// two sequences against the unfused model). A sparse model does not.

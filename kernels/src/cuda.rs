@@ -73,6 +73,8 @@ pub(crate) fn aligned_input<'a, T: CudaElem>(s: &'a CudaStorage, l: &Layout, wha
 enum Query {
     /// SMs of the device with this ordinal.
     Sms(usize),
+    /// Compute capability (major * 10 + minor) of the device with this ordinal.
+    Capability(usize),
     /// Resident blocks per SM of a function (its handle: a loaded function stays loaded, candle
     /// keeps its modules for the device's life) at this many threads a block.
     Occupancy(usize, u32),
@@ -99,6 +101,18 @@ pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
     use candle_core::cuda_backend::WrapErr;
     let ctx = dev.cuda_stream().context().clone();
     memo(Query::Sms(ctx.ordinal()), || Ok(ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()? as usize))
+}
+
+/// The device's compute capability as major * 10 + minor (90 for an H100).
+pub(crate) fn compute_capability(dev: &CudaDevice) -> Result<usize> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    use candle_core::cuda_backend::WrapErr;
+    let ctx = dev.cuda_stream().context().clone();
+    memo(Query::Capability(ctx.ordinal()), || {
+        let major = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).w()? as usize;
+        let minor = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).w()? as usize;
+        Ok(major * 10 + minor)
+    })
 }
 
 /// Blocks of `threads` for a grid-stride launch of `func` that wants `wanted`: at most as many as

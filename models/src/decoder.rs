@@ -65,11 +65,17 @@ impl DecoderLayer {
 /// Larger steps take the unfused layers.
 pub const FUSED_DECODE_MAX_ROWS: usize = 2;
 
-/// `QWEN_SERVE_CUDA_FUSED_DECODE=1`: decode steps of up to [`FUSED_DECODE_MAX_ROWS`] sequences
-/// run the few-rows kernels with the ops around each projection fused in
-/// (kernels/src/small_matmul.rs). Off by default until measured on a GPU.
-fn fused_decode_wanted() -> bool {
-    std::env::var("QWEN_SERVE_CUDA_FUSED_DECODE").is_ok_and(|v| v == "1")
+/// `QWEN_SERVE_CUDA_FUSED_DECODE`: whether decode steps of up to [`FUSED_DECODE_MAX_ROWS`]
+/// sequences run the few-rows kernels with the ops around each projection fused in
+/// (kernels/src/small_matmul.rs). `Some` where the variable says `1` or `0`; `None` takes the
+/// default, on where the model fuses: on an H200 (2026-11-27) one stream of the 0.5B shape went
+/// from 822 to 1,049 tok/s and of the 7B from 213 to 224, with the unfused path's greedy tokens.
+fn fused_decode_setting() -> Option<bool> {
+    match std::env::var("QWEN_SERVE_CUDA_FUSED_DECODE").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    }
 }
 
 pub struct QwenForCausalLm {
@@ -123,10 +129,10 @@ impl QwenForCausalLm {
             device: weights.device().clone(),
             fused_decode: false,
         }
-        .with_fused_decode(weights.device().is_cuda() && fused_decode_wanted());
+        .with_fused_decode(weights.device().is_cuda() && fused_decode_setting().unwrap_or(true));
         if this.fused_decode {
             tracing::info!("fused decode: steps of up to {FUSED_DECODE_MAX_ROWS} sequences run the few-rows kernels");
-        } else if fused_decode_wanted() {
+        } else if fused_decode_setting() == Some(true) {
             tracing::warn!("fused decode: not for this model (a sparse layer, quantized or unfit weights, or no GPU)");
         }
         Ok(this)

@@ -2,7 +2,6 @@
 //! kernel's layout and its split of long key ranges across thread blocks.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape};
@@ -44,20 +43,13 @@ fn min_keys_per_split() -> usize {
     setting(&KEYS, "QWEN_SERVE_CUDA_ATTENTION_SPLIT_KEYS", |k| k % KEYS_PER_CHUNK == 0, MIN_KEYS_PER_SPLIT)
 }
 
-/// The device's compute capability as major * 10 + minor (90 for an H100).
-fn compute_capability(dev: &CudaDevice) -> Result<usize> {
-    let ctx = dev.cuda_stream().context().clone();
-    let major = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).w()? as usize;
-    let minor = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).w()? as usize;
-    Ok(major * 10 + minor)
-}
-
 /// Whether bf16/f16 attention runs on the tensor cores (`cuda/paged_attention_mma.cu`; the same
-/// grid, tiles, splits and ending; sm_80 and later): `QWEN_SERVE_CUDA_MMA_ATTENTION=1`. Off until
-/// measured; its logic passes the CPU emulation (kernels/cuda/emulate).
+/// grid, tiles, splits and ending; sm_80 and later): on unless `QWEN_SERVE_CUDA_MMA_ATTENTION=0`.
+/// On an H200 (2026-11-27) it passed the attention tests and matched transformers as closely
+/// as the f32-arithmetic kernel, and decoded 6-16% more tokens a second at 1 to 256 streams.
 fn mma_attention() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("QWEN_SERVE_CUDA_MMA_ATTENTION").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("QWEN_SERVE_CUDA_MMA_ATTENTION").map_or(true, |v| v != "0"))
 }
 
 fn max_splits() -> usize {
@@ -133,7 +125,7 @@ impl PagedAttention<'_> {
         let mut part_o = cuda::output::<f32>(dev, partial * head_dim)?;
         let mut part_ml = cuda::output::<f32>(dev, partial * 2)?;
 
-        let func = if mma_attention() && matches!(T::DTYPE, DType::BF16 | DType::F16) && compute_capability(dev)? >= 80 {
+        let func = if mma_attention() && matches!(T::DTYPE, DType::BF16 | DType::F16) && cuda::compute_capability(dev)? >= 80 {
             load!(dev, cuda::PAGED_ATTENTION_MMA, kernel_name::<T>(&format!("paged_attention_mma_d{head_dim}")))?
         } else {
             load!(dev, cuda::PAGED_ATTENTION, kernel_name::<T>(&format!("paged_attention_d{head_dim}")))?
