@@ -144,6 +144,13 @@ pub struct EngineArgs {
     /// to, e.g. YaRN's `original_max_position_embeddings x factor`), which is the default.
     #[arg(long)]
     pub max_model_len: Option<usize>,
+    /// Speculative decoding by prompt lookup, as vLLM's flag:
+    /// `{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4,
+    /// "prompt_lookup_min": 2}`. A greedy sequence whose last few tokens occurred before
+    /// proposes what followed them, and one step checks the proposal: the output is the same,
+    /// sooner where text repeats (code edits, quoting). Off by default.
+    #[arg(long, env = "QWEN_SERVE_SPECULATIVE_CONFIG")]
+    pub speculative_config: Option<String>,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
@@ -223,6 +230,7 @@ impl EngineArgs {
                 _ => None,
             },
             max_model_len: self.max_model_len,
+            speculative: self.speculative_config.as_deref().map(crate::engine::speculative::SpeculativeConfig::parse).transpose()?,
         })
     }
 }

@@ -283,3 +283,35 @@ fn every_model_subcommand_takes_the_device_flags() {
         }
     }
 }
+
+#[test]
+fn bad_speculative_configs_are_rejected_naming_the_flag() {
+    let model = test_gguf();
+    let model = model.to_str().unwrap();
+    for (value, message) in [
+        ("ngram", "--speculative-config is not JSON"),
+        (r#"{"method": "draft_model", "num_speculative_tokens": 3}"#, "method \"draft_model\" is not supported"),
+        (r#"{"method": "ngram"}"#, "\"num_speculative_tokens\" is required"),
+        (r#"{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 0}"#, "prompt_lookup_min"),
+    ] {
+        let e = generate_error_with(&["--model", model, "--speculative-config", value], &[]);
+        assert!(e.contains(message), "{value}: {e}");
+    }
+}
+
+/// `generate --speculative-config` prints what plain `generate` prints.
+#[test]
+fn speculative_generate_prints_the_plain_output() {
+    let model = test_gguf();
+    let prompt = "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--max-tokens", "24"];
+        args.extend_from_slice(extra);
+        let out = qwen_serve(&args, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let plain = run(&[]);
+    assert!(!plain.is_empty());
+    assert_eq!(run(&["--speculative-config", r#"{"method": "ngram", "num_speculative_tokens": 4}"#]), plain);
+}

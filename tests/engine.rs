@@ -260,3 +260,76 @@ fn a_full_queue_rejects_new_requests() {
     drop(streams);
     e.shutdown();
 }
+
+/// Speculative decoding by prompt lookup (`--speculative-config`) gives every greedy sequence
+/// exactly the tokens, text and finish of plain decoding: alone, batched, under preemption, at
+/// a stop string and at `max_tokens`; on a prompt that repeats itself it takes fewer steps; a
+/// request served afterwards from the prefix cache over blocks that kept draft tokens gets the
+/// plain engine's tokens too. Sampled and logprob requests run as before beside drafting ones.
+#[test]
+fn speculative_decoding_keeps_the_greedy_tokens() {
+    use qwen_serve::engine::speculative::SpeculativeConfig;
+    let spec = Some(SpeculativeConfig { num_speculative_tokens: 4, prompt_lookup_max: 3, prompt_lookup_min: 1 });
+    let plain = engine(EngineConfig::default());
+    let fast = engine(EngineConfig { speculative: spec, ..Default::default() });
+    let run = |e: &EngineHandle, prompt: &[u32], params: &SamplingParams| collect(e.submit(EngineRequest { prompt: prompt.to_vec(), params: params.clone() }).unwrap()).0.remove(&0).unwrap();
+    let same = |a: &Choice, b: &Choice, what: &str| {
+        assert_eq!(a.tokens, b.tokens, "{what}: tokens");
+        assert_eq!((&a.text, a.reason, &a.stop_reason), (&b.text, b.reason, &b.stop_reason), "{what}: text and finish");
+        assert_eq!(a.usage.num_output_tokens, b.usage.num_output_tokens, "{what}: usage");
+    };
+
+    // Code that repeats: the model copies the function and the lookup guesses the copy.
+    let src = "def area(width, height):\n    \"\"\"The area of a rectangle.\"\"\"\n    return width * height\n\n\n";
+    let repeat = plain.tokenizer().encode(&format!("{src}# The same function again:\n{src}# And once more:\n")).unwrap();
+    let params = greedy(40);
+    let (p0, f0) = (idle_stats(&plain), idle_stats(&fast));
+    let want = run(&plain, &repeat, &params);
+    let got = run(&fast, &repeat, &params);
+    let (p1, f1) = (idle_stats(&plain), idle_stats(&fast));
+    same(&got, &want, "repeating prompt");
+    let accepted = f1.num_accepted_draft_tokens - f0.num_accepted_draft_tokens;
+    assert!(accepted >= 10, "the copy should keep many draft tokens: {accepted} of {}", f1.num_draft_tokens - f0.num_draft_tokens);
+    assert!(f1.num_steps - f0.num_steps < p1.num_steps - p0.num_steps, "fewer steps with drafts: {f1:?} vs {p1:?}");
+    assert_eq!(f1.num_generated_tokens - f0.num_generated_tokens, 40);
+
+    // The same prompt followed by its output, from the prefix cache (blocks holding kept drafts).
+    let longer: Vec<u32> = repeat.iter().chain(&got.tokens).copied().collect();
+    same(&run(&fast, &longer, &greedy(12)), &run(&plain, &longer, &greedy(12)), "prefix-cached continuation");
+
+    // A stop string inside a stretch the drafts cover, and max_tokens that cut a draft short.
+    for (i, params) in [SamplingParams { stop: vec!["height\n".into()], ..greedy(40) }, greedy(3), greedy(1)].iter().enumerate() {
+        same(&run(&fast, &repeat, params), &run(&plain, &repeat, params), &format!("case {i}"));
+    }
+
+    // 16 prompts at once, with a repeating one and a sampled one among them.
+    let mut ps = prompts(&plain);
+    ps.push(repeat.clone());
+    let params = greedy(24);
+    let want: Vec<Vec<u32>> = run_alone(&plain, &ps, &params);
+    let got = run_all(&fast, &ps, &params);
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(a, b, "prompt {i}: batched with drafts");
+    }
+    let seeded = SamplingParams { temperature: 0.9, seed: Some(7), max_tokens: 12, ignore_eos: true, ..Default::default() };
+    let streams: Vec<RequestStream> = [(&repeat, &seeded), (&repeat, &params), (&ps[0], &seeded)]
+        .iter()
+        .map(|(p, s)| fast.submit(EngineRequest { prompt: p.to_vec(), params: (*s).clone() }).unwrap())
+        .collect();
+    let got: Vec<Vec<u32>> = streams.into_iter().map(|s| collect(s).0.remove(&0).unwrap().tokens).collect();
+    assert_eq!(got, vec![run(&plain, &repeat, &seeded).tokens, want[ps.len() - 1].clone(), run(&plain, &ps[0], &seeded).tokens]);
+    idle_stats(&fast);
+    plain.shutdown();
+    fast.shutdown();
+
+    // A cache so small that sequences are preempted: drafts give way, tokens do not change.
+    let bytes_per_block = 2 * 24 * 16 * 2 * 64 * 4;
+    let small = engine(EngineConfig { kv_cache_bytes: 24 * bytes_per_block, enable_prefix_caching: false, speculative: spec, ..Default::default() });
+    let squeezed = run_all(&small, &ps, &params);
+    let stats = idle_stats(&small);
+    assert!(stats.num_preemptions > 0 && stats.num_accepted_draft_tokens > 0, "{stats:?}");
+    for (i, (a, b)) in squeezed.iter().zip(&want).enumerate() {
+        assert_eq!(a, b, "prompt {i}: preempted with drafts");
+    }
+    small.shutdown();
+}

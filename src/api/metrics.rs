@@ -34,6 +34,8 @@ pub struct Metrics {
     preemptions: Gauge,
     prompt_tokens: Gauge,
     generated_tokens: Gauge,
+    draft_tokens: Gauge,
+    accepted_draft_tokens: Gauge,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -65,7 +67,25 @@ impl Default for Metrics {
         let preemptions = gauge(&mut registry, "num_preemptions", "Sequences preempted for lack of KV blocks since start");
         let prompt_tokens = gauge(&mut registry, "prompt_tokens_computed", "Prompt tokens computed since start");
         let generated_tokens = gauge(&mut registry, "generation_tokens", "Tokens generated since start");
-        Self { registry, requests, ttft, tpot, e2e, running, waiting, kv_usage, free_blocks, prefix_hit_tokens, preemptions, prompt_tokens, generated_tokens }
+        let draft_tokens = gauge(&mut registry, "spec_decode_num_draft_tokens", "Draft tokens checked by speculative decoding since start");
+        let accepted_draft_tokens = gauge(&mut registry, "spec_decode_num_accepted_tokens", "Draft tokens the model kept since start");
+        Self {
+            registry,
+            requests,
+            ttft,
+            tpot,
+            e2e,
+            running,
+            waiting,
+            kv_usage,
+            free_blocks,
+            prefix_hit_tokens,
+            preemptions,
+            prompt_tokens,
+            generated_tokens,
+            draft_tokens,
+            accepted_draft_tokens,
+        }
     }
 }
 
@@ -95,6 +115,8 @@ impl Metrics {
         self.preemptions.set(stats.num_preemptions as i64);
         self.prompt_tokens.set(stats.num_prompt_tokens_computed as i64);
         self.generated_tokens.set(stats.num_generated_tokens as i64);
+        self.draft_tokens.set(stats.num_draft_tokens as i64);
+        self.accepted_draft_tokens.set(stats.num_accepted_draft_tokens as i64);
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

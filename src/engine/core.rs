@@ -14,6 +14,7 @@ use super::runner::{ModelRunner, Next, StepLogits};
 use super::sampler::{logprobs_of, Allowed, Sampled};
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use super::sequence::Sequence;
+use super::speculative::{num_accepted, SpeculativeConfig};
 use super::{Command, EngineConfig, Shared};
 use crate::tokenizer::Tokenizer;
 
@@ -26,11 +27,14 @@ pub(super) struct EngineCore {
     /// The vocabulary as bytes for JSON output, made when its first request comes.
     vocab: Option<Vocab>,
     prefix_caching: bool,
+    speculative: Option<SpeculativeConfig>,
     /// CPU model: run each step on a thread of the rayon pool (see `run`).
     step_in_pool: bool,
     next_seq_id: u64,
     num_prompt_tokens_computed: usize,
     num_generated_tokens: usize,
+    num_draft_tokens: usize,
+    num_accepted_draft_tokens: usize,
     num_steps: usize,
     step_seconds: f64,
     /// Sequences' events, delivered off this thread once per step.
@@ -61,9 +65,12 @@ impl EngineCore {
             shared,
             vocab: None,
             prefix_caching: config.enable_prefix_caching,
+            speculative: config.speculative,
             next_seq_id: 0,
             num_prompt_tokens_computed: 0,
             num_generated_tokens: 0,
+            num_draft_tokens: 0,
+            num_accepted_draft_tokens: 0,
             num_steps: 0,
             step_seconds: 0.0,
             delivery: Delivery::new(),
@@ -137,6 +144,10 @@ impl EngineCore {
     fn step(&mut self) {
         let start = std::time::Instant::now();
         self.scheduler.remove_abandoned();
+        if let Some(spec) = &self.speculative {
+            let eos = &self.eos_token_ids;
+            self.scheduler.running.par_iter_mut().for_each(|seq| seq.draft = spec.draft(seq, eos));
+        }
         let out = self.scheduler.schedule();
         if out.is_empty() {
             return;
@@ -227,16 +238,39 @@ impl EngineCore {
                 finished.push(s.running_index);
                 continue;
             };
-            self.num_generated_tokens += 1;
-            match seq.append(sampled, &self.tokenizer, &self.eos_token_ids) {
-                Ok(None) => {}
-                Ok(Some(_)) => finished.push(s.running_index),
-                Err(e) => {
-                    tracing::error!("detokenization failed: {e}");
-                    seq.abort();
-                    finished.push(s.running_index);
+            // With a draft: the argmax after the last token, then after each draft token the
+            // model kept; each kept draft token is already in the cache.
+            let draft = std::mem::take(&mut seq.draft);
+            let predicted = &logits.after_draft[k];
+            let kept = if draft.is_empty() { 0 } else { num_accepted(&draft, &[&[sampled.token], &predicted[..]].concat()) };
+            self.num_draft_tokens += draft.len();
+            self.num_accepted_draft_tokens += kept;
+            if let Some(spec) = &self.speculative {
+                seq.draft_pace.record(draft.len(), kept, spec.num_speculative_tokens);
+            }
+            let tokens = std::iter::once(sampled).chain(predicted[..kept].iter().map(|&token| Sampled { token, logprobs: None }));
+            let mut num_kept = 0;
+            for (i, sampled) in tokens.enumerate() {
+                self.num_generated_tokens += 1;
+                match seq.append(sampled, &self.tokenizer, &self.eos_token_ids) {
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        finished.push(s.running_index);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!("detokenization failed: {e}");
+                        seq.abort();
+                        finished.push(s.running_index);
+                        break;
+                    }
+                }
+                // Token i was draft token i (i < kept): its KV came with this step.
+                if i < kept {
+                    num_kept += 1;
                 }
             }
+            self.scheduler.mark_draft_kept(s.running_index, num_kept);
         }
         self.scheduler.finish(&mut finished);
     }
@@ -253,6 +287,8 @@ impl EngineCore {
         stats.num_prefix_cache_hit_tokens = bm.num_cached_prefix_tokens_served();
         stats.num_prompt_tokens_computed = self.num_prompt_tokens_computed;
         stats.num_generated_tokens = self.num_generated_tokens;
+        stats.num_draft_tokens = self.num_draft_tokens;
+        stats.num_accepted_draft_tokens = self.num_accepted_draft_tokens;
         stats.num_steps = self.num_steps;
         stats.forward_seconds = self.runner.forward_seconds;
         stats.logits_seconds = self.runner.logits_seconds;

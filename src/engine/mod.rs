@@ -17,6 +17,7 @@ pub mod runner;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
+pub mod speculative;
 pub mod stop;
 pub mod thinking;
 pub mod tool_calls;
@@ -57,6 +58,8 @@ pub struct EngineConfig {
     /// The longest sequence (prompt + output) served: the model's context length when `None`,
     /// at most that.
     pub max_model_len: Option<usize>,
+    /// Speculative decoding by prompt lookup (`--speculative-config`); off when `None`.
+    pub speculative: Option<speculative::SpeculativeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +74,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             kv_cache_dtype: None,
             max_model_len: None,
+            speculative: None,
         }
     }
 }
@@ -119,6 +123,9 @@ pub struct EngineStats {
     pub num_prefix_cache_hit_tokens: usize,
     pub num_prompt_tokens_computed: usize,
     pub num_generated_tokens: usize,
+    /// Draft tokens checked by speculative decoding, and how many of them the model kept.
+    pub num_draft_tokens: usize,
+    pub num_accepted_draft_tokens: usize,
     pub num_steps: usize,
     /// Seconds, summed over steps: issuing the model's forward (on a GPU, launching its
     /// kernels; on the CPU, running it) ...

@@ -25,8 +25,12 @@ pub enum Next {
 
 /// Logits of one step, by scheduled sequence (same order as `SchedulerOutput::seqs`).
 pub struct StepLogits {
-    /// For sequences whose known tokens are all computed after this step.
+    /// For sequences whose known tokens are all computed after this step: the row after the
+    /// last of them.
     pub next: Vec<Option<Next>>,
+    /// For sequences with draft tokens: the argmax after each draft token (`next` is the one
+    /// before the first).
+    pub after_draft: Vec<Vec<u32>>,
     /// For prompt-logprob sequences: rows for each new prompt token (row `i` predicts the
     /// token after new token `i`).
     pub prompt: Vec<Vec<Vec<f32>>>,
@@ -74,8 +78,11 @@ impl ModelRunner {
             let seq = &running[s.running_index];
             let start = seq.num_computed_tokens;
             let end = start + s.num_new_tokens;
+            // The known tokens, then the draft's (which continue the positions and slots).
+            let known_end = end - s.num_draft_tokens;
             let row0 = batch.input_ids.len() as u32;
-            batch.input_ids.extend_from_slice(&seq.tokens[start..end]);
+            batch.input_ids.extend_from_slice(&seq.tokens[start..known_end]);
+            batch.input_ids.extend_from_slice(&seq.draft[..s.num_draft_tokens]);
             meta.query_start_loc.push(batch.input_ids.len() as u32);
             meta.seq_lens.push(end as u32);
             meta.block_tables.extend_from_slice(&seq.block_table);
@@ -86,9 +93,13 @@ impl ModelRunner {
                 // Every new prompt token's row (the last may also be the next-token row).
                 batch.logits_indices.extend(row0..row0 + s.num_new_tokens as u32);
                 argmax_rows.extend(std::iter::repeat_n(false, s.num_new_tokens));
-            } else if end == seq.num_tokens() {
-                batch.logits_indices.push(row0 + s.num_new_tokens as u32 - 1);
-                argmax_rows.push(seq.params.is_plain_greedy() && seq.suppressed(eos_token_ids).is_empty());
+            } else if known_end == seq.num_tokens() {
+                // The row after the last known token, and one after each draft token. Only
+                // plain greedy sequences draft (`SpeculativeConfig::draft`): all are argmaxes.
+                let rows = s.num_draft_tokens as u32 + 1;
+                batch.logits_indices.extend(row0 + s.num_new_tokens as u32 - rows..row0 + s.num_new_tokens as u32);
+                let argmax = seq.params.is_plain_greedy() && seq.suppressed(eos_token_ids).is_empty();
+                argmax_rows.extend(std::iter::repeat_n(argmax || s.num_draft_tokens > 0, rows as usize));
             }
             rows.push((first, batch.logits_indices.len() - first));
         }
@@ -106,11 +117,20 @@ impl ModelRunner {
         self.logits_seconds += issued.elapsed().as_secs_f64();
         let mut next = Vec::with_capacity(out.seqs.len());
         let mut prompt = Vec::with_capacity(out.seqs.len());
+        let mut after_draft = Vec::with_capacity(out.seqs.len());
         for (s, (first, count)) in out.seqs.iter().zip(rows) {
             let seq = &running[s.running_index];
-            let end = seq.num_computed_tokens + s.num_new_tokens;
+            let known_end = seq.num_computed_tokens + s.num_new_tokens - s.num_draft_tokens;
             let mut own: Vec<Next> = logits[first..first + count].iter_mut().map(|r| r.take().expect("each row once")).collect();
-            let complete = end == seq.num_tokens();
+            let complete = known_end == seq.num_tokens();
+            let drafted: Vec<u32> = own
+                .drain(own.len() - s.num_draft_tokens.min(own.len())..)
+                .map(|r| match r {
+                    Next::Argmax(id) => id,
+                    Next::Logits(_) => unreachable!("draft rows are argmaxes"),
+                })
+                .collect();
+            after_draft.push(drafted);
             if seq.params.prompt_logprobs.is_some() && seq.num_computed_tokens < seq.num_prompt_tokens {
                 let rows: Vec<Vec<f32>> = own
                     .into_iter()
@@ -126,7 +146,7 @@ impl ModelRunner {
                 prompt.push(vec![]);
             }
         }
-        Ok(StepLogits { next, prompt })
+        Ok(StepLogits { next, after_draft, prompt })
     }
 }
 

@@ -24,7 +24,10 @@ pub struct SchedulerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScheduledSeq {
     pub running_index: usize,
+    /// Tokens computed this step, draft tokens included.
     pub num_new_tokens: usize,
+    /// The last `num_draft_tokens` of them are the sequence's draft (speculative decoding).
+    pub num_draft_tokens: usize,
 }
 
 #[derive(Debug, Default)]
@@ -98,7 +101,7 @@ impl Scheduler {
             if !ok {
                 break;
             }
-            out.seqs.push(ScheduledSeq { running_index: i, num_new_tokens: num_new });
+            out.seqs.push(ScheduledSeq { running_index: i, num_new_tokens: num_new, num_draft_tokens: 0 });
             budget -= num_new;
             i += 1;
         }
@@ -128,20 +131,55 @@ impl Scheduler {
             }
             let seq = self.waiting.pop_front().expect("front exists");
             self.running.push(seq);
-            out.seqs.push(ScheduledSeq { running_index: self.running.len() - 1, num_new_tokens: num_new });
+            out.seqs.push(ScheduledSeq { running_index: self.running.len() - 1, num_new_tokens: num_new, num_draft_tokens: 0 });
             budget -= num_new;
         }
+        self.add_drafts(&mut out, budget);
         out
     }
 
+    /// Speculative decoding's draft tokens, last, in what the step has left of its budget and
+    /// of the free blocks: a draft never displaces a known token, delays an admission or
+    /// preempts anyone. A draft follows all of its sequence's known tokens or is dropped.
+    fn add_drafts(&mut self, out: &mut SchedulerOutput, mut budget: usize) {
+        let block_size = self.block_manager.block_size();
+        for s in out.seqs.iter_mut() {
+            let seq = &mut self.running[s.running_index];
+            let known_end = seq.num_computed_tokens + s.num_new_tokens;
+            let slots = (seq.block_table.len() + self.block_manager.num_free_blocks()) * block_size;
+            let room = if known_end == seq.num_tokens() { budget.min(slots.saturating_sub(known_end)) } else { 0 };
+            seq.draft.truncate(room);
+            if seq.draft.is_empty() || !self.block_manager.allocate(&mut seq.block_table, known_end + seq.draft.len()) {
+                seq.draft.clear();
+                continue;
+            }
+            s.num_draft_tokens = seq.draft.len();
+            s.num_new_tokens += s.num_draft_tokens;
+            budget -= s.num_draft_tokens;
+        }
+    }
+
     /// Records that the scheduled tokens are now in the cache, and registers full blocks
-    /// for prefix sharing.
+    /// for prefix sharing. Draft tokens are not counted: the engine counts those the model
+    /// kept as it appends them ([`Self::mark_draft_kept`]).
     pub fn mark_computed(&mut self, out: &SchedulerOutput) {
         for s in &out.seqs {
             let seq = &mut self.running[s.running_index];
-            seq.num_computed_tokens += s.num_new_tokens;
+            seq.num_computed_tokens += s.num_new_tokens - s.num_draft_tokens;
             self.block_manager.cache_blocks(&seq.block_table, &seq.tokens, seq.num_computed_tokens);
             seq.mark_prompt_computed();
+        }
+    }
+
+    /// Records that the sequence at `index` kept `num_kept` tokens of its draft, now appended
+    /// to its tokens and already in the cache from this step, and registers the blocks they
+    /// fill for prefix sharing. Slots of rejected draft tokens lie past its length.
+    pub fn mark_draft_kept(&mut self, index: usize, num_kept: usize) {
+        let seq = &mut self.running[index];
+        seq.draft.clear();
+        if num_kept > 0 {
+            seq.num_computed_tokens += num_kept;
+            self.block_manager.cache_blocks(&seq.block_table, &seq.tokens, seq.num_computed_tokens);
         }
     }
 

@@ -47,6 +47,10 @@ pub struct Sequence {
     pub prompt_logprobs_sent: bool,
     /// A JSON `response_format`: where the output's parse stands.
     pub constraint: Option<Constraint>,
+    /// Draft tokens to check after the last token this step (speculative decoding): guesses,
+    /// not part of `tokens` until the model agrees.
+    pub draft: Vec<u32>,
+    pub draft_pace: super::speculative::DraftPace,
 }
 
 impl Sequence {
@@ -80,6 +84,8 @@ impl Sequence {
             prompt_logprobs: None,
             prompt_logprobs_sent: false,
             constraint,
+            draft: vec![],
+            draft_pace: Default::default(),
         }
     }
 
@@ -206,6 +212,7 @@ impl Sequence {
     pub fn reset_for_recompute(&mut self) {
         self.num_computed_tokens = 0;
         self.block_table.clear();
+        self.draft.clear();
         self.num_preemptions += 1;
     }
 }

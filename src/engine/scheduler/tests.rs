@@ -137,3 +137,54 @@ fn abandoned_sequences_are_dropped_and_their_blocks_freed() {
     assert!(s.running.is_empty());
     assert_eq!(s.block_manager.num_free_blocks(), 10);
 }
+
+/// Drafts take what the step leaves of its budget and free blocks, after every known token
+/// and admission; they count as computed only where [`Scheduler::mark_draft_kept`] says the
+/// model kept them, and a draft that finds no room is dropped, never preempting anyone.
+#[test]
+fn drafts_take_what_the_step_leaves_and_count_when_kept() {
+    let draft_plan = |out: &SchedulerOutput| -> Vec<(usize, usize, usize)> { out.seqs.iter().map(|x| (x.running_index, x.num_new_tokens, x.num_draft_tokens)).collect() };
+    let mut s = scheduler(6, 64, 8);
+    let (a, _ra) = seq(0, 0, 4);
+    let (b, _rb) = seq(1, 100, 4);
+    s.waiting.push_back(a);
+    s.waiting.push_back(b);
+    assert_eq!(step(&mut s), vec![(0, 4), (1, 4)]);
+    // Each decodes one token (two blocks each); a's draft of 9 takes the two free blocks, b's
+    // of 2 fits in its own second block.
+    s.running[0].draft = (50..59).collect();
+    s.running[1].draft = vec![60, 61];
+    let out = s.schedule();
+    assert_eq!((draft_plan(&out), out.num_preempted), (vec![(0, 10, 9), (1, 3, 2)], 0));
+    assert_eq!((s.running[0].block_table.len(), s.block_manager.num_free_blocks()), (4, 0));
+    s.mark_computed(&out);
+    assert_eq!((s.running[0].num_computed_tokens, s.running[1].num_computed_tokens), (5, 5));
+    // The model kept none of a's draft and both of b's: they join b's tokens, then each
+    // sequence's next token.
+    s.running[0].tokens.push(9);
+    s.mark_draft_kept(0, 0);
+    s.running[1].tokens.extend([60, 61, 9]);
+    s.mark_draft_kept(1, 2);
+    assert_eq!((s.running[1].num_computed_tokens, s.running[1].num_uncomputed_tokens()), (7, 1));
+    assert!(s.running.iter().all(|x| x.draft.is_empty()));
+    // No block is free: a's draft is cut to its own blocks' 10 free slots, b's (its blocks
+    // full after its next token) is dropped, and no one is preempted.
+    s.running[0].draft = (70..90).collect();
+    s.running[1].draft = vec![62, 63, 64, 65];
+    let out = s.schedule();
+    assert_eq!((draft_plan(&out), out.num_preempted), (vec![(0, 11, 10), (1, 1, 0)], 0));
+    assert!(s.running[1].draft.is_empty());
+
+    // A draft never displaces another sequence's known token: with a budget of 8, a and b
+    // decode one token each and a's draft gets the 6 left.
+    let mut s = scheduler(100, 8, 8);
+    let (a, _ra) = seq(0, 0, 4);
+    let (b, _rb) = seq(1, 100, 4);
+    s.waiting.push_back(a);
+    s.waiting.push_back(b);
+    step(&mut s);
+    s.running[0].draft = (50..59).collect();
+    s.running[1].draft = vec![60, 61];
+    let out = s.schedule();
+    assert_eq!(draft_plan(&out), vec![(0, 7, 6), (1, 1, 0)]);
+}
