@@ -173,6 +173,11 @@ impl BlockManager {
         self.free_uncached.len() + self.evictable.len
     }
 
+    /// Free blocks that hold no cached prefix: what an allocation takes before evicting one.
+    pub fn num_free_uncached_blocks(&self) -> usize {
+        self.free_uncached.len()
+    }
+
     /// Fraction of blocks referenced by at least one sequence (for metrics), in [0, 1].
     pub fn usage(&self) -> f32 {
         if self.blocks.is_empty() {

@@ -240,11 +240,12 @@ impl EngineCore {
             };
             // With a draft: the argmax after the last token, then after each draft token the
             // model kept; each kept draft token is already in the cache.
-            let draft = std::mem::take(&mut seq.draft);
+            // The draft as scheduled (the runner computed exactly those tokens).
+            let mut draft = std::mem::take(&mut seq.draft);
+            draft.truncate(s.num_draft_tokens);
             let predicted = &logits.after_draft[k];
             let kept = if draft.is_empty() { 0 } else { num_accepted(&draft, &[&[sampled.token], &predicted[..]].concat()) };
             self.num_draft_tokens += draft.len();
-            self.num_accepted_draft_tokens += kept;
             if let Some(spec) = &self.speculative {
                 seq.draft_pace.record(draft.len(), kept, spec.num_speculative_tokens);
             }
@@ -252,7 +253,12 @@ impl EngineCore {
             let mut num_kept = 0;
             for (i, sampled) in tokens.enumerate() {
                 self.num_generated_tokens += 1;
-                match seq.append(sampled, &self.tokenizer, &self.eos_token_ids) {
+                let appended = seq.append(sampled, &self.tokenizer, &self.eos_token_ids);
+                // Token i < kept was draft token i: its KV came with this step.
+                if i < kept {
+                    num_kept += 1;
+                }
+                match appended {
                     Ok(None) => {}
                     Ok(Some(_)) => {
                         finished.push(s.running_index);
@@ -265,11 +271,8 @@ impl EngineCore {
                         break;
                     }
                 }
-                // Token i was draft token i (i < kept): its KV came with this step.
-                if i < kept {
-                    num_kept += 1;
-                }
             }
+            self.num_accepted_draft_tokens += num_kept;
             self.scheduler.mark_draft_kept(s.running_index, num_kept);
         }
         self.scheduler.finish(&mut finished);

@@ -134,19 +134,25 @@ impl Scheduler {
             out.seqs.push(ScheduledSeq { running_index: self.running.len() - 1, num_new_tokens: num_new, num_draft_tokens: 0 });
             budget -= num_new;
         }
-        self.add_drafts(&mut out, budget);
+        // Blocks a preemption freed belong to the preempted sequences, as for admissions.
+        if out.num_preempted == 0 {
+            self.add_drafts(&mut out, budget);
+        } else {
+            self.running.iter_mut().for_each(|seq| seq.draft.clear());
+        }
         out
     }
 
     /// Speculative decoding's draft tokens, last, in what the step has left of its budget and
-    /// of the free blocks: a draft never displaces a known token, delays an admission or
-    /// preempts anyone. A draft follows all of its sequence's known tokens or is dropped.
+    /// of the free blocks that hold no cached prefix: a draft never displaces a known token,
+    /// delays an admission, evicts a cached prefix or preempts anyone (its blocks go back in
+    /// [`Self::mark_draft_kept`]). A draft follows all of its sequence's known tokens or is dropped.
     fn add_drafts(&mut self, out: &mut SchedulerOutput, mut budget: usize) {
         let block_size = self.block_manager.block_size();
         for s in out.seqs.iter_mut() {
             let seq = &mut self.running[s.running_index];
             let known_end = seq.num_computed_tokens + s.num_new_tokens;
-            let slots = (seq.block_table.len() + self.block_manager.num_free_blocks()) * block_size;
+            let slots = (seq.block_table.len() + self.block_manager.num_free_uncached_blocks()) * block_size;
             let room = if known_end == seq.num_tokens() { budget.min(slots.saturating_sub(known_end)) } else { 0 };
             seq.draft.truncate(room);
             if seq.draft.is_empty() || !self.block_manager.allocate(&mut seq.block_table, known_end + seq.draft.len()) {
@@ -173,13 +179,19 @@ impl Scheduler {
 
     /// Records that the sequence at `index` kept `num_kept` tokens of its draft, now appended
     /// to its tokens and already in the cache from this step, and registers the blocks they
-    /// fill for prefix sharing. Slots of rejected draft tokens lie past its length.
+    /// fill for prefix sharing. Blocks past its tokens (taken for rejected draft tokens, never
+    /// registered) go back to the pool.
     pub fn mark_draft_kept(&mut self, index: usize, num_kept: usize) {
         let seq = &mut self.running[index];
         seq.draft.clear();
         if num_kept > 0 {
             seq.num_computed_tokens += num_kept;
             self.block_manager.cache_blocks(&seq.block_table, &seq.tokens, seq.num_computed_tokens);
+        }
+        let needed = seq.num_tokens().div_ceil(self.block_manager.block_size());
+        if seq.block_table.len() > needed {
+            let rejected = seq.block_table.split_off(needed);
+            self.block_manager.free(&rejected);
         }
     }
 

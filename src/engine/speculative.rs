@@ -43,11 +43,14 @@ struct Json {
 
 /// The most draft tokens per sequence and step: each is a token of the step's budget.
 pub const MAX_SPECULATIVE_TOKENS: usize = 64;
+/// The longest run of last tokens looked up.
+pub const MAX_PROMPT_LOOKUP: usize = 16;
 
 impl SpeculativeConfig {
     /// Parses `--speculative-config`, e.g. `{"method": "ngram", "num_speculative_tokens": 4,
-    /// "prompt_lookup_max": 4, "prompt_lookup_min": 2}`. `prompt_lookup_max` defaults to
-    /// `prompt_lookup_min`, or to 4 when neither is given; `prompt_lookup_min` to 1 (vLLM's).
+    /// "prompt_lookup_max": 4, "prompt_lookup_min": 2}`. `prompt_lookup_min` defaults to 2
+    /// (a single repeated token proposes too often), `prompt_lookup_max` to the larger of 4 and
+    /// `prompt_lookup_min`; it is at most [`MAX_PROMPT_LOOKUP`] (each n is a pass over the tokens).
     pub fn parse(json: &str) -> Result<Self, String> {
         let value: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("--speculative-config is not JSON: {e}"))?;
         let j: Json = serde_json::from_value(value).map_err(|e| format!("--speculative-config: {e}"))?;
@@ -60,10 +63,12 @@ impl SpeculativeConfig {
         if !(1..=MAX_SPECULATIVE_TOKENS).contains(&k) {
             return Err(format!("--speculative-config: \"num_speculative_tokens\" must be in 1..={MAX_SPECULATIVE_TOKENS}, got {k}"));
         }
-        let min = j.prompt_lookup_min.unwrap_or(1);
-        let max = j.prompt_lookup_max.unwrap_or(if j.prompt_lookup_min.is_some() { min.max(4) } else { 4 });
-        if min == 0 || max < min {
-            return Err(format!("--speculative-config: need 1 <= \"prompt_lookup_min\" <= \"prompt_lookup_max\", got {min} and {max}"));
+        let min = j.prompt_lookup_min.unwrap_or(2.min(j.prompt_lookup_max.unwrap_or(2)));
+        let max = j.prompt_lookup_max.unwrap_or(min.max(4));
+        if min == 0 || max < min || max > MAX_PROMPT_LOOKUP {
+            return Err(format!(
+                "--speculative-config: need 1 <= \"prompt_lookup_min\" <= \"prompt_lookup_max\" <= {MAX_PROMPT_LOOKUP}, got {min} and {max}"
+            ));
         }
         Ok(Self { num_speculative_tokens: k, prompt_lookup_max: max, prompt_lookup_min: min })
     }
@@ -127,8 +132,11 @@ impl DraftPace {
         if drafted == 0 {
             return;
         }
+        let limit = if self.limit == 0 { max } else { self.limit };
         self.limit = if kept == drafted {
-            (2 * drafted).min(max)
+            // A draft cut short (by the budget, max_tokens or the lookup) and kept whole says
+            // nothing against a longer one.
+            limit.max(2 * drafted).min(max)
         } else if kept == 0 && drafted == 1 {
             self.pause = PAUSE_STEPS;
             1
@@ -194,6 +202,11 @@ mod tests {
         assert_eq!(pace.next(4), Some(1));
         pace.record(1, 1, 4);
         assert_eq!(pace.next(4), Some(2));
+        // A short draft kept whole does not shrink a longer limit.
+        pace.record(2, 2, 8);
+        assert_eq!(pace.next(8), Some(4));
+        pace.record(1, 1, 8);
+        assert_eq!(pace.next(8), Some(4));
     }
 
     #[test]
@@ -208,14 +221,16 @@ mod tests {
     fn parses_vllms_json_and_names_what_is_wrong() {
         let c = SpeculativeConfig::parse(r#"{"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}"#).unwrap();
         assert_eq!(c, config(5, 2, 4));
-        assert_eq!(SpeculativeConfig::parse(r#"{"method": "ngram", "num_speculative_tokens": 3}"#).unwrap(), config(3, 1, 4));
+        assert_eq!(SpeculativeConfig::parse(r#"{"method": "ngram", "num_speculative_tokens": 3}"#).unwrap(), config(3, 2, 4));
         assert_eq!(SpeculativeConfig::parse(r#"{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 6}"#).unwrap(), config(3, 6, 6));
+        assert_eq!(SpeculativeConfig::parse(r#"{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 1}"#).unwrap(), config(3, 1, 1));
         for (json, needle) in [
             (r#"{"method": "eagle", "num_speculative_tokens": 3}"#, "\"eagle\" is not supported"),
             (r#"{"num_speculative_tokens": 3}"#, "\"method\" is required"),
             (r#"{"method": "ngram"}"#, "\"num_speculative_tokens\" is required"),
             (r#"{"method": "ngram", "num_speculative_tokens": 0}"#, "must be in 1..=64"),
             (r#"{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 4, "prompt_lookup_max": 2}"#, "prompt_lookup_min"),
+            (r#"{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 17}"#, "<= 16, got 2 and 17"),
             (r#"{"method": "ngram", "num_speculative_tokens": 3, "model": "x"}"#, "unknown field `model`"),
             ("ngram", "--speculative-config is not JSON"),
             ("[4]", "--speculative-config: invalid type"),

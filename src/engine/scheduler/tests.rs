@@ -160,15 +160,16 @@ fn drafts_take_what_the_step_leaves_and_count_when_kept() {
     s.mark_computed(&out);
     assert_eq!((s.running[0].num_computed_tokens, s.running[1].num_computed_tokens), (5, 5));
     // The model kept none of a's draft and both of b's: they join b's tokens, then each
-    // sequence's next token.
+    // sequence's next token. a's blocks past its 6 tokens go back.
     s.running[0].tokens.push(9);
     s.mark_draft_kept(0, 0);
+    assert_eq!((s.running[0].block_table.len(), s.block_manager.num_free_blocks()), (2, 2));
     s.running[1].tokens.extend([60, 61, 9]);
     s.mark_draft_kept(1, 2);
     assert_eq!((s.running[1].num_computed_tokens, s.running[1].num_uncomputed_tokens()), (7, 1));
     assert!(s.running.iter().all(|x| x.draft.is_empty()));
-    // No block is free: a's draft is cut to its own blocks' 10 free slots, b's (its blocks
-    // full after its next token) is dropped, and no one is preempted.
+    // a's draft is cut to the 10 slots of its own and the two free blocks, b's (its blocks
+    // full after its next token, none free) is dropped, and no one is preempted.
     s.running[0].draft = (70..90).collect();
     s.running[1].draft = vec![62, 63, 64, 65];
     let out = s.schedule();
