@@ -146,7 +146,7 @@ pub struct EngineArgs {
     pub max_model_len: Option<usize>,
     /// Speculative decoding by prompt lookup, as vLLM's flag:
     /// `{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4,
-    /// "prompt_lookup_min": 2}`. A greedy sequence whose last few tokens occurred before
+    /// "prompt_lookup_min": 2}`. A sequence whose last few tokens occurred before
     /// proposes what followed them, and one step checks the proposal: the output is the same,
     /// sooner where text repeats (code edits, quoting). Off by default.
     #[arg(long, env = "QWEN_SERVE_SPECULATIVE_CONFIG")]

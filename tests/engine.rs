@@ -265,7 +265,8 @@ fn a_full_queue_rejects_new_requests() {
 /// exactly the tokens, text and finish of plain decoding: alone, batched, under preemption, at
 /// a stop string and at `max_tokens`; on a prompt that repeats itself it takes fewer steps; a
 /// request served afterwards from the prefix cache over blocks that kept draft tokens gets the
-/// plain engine's tokens too. Sampled and logprob requests run as before beside drafting ones.
+/// plain engine's tokens too. Seeded sampled requests and ones with penalties and logprobs
+/// draft as well and get plain decoding's tokens and logprobs.
 #[test]
 fn speculative_decoding_keeps_the_greedy_tokens() {
     use qwen_serve::engine::speculative::SpeculativeConfig;
@@ -311,13 +312,26 @@ fn speculative_decoding_keeps_the_greedy_tokens() {
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         assert_eq!(a, b, "prompt {i}: batched with drafts");
     }
-    let seeded = SamplingParams { temperature: 0.9, seed: Some(7), max_tokens: 12, ignore_eos: true, ..Default::default() };
+
+    // Sampled requests draft too, drawing each token as plain decoding does: a seeded one gets
+    // plain decoding's tokens (its RNG used alike), alone and batched, and keeps drafts on the
+    // repeating prompt; with penalties and logprobs the logprobs are plain decoding's as well.
+    let seeded = SamplingParams { temperature: 0.7, top_p: 0.9, seed: Some(7), max_tokens: 40, ignore_eos: true, ..Default::default() };
+    let before = idle_stats(&fast);
+    let want_seeded = run(&plain, &repeat, &seeded);
+    same(&run(&fast, &repeat, &seeded), &want_seeded, "seeded sampling");
+    let kept = idle_stats(&fast).num_accepted_draft_tokens - before.num_accepted_draft_tokens;
+    assert!(kept >= 5, "a sampled copy keeps drafts too: {kept}");
+    let tuned = SamplingParams { logprobs: Some(2), frequency_penalty: 0.3, repetition_penalty: 1.1, ..greedy(24) };
+    let (a, b) = (run(&fast, &repeat, &tuned), run(&plain, &repeat, &tuned));
+    same(&a, &b, "penalties and logprobs");
+    assert_eq!(format!("{:?}", a.logprobs), format!("{:?}", b.logprobs), "logprobs");
     let streams: Vec<RequestStream> = [(&repeat, &seeded), (&repeat, &params), (&ps[0], &seeded)]
         .iter()
         .map(|(p, s)| fast.submit(EngineRequest { prompt: p.to_vec(), params: (*s).clone() }).unwrap())
         .collect();
     let got: Vec<Vec<u32>> = streams.into_iter().map(|s| collect(s).0.remove(&0).unwrap().tokens).collect();
-    assert_eq!(got, vec![run(&plain, &repeat, &seeded).tokens, want[ps.len() - 1].clone(), run(&plain, &ps[0], &seeded).tokens]);
+    assert_eq!(got, vec![want_seeded.tokens, want[ps.len() - 1].clone(), run(&plain, &ps[0], &seeded).tokens]);
     idle_stats(&fast);
     plain.shutdown();
     fast.shutdown();

@@ -14,7 +14,7 @@ use super::runner::{ModelRunner, Next, StepLogits};
 use super::sampler::{logprobs_of, Allowed, Sampled};
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use super::sequence::Sequence;
-use super::speculative::{num_accepted, SpeculativeConfig};
+use super::speculative::SpeculativeConfig;
 use super::{Command, EngineConfig, Shared};
 use crate::tokenizer::Tokenizer;
 
@@ -184,38 +184,38 @@ impl EngineCore {
         self.scheduler.mark_computed(out);
         // Sampling reads a whole vocabulary row per sequence (150k logits for Qwen); each
         // sequence has its own sampler and RNG, so they run in parallel with the same results.
-        let mut rows: Vec<Option<&Next>> = vec![None; self.scheduler.running.len()];
+        let mut rows: Vec<Option<(&Next, &[Next])>> = vec![None; self.scheduler.running.len()];
         for (k, s) in out.seqs.iter().enumerate() {
-            rows[s.running_index] = logits.next[k].as_ref();
+            rows[s.running_index] = logits.next[k].as_ref().map(|next| (next, &logits.after_draft[k][..]));
         }
         let eos = &self.eos_token_ids;
         let vocab = self.vocab.as_ref();
-        let mut sampled: Vec<Option<Sampled>> = self
+        // Per sequence: its next token, then one more after each draft token it equals (each
+        // drawn as plain decoding would draw it, from its own row and RNG, in order).
+        let mut sampled: Vec<Option<(Sampled, Vec<Sampled>)>> = self
             .scheduler
             .running
             .par_iter_mut()
             .zip(rows)
-            .map(|(seq, next)| {
-                let row = match next? {
-                    Next::Argmax(token) => return Some(Sampled { token: *token, logprobs: None }),
-                    Next::Logits(row) => row,
-                };
-                let params = seq.params.clone();
-                let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
-                let (Some(constraint), Some(vocab)) = (seq.constraint.as_ref(), vocab) else {
-                    let suppressed = seq.suppressed(eos);
-                    return Some(seq.sampler.sample(row, &params, prompt, output, &suppressed));
-                };
-                // JSON output: the tokens that continue the object; once it is closed, EOS alone
-                // (even before `min_tokens`).
-                let bits = constraint.allowed(vocab);
-                let (also, suppressed): (&[u32], _) = if constraint.is_complete() { (eos, vec![]) } else { (&[], seq.suppressed(eos)) };
-                // No token continues the output (a schema nested past the parser's limit):
-                // nothing is drawn, and the sequence ends below.
-                if also.is_empty() && bits.iter().all(|&w| w == 0) {
-                    return None;
+            .map(|(seq, rows)| {
+                let (next, after_draft) = rows?;
+                let first = sample_next(seq, next, eos, vocab)?;
+                let mut more = Vec::with_capacity(after_draft.len());
+                let num_tokens = seq.num_tokens();
+                let mut last = first.token;
+                for (row, &guess) in after_draft.iter().zip(&seq.draft.clone()) {
+                    if last != guess {
+                        break;
+                    }
+                    // The kept token joins the output for this row's penalties (then leaves:
+                    // `append` adds it below).
+                    seq.tokens.push(last);
+                    let next = sample_next(seq, row, eos, vocab).expect("a sequence with a draft has no output constraint");
+                    last = next.token;
+                    more.push(next);
                 }
-                Some(seq.sampler.sample_allowed(row, &params, prompt, output, &suppressed, Some(Allowed { bits: &bits, also })))
+                seq.tokens.truncate(num_tokens);
+                Some((first, more))
             })
             .collect();
         for (k, s) in out.seqs.iter().enumerate() {
@@ -226,10 +226,10 @@ impl EngineCore {
             let sampled = sampled[s.running_index].take();
             // EOS and special tokens add no bytes.
             let continues = match (&sampled, seq.constraint.as_mut(), &self.vocab) {
-                (Some(sampled), Some(constraint), Some(vocab)) => constraint.advance(vocab.token(sampled.token)),
+                (Some((sampled, _)), Some(constraint), Some(vocab)) => constraint.advance(vocab.token(sampled.token)),
                 (sampled, _, _) => sampled.is_some(),
             };
-            let Some(sampled) = sampled.filter(|_| continues) else {
+            let Some((sampled, more)) = sampled.filter(|_| continues) else {
                 tracing::warn!("sequence {}: no token continues its constrained output; ending it", seq.id);
                 if let Err(e) = seq.finish_at_dead_end(&self.tokenizer) {
                     tracing::error!("detokenization failed: {e}");
@@ -238,18 +238,15 @@ impl EngineCore {
                 finished.push(s.running_index);
                 continue;
             };
-            // With a draft: the argmax after the last token, then after each draft token the
-            // model kept; each kept draft token is already in the cache.
-            // The draft as scheduled (the runner computed exactly those tokens).
-            let mut draft = std::mem::take(&mut seq.draft);
-            draft.truncate(s.num_draft_tokens);
-            let predicted = &logits.after_draft[k];
-            let kept = if draft.is_empty() { 0 } else { num_accepted(&draft, &[&[sampled.token], &predicted[..]].concat()) };
-            self.num_draft_tokens += draft.len();
+            // With a draft: one token more for each draft token the drawn ones equal; each of
+            // those draft tokens is already in the cache.
+            let num_draft = std::mem::take(&mut seq.draft).len().min(s.num_draft_tokens);
+            let kept = more.len();
+            self.num_draft_tokens += num_draft;
             if let Some(spec) = &self.speculative {
-                seq.draft_pace.record(draft.len(), kept, spec.num_speculative_tokens);
+                seq.draft_pace.record(num_draft, kept, spec.num_speculative_tokens);
             }
-            let tokens = std::iter::once(sampled).chain(predicted[..kept].iter().map(|&token| Sampled { token, logprobs: None }));
+            let tokens = std::iter::once(sampled).chain(more);
             let mut num_kept = 0;
             for (i, sampled) in tokens.enumerate() {
                 self.num_generated_tokens += 1;
@@ -297,6 +294,31 @@ impl EngineCore {
         stats.logits_seconds = self.runner.logits_seconds;
         stats.step_seconds = self.step_seconds;
     }
+}
+
+/// `seq`'s next token from `row` (its argmax, or drawn by its sampler under its output
+/// constraint, if any); `None` where the constraint allows no token at all.
+fn sample_next(seq: &mut Sequence, row: &Next, eos: &[u32], vocab: Option<&Vocab>) -> Option<Sampled> {
+    let row = match row {
+        Next::Argmax(token) => return Some(Sampled { token: *token, logprobs: None }),
+        Next::Logits(row) => row,
+    };
+    let params = seq.params.clone();
+    let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
+    let (Some(constraint), Some(vocab)) = (seq.constraint.as_ref(), vocab) else {
+        let suppressed = seq.suppressed(eos);
+        return Some(seq.sampler.sample(row, &params, prompt, output, &suppressed));
+    };
+    // JSON output: the tokens that continue the object; once it is closed, EOS alone
+    // (even before `min_tokens`).
+    let bits = constraint.allowed(vocab);
+    let (also, suppressed): (&[u32], _) = if constraint.is_complete() { (eos, vec![]) } else { (&[], seq.suppressed(eos)) };
+    // No token continues the output (a schema nested past the parser's limit):
+    // nothing is drawn, and the sequence ends below.
+    if also.is_empty() && bits.iter().all(|&w| w == 0) {
+        return None;
+    }
+    Some(seq.sampler.sample_allowed(row, &params, prompt, output, &suppressed, Some(Allowed { bits: &bits, also })))
 }
 
 /// Collects logprobs of the prompt tokens this chunk predicts; sends them once the whole

@@ -28,9 +28,9 @@ pub struct StepLogits {
     /// For sequences whose known tokens are all computed after this step: the row after the
     /// last of them.
     pub next: Vec<Option<Next>>,
-    /// For sequences with draft tokens: the argmax after each draft token (`next` is the one
+    /// For sequences with draft tokens: the row after each draft token (`next` is the one
     /// before the first).
-    pub after_draft: Vec<Vec<u32>>,
+    pub after_draft: Vec<Vec<Next>>,
     /// For prompt-logprob sequences: rows for each new prompt token (row `i` predicts the
     /// token after new token `i`).
     pub prompt: Vec<Vec<Vec<f32>>>,
@@ -94,12 +94,11 @@ impl ModelRunner {
                 batch.logits_indices.extend(row0..row0 + s.num_new_tokens as u32);
                 argmax_rows.extend(std::iter::repeat_n(false, s.num_new_tokens));
             } else if known_end == seq.num_tokens() {
-                // The row after the last known token, and one after each draft token. Only
-                // plain greedy sequences draft (`SpeculativeConfig::draft`): all are argmaxes.
+                // The row after the last known token, and one after each draft token.
                 let rows = s.num_draft_tokens as u32 + 1;
                 batch.logits_indices.extend(row0 + s.num_new_tokens as u32 - rows..row0 + s.num_new_tokens as u32);
                 let argmax = seq.params.is_plain_greedy() && seq.suppressed(eos_token_ids).is_empty();
-                argmax_rows.extend(std::iter::repeat_n(argmax || s.num_draft_tokens > 0, rows as usize));
+                argmax_rows.extend(std::iter::repeat_n(argmax, rows as usize));
             }
             rows.push((first, batch.logits_indices.len() - first));
         }
@@ -123,14 +122,7 @@ impl ModelRunner {
             let known_end = seq.num_computed_tokens + s.num_new_tokens - s.num_draft_tokens;
             let mut own: Vec<Next> = logits[first..first + count].iter_mut().map(|r| r.take().expect("each row once")).collect();
             let complete = known_end == seq.num_tokens();
-            let drafted: Vec<u32> = own
-                .drain(own.len() - s.num_draft_tokens.min(own.len())..)
-                .map(|r| match r {
-                    Next::Argmax(id) => id,
-                    Next::Logits(_) => unreachable!("draft rows are argmaxes"),
-                })
-                .collect();
-            after_draft.push(drafted);
+            after_draft.push(own.split_off(own.len() - s.num_draft_tokens.min(own.len())));
             if seq.params.prompt_logprobs.is_some() && seq.num_computed_tokens < seq.num_prompt_tokens {
                 let rows: Vec<Vec<f32>> = own
                     .into_iter()

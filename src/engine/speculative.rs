@@ -4,12 +4,17 @@
 //! quoting, or filling a template repeats long stretches, and every draft token the model
 //! agrees with is a decode step saved.
 //!
-//! Only plain greedy sequences draft (their next token is the argmax, taken where the logits
-//! are): a draft token is kept while it is the argmax after the tokens before it, and the
-//! argmax after the last kept one comes too. Each kept token is the one plain decoding would
-//! have produced, given logits that do not depend on how many tokens a step computes, which
-//! the CPU kernels guarantee (`tests/engine.rs` checks the greedy tokens are the same). The
-//! KV of rejected drafts is left in slots past the sequence's length, to be overwritten.
+//! Any sequence without an output constraint (JSON) may draft. The step draws each token as
+//! plain decoding would, from the row after the tokens before it: the argmax, or a draw by
+//! the sequence's own sampler and RNG after its penalties, temperature and truncation. A draft
+//! token is kept while it equals the token drawn in its place, and the token drawn after the
+//! last kept one comes too. So the output is plain decoding's, token for token and draw for
+//! draw (a seeded request uses its RNG as it would without drafts), given logits that do not
+//! depend on how many tokens a step computes, which the CPU kernels guarantee; `tests/engine.rs`
+//! compares greedy, seeded and logprob outputs. For a guess, keeping it when the draw equals
+//! it is exact speculative sampling: it is kept with the probability the model gives it, and
+//! otherwise the draw is the model's distribution without it. The KV of rejected drafts is
+//! left in slots past the sequence's length, to be overwritten.
 //!
 //! A draft token costs about what a prompt token does, a fraction of a decode step on the CPU,
 //! and is wasted when rejected. So each sequence keeps a [`DraftPace`]: its drafts grow back to
@@ -73,12 +78,11 @@ impl SpeculativeConfig {
         Ok(Self { num_speculative_tokens: k, prompt_lookup_max: max, prompt_lookup_min: min })
     }
 
-    /// Draft tokens for `seq` this step: none unless it is decoding plain greedy tokens with
-    /// nothing suppressed (so that its rows are argmaxes), has room for a token after them,
-    /// and its pace allows.
+    /// Draft tokens for `seq` this step: none unless it is decoding with no output constraint
+    /// (JSON) and nothing suppressed, has room for a token after them, and its pace allows.
     pub fn draft(&self, seq: &mut Sequence, eos_token_ids: &[u32]) -> Vec<u32> {
         let decoding = seq.num_uncomputed_tokens() == 1 && seq.num_computed_tokens >= seq.num_prompt_tokens;
-        if !decoding || !seq.params.is_plain_greedy() || !seq.suppressed(eos_token_ids).is_empty() {
+        if !decoding || seq.constraint.is_some() || !seq.suppressed(eos_token_ids).is_empty() {
             return vec![];
         }
         let Some(limit) = seq.draft_pace.next(self.num_speculative_tokens) else { return vec![] };
@@ -146,12 +150,6 @@ impl DraftPace {
     }
 }
 
-/// How many of `draft` the model kept: the leading tokens each equal to the argmax before it
-/// (`predicted[i]` is the argmax after the sequence's last token and `draft[..i]`).
-pub fn num_accepted(draft: &[u32], predicted: &[u32]) -> usize {
-    draft.iter().zip(predicted).take_while(|(d, p)| d == p).count()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,14 +205,6 @@ mod tests {
         assert_eq!(pace.next(8), Some(4));
         pace.record(1, 1, 8);
         assert_eq!(pace.next(8), Some(4));
-    }
-
-    #[test]
-    fn accepts_the_agreeing_prefix() {
-        assert_eq!(num_accepted(&[4, 5, 6], &[4, 5, 6, 7]), 3);
-        assert_eq!(num_accepted(&[4, 5, 6], &[4, 9, 6, 7]), 1);
-        assert_eq!(num_accepted(&[4, 5, 6], &[1, 5, 6, 7]), 0);
-        assert_eq!(num_accepted(&[], &[1]), 0);
     }
 
     #[test]
