@@ -119,6 +119,10 @@ def compare(model, tokenizer, dtype, binary, folder, device_flag, device, f32_pr
         name = http(f"http://127.0.0.1:{PORT}/v1/models")["data"][0]["id"]
         r = http(f"http://127.0.0.1:{PORT}/v1/completions", {
             "model": name, "prompt": ids, "max_tokens": GEN_LEN, "temperature": 0, "echo": True, "logprobs": 2})
+        # The same continuation with its tokens named by id, to teacher-force transformers on it.
+        r_ids = http(f"http://127.0.0.1:{PORT}/v1/completions", {
+            "model": name, "prompt": ids, "max_tokens": GEN_LEN, "temperature": 0, "logprobs": 0,
+            "return_tokens_as_token_ids": True})
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -135,8 +139,24 @@ def compare(model, tokenizer, dtype, binary, folder, device_flag, device, f32_pr
         "qwen_serve_vs_transformers_f32": diffs(got_prompt, f32_prompt),
         "transformers_vs_transformers_f32": diffs(ref_prompt, f32_prompt),
     }
+    # Decode steps (the prompt's numbers above come from one prefill): each generated token's
+    # logprob as the server's decode step gave it, against transformers given the same tokens
+    # (in this dtype; and in f32 where that reference is at hand, beside transformers' own).
+    lp_ids = r_ids["choices"][0]["logprobs"]
+    gen_ids = [int(t.split(":", 1)[1]) for t in lp_ids["tokens"]]
+    decode = {}
+    if gen_ids and None not in lp_ids["token_logprobs"]:
+        full = ids + gen_ids
+        ref_dec = prompt_logprobs(m, full, device)[len(ids) - 1:]
+        decode["decode_logprob_vs_transformers"] = diffs(lp_ids["token_logprobs"], ref_dec)
+        if f32_prompt is not None:
+            f32_dec = prompt_logprobs(model.to(torch.float32), full, device)[len(ids) - 1:]
+            model.to(TORCH_DTYPE[dtype])
+            decode["decode_logprob_vs_transformers_f32"] = diffs(lp_ids["token_logprobs"], f32_dec)
+            decode["transformers_teacher_forced_vs_f32"] = diffs(ref_dec, f32_dec)
     return {
         **vs_f32,
+        **decode,
         "prompt_logprob_max_abs_diff": max(d), "prompt_logprob_mean_abs_diff": sum(d) / len(d),
         "prompt_logprob_spread": max(ref_prompt) - min(ref_prompt),
         "greedy_tokens_agreeing": agree, "greedy_tokens": GEN_LEN,

@@ -70,6 +70,13 @@ fn chat_logprobs_n_and_seed() {
     assert_eq!(lp.len(), 3);
     assert_eq!(lp[0]["top_logprobs"].as_array().unwrap().len(), 2);
     assert_eq!(lp[0]["token"], "Here");
+    // vLLM's return_tokens_as_token_ids: the same entries named by id, bytes still the text's.
+    let ids = s.post("/v1/chat/completions", &chat_body(json!({"logprobs": true, "top_logprobs": 2, "max_tokens": 3, "return_tokens_as_token_ids": true}))).json();
+    let by_id = ids["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let here = s.post("/tokenize", &json!({"prompt": "Here"}).to_string()).json()["tokens"][0].clone();
+    assert_eq!(by_id[0]["token"], format!("token_id:{here}"));
+    assert_eq!((&by_id[0]["bytes"], &by_id[0]["logprob"]), (&lp[0]["bytes"], &lp[0]["logprob"]));
+    assert!(by_id[0]["top_logprobs"].as_array().unwrap().iter().all(|t| t["token"].as_str().unwrap().starts_with("token_id:")));
     let body = chat_body(json!({"n": 2, "temperature": 1.0, "seed": 7, "max_tokens": 6}));
     let a = s.post("/v1/chat/completions", &body).json();
     let b = s.post("/v1/chat/completions", &body).json();
@@ -104,6 +111,14 @@ fn completions_prompt_forms_echo_and_logprobs() {
     assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null(), "first prompt token has no logprob");
     assert!(lp["token_logprobs"][1].as_f64().unwrap() <= 0.0);
     assert_eq!(lp["top_logprobs"][1].as_object().unwrap().len(), 2);
+    // Tokens by id (vLLM's return_tokens_as_token_ids): the prompt's ids, then the output's;
+    // offsets still count the text.
+    let by_id = s.post("/v1/completions", &json!({"prompt": "def quicksort(arr):", "max_tokens": 3, "temperature": 0, "echo": true, "logprobs": 2, "return_tokens_as_token_ids": true}).to_string()).json();
+    let lp_ids = &by_id["choices"][0]["logprobs"];
+    let named: Vec<String> = ids.as_array().unwrap().iter().map(|t| format!("token_id:{t}")).collect();
+    assert_eq!(lp_ids["tokens"].as_array().unwrap()[..n_prompt], named.iter().map(|s| json!(s)).collect::<Vec<_>>()[..]);
+    assert_eq!((&lp_ids["text_offset"], &lp_ids["token_logprobs"]), (&lp["text_offset"], &lp["token_logprobs"]));
+    assert!(lp_ids["top_logprobs"][1].as_object().unwrap().keys().all(|k| k.starts_with("token_id:")));
 
     let streamed = s.post("/v1/completions", &json!({"prompt": "def quicksort(arr):", "max_tokens": 8, "temperature": 0, "stream": true}).to_string());
     let data = streamed.sse_data();

@@ -69,6 +69,7 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
         prompt_ends_in_think: prompt_text.trim_end().ends_with("<think>") || think_first,
         think_first,
         want_logprobs: logprobs.is_some(),
+        token_ids: req.return_tokens_as_token_ids,
     };
     let mut timing = Timing::new(started);
     if req.sampling.stream {
@@ -98,7 +99,7 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
                 index,
                 finish_reason: if !calls.is_empty() && reason == FinishReason::Stop { "tool_calls" } else { reason.as_str() },
                 message: AssistantMessage { role: "assistant", content, reasoning_content, tool_calls: calls.into_iter().map(|c| tool_call_out(None, c)).collect() },
-                logprobs: ctx.want_logprobs.then(|| ChatLogprobs { content: c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| token_logprob(&ctx.tokenizer, t, l)).collect() }),
+                logprobs: ctx.want_logprobs.then(|| ChatLogprobs { content: c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| token_logprob(&ctx.tokenizer, t, l, ctx.token_ids)).collect() }),
             }
         })
         .collect();
@@ -124,6 +125,8 @@ struct ChatContext {
     /// Held output after thinking (`enable_thinking: true` with JSON or forced calls).
     think_first: bool,
     want_logprobs: bool,
+    /// `return_tokens_as_token_ids`.
+    token_ids: bool,
 }
 
 fn tool_call_out(index: Option<usize>, c: ToolCall) -> ToolCallOut {
@@ -134,18 +137,25 @@ fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
     tokenizer.decode(&[id], false).unwrap_or_default()
 }
 
-pub(super) fn token_logprob(tokenizer: &Tokenizer, token: u32, l: &Logprobs) -> ChatTokenLogprob {
-    let text = token_text(tokenizer, token);
+/// A token's logprob entry: named by its text, or by `token_id:{id}` under
+/// `return_tokens_as_token_ids` (`bytes` are the text's either way).
+pub(super) fn token_logprob(tokenizer: &Tokenizer, token: u32, l: &Logprobs, token_ids: bool) -> ChatTokenLogprob {
+    let entry = |id: u32| {
+        let text = token_text(tokenizer, id);
+        let bytes = text.as_bytes().to_vec();
+        (if token_ids { format!("token_id:{id}") } else { text }, bytes)
+    };
+    let (token, bytes) = entry(token);
     ChatTokenLogprob {
-        bytes: text.as_bytes().to_vec(),
-        token: text,
+        bytes,
+        token,
         logprob: l.token_logprob,
         top_logprobs: l
             .top
             .iter()
             .map(|&(id, lp)| {
-                let t = token_text(tokenizer, id);
-                TopLogprob { bytes: t.as_bytes().to_vec(), token: t, logprob: lp }
+                let (token, bytes) = entry(id);
+                TopLogprob { bytes, token, logprob: lp }
             })
             .collect(),
     }
@@ -242,7 +252,7 @@ async fn stream_chat(ctx: ChatContext, mut stream: crate::engine::RequestStream,
             Event::Token { index, token, text, logprobs } => {
                 timing.token();
                 let delta = states[index].delta(&text, false);
-                let logprobs = logprobs.filter(|_| ctx.want_logprobs).map(|l| ChatLogprobs { content: vec![token_logprob(&ctx.tokenizer, token, &l)] });
+                let logprobs = logprobs.filter(|_| ctx.want_logprobs).map(|l| ChatLogprobs { content: vec![token_logprob(&ctx.tokenizer, token, &l, ctx.token_ids)] });
                 (index, delta, logprobs, None)
             }
             Event::Finished { index, reason, text, usage, .. } => {

@@ -72,7 +72,7 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     for prompt in &prompts {
         streams.push(engine.submit(EngineRequest { prompt: prompt.clone(), params: params.clone() })?);
     }
-    let ctx = Ctx { id: random_id("cmpl"), created: unix_time(), model: state.model_name.clone(), tokenizer: tokenizer.clone(), echo: req.echo, logprobs };
+    let ctx = Ctx { id: random_id("cmpl"), created: unix_time(), model: state.model_name.clone(), tokenizer: tokenizer.clone(), echo: req.echo, logprobs, token_ids: req.return_tokens_as_token_ids };
     let mut timing = Timing::new(started);
     if req.sampling.stream {
         let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -115,6 +115,8 @@ struct Ctx {
     tokenizer: Tokenizer,
     echo: bool,
     logprobs: Option<usize>,
+    /// `return_tokens_as_token_ids`.
+    token_ids: bool,
 }
 
 impl Ctx {
@@ -122,17 +124,26 @@ impl Ctx {
         self.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 
-    fn top(&self, l: &Logprobs) -> Map<String, Value> {
-        l.top.iter().map(|&(id, lp)| (self.token_text(id), json!(lp))).collect()
+    /// How a token is named in logprobs: its text, or `token_id:{id}`.
+    fn token_name(&self, id: u32) -> String {
+        if self.token_ids {
+            format!("token_id:{id}")
+        } else {
+            self.token_text(id)
+        }
     }
 
-    /// Appends tokens to a legacy logprobs object, tracking text offsets.
+    fn top(&self, l: &Logprobs) -> Map<String, Value> {
+        l.top.iter().map(|&(id, lp)| (self.token_name(id), json!(lp))).collect()
+    }
+
+    /// Appends tokens to a legacy logprobs object, tracking text offsets (of the text either way).
     fn extend(&self, out: &mut CompletionLogprobs, offset: &mut usize, tokens: &[u32], logprobs: &[Option<&Logprobs>]) {
         for (&t, l) in tokens.iter().zip(logprobs) {
             let text = self.token_text(t);
             out.text_offset.push(*offset);
             *offset += text.len();
-            out.tokens.push(text);
+            out.tokens.push(if self.token_ids { self.token_name(t) } else { text });
             out.token_logprobs.push(l.map(|l| l.token_logprob));
             out.top_logprobs.push(l.map(|l| self.top(l)));
         }

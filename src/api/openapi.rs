@@ -60,6 +60,7 @@ pub fn spec() -> Value {
                         "reasoning_content": {"type": "string"}}}},
                     "logprobs": {"type": "boolean"},
                     "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+                    "return_tokens_as_token_ids": token_ids(),
                     "tools": {"type": "array", "items": {"type": "object"}},
                     "tool_choice": {"oneOf": [{"type": "string", "enum": ["auto", "none", "required"]},
                         {"type": "object", "required": ["type", "function"], "properties": {"type": {"const": "function"}, "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}]},
@@ -70,6 +71,7 @@ pub fn spec() -> Value {
                     "echo": {"type": "boolean"},
                     "suffix": {"type": "string", "description": "Fill in the middle: the text after the completion (models with Qwen2.5-Coder's FIM tokens)"},
                     "logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+                    "return_tokens_as_token_ids": token_ids(),
                     "response_format": response_format()}))},
                 "InfillRequest": {"type": "object", "required": ["input_prefix", "input_suffix"], "properties": {
                     "input_prefix": {"type": "string"}, "input_suffix": {"type": "string"}, "prompt": {"type": "string"},
@@ -98,6 +100,10 @@ pub fn spec() -> Value {
 
 /// `response_format` (chat and completions): plain text, any JSON object, or an object held to
 /// `json_schema.schema`.
+fn token_ids() -> Value {
+    json!({"type": "boolean", "description": "vLLM's extension: logprob tokens as `token_id:{id}`"})
+}
+
 fn response_format() -> Value {
     json!({"type": "object", "required": ["type"], "properties": {
         "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},

@@ -63,6 +63,10 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
+    /// vLLM's extension: logprob tokens as `token_id:{id}`, so that every token (also one
+    /// that is not whole UTF-8 text) can be told apart.
+    #[serde(default)]
+    pub return_tokens_as_token_ids: bool,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
     /// Under `tool_choice: "required"`, false allows one call only.
@@ -120,6 +124,9 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub echo: bool,
     pub logprobs: Option<i64>,
+    /// As in chat: logprob tokens as `token_id:{id}`.
+    #[serde(default)]
+    pub return_tokens_as_token_ids: bool,
     pub suffix: Option<String>,
     pub best_of: Option<i64>,
     /// As in chat (a vLLM extension here): JSON output held to an object or a schema.
