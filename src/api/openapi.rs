@@ -98,12 +98,13 @@ pub fn spec() -> Value {
     })
 }
 
-/// `response_format` (chat and completions): plain text, any JSON object, or an object held to
-/// `json_schema.schema`.
+/// `return_tokens_as_token_ids` (chat and completions).
 fn token_ids() -> Value {
     json!({"type": "boolean", "description": "vLLM's extension: logprob tokens as `token_id:{id}`"})
 }
 
+/// `response_format` (chat and completions): plain text, any JSON object, or an object held to
+/// `json_schema.schema`.
 fn response_format() -> Value {
     json!({"type": "object", "required": ["type"], "properties": {
         "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
