@@ -203,8 +203,8 @@ impl EngineCore {
                 let mut more = Vec::with_capacity(after_draft.len());
                 let num_tokens = seq.num_tokens();
                 let mut last = first.token;
-                for (row, &guess) in after_draft.iter().zip(&seq.draft.clone()) {
-                    if last != guess {
+                for (i, row) in after_draft.iter().enumerate() {
+                    if last != seq.draft[i] {
                         break;
                     }
                     // The kept token joins the output for this row's penalties (then leaves:
@@ -240,22 +240,16 @@ impl EngineCore {
             };
             // With a draft: one token more for each draft token the drawn ones equal; each of
             // those draft tokens is already in the cache.
-            let num_draft = std::mem::take(&mut seq.draft).len().min(s.num_draft_tokens);
             let kept = more.len();
-            self.num_draft_tokens += num_draft;
+            self.num_draft_tokens += s.num_draft_tokens;
             if let Some(spec) = &self.speculative {
-                seq.draft_pace.record(num_draft, kept, spec.num_speculative_tokens);
+                seq.draft_pace.record(s.num_draft_tokens, kept, spec.num_speculative_tokens);
             }
-            let tokens = std::iter::once(sampled).chain(more);
-            let mut num_kept = 0;
-            for (i, sampled) in tokens.enumerate() {
+            let mut num_appended = 0;
+            for sampled in std::iter::once(sampled).chain(more) {
                 self.num_generated_tokens += 1;
-                let appended = seq.append(sampled, &self.tokenizer, &self.eos_token_ids);
-                // Token i < kept was draft token i: its KV came with this step.
-                if i < kept {
-                    num_kept += 1;
-                }
-                match appended {
+                num_appended += 1;
+                match seq.append(sampled, &self.tokenizer, &self.eos_token_ids) {
                     Ok(None) => {}
                     Ok(Some(_)) => {
                         finished.push(s.running_index);
@@ -269,6 +263,8 @@ impl EngineCore {
                     }
                 }
             }
+            // The first `kept` tokens appended were draft tokens: their KV came with this step.
+            let num_kept = num_appended.min(kept);
             self.num_accepted_draft_tokens += num_kept;
             self.scheduler.mark_draft_kept(s.running_index, num_kept);
         }
