@@ -90,8 +90,8 @@ impl GgufFiles {
         let content = Content { magic: parts[0].content.magic, metadata, tensor_infos, tensor_data_offset: 0 };
         let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // A part's name (checked by `part_paths` above) less its `-0000k-of-0000n`.
-        let name = match file.strip_suffix(".gguf").and_then(|stem| stem.rsplit_once("-of-")).and_then(|(rest, _)| rest.rsplit_once('-')) {
-            Some((base, _)) if count > 1 => format!("{base}.gguf"),
+        let name = match file.strip_suffix(".gguf").and_then(split_part_name) {
+            Some((base, ..)) if count > 1 => format!("{base}.gguf"),
             _ => file,
         };
         Ok(Self { content, name, parts, part_of })
@@ -150,14 +150,19 @@ fn split_field(content: &Content, key: &str) -> Result<Option<usize>, String> {
     content.metadata.get(key).map(|v| as_count(v).ok_or(format!("`{key}` is not a count: {v:?}"))).transpose()
 }
 
-/// Every part's path, from one part's: `<name>-<k>-of-<n>.gguf` with five-digit numbers, as
-/// llama.cpp names them.
-fn part_paths(path: &Path, count: usize) -> Option<Vec<PathBuf>> {
-    let file = path.file_name()?.to_str()?;
-    let stem = file.strip_suffix(".gguf")?;
+/// `(name, k, n)` of a part's file stem `<name>-<k>-of-<n>`, numbers of five digits as
+/// llama.cpp writes them; `None` for any other stem.
+pub(crate) fn split_part_name(stem: &str) -> Option<(&str, usize, usize)> {
+    let number = |s: &str| if s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit()) { s.parse().ok() } else { None };
     let (rest, of) = stem.rsplit_once("-of-")?;
-    let (name, _) = rest.rsplit_once('-')?;
-    if of.parse::<usize>().ok()? != count {
+    let (name, k) = rest.rsplit_once('-')?;
+    Some((name, number(k)?, number(of)?))
+}
+
+/// Every part's path, from one part's: `<name>-<k>-of-<n>.gguf`, as llama.cpp names them.
+fn part_paths(path: &Path, count: usize) -> Option<Vec<PathBuf>> {
+    let (name, _, n) = split_part_name(path.file_name()?.to_str()?.strip_suffix(".gguf")?)?;
+    if n != count {
         return None;
     }
     Some((1..=count).map(|k| path.with_file_name(format!("{name}-{k:05}-of-{count:05}.gguf"))).collect())

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
+use super::gguf_files::split_part_name;
 use super::LoadError;
 
 const OFFLINE_HINT: &str = "offline alternatives: pass a local .gguf file or a Hugging Face model folder \
@@ -144,13 +145,7 @@ fn gguf_files(files: &[String]) -> impl Iterator<Item = &String> {
 fn model_name(file: &str) -> &str {
     let name = file.rsplit('/').next().unwrap_or(file);
     let stem = &name[..name.len() - ".gguf".len()];
-    match stem.rsplit_once("-of-") {
-        Some((rest, of)) if of.len() == 5 && of.bytes().all(|b| b.is_ascii_digit()) => match rest.rsplit_once('-') {
-            Some((base, k)) if k.len() == 5 && k.bytes().all(|b| b.is_ascii_digit()) => base,
-            _ => stem,
-        },
-        _ => stem,
-    }
+    split_part_name(stem).map_or(stem, |(base, ..)| base)
 }
 
 /// The quantization names the GGUF files of a listing carry (the last `-` or `.` separated

@@ -65,11 +65,13 @@ impl ModelSource {
             Some((repo, tag)) => (repo, Some(tag)),
             None => (model, None),
         };
+        // Hub names and quantization tags: letters, digits, `-`, `_`, `.`.
+        let name = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         let looks_like_repo = repo_id.split('/').count() == 2
             && !repo_id.starts_with('.')
             && !repo_id.ends_with(".gguf")
-            && repo_id.split('/').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-            && tag.is_none_or(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+            && repo_id.split('/').all(name)
+            && tag.is_none_or(name);
         let revision = revision.map(str::to_string);
         if looks_like_repo {
             Ok(match tag {
