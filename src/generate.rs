@@ -75,7 +75,7 @@ pub fn generate(
     Err(GenerateError::EngineStopped)
 }
 
-/// Logits `(ids.len(), vocab)` for every position of `ids` (row `i` predicts token `i + 1`),
+/// f32 logits `(ids.len(), vocab)` for every position of `ids` (row `i` predicts token `i + 1`),
 /// computed directly on the model with a private cache.
 pub fn score(model: &dyn CausalLm, ids: &[u32]) -> Result<Tensor, ModelError> {
     score_with_cache(model, ids, model.dtype())
@@ -94,7 +94,7 @@ pub fn score_with_cache(model: &dyn CausalLm, ids: &[u32], cache_dtype: candle_c
             attention: AttentionMetadata::single(&table, SCORE_BLOCK_SIZE, end, end - start),
             logits_indices: (0..(end - start) as u32).collect(),
         };
-        rows.push(model.forward(&batch, &mut cache)?);
+        rows.push(model.forward(&batch, &mut cache)?.to_dtype(candle_core::DType::F32)?);
     }
     Ok(Tensor::cat(&rows, 0)?)
 }

@@ -1,9 +1,10 @@
-// The argmax of each row of f32 logits (src/argmax.rs, whose CPU loop is the reference): the
-// first index of the largest value; NaN never wins, and a row whose first value is NaN gives 0,
-// as a scan from index 0 keeping strictly larger values does.
+// The argmax of each row of logits, f32, bf16 or f16 (src/argmax.rs, whose CPU loop is the
+// reference): the first index of the largest value; NaN never wins, and a row whose first value
+// is NaN gives 0, as a scan from index 0 keeping strictly larger values does. Half-precision
+// values are compared as floats (exact), so a bf16 row's argmax is its f32 copy's.
 //
-// Two launches: argmax_partial_f32, grid (rows, parts) of THREADS threads, each block the best
-// (value, index) of one slice of a row; then argmax_final_f32, grid (rows) of 32 threads, the
+// Two launches: argmax_partial_*, grid (rows, parts) of THREADS threads, each block the best
+// (value, index) of one slice of a row; then argmax_final_*, grid (rows) of 32 threads, the
 // best of a row's parts. One block per row would leave all but one SM idle at one sequence
 // (candle's argmax took ~130 us for a 152k vocabulary on an H200, 2026-11-27).
 
@@ -34,21 +35,20 @@ __device__ __forceinline__ void warp_best(float& best, int& best_i) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(THREADS) argmax_partial_f32(const float* __restrict__ x,
-                                                                        float* __restrict__ part_v,
-                                                                        int* __restrict__ part_i, int vocab,
-                                                                        int chunk) {
+template <typename T>
+__device__ __forceinline__ void argmax_partial(const T* __restrict__ x, float* __restrict__ part_v,
+                                               int* __restrict__ part_i, int vocab, int chunk) {
     __shared__ float warp_v[THREADS / 32];
     __shared__ int warp_i[THREADS / 32];
     const size_t row = blockIdx.x;
     const int part = blockIdx.y, parts = gridDim.y;
-    const float* r = x + row * vocab;
+    const T* r = x + row * vocab;
     const int begin = part * chunk, end = min(vocab, begin + chunk);
     // INT_MAX: no value yet; -inf values still win it, at their lowest index.
     float best = -INFINITY;
     int best_i = INT_MAX;
     for (int i = begin + threadIdx.x; i < end; i += THREADS) {
-        const float v = r[i];
+        const float v = qs::to_float(r[i]);
         if (beats(v, i, best, best_i)) {
             best = v;
             best_i = i;
@@ -72,9 +72,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) argmax_partial_f32(const f
     }
 }
 
-extern "C" __global__ void argmax_final_f32(const float* __restrict__ x, const float* __restrict__ part_v,
-                                            const int* __restrict__ part_i, uint32_t* __restrict__ out, int vocab,
-                                            int parts) {
+template <typename T>
+__device__ __forceinline__ void argmax_final(const T* __restrict__ x, const float* __restrict__ part_v,
+                                             const int* __restrict__ part_i, uint32_t* __restrict__ out, int vocab,
+                                             int parts) {
     const size_t row = blockIdx.x;
     float best = -INFINITY;
     int best_i = INT_MAX;
@@ -84,5 +85,21 @@ extern "C" __global__ void argmax_final_f32(const float* __restrict__ x, const f
             best_i = part_i[row * parts + p];
         }
     warp_best(best, best_i);
-    if (threadIdx.x == 0) out[row] = (best_i == INT_MAX || isnan(x[row * vocab])) ? 0u : (uint32_t)best_i;
+    if (threadIdx.x == 0) out[row] = (best_i == INT_MAX || isnan(qs::to_float(x[row * vocab]))) ? 0u : (uint32_t)best_i;
 }
+
+#define ARGMAX(SUFFIX, T)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                      \
+        argmax_partial_##SUFFIX(const T* __restrict__ x, float* __restrict__ part_v, int* __restrict__ part_i, \
+                                int vocab, int chunk) {                                                        \
+        argmax_partial<T>(x, part_v, part_i, vocab, chunk);                                                    \
+    }                                                                                                          \
+    extern "C" __global__ void argmax_final_##SUFFIX(const T* __restrict__ x, const float* __restrict__ part_v, \
+                                                     const int* __restrict__ part_i, uint32_t* __restrict__ out, \
+                                                     int vocab, int parts) {                                   \
+        argmax_final<T>(x, part_v, part_i, out, vocab, parts);                                                 \
+    }
+
+ARGMAX(f32, float)
+ARGMAX(bf16, __nv_bfloat16)
+ARGMAX(f16, __half)

@@ -201,10 +201,14 @@ fn argmax_rows_matches_the_cpu() {
             }
         }
         let flat: Vec<f32> = x.into_iter().flatten().collect();
-        let cpu = Tensor::from_vec(flat, (rows, vocab), &Device::Cpu).unwrap();
-        let want = argmax_rows(&cpu).unwrap().to_vec1::<u32>().unwrap();
-        let got = argmax_rows(&cpu.to_device(&gpu()).unwrap()).unwrap().to_vec1::<u32>().unwrap();
-        assert_eq!(got, want, "rows {rows}, vocab {vocab}");
+        let f32_rows = Tensor::from_vec(flat, (rows, vocab), &Device::Cpu).unwrap();
+        // Half-precision rows (the GPU's head output) against the CPU on the same rounded values.
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let cpu = f32_rows.to_dtype(dtype).unwrap();
+            let want = argmax_rows(&cpu).unwrap().to_vec1::<u32>().unwrap();
+            let got = argmax_rows(&cpu.to_device(&gpu()).unwrap()).unwrap().to_vec1::<u32>().unwrap();
+            assert_eq!(got, want, "{dtype:?} rows {rows}, vocab {vocab}");
+        }
     }
 }
 

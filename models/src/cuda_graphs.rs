@@ -152,9 +152,11 @@ mod cuda {
         inner: Box<dyn CausalLm>,
         max_batch: usize,
         sizes: Mutex<HashMap<usize, Size>>,
-        /// `(max_batch, vocab)` f32: every graph copies its logits here (its first rows), so no
-        /// graph keeps an allocation of its own past its end and the graphs' memory can be shared.
-        out: Tensor,
+        /// `(max_batch, vocab)`, one per logits dtype (made when a graph first needs it: steps of
+        /// one or two rows may give f32 logits, larger ones the model's dtype): every graph
+        /// copies its logits into its dtype's buffer (the first rows), so no graph keeps an
+        /// allocation of its own past its end and the graphs' memory can be shared.
+        outs: Mutex<HashMap<DType, Tensor>>,
         _workspace: CudaSlice<u8>,
     }
 
@@ -175,6 +177,8 @@ mod cuda {
         inputs: Inputs,
         /// The cache the graph was warmed up or captured with (its first key tensor).
         cache: TensorId,
+        /// The dtype of the logits its warm-up step gave.
+        logits: DType,
         phase: Phase,
     }
 
@@ -186,9 +190,10 @@ mod cuda {
         Eager,
     }
 
-    /// A captured step; it leaves its logits in the first rows of [`Graphed::out`].
+    /// A captured step; it leaves its logits in the first rows of `out` (one of [`Graphed::outs`]).
     struct Captured {
         graph: CudaGraph,
+        out: Tensor,
     }
 
     // SAFETY: the graph's handles are used only under the mutex, one thread at a time, with
@@ -212,8 +217,7 @@ mod cuda {
             }
             drop(record);
             tracing::info!("CUDA graphs: decode steps of up to {max_batch} sequences of up to {MAX_SEQ_LEN} tokens");
-            let out = Tensor::zeros((max_batch, inner.config().vocab_size), DType::F32, inner.device())?;
-            Ok(Self { inner, max_batch, sizes: Mutex::new(HashMap::new()), out, _workspace: workspace })
+            Ok(Self { inner, max_batch, sizes: Mutex::new(HashMap::new()), outs: Mutex::new(HashMap::new()), _workspace: workspace })
         }
 
         fn inputs(&self, n: usize, cache: &KvCache) -> Result<Inputs, ModelError> {
@@ -231,6 +235,7 @@ mod cuda {
         /// replays it once.
         fn capture(&self, size: &Size, cache: &mut KvCache) -> Result<Captured, String> {
             let Device::Cuda(dev) = self.inner.device() else { unreachable!("checked at construction") };
+            let out = self.out(size.logits).map_err(|e| e.to_string())?;
             let stream = dev.cuda_stream();
             let _uploads = param_cache_for_capture(self.inner.device());
             stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| e.to_string())?;
@@ -238,13 +243,24 @@ mod cuda {
             let copied = self
                 .inner
                 .forward_on_device(&size.inputs.ids, &size.inputs.meta, cache)
-                .and_then(|logits| Ok(self.out.slice_set(&logits, 0, 0)?));
+                .and_then(|logits| Ok(out.slice_set(&logits, 0, 0)?));
             // Always ended, so the stream leaves capture mode whatever happened inside.
             let graph = stream.end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
             copied.map_err(|e| e.to_string())?;
             let graph = graph.map_err(|e| e.to_string())?.ok_or("the capture recorded nothing")?;
             graph.launch().map_err(|e| e.to_string())?;
-            Ok(Captured { graph })
+            Ok(Captured { graph, out })
+        }
+
+        /// The shared output buffer for logits of `dtype`, made on first use (outside any capture).
+        fn out(&self, dtype: DType) -> candle_core::Result<Tensor> {
+            let mut outs = self.outs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(out) = outs.get(&dtype) {
+                return Ok(out.clone());
+            }
+            let out = Tensor::zeros((self.max_batch, self.inner.config().vocab_size), dtype, self.inner.device())?;
+            outs.insert(dtype, out.clone());
+            Ok(out)
         }
     }
 
@@ -293,7 +309,7 @@ mod cuda {
                     inputs.fill(batch, cache.block_size())?;
                     let _uploads = param_cache_for_capture(self.inner.device());
                     let logits = self.inner.forward_on_device(&inputs.ids, &inputs.meta, cache)?;
-                    slot.insert(Size { inputs, cache: cache_id, phase: Phase::Warm });
+                    slot.insert(Size { inputs, cache: cache_id, logits: logits.dtype(), phase: Phase::Warm });
                     return Ok(logits.narrow(0, 0, n)?);
                 }
                 Entry::Occupied(size) => size.into_mut(),
@@ -309,15 +325,16 @@ mod cuda {
                 if let Some(t) = timer {
                     t.launched(rows)?;
                 }
-                return Ok(self.out.narrow(0, 0, n)?);
+                return Ok(c.out.narrow(0, 0, n)?);
             }
             size.inputs.fill(batch, cache.block_size())?;
             let start = std::time::Instant::now();
             match self.capture(size, cache) {
                 Ok(c) => {
                     tracing::info!("captured the CUDA graph of {rows} decoding sequences in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+                    let logits = c.out.narrow(0, 0, n)?;
                     size.phase = Phase::Captured(c);
-                    Ok(self.out.narrow(0, 0, n)?)
+                    Ok(logits)
                 }
                 Err(e) => {
                     tracing::warn!("CUDA graph capture of {rows} sequences failed ({e}); that batch size runs eagerly");

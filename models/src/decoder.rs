@@ -179,7 +179,7 @@ impl QwenForCausalLm {
             let (weight, eps) = self.norm.parts();
             let logits = match self.lm_head.dense_weight() {
                 Some(w) if small_matmul_weight_fits(w, x.dtype()) => small_matmul_fused(&x, w, MatmulFusion::NormF32 { weight, eps })?,
-                _ => self.lm_head.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)?,
+                _ => self.lm_head.forward(&self.norm.forward(&x)?)?,
             };
             phase_times::mark(dev, Phase::Head)?;
             return Ok(logits);
@@ -202,7 +202,9 @@ impl QwenForCausalLm {
             Some(r) => self.norm.forward_residual(&select(x)?, &select(r)?)?.0,
             None => self.norm.forward(&select(x)?)?,
         };
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        // In the head's dtype: a GPU's bf16 rows are half the bytes to reduce or copy, and their
+        // conversion to f32 (exact) is left to whoever reads them on the host.
+        let logits = self.lm_head.forward(&x)?;
         phase_times::mark(dev, Phase::Head)?;
         Ok(logits)
     }

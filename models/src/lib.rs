@@ -45,8 +45,9 @@ pub trait CausalLm: Send + Sync {
     /// it).
     fn dtype(&self) -> DType;
     fn device(&self) -> &Device;
-    /// Writes the new tokens' K/V into `cache` and returns f32 logits
-    /// `(logits_indices.len(), vocab_size)`.
+    /// Writes the new tokens' K/V into `cache` and returns the logits
+    /// `(logits_indices.len(), vocab_size)` as the head computed them: f32, or the activations'
+    /// dtype (bf16 / f16) where the head's matmul gives that. A reader wanting f32 converts (exact).
     fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError>;
     /// The checks `forward` makes before any kernel runs: a bad batch is an error, never an
     /// out-of-bounds access.

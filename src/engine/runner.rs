@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use candle_core::{Storage, Tensor};
+use candle_core::{DType, Storage, Tensor};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use qwen_serve_models::{AttentionMetadata, CausalLm, ForwardBatch, KvCache, ModelError};
 
@@ -143,10 +144,13 @@ impl ModelRunner {
 }
 
 /// The logits rows as the engine needs them: the argmax of each row marked in `argmax_rows`,
-/// and the other rows copied out whole. On a GPU the argmax is taken there (one id comes back
-/// instead of ~600 KB per row); on the CPU the rows are read in place, in parallel.
+/// and the other rows copied out whole, as f32. On a GPU the argmax is taken there (one id comes
+/// back instead of ~300-600 KB per row); on the CPU f32 rows are read in place, in parallel.
 fn host_rows(logits: &Tensor, argmax_rows: &[bool]) -> Result<Vec<Option<Next>>, ModelError> {
-    let logits = logits.contiguous()?;
+    let mut logits = logits.contiguous()?;
+    if logits.device().is_cpu() && logits.dtype() != DType::F32 {
+        logits = logits.to_dtype(DType::F32)?;
+    }
     let (num_rows, vocab) = logits.dims2()?;
     if num_rows != argmax_rows.len() {
         return Err(ModelError::Input(format!("{num_rows} logits rows for {} wanted", argmax_rows.len())));
@@ -186,16 +190,29 @@ fn device_rows(logits: &Tensor, argmax_rows: &[bool]) -> Result<Vec<Option<Next>
         }
     }
     if !full.is_empty() {
-        for (&row, values) in full.iter().zip(select(&full)?.to_vec2::<f32>()?) {
+        for (&row, values) in full.iter().zip(rows_f32(&select(&full)?)?) {
             out[row as usize] = Some(Next::Logits(values));
         }
     }
     Ok(out)
 }
 
+/// The rows of `(rows, vocab)` logits on the host as f32: one copy in their own dtype (a GPU's
+/// bf16 rows are half the bytes of f32 ones), then each row converted, exactly, as its own task.
+fn rows_f32(t: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    let vocab = t.dim(1)?;
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => flat.to_vec1::<f32>()?.par_chunks(vocab).map(<[f32]>::to_vec).collect(),
+        DType::BF16 => flat.to_vec1::<half::bf16>()?.par_chunks(vocab).map(|r| r.to_f32_vec()).collect(),
+        DType::F16 => flat.to_vec1::<half::f16>()?.par_chunks(vocab).map(|r| r.to_f32_vec()).collect(),
+        dtype => candle_core::bail!("logits of dtype {dtype:?}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
 
     use super::{device_rows, host_rows, Next};
 
@@ -209,20 +226,24 @@ mod tests {
     }
 
     /// The GPU's way (argmax on the device, whole rows copied) gives what the CPU's in-place
-    /// reading does, whichever rows are greedy.
+    /// reading does, whichever rows are greedy; half-precision logits (a GPU's head output) give
+    /// what their f32 copy does.
     #[test]
     fn device_and_host_rows_agree() {
         let logits = Tensor::randn(0f32, 1.0, (5, 300), &Device::Cpu).unwrap();
-        for mask in [[true; 5], [false; 5], [true, false, true, true, false]] {
-            let host = flat(host_rows(&logits, &mask).unwrap());
-            assert_eq!(host, flat(device_rows(&logits, &mask).unwrap()), "{mask:?}");
-            let rows = logits.to_vec2::<f32>().unwrap();
-            for (i, (greedy, got)) in host.iter().enumerate() {
-                assert_eq!(*greedy, mask[i]);
-                if *greedy {
-                    assert_eq!(got[0] as u32, super::argmax(&rows[i]));
-                } else {
-                    assert_eq!(got, &rows[i]);
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let logits = logits.to_dtype(dtype).unwrap();
+            let rows = logits.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+            for mask in [[true; 5], [false; 5], [true, false, true, true, false]] {
+                let host = flat(host_rows(&logits, &mask).unwrap());
+                assert_eq!(host, flat(device_rows(&logits, &mask).unwrap()), "{dtype:?} {mask:?}");
+                for (i, (greedy, got)) in host.iter().enumerate() {
+                    assert_eq!(*greedy, mask[i]);
+                    if *greedy {
+                        assert_eq!(got[0] as u32, super::argmax(&rows[i]), "{dtype:?}");
+                    } else {
+                        assert_eq!(got, &rows[i], "{dtype:?}");
+                    }
                 }
             }
         }
