@@ -119,6 +119,16 @@ struct BenchArgs {
     /// Output length in tokens (EOS is ignored so every request generates exactly this many).
     #[arg(long, default_value_t = 128)]
     output_len: usize,
+    /// Sampling temperature of every request (0: greedy). Sampled requests are unseeded; on a
+    /// GPU their logits rows come back to the host where greedy ones come back as ids.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling's mass, in (0, 1] (with --temperature above 0).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Sample among the k most likely tokens only (0: off; with --temperature above 0).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
     /// Also measure prefill speed: requests with a prompt of this many tokens and max_tokens 1,
     /// one at a time (0 skips it).
     #[arg(long, default_value_t = 0)]
@@ -255,6 +265,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             concurrency,
             prompt_len: args.prompt_len,
             output_len: args.output_len,
+            sampling: bench::Sampling { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k },
         };
         let report = bench::run(target, &mut prompts, &cfg).map_err(anyhow::Error::msg)?;
         eprintln!("concurrency {concurrency}: {:.1} output tok/s", report.output_tok_per_s);

@@ -7,14 +7,25 @@ mod common;
 use std::sync::OnceLock;
 
 use common::server::{start, ServerConfig, TestServer};
-use qwen_serve::bench::{self, BenchConfig, BenchReport, HttpTarget, Prompts, Target};
+use qwen_serve::bench::{self, BenchConfig, BenchReport, HttpTarget, Prompts, Sampling, Target};
 
 fn server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
     SERVER.get_or_init(|| start(ServerConfig::default()))
 }
 
-const TINY: BenchConfig = BenchConfig { num_prompts: 2, concurrency: 2, prompt_len: 8, output_len: 4 };
+const TINY: BenchConfig = BenchConfig {
+    num_prompts: 2,
+    concurrency: 2,
+    prompt_len: 8,
+    output_len: 4,
+    sampling: Sampling { temperature: 0.0, top_p: 1.0, top_k: 0 },
+};
+
+/// Qwen's recommended sampling (its generation_config.json), with EOS still ignored.
+fn sampled() -> BenchConfig {
+    BenchConfig { sampling: Sampling { temperature: 0.7, top_p: 0.8, top_k: 20 }, ..TINY }
+}
 
 fn assert_sane(r: &BenchReport) {
     assert_eq!(r.num_output_tokens, TINY.num_prompts * TINY.output_len, "{r:?}");
@@ -38,6 +49,9 @@ fn http_driver_counts_every_token_of_every_request() {
     let report = bench::run(&target, &mut prompts, &TINY).expect("bench over HTTP");
     assert_sane(&report);
     assert_eq!(report.num_preemptions, None, "not observable over HTTP");
+    let sampled_report = bench::run(&target, &mut prompts, &sampled()).expect("sampled bench over HTTP");
+    assert_sane(&sampled_report);
+    assert_eq!(sampled_report.sampling, sampled().sampling);
 
     let prefill = bench::prefill(&target, &mut prompts, 8, 1).expect("prefill over HTTP");
     assert!(prefill.ttft_ms.is_finite() && prefill.ttft_ms > 0.0 && prefill.prefill_tok_per_s.is_finite(), "{prefill:?}");
@@ -51,9 +65,15 @@ fn http_driver_counts_every_token_of_every_request() {
 #[test]
 fn in_process_driver_counts_every_token_of_every_request() {
     let engine = &server().state.engine;
-    let report = bench::run(engine, &mut Prompts::new(engine.tokenizer().clone()), &TINY).expect("bench in-process");
+    let mut prompts = Prompts::new(engine.tokenizer().clone());
+    let report = bench::run(engine, &mut prompts, &TINY).expect("bench in-process");
     assert_sane(&report);
     assert!(report.num_preemptions.is_some());
+    assert_sane(&bench::run(engine, &mut prompts, &sampled()).expect("sampled bench in-process"));
+    for (sampling, flag) in [(Sampling { temperature: -1.0, ..sampled().sampling }, "--temperature"), (Sampling { top_p: 0.0, ..sampled().sampling }, "--top-p")] {
+        let err = bench::run(engine, &mut prompts, &BenchConfig { sampling, ..TINY }).unwrap_err();
+        assert!(err.starts_with(flag), "{err}");
+    }
     assert!(bench::table(&[report], None).contains("| qwen-serve in-process"));
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{Target, Timing};
+use super::{Sampling, Target, Timing};
 use crate::engine::{EngineHandle, EngineRequest, Event, SamplingParams};
 
 impl Target for EngineHandle {
@@ -10,8 +10,15 @@ impl Target for EngineHandle {
         format!("qwen-serve in-process ({})", self.model_name())
     }
 
-    fn run_one(&self, prompt: &[u32], output_len: usize) -> Result<Timing, String> {
-        let params = SamplingParams { max_tokens: output_len, ignore_eos: true, ..Default::default() };
+    fn run_one(&self, prompt: &[u32], output_len: usize, sampling: &Sampling) -> Result<Timing, String> {
+        let params = SamplingParams {
+            max_tokens: output_len,
+            ignore_eos: true,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            top_k: sampling.top_k,
+            ..Default::default()
+        };
         let start = Instant::now();
         let mut stream = self.submit(EngineRequest { prompt: prompt.to_vec(), params }).map_err(|e| e.to_string())?;
         let (mut first, mut last, mut n) = (None, start, 0);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{Target, Timing};
+use super::{Sampling, Target, Timing};
 
 pub struct HttpTarget {
     base: String,
@@ -53,12 +53,17 @@ impl Target for HttpTarget {
         self.name.clone()
     }
 
-    fn run_one(&self, prompt: &[u32], output_len: usize) -> Result<Timing, String> {
+    fn run_one(&self, prompt: &[u32], output_len: usize, sampling: &Sampling) -> Result<Timing, String> {
+        // top_k and min_p are vLLM's and llama.cpp's extensions; 0 means off to both (and to
+        // us), and is sent so that llama-server's own defaults (top_k 40, min_p 0.05) stay off.
         let body = json!({
             "model": self.model,
             "prompt": prompt,
             "max_tokens": output_len,
-            "temperature": 0.0,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "min_p": 0.0,
             "ignore_eos": true,
             "stream": true,
             "stream_options": {"include_usage": true},

@@ -23,8 +23,8 @@ pub use prompt::{load_tokenizer, synthetic_prompt, Prompts};
 pub trait Target: Sync {
     /// Names the server in reports.
     fn name(&self) -> String;
-    /// Runs one greedy request that ignores EOS to completion and times its tokens.
-    fn run_one(&self, prompt: &[u32], output_len: usize) -> Result<Timing, String>;
+    /// Runs one request that ignores EOS to completion and times its tokens.
+    fn run_one(&self, prompt: &[u32], output_len: usize, sampling: &Sampling) -> Result<Timing, String>;
     /// Preemptions so far, where the target can tell.
     fn num_preemptions(&self) -> Option<usize> {
         None
@@ -86,6 +86,23 @@ pub struct BenchConfig {
     pub concurrency: usize,
     pub prompt_len: usize,
     pub output_len: usize,
+    pub sampling: Sampling,
+}
+
+/// How every request of a level draws its tokens: greedy by default, or sampled (each request
+/// unseeded), which on a GPU sends vocabulary-sized rows to the host where greedy sends ids.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0: off.
+    pub top_k: usize,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_p: 1.0, top_k: 0 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +132,7 @@ pub struct BenchReport {
     pub concurrency: usize,
     pub prompt_len: usize,
     pub output_len: usize,
+    pub sampling: Sampling,
     pub duration_s: f64,
     /// Generated tokens, all requests together.
     pub num_output_tokens: usize,
@@ -169,12 +187,19 @@ impl Timing {
 
 /// First-touch allocations and page faults of the weights, excluded from every measurement.
 fn warm_up<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, prompt_len: usize) -> Result<(), String> {
-    target.run_one(&prompts.take(prompt_len.min(16)), 2).map(drop)
+    target.run_one(&prompts.take(prompt_len.min(16)), 2, &Sampling::default()).map(drop)
 }
 
 pub fn run<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, cfg: &BenchConfig) -> Result<BenchReport, String> {
     if cfg.num_prompts == 0 || cfg.concurrency == 0 || cfg.prompt_len == 0 || cfg.output_len == 0 {
         return Err("--num-prompts (--waves), --concurrency, --prompt-len and --output-len must be positive".into());
+    }
+    let Sampling { temperature, top_p, .. } = cfg.sampling;
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(format!("--temperature must be a finite number >= 0, got {temperature}"));
+    }
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(format!("--top-p must be in (0, 1], got {top_p}"));
     }
     warm_up(target, prompts, cfg.prompt_len)?;
     let prompts: Vec<Vec<u32>> = (0..cfg.num_prompts).map(|_| prompts.take(cfg.prompt_len)).collect();
@@ -192,7 +217,7 @@ pub fn run<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, cfg: &BenchCon
                 if i >= prompts.len() {
                     break;
                 }
-                match target.run_one(&prompts[i], cfg.output_len) {
+                match target.run_one(&prompts[i], cfg.output_len, &cfg.sampling) {
                     Ok(t) => timings.lock().unwrap().push(t),
                     Err(e) => errors.lock().unwrap().push(e),
                 }
@@ -211,6 +236,7 @@ pub fn run<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, cfg: &BenchCon
         concurrency: cfg.concurrency,
         prompt_len: cfg.prompt_len,
         output_len: cfg.output_len,
+        sampling: cfg.sampling.clone(),
         duration_s: duration,
         num_output_tokens: num_output,
         output_tok_per_s: num_output as f64 / duration,
@@ -234,7 +260,7 @@ pub fn prefill<T: Target + ?Sized>(target: &T, prompts: &mut Prompts, prompt_len
     warm_up(target, prompts, prompt_len)?;
     let mut ttfts = Vec::with_capacity(num_runs);
     for _ in 0..num_runs {
-        ttfts.push(target.run_one(&prompts.take(prompt_len), 1)?.ttft_ms);
+        ttfts.push(target.run_one(&prompts.take(prompt_len), 1, &Sampling::default())?.ttft_ms);
     }
     let ttft_ms = Percentiles::of(ttfts).p50;
     Ok(PrefillReport { server: target.name(), prompt_len, num_runs, ttft_ms, prefill_tok_per_s: prompt_len as f64 / (ttft_ms / 1e3) })
@@ -252,6 +278,10 @@ pub fn table(reports: &[BenchReport], prefill: Option<&PrefillReport>) -> String
             r.server, r.concurrency, r.num_prompts, r.prompt_len, r.output_len, r.output_tok_per_s, r.total_tok_per_s,
             r.ttft_ms.p50, r.ttft_ms.p99, r.tpot_ms.p50, r.tpot_ms.p99, preemptions
         ));
+    }
+    if let Some(r) = reports.iter().find(|r| r.sampling.temperature > 0.0) {
+        let Sampling { temperature, top_p, top_k } = r.sampling;
+        s.push_str(&format!("\nsampled: temperature {temperature}, top-p {top_p}, top-k {top_k} (0: off)\n"));
     }
     let steps: Vec<_> = reports.iter().filter_map(|r| Some((r.concurrency, r.step_times.as_ref()?))).collect();
     if !steps.is_empty() {
