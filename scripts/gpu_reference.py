@@ -309,7 +309,11 @@ def main():
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [# Decode steps of one or two sequences without the few-rows kernels that fuse norms, q/k/v,
+    variants = [# Sampled instead of greedy (Qwen's recommended settings, EOS still ignored): each
+                # sequence's logits row (bf16) comes to the host for the sampler, where greedy
+                # steps bring back one id; what a chat server's traffic costs beside the table's.
+                ("sampled", {}, levels, {"--temperature": "0.7", "--top-p": "0.8", "--top-k": "20"}),
+                # Decode steps of one or two sequences without the few-rows kernels that fuse norms, q/k/v,
                 # SiLU and residual adds in (kernels/src/small_matmul.rs, qkv/matmul.rs; five launches
                 # a layer instead of ten; on by default since 2026-11-27).
                 ("fused_decode_off", {"QWEN_SERVE_CUDA_FUSED_DECODE": "0"}, [c for c in ("1",) if c in levels]),
@@ -350,7 +354,10 @@ def main():
         cmd_ab = [x if x != args.bench_concurrency else ",".join(at) for x in cmd]
         cmd_ab[cmd_ab.index("--json") + 1] = ab_json
         for flag, value in (flags[0] if flags else {}).items():
-            cmd_ab[cmd_ab.index(flag) + 1] = value
+            if flag in cmd_ab:
+                cmd_ab[cmd_ab.index(flag) + 1] = value
+            else:
+                cmd_ab += [flag, value]
         try:
             p = subprocess.run(cmd_ab, capture_output=True, text=True, timeout=args.bench_timeout,
                                env={**os.environ, **env})

@@ -311,12 +311,12 @@ impl Sampler {
         }
 
         let candidates = &mut self.candidates;
-        candidates.clear();
-        candidates
-            .extend(logits.iter().enumerate().filter(|(_, &l)| l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)));
-        if params.top_k > 0 && params.top_k < candidates.len() {
-            candidates.select_nth_unstable_by(params.top_k - 1, by_value_desc);
-            candidates.truncate(params.top_k);
+        if params.top_k > 0 && params.top_k < vocab {
+            top_k_sorted(logits, params.top_k, candidates);
+        } else {
+            candidates.clear();
+            candidates
+                .extend(logits.iter().enumerate().filter(|(_, &l)| l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)));
         }
         for c in candidates.iter_mut() {
             c.1 = weight(c.1);
@@ -341,6 +341,36 @@ impl Sampler {
 /// Descending by value, ascending by id among ties: a total order, so selections are unique.
 fn by_value_desc(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The `k` largest finite logits as (id, logit), sorted by [`by_value_desc`] (all of them, sorted,
+/// if fewer are finite). In one pass over the row: a value joins a buffer only if it beats the
+/// k-th best found so far, and the buffer is cut back to the best k whenever it holds 2k, so
+/// a 150k-entry row costs a comparison per entry. The result depends only on the row's values,
+/// not on where the losers sit: a row holding only these k values (the rest -inf) gives the
+/// same list, and so the same draw.
+fn top_k_sorted(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    // A value must be above this to join; ids come in increasing order, so an equal value
+    // would rank after the k-th (ties go to the lower id) and can never make the cut.
+    let mut floor = f32::NEG_INFINITY;
+    let cut = |out: &mut Vec<(u32, f32)>| {
+        out.select_nth_unstable_by(k - 1, by_value_desc);
+        out.truncate(k);
+        out.iter().map(|c| c.1).fold(f32::INFINITY, f32::min)
+    };
+    for (i, &l) in logits.iter().enumerate() {
+        if l > floor {
+            out.push((i as u32, l));
+            if out.len() == 2 * k.max(32) {
+                floor = cut(out);
+            }
+        }
+    }
+    if out.len() > k {
+        cut(out);
+    }
+    out.sort_unstable_by(by_value_desc);
 }
 
 /// Moves the most likely candidates (by weight) to the front, sorted, only as far as needed, and

@@ -447,3 +447,73 @@ fn validate_names_the_field_and_its_range() {
     });
     assert_eq!(edges.validate(), Ok(()));
 }
+
+/// The one-pass top-k gives what sorting the whole row gives (ties to the lower id, -inf and NaN
+/// never chosen), whatever order the row's values come in.
+#[test]
+fn top_k_selection_is_a_full_sort_cut_short() {
+    let mut rows = vec![random_logits(5000, 3), (0..5000).map(|i| i as f32).collect(), (0..5000).map(|i| -(i as f32)).collect()];
+    // Few distinct values (bf16-like ties), with -inf and NaN among them.
+    let mut ties: Vec<f32> = (0..5000).map(|i| ((i * 7919) % 13) as f32).collect();
+    ties[10] = f32::NAN;
+    ties[11] = f32::NEG_INFINITY;
+    ties[12] = f32::INFINITY;
+    rows.push(ties);
+    rows.push(vec![f32::NEG_INFINITY; 100]);
+    for row in &rows {
+        let mut all: Vec<(u32, f32)> = row.iter().enumerate().filter(|(_, &l)| l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)).collect();
+        all.sort_by(by_value_desc);
+        for k in [1, 2, 20, 31, 33, 64, 1000, 4999, 5000, 6000] {
+            let mut got = vec![];
+            top_k_sorted(row, k, &mut got);
+            let want: Vec<(u32, f32)> = all.iter().take(k).copied().collect();
+            assert_eq!(got.len(), want.len(), "k {k}");
+            assert!(got.iter().zip(&want).all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1.to_bits()), "k {k}: {got:?}");
+        }
+    }
+}
+
+/// A seeded top-k draw depends only on the top-k tokens' values: the same row with everything
+/// outside a larger set of the most likely tokens at -inf draws the same tokens (what lets a
+/// GPU send only its rows' best candidates to the host).
+#[test]
+fn top_k_draws_need_only_the_best_candidates() {
+    let variants = [
+        params(|p| {
+            p.temperature = 0.7;
+            p.top_k = 20;
+            p.top_p = 0.8;
+        }),
+        params(|p| {
+            p.temperature = 1.3;
+            p.top_k = 50;
+            p.min_p = 0.02;
+        }),
+        params(|p| {
+            p.temperature = 1.0;
+            p.top_k = 3;
+        }),
+    ];
+    for (i, p) in variants.iter().enumerate() {
+        let rows: Vec<Vec<f32>> = (0..40).map(|r| random_logits(3000, 100 + r)).collect();
+        let draw = |rows: &[Vec<f32>]| -> Vec<u32> {
+            let mut s = Sampler::new(Some(i as u64));
+            rows.iter().map(|row| s.sample(row, p, &[], &[], &[]).token).collect()
+        };
+        let sparse: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|row| {
+                let mut best = vec![];
+                top_k_sorted(row, p.top_k + 7, &mut best);
+                let mut out = vec![f32::NEG_INFINITY; row.len()];
+                for (id, l) in best {
+                    out[id as usize] = l;
+                }
+                out
+            })
+            .collect();
+        let full = draw(&rows);
+        assert_eq!(full, draw(&sparse), "{p:?}");
+        assert!(full.iter().collect::<std::collections::HashSet<_>>().len() > 5, "the draws vary: {full:?}");
+    }
+}
