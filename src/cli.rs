@@ -231,6 +231,7 @@ impl EngineArgs {
             },
             max_model_len: self.max_model_len,
             speculative: self.speculative_config.as_deref().map(crate::engine::speculative::SpeculativeConfig::parse).transpose()?,
+            sample_from_candidates: None,
         })
     }
 }

@@ -347,3 +347,45 @@ fn speculative_decoding_keeps_the_greedy_tokens() {
     }
     small.shutdown();
 }
+
+/// Rows that need only their top k reach the sampler as their best candidates on a GPU; run
+/// that way here (`sample_from_candidates`), every kind of request gets the tokens of whole
+/// rows: seeded top-k sampling with a repetition penalty, greedy with presence penalty and
+/// bias, greedy with a penalty that lifts the prompt's tokens, EOS suppressed until
+/// `min_tokens`, the whole distribution and plain greedy beside them in one batch, and with
+/// speculative decoding (rows after draft tokens).
+#[test]
+fn sampling_from_candidates_gives_the_whole_rows_tokens() {
+    use qwen_serve::engine::speculative::SpeculativeConfig;
+    let whole = engine(EngineConfig { sample_from_candidates: Some(false), ..Default::default() });
+    let best = engine(EngineConfig { sample_from_candidates: Some(true), ..Default::default() });
+    let spec = Some(SpeculativeConfig { num_speculative_tokens: 4, prompt_lookup_max: 3, prompt_lookup_min: 1 });
+    let best_spec = engine(EngineConfig { sample_from_candidates: Some(true), speculative: spec, ..Default::default() });
+    let ps = prompts(&whole);
+    let src = "def area(width, height):\n    \"\"\"The area of a rectangle.\"\"\"\n    return width * height\n\n\n";
+    let repeat = whole.tokenizer().encode(&format!("{src}# The same function again:\n{src}# And once more:\n")).unwrap();
+    let requests: Vec<(Vec<u32>, SamplingParams)> = vec![
+        (ps[0].clone(), SamplingParams { temperature: 0.7, top_p: 0.8, top_k: 20, repetition_penalty: 1.05, seed: Some(3), ..greedy(24) }),
+        (ps[1].clone(), SamplingParams { presence_penalty: 1.2, logit_bias: vec![(13, 3.0), (11, -5.0)], ..greedy(24) }),
+        (ps[2].clone(), SamplingParams { min_tokens: 12, max_tokens: 20, ignore_eos: false, ..Default::default() }),
+        (ps[3].clone(), SamplingParams { temperature: 1.0, seed: Some(5), ..greedy(24) }),
+        (ps[4].clone(), greedy(24)),
+        // A penalty below 1 lifts the prompt's tokens: from outside the best candidates too.
+        (ps[5].clone(), SamplingParams { repetition_penalty: 0.6, ..greedy(24) }),
+        (repeat.clone(), SamplingParams { temperature: 0.8, top_k: 5, frequency_penalty: 0.4, seed: Some(9), ..greedy(40) }),
+    ];
+    let run = |e: &EngineHandle| -> Vec<Choice> {
+        let streams: Vec<RequestStream> = requests.iter().map(|(p, s)| e.submit(EngineRequest { prompt: p.clone(), params: s.clone() }).unwrap()).collect();
+        streams.into_iter().map(|s| collect(s).0.remove(&0).unwrap()).collect()
+    };
+    let want = run(&whole);
+    for (name, e) in [("candidates", &best), ("candidates with drafts", &best_spec)] {
+        for (i, (got, want)) in run(e).iter().zip(&want).enumerate() {
+            assert_eq!((&got.tokens, got.reason), (&want.tokens, want.reason), "{name}: request {i} ({:?})", requests[i].1);
+        }
+    }
+    assert!(idle_stats(&best_spec).num_accepted_draft_tokens > 0, "rows after draft tokens were sampled");
+    for e in [whole, best, best_spec] {
+        e.shutdown();
+    }
+}

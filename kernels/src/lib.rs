@@ -14,6 +14,7 @@
 //! share across layers.
 
 mod argmax;
+mod top_k;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod device_metadata;
@@ -30,6 +31,7 @@ mod small_matmul;
 mod write_kv;
 
 pub use argmax::argmax_rows;
+pub use top_k::{top_k_candidates, unpack_candidates};
 pub use device_metadata::DeviceMetadata;
 pub use fused::{add_rms_norm, rms_norm, rotary_embedding, silu_mul};
 pub use half_matmul::half_matmul;

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use qwen_serve_kernels::{
-    add_rms_norm, argmax_rows, paged_attention, paged_attention_step, qkv_matmul_step, qkv_matmul_step_fused, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
+    add_rms_norm, argmax_rows, top_k_candidates, unpack_candidates, paged_attention, paged_attention_step, qkv_matmul_step, qkv_matmul_step_fused, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
     small_matmul_fused, write_kv, write_kv_step, AttentionMetadata, DeviceMetadata, MatmulFusion, Qkv, QkvMatmul,
 };
 
@@ -209,6 +209,44 @@ fn argmax_rows_matches_the_cpu() {
             let got = argmax_rows(&cpu.to_device(&gpu()).unwrap()).unwrap().to_vec1::<u32>().unwrap();
             assert_eq!(got, want, "{dtype:?} rows {rows}, vocab {vocab}");
         }
+    }
+}
+
+/// The best candidates of each row (radix select on the GPU) are the CPU's set, in f32, bf16
+/// and f16, at Qwen's vocabulary: ks from 1 to past the finite values, a row left out (k = 0),
+/// ties, NaN and -inf, and a count above the output's capacity.
+#[test]
+fn top_k_candidates_match_the_cpu() {
+    let (rows, vocab, cap) = (9, 152_064, 2048);
+    let mut x = Tensor::randn(0f32, 2., (rows, vocab), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+    for (r, row) in x.iter_mut().enumerate() {
+        for (i, v) in row.iter_mut().enumerate() {
+            if r % 3 == 1 {
+                *v = (*v * 4.0).round() / 4.0 + 0.0; // few distinct values: ties at the cut
+            }
+            if i % 1009 == 3 {
+                *v = f32::NAN;
+            } else if i % 1013 == 5 {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
+    x[8].iter_mut().skip(10).for_each(|v| *v = f32::NEG_INFINITY); // 10 finite values at most
+    let ks = [1u32, 20, 50, 1000, 0, 2047, 64, 5000, 40];
+    let flat: Vec<f32> = x.into_iter().flatten().collect();
+    let f32_rows = Tensor::from_vec(flat, (rows, vocab), &Device::Cpu).unwrap();
+    let ks_cpu = Tensor::new(&ks, &Device::Cpu).unwrap();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let cpu = f32_rows.to_dtype(dtype).unwrap();
+        let want = top_k_candidates(&cpu, &ks_cpu, cap).unwrap().to_vec2::<u32>().unwrap();
+        let got = top_k_candidates(&cpu.to_device(&gpu()).unwrap(), &ks_cpu.to_device(&gpu()).unwrap(), cap).unwrap().to_vec2::<u32>().unwrap();
+        for r in 0..rows {
+            assert_eq!(got[r][0], want[r][0], "{dtype:?} row {r} (k {}): counts", ks[r]);
+            assert_eq!(unpack_candidates(&got[r]), unpack_candidates(&want[r]), "{dtype:?} row {r} (k {})", ks[r]);
+        }
+        assert!(want[7][0] as usize > cap && unpack_candidates(&want[7]).is_none(), "k 5000 overflows");
+        assert_eq!(want[4][0], 0);
+        assert!(want[8][0] <= 10);
     }
 }
 

@@ -59,7 +59,7 @@ impl EngineCore {
         Self {
             scheduler,
             step_in_pool,
-            runner: ModelRunner::new(model, cache),
+            runner: ModelRunner::new(model, cache, config.sample_from_candidates),
             tokenizer,
             eos_token_ids,
             shared,
@@ -295,12 +295,16 @@ impl EngineCore {
 /// `seq`'s next token from `row` (its argmax, or drawn by its sampler under its output
 /// constraint, if any); `None` where the constraint allows no token at all.
 fn sample_next(seq: &mut Sequence, row: &Next, eos: &[u32], vocab: Option<&Vocab>) -> Option<Sampled> {
-    let row = match row {
-        Next::Argmax(token) => return Some(Sampled { token: *token, logprobs: None }),
-        Next::Logits(row) => row,
-    };
     let params = seq.params.clone();
     let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
+    let row = match row {
+        Next::Argmax(token) => return Some(Sampled { token: *token, logprobs: None }),
+        Next::Candidates(candidates) => {
+            let suppressed = seq.suppressed(eos);
+            return Some(seq.sampler.sample_candidates(candidates, &params, prompt, output, &suppressed));
+        }
+        Next::Logits(row) => row,
+    };
     let (Some(constraint), Some(vocab)) = (seq.constraint.as_ref(), vocab) else {
         let suppressed = seq.suppressed(eos);
         return Some(seq.sampler.sample(row, &params, prompt, output, &suppressed));

@@ -9,6 +9,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use qwen_serve_models::{AttentionMetadata, CausalLm, ForwardBatch, KvCache, ModelError};
 
+use super::constraint::OutputFormat;
 use super::scheduler::SchedulerOutput;
 use super::sampler::argmax;
 use super::sequence::Sequence;
@@ -22,6 +23,59 @@ pub enum Next {
     Argmax(u32),
     /// The full row, for the sampler.
     Logits(Vec<f32>),
+    /// The row's best candidates and the logits its processing touches, by id (see
+    /// [`Sampler::sample_candidates`](super::sampler::Sampler::sample_candidates)): on a GPU,
+    /// a few hundred bytes where the row is ~300 KB.
+    Candidates(Vec<(u32, f32)>),
+}
+
+/// How a logits row reaches the host.
+#[derive(Debug, Clone, PartialEq)]
+enum Want {
+    Argmax,
+    Whole,
+    /// Every logit at least the `k`-th largest of the row, and the `touched` ids' logits.
+    Best { k: usize, touched: Vec<u32> },
+}
+
+/// The most candidates a row may ask for before it is copied whole instead.
+const MAX_CANDIDATES: usize = 4096;
+
+/// What a GPU sends of the rows of `seq` (the next token's and, with `num_draft` draft tokens,
+/// one after each): the argmax for plain greedy decoding; otherwise, where the sampler needs
+/// only the top k (greedy, or `top_k` below the vocabulary, with no logprobs and no output
+/// constraint), the best `k + t` logits plus the `t` ids that bias, suppression and penalties
+/// touch (the draft's tokens count as output: a row after one sees it); else the whole row.
+fn want(seq: &Sequence, num_draft: usize, eos_token_ids: &[u32], vocab: usize) -> Want {
+    let p = &seq.params;
+    let suppressed = seq.suppressed(eos_token_ids);
+    if p.is_plain_greedy() && suppressed.is_empty() {
+        return Want::Argmax;
+    }
+    let k = match (p.temperature <= 0.0, p.top_k) {
+        (true, _) => 1,
+        (false, k) if k > 0 && k < vocab => k,
+        _ => return Want::Whole,
+    };
+    if p.logprobs.is_some() || p.format != OutputFormat::Text {
+        return Want::Whole;
+    }
+    let mut touched: Vec<u32> = p.logit_bias.iter().map(|b| b.0).chain(suppressed).collect();
+    let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
+    let output = output.iter().chain(&seq.draft[..num_draft]);
+    if p.repetition_penalty != 1.0 {
+        touched.extend(prompt.iter().chain(output));
+    } else if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        touched.extend(output);
+    }
+    touched.retain(|&id| (id as usize) < vocab);
+    touched.sort_unstable();
+    touched.dedup();
+    let k = k + touched.len();
+    if k > MAX_CANDIDATES {
+        return Want::Whole;
+    }
+    Want::Best { k, touched }
 }
 
 /// Logits of one step, by scheduled sequence (same order as `SchedulerOutput::seqs`).
@@ -40,14 +94,18 @@ pub struct StepLogits {
 pub struct ModelRunner {
     model: Box<dyn CausalLm>,
     cache: KvCache,
+    /// Rows that need only their top k come as candidates ([`Want::Best`]).
+    candidates: bool,
     /// Seconds spent issuing forwards, and then waiting for their logits (see `EngineStats`).
     pub forward_seconds: f64,
     pub logits_seconds: f64,
 }
 
 impl ModelRunner {
-    pub fn new(model: Box<dyn CausalLm>, cache: KvCache) -> Self {
-        Self { model, cache, forward_seconds: 0.0, logits_seconds: 0.0 }
+    /// `candidates`: see `EngineConfig::sample_from_candidates`.
+    pub fn new(model: Box<dyn CausalLm>, cache: KvCache, candidates: Option<bool>) -> Self {
+        let candidates = candidates.unwrap_or(!model.device().is_cpu());
+        Self { model, cache, candidates, forward_seconds: 0.0, logits_seconds: 0.0 }
     }
 
     pub fn model(&self) -> &dyn CausalLm {
@@ -73,8 +131,9 @@ impl ModelRunner {
         meta.query_start_loc.push(0);
         // For each scheduled sequence: (first logits row, number of rows) in the output.
         let mut rows = Vec::with_capacity(out.seqs.len());
-        // Per logits row: reduced to its argmax on the device (else copied to the host).
-        let mut argmax_rows = Vec::with_capacity(out.seqs.len());
+        // Per logits row: how it reaches the host (on the CPU, read in place: an argmax or whole).
+        let mut wants = Vec::with_capacity(out.seqs.len());
+        let vocab = self.model.config().vocab_size;
         for s in &out.seqs {
             let seq = &running[s.running_index];
             let start = seq.num_computed_tokens;
@@ -93,13 +152,16 @@ impl ModelRunner {
             if seq.params.prompt_logprobs.is_some() && start < seq.num_prompt_tokens {
                 // Every new prompt token's row (the last may also be the next-token row).
                 batch.logits_indices.extend(row0..row0 + s.num_new_tokens as u32);
-                argmax_rows.extend(std::iter::repeat_n(false, s.num_new_tokens));
+                wants.extend(std::iter::repeat_n(Want::Whole, s.num_new_tokens));
             } else if known_end == seq.num_tokens() {
                 // The row after the last known token, and one after each draft token.
                 let rows = s.num_draft_tokens as u32 + 1;
                 batch.logits_indices.extend(row0 + s.num_new_tokens as u32 - rows..row0 + s.num_new_tokens as u32);
-                let argmax = seq.params.is_plain_greedy() && seq.suppressed(eos_token_ids).is_empty();
-                argmax_rows.extend(std::iter::repeat_n(argmax, rows as usize));
+                let want = match want(seq, s.num_draft_tokens, eos_token_ids, vocab) {
+                    Want::Best { .. } if !self.candidates => Want::Whole,
+                    w => w,
+                };
+                wants.extend(std::iter::repeat_n(want, rows as usize));
             }
             rows.push((first, batch.logits_indices.len() - first));
         }
@@ -112,7 +174,7 @@ impl ModelRunner {
         let start = Instant::now();
         let logits = self.model.forward(&batch, &mut self.cache)?;
         let issued = Instant::now();
-        let mut logits = if no_logits { vec![] } else { host_rows(&logits, &argmax_rows)? };
+        let mut logits = if no_logits { vec![] } else { host_rows(&logits, &wants)? };
         self.forward_seconds += (issued - start).as_secs_f64();
         self.logits_seconds += issued.elapsed().as_secs_f64();
         let mut next = Vec::with_capacity(out.seqs.len());
@@ -129,7 +191,7 @@ impl ModelRunner {
                     .into_iter()
                     .map(|r| match r {
                         Next::Logits(row) => row,
-                        Next::Argmax(_) => unreachable!("prompt-logprob rows are copied whole"),
+                        Next::Argmax(_) | Next::Candidates(_) => unreachable!("prompt-logprob rows are copied whole"),
                     })
                     .collect();
                 next.push(if complete { rows.last().cloned().map(Next::Logits) } else { None });
@@ -146,42 +208,45 @@ impl ModelRunner {
 /// The logits rows as the engine needs them: the argmax of each row marked in `argmax_rows`,
 /// and the other rows copied out whole, as f32. On a GPU the argmax is taken there (one id comes
 /// back instead of ~300-600 KB per row); on the CPU f32 rows are read in place, in parallel.
-fn host_rows(logits: &Tensor, argmax_rows: &[bool]) -> Result<Vec<Option<Next>>, ModelError> {
+fn host_rows(logits: &Tensor, wants: &[Want]) -> Result<Vec<Option<Next>>, ModelError> {
     let mut logits = logits.contiguous()?;
     if logits.device().is_cpu() && logits.dtype() != DType::F32 {
         logits = logits.to_dtype(DType::F32)?;
     }
     let (num_rows, vocab) = logits.dims2()?;
-    if num_rows != argmax_rows.len() {
-        return Err(ModelError::Input(format!("{num_rows} logits rows for {} wanted", argmax_rows.len())));
+    if num_rows != wants.len() {
+        return Err(ModelError::Input(format!("{num_rows} logits rows for {} wanted", wants.len())));
     }
     let (storage, layout) = logits.storage_and_layout();
-    if let Storage::Cpu(cpu) = &*storage {
+    let best = wants.iter().any(|w| matches!(w, Want::Best { .. }));
+    if let (Storage::Cpu(cpu), false) = (&*storage, best) {
         let all = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + num_rows * vocab];
         return Ok(all
             .par_chunks(vocab)
-            .zip(argmax_rows)
-            .map(|(row, &greedy)| Some(if greedy { Next::Argmax(argmax(row)) } else { Next::Logits(row.to_vec()) }))
+            .zip(wants)
+            .map(|(row, want)| Some(if *want == Want::Argmax { Next::Argmax(argmax(row)) } else { Next::Logits(row.to_vec()) }))
             .collect());
     }
     drop(storage);
-    device_rows(&logits, argmax_rows)
+    device_rows(&logits, wants)
 }
 
-/// [`host_rows`] for logits on a GPU (works on any device): the argmaxes are taken there and
-/// only the rows wanted whole are copied back.
-fn device_rows(logits: &Tensor, argmax_rows: &[bool]) -> Result<Vec<Option<Next>>, ModelError> {
-    let num_rows = argmax_rows.len();
-    let pick = |want: bool| -> Vec<u32> { (0..num_rows as u32).filter(|&i| argmax_rows[i as usize] == want).collect() };
+/// [`host_rows`] for logits on a GPU (works on any device): the argmaxes and the best candidates
+/// are taken there, and only the rows wanted whole (or with more candidates than the output
+/// could hold) are copied back.
+fn device_rows(logits: &Tensor, wants: &[Want]) -> Result<Vec<Option<Next>>, ModelError> {
+    let (num_rows, vocab) = logits.dims2()?;
+    let device = logits.device();
+    let pick = |f: &dyn Fn(&Want) -> bool| -> Vec<u32> { (0..num_rows as u32).filter(|&i| f(&wants[i as usize])).collect() };
     let select = |rows: &[u32]| -> candle_core::Result<Tensor> {
         if rows.len() == num_rows {
             Ok(logits.clone())
         } else {
-            logits.index_select(&Tensor::from_slice(rows, rows.len(), logits.device())?, 0)
+            logits.index_select(&Tensor::from_slice(rows, rows.len(), device)?, 0)
         }
     };
     let mut out: Vec<Option<Next>> = (0..num_rows).map(|_| None).collect();
-    let (greedy, full) = (pick(true), pick(false));
+    let greedy = pick(&|w| *w == Want::Argmax);
     if !greedy.is_empty() {
         // Ties go to the lowest id, as on the host.
         let ids = qwen_serve_models::argmax_rows(&select(&greedy)?)?.to_vec1::<u32>()?;
@@ -189,8 +254,47 @@ fn device_rows(logits: &Tensor, argmax_rows: &[bool]) -> Result<Vec<Option<Next>
             out[row as usize] = Some(Next::Argmax(id));
         }
     }
-    if !full.is_empty() {
-        for (&row, values) in full.iter().zip(rows_f32(&select(&full)?)?) {
+    let mut whole = pick(&|w| *w == Want::Whole);
+    let best = pick(&|w| matches!(w, Want::Best { .. }));
+    // (Touched logits are gathered by flat u32 index.)
+    if !best.is_empty() && num_rows * vocab <= u32::MAX as usize {
+        let ks: Vec<u32> = wants.iter().map(|w| if let Want::Best { k, .. } = w { *k as u32 } else { 0 }).collect();
+        let max_k = ks.iter().copied().max().unwrap_or(1) as usize;
+        // Room for ties at the k-th value; a row with more is copied whole.
+        let cap = 2 * max_k + 256;
+        let packed = qwen_serve_models::top_k_candidates(logits, &Tensor::new(ks, device)?, cap)?.to_vec2::<u32>()?;
+        let mut flat = vec![];
+        for &row in &best {
+            if let Want::Best { touched, .. } = &wants[row as usize] {
+                flat.extend(touched.iter().map(|&id| row * vocab as u32 + id));
+            }
+        }
+        let mut touched_values = if flat.is_empty() {
+            vec![]
+        } else {
+            let len = flat.len();
+            logits.flatten_all()?.index_select(&Tensor::from_vec(flat, len, device)?, 0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?
+        }
+        .into_iter();
+        for &row in &best {
+            let Want::Best { touched, .. } = &wants[row as usize] else { unreachable!("picked as Best") };
+            let values: Vec<f32> = touched_values.by_ref().take(touched.len()).collect();
+            match qwen_serve_models::unpack_candidates(&packed[row as usize]) {
+                Some(mut candidates) => {
+                    candidates.extend(touched.iter().copied().zip(values));
+                    candidates.sort_by_key(|c| c.0);
+                    candidates.dedup_by_key(|c| c.0);
+                    out[row as usize] = Some(Next::Candidates(candidates));
+                }
+                None => whole.push(row),
+            }
+        }
+    } else {
+        whole.extend(best);
+    }
+    if !whole.is_empty() {
+        whole.sort_unstable();
+        for (&row, values) in whole.iter().zip(rows_f32(&select(&whole)?)?) {
             out[row as usize] = Some(Next::Logits(values));
         }
     }
@@ -212,15 +316,22 @@ fn rows_f32(t: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor};
+    use std::sync::Arc;
 
-    use super::{device_rows, host_rows, Next};
+    use candle_core::{DType, Device, Tensor};
+    use tokio::sync::mpsc::unbounded_channel;
+
+    use super::{device_rows, host_rows, want, Next, Want};
+    use crate::engine::constraint::OutputFormat;
+    use crate::engine::sequence::Sequence;
+    use crate::engine::SamplingParams;
 
     fn flat(rows: Vec<Option<Next>>) -> Vec<(bool, Vec<f32>)> {
         rows.into_iter()
             .map(|r| match r.expect("every row") {
                 Next::Argmax(id) => (true, vec![id as f32]),
                 Next::Logits(row) => (false, row),
+                Next::Candidates(_) => panic!("no candidates asked for"),
             })
             .collect()
     }
@@ -235,8 +346,9 @@ mod tests {
             let logits = logits.to_dtype(dtype).unwrap();
             let rows = logits.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
             for mask in [[true; 5], [false; 5], [true, false, true, true, false]] {
-                let host = flat(host_rows(&logits, &mask).unwrap());
-                assert_eq!(host, flat(device_rows(&logits, &mask).unwrap()), "{dtype:?} {mask:?}");
+                let wants: Vec<Want> = mask.iter().map(|&g| if g { Want::Argmax } else { Want::Whole }).collect();
+                let host = flat(host_rows(&logits, &wants).unwrap());
+                assert_eq!(host, flat(device_rows(&logits, &wants).unwrap()), "{dtype:?} {mask:?}");
                 for (i, (greedy, got)) in host.iter().enumerate() {
                     assert_eq!(*greedy, mask[i]);
                     if *greedy {
@@ -247,5 +359,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Rows asking for their best candidates get every logit at least their k-th largest and
+    /// the touched ids' logits, by id, with the row's values; a row with more ties at the k-th
+    /// than the output holds comes whole; the other rows are unaffected.
+    #[test]
+    fn best_candidates_come_with_the_touched_logits() {
+        let vocab = 3000;
+        let mut rows: Vec<Vec<f32>> = (0..4).map(|r| Tensor::randn(0f32, 2.0, vocab, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap().into_iter().map(|v| v + r as f32).collect()).collect();
+        rows[3].iter_mut().for_each(|v| *v = 1.0); // all tied: more than any cap
+        let touched = vec![0u32, 7, 2999];
+        let wants = vec![
+            Want::Best { k: 20 + touched.len(), touched: touched.clone() },
+            Want::Argmax,
+            Want::Best { k: 1, touched: vec![] },
+            Want::Best { k: 5, touched: vec![] },
+        ];
+        let logits = Tensor::new(rows.iter().flatten().copied().collect::<Vec<f32>>(), &Device::Cpu).unwrap().reshape((4, vocab)).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let logits = logits.to_dtype(dtype).unwrap();
+            let values = logits.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+            let out = device_rows(&logits, &wants).unwrap();
+            for (r, k, touched) in [(0, 23, &touched[..]), (2, 1, &[][..])] {
+                let Some(Next::Candidates(got)) = &out[r] else { panic!("row {r}: candidates") };
+                let mut sorted = values[r].clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let want: Vec<(u32, f32)> =
+                    (0..vocab as u32).filter(|&i| values[r][i as usize] >= sorted[k - 1] || touched.contains(&i)).map(|i| (i, values[r][i as usize])).collect();
+                assert_eq!(got, &want, "{dtype:?} row {r}");
+                assert!(got.len() >= k && got.len() < 100);
+            }
+            assert!(matches!(out[1], Some(Next::Argmax(_))));
+            assert!(matches!(&out[3], Some(Next::Logits(row)) if row == &values[3]), "overflow: the row whole");
+        }
+    }
+
+    fn sequence(params: SamplingParams, prompt: Vec<u32>, output: &[u32]) -> Sequence {
+        let (tx, _rx) = unbounded_channel();
+        let mut seq = Sequence::new(0, 0, 0, prompt, Arc::new(params), tx);
+        seq.tokens.extend_from_slice(output);
+        seq
+    }
+
+    #[test]
+    fn what_a_row_needs_from_the_gpu() {
+        let prompt = vec![5, 6, 5, 9000, 1];
+        let eos = [2u32];
+        let want_of = |params: SamplingParams| want(&sequence(params, prompt.clone(), &[7, 7, 3]), 0, &eos, 1000);
+        assert_eq!(want_of(SamplingParams::default()), Want::Argmax);
+        assert_eq!(want_of(SamplingParams { min_tokens: 10, ..Default::default() }), Want::Best { k: 2, touched: vec![2] }, "EOS suppressed");
+        let sampled = SamplingParams { temperature: 0.7, top_k: 20, ..Default::default() };
+        assert_eq!(want_of(sampled.clone()), Want::Best { k: 20, touched: vec![] });
+        assert_eq!(want_of(SamplingParams { top_k: 0, ..sampled.clone() }), Want::Whole, "the whole distribution");
+        assert_eq!(want_of(SamplingParams { top_k: 1000, ..sampled.clone() }), Want::Whole, "top_k of the whole vocabulary");
+        assert_eq!(want_of(SamplingParams { logprobs: Some(0), ..sampled.clone() }), Want::Whole);
+        assert_eq!(want_of(SamplingParams { format: OutputFormat::JsonObject, ..sampled.clone() }), Want::Whole);
+        // Repetition: prompt and output ids (in the vocabulary); presence: the output's.
+        let rep = SamplingParams { repetition_penalty: 1.1, logit_bias: vec![(40, 1.0)], ..sampled.clone() };
+        assert_eq!(want_of(rep), Want::Best { k: 26, touched: vec![1, 3, 5, 6, 7, 40] });
+        let presence = SamplingParams { presence_penalty: 0.5, ..SamplingParams::default() };
+        assert_eq!(want_of(presence.clone()), Want::Best { k: 3, touched: vec![3, 7] });
+        // A draft's tokens count as output for the rows after them.
+        let mut seq = sequence(presence, prompt.clone(), &[7, 7, 3]);
+        seq.draft = vec![11, 12, 13];
+        assert_eq!(want(&seq, 2, &eos, 1000), Want::Best { k: 5, touched: vec![3, 7, 11, 12] });
+        // Too many touched ids: the row whole.
+        let long: Vec<u32> = (0..5000).collect();
+        let many = SamplingParams { repetition_penalty: 1.1, ..sampled };
+        assert_eq!(want(&sequence(many, long, &[]), 0, &eos, 10_000), Want::Whole);
     }
 }

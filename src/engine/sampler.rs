@@ -182,7 +182,9 @@ pub struct Sampler {
     logits: Vec<f32>,
     /// (token, logit, then weight) of the tokens still in the running.
     candidates: Vec<(u32, f32)>,
-    /// One bit per vocab entry: already given the repetition penalty in this call.
+    /// The processed candidates of a [`Self::sample_candidates`] call, by id.
+    entries: Vec<(u32, f32)>,
+    /// One bit per logit held: already given the repetition penalty in this call.
     seen: Vec<u64>,
     /// The output ids, sorted, to count occurrences.
     sorted_output: Vec<u32>,
@@ -194,7 +196,7 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        Self { rng, logits: Vec::new(), candidates: Vec::new(), seen: Vec::new(), sorted_output: Vec::new() }
+        Self { rng, logits: Vec::new(), candidates: Vec::new(), entries: Vec::new(), seen: Vec::new(), sorted_output: Vec::new() }
     }
 
     /// `logits`: one row (vocab). `prompt`/`output`: the sequence's tokens so far (for penalties).
@@ -228,50 +230,40 @@ impl Sampler {
         Sampled { token, logprobs }
     }
 
+    /// [`Self::sample`] from a row's best candidates only, sorted by id: `(id, raw logit)` for
+    /// at least the `k + t` largest logits of the row (all ties at the last), where `k` is
+    /// `top_k` (1 when greedy) and `t` the number of ids `params`, `prompt`, `output` and
+    /// `suppressed` touch, plus those touched ids themselves. Every other logit then ranks below
+    /// the top k after processing, so the token is the one the whole row gives (for the same
+    /// RNG state). Only for greedy or `top_k` in 1..vocab, without logprobs or an output
+    /// constraint (the runner checks, see `runner::Want`).
+    pub fn sample_candidates(
+        &mut self,
+        candidates: &[(u32, f32)],
+        params: &SamplingParams,
+        prompt: &[u32],
+        output: &[u32],
+        suppressed: &[u32],
+    ) -> Sampled {
+        debug_assert!(params.logprobs.is_none() && (params.temperature <= 0.0 || params.top_k > 0));
+        self.entries.clear();
+        self.entries.extend_from_slice(candidates);
+        adjust(&mut Sparse(&mut self.entries), params, prompt, output, suppressed, &mut self.seen, &mut self.sorted_output);
+        let token = if params.temperature <= 0.0 { sparse_argmax(&self.entries) } else { self.draw_sparse(params) };
+        Sampled { token, logprobs: None }
+    }
+
     /// Steps 1-3: fills `self.logits` with the processed logits.
     fn process(&mut self, raw: &[f32], params: &SamplingParams, prompt: &[u32], output: &[u32], suppressed: &[u32], allowed: Option<Allowed>) {
-        let vocab = raw.len();
         let logits = &mut self.logits;
         logits.clear();
         logits.extend_from_slice(raw);
-        for &(id, bias) in &params.logit_bias {
-            if let Some(l) = logits.get_mut(id as usize) {
-                *l += bias;
-            }
-        }
-        for &id in suppressed {
-            if let Some(l) = logits.get_mut(id as usize) {
-                *l = f32::NEG_INFINITY;
-            }
-        }
+        adjust(&mut Dense(&mut logits[..]), params, prompt, output, suppressed, &mut self.seen, &mut self.sorted_output);
+        // (After the penalties, which leave -inf at -inf.)
         if let Some(allowed) = allowed {
             for (id, l) in logits.iter_mut().enumerate() {
                 if !allowed.contains(id) {
                     *l = f32::NEG_INFINITY;
-                }
-            }
-        }
-        if params.repetition_penalty != 1.0 {
-            let penalty = params.repetition_penalty;
-            self.seen.clear();
-            self.seen.resize(vocab.div_ceil(64), 0);
-            for &id in prompt.iter().chain(output) {
-                let i = id as usize;
-                if i >= vocab || self.seen[i / 64] & (1 << (i % 64)) != 0 {
-                    continue;
-                }
-                self.seen[i / 64] |= 1 << (i % 64);
-                let l = &mut logits[i];
-                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
-            }
-        }
-        if (params.presence_penalty != 0.0 || params.frequency_penalty != 0.0) && !output.is_empty() {
-            self.sorted_output.clear();
-            self.sorted_output.extend_from_slice(output);
-            self.sorted_output.sort_unstable();
-            for run in self.sorted_output.chunk_by(|a, b| a == b) {
-                if let Some(l) = logits.get_mut(run[0] as usize) {
-                    *l -= params.presence_penalty + params.frequency_penalty * run.len() as f32;
                 }
             }
         }
@@ -312,30 +304,137 @@ impl Sampler {
 
         let candidates = &mut self.candidates;
         if params.top_k > 0 && params.top_k < vocab {
-            top_k_sorted(logits, params.top_k, candidates);
+            top_k_sorted(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)), params.top_k, candidates);
         } else {
             candidates.clear();
             candidates
                 .extend(logits.iter().enumerate().filter(|(_, &l)| l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)));
         }
-        for c in candidates.iter_mut() {
-            c.1 = weight(c.1);
-        }
-        if params.top_p < 1.0 {
-            let kept = nucleus_len(candidates, params.top_p);
-            candidates.truncate(kept);
-        }
-        candidates.retain(|c| keep(c.1));
-        let total: f64 = candidates.iter().map(|c| f64::from(c.1)).sum();
-        let mut r = u * total;
-        for &(id, w) in candidates.iter() {
-            if r < f64::from(w) {
-                return id;
-            }
-            r -= f64::from(w);
-        }
-        candidates.last().map_or_else(|| argmax(logits), |c| c.0)
+        pick(candidates, params, max, u).unwrap_or_else(|| argmax(logits))
     }
+
+    /// Step 5 over `self.entries` (top-k only): what [`Self::draw`] does on the whole row.
+    fn draw_sparse(&mut self, params: &SamplingParams) -> u32 {
+        let entries = &self.entries;
+        let max = entries.iter().map(|e| e.1).fold(f32::NEG_INFINITY, f32::max);
+        if !max.is_finite() {
+            return sparse_argmax(entries);
+        }
+        let u: f64 = self.rng.random();
+        top_k_sorted(entries.iter().copied(), params.top_k, &mut self.candidates);
+        pick(&mut self.candidates, params, max, u).unwrap_or_else(|| sparse_argmax(entries))
+    }
+}
+
+/// Logits that processing adjusts by token id: a whole row, or a row's candidates.
+trait Slots {
+    /// Where `id`'s logit is, if the row has it.
+    fn slot(&self, id: u32) -> Option<usize>;
+    fn at(&mut self, slot: usize) -> &mut f32;
+    fn len(&self) -> usize;
+}
+
+struct Dense<'a>(&'a mut [f32]);
+
+impl Slots for Dense<'_> {
+    fn slot(&self, id: u32) -> Option<usize> {
+        ((id as usize) < self.0.len()).then_some(id as usize)
+    }
+    fn at(&mut self, slot: usize) -> &mut f32 {
+        &mut self.0[slot]
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Candidates sorted by id.
+struct Sparse<'a>(&'a mut [(u32, f32)]);
+
+impl Slots for Sparse<'_> {
+    fn slot(&self, id: u32) -> Option<usize> {
+        self.0.binary_search_by_key(&id, |c| c.0).ok()
+    }
+    fn at(&mut self, slot: usize) -> &mut f32 {
+        &mut self.0[slot].1
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Steps 1-3 but the output constraint, on whichever logits `row` holds. `seen` and
+/// `sorted_output` are scratch.
+fn adjust(row: &mut impl Slots, params: &SamplingParams, prompt: &[u32], output: &[u32], suppressed: &[u32], seen: &mut Vec<u64>, sorted_output: &mut Vec<u32>) {
+    for &(id, bias) in &params.logit_bias {
+        if let Some(i) = row.slot(id) {
+            *row.at(i) += bias;
+        }
+    }
+    for &id in suppressed {
+        if let Some(i) = row.slot(id) {
+            *row.at(i) = f32::NEG_INFINITY;
+        }
+    }
+    if params.repetition_penalty != 1.0 {
+        let penalty = params.repetition_penalty;
+        seen.clear();
+        seen.resize(row.len().div_ceil(64), 0);
+        for &id in prompt.iter().chain(output) {
+            let Some(i) = row.slot(id) else { continue };
+            if seen[i / 64] & (1 << (i % 64)) != 0 {
+                continue;
+            }
+            seen[i / 64] |= 1 << (i % 64);
+            let l = row.at(i);
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+        }
+    }
+    if (params.presence_penalty != 0.0 || params.frequency_penalty != 0.0) && !output.is_empty() {
+        sorted_output.clear();
+        sorted_output.extend_from_slice(output);
+        sorted_output.sort_unstable();
+        for run in sorted_output.chunk_by(|a, b| a == b) {
+            if let Some(i) = row.slot(run[0]) {
+                *row.at(i) -= params.presence_penalty + params.frequency_penalty * run.len() as f32;
+            }
+        }
+    }
+}
+
+/// The rest of step 5 over the surviving candidates, `u` in [0, 1) the draw: weights, top-p,
+/// min-p, then the token at `u` of the remaining mass (`None` if nothing is left).
+fn pick(candidates: &mut Vec<(u32, f32)>, params: &SamplingParams, max: f32, u: f64) -> Option<u32> {
+    let t = params.temperature;
+    for c in candidates.iter_mut() {
+        c.1 = ((c.1 - max) / t).exp();
+    }
+    if params.top_p < 1.0 {
+        let kept = nucleus_len(candidates, params.top_p);
+        candidates.truncate(kept);
+    }
+    candidates.retain(|c| c.1 > 0.0 && c.1 >= params.min_p);
+    let total: f64 = candidates.iter().map(|c| f64::from(c.1)).sum();
+    let mut r = u * total;
+    for &(id, w) in candidates.iter() {
+        if r < f64::from(w) {
+            return Some(id);
+        }
+        r -= f64::from(w);
+    }
+    candidates.last().map(|c| c.0)
+}
+
+/// [`argmax`] over candidates sorted by id: the largest value, the lowest id among ties, NaN
+/// never (the first candidate's id, or 0, if none is a number).
+fn sparse_argmax(entries: &[(u32, f32)]) -> u32 {
+    let mut best: Option<(u32, f32)> = None;
+    for &(id, v) in entries {
+        if best.is_none_or(|b| v > b.1) && !v.is_nan() {
+            best = Some((id, v));
+        }
+    }
+    best.or(entries.first().copied()).map_or(0, |b| b.0)
 }
 
 /// Descending by value, ascending by id among ties: a total order, so selections are unique.
@@ -343,13 +442,13 @@ fn by_value_desc(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// The `k` largest finite logits as (id, logit), sorted by [`by_value_desc`] (all of them, sorted,
-/// if fewer are finite). In one pass over the row: a value joins a buffer only if it beats the
+/// The `k` largest finite logits of `row` ((id, logit) by increasing id) as (id, logit), sorted
+/// by [`by_value_desc`] (all of them, sorted, if fewer are finite). In one pass over the row: a value joins a buffer only if it beats the
 /// k-th best found so far, and the buffer is cut back to the best k whenever it holds 2k, so
 /// a 150k-entry row costs a comparison per entry. The result depends only on the row's values,
 /// not on where the losers sit: a row holding only these k values (the rest -inf) gives the
 /// same list, and so the same draw.
-fn top_k_sorted(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
+fn top_k_sorted(row: impl Iterator<Item = (u32, f32)>, k: usize, out: &mut Vec<(u32, f32)>) {
     out.clear();
     // A value must be above this to join; ids come in increasing order, so an equal value
     // would rank after the k-th (ties go to the lower id) and can never make the cut.
@@ -357,11 +456,11 @@ fn top_k_sorted(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     let cut = |out: &mut Vec<(u32, f32)>| {
         out.select_nth_unstable_by(k - 1, by_value_desc);
         out.truncate(k);
-        out.iter().map(|c| c.1).fold(f32::INFINITY, f32::min)
+        out.iter().map(|c| c.1).min_by(f32::total_cmp).unwrap_or(f32::NEG_INFINITY)
     };
-    for (i, &l) in logits.iter().enumerate() {
-        if l > floor {
-            out.push((i as u32, l));
+    for (i, l) in row {
+        if !l.is_nan() && l.total_cmp(&floor).is_gt() {
+            out.push((i, l));
             if out.len() == 2 * k.max(32) {
                 floor = cut(out);
             }

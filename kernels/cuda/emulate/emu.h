@@ -128,6 +128,12 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
     return old;
 }
 inline float __ldcg(const float* p) { return *p; }
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+using std::isnan;
 
 inline float __shfl_sync(unsigned, float v, int src) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -1,4 +1,4 @@
-// write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu, qkv.cu, small_matmul.cu and qkv_matmul.cu, run by emu.h, against direct formulas in
+// write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu, qkv.cu, small_matmul.cu, qkv_matmul.cu and top_k.cu, run by emu.h, against direct formulas in
 // double (f32 instantiations: the other dtypes differ only in the shared conversions; small_matmul's
 // bf16 ones too, for the roundings its modes make).
 #include "emu.h"
@@ -10,6 +10,7 @@
 #include "../qkv.cu"
 #include "../small_matmul.cu"
 #include "../qkv_matmul.cu"
+#include "../top_k.cu"
 
 #include <algorithm>
 #include <array>
@@ -334,6 +335,59 @@ int main() {
         char name[64];
         std::snprintf(name, sizeof name, "qkv_matmul bf16 = composition m %d k %d bias %d", m, k, with_bias);
         check(name, diff, 0);
+    }
+    for (int vocab : {3000, 2999}) {  // top_k candidates: rows with ties, NaN and -inf, bf16 and f32 (2999: scalar loads)
+        using B = __nv_bfloat16;
+        const int rows = 6, cap = 600;
+        std::vector<float> x(rows * vocab);
+        for (int r = 0; r < rows; ++r)
+            for (int i = 0; i < vocab; ++i) {
+                float v = r % 2 ? std::round(4 * nd(rng)) / 4 : 3 * nd(rng);  // odd rows: many ties
+                if (r == 4) v = -std::abs(v) - 1;                             // all negative
+                v += 0.f;  // no -0.0 (it ranks below +0.0 there, equal to it here)
+                if (i % 97 == 5) v = NAN;
+                if (i % 89 == 7) v = -INFINITY;
+                x[r * vocab + i] = v;
+            }
+        std::vector<unsigned> ks{1, 20, 300, 2999, 0, 64};
+        std::vector<B> xb(x.size());
+        for (size_t i = 0; i < x.size(); ++i) xb[i] = __float2bfloat16_rn(x[i]);
+        for (int as_bf16 : {0, 1}) {
+            std::vector<unsigned> out(rows * (1 + 2 * cap), 0);
+            emu::launch({rows}, {512}, [&] {
+                if (as_bf16) top_k_candidates_bf16(xb.data(), ks.data(), out.data(), vocab, cap);
+                else top_k_candidates_f32(x.data(), ks.data(), out.data(), vocab, cap);
+            });
+            int wrong = 0;
+            for (int r = 0; r < rows; ++r) {
+                std::vector<float> v(vocab);
+                for (int i = 0; i < vocab; ++i) v[i] = as_bf16 ? __bfloat162float(xb[r * vocab + i]) : x[r * vocab + i];
+                std::vector<float> finite;
+                for (float f : v) if (!std::isnan(f) && f > -INFINITY) finite.push_back(f);
+                std::sort(finite.begin(), finite.end(), std::greater<float>());
+                const unsigned k = ks[r];
+                // Wanted: every finite value >= the k-th largest (all if fewer), none for k = 0.
+                std::vector<unsigned> want;
+                if (k > 0)
+                    for (int i = 0; i < vocab; ++i)
+                        if (!std::isnan(v[i]) && v[i] > -INFINITY && (finite.size() < k || v[i] >= finite[k - 1])) want.push_back(i);
+                const unsigned* o = &out[r * (1 + 2 * cap)];
+                std::vector<unsigned> got;
+                if (o[0] <= (unsigned)cap)
+                    for (unsigned j = 0; j < o[0]; ++j) {
+                        got.push_back(o[1 + 2 * j]);
+                        float f;
+                        std::memcpy(&f, &o[2 + 2 * j], 4);
+                        wrong += f != v[o[1 + 2 * j]];  // the value is the row's
+                    }
+                std::sort(got.begin(), got.end());
+                // Too many for the output: then the count must still be right.
+                wrong += o[0] != want.size() || (o[0] <= (unsigned)cap && got != want);
+            }
+            char name[64];
+            std::snprintf(name, sizeof name, "top_k candidates %s vocab %d", as_bf16 ? "bf16" : "f32", vocab);
+            check(name, wrong, 0);
+        }
     }
     std::printf("%d failures\n", failures);
     return failures != 0;

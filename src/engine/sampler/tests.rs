@@ -32,6 +32,11 @@ fn processed(logits: &[f32], p: &SamplingParams, prompt: &[u32], output: &[u32],
     s.logits.clone()
 }
 
+/// A whole row as (id, logit) pairs.
+fn indexed(row: &[f32]) -> impl Iterator<Item = (u32, f32)> + '_ {
+    row.iter().enumerate().map(|(i, &l)| (i as u32, l))
+}
+
 /// Token ids by decreasing logit.
 fn ranked(logits: &[f32]) -> Vec<u32> {
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
@@ -465,7 +470,7 @@ fn top_k_selection_is_a_full_sort_cut_short() {
         all.sort_by(by_value_desc);
         for k in [1, 2, 20, 31, 33, 64, 1000, 4999, 5000, 6000] {
             let mut got = vec![];
-            top_k_sorted(row, k, &mut got);
+            top_k_sorted(indexed(row), k, &mut got);
             let want: Vec<(u32, f32)> = all.iter().take(k).copied().collect();
             assert_eq!(got.len(), want.len(), "k {k}");
             assert!(got.iter().zip(&want).all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1.to_bits()), "k {k}: {got:?}");
@@ -504,7 +509,7 @@ fn top_k_draws_need_only_the_best_candidates() {
             .iter()
             .map(|row| {
                 let mut best = vec![];
-                top_k_sorted(row, p.top_k + 7, &mut best);
+                top_k_sorted(indexed(row), p.top_k + 7, &mut best);
                 let mut out = vec![f32::NEG_INFINITY; row.len()];
                 for (id, l) in best {
                     out[id as usize] = l;
@@ -515,5 +520,66 @@ fn top_k_draws_need_only_the_best_candidates() {
         let full = draw(&rows);
         assert_eq!(full, draw(&sparse), "{p:?}");
         assert!(full.iter().collect::<std::collections::HashSet<_>>().len() > 5, "the draws vary: {full:?}");
+    }
+}
+
+/// What a GPU sends for a row (see `runner::Want`): every logit at least the (k + t)-th largest
+/// and the t touched ids, sorted by id; drawing from it gives the whole row's tokens, for
+/// greedy after penalties and for top-k sampling with every processing step.
+#[test]
+fn candidates_draw_what_the_row_draws() {
+    let prompt: Vec<u32> = (0..60).map(|i| (i * 37) % 3000).collect();
+    let output: Vec<u32> = vec![5, 9, 9, 1200, 7, 9, 2999];
+    let suppressed = [4u32, 8, 15];
+    let variants = [
+        params(|p| p.repetition_penalty = 1.3),
+        params(|p| {
+            p.logit_bias = vec![(17, 5.0), (2500, -3.0), (3, 100.0)];
+            p.presence_penalty = 1.5;
+        }),
+        params(|p| {
+            p.temperature = 0.8;
+            p.top_k = 20;
+            p.top_p = 0.9;
+            p.repetition_penalty = 0.7;
+            p.frequency_penalty = -1.0;
+        }),
+        params(|p| {
+            p.temperature = 1.2;
+            p.top_k = 40;
+            p.min_p = 0.05;
+            p.logit_bias = vec![(11, 4.0), (12, -100.0)];
+            p.presence_penalty = -2.0;
+        }),
+        params(|p| {
+            p.temperature = 1.0;
+            p.top_k = 1;
+        }),
+    ];
+    for (v, p) in variants.iter().enumerate() {
+        let mut touched: Vec<u32> = p.logit_bias.iter().map(|b| b.0).chain(suppressed).collect();
+        if p.repetition_penalty != 1.0 {
+            touched.extend(&prompt);
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            touched.extend(&output);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let k = p.top_k.max(1) + touched.len();
+        let (mut full, mut sparse) = (Sampler::new(Some(v as u64)), Sampler::new(Some(v as u64)));
+        for r in 0..60 {
+            // Half the rows with bf16-like ties.
+            let row: Vec<f32> = random_logits(3000, 500 + r).into_iter().map(|l| if r % 2 == 1 { (l * 8.0).round() / 8.0 } else { l }).collect();
+            let mut sorted = row.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[k - 1];
+            let mut candidates: Vec<(u32, f32)> = indexed(&row).filter(|&(i, l)| l >= kth || touched.binary_search(&i).is_ok()).collect();
+            candidates.sort_unstable_by_key(|c| c.0);
+            assert!(candidates.len() < 1000, "a handful, not the row");
+            let want = full.sample(&row, p, &prompt, &output, &suppressed).token;
+            let got = sparse.sample_candidates(&candidates, p, &prompt, &output, &suppressed).token;
+            assert_eq!(got, want, "{p:?}, row {r}");
+        }
     }
 }
