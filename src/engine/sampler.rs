@@ -272,7 +272,7 @@ impl Sampler {
     /// Step 5 over `self.logits`.
     fn draw(&mut self, params: &SamplingParams) -> u32 {
         let logits = &self.logits;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = max_value(logits);
         if !max.is_finite() {
             return argmax(logits);
         }
@@ -285,21 +285,36 @@ impl Sampler {
 
         let vocab = logits.len();
         if (params.top_k == 0 || params.top_k >= vocab) && params.top_p >= 1.0 {
-            // No truncation by rank: two passes over the vocab, no candidate list.
-            let total: f64 = logits.iter().map(|&l| weight(l)).filter(|&w| keep(w)).map(f64::from).sum();
-            let mut r = u * total;
-            let mut last = None;
-            for (i, &l) in logits.iter().enumerate() {
-                let w = weight(l);
-                if keep(w) {
-                    if r < f64::from(w) {
-                        return i as u32;
-                    }
-                    r -= f64::from(w);
-                    last = Some(i as u32);
-                }
+            // No truncation by rank: each weight (0 for a token not kept) computed once into this
+            // thread's scratch (samplers run in parallel, one per thread at a time), summed by
+            // chunks of independent lanes, and the draw found by chunk, then by token. No
+            // candidate list.
+            thread_local! {
+                static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f64>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
             }
-            return last.unwrap_or_else(|| argmax(logits));
+            let token = SCRATCH.with_borrow_mut(|(weights, sums)| {
+                weights.clear();
+                weights.extend(logits.iter().map(|&l| weight(l)).map(|w| if keep(w) { w } else { 0.0 }));
+                sums.clear();
+                sums.extend(weights.chunks(WALK_CHUNK).map(lane_sum));
+                let mut r = u * sums.iter().sum::<f64>();
+                let mut chunk = 0;
+                while chunk + 1 < sums.len() && r >= sums[chunk] {
+                    r -= sums[chunk];
+                    chunk += 1;
+                }
+                for (i, &w) in weights.iter().enumerate().skip(chunk * WALK_CHUNK) {
+                    if w > 0.0 {
+                        if r < f64::from(w) {
+                            return Some(i as u32);
+                        }
+                        r -= f64::from(w);
+                    }
+                }
+                // Past the end by rounding: the last token kept.
+                weights.iter().rposition(|&w| w > 0.0).map(|i| i as u32)
+            });
+            return token.unwrap_or_else(|| argmax(logits));
         }
 
         let candidates = &mut self.candidates;
@@ -437,6 +452,37 @@ fn sparse_argmax(entries: &[(u32, f32)]) -> u32 {
     best.or(entries.first().copied()).map_or(0, |b| b.0)
 }
 
+/// Weights per chunk of a whole-vocabulary draw.
+const WALK_CHUNK: usize = 64;
+
+/// The sum of `xs` in f64 over 8 independent lanes (a sequential sum waits on each add).
+fn lane_sum(xs: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += f64::from(x);
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
+}
+
+/// The largest value of `xs`, NaN ignored (-inf if there is none): 16 lanes, so that it
+/// vectorises (the same value as a fold, max being order-free).
+fn max_value(xs: &[f32]) -> f32 {
+    let larger = |m: f32, x: f32| if x > m { x } else { m };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| larger(m, x));
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = larger(*m, x);
+        }
+    }
+    lanes.into_iter().fold(rest, larger)
+}
+
 /// Descending by value, ascending by id among ties: a total order, so selections are unique.
 fn by_value_desc(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
@@ -508,7 +554,7 @@ pub fn logprobs_of(logits: &[f32], token: u32, k: usize) -> Logprobs {
 }
 
 fn log_softmax_pick(logits: &[f32], token: u32, k: usize) -> Logprobs {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_value(logits);
     let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
     let log_z = f64::from(max) + sum.ln();
     let logprob = |l: f32| (f64::from(l) - log_z) as f32;

@@ -583,3 +583,33 @@ fn candidates_draw_what_the_row_draws() {
         }
     }
 }
+
+/// A draw over the whole vocabulary (no top-k or top-p) follows the softmax: empirical
+/// frequencies over 40,000 draws against the probabilities, the mass spread over several
+/// chunks of the walk and piled into the last one; min-p's dropped tokens never come.
+#[test]
+fn whole_vocabulary_draws_follow_the_softmax() {
+    let spread: Vec<f32> = (0..300).map(|i| ((i * 37 % 101) as f32) / 25.0).collect();
+    let mut last_heavy = vec![-30.0f32; 300];
+    for (i, l) in last_heavy.iter_mut().enumerate().skip(290) {
+        *l = (i - 290) as f32 / 4.0;
+    }
+    for (logits, min_p) in [(&spread, 0.0), (&last_heavy, 0.0), (&spread, 0.2)] {
+        let p = params(|p| {
+            p.temperature = 1.0;
+            p.min_p = min_p;
+        });
+        let max = logits.iter().copied().fold(f32::MIN, f32::max);
+        let weights: Vec<f64> =
+            logits.iter().map(|&l| f64::from(l - max).exp()).map(|w| if w >= f64::from(min_p) { w } else { 0.0 }).collect();
+        let total: f64 = weights.iter().sum();
+        let n = 40_000;
+        let mut counts = vec![0usize; logits.len()];
+        for t in draws(logits, &p, 11, n) {
+            counts[t as usize] += 1;
+        }
+        let tv: f64 = counts.iter().zip(&weights).map(|(&c, &w)| (c as f64 / n as f64 - w / total).abs()).sum::<f64>() / 2.0;
+        assert!(tv < 0.03, "total variation {tv} (min_p {min_p})");
+        assert!(counts.iter().zip(&weights).all(|(&c, &w)| w > 0.0 || c == 0), "a dropped token was drawn");
+    }
+}
