@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Every kernel source; each becomes `$OUT_DIR/<name>.ptx`.
-const KERNELS: &[&str] = &["paged_attention", "paged_attention_mma", "write_kv", "rms_norm", "rope", "silu_mul", "qkv", "small_matmul", "qkv_matmul", "argmax", "top_k"];
+const KERNELS: &[&str] = &["paged_attention", "paged_attention_mma", "write_kv", "rms_norm", "rope", "silu_mul", "qkv", "small_matmul", "qkv_matmul", "argmax", "top_k", "sample"];
 /// Headers the kernels include.
 const HEADERS: &[&str] = &["cuda/common.cuh", "cuda/attention_tile.cuh", "cuda/small_matmul.cuh"];
 

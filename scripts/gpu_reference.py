@@ -309,12 +309,13 @@ def main():
     levels = args.bench_concurrency.split(",")
     ab = [c for c in ("1", "64") if c in levels]
     # Most telling first: a step's time limit cuts the list from the end.
-    variants = [# Sampled instead of greedy (Qwen's recommended settings, EOS still ignored): with
-                # top-k each row's best candidates come to the host (kernels/cuda/top_k.cu), where
-                # greedy steps bring back one id; without it (the whole distribution) each row
-                # comes whole, in bf16. What a chat server's traffic costs beside the table's.
+    variants = [# Sampled instead of greedy (EOS still ignored), where greedy steps bring back one id
+                # a row: Qwen's recommended settings, each row's best candidates to the host
+                # (kernels/cuda/top_k.cu); top-p alone, each row whole in bf16; temperature alone,
+                # drawn on the GPU (kernels/cuda/sample.cu). What chat traffic costs beside the table's.
                 ("sampled", {}, levels, {"--temperature": "0.7", "--top-p": "0.8", "--top-k": "20"}),
-                ("sampled_whole_rows", {}, levels, {"--temperature": "0.7", "--top-p": "0.8"}),
+                ("sampled_top_p", {}, levels, {"--temperature": "0.7", "--top-p": "0.8"}),
+                ("sampled_temperature", {}, levels, {"--temperature": "0.7"}),
                 # Decode steps of one or two sequences without the few-rows kernels that fuse norms, q/k/v,
                 # SiLU and residual adds in (kernels/src/small_matmul.rs, qkv/matmul.rs; five launches
                 # a layer instead of ten; on by default since 2026-11-27).

@@ -231,7 +231,7 @@ impl EngineArgs {
             },
             max_model_len: self.max_model_len,
             speculative: self.speculative_config.as_deref().map(crate::engine::speculative::SpeculativeConfig::parse).transpose()?,
-            sample_from_candidates: None,
+            sample_on_device: None,
         })
     }
 }

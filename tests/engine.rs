@@ -348,19 +348,20 @@ fn speculative_decoding_keeps_the_greedy_tokens() {
     small.shutdown();
 }
 
-/// Rows that need only their top k reach the sampler as their best candidates on a GPU; run
-/// that way here (`sample_from_candidates`), every kind of request gets the tokens of whole
-/// rows: seeded top-k sampling with a repetition penalty, greedy with presence penalty and
-/// bias, greedy with a penalty that lifts the prompt's tokens, EOS suppressed until
-/// `min_tokens`, the whole distribution and plain greedy beside them in one batch, and with
-/// speculative decoding (rows after draft tokens).
+/// On a GPU sampling starts where the logits are: rows that need only their top k reach the
+/// sampler as their best candidates, and plain whole-vocabulary draws are made there with the
+/// sequence's RNG. Run that way here (`sample_on_device`), every kind of request gets the tokens
+/// of whole rows on the host: seeded top-k sampling with a repetition penalty, greedy with
+/// presence penalty and bias, greedy with a penalty that lifts the prompt's tokens, EOS
+/// suppressed until `min_tokens`, seeded whole-vocabulary draws (with min-p too) and plain
+/// greedy beside them in one batch, and with speculative decoding (rows after draft tokens).
 #[test]
-fn sampling_from_candidates_gives_the_whole_rows_tokens() {
+fn sampling_on_the_device_gives_the_hosts_tokens() {
     use qwen_serve::engine::speculative::SpeculativeConfig;
-    let whole = engine(EngineConfig { sample_from_candidates: Some(false), ..Default::default() });
-    let best = engine(EngineConfig { sample_from_candidates: Some(true), ..Default::default() });
+    let whole = engine(EngineConfig { sample_on_device: Some(false), ..Default::default() });
+    let best = engine(EngineConfig { sample_on_device: Some(true), ..Default::default() });
     let spec = Some(SpeculativeConfig { num_speculative_tokens: 4, prompt_lookup_max: 3, prompt_lookup_min: 1 });
-    let best_spec = engine(EngineConfig { sample_from_candidates: Some(true), speculative: spec, ..Default::default() });
+    let best_spec = engine(EngineConfig { sample_on_device: Some(true), speculative: spec, ..Default::default() });
     let ps = prompts(&whole);
     let src = "def area(width, height):\n    \"\"\"The area of a rectangle.\"\"\"\n    return width * height\n\n\n";
     let repeat = whole.tokenizer().encode(&format!("{src}# The same function again:\n{src}# And once more:\n")).unwrap();
@@ -369,6 +370,7 @@ fn sampling_from_candidates_gives_the_whole_rows_tokens() {
         (ps[1].clone(), SamplingParams { presence_penalty: 1.2, logit_bias: vec![(13, 3.0), (11, -5.0)], ..greedy(24) }),
         (ps[2].clone(), SamplingParams { min_tokens: 12, max_tokens: 20, ignore_eos: false, ..Default::default() }),
         (ps[3].clone(), SamplingParams { temperature: 1.0, seed: Some(5), ..greedy(24) }),
+        (ps[6].clone(), SamplingParams { temperature: 0.6, min_p: 0.05, seed: Some(8), ..greedy(24) }),
         (ps[4].clone(), greedy(24)),
         // A penalty below 1 lifts the prompt's tokens: from outside the best candidates too.
         (ps[5].clone(), SamplingParams { repetition_penalty: 0.6, ..greedy(24) }),
@@ -379,7 +381,7 @@ fn sampling_from_candidates_gives_the_whole_rows_tokens() {
         streams.into_iter().map(|s| collect(s).0.remove(&0).unwrap()).collect()
     };
     let want = run(&whole);
-    for (name, e) in [("candidates", &best), ("candidates with drafts", &best_spec)] {
+    for (name, e) in [("on the device", &best), ("on the device, with drafts", &best_spec)] {
         for (i, (got, want)) in run(e).iter().zip(&want).enumerate() {
             assert_eq!((&got.tokens, got.reason), (&want.tokens, want.reason), "{name}: request {i} ({:?})", requests[i].1);
         }

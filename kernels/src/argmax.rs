@@ -21,7 +21,7 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Tensor> {
 
 struct ArgmaxRows;
 
-fn reference<T: Elem>(row: &[T]) -> u32 {
+pub(crate) fn reference<T: Elem>(row: &[T]) -> u32 {
     let mut best = 0;
     for (i, &x) in row.iter().enumerate() {
         if x.to_f32() > row[best].to_f32() {

@@ -33,6 +33,7 @@ module!(SMALL_MATMUL, "small_matmul");
 module!(QKV_MATMUL, "qkv_matmul");
 module!(ARGMAX, "argmax");
 module!(TOP_K, "top_k");
+module!(SAMPLE, "sample");
 
 /// `<kernel>_<dtype of T>`: the name of one instantiation of a kernel template.
 pub(crate) fn kernel_name<T: WithDType>(kernel: &str) -> String {

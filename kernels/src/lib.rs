@@ -14,6 +14,7 @@
 //! share across layers.
 
 mod argmax;
+mod sample;
 mod top_k;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -31,6 +32,7 @@ mod small_matmul;
 mod write_kv;
 
 pub use argmax::argmax_rows;
+pub use sample::{draw_whole, max_value, sample_whole_rows, WALK_CHUNK};
 pub use top_k::{top_k_candidates, unpack_candidates};
 pub use device_metadata::DeviceMetadata;
 pub use fused::{add_rms_norm, rms_norm, rotary_embedding, silu_mul};

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use qwen_serve_kernels::{
-    add_rms_norm, argmax_rows, top_k_candidates, unpack_candidates, paged_attention, paged_attention_step, qkv_matmul_step, qkv_matmul_step_fused, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
+    add_rms_norm, argmax_rows, sample_whole_rows, top_k_candidates, unpack_candidates, paged_attention, paged_attention_step, qkv_matmul_step, qkv_matmul_step_fused, qkv_step, qkv_step_fused, rms_norm, rotary_embedding, silu_mul,
     small_matmul_fused, write_kv, write_kv_step, AttentionMetadata, DeviceMetadata, MatmulFusion, Qkv, QkvMatmul,
 };
 
@@ -247,6 +247,51 @@ fn top_k_candidates_match_the_cpu() {
         assert!(want[7][0] as usize > cap && unpack_candidates(&want[7]).is_none(), "k 5000 overflows");
         assert_eq!(want[4][0], 0);
         assert!(want[8][0] <= 10);
+    }
+}
+
+/// Whole-vocabulary draws on the GPU against the CPU's (the sampler's own arithmetic) at
+/// Qwen's vocabulary, in f32, bf16 and f16: the same tokens but where `expf`'s last bits move a
+/// boundary, and every token at its draw's place in the distribution (its cumulative mass
+/// brackets u); rows with +inf or nothing finite get the argmax, rows with temperature 0 are
+/// left out.
+#[test]
+fn whole_vocabulary_draws_match_the_cpu() {
+    let (rows, vocab) = (64, 152_064);
+    let mut x = Tensor::randn(0f32, 3., (rows, vocab), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+    x[5][77] = f32::INFINITY;
+    x[6].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+    x[7][0] = f32::NAN;
+    let temps: Vec<f32> = (0..rows).map(|r| if r == 9 { 0.0 } else { 0.3 + (r % 7) as f32 * 0.2 }).collect();
+    let params: Vec<f32> = temps.iter().enumerate().flat_map(|(r, &t)| [t, if r % 3 == 0 { 0.02 } else { 0.0 }]).collect();
+    let us: Vec<f64> = (0..rows).map(|r| ((r as f64 * 0.618_033_988_7) % 1.0).min(0.999_999)).collect();
+    let flat: Vec<f32> = x.into_iter().flatten().collect();
+    let f32_rows = Tensor::from_vec(flat, (rows, vocab), &Device::Cpu).unwrap();
+    let params = Tensor::from_vec(params, (rows, 2), &Device::Cpu).unwrap();
+    let us_t = Tensor::new(us.as_slice(), &Device::Cpu).unwrap();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let cpu = f32_rows.to_dtype(dtype).unwrap();
+        let values = cpu.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        let want = sample_whole_rows(&cpu, &params, &us_t).unwrap().to_vec1::<u32>().unwrap();
+        let got = sample_whole_rows(&cpu.to_device(&gpu()).unwrap(), &params.to_device(&gpu()).unwrap(), &us_t.to_device(&gpu()).unwrap())
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
+        let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+        assert!(same + 2 >= rows, "{dtype:?}: {same} of {rows} the same");
+        for r in [5, 6, 7, 9] {
+            assert_eq!(got[r], want[r], "{dtype:?} row {r}");
+        }
+        for r in (0..rows).filter(|&r| ![5, 6, 9].contains(&r)) {
+            let row: Vec<f64> = values[r].iter().map(|&v| v as f64).collect();
+            let max = row.iter().copied().filter(|v| !v.is_nan()).fold(f64::MIN, f64::max);
+            let min_p = if r % 3 == 0 { 0.02 } else { 0.0 };
+            let w: Vec<f64> = row.iter().map(|&l| ((l - max) / temps[r] as f64).exp()).map(|w| if w >= min_p && w > 0.0 { w } else { 0.0 }).collect();
+            let total: f64 = w.iter().sum();
+            let before: f64 = w[..got[r] as usize].iter().sum::<f64>() / total;
+            let after = before + w[got[r] as usize] / total;
+            assert!(before - 1e-5 <= us[r] && us[r] <= after + 1e-5, "{dtype:?} row {r}: u {} outside [{before}, {after}]", us[r]);
+        }
     }
 }
 

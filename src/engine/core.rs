@@ -59,7 +59,7 @@ impl EngineCore {
         Self {
             scheduler,
             step_in_pool,
-            runner: ModelRunner::new(model, cache, config.sample_from_candidates),
+            runner: ModelRunner::new(model, cache, config.sample_on_device),
             tokenizer,
             eos_token_ids,
             shared,
@@ -152,7 +152,7 @@ impl EngineCore {
         if out.is_empty() {
             return;
         }
-        match self.runner.execute(&out, &self.scheduler.running, &self.eos_token_ids) {
+        match self.runner.execute(&out, &mut self.scheduler.running, &self.eos_token_ids) {
             Ok(logits) => self.update(&out, logits),
             Err(e) => {
                 // A failed forward leaves the cache state unknown for these sequences: end them.
@@ -298,7 +298,7 @@ fn sample_next(seq: &mut Sequence, row: &Next, eos: &[u32], vocab: Option<&Vocab
     let params = seq.params.clone();
     let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
     let row = match row {
-        Next::Argmax(token) => return Some(Sampled { token: *token, logprobs: None }),
+        Next::Token(token) => return Some(Sampled { token: *token, logprobs: None }),
         Next::Candidates(candidates) => {
             let suppressed = seq.suppressed(eos);
             return Some(seq.sampler.sample_candidates(candidates, &params, prompt, output, &suppressed));

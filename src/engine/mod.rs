@@ -60,12 +60,13 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     /// Speculative decoding by prompt lookup (`--speculative-config`); off when `None`.
     pub speculative: Option<speculative::SpeculativeConfig>,
-    /// Whether a row whose draw needs only its top k (greedy after penalties or bias, top-k
-    /// sampling) reaches the sampler as its best candidates rather than whole: `None` on a GPU
-    /// only (it saves a vocabulary-sized copy to the host per row; on the CPU the row is read
-    /// in place). The tokens are the same either way; `Some(true)` runs the GPU's way on the
-    /// CPU (tests).
-    pub sample_from_candidates: Option<bool>,
+    /// Whether sampling starts where the logits are: a row whose draw needs only its top k
+    /// (greedy after penalties or bias, top-k sampling) reaches the sampler as its best
+    /// candidates, and a plain whole-vocabulary draw (temperature, min-p) is made there with the
+    /// sequence's own RNG. `None`: on a GPU only (it saves a vocabulary-sized copy to the host
+    /// per row; on the CPU the row is read in place). The tokens are the same either way (on
+    /// a GPU up to `expf`'s last bits); `Some(true)` runs the GPU's way on the CPU (tests).
+    pub sample_on_device: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -81,7 +82,7 @@ impl Default for EngineConfig {
             kv_cache_dtype: None,
             max_model_len: None,
             speculative: None,
-            sample_from_candidates: None,
+            sample_on_device: None,
         }
     }
 }

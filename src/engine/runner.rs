@@ -18,9 +18,10 @@ use super::SamplingParams;
 
 /// What a sequence's next token is drawn from.
 pub enum Next {
-    /// Plain greedy decoding ([`SamplingParams::is_plain_greedy`] and nothing suppressed): the
-    /// argmax was taken on the model's device, so its vocabulary-sized row never reached the host.
-    Argmax(u32),
+    /// The token, chosen on the model's device so that its vocabulary-sized row never reached
+    /// the host: the argmax for plain greedy decoding ([`SamplingParams::is_plain_greedy`] and
+    /// nothing suppressed), or a plain whole-vocabulary draw made with the sequence's RNG.
+    Token(u32),
     /// The full row, for the sampler.
     Logits(Vec<f32>),
     /// The row's best candidates and the logits its processing touches, by id (see
@@ -36,30 +37,41 @@ enum Want {
     Whole,
     /// Every logit at least the `k`-th largest of the row, and the `touched` ids' logits.
     Best { k: usize, touched: Vec<u32> },
+    /// The token of a whole-vocabulary draw at `u` (the sequence's next uniform draw, taken
+    /// when the step is built), as the sampler would make it (`qwen_serve_models::draw_whole`).
+    Draw { temperature: f32, min_p: f32, u: f64 },
 }
 
 /// The most candidates a row may ask for before it is copied whole instead.
 const MAX_CANDIDATES: usize = 4096;
 
 /// What a GPU sends of the rows of `seq` (the next token's and, with `num_draft` draft tokens,
-/// one after each): the argmax for plain greedy decoding; otherwise, where the sampler needs
-/// only the top k (greedy, or `top_k` below the vocabulary, with no logprobs and no output
-/// constraint), the best `k + t` logits plus the `t` ids that bias, suppression and penalties
-/// touch (the draft's tokens count as output: a row after one sees it); else the whole row.
+/// one after each): the argmax for plain greedy decoding; the token of a plain draw from the
+/// whole vocabulary (temperature and min-p only, no draft: its rows' draws depend on which
+/// draft tokens are kept); otherwise, where the sampler needs only the top k (greedy, or
+/// `top_k` below the vocabulary, with no logprobs and no output constraint), the best `k + t`
+/// logits plus the `t` ids that bias, suppression and penalties touch (the draft's tokens count
+/// as output: a row after one sees it); else the whole row. A `Draw`'s `u` is left for the
+/// caller to draw.
 fn want(seq: &Sequence, num_draft: usize, eos_token_ids: &[u32], vocab: usize) -> Want {
     let p = &seq.params;
     let suppressed = seq.suppressed(eos_token_ids);
     if p.is_plain_greedy() && suppressed.is_empty() {
         return Want::Argmax;
     }
+    if p.logprobs.is_some() || p.format != OutputFormat::Text {
+        return Want::Whole;
+    }
+    let whole_vocab = p.top_k == 0 || p.top_k >= vocab;
+    let processed = !p.logit_bias.is_empty() || p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+    if p.temperature > 0.0 && whole_vocab && p.top_p >= 1.0 && !processed && suppressed.is_empty() && num_draft == 0 {
+        return Want::Draw { temperature: p.temperature, min_p: p.min_p, u: 0.0 };
+    }
     let k = match (p.temperature <= 0.0, p.top_k) {
         (true, _) => 1,
         (false, k) if k > 0 && k < vocab => k,
         _ => return Want::Whole,
     };
-    if p.logprobs.is_some() || p.format != OutputFormat::Text {
-        return Want::Whole;
-    }
     let mut touched: Vec<u32> = p.logit_bias.iter().map(|b| b.0).chain(suppressed).collect();
     let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
     let output = output.iter().chain(&seq.draft[..num_draft]);
@@ -94,18 +106,18 @@ pub struct StepLogits {
 pub struct ModelRunner {
     model: Box<dyn CausalLm>,
     cache: KvCache,
-    /// Rows that need only their top k come as candidates ([`Want::Best`]).
-    candidates: bool,
+    /// Sampling starts on the model's device ([`Want::Best`], [`Want::Draw`]).
+    on_device: bool,
     /// Seconds spent issuing forwards, and then waiting for their logits (see `EngineStats`).
     pub forward_seconds: f64,
     pub logits_seconds: f64,
 }
 
 impl ModelRunner {
-    /// `candidates`: see `EngineConfig::sample_from_candidates`.
-    pub fn new(model: Box<dyn CausalLm>, cache: KvCache, candidates: Option<bool>) -> Self {
-        let candidates = candidates.unwrap_or(!model.device().is_cpu());
-        Self { model, cache, candidates, forward_seconds: 0.0, logits_seconds: 0.0 }
+    /// `on_device`: see `EngineConfig::sample_on_device`.
+    pub fn new(model: Box<dyn CausalLm>, cache: KvCache, on_device: Option<bool>) -> Self {
+        let on_device = on_device.unwrap_or(!model.device().is_cpu());
+        Self { model, cache, on_device, forward_seconds: 0.0, logits_seconds: 0.0 }
     }
 
     pub fn model(&self) -> &dyn CausalLm {
@@ -121,8 +133,10 @@ impl ModelRunner {
     }
 
     /// `eos_token_ids`: what a sequence may not sample before its `min_tokens` (with its stop
-    /// ids); a sequence with nothing to suppress and plain greedy parameters gets [`Next::Argmax`].
-    pub fn execute(&mut self, out: &SchedulerOutput, running: &[Sequence], eos_token_ids: &[u32]) -> Result<StepLogits, ModelError> {
+    /// ids); a sequence with nothing to suppress and plain greedy parameters gets [`Next::Token`].
+    /// A [`Want::Draw`] row takes its sequence's next uniform draw here (`running` is mutable for
+    /// that alone).
+    pub fn execute(&mut self, out: &SchedulerOutput, running: &mut [Sequence], eos_token_ids: &[u32]) -> Result<StepLogits, ModelError> {
         let block_size = self.cache.block_size();
         let max_blocks = out.seqs.iter().map(|s| running[s.running_index].block_table.len()).max().unwrap_or(0);
         let mut batch = ForwardBatch::default();
@@ -158,7 +172,8 @@ impl ModelRunner {
                 let rows = s.num_draft_tokens as u32 + 1;
                 batch.logits_indices.extend(row0 + s.num_new_tokens as u32 - rows..row0 + s.num_new_tokens as u32);
                 let want = match want(seq, s.num_draft_tokens, eos_token_ids, vocab) {
-                    Want::Best { .. } if !self.candidates => Want::Whole,
+                    Want::Best { .. } | Want::Draw { .. } if !self.on_device => Want::Whole,
+                    Want::Draw { temperature, min_p, .. } => Want::Draw { temperature, min_p, u: running[s.running_index].sampler.uniform() },
                     w => w,
                 };
                 wants.extend(std::iter::repeat_n(want, rows as usize));
@@ -191,7 +206,7 @@ impl ModelRunner {
                     .into_iter()
                     .map(|r| match r {
                         Next::Logits(row) => row,
-                        Next::Argmax(_) | Next::Candidates(_) => unreachable!("prompt-logprob rows are copied whole"),
+                        Next::Token(_) | Next::Candidates(_) => unreachable!("prompt-logprob rows are copied whole"),
                     })
                     .collect();
                 next.push(if complete { rows.last().cloned().map(Next::Logits) } else { None });
@@ -218,13 +233,13 @@ fn host_rows(logits: &Tensor, wants: &[Want]) -> Result<Vec<Option<Next>>, Model
         return Err(ModelError::Input(format!("{num_rows} logits rows for {} wanted", wants.len())));
     }
     let (storage, layout) = logits.storage_and_layout();
-    let best = wants.iter().any(|w| matches!(w, Want::Best { .. }));
+    let best = wants.iter().any(|w| matches!(w, Want::Best { .. } | Want::Draw { .. }));
     if let (Storage::Cpu(cpu), false) = (&*storage, best) {
         let all = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + num_rows * vocab];
         return Ok(all
             .par_chunks(vocab)
             .zip(wants)
-            .map(|(row, want)| Some(if *want == Want::Argmax { Next::Argmax(argmax(row)) } else { Next::Logits(row.to_vec()) }))
+            .map(|(row, want)| Some(if *want == Want::Argmax { Next::Token(argmax(row)) } else { Next::Logits(row.to_vec()) }))
             .collect());
     }
     drop(storage);
@@ -251,7 +266,25 @@ fn device_rows(logits: &Tensor, wants: &[Want]) -> Result<Vec<Option<Next>>, Mod
         // Ties go to the lowest id, as on the host.
         let ids = qwen_serve_models::argmax_rows(&select(&greedy)?)?.to_vec1::<u32>()?;
         for (&row, id) in greedy.iter().zip(ids) {
-            out[row as usize] = Some(Next::Argmax(id));
+            out[row as usize] = Some(Next::Token(id));
+        }
+    }
+    let draws = pick(&|w| matches!(w, Want::Draw { .. }));
+    if !draws.is_empty() {
+        // Over every row (the others with temperature 0, left out), so the logits are not copied.
+        let mut params = vec![0f32; 2 * num_rows];
+        let mut us = vec![0f64; num_rows];
+        for &row in &draws {
+            if let Want::Draw { temperature, min_p, u } = wants[row as usize] {
+                params[2 * row as usize] = temperature;
+                params[2 * row as usize + 1] = min_p;
+                us[row as usize] = u;
+            }
+        }
+        let params = Tensor::from_vec(params, (num_rows, 2), device)?;
+        let ids = qwen_serve_models::sample_whole_rows(logits, &params, &Tensor::from_vec(us, num_rows, device)?)?.to_vec1::<u32>()?;
+        for &row in &draws {
+            out[row as usize] = Some(Next::Token(ids[row as usize]));
         }
     }
     let mut whole = pick(&|w| *w == Want::Whole);
@@ -329,7 +362,7 @@ mod tests {
     fn flat(rows: Vec<Option<Next>>) -> Vec<(bool, Vec<f32>)> {
         rows.into_iter()
             .map(|r| match r.expect("every row") {
-                Next::Argmax(id) => (true, vec![id as f32]),
+                Next::Token(id) => (true, vec![id as f32]),
                 Next::Logits(row) => (false, row),
                 Next::Candidates(_) => panic!("no candidates asked for"),
             })
@@ -390,8 +423,33 @@ mod tests {
                 assert_eq!(got, &want, "{dtype:?} row {r}");
                 assert!(got.len() >= k && got.len() < 100);
             }
-            assert!(matches!(out[1], Some(Next::Argmax(_))));
+            assert!(matches!(out[1], Some(Next::Token(_))));
             assert!(matches!(&out[3], Some(Next::Logits(row)) if row == &values[3]), "overflow: the row whole");
+        }
+    }
+
+    /// Rows drawn on the device get the sampler's own draw at their `u` (on their logits as
+    /// f32), beside greedy and whole rows.
+    #[test]
+    fn whole_vocabulary_draws_are_the_samplers() {
+        let vocab = 2000;
+        let logits = Tensor::randn(0f32, 2.0, (4, vocab), &Device::Cpu).unwrap();
+        let wants = vec![
+            Want::Draw { temperature: 0.8, min_p: 0.0, u: 0.37 },
+            Want::Argmax,
+            Want::Draw { temperature: 1.5, min_p: 0.05, u: 0.91 },
+            Want::Whole,
+        ];
+        for dtype in [DType::F32, DType::BF16] {
+            let logits = logits.to_dtype(dtype).unwrap();
+            let rows = logits.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+            let out = host_rows(&logits, &wants).unwrap();
+            for (r, t, min_p, u) in [(0, 0.8, 0.0, 0.37), (2, 1.5, 0.05, 0.91)] {
+                let want = qwen_serve_models::draw_whole(&rows[r], qwen_serve_models::max_value(&rows[r]), t, min_p, u).unwrap();
+                assert!(matches!(out[r], Some(Next::Token(id)) if id == want), "{dtype:?} row {r}");
+            }
+            assert!(matches!(out[1], Some(Next::Token(id)) if id == super::argmax(&rows[1])));
+            assert!(matches!(&out[3], Some(Next::Logits(row)) if row == &rows[3]));
         }
     }
 
@@ -411,8 +469,22 @@ mod tests {
         assert_eq!(want_of(SamplingParams { min_tokens: 10, ..Default::default() }), Want::Best { k: 2, touched: vec![2] }, "EOS suppressed");
         let sampled = SamplingParams { temperature: 0.7, top_k: 20, ..Default::default() };
         assert_eq!(want_of(sampled.clone()), Want::Best { k: 20, touched: vec![] });
-        assert_eq!(want_of(SamplingParams { top_k: 0, ..sampled.clone() }), Want::Whole, "the whole distribution");
-        assert_eq!(want_of(SamplingParams { top_k: 1000, ..sampled.clone() }), Want::Whole, "top_k of the whole vocabulary");
+        // The whole vocabulary: drawn on the device, unless something needs the row on the host.
+        let draw = Want::Draw { temperature: 0.7, min_p: 0.0, u: 0.0 };
+        assert_eq!(want_of(SamplingParams { top_k: 0, ..sampled.clone() }), draw);
+        assert_eq!(want_of(SamplingParams { top_k: 1000, ..sampled.clone() }), draw, "top_k of the whole vocabulary");
+        assert_eq!(want_of(SamplingParams { top_k: 0, min_p: 0.1, ..sampled.clone() }), Want::Draw { temperature: 0.7, min_p: 0.1, u: 0.0 });
+        for (what, p) in [
+            ("top-p", SamplingParams { top_k: 0, top_p: 0.9, ..sampled.clone() }),
+            ("a penalty", SamplingParams { top_k: 0, repetition_penalty: 1.1, ..sampled.clone() }),
+            ("a bias", SamplingParams { top_k: 0, logit_bias: vec![(3, 1.0)], ..sampled.clone() }),
+            ("EOS suppressed", SamplingParams { top_k: 0, min_tokens: 10, ..sampled.clone() }),
+        ] {
+            assert_eq!(want_of(p), Want::Whole, "{what}");
+        }
+        let mut drafting = sequence(SamplingParams { top_k: 0, ..sampled.clone() }, prompt.clone(), &[7]);
+        drafting.draft = vec![11];
+        assert_eq!(want(&drafting, 1, &eos, 1000), Want::Whole, "a draft's rows are drawn on the host");
         assert_eq!(want_of(SamplingParams { logprobs: Some(0), ..sampled.clone() }), Want::Whole);
         assert_eq!(want_of(SamplingParams { format: OutputFormat::JsonObject, ..sampled.clone() }), Want::Whole);
         // Repetition: prompt and output ids (in the vocabulary); presence: the output's.

@@ -18,6 +18,7 @@
 
 use std::cmp::Ordering;
 
+use qwen_serve_models::{draw_whole, max_value};
 use rand::rngs::StdRng;
 
 use super::constraint::OutputFormat;
@@ -199,6 +200,12 @@ impl Sampler {
         Self { rng, logits: Vec::new(), candidates: Vec::new(), entries: Vec::new(), seen: Vec::new(), sorted_output: Vec::new() }
     }
 
+    /// The next uniform draw in [0, 1) of this sequence's RNG: the one its next whole-vocabulary
+    /// draw would take, for a draw made elsewhere (`runner::Want::Draw`).
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.random()
+    }
+
     /// `logits`: one row (vocab). `prompt`/`output`: the sequence's tokens so far (for penalties).
     /// `suppressed`: token ids that must not be sampled now (the engine passes EOS + stop ids
     /// while fewer than `min_tokens` were generated). Ids outside the vocab are ignored. If every
@@ -276,45 +283,15 @@ impl Sampler {
         if !max.is_finite() {
             return argmax(logits);
         }
-        // Unnormalised probability; the most likely token weighs exactly 1, so min-p compares
-        // weights with `min_p` directly. Underflow to 0 drops a token (its probability is < 1e-38).
-        let t = params.temperature;
-        let weight = |l: f32| ((l - max) / t).exp();
-        let keep = |w: f32| w > 0.0 && w >= params.min_p;
+        // Weights are unnormalised probabilities, e^((l - max) / temperature): the most likely
+        // token weighs exactly 1, so min-p compares weights with `min_p` directly. Underflow to
+        // 0 drops a token (its probability is < 1e-38).
         let u: f64 = self.rng.random();
-
         let vocab = logits.len();
         if (params.top_k == 0 || params.top_k >= vocab) && params.top_p >= 1.0 {
-            // No truncation by rank: each weight (0 for a token not kept) computed once into this
-            // thread's scratch (samplers run in parallel, one per thread at a time), summed by
-            // chunks of independent lanes, and the draw found by chunk, then by token. No
-            // candidate list.
-            thread_local! {
-                static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f64>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-            }
-            let token = SCRATCH.with_borrow_mut(|(weights, sums)| {
-                weights.clear();
-                weights.extend(logits.iter().map(|&l| weight(l)).map(|w| if keep(w) { w } else { 0.0 }));
-                sums.clear();
-                sums.extend(weights.chunks(WALK_CHUNK).map(lane_sum));
-                let mut r = u * sums.iter().sum::<f64>();
-                let mut chunk = 0;
-                while chunk + 1 < sums.len() && r >= sums[chunk] {
-                    r -= sums[chunk];
-                    chunk += 1;
-                }
-                for (i, &w) in weights.iter().enumerate().skip(chunk * WALK_CHUNK) {
-                    if w > 0.0 {
-                        if r < f64::from(w) {
-                            return Some(i as u32);
-                        }
-                        r -= f64::from(w);
-                    }
-                }
-                // Past the end by rounding: the last token kept.
-                weights.iter().rposition(|&w| w > 0.0).map(|i| i as u32)
-            });
-            return token.unwrap_or_else(|| argmax(logits));
+            // No truncation by rank: no candidate list (the draw a GPU also makes where the
+            // logits are, `runner::Want::Draw`).
+            return draw_whole(logits, max, params.temperature, params.min_p, u).unwrap_or_else(|| argmax(logits));
         }
 
         let candidates = &mut self.candidates;
@@ -450,37 +427,6 @@ fn sparse_argmax(entries: &[(u32, f32)]) -> u32 {
         }
     }
     best.or(entries.first().copied()).map_or(0, |b| b.0)
-}
-
-/// Weights per chunk of a whole-vocabulary draw.
-const WALK_CHUNK: usize = 64;
-
-/// The sum of `xs` in f64 over 8 independent lanes (a sequential sum waits on each add).
-fn lane_sum(xs: &[f32]) -> f64 {
-    let mut lanes = [0f64; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
-    for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += f64::from(x);
-        }
-    }
-    lanes.iter().sum::<f64>() + rest
-}
-
-/// The largest value of `xs`, NaN ignored (-inf if there is none): 16 lanes, so that it
-/// vectorises (the same value as a fold, max being order-free).
-fn max_value(xs: &[f32]) -> f32 {
-    let larger = |m: f32, x: f32| if x > m { x } else { m };
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let chunks = xs.chunks_exact(16);
-    let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| larger(m, x));
-    for c in chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
-            *m = larger(*m, x);
-        }
-    }
-    lanes.into_iter().fold(rest, larger)
 }
 
 /// Descending by value, ascending by id among ties: a total order, so selections are unique.

@@ -133,6 +133,12 @@ inline unsigned __float_as_uint(float f) {
     std::memcpy(&u, &f, 4);
     return u;
 }
+inline int atomicMin(int* p, int v) {
+    const int old = *p;
+    if (v < old) *p = v;
+    return old;
+}
+using std::isfinite;
 using std::isnan;
 
 inline float __shfl_sync(unsigned, float v, int src) {

@@ -1,4 +1,4 @@
-// write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu, qkv.cu, small_matmul.cu, qkv_matmul.cu and top_k.cu, run by emu.h, against direct formulas in
+// write_kv.cu, rms_norm.cu, rope.cu, silu_mul.cu, qkv.cu, small_matmul.cu, qkv_matmul.cu, top_k.cu and sample.cu, run by emu.h, against direct formulas in
 // double (f32 instantiations: the other dtypes differ only in the shared conversions; small_matmul's
 // bf16 ones too, for the roundings its modes make).
 #include "emu.h"
@@ -11,6 +11,7 @@
 #include "../small_matmul.cu"
 #include "../qkv_matmul.cu"
 #include "../top_k.cu"
+#include "../sample.cu"
 
 #include <algorithm>
 #include <array>
@@ -387,6 +388,74 @@ int main() {
             char name[64];
             std::snprintf(name, sizeof name, "top_k candidates %s vocab %d", as_bf16 ? "bf16" : "f32", vocab);
             check(name, wrong, 0);
+        }
+    }
+    {  // sample_whole: the draw of src/sample.rs's draw_whole, in its order, one row per block
+        using B = __nv_bfloat16;
+        const int vocab = 5000, rows = 9;  // 5000: a last chunk of 8, a remainder of 0; see 4999 below
+        for (int v : {vocab, vocab - 1}) {
+            std::vector<float> x(rows * v);
+            for (int r = 0; r < rows; ++r)
+                for (int i = 0; i < v; ++i) x[r * v + i] = 2 * nd(rng) + (r == 1 && i > v - 70 ? 12.f : 0.f);
+            x[5 * v + 3] = INFINITY;                                 // row 5: +inf wins
+            for (int i = 0; i < v; ++i) x[6 * v + i] = -INFINITY;    // row 6: all -inf: 0
+            x[7 * v + 0] = NAN;                                      // row 7: NaN first, ignored
+            x[7 * v + 11] = NAN;
+            std::vector<float> params{0.7f, 0.f, 1.f, 0.f, 1.3f, 0.05f, 0.5f, 0.2f, 1.f, 0.f, 1.f, 0.f, 1.f, 0.f, 0.9f, 0.01f, 0.f, 0.f};
+            std::vector<double> us{0.5, 0.999999, 0.0, 0.25, 0.7, 0.3, 0.3, 0.9, 0.4};
+            std::vector<B> xb(x.size());
+            for (size_t i = 0; i < x.size(); ++i) xb[i] = __float2bfloat16_rn(x[i]);
+            for (int as_bf16 : {0, 1}) {
+                const int chunks = (v + 63) / 64;
+                std::vector<double> sums(rows * chunks);
+                std::vector<uint32_t> out(rows, 12345);
+                emu::launch({rows}, {1024}, [&] {
+                    if (as_bf16) sample_whole_bf16(xb.data(), params.data(), us.data(), sums.data(), out.data(), v);
+                    else sample_whole_f32(x.data(), params.data(), us.data(), sums.data(), out.data(), v);
+                });
+                int wrong = 0;
+                for (int r = 0; r < rows; ++r) {
+                    std::vector<float> row(v);
+                    for (int i = 0; i < v; ++i) row[i] = as_bf16 ? __bfloat162float(xb[r * v + i]) : x[r * v + i];
+                    const float t = params[2 * r], min_p = params[2 * r + 1];
+                    uint32_t want = 0;
+                    float m = -INFINITY;
+                    for (float f : row) if (f > m) m = f;
+                    if (!(t > 0)) want = 0;
+                    else if (!std::isfinite(m)) {
+                        want = 0;
+                        for (int i = 1; i < v; ++i) if (row[i] > row[want]) want = i;
+                    } else {
+                        // draw_whole, sequentially.
+                        std::vector<float> w(v);
+                        for (int i = 0; i < v; ++i) { const float e = std::exp((row[i] - m) / t); w[i] = (e > 0 && e >= min_p) ? e : 0; }
+                        std::vector<double> s;
+                        for (int b = 0; b < v; b += 64) {
+                            const int len = std::min(64, v - b), whole = len / 8 * 8;
+                            double lanes[8] = {}, rest = 0, sum = 0;
+                            for (int i = 0; i < whole; i += 8) for (int j = 0; j < 8; ++j) lanes[j] += w[b + i + j];
+                            for (int i = whole; i < len; ++i) rest += w[b + i];
+                            for (double l : lanes) sum += l;
+                            s.push_back(sum + rest);
+                        }
+                        double total = 0;
+                        for (double c : s) total += c;
+                        double rem = us[r] * total;
+                        size_t c = 0;
+                        while (c + 1 < s.size() && rem >= s[c]) rem -= s[c++];
+                        bool found = false;
+                        for (int i = c * 64; i < v && !found; ++i)
+                            if (w[i] > 0) { if (rem < w[i]) { want = i; found = true; } else rem -= w[i]; }
+                        if (!found) for (int i = v - 1; i >= 0; --i) if (w[i] > 0) { want = i; break; }
+                    }
+                    wrong += out[r] != want;
+                }
+                // The heavy tail of row 1 (u near 1) and the +inf of row 5 are where they should be.
+                wrong += !(out[1] > (uint32_t)v - 70) + (out[5] != 3) + (out[6] != 0) + (out[8] != 0);
+                char name[64];
+                std::snprintf(name, sizeof name, "sample_whole %s vocab %d", as_bf16 ? "bf16" : "f32", v);
+                check(name, wrong, 0);
+            }
         }
     }
     std::printf("%d failures\n", failures);
