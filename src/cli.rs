@@ -69,6 +69,18 @@ pub struct ModelArgs {
     /// (the context becomes 131072; the GGUF files Qwen ships carry no YaRN of their own).
     #[arg(long)]
     pub rope_scaling: Option<String>,
+    /// Where a request's unset sampling fields come from (vLLM's flag): `auto`, the model
+    /// folder's generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty,
+    /// max_new_tokens as the most tokens by default; OpenAI's defaults for a GGUF file), or
+    /// `vllm`, OpenAI's defaults always.
+    #[arg(long, value_enum, default_value_t = GenerationConfigArg::Auto)]
+    pub generation_config: GenerationConfigArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenerationConfigArg {
+    Auto,
+    Vllm,
 }
 
 impl ModelArgs {
@@ -89,6 +101,7 @@ impl ModelArgs {
             device,
             revision: self.revision.clone(),
             chat_template: self.chat_template.clone(),
+            generation_config: self.generation_config == GenerationConfigArg::Auto,
             rope_scaling: self
                 .rope_scaling
                 .as_deref()

@@ -235,6 +235,13 @@ fn unknown_kv_cache_dtypes_are_rejected_naming_the_flag() {
 }
 
 #[test]
+fn unknown_generation_config_values_are_rejected_naming_the_flag() {
+    let model = test_gguf();
+    let stderr = flag_error(&["serve", "--model", model.to_str().unwrap(), "--generation-config", "model"], &[]);
+    assert!(stderr.contains("invalid value") && stderr.contains("--generation-config") && stderr.contains("auto") && stderr.contains("vllm"), "{stderr}");
+}
+
+#[test]
 fn out_of_range_memory_flags_are_rejected_naming_the_flag() {
     let model = test_gguf();
     let model = model.to_str().unwrap();

@@ -84,3 +84,43 @@ fn moe_models_serve_transformers_logprobs_and_concurrent_requests() {
         }
     }
 }
+
+/// A model folder's generation_config.json gives the requests' unset sampling fields, as vLLM's
+/// `--generation-config auto` does: top_k 1 makes a request with no sampling fields greedy, and
+/// max_new_tokens caps its length; a request's own fields win. `--generation-config vllm` (and a
+/// GGUF file) keep OpenAI's defaults.
+#[test]
+fn generation_config_sets_the_sampling_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    model_folder("tiny-qwen3-moe", dir.path());
+    let config = serde_json::json!({"eos_token_id": 1, "temperature": 0.9, "top_k": 1, "max_new_tokens": 5, "top_p": 7});
+    std::fs::write(dir.path().join("generation_config.json"), config.to_string()).unwrap();
+    let path = dir.path().to_str().unwrap();
+    let defaults = |generation_config| qwen_serve::loader::load(path, &qwen_serve::loader::LoadOptions { generation_config, ..Default::default() }).unwrap().sampling_defaults;
+    let from_config = defaults(true);
+    assert_eq!((from_config.temperature, from_config.top_k, from_config.max_tokens, from_config.top_p), (0.9, 1, Some(5), 1.0), "top_p 7 is no top_p");
+    assert_eq!(defaults(false), Default::default());
+    assert_eq!(qwen_serve::loader::load(common::test_gguf().to_str().unwrap(), &Default::default()).unwrap().sampling_defaults, Default::default());
+
+    let server = start(ServerConfig { model: Some(dir.path().to_path_buf()), ..Default::default() });
+    let complete = |body: serde_json::Value| {
+        let reply = server.post("/v1/completions", &body.to_string());
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let json = reply.json();
+        (json["choices"][0]["text"].as_str().unwrap().to_string(), json["usage"]["completion_tokens"].as_u64().unwrap())
+    };
+    let prompt = "t5 t9 t200 t17";
+    let greedy = complete(serde_json::json!({"prompt": prompt, "max_tokens": 5, "temperature": 0, "ignore_eos": true}));
+    assert_eq!(greedy.1, 5);
+    for seed in 0..3 {
+        // No max_tokens: min(16, 5); no temperature or top_k: 0.9 over the top 1, the argmax.
+        assert_eq!(complete(serde_json::json!({"prompt": prompt, "seed": seed, "ignore_eos": true})), greedy, "seed {seed}");
+    }
+    let longer = complete(serde_json::json!({"prompt": prompt, "max_tokens": 9, "ignore_eos": true}));
+    assert_eq!(longer.1, 9, "the request's max_tokens wins");
+    assert!(longer.0.starts_with(&greedy.0), "still top_k 1: {longer:?} vs {greedy:?}");
+    // top_k -1 turns the model's top_k off: over 30 seeded draws of 5 tokens the texts vary.
+    let texts: std::collections::HashSet<String> =
+        (0..30).map(|seed| complete(serde_json::json!({"prompt": prompt, "top_k": -1, "temperature": 1.5, "seed": seed, "ignore_eos": true})).0).collect();
+    assert!(texts.len() > 1, "{texts:?}");
+}

@@ -50,7 +50,7 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
     kwargs.entry("enable_thinking").or_insert(Value::Bool(state.default_enable_thinking && !json));
     let prompt_text = template.render(&messages, tools.as_deref(), true, &kwargs)?;
     let prompt = engine.tokenizer().encode(&prompt_text)?;
-    let mut params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), engine.default_max_tokens(prompt.len()), logprobs)?;
+    let mut params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), engine.default_max_tokens(prompt.len()), logprobs, engine.sampling_defaults())?;
     params.format = format;
     params.think_first = think_first;
     let n = params.n;

@@ -58,7 +58,7 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     }
     let format = validate::response_format(req.response_format.as_ref(), &state.formats)?;
     validate::held_output_compatible(&req.sampling, &format, false, false)?;
-    let mut params = validate::sampling_params(&req.sampling, tokenizer.vocab_size(), DEFAULT_MAX_TOKENS, logprobs)?;
+    let mut params = validate::sampling_params(&req.sampling, tokenizer.vocab_size(), DEFAULT_MAX_TOKENS, logprobs, engine.sampling_defaults())?;
     params.format = format;
     if !params.ignore_eos {
         params.stop_token_ids.extend(fim_ends);

@@ -89,7 +89,8 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): ApiJson<InfillR
         ignore_eos: req.ignore_eos,
         ..Default::default()
     };
-    let mut params = validate::sampling_params(&fields, tokenizer.vocab_size(), engine.default_max_tokens(prompt.len()), None)?;
+    // llama.cpp's defaults above, not the model's generation config.
+    let mut params = validate::sampling_params(&fields, tokenizer.vocab_size(), engine.default_max_tokens(prompt.len()), None, &Default::default())?;
     if !params.ignore_eos {
         params.stop_token_ids.extend(&fim.ends);
     }

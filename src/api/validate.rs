@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields, StringOrList};
 use crate::engine::constraint::{FormatCache, OutputFormat};
 use crate::engine::sampler::MAX_LOGPROBS;
+use crate::engine::sampling_defaults::SamplingDefaults;
 use crate::engine::tool_calls::ToolCallFormat;
 use crate::engine::SamplingParams;
 use crate::error::ApiError;
@@ -26,10 +27,18 @@ fn range_f32(name: &str, v: Option<f32>, default: f32, lo: f32, hi: f32, lo_open
 }
 
 /// The sampling fields common to chat and completions. `default_max_tokens` applies when the
-/// request leaves `max_tokens` out; `logprobs` is the number of alternatives (endpoint-specific).
-pub fn sampling_params(f: &SamplingFields, vocab_size: usize, default_max_tokens: usize, logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
+/// request leaves `max_tokens` out (capped by the model's own default, if it has one); the other
+/// fields it leaves out come from `defaults`; `logprobs` is the number of alternatives
+/// (endpoint-specific).
+pub fn sampling_params(
+    f: &SamplingFields,
+    vocab_size: usize,
+    default_max_tokens: usize,
+    logprobs: Option<usize>,
+    defaults: &SamplingDefaults,
+) -> Result<SamplingParams, ApiError> {
     let max_tokens = match f.max_tokens {
-        None => default_max_tokens.max(1),
+        None => default_max_tokens.min(defaults.max_tokens.unwrap_or(usize::MAX)).max(1),
         Some(m) if m >= 1 => m as usize,
         Some(m) => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {m}"))),
     };
@@ -39,7 +48,8 @@ pub fn sampling_params(f: &SamplingFields, vocab_size: usize, default_max_tokens
         Some(n) => return Err(ApiError::invalid("n", format!("`n` must be in [1, {MAX_N}], got {n}"))),
     };
     let top_k = match f.top_k {
-        None | Some(-1) | Some(0) => 0,
+        None => defaults.top_k,
+        Some(-1) | Some(0) => 0,
         Some(k) if k >= 1 => k as usize,
         Some(k) => return Err(ApiError::invalid("top_k", format!("`top_k` must be -1 (off) or at least 1, got {k}"))),
     };
@@ -72,11 +82,11 @@ pub fn sampling_params(f: &SamplingFields, vocab_size: usize, default_max_tokens
     let stop_token_ids = f.stop_token_ids.clone().unwrap_or_default().into_iter().map(|id| check_id("stop_token_ids", id)).collect::<Result<_, _>>()?;
     Ok(SamplingParams {
         n,
-        temperature: range_f32("temperature", f.temperature, 1.0, 0.0, 2.0, false)?,
-        top_p: range_f32("top_p", f.top_p, 1.0, 0.0, 1.0, true)?,
+        temperature: range_f32("temperature", f.temperature, defaults.temperature, 0.0, 2.0, false)?,
+        top_p: range_f32("top_p", f.top_p, defaults.top_p, 0.0, 1.0, true)?,
         top_k,
-        min_p: range_f32("min_p", f.min_p, 0.0, 0.0, 1.0, false)?,
-        repetition_penalty: range_f32("repetition_penalty", f.repetition_penalty, 1.0, 0.0, 2.0, true)?,
+        min_p: range_f32("min_p", f.min_p, defaults.min_p, 0.0, 1.0, false)?,
+        repetition_penalty: range_f32("repetition_penalty", f.repetition_penalty, defaults.repetition_penalty, 0.0, 2.0, true)?,
         presence_penalty: range_f32("presence_penalty", f.presence_penalty, 0.0, -2.0, 2.0, false)?,
         frequency_penalty: range_f32("frequency_penalty", f.frequency_penalty, 0.0, -2.0, 2.0, false)?,
         logit_bias,

@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod request;
 pub mod runner;
 pub mod sampler;
+pub mod sampling_defaults;
 pub mod scheduler;
 pub mod sequence;
 pub mod speculative;
@@ -184,6 +185,7 @@ pub struct EngineHandle {
     tokenizer: Arc<Tokenizer>,
     chat_template: Option<Arc<ChatTemplate>>,
     model_name: String,
+    sampling_defaults: sampling_defaults::SamplingDefaults,
     max_context: usize,
     vocab_size: usize,
     num_blocks: usize,
@@ -241,6 +243,7 @@ impl EngineHandle {
         let tokenizer = Arc::new(loaded.tokenizer);
         let chat_template = loaded.chat_template.map(Arc::new);
         let model_name = loaded.name;
+        let sampling_defaults = loaded.sampling_defaults;
         let (tx, rx) = mpsc::channel();
         let mut core = core::EngineCore::new(model, cache, &config, tokenizer.clone(), loaded.eos_token_ids, shared.clone());
         let thread = std::thread::Builder::new()
@@ -254,6 +257,7 @@ impl EngineHandle {
             tokenizer,
             chat_template,
             model_name,
+            sampling_defaults,
             max_context,
             vocab_size: cfg.vocab_size,
             num_blocks,
@@ -271,6 +275,11 @@ impl EngineHandle {
 
     pub fn model_name(&self) -> &str {
         &self.model_name
+    }
+
+    /// What a request that leaves a sampling field out gets (the model's generation config).
+    pub fn sampling_defaults(&self) -> &sampling_defaults::SamplingDefaults {
+        &self.sampling_defaults
     }
 
     pub fn max_context(&self) -> usize {

@@ -9,6 +9,7 @@ use qwen_serve_models::{Architecture, ModelConfig, Weights};
 use serde_json::Value;
 
 use super::{read_to_string, stop_tokens, LoadError, LoadOptions, LoadedModel};
+use crate::engine::sampling_defaults::SamplingDefaults;
 use crate::tokenizer::{special_token_from_config, ChatTemplate, ChatTemplateSources, Tokenizer};
 
 pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
@@ -54,15 +55,26 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadEr
         .map(|s| ChatTemplate::from_sources(&s, special("bos_token"), special("eos_token")))
         .transpose()?;
     let mut eos = ids_of(config_json.get("eos_token_id"));
+    let mut sampling_defaults = SamplingDefaults::default();
     if let Some(gen) = read_json_if_exists(&dir.join("generation_config.json"))? {
         eos.extend(ids_of(gen.get("eos_token_id")));
+        if opts.generation_config {
+            let notes;
+            (sampling_defaults, notes) = SamplingDefaults::from_generation_config(&gen);
+            if !notes.is_empty() {
+                tracing::info!(
+                    "sampling defaults from generation_config.json (a request's own values win; --generation-config vllm ignores these): {}",
+                    notes.join(", ")
+                );
+            }
+        }
     }
     if let Some(id) = special("eos_token").and_then(|t| tokenizer.token_to_id(&t)) {
         eos.push(id);
     }
     let eos_token_ids = stop_tokens(&tokenizer, eos);
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(LoadedModel { model, tokenizer, chat_template, eos_token_ids, name })
+    Ok(LoadedModel { model, tokenizer, chat_template, eos_token_ids, name, sampling_defaults })
 }
 
 /// `eos_token_id` is an integer or a list of them.

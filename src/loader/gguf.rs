@@ -53,7 +53,8 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadE
     })?;
     drop(weights);
     bar.finish_and_clear();
-    Ok(LoadedModel { model, tokenizer, chat_template, eos_token_ids, name })
+    // A GGUF file carries no generation config: OpenAI's defaults.
+    Ok(LoadedModel { model, tokenizer, chat_template, eos_token_ids, name, sampling_defaults: Default::default() })
 }
 
 fn as_u64(v: &Value) -> Option<u64> {

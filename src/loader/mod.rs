@@ -17,6 +17,7 @@ use candle_core::{DType, Device};
 use qwen_serve_models::{CausalLm, ModelConfig, ModelError};
 use thiserror::Error;
 
+use crate::engine::sampling_defaults::SamplingDefaults;
 use crate::tokenizer::{ChatTemplate, Tokenizer, TokenizerError};
 
 pub use export::export_hf_folder;
@@ -98,11 +99,14 @@ pub struct LoadOptions {
     pub chat_template: Option<PathBuf>,
     /// Replaces the config's `rope_scaling` (`--rope-scaling`).
     pub rope_scaling: Option<serde_json::Value>,
+    /// Take requests' sampling defaults from the model's `generation_config.json` (vLLM's
+    /// `--generation-config auto`, its default); `false`: OpenAI's (`vllm`).
+    pub generation_config: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: None, quantize: None, device: Device::Cpu, revision: None, chat_template: None, rope_scaling: None }
+        Self { dtype: None, quantize: None, device: Device::Cpu, revision: None, chat_template: None, rope_scaling: None, generation_config: true }
     }
 }
 
@@ -121,6 +125,9 @@ pub struct LoadedModel {
     pub eos_token_ids: Vec<u32>,
     /// A short human-readable name (file or repo id).
     pub name: String,
+    /// Sampling defaults for requests: the model folder's `generation_config.json` when
+    /// [`LoadOptions::generation_config`] allows it, else OpenAI's.
+    pub sampling_defaults: SamplingDefaults,
 }
 
 pub fn load(model: &str, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
