@@ -4,7 +4,7 @@
 # (`qwen-serve bench --server`), each server alone on loopback in turn.
 #
 #   scripts/peer-bench.sh [--json PATH] [--runs N] [--threads N] [--model GGUF --kv-token-bytes N]
-#                         [--kv-cache-dtype f32|f16|bf16] [--long-prompt N]
+#                         [--kv-cache-dtype f32|f16|bf16] [--long-prompt N] [--sampled]
 #
 # --model: another GGUF instead of the test model (e.g. the MoE one from
 # scripts/make_moe_bench_model.py); --kv-token-bytes: its f32 KV cache bytes per token
@@ -14,6 +14,8 @@
 # --long-prompt N: also, per run, each server restarted with one slot of N + 192 tokens (the
 # same KV capacity for both) measures prefill of an N-token prompt (median of 2) and one
 # stream's decode right after an N-token prompt (2 requests of 64 output tokens).
+# --sampled: the throughput levels sample with Qwen's recommended settings (temperature 0.7,
+# top-p 0.8, top-k 20; min-p 0, so llama-server's own 0.05 is off) instead of greedy.
 #
 # Measures, per server: single-stream decode tok/s (1 stream, prompt 128, output 128; 1000 /
 # median TPOT), prefill tok/s (512-token prompt, max_tokens 1, median of 3), aggregate output
@@ -42,6 +44,7 @@ gguf=""
 kv_token_bytes=$(( 24 * 2 * 2 * 64 * 4 ))
 kv_dtype=f32
 long_len=0
+sampling=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --json) json="$2"; shift 2 ;;
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
     --model) gguf="$2"; shift 2 ;;
     --kv-token-bytes) kv_token_bytes="$2"; shift 2 ;;
     --kv-cache-dtype) kv_dtype="$2"; shift 2 ;;
+    --sampled) sampling=(--temperature 0.7 --top-p 0.8 --top-k 20); shift ;;
     --long-prompt)
       case "${2:-}" in ''|*[!0-9]*) echo "--long-prompt: a number of tokens, not '${2:-}'" >&2; exit 2 ;; esac
       long_len="$2"; shift 2 ;;
@@ -170,7 +174,7 @@ for run in $(seq "$runs"); do
     # Other work on the machine skews everything: keep its CPU time next to the numbers.
     read -r b0 i0 < <(cpu_jiffies); s0=$(proc_jiffies "$pid")
     "$qwen" bench --server "http://127.0.0.1:$p" --model "$gguf" \
-      --concurrency "$levels" --prompt-len "$prompt_len" --output-len "$output_len" \
+      --concurrency "$levels" --prompt-len "$prompt_len" --output-len "$output_len" "${sampling[@]}" \
       --prefill-len "$prefill_len" --prefill-runs 3 --json "$work/$name-$run.json" >&2
     read -r b1 i1 < <(cpu_jiffies); s1=$(proc_jiffies "$pid")
     # Percent of all CPU time during the measurement spent outside the server (the bench
@@ -196,7 +200,7 @@ isa=$(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|avx512f|avx512_vnni|
 [ -n "$isa" ] && cpu="$cpu ($isa)"
 WORK="$work" RUNS="$runs" THREADS="$threads" CPU="$cpu" JSON="$json" SERVERS="$servers" \
   LLAMA="$llama" CTX="$ctx" KV_GIB="$kv_gib" KV_DTYPE="$kv_dtype" PARALLEL="$parallel" \
-  COMMIT="$commit" DIRTY="$num_dirty" MODEL="$(basename "$gguf")" LONG_LEN="$long_len" \
+  COMMIT="$commit" DIRTY="$num_dirty" MODEL="$(basename "$gguf")" LONG_LEN="$long_len" SAMPLING="${sampling[*]}" \
   LLAMA_VERSION="$( [ -n "$llama" ] && "$llama" --version 2>&1 | grep -m1 '^version' || true)" \
   python3 - <<'PY'
 import json, os, statistics
@@ -278,7 +282,8 @@ out = {
     "runs": runs,
     "model": env["MODEL"],
     "git": {"head": env["COMMIT"], "num_changed_paths": int(env["DIRTY"])},
-    "workload": {"prompt_len": 128, "output_len": 128, "prefill_len": 512, "concurrency": [1, 4, 16], "long_prompt_len": long_len or None},
+    "workload": {"prompt_len": 128, "output_len": 128, "prefill_len": 512, "concurrency": [1, 4, 16], "long_prompt_len": long_len or None,
+                 "sampling": env["SAMPLING"] or "greedy"},
     "qwen_serve": {"kv_cache_memory_gib": float(env["KV_GIB"]), "kv_cache_dtype": env["KV_DTYPE"]},
     "llama_server": {"binary": env["LLAMA"] or None, "version": env["LLAMA_VERSION"], "parallel": int(env["PARALLEL"]), "ctx": int(env["CTX"])} if both else None,
     "median": medians,
@@ -289,7 +294,7 @@ out = {
 with open(env["JSON"], "w") as f:
     json.dump(out, f, indent=2)
 
-print(f"CPU: {env['CPU']}; {env['THREADS']} threads per server; median of {runs} run(s); qwen-serve at {env['COMMIT']}"
+print(f"CPU: {env['CPU']}; {env['THREADS']} threads per server; median of {runs} run(s); {env['SAMPLING'] or 'greedy'}; qwen-serve at {env['COMMIT']}"
       + (f" + {env['DIRTY']} uncommitted path(s)" if env["DIRTY"] != "0" else ""))
 print(f"CPU time outside the measured server during the measurements (bench client included): "
       f"{min(others):.0f}% to {max(others):.0f}% of the machine" + (" -- OTHER WORK WAS RUNNING" if max(others) > 15 else ""))

@@ -6,8 +6,10 @@
 // then the token. A row whose largest value is not finite gets its argmax (first index of its
 // largest value; NaN never wins; 0 if its first value is NaN); a row with t <= 0 is left out.
 //
-// One block per row: the max and the chunk sums by every thread, the ordered total and the
-// walk by one (a few thousand f64 adds; the host's order).
+// One block per row: the max and the chunk sums by every thread, into shared memory (at most
+// SAMPLE_MAX_CHUNKS: vocabularies up to 384,000), the ordered total and the walk by one (a few
+// thousand f64 adds from shared memory; the host's order). The draw's product is rounded on
+// its own (no fused multiply-add), as on the host.
 
 #include <limits.h>
 
@@ -17,6 +19,7 @@ namespace {
 
 constexpr int SAMPLE_THREADS = 1024;  // THREADS in src/sample.rs
 constexpr int SAMPLE_CHUNK = 64;  // WALK_CHUNK in src/sample.rs
+constexpr int SAMPLE_MAX_CHUNKS = 6000;  // MAX_VOCAB / WALK_CHUNK in src/sample.rs: 48,000 bytes
 
 __device__ __forceinline__ float sample_block_max(float v, float* shared) {
 #pragma unroll
@@ -42,8 +45,8 @@ __device__ __forceinline__ float sample_weight(const T* r, int i, float max, flo
 
 template <typename T>
 __device__ __forceinline__ void sample_whole(const T* __restrict__ x, const float* __restrict__ params,
-                                             const double* __restrict__ us, double* __restrict__ sums,
-                                             uint32_t* __restrict__ out, int vocab) {
+                                             const double* __restrict__ us, uint32_t* __restrict__ out, int vocab) {
+    __shared__ double s[SAMPLE_MAX_CHUNKS];
     __shared__ float warp_max[SAMPLE_THREADS / 32];
     __shared__ int s_first;
     const size_t row = blockIdx.x;
@@ -69,8 +72,7 @@ __device__ __forceinline__ void sample_whole(const T* __restrict__ x, const floa
         if (threadIdx.x == 0) out[row] = (s_first == INT_MAX || isnan(qs::to_float(r[0]))) ? 0u : (uint32_t)s_first;
         return;
     }
-    const int chunks = (vocab + SAMPLE_CHUNK - 1) / SAMPLE_CHUNK;
-    double* s = sums + row * (size_t)chunks;
+    const int chunks = (vocab + SAMPLE_CHUNK - 1) / SAMPLE_CHUNK;  // <= SAMPLE_MAX_CHUNKS (the host checks)
     for (int c = threadIdx.x; c < chunks; c += SAMPLE_THREADS) {
         const int begin = c * SAMPLE_CHUNK, len = min(SAMPLE_CHUNK, vocab - begin);
         double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -89,7 +91,7 @@ __device__ __forceinline__ void sample_whole(const T* __restrict__ x, const floa
     if (threadIdx.x != 0) return;
     double total = 0;
     for (int c = 0; c < chunks; ++c) total += s[c];
-    double rem = us[row] * total;
+    double rem = __dmul_rn(us[row], total);
     int c = 0;
     while (c + 1 < chunks && rem >= s[c]) {
         rem -= s[c];
@@ -119,9 +121,8 @@ __device__ __forceinline__ void sample_whole(const T* __restrict__ x, const floa
 #define SAMPLE_WHOLE(SUFFIX, T)                                                                                \
     extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)                                                     \
         sample_whole_##SUFFIX(const T* __restrict__ x, const float* __restrict__ params,                      \
-                              const double* __restrict__ us, double* __restrict__ sums,                       \
-                              uint32_t* __restrict__ out, int vocab) {                                        \
-        sample_whole<T>(x, params, us, sums, out, vocab);                                                     \
+                              const double* __restrict__ us, uint32_t* __restrict__ out, int vocab) {         \
+        sample_whole<T>(x, params, us, out, vocab);                                                           \
     }
 
 SAMPLE_WHOLE(f32, float)

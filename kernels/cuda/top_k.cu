@@ -23,9 +23,10 @@ constexpr int BINS = 256;
 
 __device__ __forceinline__ bool is_candidate(float v) { return !isnan(v) && v > -INFINITY; }
 
-// Larger values give larger keys; -0.0 sorts below +0.0 (as Rust's total_cmp orders them).
+// Larger values give larger keys; -0.0 and +0.0 the same one (a tie keeps both, whether the
+// reader orders them apart or not).
 __device__ __forceinline__ unsigned key_of(float v) {
-    const unsigned u = __float_as_uint(v);
+    const unsigned u = __float_as_uint(v + 0.f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 

@@ -10,8 +10,12 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::elem::Elem;
 
-/// Logits per chunk of the walk (`CHUNK` in the .cu).
+/// Logits per chunk of the walk (`SAMPLE_CHUNK` in the .cu).
 pub const WALK_CHUNK: usize = 64;
+
+/// The largest vocabulary [`sample_whole_rows`] takes: its chunk sums live in 48,000 bytes of a
+/// block's shared memory on a GPU (`SAMPLE_MAX_CHUNKS` in the .cu).
+pub const MAX_VOCAB: usize = 6000 * WALK_CHUNK;
 
 /// The largest value of `xs`, NaN ignored (-inf if there is none): 16 lanes, so that it
 /// vectorises (the same value as a fold, max being order-free).
@@ -79,8 +83,8 @@ pub fn draw_whole(logits: &[f32], max: f32, temperature: f32, min_p: f32, u: f64
 /// <= 0 is left out (0).
 pub fn sample_whole_rows(logits: &Tensor, params: &Tensor, us: &Tensor) -> Result<Tensor> {
     let (rows, vocab) = logits.dims2()?;
-    if !matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16) || vocab == 0 || vocab > i32::MAX as usize / 2 {
-        candle_core::bail!("sample_whole_rows: want (rows, 1..2^30) f32, bf16 or f16 logits, got {:?} {:?}", logits.dims(), logits.dtype());
+    if !matches!(logits.dtype(), DType::F32 | DType::BF16 | DType::F16) || vocab == 0 || vocab > MAX_VOCAB {
+        candle_core::bail!("sample_whole_rows: want (rows, 1..={MAX_VOCAB}) f32, bf16 or f16 logits, got {:?} {:?}", logits.dims(), logits.dtype());
     }
     if params.dims() != [rows, 2] || params.dtype() != DType::F32 || us.dims() != [rows] || us.dtype() != DType::F64 {
         candle_core::bail!(
@@ -156,7 +160,6 @@ mod cuda {
     use candle_core::{CudaStorage, DType, Layout, Result};
     use half::{bf16, f16};
 
-    use super::WALK_CHUNK;
     use crate::cuda::{self, kernel_name, load, CudaElem};
 
     /// Threads per block of `sample_whole_*` (`THREADS` in the .cu).
@@ -181,15 +184,14 @@ mod cuda {
         if rows == 0 {
             return Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()));
         }
-        let chunks = vocab.div_ceil(WALK_CHUNK);
-        let mut sums = cuda::output::<f64>(dev, rows * chunks)?;
         let vocab_arg = vocab as i32;
         let func = load!(dev, cuda::SAMPLE, kernel_name::<T>("sample_whole"))?;
         let mut b = func.builder();
-        b.arg(&x).arg(&p).arg(&u).arg(&mut sums).arg(&mut out).arg(&vocab_arg);
+        b.arg(&x).arg(&p).arg(&u).arg(&mut out).arg(&vocab_arg);
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: arguments match `sample_whole_*`; x holds rows * vocab values, p two per
-        // row, u one, sums one per chunk of each row (written before read), out one per row.
+        // SAFETY: arguments match `sample_whole_*`; x holds rows * vocab values (vocab at most
+        // MAX_VOCAB, checked by the caller: the chunk sums fit the kernel's shared array), p two
+        // per row, u one, out one per row.
         unsafe { b.launch(cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }

@@ -55,7 +55,8 @@ impl Target for HttpTarget {
 
     fn run_one(&self, prompt: &[u32], output_len: usize, sampling: &Sampling) -> Result<Timing, String> {
         // top_k and min_p are vLLM's and llama.cpp's extensions; 0 means off to both (and to
-        // us), and is sent so that llama-server's own defaults (top_k 40, min_p 0.05) stay off.
+        // us), and is sent so that a server's own defaults (llama-server's top_k 40 and min_p
+        // 0.05, a model's generation config) stay off.
         let body = json!({
             "model": self.model,
             "prompt": prompt,
@@ -64,6 +65,8 @@ impl Target for HttpTarget {
             "top_p": sampling.top_p,
             "top_k": sampling.top_k,
             "min_p": 0.0,
+            // No penalty either (a served model's generation config may set one by default).
+            "repetition_penalty": 1.0,
             "ignore_eos": true,
             "stream": true,
             "stream_options": {"include_usage": true},

@@ -45,6 +45,21 @@ enum Want {
 /// The most candidates a row may ask for before it is copied whole instead.
 const MAX_CANDIDATES: usize = 4096;
 
+/// The union of two sorted, duplicate-free lists, sorted and duplicate-free.
+fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let next = a[i].min(b[j]);
+        i += usize::from(a[i] == next);
+        j += usize::from(b[j] == next);
+        out.push(next);
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
 /// What a GPU sends of the rows of `seq` (the next token's and, with `num_draft` draft tokens,
 /// one after each): the argmax for plain greedy decoding; the token of a plain draw from the
 /// whole vocabulary (temperature and min-p only, no draft: its rows' draws depend on which
@@ -64,7 +79,8 @@ fn want(seq: &Sequence, num_draft: usize, eos_token_ids: &[u32], vocab: usize) -
     }
     let whole_vocab = p.top_k == 0 || p.top_k >= vocab;
     let processed = !p.logit_bias.is_empty() || p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
-    if p.temperature > 0.0 && whole_vocab && p.top_p >= 1.0 && !processed && suppressed.is_empty() && num_draft == 0 {
+    let drawable = vocab <= qwen_serve_models::SAMPLE_WHOLE_MAX_VOCAB;
+    if p.temperature > 0.0 && whole_vocab && p.top_p >= 1.0 && !processed && suppressed.is_empty() && num_draft == 0 && drawable {
         return Want::Draw { temperature: p.temperature, min_p: p.min_p, u: 0.0 };
     }
     let k = match (p.temperature <= 0.0, p.top_k) {
@@ -72,17 +88,22 @@ fn want(seq: &Sequence, num_draft: usize, eos_token_ids: &[u32], vocab: usize) -
         (false, k) if k > 0 && k < vocab => k,
         _ => return Want::Whole,
     };
+    // The few ids of this step (bias, suppression, output, draft), then, with a repetition
+    // penalty, merged with the prompt's distinct ids (sorted once per sequence).
     let mut touched: Vec<u32> = p.logit_bias.iter().map(|b| b.0).chain(suppressed).collect();
-    let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);
-    let output = output.iter().chain(&seq.draft[..num_draft]);
-    if p.repetition_penalty != 1.0 {
-        touched.extend(prompt.iter().chain(output));
-    } else if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
-        touched.extend(output);
+    if p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        touched.extend(seq.output().iter().chain(&seq.draft[..num_draft]));
     }
-    touched.retain(|&id| (id as usize) < vocab);
     touched.sort_unstable();
     touched.dedup();
+    if p.repetition_penalty != 1.0 {
+        let prompt = seq.distinct_prompt_ids();
+        if prompt.len() + k > MAX_CANDIDATES {
+            return Want::Whole;
+        }
+        touched = merge_sorted(&touched, prompt);
+    }
+    touched.retain(|&id| (id as usize) < vocab);
     let k = k + touched.len();
     if k > MAX_CANDIDATES {
         return Want::Whole;
@@ -295,7 +316,10 @@ fn device_rows(logits: &Tensor, wants: &[Want]) -> Result<Vec<Option<Next>>, Mod
         let max_k = ks.iter().copied().max().unwrap_or(1) as usize;
         // Room for ties at the k-th value; a row with more is copied whole.
         let cap = 2 * max_k + 256;
-        let packed = qwen_serve_models::top_k_candidates(logits, &Tensor::new(ks, device)?, cap)?.to_vec2::<u32>()?;
+        // Only the asking rows' lists come back.
+        let packed = qwen_serve_models::top_k_candidates(logits, &Tensor::new(ks, device)?, cap)?
+            .index_select(&Tensor::from_slice(&best, best.len(), device)?, 0)?
+            .to_vec2::<u32>()?;
         let mut flat = vec![];
         for &row in &best {
             if let Want::Best { touched, .. } = &wants[row as usize] {
@@ -309,10 +333,10 @@ fn device_rows(logits: &Tensor, wants: &[Want]) -> Result<Vec<Option<Next>>, Mod
             logits.flatten_all()?.index_select(&Tensor::from_vec(flat, len, device)?, 0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?
         }
         .into_iter();
-        for &row in &best {
+        for (&row, listed) in best.iter().zip(&packed) {
             let Want::Best { touched, .. } = &wants[row as usize] else { unreachable!("picked as Best") };
             let values: Vec<f32> = touched_values.by_ref().take(touched.len()).collect();
-            match qwen_serve_models::unpack_candidates(&packed[row as usize]) {
+            match qwen_serve_models::unpack_candidates(listed) {
                 Some(mut candidates) => {
                     candidates.extend(touched.iter().copied().zip(values));
                     candidates.sort_by_key(|c| c.0);
@@ -451,6 +475,13 @@ mod tests {
             assert!(matches!(out[1], Some(Next::Token(id)) if id == super::argmax(&rows[1])));
             assert!(matches!(&out[3], Some(Next::Logits(row)) if row == &rows[3]));
         }
+    }
+
+    #[test]
+    fn merging_sorted_id_lists() {
+        assert_eq!(super::merge_sorted(&[1, 4, 9], &[0, 4, 5, 9, 12]), [0, 1, 4, 5, 9, 12]);
+        assert_eq!(super::merge_sorted(&[], &[2, 3]), [2, 3]);
+        assert_eq!(super::merge_sorted(&[7], &[]), [7]);
     }
 
     fn sequence(params: SamplingParams, prompt: Vec<u32>, output: &[u32]) -> Sequence {

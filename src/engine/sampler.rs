@@ -200,8 +200,8 @@ impl Sampler {
         Self { rng, logits: Vec::new(), candidates: Vec::new(), entries: Vec::new(), seen: Vec::new(), sorted_output: Vec::new() }
     }
 
-    /// The next uniform draw in [0, 1) of this sequence's RNG: the one its next whole-vocabulary
-    /// draw would take, for a draw made elsewhere (`runner::Want::Draw`).
+    /// The next uniform draw in [0, 1) of this sequence's RNG: the one its next draw would take
+    /// (every draw takes one, first), for a draw made elsewhere (`runner::Want::Draw`).
     pub fn uniform(&mut self) -> f64 {
         self.rng.random()
     }
@@ -279,6 +279,9 @@ impl Sampler {
     /// Step 5 over `self.logits`.
     fn draw(&mut self, params: &SamplingParams) -> u32 {
         let logits = &self.logits;
+        // One uniform draw per sampled token, taken first whatever the row holds, so a draw
+        // made elsewhere with it (`Self::uniform`) leaves the RNG where this one does.
+        let u: f64 = self.rng.random();
         let max = max_value(logits);
         if !max.is_finite() {
             return argmax(logits);
@@ -286,7 +289,6 @@ impl Sampler {
         // Weights are unnormalised probabilities, e^((l - max) / temperature): the most likely
         // token weighs exactly 1, so min-p compares weights with `min_p` directly. Underflow to
         // 0 drops a token (its probability is < 1e-38).
-        let u: f64 = self.rng.random();
         let vocab = logits.len();
         if (params.top_k == 0 || params.top_k >= vocab) && params.top_p >= 1.0 {
             // No truncation by rank: no candidate list (the draw a GPU also makes where the
@@ -307,12 +309,12 @@ impl Sampler {
 
     /// Step 5 over `self.entries` (top-k only): what [`Self::draw`] does on the whole row.
     fn draw_sparse(&mut self, params: &SamplingParams) -> u32 {
+        let u: f64 = self.rng.random();
         let entries = &self.entries;
         let max = entries.iter().map(|e| e.1).fold(f32::NEG_INFINITY, f32::max);
         if !max.is_finite() {
             return sparse_argmax(entries);
         }
-        let u: f64 = self.rng.random();
         top_k_sorted(entries.iter().copied(), params.top_k, &mut self.candidates);
         pick(&mut self.candidates, params, max, u).unwrap_or_else(|| sparse_argmax(entries))
     }

@@ -51,6 +51,8 @@ pub struct Sequence {
     /// not part of `tokens` until the model agrees.
     pub draft: Vec<u32>,
     pub draft_pace: super::speculative::DraftPace,
+    /// The prompt's distinct ids, sorted: made on first use (see [`Self::distinct_prompt_ids`]).
+    distinct_prompt_ids: std::sync::OnceLock<Vec<u32>>,
 }
 
 impl Sequence {
@@ -86,7 +88,19 @@ impl Sequence {
             constraint,
             draft: vec![],
             draft_pace: Default::default(),
+            distinct_prompt_ids: Default::default(),
         }
+    }
+
+    /// The prompt's distinct token ids, sorted; computed once (a GPU step asks for them every
+    /// step of a sequence with a repetition penalty).
+    pub fn distinct_prompt_ids(&self) -> &[u32] {
+        self.distinct_prompt_ids.get_or_init(|| {
+            let mut ids = self.tokens[..self.num_prompt_tokens].to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        })
     }
 
     pub fn num_tokens(&self) -> usize {

@@ -133,6 +133,7 @@ inline unsigned __float_as_uint(float f) {
     std::memcpy(&u, &f, 4);
     return u;
 }
+inline double __dmul_rn(double a, double b) { return a * b; }
 inline int atomicMin(int* p, int v) {
     const int old = *p;
     if (v < old) *p = v;
