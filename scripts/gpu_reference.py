@@ -316,6 +316,10 @@ def main():
                 ("sampled", {}, levels, {"--temperature": "0.7", "--top-p": "0.8", "--top-k": "20"}),
                 ("sampled_top_p", {}, levels, {"--temperature": "0.7", "--top-p": "0.8"}),
                 ("sampled_temperature", {}, levels, {"--temperature": "0.7"}),
+                # The first and last of those with every row copied whole to the host sampler
+                # (QWEN_SERVE_SAMPLE_ON_DEVICE=0), as before 2026-11-28.
+                ("sampled_on_host", {"QWEN_SERVE_SAMPLE_ON_DEVICE": "0"}, levels, {"--temperature": "0.7", "--top-p": "0.8", "--top-k": "20"}),
+                ("sampled_temperature_on_host", {"QWEN_SERVE_SAMPLE_ON_DEVICE": "0"}, levels, {"--temperature": "0.7"}),
                 # Decode steps of one or two sequences without the few-rows kernels that fuse norms, q/k/v,
                 # SiLU and residual adds in (kernels/src/small_matmul.rs, qkv/matmul.rs; five launches
                 # a layer instead of ten; on by default since 2026-11-27).

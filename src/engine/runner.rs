@@ -135,9 +135,15 @@ pub struct ModelRunner {
 }
 
 impl ModelRunner {
-    /// `on_device`: see `EngineConfig::sample_on_device`.
+    /// `on_device`: see `EngineConfig::sample_on_device`; when `None`,
+    /// `QWEN_SERVE_SAMPLE_ON_DEVICE=0|1` (a measuring switch) decides before the device does.
     pub fn new(model: Box<dyn CausalLm>, cache: KvCache, on_device: Option<bool>) -> Self {
-        let on_device = on_device.unwrap_or(!model.device().is_cpu());
+        let from_env = match std::env::var("QWEN_SERVE_SAMPLE_ON_DEVICE").as_deref() {
+            Ok("0") => Some(false),
+            Ok("1") => Some(true),
+            _ => None,
+        };
+        let on_device = on_device.or(from_env).unwrap_or(!model.device().is_cpu());
         Self { model, cache, on_device, forward_seconds: 0.0, logits_seconds: 0.0 }
     }
 
