@@ -292,8 +292,9 @@ impl EngineCore {
     }
 }
 
-/// `seq`'s next token from `row` (its argmax, or drawn by its sampler under its output
-/// constraint, if any); `None` where the constraint allows no token at all.
+/// `seq`'s next token from `row` (a token already chosen on the device, or drawn by its sampler
+/// from candidates or the whole row, under its output constraint if any); `None` where the
+/// constraint allows no token at all.
 fn sample_next(seq: &mut Sequence, row: &Next, eos: &[u32], vocab: Option<&Vocab>) -> Option<Sampled> {
     let params = seq.params.clone();
     let (prompt, output) = seq.tokens.split_at(seq.num_prompt_tokens);

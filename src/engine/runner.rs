@@ -247,9 +247,10 @@ impl ModelRunner {
     }
 }
 
-/// The logits rows as the engine needs them: the argmax of each row marked in `argmax_rows`,
-/// and the other rows copied out whole, as f32. On a GPU the argmax is taken there (one id comes
-/// back instead of ~300-600 KB per row); on the CPU f32 rows are read in place, in parallel.
+/// The logits rows as the engine needs them, each as its [`Want`] says: a token (argmax or
+/// draw), candidates, or the row copied out whole as f32. On a GPU tokens and candidates are
+/// taken there (an id or a few hundred bytes come back instead of ~300-600 KB per row); on the
+/// CPU f32 rows are read in place, in parallel, unless some row wants the GPU's way.
 fn host_rows(logits: &Tensor, wants: &[Want]) -> Result<Vec<Option<Next>>, ModelError> {
     let mut logits = logits.contiguous()?;
     if logits.device().is_cpu() && logits.dtype() != DType::F32 {
