@@ -297,14 +297,32 @@ impl Sampler {
         }
 
         let candidates = &mut self.candidates;
+        let indexed = || logits.iter().enumerate().map(|(i, &l)| (i as u32, l));
         if params.top_k > 0 && params.top_k < vocab {
-            top_k_sorted(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)), params.top_k, candidates);
-        } else {
-            candidates.clear();
-            candidates
-                .extend(logits.iter().enumerate().filter(|(_, &l)| l > f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l)));
+            top_k_sorted(indexed(), params.top_k, candidates);
+            return pick(candidates, params, max, u, None).unwrap_or_else(|| argmax(logits));
         }
-        pick(candidates, params, max, u).unwrap_or_else(|| argmax(logits))
+        // Top-p over the whole vocabulary: the row's whole mass once, then the most likely
+        // tokens in growing rounds (one pass each) until their mass reaches top-p of it; the
+        // nucleus is then among them. Only a nearly flat row takes the whole sorted list.
+        let t = params.temperature;
+        let mass = whole_mass(logits, max, t);
+        let target = f64::from(params.top_p) * mass;
+        let mut k = 64;
+        while k < vocab {
+            top_k_sorted(indexed(), k, candidates);
+            let mut prefix = 0.0;
+            if candidates.iter().any(|c| {
+                prefix += f64::from(((c.1 - max) / t).exp());
+                prefix >= target
+            }) {
+                return pick(candidates, params, max, u, Some(mass)).unwrap_or_else(|| argmax(logits));
+            }
+            k *= 8;
+        }
+        candidates.clear();
+        candidates.extend(indexed().filter(|&(_, l)| l > f32::NEG_INFINITY));
+        pick(candidates, params, max, u, Some(mass)).unwrap_or_else(|| argmax(logits))
     }
 
     /// Step 5 over `self.entries` (top-k only): what [`Self::draw`] does on the whole row.
@@ -316,7 +334,7 @@ impl Sampler {
             return sparse_argmax(entries);
         }
         top_k_sorted(entries.iter().copied(), params.top_k, &mut self.candidates);
-        pick(&mut self.candidates, params, max, u).unwrap_or_else(|| sparse_argmax(entries))
+        pick(&mut self.candidates, params, max, u, None).unwrap_or_else(|| sparse_argmax(entries))
     }
 }
 
@@ -397,14 +415,16 @@ fn adjust(row: &mut impl Slots, params: &SamplingParams, prompt: &[u32], output:
 }
 
 /// The rest of step 5 over the surviving candidates, `u` in [0, 1) the draw: weights, top-p,
-/// min-p, then the token at `u` of the remaining mass (`None` if nothing is left).
-fn pick(candidates: &mut Vec<(u32, f32)>, params: &SamplingParams, max: f32, u: f64) -> Option<u32> {
+/// min-p, then the token at `u` of the remaining mass (`None` if nothing is left). Top-p keeps
+/// `top_p` of `mass` (the whole row's, when the candidates are only its most likely), else of
+/// the candidates' own.
+fn pick(candidates: &mut Vec<(u32, f32)>, params: &SamplingParams, max: f32, u: f64, mass: Option<f64>) -> Option<u32> {
     let t = params.temperature;
     for c in candidates.iter_mut() {
         c.1 = ((c.1 - max) / t).exp();
     }
     if params.top_p < 1.0 {
-        let kept = nucleus_len(candidates, params.top_p);
+        let kept = nucleus_len(candidates, params.top_p, mass);
         candidates.truncate(kept);
     }
     candidates.retain(|c| c.1 > 0.0 && c.1 >= params.min_p);
@@ -429,6 +449,23 @@ fn sparse_argmax(entries: &[(u32, f32)]) -> u32 {
         }
     }
     best.or(entries.first().copied()).map_or(0, |b| b.0)
+}
+
+/// The sum of a row's weights `e^((l - max) / t)` (NaN counting 0) over 8 independent f64 lanes.
+fn whole_mass(logits: &[f32], max: f32, t: f32) -> f64 {
+    let weight = |l: f32| {
+        let w = ((l - max) / t).exp();
+        f64::from(if w > 0.0 { w } else { 0.0 })
+    };
+    let mut lanes = [0f64; 8];
+    let chunks = logits.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&l| weight(l)).sum();
+    for c in chunks {
+        for (acc, &l) in lanes.iter_mut().zip(c) {
+            *acc += weight(l);
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
 }
 
 /// Descending by value, ascending by id among ties: a total order, so selections are unique.
@@ -469,8 +506,8 @@ fn top_k_sorted(row: impl Iterator<Item = (u32, f32)>, k: usize, out: &mut Vec<(
 /// Moves the most likely candidates (by weight) to the front, sorted, only as far as needed, and
 /// returns how many to keep: the smallest prefix whose mass reaches `top_p` of the total (at
 /// least one). Selects chunks of growing size instead of sorting the whole vocab.
-fn nucleus_len(candidates: &mut [(u32, f32)], top_p: f32) -> usize {
-    let total: f64 = candidates.iter().map(|c| f64::from(c.1)).sum();
+fn nucleus_len(candidates: &mut [(u32, f32)], top_p: f32, mass: Option<f64>) -> usize {
+    let total = mass.unwrap_or_else(|| candidates.iter().map(|c| f64::from(c.1)).sum());
     let target = f64::from(top_p) * total;
     let mut mass = 0.0;
     // Invariant: candidates[..sorted] are the `sorted` most likely, in order.

@@ -160,7 +160,7 @@ fn nucleus_matches_a_full_sort() {
             })
             .map_or(vocab, |i| i + 1);
         let mut candidates = weights.clone();
-        let kept = nucleus_len(&mut candidates, top_p);
+        let kept = nucleus_len(&mut candidates, top_p, None);
         assert_eq!(kept, expected, "vocab {vocab}, top_p {top_p}");
         assert_eq!(candidates[..kept], naive[..expected]);
     }
@@ -611,5 +611,28 @@ fn whole_vocabulary_draws_follow_the_softmax() {
         let tv: f64 = counts.iter().zip(&weights).map(|(&c, &w)| (c as f64 / n as f64 - w / total).abs()).sum::<f64>() / 2.0;
         assert!(tv < 0.03, "total variation {tv} (min_p {min_p})");
         assert!(counts.iter().zip(&weights).all(|(&c, &w)| w > 0.0 || c == 0), "a dropped token was drawn");
+    }
+}
+
+/// Top-p over the whole vocabulary cuts the nucleus exactly where the ranked mass reaches top-p
+/// of the whole row's (not of the candidates a round looked at), in the first round of 64
+/// candidates and past it: n equally likely tokens (and thousands of nearly impossible ones)
+/// keep exactly the first ones by id.
+#[test]
+fn top_p_alone_keeps_exactly_the_nucleus() {
+    for (equal, top_p, nucleus) in [(100, 0.695, 70), (1000, 0.0505, 51)] {
+        let mut logits = vec![-30.0f32; 5000];
+        logits[..equal].fill(5.0);
+        let p = params(|p| {
+            p.temperature = 1.0;
+            p.top_p = top_p;
+        });
+        let mut seen = vec![0usize; equal];
+        for t in draws(&logits, &p, 3, 20_000) {
+            assert!((t as usize) < nucleus, "top_p {top_p}: token {t} is outside the nucleus");
+            seen[t as usize] += 1;
+        }
+        let drawn = seen[..nucleus].iter().filter(|&&c| c > 150).count();
+        assert_eq!(drawn, nucleus, "top_p {top_p}: every nucleus token is drawn often");
     }
 }
