@@ -90,7 +90,8 @@ pub struct BenchConfig {
 }
 
 /// How every request of a level draws its tokens: greedy by default, or sampled (each request
-/// unseeded), which on a GPU sends vocabulary-sized rows to the host where greedy sends ids.
+/// unseeded), which on a GPU takes the runner's sampling paths (best candidates, draws on the
+/// device, or whole rows to the host) where greedy takes the argmax there.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sampling {
     pub temperature: f32,
