@@ -328,10 +328,19 @@ fn record_prompt_logprobs(seq: &mut Sequence, rows: &[Vec<f32>], num_new: usize)
     let k = seq.params.prompt_logprobs.unwrap_or(0);
     let start = seq.num_computed_tokens;
     let acc = seq.prompt_logprobs.get_or_insert_with(|| vec![None]);
-    for (i, row) in rows.iter().enumerate().take(num_new) {
-        let target = start + i + 1;
-        if target < seq.num_prompt_tokens && acc.len() == target {
-            acc.push(Some(logprobs_of(row, seq.tokens[target], k)));
+    // Each row is a log-softmax over the vocabulary: a long prompt's rows in parallel.
+    let wanted: Vec<(usize, &Vec<f32>)> = rows
+        .iter()
+        .enumerate()
+        .take(num_new)
+        .map(|(i, row)| (start + i + 1, row))
+        .filter(|&(target, _)| target < seq.num_prompt_tokens && target >= acc.len())
+        .collect();
+    let tokens = &seq.tokens;
+    let computed: Vec<(usize, _)> = wanted.into_par_iter().map(|(target, row)| (target, logprobs_of(row, tokens[target], k))).collect();
+    for (target, logprobs) in computed {
+        if acc.len() == target {
+            acc.push(Some(logprobs));
         }
     }
     if acc.len() == seq.num_prompt_tokens && !seq.prompt_logprobs_sent {

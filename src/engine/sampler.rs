@@ -540,7 +540,16 @@ pub fn logprobs_of(logits: &[f32], token: u32, k: usize) -> Logprobs {
 
 fn log_softmax_pick(logits: &[f32], token: u32, k: usize) -> Logprobs {
     let max = max_value(logits);
-    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+    // Summed over 8 independent lanes (a sequential sum waits on each add).
+    let mut lanes = [0f64; 8];
+    let chunks = logits.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&l| f64::from((l - max).exp())).sum();
+    for c in chunks {
+        for (acc, &l) in lanes.iter_mut().zip(c) {
+            *acc += f64::from((l - max).exp());
+        }
+    }
+    let sum = lanes.iter().sum::<f64>() + rest;
     let log_z = f64::from(max) + sum.ln();
     let logprob = |l: f32| (f64::from(l) - log_z) as f32;
     Logprobs {
