@@ -120,7 +120,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     output_len: usize,
     /// Sampling temperature of every request (0: greedy). Sampled requests are unseeded; on a
-    /// GPU their logits rows come back to the host where greedy ones come back as ids.
+    /// GPU they take the sampling paths that start there (README, GPU: logits to the host).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     /// Nucleus sampling's mass, in (0, 1] (with --temperature above 0).

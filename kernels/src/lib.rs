@@ -32,7 +32,7 @@ mod small_matmul;
 mod write_kv;
 
 pub use argmax::argmax_rows;
-pub use sample::{draw_whole, max_value, sample_whole_rows, MAX_VOCAB as SAMPLE_WHOLE_MAX_VOCAB, WALK_CHUNK};
+pub use sample::{draw_whole, lane_sum, max_value, sample_whole_rows, MAX_VOCAB as SAMPLE_WHOLE_MAX_VOCAB, WALK_CHUNK};
 pub use top_k::{top_k_candidates, unpack_candidates};
 pub use device_metadata::DeviceMetadata;
 pub use fused::{add_rms_norm, rms_norm, rotary_embedding, silu_mul};

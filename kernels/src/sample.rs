@@ -32,14 +32,15 @@ pub fn max_value(xs: &[f32]) -> f32 {
     lanes.into_iter().fold(rest, larger)
 }
 
-/// The sum of `xs` in f64 over 8 independent lanes (a sequential sum waits on each add).
-fn lane_sum(xs: &[f32]) -> f64 {
+/// The sum of `f(x)` over `xs` in f64, over 8 independent lanes (a sequential sum waits on each
+/// add): lane j takes elements j, j + 8, ...; the lanes are added in order, then the remainder.
+pub fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut lanes = [0f64; 8];
     let chunks = xs.chunks_exact(8);
-    let rest: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
+    let rest: f64 = chunks.remainder().iter().map(|&x| f(x)).sum();
     for c in chunks {
         for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += f64::from(x);
+            *l += f(x);
         }
     }
     lanes.iter().sum::<f64>() + rest
@@ -58,7 +59,7 @@ pub fn draw_whole(logits: &[f32], max: f32, temperature: f32, min_p: f32, u: f64
         weights.clear();
         weights.extend(logits.iter().map(|&l| ((l - max) / temperature).exp()).map(|w| if w > 0.0 && w >= min_p { w } else { 0.0 }));
         sums.clear();
-        sums.extend(weights.chunks(WALK_CHUNK).map(lane_sum));
+        sums.extend(weights.chunks(WALK_CHUNK).map(|c| lane_sum(c, f64::from)));
         let mut r = u * sums.iter().sum::<f64>();
         let mut chunk = 0;
         while chunk + 1 < sums.len() && r >= sums[chunk] {

@@ -21,7 +21,7 @@ pub use decoder::QwenForCausalLm;
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 // The engine takes greedy tokens where the logits are, through the same kernel crate.
-pub use qwen_serve_kernels::{argmax_rows, draw_whole, max_value, sample_whole_rows, top_k_candidates, SAMPLE_WHOLE_MAX_VOCAB, unpack_candidates, AttentionMetadata, DeviceMetadata};
+pub use qwen_serve_kernels::{argmax_rows, draw_whole, lane_sum, max_value, sample_whole_rows, top_k_candidates, SAMPLE_WHOLE_MAX_VOCAB, unpack_candidates, AttentionMetadata, DeviceMetadata};
 pub use weights::{gguf_expert_name, gguf_tensor_name, GgufReader, Weights};
 
 use candle_core::{DType, Device, Tensor};

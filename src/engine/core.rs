@@ -182,7 +182,7 @@ impl EngineCore {
             }
         }
         self.scheduler.mark_computed(out);
-        // Sampling reads a whole vocabulary row per sequence (150k logits for Qwen); each
+        // Sampling may read a whole vocabulary row per sequence (150k logits for Qwen); each
         // sequence has its own sampler and RNG, so they run in parallel with the same results.
         let mut rows: Vec<Option<(&Next, &[Next])>> = vec![None; self.scheduler.running.len()];
         for (k, s) in out.seqs.iter().enumerate() {

@@ -18,7 +18,7 @@
 
 use std::cmp::Ordering;
 
-use qwen_serve_models::{draw_whole, max_value};
+use qwen_serve_models::{draw_whole, lane_sum, max_value};
 use rand::rngs::StdRng;
 
 use super::constraint::OutputFormat;
@@ -453,19 +453,10 @@ fn sparse_argmax(entries: &[(u32, f32)]) -> u32 {
 
 /// The sum of a row's weights `e^((l - max) / t)` (NaN counting 0) over 8 independent f64 lanes.
 fn whole_mass(logits: &[f32], max: f32, t: f32) -> f64 {
-    let weight = |l: f32| {
+    lane_sum(logits, |l| {
         let w = ((l - max) / t).exp();
         f64::from(if w > 0.0 { w } else { 0.0 })
-    };
-    let mut lanes = [0f64; 8];
-    let chunks = logits.chunks_exact(8);
-    let rest: f64 = chunks.remainder().iter().map(|&l| weight(l)).sum();
-    for c in chunks {
-        for (acc, &l) in lanes.iter_mut().zip(c) {
-            *acc += weight(l);
-        }
-    }
-    lanes.iter().sum::<f64>() + rest
+    })
 }
 
 /// Descending by value, ascending by id among ties: a total order, so selections are unique.
@@ -540,16 +531,7 @@ pub fn logprobs_of(logits: &[f32], token: u32, k: usize) -> Logprobs {
 
 fn log_softmax_pick(logits: &[f32], token: u32, k: usize) -> Logprobs {
     let max = max_value(logits);
-    // Summed over 8 independent lanes (a sequential sum waits on each add).
-    let mut lanes = [0f64; 8];
-    let chunks = logits.chunks_exact(8);
-    let rest: f64 = chunks.remainder().iter().map(|&l| f64::from((l - max).exp())).sum();
-    for c in chunks {
-        for (acc, &l) in lanes.iter_mut().zip(c) {
-            *acc += f64::from((l - max).exp());
-        }
-    }
-    let sum = lanes.iter().sum::<f64>() + rest;
+    let sum = lane_sum(logits, |l| f64::from((l - max).exp()));
     let log_z = f64::from(max) + sum.ln();
     let logprob = |l: f32| (f64::from(l) - log_z) as f32;
     Logprobs {
