@@ -594,3 +594,91 @@ fn json_schema_mode_holds_the_output_to_the_schema() {
 
     choices_are_instances(&s.post("/v1/chat/completions", &body(json!({"temperature": 1.8, "seed": 5, "n": 4, "max_tokens": 60}))).json(), &instance);
 }
+
+/// vLLM's `structured_outputs` (`choice`, `regex`, `json`) and its older `guided_*` fields, on
+/// the real model: greedy, streamed and hot-sampled outputs are each one of the choices or a
+/// whole match of the regex (checked by the `regex` crate, not by the DFA that made them).
+#[test]
+fn structured_outputs_hold_the_output_to_a_choice_or_a_regex() {
+    let s = server();
+    let choices = ["positive", "negative", "neutral"];
+    let sentiment = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Classify this sentiment: qwen-serve is wonderful!"}], "temperature": 0, "max_tokens": 10});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let whole = s.post("/v1/chat/completions", &sentiment(json!({"structured_outputs": {"choice": choices}}))).json();
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
+    assert_eq!(content, "positive", "{whole}");
+    let legacy = s.post("/v1/chat/completions", &sentiment(json!({"guided_choice": choices, "guided_decoding_backend": "xgrammar"}))).json();
+    assert_eq!(legacy["choices"][0]["message"]["content"], content.as_str());
+    let hot = s.post("/v1/chat/completions", &sentiment(json!({"structured_outputs": {"choice": choices}, "temperature": 1.8, "seed": 3, "n": 8}))).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        assert!(choices.contains(&choice["message"]["content"].as_str().unwrap()), "{choice}");
+        assert_eq!(choice["finish_reason"], "stop", "{choice}");
+    }
+
+    let email = regex::Regex::new(r"^[0-9A-Za-z_]+@[0-9A-Za-z_]+\.com\n$").unwrap();
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Generate an email address for Alan Turing, who works in Enigma. End in .com and new line. Example result: alan.turing@enigma.com"}],
+            "structured_outputs": {"regex": r"\w+@\w+\.com\n"}, "temperature": 0, "max_tokens": 30});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
+    assert!(email.is_match(content), "{content:?}");
+    let data = s.post("/v1/chat/completions", &body(json!({"stream": true}))).sse_data();
+    let text: String = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, content);
+    let hot = s.post("/v1/chat/completions", &body(json!({"temperature": 1.5, "seed": 9, "n": 4}))).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        let content = choice["message"]["content"].as_str().unwrap();
+        match choice["finish_reason"].as_str().unwrap() {
+            "stop" => assert!(email.is_match(content), "{content:?}"),
+            // Cut at `max_tokens`: the start of a match.
+            _ => assert!(regex::Regex::new(r"^[0-9A-Za-z_]*(@[0-9A-Za-z_]*(\.(c(o(m)?)?)?)?)?$").unwrap().is_match(content), "{content:?}"),
+        }
+    }
+
+    // Completions too, the regex as `guided_regex`; a schema as `structured_outputs.json`.
+    let completion = s.post("/v1/completions", &json!({"prompt": "The support line's phone number is", "guided_regex": r" \d{3}-\d{4}",
+        "max_tokens": 12, "temperature": 0}).to_string()).json();
+    let text = completion["choices"][0]["text"].as_str().unwrap();
+    assert!(regex::Regex::new(r"^ [0-9]{3}-[0-9]{4}$").unwrap().is_match(text), "{completion}");
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    let schema = json!({"type": "object", "required": ["name", "age"], "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}});
+    let pet = s.post("/v1/completions", &json!({"prompt": "Tom the cat, aged 3, as JSON:", "structured_outputs": {"json": schema.to_string()},
+        "max_tokens": 40, "temperature": 0}).to_string()).json();
+    let v: Value = serde_json::from_str(pet["choices"][0]["text"].as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {pet}"));
+    assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+
+    // Each problem names its field.
+    let bad = [
+        (json!({"structured_outputs": {"regex": "(a"}}), "structured_outputs.regex"),
+        (json!({"structured_outputs": {"regex": 5}}), "structured_outputs.regex"),
+        (json!({"structured_outputs": {"choice": "positive"}}), "structured_outputs.choice"),
+        (json!({"structured_outputs": {"choice": []}}), "structured_outputs.choice"),
+        (json!({"structured_outputs": {"choice": ["a"], "regex": "a"}}), "structured_outputs.regex"),
+        (json!({"structured_outputs": {"grammar": "root ::= \"a\""}}), "structured_outputs.grammar"),
+        (json!({"structured_outputs": {"choise": ["a"]}}), "structured_outputs.choise"),
+        (json!({"structured_outputs": {"json": "{not json"}}), "structured_outputs.json"),
+        (json!({"structured_outputs": ["a"]}), "structured_outputs"),
+        (json!({"response_format": {"type": "json_object"}, "guided_choice": ["a"]}), "guided_choice"),
+        (json!({"guided_grammar": "root ::= \"a\""}), "guided_grammar"),
+        (json!({"guided_choice": ["a"], "ignore_eos": true}), "ignore_eos"),
+        (json!({"guided_regex": "a+", "tools": [{"type": "function", "function": {"name": "f"}}]}), "guided_regex"),
+        (json!({"guided_choice": ["a"], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}), "tool_choice"),
+    ];
+    for (extra, param) in bad {
+        let e = s.post("/v1/chat/completions", &sentiment(extra.clone())).error(400);
+        assert_eq!(e["param"], param, "{extra}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(&format!("`{param}")) || param == "tool_choice", "{extra}: {e}");
+    }
+}

@@ -2,8 +2,8 @@
 //! into a venv by scripts/test.sh, which exports QWEN_SERVE_SDK_PYTHON) against a real
 //! `qwen-serve serve` process: chat plain and streamed with usage, completions with echo and
 //! logprobs, structured output parsed into pydantic models (`chat.completions.parse`: `$defs`,
-//! formats, bounds, a dict, a discriminated union), models
-//! list, and errors surfacing as the SDK's typed exceptions.
+//! formats, bounds, a dict, a discriminated union), vLLM's `structured_outputs` through
+//! `extra_body`, models list, and errors surfacing as the SDK's typed exceptions.
 
 mod common;
 

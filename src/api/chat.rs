@@ -9,6 +9,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::generation::{collect, random_id, unix_time, usage, Timing};
+use super::output_format;
 use super::reasoning::{split_reasoning, ReasoningStreamParser};
 use super::sse::{sse_response, SseSender};
 use super::state::{ApiJson, AppState};
@@ -24,12 +25,12 @@ use crate::tokenizer::Tokenizer;
 pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
-    let response_format = validate::response_format(req.response_format.as_ref(), &state.formats)?;
+    let (response_format, field) = output_format::requested(req.response_format.as_ref(), &req.structured, &state.formats)?;
     let messages = validate::template_messages(&req.messages)?;
     let (tools, forced) = validate::tools(&req, &state.formats)?;
     let format = match forced {
         Some(_) if response_format != OutputFormat::Text => {
-            return Err(ApiError::invalid("tool_choice", "a forced `tool_choice` cannot be combined with a JSON `response_format`: the output is held to the tool calls"));
+            return Err(ApiError::invalid("tool_choice", format!("a forced `tool_choice` cannot be combined with `{field}`: the output is held to the tool calls")));
         }
         Some(calls) => calls,
         None => response_format,
@@ -39,7 +40,7 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
     // for on a template that renders it: then the output is held once the thinking ends.
     let thinking_asked = req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true));
     let think_first = json && thinking_asked && state.reasoning;
-    validate::held_output_compatible(&req.sampling, &format, tools.is_some(), thinking_asked && !think_first)?;
+    validate::held_output_compatible(&req.sampling, &format, &field, tools.is_some(), thinking_asked && !think_first)?;
     let logprobs = validate::chat_logprobs(&req)?;
     let engine = &state.engine;
     let template = engine

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::fim;
+use super::output_format;
 use super::generation::{collect, random_id, unix_time, usage, Timing};
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
@@ -56,8 +57,8 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     if let Some(suffix) = suffix {
         (prompts, fim_ends) = fim::fill_in_the_middle(tokenizer, prompts, suffix)?;
     }
-    let format = validate::response_format(req.response_format.as_ref(), &state.formats)?;
-    validate::held_output_compatible(&req.sampling, &format, false, false)?;
+    let (format, field) = output_format::requested(req.response_format.as_ref(), &req.structured, &state.formats)?;
+    validate::held_output_compatible(&req.sampling, &format, &field, false, false)?;
     let mut params = validate::sampling_params(&req.sampling, tokenizer.vocab_size(), DEFAULT_MAX_TOKENS, logprobs, engine.sampling_defaults())?;
     params.format = format;
     if !params.ignore_eos {

@@ -10,6 +10,7 @@ mod infill;
 pub mod metrics;
 mod misc;
 mod openapi;
+mod output_format;
 pub mod reasoning;
 pub mod server;
 mod sse;

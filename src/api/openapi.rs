@@ -65,14 +65,22 @@ pub fn spec() -> Value {
                     "tool_choice": {"oneOf": [{"type": "string", "enum": ["auto", "none", "required"]},
                         {"type": "object", "required": ["type", "function"], "properties": {"type": {"const": "function"}, "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}]},
                     "chat_template_kwargs": {"type": "object"},
-                    "response_format": response_format()}))},
+                    "response_format": response_format(),
+                    "structured_outputs": structured_outputs(),
+                    "guided_choice": {"type": "array", "items": {"type": "string"}, "description": "vLLM before v0.12: `structured_outputs.choice`"},
+                    "guided_regex": {"type": "string", "description": "vLLM before v0.12: `structured_outputs.regex`"},
+                    "guided_json": {"type": "object", "description": "vLLM before v0.12: `structured_outputs.json`"}}))},
                 "CompletionRequest": {"type": "object", "required": ["prompt"], "properties": with(sampling_properties(), json!({
                     "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "array", "items": {"type": "integer"}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]},
                     "echo": {"type": "boolean"},
                     "suffix": {"type": "string", "description": "Fill in the middle: the text after the completion (models with Qwen2.5-Coder's FIM tokens)"},
                     "logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
                     "return_tokens_as_token_ids": token_ids(),
-                    "response_format": response_format()}))},
+                    "response_format": response_format(),
+                    "structured_outputs": structured_outputs(),
+                    "guided_choice": {"type": "array", "items": {"type": "string"}, "description": "vLLM before v0.12: `structured_outputs.choice`"},
+                    "guided_regex": {"type": "string", "description": "vLLM before v0.12: `structured_outputs.regex`"},
+                    "guided_json": {"type": "object", "description": "vLLM before v0.12: `structured_outputs.json`"}}))},
                 "InfillRequest": {"type": "object", "required": ["input_prefix", "input_suffix"], "properties": {
                     "input_prefix": {"type": "string"}, "input_suffix": {"type": "string"}, "prompt": {"type": "string"},
                     "input_extra": {"type": "array", "items": {"type": "object", "required": ["text"], "properties": {"filename": {"type": "string"}, "text": {"type": "string"}}}},
@@ -101,6 +109,16 @@ pub fn spec() -> Value {
 /// `return_tokens_as_token_ids` (chat and completions).
 fn token_ids() -> Value {
     json!({"type": "boolean", "description": "vLLM's extension: logprob tokens as `token_id:{id}`"})
+}
+
+/// vLLM's `structured_outputs` (chat and completions): one of `choice`, `regex`, `json`,
+/// `json_object`.
+fn structured_outputs() -> Value {
+    json!({"type": "object", "description": "vLLM's extension: the whole output held to one of these", "properties": {
+        "choice": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "exactly one of these strings"},
+        "regex": {"type": "string", "description": "matched against the whole output (ECMA-262 syntax, as a JSON schema's `pattern`)"},
+        "json": {"oneOf": [{"type": "object"}, {"type": "string"}], "description": "a JSON schema, or its text"},
+        "json_object": {"type": "boolean"}}})
 }
 
 /// `response_format` (chat and completions): plain text, any JSON object, or an object held to

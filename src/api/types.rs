@@ -73,6 +73,20 @@ pub struct ChatCompletionRequest {
     pub parallel_tool_calls: Option<bool>,
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     pub response_format: Option<Value>,
+    #[serde(flatten)]
+    pub structured: StructuredOutputFields,
+}
+
+/// vLLM's structured outputs: `structured_outputs` (`choice`, `regex`, `json`, `json_object`)
+/// and the `guided_*` fields it took before v0.12 (`guided_decoding_backend` is ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StructuredOutputFields {
+    pub structured_outputs: Option<Value>,
+    pub guided_choice: Option<Value>,
+    pub guided_regex: Option<Value>,
+    pub guided_json: Option<Value>,
+    pub guided_grammar: Option<Value>,
+    pub guided_whitespace_pattern: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -131,6 +145,8 @@ pub struct CompletionRequest {
     pub best_of: Option<i64>,
     /// As in chat (a vLLM extension here): JSON output held to an object or a schema.
     pub response_format: Option<Value>,
+    #[serde(flatten)]
+    pub structured: StructuredOutputFields,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -238,18 +238,18 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
     }
 }
 
-/// What a held output (a JSON `response_format`, or tool calls a `tool_choice` forces) cannot
-/// go with: tools beside a JSON format (a call is not the object), `ignore_eos` (only EOS may
-/// follow the end), thinking asked for on a template that does not render it (the whole
-/// output is held).
-pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, has_tools: bool, thinking_asked: bool) -> Result<(), ApiError> {
+/// What a held output (`field`: a JSON `response_format`, `structured_outputs`, or tool calls
+/// a `tool_choice` forces) cannot go with: tools beside another format (a call is not the
+/// object), `ignore_eos` (only EOS may follow the end), thinking asked for on a template that
+/// does not render it (the whole output is held).
+pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, field: &str, has_tools: bool, thinking_asked: bool) -> Result<(), ApiError> {
     let what = match format {
         OutputFormat::Text => return Ok(()),
-        OutputFormat::ToolCalls(_) => "a forced `tool_choice`",
-        OutputFormat::JsonObject | OutputFormat::JsonSchema(_) => "a JSON `response_format`",
+        OutputFormat::ToolCalls(_) => "a forced `tool_choice`".to_string(),
+        _ => format!("`{field}`"),
     };
     if has_tools && !matches!(format, OutputFormat::ToolCalls(_)) {
-        return Err(ApiError::invalid("response_format", "a JSON `response_format` cannot be combined with `tools`: the output is held to one JSON object, so no tool call could be written"));
+        return Err(ApiError::invalid(field, format!("{what} cannot be combined with `tools`: the output is held to it, so no tool call could be written")));
     }
     if sampling.ignore_eos == Some(true) {
         return Err(ApiError::invalid("ignore_eos", format!("`ignore_eos` cannot be combined with {what}: only EOS may follow the end of the held output")));
@@ -265,25 +265,4 @@ pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, 
         return Err(ApiError::invalid("chat_template_kwargs", format!("`enable_thinking: true` cannot be combined with {what} on this model: its chat template renders no thinking, so the whole output is held")));
     }
     Ok(())
-}
-
-/// `response_format`: `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
-/// "json_schema": {"name": ..., "schema": {...}}}` (the schema compiled here, or found among
-/// those `formats` holds, so an unsupported one is a 400 naming its keyword).
-pub fn response_format(format: Option<&Value>, formats: &FormatCache) -> Result<OutputFormat, ApiError> {
-    const TYPES: &str = "\"text\", \"json_object\" or \"json_schema\"";
-    let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(OutputFormat::Text) };
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(OutputFormat::Text),
-        Some("json_object") => Ok(OutputFormat::JsonObject),
-        Some("json_schema") => {
-            let schema = format
-                .get("json_schema")
-                .and_then(|j| j.get("schema"))
-                .ok_or_else(|| ApiError::invalid("response_format", "`response_format.json_schema.schema` is missing"))?;
-            formats.schema(schema).map_err(|e| ApiError::invalid("response_format", format!("`response_format.json_schema.schema`: {e}")))
-        }
-        Some(other) => Err(ApiError::invalid("response_format", format!("`response_format` type {other:?} is not supported ({TYPES})"))),
-        None => Err(ApiError::invalid("response_format", format!("`response_format` must be an object with a string `type` ({TYPES})"))),
-    }
 }

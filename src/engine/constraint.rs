@@ -1,8 +1,10 @@
-//! Output constraints (`response_format`, a forced `tool_choice`): which tokens may come next.
+//! Output constraints (`response_format`, `structured_outputs`, a forced `tool_choice`): which
+//! tokens may come next.
 //!
 //! A constraint is a byte-level parser whose state is `Copy` ([`ByteParser`]):
 //! `super::json_object::JsonState` for any JSON object, `super::json_schema::SchemaState` for
-//! a schema, `super::tool_calls::ToolCallsState` for tool calls. Before each draw, [`Vocab::allowed`] says which tokens' bytes the parser accepts
+//! a schema, `super::regex_format::RegexState` for a regex or a choice,
+//! `super::tool_calls::ToolCallsState` for tool calls. Before each draw, [`Vocab::allowed`] says which tokens' bytes the parser accepts
 //! from the sequence's state; the sampler gives every other token -inf. The vocabulary is
 //! walked in sorted byte order, so a shared prefix is parsed once and a rejected prefix rules
 //! out every token that starts with it; the answer is cached per state ([`MaskCache`]), since a
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use super::json_object::JsonState;
 use super::json_schema::{Schema, SchemaState};
+use super::regex_format::{RegexFormat, RegexState};
 use super::thinking::{Held, ThinkingState};
 use super::tool_calls::{ToolCallFormat, ToolCallsState};
 use crate::tokenizer::Tokenizer;
@@ -31,7 +34,7 @@ pub trait ByteParser: Copy + Eq + Hash {
     }
 }
 
-/// What `response_format` asks of the output.
+/// What `response_format` or `structured_outputs` asks of the output.
 #[derive(Debug, Clone, Default)]
 pub enum OutputFormat {
     #[default]
@@ -40,6 +43,8 @@ pub enum OutputFormat {
     JsonObject,
     /// A JSON object valid under the schema.
     JsonSchema(Arc<Schema>),
+    /// The whole output matching a regex, or one of a list of strings.
+    Regex(Arc<RegexFormat>),
     /// Tool calls (`tool_choice` `"required"` or a named function).
     ToolCalls(Arc<ToolCallFormat>),
 }
@@ -49,6 +54,7 @@ impl PartialEq for OutputFormat {
         match (self, other) {
             (Self::Text, Self::Text) | (Self::JsonObject, Self::JsonObject) => true,
             (Self::JsonSchema(a), Self::JsonSchema(b)) => Arc::ptr_eq(a, b),
+            (Self::Regex(a), Self::Regex(b)) => Arc::ptr_eq(a, b),
             (Self::ToolCalls(a), Self::ToolCalls(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
@@ -62,6 +68,7 @@ impl OutputFormat {
             Self::Text => None,
             Self::JsonObject => Some(Constraint::Object(JsonState::default())),
             Self::JsonSchema(schema) => Some(Constraint::Schema(schema.clone(), schema.start())),
+            Self::Regex(regex) => Some(Constraint::Regex(regex.clone(), regex.start())),
             Self::ToolCalls(calls) => Some(Constraint::ToolCalls(calls.clone(), calls.start())),
         }
     }
@@ -72,6 +79,7 @@ impl OutputFormat {
         let held = match self.start()? {
             Constraint::Object(s) => Held::Object(s),
             Constraint::Schema(_, s) => Held::Schema(s),
+            Constraint::Regex(_, s) => Held::Regex(s),
             Constraint::ToolCalls(_, s) => Held::Calls(s),
             Constraint::Thinking(..) => unreachable!("start() makes no thinking constraint"),
         };
@@ -86,6 +94,7 @@ impl OutputFormat {
 pub enum Constraint {
     Object(JsonState),
     Schema(Arc<Schema>, SchemaState),
+    Regex(Arc<RegexFormat>, RegexState),
     ToolCalls(Arc<ToolCallFormat>, ToolCallsState),
     /// Thinking first, then the format (which keeps the schema or tools alive).
     Thinking(OutputFormat, ThinkingState),
@@ -93,11 +102,12 @@ pub enum Constraint {
 
 impl Constraint {
     /// Whether the output may end here: EOS is allowed (and, for a JSON object, only EOS;
-    /// after a tool call, another call may also begin).
+    /// after a tool call, another call may also begin; a regex may go on if it can).
     pub fn is_complete(&self) -> bool {
         match self {
             Self::Object(s) => s.is_complete(),
             Self::Schema(_, s) => s.is_complete(),
+            Self::Regex(_, s) => s.is_complete(),
             Self::ToolCalls(_, s) => s.is_complete(),
             Self::Thinking(_, s) => s.is_complete(),
         }
@@ -108,16 +118,19 @@ impl Constraint {
         match self {
             Self::Object(s) => vocab.allowed(&vocab.object_masks, s),
             Self::Schema(schema, s) => vocab.allowed(&schema.masks, s),
+            Self::Regex(regex, s) => vocab.allowed(&regex.masks, s),
             Self::ToolCalls(calls, s) => vocab.allowed(&calls.masks, s),
             // Once held, the format's own masks (and cache).
             Self::Thinking(format, s) => match (format, s.held()) {
                 (OutputFormat::JsonObject, Some(Held::Object(h))) => vocab.allowed(&vocab.object_masks, h),
                 (OutputFormat::JsonSchema(schema), Some(Held::Schema(h))) => vocab.allowed(&schema.masks, h),
+                (OutputFormat::Regex(regex), Some(Held::Regex(h))) => vocab.allowed(&regex.masks, h),
                 (OutputFormat::ToolCalls(calls), Some(Held::Calls(h))) => vocab.allowed(&calls.masks, h),
                 // Thinking: each format's own cache (a held state may hold its schema's address,
                 // which a later schema could reuse).
                 (OutputFormat::JsonObject, None) => vocab.allowed(&vocab.thinking_masks, s),
                 (OutputFormat::JsonSchema(schema), None) => vocab.allowed(&schema.thinking_masks, s),
+                (OutputFormat::Regex(regex), None) => vocab.allowed(&regex.thinking_masks, s),
                 (OutputFormat::ToolCalls(calls), None) => vocab.allowed(&calls.thinking_masks, s),
                 _ => unreachable!("a thinking constraint holds its format's parser"),
             },
@@ -130,6 +143,7 @@ impl Constraint {
         match self {
             Self::Object(s) => s.feed_all(bytes),
             Self::Schema(_, s) => bytes.iter().all(|&b| ByteParser::feed(s, b)),
+            Self::Regex(_, s) => bytes.iter().all(|&b| s.feed(b)),
             Self::ToolCalls(_, s) => bytes.iter().all(|&b| s.feed(b)),
             Self::Thinking(_, s) => bytes.iter().all(|&b| s.feed(b)),
         }
@@ -167,6 +181,17 @@ impl FormatCache {
     /// same text; the error says which keyword at which JSON pointer is the problem.
     pub fn schema(&self, schema: &serde_json::Value) -> Result<OutputFormat, String> {
         self.get(format!("schema {schema}"), || Ok(OutputFormat::JsonSchema(Arc::new(Schema::compile(schema)?))))
+    }
+
+    /// `regex` compiled (`structured_outputs.regex`), or the one compiled before.
+    pub fn regex(&self, regex: &str) -> Result<OutputFormat, String> {
+        self.get(format!("regex {regex}"), || Ok(OutputFormat::Regex(Arc::new(RegexFormat::regex(regex)?))))
+    }
+
+    /// `choices` compiled (`structured_outputs.choice`), or the ones compiled before.
+    pub fn choice(&self, choices: &[String]) -> Result<OutputFormat, String> {
+        let key = format!("choice {}", serde_json::Value::from(choices));
+        self.get(key, || Ok(OutputFormat::Regex(Arc::new(RegexFormat::choice(choices)?))))
     }
 }
 

@@ -568,7 +568,7 @@ fn matching<'a>(names: impl Iterator<Item = &'a [u8]>, candidates: u64, read: us
 
 mod compile;
 mod number;
-mod pattern;
+pub(super) mod pattern;
 mod union;
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@
 use super::constraint::ByteParser;
 use super::json_object::JsonState;
 use super::json_schema::SchemaState;
+use super::regex_format::RegexState;
 use super::tool_calls::ToolCallsState;
 
 const END: &[u8] = b"</think>";
@@ -17,6 +18,7 @@ const GAP: u8 = 4;
 pub enum Held {
     Object(JsonState),
     Schema(SchemaState),
+    Regex(RegexState),
     Calls(ToolCallsState),
 }
 
@@ -25,6 +27,7 @@ impl Held {
         match self {
             Self::Object(s) => s.is_complete(),
             Self::Schema(s) => s.is_complete(),
+            Self::Regex(s) => s.is_complete(),
             Self::Calls(s) => s.is_complete(),
         }
     }
@@ -35,6 +38,7 @@ impl ByteParser for Held {
         match self {
             Self::Object(s) => ByteParser::feed(s, b),
             Self::Schema(s) => s.feed(b),
+            Self::Regex(s) => s.feed(b),
             Self::Calls(s) => s.feed(b),
         }
     }
@@ -43,6 +47,7 @@ impl ByteParser for Held {
         match self {
             Self::Object(s) => s.plain_budget(),
             Self::Schema(s) => s.plain_budget(),
+            Self::Regex(s) => s.plain_budget(),
             Self::Calls(s) => s.plain_budget(),
         }
     }

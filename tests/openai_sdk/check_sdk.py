@@ -3,6 +3,7 @@
 Run by tests/openai_sdk.rs, which starts the server and passes its address. Exits non-zero
 on the first failed check; prints one line per check.
 """
+import re
 import sys
 
 import openai
@@ -160,6 +161,23 @@ check(
     choice.message,
 )
 print(f"   {call.function.parsed_arguments!r}")
+
+# vLLM's structured outputs, sent as its docs send them (`extra_body`).
+chat = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Classify this sentiment: vLLM is wonderful!"}],
+    extra_body={"structured_outputs": {"choice": ["positive", "negative"]}},
+)
+check("structured_outputs choice", chat.choices[0].message.content in ("positive", "negative"), chat.choices[0].message)
+chat = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Generate an email address for Alan Turing, who works in Enigma. End in .com and new line."}],
+    max_tokens=30,
+    extra_body={"structured_outputs": {"regex": r"\w+@\w+\.com\n"}},
+)
+email = chat.choices[0].message.content
+check("structured_outputs regex", re.fullmatch(r"[0-9A-Za-z_]+@[0-9A-Za-z_]+\.com\n", email) is not None, email)
+print(f"   {email!r}")
 
 try:
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5)

@@ -17,8 +17,8 @@ use regex_automata::{Anchored, MatchKind};
 use crate::engine::json_object::Escape;
 
 /// A state index of a [`Pattern`]; [`DEAD`] for no state.
-pub(super) type PatState = u16;
-pub(super) const DEAD: PatState = PatState::MAX;
+pub(in crate::engine) type PatState = u16;
+pub(in crate::engine) const DEAD: PatState = PatState::MAX;
 
 /// States a pattern may have (they index the table as `u16`s, [`DEAD`] excluded).
 const MAX_STATES: usize = 4096;
@@ -38,7 +38,7 @@ pub(super) fn begins_char(b: u8) -> bool {
 }
 
 #[derive(Debug)]
-pub(super) struct Pattern {
+pub(in crate::engine) struct Pattern {
     class: [u8; 256],
     classes: usize,
     /// `next[state * classes + class]`: the state after a byte of that class, or [`DEAD`].
@@ -57,6 +57,22 @@ impl Pattern {
         // Alone first: an unbalanced `)` would otherwise close the group it is wrapped in.
         syntax::parse(&rust).map_err(|e| format!("cannot be used: {e}"))?;
         Self::build(&format!("(?s:.)*(?:{rust})(?s:.)*"))
+    }
+
+    /// A guided-decoding regex (`structured_outputs.regex`): a schema `pattern`'s syntax,
+    /// matched against the whole output (as xgrammar and Outlines match it for vLLM).
+    pub(in crate::engine) fn from_output_regex(regex: &str) -> Result<Self, String> {
+        let rust = ecma_to_rust(regex)?;
+        syntax::parse(&rust).map_err(|e| format!("cannot be used: {e}"))?;
+        Self::build(&format!("(?:{rust})"))
+    }
+
+    /// Exactly one of `choices` (`structured_outputs.choice`), each taken literally.
+    pub(in crate::engine) fn from_choices(choices: &[String]) -> Result<Self, String> {
+        if let Some((i, _)) = choices.iter().enumerate().find(|(_, c)| !c.bytes().all(writable)) {
+            return Err(format!("choice {i} holds a control character other than a tab, line break or carriage return"));
+        }
+        Self::build(&choices.iter().map(|c| literal(c)).collect::<Vec<_>>().join("|"))
     }
 
     /// A JSON Schema `format` among those OpenAI's strict mode lists; `None` for any other.
@@ -122,16 +138,16 @@ impl Pattern {
         Ok(Self { class, classes, next, accepts, shortest })
     }
 
-    pub fn start(&self) -> PatState {
+    pub(in crate::engine) fn start(&self) -> PatState {
         0
     }
 
     /// The state after decoded byte `b`, or [`DEAD`].
-    pub fn step(&self, s: PatState, b: u8) -> PatState {
+    pub(in crate::engine) fn step(&self, s: PatState, b: u8) -> PatState {
         self.next[s as usize * self.classes + self.class[b as usize] as usize]
     }
 
-    pub fn accepts(&self, s: PatState) -> bool {
+    pub(in crate::engine) fn accepts(&self, s: PatState) -> bool {
         self.accepts[s as usize]
     }
 
@@ -174,6 +190,19 @@ fn shortest_to_accept(next: &[usize], classes: usize, accepts: &[bool], class: &
         }
     }
     shortest
+}
+
+/// `text` as a regex that matches it alone: every character regex syntax gives a meaning
+/// escaped.
+fn literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Rewrites an ECMA-262 pattern for Rust's regex syntax where the two read the same text

@@ -1,0 +1,119 @@
+use std::sync::Arc;
+
+use crate::engine::constraint::{Constraint, OutputFormat, Vocab};
+use crate::engine::json_object::tests::Rng;
+
+use super::*;
+
+fn tokens() -> Vec<Box<[u8]>> {
+    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
+    for piece in ["pos", "positive", "posit", "ive", "neg", "negative", "ative", " positive", "Positive", "neutral", "neu", "tral\n", "@", "alan", ".com", ".com\n", "\n", "a.b", "\u{e9}t\u{e9}", "\u{e9}", "</think>", "</think>\n\n", "1", "12", "123", "-", "x1"] {
+        tokens.push(piece.as_bytes().into());
+    }
+    tokens
+}
+
+/// Whether the whole of `text` is accepted and the output may end after it.
+fn takes(format: &OutputFormat, text: &str) -> bool {
+    let mut c = format.start().unwrap();
+    c.advance(text.as_bytes()) && c.is_complete()
+}
+
+fn regex(r: &str) -> OutputFormat {
+    OutputFormat::Regex(Arc::new(RegexFormat::regex(r).unwrap()))
+}
+
+fn choice(c: &[&str]) -> OutputFormat {
+    OutputFormat::Regex(Arc::new(RegexFormat::choice(&c.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()))
+}
+
+/// At every prefix of `doc`, the mask is exactly the tokens whose bytes feeding accepts.
+fn masks_agree(name: &str, mut c: Constraint, doc: &str) -> Constraint {
+    let tokens = tokens();
+    let vocab = Vocab::from_bytes(tokens.clone());
+    for (end, &b) in doc.as_bytes().iter().enumerate() {
+        let mask = c.allowed(&vocab);
+        for (id, token) in tokens.iter().enumerate() {
+            let mut t = c.clone();
+            assert_eq!(mask[id / 64] >> (id % 64) & 1 == 1, t.advance(token), "{name}: {:?} after {:?}", String::from_utf8_lossy(token), &doc[..end]);
+        }
+        assert!(c.advance(&[b]), "{name}: byte {end} of {doc:?}");
+    }
+    c
+}
+
+#[test]
+fn a_choice_is_one_of_the_strings_whole() {
+    let f = choice(&["positive", "negative", "neutral\n", "a.b", "(x|y)*"]);
+    for good in ["positive", "negative", "neutral\n", "a.b", "(x|y)*"] {
+        assert!(takes(&f, good), "{good}");
+    }
+    for bad in ["", "pos", "Positive", " positive", "positive ", "neutral", "axb", "x", "xy", "positivenegative"] {
+        assert!(!takes(&f, bad), "{bad:?}");
+    }
+    let done = masks_agree("choice", f.start().unwrap(), "positive");
+    assert!(done.is_complete());
+    let vocab = Vocab::from_bytes(tokens());
+    assert!(done.allowed(&vocab).iter().all(|&w| w == 0), "nothing but EOS after a whole choice");
+    // A prefix of another choice: the output may end or go on.
+    let f = choice(&["12", "123"]);
+    let c = masks_agree("prefix", f.start().unwrap(), "12");
+    assert!(c.is_complete());
+    assert!(c.allowed(&vocab).iter().any(|&w| w != 0));
+}
+
+#[test]
+fn a_regex_matches_the_whole_output() {
+    let f = regex(r"\w+@\w+\.com\n");
+    assert!(takes(&f, "alan.turing@enigma.com\n") == false, "`.` is not a word character");
+    assert!(takes(&f, "alan@enigma.com\n"));
+    assert!(!takes(&f, "alan@enigma.com"), "unanchored would have matched");
+    assert!(!takes(&f, "Alan: alan@enigma.com\n"));
+    masks_agree("email", f.start().unwrap(), "alan@x1.com\n");
+    // `\d` is ASCII (as in a schema's `pattern`); anchors are allowed; `.` takes no line break.
+    let f = regex(r"^-?\d{1,3}$");
+    for (text, ok) in [("1", true), ("-123", true), ("1234", false), ("\u{663}", false), ("", false)] {
+        assert_eq!(takes(&f, text), ok, "{text:?}");
+    }
+    let f = regex(".*");
+    assert!(takes(&f, "") && takes(&f, "\u{e9}t\u{e9} x") && !takes(&f, "a\nb"));
+    let c = masks_agree("any", f.start().unwrap(), "\u{e9}t\u{e9}");
+    assert!(c.is_complete());
+}
+
+/// Random strings of a small alphabet: the constraint takes each exactly when the `regex`
+/// crate's whole-string match (the same expression anchored) does.
+#[test]
+fn regexes_agree_with_the_regex_crate() {
+    let cases = [r"(ab|a)(c|bcd)", r"[a-c]{2,4}d?", r"a*b+c{0,2}", r"(a|b)*abb", r"[^a]b.c", r"(?:x|y|)z?"];
+    let mut rng = Rng(31);
+    for r in cases {
+        let f = regex(r);
+        let full = regex::Regex::new(&format!("^(?:{r})$")).unwrap();
+        for _ in 0..2000 {
+            let len = rng.below(7);
+            let s: String = (0..len).map(|_| b"abcdxyz"[rng.below(7)] as char).collect();
+            assert_eq!(takes(&f, &s), full.is_match(&s), "{r} on {s:?}");
+        }
+    }
+}
+
+#[test]
+fn bad_expressions_are_refused_with_a_reason() {
+    for (r, says) in [("(a", "cannot be used"), ("a{1000000000}", "cannot be used"), ("(?=a)b", "cannot be used"), ("[^\\s\\S]", "matches no string")] {
+        let e = RegexFormat::regex(r).unwrap_err();
+        assert!(e.contains(says), "{r}: {e}");
+    }
+    assert!(RegexFormat::choice(&[]).unwrap_err().contains("at least one"));
+    assert!(RegexFormat::choice(&["a\u{1}".into()]).unwrap_err().contains("choice 0"));
+}
+
+/// Thinking first (Qwen3 with `enable_thinking`), then the choice.
+#[test]
+fn a_choice_after_thinking() {
+    let f = choice(&["positive", "negative"]);
+    let c = masks_agree("thinking", f.start_after_thinking().unwrap(), "<think>\npositive? not sure</think>\n\nnegative");
+    assert!(c.is_complete());
+    let mut c = f.start_after_thinking().unwrap();
+    assert!(!c.advance(b"</think>\n\nmaybe"));
+}
