@@ -18,16 +18,67 @@ use super::types::*;
 use super::validate;
 use crate::engine::constraint::OutputFormat;
 use crate::engine::sampler::Logprobs;
-use crate::engine::{EngineRequest, Event, FinishReason};
+use crate::engine::{EngineRequest, Event, FinishReason, RequestStream};
 use crate::error::ApiError;
 use crate::tokenizer::Tokenizer;
 
 pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let Submitted { stream, ctx, n, num_prompt_tokens } = submit(&state, &req)?;
+    let mut timing = Timing::new(started);
+    if req.sampling.stream {
+        let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let metrics = state.metrics.clone();
+        return Ok(sse_response(move |tx| async move {
+            stream_chat(ctx, stream, n, num_prompt_tokens, include_usage, &mut timing, &tx).await;
+            let (ttft, tpot, e2e) = timing.summary();
+            metrics.observe_generation(ttft, tpot, e2e);
+        }));
+    }
+    let collected = collect(stream, n, &mut timing).await?;
+    let (ttft, tpot, e2e) = timing.summary();
+    state.metrics.observe_generation(ttft, tpot, e2e);
+    let choices = collected
+        .choices
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let (reasoning_content, content, calls) = ctx.parse(&c.text);
+            let reason = c.finish_reason.unwrap_or(FinishReason::Stop);
+            ChatChoice {
+                index,
+                finish_reason: if !calls.is_empty() && reason == FinishReason::Stop { "tool_calls" } else { reason.as_str() },
+                message: AssistantMessage { role: "assistant", content, reasoning_content, tool_calls: calls.into_iter().map(|c| tool_call_out(None, c)).collect() },
+                logprobs: ctx.want_logprobs.then(|| ChatLogprobs { content: c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| token_logprob(&ctx.tokenizer, t, l, ctx.token_ids)).collect() }),
+            }
+        })
+        .collect();
+    let body = ChatCompletion {
+        id: ctx.id,
+        object: "chat.completion",
+        created: ctx.created,
+        model: ctx.model,
+        choices,
+        usage: usage(num_prompt_tokens, collected.choices.iter().map(|c| c.usage)),
+    };
+    Ok(Json(body).into_response())
+}
+
+/// A chat request checked, rendered and handed to the engine.
+pub(super) struct Submitted {
+    pub stream: RequestStream,
+    pub ctx: ChatContext,
+    pub n: usize,
+    pub num_prompt_tokens: usize,
+}
+
+/// Checks `req`, renders its messages with the chat template and submits it (also the
+/// Responses API's way in, `super::responses`).
+pub(super) fn submit(state: &AppState, req: &ChatCompletionRequest) -> Result<Submitted, ApiError> {
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
     let (response_format, field) = output_format::requested(req.response_format.as_ref(), &req.structured, &state.formats)?;
     let messages = validate::template_messages(&req.messages)?;
-    let (tools, forced) = validate::tools(&req, &state.formats)?;
+    let (tools, forced) = validate::tools(req, &state.formats)?;
     let format = match forced {
         Some(_) if response_format != OutputFormat::Text => {
             return Err(ApiError::invalid("tool_choice", format!("a forced `tool_choice` cannot be combined with `{field}`: the output is held to the tool calls")));
@@ -41,7 +92,7 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
     let thinking_asked = req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true));
     let think_first = json && thinking_asked && state.reasoning;
     validate::held_output_compatible(&req.sampling, &format, &field, tools.is_some(), thinking_asked && !think_first)?;
-    let logprobs = validate::chat_logprobs(&req)?;
+    let logprobs = validate::chat_logprobs(req)?;
     let engine = &state.engine;
     let template = engine
         .chat_template()
@@ -72,54 +123,14 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
         want_logprobs: logprobs.is_some(),
         token_ids: req.return_tokens_as_token_ids,
     };
-    let mut timing = Timing::new(started);
-    if req.sampling.stream {
-        let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let metrics = state.metrics.clone();
-        return Ok(sse_response(move |tx| async move {
-            stream_chat(ctx, stream, n, num_prompt_tokens, include_usage, &mut timing, &tx).await;
-            let (ttft, tpot, e2e) = timing.summary();
-            metrics.observe_generation(ttft, tpot, e2e);
-        }));
-    }
-    let collected = collect(stream, n, &mut timing).await?;
-    let (ttft, tpot, e2e) = timing.summary();
-    state.metrics.observe_generation(ttft, tpot, e2e);
-    let choices = collected
-        .choices
-        .iter()
-        .enumerate()
-        .map(|(index, c)| {
-            let (reasoning_content, content) = if ctx.reasoning { split_reasoning(&c.text, ctx.think_first) } else { (None, Some(c.text.clone())) };
-            let (content, calls) = match (&ctx.tools, content) {
-                (Some(tools), Some(content)) => parse_tool_calls(&content, Some(tools)),
-                (_, content) => (content, vec![]),
-            };
-            let reason = c.finish_reason.unwrap_or(FinishReason::Stop);
-            ChatChoice {
-                index,
-                finish_reason: if !calls.is_empty() && reason == FinishReason::Stop { "tool_calls" } else { reason.as_str() },
-                message: AssistantMessage { role: "assistant", content, reasoning_content, tool_calls: calls.into_iter().map(|c| tool_call_out(None, c)).collect() },
-                logprobs: ctx.want_logprobs.then(|| ChatLogprobs { content: c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| token_logprob(&ctx.tokenizer, t, l, ctx.token_ids)).collect() }),
-            }
-        })
-        .collect();
-    let body = ChatCompletion {
-        id: ctx.id,
-        object: "chat.completion",
-        created: ctx.created,
-        model: ctx.model,
-        choices,
-        usage: usage(num_prompt_tokens, collected.choices.iter().map(|c| c.usage)),
-    };
-    Ok(Json(body).into_response())
+    Ok(Submitted { stream, ctx, n, num_prompt_tokens })
 }
 
-struct ChatContext {
-    id: String,
-    created: u64,
-    model: String,
-    tokenizer: Tokenizer,
+pub(super) struct ChatContext {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub tokenizer: Tokenizer,
     tools: Option<Vec<Value>>,
     reasoning: bool,
     prompt_ends_in_think: bool,
@@ -130,7 +141,28 @@ struct ChatContext {
     token_ids: bool,
 }
 
-fn tool_call_out(index: Option<usize>, c: ToolCall) -> ToolCallOut {
+impl ChatContext {
+    /// A whole output as (reasoning, content, tool calls).
+    pub fn parse(&self, text: &str) -> (Option<String>, Option<String>, Vec<ToolCall>) {
+        let (reasoning, content) = if self.reasoning { split_reasoning(text, self.think_first) } else { (None, Some(text.to_string())) };
+        let (content, calls) = match (&self.tools, content) {
+            (Some(tools), Some(content)) => parse_tool_calls(&content, Some(tools)),
+            (_, content) => (content, vec![]),
+        };
+        (reasoning, content, calls)
+    }
+
+    /// The incremental form of [`Self::parse`], for one streamed choice.
+    pub fn choice_stream(&self) -> ChoiceStream {
+        ChoiceStream {
+            reasoning: self.reasoning.then(|| ReasoningStreamParser::new(self.prompt_ends_in_think)),
+            tools: self.tools.clone().map(|t| ToolCallStreamParser::new(Some(t))),
+            num_tool_calls: 0,
+        }
+    }
+}
+
+pub(super) fn tool_call_out(index: Option<usize>, c: ToolCall) -> ToolCallOut {
     ToolCallOut { index, id: c.id, kind: "function", function: FunctionCallOut { name: c.name, arguments: c.arguments } }
 }
 
@@ -163,7 +195,7 @@ pub(super) fn token_logprob(tokenizer: &Tokenizer, token: u32, l: &Logprobs, tok
 }
 
 /// One choice's incremental parsing state.
-struct ChoiceStream {
+pub(super) struct ChoiceStream {
     reasoning: Option<ReasoningStreamParser>,
     tools: Option<ToolCallStreamParser>,
     num_tool_calls: usize,
@@ -171,7 +203,7 @@ struct ChoiceStream {
 
 impl ChoiceStream {
     /// Turns newly generated text into a delta (reasoning, content, completed tool calls).
-    fn delta(&mut self, text: &str, end: bool) -> Delta {
+    pub fn delta(&mut self, text: &str, end: bool) -> Delta {
         let (reasoning, content) = match &mut self.reasoning {
             Some(p) => {
                 let mut d = p.push(text);
@@ -220,7 +252,7 @@ fn is_empty(d: &Delta) -> bool {
     d.role.is_none() && d.content.is_none() && d.reasoning_content.is_none() && d.tool_calls.is_empty()
 }
 
-async fn stream_chat(ctx: ChatContext, mut stream: crate::engine::RequestStream, n: usize, num_prompt_tokens: usize, include_usage: bool, timing: &mut Timing, tx: &SseSender) {
+async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_prompt_tokens: usize, include_usage: bool, timing: &mut Timing, tx: &SseSender) {
     let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatChunk {
         id: ctx.id.clone(),
         object: "chat.completion.chunk",
@@ -229,13 +261,7 @@ async fn stream_chat(ctx: ChatContext, mut stream: crate::engine::RequestStream,
         choices,
         usage,
     };
-    let mut states: Vec<ChoiceStream> = (0..n)
-        .map(|_| ChoiceStream {
-            reasoning: ctx.reasoning.then(|| ReasoningStreamParser::new(ctx.prompt_ends_in_think)),
-            tools: ctx.tools.clone().map(|t| ToolCallStreamParser::new(Some(t))),
-            num_tool_calls: 0,
-        })
-        .collect();
+    let mut states: Vec<ChoiceStream> = (0..n).map(|_| ctx.choice_stream()).collect();
     for index in 0..n {
         let delta = Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
         if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)).await {

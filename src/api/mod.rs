@@ -12,6 +12,7 @@ mod misc;
 mod openapi;
 mod output_format;
 pub mod reasoning;
+mod responses;
 pub mod server;
 mod sse;
 pub mod state;

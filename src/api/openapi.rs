@@ -43,6 +43,8 @@ pub fn spec() -> Value {
     let ok = |description: &str| json!({"description": description, "content": {"application/json": {}, "text/event-stream": {}}});
     let mut post_responses = error_responses();
     post_responses["200"] = ok("the result, or SSE chunks ending in `data: [DONE]` when `stream` is true");
+    let mut responses_api = error_responses();
+    responses_api["200"] = ok("the response object, or its typed SSE events (`event: response.output_text.delta`, ...) ending in `response.completed` / `response.incomplete` when `stream` is true");
     json!({
         "openapi": "3.0.3",
         "info": {"title": "qwen-serve", "version": env!("CARGO_PKG_VERSION"), "description": "OpenAI-compatible API for Qwen models"},
@@ -87,6 +89,19 @@ pub fn spec() -> Value {
                     "n_predict": {"type": "integer", "minimum": -1}, "temperature": {"type": "number"}, "top_k": {"type": "integer"}, "top_p": {"type": "number"}, "min_p": {"type": "number"},
                     "repeat_penalty": {"type": "number"}, "presence_penalty": {"type": "number"}, "frequency_penalty": {"type": "number"}, "seed": {"type": "integer"},
                     "stop": {"type": "array", "items": {"type": "string"}}, "ignore_eos": {"type": "boolean"}, "stream": {"type": "boolean"}}},
+                "ResponsesRequest": {"type": "object", "required": ["input"], "properties": with(sampling_properties(), json!({
+                    "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "description": "a message (`role`, `content`), a `function_call` or a `function_call_output`"}}]},
+                    "instructions": {"type": "string"},
+                    "max_output_tokens": {"type": "integer", "minimum": 1},
+                    "tools": {"type": "array", "items": {"type": "object", "required": ["type", "name"], "properties": {"type": {"const": "function"}, "name": {"type": "string"}, "description": {"type": "string"}, "parameters": {"type": "object"}}}},
+                    "tool_choice": {"oneOf": [{"type": "string", "enum": ["auto", "none", "required"]}, {"type": "object", "required": ["type", "name"], "properties": {"type": {"const": "function"}, "name": {"type": "string"}}}]},
+                    "parallel_tool_calls": {"type": "boolean"},
+                    "text": {"type": "object", "properties": {"format": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}, "name": {"type": "string"}, "schema": {"type": "object"}, "strict": {"type": "boolean"}}}}},
+                    "reasoning": {"type": "object", "properties": {"effort": {"type": "string", "description": "`none` turns thinking off on a template that renders it; any other effort on"}}},
+                    "store": {"type": "boolean", "description": "kept in memory (the last 1,024) for `previous_response_id` and GET; default true"},
+                    "previous_response_id": {"type": "string"},
+                    "metadata": {"type": "object"},
+                    "structured_outputs": structured_outputs()}))},
                 "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
                 "DetokenizeRequest": {"type": "object", "required": ["tokens"], "properties": {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
             }
@@ -95,6 +110,10 @@ pub fn spec() -> Value {
         "paths": {
             "/v1/chat/completions": {"post": {"summary": "Chat completion", "requestBody": json_body("ChatCompletionRequest"), "responses": post_responses}},
             "/v1/completions": {"post": {"summary": "Text completion", "requestBody": json_body("CompletionRequest"), "responses": post_responses}},
+            "/v1/responses": {"post": {"summary": "OpenAI's Responses API", "requestBody": json_body("ResponsesRequest"), "responses": responses_api}},
+            "/v1/responses/{id}": {
+                "get": {"summary": "A stored response", "responses": {"200": {"description": "the response object", "content": {"application/json": {}}}, "404": error_responses()["404"]}},
+                "delete": {"summary": "Forget a stored response", "responses": {"200": {"description": "`{\"id\", \"object\": \"response\", \"deleted\": true}`", "content": {"application/json": {}}}, "404": error_responses()["404"]}}},
             "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {"description": "model list", "content": {"application/json": {}}}, "401": error_responses()["401"]}}},
             "/infill": {"post": {"summary": "Fill in the middle, as llama.cpp's /infill (its request and response shapes)", "requestBody": json_body("InfillRequest"), "responses": {"200": {"description": "llama.cpp's completion object, or its SSE chunks with `stream`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/tokenize": {"post": {"summary": "Text or chat messages to token ids", "requestBody": json_body("TokenizeRequest"), "responses": {"200": {"description": "tokens", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},

@@ -17,7 +17,7 @@ use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
 use super::state::AppState;
-use super::{chat, completions, infill, misc};
+use super::{chat, completions, infill, misc, responses};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub fn router(state: AppState, opts: &ServerOptions) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/infill", post(infill::infill))
         .route("/v1/models", get(misc::models))
         .route("/tokenize", post(misc::tokenize))

@@ -20,6 +20,12 @@ impl SseSender {
         self.0.send(Event::default().data(data)).await.is_ok()
     }
 
+    /// Sends one `event: <name>` with `data: <json>` (the Responses API's typed events).
+    pub async fn event<T: Serialize>(&self, name: &str, value: &T) -> bool {
+        let data = serde_json::to_string(value).expect("wire types serialise");
+        self.0.send(Event::default().event(name).data(data)).await.is_ok()
+    }
+
     /// The terminating `data: [DONE]`.
     pub async fn done(&self) -> bool {
         self.0.send(Event::default().data("[DONE]")).await.is_ok()

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::metrics::Metrics;
+use super::responses::ResponseStore;
 use crate::engine::constraint::FormatCache;
 use crate::engine::EngineHandle;
 use crate::error::ApiError;
@@ -27,6 +28,8 @@ pub struct AppState {
     /// `response_format` schemas and forced tool calls compiled for earlier requests (with the
     /// masks found for them).
     pub formats: Arc<FormatCache>,
+    /// `/v1/responses` kept for `previous_response_id` and `GET /v1/responses/{id}`.
+    pub responses: Arc<ResponseStore>,
 }
 
 impl AppState {
@@ -47,6 +50,7 @@ impl AppState {
             default_enable_thinking,
             reasoning,
             formats: Arc::new(FormatCache::with_capacity(16)),
+            responses: Arc::new(ResponseStore::with_capacity(1024)),
         }
     }
 }

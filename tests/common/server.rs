@@ -75,6 +75,18 @@ impl Reply {
     pub fn sse_data(&self) -> Vec<String> {
         self.body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
     }
+
+    /// `(event name, data)` of each named SSE event, in order.
+    pub fn sse_events(&self) -> Vec<(String, Value)> {
+        self.body
+            .split("\n\n")
+            .filter_map(|block| {
+                let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+                let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+                Some((name.to_string(), serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"))))
+            })
+            .collect()
+    }
 }
 
 fn finish(r: Result<ureq::Response, ureq::Error>) -> Reply {
@@ -96,6 +108,10 @@ impl TestServer {
             req = req.set(k, v);
         }
         finish(req.send_string(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        finish(ureq::delete(&format!("{}{path}", self.base)).timeout(Duration::from_secs(60)).call())
     }
 
     pub fn get(&self, path: &str) -> Reply {

@@ -55,6 +55,21 @@ check("chat stream text", "".join(pieces) == text, ("".join(pieces), text))
 check("chat stream usage", usage is not None and usage.completion_tokens == 12, usage)
 check("chat stream finish", finish == "length", finish)
 
+# The Responses API: the same greedy text, whole and as typed stream events, and a follow-up
+# through previous_response_id.
+resp = client.responses.create(model=MODEL, input=FIB, max_output_tokens=12, temperature=0)
+check("responses.create", resp.status == "incomplete" and resp.output_text == text, resp)
+check("responses usage", resp.usage.output_tokens == 12 and resp.usage.input_tokens == chat.usage.prompt_tokens, resp.usage)
+with client.responses.stream(model=MODEL, input=FIB, max_output_tokens=12, temperature=0) as stream:
+    events = list(stream)
+deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+# Cut at max_output_tokens, the stream ends in `response.incomplete` (as OpenAI's does).
+final = events[-1]
+check("responses.stream", "".join(deltas) == text and final.type == "response.incomplete" and final.response.output_text == text, events)
+follow = client.responses.create(model=MODEL, input="Now in Rust.", previous_response_id=resp.id, max_output_tokens=8, temperature=0)
+check("responses previous_response_id", follow.previous_response_id == resp.id and len(follow.output_text) > 0, follow)
+check("responses.retrieve", client.responses.retrieve(resp.id).output_text == text, resp.id)
+
 completion = client.completions.create(
     model=MODEL, prompt="def quicksort(arr):", max_tokens=3, temperature=0, echo=True, logprobs=2
 )

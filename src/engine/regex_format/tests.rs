@@ -65,7 +65,7 @@ fn a_choice_is_one_of_the_strings_whole() {
 #[test]
 fn a_regex_matches_the_whole_output() {
     let f = regex(r"\w+@\w+\.com\n");
-    assert!(takes(&f, "alan.turing@enigma.com\n") == false, "`.` is not a word character");
+    assert!(!takes(&f, "alan.turing@enigma.com\n"), "`.` is not a word character");
     assert!(takes(&f, "alan@enigma.com\n"));
     assert!(!takes(&f, "alan@enigma.com"), "unanchored would have matched");
     assert!(!takes(&f, "Alan: alan@enigma.com\n"));

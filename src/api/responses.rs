@@ -1,0 +1,392 @@
+//! `POST /v1/responses` (OpenAI's Responses API, as vLLM serves it), `GET` and `DELETE
+//! /v1/responses/{id}`. A request becomes a chat request (`input` items as messages,
+//! `instructions` as the system message, flat function tools, `text.format` as
+//! `response_format`) and runs through `super::chat`; its output comes back as items
+//! (`reasoning`, `message`, `function_call`), whole or as typed SSE events (`stream.rs`).
+//! Stored responses (`store`, the default) keep their conversation for `previous_response_id`.
+
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::chat::{submit, ChatContext, Submitted};
+use super::generation::{collect, random_id, Timing};
+use super::sse::sse_response;
+use super::state::{ApiJson, AppState};
+use super::tool_parser::ToolCall;
+use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields, StructuredOutputFields};
+use crate::engine::{FinishReason, Usage};
+use crate::error::ApiError;
+
+mod store;
+mod stream;
+
+pub use store::ResponseStore;
+
+/// The Responses API's request; the sampling extensions chat takes (`top_k`, `seed`, `stop`,
+/// ..., `structured_outputs`) are taken too.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResponsesRequest {
+    pub input: Input,
+    pub instructions: Option<String>,
+    pub max_output_tokens: Option<i64>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"format": {"type": "text" | "json_object" | "json_schema", ...}}`.
+    pub text: Option<Value>,
+    /// `{"effort": ...}`: `"none"` turns thinking off on a template that renders it, any other
+    /// effort on.
+    pub reasoning: Option<Value>,
+    pub store: Option<bool>,
+    pub previous_response_id: Option<String>,
+    pub metadata: Option<Value>,
+    pub top_logprobs: Option<i64>,
+    pub background: Option<bool>,
+    pub truncation: Option<String>,
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    #[serde(flatten)]
+    pub structured: StructuredOutputFields,
+}
+
+/// `input`: a user message's text, or a list of items.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Input {
+    Text(String),
+    Items(Vec<Value>),
+}
+
+pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<ResponsesRequest>) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let previous = match &req.previous_response_id {
+        Some(id) => state.responses.conversation(id).ok_or_else(|| ApiError::invalid("previous_response_id", format!("no stored response has id {id:?}")))?,
+        None => vec![],
+    };
+    let (chat, conversation) = to_chat(&req, previous, &state)?;
+    let Submitted { stream, ctx, num_prompt_tokens, .. } = submit(&state, &chat).map_err(|mut e| {
+        // Chat's name for the field this request calls `max_output_tokens`.
+        if e.param.as_deref() == Some("max_tokens") && req.max_output_tokens.is_some() {
+            e.param = Some("max_output_tokens".into());
+            e.message = e.message.replace("`max_tokens`", "`max_output_tokens`");
+        }
+        e
+    })?;
+    let echo = Echo::new(&req, &ctx);
+    let store = req.store != Some(false);
+    let mut timing = Timing::new(started);
+    if req.sampling.stream {
+        let (responses, metrics) = (state.responses.clone(), state.metrics.clone());
+        return Ok(sse_response(move |tx| async move {
+            let finished = stream::run(&echo, &ctx, stream, num_prompt_tokens, &mut timing, &tx).await;
+            if let (Some((response, message)), true) = (finished, store) {
+                responses.insert(&echo.id, with_output(conversation, message), response);
+            }
+            let (ttft, tpot, e2e) = timing.summary();
+            metrics.observe_generation(ttft, tpot, e2e);
+        }));
+    }
+    let collected = collect(stream, 1, &mut timing).await?;
+    let (ttft, tpot, e2e) = timing.summary();
+    state.metrics.observe_generation(ttft, tpot, e2e);
+    let c = &collected.choices[0];
+    let (reasoning, content, calls) = ctx.parse(&c.text);
+    let message = assistant_message(&content, &reasoning, &calls);
+    let output = output_items(reasoning, content, calls);
+    let response = echo.response(status(c.finish_reason), &output, Some(usage(&ctx, num_prompt_tokens, c.usage, &output)));
+    if store {
+        state.responses.insert(&echo.id, with_output(conversation, message), response.clone());
+    }
+    Ok(Json(response).into_response())
+}
+
+pub async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    state.responses.response(&id).map(Json).ok_or_else(|| not_found(&id))
+}
+
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    if !state.responses.remove(&id) {
+        return Err(not_found(&id));
+    }
+    Ok(Json(json!({"id": id, "object": "response", "deleted": true})))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::with_status(axum::http::StatusCode::NOT_FOUND, format!("no stored response has id {id:?}"))
+}
+
+/// The chat request `req` stands for, and the conversation it continues (the previous one's
+/// plus this input; `instructions` are not kept, as OpenAI keeps them per response).
+fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState) -> Result<(ChatCompletionRequest, Vec<ChatMessage>), ApiError> {
+    if req.background == Some(true) {
+        return Err(ApiError::invalid("background", "`background: true` is not supported: the response is made while the request is open"));
+    }
+    if req.top_logprobs.is_some_and(|k| k != 0) {
+        return Err(ApiError::invalid("top_logprobs", "`top_logprobs` is not supported on /v1/responses (use /v1/chat/completions)"));
+    }
+    if req.sampling.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid("n", "/v1/responses makes one output; `n` must be 1"));
+    }
+    let mut conversation = previous;
+    match &req.input {
+        Input::Text(text) => conversation.push(message("user", Some(text.clone()))),
+        Input::Items(items) => {
+            for (i, item) in items.iter().enumerate() {
+                push_item(&mut conversation, item, i)?;
+            }
+        }
+    }
+    let mut messages = Vec::with_capacity(conversation.len() + 1);
+    if let Some(instructions) = &req.instructions {
+        messages.push(message("system", Some(instructions.clone())));
+    }
+    messages.extend(conversation.iter().cloned());
+    let mut sampling = req.sampling.clone();
+    if req.max_output_tokens.is_some() {
+        sampling.max_tokens = req.max_output_tokens;
+    }
+    let mut kwargs = req.chat_template_kwargs.clone();
+    if let Some(effort) = req.reasoning.as_ref().and_then(|r| r.get("effort")).filter(|e| !e.is_null()) {
+        if state.reasoning {
+            kwargs.get_or_insert_with(Map::new).entry("enable_thinking").or_insert(Value::Bool(effort != "none"));
+        }
+    }
+    let chat = ChatCompletionRequest {
+        messages,
+        sampling,
+        logprobs: false,
+        top_logprobs: None,
+        return_tokens_as_token_ids: false,
+        tools: req.tools.as_ref().map(|t| tools(t)).transpose()?,
+        tool_choice: req.tool_choice.as_ref().map(tool_choice).transpose()?,
+        parallel_tool_calls: req.parallel_tool_calls,
+        chat_template_kwargs: kwargs,
+        response_format: text_format(req.text.as_ref(), state)?,
+        structured: req.structured.clone(),
+    };
+    Ok((chat, conversation))
+}
+
+fn message(role: &str, content: Option<String>) -> ChatMessage {
+    ChatMessage { role: role.into(), content: content.map(MessageContent::Text), name: None, tool_calls: None, tool_call_id: None, reasoning_content: None }
+}
+
+/// One `input` item as messages: a message (`role` + `content`), a `function_call` (joined to
+/// the assistant message before it) or its `function_call_output` (a tool message);
+/// `reasoning` items are dropped (Qwen's templates drop earlier turns' thinking anyway).
+fn push_item(conversation: &mut Vec<ChatMessage>, item: &Value, i: usize) -> Result<(), ApiError> {
+    let field = format!("input[{i}]");
+    let str_of = |key: &str| item.get(key).and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("{field}.{key}"), format!("`{field}.{key}` must be a string")));
+    let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+    match kind {
+        "message" => {
+            let role = str_of("role")?;
+            if !matches!(role, "user" | "system" | "developer" | "assistant") {
+                return Err(ApiError::invalid(format!("{field}.role"), format!("`{field}.role` must be user, system, developer or assistant; got {role:?}")));
+            }
+            let content = text_of(item.get("content"), &format!("{field}.content"))?;
+            conversation.push(message(role, Some(content)));
+        }
+        "function_call" => {
+            let call = json!({"id": str_of("call_id")?, "type": "function", "function": {"name": str_of("name")?, "arguments": str_of("arguments")?}});
+            match conversation.last_mut() {
+                Some(last) if last.role == "assistant" => last.tool_calls.get_or_insert_with(Vec::new).push(call),
+                _ => {
+                    let mut m = message("assistant", None);
+                    m.tool_calls = Some(vec![call]);
+                    conversation.push(m);
+                }
+            }
+        }
+        "function_call_output" => {
+            let mut m = message("tool", Some(text_of(item.get("output"), &format!("{field}.output"))?));
+            m.tool_call_id = Some(str_of("call_id")?.to_string());
+            conversation.push(m);
+        }
+        "reasoning" => {}
+        other => return Err(ApiError::invalid(format!("{field}.type"), format!("`{field}.type` {other:?} is not supported (message, function_call, function_call_output, reasoning)"))),
+    }
+    Ok(())
+}
+
+/// A message's `content` (or a call's `output`): a string, or text parts joined.
+fn text_of(content: Option<&Value>, field: &str) -> Result<String, ApiError> {
+    match content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                    (Some("input_text" | "output_text" | "text"), Some(t)) => text.push_str(t),
+                    (kind, _) => return Err(ApiError::invalid(format!("{field}[{j}]"), format!("only text parts are supported (`input_text`, `output_text`); `{field}[{j}]` has type {kind:?}"))),
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(ApiError::invalid(field, format!("`{field}` must be a string or a list of text parts"))),
+    }
+}
+
+/// Flat function tools (`{"type": "function", "name", "description", "parameters"}`) in chat's
+/// shape.
+fn tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match (t.get("type").and_then(Value::as_str), t.get("name").and_then(Value::as_str)) {
+            (Some("function"), Some(name)) => {
+                let mut function = json!({"name": name});
+                for key in ["description", "parameters"] {
+                    if let Some(v) = t.get(key).filter(|v| !v.is_null()) {
+                        function[key] = v.clone();
+                    }
+                }
+                Ok(json!({"type": "function", "function": function}))
+            }
+            (Some("function"), None) => Err(ApiError::invalid(format!("tools[{i}].name"), format!("`tools[{i}].name` must be a string"))),
+            (kind, _) => Err(ApiError::invalid(format!("tools[{i}]"), format!("only function tools are supported; `tools[{i}]` has type {kind:?}"))),
+        })
+        .collect()
+}
+
+fn tool_choice(choice: &Value) -> Result<Value, ApiError> {
+    match choice {
+        Value::String(_) => Ok(choice.clone()),
+        _ => match (choice.get("type").and_then(Value::as_str), choice.get("name").and_then(Value::as_str)) {
+            (Some("function"), Some(name)) => Ok(json!({"type": "function", "function": {"name": name}})),
+            _ => Err(ApiError::invalid("tool_choice", format!("`tool_choice` must be \"auto\", \"none\", \"required\" or {{\"type\": \"function\", \"name\": ...}}; got {choice}"))),
+        },
+    }
+}
+
+/// `text.format` as chat's `response_format`, its schema checked here so that errors name
+/// `text.format`.
+fn text_format(text: Option<&Value>, state: &AppState) -> Result<Option<Value>, ApiError> {
+    let Some(format) = text.and_then(|t| t.get("format")).filter(|f| !f.is_null()) else { return Ok(None) };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
+        Some("json_schema") => {
+            let schema = format.get("schema").ok_or_else(|| ApiError::invalid("text.format.schema", "`text.format.schema` is missing"))?;
+            state.formats.schema(schema).map_err(|e| ApiError::invalid("text.format.schema", format!("`text.format.schema`: {e}")))?;
+            Ok(Some(json!({"type": "json_schema", "json_schema": {"name": format.get("name"), "schema": schema}})))
+        }
+        _ => Err(ApiError::invalid("text.format", "`text.format.type` must be \"text\", \"json_object\" or \"json_schema\"")),
+    }
+}
+
+/// An id as OpenAI writes them: `prefix_<24 random alphanumerics>`.
+fn item_id(prefix: &str) -> String {
+    random_id(prefix).replacen('-', "_", 1)
+}
+
+fn status(reason: Option<FinishReason>) -> &'static str {
+    if reason == Some(FinishReason::Length) { "incomplete" } else { "completed" }
+}
+
+/// The items of a whole output, in order: its reasoning, its message, its calls.
+fn output_items(reasoning: Option<String>, content: Option<String>, calls: Vec<ToolCall>) -> Vec<Value> {
+    let mut items = vec![];
+    if let Some(text) = reasoning {
+        items.push(reasoning_item(&item_id("rs"), &text));
+    }
+    if let Some(text) = content.filter(|c| !c.is_empty()) {
+        items.push(message_item(&item_id("msg"), &text, "completed"));
+    }
+    items.extend(calls.iter().map(|c| call_item(&item_id("fc"), c, "completed")));
+    items
+}
+
+fn reasoning_item(id: &str, text: &str) -> Value {
+    json!({"type": "reasoning", "id": id, "summary": [], "content": [{"type": "reasoning_text", "text": text}]})
+}
+
+fn message_item(id: &str, text: &str, status: &str) -> Value {
+    json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": [output_text(text)]})
+}
+
+fn output_text(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+}
+
+fn call_item(id: &str, call: &ToolCall, status: &str) -> Value {
+    json!({"type": "function_call", "id": id, "call_id": call.id, "name": call.name, "arguments": call.arguments, "status": status})
+}
+
+/// The output as the assistant turn a later `previous_response_id` continues from.
+fn assistant_message(content: &Option<String>, reasoning: &Option<String>, calls: &[ToolCall]) -> ChatMessage {
+    let mut m = message("assistant", content.clone());
+    m.reasoning_content = reasoning.clone();
+    if !calls.is_empty() {
+        m.tool_calls = Some(calls.iter().map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}})).collect());
+    }
+    m
+}
+
+fn with_output(mut conversation: Vec<ChatMessage>, message: ChatMessage) -> Vec<ChatMessage> {
+    conversation.push(message);
+    conversation
+}
+
+/// The Responses API's usage; reasoning tokens are the reasoning text's tokens re-encoded.
+fn usage(ctx: &ChatContext, num_prompt_tokens: usize, u: Usage, output: &[Value]) -> Value {
+    let reasoning: usize = output
+        .iter()
+        .filter(|item| item["type"] == "reasoning")
+        .filter_map(|item| item["content"][0]["text"].as_str())
+        .map(|t| ctx.tokenizer.encode(t).map_or(0, |ids| ids.len()))
+        .sum();
+    json!({
+        "input_tokens": num_prompt_tokens,
+        "input_tokens_details": {"cached_tokens": u.num_cached_tokens},
+        "output_tokens": u.num_output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning.min(u.num_output_tokens)},
+        "total_tokens": num_prompt_tokens + u.num_output_tokens,
+    })
+}
+
+/// What a response object repeats of its request.
+pub(super) struct Echo {
+    id: String,
+    created_at: u64,
+    fields: Map<String, Value>,
+}
+
+impl Echo {
+    fn new(req: &ResponsesRequest, ctx: &ChatContext) -> Self {
+        let fields = json!({
+            "model": ctx.model,
+            "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens,
+            "temperature": req.sampling.temperature,
+            "top_p": req.sampling.top_p,
+            "tools": req.tools.clone().unwrap_or_default(),
+            "tool_choice": req.tool_choice.clone().unwrap_or_else(|| "auto".into()),
+            "parallel_tool_calls": req.parallel_tool_calls.unwrap_or(true),
+            "previous_response_id": req.previous_response_id,
+            "reasoning": req.reasoning.clone().unwrap_or_else(|| json!({"effort": null, "summary": null})),
+            "store": req.store != Some(false),
+            "text": req.text.clone().unwrap_or_else(|| json!({"format": {"type": "text"}})),
+            "truncation": req.truncation.clone().unwrap_or_else(|| "disabled".into()),
+            "metadata": req.metadata.clone().unwrap_or_else(|| json!({})),
+            "user": req.sampling.user,
+            "background": false,
+            "error": null,
+        });
+        Self { id: item_id("resp"), created_at: ctx.created, fields: fields.as_object().expect("an object").clone() }
+    }
+
+    /// The response object at `status` with `output` so far.
+    fn response(&self, status: &str, output: &[Value], usage: Option<Value>) -> Value {
+        let mut r = json!({"id": self.id, "object": "response", "created_at": self.created_at, "status": status, "output": output, "usage": usage,
+            "incomplete_details": (status == "incomplete").then(|| json!({"reason": "max_output_tokens"}))});
+        r.as_object_mut().expect("an object").extend(self.fields.clone());
+        r
+    }
+}
