@@ -42,6 +42,7 @@ fn a_response_is_the_chat_completion_of_its_input() {
     assert_eq!(r["incomplete_details"]["reason"], "max_output_tokens");
     assert_eq!(output_text(&r), text);
     assert_eq!(r["output"][0]["role"], "assistant");
+    assert_eq!(r["output"][0]["status"], "incomplete", "cut as the response is");
     assert_eq!(r["usage"]["input_tokens"].as_u64(), Some(prompt_tokens));
     assert_eq!(r["usage"]["output_tokens"], 12);
     assert_eq!(r["usage"]["total_tokens"].as_u64(), Some(prompt_tokens + 12));
@@ -164,6 +165,8 @@ fn bad_requests_name_their_field() {
         (json!({"input": "x", "text": {"format": {"type": "json_schema", "schema": {"type": "object", "minProperties": 1}}}}), "text.format.schema"),
         (json!({"input": "x", "temperature": 7}), "temperature"),
         (json!({"input": "x", "max_output_tokens": 0}), "max_output_tokens"),
+        (json!({"input": []}), "input"),
+        (json!({"input": "x", "tools": [{"type": "function", "name": "f"}], "text": {"format": {"type": "json_object"}}}), "text.format"),
     ];
     for (body, param) in cases {
         let e = s.post("/v1/responses", &body.to_string()).error(400);
@@ -206,4 +209,24 @@ fn reasoning_comes_back_as_its_own_item() {
     assert!(plain["output"].as_array().unwrap().iter().all(|i| i["type"] == "message"), "{plain}");
     assert!(output_text(&plain).trim_start().starts_with('{'), "{plain}");
     assert_eq!(plain["usage"]["output_tokens_details"]["reasoning_tokens"], 0);
+
+    // An output of thinking alone (no text, no call) can still be continued.
+    let follow = s.post("/v1/responses", &json!({"input": "Go on.", "previous_response_id": whole["id"], "max_output_tokens": 4}).to_string());
+    assert_eq!(follow.status, 200, "{}", follow.body);
+
+    // A reasoning item sent back goes with the turn after it, as chat's `reasoning_content`
+    // (this template renders the thinking of a turn still calling tools).
+    let tools = json!([{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]);
+    let items = json!([{"role": "user", "content": "Call f."}, {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "I should call f."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}, {"type": "function_call_output", "call_id": "call_1", "output": "done"}]);
+    let r = s.post("/v1/responses", &json!({"input": items, "tools": tools, "max_output_tokens": 8, "temperature": 0, "reasoning": {"effort": "none"}}).to_string()).json();
+    let messages = json!([{"role": "user", "content": "Call f."},
+        {"role": "assistant", "content": null, "reasoning_content": "I should call f.", "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "done"}]);
+    let chat_tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]);
+    let c = s.post("/v1/chat/completions", &json!({"messages": messages, "tools": chat_tools, "max_tokens": 8, "temperature": 0, "chat_template_kwargs": {"enable_thinking": false}}).to_string()).json();
+    assert_eq!(r["usage"]["input_tokens"], c["usage"]["prompt_tokens"]);
+    let without = s.post("/v1/chat/completions", &json!({"messages": [messages[0], {"role": "assistant", "content": null, "tool_calls": messages[1]["tool_calls"]}, messages[2]],
+        "tools": chat_tools, "max_tokens": 1, "chat_template_kwargs": {"enable_thinking": false}}).to_string()).json();
+    assert_ne!(without["usage"]["prompt_tokens"], c["usage"]["prompt_tokens"], "the template renders that thinking");
 }

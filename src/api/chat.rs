@@ -64,6 +64,11 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
     Ok(Json(body).into_response())
 }
 
+/// A message of plain text (or none), as the Responses and Messages APIs build conversations.
+pub(super) fn message(role: &str, content: Option<String>) -> ChatMessage {
+    ChatMessage { role: role.into(), content: content.map(MessageContent::Text), name: None, tool_calls: None, tool_call_id: None, reasoning_content: None }
+}
+
 /// A chat request checked, rendered and handed to the engine.
 pub(super) struct Submitted {
     pub stream: RequestStream,
@@ -72,9 +77,18 @@ pub(super) struct Submitted {
     pub num_prompt_tokens: usize,
 }
 
-/// Checks `req`, renders its messages with the chat template and submits it (also the
-/// Responses API's way in, `super::responses`).
+/// Checks `req`, renders its messages with the chat template and submits it (also the way in
+/// of the Responses and Messages APIs, `super::responses`, `super::messages`).
 pub(super) fn submit(state: &AppState, req: &ChatCompletionRequest) -> Result<Submitted, ApiError> {
+    let (request, ctx) = prepare(state, req)?;
+    let n = request.params.n;
+    let stream = state.engine.submit(request)?;
+    let num_prompt_tokens = stream.num_prompt_tokens;
+    Ok(Submitted { stream, ctx, n, num_prompt_tokens })
+}
+
+/// [`submit`] up to the engine: the request it would submit, and how to read its output.
+pub(super) fn prepare(state: &AppState, req: &ChatCompletionRequest) -> Result<(EngineRequest, ChatContext), ApiError> {
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
     let (response_format, field) = output_format::requested(req.response_format.as_ref(), &req.structured, &state.formats)?;
     let messages = validate::template_messages(&req.messages)?;
@@ -105,9 +119,6 @@ pub(super) fn submit(state: &AppState, req: &ChatCompletionRequest) -> Result<Su
     let mut params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), engine.default_max_tokens(prompt.len()), logprobs, engine.sampling_defaults())?;
     params.format = format;
     params.think_first = think_first;
-    let n = params.n;
-    let stream = engine.submit(EngineRequest { prompt, params })?;
-    let num_prompt_tokens = stream.num_prompt_tokens;
     let ctx = ChatContext {
         id: random_id("chatcmpl"),
         created: unix_time(),
@@ -123,7 +134,7 @@ pub(super) fn submit(state: &AppState, req: &ChatCompletionRequest) -> Result<Su
         want_logprobs: logprobs.is_some(),
         token_ids: req.return_tokens_as_token_ids,
     };
-    Ok(Submitted { stream, ctx, n, num_prompt_tokens })
+    Ok((EngineRequest { prompt, params }, ctx))
 }
 
 pub(super) struct ChatContext {

@@ -13,12 +13,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::chat::{submit, ChatContext, Submitted};
+use super::chat::{message, submit, ChatContext, Submitted};
 use super::generation::{collect, random_id, Timing};
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::tool_parser::ToolCall;
-use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields, StructuredOutputFields};
+use super::types::{ChatCompletionRequest, ChatMessage, SamplingFields, StructuredOutputFields};
 use crate::engine::{FinishReason, Usage};
 use crate::error::ApiError;
 
@@ -70,14 +70,7 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Respons
         None => vec![],
     };
     let (chat, conversation) = to_chat(&req, previous, &state)?;
-    let Submitted { stream, ctx, num_prompt_tokens, .. } = submit(&state, &chat).map_err(|mut e| {
-        // Chat's name for the field this request calls `max_output_tokens`.
-        if e.param.as_deref() == Some("max_tokens") && req.max_output_tokens.is_some() {
-            e.param = Some("max_output_tokens".into());
-            e.message = e.message.replace("`max_tokens`", "`max_output_tokens`");
-        }
-        e
-    })?;
+    let Submitted { stream, ctx, num_prompt_tokens, .. } = submit(&state, &chat).map_err(|e| renamed(e, &req))?;
     let echo = Echo::new(&req, &ctx);
     let store = req.store != Some(false);
     let mut timing = Timing::new(started);
@@ -98,8 +91,9 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Respons
     let c = &collected.choices[0];
     let (reasoning, content, calls) = ctx.parse(&c.text);
     let message = assistant_message(&content, &reasoning, &calls);
-    let output = output_items(reasoning, content, calls);
-    let response = echo.response(status(c.finish_reason), &output, Some(usage(&ctx, num_prompt_tokens, c.usage, &output)));
+    let status = status(c.finish_reason);
+    let output = output_items(reasoning, content, calls, status);
+    let response = echo.response(status, &output, Some(usage(&ctx, num_prompt_tokens, c.usage, &output)));
     if store {
         state.responses.insert(&echo.id, with_output(conversation, message), response.clone());
     }
@@ -115,6 +109,22 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
         return Err(not_found(&id));
     }
     Ok(Json(json!({"id": id, "object": "response", "deleted": true})))
+}
+
+/// An error from the chat path with its fields as this API names them.
+fn renamed(mut e: ApiError, req: &ResponsesRequest) -> ApiError {
+    e.message = e.message.replace("`response_format`", "`text.format`");
+    let renamed = match e.param.as_deref() {
+        Some("max_tokens") if req.max_output_tokens.is_some() => "max_output_tokens",
+        Some("response_format") => "text.format",
+        // The conversation as rendered (instructions, earlier turns, calls joined into turns).
+        Some(p) if p.starts_with("messages") => "input",
+        _ => return e,
+    };
+    if let Some(old) = e.param.replace(renamed.into()) {
+        e.message = e.message.replace(&format!("`{old}`"), &format!("`{renamed}`"));
+    }
+    e
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -137,8 +147,9 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
     match &req.input {
         Input::Text(text) => conversation.push(message("user", Some(text.clone()))),
         Input::Items(items) => {
+            let mut reasoning = None;
             for (i, item) in items.iter().enumerate() {
-                push_item(&mut conversation, item, i)?;
+                push_item(&mut conversation, item, i, &mut reasoning)?;
             }
         }
     }
@@ -173,14 +184,12 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
     Ok((chat, conversation))
 }
 
-fn message(role: &str, content: Option<String>) -> ChatMessage {
-    ChatMessage { role: role.into(), content: content.map(MessageContent::Text), name: None, tool_calls: None, tool_call_id: None, reasoning_content: None }
-}
-
 /// One `input` item as messages: a message (`role` + `content`), a `function_call` (joined to
-/// the assistant message before it) or its `function_call_output` (a tool message);
-/// `reasoning` items are dropped (Qwen's templates drop earlier turns' thinking anyway).
-fn push_item(conversation: &mut Vec<ChatMessage>, item: &Value, i: usize) -> Result<(), ApiError> {
+/// the assistant message before it) or its `function_call_output` (a tool message). A
+/// `reasoning` item's text waits in `reasoning` for the assistant turn that follows it, as a
+/// stored response keeps it (Qwen3's template renders the thinking of a turn still calling
+/// tools).
+fn push_item(conversation: &mut Vec<ChatMessage>, item: &Value, i: usize, reasoning: &mut Option<String>) -> Result<(), ApiError> {
     let field = format!("input[{i}]");
     let str_of = |key: &str| item.get(key).and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("{field}.{key}"), format!("`{field}.{key}` must be a string")));
     let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
@@ -191,7 +200,11 @@ fn push_item(conversation: &mut Vec<ChatMessage>, item: &Value, i: usize) -> Res
                 return Err(ApiError::invalid(format!("{field}.role"), format!("`{field}.role` must be user, system, developer or assistant; got {role:?}")));
             }
             let content = text_of(item.get("content"), &format!("{field}.content"))?;
-            conversation.push(message(role, Some(content)));
+            let mut m = message(role, Some(content));
+            if role == "assistant" {
+                m.reasoning_content = reasoning.take();
+            }
+            conversation.push(m);
         }
         "function_call" => {
             let call = json!({"id": str_of("call_id")?, "type": "function", "function": {"name": str_of("name")?, "arguments": str_of("arguments")?}});
@@ -200,6 +213,7 @@ fn push_item(conversation: &mut Vec<ChatMessage>, item: &Value, i: usize) -> Res
                 _ => {
                     let mut m = message("assistant", None);
                     m.tool_calls = Some(vec![call]);
+                    m.reasoning_content = reasoning.take();
                     conversation.push(m);
                 }
             }
@@ -209,7 +223,12 @@ fn push_item(conversation: &mut Vec<ChatMessage>, item: &Value, i: usize) -> Res
             m.tool_call_id = Some(str_of("call_id")?.to_string());
             conversation.push(m);
         }
-        "reasoning" => {}
+        "reasoning" => {
+            // Its text: `content`'s reasoning_text parts, else its summary.
+            let texts = |key: &str| -> String { item.get(key).and_then(Value::as_array).into_iter().flatten().filter_map(|p| p.get("text").and_then(Value::as_str)).collect() };
+            let text = Some(texts("content")).filter(|t| !t.is_empty()).unwrap_or_else(|| texts("summary"));
+            *reasoning = Some(text).filter(|t| !t.is_empty());
+        }
         other => return Err(ApiError::invalid(format!("{field}.type"), format!("`{field}.type` {other:?} is not supported (message, function_call, function_call_output, reasoning)"))),
     }
     Ok(())
@@ -290,14 +309,15 @@ fn status(reason: Option<FinishReason>) -> &'static str {
     if reason == Some(FinishReason::Length) { "incomplete" } else { "completed" }
 }
 
-/// The items of a whole output, in order: its reasoning, its message, its calls.
-fn output_items(reasoning: Option<String>, content: Option<String>, calls: Vec<ToolCall>) -> Vec<Value> {
+/// The items of a whole output, in order: its reasoning, its message (`status` as the
+/// response's: cut at `max_output_tokens`, it is incomplete too), its calls.
+fn output_items(reasoning: Option<String>, content: Option<String>, calls: Vec<ToolCall>, status: &str) -> Vec<Value> {
     let mut items = vec![];
     if let Some(text) = reasoning {
         items.push(reasoning_item(&item_id("rs"), &text));
     }
     if let Some(text) = content.filter(|c| !c.is_empty()) {
-        items.push(message_item(&item_id("msg"), &text, "completed"));
+        items.push(message_item(&item_id("msg"), &text, status));
     }
     items.extend(calls.iter().map(|c| call_item(&item_id("fc"), c, "completed")));
     items
@@ -319,9 +339,11 @@ fn call_item(id: &str, call: &ToolCall, status: &str) -> Value {
     json!({"type": "function_call", "id": id, "call_id": call.id, "name": call.name, "arguments": call.arguments, "status": status})
 }
 
-/// The output as the assistant turn a later `previous_response_id` continues from.
+/// The output as the assistant turn a later `previous_response_id` continues from (with no
+/// text and no calls, an empty text: a turn needs one or the other).
 fn assistant_message(content: &Option<String>, reasoning: &Option<String>, calls: &[ToolCall]) -> ChatMessage {
-    let mut m = message("assistant", content.clone());
+    let text = content.clone().or_else(|| calls.is_empty().then(String::new));
+    let mut m = message("assistant", text);
     m.reasoning_content = reasoning.clone();
     if !calls.is_empty() {
         m.tool_calls = Some(calls.iter().map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}})).collect());

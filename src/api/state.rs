@@ -28,7 +28,8 @@ pub struct AppState {
     /// `response_format` schemas and forced tool calls compiled for earlier requests (with the
     /// masks found for them).
     pub formats: Arc<FormatCache>,
-    /// `/v1/responses` kept for `previous_response_id` and `GET /v1/responses/{id}`.
+    /// `/v1/responses` kept for `previous_response_id` and `GET /v1/responses/{id}` (the last
+    /// 1,024, 256 MiB at most).
     pub responses: Arc<ResponseStore>,
 }
 
@@ -50,7 +51,7 @@ impl AppState {
             default_enable_thinking,
             reasoning,
             formats: Arc::new(FormatCache::with_capacity(16)),
-            responses: Arc::new(ResponseStore::with_capacity(1024)),
+            responses: Arc::new(ResponseStore::new(1024, 256 << 20)),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Thinking before held output: `enable_thinking: true` with a JSON format or forced tool calls,
 //! on a template that renders thinking (Qwen3). The output is free text until the model closes
-//! its thinking with `</think>`, then up to [`GAP`] line breaks or spaces, then held by the
-//! format's parser. EOS is not allowed before the held part is complete.
+//! its thinking with `</think>`, then up to [`GAP`] line breaks or spaces (none before a regex
+//! or a choice, which say what may follow), then held by the format's parser. EOS is not
+//! allowed before the held part is complete.
 
 use super::constraint::ByteParser;
 use super::json_object::JsonState;
@@ -80,8 +81,10 @@ impl ThinkingState {
         (self.phase == Phase::Held).then_some(&self.held)
     }
 
+    /// Whether the output may end: after the thinking, where the held parse may (a regex may
+    /// match nothing at all).
     pub fn is_complete(&self) -> bool {
-        self.held().is_some_and(Held::is_complete)
+        !matches!(self.phase, Phase::Thinking(_)) && self.held.is_complete()
     }
 }
 
@@ -90,7 +93,12 @@ impl ByteParser for ThinkingState {
         match self.phase {
             Phase::Thinking(i) => {
                 let i = if b == END[i as usize] { i + 1 } else { u8::from(b == END[0]) };
-                self.phase = if i as usize == END.len() { Phase::Gap(0) } else { Phase::Thinking(i) };
+                self.phase = match (i as usize == END.len(), &self.held) {
+                    (false, _) => Phase::Thinking(i),
+                    // A regex or a choice says itself what may follow, whitespace included.
+                    (true, Held::Regex(_)) => Phase::Held,
+                    (true, _) => Phase::Gap(0),
+                };
                 true
             }
             Phase::Gap(n) if n < GAP && matches!(b, b'\n' | b' ') => {

@@ -17,7 +17,7 @@ use crate::engine::{Event, FinishReason, RequestStream};
 /// Streams the request's output; the final response object and the assistant turn it adds to
 /// the conversation, or `None` if the client left or the engine failed.
 pub(super) async fn run(echo: &Echo, ctx: &ChatContext, mut stream: RequestStream, num_prompt_tokens: usize, timing: &mut Timing, tx: &SseSender) -> Option<(Value, ChatMessage)> {
-    let mut w = Writer { tx, seq: 0, items: vec![], open: None, reasoning: String::new(), content: String::new(), calls: vec![] };
+    let mut w = Writer { tx, seq: 0, items: vec![], open: None, reasoning: String::new(), content: String::new(), calls: vec![], status: "completed" };
     let start = json!({"response": echo.response("in_progress", &[], None)});
     if !w.send("response.created", start.clone()).await || !w.send("response.in_progress", start).await {
         return None;
@@ -41,10 +41,11 @@ pub(super) async fn run(echo: &Echo, ctx: &ChatContext, mut stream: RequestStrea
                     w.send("error", json!({"code": "server_error", "message": "generation was aborted by the engine", "param": null})).await;
                     return None;
                 }
+                let status = status(Some(reason));
+                w.status = status;
                 if !w.delta(parse.delta(&text, true)).await || !w.close().await {
                     return None;
                 }
-                let status = status(Some(reason));
                 let response = echo.response(status, &w.items, Some(usage(ctx, num_prompt_tokens, u, &w.items)));
                 let kind = if status == "incomplete" { "response.incomplete" } else { "response.completed" };
                 w.send(kind, json!({"response": response})).await;
@@ -71,6 +72,8 @@ struct Writer<'a> {
     reasoning: String,
     content: String,
     calls: Vec<ToolCall>,
+    /// A closed message's status: the response's once it is known.
+    status: &'static str,
 }
 
 impl Writer<'_> {
@@ -154,7 +157,7 @@ impl Writer<'_> {
                 if !self.send("response.output_text.done", done).await || !self.send("response.content_part.done", part).await {
                     return false;
                 }
-                message_item(&id, &text, "completed")
+                message_item(&id, &text, self.status)
             }
         };
         self.items.push(item.clone());

@@ -22,6 +22,8 @@ pub(in crate::engine) const DEAD: PatState = PatState::MAX;
 
 /// States a pattern may have (they index the table as `u16`s, [`DEAD`] excluded).
 const MAX_STATES: usize = 4096;
+/// States a list of choices may have: its DFA is a trie of their characters (~1 state a byte).
+const MAX_CHOICE_STATES: usize = 32768;
 /// Memory the NFA, and then the DFA, may take while they are built (`a{1000000000}` would
 /// otherwise build a billion NFA states before the DFA's limit is looked at).
 const BUILD_LIMIT: usize = 8 << 20;
@@ -30,6 +32,24 @@ const BUILD_LIMIT: usize = 8 << 20;
 /// JSON has short escapes for (`\b`, `\t`, `\n`, `\f`, `\r`).
 fn writable(b: u8) -> bool {
     b >= 0x20 || matches!(b, 0x08 | 0x09 | 0x0A | 0x0C | 0x0D)
+}
+
+/// Which bytes the text held to a pattern can hold.
+#[derive(Clone, Copy)]
+enum Text {
+    /// A JSON string's decoded characters ([`writable`]).
+    JsonString,
+    /// Output as written: any byte.
+    Output,
+}
+
+impl Text {
+    fn holds(self, b: u8) -> bool {
+        match self {
+            Self::JsonString => writable(b),
+            Self::Output => true,
+        }
+    }
 }
 
 /// Whether byte `b` begins a character (an ASCII byte or a UTF-8 lead byte).
@@ -56,33 +76,32 @@ impl Pattern {
         let rust = ecma_to_rust(pattern)?;
         // Alone first: an unbalanced `)` would otherwise close the group it is wrapped in.
         syntax::parse(&rust).map_err(|e| format!("cannot be used: {e}"))?;
-        Self::build(&format!("(?s:.)*(?:{rust})(?s:.)*"))
+        Self::build(&format!("(?s:.)*(?:{rust})(?s:.)*"), Text::JsonString, MAX_STATES)
     }
 
     /// A guided-decoding regex (`structured_outputs.regex`): a schema `pattern`'s syntax,
     /// matched against the whole output (as xgrammar and Outlines match it for vLLM).
     pub(in crate::engine) fn from_output_regex(regex: &str) -> Result<Self, String> {
         let rust = ecma_to_rust(regex)?;
-        syntax::parse(&rust).map_err(|e| format!("cannot be used: {e}"))?;
-        Self::build(&format!("(?:{rust})"))
+        // Not wrapped: a whole-output match needs no group (and `(?x)`'s comments would swallow
+        // its closing parenthesis).
+        Self::build(&rust, Text::Output, MAX_STATES)
     }
 
     /// Exactly one of `choices` (`structured_outputs.choice`), each taken literally.
     pub(in crate::engine) fn from_choices(choices: &[String]) -> Result<Self, String> {
-        if let Some((i, _)) = choices.iter().enumerate().find(|(_, c)| !c.bytes().all(writable)) {
-            return Err(format!("choice {i} holds a control character other than a tab, line break or carriage return"));
-        }
-        Self::build(&choices.iter().map(|c| literal(c)).collect::<Vec<_>>().join("|"))
+        Self::build(&choices.iter().map(|c| literal(c)).collect::<Vec<_>>().join("|"), Text::Output, MAX_CHOICE_STATES)
     }
 
     /// A JSON Schema `format` among those OpenAI's strict mode lists; `None` for any other.
     pub fn from_format(format: &str) -> Option<Result<Self, String>> {
-        format_regex(format).map(|r| Self::build(&r))
+        format_regex(format).map(|r| Self::build(&r, Text::JsonString, MAX_STATES))
     }
 
     /// `regex` (Rust syntax) matched against the whole string. (`MatchKind::All`: a
     /// leftmost-first DFA would drop `ab` from `a|ab` once `a` had matched.)
-    fn build(regex: &str) -> Result<Self, String> {
+    /// (At most `max_states` states, over the bytes `text` can hold.)
+    fn build(regex: &str, text: Text, max_states: usize) -> Result<Self, String> {
         let dfa = dense::Builder::new()
             .configure(
                 dense::Config::new()
@@ -101,12 +120,12 @@ impl Pattern {
             class[b as usize] = dfa.byte_classes().get(b);
         }
         let classes = dfa.byte_classes().alphabet_len();
-        // A representative writable byte per class, if the class has one.
+        // A representative byte per class among those the text can hold, if it has one.
         let mut sample: Vec<Option<u8>> = vec![None; classes];
-        for b in (0..=255u8).filter(|&b| writable(b)) {
+        for b in (0..=255u8).filter(|&b| text.holds(b)) {
             sample[class[b as usize] as usize].get_or_insert(b);
         }
-        // Every state reachable from the start by writable bytes, numbered in visiting order.
+        // Every state reachable from the start by such bytes, numbered in visiting order.
         let mut index: HashMap<_, usize> = HashMap::from([(start, 0)]);
         let mut ids = vec![start];
         let mut next = Vec::new();
@@ -123,13 +142,13 @@ impl Pattern {
                     None => usize::MAX,
                 });
             }
-            if ids.len() > MAX_STATES {
-                return Err(format!("is too complex (more than {MAX_STATES} states)"));
+            if ids.len() > max_states {
+                return Err(format!("is too complex (more than {max_states} states)"));
             }
             i += 1;
         }
         let accepts: Vec<bool> = ids.iter().map(|&id| dfa.is_match_state(dfa.next_eoi_state(id))).collect();
-        let shortest = shortest_to_accept(&next, classes, &accepts, &class);
+        let shortest = shortest_to_accept(&next, classes, &accepts, &class, text);
         if shortest[0] == u32::MAX {
             return Err("matches no string".into());
         }
@@ -157,13 +176,13 @@ impl Pattern {
     }
 }
 
-/// Per state, the fewest characters (bytes that begin one) on a path of writable bytes to an
+/// Per state, the fewest characters (bytes that begin one) on a path of bytes `text` holds to an
 /// accepting state; `u32::MAX` where there is none. A breadth-first search back from the
 /// accepting states, edges costing 0 or 1 (linear in the table).
-fn shortest_to_accept(next: &[usize], classes: usize, accepts: &[bool], class: &[u8; 256]) -> Vec<u32> {
-    // The cheapest writable byte of each class: 0 if a continuation byte is among them.
+fn shortest_to_accept(next: &[usize], classes: usize, accepts: &[bool], class: &[u8; 256], text: Text) -> Vec<u32> {
+    // The cheapest byte of each class: 0 if a continuation byte is among them.
     let mut cost = vec![u32::MAX; classes];
-    for b in (0..=255u8).filter(|&b| writable(b)) {
+    for b in (0..=255u8).filter(|&b| text.holds(b)) {
         let c = &mut cost[class[b as usize] as usize];
         *c = (*c).min(u32::from(begins_char(b)));
     }

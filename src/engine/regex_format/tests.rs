@@ -105,15 +105,38 @@ fn bad_expressions_are_refused_with_a_reason() {
         assert!(e.contains(says), "{r}: {e}");
     }
     assert!(RegexFormat::choice(&[]).unwrap_err().contains("at least one"));
-    assert!(RegexFormat::choice(&["a\u{1}".into()]).unwrap_err().contains("choice 0"));
+}
+
+/// Output may hold any byte (a JSON string's pattern may not): control characters in a regex
+/// or a choice are taken as written; `(?x)` comments run to the end of their line.
+#[test]
+fn control_characters_and_verbose_regexes() {
+    let f = regex(r"\x1b\[0m|a\x01?b");
+    for (text, ok) in [("\x1b[0m", true), ("ab", true), ("a\u{1}b", true), ("a\u{2}b", false)] {
+        assert_eq!(takes(&f, text), ok, "{text:?}");
+    }
+    assert!(takes(&choice(&["a\u{1}", "b"]), "a\u{1}"));
+    let f = regex("(?x) a+ # any number of a\n b");
+    assert!(takes(&f, "aab") && !takes(&f, "a b"));
+    // A choice list's trie may be larger than a pattern's table.
+    let many: Vec<String> = (0..2000).map(|i| format!("label number {i}")).collect();
+    let f = OutputFormat::Regex(Arc::new(RegexFormat::choice(&many).unwrap()));
+    assert!(takes(&f, "label number 1999") && !takes(&f, "label number 2000"));
 }
 
 /// Thinking first (Qwen3 with `enable_thinking`), then the choice.
 #[test]
 fn a_choice_after_thinking() {
     let f = choice(&["positive", "negative"]);
-    let c = masks_agree("thinking", f.start_after_thinking().unwrap(), "<think>\npositive? not sure</think>\n\nnegative");
+    let c = masks_agree("thinking", f.start_after_thinking().unwrap(), "<think>\npositive? not sure</think>negative");
     assert!(c.is_complete());
     let mut c = f.start_after_thinking().unwrap();
-    assert!(!c.advance(b"</think>\n\nmaybe"));
+    assert!(!c.advance(b"</think>maybe"));
+    // No whitespace is taken between the thinking and the choice but what the choice holds.
+    let mut c = f.start_after_thinking().unwrap();
+    assert!(!c.advance(b"</think>\n\npositive"));
+    let f = choice(&[" yes", ""]);
+    let mut c = f.start_after_thinking().unwrap();
+    assert!(c.advance(b"<think>hm</think>") && c.is_complete(), "an empty answer may end at once");
+    assert!(c.advance(b" yes") && c.is_complete());
 }
