@@ -28,7 +28,7 @@ fn models_health_and_openapi() {
     assert_eq!(models["data"][0]["id"], "qwen-test");
     assert_eq!(s.get("/health").status, 200);
     let spec = s.get("/openapi.json").json();
-    for path in ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/responses/{id}", "/infill", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/responses/{id}", "/v1/messages", "/v1/messages/count_tokens", "/infill", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
         assert!(spec["paths"][path].is_object(), "openapi lacks {path}");
     }
 }
@@ -242,6 +242,9 @@ fn api_key_guards_the_api_but_not_health_or_metrics() {
     assert_eq!(e["type"], "authentication_error");
     s.get_with("/v1/models", &[("Authorization", "Bearer wrong")]).error(401);
     assert_eq!(s.get_with("/v1/models", &[("Authorization", "Bearer sekret")]).status, 200);
+    // Anthropic's clients send the key as `x-api-key`.
+    assert_eq!(s.get_with("/v1/models", &[("x-api-key", "sekret")]).status, 200);
+    s.get_with("/v1/models", &[("x-api-key", "wrong")]).error(401);
     assert_eq!(s.get("/health").status, 200);
     assert_eq!(s.get("/metrics").status, 200);
 }

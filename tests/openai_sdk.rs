@@ -1,9 +1,10 @@
-//! The official `openai` Python SDK (pinned in tests/openai_sdk/requirements.txt, installed
+//! The official `openai` (and `anthropic`) Python SDKs (pinned in tests/openai_sdk/requirements.txt, installed
 //! into a venv by scripts/test.sh, which exports QWEN_SERVE_SDK_PYTHON) against a real
 //! `qwen-serve serve` process: chat plain and streamed with usage, completions with echo and
 //! logprobs, structured output parsed into pydantic models (`chat.completions.parse`: `$defs`,
 //! formats, bounds, a dict, a discriminated union), vLLM's `structured_outputs` through
-//! `extra_body`, the Responses API (whole, streamed, continued, retrieved), models list, and errors surfacing as the SDK's typed exceptions.
+//! `extra_body`, the Responses API (whole, streamed, continued, retrieved), Anthropic's SDK
+//! on `/v1/messages`, models list, and errors surfacing as the SDK's typed exceptions.
 
 mod common;
 

@@ -7,6 +7,7 @@ mod completions;
 mod fim;
 mod generation;
 mod infill;
+mod messages;
 pub mod metrics;
 mod misc;
 mod openapi;

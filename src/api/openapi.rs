@@ -43,6 +43,8 @@ pub fn spec() -> Value {
     let ok = |description: &str| json!({"description": description, "content": {"application/json": {}, "text/event-stream": {}}});
     let mut post_responses = error_responses();
     post_responses["200"] = ok("the result, or SSE chunks ending in `data: [DONE]` when `stream` is true");
+    let mut messages_api = error_responses();
+    messages_api["200"] = ok("the message, or Anthropic's SSE events (`message_start`, `content_block_delta`, ..., `message_stop`) when `stream` is true");
     let mut responses_api = error_responses();
     responses_api["200"] = ok("the response object, or its typed SSE events (`event: response.output_text.delta`, ...) ending in `response.completed` / `response.incomplete` when `stream` is true");
     json!({
@@ -102,6 +104,14 @@ pub fn spec() -> Value {
                     "previous_response_id": {"type": "string"},
                     "metadata": {"type": "object"},
                     "structured_outputs": structured_outputs()}))},
+                "MessagesRequest": {"type": "object", "required": ["messages"], "properties": with(sampling_properties(), json!({
+                    "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"], "properties": {"role": {"type": "string", "enum": ["user", "assistant"]},
+                        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "description": "a text, thinking, tool_use or tool_result block"}}]}}}},
+                    "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                    "stop_sequences": {"type": "array", "items": {"type": "string"}},
+                    "tools": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "input_schema": {"type": "object"}}}},
+                    "tool_choice": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["auto", "any", "none", "tool"]}, "name": {"type": "string"}, "disable_parallel_tool_use": {"type": "boolean"}}},
+                    "thinking": {"type": "object", "properties": {"type": {"type": "string", "enum": ["enabled", "disabled"]}, "budget_tokens": {"type": "integer"}}}}))},
                 "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
                 "DetokenizeRequest": {"type": "object", "required": ["tokens"], "properties": {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
             }
@@ -114,6 +124,8 @@ pub fn spec() -> Value {
             "/v1/responses/{id}": {
                 "get": {"summary": "A stored response", "responses": {"200": {"description": "the response object", "content": {"application/json": {}}}, "404": error_responses()["404"]}},
                 "delete": {"summary": "Forget a stored response", "responses": {"200": {"description": "`{\"id\", \"object\": \"response\", \"deleted\": true}`", "content": {"application/json": {}}}, "404": error_responses()["404"]}}},
+            "/v1/messages": {"post": {"summary": "Anthropic's Messages API", "requestBody": json_body("MessagesRequest"), "responses": messages_api}},
+            "/v1/messages/count_tokens": {"post": {"summary": "The prompt tokens a /v1/messages request would take", "requestBody": json_body("MessagesRequest"), "responses": {"200": {"description": "`{\"input_tokens\": N}`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {"description": "model list", "content": {"application/json": {}}}, "401": error_responses()["401"]}}},
             "/infill": {"post": {"summary": "Fill in the middle, as llama.cpp's /infill (its request and response shapes)", "requestBody": json_body("InfillRequest"), "responses": {"200": {"description": "llama.cpp's completion object, or its SSE chunks with `stream`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/tokenize": {"post": {"summary": "Text or chat messages to token ids", "requestBody": json_body("TokenizeRequest"), "responses": {"200": {"description": "tokens", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},

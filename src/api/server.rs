@@ -17,7 +17,7 @@ use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
 use super::state::AppState;
-use super::{chat, completions, infill, misc, responses};
+use super::{chat, completions, infill, messages, misc, responses};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub fn router(state: AppState, opts: &ServerOptions) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses::create))
+        .route("/v1/messages", post(messages::create))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/infill", post(infill::infill))
         .route("/v1/models", get(misc::models))
@@ -73,15 +75,13 @@ async fn reject_declared_oversize(State(limit): State<usize>, req: Request, next
     next.run(req).await
 }
 
-/// `Authorization: Bearer <key>`, compared in constant time.
+/// `Authorization: Bearer <key>` (or `x-api-key: <key>`, as Anthropic's clients send it),
+/// compared in constant time.
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let headers = req.headers();
+        let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).unwrap_or("");
         if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
             return ApiError::unauthorized().into_response();
         }

@@ -70,6 +70,22 @@ follow = client.responses.create(model=MODEL, input="Now in Rust.", previous_res
 check("responses previous_response_id", follow.previous_response_id == resp.id and len(follow.output_text) > 0, follow)
 check("responses.retrieve", client.responses.retrieve(resp.id).output_text == text, resp.id)
 
+# Anthropic's SDK against /v1/messages (its key goes as `x-api-key`): the same greedy text.
+import anthropic  # noqa: E402
+
+claude = anthropic.Anthropic(base_url=base_url, api_key="test-key")
+fib = [{"role": "user", "content": FIB}]
+# This SDK version takes no `temperature` argument; the API field still works.
+greedy = {"temperature": 0}
+msg = claude.messages.create(model=MODEL, max_tokens=12, messages=fib, extra_body=greedy)
+check("anthropic messages.create", msg.content[0].text == text and msg.stop_reason == "max_tokens", msg)
+with claude.messages.stream(model=MODEL, max_tokens=12, messages=fib, extra_body=greedy) as s:
+    streamed = "".join(s.text_stream)
+    final = s.get_final_message()
+check("anthropic messages.stream", streamed == text and final.usage.output_tokens == 12, (streamed, final))
+counted = claude.messages.count_tokens(model=MODEL, messages=fib)
+check("anthropic count_tokens", counted.input_tokens == chat.usage.prompt_tokens, counted)
+
 completion = client.completions.create(
     model=MODEL, prompt="def quicksort(arr):", max_tokens=3, temperature=0, echo=True, logprobs=2
 )

@@ -1,0 +1,264 @@
+//! `POST /v1/messages` and `POST /v1/messages/count_tokens`: Anthropic's Messages API, as
+//! llama.cpp and vLLM serve it, for clients written against it. A request becomes the chat
+//! request it stands for (`system` as the system message, `tool_use` / `tool_result` blocks as
+//! tool calls and tool messages, `input_schema` tools) and runs through `super::chat`; the
+//! output comes back as `thinking`, `text` and `tool_use` blocks, whole or as Anthropic's
+//! stream events (`stream.rs`).
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::chat::{message, prepare, submit, Submitted};
+use super::generation::{collect, random_id, Timing};
+use super::sse::sse_response;
+use super::state::{ApiJson, AppState};
+use super::tool_parser::ToolCall;
+use super::types::{ChatCompletionRequest, ChatMessage, SamplingFields, StringOrList, StructuredOutputFields};
+use crate::engine::{FinishReason, StopReason};
+use crate::error::ApiError;
+
+mod stream;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessagesRequest {
+    pub messages: Vec<Value>,
+    /// A string, or text blocks.
+    pub system: Option<Value>,
+    pub stop_sequences: Option<Vec<String>>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    /// `{"type": "enabled", "budget_tokens": N}` turns a Qwen3 template's thinking on (the
+    /// budget is not enforced), `{"type": "disabled"}` off.
+    pub thinking: Option<Value>,
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<MessagesRequest>) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let Submitted { stream, ctx, num_prompt_tokens, .. } = submit(&state, &to_chat(&req, &state)?).map_err(renamed)?;
+    let id = random_id("msg").replacen('-', "_", 1);
+    let mut timing = Timing::new(started);
+    if req.sampling.stream {
+        let metrics = state.metrics.clone();
+        let model = ctx.model.clone();
+        return Ok(sse_response(move |tx| async move {
+            stream::run(&id, &model, &ctx, stream, num_prompt_tokens, &mut timing, &tx).await;
+            let (ttft, tpot, e2e) = timing.summary();
+            metrics.observe_generation(ttft, tpot, e2e);
+        }));
+    }
+    let collected = collect(stream, 1, &mut timing).await?;
+    let (ttft, tpot, e2e) = timing.summary();
+    state.metrics.observe_generation(ttft, tpot, e2e);
+    let c = &collected.choices[0];
+    let (reasoning, text, calls) = ctx.parse(&c.text);
+    let mut content = vec![];
+    if let Some(thinking) = reasoning {
+        content.push(json!({"type": "thinking", "thinking": thinking, "signature": ""}));
+    }
+    if let Some(text) = text.filter(|t| !t.is_empty()) {
+        content.push(json!({"type": "text", "text": text}));
+    }
+    content.extend(calls.iter().map(tool_use));
+    let (stop_reason, stop_sequence) = stop_reason(c.finish_reason, c.stop_reason.as_ref(), !calls.is_empty());
+    Ok(Json(json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": ctx.model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {"input_tokens": num_prompt_tokens, "output_tokens": c.usage.num_output_tokens, "cache_read_input_tokens": c.usage.num_cached_tokens, "cache_creation_input_tokens": 0},
+    }))
+    .into_response())
+}
+
+/// The prompt's tokens as the template renders them (what `input_tokens` will be).
+pub async fn count_tokens(State(state): State<AppState>, ApiJson(req): ApiJson<MessagesRequest>) -> Result<Json<Value>, ApiError> {
+    let (request, _) = prepare(&state, &to_chat(&req, &state)?).map_err(renamed)?;
+    Ok(Json(json!({"input_tokens": request.prompt.len()})))
+}
+
+/// An error from the chat path: its messages are numbered as rendered (the system message
+/// first, tool results apart), so a message's field is named as `messages`.
+fn renamed(mut e: ApiError) -> ApiError {
+    if let Some(old) = e.param.take_if(|p| p.starts_with("messages[")) {
+        e.message = e.message.replace(&format!("`{old}`"), "`messages`");
+        e.param = Some("messages".into());
+    }
+    e
+}
+
+/// Anthropic's reasons: `max_tokens`, `stop_sequence` (with the string), `tool_use`, or
+/// `end_turn`.
+fn stop_reason(finish: Option<FinishReason>, stop: Option<&StopReason>, called: bool) -> (&'static str, Option<String>) {
+    match (finish, stop) {
+        (Some(FinishReason::Length), _) => ("max_tokens", None),
+        (_, Some(StopReason::String(s))) => ("stop_sequence", Some(s.clone())),
+        _ if called => ("tool_use", None),
+        _ => ("end_turn", None),
+    }
+}
+
+fn tool_use(call: &ToolCall) -> Value {
+    let input: Value = serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}));
+    json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input})
+}
+
+/// The chat request `req` stands for.
+fn to_chat(req: &MessagesRequest, state: &AppState) -> Result<ChatCompletionRequest, ApiError> {
+    if req.sampling.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid("n", "/v1/messages makes one output; `n` must be 1"));
+    }
+    let mut messages = vec![];
+    if let Some(system) = req.system.as_ref().filter(|s| !s.is_null()) {
+        messages.push(message("system", Some(text_blocks(system, "system")?)));
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        push_message(&mut messages, m, i)?;
+    }
+    let mut sampling = req.sampling.clone();
+    if let Some(stops) = &req.stop_sequences {
+        sampling.stop = Some(StringOrList::Many(stops.clone()));
+    }
+    let mut kwargs = req.chat_template_kwargs.clone();
+    if let Some(kind) = req.thinking.as_ref().and_then(|t| t.get("type")).and_then(Value::as_str) {
+        if !matches!(kind, "enabled" | "disabled" | "adaptive") {
+            return Err(ApiError::invalid("thinking.type", format!("`thinking.type` must be \"enabled\" or \"disabled\"; got {kind:?}")));
+        }
+        if state.reasoning {
+            kwargs.get_or_insert_with(Map::new).entry("enable_thinking").or_insert(Value::Bool(kind != "disabled"));
+        }
+    }
+    let (tool_choice, parallel) = match req.tool_choice.as_ref().filter(|c| !c.is_null()) {
+        None => (None, None),
+        Some(choice) => {
+            let parallel = choice.get("disable_parallel_tool_use").and_then(Value::as_bool).map(|d| !d);
+            let chat_choice = match (choice.get("type").and_then(Value::as_str), choice.get("name").and_then(Value::as_str)) {
+                (Some("auto"), _) => json!("auto"),
+                (Some("any"), _) => json!("required"),
+                (Some("none"), _) => json!("none"),
+                (Some("tool"), Some(name)) => json!({"type": "function", "function": {"name": name}}),
+                _ => return Err(ApiError::invalid("tool_choice", format!("`tool_choice` must be {{\"type\": \"auto\" | \"any\" | \"none\"}} or {{\"type\": \"tool\", \"name\": ...}}; got {choice}"))),
+            };
+            (Some(chat_choice), parallel)
+        }
+    };
+    Ok(ChatCompletionRequest {
+        messages,
+        sampling,
+        logprobs: false,
+        top_logprobs: None,
+        return_tokens_as_token_ids: false,
+        tools: req.tools.as_ref().map(|t| tools(t)).transpose()?,
+        tool_choice,
+        parallel_tool_calls: parallel,
+        chat_template_kwargs: kwargs,
+        response_format: None,
+        structured: StructuredOutputFields::default(),
+    })
+}
+
+/// One Anthropic message as chat messages: a user turn's `tool_result` blocks become tool
+/// messages (before its text), an assistant turn's `thinking` its reasoning and `tool_use`
+/// blocks its tool calls.
+fn push_message(messages: &mut Vec<ChatMessage>, m: &Value, i: usize) -> Result<(), ApiError> {
+    let field = format!("messages[{i}]");
+    let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+    if !matches!(role, "user" | "assistant") {
+        return Err(ApiError::invalid(format!("{field}.role"), format!("`{field}.role` must be \"user\" or \"assistant\"; got {role:?}")));
+    }
+    let blocks = match m.get("content") {
+        Some(Value::String(text)) => {
+            messages.push(message(role, Some(text.clone())));
+            return Ok(());
+        }
+        Some(Value::Array(blocks)) => blocks,
+        _ => return Err(ApiError::invalid(format!("{field}.content"), format!("`{field}.content` must be a string or a list of content blocks"))),
+    };
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut calls = vec![];
+    for (j, block) in blocks.iter().enumerate() {
+        let at = format!("{field}.content[{j}]");
+        let str_of = |key: &str| block.get(key).and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("{at}.{key}"), format!("`{at}.{key}` must be a string")));
+        match (role, block.get("type").and_then(Value::as_str).unwrap_or("")) {
+            (_, "text") => text.push_str(str_of("text")?),
+            ("assistant", "thinking") => reasoning.push_str(str_of("thinking")?),
+            ("assistant", "redacted_thinking") => {}
+            ("assistant", "tool_use") => {
+                let input = block.get("input").filter(|v| v.is_object()).ok_or_else(|| ApiError::invalid(format!("{at}.input"), format!("`{at}.input` must be an object")))?;
+                calls.push(json!({"id": str_of("id")?, "type": "function", "function": {"name": str_of("name")?, "arguments": input.to_string()}}));
+            }
+            ("user", "tool_result") => {
+                let content = match block.get("content") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(c) => text_blocks(c, &format!("{at}.content"))?,
+                };
+                let mut tool = message("tool", Some(content));
+                tool.tool_call_id = Some(str_of("tool_use_id")?.to_string());
+                messages.push(tool);
+            }
+            (_, kind) => return Err(ApiError::invalid(format!("{at}.type"), format!("content blocks of type {kind:?} are not supported in a {role} message (text, thinking, tool_use, tool_result)"))),
+        }
+    }
+    if role == "assistant" {
+        let mut m = message("assistant", Some(text).filter(|t| !t.is_empty()));
+        m.reasoning_content = Some(reasoning).filter(|r| !r.is_empty());
+        m.tool_calls = Some(calls).filter(|c| !c.is_empty());
+        messages.push(m);
+    } else if !text.is_empty() || blocks.is_empty() {
+        messages.push(message("user", Some(text)));
+    }
+    Ok(())
+}
+
+/// A string, or `text` blocks joined.
+fn text_blocks(value: &Value, field: &str) -> Result<String, ApiError> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(blocks) => blocks
+            .iter()
+            .enumerate()
+            .map(|(j, b)| match (b.get("type").and_then(Value::as_str), b.get("text").and_then(Value::as_str)) {
+                (Some("text"), Some(t)) => Ok(t),
+                (kind, _) => Err(ApiError::invalid(format!("{field}[{j}]"), format!("only text blocks are supported here; `{field}[{j}]` has type {kind:?}"))),
+            })
+            .collect(),
+        _ => Err(ApiError::invalid(field, format!("`{field}` must be a string or a list of text blocks"))),
+    }
+}
+
+/// Client tools (`name`, `description`, `input_schema`) in chat's shape; Anthropic's server
+/// tools (web search, code execution, ...) are refused.
+fn tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let custom = t.get("type").and_then(Value::as_str).is_none_or(|k| k == "custom");
+            match (custom, t.get("name").and_then(Value::as_str)) {
+                (true, Some(name)) => {
+                    let mut function = json!({"name": name});
+                    if let Some(d) = t.get("description").filter(|d| !d.is_null()) {
+                        function["description"] = d.clone();
+                    }
+                    if let Some(schema) = t.get("input_schema").filter(|s| !s.is_null()) {
+                        function["parameters"] = schema.clone();
+                    }
+                    Ok(json!({"type": "function", "function": function}))
+                }
+                (true, None) => Err(ApiError::invalid(format!("tools[{i}].name"), format!("`tools[{i}].name` must be a string"))),
+                (false, _) => Err(ApiError::invalid(format!("tools[{i}]"), format!("only client tools (`name`, `input_schema`) are supported; `tools[{i}]` has type {}", t["type"]))),
+            }
+        })
+        .collect()
+}

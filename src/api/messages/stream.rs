@@ -1,0 +1,124 @@
+//! A message streamed as Anthropic's events: `message_start`, then per content block
+//! `content_block_start`, its `content_block_delta`s (`thinking_delta`, `text_delta`,
+//! `input_json_delta`) and `content_block_stop`, then `message_delta` (the stop reason and
+//! output tokens) and `message_stop`.
+
+use serde_json::{json, Value};
+
+use super::{stop_reason, tool_use};
+use crate::api::chat::ChatContext;
+use crate::api::generation::Timing;
+use crate::api::sse::SseSender;
+use crate::api::tool_parser::ToolCall;
+use crate::api::types::Delta;
+use crate::engine::{Event, FinishReason, RequestStream};
+
+pub(super) async fn run(id: &str, model: &str, ctx: &ChatContext, mut stream: RequestStream, num_prompt_tokens: usize, timing: &mut Timing, tx: &SseSender) {
+    let start = json!({"message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": num_prompt_tokens, "output_tokens": 0}}});
+    let mut w = Writer { tx, index: 0, open: None, called: false };
+    if !w.send("message_start", start).await {
+        return;
+    }
+    let mut parse = ctx.choice_stream();
+    loop {
+        let Some(event) = stream.recv().await else {
+            w.send("error", json!({"error": {"type": "api_error", "message": "the engine stopped before the request finished"}})).await;
+            return;
+        };
+        match event {
+            Event::PromptLogprobs(_) => {}
+            Event::Token { text, .. } => {
+                timing.token();
+                if !w.delta(parse.delta(&text, false)).await {
+                    return;
+                }
+            }
+            Event::Finished { reason, stop_reason: stop, text, usage, .. } => {
+                if reason == FinishReason::Abort {
+                    w.send("error", json!({"error": {"type": "api_error", "message": "generation was aborted by the engine"}})).await;
+                    return;
+                }
+                if !w.delta(parse.delta(&text, true)).await || !w.close().await {
+                    return;
+                }
+                let (stop_reason, stop_sequence) = stop_reason(Some(reason), stop.as_ref(), w.called);
+                let delta = json!({"delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": {"output_tokens": usage.num_output_tokens}});
+                if w.send("message_delta", delta).await {
+                    w.send("message_stop", json!({})).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The kind of block being streamed.
+#[derive(PartialEq)]
+enum Open {
+    Thinking,
+    Text,
+}
+
+struct Writer<'a> {
+    tx: &'a SseSender,
+    /// The next block's index.
+    index: usize,
+    open: Option<Open>,
+    called: bool,
+}
+
+impl Writer<'_> {
+    async fn send(&self, kind: &str, mut payload: Value) -> bool {
+        payload["type"] = kind.into();
+        self.tx.event(kind, &payload).await
+    }
+
+    async fn delta(&mut self, delta: Delta) -> bool {
+        if let Some(text) = delta.reasoning_content {
+            if !self.block(Open::Thinking, json!({"type": "thinking", "thinking": "", "signature": ""}), json!({"type": "thinking_delta", "thinking": text})).await {
+                return false;
+            }
+        }
+        if let Some(text) = delta.content {
+            if !self.block(Open::Text, json!({"type": "text", "text": ""}), json!({"type": "text_delta", "text": text})).await {
+                return false;
+            }
+        }
+        for call in delta.tool_calls {
+            let call = ToolCall { id: call.id, name: call.function.name, arguments: call.function.arguments };
+            let mut start = tool_use(&call);
+            let input = std::mem::replace(&mut start["input"], json!({}));
+            if !self.close().await
+                || !self.send("content_block_start", json!({"index": self.index, "content_block": start})).await
+                || !self.send("content_block_delta", json!({"index": self.index, "delta": {"type": "input_json_delta", "partial_json": input.to_string()}})).await
+                || !self.send("content_block_stop", json!({"index": self.index})).await
+            {
+                return false;
+            }
+            self.index += 1;
+            self.called = true;
+        }
+        true
+    }
+
+    /// `delta` into a block of `kind`, opening one (`start`) after closing any other.
+    async fn block(&mut self, kind: Open, start: Value, delta: Value) -> bool {
+        if self.open.as_ref() != Some(&kind) {
+            if !self.close().await || !self.send("content_block_start", json!({"index": self.index, "content_block": start})).await {
+                return false;
+            }
+            self.open = Some(kind);
+        }
+        self.send("content_block_delta", json!({"index": self.index, "delta": delta})).await
+    }
+
+    async fn close(&mut self) -> bool {
+        if self.open.take().is_none() {
+            return true;
+        }
+        let ok = self.send("content_block_stop", json!({"index": self.index})).await;
+        self.index += 1;
+        ok
+    }
+}
