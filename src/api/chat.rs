@@ -31,13 +31,11 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
         let metrics = state.metrics.clone();
         return Ok(sse_response(move |tx| async move {
             stream_chat(ctx, stream, n, num_prompt_tokens, include_usage, &mut timing, &tx).await;
-            let (ttft, tpot, e2e) = timing.summary();
-            metrics.observe_generation(ttft, tpot, e2e);
+            timing.record(&metrics);
         }));
     }
     let collected = collect(stream, n, &mut timing).await?;
-    let (ttft, tpot, e2e) = timing.summary();
-    state.metrics.observe_generation(ttft, tpot, e2e);
+    timing.record(&state.metrics);
     let choices = collected
         .choices
         .iter()

@@ -80,8 +80,7 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
         let metrics = state.metrics.clone();
         return Ok(sse_response(move |tx| async move {
             stream_completions(&ctx, streams, prompts, n, include_usage, &mut timing, &tx).await;
-            let (ttft, tpot, e2e) = timing.summary();
-            metrics.observe_generation(ttft, tpot, e2e);
+            timing.record(&metrics);
         }));
     }
     let mut choices = vec![];
@@ -96,8 +95,7 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
             choices.push(CompletionChoice { index: p * n + j, text, logprobs: lp, finish_reason: Some(c.finish_reason.unwrap_or(FinishReason::Stop).as_str()) });
         }
     }
-    let (ttft, tpot, e2e) = timing.summary();
-    state.metrics.observe_generation(ttft, tpot, e2e);
+    timing.record(&state.metrics);
     let body = Completion {
         id: ctx.id,
         object: "text_completion",

@@ -7,6 +7,7 @@ use crate::engine::sampler::Logprobs;
 use crate::engine::{Event, FinishReason, RequestStream, StopReason, Usage};
 use crate::error::ApiError;
 
+use super::metrics::Metrics;
 use super::types;
 
 /// Per-request latency bookkeeping: arrival, first token, last token.
@@ -27,6 +28,12 @@ impl Timing {
         self.first.get_or_insert(now);
         self.last = Some(now);
         self.num_tokens += 1;
+    }
+
+    /// Adds this request's latencies to the metrics' histograms.
+    pub fn record(&self, metrics: &Metrics) {
+        let (ttft, tpot, e2e) = self.summary();
+        metrics.observe_generation(ttft, tpot, e2e);
     }
 
     /// (TTFT, TPOT, end-to-end).

@@ -113,8 +113,7 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): ApiJson<InfillR
                     Event::Finished { reason: FinishReason::Abort, .. } => break,
                     Event::Finished { reason, stop_reason, text, usage, .. } => {
                         tx.json(&reply(&model, text, reason, stop_reason.as_ref(), usage, &timing)).await;
-                        let (ttft, tpot, e2e) = timing.summary();
-                        metrics.observe_generation(ttft, tpot, e2e);
+                        timing.record(&metrics);
                         return;
                     }
                 }
@@ -127,8 +126,7 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): ApiJson<InfillR
     if c.finish_reason == Some(FinishReason::Abort) {
         return Err(ApiError::internal("generation was aborted by the engine"));
     }
-    let (ttft, tpot, e2e) = timing.summary();
-    state.metrics.observe_generation(ttft, tpot, e2e);
+    timing.record(&state.metrics);
     Ok(Json(reply(&model, c.text, c.finish_reason.unwrap_or(FinishReason::Stop), c.stop_reason.as_ref(), c.usage, &timing)).into_response())
 }
 

@@ -50,13 +50,11 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Message
         let model = ctx.model.clone();
         return Ok(sse_response(move |tx| async move {
             stream::run(&id, &model, &ctx, stream, num_prompt_tokens, &mut timing, &tx).await;
-            let (ttft, tpot, e2e) = timing.summary();
-            metrics.observe_generation(ttft, tpot, e2e);
+            timing.record(&metrics);
         }));
     }
     let collected = collect(stream, 1, &mut timing).await?;
-    let (ttft, tpot, e2e) = timing.summary();
-    state.metrics.observe_generation(ttft, tpot, e2e);
+    timing.record(&state.metrics);
     let c = &collected.choices[0];
     let (reasoning, text, calls) = ctx.parse(&c.text);
     let mut content = vec![];

@@ -81,13 +81,11 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Respons
             if let (Some((response, message)), true) = (finished, store) {
                 responses.insert(&echo.id, with_output(conversation, message), response);
             }
-            let (ttft, tpot, e2e) = timing.summary();
-            metrics.observe_generation(ttft, tpot, e2e);
+            timing.record(&metrics);
         }));
     }
     let collected = collect(stream, 1, &mut timing).await?;
-    let (ttft, tpot, e2e) = timing.summary();
-    state.metrics.observe_generation(ttft, tpot, e2e);
+    timing.record(&state.metrics);
     let c = &collected.choices[0];
     let (reasoning, content, calls) = ctx.parse(&c.text);
     let message = assistant_message(&content, &reasoning, &calls);
