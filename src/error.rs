@@ -43,7 +43,7 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
-            message: "Incorrect API key provided. Pass it as `Authorization: Bearer <key>`.".into(),
+            message: "Incorrect API key provided. Pass it as `Authorization: Bearer <key>` (or `x-api-key: <key>`).".into(),
             param: None,
             code: Some("invalid_api_key"),
         }

@@ -686,3 +686,25 @@ fn structured_outputs_hold_the_output_to_a_choice_or_a_regex() {
         assert!(e["message"].as_str().unwrap().contains(&format!("`{param}")) || param == "tool_choice", "{extra}: {e}");
     }
 }
+
+/// vLLM's `continue_final_message`: the reply goes on from a last assistant message, as a
+/// completion of the rendered conversation cut after that message's text does.
+#[test]
+fn continue_final_message_goes_on_from_a_prefill() {
+    let s = server();
+    let prefix = "def fibonacci(n):";
+    let turns = json!([{"role": "user", "content": FIB}, {"role": "assistant", "content": prefix}]);
+    let c = s.post("/v1/chat/completions", &json!({"messages": turns, "continue_final_message": true, "add_generation_prompt": false, "max_tokens": 16, "temperature": 0}).to_string()).json();
+    let tokens = s.post("/tokenize", &json!({"messages": [{"role": "user", "content": FIB}], "add_generation_prompt": true}).to_string()).json()["tokens"].clone();
+    let opened = s.post("/detokenize", &json!({"tokens": tokens}).to_string()).json()["prompt"].as_str().unwrap().to_string();
+    let completion = s.post("/v1/completions", &json!({"prompt": format!("{opened}{prefix}"), "max_tokens": 16, "temperature": 0}).to_string()).json();
+    let text = c["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(text, completion["choices"][0]["text"].as_str().unwrap());
+    assert!(!text.starts_with("def fibonacci"), "{text}");
+    assert_eq!(c["usage"]["prompt_tokens"], completion["usage"]["prompt_tokens"]);
+
+    let e = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": FIB}], "continue_final_message": true}).to_string()).error(400);
+    assert_eq!(e["param"], "continue_final_message");
+    let e = s.post("/v1/chat/completions", &json!({"messages": turns, "continue_final_message": true, "add_generation_prompt": true}).to_string()).error(400);
+    assert_eq!(e["param"], "continue_final_message");
+}

@@ -40,7 +40,14 @@ fn a_message_is_the_chat_completion_of_its_conversation() {
     assert_eq!(text_of(&m), c["choices"][0]["message"]["content"].as_str().unwrap());
     assert_eq!(m["stop_reason"], "max_tokens");
     assert!(m["stop_sequence"].is_null());
-    assert_eq!(m["usage"]["input_tokens"], c["usage"]["prompt_tokens"]);
+    // Input, cache reads and cache writes add up to the prompt (the second time, its blocks
+    // come from the prefix cache).
+    let prompt_tokens = c["usage"]["prompt_tokens"].as_u64().unwrap();
+    let again = message(json!({"max_tokens": 1, "messages": [{"role": "user", "content": FIB}]}));
+    for m in [&m, &again] {
+        assert_eq!(m["usage"]["input_tokens"].as_u64().unwrap() + m["usage"]["cache_read_input_tokens"].as_u64().unwrap(), prompt_tokens, "{m}");
+    }
+    assert!(again["usage"]["cache_read_input_tokens"].as_u64().unwrap() > 0, "{again}");
     assert_eq!(m["usage"]["output_tokens"], 12);
     let counted = server().post("/v1/messages/count_tokens", &json!({"messages": [{"role": "user", "content": FIB}]}).to_string()).json();
     assert_eq!(counted["input_tokens"], c["usage"]["prompt_tokens"]);
@@ -79,12 +86,15 @@ fn streamed_events_build_the_same_message() {
     }
     assert_eq!(names[..3], ["message_start", "content_block_start", "content_block_delta"]);
     assert_eq!(names[names.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
-    assert_eq!(events[0].1["message"]["usage"]["input_tokens"], whole["usage"]["input_tokens"]);
+    let prompt_tokens = |u: &Value| u["input_tokens"].as_u64().unwrap() + u["cache_read_input_tokens"].as_u64().unwrap_or(0);
+    // `message_start` cannot know the cache hits yet: its input is the whole prompt.
+    assert_eq!(prompt_tokens(&events[0].1["message"]["usage"]), prompt_tokens(&whole["usage"]));
     let text: String = events.iter().filter(|(n, _)| n == "content_block_delta").map(|(_, d)| d["delta"]["text"].as_str().unwrap()).collect();
     assert_eq!(text, text_of(&whole));
     let delta = &events[events.len() - 2].1;
     assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
     assert_eq!(delta["usage"]["output_tokens"], 16);
+    assert_eq!(prompt_tokens(&delta["usage"]), prompt_tokens(&whole["usage"]));
 }
 
 #[test]
@@ -118,12 +128,42 @@ fn tool_use_and_tool_results() {
     assert_eq!(events[events.len() - 2].1["delta"]["stop_reason"], "tool_use");
 }
 
+/// A last assistant turn is a prefill (the reply goes on from it, as chat's
+/// `continue_final_message`); system turns among the messages, tool errors and JSON output
+/// (`output_config.format`) are taken.
+#[test]
+fn prefill_system_turns_tool_errors_and_json_output() {
+    let prefill = json!([{"role": "user", "content": FIB}, {"role": "assistant", "content": "def fibonacci(n):"}]);
+    let m = message(json!({"max_tokens": 16, "temperature": 0, "messages": prefill}));
+    let c = chat(json!({"messages": prefill, "continue_final_message": true, "max_tokens": 16}));
+    assert_eq!(text_of(&m), c["choices"][0]["message"]["content"].as_str().unwrap());
+
+    let m = message(json!({"max_tokens": 12, "temperature": 0, "messages": [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "What color is the sky?"}]}));
+    let c = chat(json!({"messages": [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "What color is the sky?"}], "max_tokens": 12}));
+    assert_eq!(text_of(&m), c["choices"][0]["message"]["content"].as_str().unwrap());
+
+    let counted = |result: Value| {
+        let turns = json!([{"role": "user", "content": "Call f."}, {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+            {"role": "user", "content": [result]}]);
+        server().post("/v1/messages/count_tokens", &json!({"messages": turns}).to_string()).json()["input_tokens"].as_u64().unwrap()
+    };
+    let ok = counted(json!({"type": "tool_result", "tool_use_id": "t1", "content": "no such file"}));
+    let failed = counted(json!({"type": "tool_result", "tool_use_id": "t1", "content": "no such file", "is_error": true}));
+    assert!(failed > ok, "the model is told the tool failed");
+
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]});
+    let m = message(json!({"max_tokens": 60, "temperature": 0, "messages": [{"role": "user", "content": "Describe a cat named Tom, aged 3, as JSON."}],
+        "output_config": {"format": {"type": "json_schema", "schema": schema}}}));
+    let v: Value = serde_json::from_str(&text_of(&m)).unwrap_or_else(|e| panic!("{e}: {m}"));
+    assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+}
+
 #[test]
 fn bad_requests_name_their_field() {
     let s = server();
     let user = json!([{"role": "user", "content": "x"}]);
     let cases = [
-        (json!({"messages": [{"role": "system", "content": "x"}]}), "messages[0].role"),
+        (json!({"messages": [{"role": "tool", "content": "x"}]}), "messages[0].role"),
         (json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}), "messages[0].content[0].type"),
         (json!({"messages": [{"role": "user", "content": 5}]}), "messages[0].content"),
         (json!({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": "x"}]}]}), "messages[0].content[0].input"),
@@ -132,6 +172,9 @@ fn bad_requests_name_their_field() {
         (json!({"messages": user, "thinking": {"type": "maybe"}}), "thinking.type"),
         (json!({"messages": user, "system": [{"type": "image"}]}), "system[0]"),
         (json!({"messages": user, "max_tokens": 0}), "max_tokens"),
+        (json!({"messages": user, "thinking": "on"}), "thinking.type"),
+        (json!({"messages": user, "output_config": {"format": {"type": "regex"}}}), "output_config.format"),
+        (json!({"messages": user, "stop_sequences": ["x"], "tools": [{"name": "f"}], "tool_choice": {"type": "any"}}), "stop_sequences"),
     ];
     for (body, param) in cases {
         let e = s.post("/v1/messages", &body.to_string()).error(400);

@@ -112,7 +112,15 @@ pub(super) fn prepare(state: &AppState, req: &ChatCompletionRequest) -> Result<(
     let mut kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     // JSON mode holds the whole output to the object, so a thinking model answers without thinking.
     kwargs.entry("enable_thinking").or_insert(Value::Bool(state.default_enable_thinking && !json));
-    let prompt_text = template.render(&messages, tools.as_deref(), true, &kwargs)?;
+    let prompt_text = match final_message_prefix(req)? {
+        None => template.render(&messages, tools.as_deref(), req.add_generation_prompt != Some(false), &kwargs)?,
+        // vLLM's `continue_final_message`: the turn left open, cut right after its text.
+        Some(prefix) => {
+            let rendered = template.render(&messages, tools.as_deref(), false, &kwargs)?;
+            let end = rendered.rfind(prefix).ok_or_else(|| ApiError::invalid("continue_final_message", "the chat template does not render the final message's text as sent, so it cannot be continued"))?;
+            rendered[..end + prefix.len()].to_string()
+        }
+    };
     let prompt = engine.tokenizer().encode(&prompt_text)?;
     let mut params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), engine.default_max_tokens(prompt.len()), logprobs, engine.sampling_defaults())?;
     params.format = format;
@@ -133,6 +141,22 @@ pub(super) fn prepare(state: &AppState, req: &ChatCompletionRequest) -> Result<(
         token_ids: req.return_tokens_as_token_ids,
     };
     Ok((EngineRequest { prompt, params }, ctx))
+}
+
+/// The final message's text when the request continues it (`continue_final_message`, an
+/// assistant turn the output goes on from); `None` when a new turn is to be generated.
+fn final_message_prefix(req: &ChatCompletionRequest) -> Result<Option<&str>, ApiError> {
+    if !req.continue_final_message {
+        return Ok(None);
+    }
+    if req.add_generation_prompt == Some(true) {
+        return Err(ApiError::invalid("continue_final_message", "`continue_final_message` cannot be combined with `add_generation_prompt: true`"));
+    }
+    let last = req.messages.last().filter(|m| m.role == "assistant" && m.tool_calls.as_ref().is_none_or(Vec::is_empty));
+    match last.and_then(|m| m.content.as_ref()) {
+        Some(MessageContent::Text(text)) if !text.is_empty() => Ok(Some(text)),
+        _ => Err(ApiError::invalid("continue_final_message", "`continue_final_message` needs a last message from the assistant with text content (and no tool calls)")),
+    }
 }
 
 pub(super) struct ChatContext {

@@ -18,7 +18,7 @@ use super::generation::{collect, random_id, Timing};
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::tool_parser::ToolCall;
-use super::types::{ChatCompletionRequest, ChatMessage, SamplingFields, StringOrList, StructuredOutputFields};
+use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields, StringOrList, StructuredOutputFields};
 use crate::engine::{FinishReason, StopReason};
 use crate::error::ApiError;
 
@@ -32,9 +32,12 @@ pub struct MessagesRequest {
     pub stop_sequences: Option<Vec<String>>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
-    /// `{"type": "enabled", "budget_tokens": N}` turns a Qwen3 template's thinking on (the
-    /// budget is not enforced), `{"type": "disabled"}` off.
+    /// `{"type": "enabled", "budget_tokens": N}` (or `adaptive`, `between_tools`) turns a Qwen3
+    /// template's thinking on (the budget is not enforced), `{"type": "disabled"}` off.
     pub thinking: Option<Value>,
+    /// `{"format": {"type": "json_schema", "schema": {...}}}` holds the reply to the schema;
+    /// `effort` is taken and changes nothing.
+    pub output_config: Option<Value>,
     pub chat_template_kwargs: Option<Map<String, Value>>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
@@ -74,7 +77,7 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Message
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
-        "usage": {"input_tokens": num_prompt_tokens, "output_tokens": c.usage.num_output_tokens, "cache_read_input_tokens": c.usage.num_cached_tokens, "cache_creation_input_tokens": 0},
+        "usage": usage(num_prompt_tokens, c.usage),
     }))
     .into_response())
 }
@@ -85,12 +88,26 @@ pub async fn count_tokens(State(state): State<AppState>, ApiJson(req): ApiJson<M
     Ok(Json(json!({"input_tokens": request.prompt.len()})))
 }
 
-/// An error from the chat path: its messages are numbered as rendered (the system message
-/// first, tool results apart), so a message's field is named as `messages`.
+/// Anthropic's usage: `input_tokens` are those not read from the cache (prefix-cache hits
+/// are `cache_read_input_tokens`; the three add up to the prompt).
+fn usage(num_prompt_tokens: usize, u: crate::engine::Usage) -> Value {
+    json!({"input_tokens": num_prompt_tokens - u.num_cached_tokens.min(num_prompt_tokens), "output_tokens": u.num_output_tokens,
+        "cache_read_input_tokens": u.num_cached_tokens, "cache_creation_input_tokens": 0})
+}
+
+/// An error from the chat path with its fields as this API names them: `stop` is
+/// `stop_sequences`, `response_format` is `output_config.format`, and messages are numbered as
+/// rendered (the system message first, tool results apart), so a message's field is named as
+/// `messages`.
 fn renamed(mut e: ApiError) -> ApiError {
-    if let Some(old) = e.param.take_if(|p| p.starts_with("messages[")) {
-        e.message = e.message.replace(&format!("`{old}`"), "`messages`");
-        e.param = Some("messages".into());
+    let renamed = match e.param.as_deref() {
+        Some("stop") => "stop_sequences",
+        Some("response_format") => "output_config.format",
+        Some(p) if p.starts_with("messages[") || p == "continue_final_message" => "messages",
+        _ => return e,
+    };
+    if let Some(old) = e.param.replace(renamed.into()) {
+        e.message = e.message.replace(&format!("`{old}`"), &format!("`{renamed}`"));
     }
     e
 }
@@ -128,14 +145,27 @@ fn to_chat(req: &MessagesRequest, state: &AppState) -> Result<ChatCompletionRequ
         sampling.stop = Some(StringOrList::Many(stops.clone()));
     }
     let mut kwargs = req.chat_template_kwargs.clone();
-    if let Some(kind) = req.thinking.as_ref().and_then(|t| t.get("type")).and_then(Value::as_str) {
-        if !matches!(kind, "enabled" | "disabled" | "adaptive") {
-            return Err(ApiError::invalid("thinking.type", format!("`thinking.type` must be \"enabled\" or \"disabled\"; got {kind:?}")));
-        }
+    if let Some(thinking) = req.thinking.as_ref().filter(|t| !t.is_null()) {
+        let kind = thinking.get("type").and_then(Value::as_str);
+        let on = match kind {
+            Some("enabled" | "adaptive" | "between_tools") => true,
+            Some("disabled") => false,
+            _ => return Err(ApiError::invalid("thinking.type", format!("`thinking.type` must be \"enabled\", \"adaptive\", \"between_tools\" or \"disabled\"; got {thinking}"))),
+        };
         if state.reasoning {
-            kwargs.get_or_insert_with(Map::new).entry("enable_thinking").or_insert(Value::Bool(kind != "disabled"));
+            kwargs.get_or_insert_with(Map::new).entry("enable_thinking").or_insert(Value::Bool(on));
         }
     }
+    let response_format = match req.output_config.as_ref().and_then(|c| c.get("format")).filter(|f| !f.is_null()) {
+        None => None,
+        Some(format) => match (format.get("type").and_then(Value::as_str), format.get("schema")) {
+            (Some("json_schema"), Some(schema)) => Some(json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}})),
+            _ => return Err(ApiError::invalid("output_config.format", "`output_config.format` must be {\"type\": \"json_schema\", \"schema\": {...}}")),
+        },
+    };
+    // A last assistant turn of text is a prefill: the reply goes on from it.
+    let continue_final_message = req.messages.last().and_then(|m| m.get("role")) == Some(&json!("assistant"))
+        && messages.last().is_some_and(|m| m.tool_calls.is_none() && matches!(&m.content, Some(MessageContent::Text(t)) if !t.is_empty()));
     let (tool_choice, parallel) = match req.tool_choice.as_ref().filter(|c| !c.is_null()) {
         None => (None, None),
         Some(choice) => {
@@ -160,8 +190,10 @@ fn to_chat(req: &MessagesRequest, state: &AppState) -> Result<ChatCompletionRequ
         tool_choice,
         parallel_tool_calls: parallel,
         chat_template_kwargs: kwargs,
-        response_format: None,
+        response_format,
         structured: StructuredOutputFields::default(),
+        continue_final_message,
+        add_generation_prompt: None,
     })
 }
 
@@ -171,8 +203,13 @@ fn to_chat(req: &MessagesRequest, state: &AppState) -> Result<ChatCompletionRequ
 fn push_message(messages: &mut Vec<ChatMessage>, m: &Value, i: usize) -> Result<(), ApiError> {
     let field = format!("messages[{i}]");
     let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-    if !matches!(role, "user" | "assistant") {
-        return Err(ApiError::invalid(format!("{field}.role"), format!("`{field}.role` must be \"user\" or \"assistant\"; got {role:?}")));
+    if !matches!(role, "user" | "assistant" | "system") {
+        return Err(ApiError::invalid(format!("{field}.role"), format!("`{field}.role` must be \"user\", \"assistant\" or \"system\"; got {role:?}")));
+    }
+    if role == "system" {
+        let text = text_blocks(m.get("content").unwrap_or(&Value::Null), &format!("{field}.content"))?;
+        messages.push(message("system", Some(text)));
+        return Ok(());
     }
     let blocks = match m.get("content") {
         Some(Value::String(text)) => {
@@ -197,10 +234,14 @@ fn push_message(messages: &mut Vec<ChatMessage>, m: &Value, i: usize) -> Result<
                 calls.push(json!({"id": str_of("id")?, "type": "function", "function": {"name": str_of("name")?, "arguments": input.to_string()}}));
             }
             ("user", "tool_result") => {
-                let content = match block.get("content") {
+                let mut content = match block.get("content") {
                     None | Some(Value::Null) => String::new(),
                     Some(c) => text_blocks(c, &format!("{at}.content"))?,
                 };
+                // The model is told that the tool failed.
+                if block.get("is_error") == Some(&Value::Bool(true)) {
+                    content.insert_str(0, "Error: ");
+                }
                 let mut tool = message("tool", Some(content));
                 tool.tool_call_id = Some(str_of("tool_use_id")?.to_string());
                 messages.push(tool);
@@ -209,7 +250,8 @@ fn push_message(messages: &mut Vec<ChatMessage>, m: &Value, i: usize) -> Result<
         }
     }
     if role == "assistant" {
-        let mut m = message("assistant", Some(text).filter(|t| !t.is_empty()));
+        // A turn of thinking alone (or nothing) still needs content.
+        let mut m = message("assistant", Some(text).filter(|t| !t.is_empty() || calls.is_empty()));
         m.reasoning_content = Some(reasoning).filter(|r| !r.is_empty());
         m.tool_calls = Some(calls).filter(|c| !c.is_empty());
         messages.push(m);

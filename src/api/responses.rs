@@ -178,6 +178,8 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
         chat_template_kwargs: kwargs,
         response_format: text_format(req.text.as_ref(), state)?,
         structured: req.structured.clone(),
+        continue_final_message: false,
+        add_generation_prompt: None,
     };
     Ok((chat, conversation))
 }

@@ -75,6 +75,12 @@ pub struct ChatCompletionRequest {
     pub response_format: Option<Value>,
     #[serde(flatten)]
     pub structured: StructuredOutputFields,
+    /// vLLM's extension: the output goes on from the last (assistant) message instead of
+    /// starting a new turn (a prefill).
+    #[serde(default)]
+    pub continue_final_message: bool,
+    /// vLLM's extension; only `false` goes with `continue_final_message` (and is implied by it).
+    pub add_generation_prompt: Option<bool>,
 }
 
 /// vLLM's structured outputs: `structured_outputs` (`choice`, `regex`, `json`, `json_object`)

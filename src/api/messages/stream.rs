@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::{stop_reason, tool_use};
+use super::{stop_reason, tool_use, usage};
 use crate::api::chat::ChatContext;
 use crate::api::generation::Timing;
 use crate::api::sse::SseSender;
@@ -34,7 +34,7 @@ pub(super) async fn run(id: &str, model: &str, ctx: &ChatContext, mut stream: Re
                     return;
                 }
             }
-            Event::Finished { reason, stop_reason: stop, text, usage, .. } => {
+            Event::Finished { reason, stop_reason: stop, text, usage: u, .. } => {
                 if reason == FinishReason::Abort {
                     w.send("error", json!({"error": {"type": "api_error", "message": "generation was aborted by the engine"}})).await;
                     return;
@@ -43,7 +43,9 @@ pub(super) async fn run(id: &str, model: &str, ctx: &ChatContext, mut stream: Re
                     return;
                 }
                 let (stop_reason, stop_sequence) = stop_reason(Some(reason), stop.as_ref(), w.called);
-                let delta = json!({"delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": {"output_tokens": usage.num_output_tokens}});
+                // The whole usage: the SDK takes `message_delta`'s over `message_start`'s (which
+                // cannot know the prefix-cache hits yet).
+                let delta = json!({"delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": usage(num_prompt_tokens, u)});
                 if w.send("message_delta", delta).await {
                     w.send("message_stop", json!({})).await;
                 }
