@@ -23,6 +23,15 @@ impl ApiError {
         Self { status: StatusCode::BAD_REQUEST, message: message.into(), param: Some(param.into()), code: None }
     }
 
+    /// The same error, its `param` called `param` (as another API names the field), the message
+    /// too where it quotes the old name.
+    pub fn with_param(mut self, param: &str) -> Self {
+        if let Some(old) = self.param.replace(param.into()) {
+            self.message = self.message.replace(&format!("`{old}`"), &format!("`{param}`"));
+        }
+        self
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, message: message.into(), param: None, code: None }
     }

@@ -67,6 +67,18 @@ pub(super) fn message(role: &str, content: Option<String>) -> ChatMessage {
     ChatMessage { role: role.into(), content: content.map(MessageContent::Text), name: None, tool_calls: None, tool_call_id: None, reasoning_content: None }
 }
 
+/// A function tool in chat's shape (`{"type": "function", "function": {...}}`), from the flat
+/// shapes of the Responses and Messages APIs; a null description or schema is left out.
+pub(super) fn function_tool(name: &str, description: Option<&Value>, parameters: Option<&Value>) -> Value {
+    let mut function = json!({"name": name});
+    for (key, value) in [("description", description), ("parameters", parameters)] {
+        if let Some(v) = value.filter(|v| !v.is_null()) {
+            function[key] = v.clone();
+        }
+    }
+    json!({"type": "function", "function": function})
+}
+
 /// A chat request checked, rendered and handed to the engine.
 pub(super) struct Submitted {
     pub stream: RequestStream,

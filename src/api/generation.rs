@@ -115,6 +115,11 @@ pub fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// An id as OpenAI's newer APIs (and Anthropic's) write them: `prefix_<24 random alphanumerics>`.
+pub fn item_id(prefix: &str) -> String {
+    random_id(prefix).replacen('-', "_", 1)
+}
+
 /// `prefix-<24 random alphanumerics>`.
 pub fn random_id(prefix: &str) -> String {
     use rand::distr::{Alphanumeric, SampleString};

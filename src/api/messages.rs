@@ -13,8 +13,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::chat::{message, prepare, submit, Submitted};
-use super::generation::{collect, random_id, Timing};
+use super::chat::{function_tool, message, prepare, submit, Submitted};
+use super::generation::{collect, item_id, Timing};
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::tool_parser::ToolCall;
@@ -46,7 +46,7 @@ pub struct MessagesRequest {
 pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<MessagesRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     let Submitted { stream, ctx, num_prompt_tokens, .. } = submit(&state, &to_chat(&req, &state)?).map_err(renamed)?;
-    let id = random_id("msg").replacen('-', "_", 1);
+    let id = item_id("msg");
     let mut timing = Timing::new(started);
     if req.sampling.stream {
         let metrics = state.metrics.clone();
@@ -99,17 +99,14 @@ fn usage(num_prompt_tokens: usize, u: crate::engine::Usage) -> Value {
 /// `stop_sequences`, `response_format` is `output_config.format`, and messages are numbered as
 /// rendered (the system message first, tool results apart), so a message's field is named as
 /// `messages`.
-fn renamed(mut e: ApiError) -> ApiError {
+fn renamed(e: ApiError) -> ApiError {
     let renamed = match e.param.as_deref() {
         Some("stop") => "stop_sequences",
         Some("response_format") => "output_config.format",
         Some(p) if p.starts_with("messages[") || p == "continue_final_message" => "messages",
         _ => return e,
     };
-    if let Some(old) = e.param.replace(renamed.into()) {
-        e.message = e.message.replace(&format!("`{old}`"), &format!("`{renamed}`"));
-    }
-    e
+    e.with_param(renamed)
 }
 
 /// Anthropic's reasons: `max_tokens`, `stop_sequence` (with the string), `tool_use`, or
@@ -286,16 +283,7 @@ fn tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
         .map(|(i, t)| {
             let custom = t.get("type").and_then(Value::as_str).is_none_or(|k| k == "custom");
             match (custom, t.get("name").and_then(Value::as_str)) {
-                (true, Some(name)) => {
-                    let mut function = json!({"name": name});
-                    if let Some(d) = t.get("description").filter(|d| !d.is_null()) {
-                        function["description"] = d.clone();
-                    }
-                    if let Some(schema) = t.get("input_schema").filter(|s| !s.is_null()) {
-                        function["parameters"] = schema.clone();
-                    }
-                    Ok(json!({"type": "function", "function": function}))
-                }
+                (true, Some(name)) => Ok(function_tool(name, t.get("description"), t.get("input_schema"))),
                 (true, None) => Err(ApiError::invalid(format!("tools[{i}].name"), format!("`tools[{i}].name` must be a string"))),
                 (false, _) => Err(ApiError::invalid(format!("tools[{i}]"), format!("only client tools (`name`, `input_schema`) are supported; `tools[{i}]` has type {}", t["type"]))),
             }

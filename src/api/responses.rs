@@ -13,8 +13,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::chat::{message, submit, ChatContext, Submitted};
-use super::generation::{collect, random_id, Timing};
+use super::chat::{function_tool, message, submit, ChatContext, Submitted};
+use super::generation::{collect, item_id, Timing};
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::tool_parser::ToolCall;
@@ -119,10 +119,7 @@ fn renamed(mut e: ApiError, req: &ResponsesRequest) -> ApiError {
         Some(p) if p.starts_with("messages") => "input",
         _ => return e,
     };
-    if let Some(old) = e.param.replace(renamed.into()) {
-        e.message = e.message.replace(&format!("`{old}`"), &format!("`{renamed}`"));
-    }
-    e
+    e.with_param(renamed)
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -259,15 +256,7 @@ fn tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, t)| match (t.get("type").and_then(Value::as_str), t.get("name").and_then(Value::as_str)) {
-            (Some("function"), Some(name)) => {
-                let mut function = json!({"name": name});
-                for key in ["description", "parameters"] {
-                    if let Some(v) = t.get(key).filter(|v| !v.is_null()) {
-                        function[key] = v.clone();
-                    }
-                }
-                Ok(json!({"type": "function", "function": function}))
-            }
+            (Some("function"), Some(name)) => Ok(function_tool(name, t.get("description"), t.get("parameters"))),
             (Some("function"), None) => Err(ApiError::invalid(format!("tools[{i}].name"), format!("`tools[{i}].name` must be a string"))),
             (kind, _) => Err(ApiError::invalid(format!("tools[{i}]"), format!("only function tools are supported; `tools[{i}]` has type {kind:?}"))),
         })
@@ -298,11 +287,6 @@ fn text_format(text: Option<&Value>, state: &AppState) -> Result<Option<Value>, 
         }
         _ => Err(ApiError::invalid("text.format", "`text.format.type` must be \"text\", \"json_object\" or \"json_schema\"")),
     }
-}
-
-/// An id as OpenAI writes them: `prefix_<24 random alphanumerics>`.
-fn item_id(prefix: &str) -> String {
-    random_id(prefix).replacen('-', "_", 1)
 }
 
 fn status(reason: Option<FinishReason>) -> &'static str {

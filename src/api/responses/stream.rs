@@ -6,9 +6,9 @@
 
 use serde_json::{json, Value};
 
-use super::{assistant_message, call_item, item_id, message_item, output_text, reasoning_item, status, usage, Echo};
+use super::{assistant_message, call_item, message_item, output_text, reasoning_item, status, usage, Echo};
 use crate::api::chat::ChatContext;
-use crate::api::generation::Timing;
+use crate::api::generation::{item_id, Timing};
 use crate::api::sse::SseSender;
 use crate::api::tool_parser::ToolCall;
 use crate::api::types::{ChatMessage, Delta};

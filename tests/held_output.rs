@@ -1,0 +1,267 @@
+//! Output held to a format over HTTP with the real test model: `response_format` (a JSON
+//! object, a schema) and vLLM's `structured_outputs` / `guided_*` (a choice, a regex). Greedy,
+//! streamed and hot-sampled outputs are checked by hand or by other parsers than the ones
+//! that held them.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::server::{start, ServerConfig, TestServer};
+use serde_json::{json, Value};
+
+fn server() -> &'static TestServer {
+    static S: OnceLock<TestServer> = OnceLock::new();
+    S.get_or_init(|| start(ServerConfig::default()))
+}
+
+/// The content of a streamed chat response's chunks (`data` ends in `[DONE]`), joined.
+fn streamed_content(data: &[String]) -> String {
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// `response_format: json_object`: greedy, streamed and sampled hot (where the model left alone
+/// rarely writes JSON) outputs are each one JSON object, or, cut by `max_tokens`, the start of
+/// one; what JSON mode cannot do is refused naming the field.
+#[test]
+fn json_object_mode_holds_the_output_to_one_object() {
+    let s = server();
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Describe a cat named Tom, aged 3, as JSON."}],
+            "response_format": {"type": "json_object"}, "temperature": 0, "max_tokens": 150});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    let choice = &whole["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap();
+    assert_eq!(choice["finish_reason"], "stop", "{whole}");
+    let object: serde_json::Map<String, Value> = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+    assert!(!object.is_empty(), "{content}");
+
+    let data = s.post("/v1/chat/completions", &body(json!({"stream": true}))).sse_data();
+    assert_eq!(streamed_content(&data), content);
+
+    let hot = s.post("/v1/chat/completions", &body(json!({"temperature": 1.8, "top_p": 1, "seed": 11, "n": 4, "max_tokens": 60}))).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        let content = choice["message"]["content"].as_str().unwrap();
+        match (choice["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(content)) {
+            ("stop", Ok(_)) => {}
+            ("length", Err(e)) if e.is_eof() => {}
+            (reason, parsed) => panic!("{reason}: {parsed:?}: {content:?}"),
+        }
+    }
+
+    // /v1/completions takes it too (as vLLM does).
+    let completion = s.post("/v1/completions", &json!({"prompt": "A cat as a JSON object:", "response_format": {"type": "json_object"},
+        "max_tokens": 80, "temperature": 0}).to_string()).json();
+    let text = completion["choices"][0]["text"].as_str().unwrap();
+    match (completion["choices"][0]["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(text)) {
+        ("stop", Ok(_)) => {}
+        ("length", Err(e)) if e.is_eof() => {}
+        (reason, parsed) => panic!("{reason}: {parsed:?}: {text:?}"),
+    }
+    let e = s.post("/v1/completions", &json!({"prompt": "x", "response_format": {"type": "json_object"}, "ignore_eos": true}).to_string()).error(400);
+    assert_eq!(e["param"], "ignore_eos");
+
+    let unsupported = json!({"type": "object", "properties": {"a": {"type": "object", "minProperties": 1}}});
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": unsupported}}}))).error(400);
+    assert_eq!(e["param"], "response_format");
+    assert!(e["message"].as_str().unwrap().contains("`minProperties` at `/properties/a`"), "{e}");
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}))).error(400);
+    assert_eq!(e["param"], "response_format");
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": 5}}))).error(400);
+    assert_eq!(e["param"], "response_format");
+    let e = s.post("/v1/chat/completions", &body(json!({"ignore_eos": true}))).error(400);
+    assert_eq!(e["param"], "ignore_eos");
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let e = s.post("/v1/chat/completions", &body(json!({"tools": tools}))).error(400);
+    assert_eq!(e["param"], "response_format");
+}
+
+/// Every choice of a chat response is an instance (`instance` says) if it stopped, or the start of
+/// one if `max_tokens` cut it.
+fn choices_are_instances(response: &Value, instance: &dyn Fn(&serde_json::Map<String, Value>) -> bool) {
+    for choice in response["choices"].as_array().unwrap() {
+        let content = choice["message"]["content"].as_str().unwrap();
+        match (choice["finish_reason"].as_str().unwrap(), serde_json::from_str::<serde_json::Map<String, Value>>(content)) {
+            ("stop", Ok(v)) => assert!(instance(&v), "{content}"),
+            ("length", Err(e)) if e.is_eof() => {}
+            (reason, parsed) => panic!("{reason}: {parsed:?}: {content:?}"),
+        }
+    }
+}
+
+/// The keywords beyond plain types, on the real model: a `format`, a `pattern` under a
+/// `maxLength`, integer and number bounds, and a map. Greedy and hot-sampled outputs are
+/// checked here by hand (not by the parser that made them).
+#[test]
+fn json_schema_formats_patterns_bounds_and_maps_hold() {
+    let s = server();
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["name", "born", "code", "age", "weight", "toys"],
+        "properties": {"name": {"type": "string"}, "born": {"type": "string", "format": "date"},
+            "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$", "maxLength": 6},
+            "age": {"type": "integer", "minimum": 1, "maximum": 20}, "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 12.5},
+            "toys": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 9}}}});
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Describe a cat named Tom as JSON: born 2021-04-01, license code TOM-07, aged 3, weighing 4.2 kg, with ball: 2 and mouse: 1 toys."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "cat", "strict": true, "schema": schema}}, "temperature": 0, "max_tokens": 150});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let date = |d: &str| {
+        let p: Vec<&str> = d.split('-').collect();
+        let num = |x: &str, len: usize, lo: u32, hi: u32| x.len() == len && x.bytes().all(|b| b.is_ascii_digit()) && (lo..=hi).contains(&x.parse::<u32>().unwrap());
+        p.len() == 3 && num(p[0], 4, 0, 9999) && num(p[1], 2, 1, 12) && num(p[2], 2, 1, 31)
+    };
+    let code = |c: &str| {
+        let b = c.as_bytes();
+        b.len() == 6 && b[..3].iter().all(u8::is_ascii_uppercase) && b[3] == b'-' && b[4..].iter().all(u8::is_ascii_digit)
+    };
+    let instance = |v: &serde_json::Map<String, Value>| {
+        v.len() == 6
+            && v["name"].is_string()
+            && v["born"].as_str().is_some_and(date)
+            && v["code"].as_str().is_some_and(code)
+            && v["age"].as_i64().is_some_and(|a| (1..=20).contains(&a))
+            && v["weight"].as_f64().is_some_and(|w| w > 0.0 && w <= 12.5)
+            && v["toys"].as_object().is_some_and(|t| t.values().all(|n| n.as_i64().is_some_and(|n| (0..=9).contains(&n))))
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
+    choices_are_instances(&whole, &instance);
+    choices_are_instances(&s.post("/v1/chat/completions", &body(json!({"temperature": 1.5, "seed": 11, "n": 4, "max_tokens": 120}))).json(), &instance);
+    // A pattern Rust's regex syntax has no counterpart for is refused, naming it.
+    let lookahead = json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "(?=x)"}}});
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": lookahead}}}))).error(400);
+    assert_eq!(e["param"], "response_format");
+    assert!(e["message"].as_str().unwrap().contains("`pattern` \"(?=x)\" at `/properties/a`"), "{e}");
+}
+
+/// `response_format: json_schema`: greedy and hot-sampled outputs are instances of the schema
+/// (keys, types, the enum, required keys), or, cut by `max_tokens`, the start of one.
+#[test]
+fn json_schema_mode_holds_the_output_to_the_schema() {
+    let s = server();
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["name", "age", "kind", "toys"],
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "kind": {"enum": ["cat", "dog"]},
+            "toys": {"type": "array", "items": {"type": "string"}}, "vet": {"anyOf": [{"type": "string"}, {"type": "null"}]}}});
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Describe a cat named Tom, aged 3, as JSON."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "pet", "strict": true, "schema": schema}}, "temperature": 0, "max_tokens": 120});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let instance = |v: &serde_json::Map<String, Value>| {
+        let keys_ok = v.keys().all(|k| ["name", "age", "kind", "toys", "vet"].contains(&k.as_str()));
+        keys_ok
+            && v["name"].is_string()
+            && (v["age"].is_i64() || v["age"].is_u64())
+            && (v["kind"] == "cat" || v["kind"] == "dog")
+            && v["toys"].as_array().is_some_and(|t| t.iter().all(Value::is_string))
+            && v.get("vet").is_none_or(|x| x.is_string() || x.is_null())
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    let choice = &whole["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap();
+    assert_eq!(choice["finish_reason"], "stop", "{whole}");
+    let v: serde_json::Map<String, Value> = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+    assert!(instance(&v), "{content}");
+    assert_eq!(v["name"], "Tom", "{content}");
+
+    // A schema no output can finish within the parser's 12 levels is refused up front.
+    let endless = json!({"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]});
+    let e = s.post("/v1/chat/completions", &body(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": endless}}}))).error(400);
+    assert_eq!(e["param"], "response_format");
+    assert!(e["message"].as_str().unwrap().contains("nests less than 12"), "{e}");
+
+    choices_are_instances(&s.post("/v1/chat/completions", &body(json!({"temperature": 1.8, "seed": 5, "n": 4, "max_tokens": 60}))).json(), &instance);
+}
+
+/// vLLM's `structured_outputs` (`choice`, `regex`, `json`) and its older `guided_*` fields, on
+/// the real model: greedy, streamed and hot-sampled outputs are each one of the choices or a
+/// whole match of the regex (checked by the `regex` crate, not by the DFA that made them).
+#[test]
+fn structured_outputs_hold_the_output_to_a_choice_or_a_regex() {
+    let s = server();
+    let choices = ["positive", "negative", "neutral"];
+    let sentiment = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Classify this sentiment: qwen-serve is wonderful!"}], "temperature": 0, "max_tokens": 10});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let whole = s.post("/v1/chat/completions", &sentiment(json!({"structured_outputs": {"choice": choices}}))).json();
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
+    assert_eq!(content, "positive", "{whole}");
+    let legacy = s.post("/v1/chat/completions", &sentiment(json!({"guided_choice": choices, "guided_decoding_backend": "xgrammar"}))).json();
+    assert_eq!(legacy["choices"][0]["message"]["content"], content.as_str());
+    let hot = s.post("/v1/chat/completions", &sentiment(json!({"structured_outputs": {"choice": choices}, "temperature": 1.8, "seed": 3, "n": 8}))).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        assert!(choices.contains(&choice["message"]["content"].as_str().unwrap()), "{choice}");
+        assert_eq!(choice["finish_reason"], "stop", "{choice}");
+    }
+
+    let email = regex::Regex::new(r"^[0-9A-Za-z_]+@[0-9A-Za-z_]+\.com\n$").unwrap();
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Generate an email address for Alan Turing, who works in Enigma. End in .com and new line. Example result: alan.turing@enigma.com"}],
+            "structured_outputs": {"regex": r"\w+@\w+\.com\n"}, "temperature": 0, "max_tokens": 30});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
+    assert!(email.is_match(content), "{content:?}");
+    let data = s.post("/v1/chat/completions", &body(json!({"stream": true}))).sse_data();
+    assert_eq!(streamed_content(&data), content);
+    let hot = s.post("/v1/chat/completions", &body(json!({"temperature": 1.5, "seed": 9, "n": 4}))).json();
+    let email_start = regex::Regex::new(r"^[0-9A-Za-z_]*(@[0-9A-Za-z_]*(\.(c(o(m)?)?)?)?)?$").unwrap();
+    for choice in hot["choices"].as_array().unwrap() {
+        let content = choice["message"]["content"].as_str().unwrap();
+        match choice["finish_reason"].as_str().unwrap() {
+            "stop" => assert!(email.is_match(content), "{content:?}"),
+            // Cut at `max_tokens`: the start of a match.
+            _ => assert!(email_start.is_match(content), "{content:?}"),
+        }
+    }
+
+    // Completions too, the regex as `guided_regex`; a schema as `structured_outputs.json`.
+    let completion = s.post("/v1/completions", &json!({"prompt": "The support line's phone number is", "guided_regex": r" \d{3}-\d{4}",
+        "max_tokens": 12, "temperature": 0}).to_string()).json();
+    let text = completion["choices"][0]["text"].as_str().unwrap();
+    assert!(regex::Regex::new(r"^ [0-9]{3}-[0-9]{4}$").unwrap().is_match(text), "{completion}");
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    let schema = json!({"type": "object", "required": ["name", "age"], "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}});
+    let pet = s.post("/v1/completions", &json!({"prompt": "Tom the cat, aged 3, as JSON:", "structured_outputs": {"json": schema.to_string()},
+        "max_tokens": 40, "temperature": 0}).to_string()).json();
+    let v: Value = serde_json::from_str(pet["choices"][0]["text"].as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {pet}"));
+    assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+
+    // Each problem names its field.
+    let bad = [
+        (json!({"structured_outputs": {"regex": "(a"}}), "structured_outputs.regex"),
+        (json!({"structured_outputs": {"regex": 5}}), "structured_outputs.regex"),
+        (json!({"structured_outputs": {"choice": "positive"}}), "structured_outputs.choice"),
+        (json!({"structured_outputs": {"choice": []}}), "structured_outputs.choice"),
+        (json!({"structured_outputs": {"choice": ["a"], "regex": "a"}}), "structured_outputs.regex"),
+        (json!({"structured_outputs": {"grammar": "root ::= \"a\""}}), "structured_outputs.grammar"),
+        (json!({"structured_outputs": {"choise": ["a"]}}), "structured_outputs.choise"),
+        (json!({"structured_outputs": {"json": "{not json"}}), "structured_outputs.json"),
+        (json!({"structured_outputs": ["a"]}), "structured_outputs"),
+        (json!({"response_format": {"type": "json_object"}, "guided_choice": ["a"]}), "guided_choice"),
+        (json!({"guided_grammar": "root ::= \"a\""}), "guided_grammar"),
+        (json!({"guided_choice": ["a"], "ignore_eos": true}), "ignore_eos"),
+        (json!({"guided_regex": "a+", "tools": [{"type": "function", "function": {"name": "f"}}]}), "guided_regex"),
+        (json!({"guided_choice": ["a"], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}), "tool_choice"),
+    ];
+    for (extra, param) in bad {
+        let e = s.post("/v1/chat/completions", &sentiment(extra.clone())).error(400);
+        assert_eq!(e["param"], param, "{extra}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(&format!("`{param}")) || param == "tool_choice", "{extra}: {e}");
+    }
+}
