@@ -69,7 +69,7 @@ pub fn generate(
                     decode_time: first.elapsed(),
                 });
             }
-            Event::PromptLogprobs(_) => {}
+            Event::PromptLogprobs(_) | Event::Embedding { .. } => {}
         }
     }
     Err(GenerateError::EngineStopped)
@@ -93,6 +93,7 @@ pub fn score_with_cache(model: &dyn CausalLm, ids: &[u32], cache_dtype: candle_c
             input_ids: ids[start..end].to_vec(),
             attention: AttentionMetadata::single(&table, SCORE_BLOCK_SIZE, end, end - start),
             logits_indices: (0..(end - start) as u32).collect(),
+            hidden_rows: vec![],
         };
         rows.push(model.forward(&batch, &mut cache)?.to_dtype(candle_core::DType::F32)?);
     }

@@ -47,6 +47,7 @@ fn incremental_decode_matches_full_prefill() {
             input_ids: ids[start..end].to_vec(),
             attention: AttentionMetadata::single(&table, block_size, end, end - start),
             logits_indices: vec![(end - start - 1) as u32],
+            hidden_rows: vec![],
         };
         rows.push((end - 1, lm.forward(&batch, &mut cache).unwrap().to_vec2::<f32>().unwrap().remove(0)));
         start = end;

@@ -23,6 +23,8 @@ struct Choice {
     stop_reason: Option<StopReason>,
     usage: Usage,
     logprobs: Vec<Option<qwen_serve::engine::sampler::Logprobs>>,
+    /// An embedding request's hidden state.
+    hidden: Option<Vec<f32>>,
 }
 
 fn collect(mut stream: RequestStream) -> (HashMap<usize, Choice>, Option<Vec<Option<qwen_serve::engine::sampler::Logprobs>>>) {
@@ -31,6 +33,7 @@ fn collect(mut stream: RequestStream) -> (HashMap<usize, Choice>, Option<Vec<Opt
     while let Some(event) = stream.blocking_recv() {
         match event {
             Event::PromptLogprobs(p) => prompt_logprobs = Some(p),
+            Event::Embedding { index, hidden } => choices.entry(index).or_default().hidden = Some(hidden),
             Event::Token { index, token, text, logprobs } => {
                 let c = choices.entry(index).or_default();
                 c.tokens.push(token);
@@ -390,4 +393,69 @@ fn sampling_on_the_device_gives_the_hosts_tokens() {
     for e in [whole, best, best_spec] {
         e.shutdown();
     }
+}
+
+fn embed(engine: &EngineHandle, prompt: &[u32]) -> RequestStream {
+    let params = SamplingParams { embed: true, max_tokens: 0, ..Default::default() };
+    engine.submit(EngineRequest { prompt: prompt.to_vec(), params }).unwrap()
+}
+
+/// The largest difference between two states, relative to the first's largest value.
+fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// An embedding request ends after its prompt with the last token's hidden state and no
+/// output; the state does not depend on what runs beside it (generation, other embeddings),
+/// on how the prompt is chunked, or on its prefix coming from the cache; generation params
+/// on an embedding are refused.
+#[test]
+fn embeddings_are_the_last_hidden_state_whatever_runs_beside_them() {
+    let e = engine(EngineConfig::default());
+    let prompts = prompts(&e);
+    let hidden_size = e.hidden_size();
+    let alone: Vec<Vec<f32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut choices = collect(embed(&e, p)).0;
+            let c = choices.remove(&0).unwrap();
+            assert_eq!(c.reason, Some(FinishReason::Stop));
+            assert!(c.tokens.is_empty() && c.text.is_empty(), "an embedding generates nothing");
+            assert_eq!((c.usage.num_prompt_tokens, c.usage.num_output_tokens), (p.len(), 0));
+            let hidden = c.hidden.expect("the hidden state comes before the finish");
+            assert_eq!(hidden.len(), hidden_size);
+            assert!(hidden.iter().all(|v| v.is_finite()) && hidden.iter().any(|&v| v != 0.0));
+            hidden
+        })
+        .collect();
+    // Different prompts, different states.
+    assert!(relative_diff(&alone[0], &alone[1]) > 0.1);
+    // All at once, among generating requests.
+    let generating: Vec<RequestStream> = prompts[..4].iter().map(|p| e.submit(EngineRequest { prompt: p.clone(), params: greedy(24) }).unwrap()).collect();
+    let together: Vec<RequestStream> = prompts.iter().map(|p| embed(&e, p)).collect();
+    for (i, stream) in together.into_iter().enumerate() {
+        let hidden = collect(stream).0.remove(&0).unwrap().hidden.unwrap();
+        assert!(relative_diff(&alone[i], &hidden) < 1e-3, "prompt {i}: {}", relative_diff(&alone[i], &hidden));
+    }
+    for stream in generating {
+        assert_eq!(collect(stream).0.remove(&0).unwrap().tokens.len(), 24);
+    }
+    // A long prompt: chunked, then again from the prefix cache.
+    let long = e.tokenizer().encode(&"Embeddings of long inputs are computed in chunks like any prefill. ".repeat(10)).unwrap();
+    let whole = collect(embed(&e, &long)).0.remove(&0).unwrap();
+    let cached = collect(embed(&e, &long)).0.remove(&0).unwrap();
+    assert_eq!(cached.usage.num_cached_tokens, (long.len() - 1) / 16 * 16);
+    assert!(relative_diff(whole.hidden.as_ref().unwrap(), cached.hidden.as_ref().unwrap()) < 1e-3);
+    idle_stats(&e);
+    e.shutdown();
+    let chunked = engine(EngineConfig { max_num_batched_tokens: 32, enable_prefix_caching: false, ..Default::default() });
+    let hidden = collect(embed(&chunked, &long)).0.remove(&0).unwrap().hidden.unwrap();
+    assert!(relative_diff(whole.hidden.as_ref().unwrap(), &hidden) < 1e-3, "{}", relative_diff(whole.hidden.as_ref().unwrap(), &hidden));
+    for params in [SamplingParams { embed: true, max_tokens: 1, ..Default::default() }, SamplingParams { embed: true, max_tokens: 0, n: 2, ..Default::default() }] {
+        let refused = chunked.submit(EngineRequest { prompt: long.clone(), params });
+        assert!(matches!(refused, Err(SubmitError::Invalid(_))));
+    }
+    chunked.shutdown();
 }

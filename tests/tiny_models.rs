@@ -120,6 +120,7 @@ fn check_model(name: &str, model: &dyn CausalLm) {
             input_ids: ids[start..end].to_vec(),
             attention: AttentionMetadata::single(&table, block_size, end, end - start),
             logits_indices: (0..(end - start) as u32).collect(),
+            hidden_rows: vec![],
         };
         incremental.extend(model.forward(&batch, &mut cache).unwrap().to_vec2::<f32>().unwrap());
         start = end;
@@ -180,7 +181,7 @@ fn prefill_then_decode(model: &dyn CausalLm, cache: &mut KvCache, prompts: &[(&[
     let mut attention = AttentionMetadata { max_blocks_per_seq: 2, query_start_loc: vec![0], ..Default::default() };
     for (i, (prompt, table)) in prompts.iter().enumerate() {
         let n = prompt.len();
-        let batch = ForwardBatch { input_ids: prompt.to_vec(), attention: AttentionMetadata::single(table, 4, n, n), logits_indices: vec![n as u32 - 1] };
+        let batch = ForwardBatch { input_ids: prompt.to_vec(), attention: AttentionMetadata::single(table, 4, n, n), logits_indices: vec![n as u32 - 1], hidden_rows: vec![] };
         model.forward(&batch, cache).unwrap();
         let decode = AttentionMetadata::single(table, 4, n + 1, 1);
         attention.query_start_loc.push(i as u32 + 1);
@@ -188,7 +189,7 @@ fn prefill_then_decode(model: &dyn CausalLm, cache: &mut KvCache, prompts: &[(&[
         attention.block_tables.extend(decode.block_tables);
         attention.slot_mapping.extend(decode.slot_mapping);
     }
-    ForwardBatch { input_ids: next.to_vec(), attention, logits_indices: (0..next.len() as u32).collect() }
+    ForwardBatch { input_ids: next.to_vec(), attention, logits_indices: (0..next.len() as u32).collect(), hidden_rows: vec![] }
 }
 
 /// The fused decode path (norms, SiLU and residual adds inside the few-rows matmuls; on a GPU
@@ -334,8 +335,8 @@ fn moe_rows_do_not_depend_on_the_batch() {
         for ((prompt, table), &token) in prompts.iter().zip(&tables).zip(&next) {
             let mut cache = KvCache::new(model.config(), 4, block_size, DType::F32, &Device::Cpu).unwrap();
             let n = prompt.len();
-            let prefill = ForwardBatch { input_ids: prompt.clone(), attention: AttentionMetadata::single(table, block_size, n, n), logits_indices: (0..n as u32).collect() };
-            let decode = ForwardBatch { input_ids: vec![token], attention: AttentionMetadata::single(table, block_size, n + 1, 1), logits_indices: vec![0] };
+            let prefill = ForwardBatch { input_ids: prompt.clone(), attention: AttentionMetadata::single(table, block_size, n, n), logits_indices: (0..n as u32).collect(), hidden_rows: vec![] };
+            let decode = ForwardBatch { input_ids: vec![token], attention: AttentionMetadata::single(table, block_size, n + 1, 1), logits_indices: vec![0], hidden_rows: vec![] };
             alone.push((model.forward(&prefill, &mut cache).unwrap().to_vec2::<f32>().unwrap(), model.forward(&decode, &mut cache).unwrap().to_vec2::<f32>().unwrap()));
         }
         // Together, in one cache.
@@ -347,7 +348,7 @@ fn moe_rows_do_not_depend_on_the_batch() {
                 attention.block_tables.extend(p.block_tables);
                 attention.slot_mapping.extend(p.slot_mapping);
             }
-            ForwardBatch { logits_indices: (0..ids.len() as u32).collect(), input_ids: ids, attention }
+            ForwardBatch { logits_indices: (0..ids.len() as u32).collect(), input_ids: ids, attention, hidden_rows: vec![] }
         };
         let mut cache = KvCache::new(model.config(), 4, block_size, DType::F32, &Device::Cpu).unwrap();
         let (a, b) = (prompts[0].len(), prompts[1].len());
@@ -408,7 +409,7 @@ fn half_precision_kv_cache_stays_close_to_f32() {
             let mut cache = KvCache::new(model.config(), ids.len().div_ceil(block_size), block_size, dtype, &Device::Cpu).unwrap();
             let table: Vec<u32> = (0..cache.num_blocks() as u32).collect();
             let n = ids.len();
-            let batch = ForwardBatch { input_ids: ids.clone(), attention: AttentionMetadata::single(&table, block_size, n, n), logits_indices: (0..n as u32).collect() };
+            let batch = ForwardBatch { input_ids: ids.clone(), attention: AttentionMetadata::single(&table, block_size, n, n), logits_indices: (0..n as u32).collect(), hidden_rows: vec![] };
             let got = model.forward(&batch, &mut cache).unwrap().to_vec2::<f32>().unwrap();
             let diff = max_diff(&got, &want);
             let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap();

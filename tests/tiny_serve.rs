@@ -4,25 +4,8 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::Path;
-
 use common::server::{start, ServerConfig};
-use common::{fixture, read_json};
-use tokenizers::models::wordlevel::WordLevel;
-use tokenizers::pre_tokenizers::whitespace::Whitespace;
-
-/// A model folder: the fixture's config and weights, and a tokenizer over its vocabulary.
-fn model_folder(name: &str, dir: &Path) {
-    for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(name).join(file), dir.join(file)).unwrap();
-    }
-    let vocab: HashMap<String, u32> = (0..512u32).map(|i| (format!("t{i}"), i)).collect();
-    let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("t0".into()).build().unwrap();
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
-    tokenizer.with_pre_tokenizer(Some(Whitespace {}));
-    tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
-}
+use common::{read_json, tiny_model_folder as model_folder};
 
 fn log_softmax(row: &[f64]) -> Vec<f64> {
     let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -285,6 +285,14 @@ mod cuda {
             self.inner.forward_on_device(ids, meta, cache)
         }
 
+        fn forward_with_hidden(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<(Tensor, Option<Tensor>), ModelError> {
+            if batch.hidden_rows.is_empty() {
+                Ok((self.forward(batch, cache)?, None))
+            } else {
+                self.inner.forward_with_hidden(batch, cache)
+            }
+        }
+
         fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError> {
             if !graph_step(batch, self.max_batch, MAX_SEQ_LEN) {
                 return self.inner.forward(batch, cache);
@@ -467,6 +475,7 @@ mod tests {
                 slot_mapping: vec![0; n],
             },
             logits_indices: (0..n as u32).collect(),
+            hidden_rows: vec![],
         }
     }
 

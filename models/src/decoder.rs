@@ -96,7 +96,10 @@ impl QwenForCausalLm {
     pub fn new(cfg: &ModelConfig, weights: &Weights) -> Result<Self, ModelError> {
         cfg.validate()?;
         let qk_norm = cfg.architecture().qk_norm();
-        let model = weights.pp("model");
+        // Embedding checkpoints (Qwen3-Embedding) are saved from the bare model: `layers.0...`
+        // where a causal LM has `model.layers.0...`, and no head (their embeddings are tied).
+        let bare = !weights.contains("model.embed_tokens.weight") && weights.contains("embed_tokens.weight");
+        let model = if bare { weights.clone() } else { weights.pp("model") };
         let embed_tokens = model.embedding("embed_tokens", cfg.vocab_size, cfg.hidden_size)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -154,8 +157,9 @@ impl QwenForCausalLm {
 
     /// The layers, the final norm and the head over `ids` already on the device: only device
     /// work (no copy between host and device, no synchronisation), so a CUDA graph can capture
-    /// it. `rows`: the rows whose logits are wanted, all when `None`.
-    fn run(&self, ids: &Tensor, meta: &DeviceMetadata, rows: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+    /// it. `rows`: the rows whose logits are wanted, all when `None`; `hidden`: the positions
+    /// among those rows whose final hidden states are returned too (in f32).
+    fn run(&self, ids: &Tensor, meta: &DeviceMetadata, rows: Option<&Tensor>, hidden: Option<&Tensor>, cache: &mut KvCache) -> Result<(Tensor, Option<Tensor>), ModelError> {
         // (tokens, hidden). Each layer's residual add is fused into the norm after it: `x` is
         // the last sublayer's output, `residual` the stream it has not been added to yet.
         let dev = &self.device;
@@ -176,13 +180,17 @@ impl QwenForCausalLm {
             }
             drop(param_cache);
             let x = select(x)?;
+            if let Some(hidden) = hidden {
+                let x = self.norm.forward(&x)?;
+                return Ok((self.lm_head.forward(&x)?, Some(hidden_states(&x, hidden)?)));
+            }
             let (weight, eps) = self.norm.parts();
             let logits = match self.lm_head.dense_weight() {
                 Some(w) if small_matmul_weight_fits(w, x.dtype()) => small_matmul_fused(&x, w, MatmulFusion::NormF32 { weight, eps })?,
                 _ => self.lm_head.forward(&self.norm.forward(&x)?)?,
             };
             phase_times::mark(dev, Phase::Head)?;
-            return Ok(logits);
+            return Ok((logits, None));
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let (h, r) = match residual.take() {
@@ -206,8 +214,13 @@ impl QwenForCausalLm {
         // conversion to f32 (exact) is left to whoever reads them on the host.
         let logits = self.lm_head.forward(&x)?;
         phase_times::mark(dev, Phase::Head)?;
-        Ok(logits)
+        Ok((logits, hidden.map(|h| hidden_states(&x, h)).transpose()?))
     }
+}
+
+/// The rows `positions` of the final-normed states `x`, in f32.
+fn hidden_states(x: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
+    x.index_select(positions, 0)?.to_dtype(DType::F32)
 }
 
 impl CausalLm for QwenForCausalLm {
@@ -223,7 +236,7 @@ impl CausalLm for QwenForCausalLm {
         &self.device
     }
 
-    fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+    fn forward_with_hidden(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<(Tensor, Option<Tensor>), ModelError> {
         self.check(batch, cache)?;
         phase_times::start(&self.device)?;
         let meta = &batch.attention;
@@ -235,11 +248,12 @@ impl CausalLm for QwenForCausalLm {
         meta.prepare_attention(self.config.num_attention_heads / self.config.num_key_value_heads)?;
         let all_rows = batch.logits_indices.len() == n && batch.logits_indices.iter().enumerate().all(|(i, &r)| r as usize == i);
         let rows = if all_rows { None } else { Some(Tensor::from_slice(&batch.logits_indices, batch.logits_indices.len(), &self.device)?) };
-        self.run(&ids, &meta, rows.as_ref(), cache)
+        let hidden = if batch.hidden_rows.is_empty() { None } else { Some(Tensor::from_slice(&batch.hidden_rows, batch.hidden_rows.len(), &self.device)?) };
+        self.run(&ids, &meta, rows.as_ref(), hidden.as_ref(), cache)
     }
 
     fn forward_on_device(&self, ids: &Tensor, meta: &DeviceMetadata, cache: &mut KvCache) -> Result<Tensor, ModelError> {
-        self.run(ids, meta, None, cache)
+        Ok(self.run(ids, meta, None, None, cache)?.0)
     }
 
     fn check(&self, batch: &ForwardBatch, cache: &KvCache) -> Result<(), ModelError> {
@@ -261,6 +275,9 @@ impl CausalLm for QwenForCausalLm {
         }
         if let Some(i) = batch.logits_indices.iter().find(|&&i| i as usize >= meta.num_tokens()) {
             return Err(ModelError::Input(format!("logits index {i} is outside the batch")));
+        }
+        if let Some(i) = batch.hidden_rows.iter().find(|&&i| i as usize >= batch.logits_indices.len()) {
+            return Err(ModelError::Input(format!("hidden row {i} is outside the logits rows")));
         }
         if !matches!(cache.dtype(), DType::F32 | DType::BF16 | DType::F16) {
             return Err(ModelError::Input(format!("cache dtype {:?} is not f32, bf16 or f16", cache.dtype())));

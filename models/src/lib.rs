@@ -35,6 +35,9 @@ pub struct ForwardBatch {
     /// Rows (indices into `input_ids`) whose logits are wanted: usually each sequence's last
     /// token, every token when prompt logprobs are asked for.
     pub logits_indices: Vec<u32>,
+    /// Positions in `logits_indices` whose final hidden states (after the last norm, before the
+    /// head) are wanted too: the last token's state is a sequence's embedding.
+    pub hidden_rows: Vec<u32>,
 }
 
 /// A decoder-only language model.
@@ -48,7 +51,12 @@ pub trait CausalLm: Send + Sync {
     /// Writes the new tokens' K/V into `cache` and returns the logits
     /// `(logits_indices.len(), vocab_size)` as the head computed them: f32, or the activations'
     /// dtype (bf16 / f16) where the head's matmul gives that. A reader wanting f32 converts (exact).
-    fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError>;
+    fn forward(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        Ok(self.forward_with_hidden(batch, cache)?.0)
+    }
+    /// `forward`, and with `batch.hidden_rows` not empty, those rows' final hidden states
+    /// `(hidden_rows.len(), hidden_size)` in f32.
+    fn forward_with_hidden(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<(Tensor, Option<Tensor>), ModelError>;
     /// The checks `forward` makes before any kernel runs: a bad batch is an error, never an
     /// out-of-bounds access.
     fn check(&self, batch: &ForwardBatch, cache: &KvCache) -> Result<(), ModelError>;

@@ -138,8 +138,8 @@ fn logits(m: &dyn CausalLm, device: &Device) -> Vec<Vec<f32>> {
     let cfg = m.config();
     let mut cache = KvCache::new(cfg, 4, 16, m.dtype(), device).unwrap();
     let ids: Vec<u32> = (0..21u32).map(|t| t * 37 % cfg.vocab_size as u32).collect();
-    let prefill = ForwardBatch { input_ids: ids[..20].to_vec(), attention: AttentionMetadata::single(&[2, 0], 16, 20, 20), logits_indices: (0..20).collect() };
-    let decode = ForwardBatch { input_ids: ids[20..].to_vec(), attention: AttentionMetadata::single(&[2, 0], 16, 21, 1), logits_indices: vec![0] };
+    let prefill = ForwardBatch { input_ids: ids[..20].to_vec(), attention: AttentionMetadata::single(&[2, 0], 16, 20, 20), logits_indices: (0..20).collect(), hidden_rows: vec![] };
+    let decode = ForwardBatch { input_ids: ids[20..].to_vec(), attention: AttentionMetadata::single(&[2, 0], 16, 21, 1), logits_indices: vec![0], hidden_rows: vec![] };
     let mut rows = Vec::new();
     for batch in [prefill, decode] {
         let out = m.forward(&batch, &mut cache).unwrap();

@@ -4,6 +4,7 @@
 
 mod chat;
 mod completions;
+mod embeddings;
 mod fim;
 mod generation;
 mod infill;

@@ -112,6 +112,14 @@ pub fn spec() -> Value {
                     "tools": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "input_schema": {"type": "object"}}}},
                     "tool_choice": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["auto", "any", "none", "tool"]}, "name": {"type": "string"}, "disable_parallel_tool_use": {"type": "boolean"}}},
                     "thinking": {"type": "object", "properties": {"type": {"type": "string", "enum": ["enabled", "disabled"]}, "budget_tokens": {"type": "integer"}}}}))},
+                "EmbeddingRequest": {"type": "object", "required": ["input"], "properties": {
+                    "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "array", "items": {"type": "integer", "minimum": 0}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}}}], "description": "at most 2,048 inputs"},
+                    "model": {"type": "string"},
+                    "encoding_format": {"type": "string", "enum": ["float", "base64"], "description": "base64: little-endian f32 bytes"},
+                    "dimensions": {"type": "integer", "minimum": 1, "description": "keep the first values (Matryoshka), then renormalise"},
+                    "truncate_prompt_tokens": {"type": "integer", "description": "embed each input's last k tokens (-1: no limit)"},
+                    "add_special_tokens": {"type": "boolean", "description": "the tokenizer's post-processor tokens (default true)"},
+                    "normalize": {"type": "boolean", "description": "L2-normalise (default true)"}}},
                 "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
                 "DetokenizeRequest": {"type": "object", "required": ["tokens"], "properties": {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
             }
@@ -120,6 +128,7 @@ pub fn spec() -> Value {
         "paths": {
             "/v1/chat/completions": {"post": {"summary": "Chat completion", "requestBody": json_body("ChatCompletionRequest"), "responses": post_responses}},
             "/v1/completions": {"post": {"summary": "Text completion", "requestBody": json_body("CompletionRequest"), "responses": post_responses}},
+            "/v1/embeddings": {"post": {"summary": "Embeddings: the last token's final hidden state, L2-normalised", "requestBody": json_body("EmbeddingRequest"), "responses": {"200": {"description": "`{\"object\": \"list\", \"data\": [{\"object\": \"embedding\", \"index\", \"embedding\"}], \"usage\"}`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/v1/responses": {"post": {"summary": "OpenAI's Responses API", "requestBody": json_body("ResponsesRequest"), "responses": responses_api}},
             "/v1/responses/{id}": {
                 "get": {"summary": "A stored response", "responses": {"200": {"description": "the response object", "content": {"application/json": {}}}, "404": error_responses()["404"]}},

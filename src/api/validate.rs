@@ -101,6 +101,7 @@ pub fn sampling_params(
         prompt_logprobs: None,
         format: OutputFormat::Text,
         think_first: false,
+        embed: false,
     })
 }
 

@@ -168,7 +168,7 @@ impl EngineCore {
         self.step_seconds += start.elapsed().as_secs_f64();
     }
 
-    fn update(&mut self, out: &SchedulerOutput, logits: StepLogits) {
+    fn update(&mut self, out: &SchedulerOutput, mut logits: StepLogits) {
         for s in &out.seqs {
             let seq = &self.scheduler.running[s.running_index];
             let prompt_part = seq.num_prompt_tokens.saturating_sub(seq.num_computed_tokens).min(s.num_new_tokens);
@@ -182,6 +182,12 @@ impl EngineCore {
             }
         }
         self.scheduler.mark_computed(out);
+        for (k, s) in out.seqs.iter().enumerate() {
+            if let Some(hidden) = logits.hidden[k].take() {
+                self.scheduler.running[s.running_index].finish_embedding(hidden);
+                finished.push(s.running_index);
+            }
+        }
         // Sampling may read a whole vocabulary row per sequence (150k logits for Qwen); each
         // sequence has its own sampler and RNG, so they run in parallel with the same results.
         let mut rows: Vec<Option<(&Next, &[Next])>> = vec![None; self.scheduler.running.len()];

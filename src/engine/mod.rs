@@ -189,6 +189,7 @@ pub struct EngineHandle {
     sampling_defaults: sampling_defaults::SamplingDefaults,
     max_context: usize,
     vocab_size: usize,
+    hidden_size: usize,
     num_blocks: usize,
     config: EngineConfig,
 }
@@ -261,6 +262,7 @@ impl EngineHandle {
             sampling_defaults,
             max_context,
             vocab_size: cfg.vocab_size,
+            hidden_size: cfg.hidden_size,
             num_blocks,
             config,
         })
@@ -281,6 +283,11 @@ impl EngineHandle {
     /// What a request that leaves a sampling field out gets (the model's generation config).
     pub fn sampling_defaults(&self) -> &sampling_defaults::SamplingDefaults {
         &self.sampling_defaults
+    }
+
+    /// The width of the model's hidden states (an embedding's length).
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size
     }
 
     pub fn max_context(&self) -> usize {

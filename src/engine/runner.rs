@@ -122,6 +122,9 @@ pub struct StepLogits {
     /// For prompt-logprob sequences: rows for each new prompt token (row `i` predicts the
     /// token after new token `i`).
     pub prompt: Vec<Vec<Vec<f32>>>,
+    /// For embedding sequences whose prompt is all computed after this step: the last token's
+    /// final hidden state (their `next` is `None`: nothing is sampled).
+    pub hidden: Vec<Option<Vec<f32>>>,
 }
 
 pub struct ModelRunner {
@@ -194,6 +197,12 @@ impl ModelRunner {
                 // Every new prompt token's row (the last may also be the next-token row).
                 batch.logits_indices.extend(row0..row0 + s.num_new_tokens as u32);
                 wants.extend(std::iter::repeat_n(Want::Whole, s.num_new_tokens));
+            } else if seq.params.embed && known_end == seq.num_tokens() {
+                // The last prompt token's hidden state; its logits row, computed with it, is
+                // left unread (an argmax is the cheapest way for a row to come back).
+                batch.hidden_rows.push(batch.logits_indices.len() as u32);
+                batch.logits_indices.push(row0 + s.num_new_tokens as u32 - 1);
+                wants.push(Want::Argmax);
             } else if known_end == seq.num_tokens() {
                 // The row after the last known token, and one after each draft token.
                 let rows = s.num_draft_tokens as u32 + 1;
@@ -214,17 +223,32 @@ impl ModelRunner {
             batch.logits_indices.push(0);
         }
         let start = Instant::now();
-        let logits = self.model.forward(&batch, &mut self.cache)?;
+        let (logits, hidden) = self.model.forward_with_hidden(&batch, &mut self.cache)?;
         let issued = Instant::now();
         let mut logits = if no_logits { vec![] } else { host_rows(&logits, &wants)? };
+        let mut hidden = match hidden {
+            Some(h) => h.to_vec2::<f32>()?,
+            None => vec![],
+        }
+        .into_iter();
         self.forward_seconds += (issued - start).as_secs_f64();
         self.logits_seconds += issued.elapsed().as_secs_f64();
         let mut next = Vec::with_capacity(out.seqs.len());
         let mut prompt = Vec::with_capacity(out.seqs.len());
         let mut after_draft = Vec::with_capacity(out.seqs.len());
+        let mut states = Vec::with_capacity(out.seqs.len());
         for (s, (first, count)) in out.seqs.iter().zip(rows) {
             let seq = &running[s.running_index];
             let known_end = seq.num_computed_tokens + s.num_new_tokens - s.num_draft_tokens;
+            if seq.params.embed {
+                // Hidden rows come in the order their sequences were scheduled.
+                states.push(if count == 1 { hidden.next() } else { None });
+                next.push(None);
+                after_draft.push(vec![]);
+                prompt.push(vec![]);
+                continue;
+            }
+            states.push(None);
             let mut own: Vec<Next> = logits[first..first + count].iter_mut().map(|r| r.take().expect("each row once")).collect();
             let complete = known_end == seq.num_tokens();
             after_draft.push(own.split_off(own.len() - s.num_draft_tokens.min(own.len())));
@@ -243,7 +267,7 @@ impl ModelRunner {
                 prompt.push(vec![]);
             }
         }
-        Ok(StepLogits { next, after_draft, prompt })
+        Ok(StepLogits { next, after_draft, prompt, hidden: states })
     }
 }
 

@@ -61,6 +61,9 @@ pub struct SamplingParams {
     pub format: OutputFormat,
     /// Held output comes after the model's thinking (`super::thinking`).
     pub think_first: bool,
+    /// An embedding request: nothing is generated (`max_tokens` 0); the sequence ends after its
+    /// prompt with the final hidden state of its last token ([`Event::Embedding`](super::Event)).
+    pub embed: bool,
 }
 
 impl Default for SamplingParams {
@@ -85,6 +88,7 @@ impl Default for SamplingParams {
             prompt_logprobs: None,
             format: OutputFormat::Text,
             think_first: false,
+            embed: false,
         }
     }
 }
@@ -129,6 +133,9 @@ impl SamplingParams {
         }
         if let Some((id, _)) = self.logit_bias.iter().find(|(_, b)| !in_range(*b, -100.0, 100.0)) {
             return Err(format!("`logit_bias` values must be in [-100, 100] (token {id})"));
+        }
+        if self.embed {
+            return if self.max_tokens == 0 && self.n == 1 { Ok(()) } else { Err("an embedding generates nothing: `max_tokens` 0, `n` 1".into()) };
         }
         if self.max_tokens < 1 {
             return Err("`max_tokens` must be at least 1".into());

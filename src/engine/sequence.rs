@@ -202,6 +202,13 @@ impl Sequence {
         Ok(Some(reason))
     }
 
+    /// Ends an embedding sequence, its prompt computed: its last token's hidden state, then the
+    /// finish.
+    pub fn finish_embedding(&self, hidden: Vec<f32>) {
+        self.send(Event::Embedding { index: self.index, hidden });
+        self.send(Event::Finished { index: self.index, reason: FinishReason::Stop, stop_reason: None, text: String::new(), usage: self.usage() });
+    }
+
     /// Ends the sequence where its output constraint allows no token at all: as at
     /// `max_tokens`, with what it has written, the start of a valid object. A guard: the
     /// parsers start no value they could not finish, so no test reaches it.

@@ -162,6 +162,14 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Token ids of `text` with the special tokens the tokenizer's post-processor adds (what
+    /// Hugging Face's `tokenizer(text)` gives: Qwen3-Embedding's appends `<|endoftext|>`;
+    /// a tokenizer without a post-processor adds none).
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self.inner.encode_fast(text, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// Text of `ids`. Ids outside the vocabulary are dropped, as `tokenizers` does (a model whose
     /// embedding is padded past the vocabulary can in principle sample one).
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {

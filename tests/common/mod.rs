@@ -28,6 +28,21 @@ pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// A model folder for a tiny fixture checkpoint: its config and weights, and a word-level
+/// tokenizer over its 512 ids whose token `tN` is id N.
+pub fn tiny_model_folder(name: &str, dir: &std::path::Path) {
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(name).join(file), dir.join(file)).unwrap();
+    }
+    let vocab: std::collections::HashMap<String, u32> = (0..512u32).map(|i| (format!("t{i}"), i)).collect();
+    let model = WordLevel::builder().vocab(vocab.into_iter().collect()).unk_token("t0".into()).build().unwrap();
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    tokenizer.with_pre_tokenizer(Some(Whitespace {}));
+    tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
+}
+
 pub fn read_json(name: &str) -> serde_json::Value {
     let path = fixture(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -1,0 +1,190 @@
+//! `POST /v1/embeddings`: each input's final hidden state at its last token (last-token
+//! pooling, as Qwen3-Embedding and gte-Qwen are trained for), L2-normalised, optionally cut to
+//! its first `dimensions` values (Matryoshka) and renormalised; floats or base64.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::generation::{random_id, unix_time};
+use super::state::{ApiJson, AppState};
+use super::types::Prompt;
+use super::validate;
+use crate::engine::{EngineRequest, Event, FinishReason, RequestStream, SamplingParams};
+use crate::error::ApiError;
+
+/// OpenAI's limit on inputs in one request.
+const MAX_INPUTS: usize = 2048;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingRequest {
+    pub input: Prompt,
+    pub model: Option<String>,
+    /// `float` (the default) or `base64`: little-endian f32 bytes, as OpenAI's SDKs decode them.
+    pub encoding_format: Option<String>,
+    /// Keep the first `dimensions` values (then renormalise).
+    pub dimensions: Option<i64>,
+    /// vLLM's extensions: embed only each input's last `k` tokens; whether the tokenizer adds
+    /// its special tokens (Qwen3-Embedding's appends `<|endoftext|>`); whether to normalise.
+    pub truncate_prompt_tokens: Option<i64>,
+    pub add_special_tokens: Option<bool>,
+    pub normalize: Option<bool>,
+}
+
+pub async fn embeddings(State(state): State<AppState>, ApiJson(req): ApiJson<EmbeddingRequest>) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    validate::check_model(req.model.as_deref(), &state.model_name)?;
+    let engine = &state.engine;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(ApiError::invalid("encoding_format", format!("`encoding_format` must be `float` or `base64`, got `{other}`"))),
+    };
+    let hidden_size = engine.hidden_size();
+    let dimensions = match req.dimensions {
+        None => None,
+        Some(d) if d >= 1 && d as usize <= hidden_size => Some(d as usize),
+        Some(d) => return Err(ApiError::invalid("dimensions", format!("`dimensions` must be in [1, {hidden_size}] (the model's hidden size), got {d}"))),
+    };
+    let truncate = match req.truncate_prompt_tokens {
+        None | Some(-1) => None,
+        Some(k) if k >= 1 => Some(k as usize),
+        Some(k) => return Err(ApiError::invalid("truncate_prompt_tokens", format!("`truncate_prompt_tokens` must be at least 1 (or -1: the context), got {k}"))),
+    };
+    let prompts = tokenize(&state, &req.input, req.add_special_tokens.unwrap_or(true), truncate)?;
+    let normalize = req.normalize.unwrap_or(true);
+    let params = SamplingParams { embed: true, max_tokens: 0, ..Default::default() };
+    let mut data = Vec::with_capacity(prompts.len());
+    let num_tokens: usize = prompts.iter().map(Vec::len).sum();
+    // A window of requests at a time: they batch together in the engine without filling its
+    // waiting queue with a 2,048-input request.
+    for (w, window) in prompts.chunks(engine.config().max_num_seqs.max(1)).enumerate() {
+        let mut streams = Vec::with_capacity(window.len());
+        for (i, prompt) in window.iter().enumerate() {
+            let stream = engine.submit(EngineRequest { prompt: prompt.clone(), params: params.clone() });
+            streams.push(stream.map_err(|e| input_error(e.into(), w * engine.config().max_num_seqs.max(1) + i))?);
+        }
+        for stream in streams {
+            let mut values = hidden_state(stream).await?;
+            if let Some(d) = dimensions {
+                values.truncate(d);
+            }
+            if normalize {
+                l2_normalize(&mut values);
+            }
+            let embedding = if base64 { json!(encode_base64(&values)) } else { json!(values) };
+            data.push(json!({"object": "embedding", "index": data.len(), "embedding": embedding}));
+        }
+    }
+    state.metrics.observe_generation(None, None, started.elapsed());
+    Ok(Json(json!({
+        "id": random_id("embd"),
+        "object": "list",
+        "created": unix_time(),
+        "model": state.model_name,
+        "data": data,
+        "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
+    })))
+}
+
+/// Token ids of every input, each checked against the context; `truncate` keeps the last k.
+fn tokenize(state: &AppState, input: &Prompt, special: bool, truncate: Option<usize>) -> Result<Vec<Vec<u32>>, ApiError> {
+    let tokenizer = state.engine.tokenizer();
+    let encode = |t: &String| if special { tokenizer.encode_with_special_tokens(t) } else { tokenizer.encode(t) };
+    let mut prompts: Vec<Vec<u32>> = match input {
+        Prompt::Text(t) => vec![encode(t)?],
+        Prompt::Texts(ts) => ts.iter().map(encode).collect::<Result<_, _>>()?,
+        Prompt::Tokens(ids) => vec![ids.clone()],
+        Prompt::TokenLists(lists) => lists.clone(),
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("input", "`input` must not be an empty list"));
+    }
+    if prompts.len() > MAX_INPUTS {
+        return Err(ApiError::invalid("input", format!("`input` holds {} inputs, more than {MAX_INPUTS}", prompts.len())));
+    }
+    let max = state.engine.max_sequence_tokens();
+    for (i, prompt) in prompts.iter_mut().enumerate() {
+        if let Some(k) = truncate {
+            let cut = prompt.len().saturating_sub(k);
+            prompt.drain(..cut);
+        }
+        if prompt.is_empty() {
+            return Err(input_error(ApiError::invalid("input", "the input is empty"), i));
+        }
+        if prompt.len() > max {
+            let message = format!("the input has {} tokens, more than the {max} this server can take (`truncate_prompt_tokens` keeps the last k)", prompt.len());
+            let mut e = ApiError::invalid("input", message);
+            e.code = Some("context_length_exceeded");
+            return Err(input_error(e, i));
+        }
+    }
+    Ok(prompts)
+}
+
+/// `e` about input `i` of the request: a 400 names `input`; the message says which.
+fn input_error(mut e: ApiError, i: usize) -> ApiError {
+    if e.status == axum::http::StatusCode::BAD_REQUEST {
+        e.param = Some("input".into());
+    }
+    e.message = format!("input {i}: {}", e.message);
+    e
+}
+
+/// The engine's result for one embedding request.
+async fn hidden_state(mut stream: RequestStream) -> Result<Vec<f32>, ApiError> {
+    let mut hidden = None;
+    while let Some(event) = stream.recv().await {
+        match event {
+            Event::Embedding { hidden: h, .. } => hidden = Some(h),
+            Event::Finished { reason: FinishReason::Abort, .. } => break,
+            Event::Finished { .. } => return hidden.ok_or_else(|| ApiError::internal("the engine finished an embedding without its state")),
+            Event::PromptLogprobs(_) | Event::Token { .. } => {}
+        }
+    }
+    Err(ApiError::internal("the embedding was aborted by the engine (see the server log)"))
+}
+
+fn l2_normalize(values: &mut [f32]) {
+    let norm = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+    // As torch's F.normalize: a zero vector stays zero.
+    let scale = 1.0 / norm.max(1e-12);
+    for v in values {
+        *v = (f64::from(*v) * scale) as f32;
+    }
+}
+
+/// Little-endian f32 bytes in standard base64 (what OpenAI's SDKs decode).
+fn encode_base64(values: &[f32]) -> String {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    #[test]
+    fn base64_holds_little_endian_f32() {
+        let values = [1.0f32, -0.5, 3.25e-3, f32::MIN_POSITIVE];
+        let bytes = base64::engine::general_purpose::STANDARD.decode(super::encode_base64(&values)).unwrap();
+        let back: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(back, values);
+        // Known bytes: 1.0 is 00 00 80 3f.
+        assert_eq!(super::encode_base64(&[1.0]), "AACAPw==");
+    }
+
+    #[test]
+    fn normalising_gives_unit_length_and_keeps_zero() {
+        let mut v = vec![3.0f32, 4.0];
+        super::l2_normalize(&mut v);
+        assert_eq!(v, [0.6, 0.8]);
+        let mut zero = vec![0.0f32; 3];
+        super::l2_normalize(&mut zero);
+        assert_eq!(zero, [0.0; 3]);
+    }
+}
