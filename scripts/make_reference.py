@@ -28,12 +28,15 @@ What it produces (every JSON file carries a "generator" object with the package 
   tests/fixtures/gguf_yarn_reference.json  the GGUF model under Qwen's documented YaRN (factor 4 over
                                            32768): greedy continuations and teacher-forced top-5, and
                                            how often the unscaled model's argmax agrees with them
+  tests/fixtures/gguf_embeddings.json      the GGUF model's last-token embeddings (final norm's output
+                                           at the last token, L2-normalised) of a few texts, and their
+                                           cosine similarities
 
 How to run (from the repository root; the venv is made once with
 scripts/requirements-reference.txt):
 
     HF_HUB_OFFLINE=1 ~/.cache/qwen-serve/ref-venv/bin/python scripts/make_reference.py [TEST_DATA_DIR]
-        [--only templates,tokenization,gguf,tiny,rope,gguf_yarn]
+        [--only templates,tokenization,gguf,tiny,rope,gguf_yarn,gguf_embed]
 
 TEST_DATA_DIR defaults to the directory printed by `bash scripts/fetch-test-data.sh`. The script
 never contacts the Hugging Face Hub (it sets HF_HUB_OFFLINE=1 itself and loads only local files).
@@ -71,7 +74,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN3_TOKENIZER_DIR = "qwen3-tokenizer"
-SECTIONS = ("templates", "tokenization", "gguf", "tiny", "rope", "gguf_yarn")
+SECTIONS = ("templates", "tokenization", "gguf", "tiny", "rope", "gguf_yarn", "gguf_embed")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1160,6 +1163,36 @@ def run_gguf_yarn(data_dir: Path, gen: dict) -> None:
     write_json(FIXTURES / "gguf_yarn_reference.json", {"generator": gen, "model_file": GGUF_NAME, "rope_scaling": QWEN_YARN, "prompts": records})
 
 
+EMBED_TEXTS = [
+    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:What is the capital of China?",
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other.",
+    "def quicksort(arr):\n    if len(arr) <= 1:\n        return arr",
+]
+
+
+def run_gguf_embed(data_dir: Path, gen: dict) -> None:
+    from transformers import AutoModelForCausalLM
+
+    print("[gguf_embed]")
+    tok = load_gguf_tokenizer(data_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(data_dir), gguf_file=GGUF_NAME, dtype=torch.float32, attn_implementation="eager").eval()
+    records = []
+    vectors = []
+    for text in EMBED_TEXTS:
+        # As a server tokenizes an embedding input: with the tokenizer's special tokens.
+        ids = tok(text, add_special_tokens=True)["input_ids"]
+        with torch.no_grad():
+            last = model.model(torch.tensor([ids])).last_hidden_state[0, -1].float()
+        unit = torch.nn.functional.normalize(last, dim=0)
+        vectors.append(unit)
+        records.append({"text": text, "input_ids": ids, "norm": f7(last.norm().item()), "embedding": [f7(v) for v in unit.tolist()]})
+        print(f"  {len(ids)} tokens, norm {last.norm().item():.3f}: {text[:40]!r}")
+    sims = [[f7(torch.dot(a, b).item()) for b in vectors] for a in vectors]
+    print(f"  cosine similarities: {sims}")
+    write_json(FIXTURES / "gguf_embeddings.json", {"generator": gen, "model_file": GGUF_NAME, "pooling": "last token, L2-normalised", "inputs": records, "cosine": sims})
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -1181,7 +1214,7 @@ def main() -> None:
     gen = generator_info()
     print(f"generator: {gen}")
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    runners = {"templates": run_templates, "tokenization": run_tokenization, "gguf": run_gguf, "tiny": run_tiny, "rope": run_rope, "gguf_yarn": run_gguf_yarn}
+    runners = {"templates": run_templates, "tokenization": run_tokenization, "gguf": run_gguf, "tiny": run_tiny, "rope": run_rope, "gguf_yarn": run_gguf_yarn, "gguf_embed": run_gguf_embed}
     for s in SECTIONS:
         if s in only:
             t0 = time.time()

@@ -55,6 +55,18 @@ check("chat stream text", "".join(pieces) == text, ("".join(pieces), text))
 check("chat stream usage", usage is not None and usage.completion_tokens == 12, usage)
 check("chat stream finish", finish == "length", finish)
 
+# Embeddings: the SDK asks for base64 unless told otherwise; floats and base64 decode to the
+# same unit vectors (within batching's rounding: the pair ran together, the single alone).
+texts = ["The capital of China is Beijing.", "Gravity attracts two bodies towards each other."]
+emb = client.embeddings.create(model=MODEL, input=texts)
+vecs = [d.embedding for d in emb.data]
+check("embeddings", len(vecs) == 2 and len(vecs[0]) == 896 and abs(sum(x * x for x in vecs[0]) - 1) < 1e-4, emb)
+check("embeddings usage", emb.usage.prompt_tokens == emb.usage.total_tokens > 0, emb.usage)
+floats = client.embeddings.create(model=MODEL, input=texts[0], encoding_format="float").data[0].embedding
+check("embeddings float = base64", max(abs(a - b) for a, b in zip(floats, vecs[0])) < 1e-3, (floats[:4], vecs[0][:4]))
+short = client.embeddings.create(model=MODEL, input=texts[0], dimensions=64).data[0].embedding
+check("embeddings dimensions", len(short) == 64 and abs(sum(x * x for x in short) - 1) < 1e-4, len(short))
+
 # The Responses API: the same greedy text, whole and as typed stream events, and a follow-up
 # through previous_response_id.
 resp = client.responses.create(model=MODEL, input=FIB, max_output_tokens=12, temperature=0)
@@ -204,6 +216,9 @@ chat = client.chat.completions.create(
     model=MODEL,
     messages=[{"role": "user", "content": "Generate an email address for Alan Turing, who works in Enigma. End in .com and new line."}],
     max_tokens=30,
+    # Greedy: sampled, the model may spend all 30 tokens inside `\w+` (a legal prefix cut by
+    # max_tokens; it failed the check once in ~10 runs that way).
+    temperature=0,
     extra_body={"structured_outputs": {"regex": r"\w+@\w+\.com\n"}},
 )
 email = chat.choices[0].message.content
