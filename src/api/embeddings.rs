@@ -1,6 +1,6 @@
 //! `POST /v1/embeddings`: each input's final hidden state at its last token (last-token
-//! pooling, as Qwen3-Embedding and gte-Qwen are trained for), L2-normalised, optionally cut to
-//! its first `dimensions` values (Matryoshka) and renormalised; floats or base64.
+//! pooling over causal attention, as Qwen3-Embedding is trained for), L2-normalised, optionally
+//! cut to its first `dimensions` values (Matryoshka) and renormalised; floats or base64.
 
 use std::time::Instant;
 
