@@ -442,7 +442,7 @@ fn embeddings_are_the_last_hidden_state_whatever_runs_beside_them() {
     for stream in generating {
         assert_eq!(collect(stream).0.remove(&0).unwrap().tokens.len(), 24);
     }
-    // A long prompt: chunked, then again from the prefix cache.
+    // A long prompt, then again from the prefix cache.
     let long = e.tokenizer().encode(&"Embeddings of long inputs are computed in chunks like any prefill. ".repeat(10)).unwrap();
     let whole = collect(embed(&e, &long)).0.remove(&0).unwrap();
     let cached = collect(embed(&e, &long)).0.remove(&0).unwrap();
@@ -450,10 +450,35 @@ fn embeddings_are_the_last_hidden_state_whatever_runs_beside_them() {
     assert!(relative_diff(whole.hidden.as_ref().unwrap(), cached.hidden.as_ref().unwrap()) < 1e-3);
     idle_stats(&e);
     e.shutdown();
-    let chunked = engine(EngineConfig { max_num_batched_tokens: 32, enable_prefix_caching: false, ..Default::default() });
+    // Chunked by a 32-token budget, in steps shared with prompt logprobs (every prompt row),
+    // drafted decoding (rows after draft tokens) and other embeddings.
+    use qwen_serve::engine::speculative::SpeculativeConfig;
+    let spec = Some(SpeculativeConfig { num_speculative_tokens: 4, prompt_lookup_max: 3, prompt_lookup_min: 1 });
+    let chunked = engine(EngineConfig { max_num_batched_tokens: 32, enable_prefix_caching: false, speculative: spec, ..Default::default() });
     let hidden = collect(embed(&chunked, &long)).0.remove(&0).unwrap().hidden.unwrap();
     assert!(relative_diff(whole.hidden.as_ref().unwrap(), &hidden) < 1e-3, "{}", relative_diff(whole.hidden.as_ref().unwrap(), &hidden));
-    for params in [SamplingParams { embed: true, max_tokens: 1, ..Default::default() }, SamplingParams { embed: true, max_tokens: 0, n: 2, ..Default::default() }] {
+    let repeat = chunked.tokenizer().encode(&"a b c d e f g ".repeat(6)).unwrap();
+    let scored = SamplingParams { prompt_logprobs: Some(2), ..greedy(4) };
+    let submit = |prompt: &[u32], params: &SamplingParams| chunked.submit(EngineRequest { prompt: prompt.to_vec(), params: params.clone() }).unwrap();
+    let (drafted_alone, scored_alone) = (collect(submit(&repeat, &greedy(24))).0.remove(&0).unwrap(), collect(submit(&long, &scored)));
+    let drafted = submit(&repeat, &greedy(24));
+    let with_scores = submit(&long, &scored);
+    let embeddings: Vec<RequestStream> = [&long, &prompts[0], &prompts[1]].into_iter().map(|p| embed(&chunked, p)).collect();
+    for (stream, want) in embeddings.into_iter().zip([whole.hidden.as_ref().unwrap(), &alone[0], &alone[1]]) {
+        let hidden = collect(stream).0.remove(&0).unwrap().hidden.unwrap();
+        assert!(relative_diff(want, &hidden) < 1e-3, "{}", relative_diff(want, &hidden));
+    }
+    assert_eq!(collect(drafted).0.remove(&0).unwrap().tokens, drafted_alone.tokens);
+    let (mut choices, prompt_logprobs) = collect(with_scores);
+    assert_eq!(choices.remove(&0).unwrap().tokens, scored_alone.0[&0].tokens);
+    assert_eq!(prompt_logprobs.map(|p| p.len()), scored_alone.1.map(|p| p.len()));
+    assert!(idle_stats(&chunked).num_accepted_draft_tokens > 0, "drafts ran beside the embeddings");
+    for params in [
+        SamplingParams { embed: true, max_tokens: 1, ..Default::default() },
+        SamplingParams { embed: true, max_tokens: 0, n: 2, ..Default::default() },
+        SamplingParams { embed: true, max_tokens: 0, prompt_logprobs: Some(1), ..Default::default() },
+        SamplingParams { embed: true, max_tokens: 0, logprobs: Some(0), ..Default::default() },
+    ] {
         let refused = chunked.submit(EngineRequest { prompt: long.clone(), params });
         assert!(matches!(refused, Err(SubmitError::Invalid(_))));
     }

@@ -118,6 +118,11 @@ impl QwenForCausalLm {
             weights.linear("lm_head", cfg.hidden_size, cfg.vocab_size, false)?
         } else if cfg.tie_word_embeddings {
             embed_tokens.as_linear()?
+        } else if bare {
+            // Qwen3-Embedding-8B keeps its base model's untied config but ships no head: its
+            // hidden states are the product; tokens generated through the embeddings are noise.
+            tracing::warn!("no lm_head in this embedding checkpoint: generation reads the input embeddings as its head");
+            embed_tokens.as_linear()?
         } else {
             return Err(ModelError::MissingTensor("lm_head.weight".into()));
         };

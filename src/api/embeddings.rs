@@ -2,6 +2,7 @@
 //! pooling over causal attention, as Qwen3-Embedding is trained for), L2-normalised, optionally
 //! cut to its first `dimensions` values (Matryoshka) and renormalised; floats or base64.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -60,25 +61,28 @@ pub async fn embeddings(State(state): State<AppState>, ApiJson(req): ApiJson<Emb
     let params = SamplingParams { embed: true, max_tokens: 0, ..Default::default() };
     let mut data = Vec::with_capacity(prompts.len());
     let num_tokens: usize = prompts.iter().map(Vec::len).sum();
-    // A window of requests at a time: they batch together in the engine without filling its
-    // waiting queue with a 2,048-input request.
-    for (w, window) in prompts.chunks(engine.config().max_num_seqs.max(1)).enumerate() {
-        let mut streams = Vec::with_capacity(window.len());
-        for (i, prompt) in window.iter().enumerate() {
+    // A sliding window of requests in the engine, as many as it runs at once: they batch
+    // together without a 2,048-input request filling its waiting queue. Should other clients
+    // fill that queue meanwhile, the request ends with their 429 (nothing is half-returned).
+    let window = engine.config().max_num_seqs.max(1);
+    let mut pending = VecDeque::with_capacity(window);
+    let mut submitted = prompts.iter().enumerate();
+    while data.len() < prompts.len() {
+        while pending.len() < window {
+            let Some((i, prompt)) = submitted.next() else { break };
             let stream = engine.submit(EngineRequest { prompt: prompt.clone(), params: params.clone() });
-            streams.push(stream.map_err(|e| input_error(e.into(), w * engine.config().max_num_seqs.max(1) + i))?);
+            pending.push_back(stream.map_err(|e| input_error(e.into(), i))?);
         }
-        for stream in streams {
-            let mut values = hidden_state(stream).await?;
-            if let Some(d) = dimensions {
-                values.truncate(d);
-            }
-            if normalize {
-                l2_normalize(&mut values);
-            }
-            let embedding = if base64 { json!(encode_base64(&values)) } else { json!(values) };
-            data.push(json!({"object": "embedding", "index": data.len(), "embedding": embedding}));
+        let stream = pending.pop_front().expect("an input not yet returned is in the window");
+        let mut values = hidden_state(stream).await?;
+        if let Some(d) = dimensions {
+            values.truncate(d);
         }
+        if normalize {
+            l2_normalize(&mut values);
+        }
+        let embedding = if base64 { json!(encode_base64(&values)) } else { json!(values) };
+        data.push(json!({"object": "embedding", "index": data.len(), "embedding": embedding}));
     }
     state.metrics.observe_generation(None, None, started.elapsed());
     Ok(Json(json!({
@@ -93,6 +97,17 @@ pub async fn embeddings(State(state): State<AppState>, ApiJson(req): ApiJson<Emb
 
 /// Token ids of every input, each checked against the context; `truncate` keeps the last k.
 fn tokenize(state: &AppState, input: &Prompt, special: bool, truncate: Option<usize>) -> Result<Vec<Vec<u32>>, ApiError> {
+    let count = match input {
+        Prompt::Text(_) | Prompt::Tokens(_) => 1,
+        Prompt::Texts(ts) => ts.len(),
+        Prompt::TokenLists(lists) => lists.len(),
+    };
+    if count == 0 {
+        return Err(ApiError::invalid("input", "`input` must not be an empty list"));
+    }
+    if count > MAX_INPUTS {
+        return Err(ApiError::invalid("input", format!("`input` holds {count} inputs, more than {MAX_INPUTS}")));
+    }
     let tokenizer = state.engine.tokenizer();
     let encode = |t: &String| if special { tokenizer.encode_with_special_tokens(t) } else { tokenizer.encode(t) };
     let mut prompts: Vec<Vec<u32>> = match input {
@@ -101,13 +116,8 @@ fn tokenize(state: &AppState, input: &Prompt, special: bool, truncate: Option<us
         Prompt::Tokens(ids) => vec![ids.clone()],
         Prompt::TokenLists(lists) => lists.clone(),
     };
-    if prompts.is_empty() {
-        return Err(ApiError::invalid("input", "`input` must not be an empty list"));
-    }
-    if prompts.len() > MAX_INPUTS {
-        return Err(ApiError::invalid("input", format!("`input` holds {} inputs, more than {MAX_INPUTS}", prompts.len())));
-    }
     let max = state.engine.max_sequence_tokens();
+    let vocab = state.engine.vocab_size();
     for (i, prompt) in prompts.iter_mut().enumerate() {
         if let Some(k) = truncate {
             let cut = prompt.len().saturating_sub(k);
@@ -115,6 +125,9 @@ fn tokenize(state: &AppState, input: &Prompt, special: bool, truncate: Option<us
         }
         if prompt.is_empty() {
             return Err(input_error(ApiError::invalid("input", "the input is empty"), i));
+        }
+        if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+            return Err(input_error(ApiError::invalid("input", format!("token id {id} is outside the vocabulary (0..{vocab})")), i));
         }
         if prompt.len() > max {
             let message = format!("the input has {} tokens, more than the {max} this server can take (`truncate_prompt_tokens` keeps the last k)", prompt.len());

@@ -290,6 +290,11 @@ impl EngineHandle {
         self.hidden_size
     }
 
+    /// Token ids a prompt may hold: `0..vocab_size`.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
     pub fn max_context(&self) -> usize {
         self.max_context
     }

@@ -175,6 +175,8 @@ impl ModelRunner {
         meta.query_start_loc.push(0);
         // For each scheduled sequence: (first logits row, number of rows) in the output.
         let mut rows = Vec::with_capacity(out.seqs.len());
+        // Per scheduled sequence: whether one of the hidden rows is its (an embedding's last chunk).
+        let mut has_hidden = Vec::with_capacity(out.seqs.len());
         // Per logits row: how it reaches the host (on the CPU, read in place: an argmax or whole).
         let mut wants = Vec::with_capacity(out.seqs.len());
         let vocab = self.model.config().vocab_size;
@@ -193,6 +195,7 @@ impl ModelRunner {
             meta.block_tables.extend(std::iter::repeat_n(0, max_blocks - seq.block_table.len()));
             meta.slot_mapping.extend((start..end).map(|p| seq.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32));
             let first = batch.logits_indices.len();
+            has_hidden.push(seq.params.embed && known_end == seq.num_tokens());
             if seq.params.prompt_logprobs.is_some() && start < seq.num_prompt_tokens {
                 // Every new prompt token's row (the last may also be the next-token row).
                 batch.logits_indices.extend(row0..row0 + s.num_new_tokens as u32);
@@ -201,7 +204,7 @@ impl ModelRunner {
                 // The last prompt token's hidden state; its logits row, computed with it, is
                 // left unread (an argmax is the cheapest way for a row to come back).
                 batch.hidden_rows.push(batch.logits_indices.len() as u32);
-                batch.logits_indices.push(row0 + s.num_new_tokens as u32 - 1);
+                batch.logits_indices.push(row0 + (known_end - start) as u32 - 1);
                 wants.push(Want::Argmax);
             } else if known_end == seq.num_tokens() {
                 // The row after the last known token, and one after each draft token.
@@ -237,12 +240,12 @@ impl ModelRunner {
         let mut prompt = Vec::with_capacity(out.seqs.len());
         let mut after_draft = Vec::with_capacity(out.seqs.len());
         let mut states = Vec::with_capacity(out.seqs.len());
-        for (s, (first, count)) in out.seqs.iter().zip(rows) {
+        for ((s, (first, count)), has_hidden) in out.seqs.iter().zip(rows).zip(has_hidden) {
             let seq = &running[s.running_index];
             let known_end = seq.num_computed_tokens + s.num_new_tokens - s.num_draft_tokens;
             if seq.params.embed {
                 // Hidden rows come in the order their sequences were scheduled.
-                states.push(if count == 1 { hidden.next() } else { None });
+                states.push(if has_hidden { hidden.next() } else { None });
                 next.push(None);
                 after_draft.push(vec![]);
                 prompt.push(vec![]);

@@ -135,7 +135,12 @@ impl SamplingParams {
             return Err(format!("`logit_bias` values must be in [-100, 100] (token {id})"));
         }
         if self.embed {
-            return if self.max_tokens == 0 && self.n == 1 { Ok(()) } else { Err("an embedding generates nothing: `max_tokens` 0, `n` 1".into()) };
+            let plain = self.logprobs.is_none() && self.prompt_logprobs.is_none() && matches!(self.format, OutputFormat::Text) && !self.think_first;
+            return if self.max_tokens == 0 && self.n == 1 && plain {
+                Ok(())
+            } else {
+                Err("an embedding generates nothing: `max_tokens` 0, `n` 1, no logprobs, plain text".into())
+            };
         }
         if self.max_tokens < 1 {
             return Err("`max_tokens` must be at least 1".into());
