@@ -108,6 +108,30 @@ pub(super) fn build(md: &HashMap<String, Value>) -> Result<Built, TokenizerError
     let byte_level = json!({
         "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
     });
+    let num_tokens = tokens.len();
+    let eos_token_id = opt_token_id(md, "tokenizer.ggml.eos_token_id", num_tokens)?;
+    // Embedding GGUFs (Qwen3-Embedding) append EOS, as their tokenizer.json's template does;
+    // only `Tokenizer::encode_with_special_tokens` runs it.
+    let post_processor = match (opt_bool(md, "tokenizer.ggml.add_eos_token")?, eos_token_id) {
+        (Some(true), Some(eos)) => {
+            let eos_token = tokens[eos as usize];
+            let special = |seq: &str| json!([{"Sequence": {"id": seq, "type_id": 0}}, {"SpecialToken": {"id": eos_token, "type_id": 0}}]);
+            let pair: Vec<serde_json::Value> = [special("A"), special("B")].iter().flat_map(|v| v.as_array().unwrap().clone()).collect();
+            let template = json!({
+                "type": "TemplateProcessing",
+                "single": special("A"),
+                "pair": pair,
+                "special_tokens": {eos_token: {"id": eos_token, "ids": [eos], "tokens": [eos_token]}},
+            });
+            json!({"type": "Sequence", "processors": [byte_level, template]})
+        }
+        (Some(true), None) => {
+            return Err(TokenizerError::InvalidGguf(
+                "tokenizer.ggml.add_eos_token = true without tokenizer.ggml.eos_token_id".into(),
+            ))
+        }
+        _ => byte_level.clone(),
+    };
     let tokenizer_json = json!({
         "version": "1.0",
         "truncation": null,
@@ -126,7 +150,7 @@ pub(super) fn build(md: &HashMap<String, Value>) -> Result<Built, TokenizerError
                 byte_level,
             ]
         },
-        "post_processor": byte_level,
+        "post_processor": post_processor,
         "decoder": byte_level,
         "model": {
             "type": "BPE",
@@ -155,11 +179,10 @@ pub(super) fn build(md: &HashMap<String, Value>) -> Result<Built, TokenizerError
         }
     }
 
-    let num_tokens = tokens.len();
     Ok(Built {
         inner,
         bos_token_id: opt_token_id(md, "tokenizer.ggml.bos_token_id", num_tokens)?,
-        eos_token_id: opt_token_id(md, "tokenizer.ggml.eos_token_id", num_tokens)?,
+        eos_token_id,
         pad_token_id: opt_token_id(md, "tokenizer.ggml.padding_token_id", num_tokens)?,
     })
 }
@@ -323,6 +346,20 @@ mod tests {
         assert_eq!(tok.special_ids(), [4]);
         assert_eq!(tok.decode(&[2, 4, 5], true).unwrap(), "ab<tool_call>");
         assert_eq!(tok.vocab_size(), 6);
+    }
+
+    #[test]
+    fn add_eos_token_appends_eos_only_with_special_tokens() {
+        let plain = super::super::Tokenizer::from_gguf(&toy()).unwrap();
+        assert_eq!(plain.encode_with_special_tokens("ab a").unwrap(), [2, 3, 0]);
+        let mut md = toy();
+        md.insert("tokenizer.ggml.add_eos_token".into(), Value::Bool(true));
+        let tok = super::super::Tokenizer::from_gguf(&md).unwrap();
+        assert_eq!(tok.encode_with_special_tokens("ab a").unwrap(), [2, 3, 0, 4]);
+        assert_eq!(tok.encode("ab a").unwrap(), [2, 3, 0]);
+        md.remove("tokenizer.ggml.eos_token_id");
+        let err = build(&md).err().unwrap();
+        assert!(err.to_string().contains("eos_token_id"), "{err}");
     }
 
     #[test]
