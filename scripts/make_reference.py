@@ -31,12 +31,14 @@ What it produces (every JSON file carries a "generator" object with the package 
   tests/fixtures/gguf_embeddings.json      the GGUF model's last-token embeddings (final norm's output
                                            at the last token, L2-normalised) of a few texts, and their
                                            cosine similarities
+  tests/fixtures/gguf_rerank.json          the GGUF model as a reranker (Qwen3-Reranker's prompt and
+                                           yes/no scoring) on a few query/document pairs
 
 How to run (from the repository root; the venv is made once with
 scripts/requirements-reference.txt):
 
     HF_HUB_OFFLINE=1 ~/.cache/qwen-serve/ref-venv/bin/python scripts/make_reference.py [TEST_DATA_DIR]
-        [--only templates,tokenization,gguf,tiny,rope,gguf_yarn,gguf_embed]
+        [--only templates,tokenization,gguf,tiny,rope,gguf_yarn,gguf_embed,gguf_rerank]
 
 TEST_DATA_DIR defaults to the directory printed by `bash scripts/fetch-test-data.sh`. The script
 never contacts the Hugging Face Hub (it sets HF_HUB_OFFLINE=1 itself and loads only local files).
@@ -74,7 +76,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN3_TOKENIZER_DIR = "qwen3-tokenizer"
-SECTIONS = ("templates", "tokenization", "gguf", "tiny", "rope", "gguf_yarn", "gguf_embed")
+SECTIONS = ("templates", "tokenization", "gguf", "tiny", "rope", "gguf_yarn", "gguf_embed", "gguf_rerank")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1193,6 +1195,43 @@ def run_gguf_embed(data_dir: Path, gen: dict) -> None:
     write_json(FIXTURES / "gguf_embeddings.json", {"generator": gen, "model_file": GGUF_NAME, "pooling": "last token, L2-normalised", "inputs": records, "cosine": sims})
 
 
+# Qwen3-Reranker's recipe, as its model card gives it: the pair written into a fixed chat
+# prompt, the score P("yes") against P("no") at the last position.
+RERANK_SYSTEM = 'Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be "yes" or "no".'
+RERANK_DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+RERANK_PAIRS = [
+    (None, "What is the capital of China?", "The capital of China is Beijing."),
+    (None, "What is the capital of China?", "Gravity is a force that attracts two bodies towards each other."),
+    (None, "How do I reverse a list in Python?", "Use list.reverse() to reverse in place, or slicing: items[::-1]."),
+    (None, "How do I reverse a list in Python?", "The Eiffel Tower is 330 metres tall."),
+    ("Given a code question, retrieve code that answers it", "quicksort in python", "def quicksort(arr):\n    if len(arr) <= 1:\n        return arr"),
+]
+
+
+def run_gguf_rerank(data_dir: Path, gen: dict) -> None:
+    from transformers import AutoModelForCausalLM
+
+    print("[gguf_rerank]")
+    tok = load_gguf_tokenizer(data_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(data_dir), gguf_file=GGUF_NAME, dtype=torch.float32, attn_implementation="eager").eval()
+    prefix = f"<|im_start|>system\n{RERANK_SYSTEM}<|im_end|>\n<|im_start|>user\n"
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+    records = []
+    for instruction, query, document in RERANK_PAIRS:
+        pair = f"<Instruct>: {instruction or RERANK_DEFAULT_INSTRUCTION}\n<Query>: {query}\n<Document>: {document}"
+        # As the model card does: prefix, pair and suffix tokenized apart, then joined.
+        ids = tok.encode(prefix, add_special_tokens=False) + tok.encode(pair, add_special_tokens=False) + tok.encode(suffix, add_special_tokens=False)
+        with torch.no_grad():
+            last = model(torch.tensor([ids])).logits[0, -1].float()
+        pair_logits = torch.stack([last[no], last[yes]])
+        score = torch.log_softmax(pair_logits, dim=0)[1].exp().item()
+        records.append({"instruction": instruction, "query": query, "document": document, "input_ids": ids,
+                        "logit_no": f7(last[no].item()), "logit_yes": f7(last[yes].item()), "score": f7(score)})
+        print(f"  {len(ids)} tokens, score {score:.4f}: {query!r} / {document[:30]!r}")
+    write_json(FIXTURES / "gguf_rerank.json", {"generator": gen, "model_file": GGUF_NAME, "yes_id": yes, "no_id": no, "pairs": records})
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -1214,7 +1253,7 @@ def main() -> None:
     gen = generator_info()
     print(f"generator: {gen}")
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    runners = {"templates": run_templates, "tokenization": run_tokenization, "gguf": run_gguf, "tiny": run_tiny, "rope": run_rope, "gguf_yarn": run_gguf_yarn, "gguf_embed": run_gguf_embed}
+    runners = {"templates": run_templates, "tokenization": run_tokenization, "gguf": run_gguf, "tiny": run_tiny, "rope": run_rope, "gguf_yarn": run_gguf_yarn, "gguf_embed": run_gguf_embed, "gguf_rerank": run_gguf_rerank}
     for s in SECTIONS:
         if s in only:
             t0 = time.time()

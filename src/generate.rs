@@ -69,7 +69,7 @@ pub fn generate(
                     decode_time: first.elapsed(),
                 });
             }
-            Event::PromptLogprobs(_) | Event::Embedding { .. } => {}
+            Event::PromptLogprobs(_) | Event::Pooled { .. } => {}
         }
     }
     Err(GenerateError::EngineStopped)

@@ -33,7 +33,7 @@ fn collect(mut stream: RequestStream) -> (HashMap<usize, Choice>, Option<Vec<Opt
     while let Some(event) = stream.blocking_recv() {
         match event {
             Event::PromptLogprobs(p) => prompt_logprobs = Some(p),
-            Event::Embedding { index, hidden } => choices.entry(index).or_default().hidden = Some(hidden),
+            Event::Pooled { index, values: hidden } => choices.entry(index).or_default().hidden = Some(hidden),
             Event::Token { index, token, text, logprobs } => {
                 let c = choices.entry(index).or_default();
                 c.tokens.push(token);
@@ -478,6 +478,8 @@ fn embeddings_are_the_last_hidden_state_whatever_runs_beside_them() {
         SamplingParams { embed: true, max_tokens: 0, n: 2, ..Default::default() },
         SamplingParams { embed: true, max_tokens: 0, prompt_logprobs: Some(1), ..Default::default() },
         SamplingParams { embed: true, max_tokens: 0, logprobs: Some(0), ..Default::default() },
+        SamplingParams { score_tokens: vec![1], ..greedy(1) },
+        SamplingParams { embed: true, max_tokens: 0, score_tokens: vec![1, 1 << 20], ..Default::default() },
     ] {
         let refused = chunked.submit(EngineRequest { prompt: long.clone(), params });
         assert!(matches!(refused, Err(SubmitError::Invalid(_))));

@@ -28,7 +28,7 @@ fn models_health_and_openapi() {
     assert_eq!(models["data"][0]["id"], "qwen-test");
     assert_eq!(s.get("/health").status, 200);
     let spec = s.get("/openapi.json").json();
-    for path in ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/responses/{id}", "/v1/messages", "/v1/messages/count_tokens", "/infill", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/responses", "/v1/responses/{id}", "/v1/messages", "/v1/messages/count_tokens", "/infill", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
         assert!(spec["paths"][path].is_object(), "openapi lacks {path}");
     }
 }

@@ -320,7 +320,7 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
             return;
         };
         let (index, delta, logprobs, finish_reason) = match event {
-            Event::PromptLogprobs(_) | Event::Embedding { .. } => continue,
+            Event::PromptLogprobs(_) | Event::Pooled { .. } => continue,
             Event::Token { index, token, text, logprobs } => {
                 timing.token();
                 let delta = states[index].delta(&text, false);

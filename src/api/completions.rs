@@ -205,7 +205,7 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
                 prompt_lps[p] = Some(l);
                 continue;
             }
-            Event::Embedding { .. } => continue,
+            Event::Pooled { .. } => continue,
             Event::Token { index, token, text, logprobs } => {
                 timing.token();
                 (index, text, Some((token, logprobs)), None)

@@ -2,7 +2,6 @@
 //! pooling over causal attention, as Qwen3-Embedding is trained for), L2-normalised, optionally
 //! cut to its first `dimensions` values (Matryoshka) and renormalised; floats or base64.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -15,7 +14,8 @@ use super::generation::{random_id, unix_time};
 use super::state::{ApiJson, AppState};
 use super::types::Prompt;
 use super::validate;
-use crate::engine::{EngineRequest, Event, FinishReason, RequestStream, SamplingParams};
+use super::pooling::{item_error, pool_all};
+use crate::engine::SamplingParams;
 use crate::error::ApiError;
 
 /// OpenAI's limit on inputs in one request.
@@ -59,22 +59,9 @@ pub async fn embeddings(State(state): State<AppState>, ApiJson(req): ApiJson<Emb
     let prompts = tokenize(&state, &req.input, req.add_special_tokens.unwrap_or(true), truncate)?;
     let normalize = req.normalize.unwrap_or(true);
     let params = SamplingParams { embed: true, max_tokens: 0, ..Default::default() };
-    let mut data = Vec::with_capacity(prompts.len());
     let num_tokens: usize = prompts.iter().map(Vec::len).sum();
-    // A sliding window of requests in the engine, as many as it runs at once: they batch
-    // together without a 2,048-input request filling its waiting queue. Should other clients
-    // fill that queue meanwhile, the request ends with their 429 (nothing is half-returned).
-    let window = engine.config().max_num_seqs.max(1);
-    let mut pending = VecDeque::with_capacity(window);
-    let mut submitted = prompts.iter().enumerate();
-    while data.len() < prompts.len() {
-        while pending.len() < window {
-            let Some((i, prompt)) = submitted.next() else { break };
-            let stream = engine.submit(EngineRequest { prompt: prompt.clone(), params: params.clone() });
-            pending.push_back(stream.map_err(|e| input_error(e.into(), i))?);
-        }
-        let stream = pending.pop_front().expect("an input not yet returned is in the window");
-        let mut values = hidden_state(stream).await?;
+    let mut data = Vec::with_capacity(prompts.len());
+    for (index, mut values) in pool_all(engine, &prompts, &params, "input").await?.into_iter().enumerate() {
         if let Some(d) = dimensions {
             values.truncate(d);
         }
@@ -82,7 +69,7 @@ pub async fn embeddings(State(state): State<AppState>, ApiJson(req): ApiJson<Emb
             l2_normalize(&mut values);
         }
         let embedding = if base64 { json!(encode_base64(&values)) } else { json!(values) };
-        data.push(json!({"object": "embedding", "index": data.len(), "embedding": embedding}));
+        data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
     }
     state.metrics.observe_generation(None, None, started.elapsed());
     Ok(Json(json!({
@@ -124,42 +111,19 @@ fn tokenize(state: &AppState, input: &Prompt, special: bool, truncate: Option<us
             prompt.drain(..cut);
         }
         if prompt.is_empty() {
-            return Err(input_error(ApiError::invalid("input", "the input is empty"), i));
+            return Err(item_error(ApiError::invalid("input", "the input is empty"), "input", i));
         }
         if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab) {
-            return Err(input_error(ApiError::invalid("input", format!("token id {id} is outside the vocabulary (0..{vocab})")), i));
+            return Err(item_error(ApiError::invalid("input", format!("token id {id} is outside the vocabulary (0..{vocab})")), "input", i));
         }
         if prompt.len() > max {
             let message = format!("the input has {} tokens, more than the {max} this server can take (`truncate_prompt_tokens` keeps the last k)", prompt.len());
             let mut e = ApiError::invalid("input", message);
             e.code = Some("context_length_exceeded");
-            return Err(input_error(e, i));
+            return Err(item_error(e, "input", i));
         }
     }
     Ok(prompts)
-}
-
-/// `e` about input `i` of the request: a 400 names `input`; the message says which.
-fn input_error(mut e: ApiError, i: usize) -> ApiError {
-    if e.status == axum::http::StatusCode::BAD_REQUEST {
-        e.param = Some("input".into());
-    }
-    e.message = format!("input {i}: {}", e.message);
-    e
-}
-
-/// The engine's result for one embedding request.
-async fn hidden_state(mut stream: RequestStream) -> Result<Vec<f32>, ApiError> {
-    let mut hidden = None;
-    while let Some(event) = stream.recv().await {
-        match event {
-            Event::Embedding { hidden: h, .. } => hidden = Some(h),
-            Event::Finished { reason: FinishReason::Abort, .. } => break,
-            Event::Finished { .. } => return hidden.ok_or_else(|| ApiError::internal("the engine finished an embedding without its state")),
-            Event::PromptLogprobs(_) | Event::Token { .. } => {}
-        }
-    }
-    Err(ApiError::internal("the embedding was aborted by the engine (see the server log)"))
 }
 
 fn l2_normalize(values: &mut [f32]) {

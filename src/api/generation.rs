@@ -73,7 +73,7 @@ pub async fn collect(mut stream: RequestStream, n: usize, timing: &mut Timing) -
         };
         match event {
             Event::PromptLogprobs(p) => prompt_logprobs = Some(p),
-            Event::Embedding { .. } => {}
+            Event::Pooled { .. } => {}
             Event::Token { index, token, text, logprobs } => {
                 timing.token();
                 let c = &mut choices[index];

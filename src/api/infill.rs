@@ -103,7 +103,7 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): ApiJson<InfillR
             let mut stream = stream;
             while let Some(event) = stream.recv().await {
                 match event {
-                    Event::PromptLogprobs(_) | Event::Embedding { .. } => {}
+                    Event::PromptLogprobs(_) | Event::Pooled { .. } => {}
                     Event::Token { text, .. } => {
                         timing.token();
                         if !text.is_empty() && !tx.json(&json!({"content": text, "stop": false})).await {

@@ -120,6 +120,18 @@ pub fn spec() -> Value {
                     "truncate_prompt_tokens": {"type": "integer", "description": "embed each input's last k tokens (-1: no limit)"},
                     "add_special_tokens": {"type": "boolean", "description": "the tokenizer's post-processor tokens (default true)"},
                     "normalize": {"type": "boolean", "description": "L2-normalise (default true)"}}},
+                "RerankRequest": {"type": "object", "required": ["query", "documents"], "properties": {
+                    "model": {"type": "string"},
+                    "query": {"type": "string"},
+                    "documents": {"type": "array", "maxItems": 2048, "items": {"oneOf": [{"type": "string"}, {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}]}},
+                    "top_n": {"type": "integer", "minimum": 0, "description": "the best n results (0 or absent: all)"},
+                    "return_documents": {"type": "boolean", "description": "repeat each result's document (default true)"},
+                    "instruction": {"type": "string", "description": "the task, in Qwen3-Reranker's `<Instruct>` line"}}},
+                "ScoreRequest": {"type": "object", "required": ["text_1", "text_2"], "properties": {
+                    "model": {"type": "string"},
+                    "text_1": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}], "description": "one query, or one per `text_2`"},
+                    "text_2": {"oneOf": [{"type": "string"}, {"type": "array", "maxItems": 2048, "items": {"type": "string"}}]},
+                    "instruction": {"type": "string"}}},
                 "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
                 "DetokenizeRequest": {"type": "object", "required": ["tokens"], "properties": {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
             }
@@ -129,6 +141,8 @@ pub fn spec() -> Value {
             "/v1/chat/completions": {"post": {"summary": "Chat completion", "requestBody": json_body("ChatCompletionRequest"), "responses": post_responses}},
             "/v1/completions": {"post": {"summary": "Text completion", "requestBody": json_body("CompletionRequest"), "responses": post_responses}},
             "/v1/embeddings": {"post": {"summary": "Embeddings: the last token's final hidden state, L2-normalised", "requestBody": json_body("EmbeddingRequest"), "responses": {"200": {"description": "`{\"object\": \"list\", \"data\": [{\"object\": \"embedding\", \"index\", \"embedding\"}], \"usage\"}`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
+            "/v1/rerank": {"post": {"summary": "Documents ranked by relevance to a query (Qwen3-Reranker's yes/no score); also /rerank and /v2/rerank", "requestBody": json_body("RerankRequest"), "responses": {"200": {"description": "`{\"results\": [{\"index\", \"relevance_score\", \"document\"}], \"usage\"}`, best first", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
+            "/v1/score": {"post": {"summary": "Relevance scores of text pairs (Qwen3-Reranker's yes/no score); also /score", "requestBody": json_body("ScoreRequest"), "responses": {"200": {"description": "`{\"object\": \"list\", \"data\": [{\"index\", \"object\": \"score\", \"score\"}], \"usage\"}`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/v1/responses": {"post": {"summary": "OpenAI's Responses API", "requestBody": json_body("ResponsesRequest"), "responses": responses_api}},
             "/v1/responses/{id}": {
                 "get": {"summary": "A stored response", "responses": {"200": {"description": "the response object", "content": {"application/json": {}}}, "404": error_responses()["404"]}},

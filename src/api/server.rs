@@ -17,7 +17,7 @@ use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
 use super::state::AppState;
-use super::{chat, completions, embeddings, infill, messages, misc, responses};
+use super::{chat, completions, embeddings, infill, messages, misc, rerank, responses};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
@@ -32,6 +32,11 @@ pub fn router(state: AppState, opts: &ServerOptions) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/rerank", post(rerank::rerank))
+        .route("/rerank", post(rerank::rerank))
+        .route("/v2/rerank", post(rerank::rerank))
+        .route("/v1/score", post(rerank::score))
+        .route("/score", post(rerank::score))
         .route("/v1/responses", post(responses::create))
         .route("/v1/messages", post(messages::create))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))

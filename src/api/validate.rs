@@ -102,6 +102,7 @@ pub fn sampling_params(
         format: OutputFormat::Text,
         think_first: false,
         embed: false,
+        score_tokens: Vec::new(),
     })
 }
 

@@ -31,7 +31,7 @@ impl Target for EngineHandle {
                     n += 1;
                 }
                 Event::Finished { .. } => break,
-                Event::PromptLogprobs(_) | Event::Embedding { .. } => {}
+                Event::PromptLogprobs(_) | Event::Pooled { .. } => {}
             }
         }
         Timing::new(start, first, last, n)

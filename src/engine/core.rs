@@ -183,8 +183,8 @@ impl EngineCore {
         }
         self.scheduler.mark_computed(out);
         for (k, s) in out.seqs.iter().enumerate() {
-            if let Some(hidden) = logits.hidden[k].take() {
-                self.scheduler.running[s.running_index].finish_embedding(hidden);
+            if let Some(values) = logits.pooled[k].take() {
+                self.scheduler.running[s.running_index].finish_pooled(values);
                 finished.push(s.running_index);
             }
         }

@@ -330,7 +330,7 @@ impl EngineHandle {
         if prompt == 0 {
             return Err(SubmitError::Invalid("the prompt is empty".into()));
         }
-        if let Some(id) = request.prompt.iter().find(|&&id| id as usize >= self.vocab_size) {
+        if let Some(id) = request.prompt.iter().chain(&request.params.score_tokens).find(|&&id| id as usize >= self.vocab_size) {
             return Err(SubmitError::Invalid(format!("token id {id} is outside the vocabulary (0..{})", self.vocab_size)));
         }
         let max_tokens = request.params.max_tokens;

@@ -57,9 +57,10 @@ pub enum Event {
     /// One generated token of choice `index`. `text` is the newly completed text (may be empty
     /// while a multi-byte character or a possible stop string is held back).
     Token { index: usize, token: u32, text: String, logprobs: Option<Logprobs> },
-    /// An embedding request's result, before its `Finished`: the final hidden state (after the
-    /// last norm) of the prompt's last token, as the model computed it (not normalised).
-    Embedding { index: usize, hidden: Vec<f32> },
+    /// A pooling request's result, before its `Finished`: at the prompt's last token, either
+    /// the final hidden state (after the last norm) as the model computed it (not normalised),
+    /// or, where the request names `score_tokens`, those tokens' raw logits in that order.
+    Pooled { index: usize, values: Vec<f32> },
     /// Choice `index` ended; `text` is any held-back text released at the end.
     Finished { index: usize, reason: FinishReason, stop_reason: Option<StopReason>, text: String, usage: Usage },
 }

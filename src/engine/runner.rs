@@ -122,9 +122,10 @@ pub struct StepLogits {
     /// For prompt-logprob sequences: rows for each new prompt token (row `i` predicts the
     /// token after new token `i`).
     pub prompt: Vec<Vec<Vec<f32>>>,
-    /// For embedding sequences whose prompt is all computed after this step: the last token's
-    /// final hidden state (their `next` is `None`: nothing is sampled).
-    pub hidden: Vec<Option<Vec<f32>>>,
+    /// For pooling sequences whose prompt is all computed after this step: the last token's
+    /// final hidden state, or its scored tokens' logits (their `next` is `None`: nothing is
+    /// sampled).
+    pub pooled: Vec<Option<Vec<f32>>>,
 }
 
 pub struct ModelRunner {
@@ -175,8 +176,8 @@ impl ModelRunner {
         meta.query_start_loc.push(0);
         // For each scheduled sequence: (first logits row, number of rows) in the output.
         let mut rows = Vec::with_capacity(out.seqs.len());
-        // Per scheduled sequence: whether one of the hidden rows is its (an embedding's last chunk).
-        let mut has_hidden = Vec::with_capacity(out.seqs.len());
+        // Per scheduled sequence: whether it is pooled this step (a pooling request's last chunk).
+        let mut pooled = Vec::with_capacity(out.seqs.len());
         // Per logits row: how it reaches the host (on the CPU, read in place: an argmax or whole).
         let mut wants = Vec::with_capacity(out.seqs.len());
         let vocab = self.model.config().vocab_size;
@@ -195,17 +196,22 @@ impl ModelRunner {
             meta.block_tables.extend(std::iter::repeat_n(0, max_blocks - seq.block_table.len()));
             meta.slot_mapping.extend((start..end).map(|p| seq.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32));
             let first = batch.logits_indices.len();
-            has_hidden.push(seq.params.embed && known_end == seq.num_tokens());
+            let pooled_here = seq.params.embed && known_end == seq.num_tokens();
+            pooled.push(pooled_here);
             if seq.params.prompt_logprobs.is_some() && start < seq.num_prompt_tokens {
                 // Every new prompt token's row (the last may also be the next-token row).
                 batch.logits_indices.extend(row0..row0 + s.num_new_tokens as u32);
                 wants.extend(std::iter::repeat_n(Want::Whole, s.num_new_tokens));
-            } else if seq.params.embed && known_end == seq.num_tokens() {
+            } else if pooled_here && seq.params.score_tokens.is_empty() {
                 // The last prompt token's hidden state; its logits row, computed with it, is
                 // left unread (an argmax is the cheapest way for a row to come back).
                 batch.hidden_rows.push(batch.logits_indices.len() as u32);
                 batch.logits_indices.push(row0 + (known_end - start) as u32 - 1);
                 wants.push(Want::Argmax);
+            } else if pooled_here {
+                // The last prompt token's logits, of which the scored tokens' are kept.
+                batch.logits_indices.push(row0 + (known_end - start) as u32 - 1);
+                wants.push(Want::Whole);
             } else if known_end == seq.num_tokens() {
                 // The row after the last known token, and one after each draft token.
                 let rows = s.num_draft_tokens as u32 + 1;
@@ -240,12 +246,19 @@ impl ModelRunner {
         let mut prompt = Vec::with_capacity(out.seqs.len());
         let mut after_draft = Vec::with_capacity(out.seqs.len());
         let mut states = Vec::with_capacity(out.seqs.len());
-        for ((s, (first, count)), has_hidden) in out.seqs.iter().zip(rows).zip(has_hidden) {
+        for ((s, (first, count)), pooled) in out.seqs.iter().zip(rows).zip(pooled) {
             let seq = &running[s.running_index];
             let known_end = seq.num_computed_tokens + s.num_new_tokens - s.num_draft_tokens;
             if seq.params.embed {
-                // Hidden rows come in the order their sequences were scheduled.
-                states.push(if has_hidden { hidden.next() } else { None });
+                states.push(match (pooled, &seq.params.score_tokens[..]) {
+                    (false, _) => None,
+                    // Hidden rows come in the order their sequences were scheduled.
+                    (true, []) => hidden.next(),
+                    (true, tokens) => match logits[first].take() {
+                        Some(Next::Logits(row)) => Some(tokens.iter().map(|&t| row[t as usize]).collect()),
+                        _ => unreachable!("a scored row is copied whole"),
+                    },
+                });
                 next.push(None);
                 after_draft.push(vec![]);
                 prompt.push(vec![]);
@@ -270,7 +283,7 @@ impl ModelRunner {
                 prompt.push(vec![]);
             }
         }
-        Ok(StepLogits { next, after_draft, prompt, hidden: states })
+        Ok(StepLogits { next, after_draft, prompt, pooled: states })
     }
 }
 

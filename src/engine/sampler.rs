@@ -62,8 +62,11 @@ pub struct SamplingParams {
     /// Held output comes after the model's thinking (`super::thinking`).
     pub think_first: bool,
     /// An embedding request: nothing is generated (`max_tokens` 0); the sequence ends after its
-    /// prompt with the final hidden state of its last token ([`Event::Embedding`](super::Event)).
+    /// prompt with the final hidden state of its last token ([`Event::Pooled`](super::Event)).
     pub embed: bool,
+    /// With `embed`: instead of the hidden state, the raw logits of these tokens at the last
+    /// position (a reranker's "yes" / "no"), in this order.
+    pub score_tokens: Vec<u32>,
 }
 
 impl Default for SamplingParams {
@@ -89,6 +92,7 @@ impl Default for SamplingParams {
             format: OutputFormat::Text,
             think_first: false,
             embed: false,
+            score_tokens: Vec::new(),
         }
     }
 }
@@ -133,6 +137,9 @@ impl SamplingParams {
         }
         if let Some((id, _)) = self.logit_bias.iter().find(|(_, b)| !in_range(*b, -100.0, 100.0)) {
             return Err(format!("`logit_bias` values must be in [-100, 100] (token {id})"));
+        }
+        if !self.score_tokens.is_empty() && !self.embed {
+            return Err("`score_tokens` are read at the end of a prompt: a pooling (`embed`) request".into());
         }
         if self.embed {
             let plain = self.logprobs.is_none() && self.prompt_logprobs.is_none() && matches!(self.format, OutputFormat::Text) && !self.think_first;

@@ -202,10 +202,10 @@ impl Sequence {
         Ok(Some(reason))
     }
 
-    /// Ends an embedding sequence, its prompt computed: its last token's hidden state, then the
-    /// finish.
-    pub fn finish_embedding(&self, hidden: Vec<f32>) {
-        self.send(Event::Embedding { index: self.index, hidden });
+    /// Ends a pooling sequence (an embedding or a score), its prompt computed: its result (the
+    /// last token's hidden state, or its scored tokens' logits), then the finish.
+    pub fn finish_pooled(&self, values: Vec<f32>) {
+        self.send(Event::Pooled { index: self.index, values });
         self.send(Event::Finished { index: self.index, reason: FinishReason::Stop, stop_reason: None, text: String::new(), usage: self.usage() });
     }
 

@@ -27,7 +27,7 @@ pub(super) async fn run(id: &str, model: &str, ctx: &ChatContext, mut stream: Re
             return;
         };
         match event {
-            Event::PromptLogprobs(_) | Event::Embedding { .. } => {}
+            Event::PromptLogprobs(_) | Event::Pooled { .. } => {}
             Event::Token { text, .. } => {
                 timing.token();
                 if !w.delta(parse.delta(&text, false)).await {

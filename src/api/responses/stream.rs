@@ -29,7 +29,7 @@ pub(super) async fn run(echo: &Echo, ctx: &ChatContext, mut stream: RequestStrea
             return None;
         };
         match event {
-            Event::PromptLogprobs(_) | Event::Embedding { .. } => {}
+            Event::PromptLogprobs(_) | Event::Pooled { .. } => {}
             Event::Token { text, .. } => {
                 timing.token();
                 if !w.delta(parse.delta(&text, false)).await {

@@ -1,0 +1,208 @@
+//! Relevance scores, as a Qwen3-Reranker gives them: `POST /v1/rerank` (vLLM's, Jina's and
+//! Cohere's shape: a query and documents, ranked) and `POST /v1/score` (vLLM's: text pairs).
+//! Each (query, document) pair is written into Qwen3-Reranker's prompt; its score is P("yes")
+//! against P("no") at the prompt's last position, sigmoid(logit_yes - logit_no), from one
+//! prefill through the engine (no token is generated; documents after the same query share
+//! its prefix in the cache).
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::generation::{random_id, unix_time};
+use super::pooling::{item_error, pool_all};
+use super::state::{ApiJson, AppState};
+use super::validate;
+use crate::engine::SamplingParams;
+use crate::error::ApiError;
+
+/// The most pairs one request may score (as embeddings' inputs).
+const MAX_PAIRS: usize = 2048;
+
+/// Qwen3-Reranker's system message and default instruction (its model card's).
+const SYSTEM: &str = "Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".";
+const DEFAULT_INSTRUCTION: &str = "Given a web search query, retrieve relevant passages that answer the query";
+
+/// A document: a string, or Jina's `{"text": ...}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Document {
+    Text(String),
+    Object { text: String },
+}
+
+impl Document {
+    fn text(&self) -> &str {
+        match self {
+            Document::Text(t) | Document::Object { text: t } => t,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RerankRequest {
+    pub model: Option<String>,
+    pub query: String,
+    pub documents: Vec<Document>,
+    /// The best `top_n` results (absent or 0: all).
+    pub top_n: Option<i64>,
+    /// Whether each result repeats its document (default true, as vLLM and Jina).
+    pub return_documents: Option<bool>,
+    /// The task, in Qwen3-Reranker's `<Instruct>` line (default: web search).
+    pub instruction: Option<String>,
+}
+
+/// One text, or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Texts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Texts {
+    fn as_slice(&self) -> &[String] {
+        match self {
+            Texts::One(t) => std::slice::from_ref(t),
+            Texts::Many(ts) => ts,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScoreRequest {
+    pub model: Option<String>,
+    /// Queries: one (scored against every `text_2`) or as many as `text_2` (pairwise).
+    pub text_1: Texts,
+    pub text_2: Texts,
+    pub instruction: Option<String>,
+}
+
+pub async fn rerank(State(state): State<AppState>, ApiJson(req): ApiJson<RerankRequest>) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    validate::check_model(req.model.as_deref(), &state.model_name)?;
+    if req.documents.is_empty() {
+        return Err(ApiError::invalid("documents", "`documents` must not be empty"));
+    }
+    let top_n = match req.top_n {
+        None | Some(0) => req.documents.len(),
+        Some(n) if n > 0 => (n as usize).min(req.documents.len()),
+        Some(n) => return Err(ApiError::invalid("top_n", format!("`top_n` must be at least 0 (0: all), got {n}"))),
+    };
+    let pairs: Vec<(&str, &str)> = req.documents.iter().map(|d| (req.query.as_str(), d.text())).collect();
+    let (scores, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), ("query", "documents")).await?;
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    // Best first; equal scores keep the documents' order.
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let with_documents = req.return_documents.unwrap_or(true);
+    let results: Vec<Value> = order[..top_n]
+        .iter()
+        .map(|&i| {
+            let mut result = json!({"index": i, "relevance_score": scores[i]});
+            if with_documents {
+                result["document"] = json!({"text": req.documents[i].text()});
+            }
+            result
+        })
+        .collect();
+    state.metrics.observe_generation(None, None, started.elapsed());
+    Ok(Json(json!({
+        "id": random_id("rerank"),
+        "object": "list",
+        "model": state.model_name,
+        "results": results,
+        "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
+    })))
+}
+
+pub async fn score(State(state): State<AppState>, ApiJson(req): ApiJson<ScoreRequest>) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    validate::check_model(req.model.as_deref(), &state.model_name)?;
+    let (queries, documents) = (req.text_1.as_slice(), req.text_2.as_slice());
+    if queries.is_empty() {
+        return Err(ApiError::invalid("text_1", "`text_1` must not be empty"));
+    }
+    if documents.is_empty() {
+        return Err(ApiError::invalid("text_2", "`text_2` must not be empty"));
+    }
+    let pairs: Vec<(&str, &str)> = match queries.len() {
+        1 => documents.iter().map(|d| (queries[0].as_str(), d.as_str())).collect(),
+        n if n == documents.len() => queries.iter().zip(documents).map(|(q, d)| (q.as_str(), d.as_str())).collect(),
+        n => {
+            let message = format!("`text_1` holds {n} texts and `text_2` {}: give one query, or as many as `text_2` (pairwise)", documents.len());
+            return Err(ApiError::invalid("text_1", message));
+        }
+    };
+    let (scores, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), ("text_1", "text_2")).await?;
+    let data: Vec<Value> = scores.iter().enumerate().map(|(i, s)| json!({"index": i, "object": "score", "score": s})).collect();
+    state.metrics.observe_generation(None, None, started.elapsed());
+    Ok(Json(json!({
+        "id": random_id("score"),
+        "object": "list",
+        "created": unix_time(),
+        "model": state.model_name,
+        "data": data,
+        "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
+    })))
+}
+
+/// Each pair's score, and the prompt tokens they took. `fields`: the request's names for the
+/// queries and the documents (errors name them).
+async fn score_pairs(state: &AppState, pairs: &[(&str, &str)], instruction: Option<&str>, fields: (&str, &str)) -> Result<(Vec<f32>, usize), ApiError> {
+    if pairs.len() > MAX_PAIRS {
+        return Err(ApiError::invalid(fields.1, format!("`{}` holds {} texts, more than {MAX_PAIRS}", fields.1, pairs.len())));
+    }
+    let instruction = instruction.unwrap_or(DEFAULT_INSTRUCTION);
+    if instruction.is_empty() {
+        return Err(ApiError::invalid("instruction", "`instruction` must not be empty (leave it out for the default)"));
+    }
+    let engine = &state.engine;
+    let tokenizer = engine.tokenizer();
+    let (Some(yes), Some(no)) = (tokenizer.token_to_id("yes"), tokenizer.token_to_id("no")) else {
+        return Err(ApiError::bad_request("this model's vocabulary has no `yes` and `no` tokens to score with"));
+    };
+    let prefix = tokenizer.encode(&format!("<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"))?;
+    let suffix = tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")?;
+    let max = engine.max_sequence_tokens();
+    let mut prompts = Vec::with_capacity(pairs.len());
+    for (i, (query, document)) in pairs.iter().enumerate() {
+        if query.is_empty() {
+            return Err(item_error(ApiError::invalid(fields.0, "the query is empty"), fields.0, i));
+        }
+        // As Qwen3-Reranker's card: prefix, pair and suffix tokenized apart, then joined.
+        let pair = tokenizer.encode(&format!("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"))?;
+        let prompt = [&prefix[..], &pair, &suffix].concat();
+        if prompt.len() > max {
+            let mut e = ApiError::invalid(fields.1, format!("the pair's prompt has {} tokens, more than the {max} this server can take", prompt.len()));
+            e.code = Some("context_length_exceeded");
+            return Err(item_error(e, fields.1, i));
+        }
+        prompts.push(prompt);
+    }
+    let num_tokens = prompts.iter().map(Vec::len).sum();
+    let params = SamplingParams { embed: true, max_tokens: 0, score_tokens: vec![yes, no], ..Default::default() };
+    let logits = pool_all(engine, &prompts, &params, fields.1).await?;
+    let scores = logits.iter().map(|l| sigmoid(l[0] - l[1])).collect();
+    Ok((scores, num_tokens))
+}
+
+/// P("yes") of the two: softmax over (yes, no) is the logistic of their difference.
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_score_is_the_softmax_of_yes_against_no() {
+        for (yes, no) in [(2.0f32, -1.0f32), (-3.5, 0.25), (7.0, 7.0), (-80.0, 40.0)] {
+            let softmax = yes.exp() / (yes.exp() + no.exp());
+            assert!((super::sigmoid(yes - no) - softmax).abs() < 1e-6, "{yes} {no}");
+        }
+        assert_eq!(super::sigmoid(-200.0), 0.0);
+        assert_eq!(super::sigmoid(200.0), 1.0);
+    }
+}
