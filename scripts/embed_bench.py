@@ -9,6 +9,9 @@ same ids. Measures: one 128-token input at a time (median latency of 10 after a 
 request of 64 such inputs (median of 3); 16 clients each sending single 128-token inputs (64
 requests). `--vectors` writes the embeddings of 8 fixed inputs, for scripts/embed-bench.sh to
 compare servers. Called by scripts/embed-bench.sh, which starts each server in turn.
+
+`--rerank` measures `/v1/rerank` instead: one query against 32 documents of 80 words (median
+of 3 requests, each with a new query), for a server that reranks with the model it serves.
 """
 import argparse
 import json
@@ -26,10 +29,14 @@ def ids(seed: int, n: int = LEN) -> list[int]:
     return [rng.randrange(1000, 50000) for _ in range(n)]
 
 
-def post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url + "/v1/embeddings", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def post_to(url: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.loads(r.read())
+
+
+def post(url: str, body: dict) -> dict:
+    return post_to(url, "/v1/embeddings", body)
 
 
 def embed(url: str, inputs: list[list[int]]) -> list[list[float]]:
@@ -39,13 +46,31 @@ def embed(url: str, inputs: list[list[int]]) -> list[list[float]]:
     return [d["embedding"] for d in data]
 
 
+def rerank(url: str) -> dict:
+    words = "the of and to in is for on with as by at from that this it be are was an or which code data model python list function value server request".split()
+    rng = random.Random(0)
+    times = []
+    for trial in range(3):
+        documents = [" ".join(rng.choice(words) for _ in range(80)) for _ in range(32)]
+        t = time.perf_counter()
+        reply = post_to(url, "/v1/rerank", {"query": f"How does request {trial} get handled by the server?", "documents": documents})
+        times.append(time.perf_counter() - t)
+        assert len(reply["results"]) == 32, reply
+    tokens = reply["usage"]["total_tokens"]
+    return {"documents": 32, "prompt_tokens_per_request": tokens, "rerank32_s_p50": statistics.median(times), "rerank_documents_per_s": 32 / statistics.median(times)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
     ap.add_argument("--json")
     ap.add_argument("--vectors")
+    ap.add_argument("--rerank", action="store_true")
     args = ap.parse_args()
     url = args.url.rstrip("/")
+    if args.rerank:
+        print(json.dumps(rerank(url)))
+        return
     seed = iter(range(1, 1_000_000))
     embed(url, [ids(next(seed))])  # warm-up
     single = []
