@@ -156,6 +156,22 @@ fn a_bare_untied_checkpoint_without_a_head_still_embeds() {
     }
 }
 
+/// A sequence-classification conversion (a `score` head instead of `lm_head`) is refused at
+/// load, not served through tied embeddings.
+#[test]
+fn a_sequence_classification_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model_folder("tiny-qwen3", dir.path());
+    let bytes = std::fs::read(fixture("tiny-qwen3").join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: HashMap<String, safetensors::tensor::TensorView> = st.tensors().into_iter().filter(|(n, _)| n != "lm_head.weight").collect();
+    let score = vec![0u8; 64 * 4];
+    tensors.insert("score.weight".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 64], &score).unwrap());
+    safetensors::serialize_to_file(&tensors, None, &dir.path().join("model.safetensors")).unwrap();
+    let err = qwen_serve::loader::load(dir.path().to_str().unwrap(), &Default::default()).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("score.weight"), "{err}");
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
 }

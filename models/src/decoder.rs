@@ -116,6 +116,13 @@ impl QwenForCausalLm {
         // Some tied checkpoints still ship lm_head (GGUF often does); use it when present.
         let lm_head = if weights.contains("lm_head.weight") {
             weights.linear("lm_head", cfg.hidden_size, cfg.vocab_size, false)?
+        } else if weights.contains("score.weight") {
+            // A sequence-classification conversion (vLLM's `*-seq-cls` rerankers): its head
+            // scores, it does not predict tokens; tied embeddings in its place would serve
+            // wrong scores and text without a word of warning.
+            return Err(ModelError::Config(
+                "this is a sequence-classification checkpoint (`score.weight`, no `lm_head`): serve the causal-LM original (Qwen3-Reranker), which /v1/rerank scores by its yes/no logits".into(),
+            ));
         } else if cfg.tie_word_embeddings {
             embed_tokens.as_linear()?
         } else if bare {
