@@ -451,7 +451,7 @@ fn embeddings_are_the_last_hidden_state_whatever_runs_beside_them() {
     idle_stats(&e);
     e.shutdown();
     // Chunked by a 32-token budget, in steps shared with prompt logprobs (every prompt row),
-    // drafted decoding (rows after draft tokens) and other embeddings.
+    // drafted decoding (rows after draft tokens), a score and other embeddings.
     use qwen_serve::engine::speculative::SpeculativeConfig;
     let spec = Some(SpeculativeConfig { num_speculative_tokens: 4, prompt_lookup_max: 3, prompt_lookup_min: 1 });
     let chunked = engine(EngineConfig { max_num_batched_tokens: 32, enable_prefix_caching: false, speculative: spec, ..Default::default() });
@@ -461,13 +461,23 @@ fn embeddings_are_the_last_hidden_state_whatever_runs_beside_them() {
     let scored = SamplingParams { prompt_logprobs: Some(2), ..greedy(4) };
     let submit = |prompt: &[u32], params: &SamplingParams| chunked.submit(EngineRequest { prompt: prompt.to_vec(), params: params.clone() }).unwrap();
     let (drafted_alone, scored_alone) = (collect(submit(&repeat, &greedy(24))).0.remove(&0).unwrap(), collect(submit(&long, &scored)));
+    // A score request (named tokens' logits): the gap between the two likeliest next tokens
+    // is the gap between their logprobs.
+    let top = collect(submit(&prompts[2], &SamplingParams { logprobs: Some(2), ..greedy(1) })).0.remove(&0).unwrap().logprobs[0].clone().unwrap().top;
+    let score_params = SamplingParams { embed: true, max_tokens: 0, score_tokens: vec![top[0].0, top[1].0], ..Default::default() };
+    let score_alone = collect(submit(&prompts[2], &score_params)).0.remove(&0).unwrap().hidden.unwrap();
+    assert_eq!(score_alone.len(), 2);
+    assert!(((score_alone[0] - score_alone[1]) - (top[0].1 - top[1].1)).abs() < 1e-3, "{score_alone:?} vs logprobs {top:?}");
     let drafted = submit(&repeat, &greedy(24));
     let with_scores = submit(&long, &scored);
+    let score_mixed = submit(&prompts[2], &score_params);
     let embeddings: Vec<RequestStream> = [&long, &prompts[0], &prompts[1]].into_iter().map(|p| embed(&chunked, p)).collect();
     for (stream, want) in embeddings.into_iter().zip([whole.hidden.as_ref().unwrap(), &alone[0], &alone[1]]) {
         let hidden = collect(stream).0.remove(&0).unwrap().hidden.unwrap();
         assert!(relative_diff(want, &hidden) < 1e-3, "{}", relative_diff(want, &hidden));
     }
+    let mixed = collect(score_mixed).0.remove(&0).unwrap().hidden.unwrap();
+    assert!(mixed.iter().zip(&score_alone).all(|(a, b)| (a - b).abs() < 1e-3), "{mixed:?} vs {score_alone:?} alone");
     assert_eq!(collect(drafted).0.remove(&0).unwrap().tokens, drafted_alone.tokens);
     let (mut choices, prompt_logprobs) = collect(with_scores);
     assert_eq!(choices.remove(&0).unwrap().tokens, scored_alone.0[&0].tokens);

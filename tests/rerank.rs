@@ -5,6 +5,7 @@
 mod common;
 
 use common::read_json;
+use qwen_serve::api::rerank::RerankPrompt;
 use common::server::{start, ServerConfig, TestServer};
 use serde_json::{json, Value};
 
@@ -16,6 +17,37 @@ fn post_ok(server: &TestServer, path: &str, body: Value) -> Value {
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap()
+}
+
+fn gguf_tokenizer() -> qwen_serve::tokenizer::Tokenizer {
+    let mut file = std::fs::File::open(common::test_gguf()).unwrap();
+    let metadata = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap().metadata;
+    qwen_serve::tokenizer::Tokenizer::from_gguf(&metadata).unwrap()
+}
+
+/// Our prompt is transformers' to the token for every fixture pair; truncation cuts only the
+/// document's tail; a query that cannot fit says how many tokens it needs.
+#[test]
+fn the_prompt_is_the_model_cards() {
+    let reference = read_json("gguf_rerank.json");
+    let tokenizer = gguf_tokenizer();
+    assert_eq!((tokenizer.token_to_id("yes"), tokenizer.token_to_id("no")), (Some(9693), Some(2152)));
+    assert_eq!(reference["yes_id"], 9693);
+    assert_eq!(reference["no_id"], 2152);
+    for pair in reference["pairs"].as_array().unwrap() {
+        let template = RerankPrompt::new(&tokenizer, pair["instruction"].as_str()).unwrap();
+        let ids = template.ids(pair["query"].as_str().unwrap(), pair["document"].as_str().unwrap(), None).unwrap().unwrap();
+        assert_eq!(ids, common::ids(&pair["input_ids"]), "{pair}");
+        // Cut by k tokens: the same prompt less the document's last k tokens.
+        let least = template.least(pair["query"].as_str().unwrap()).unwrap();
+        let k = (ids.len() - least).div_ceil(2);
+        let cut = template.ids(pair["query"].as_str().unwrap(), pair["document"].as_str().unwrap(), Some(ids.len() - k)).unwrap().unwrap();
+        let suffix = tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n").unwrap().len();
+        assert_eq!(cut.len(), ids.len() - k);
+        assert_eq!(cut[..cut.len() - suffix], ids[..ids.len() - suffix - k]);
+        assert_eq!(cut[cut.len() - suffix..], ids[ids.len() - suffix..]);
+        assert_eq!(template.ids(pair["query"].as_str().unwrap(), "anything", Some(least - 1)).unwrap(), Err(least));
+    }
 }
 
 /// Transformers computes the reference on the GGUF dequantized to f32, we on the quantized
@@ -82,6 +114,9 @@ fn bad_rerank_and_score_requests_name_their_field() {
         ("/v1/score", json!({"text_1": [], "text_2": ["d"]}), "text_1"),
         ("/v1/score", json!({"text_1": "q", "text_2": []}), "text_2"),
         ("/v1/score", json!({"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}), "text_1"),
+        ("/v1/score", json!({"text_1": long, "text_2": "d"}), "text_1"),
+        ("/v1/score", json!({"text_1": long, "text_2": "d", "truncate_prompt_tokens": -1}), "text_1"),
+        ("/v1/score", json!({"text_1": "q", "text_2": "d", "truncate_prompt_tokens": 0}), "truncate_prompt_tokens"),
     ] {
         let reply = server.post(path, &body.to_string());
         let e = reply.error(400);
@@ -97,6 +132,12 @@ fn bad_rerank_and_score_requests_name_their_field() {
     assert!(e["message"].as_str().unwrap().contains("text_2"), "{e}");
     let e = server.post("/v1/score", &json!({"text_1": "q", "text_2": "d", "model": "gpt-4"}).to_string()).error(404);
     assert_eq!(e["param"], "model");
-    // The server goes on serving.
-    assert_eq!(post_ok(&server, "/v2/rerank", json!({"query": "q", "documents": ["d"]}))["results"].as_array().unwrap().len(), 1);
+    // Truncated: the long document fits, cut to the context (or less).
+    let cut = post_ok(&server, "/v1/rerank", json!({"query": "q", "documents": ["d", long], "truncate_prompt_tokens": -1}));
+    assert_eq!(cut["results"].as_array().unwrap().len(), 2);
+    let short = post_ok(&server, "/v1/score", json!({"text_1": "q", "text_2": [long], "truncate_prompt_tokens": 100}));
+    assert_eq!(short["usage"]["prompt_tokens"], 100);
+    // The server goes on serving: top_n past the list is all of it, an empty document scores.
+    let all = post_ok(&server, "/v2/rerank", json!({"query": "q", "documents": ["d", ""], "top_n": 5}));
+    assert_eq!(all["results"].as_array().unwrap().len(), 2);
 }

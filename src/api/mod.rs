@@ -15,7 +15,7 @@ mod openapi;
 mod output_format;
 mod pooling;
 pub mod reasoning;
-mod rerank;
+pub mod rerank;
 mod responses;
 pub mod server;
 mod sse;

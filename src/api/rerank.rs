@@ -3,7 +3,9 @@
 //! Each (query, document) pair is written into Qwen3-Reranker's prompt; its score is P("yes")
 //! against P("no") at the prompt's last position, sigmoid(logit_yes - logit_no), from one
 //! prefill through the engine (no token is generated; documents after the same query share
-//! its prefix in the cache).
+//! its prefix in the cache). A pair too long is refused unless `truncate_prompt_tokens` asks
+//! for its document's tail to be cut. Special tokens written in a query or document are read
+//! as such, as transformers and vLLM read them.
 
 use std::time::Instant;
 
@@ -18,6 +20,7 @@ use super::state::{ApiJson, AppState};
 use super::validate;
 use crate::engine::SamplingParams;
 use crate::error::ApiError;
+use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// The most pairs one request may score (as embeddings' inputs).
 const MAX_PAIRS: usize = 2048;
@@ -53,6 +56,9 @@ pub struct RerankRequest {
     pub return_documents: Option<bool>,
     /// The task, in Qwen3-Reranker's `<Instruct>` line (default: web search).
     pub instruction: Option<String>,
+    /// Cut each pair's prompt to at most this many tokens (-1: the context) by dropping the
+    /// document's tail; without it a pair too long is refused. vLLM's name.
+    pub truncate_prompt_tokens: Option<i64>,
 }
 
 /// One text, or a list.
@@ -79,6 +85,7 @@ pub struct ScoreRequest {
     pub text_1: Texts,
     pub text_2: Texts,
     pub instruction: Option<String>,
+    pub truncate_prompt_tokens: Option<i64>,
 }
 
 pub async fn rerank(State(state): State<AppState>, ApiJson(req): ApiJson<RerankRequest>) -> Result<Json<Value>, ApiError> {
@@ -93,15 +100,16 @@ pub async fn rerank(State(state): State<AppState>, ApiJson(req): ApiJson<RerankR
         Some(n) => return Err(ApiError::invalid("top_n", format!("`top_n` must be at least 0 (0: all), got {n}"))),
     };
     let pairs: Vec<(&str, &str)> = req.documents.iter().map(|d| (req.query.as_str(), d.text())).collect();
-    let (scores, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), ("query", "documents")).await?;
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    // Best first; equal scores keep the documents' order.
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let (gaps, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), req.truncate_prompt_tokens, ("query", "documents")).await?;
+    let mut order: Vec<usize> = (0..gaps.len()).collect();
+    // Best first, by the logit gap (scores of 1.0 can still differ there); ties keep the
+    // documents' order.
+    order.sort_by(|&a, &b| gaps[b].total_cmp(&gaps[a]));
     let with_documents = req.return_documents.unwrap_or(true);
     let results: Vec<Value> = order[..top_n]
         .iter()
         .map(|&i| {
-            let mut result = json!({"index": i, "relevance_score": scores[i]});
+            let mut result = json!({"index": i, "relevance_score": sigmoid(gaps[i])});
             if with_documents {
                 result["document"] = json!({"text": req.documents[i].text()});
             }
@@ -136,8 +144,8 @@ pub async fn score(State(state): State<AppState>, ApiJson(req): ApiJson<ScoreReq
             return Err(ApiError::invalid("text_1", message));
         }
     };
-    let (scores, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), ("text_1", "text_2")).await?;
-    let data: Vec<Value> = scores.iter().enumerate().map(|(i, s)| json!({"index": i, "object": "score", "score": s})).collect();
+    let (gaps, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), req.truncate_prompt_tokens, ("text_1", "text_2")).await?;
+    let data: Vec<Value> = gaps.iter().enumerate().map(|(i, &g)| json!({"index": i, "object": "score", "score": sigmoid(g)})).collect();
     state.metrics.observe_generation(None, None, started.elapsed());
     Ok(Json(json!({
         "id": random_id("score"),
@@ -149,60 +157,117 @@ pub async fn score(State(state): State<AppState>, ApiJson(req): ApiJson<ScoreReq
     })))
 }
 
-/// Each pair's score, and the prompt tokens they took. `fields`: the request's names for the
-/// queries and the documents (errors name them).
-async fn score_pairs(state: &AppState, pairs: &[(&str, &str)], instruction: Option<&str>, fields: (&str, &str)) -> Result<(Vec<f32>, usize), ApiError> {
+/// Qwen3-Reranker's prompt for one instruction: its token ids around each (query, document).
+pub struct RerankPrompt<'a> {
+    tokenizer: &'a Tokenizer,
+    instruction: &'a str,
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+}
+
+impl<'a> RerankPrompt<'a> {
+    /// `instruction`: the task (`None`: web search, the model card's default).
+    pub fn new(tokenizer: &'a Tokenizer, instruction: Option<&'a str>) -> Result<Self, TokenizerError> {
+        Ok(Self {
+            tokenizer,
+            instruction: instruction.unwrap_or(DEFAULT_INSTRUCTION),
+            prefix: tokenizer.encode(&format!("<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"))?,
+            suffix: tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")?,
+        })
+    }
+
+    /// The pair's prompt, as the model card builds it: prefix, pair and suffix tokenized apart
+    /// and joined; with `limit`, the pair's tokens are cut from the right (the document's
+    /// tail) to keep the prompt within it, as the card truncates. `Err(n)`: the prompt needs
+    /// `n` tokens however short the document (the query does not fit).
+    pub fn ids(&self, query: &str, document: &str, limit: Option<usize>) -> Result<Result<Vec<u32>, usize>, TokenizerError> {
+        let mut ids = self.pair(query, &format!(" {document}"))?;
+        let fixed = self.prefix.len() + self.suffix.len();
+        if let Some(limit) = limit.filter(|&l| fixed + ids.len() > l) {
+            let least = self.least(query)?;
+            if least > limit {
+                return Ok(Err(least));
+            }
+            ids.truncate(limit - fixed);
+        }
+        Ok(Ok([&self.prefix[..], &ids, &self.suffix].concat()))
+    }
+
+    /// The fewest tokens a prompt for `query` can have: up to `<Document>:`, none of the
+    /// document.
+    pub fn least(&self, query: &str) -> Result<usize, TokenizerError> {
+        Ok(self.prefix.len() + self.pair(query, "")?.len() + self.suffix.len())
+    }
+
+    fn pair(&self, query: &str, document: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.tokenizer.encode(&format!("<Instruct>: {}\n<Query>: {query}\n<Document>:{document}", self.instruction))
+    }
+}
+
+/// Each pair's yes - no logit gap, and the prompt tokens they took. `fields`: the request's
+/// names for the queries and the documents (errors name them).
+async fn score_pairs(state: &AppState, pairs: &[(&str, &str)], instruction: Option<&str>, truncate: Option<i64>, fields: (&str, &str)) -> Result<(Vec<f64>, usize), ApiError> {
     if pairs.len() > MAX_PAIRS {
         return Err(ApiError::invalid(fields.1, format!("`{}` holds {} texts, more than {MAX_PAIRS}", fields.1, pairs.len())));
     }
-    let instruction = instruction.unwrap_or(DEFAULT_INSTRUCTION);
-    if instruction.is_empty() {
+    if instruction.is_some_and(str::is_empty) {
         return Err(ApiError::invalid("instruction", "`instruction` must not be empty (leave it out for the default)"));
     }
     let engine = &state.engine;
+    let max = engine.max_sequence_tokens();
+    let limit = match truncate {
+        None => None,
+        Some(-1) => Some(max),
+        Some(k) if k >= 1 => Some((k as usize).min(max)),
+        Some(k) => return Err(ApiError::invalid("truncate_prompt_tokens", format!("`truncate_prompt_tokens` must be at least 1 (or -1: the context), got {k}"))),
+    };
     let tokenizer = engine.tokenizer();
     let (Some(yes), Some(no)) = (tokenizer.token_to_id("yes"), tokenizer.token_to_id("no")) else {
         return Err(ApiError::bad_request("this model's vocabulary has no `yes` and `no` tokens to score with"));
     };
-    let prefix = tokenizer.encode(&format!("<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"))?;
-    let suffix = tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")?;
-    let max = engine.max_sequence_tokens();
+    let template = RerankPrompt::new(tokenizer, instruction)?;
     let mut prompts = Vec::with_capacity(pairs.len());
     for (i, (query, document)) in pairs.iter().enumerate() {
         if query.is_empty() {
             return Err(item_error(ApiError::invalid(fields.0, "the query is empty"), fields.0, i));
         }
-        // As Qwen3-Reranker's card: prefix, pair and suffix tokenized apart, then joined.
-        let pair = tokenizer.encode(&format!("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"))?;
-        let prompt = [&prefix[..], &pair, &suffix].concat();
-        if prompt.len() > max {
-            let mut e = ApiError::invalid(fields.1, format!("the pair's prompt has {} tokens, more than the {max} this server can take", prompt.len()));
+        let too_long = |field: &str, n: usize| {
+            let hint = if limit.is_some() { "" } else { " (`truncate_prompt_tokens` cuts the document to fit)" };
+            let mut e = ApiError::invalid(field, format!("the pair's prompt has {n} tokens, more than the {} allowed{hint}", limit.unwrap_or(max)));
             e.code = Some("context_length_exceeded");
-            return Err(item_error(e, fields.1, i));
-        }
+            item_error(e, field, i)
+        };
+        let prompt = match template.ids(query, document, limit)? {
+            Err(least) => return Err(too_long(fields.0, least)),
+            Ok(prompt) if prompt.len() > max => {
+                // Untruncated: the document is to blame, unless the query alone is too long.
+                let field = if template.least(query)? > max { fields.0 } else { fields.1 };
+                return Err(too_long(field, prompt.len()));
+            }
+            Ok(prompt) => prompt,
+        };
         prompts.push(prompt);
     }
     let num_tokens = prompts.iter().map(Vec::len).sum();
     let params = SamplingParams { embed: true, max_tokens: 0, score_tokens: vec![yes, no], ..Default::default() };
     let logits = pool_all(engine, &prompts, &params, fields.1).await?;
-    let scores = logits.iter().map(|l| sigmoid(l[0] - l[1])).collect();
-    Ok((scores, num_tokens))
+    Ok((logits.iter().map(|l| f64::from(l[0]) - f64::from(l[1])).collect(), num_tokens))
 }
 
 /// P("yes") of the two: softmax over (yes, no) is the logistic of their difference.
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+fn sigmoid(gap: f64) -> f64 {
+    1.0 / (1.0 + (-gap).exp())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_score_is_the_softmax_of_yes_against_no() {
-        for (yes, no) in [(2.0f32, -1.0f32), (-3.5, 0.25), (7.0, 7.0), (-80.0, 40.0)] {
+        for (yes, no) in [(2.0f64, -1.0f64), (-3.5, 0.25), (7.0, 7.0), (-80.0, 40.0)] {
             let softmax = yes.exp() / (yes.exp() + no.exp());
-            assert!((super::sigmoid(yes - no) - softmax).abs() < 1e-6, "{yes} {no}");
+            assert!((super::sigmoid(yes - no) - softmax).abs() < 1e-12, "{yes} {no}");
         }
-        assert_eq!(super::sigmoid(-200.0), 0.0);
-        assert_eq!(super::sigmoid(200.0), 1.0);
+        assert_eq!(super::sigmoid(-800.0), 0.0);
+        assert_eq!(super::sigmoid(800.0), 1.0);
     }
 }
