@@ -126,12 +126,14 @@ pub fn spec() -> Value {
                     "documents": {"type": "array", "maxItems": 2048, "items": {"oneOf": [{"type": "string"}, {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}]}},
                     "top_n": {"type": "integer", "minimum": 0, "description": "the best n results (0 or absent: all)"},
                     "return_documents": {"type": "boolean", "description": "repeat each result's document (default true)"},
-                    "instruction": {"type": "string", "description": "the task, in Qwen3-Reranker's `<Instruct>` line"}}},
+                    "instruction": {"type": "string", "description": "the task, in Qwen3-Reranker's `<Instruct>` line"},
+                    "truncate_prompt_tokens": {"type": "integer", "description": "cut each pair's prompt to k tokens (-1: the context) by dropping the document's tail"}}},
                 "ScoreRequest": {"type": "object", "required": ["text_1", "text_2"], "properties": {
                     "model": {"type": "string"},
                     "text_1": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}], "description": "one query, or one per `text_2`"},
                     "text_2": {"oneOf": [{"type": "string"}, {"type": "array", "maxItems": 2048, "items": {"type": "string"}}]},
-                    "instruction": {"type": "string"}}},
+                    "instruction": {"type": "string"},
+                    "truncate_prompt_tokens": {"type": "integer"}}},
                 "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
                 "DetokenizeRequest": {"type": "object", "required": ["tokens"], "properties": {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
             }
