@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::generation::{random_id, unix_time};
 use super::pooling::{item_error, pool_all};
 use super::state::{ApiJson, AppState};
+use super::types::StringOrList;
 use super::validate;
 use crate::engine::SamplingParams;
 use crate::error::ApiError;
@@ -61,29 +62,12 @@ pub struct RerankRequest {
     pub truncate_prompt_tokens: Option<i64>,
 }
 
-/// One text, or a list.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Texts {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Texts {
-    fn as_slice(&self) -> &[String] {
-        match self {
-            Texts::One(t) => std::slice::from_ref(t),
-            Texts::Many(ts) => ts,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 pub struct ScoreRequest {
     pub model: Option<String>,
     /// Queries: one (scored against every `text_2`) or as many as `text_2` (pairwise).
-    pub text_1: Texts,
-    pub text_2: Texts,
+    pub text_1: StringOrList,
+    pub text_2: StringOrList,
     pub instruction: Option<String>,
     pub truncate_prompt_tokens: Option<i64>,
 }

@@ -21,6 +21,13 @@ impl StringOrList {
             Self::Many(v) => v,
         }
     }
+
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(v) => v,
+        }
+    }
 }
 
 /// Sampling fields shared by chat and completions (OpenAI's plus vLLM's extensions).
