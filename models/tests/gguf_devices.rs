@@ -277,6 +277,33 @@ fn quantized_model_on_a_gpu_matches_the_cpu() {
     gpu_matches_cpu("dense", &cfg, blocks(&cfg), [(0.999, 0.05), (0.995, 0.1)]);
 }
 
+/// Final hidden states (what embeddings read; `forward_with_hidden`) of a prefill's rows, on
+/// the GPU against the CPU, with the logits computed beside them unchanged.
+#[cfg(feature = "cuda")]
+#[test]
+fn hidden_states_on_a_gpu_match_the_cpu() {
+    let cfg = ModelConfig::from_json(CONFIG).unwrap();
+    let blocks = Arc::new(blocks(&cfg));
+    let (cpu, gpu) = (Device::Cpu, Device::new_cuda(0).expect("a CUDA device"));
+    let run = |device: &Device, activations: DType| {
+        let m = model(&cfg, &blocks, device, activations, None);
+        let mut cache = KvCache::new(&cfg, 4, 16, m.dtype(), device).unwrap();
+        let ids: Vec<u32> = (0..20u32).map(|t| t * 37 % cfg.vocab_size as u32).collect();
+        let batch = ForwardBatch { input_ids: ids, attention: AttentionMetadata::single(&[2, 0], 16, 20, 20), logits_indices: vec![4, 19], hidden_rows: vec![0, 1] };
+        let to_rows = |t: Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        let (logits, hidden) = m.forward_with_hidden(&batch, &mut cache).unwrap();
+        (to_rows(logits), to_rows(hidden.expect("hidden rows were asked for")))
+    };
+    let (want_logits, want_hidden) = run(&cpu, DType::F32);
+    assert_eq!((want_hidden.len(), want_hidden[0].len()), (2, cfg.hidden_size));
+    for (activations, min_cos) in [(DType::F32, 0.999), (DType::BF16, 0.995)] {
+        let (logits, hidden) = run(&gpu, activations);
+        let ((cos_h, rel_h), (cos_l, rel_l)) = (agreement(&hidden, &want_hidden), agreement(&logits, &want_logits));
+        println!("hidden states, GPU ({activations:?} activations) vs CPU: min cosine {cos_h:.6} (relative {rel_h:.4}); their logits {cos_l:.6} ({rel_l:.4})");
+        assert!(cos_h > min_cos && cos_l > min_cos, "{activations:?}: hidden cosine {cos_h}, logits cosine {cos_l}");
+    }
+}
+
 /// `blocks` run quantized on the GPU with f32 and with bf16 activations against the CPU: each
 /// within its (min cosine, max relative difference).
 #[cfg(feature = "cuda")]
