@@ -117,11 +117,11 @@ impl QwenForCausalLm {
         let lm_head = if weights.contains("lm_head.weight") {
             weights.linear("lm_head", cfg.hidden_size, cfg.vocab_size, false)?
         } else if weights.contains("score.weight") {
-            // A sequence-classification conversion (vLLM's `*-seq-cls` rerankers): its head
-            // scores, it does not predict tokens; tied embeddings in its place would serve
-            // wrong scores and text without a word of warning.
+            // A sequence-classification conversion (vLLM's `*-seq-cls` rerankers; a llama.cpp
+            // reranker GGUF's `cls.output`): its head scores, it does not predict tokens; tied
+            // embeddings in its place would serve wrong scores and text without a warning.
             return Err(ModelError::Config(
-                "this is a sequence-classification checkpoint (`score.weight`, no `lm_head`): serve the causal-LM original (Qwen3-Reranker), which /v1/rerank scores by its yes/no logits".into(),
+                "this is a sequence-classification checkpoint (`score.weight` or GGUF `cls.output.weight`, no `lm_head`): serve the causal-LM original (Qwen3-Reranker), which /v1/rerank scores by its yes/no logits".into(),
             ));
         } else if cfg.tie_word_embeddings {
             embed_tokens.as_linear()?

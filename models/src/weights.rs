@@ -272,6 +272,8 @@ pub fn gguf_tensor_name(hf: &str) -> Option<String> {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
         "lm_head.weight" => Some("output.weight"),
+        // A classifier head (llama.cpp's rerankers); models only check for it (`decoder.rs`).
+        "score.weight" => Some("cls.output.weight"),
         _ => None,
     };
     if let Some(n) = direct {
@@ -330,6 +332,7 @@ mod tests {
         assert_eq!(gguf_tensor_name("model.layers.12.mlp.down_proj.weight").as_deref(), Some("blk.12.ffn_down.weight"));
         assert_eq!(gguf_tensor_name("model.layers.0.self_attn.k_norm.weight").as_deref(), Some("blk.0.attn_k_norm.weight"));
         assert_eq!(gguf_tensor_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(gguf_tensor_name("score.weight").as_deref(), Some("cls.output.weight"));
         assert_eq!(gguf_tensor_name("model.layers.x.mlp.up_proj.weight"), None);
         assert_eq!(gguf_tensor_name("model.layers.0.mlp.experts.weight"), None);
         assert_eq!(gguf_tensor_name("model.layers.2.mlp.gate.weight").as_deref(), Some("blk.2.ffn_gate_inp.weight"));
