@@ -137,6 +137,12 @@ fn bad_rerank_and_score_requests_name_their_field() {
     assert_eq!(cut["results"].as_array().unwrap().len(), 2);
     let short = post_ok(&server, "/v1/score", json!({"text_1": "q", "text_2": [long], "truncate_prompt_tokens": 100}));
     assert_eq!(short["usage"]["prompt_tokens"], 100);
+    // Cohere's per-document cap: 30 of the document's tokens after the query's part.
+    let capped = post_ok(&server, "/v1/rerank", json!({"query": "q", "documents": [long], "max_tokens_per_doc": 30}));
+    let least = RerankPrompt::new(&gguf_tokenizer(), None).unwrap().least("q").unwrap();
+    assert_eq!(capped["usage"]["prompt_tokens"], least + 30);
+    let e = server.post("/v1/rerank", &json!({"query": "q", "documents": ["d"], "max_tokens_per_doc": 0}).to_string()).error(400);
+    assert_eq!(e["param"], "max_tokens_per_doc");
     // The server goes on serving: top_n past the list is all of it, an empty document scores.
     let all = post_ok(&server, "/v2/rerank", json!({"query": "q", "documents": ["d", ""], "top_n": 5}));
     assert_eq!(all["results"].as_array().unwrap().len(), 2);

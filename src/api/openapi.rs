@@ -127,7 +127,8 @@ pub fn spec() -> Value {
                     "top_n": {"type": "integer", "minimum": 0, "description": "the best n results (0 or absent: all)"},
                     "return_documents": {"type": "boolean", "description": "repeat each result's document (default true)"},
                     "instruction": {"type": "string", "description": "the task, in Qwen3-Reranker's `<Instruct>` line"},
-                    "truncate_prompt_tokens": {"type": "integer", "description": "cut each pair's prompt to k tokens (-1: the context) by dropping the document's tail"}}},
+                    "truncate_prompt_tokens": {"type": "integer", "description": "cut each pair's prompt to k tokens (-1: the context) by dropping the document's tail"},
+                    "max_tokens_per_doc": {"type": "integer", "minimum": 1, "description": "keep about n of each document's tokens (Cohere's)"}}},
                 "ScoreRequest": {"type": "object", "required": ["text_1", "text_2"], "properties": {
                     "model": {"type": "string"},
                     "text_1": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}], "description": "one query, or one per `text_2`"},

@@ -60,6 +60,8 @@ pub struct RerankRequest {
     /// Cut each pair's prompt to at most this many tokens (-1: the context) by dropping the
     /// document's tail; without it a pair too long is refused. vLLM's name.
     pub truncate_prompt_tokens: Option<i64>,
+    /// Cohere's: keep about this many of each document's tokens (its tail is dropped).
+    pub max_tokens_per_doc: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,7 +86,13 @@ pub async fn rerank(State(state): State<AppState>, ApiJson(req): ApiJson<RerankR
         Some(n) => return Err(ApiError::invalid("top_n", format!("`top_n` must be at least 0 (0: all), got {n}"))),
     };
     let pairs: Vec<(&str, &str)> = req.documents.iter().map(|d| (req.query.as_str(), d.text())).collect();
-    let (gaps, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), req.truncate_prompt_tokens, ("query", "documents")).await?;
+    let doc_cap = match req.max_tokens_per_doc {
+        None => None,
+        Some(n) if n >= 1 => Some(n as usize),
+        Some(n) => return Err(ApiError::invalid("max_tokens_per_doc", format!("`max_tokens_per_doc` must be at least 1, got {n}"))),
+    };
+    let truncation = Truncation { prompt: req.truncate_prompt_tokens, per_document: doc_cap };
+    let (gaps, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), truncation, ("query", "documents")).await?;
     let mut order: Vec<usize> = (0..gaps.len()).collect();
     // Best first, by the logit gap (scores of 1.0 can still differ there); ties keep the
     // documents' order.
@@ -128,7 +136,8 @@ pub async fn score(State(state): State<AppState>, ApiJson(req): ApiJson<ScoreReq
             return Err(ApiError::invalid("text_1", message));
         }
     };
-    let (gaps, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), req.truncate_prompt_tokens, ("text_1", "text_2")).await?;
+    let truncation = Truncation { prompt: req.truncate_prompt_tokens, per_document: None };
+    let (gaps, num_tokens) = score_pairs(&state, &pairs, req.instruction.as_deref(), truncation, ("text_1", "text_2")).await?;
     let data: Vec<Value> = gaps.iter().enumerate().map(|(i, &g)| json!({"index": i, "object": "score", "score": sigmoid(g)})).collect();
     state.metrics.observe_generation(None, None, started.elapsed());
     Ok(Json(json!({
@@ -188,9 +197,16 @@ impl<'a> RerankPrompt<'a> {
     }
 }
 
+/// How a request lets its pairs be cut: `truncate_prompt_tokens` (the whole prompt, k or -1
+/// for the context) and Cohere's `max_tokens_per_doc` (about n of the document's tokens).
+struct Truncation {
+    prompt: Option<i64>,
+    per_document: Option<usize>,
+}
+
 /// Each pair's yes - no logit gap, and the prompt tokens they took. `fields`: the request's
 /// names for the queries and the documents (errors name them).
-async fn score_pairs(state: &AppState, pairs: &[(&str, &str)], instruction: Option<&str>, truncate: Option<i64>, fields: (&str, &str)) -> Result<(Vec<f64>, usize), ApiError> {
+async fn score_pairs(state: &AppState, pairs: &[(&str, &str)], instruction: Option<&str>, truncation: Truncation, fields: (&str, &str)) -> Result<(Vec<f64>, usize), ApiError> {
     if pairs.len() > MAX_PAIRS {
         return Err(ApiError::invalid(fields.1, format!("`{}` holds {} texts, more than {MAX_PAIRS}", fields.1, pairs.len())));
     }
@@ -199,7 +215,7 @@ async fn score_pairs(state: &AppState, pairs: &[(&str, &str)], instruction: Opti
     }
     let engine = &state.engine;
     let max = engine.max_sequence_tokens();
-    let limit = match truncate {
+    let limit = match truncation.prompt {
         None => None,
         Some(-1) => Some(max),
         Some(k) if k >= 1 => Some((k as usize).min(max)),
@@ -215,6 +231,12 @@ async fn score_pairs(state: &AppState, pairs: &[(&str, &str)], instruction: Opti
         if query.is_empty() {
             return Err(item_error(ApiError::invalid(fields.0, "the query is empty"), fields.0, i));
         }
+        // The document's share: its tokens past `per_document` go (the space before it and
+        // its first word share a token, so "about").
+        let limit = match truncation.per_document {
+            Some(n) => Some(limit.unwrap_or(max).min(template.least(query)? + n)),
+            None => limit,
+        };
         let too_long = |field: &str, n: usize| {
             let hint = if limit.is_some() { "" } else { " (`truncate_prompt_tokens` cuts the document to fit)" };
             let mut e = ApiError::invalid(field, format!("the pair's prompt has {n} tokens, more than the {} allowed{hint}", limit.unwrap_or(max)));
