@@ -5,8 +5,8 @@
 mod common;
 
 use common::read_json;
-use qwen_serve::api::rerank::RerankPrompt;
 use common::server::{start, ServerConfig, TestServer};
+use qwen_serve::api::rerank::RerankPrompt;
 use serde_json::{json, Value};
 
 fn post_ok(server: &TestServer, path: &str, body: Value) -> Value {

@@ -176,8 +176,6 @@ impl ModelRunner {
         meta.query_start_loc.push(0);
         // For each scheduled sequence: (first logits row, number of rows) in the output.
         let mut rows = Vec::with_capacity(out.seqs.len());
-        // Per scheduled sequence: whether it is pooled this step (a pooling request's last chunk).
-        let mut pooled = Vec::with_capacity(out.seqs.len());
         // Per logits row: how it reaches the host (on the CPU, read in place: an argmax or whole).
         let mut wants = Vec::with_capacity(out.seqs.len());
         let vocab = self.model.config().vocab_size;
@@ -196,22 +194,20 @@ impl ModelRunner {
             meta.block_tables.extend(std::iter::repeat_n(0, max_blocks - seq.block_table.len()));
             meta.slot_mapping.extend((start..end).map(|p| seq.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32));
             let first = batch.logits_indices.len();
-            let pooled_here = seq.params.embed && known_end == seq.num_tokens();
-            pooled.push(pooled_here);
             if seq.params.prompt_logprobs.is_some() && start < seq.num_prompt_tokens {
                 // Every new prompt token's row (the last may also be the next-token row).
                 batch.logits_indices.extend(row0..row0 + s.num_new_tokens as u32);
                 wants.extend(std::iter::repeat_n(Want::Whole, s.num_new_tokens));
-            } else if pooled_here && seq.params.score_tokens.is_empty() {
-                // The last prompt token's hidden state; its logits row, computed with it, is
-                // left unread (an argmax is the cheapest way for a row to come back).
-                batch.hidden_rows.push(batch.logits_indices.len() as u32);
+            } else if seq.params.embed && known_end == seq.num_tokens() {
+                // A pooling request's last chunk: its last token's row. A score keeps the named
+                // tokens' logits from it; an embedding reads the hidden state and leaves the
+                // logits unread (an argmax is the cheapest way for a row to come back).
+                let scored = !seq.params.score_tokens.is_empty();
+                if !scored {
+                    batch.hidden_rows.push(batch.logits_indices.len() as u32);
+                }
                 batch.logits_indices.push(row0 + (known_end - start) as u32 - 1);
-                wants.push(Want::Argmax);
-            } else if pooled_here {
-                // The last prompt token's logits, of which the scored tokens' are kept.
-                batch.logits_indices.push(row0 + (known_end - start) as u32 - 1);
-                wants.push(Want::Whole);
+                wants.push(if scored { Want::Whole } else { Want::Argmax });
             } else if known_end == seq.num_tokens() {
                 // The row after the last known token, and one after each draft token.
                 let rows = s.num_draft_tokens as u32 + 1;
@@ -246,11 +242,12 @@ impl ModelRunner {
         let mut prompt = Vec::with_capacity(out.seqs.len());
         let mut after_draft = Vec::with_capacity(out.seqs.len());
         let mut states = Vec::with_capacity(out.seqs.len());
-        for ((s, (first, count)), pooled) in out.seqs.iter().zip(rows).zip(pooled) {
+        for (s, (first, count)) in out.seqs.iter().zip(rows) {
             let seq = &running[s.running_index];
             let known_end = seq.num_computed_tokens + s.num_new_tokens - s.num_draft_tokens;
+            let complete = known_end == seq.num_tokens();
             if seq.params.embed {
-                states.push(match (pooled, &seq.params.score_tokens[..]) {
+                states.push(match (complete, &seq.params.score_tokens[..]) {
                     (false, _) => None,
                     // Hidden rows come in the order their sequences were scheduled.
                     (true, []) => hidden.next(),
@@ -266,7 +263,6 @@ impl ModelRunner {
             }
             states.push(None);
             let mut own: Vec<Next> = logits[first..first + count].iter_mut().map(|r| r.take().expect("each row once")).collect();
-            let complete = known_end == seq.num_tokens();
             after_draft.push(own.split_off(own.len() - s.num_draft_tokens.min(own.len())));
             if seq.params.prompt_logprobs.is_some() && seq.num_computed_tokens < seq.num_prompt_tokens {
                 let rows: Vec<Vec<f32>> = own

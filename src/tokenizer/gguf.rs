@@ -115,12 +115,12 @@ pub(super) fn build(md: &HashMap<String, Value>) -> Result<Built, TokenizerError
     let post_processor = match (opt_bool(md, "tokenizer.ggml.add_eos_token")?, eos_token_id) {
         (Some(true), Some(eos)) => {
             let eos_token = tokens[eos as usize];
-            let special = |seq: &str| json!([{"Sequence": {"id": seq, "type_id": 0}}, {"SpecialToken": {"id": eos_token, "type_id": 0}}]);
-            let pair: Vec<serde_json::Value> = [special("A"), special("B")].iter().flat_map(|v| v.as_array().unwrap().clone()).collect();
+            let text = |id: &str| json!({"Sequence": {"id": id, "type_id": 0}});
+            let end = json!({"SpecialToken": {"id": eos_token, "type_id": 0}});
             let template = json!({
                 "type": "TemplateProcessing",
-                "single": special("A"),
-                "pair": pair,
+                "single": [text("A"), end],
+                "pair": [text("A"), end, text("B"), end],
                 "special_tokens": {eos_token: {"id": eos_token, "ids": [eos], "tokens": [eos_token]}},
             });
             json!({"type": "Sequence", "processors": [byte_level, template]})
