@@ -1,5 +1,6 @@
 //! Output held to a format over HTTP with the real test model: `response_format` (a JSON
-//! object, a schema) and vLLM's `structured_outputs` / `guided_*` (a choice, a regex). Greedy,
+//! object, a schema), vLLM's `structured_outputs` / `guided_*` (a choice, a regex, a grammar)
+//! and llama.cpp's `grammar`. Greedy,
 //! streamed and hot-sampled outputs are checked by hand or by other parsers than the ones
 //! that held them.
 
@@ -249,12 +250,12 @@ fn structured_outputs_hold_the_output_to_a_choice_or_a_regex() {
         (json!({"structured_outputs": {"choice": "positive"}}), "structured_outputs.choice"),
         (json!({"structured_outputs": {"choice": []}}), "structured_outputs.choice"),
         (json!({"structured_outputs": {"choice": ["a"], "regex": "a"}}), "structured_outputs.regex"),
-        (json!({"structured_outputs": {"grammar": "root ::= \"a\""}}), "structured_outputs.grammar"),
+        (json!({"structured_outputs": {"structural_tag": "{}"}}), "structured_outputs.structural_tag"),
         (json!({"structured_outputs": {"choise": ["a"]}}), "structured_outputs.choise"),
         (json!({"structured_outputs": {"json": "{not json"}}), "structured_outputs.json"),
         (json!({"structured_outputs": ["a"]}), "structured_outputs"),
         (json!({"response_format": {"type": "json_object"}, "guided_choice": ["a"]}), "guided_choice"),
-        (json!({"guided_grammar": "root ::= \"a\""}), "guided_grammar"),
+        (json!({"guided_grammar": "root ::= \"a\"", "guided_regex": "a"}), "guided_grammar"),
         (json!({"guided_choice": ["a"], "ignore_eos": true}), "ignore_eos"),
         (json!({"guided_regex": "a+", "tools": [{"type": "function", "function": {"name": "f"}}]}), "guided_regex"),
         (json!({"guided_choice": ["a"], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}), "tool_choice"),
@@ -263,5 +264,61 @@ fn structured_outputs_hold_the_output_to_a_choice_or_a_regex() {
         let e = s.post("/v1/chat/completions", &sentiment(extra.clone())).error(400);
         assert_eq!(e["param"], param, "{extra}: {e}");
         assert!(e["message"].as_str().unwrap().contains(&format!("`{param}")) || param == "tool_choice", "{extra}: {e}");
+    }
+}
+
+/// A GBNF grammar (`structured_outputs.grammar`, `guided_grammar`, llama.cpp's `grammar`) on the
+/// real model: greedy, streamed and hot-sampled outputs are sentences of it, checked by the
+/// `regex` crate (a regular grammar) and serde (llama.cpp's JSON grammar), not by the parser that
+/// held them; a bad grammar is a 400 saying where it is wrong.
+#[test]
+fn a_gbnf_grammar_holds_the_output() {
+    let s = server();
+    let list = "root ::= item{3}\nitem ::= \"- \" [A-Za-z ]+ \"\\n\"";
+    let body = |extra: Value| {
+        let mut b = json!({"messages": [{"role": "user", "content": "Name three fruits as a dash list, one per line."}], "temperature": 0, "max_tokens": 40});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({"structured_outputs": {"grammar": list}}))).json();
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop", "{whole}");
+    let three = regex::Regex::new(r"^(- [A-Za-z ]+\n){3}$").unwrap();
+    assert!(three.is_match(content), "{content:?}");
+    let data = s.post("/v1/chat/completions", &body(json!({"guided_grammar": list, "stream": true}))).sse_data();
+    assert_eq!(streamed_content(&data), content);
+    let start = regex::Regex::new(r"^(- [A-Za-z ]+\n){0,2}(-( [A-Za-z ]*)?)?$").unwrap();
+    let hot = s.post("/v1/chat/completions", &body(json!({"grammar": list, "temperature": 1.5, "seed": 4, "n": 4}))).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        let content = choice["message"]["content"].as_str().unwrap();
+        match choice["finish_reason"].as_str().unwrap() {
+            "stop" => assert!(three.is_match(content), "{content:?}"),
+            _ => assert!(start.is_match(content), "{content:?}"),
+        }
+    }
+
+    // llama.cpp's JSON grammar on a completion: the output is an object serde reads.
+    let json_gbnf = r#"root ::= object
+value ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
+array ::= "[" ws ( value ("," ws value)* )? "]" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+ws ::= | " " | "\n" [ \t]{0,20}"#;
+    let pet = s.post("/v1/completions", &json!({"prompt": "Tom the cat, aged 3, as JSON:", "grammar": json_gbnf, "max_tokens": 60, "temperature": 0}).to_string()).json();
+    assert_eq!(pet["choices"][0]["finish_reason"], "stop", "{pet}");
+    let v: Value = serde_json::from_str(pet["choices"][0]["text"].as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {pet}"));
+    assert!(v.is_object(), "{v}");
+
+    for (extra, param, says) in [
+        (json!({"structured_outputs": {"grammar": "root ::= e\ne ::= e \"+\" [0-9] | [0-9]"}}), "structured_outputs.grammar", "rule `e` is left-recursive"),
+        (json!({"guided_grammar": "root ::= \"a"}), "guided_grammar", "line 1 column 12"),
+        (json!({"grammar": 5}), "grammar", "must be a string"),
+        (json!({"grammar": "root ::= x"}), "grammar", "rule `x` is used but not defined"),
+        (json!({"grammar": "root ::= \"a\"", "guided_choice": ["a"]}), "grammar", "cannot be combined"),
+    ] {
+        let e = s.post("/v1/chat/completions", &body(extra.clone())).error(400);
+        assert_eq!(e["param"], param, "{extra}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(says), "{extra}: {e}");
     }
 }

@@ -55,7 +55,7 @@ pub fn spec() -> Value {
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {
                     "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": "string", "nullable": true}, "code": {"type": "string", "nullable": true}}}}},
-                "ChatCompletionRequest": {"type": "object", "required": ["messages"], "properties": with(sampling_properties(), json!({
+                "ChatCompletionRequest": {"type": "object", "required": ["messages"], "properties": with(with(sampling_properties(), json!({
                     "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role"], "properties": {
                         "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
                         "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}}], "nullable": true},
@@ -68,23 +68,13 @@ pub fn spec() -> Value {
                     "tools": {"type": "array", "items": {"type": "object"}},
                     "tool_choice": {"oneOf": [{"type": "string", "enum": ["auto", "none", "required"]},
                         {"type": "object", "required": ["type", "function"], "properties": {"type": {"const": "function"}, "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}]},
-                    "chat_template_kwargs": {"type": "object"},
-                    "response_format": response_format(),
-                    "structured_outputs": structured_outputs(),
-                    "guided_choice": {"type": "array", "items": {"type": "string"}, "description": "vLLM before v0.12: `structured_outputs.choice`"},
-                    "guided_regex": {"type": "string", "description": "vLLM before v0.12: `structured_outputs.regex`"},
-                    "guided_json": {"type": "object", "description": "vLLM before v0.12: `structured_outputs.json`"}}))},
-                "CompletionRequest": {"type": "object", "required": ["prompt"], "properties": with(sampling_properties(), json!({
+                    "chat_template_kwargs": {"type": "object"}})), held_output())},
+                "CompletionRequest": {"type": "object", "required": ["prompt"], "properties": with(with(sampling_properties(), json!({
                     "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "array", "items": {"type": "integer"}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]},
                     "echo": {"type": "boolean"},
                     "suffix": {"type": "string", "description": "Fill in the middle: the text after the completion (models with Qwen2.5-Coder's FIM tokens)"},
                     "logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
-                    "return_tokens_as_token_ids": token_ids(),
-                    "response_format": response_format(),
-                    "structured_outputs": structured_outputs(),
-                    "guided_choice": {"type": "array", "items": {"type": "string"}, "description": "vLLM before v0.12: `structured_outputs.choice`"},
-                    "guided_regex": {"type": "string", "description": "vLLM before v0.12: `structured_outputs.regex`"},
-                    "guided_json": {"type": "object", "description": "vLLM before v0.12: `structured_outputs.json`"}}))},
+                    "return_tokens_as_token_ids": token_ids()})), held_output())},
                 "InfillRequest": {"type": "object", "required": ["input_prefix", "input_suffix"], "properties": {
                     "input_prefix": {"type": "string"}, "input_suffix": {"type": "string"}, "prompt": {"type": "string"},
                     "input_extra": {"type": "array", "items": {"type": "object", "required": ["text"], "properties": {"filename": {"type": "string"}, "text": {"type": "string"}}}},
@@ -168,12 +158,27 @@ fn token_ids() -> Value {
     json!({"type": "boolean", "description": "vLLM's extension: logprob tokens as `token_id:{id}`"})
 }
 
-/// vLLM's `structured_outputs` (chat and completions): one of `choice`, `regex`, `json`,
-/// `json_object`.
+/// What holds a chat or completion's output: `response_format`, vLLM's `structured_outputs` and
+/// `guided_*`, llama.cpp's `grammar`.
+fn held_output() -> Value {
+    let before = |field: &str| format!("vLLM before v0.12: `structured_outputs.{field}`");
+    json!({
+        "response_format": response_format(),
+        "structured_outputs": structured_outputs(),
+        "guided_choice": {"type": "array", "items": {"type": "string"}, "description": before("choice")},
+        "guided_regex": {"type": "string", "description": before("regex")},
+        "guided_json": {"type": "object", "description": before("json")},
+        "guided_grammar": {"type": "string", "description": before("grammar")},
+        "grammar": {"type": "string", "description": "llama.cpp's: a GBNF grammar the whole output is a sentence of (from its `root` rule)"}})
+}
+
+/// vLLM's `structured_outputs` (chat, completions, responses): one of `choice`, `regex`,
+/// `grammar`, `json`, `json_object`.
 fn structured_outputs() -> Value {
     json!({"type": "object", "description": "vLLM's extension: the whole output held to one of these", "properties": {
         "choice": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "exactly one of these strings"},
         "regex": {"type": "string", "description": "matched against the whole output (ECMA-262 syntax, as a JSON schema's `pattern`)"},
+        "grammar": {"type": "string", "description": "a GBNF grammar (llama.cpp's format, as xgrammar reads it) the whole output is a sentence of"},
         "json": {"oneOf": [{"type": "object"}, {"type": "string"}], "description": "a JSON schema, or its text"},
         "json_object": {"type": "boolean"}}})
 }

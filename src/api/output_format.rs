@@ -1,7 +1,8 @@
 //! What a request holds its output to: OpenAI's `response_format`, vLLM's `structured_outputs`
-//! (`choice`, `regex`, `json`, `json_object`) and the `guided_*` fields vLLM took before v0.12
-//! (`guided_choice`, `guided_regex`, `guided_json`). At most one may be given; each is compiled
-//! once per distinct text (`FormatCache`), and every problem is a 400 naming its field.
+//! (`choice`, `regex`, `json`, `json_object`, `grammar`), the `guided_*` fields vLLM took before
+//! v0.12 (`guided_choice`, `guided_regex`, `guided_json`, `guided_grammar`) and llama.cpp's
+//! `grammar` (GBNF). At most one may be given; each is compiled once per distinct text
+//! (`FormatCache`), and every problem is a 400 naming its field.
 
 use serde_json::Value;
 
@@ -19,7 +20,7 @@ pub fn requested(response_format: Option<&Value>, fields: &StructuredOutputField
     }
     if let Some(so) = fields.structured_outputs.as_ref().filter(|v| !v.is_null()) {
         let Some(so) = so.as_object() else {
-            return Err(ApiError::invalid("structured_outputs", "`structured_outputs` must be an object (`choice`, `regex`, `json` or `json_object`)"));
+            return Err(ApiError::invalid("structured_outputs", "`structured_outputs` must be an object (`choice`, `regex`, `json`, `json_object` or `grammar`)"));
         };
         for (key, value) in so.iter().filter(|(_, v)| !v.is_null()) {
             let field = format!("structured_outputs.{key}");
@@ -30,20 +31,22 @@ pub fn requested(response_format: Option<&Value>, fields: &StructuredOutputField
                 "disable_any_whitespace" if value == &Value::Bool(false) => {}
                 "disable_any_whitespace" => return Err(unsupported(&field, "JSON output may always hold whitespace between tokens")),
                 "whitespace_pattern" => return Err(unsupported(&field, "JSON output's whitespace is one space, or a line break and up to 20 spaces or tabs")),
-                "grammar" | "structural_tag" => return Err(unsupported(&field, "write the constraint as `regex`, `choice` or `json`")),
-                "choice" | "regex" | "json" | "json_object" => asked.push((kind(key, value, &field, formats)?, field)),
-                _ => return Err(ApiError::invalid(&field, format!("`{field}` is not a structured output option (`choice`, `regex`, `json`, `json_object`)"))),
+                "structural_tag" => return Err(unsupported(&field, "write the constraint as `grammar`, `regex`, `choice` or `json`")),
+                "choice" | "regex" | "json" | "json_object" | "grammar" => asked.push((kind(key, value, &field, formats)?, field)),
+                _ => return Err(ApiError::invalid(&field, format!("`{field}` is not a structured output option (`choice`, `regex`, `json`, `json_object`, `grammar`)"))),
             }
         }
     }
-    for (key, value) in [("choice", &fields.guided_choice), ("regex", &fields.guided_regex), ("json", &fields.guided_json)] {
+    let legacy = [("choice", &fields.guided_choice), ("regex", &fields.guided_regex), ("json", &fields.guided_json), ("grammar", &fields.guided_grammar)];
+    for (key, value) in legacy {
         if let Some(value) = value.as_ref().filter(|v| !v.is_null()) {
             let field = format!("guided_{key}");
             asked.push((kind(key, value, &field, formats)?, field));
         }
     }
-    if fields.guided_grammar.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(unsupported("guided_grammar", "write the constraint as `guided_regex`, `guided_choice` or `guided_json`"));
+    // llama.cpp's; an empty string is its "no grammar".
+    if let Some(value) = fields.grammar.as_ref().filter(|v| !v.is_null() && v.as_str() != Some("")) {
+        asked.push((kind("grammar", value, "grammar", formats)?, "grammar".into()));
     }
     if fields.guided_whitespace_pattern.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(unsupported("guided_whitespace_pattern", "JSON output's whitespace is one space, or a line break and up to 20 spaces or tabs"));
@@ -58,8 +61,8 @@ pub fn requested(response_format: Option<&Value>, fields: &StructuredOutputField
     }
 }
 
-/// One structured output kind: `choice` (a list of strings), `regex` (a string), `json` (a
-/// schema, or its text) or `json_object: true`.
+/// One structured output kind: `choice` (a list of strings), `regex` (a string), `grammar` (GBNF
+/// text), `json` (a schema, or its text) or `json_object: true`.
 fn kind(key: &str, value: &Value, field: &str, formats: &FormatCache) -> Result<OutputFormat, ApiError> {
     let made = match key {
         "choice" => {
@@ -68,6 +71,7 @@ fn kind(key: &str, value: &Value, field: &str, formats: &FormatCache) -> Result<
             formats.choice(&choices)
         }
         "regex" => formats.regex(value.as_str().ok_or_else(|| ApiError::invalid(field, format!("`{field}` must be a string")))?),
+        "grammar" => formats.grammar(value.as_str().ok_or_else(|| ApiError::invalid(field, format!("`{field}` must be a string (a GBNF grammar)")))?),
         "json" => {
             let parsed;
             let schema = match value {

@@ -90,8 +90,9 @@ pub struct ChatCompletionRequest {
     pub add_generation_prompt: Option<bool>,
 }
 
-/// vLLM's structured outputs: `structured_outputs` (`choice`, `regex`, `json`, `json_object`)
-/// and the `guided_*` fields it took before v0.12 (`guided_decoding_backend` is ignored).
+/// vLLM's structured outputs: `structured_outputs` (`choice`, `regex`, `json`, `json_object`,
+/// `grammar`) and the `guided_*` fields it took before v0.12 (`guided_decoding_backend` is
+/// ignored); llama.cpp's `grammar` (GBNF).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct StructuredOutputFields {
     pub structured_outputs: Option<Value>,
@@ -100,6 +101,7 @@ pub struct StructuredOutputFields {
     pub guided_json: Option<Value>,
     pub guided_grammar: Option<Value>,
     pub guided_whitespace_pattern: Option<Value>,
+    pub grammar: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

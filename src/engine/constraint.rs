@@ -43,7 +43,7 @@ pub enum OutputFormat {
     JsonObject,
     /// A JSON object valid under the schema.
     JsonSchema(Arc<Schema>),
-    /// The whole output matching a regex, or one of a list of strings.
+    /// The whole output matching a regex or a grammar, or one of a list of strings.
     Regex(Arc<RegexFormat>),
     /// Tool calls (`tool_choice` `"required"` or a named function).
     ToolCalls(Arc<ToolCallFormat>),
@@ -62,6 +62,11 @@ impl PartialEq for OutputFormat {
 }
 
 impl OutputFormat {
+    /// Whether a cached format should be compiled afresh (see `RegexFormat::is_stale`).
+    fn is_stale(&self) -> bool {
+        matches!(self, Self::Regex(r) if r.is_stale())
+    }
+
     /// A fresh parse for one sequence; `None` for plain text.
     pub fn start(&self) -> Option<Constraint> {
         match self {
@@ -166,7 +171,7 @@ impl FormatCache {
 
     /// The format made before from `key`, or `make`'s (kept if it is one).
     pub fn get(&self, key: String, make: impl FnOnce() -> Result<OutputFormat, String>) -> Result<OutputFormat, String> {
-        if let Some(f) = self.formats.lock().expect("format cache").get(&key) {
+        if let Some(f) = self.formats.lock().expect("format cache").get(&key).filter(|f| !f.is_stale()) {
             return Ok(f.clone());
         }
         let made = make()?;
@@ -174,7 +179,11 @@ impl FormatCache {
         if formats.len() >= self.capacity {
             formats.clear();
         }
-        Ok(formats.entry(key).or_insert(made).clone())
+        let entry = formats.entry(key).or_insert_with(|| made.clone());
+        if entry.is_stale() {
+            *entry = made;
+        }
+        Ok(entry.clone())
     }
 
     /// `schema` compiled (`response_format: json_schema`), or the one compiled before from the
@@ -186,6 +195,11 @@ impl FormatCache {
     /// `regex` compiled (`structured_outputs.regex`), or the one compiled before.
     pub fn regex(&self, regex: &str) -> Result<OutputFormat, String> {
         self.get(format!("regex {regex}"), || Ok(OutputFormat::Regex(Arc::new(RegexFormat::regex(regex)?))))
+    }
+
+    /// GBNF `grammar` compiled (`structured_outputs.grammar`), or the one compiled before.
+    pub fn grammar(&self, grammar: &str) -> Result<OutputFormat, String> {
+        self.get(format!("grammar {grammar}"), || Ok(OutputFormat::Regex(Arc::new(RegexFormat::grammar(grammar)?))))
     }
 
     /// `choices` compiled (`structured_outputs.choice`), or the ones compiled before.

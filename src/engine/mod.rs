@@ -12,6 +12,7 @@ pub mod json_object;
 pub mod json_schema;
 pub mod kv_budget;
 pub mod outbox;
+pub mod grammar;
 pub mod regex_format;
 pub mod request;
 pub mod runner;

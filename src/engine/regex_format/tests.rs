@@ -140,3 +140,21 @@ fn a_choice_after_thinking() {
     assert!(c.advance(b"<think>hm</think>") && c.is_complete(), "an empty answer may end at once");
     assert!(c.advance(b" yes") && c.is_complete());
 }
+
+fn grammar(text: &str) -> OutputFormat {
+    OutputFormat::Regex(Arc::new(RegexFormat::grammar(text).unwrap()))
+}
+
+/// A GBNF grammar through the vocabulary walk: each mask is exactly the tokens it takes, a
+/// character split across tokens included, and after thinking as a regex is.
+#[test]
+fn a_grammar_masks_the_vocabulary_as_it_parses() {
+    let f = grammar("root ::= word (\"@\" word)* \".com\"? \"\\n\"\nword ::= [a-z\u{e9}]+ [0-9]?");
+    assert!(takes(&f, "alan@x1.com\n") && takes(&f, "\u{e9}t\u{e9}\n") && !takes(&f, "alan@\n") && !takes(&f, "Alan\n"));
+    let done = masks_agree("grammar", f.start().unwrap(), "alan@\u{e9}t\u{e9}@x1.com\n");
+    assert!(done.is_complete());
+    let vocab = Vocab::from_bytes(tokens());
+    assert!(done.allowed(&vocab).iter().all(|&w| w == 0), "nothing but EOS after the line break");
+    let c = masks_agree("grammar after thinking", f.start_after_thinking().unwrap(), "<think>\nx</think>pos@neg\n");
+    assert!(c.is_complete());
+}

@@ -1,0 +1,343 @@
+//! A GBNF grammar (`structured_outputs.grammar`, `guided_grammar`, llama.cpp's `grammar`) as an
+//! automaton over the output's bytes, built as the outputs need it.
+//!
+//! The rules (see [`parse`]) are laid out flat: each alternative a run of elements ending in
+//! `End`. A parse in progress is a set of stacks, each the position of the next character class
+//! to match with the positions to go back to after it (llama.cpp's grammar sampler keeps the same
+//! sets); stacks share their tails, each frame interned once as a node (position, parent node),
+//! and a call in tail position pushes no frame, so a repetition (`x*` is `R ::= x R | ""`) runs
+//! in constant depth. A set of stacks (with the UTF-8 character being read, if any) is interned
+//! as a state id, and each (state, byte) step is remembered: the vocabulary walk and the
+//! sequences that share the grammar (one compiled grammar per text, `FormatCache`) revisit few
+//! states. A byte is refused unless some character starting with it can come next, so an output
+//! can always be finished: rules that can never end, and left recursion (which has no finite
+//! set of stacks), are refused when the grammar is compiled.
+
+mod parse;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use parse::{Class, Item};
+
+/// A state no output can be in: the byte is refused.
+pub(in crate::engine) const DEAD: u32 = u32::MAX;
+/// The parent of a bottom frame.
+const NONE: u32 = u32::MAX;
+/// Past this many states the grammar is compiled afresh for later requests (`is_stale`), so a
+/// long-running server's tables stay bounded (~100 bytes a state).
+const STALE_STATES: usize = 200_000;
+
+#[derive(Debug, Clone, Copy)]
+enum Elem {
+    Char(u32),
+    Rule(u32),
+    End,
+}
+
+#[derive(Debug)]
+pub struct Grammar {
+    elems: Vec<Elem>,
+    classes: Vec<Class>,
+    /// Each rule's alternatives' first positions.
+    starts: Vec<Vec<u32>>,
+    root: u32,
+    tables: Mutex<Tables>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    /// Stack frames: (position, parent frame).
+    nodes: Vec<(u32, u32)>,
+    node_ids: HashMap<(u32, u32), u32>,
+    states: Vec<State>,
+    state_ids: HashMap<State, u32>,
+    steps: HashMap<(u32, u8), u32>,
+}
+
+/// The stacks' tops (each at a character class), whether the output may end here, and the
+/// character being read: `left` more bytes after `partial`'s bits, which must end at `min` or
+/// above (no overlong forms).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct State {
+    tops: Box<[u32]>,
+    accept: bool,
+    partial: u32,
+    left: u8,
+    min: u32,
+}
+
+impl Grammar {
+    /// Compiles GBNF `text`; the error says where and what is wrong.
+    pub fn compile(text: &str) -> Result<Self, String> {
+        let rules = parse::parse(text)?;
+        let mut classes: Vec<Class> = Vec::new();
+        let mut class_ids: HashMap<(Vec<(u32, u32)>, bool), u32> = HashMap::new();
+        let mut elems = Vec::new();
+        let mut starts = Vec::with_capacity(rules.alts.len());
+        for alts in &rules.alts {
+            let mut rule_starts = Vec::with_capacity(alts.len());
+            for alt in alts {
+                rule_starts.push(elems.len() as u32);
+                for item in alt {
+                    elems.push(match item {
+                        Item::Char(class) => {
+                            let class = class.normalized();
+                            let next = classes.len() as u32;
+                            let id = *class_ids.entry((class.ranges.clone(), class.negated)).or_insert(next);
+                            if id == next {
+                                classes.push(class);
+                            }
+                            Elem::Char(id)
+                        }
+                        Item::Rule(r) => Elem::Rule(*r as u32),
+                    });
+                }
+                elems.push(Elem::End);
+            }
+            starts.push(rule_starts);
+        }
+        let grammar = Self { elems, classes, starts, root: rules.root as u32, tables: Mutex::new(Tables::default()) };
+        grammar.check(&rules.names)?;
+        Ok(grammar)
+    }
+
+    /// Refuses a rule that can never end and left recursion that would grow the stacks.
+    fn check(&self, names: &[String]) -> Result<(), String> {
+        let alt = |start: u32| self.elems[start as usize..].iter().take_while(|e| !matches!(e, Elem::End));
+        // Rules that can end, and rules that can end having read nothing.
+        let fixpoint = |ok: &dyn Fn(&Elem, &[bool]) -> bool| {
+            let mut done = vec![false; self.starts.len()];
+            loop {
+                let mut changed = false;
+                for r in 0..self.starts.len() {
+                    if !done[r] && self.starts[r].iter().any(|&s| alt(s).all(|e| ok(e, &done))) {
+                        done[r] = true;
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    return done;
+                }
+            }
+        };
+        let finite = fixpoint(&|e, done| match e {
+            Elem::Char(c) => !self.classes[*c as usize].is_empty(),
+            Elem::Rule(r) => done[*r as usize],
+            Elem::End => true,
+        });
+        if let Some(r) = finite.iter().position(|f| !f) {
+            return Err(format!("rule `{}` can never end (each of its alternatives needs itself again, or a class that matches nothing)", names[r]));
+        }
+        let nullable = fixpoint(&|e, done| matches!(e, Elem::Rule(r) if done[*r as usize]));
+        // Edges to the rules an alternative can begin with; `true` if the call returns to more.
+        let mut edges: Vec<Vec<(u32, bool)>> = vec![Vec::new(); self.starts.len()];
+        for (r, rule_starts) in self.starts.iter().enumerate() {
+            for &s in rule_starts {
+                let items: Vec<Elem> = alt(s).copied().collect();
+                for (i, e) in items.iter().enumerate() {
+                    let Elem::Rule(b) = *e else { break };
+                    edges[r].push((b, i + 1 < items.len()));
+                    if !nullable[b as usize] {
+                        break;
+                    }
+                }
+            }
+        }
+        let reaches = |from: u32, to: u32| {
+            let mut seen = HashSet::from([from]);
+            let mut work = vec![from];
+            while let Some(r) = work.pop() {
+                if r == to {
+                    return true;
+                }
+                work.extend(edges[r as usize].iter().map(|&(b, _)| b).filter(|&b| seen.insert(b)));
+            }
+            false
+        };
+        for (a, out) in edges.iter().enumerate() {
+            if out.iter().any(|&(b, returns)| returns && reaches(b, a as u32)) {
+                return Err(format!("rule `{}` is left-recursive (it can begin with itself): write the repetition with `*`, `+` or right recursion", names[a]));
+            }
+        }
+        Ok(())
+    }
+
+    /// The state before any output.
+    pub(in crate::engine) fn start(&self) -> u32 {
+        let mut t = self.tables.lock().expect("grammar tables");
+        let work = self.starts[self.root as usize].iter().map(|&s| (s, NONE)).collect();
+        let (tops, accept) = self.closure(&mut t, work);
+        t.state(State { tops, accept, partial: 0, left: 0, min: 0 })
+    }
+
+    /// The state after byte `b`, or [`DEAD`].
+    pub(in crate::engine) fn step(&self, at: u32, b: u8) -> u32 {
+        if at == DEAD {
+            return DEAD;
+        }
+        let mut t = self.tables.lock().expect("grammar tables");
+        if let Some(&next) = t.steps.get(&(at, b)) {
+            return next;
+        }
+        let next = self.compute_step(&mut t, at, b);
+        t.steps.insert((at, b), next);
+        next
+    }
+
+    /// Whether the output may end in state `at`.
+    pub(in crate::engine) fn accepts(&self, at: u32) -> bool {
+        at != DEAD && self.tables.lock().expect("grammar tables").states[at as usize].accept
+    }
+
+    /// Whether the tables have grown past their bound: later requests get a fresh compile.
+    pub fn is_stale(&self) -> bool {
+        self.tables.lock().expect("grammar tables").states.len() > STALE_STATES
+    }
+
+    fn compute_step(&self, t: &mut Tables, at: u32, b: u8) -> u32 {
+        let s = t.states[at as usize].clone();
+        let (partial, left, min) = if s.left == 0 {
+            match b {
+                0x00..=0x7f => return self.read_char(t, &s.tops, b as u32),
+                0xc2..=0xdf => (u32::from(b & 0x1f), 1, 0x80),
+                0xe0..=0xef => (u32::from(b & 0x0f), 2, 0x800),
+                0xf0..=0xf4 => (u32::from(b & 0x07), 3, 0x10000),
+                _ => return DEAD,
+            }
+        } else if b & 0xc0 == 0x80 {
+            (s.partial << 6 | u32::from(b & 0x3f), s.left - 1, s.min)
+        } else {
+            return DEAD;
+        };
+        if left == 0 {
+            return if partial < min { DEAD } else { self.read_char(t, &s.tops, partial) };
+        }
+        // Only if some character that starts so can come next.
+        let shift = 6 * u32::from(left);
+        let (lo, hi) = ((partial << shift).max(min), ((partial << shift) | ((1 << shift) - 1)).min(0x10ffff));
+        let possible = lo <= hi
+            && s.tops.iter().any(|&n| match self.elems[t.nodes[n as usize].0 as usize] {
+                Elem::Char(c) => self.classes[c as usize].meets(lo, hi),
+                _ => unreachable!("stack tops are at classes"),
+            });
+        if !possible {
+            return DEAD;
+        }
+        t.state(State { tops: s.tops, accept: false, partial, left, min })
+    }
+
+    /// The state after character `c` from the stacks `tops`.
+    fn read_char(&self, t: &mut Tables, tops: &[u32], c: u32) -> u32 {
+        if char::from_u32(c).is_none() {
+            return DEAD;
+        }
+        let work: Vec<(u32, u32)> = tops
+            .iter()
+            .map(|&n| t.nodes[n as usize])
+            .filter(|&(pos, _)| matches!(self.elems[pos as usize], Elem::Char(k) if self.classes[k as usize].matches(c)))
+            .map(|(pos, parent)| (pos + 1, parent))
+            .collect();
+        let (tops, accept) = self.closure(t, work);
+        if tops.is_empty() && !accept {
+            return DEAD;
+        }
+        t.state(State { tops, accept, partial: 0, left: 0, min: 0 })
+    }
+
+    /// Every stack the frames in `work` lead to before reading a character: their tops (sorted)
+    /// and whether one of them ends the output.
+    fn closure(&self, t: &mut Tables, mut work: Vec<(u32, u32)>) -> (Box<[u32]>, bool) {
+        let mut seen = HashSet::new();
+        let (mut tops, mut accept) = (Vec::new(), false);
+        while let Some((pos, parent)) = work.pop() {
+            if !seen.insert((pos, parent)) {
+                continue;
+            }
+            match self.elems[pos as usize] {
+                Elem::Char(_) => tops.push(t.node(pos, parent)),
+                Elem::Rule(r) => {
+                    let back = pos + 1;
+                    // A call in tail position returns straight to the caller's parent.
+                    let parent = if matches!(self.elems[back as usize], Elem::End) { parent } else { t.node(back, parent) };
+                    work.extend(self.starts[r as usize].iter().map(|&s| (s, parent)));
+                }
+                Elem::End if parent == NONE => accept = true,
+                Elem::End => work.push(t.nodes[parent as usize]),
+            }
+        }
+        tops.sort_unstable();
+        tops.dedup();
+        (tops.into(), accept)
+    }
+}
+
+impl Tables {
+    fn node(&mut self, pos: u32, parent: u32) -> u32 {
+        let next = self.nodes.len() as u32;
+        let id = *self.node_ids.entry((pos, parent)).or_insert(next);
+        if id == next {
+            self.nodes.push((pos, parent));
+        }
+        id
+    }
+
+    fn state(&mut self, state: State) -> u32 {
+        if let Some(&id) = self.state_ids.get(&state) {
+            return id;
+        }
+        let id = self.states.len() as u32;
+        self.states.push(state.clone());
+        self.state_ids.insert(state, id);
+        id
+    }
+}
+
+impl Class {
+    /// Ranges sorted and merged.
+    fn normalized(&self) -> Self {
+        let mut ranges = self.ranges.clone();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        Self { ranges: merged, negated: self.negated }
+    }
+
+    fn matches(&self, c: u32) -> bool {
+        self.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != self.negated
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.meets(0, 0x10ffff)
+    }
+
+    /// Whether some character (not a surrogate) in `lo..=hi` matches; ranges merged.
+    fn meets(&self, lo: u32, hi: u32) -> bool {
+        let segments = [(lo, hi.min(0xd7ff)), (lo.max(0xe000), hi)];
+        segments.iter().filter(|(a, b)| a <= b).any(|&(a, b)| {
+            if !self.negated {
+                return self.ranges.iter().any(|&(r0, r1)| r0 <= b && a <= r1);
+            }
+            // The first character from `a` that no range covers.
+            let mut x = a;
+            for &(r0, r1) in &self.ranges {
+                if r1 < x {
+                    continue;
+                }
+                if r0 > x {
+                    break;
+                }
+                x = r1.saturating_add(1);
+            }
+            x <= b
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
