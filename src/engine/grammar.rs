@@ -190,6 +190,35 @@ impl Grammar {
         at != DEAD && self.tables.lock().expect("grammar tables").states[at as usize].accept
     }
 
+    /// Whether any *plain* text (see `constraint::Vocab`: whole characters, none of them a
+    /// control character, `"`, `\\` or `<`) may come next in state `at`, ending in it again
+    /// (inside a string of `json.gbnf`): the vocabulary walk then takes plain tokens whole.
+    pub(in crate::engine) fn takes_any_plain_text(&self, at: u32) -> bool {
+        if at == DEAD {
+            return false;
+        }
+        let mut t = self.tables.lock().expect("grammar tables");
+        let s = &t.states[at as usize];
+        if s.left != 0 {
+            return false;
+        }
+        // Every plain character leads to the same state if each top's class takes all of them
+        // or none; then one of them tells which.
+        let plain = [(0x20, 0x21), (0x23, 0x3b), (0x3d, 0x5b), (0x5d, 0x7e), (0x80, 0x10ffff)];
+        let uniform = s.tops.iter().all(|&n| match self.elems[t.nodes[n as usize].0 as usize] {
+            Elem::Char(c) => {
+                let class = &self.classes[c as usize];
+                plain.iter().all(|&(lo, hi)| !class.meets(lo, hi)) || plain.iter().all(|&(lo, hi)| class.covers(lo, hi))
+            }
+            _ => unreachable!("stack tops are at classes"),
+        });
+        if !uniform {
+            return false;
+        }
+        drop(t);
+        self.step(at, b'a') == at
+    }
+
     /// Whether the tables have grown past their bound: later requests get a fresh compile.
     pub fn is_stale(&self) -> bool {
         self.tables.lock().expect("grammar tables").states.len() > STALE_STATES
@@ -314,6 +343,16 @@ impl Class {
 
     fn is_empty(&self) -> bool {
         !self.meets(0, 0x10ffff)
+    }
+
+    /// Whether every character (not a surrogate) in `lo..=hi` matches; ranges merged.
+    fn covers(&self, lo: u32, hi: u32) -> bool {
+        let segments = [(lo, hi.min(0xd7ff)), (lo.max(0xe000), hi)];
+        segments.iter().filter(|(a, b)| a <= b).all(|&(a, b)| {
+            let inside = self.ranges.iter().any(|&(r0, r1)| r0 <= a && b <= r1);
+            let outside = !self.ranges.iter().any(|&(r0, r1)| r0 <= b && a <= r1);
+            if self.negated { outside } else { inside }
+        })
     }
 
     /// Whether some character (not a surrogate) in `lo..=hi` matches; ranges merged.

@@ -106,6 +106,13 @@ impl ByteParser for RegexState {
         self.at = next;
         true
     }
+
+    fn plain_budget(&self) -> Option<u32> {
+        match self.automaton() {
+            Automaton::Grammar(g) if g.takes_any_plain_text(self.at) => Some(u32::MAX),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -157,4 +157,13 @@ fn a_grammar_masks_the_vocabulary_as_it_parses() {
     assert!(done.allowed(&vocab).iter().all(|&w| w == 0), "nothing but EOS after the line break");
     let c = masks_agree("grammar after thinking", f.start_after_thinking().unwrap(), "<think>\nx</think>pos@neg\n");
     assert!(c.is_complete());
+    // Inside a string any plain text may come, and the walk takes plain tokens whole: the
+    // masks are still exactly what feeding takes, and outside the string no shortcut is taken.
+    let f = grammar("root ::= \"[\" (\"\\\"\" [^\"\\\\]* \"\\\"\")? \"]\"");
+    assert!(takes(&f, "[\"a<\u{e9}\"]") && !takes(&f, "[\"a\\\"]") && takes(&f, "[]"));
+    let c = masks_agree("string", f.start().unwrap(), "[\"pos\u{e9}t\u{e9}<ative\"]");
+    assert!(c.is_complete());
+    let Constraint::Regex(_, s) = f.start().unwrap() else { unreachable!() };
+    let mut inside = s;
+    assert!(s.plain_budget().is_none() && inside.feed(b'[') && inside.feed(b'"') && inside.plain_budget() == Some(u32::MAX));
 }
