@@ -242,6 +242,9 @@ fn structured_outputs_hold_the_output_to_a_choice_or_a_regex() {
         "max_tokens": 40, "temperature": 0}).to_string()).json();
     let v: Value = serde_json::from_str(pet["choices"][0]["text"].as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {pet}"));
     assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+    // llama.cpp's `json_schema` field: the same schema, the same output.
+    let llama = s.post("/v1/completions", &json!({"prompt": "Tom the cat, aged 3, as JSON:", "json_schema": schema, "max_tokens": 40, "temperature": 0}).to_string()).json();
+    assert_eq!(llama["choices"][0]["text"], pet["choices"][0]["text"], "{llama}");
 
     // Each problem names its field.
     let bad = [
@@ -257,6 +260,7 @@ fn structured_outputs_hold_the_output_to_a_choice_or_a_regex() {
         (json!({"response_format": {"type": "json_object"}, "guided_choice": ["a"]}), "guided_choice"),
         (json!({"guided_grammar": "root ::= \"a\"", "guided_regex": "a"}), "guided_grammar"),
         (json!({"guided_choice": ["a"], "ignore_eos": true}), "ignore_eos"),
+        (json!({"json_schema": {"type": "nonsense"}}), "json_schema"),
         (json!({"guided_regex": "a+", "tools": [{"type": "function", "function": {"name": "f"}}]}), "guided_regex"),
         (json!({"guided_choice": ["a"], "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}), "tool_choice"),
     ];

@@ -169,7 +169,8 @@ fn held_output() -> Value {
         "guided_regex": {"type": "string", "description": before("regex")},
         "guided_json": {"type": "object", "description": before("json")},
         "guided_grammar": {"type": "string", "description": before("grammar")},
-        "grammar": {"type": "string", "description": "llama.cpp's: a GBNF grammar the whole output is a sentence of (from its `root` rule)"}})
+        "grammar": {"type": "string", "description": "llama.cpp's: a GBNF grammar the whole output is a sentence of (from its `root` rule)"},
+        "json_schema": {"type": "object", "description": "llama.cpp's: the output a JSON object valid under this schema"}})
 }
 
 /// vLLM's `structured_outputs` (chat, completions, responses): one of `choice`, `regex`,
