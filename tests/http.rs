@@ -28,7 +28,7 @@ fn models_health_and_openapi() {
     assert_eq!(models["data"][0]["id"], "qwen-test");
     assert_eq!(s.get("/health").status, 200);
     let spec = s.get("/openapi.json").json();
-    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/responses", "/v1/responses/{id}", "/v1/messages", "/v1/messages/count_tokens", "/infill", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/responses", "/v1/responses/{id}", "/v1/messages", "/v1/messages/count_tokens", "/infill", "/completion", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
         assert!(spec["paths"][path].is_object(), "openapi lacks {path}");
     }
 }
@@ -188,6 +188,77 @@ fn llama_cpp_infill() {
     assert!(e["message"].as_str().unwrap().contains("input_suffix"), "{e}");
     let e = s.post("/infill", &body(json!({"n_predict": -2}))).error(400);
     assert_eq!(e["param"], "n_predict");
+}
+
+/// llama.cpp's `/completion`: its prompt forms (text, token ids, both mixed), response shape,
+/// `n_probs` as `completion_probabilities`, SSE chunks, `grammar`, and errors naming the field.
+#[test]
+fn llama_cpp_completion() {
+    let s = server();
+    let text = "The capital of France is";
+    let body = |extra: Value| {
+        let mut b = json!({"prompt": text, "n_predict": 8, "top_k": 1});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let r = s.post("/completion", &body(json!({}))).json();
+    // As `curl -d` sends it (a form's content type): read as JSON, as llama-server reads it.
+    let form = s.post_with("/completion", &body(json!({})), &[("Content-Type", "application/x-www-form-urlencoded")]).json();
+    assert_eq!(form["content"], r["content"]);
+    let openai = s.post("/v1/completions", &json!({"prompt": text, "max_tokens": 8, "temperature": 0}).to_string()).json();
+    assert_eq!(r["content"], openai["choices"][0]["text"], "top-k 1 is greedy: {r}");
+    assert_eq!((r["stop"].as_bool(), r["stop_type"].as_str(), r["tokens_predicted"].as_u64()), (Some(true), Some("limit"), Some(8)), "{r}");
+    let ids = s.post("/tokenize", &json!({"prompt": text}).to_string()).json()["tokens"].clone();
+    assert_eq!(r["tokens_evaluated"], ids.as_array().unwrap().len(), "{r}");
+    let by_ids = s.post("/completion", &body(json!({"prompt": ids, "return_tokens": true}))).json();
+    assert_eq!(by_ids["content"], r["content"]);
+    let written = s.post("/detokenize", &json!({"tokens": by_ids["tokens"]}).to_string()).json();
+    assert_eq!(written["prompt"], r["content"], "{by_ids}");
+    // Mixed: the text, then token ids, in order.
+    let tail = s.post("/tokenize", &json!({"prompt": " Paris"}).to_string()).json()["tokens"].clone();
+    let mut mixed = vec![json!(text)];
+    mixed.extend(tail.as_array().unwrap().iter().cloned());
+    let m = s.post("/completion", &body(json!({"prompt": mixed}))).json();
+    assert_eq!(m["tokens_evaluated"].as_u64().unwrap(), ids.as_array().unwrap().len() as u64 + tail.as_array().unwrap().len() as u64, "{m}");
+
+    // n_probs: each step's token and the 3 likeliest, the drawn one first under top-k 1.
+    let p = s.post("/completion", &body(json!({"n_probs": 3}))).json();
+    assert_eq!(p["content"], r["content"]);
+    let steps = p["completion_probabilities"].as_array().unwrap();
+    assert_eq!(steps.len(), 8, "{p}");
+    let joined: String = steps.iter().map(|st| st["token"].as_str().unwrap()).collect();
+    assert_eq!(joined, r["content"].as_str().unwrap());
+    for st in steps {
+        let top = st["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{st}");
+        assert_eq!(top[0]["id"], st["id"], "{st}");
+        assert!(st["logprob"].as_f64().unwrap() <= 0.0 && top[1]["logprob"].as_f64() <= top[0]["logprob"].as_f64(), "{st}");
+    }
+    let streamed = s.post("/completion", &body(json!({"stream": true, "n_probs": 2}))).sse_data();
+    let chunks: Vec<Value> = streamed.iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let (last, steps) = chunks.split_last().unwrap();
+    assert!(last["stop"].as_bool().unwrap() && steps.iter().all(|c| c["stop"] == false && c["completion_probabilities"].as_array().unwrap().len() == 1));
+    assert!(steps.iter().enumerate().all(|(i, c)| c["tokens"].as_array().unwrap().len() == 1 && c["tokens_predicted"] == i + 1), "{chunks:?}");
+    let joined: String = chunks.iter().map(|c| c["content"].as_str().unwrap_or("")).collect();
+    assert_eq!(joined, r["content"].as_str().unwrap());
+
+    let g = s.post("/completion", &json!({"prompt": "Is Paris in France? Answer:", "grammar": "root ::= \" yes\" | \" no\"", "temperature": 1.5, "seed": 1}).to_string()).json();
+    assert!([" yes", " no"].contains(&g["content"].as_str().unwrap()) && g["stop_type"] == "eos", "{g}");
+
+    for (extra, param) in [
+        (json!({"prompt": 5}), "prompt"),
+        (json!({"prompt": ["a", "b"]}), "prompt"),
+        (json!({"prompt": [1, 999999]}), "prompt"),
+        (json!({"prompt": ""}), "prompt"),
+        (json!({"n_probs": 50}), "n_probs"),
+        (json!({"repeat_penalty": 5}), "repeat_penalty"),
+        (json!({"grammar": "root ::= x"}), "grammar"),
+        (json!({"grammar": "root ::= \"a\"", "ignore_eos": true}), "ignore_eos"),
+    ] {
+        let e = s.post("/completion", &body(extra.clone())).error(400);
+        assert_eq!(e["param"], param, "{extra}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(&format!("`{param}")), "{extra}: {e}");
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod embeddings;
 mod fim;
 mod generation;
 mod infill;
+mod llama;
 mod messages;
 pub mod metrics;
 mod misc;

@@ -75,12 +75,13 @@ pub fn spec() -> Value {
                     "suffix": {"type": "string", "description": "Fill in the middle: the text after the completion (models with Qwen2.5-Coder's FIM tokens)"},
                     "logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
                     "return_tokens_as_token_ids": token_ids()})), held_output())},
-                "InfillRequest": {"type": "object", "required": ["input_prefix", "input_suffix"], "properties": {
+                "InfillRequest": {"type": "object", "required": ["input_prefix", "input_suffix"], "properties": with(llama_sampling(), json!({
                     "input_prefix": {"type": "string"}, "input_suffix": {"type": "string"}, "prompt": {"type": "string"},
-                    "input_extra": {"type": "array", "items": {"type": "object", "required": ["text"], "properties": {"filename": {"type": "string"}, "text": {"type": "string"}}}},
-                    "n_predict": {"type": "integer", "minimum": -1}, "temperature": {"type": "number"}, "top_k": {"type": "integer"}, "top_p": {"type": "number"}, "min_p": {"type": "number"},
-                    "repeat_penalty": {"type": "number"}, "presence_penalty": {"type": "number"}, "frequency_penalty": {"type": "number"}, "seed": {"type": "integer"},
-                    "stop": {"type": "array", "items": {"type": "string"}}, "ignore_eos": {"type": "boolean"}, "stream": {"type": "boolean"}}},
+                    "input_extra": {"type": "array", "items": {"type": "object", "required": ["text"], "properties": {"filename": {"type": "string"}, "text": {"type": "string"}}}}}))},
+                "LlamaCompletionRequest": {"type": "object", "required": ["prompt"], "properties": with(llama_sampling(), json!({
+                    "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}, "description": "token ids, or strings and token ids read in order as one prompt"}]},
+                    "grammar": {"type": "string", "description": "a GBNF grammar the whole output is a sentence of"},
+                    "json_schema": {"type": "object", "description": "the output a JSON object valid under this schema"}}))},
                 "ResponsesRequest": {"type": "object", "required": ["input"], "properties": with(sampling_properties(), json!({
                     "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "description": "a message (`role`, `content`), a `function_call` or a `function_call_output`"}}]},
                     "instructions": {"type": "string"},
@@ -143,6 +144,7 @@ pub fn spec() -> Value {
             "/v1/messages": {"post": {"summary": "Anthropic's Messages API", "requestBody": json_body("MessagesRequest"), "responses": messages_api}},
             "/v1/messages/count_tokens": {"post": {"summary": "The prompt tokens a /v1/messages request would take", "requestBody": json_body("MessagesRequest"), "responses": {"200": {"description": "`{\"input_tokens\": N}`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {"description": "model list", "content": {"application/json": {}}}, "401": error_responses()["401"]}}},
+            "/completion": {"post": {"summary": "Completion, as llama.cpp's /completion (its request and response shapes)", "requestBody": json_body("LlamaCompletionRequest"), "responses": {"200": {"description": "llama.cpp's completion object, or its SSE chunks with `stream`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/infill": {"post": {"summary": "Fill in the middle, as llama.cpp's /infill (its request and response shapes)", "requestBody": json_body("InfillRequest"), "responses": {"200": {"description": "llama.cpp's completion object, or its SSE chunks with `stream`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/tokenize": {"post": {"summary": "Text or chat messages to token ids", "requestBody": json_body("TokenizeRequest"), "responses": {"200": {"description": "tokens", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
             "/detokenize": {"post": {"summary": "Token ids to text", "requestBody": json_body("DetokenizeRequest"), "responses": {"200": {"description": "text", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
@@ -156,6 +158,15 @@ pub fn spec() -> Value {
 /// `return_tokens_as_token_ids` (chat and completions).
 fn token_ids() -> Value {
     json!({"type": "boolean", "description": "vLLM's extension: logprob tokens as `token_id:{id}`"})
+}
+
+/// llama.cpp's sampling fields (`/completion`, `/infill`).
+fn llama_sampling() -> Value {
+    json!({
+        "n_predict": {"type": "integer", "minimum": -1}, "temperature": {"type": "number"}, "top_k": {"type": "integer"}, "top_p": {"type": "number"}, "min_p": {"type": "number"},
+        "repeat_penalty": {"type": "number"}, "presence_penalty": {"type": "number"}, "frequency_penalty": {"type": "number"}, "seed": {"type": "integer"},
+        "stop": {"type": "array", "items": {"type": "string"}}, "ignore_eos": {"type": "boolean"}, "stream": {"type": "boolean"},
+        "n_probs": {"type": "integer", "minimum": 0, "maximum": 20, "description": "the most likely tokens at each step, as `completion_probabilities`"}})
 }
 
 /// What holds a chat or completion's output: `response_format`, vLLM's `structured_outputs` and

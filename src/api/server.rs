@@ -17,7 +17,7 @@ use tower_http::cors::CorsLayer;
 use tracing::Instrument;
 
 use super::state::AppState;
-use super::{chat, completions, embeddings, infill, messages, misc, rerank, responses};
+use super::{chat, completions, embeddings, infill, llama, messages, misc, rerank, responses};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
@@ -42,6 +42,7 @@ pub fn router(state: AppState, opts: &ServerOptions) -> Router {
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/infill", post(infill::infill))
+        .route("/completion", post(llama::completion))
         .route("/v1/models", get(misc::models))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))

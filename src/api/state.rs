@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -58,25 +59,31 @@ impl AppState {
 
 /// `Json<T>` whose rejections are OpenAI error bodies: 400 for malformed JSON, 422 for a
 /// well-formed body of the wrong shape (the message names the field), 413 for a body over the
-/// limit, 415 without a JSON content type.
+/// limit. The body is read as JSON whatever its content type says, as llama-server reads it:
+/// `curl -d` sends a form's type, and scripts written for llama.cpp often send none.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::with_status(r.status(), TOO_LARGE),
+            status => ApiError::with_status(status, r.body_text()),
+        })?;
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
 }
 
+const TOO_LARGE: &str = "the request body is larger than the server accepts (--max-body-bytes)";
+
 fn json_rejection(r: JsonRejection) -> ApiError {
     let status = r.status();
     let message = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than the server accepts (--max-body-bytes)".to_string(),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "expected a JSON body with `Content-Type: application/json`".to_string(),
+        StatusCode::PAYLOAD_TOO_LARGE => TOO_LARGE.to_string(),
         _ => r.body_text(),
     };
     ApiError::with_status(status, message)

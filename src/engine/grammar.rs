@@ -197,7 +197,7 @@ impl Grammar {
         if at == DEAD {
             return false;
         }
-        let mut t = self.tables.lock().expect("grammar tables");
+        let t = self.tables.lock().expect("grammar tables");
         let s = &t.states[at as usize];
         if s.left != 0 {
             return false;
