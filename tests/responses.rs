@@ -86,6 +86,39 @@ fn streamed_events_build_the_same_response() {
     assert_eq!(output_text(&stored), deltas);
 }
 
+/// `include: ["message.output_text.logprobs"]` with `top_logprobs`: the message's tokens'
+/// logprobs, as chat lists them for the same conversation, whole and streamed alike.
+#[test]
+fn output_text_logprobs_are_chats() {
+    let s = server();
+    let body = json!({"input": FIB, "max_output_tokens": 12, "temperature": 0, "include": ["message.output_text.logprobs"], "top_logprobs": 2});
+    let whole = respond(body.clone());
+    let logprobs = &whole["output"][0]["content"][0]["logprobs"];
+    let c = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": FIB}], "max_tokens": 12, "temperature": 0, "logprobs": true, "top_logprobs": 2}).to_string()).json();
+    assert_eq!(logprobs, &c["choices"][0]["logprobs"]["content"], "{whole}");
+    assert_eq!(logprobs.as_array().unwrap().len(), 12);
+    assert!(logprobs.as_array().unwrap().iter().all(|l| l["top_logprobs"].as_array().unwrap().len() == 2));
+
+    let mut streamed = body.clone();
+    streamed["stream"] = true.into();
+    let events = s.post("/v1/responses", &streamed.to_string()).sse_events();
+    let deltas: Vec<Value> = events.iter().filter(|(n, _)| n == "response.output_text.delta").flat_map(|(_, d)| d["logprobs"].as_array().unwrap().clone()).collect();
+    assert_eq!(&Value::from(deltas), logprobs);
+    let done = events.iter().find(|(n, _)| n == "response.output_text.done").unwrap();
+    assert_eq!(&done.1["logprobs"], logprobs);
+    assert_eq!(&events.last().unwrap().1["response"]["output"][0]["content"][0]["logprobs"], logprobs);
+
+    // Not asked for: none; other `include` values name outputs never made here.
+    let plain = respond(json!({"input": FIB, "max_output_tokens": 4, "include": ["reasoning.encrypted_content"]}));
+    assert_eq!(plain["output"][0]["content"][0]["logprobs"], json!([]), "{plain}");
+    for (extra, param) in [(json!({"include": ["message.output_text.logprob"]}), "include[0]"), (json!({"top_logprobs": 21}), "top_logprobs")] {
+        let mut b = json!({"input": "x"});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let e = s.post("/v1/responses", &b.to_string()).error(400);
+        assert_eq!(e["param"], param, "{e}");
+    }
+}
+
 #[test]
 fn previous_response_id_continues_the_conversation() {
     let s = server();

@@ -18,10 +18,12 @@ use super::generation::{collect, item_id, Timing};
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::tool_parser::ToolCall;
-use super::types::{ChatCompletionRequest, ChatMessage, SamplingFields, StructuredOutputFields};
+use super::types::{ChatCompletionRequest, ChatMessage, ChatTokenLogprob, SamplingFields, StructuredOutputFields};
+use crate::engine::sampler::MAX_LOGPROBS;
 use crate::engine::{FinishReason, Usage};
 use crate::error::ApiError;
 
+mod logprobs;
 mod store;
 mod stream;
 
@@ -45,7 +47,13 @@ pub struct ResponsesRequest {
     pub store: Option<bool>,
     pub previous_response_id: Option<String>,
     pub metadata: Option<Value>,
+    /// The alternatives listed with each token's logprob (with `include`'s
+    /// `message.output_text.logprobs`).
     pub top_logprobs: Option<i64>,
+    /// Extra output: `message.output_text.logprobs` (the message's tokens' logprobs); the others
+    /// OpenAI lists name outputs this server never makes (tool results, images, encrypted
+    /// reasoning) and change nothing.
+    pub include: Option<Vec<String>>,
     pub background: Option<bool>,
     pub truncation: Option<String>,
     pub chat_template_kwargs: Option<Map<String, Value>>,
@@ -73,11 +81,12 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Respons
     let Submitted { stream, ctx, num_prompt_tokens, .. } = submit(&state, &chat).map_err(|e| renamed(e, &req))?;
     let echo = Echo::new(&req, &ctx);
     let store = req.store != Some(false);
+    let logprobs = chat.logprobs;
     let mut timing = Timing::new(started);
     if req.sampling.stream {
         let (responses, metrics) = (state.responses.clone(), state.metrics.clone());
         return Ok(sse_response(move |tx| async move {
-            let finished = stream::run(&echo, &ctx, stream, num_prompt_tokens, &mut timing, &tx).await;
+            let finished = stream::run(&echo, &ctx, stream, num_prompt_tokens, logprobs, &mut timing, &tx).await;
             if let (Some((response, message)), true) = (finished, store) {
                 responses.insert(&echo.id, with_output(conversation, message), response);
             }
@@ -90,7 +99,8 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Respons
     let (reasoning, content, calls) = ctx.parse(&c.text);
     let message = assistant_message(&content, &reasoning, &calls);
     let status = status(c.finish_reason);
-    let output = output_items(reasoning, content, calls, status);
+    let token_logprobs = if logprobs { logprobs::whole(&ctx, &ctx.tokenizer, &c.tokens, &c.logprobs) } else { Vec::new() };
+    let output = output_items(reasoning, content, calls, status, token_logprobs);
     let response = echo.response(status, &output, Some(usage(&ctx, num_prompt_tokens, c.usage, &output)));
     if store {
         state.responses.insert(&echo.id, with_output(conversation, message), response.clone());
@@ -132,9 +142,6 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
     if req.background == Some(true) {
         return Err(ApiError::invalid("background", "`background: true` is not supported: the response is made while the request is open"));
     }
-    if req.top_logprobs.is_some_and(|k| k != 0) {
-        return Err(ApiError::invalid("top_logprobs", "`top_logprobs` is not supported on /v1/responses (use /v1/chat/completions)"));
-    }
     if req.sampling.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid("n", "/v1/responses makes one output; `n` must be 1"));
     }
@@ -163,11 +170,12 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
             kwargs.get_or_insert_with(Map::new).entry("enable_thinking").or_insert(Value::Bool(effort != "none"));
         }
     }
+    let top_logprobs = output_logprobs(req)?;
     let chat = ChatCompletionRequest {
         messages,
         sampling,
-        logprobs: false,
-        top_logprobs: None,
+        logprobs: top_logprobs.is_some(),
+        top_logprobs,
         return_tokens_as_token_ids: false,
         tools: req.tools.as_ref().map(|t| tools(t)).transpose()?,
         tool_choice: req.tool_choice.as_ref().map(tool_choice).transpose()?,
@@ -179,6 +187,22 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
         add_generation_prompt: None,
     };
     Ok((chat, conversation))
+}
+
+/// `include` and `top_logprobs`: how many alternatives to list with each of the message's
+/// tokens, if its logprobs are asked for (`message.output_text.logprobs`, or `top_logprobs`
+/// above 0 alone).
+fn output_logprobs(req: &ResponsesRequest) -> Result<Option<i64>, ApiError> {
+    const KNOWN: [&str; 7] = ["message.output_text.logprobs", "reasoning.encrypted_content", "web_search_call.action.sources", "code_interpreter_call.outputs", "computer_call_output.output.image_url", "file_search_call.results", "message.input_image.image_url"];
+    let include = req.include.as_deref().unwrap_or_default();
+    if let Some((i, other)) = include.iter().enumerate().find(|(_, v)| !KNOWN.contains(&v.as_str())) {
+        return Err(ApiError::invalid(format!("include[{i}]"), format!("`include[{i}]` {other:?} is not one of {}", KNOWN.join(", "))));
+    }
+    let k = req.top_logprobs.unwrap_or(0);
+    if !(0..=MAX_LOGPROBS as i64).contains(&k) {
+        return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be in [0, {MAX_LOGPROBS}], got {k}")));
+    }
+    Ok((k > 0 || include.iter().any(|v| v == KNOWN[0])).then_some(k))
 }
 
 /// One `input` item as messages: a message (`role` + `content`), a `function_call` (joined to
@@ -295,13 +319,13 @@ fn status(reason: Option<FinishReason>) -> &'static str {
 
 /// The items of a whole output, in order: its reasoning, its message (`status` as the
 /// response's: cut at `max_output_tokens`, it is incomplete too), its calls.
-fn output_items(reasoning: Option<String>, content: Option<String>, calls: Vec<ToolCall>, status: &str) -> Vec<Value> {
+fn output_items(reasoning: Option<String>, content: Option<String>, calls: Vec<ToolCall>, status: &str, logprobs: Vec<ChatTokenLogprob>) -> Vec<Value> {
     let mut items = vec![];
     if let Some(text) = reasoning {
         items.push(reasoning_item(&item_id("rs"), &text));
     }
     if let Some(text) = content.filter(|c| !c.is_empty()) {
-        items.push(message_item(&item_id("msg"), &text, status));
+        items.push(message_item(&item_id("msg"), &text, status, logprobs));
     }
     items.extend(calls.iter().map(|c| call_item(&item_id("fc"), c, "completed")));
     items
@@ -311,12 +335,13 @@ fn reasoning_item(id: &str, text: &str) -> Value {
     json!({"type": "reasoning", "id": id, "summary": [], "content": [{"type": "reasoning_text", "text": text}]})
 }
 
-fn message_item(id: &str, text: &str, status: &str) -> Value {
-    json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": [output_text(text)]})
+fn message_item(id: &str, text: &str, status: &str, logprobs: Vec<ChatTokenLogprob>) -> Value {
+    json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": [output_text(text, logprobs)]})
 }
 
-fn output_text(text: &str) -> Value {
-    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+/// The message's text part; `logprobs` its tokens' (empty unless asked for).
+fn output_text(text: &str, logprobs: Vec<ChatTokenLogprob>) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs})
 }
 
 fn call_item(id: &str, call: &ToolCall, status: &str) -> Value {

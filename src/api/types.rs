@@ -232,6 +232,7 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatTokenLogprob {
     pub token: String,
+    #[serde(serialize_with = "shortest_f32")]
     pub logprob: f32,
     pub bytes: Vec<u8>,
     pub top_logprobs: Vec<TopLogprob>,
@@ -240,8 +241,15 @@ pub struct ChatTokenLogprob {
 #[derive(Debug, Clone, Serialize)]
 pub struct TopLogprob {
     pub token: String,
+    #[serde(serialize_with = "shortest_f32")]
     pub logprob: f32,
     pub bytes: Vec<u8>,
+}
+
+/// An f32 as its shortest decimal (`-0.3952287`), also where it goes through a `Value` (the
+/// Responses API builds its items so), which would widen it to `-0.3952287137508392`.
+fn shortest_f32<S: serde::Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(x.to_string().parse().unwrap_or(f64::from(*x)))
 }
 
 #[derive(Debug, Clone, Serialize)]

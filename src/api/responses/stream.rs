@@ -6,18 +6,21 @@
 
 use serde_json::{json, Value};
 
+use super::logprobs::{entry, ContentTokens};
 use super::{assistant_message, call_item, message_item, output_text, reasoning_item, status, usage, Echo};
 use crate::api::chat::ChatContext;
 use crate::api::generation::{item_id, Timing};
 use crate::api::sse::SseSender;
 use crate::api::tool_parser::ToolCall;
-use crate::api::types::{ChatMessage, Delta};
+use crate::api::types::{ChatMessage, ChatTokenLogprob, Delta};
 use crate::engine::{Event, FinishReason, RequestStream};
 
 /// Streams the request's output; the final response object and the assistant turn it adds to
 /// the conversation, or `None` if the client left or the engine failed.
-pub(super) async fn run(echo: &Echo, ctx: &ChatContext, mut stream: RequestStream, num_prompt_tokens: usize, timing: &mut Timing, tx: &SseSender) -> Option<(Value, ChatMessage)> {
-    let mut w = Writer { tx, seq: 0, items: vec![], open: None, reasoning: String::new(), content: String::new(), calls: vec![], status: "completed" };
+/// With `logprobs`, the message's tokens' logprobs go with its text deltas.
+pub(super) async fn run(echo: &Echo, ctx: &ChatContext, mut stream: RequestStream, num_prompt_tokens: usize, logprobs: bool, timing: &mut Timing, tx: &SseSender) -> Option<(Value, ChatMessage)> {
+    let tokens = logprobs.then(ContentTokens::default);
+    let mut w = Writer { tx, seq: 0, items: vec![], open: None, reasoning: String::new(), content: String::new(), calls: vec![], status: "completed", tokens };
     let start = json!({"response": echo.response("in_progress", &[], None)});
     if !w.send("response.created", start.clone()).await || !w.send("response.in_progress", start).await {
         return None;
@@ -30,8 +33,11 @@ pub(super) async fn run(echo: &Echo, ctx: &ChatContext, mut stream: RequestStrea
         };
         match event {
             Event::PromptLogprobs(_) | Event::Pooled { .. } => {}
-            Event::Token { text, .. } => {
+            Event::Token { text, token, logprobs, .. } => {
                 timing.token();
+                if let (Some(tokens), Some(l)) = (&mut w.tokens, &logprobs) {
+                    tokens.token(&text, entry(&ctx.tokenizer, token, l));
+                }
                 if !w.delta(parse.delta(&text, false)).await {
                     return None;
                 }
@@ -43,6 +49,9 @@ pub(super) async fn run(echo: &Echo, ctx: &ChatContext, mut stream: RequestStrea
                 }
                 let status = status(Some(reason));
                 w.status = status;
+                if let Some(tokens) = &mut w.tokens {
+                    tokens.text(&text);
+                }
                 if !w.delta(parse.delta(&text, true)).await || !w.close().await {
                     return None;
                 }
@@ -60,7 +69,7 @@ pub(super) async fn run(echo: &Echo, ctx: &ChatContext, mut stream: RequestStrea
 /// The item being streamed.
 enum Open {
     Reasoning { id: String, text: String },
-    Message { id: String, text: String },
+    Message { id: String, text: String, logprobs: Vec<ChatTokenLogprob> },
 }
 
 struct Writer<'a> {
@@ -74,6 +83,8 @@ struct Writer<'a> {
     calls: Vec<ToolCall>,
     /// A closed message's status: the response's once it is known.
     status: &'static str,
+    /// The output's tokens, when the message's logprobs are asked for.
+    tokens: Option<ContentTokens<ChatTokenLogprob>>,
 }
 
 impl Writer<'_> {
@@ -127,16 +138,18 @@ impl Writer<'_> {
             let item = json!({"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []});
             if !self.close().await
                 || !self.send("response.output_item.added", json!({"output_index": index, "item": item})).await
-                || !self.send("response.content_part.added", json!({"item_id": id, "output_index": index, "content_index": 0, "part": output_text("")})).await
+                || !self.send("response.content_part.added", json!({"item_id": id, "output_index": index, "content_index": 0, "part": output_text("", Vec::new())})).await
             {
                 return false;
             }
-            self.open = Some(Open::Message { id, text: String::new() });
+            self.open = Some(Open::Message { id, text: String::new(), logprobs: Vec::new() });
         }
-        let Some(Open::Message { id, text }) = &mut self.open else { unreachable!("opened above") };
+        let entries = self.tokens.as_mut().map(|t| t.content(delta)).unwrap_or_default();
+        let Some(Open::Message { id, text, logprobs }) = &mut self.open else { unreachable!("opened above") };
         text.push_str(delta);
+        logprobs.extend(entries.iter().cloned());
         self.content.push_str(delta);
-        let payload = json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta, "logprobs": []});
+        let payload = json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta, "logprobs": entries});
         self.send("response.output_text.delta", payload).await
     }
 
@@ -151,13 +164,13 @@ impl Writer<'_> {
                 }
                 reasoning_item(&id, &text)
             }
-            Some(Open::Message { id, text }) => {
-                let done = json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []});
-                let part = json!({"item_id": id, "output_index": index, "content_index": 0, "part": output_text(&text)});
+            Some(Open::Message { id, text, logprobs }) => {
+                let done = json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": logprobs});
+                let part = json!({"item_id": id, "output_index": index, "content_index": 0, "part": output_text(&text, logprobs.clone())});
                 if !self.send("response.output_text.done", done).await || !self.send("response.content_part.done", part).await {
                     return false;
                 }
-                message_item(&id, &text, self.status)
+                message_item(&id, &text, self.status, logprobs)
             }
         };
         self.items.push(item.clone());
