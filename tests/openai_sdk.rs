@@ -3,7 +3,7 @@
 //! `qwen-serve serve` process: chat plain and streamed with usage, completions with echo and
 //! logprobs, structured output parsed into pydantic models (`chat.completions.parse`: `$defs`,
 //! formats, bounds, a dict, a discriminated union), vLLM's `structured_outputs` through
-//! `extra_body`, the Responses API (whole, streamed, continued, retrieved), Anthropic's SDK
+//! `extra_body`, the Responses API (whole, streamed, continued, retrieved, with logprobs), Anthropic's SDK
 //! on `/v1/messages`, models list, and errors surfacing as the SDK's typed exceptions.
 
 mod common;

@@ -81,6 +81,9 @@ check("responses.stream", "".join(deltas) == text and final.type == "response.in
 follow = client.responses.create(model=MODEL, input="Now in Rust.", previous_response_id=resp.id, max_output_tokens=8, temperature=0)
 check("responses previous_response_id", follow.previous_response_id == resp.id and len(follow.output_text) > 0, follow)
 check("responses.retrieve", client.responses.retrieve(resp.id).output_text == text, resp.id)
+lp = client.responses.create(model=MODEL, input=FIB, max_output_tokens=12, temperature=0, include=["message.output_text.logprobs"], top_logprobs=2)
+lps = lp.output[0].content[0].logprobs
+check("responses logprobs", "".join(t.token for t in lps) == text and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in lps), lps)
 
 # Anthropic's SDK against /v1/messages (its key goes as `x-api-key`): the same greedy text.
 import anthropic  # noqa: E402
