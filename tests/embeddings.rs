@@ -121,8 +121,13 @@ fn bad_embedding_requests_name_their_field() {
         let e = reply.error(400);
         assert_eq!(e["param"].as_str(), param, "{body}: {}", reply.body);
     }
+    // Neither `input` nor `messages`, or both.
+    for body in [json!({}), json!({"input": "t1", "messages": [{"role": "user", "content": "t1"}]})] {
+        let e = server.post("/v1/embeddings", &body.to_string()).error(400);
+        assert!(e["param"] == "input" && e["message"].as_str().unwrap().contains("`messages`"), "{e}");
+    }
     // A body of the wrong shape: 422, as every endpoint's, naming the field.
-    let e = server.post("/v1/embeddings", "{}").error(422);
+    let e = server.post("/v1/embeddings", &json!({"input": {"text": "t1"}}).to_string()).error(422);
     assert!(e["message"].as_str().unwrap().contains("input"), "{e}");
     let e = server.post("/v1/embeddings", &json!({"input": [[1, 2], [3, 600]]}).to_string()).error(400);
     assert!(e["message"].as_str().unwrap().starts_with("input 1: token id 600"), "{e}");
@@ -205,4 +210,22 @@ fn gguf_embeddings_match_transformers() {
     }
     // The query is nearer the passage that answers it than an unrelated one.
     assert!(dot(&got[0], &got[1]) > dot(&got[0], &got[2]) + 0.5);
+}
+
+/// vLLM's chat-style embeddings: `messages` are rendered with the chat template (no generation
+/// prompt unless asked, no added special tokens) and embedded as those tokens would be.
+#[test]
+fn a_conversation_embeds_as_its_rendered_tokens() {
+    let server = start(ServerConfig::default());
+    let messages = json!([{"role": "system", "content": "Represent the query."}, {"role": "user", "content": "What is the capital of China?"}]);
+    let chat = embeddings(&server, json!({"messages": messages}));
+    let rendered = server.post("/tokenize", &json!({"messages": messages, "add_generation_prompt": false}).to_string()).json();
+    assert_eq!(chat["usage"]["prompt_tokens"], rendered["count"], "{chat}");
+    let by_ids = embeddings(&server, json!({"input": rendered["tokens"]}));
+    let (a, b) = (&vectors(&chat)[0], &vectors(&by_ids)[0]);
+    assert!(dot(a, b) > 0.99999, "{}", dot(a, b));
+    let prompted = embeddings(&server, json!({"messages": messages, "add_generation_prompt": true}));
+    assert!(prompted["usage"]["prompt_tokens"].as_u64() > chat["usage"]["prompt_tokens"].as_u64(), "{prompted}");
+    let e = server.post("/v1/embeddings", &json!({"messages": []}).to_string()).error(400);
+    assert_eq!(e["param"], "messages");
 }

@@ -1,6 +1,8 @@
 //! `POST /v1/embeddings`: each input's final hidden state at its last token (last-token
 //! pooling over causal attention, as Qwen3-Embedding is trained for), L2-normalised, optionally
-//! cut to its first `dimensions` values (Matryoshka) and renormalised; floats or base64.
+//! cut to its first `dimensions` values (Matryoshka) and renormalised; floats or base64. The
+//! input is text or token ids, or (vLLM's extension) a conversation in `messages`, rendered
+//! with the chat template.
 
 use std::time::Instant;
 
@@ -8,11 +10,11 @@ use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::generation::{random_id, unix_time};
 use super::state::{ApiJson, AppState};
-use super::types::Prompt;
+use super::types::{ChatMessage, Prompt};
 use super::validate;
 use super::pooling::{item_error, pool_all};
 use crate::engine::SamplingParams;
@@ -23,7 +25,13 @@ const MAX_INPUTS: usize = 2048;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct EmbeddingRequest {
-    pub input: Prompt,
+    pub input: Option<Prompt>,
+    /// vLLM's extension: one conversation to embed, rendered with the chat template (without
+    /// the assistant turn's opening unless `add_generation_prompt`; special tokens are the
+    /// template's, so `add_special_tokens` defaults to false).
+    pub messages: Option<Vec<ChatMessage>>,
+    pub add_generation_prompt: Option<bool>,
+    pub chat_template_kwargs: Option<Map<String, Value>>,
     pub model: Option<String>,
     /// `float` (the default) or `base64`: little-endian f32 bytes, as OpenAI's SDKs decode them.
     pub encoding_format: Option<String>,
@@ -56,7 +64,12 @@ pub async fn embeddings(State(state): State<AppState>, ApiJson(req): ApiJson<Emb
         Some(k) if k >= 1 => Some(k as usize),
         Some(k) => return Err(ApiError::invalid("truncate_prompt_tokens", format!("`truncate_prompt_tokens` must be at least 1 (or -1: the context), got {k}"))),
     };
-    let prompts = tokenize(&state, &req.input, req.add_special_tokens.unwrap_or(true), truncate)?;
+    let (input, special) = match (&req.input, &req.messages) {
+        (Some(input), None) => (input.clone(), req.add_special_tokens.unwrap_or(true)),
+        (None, Some(messages)) => (Prompt::Text(render(&state, messages, &req)?), req.add_special_tokens.unwrap_or(false)),
+        _ => return Err(ApiError::invalid("input", "give exactly one of `input` or `messages`")),
+    };
+    let prompts = tokenize(&state, &input, special, truncate)?;
     let normalize = req.normalize.unwrap_or(true);
     let params = SamplingParams { embed: true, max_tokens: 0, ..Default::default() };
     let num_tokens: usize = prompts.iter().map(Vec::len).sum();
@@ -80,6 +93,17 @@ pub async fn embeddings(State(state): State<AppState>, ApiJson(req): ApiJson<Emb
         "data": data,
         "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
     })))
+}
+
+/// A conversation as the chat template renders it.
+fn render(state: &AppState, messages: &[ChatMessage], req: &EmbeddingRequest) -> Result<String, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` must not be empty"));
+    }
+    let template = state.engine.chat_template().ok_or_else(|| ApiError::invalid("messages", "this model has no chat template: embed `input` text instead"))?;
+    let mut kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
+    kwargs.entry("enable_thinking").or_insert(Value::Bool(state.default_enable_thinking));
+    Ok(template.render(&validate::template_messages(messages)?, None, req.add_generation_prompt.unwrap_or(false), &kwargs)?)
 }
 
 /// Token ids of every input, each checked against the context; `truncate` keeps the last k.

@@ -103,13 +103,16 @@ pub fn spec() -> Value {
                     "tools": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "input_schema": {"type": "object"}}}},
                     "tool_choice": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["auto", "any", "none", "tool"]}, "name": {"type": "string"}, "disable_parallel_tool_use": {"type": "boolean"}}},
                     "thinking": {"type": "object", "properties": {"type": {"type": "string", "enum": ["enabled", "disabled"]}, "budget_tokens": {"type": "integer"}}}}))},
-                "EmbeddingRequest": {"type": "object", "required": ["input"], "properties": {
+                "EmbeddingRequest": {"type": "object", "description": "`input` or `messages`", "properties": {
                     "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "array", "items": {"type": "integer", "minimum": 0}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}}}], "description": "at most 2,048 inputs"},
+                    "messages": {"type": "array", "items": {"type": "object"}, "description": "vLLM's: one conversation, rendered with the chat template"},
+                    "add_generation_prompt": {"type": "boolean", "description": "with `messages`: open the assistant's turn (default false)"},
+                    "chat_template_kwargs": {"type": "object"},
                     "model": {"type": "string"},
                     "encoding_format": {"type": "string", "enum": ["float", "base64"], "description": "base64: little-endian f32 bytes"},
                     "dimensions": {"type": "integer", "minimum": 1, "description": "keep the first values (Matryoshka), then renormalise"},
                     "truncate_prompt_tokens": {"type": "integer", "description": "embed each input's last k tokens (-1: no limit)"},
-                    "add_special_tokens": {"type": "boolean", "description": "the tokenizer's post-processor tokens (default true)"},
+                    "add_special_tokens": {"type": "boolean", "description": "the tokenizer's post-processor tokens (default true; false with `messages`)"},
                     "normalize": {"type": "boolean", "description": "L2-normalise (default true)"}}},
                 "RerankRequest": {"type": "object", "required": ["query", "documents"], "properties": {
                     "model": {"type": "string"},
