@@ -202,6 +202,9 @@ fn llama_cpp_completion() {
         b.to_string()
     };
     let r = s.post("/completion", &body(json!({}))).json();
+    // Samplers this server lacks, at their "off" values (as llama.cpp's web UI sends them).
+    let off = s.post("/completion", &body(json!({"mirostat": 0, "typical_p": 1.0, "dynatemp_range": 0, "xtc_probability": 0, "dry_multiplier": 0, "top_n_sigma": -1}))).json();
+    assert_eq!(off["content"], r["content"]);
     // As `curl -d` sends it (a form's content type): read as JSON, as llama-server reads it.
     let form = s.post_with("/completion", &body(json!({})), &[("Content-Type", "application/x-www-form-urlencoded")]).json();
     assert_eq!(form["content"], r["content"]);
@@ -252,6 +255,8 @@ fn llama_cpp_completion() {
         (json!({"prompt": ""}), "prompt"),
         (json!({"n_probs": 50}), "n_probs"),
         (json!({"repeat_penalty": 5}), "repeat_penalty"),
+        (json!({"mirostat": 2}), "mirostat"),
+        (json!({"typical_p": 0.5}), "typical_p"),
         (json!({"grammar": "root ::= x"}), "grammar"),
         (json!({"grammar": "root ::= \"a\"", "ignore_eos": true}), "ignore_eos"),
     ] {

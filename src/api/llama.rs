@@ -47,12 +47,36 @@ pub struct LlamaSampling {
     pub return_tokens: bool,
     #[serde(default)]
     pub stream: bool,
+    /// llama.cpp's samplers this server does not have: refused unless set to their "off"
+    /// value, rather than silently sampling otherwise than asked.
+    pub mirostat: Option<f64>,
+    pub typical_p: Option<f64>,
+    pub dynatemp_range: Option<f64>,
+    pub xtc_probability: Option<f64>,
+    pub dry_multiplier: Option<f64>,
+    pub top_n_sigma: Option<f64>,
 }
 
 impl LlamaSampling {
+    /// The samplers asked for that this server does not have.
+    fn refuse_missing_samplers(&self) -> Result<(), ApiError> {
+        let off = [("mirostat", self.mirostat, 0.0), ("typical_p", self.typical_p, 1.0), ("dynatemp_range", self.dynatemp_range, 0.0),
+            ("xtc_probability", self.xtc_probability, 0.0), ("dry_multiplier", self.dry_multiplier, 0.0)];
+        for (field, value, off) in off {
+            if value.is_some_and(|v| v != off) {
+                return Err(ApiError::invalid(field, format!("`{field}` is not supported here: only {off} (off) is taken; use temperature, top_k, top_p, min_p and the penalties")));
+            }
+        }
+        if self.top_n_sigma.is_some_and(|v| v > 0.0) {
+            return Err(ApiError::invalid("top_n_sigma", "`top_n_sigma` is not supported here: only -1 (off) is taken"));
+        }
+        Ok(())
+    }
+
     /// The engine's parameters for a prompt of `prompt_len` tokens, and the same request as
     /// OpenAI's fields (to check a held output against).
     pub fn params(&self, engine: &EngineHandle, prompt_len: usize) -> Result<(SamplingParams, SamplingFields), ApiError> {
+        self.refuse_missing_samplers()?;
         let max_tokens = match self.n_predict {
             None | Some(-1) => None,
             Some(n) if n >= 0 => Some(n.max(1)),
