@@ -291,6 +291,11 @@ fn a_gbnf_grammar_holds_the_output() {
     assert!(three.is_match(content), "{content:?}");
     let data = s.post("/v1/chat/completions", &body(json!({"guided_grammar": list, "stream": true}))).sse_data();
     assert_eq!(streamed_content(&data), content);
+    // SGLang's names for a grammar and a regex.
+    let sglang = s.post("/v1/chat/completions", &body(json!({"ebnf": list}))).json();
+    assert_eq!(sglang["choices"][0]["message"]["content"], content);
+    let sglang = s.post("/v1/chat/completions", &body(json!({"regex": r"(- [A-Za-z ]+\n){3}"}))).json();
+    assert_eq!(sglang["choices"][0]["message"]["content"], content);
     let start = regex::Regex::new(r"^(- [A-Za-z ]+\n){0,2}(-( [A-Za-z ]*)?)?$").unwrap();
     let hot = s.post("/v1/chat/completions", &body(json!({"grammar": list, "temperature": 1.5, "seed": 4, "n": 4}))).json();
     for choice in hot["choices"].as_array().unwrap() {

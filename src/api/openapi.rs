@@ -184,7 +184,9 @@ fn held_output() -> Value {
         "guided_json": {"type": "object", "description": before("json")},
         "guided_grammar": {"type": "string", "description": before("grammar")},
         "grammar": {"type": "string", "description": "llama.cpp's: a GBNF grammar the whole output is a sentence of (from its `root` rule)"},
-        "json_schema": {"type": "object", "description": "llama.cpp's: the output a JSON object valid under this schema"}})
+        "json_schema": {"type": "object", "description": "llama.cpp's: the output a JSON object valid under this schema"},
+        "ebnf": {"type": "string", "description": "SGLang's: as `grammar`"},
+        "regex": {"type": "string", "description": "SGLang's: as `structured_outputs.regex`"}})
 }
 
 /// vLLM's `structured_outputs` (chat, completions, responses): one of `choice`, `regex`,

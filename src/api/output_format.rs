@@ -1,7 +1,7 @@
 //! What a request holds its output to: OpenAI's `response_format`, vLLM's `structured_outputs`
 //! (`choice`, `regex`, `json`, `json_object`, `grammar`), the `guided_*` fields vLLM took before
-//! v0.12 (`guided_choice`, `guided_regex`, `guided_json`, `guided_grammar`) and llama.cpp's
-//! `grammar` (GBNF) and `json_schema`. At most one may be given; each is compiled once per distinct text
+//! v0.12 (`guided_choice`, `guided_regex`, `guided_json`, `guided_grammar`), llama.cpp's
+//! `grammar` (GBNF) and `json_schema`, and SGLang's `ebnf` and `regex`. At most one may be given; each is compiled once per distinct text
 //! (`FormatCache`), and every problem is a 400 naming its field.
 
 use serde_json::Value;
@@ -44,12 +44,12 @@ pub fn requested(response_format: Option<&Value>, fields: &StructuredOutputField
             asked.push((kind(key, value, &field, formats)?, field));
         }
     }
-    // llama.cpp's; an empty string is its "no grammar".
-    if let Some(value) = fields.grammar.as_ref().filter(|v| !v.is_null() && v.as_str() != Some("")) {
-        asked.push((kind("grammar", value, "grammar", formats)?, "grammar".into()));
-    }
-    if let Some(value) = fields.json_schema.as_ref().filter(|v| !v.is_null()) {
-        asked.push((kind("json", value, "json_schema", formats)?, "json_schema".into()));
+    // llama.cpp's (an empty grammar is its "none") and SGLang's.
+    let others = [("grammar", "grammar", &fields.grammar), ("json", "json_schema", &fields.json_schema), ("grammar", "ebnf", &fields.ebnf), ("regex", "regex", &fields.regex)];
+    for (key, field, value) in others {
+        if let Some(value) = value.as_ref().filter(|v| !v.is_null() && v.as_str() != Some("")) {
+            asked.push((kind(key, value, field, formats)?, field.into()));
+        }
     }
     if fields.guided_whitespace_pattern.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(unsupported("guided_whitespace_pattern", "JSON output's whitespace is one space, or a line break and up to 20 spaces or tabs"));

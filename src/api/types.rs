@@ -92,7 +92,7 @@ pub struct ChatCompletionRequest {
 
 /// vLLM's structured outputs: `structured_outputs` (`choice`, `regex`, `json`, `json_object`,
 /// `grammar`) and the `guided_*` fields it took before v0.12 (`guided_decoding_backend` is
-/// ignored); llama.cpp's `grammar` (GBNF) and `json_schema`.
+/// ignored); llama.cpp's `grammar` (GBNF) and `json_schema`; SGLang's `ebnf` and `regex`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct StructuredOutputFields {
     pub structured_outputs: Option<Value>,
@@ -103,6 +103,8 @@ pub struct StructuredOutputFields {
     pub guided_whitespace_pattern: Option<Value>,
     pub grammar: Option<Value>,
     pub json_schema: Option<Value>,
+    pub ebnf: Option<Value>,
+    pub regex: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
