@@ -1,8 +1,9 @@
 //! What a request holds its output to: OpenAI's `response_format`, vLLM's `structured_outputs`
 //! (`choice`, `regex`, `json`, `json_object`, `grammar`), the `guided_*` fields vLLM took before
 //! v0.12 (`guided_choice`, `guided_regex`, `guided_json`, `guided_grammar`), llama.cpp's
-//! `grammar` (GBNF) and `json_schema`, and SGLang's `ebnf` and `regex`. At most one may be given; each is compiled once per distinct text
-//! (`FormatCache`), and every problem is a 400 naming its field.
+//! `grammar` (GBNF) and `json_schema`, and SGLang's `ebnf` and `regex`. At most one may be
+//! given; each is compiled once per distinct text (`FormatCache`), and every problem is a 400
+//! naming its field.
 
 use serde_json::Value;
 
