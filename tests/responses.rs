@@ -97,6 +97,7 @@ fn output_text_logprobs_are_chats() {
     let c = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": FIB}], "max_tokens": 12, "temperature": 0, "logprobs": true, "top_logprobs": 2}).to_string()).json();
     assert_eq!(logprobs, &c["choices"][0]["logprobs"]["content"], "{whole}");
     assert_eq!(logprobs.as_array().unwrap().len(), 12);
+    assert_eq!(whole["top_logprobs"], 2, "echoed as OpenAI's response object does");
     assert!(logprobs.as_array().unwrap().iter().all(|l| l["top_logprobs"].as_array().unwrap().len() == 2));
 
     let mut streamed = body.clone();

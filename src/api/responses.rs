@@ -397,6 +397,7 @@ impl Echo {
             "max_output_tokens": req.max_output_tokens,
             "temperature": req.sampling.temperature,
             "top_p": req.sampling.top_p,
+            "top_logprobs": req.top_logprobs,
             "tools": req.tools.clone().unwrap_or_default(),
             "tool_choice": req.tool_choice.clone().unwrap_or_else(|| "auto".into()),
             "parallel_tool_calls": req.parallel_tool_calls.unwrap_or(true),
