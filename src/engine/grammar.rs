@@ -16,6 +16,7 @@
 mod parse;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use parse::{Class, Item};
@@ -24,9 +25,17 @@ use parse::{Class, Item};
 pub(in crate::engine) const DEAD: u32 = u32::MAX;
 /// The parent of a bottom frame.
 const NONE: u32 = u32::MAX;
-/// Past this many states the grammar is compiled afresh for later requests (`is_stale`), so a
-/// long-running server's tables stay bounded (~100 bytes a state).
-const STALE_STATES: usize = 200_000;
+/// Past this many bytes of tables the grammar is compiled afresh for later requests
+/// (`is_stale`), so a long-running server's tables stay bounded.
+const STALE_BYTES: usize = 32 << 20;
+/// Past this many, no new state is made: the byte that needs one is refused (the output ends
+/// sooner), so one request cannot grow the tables without bound.
+const MAX_BYTES: usize = 512 << 20;
+/// A state with more stacks than this (an ambiguous grammar, whose stack sets can double with
+/// each character, `S ::= " " S "b" | " " S "c" | ""`) is not made: the byte is refused.
+const MAX_TOPS: usize = 4096;
+/// Frames one closure may visit (nullable calls nested deep can multiply them likewise).
+const MAX_FRAMES: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy)]
 enum Elem {
@@ -41,8 +50,11 @@ pub struct Grammar {
     classes: Vec<Class>,
     /// Each rule's alternatives' first positions.
     starts: Vec<Vec<u32>>,
-    root: u32,
+    /// The state before any output.
+    start: u32,
     tables: Mutex<Tables>,
+    /// The tables' size in bytes, roughly (read without the lock by `is_stale`).
+    bytes: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +65,7 @@ struct Tables {
     states: Vec<State>,
     state_ids: HashMap<State, u32>,
     steps: HashMap<(u32, u8), u32>,
+    bytes: usize,
 }
 
 /// The stacks' tops (each at a character class), whether the output may end here, and the
@@ -77,7 +90,9 @@ impl Grammar {
         let mut starts = Vec::with_capacity(rules.alts.len());
         for alts in &rules.alts {
             let mut rule_starts = Vec::with_capacity(alts.len());
-            for alt in alts {
+            // An alternative with a class that matches nothing can never be taken: dropped, so
+            // that no output starts down it (a rule left with none is refused by `check`).
+            for alt in alts.iter().filter(|alt| !alt.iter().any(|i| matches!(i, Item::Char(c) if c.normalized().is_empty()))) {
                 rule_starts.push(elems.len() as u32);
                 for item in alt {
                     elems.push(match item {
@@ -97,8 +112,14 @@ impl Grammar {
             }
             starts.push(rule_starts);
         }
-        let grammar = Self { elems, classes, starts, root: rules.root as u32, tables: Mutex::new(Tables::default()) };
+        let mut grammar = Self { elems, classes, starts, start: DEAD, tables: Mutex::new(Tables::default()), bytes: AtomicUsize::new(0) };
         grammar.check(&rules.names)?;
+        let work = grammar.starts[rules.root].iter().map(|&s| (s, NONE)).collect();
+        let mut t = Tables::default();
+        let (tops, accept) = grammar.closure(&mut t, work).ok_or("the grammar is too ambiguous: its start has more parses than the parser follows")?;
+        grammar.start = t.state(State { tops, accept, partial: 0, left: 0, min: 0 });
+        grammar.bytes.store(t.bytes, Ordering::Relaxed);
+        grammar.tables = Mutex::new(t);
         Ok(grammar)
     }
 
@@ -165,10 +186,7 @@ impl Grammar {
 
     /// The state before any output.
     pub(in crate::engine) fn start(&self) -> u32 {
-        let mut t = self.tables.lock().expect("grammar tables");
-        let work = self.starts[self.root as usize].iter().map(|&s| (s, NONE)).collect();
-        let (tops, accept) = self.closure(&mut t, work);
-        t.state(State { tops, accept, partial: 0, left: 0, min: 0 })
+        self.start
     }
 
     /// The state after byte `b`, or [`DEAD`].
@@ -182,6 +200,8 @@ impl Grammar {
         }
         let next = self.compute_step(&mut t, at, b);
         t.steps.insert((at, b), next);
+        t.bytes += 16;
+        self.bytes.store(t.bytes, Ordering::Relaxed);
         next
     }
 
@@ -221,7 +241,7 @@ impl Grammar {
 
     /// Whether the tables have grown past their bound: later requests get a fresh compile.
     pub fn is_stale(&self) -> bool {
-        self.tables.lock().expect("grammar tables").states.len() > STALE_STATES
+        self.bytes.load(Ordering::Relaxed) > STALE_BYTES
     }
 
     fn compute_step(&self, t: &mut Tables, at: u32, b: u8) -> u32 {
@@ -250,7 +270,7 @@ impl Grammar {
                 Elem::Char(c) => self.classes[c as usize].meets(lo, hi),
                 _ => unreachable!("stack tops are at classes"),
             });
-        if !possible {
+        if !possible || t.bytes > MAX_BYTES {
             return DEAD;
         }
         t.state(State { tops: s.tops, accept: false, partial, left, min })
@@ -258,7 +278,7 @@ impl Grammar {
 
     /// The state after character `c` from the stacks `tops`.
     fn read_char(&self, t: &mut Tables, tops: &[u32], c: u32) -> u32 {
-        if char::from_u32(c).is_none() {
+        if char::from_u32(c).is_none() || t.bytes > MAX_BYTES {
             return DEAD;
         }
         let work: Vec<(u32, u32)> = tops
@@ -267,7 +287,10 @@ impl Grammar {
             .filter(|&(pos, _)| matches!(self.elems[pos as usize], Elem::Char(k) if self.classes[k as usize].matches(c)))
             .map(|(pos, parent)| (pos + 1, parent))
             .collect();
-        let (tops, accept) = self.closure(t, work);
+        let Some((tops, accept)) = self.closure(t, work) else {
+            tracing::warn!("a grammar's parse has more than {MAX_TOPS} stacks here: the character is refused");
+            return DEAD;
+        };
         if tops.is_empty() && !accept {
             return DEAD;
         }
@@ -275,13 +298,16 @@ impl Grammar {
     }
 
     /// Every stack the frames in `work` lead to before reading a character: their tops (sorted)
-    /// and whether one of them ends the output.
-    fn closure(&self, t: &mut Tables, mut work: Vec<(u32, u32)>) -> (Box<[u32]>, bool) {
+    /// and whether one of them ends the output; `None` past `MAX_TOPS` or `MAX_FRAMES`.
+    fn closure(&self, t: &mut Tables, mut work: Vec<(u32, u32)>) -> Option<(Box<[u32]>, bool)> {
         let mut seen = HashSet::new();
         let (mut tops, mut accept) = (Vec::new(), false);
         while let Some((pos, parent)) = work.pop() {
             if !seen.insert((pos, parent)) {
                 continue;
+            }
+            if seen.len() > MAX_FRAMES || tops.len() > MAX_TOPS {
+                return None;
             }
             match self.elems[pos as usize] {
                 Elem::Char(_) => tops.push(t.node(pos, parent)),
@@ -297,7 +323,7 @@ impl Grammar {
         }
         tops.sort_unstable();
         tops.dedup();
-        (tops.into(), accept)
+        Some((tops.into(), accept))
     }
 }
 
@@ -307,6 +333,7 @@ impl Tables {
         let id = *self.node_ids.entry((pos, parent)).or_insert(next);
         if id == next {
             self.nodes.push((pos, parent));
+            self.bytes += 24;
         }
         id
     }
@@ -316,6 +343,7 @@ impl Tables {
             return id;
         }
         let id = self.states.len() as u32;
+        self.bytes += 96 + 8 * state.tops.len();
         self.states.push(state.clone());
         self.state_ids.insert(state, id);
         id

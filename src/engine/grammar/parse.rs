@@ -13,6 +13,8 @@ use std::collections::HashMap;
 
 /// A repetition's upper bound at most this (each copy is a rule).
 const MAX_REPEAT: u32 = 1000;
+/// Characters and rule calls in all, repetitions written out, at most this.
+const MAX_ITEMS: usize = 1 << 20;
 
 /// One character: in one of `ranges` (inclusive code points), or with `negated` in none.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +39,9 @@ pub(super) struct Rules {
 
 /// Parses `text`; the error says where (line and column) and what is wrong.
 pub(super) fn parse(text: &str) -> Result<Rules, String> {
-    let mut p = Parser { chars: text.chars().collect(), at: 0, names: Vec::new(), ids: HashMap::new(), alts: Vec::new(), defined: Vec::new() };
+    let chars: Vec<char> = text.chars().collect();
+    let line_starts = std::iter::once(0).chain(chars.iter().enumerate().filter(|(_, &c)| c == '\n').map(|(i, _)| i + 1)).collect();
+    let mut p = Parser { chars, line_starts, at: 0, names: Vec::new(), ids: HashMap::new(), alts: Vec::new(), defined: Vec::new(), items: 0 };
     p.skip_space();
     if p.at == p.chars.len() {
         return Err("the grammar is empty: it needs a `root ::= ...` rule".into());
@@ -68,11 +72,15 @@ pub(super) fn parse(text: &str) -> Result<Rules, String> {
 
 struct Parser {
     chars: Vec<char>,
+    /// Where each line begins, for `position`.
+    line_starts: Vec<usize>,
     at: usize,
     names: Vec<String>,
     ids: HashMap<String, usize>,
     alts: Vec<Vec<Vec<Item>>>,
     defined: Vec<bool>,
+    /// Characters and rule calls so far (`MAX_ITEMS`).
+    items: usize,
 }
 
 impl Parser {
@@ -176,6 +184,10 @@ impl Parser {
             }
             let atom = self.atom()?;
             let atom = self.repetition(atom)?;
+            self.items += atom.len();
+            if self.items > MAX_ITEMS {
+                return Err(self.error_at(&format!("the grammar is too large: more than {MAX_ITEMS} characters and rule calls once its repetitions are written out")));
+            }
             seq.extend(atom);
         }
     }
@@ -280,6 +292,8 @@ impl Parser {
             }
         };
         self.at += 1;
+        // A string or a group repeated is called, not copied.
+        let atom = if atom.len() == 1 { atom } else { vec![Item::Rule(self.helper(vec![atom]))] };
         let mut out: Vec<Item> = (0..min).flat_map(|_| atom.iter().cloned()).collect();
         match max {
             // x* : R ::= x R | ""
@@ -292,6 +306,7 @@ impl Parser {
             }
             // Up to k more: R_k ::= x R_(k-1) | "" (R_1 ::= x | "").
             Some(max) if max > min => {
+                self.items += 2 * (max - min) as usize;
                 let mut inner: Option<usize> = None;
                 for _ in min..max {
                     let mut seq = atom.clone();
@@ -326,7 +341,7 @@ impl Parser {
         self.at += 1;
         let hex = |p: &mut Self, n: usize| -> Result<u32, String> {
             let digits: String = p.chars.get(p.at..p.at + n).unwrap_or_default().iter().collect();
-            let v = u32::from_str_radix(&digits, 16).ok().filter(|_| digits.len() == n).ok_or_else(|| p.error(&format!("{n} hex digits after `\\{e}`")))?;
+            let v = u32::from_str_radix(&digits, 16).ok().filter(|_| digits.len() == n && digits.chars().all(|c| c.is_ascii_hexdigit())).ok_or_else(|| p.error(&format!("{n} hex digits after `\\{e}`")))?;
             p.at += n;
             char::from_u32(v).map(|_| v).ok_or_else(|| p.error_at(&format!("\\{e}{digits} is not a Unicode character")))
         };
@@ -346,10 +361,8 @@ impl Parser {
     }
 
     fn position(&self, at: usize) -> (usize, usize) {
-        let before = &self.chars[..at.min(self.chars.len())];
-        let line = before.iter().filter(|&&c| c == '\n').count() + 1;
-        let column = before.iter().rev().take_while(|&&c| c != '\n').count() + 1;
-        (line, column)
+        let line = self.line_starts.partition_point(|&s| s <= at);
+        (line, at - self.line_starts[line - 1] + 1)
     }
 
     /// "line L column C: expected {what}".

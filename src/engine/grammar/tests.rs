@@ -182,6 +182,7 @@ fn bad_grammars_are_refused_saying_where_and_why() {
         ("root ::= (\"a\" | \"b\"", "`)` to close the group"),
         ("root ::= \"\\q\"", "unknown escape `\\q`"),
         ("root ::= \"\\u12\"", "4 hex digits"),
+        ("root ::= \"\\x+1\"", "2 hex digits"),
         ("root ::= \"a\"{3,2}", "maximum is below its minimum"),
         ("root ::= \"a\"{2000}", "at most 1000"),
         ("root = \"a\"", "expected `::=` after the rule name `root`"),
@@ -190,6 +191,8 @@ fn bad_grammars_are_refused_saying_where_and_why() {
         ("root ::= a\na ::= b \"x\"\nb ::= \"\" | a", "left-recursive"),
         ("root ::= \"a\" root", "rule `root` can never end"),
         ("root ::= [^\\x00-\\U0010FFFF]", "can never end"),
+        (&((0..1100).map(|i| format!("r{i} ")).collect::<String>().replacen("r", "root ::= r", 1)
+            + &(0..1100).map(|i| format!("\nr{i} ::= \"a\"{{1000}}")).collect::<String>()), "too large"),
     ] {
         match Grammar::compile(text) {
             Ok(_) => panic!("{text:?} compiled"),
@@ -200,4 +203,46 @@ fn bad_grammars_are_refused_saying_where_and_why() {
     for text in ["root ::= \"a\" root | \"b\"", "root ::= x* \"b\"\nx ::= \"\" | \"a\"", "root ::=\n  \"a\"\n  | \"b\"\n\nother ::= \"c\""] {
         compile(text);
     }
+}
+
+#[test]
+fn an_ambiguous_grammar_is_followed_to_a_bound_and_no_further() {
+    // Each space doubles the stacks (which letter closes it): past `MAX_TOPS` the space is
+    // refused, while the letters that close what is open still come.
+    let g = compile("root ::= s\ns ::= \" \" s \"b\" | \" \" s \"c\" | \"\"");
+    let mut at = g.start();
+    let mut spaces = 0;
+    while g.step(at, b' ') != DEAD {
+        at = g.step(at, b' ');
+        spaces += 1;
+        assert!(spaces <= 13, "{spaces} spaces");
+    }
+    assert!(spaces >= 8, "refused after {spaces} spaces");
+    assert!(takes(&g, &(" ".repeat(spaces) + &"bc".repeat(spaces / 2) + &"b".repeat(spaces % 2))));
+    // Nullable calls nested 24 deep have 2^24 ways to start: refused when compiled.
+    let mut text = String::from("root ::= r0\n");
+    for i in 0..24 {
+        text += &format!("r{i} ::= r{n} r{n} | \"\"\n", n = i + 1);
+    }
+    text += "r24 ::= \"x\" | \"\"";
+    let e = Grammar::compile(&text).expect_err("compiled");
+    assert!(e.contains("too ambiguous"), "{e}");
+}
+
+#[test]
+fn a_long_repeated_string_is_called_not_copied() {
+    let word = "abcdefghij".repeat(10);
+    let g = compile(&format!("root ::= \"{word}\"{{1000}} (\"x\"{{100}}){{100}}"));
+    // Copied, the word alone would be 100,000 elements.
+    assert!(g.elems.len() < 5_000, "{} elements", g.elems.len());
+    assert!(takes(&g, &(word.repeat(1000) + &"x".repeat(10_000))));
+    assert!(!takes(&g, &(word.repeat(999) + &"x".repeat(10_000))));
+    assert!(!takes(&g, &(word.repeat(1000) + &"x".repeat(9_999))));
+}
+
+#[test]
+fn an_alternative_that_cannot_match_is_never_started() {
+    let g = compile("root ::= \"a\" [] | \"b\"");
+    assert_eq!(g.step(g.start(), b'a'), DEAD);
+    assert!(takes(&g, "b"));
 }
