@@ -109,6 +109,21 @@ fn output_text_logprobs_are_chats() {
     assert_eq!(&done.1["logprobs"], logprobs);
     assert_eq!(&events.last().unwrap().1["response"]["output"][0]["content"][0]["logprobs"], logprobs);
 
+    // At a stop string, the token that held it back wrote none of the message: its tokens spell
+    // the message, whole and streamed alike.
+    let mut stopped = body.clone();
+    stopped["stop"] = json!([" "]);
+    let whole = respond(stopped.clone());
+    let text = output_text(&whole);
+    let logprobs = &whole["output"][0]["content"][0]["logprobs"];
+    let spelled: String = logprobs.as_array().unwrap().iter().map(|l| l["token"].as_str().unwrap()).collect();
+    assert!(!text.is_empty() && whole["usage"]["output_tokens"].as_u64() < Some(12), "{whole}");
+    assert_eq!(spelled, text, "{whole}");
+    stopped["stream"] = true.into();
+    let events = s.post("/v1/responses", &stopped.to_string()).sse_events();
+    let deltas: Vec<Value> = events.iter().filter(|(n, _)| n == "response.output_text.delta").flat_map(|(_, d)| d["logprobs"].as_array().unwrap().clone()).collect();
+    assert_eq!(&Value::from(deltas), logprobs);
+
     // Not asked for: none; other `include` values name outputs never made here.
     let plain = respond(json!({"input": FIB, "max_output_tokens": 4, "include": ["reasoning.encrypted_content"]}));
     assert_eq!(plain["output"][0]["content"][0]["logprobs"], json!([]), "{plain}");

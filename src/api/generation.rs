@@ -51,6 +51,8 @@ impl Timing {
 pub struct ChoiceResult {
     pub tokens: Vec<u32>,
     pub text: String,
+    /// Where each token's released text ends in `text` (the rest came with `Finished`).
+    pub token_ends: Vec<usize>,
     pub logprobs: Vec<Logprobs>,
     pub finish_reason: Option<FinishReason>,
     pub stop_reason: Option<StopReason>,
@@ -79,6 +81,7 @@ pub async fn collect(mut stream: RequestStream, n: usize, timing: &mut Timing) -
                 let c = &mut choices[index];
                 c.tokens.push(token);
                 c.text.push_str(&text);
+                c.token_ends.push(c.text.len());
                 c.logprobs.extend(logprobs);
             }
             Event::Finished { index, reason, stop_reason, text, usage } => {

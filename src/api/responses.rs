@@ -99,7 +99,7 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Respons
     let (reasoning, content, calls) = ctx.parse(&c.text);
     let message = assistant_message(&content, &reasoning, &calls);
     let status = status(c.finish_reason);
-    let token_logprobs = if logprobs { logprobs::whole(&ctx, &ctx.tokenizer, &c.tokens, &c.logprobs) } else { Vec::new() };
+    let token_logprobs = if logprobs { logprobs::whole(&ctx, c) } else { Vec::new() };
     let output = output_items(reasoning, content, calls, status, token_logprobs);
     let response = echo.response(status, &output, Some(usage(&ctx, num_prompt_tokens, c.usage, &output)));
     if store {

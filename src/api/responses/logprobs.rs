@@ -1,18 +1,21 @@
 //! `include: ["message.output_text.logprobs"]`: the logprobs of the tokens that wrote the
 //! message's text, not those of its reasoning or its tool calls.
 //!
-//! Each token's text is placed in the output as the engine released it. When the output's
-//! parser releases text as the message's, the tokens whose text overlaps it are the message's
-//! (one that straddles its start or end wrote part of it); those wholly before it (reasoning,
-//! `</think>` and the line breaks after it, a call's markup) are dropped. A whole response runs
-//! the same steps over its decoded tokens (`whole`), so it lists what the stream sent.
+//! Each token's text is placed in the output as the engine released it. The output's parser
+//! releases reasoning and the message's text in order; each is found in the output after what
+//! was released before it (never in text the parser still holds back). The tokens whose text
+//! overlaps the message's text are the message's (one that straddles its start or end wrote part
+//! of it); those wholly before it (reasoning, `</think>` and the line breaks after it, a call's
+//! markup) are dropped. A whole response runs the same steps over the texts the engine released
+//! with its tokens (`whole`), so it lists what the stream sent.
 
 use std::collections::VecDeque;
 
 use crate::api::chat::{token_logprob, ChatContext};
-use crate::api::types::ChatTokenLogprob;
+use crate::api::generation::ChoiceResult;
+use crate::api::types::{ChatTokenLogprob, Delta};
 use crate::engine::sampler::Logprobs;
-use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 /// The output so far and its tokens not yet given to the message or dropped, each with an entry
 /// `E` (its logprobs).
@@ -20,11 +23,13 @@ pub(super) struct ContentTokens<E> {
     output: String,
     /// (start, end) of each token's text in `output`, and its entry.
     pending: VecDeque<(usize, usize, E)>,
+    /// The end in `output` of the text released so far.
+    released: usize,
 }
 
 impl<E> Default for ContentTokens<E> {
     fn default() -> Self {
-        Self { output: String::new(), pending: VecDeque::new() }
+        Self { output: String::new(), pending: VecDeque::new(), released: 0 }
     }
 }
 
@@ -47,10 +52,18 @@ impl<E> ContentTokens<E> {
         }
     }
 
+    /// Text just released as reasoning: the tokens wholly in it or before it are not the
+    /// message's.
+    pub fn reasoning(&mut self, reasoning: &str) {
+        let Some((_, end)) = self.locate(reasoning) else { return };
+        while self.pending.front().is_some_and(|&(a, b, _)| a < end && b <= end) {
+            self.pending.pop_front();
+        }
+    }
+
     /// The entries of the tokens that wrote `content`, the text just released as the message's.
     pub fn content(&mut self, content: &str) -> Vec<E> {
-        let Some(start) = Some(content).filter(|c| !c.is_empty()).and_then(|c| self.output.rfind(c)) else { return Vec::new() };
-        let end = start + content.len();
+        let Some((start, end)) = self.locate(content) else { return Vec::new() };
         let mut entries = Vec::new();
         while let Some(&(a, b, _)) = self.pending.front() {
             if a >= end {
@@ -63,6 +76,25 @@ impl<E> ContentTokens<E> {
         }
         entries
     }
+
+    /// The entries of the message's tokens in what the parser released (reasoning before text).
+    pub fn delta(&mut self, delta: &Delta) -> Vec<E> {
+        if let Some(reasoning) = &delta.reasoning_content {
+            self.reasoning(reasoning);
+        }
+        delta.content.as_deref().map(|c| self.content(c)).unwrap_or_default()
+    }
+
+    /// Where `text`, just released, is in the output: its first place after what was released
+    /// before it.
+    fn locate(&mut self, text: &str) -> Option<(usize, usize)> {
+        if text.is_empty() {
+            return None;
+        }
+        let start = self.released + self.output[self.released..].find(text)?;
+        self.released = start + text.len();
+        Some((start, self.released))
+    }
 }
 
 /// A token's logprob entry, as chat's `logprobs.content` has it.
@@ -70,25 +102,22 @@ pub(super) fn entry(tokenizer: &Tokenizer, token: u32, logprobs: &Logprobs) -> C
     token_logprob(tokenizer, token, logprobs, false)
 }
 
-/// The message's token entries of a whole (not streamed) output: its tokens decoded as the
-/// engine decodes them and parsed as a stream is.
-pub(super) fn whole(ctx: &ChatContext, tokenizer: &Tokenizer, tokens: &[u32], logprobs: &[Logprobs]) -> Vec<ChatTokenLogprob> {
-    let mut decoder = IncrementalDecoder::new(true);
+/// The message's token entries of a whole (not streamed) output: its tokens' texts as the
+/// engine released them, parsed as a stream is, so it lists what the stream would have.
+pub(super) fn whole(ctx: &ChatContext, c: &ChoiceResult) -> Vec<ChatTokenLogprob> {
     let mut parse = ctx.choice_stream();
     let mut spans = ContentTokens::default();
     let mut entries = Vec::new();
-    for (&token, l) in tokens.iter().zip(logprobs) {
-        let text = decoder.push(tokenizer, token).unwrap_or_default();
-        spans.token(&text, entry(tokenizer, token, l));
-        if let Some(content) = parse.delta(&text, false).content {
-            entries.extend(spans.content(&content));
-        }
+    let mut at = 0;
+    for ((&token, l), &end) in c.tokens.iter().zip(&c.logprobs).zip(&c.token_ends) {
+        let text = &c.text[at..end];
+        at = end;
+        spans.token(text, entry(&ctx.tokenizer, token, l));
+        entries.extend(spans.delta(&parse.delta(text, false)));
     }
-    let rest = decoder.finish(tokenizer).unwrap_or_default();
-    spans.text(&rest);
-    if let Some(content) = parse.delta(&rest, true).content {
-        entries.extend(spans.content(&content));
-    }
+    let rest = &c.text[at..];
+    spans.text(rest);
+    entries.extend(spans.delta(&parse.delta(rest, true)));
     entries
 }
 
@@ -99,14 +128,18 @@ mod tests {
     use super::ContentTokens;
 
     /// Feeds `(text, token name)` pairs; after the tokens named in `releases`, the parser
-    /// releases that text as the message's. Returns the names given to the message.
+    /// releases that text as the message's (or, marked `?`, as reasoning). Returns the names
+    /// given to the message.
     fn message_tokens(tokens: &[(&str, &str)], releases: &[(usize, &str)]) -> Vec<String> {
         let mut t = ContentTokens::<serde_json::Value>::default();
         let mut got = Vec::new();
         for (i, (text, name)) in tokens.iter().enumerate() {
             t.token(text, json!(name));
-            for (_, content) in releases.iter().filter(|(at, _)| *at == i) {
-                got.extend(t.content(content).into_iter().map(|v| v.as_str().unwrap().to_string()));
+            for (_, released) in releases.iter().filter(|(at, _)| *at == i) {
+                match released.strip_prefix('?') {
+                    Some(reasoning) => t.reasoning(reasoning),
+                    None => got.extend(t.content(released).into_iter().map(|v| v.as_str().unwrap().to_string())),
+                }
             }
         }
         got
@@ -126,6 +159,15 @@ mod tests {
         // Text the parser held back (a possible tag) and then released: its tokens, once.
         let tokens = [("x", "a"), ("<", "b"), ("3", "c")];
         assert_eq!(message_tokens(&tokens, &[(0, "x"), (2, "<3")]), ["a", "b", "c"]);
+        // Text the parser still holds back is not where released text is looked for.
+        let tokens = [("<", "a"), ("<", "b")];
+        assert_eq!(message_tokens(&tokens, &[(1, "<")]), ["a"]);
+        // The message's text also in the reasoning before it: the message's own tokens.
+        let tokens = [("<think>\n", "a"), ("The", "b"), ("</think>", "c"), ("\n\n", "d"), ("The", "e")];
+        assert_eq!(message_tokens(&tokens, &[(1, "?The"), (4, "The")]), ["e"]);
+        // One token ends the reasoning and starts the text: it wrote part of the text.
+        let tokens = [("<think>\n", "a"), ("hm", "b"), ("m</think>\n\nOK", "c")];
+        assert_eq!(message_tokens(&tokens, &[(1, "?hm"), (2, "?m"), (2, "OK")]), ["c"]);
         // Nothing released as the message: no tokens.
         assert!(message_tokens(&tokens, &[]).is_empty());
     }

@@ -97,13 +97,14 @@ impl Writer<'_> {
     }
 
     async fn delta(&mut self, delta: Delta) -> bool {
+        let entries = self.tokens.as_mut().map(|t| t.delta(&delta)).unwrap_or_default();
         if let Some(text) = delta.reasoning_content {
             if !self.reasoning_text(&text).await {
                 return false;
             }
         }
         if let Some(text) = delta.content {
-            if !self.output_text(&text).await {
+            if !self.output_text(&text, entries).await {
                 return false;
             }
         }
@@ -131,7 +132,8 @@ impl Writer<'_> {
         self.send("response.reasoning_text.delta", payload).await
     }
 
-    async fn output_text(&mut self, delta: &str) -> bool {
+    /// The message's text `delta`, written by the tokens with logprob `entries`.
+    async fn output_text(&mut self, delta: &str, entries: Vec<ChatTokenLogprob>) -> bool {
         let index = self.items.len();
         if !matches!(self.open, Some(Open::Message { .. })) {
             let id = item_id("msg");
@@ -144,7 +146,6 @@ impl Writer<'_> {
             }
             self.open = Some(Open::Message { id, text: String::new(), logprobs: Vec::new() });
         }
-        let entries = self.tokens.as_mut().map(|t| t.content(delta)).unwrap_or_default();
         let Some(Open::Message { id, text, logprobs }) = &mut self.open else { unreachable!("opened above") };
         text.push_str(delta);
         logprobs.extend(entries.iter().cloned());
