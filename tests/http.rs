@@ -231,6 +231,8 @@ fn llama_cpp_completion() {
     assert_eq!(steps.len(), 8, "{p}");
     let joined: String = steps.iter().map(|st| st["token"].as_str().unwrap()).collect();
     assert_eq!(joined, r["content"].as_str().unwrap());
+    let bytes: Vec<u8> = steps.iter().flat_map(|st| st["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8)).collect();
+    assert_eq!(bytes, r["content"].as_str().unwrap().as_bytes());
     for st in steps {
         let top = st["top_logprobs"].as_array().unwrap();
         assert_eq!(top.len(), 3, "{st}");
@@ -245,6 +247,13 @@ fn llama_cpp_completion() {
     let joined: String = chunks.iter().map(|c| c["content"].as_str().unwrap_or("")).collect();
     assert_eq!(joined, r["content"].as_str().unwrap());
 
+    // `/completions` is the same route, as on llama-server.
+    assert_eq!(s.post("/completions", &body(json!({}))).json()["content"], r["content"]);
+    // Seed -1 (llama.cpp's default) draws a fresh seed each time; a seed of 0 or more repeats.
+    let draw = |seed: i64| s.post("/completion", &body(json!({"seed": seed, "top_k": 0, "temperature": 1.5, "n_predict": 16}))).json()["content"].clone();
+    let random: Vec<Value> = (0..3).map(|_| draw(-1)).collect();
+    assert!(random.iter().any(|c| *c != random[0]), "{random:?}");
+    assert_eq!(draw(7), draw(7));
     let g = s.post("/completion", &json!({"prompt": "Is Paris in France? Answer:", "grammar": "root ::= \" yes\" | \" no\"", "temperature": 1.5, "seed": 1}).to_string()).json();
     assert!([" yes", " no"].contains(&g["content"].as_str().unwrap()) && g["stop_type"] == "eos", "{g}");
 
@@ -259,6 +268,8 @@ fn llama_cpp_completion() {
         (json!({"typical_p": 0.5}), "typical_p"),
         (json!({"grammar": "root ::= x"}), "grammar"),
         (json!({"grammar": "root ::= \"a\"", "ignore_eos": true}), "ignore_eos"),
+        (json!({"n_predict": 0}), "n_predict"),
+        (json!({"n_predict": -2}), "n_predict"),
     ] {
         let e = s.post("/completion", &body(extra.clone())).error(400);
         assert_eq!(e["param"], param, "{extra}: {e}");
@@ -295,6 +306,11 @@ fn every_error_status_has_an_openai_body() {
     s.post("/v1/chat/completions", "{not json").error(400);
     let e = s.post("/v1/chat/completions", r#"{"messages": [{"content": "hi"}]}"#).error(422);
     assert!(e["message"].as_str().unwrap().contains("role"), "{e}");
+    // A form's or text's type (what a web page may post without a CORS preflight) is refused
+    // on the OpenAI routes; JSON's with parameters is taken.
+    let e = s.post_with("/v1/chat/completions", &chat_body(json!({})), &[("Content-Type", "text/plain")]).error(415);
+    assert_eq!(e["param"], "Content-Type", "{e}");
+    s.post_with("/v1/chat/completions", &chat_body(json!({"max_tokens": 1})), &[("Content-Type", "application/json; charset=utf-8")]).json();
     let e = s.post("/v1/chat/completions", &json!({"messages": []}).to_string()).error(400);
     assert_eq!(e["param"], "messages");
     let (status, body) = s.raw_post_declaring_length("/v1/completions", 2 << 20);

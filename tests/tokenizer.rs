@@ -227,6 +227,20 @@ fn decode_matches_transformers() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A token may hold part of a character: its piece is those raw bytes (what logprobs list as
+/// `bytes`, where decoding the token alone gives U+FFFD), and a text's pieces join to its UTF-8.
+#[test]
+fn piece_bytes_are_raw_and_join_to_the_text() {
+    for tok in [gguf_tokenizer(), qwen3_tokenizer()] {
+        let text = "\u{1f980} crabs, \u{9f98}\u{9f98} and <|im_end|>";
+        let ids = tok.encode_with_special_tokens(text).unwrap();
+        let joined: Vec<u8> = ids.iter().flat_map(|&id| tok.piece_bytes(id)).collect();
+        assert_eq!(String::from_utf8(joined).as_deref(), Ok(text));
+        let partial = ids.iter().filter(|&&id| std::str::from_utf8(&tok.piece_bytes(id)).is_err()).count();
+        assert!(partial > 0, "no token of {text:?} holds part of a character: {ids:?}");
+    }
+}
+
 /// Streams `ids` through the incremental decoder; checks no delta splits a character and the
 /// deltas add up to the one-shot decode.
 fn check_stream(tok: &Tokenizer, name: &str, ids: &[u32], skip: bool) -> Result<(), String> {

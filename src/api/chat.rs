@@ -219,9 +219,8 @@ fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
 /// `return_tokens_as_token_ids` (`bytes` are the text's either way).
 pub(super) fn token_logprob(tokenizer: &Tokenizer, token: u32, l: &Logprobs, token_ids: bool) -> ChatTokenLogprob {
     let entry = |id: u32| {
-        let text = token_text(tokenizer, id);
-        let bytes = text.as_bytes().to_vec();
-        (if token_ids { format!("token_id:{id}") } else { text }, bytes)
+        let name = if token_ids { format!("token_id:{id}") } else { token_text(tokenizer, id) };
+        (name, tokenizer.piece_bytes(id))
     };
     let (token, bytes) = entry(token);
     ChatTokenLogprob {

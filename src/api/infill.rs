@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::fim::Fim;
 use super::llama::{respond, LlamaSampling};
-use super::state::{ApiJson, AppState};
+use super::state::{ApiJson, AppState, LlamaJson};
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -39,7 +39,7 @@ fn default_filename() -> String {
     "tmp".into()
 }
 
-pub async fn infill(State(state): State<AppState>, ApiJson(req): ApiJson<InfillRequest>) -> Result<Response, ApiError> {
+pub async fn infill(State(state): State<AppState>, ApiJson(req): LlamaJson<InfillRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     let engine = &state.engine;
     let tokenizer = engine.tokenizer();

@@ -1,5 +1,5 @@
 //! llama.cpp's own HTTP API, as clients written for llama-server call it: `POST /completion`
-//! (also `/completions`) here, and `/infill` (`infill.rs`) on the same conventions: llama.cpp's
+//! (also routed as `/completions`, as llama-server does) here, and `/infill` (`infill.rs`) on the same conventions: llama.cpp's
 //! sampling names and defaults (`n_predict`, `repeat_penalty`; temperature 0.8, top-k 40, top-p
 //! 0.95, min-p 0.05 where the request is silent, not the model's generation config), its
 //! response (`content`, `stop`, `stop_type`, `tokens_predicted`, `timings`, ...), its SSE chunks
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::generation::{collect, Timing};
 use super::output_format;
 use super::sse::sse_response;
-use super::state::{ApiJson, AppState};
+use super::state::{ApiJson, AppState, LlamaJson};
 use super::types::{SamplingFields, StringOrList, StructuredOutputFields};
 use super::validate;
 use crate::engine::sampler::{Logprobs, SamplingParams, MAX_LOGPROBS};
@@ -37,6 +37,7 @@ pub struct LlamaSampling {
     pub repeat_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+    /// -1 (llama.cpp's default), or any negative: a random seed.
     pub seed: Option<i64>,
     pub stop: Option<Vec<String>>,
     pub ignore_eos: Option<bool>,
@@ -79,8 +80,9 @@ impl LlamaSampling {
         self.refuse_missing_samplers()?;
         let max_tokens = match self.n_predict {
             None | Some(-1) => None,
-            Some(n) if n >= 0 => Some(n.max(1)),
-            Some(n) => return Err(ApiError::invalid("n_predict", format!("`n_predict` must be -1 (no limit) or at least 0, got {n}"))),
+            Some(n) if n >= 1 => Some(n),
+            Some(0) => return Err(ApiError::invalid("n_predict", "`n_predict` 0 (evaluate the prompt, write nothing) is not supported here: ask for at least 1 token, or -1 for no limit")),
+            Some(n) => return Err(ApiError::invalid("n_predict", format!("`n_predict` must be -1 (no limit) or at least 1, got {n}"))),
         };
         let n_probs = match self.n_probs {
             None | Some(0) => None,
@@ -89,7 +91,7 @@ impl LlamaSampling {
         };
         let fields = SamplingFields {
             max_tokens,
-            seed: self.seed,
+            seed: self.seed.filter(|&s| s >= 0),
             stop: self.stop.clone().map(StringOrList::Many),
             temperature: Some(self.temperature.unwrap_or(0.8)),
             top_k: Some(match self.top_k.unwrap_or(40) {
@@ -126,7 +128,7 @@ pub struct CompletionRequest {
     pub structured: StructuredOutputFields,
 }
 
-pub async fn completion(State(state): State<AppState>, ApiJson(req): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
+pub async fn completion(State(state): State<AppState>, ApiJson(req): LlamaJson<CompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
     let prompt = prompt_tokens(state.engine.tokenizer(), &req.prompt)?;
     let (format, field) = output_format::requested(None, &req.structured, &state.formats)?;
@@ -225,7 +227,7 @@ pub async fn respond(state: &AppState, started: Instant, prompt: Vec<u32>, param
 fn probabilities(tokenizer: &Tokenizer, token: u32, l: &Logprobs) -> Value {
     let entry = |id: u32, logprob: f32| {
         let text = tokenizer.decode(&[id], false).unwrap_or_default();
-        json!({"id": id, "token": text, "bytes": text.as_bytes(), "logprob": logprob})
+        json!({"id": id, "token": text, "bytes": tokenizer.piece_bytes(id), "logprob": logprob})
     };
     let mut step = entry(token, l.token_logprob);
     step["top_logprobs"] = l.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
@@ -243,7 +245,7 @@ fn reply(model: &str, content: String, tokens: &[u32], reason: FinishReason, sto
     let (ttft, _, e2e) = timing.summary();
     let prompt_ms = ttft.unwrap_or(e2e).as_secs_f64() * 1e3;
     let predicted_ms = (e2e.as_secs_f64() * 1e3 - prompt_ms).max(0.0);
-    let evaluated = usage.num_prompt_tokens - usage.num_cached_tokens;
+    let evaluated = usage.num_prompt_tokens.saturating_sub(usage.num_cached_tokens);
     let per_second = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
     json!({
         "index": 0,

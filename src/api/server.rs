@@ -43,6 +43,7 @@ pub fn router(state: AppState, opts: &ServerOptions) -> Router {
         .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/infill", post(infill::infill))
         .route("/completion", post(llama::completion))
+        .route("/completions", post(llama::completion))
         .route("/v1/models", get(misc::models))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
@@ -59,14 +60,29 @@ impl AppState {
 
 /// `Json<T>` whose rejections are OpenAI error bodies: 400 for malformed JSON, 422 for a
 /// well-formed body of the wrong shape (the message names the field), 413 for a body over the
-/// limit. The body is read as JSON whatever its content type says, as llama-server reads it:
-/// `curl -d` sends a form's type, and scripts written for llama.cpp often send none.
-pub struct ApiJson<T>(pub T);
+/// limit, 415 for a Content-Type other than JSON's (none is read as JSON). A form's type is
+/// refused so that a web page cannot post to a server on the user's machine without the
+/// browser asking the server first (a JSON type needs a CORS preflight; a form's does not).
+/// With `ANY_TYPE` ([`LlamaJson`]) the body is read as JSON whatever its type says.
+pub struct ApiJson<T, const ANY_TYPE: bool = false>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+/// llama.cpp's routes read their body as JSON whatever its Content-Type says, as llama-server
+/// does: `curl -d` sends a form's type, and scripts written for llama.cpp often rely on that.
+pub type LlamaJson<T> = ApiJson<T, true>;
+
+impl<S: Send + Sync, T: DeserializeOwned, const ANY_TYPE: bool> FromRequest<S> for ApiJson<T, ANY_TYPE> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !ANY_TYPE {
+            if let Some(kind) = req.headers().get(CONTENT_TYPE) {
+                let essence = kind.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+                if essence != "application/json" && !(essence.starts_with("application/") && essence.ends_with("+json")) {
+                    let message = format!("the Content-Type header must be application/json, got {essence:?}");
+                    return Err(ApiError::with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE, message).with_param("Content-Type"));
+                }
+            }
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|r| match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::with_status(r.status(), TOO_LARGE),
             status => ApiError::with_status(status, r.body_text()),

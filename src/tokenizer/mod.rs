@@ -259,6 +259,15 @@ impl Tokenizer {
         self.pieces.get_or_init(|| self.make_byte_pieces()).as_deref()
     }
 
+    /// The bytes token `id` writes: with a byte-level tokenizer its raw bytes (a token may hold
+    /// part of a UTF-8 character, which decoding alone would turn into U+FFFD), else its text's.
+    pub fn piece_bytes(&self, id: u32) -> Vec<u8> {
+        match self.byte_pieces().and_then(|p| p.get(id as usize)) {
+            Some(bytes) => bytes.to_vec(),
+            None => self.decode(&[id], false).unwrap_or_default().into_bytes(),
+        }
+    }
+
     fn make_byte_pieces(&self) -> Option<Box<[Box<[u8]>]>> {
         use tokenizers::DecoderWrapper;
         if !matches!(self.inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) {
