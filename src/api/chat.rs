@@ -216,7 +216,7 @@ fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
 }
 
 /// A token's logprob entry: named by its text, or by `token_id:{id}` under
-/// `return_tokens_as_token_ids` (`bytes` are the text's either way).
+/// `return_tokens_as_token_ids` (`bytes` are the token's raw bytes either way).
 pub(super) fn token_logprob(tokenizer: &Tokenizer, token: u32, l: &Logprobs, token_ids: bool) -> ChatTokenLogprob {
     let entry = |id: u32| {
         let name = if token_ids { format!("token_id:{id}") } else { token_text(tokenizer, id) };

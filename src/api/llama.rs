@@ -1,10 +1,10 @@
 //! llama.cpp's own HTTP API, as clients written for llama-server call it: `POST /completion`
-//! (also routed as `/completions`, as llama-server does) here, and `/infill` (`infill.rs`) on the same conventions: llama.cpp's
-//! sampling names and defaults (`n_predict`, `repeat_penalty`; temperature 0.8, top-k 40, top-p
-//! 0.95, min-p 0.05 where the request is silent, not the model's generation config), its
-//! response (`content`, `stop`, `stop_type`, `tokens_predicted`, `timings`, ...), its SSE chunks
-//! (`{"content": ..., "stop": false}`), `n_probs` as `completion_probabilities`, and `grammar` /
-//! `json_schema` holding the output.
+//! (also routed as `/completions`, as llama-server does) here, and `/infill` (`infill.rs`) on
+//! the same conventions: llama.cpp's sampling names and defaults (`n_predict`,
+//! `repeat_penalty`; temperature 0.8, top-k 40, top-p 0.95, min-p 0.05 where the request is
+//! silent, not the model's generation config), its response (`content`, `stop`, `stop_type`,
+//! `tokens_predicted`, `timings`, ...), its SSE chunks (`{"content": ..., "stop": false}`),
+//! `n_probs` as `completion_probabilities`, and `grammar` / `json_schema` holding the output.
 
 use std::time::Instant;
 
