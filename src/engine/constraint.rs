@@ -174,7 +174,7 @@ impl FormatCache {
         if let Some(f) = self.formats.lock().expect("format cache").get(&key).filter(|f| !f.is_stale()) {
             return Ok(f.clone());
         }
-        let made = make()?;
+        let made = off_the_runtime(make)?;
         let mut formats = self.formats.lock().expect("format cache");
         if formats.len() >= self.capacity {
             formats.clear();
@@ -206,6 +206,17 @@ impl FormatCache {
     pub fn choice(&self, choices: &[String]) -> Result<OutputFormat, String> {
         let key = format!("choice {}", serde_json::Value::from(choices));
         self.get(key, || Ok(OutputFormat::Regex(Arc::new(RegexFormat::choice(choices)?))))
+    }
+}
+
+/// Runs `f`, which may take a while (a grammar at the parser's size cap compiles in ~0.5 s),
+/// telling the async runtime first, so that other requests' tasks move to its other workers
+/// rather than wait behind it.
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
