@@ -288,7 +288,7 @@ impl Grammar {
             .map(|(pos, parent)| (pos + 1, parent))
             .collect();
         let Some((tops, accept)) = self.closure(t, work) else {
-            tracing::warn!("a grammar's parse has more than {MAX_TOPS} stacks here: the character is refused");
+            tracing::warn!("a grammar's parse has more stacks here than the parser follows ({MAX_TOPS} tops, {MAX_FRAMES} frames): the character is refused");
             return DEAD;
         };
         if tops.is_empty() && !accept {
