@@ -234,3 +234,54 @@ fn concatenated_matrices_give_each_parts_columns() {
     assert!(QuantMatrix::concat(&[&a.w, &b.w]).is_none());
     assert!(QuantMatrix::concat(&[&a.w, &case(GgmlDType::Q5_0, 8, 128, 3).w]).is_none());
 }
+
+/// Raw GGUF blocks of `dtype` whose values are all at their largest magnitude (Q8_0 -128,
+/// the others their largest stored value; Q6_K scales alternate 127 and -128), with scales of
+/// 1 and minimums scaled by 0.5.
+fn extreme_blocks(dtype: GgmlDType, blocks: usize) -> Vec<u8> {
+    let one = half::f16::ONE.to_le_bytes();
+    let block: Vec<u8> = match dtype {
+        GgmlDType::Q4_0 | GgmlDType::Q5_0 => [&one[..], &[0xFF; 20]].concat()[..dtype.type_size()].to_vec(),
+        GgmlDType::Q8_0 => [&one[..], &[0x80; 32]].concat(),
+        GgmlDType::Q4K | GgmlDType::Q5K => {
+            let half = half::f16::from_f32(0.5).to_le_bytes();
+            [&one[..], &half, &vec![0xFF; dtype.type_size() - 4]].concat()
+        }
+        GgmlDType::Q6K => {
+            let scales: Vec<u8> = (0..16).map(|i| if i % 2 == 0 { 0x7F } else { 0x80 }).collect();
+            [&[0xFF; 192][..], &scales, &one].concat()
+        }
+        _ => unreachable!("not a kernel type"),
+    };
+    assert_eq!(block.len(), dtype.type_size());
+    block.repeat(blocks)
+}
+
+/// Weights at their largest values against activations at +-127: the SIMD kernels' i16
+/// partial sums reach their bound here and must still give the scalar reference's bits, which
+/// stay within rounding of the dense product.
+#[test]
+fn extreme_values_match_scalar_bitwise() {
+    let (n, k, m) = (24, 512, 13);
+    for dtype in TYPES {
+        let raw = extreme_blocks(dtype, n * k / dtype.block_size());
+        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &raw, vec![n, k], &Device::Cpu).unwrap();
+        let dense: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let w = QuantMatrix::from_qtensor(&q).unwrap().expect("supported type");
+        // Rows of all +1, all -1 (quantized to +-127) and mixed signs.
+        let xs: Vec<f32> = (0..m * k).map(|i| match (i / k) % 3 { 0 => 1.0, 1 => -1.0, _ => if i % 5 < 2 { -1.0 } else { 1.0 } }).collect();
+        let x = Tensor::from_vec(xs.clone(), (m, k), &Device::Cpu).unwrap();
+        let reference = bits(&w.matmul_with(&x, Isa::Scalar).unwrap());
+        for (r, row) in reference.iter().enumerate() {
+            for (j, &y) in row.iter().enumerate() {
+                let exact: f64 = (0..k).map(|i| dense[j * k + i] as f64 * xs[r * k + i] as f64).sum();
+                let abs: f64 = (0..k).map(|i| (dense[j * k + i] as f64).abs()).sum();
+                let y = f32::from_bits(y) as f64;
+                assert!((y - exact).abs() <= 1e-5 * abs, "{dtype:?} y[{r}][{j}] = {y}, dense {exact}");
+            }
+        }
+        for isa in Isa::available() {
+            assert_eq!(bits(&w.matmul_with(&x, isa).unwrap()), reference, "{dtype:?} {isa:?}");
+        }
+    }
+}

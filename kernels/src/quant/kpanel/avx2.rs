@@ -1,7 +1,17 @@
 //! AVX2 K-quant panel kernels, bitwise equal to [`super::scalar`]: the AVX-512 scheme on half
-//! a panel (eight weight rows) per 256-bit vector, `maddubs` + `madd` for `vpdpbusd` (no pair
-//! saturates: values are at most 63, activations within [-127, 127]) and `madd` for
-//! `vpdpwssd`.
+//! a panel (eight weight rows) per 256-bit vector.
+//!
+//! AVX2 has no `vpdpbusd`, so a value vector times four broadcast activation bytes is a
+//! `maddubs` (pairs of unsigned-value times signed-activation products, summed to i16), and
+//! the i16 pairs become i32 through a `madd`. The `madd` is the costly half, so several
+//! `maddubs` results are first summed in i16 ([`KKind::i16_vectors`]: as many as cannot
+//! overflow) and one `madd` with the group's scale (each weight row's scale in both i16 halves
+//! of its lane) turns their sum into the scaled i32 group sum. No step saturates: a pair is at
+//! most `2 * max_value * 127`, and the vectors summed keep the total within i16.
+//!
+//! Q6_K's zero point (32) is taken off after the groups: `32 * sum_g sc_g * sum_{e in g} a_e`
+//! through `madd`s of scale pairs with pairs of activation group sums, as the minimums are.
+//! The integer sum is the scalar reference's exactly; the float steps are its own.
 //!
 //! Safety (every fn): the caller has checked AVX2, FMA and F16C, and the activations were
 //! quantized for this matrix.
@@ -11,8 +21,21 @@ use std::ops::Range;
 
 use super::{sum_pair, KKind, KPanels, Out, PANEL, Q_LINES};
 use crate::quant::activations::{ActRow, QuantizedRows};
-use crate::quant::simd::{bits_to_0x10, prefetch};
 use crate::quant::format::QK_K;
+use crate::quant::simd::{bits_to_0x10, prefetch};
+
+impl KKind {
+    /// Value vectors whose `maddubs` results can be summed in i16: a pair of products is at
+    /// most `2 * max_value * 127` (Q4_K 3,810, Q5_K 7,874, Q6_K 16,002) and i16 holds 32,767.
+    /// Divides the vectors per group (eight, or Q6_K's four).
+    fn i16_vectors(self) -> usize {
+        match self {
+            KKind::Q4K => 8,
+            KKind::Q5K => 4,
+            KKind::Q6K => 2,
+        }
+    }
+}
 
 /// Value vector `i` of tile `t` for the panel's rows `8h .. 8h + 8`, unsigned.
 #[inline]
@@ -37,35 +60,76 @@ unsafe fn values(w: &KPanels, t: usize, i: usize, h: usize) -> __m256i {
     }
 }
 
+/// The eight scales of group `g` of tile `t` for rows `8h .. 8h + 8` as i16 pairs
+/// `(sc[g], sc[g2])`, one pair a row (`g2 == g`: the scale in both halves of the lane).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn scale_pairs(w: &KPanels, t: usize, (g, g2): (usize, usize), h: usize) -> __m256i {
+    let at = |g: usize| _mm_loadl_epi64(w.sc.as_ptr().add((t * w.kind.groups() + g) * PANEL + 8 * h).cast());
+    _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(at(g), at(g2)))
+}
+
 /// Activation rows `r0..r0 + R` against panels `ps`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn rows<const R: usize>(w: &KPanels, a: &QuantizedRows, r0: usize, ps: Range<usize>, out: Out) {
-    let (nb, groups, z) = (w.nb, w.kind.groups(), w.kind.zero_point());
-    let per_group = 64 / groups;
+    // The group's and the sums' lengths as constants, so that the group's loops unroll.
+    match w.kind {
+        KKind::Q4K => rows_of::<R, 8, 8>(w, a, r0, ps, out),
+        KKind::Q5K => rows_of::<R, 8, 4>(w, a, r0, ps, out),
+        KKind::Q6K => rows_of::<R, 4, 2>(w, a, r0, ps, out),
+    }
+}
+
+/// [`rows`] for `PER_GROUP` value vectors a group (`64 / groups`), summing `CHUNK`
+/// (`i16_vectors`) in i16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_of<const R: usize, const PER_GROUP: usize, const CHUNK: usize>(
+    w: &KPanels,
+    a: &QuantizedRows,
+    r0: usize,
+    ps: Range<usize>,
+    out: Out,
+) {
+    debug_assert_eq!((PER_GROUP, CHUNK), (64 / w.kind.groups(), w.kind.i16_vectors()));
+    let (nb, groups, kind) = (w.nb, 64 / PER_GROUP, w.kind);
+    let high_lines = kind.high_lines();
     let rows: [ActRow; R] = std::array::from_fn(|r| a.row(r0 + r));
-    let ones = _mm256_set1_epi16(1);
     let zero = _mm256_setzero_si256();
     for p in ps {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for b in 0..nb {
             let t = p * nb + b;
             prefetch(w.qs.as_ptr().add(t * Q_LINES).cast(), Q_LINES * 64);
+            prefetch(w.bits.as_ptr().add(t * high_lines).cast(), high_lines * 64);
             for h in 0..2 {
                 let mut s = [zero; R];
                 for g in 0..groups {
-                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.sc.as_ptr().add((t * groups + g) * PANEL + 8 * h).cast()));
-                    let mut sums: [__m256i; R] = std::array::from_fn(|r| {
-                        if z != 0 { _mm256_set1_epi32(-z * *rows[r].sums.get_unchecked(b * groups + g)) } else { zero }
-                    });
-                    for i in 0..per_group {
-                        let v = values(w, t, g * per_group + i, h);
-                        for (row, sum) in rows.iter().zip(sums.iter_mut()) {
-                            let x = row.qs.as_ptr().add(b * QK_K + 4 * (g * per_group + i)).cast::<i32>().read_unaligned();
-                            *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(v, _mm256_set1_epi32(x)), ones));
+                    let sc = scale_pairs(w, t, (g, g), h);
+                    for c in 0..PER_GROUP / CHUNK {
+                        let mut sum16 = [zero; R];
+                        for i in g * PER_GROUP + c * CHUNK..g * PER_GROUP + (c + 1) * CHUNK {
+                            let v = values(w, t, i, h);
+                            for (row, sum16) in rows.iter().zip(sum16.iter_mut()) {
+                                let x = row.qs.as_ptr().add(b * QK_K + 4 * i).cast::<i32>().read_unaligned();
+                                *sum16 = _mm256_add_epi16(*sum16, _mm256_maddubs_epi16(v, _mm256_set1_epi32(x)));
+                            }
+                        }
+                        for (s, sum16) in s.iter_mut().zip(sum16) {
+                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(sum16, sc));
                         }
                     }
-                    for (s, sum) in s.iter_mut().zip(sums) {
-                        *s = _mm256_add_epi32(*s, _mm256_mullo_epi32(sum, sc));
+                }
+                if kind.zero_point() != 0 {
+                    let pairs: [__m256i; 8] = std::array::from_fn(|i| scale_pairs(w, t, (2 * i, 2 * i + 1), h));
+                    let z = _mm256_set1_epi32(kind.zero_point());
+                    for (row, s) in rows.iter().zip(s.iter_mut()) {
+                        let sums = &row.sums[b * groups..(b + 1) * groups];
+                        let mut zs = zero;
+                        for (i, pair) in pairs.iter().enumerate() {
+                            zs = _mm256_add_epi32(zs, _mm256_madd_epi16(*pair, _mm256_set1_epi32(sum_pair(sums, 2 * i))));
+                        }
+                        *s = _mm256_sub_epi32(*s, _mm256_mullo_epi32(zs, z));
                     }
                 }
                 let dd = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(t * PANEL + 8 * h).cast()));
@@ -73,7 +137,7 @@ pub(crate) unsafe fn rows<const R: usize>(w: &KPanels, a: &QuantizedRows, r0: us
                 for ((row, s), acc) in rows.iter().zip(s).zip(acc.iter_mut()) {
                     let da = _mm256_set1_ps(*row.scales.get_unchecked(b));
                     acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dd, da), acc[h]);
-                    if w.kind.has_mins() {
+                    if kind.has_mins() {
                         let sums = &row.sums[b * 8..b * 8 + 8];
                         let mut mn = zero;
                         for i in 0..4 {

@@ -34,9 +34,10 @@ pub(super) unsafe fn unsigned_values(w: &Panels, t: usize) -> [__m512i; 8] {
                 if i % 2 == 0 { _mm512_and_si512(c, m) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(c), m) }
             });
             if w.kind == Kind::Q5_0 {
-                let (qh, sixteen) = (w.qh.as_ptr().add(t).cast::<u64>(), _mm512_set1_epi8(16));
+                // Bit i of each byte of the high-bit line is vector i's fifth bit.
+                let (qh, sixteen) = (_mm512_load_si512(w.qh.as_ptr().add(t).cast()), _mm512_set1_epi8(16));
                 for (i, v) in v.iter_mut().enumerate() {
-                    *v = _mm512_mask_add_epi8(*v, qh.add(i).read(), *v, sixteen);
+                    *v = _mm512_mask_add_epi8(*v, _mm512_test_epi8_mask(qh, _mm512_set1_epi8(1 << i)), *v, sixteen);
                 }
             }
             v

@@ -18,7 +18,8 @@
 //! B operand want. Q8_0 stores a signed byte per value (512 bytes a tile); Q4_0/Q5_0 a nibble
 //! per value (256 bytes: byte `i` of 64-byte chunk `c` holds value `128c + i` in its low
 //! nibble and `128c + 64 + i` in its high one), and Q5_0 the fifth bit of value `v` as bit
-//! `v % 64` of word `v / 64` of the tile's eight `u64`s. Scales are `d[16t + jj]`.
+//! `v / 64` of byte `v % 64` of the tile's high-bit line (so a vector's fifth bits are one
+//! shift and mask away in AVX2, one `vptestmb` in AVX-512). Scales are `d[16t + jj]`.
 
 mod acts;
 #[cfg(target_arch = "x86_64")]
@@ -138,7 +139,7 @@ impl Panels {
         let pack = |t: usize, d: &mut [f16], qs: &mut [Line], qh: Option<&mut Line>| {
             let (p, b) = (t / nb, t % nb);
             let qs = bytemuck_lines(qs);
-            let mut high = [0u64; 8];
+            let mut high = [0u8; 64];
             for (jj, d) in d.iter_mut().enumerate() {
                 let j = p * PANEL + jj;
                 let (scale, values) = if j < n { block(j, b) } else { pad };
@@ -159,17 +160,14 @@ impl Panels {
                     qs[64 * h + 4 * jj..][..4].copy_from_slice(&packed.to_le_bytes());
                 }
                 if kind == Kind::Q5_0 {
-                    for (g, high) in high.iter_mut().enumerate() {
-                        // Bit 4 of the four bytes, gathered into bits 24..28 in element order.
-                        let bits = ((word(g) >> 4) & 0x0101_0101).wrapping_mul(0x0102_0408) >> 24;
-                        *high |= u64::from(bits & 0xF) << (4 * jj);
+                    for (e, &value) in values.iter().enumerate() {
+                        let v = value_index(jj, e);
+                        high[v % 64] |= ((value >> 4) & 1) << (v / 64);
                     }
                 }
             }
             if let Some(qh) = qh {
-                for (i, word) in high.iter().enumerate() {
-                    qh.0[8 * i..8 * i + 8].copy_from_slice(&word.to_le_bytes());
-                }
+                qh.0 = high;
             }
         };
         let tiles = out.d.par_chunks_mut(PANEL).zip(out.qs.par_chunks_mut(lines)).enumerate();
@@ -190,7 +188,7 @@ impl Panels {
             Kind::Q8_0 => line(v / 64)[v % 64],
             _ => {
                 let low = (line(v / 128)[v % 64] >> (4 * ((v % 128) / 64))) & 0xF;
-                let high = if self.kind == Kind::Q5_0 { (self.qh[t].0[v / 8] >> (v % 8)) & 1 } else { 0 };
+                let high = if self.kind == Kind::Q5_0 { (self.qh[t].0[v % 64] >> (v / 64)) & 1 } else { 0 };
                 low | (high << 4)
             }
         }
