@@ -14,11 +14,12 @@ use qwen_serve_kernels::{Isa, QuantMatrix};
 
 /// (name, dtype, in_features k, out_features n); the `l2` shapes fit a core's L2 cache and show
 /// the kernels' compute speed rather than memory bandwidth.
-const SHAPES: [(&str, GgmlDType, usize, usize); 10] = [
+const SHAPES: [(&str, GgmlDType, usize, usize); 11] = [
     ("l2 896->1024", GgmlDType::Q5_0, 896, 1024),
     ("l2 896->1024", GgmlDType::Q8_0, 896, 1024),
     ("l2 4864->256", GgmlDType::Q4K, 4864, 256),
     ("l2 4864->256", GgmlDType::Q6K, 4864, 256),
+    ("l2 4864->256", GgmlDType::Q5K, 4864, 256),
     ("attn_q/o 896->896", GgmlDType::Q5_0, 896, 896),
     ("ffn_up 896->4864", GgmlDType::Q5_0, 896, 4864),
     ("ffn_down 4864->896", GgmlDType::Q6K, 4864, 896),

@@ -22,7 +22,7 @@ use std::ops::Range;
 use super::{sum_pair, KKind, KPanels, Out, PANEL, Q_LINES};
 use crate::quant::activations::{ActRow, QuantizedRows};
 use crate::quant::format::QK_K;
-use crate::quant::simd::{bits_to_0x10, prefetch};
+use crate::quant::simd::prefetch;
 
 impl KKind {
     /// Value vectors whose `maddubs` results can be summed in i16: a pair of products is at
@@ -49,8 +49,12 @@ unsafe fn values(w: &KPanels, t: usize, i: usize, h: usize) -> __m256i {
     match w.kind {
         KKind::Q4K => v,
         KKind::Q5K => {
-            let word = high.cast::<u64>().add(i).read();
-            _mm256_or_si256(v, bits_to_0x10((word >> (32 * h)) as u32))
+            // Bit i % 8 of each byte of line i / 8 is vector i's fifth bit: shifted to bit 0,
+            // then to bit 4 (the 16-bit shifts' spill into the neighbouring byte lands outside
+            // bit 4).
+            let line = _mm256_loadu_si256(high.add(i / 8).cast::<u8>().add(32 * h).cast());
+            let fifth = _mm256_slli_epi16::<4>(_mm256_srl_epi16(line, _mm_cvtsi32_si128((i % 8) as i32)));
+            _mm256_or_si256(v, _mm256_and_si256(fifth, _mm256_set1_epi8(0x10)))
         }
         KKind::Q6K => {
             let line = _mm256_loadu_si256(high.add(i / 4).cast::<u8>().add(32 * h).cast());

@@ -26,7 +26,11 @@ unsafe fn values(w: &KPanels, t: usize, i: usize) -> __m512i {
     let high = w.bits.as_ptr().add(t * w.kind.high_lines());
     match w.kind {
         KKind::Q4K => v,
-        KKind::Q5K => _mm512_mask_add_epi8(v, high.cast::<u64>().add(i).read(), v, _mm512_set1_epi8(16)),
+        KKind::Q5K => {
+            // Bit i % 8 of each byte of line i / 8 is vector i's fifth bit.
+            let fifth = _mm512_test_epi8_mask(_mm512_load_si512(high.add(i / 8).cast()), _mm512_set1_epi8((1u8 << (i % 8)) as i8));
+            _mm512_mask_add_epi8(v, fifth, v, _mm512_set1_epi8(16))
+        }
         KKind::Q6K => {
             let line = _mm512_load_si512(high.add(i / 4).cast());
             let crumb = _mm512_and_si512(_mm512_srl_epi16(line, _mm_cvtsi32_si128(2 * (i % 4) as i32)), _mm512_set1_epi8(3));

@@ -15,10 +15,12 @@
 //! at value index `v = 64 * (e / 4) + 4 * jj + e % 4` (element `e` of the panel's row `jj`):
 //! 64 vectors of 64 bytes, vector `i` holding elements `4i .. 4i + 4` of the sixteen rows. The
 //! low four bits are nibbles (byte `v % 64` of line `v / 128`, the low nibble when
-//! `(v / 64) % 2 == 0`). Q5_K's bit 4 is a bit plane (bit `v % 64` of word `v / 64`); Q6_K's
-//! bits 4 and 5 are crumbs (bits `2k, 2k + 1` of byte `v % 64` of line `v / 256`, with
-//! `k = (v / 64) % 4`), so one shift and mask give a value vector's high bits (a bit plane
-//! needs a byte shuffle and compare per vector without AVX-512's mask registers). Group scales are `i8` (`sc[(t * groups + g) * 16 + jj]`), Q4_K/Q5_K minimums
+//! `(v / 64) % 2 == 0`). Q5_K's bit 4 is bit `k` of byte `v % 64` of line `v / 512`, with
+//! `k = (v / 64) % 8` (eight vectors share a line); Q6_K's bits 4 and 5 are crumbs (bits
+//! `2k, 2k + 1` of byte `v % 64` of line `v / 256`, with `k = (v / 64) % 4`): one shift and
+//! mask give a value vector's high bits in AVX2, one `vptestmb` Q5_K's in AVX-512 (a bit
+//! plane, a bit a value in value order, needed a byte shuffle and compare per vector without
+//! AVX-512's mask registers). Group scales are `i8` (`sc[(t * groups + g) * 16 + jj]`), Q4_K/Q5_K minimums
 //! `i16` pairs (`mins[((t * 4 + i) * 16 + jj) * 2 + h]` = minimum of group `2i + h`), so one
 //! `vpdpwssd` with a broadcast pair of activation group sums adds two groups' share of `M`.
 
@@ -63,11 +65,11 @@ impl KKind {
         self != KKind::Q6K
     }
 
-    /// Lines per tile of the bits above the nibbles: Q5_K's bit plane, Q6_K's crumbs.
+    /// Lines per tile of the bits above the nibbles: Q5_K's fifth bits, Q6_K's crumbs.
     fn high_lines(self) -> usize {
         match self {
             KKind::Q4K => 0,
-            KKind::Q5K => PLANE_LINES,
+            KKind::Q5K => FIFTH_LINES,
             KKind::Q6K => CRUMB_LINES,
         }
     }
@@ -95,8 +97,8 @@ pub(crate) struct KBlockValues {
 
 /// Nibble lines per tile (4096 values).
 const Q_LINES: usize = 32;
-/// Lines of a tile's bit plane (Q5_K), and of its two-bit crumbs (Q6_K).
-const PLANE_LINES: usize = 8;
+/// Lines of a tile's fifth bits (Q5_K), and of its two-bit crumbs (Q6_K).
+const FIFTH_LINES: usize = 8;
 const CRUMB_LINES: usize = 16;
 
 /// One `(n, k)` K-quant matrix in panels (module docs).
@@ -157,8 +159,7 @@ impl KPanels {
         let pack = |t: usize, (d, dmin): (&mut [f16], &mut [f16]), qs: &mut [Line], bits: &mut [Line], sc: &mut [i8], mins: &mut [i16]| {
             let (p, b) = (t / nb, t % nb);
             let qs = lines_as_bytes(qs);
-            let mut plane = [0u64; 64];
-            let crumbs = lines_as_bytes(if kind == KKind::Q6K { &mut *bits } else { &mut [] });
+            let high = lines_as_bytes(bits);
             for jj in 0..PANEL {
                 let j = p * PANEL + jj;
                 let blk = if j < n { block(j, b) } else { pad() };
@@ -178,16 +179,10 @@ impl KPanels {
                         qs[at + o] |= (q & 0xF) << shift;
                         match kind {
                             KKind::Q4K => {}
-                            KKind::Q5K => plane[i] |= (((q >> 4) & 1) as u64) << (v % 64 + o),
-                            KKind::Q6K => crumbs[(v / 256) * 64 + v % 64 + o] |= (q >> 4) << (2 * ((v / 64) % 4)),
+                            KKind::Q5K => high[(v / 512) * 64 + v % 64 + o] |= ((q >> 4) & 1) << ((v / 64) % 8),
+                            KKind::Q6K => high[(v / 256) * 64 + v % 64 + o] |= (q >> 4) << (2 * ((v / 64) % 4)),
                         }
                     }
-                }
-            }
-            if kind == KKind::Q5K {
-                let bytes = lines_as_bytes(bits);
-                for (i, word) in plane.iter().enumerate() {
-                    bytes[8 * i..8 * i + 8].copy_from_slice(&word.to_le_bytes());
                 }
             }
         };
@@ -200,7 +195,7 @@ impl KPanels {
             .zip(out.sc.par_chunks_mut(groups * PANEL))
             .enumerate()
             .for_each(|(t, (((d, dmin), qs), sc))| {
-                // Safety: tile t's planes and minimums are its own ranges of the buffers (which
+                // Safety: tile t's high bits and minimums are its own ranges of the buffers (which
                 // may be empty, hence not zipped in).
                 let bits = unsafe { bits.range(t * high_lines, high_lines) };
                 let mins = unsafe { mins.range(t * min_len, min_len) };
@@ -217,7 +212,7 @@ impl KPanels {
         let high = &self.bits[t * self.kind.high_lines()..];
         match self.kind {
             KKind::Q4K => q,
-            KKind::Q5K => q | (((high[v / 512].0[(v % 512) / 8] >> (v % 8)) & 1) << 4),
+            KKind::Q5K => q | (((high[v / 512].0[v % 64] >> ((v / 64) % 8)) & 1) << 4),
             KKind::Q6K => q | (((high[v / 256].0[v % 64] >> (2 * ((v / 64) % 4))) & 3) << 4),
         }
     }
