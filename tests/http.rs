@@ -155,7 +155,7 @@ fn completions_fill_in_the_middle() {
 /// llama.cpp's `/infill`, as llama.vscode calls it: the repository's other files before the
 /// prefix in llama.cpp's layout (llama-server 0.3.36 on the same file and request, greedy,
 /// wrote the same 16 tokens and counted the same prompt tokens, with and without the extra
-/// file), its response shape, and its SSE chunks.
+/// file), its response shape, its SSE chunks, and its prompt-only warm-up (`n_predict` 0).
 #[test]
 fn llama_cpp_infill() {
     let s = server();
@@ -188,10 +188,20 @@ fn llama_cpp_infill() {
     assert!(e["message"].as_str().unwrap().contains("input_suffix"), "{e}");
     let e = s.post("/infill", &body(json!({"n_predict": -2}))).error(400);
     assert_eq!(e["param"], "n_predict");
+
+    // llama.vscode's warm-up request: `n_predict` 0 computes the prompt and writes nothing; the
+    // request that follows with the same context finds it in the prompt cache.
+    let file = json!([{"filename": "warm.py", "text": "def warm_up(cache):\n    cache.fill('the ring buffer of recently seen chunks')\n    return cache\n"}]);
+    let warm = s.post("/infill", &body(json!({"n_predict": 0, "input_extra": file}))).json();
+    assert_eq!((warm["content"].as_str(), warm["tokens_predicted"].as_u64(), warm["stop_type"].as_str()), (Some(""), Some(0), Some("limit")), "{warm}");
+    let after = s.post("/infill", &body(json!({"input_extra": file}))).json();
+    assert_eq!(after["tokens_evaluated"], warm["tokens_evaluated"], "{after}");
+    assert!(after["tokens_cached"].as_u64().unwrap() >= 32 && after["tokens_predicted"] == 6, "{warm} then {after}");
 }
 
 /// llama.cpp's `/completion`: its prompt forms (text, token ids, both mixed), response shape,
-/// `n_probs` as `completion_probabilities`, SSE chunks, `grammar`, and errors naming the field.
+/// `n_probs` as `completion_probabilities`, SSE chunks, `grammar`, `n_predict` 0, and errors
+/// naming the field.
 #[test]
 fn llama_cpp_completion() {
     let s = server();
@@ -254,6 +264,16 @@ fn llama_cpp_completion() {
     let random: Vec<Value> = (0..3).map(|_| draw(-1)).collect();
     assert!(random.iter().any(|c| *c != random[0]), "{random:?}");
     assert_eq!(draw(7), draw(7));
+    // `n_predict` 0 evaluates the prompt and writes nothing (whatever else is asked), whole or
+    // streamed (one chunk, the reply).
+    for extra in [json!({"n_predict": 0}), json!({"n_predict": 0, "n_probs": 2, "grammar": "root ::= \"x\""})] {
+        let z = s.post("/completion", &body(extra.clone())).json();
+        assert_eq!((z["content"].as_str(), z["tokens_predicted"].as_u64(), z["stop_type"].as_str()), (Some(""), Some(0), Some("limit")), "{extra}: {z}");
+        assert_eq!(z["tokens_evaluated"], r["tokens_evaluated"], "{z}");
+    }
+    let chunks = s.post("/completion", &body(json!({"n_predict": 0, "stream": true}))).sse_data();
+    let last: Value = serde_json::from_str(chunks.last().unwrap()).unwrap();
+    assert_eq!((chunks.len(), last["stop"].as_bool(), last["content"].as_str()), (1, Some(true), Some("")), "{chunks:?}");
     let g = s.post("/completion", &json!({"prompt": "Is Paris in France? Answer:", "grammar": "root ::= \" yes\" | \" no\"", "temperature": 1.5, "seed": 1}).to_string()).json();
     assert!([" yes", " no"].contains(&g["content"].as_str().unwrap()) && g["stop_type"] == "eos", "{g}");
 
@@ -268,7 +288,6 @@ fn llama_cpp_completion() {
         (json!({"typical_p": 0.5}), "typical_p"),
         (json!({"grammar": "root ::= x"}), "grammar"),
         (json!({"grammar": "root ::= \"a\"", "ignore_eos": true}), "ignore_eos"),
-        (json!({"n_predict": 0}), "n_predict"),
         (json!({"n_predict": -2}), "n_predict"),
     ] {
         let e = s.post("/completion", &body(extra.clone())).error(400);

@@ -50,7 +50,7 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): LlamaJson<Infil
     prefix.extend(tokenizer.encode(&req.prompt)?);
     let prompt = fim.wrap(&context, &prefix, &tokenizer.encode(&req.input_suffix)?);
     let (mut params, _) = req.sampling.params(engine, prompt.len())?;
-    if !params.ignore_eos {
+    if !params.ignore_eos && !params.embed {
         params.stop_token_ids.extend(&fim.ends);
     }
     respond(&state, started, prompt, params, &req.sampling).await

@@ -80,15 +80,21 @@ impl LlamaSampling {
         self.refuse_missing_samplers()?;
         let max_tokens = match self.n_predict {
             None | Some(-1) => None,
-            Some(n) if n >= 1 => Some(n),
-            Some(0) => return Err(ApiError::invalid("n_predict", "`n_predict` 0 (evaluate the prompt, write nothing) is not supported here: ask for at least 1 token, or -1 for no limit")),
-            Some(n) => return Err(ApiError::invalid("n_predict", format!("`n_predict` must be -1 (no limit) or at least 1, got {n}"))),
+            Some(n) if n >= 0 => Some(n),
+            Some(n) => return Err(ApiError::invalid("n_predict", format!("`n_predict` must be -1 (no limit) or at least 0, got {n}"))),
         };
         let n_probs = match self.n_probs {
             None | Some(0) => None,
             Some(k) if (1..=MAX_LOGPROBS as i64).contains(&k) => Some(k as usize),
             Some(k) => return Err(ApiError::invalid("n_probs", format!("`n_probs` must be in [0, {MAX_LOGPROBS}], got {k}"))),
         };
+        if max_tokens == Some(0) {
+            // llama.cpp's "evaluate the prompt only" (editor plugins send it to warm the prompt
+            // cache): the prompt is computed (and its blocks cached), nothing is sampled. The
+            // engine's prompt-only request is the pooling one; its result is not read.
+            let params = SamplingParams { embed: true, max_tokens: 0, ..Default::default() };
+            return Ok((params, SamplingFields { max_tokens: Some(0), ..Default::default() }));
+        }
         let fields = SamplingFields {
             max_tokens,
             seed: self.seed.filter(|&s| s >= 0),
@@ -133,8 +139,11 @@ pub async fn completion(State(state): State<AppState>, ApiJson(req): LlamaJson<C
     let prompt = prompt_tokens(state.engine.tokenizer(), &req.prompt)?;
     let (format, field) = output_format::requested(None, &req.structured, &state.formats)?;
     let (mut params, fields) = req.sampling.params(&state.engine, prompt.len())?;
-    validate::held_output_compatible(&fields, &format, &field, false, false)?;
-    params.format = format;
+    if !params.embed {
+        // (With `n_predict` 0 there is no output to hold to a format.)
+        validate::held_output_compatible(&fields, &format, &field, false, false)?;
+        params.format = format;
+    }
     respond(&state, started, prompt, params, &req.sampling).await
 }
 
@@ -172,6 +181,9 @@ pub async fn respond(state: &AppState, started: Instant, prompt: Vec<u32>, param
     let engine = &state.engine;
     let probs = params.logprobs.is_some();
     let evaluated = prompt.len();
+    // `n_predict` 0: the limit is what stopped it, as llama-server says.
+    let prompt_only = params.embed;
+    let reason_of = move |reason: FinishReason| if prompt_only && reason == FinishReason::Stop { FinishReason::Length } else { reason };
     let events = engine.submit(EngineRequest { prompt, params })?;
     let model = state.model_name.clone();
     let tokenizer = engine.tokenizer().clone();
@@ -199,7 +211,7 @@ pub async fn respond(state: &AppState, started: Instant, prompt: Vec<u32>, param
                     }
                     Event::Finished { reason: FinishReason::Abort, .. } => break,
                     Event::Finished { reason, stop_reason, text, usage, .. } => {
-                        tx.json(&reply(&model, text, &[], reason, stop_reason.as_ref(), usage, &timing)).await;
+                        tx.json(&reply(&model, text, &[], reason_of(reason), stop_reason.as_ref(), usage, &timing)).await;
                         timing.record(&metrics);
                         return;
                     }
@@ -215,7 +227,7 @@ pub async fn respond(state: &AppState, started: Instant, prompt: Vec<u32>, param
     }
     timing.record(&state.metrics);
     let tokens = if sampling.return_tokens { c.tokens.as_slice() } else { &[] };
-    let mut body = reply(&model, c.text, tokens, c.finish_reason.unwrap_or(FinishReason::Stop), c.stop_reason.as_ref(), c.usage, &timing);
+    let mut body = reply(&model, c.text, tokens, reason_of(c.finish_reason.unwrap_or(FinishReason::Stop)), c.stop_reason.as_ref(), c.usage, &timing);
     if probs {
         body["completion_probabilities"] = c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| probabilities(&tokenizer, t, l)).collect();
     }
