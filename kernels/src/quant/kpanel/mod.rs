@@ -17,7 +17,7 @@
 //! low four bits are nibbles (byte `v % 64` of line `v / 128`, the low nibble when
 //! `(v / 64) % 2 == 0`). Q5_K's bit 4 is bit `k` of byte `v % 64` of line `v / 512`, with
 //! `k = (v / 64) % 8` (eight vectors share a line); Q6_K's bits 4 and 5 are crumbs (bits
-//! `2k, 2k + 1` of byte `v % 64` of line `v / 256`, with `k = (v / 64) % 4`): one shift and
+//! `2k, 2k + 1` of byte `v % 64` of line `v / 256`, with `k = (v / 64) % 4`): shifts and a
 //! mask give a value vector's high bits in AVX2, one `vptestmb` Q5_K's in AVX-512 (a bit
 //! plane, a bit a value in value order, needed a byte shuffle and compare per vector without
 //! AVX-512's mask registers). Group scales are `i8` (`sc[(t * groups + g) * 16 + jj]`), Q4_K/Q5_K minimums
