@@ -28,7 +28,7 @@ impl KKind {
     /// Value vectors whose `maddubs` results can be summed in i16: a pair of products is at
     /// most `2 * max_value * 127` (Q4_K 3,810, Q5_K 7,874, Q6_K 16,002) and i16 holds 32,767.
     /// Divides the vectors per group (eight, or Q6_K's four).
-    fn i16_vectors(self) -> usize {
+    const fn i16_vectors(self) -> usize {
         match self {
             KKind::Q4K => 8,
             KKind::Q5K => 4,
@@ -78,9 +78,9 @@ unsafe fn scale_pairs(w: &KPanels, t: usize, (g, g2): (usize, usize), h: usize) 
 pub(crate) unsafe fn rows<const R: usize>(w: &KPanels, a: &QuantizedRows, r0: usize, ps: Range<usize>, out: Out) {
     // The group's and the sums' lengths as constants, so that the group's loops unroll.
     match w.kind {
-        KKind::Q4K => rows_of::<R, 8, 8>(w, a, r0, ps, out),
-        KKind::Q5K => rows_of::<R, 8, 4>(w, a, r0, ps, out),
-        KKind::Q6K => rows_of::<R, 4, 2>(w, a, r0, ps, out),
+        KKind::Q4K => rows_of::<R, { 64 / KKind::Q4K.groups() }, { KKind::Q4K.i16_vectors() }>(w, a, r0, ps, out),
+        KKind::Q5K => rows_of::<R, { 64 / KKind::Q5K.groups() }, { KKind::Q5K.i16_vectors() }>(w, a, r0, ps, out),
+        KKind::Q6K => rows_of::<R, { 64 / KKind::Q6K.groups() }, { KKind::Q6K.i16_vectors() }>(w, a, r0, ps, out),
     }
 }
 
@@ -95,7 +95,6 @@ unsafe fn rows_of<const R: usize, const PER_GROUP: usize, const CHUNK: usize>(
     ps: Range<usize>,
     out: Out,
 ) {
-    debug_assert_eq!((PER_GROUP, CHUNK), (64 / w.kind.groups(), w.kind.i16_vectors()));
     let (nb, groups, kind) = (w.nb, 64 / PER_GROUP, w.kind);
     let high_lines = kind.high_lines();
     let rows: [ActRow; R] = std::array::from_fn(|r| a.row(r0 + r));

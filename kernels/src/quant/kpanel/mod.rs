@@ -48,8 +48,8 @@ pub(crate) enum KKind {
 
 impl KKind {
     /// Groups per super-block.
-    pub fn groups(self) -> usize {
-        if self == KKind::Q6K { 16 } else { 8 }
+    pub const fn groups(self) -> usize {
+        if matches!(self, KKind::Q6K) { 16 } else { 8 }
     }
 
     /// Elements per group (the activation partial sums the kernels need).
