@@ -13,6 +13,7 @@
 //! can always be finished: rules that can never end, and left recursion (which has no finite
 //! set of stacks), are refused when the grammar is compiled.
 
+mod check;
 mod parse;
 
 use std::collections::{HashMap, HashSet};
@@ -121,67 +122,6 @@ impl Grammar {
         grammar.bytes.store(t.bytes, Ordering::Relaxed);
         grammar.tables = Mutex::new(t);
         Ok(grammar)
-    }
-
-    /// Refuses a rule that can never end and left recursion that would grow the stacks.
-    fn check(&self, names: &[String]) -> Result<(), String> {
-        let alt = |start: u32| self.elems[start as usize..].iter().take_while(|e| !matches!(e, Elem::End));
-        // Rules that can end, and rules that can end having read nothing.
-        let fixpoint = |ok: &dyn Fn(&Elem, &[bool]) -> bool| {
-            let mut done = vec![false; self.starts.len()];
-            loop {
-                let mut changed = false;
-                for r in 0..self.starts.len() {
-                    if !done[r] && self.starts[r].iter().any(|&s| alt(s).all(|e| ok(e, &done))) {
-                        done[r] = true;
-                        changed = true;
-                    }
-                }
-                if !changed {
-                    return done;
-                }
-            }
-        };
-        let finite = fixpoint(&|e, done| match e {
-            Elem::Char(c) => !self.classes[*c as usize].is_empty(),
-            Elem::Rule(r) => done[*r as usize],
-            Elem::End => true,
-        });
-        if let Some(r) = finite.iter().position(|f| !f) {
-            return Err(format!("rule `{}` can never end (each of its alternatives needs itself again, or a class that matches nothing)", names[r]));
-        }
-        let nullable = fixpoint(&|e, done| matches!(e, Elem::Rule(r) if done[*r as usize]));
-        // Edges to the rules an alternative can begin with; `true` if the call returns to more.
-        let mut edges: Vec<Vec<(u32, bool)>> = vec![Vec::new(); self.starts.len()];
-        for (r, rule_starts) in self.starts.iter().enumerate() {
-            for &s in rule_starts {
-                let items: Vec<Elem> = alt(s).copied().collect();
-                for (i, e) in items.iter().enumerate() {
-                    let Elem::Rule(b) = *e else { break };
-                    edges[r].push((b, i + 1 < items.len()));
-                    if !nullable[b as usize] {
-                        break;
-                    }
-                }
-            }
-        }
-        let reaches = |from: u32, to: u32| {
-            let mut seen = HashSet::from([from]);
-            let mut work = vec![from];
-            while let Some(r) = work.pop() {
-                if r == to {
-                    return true;
-                }
-                work.extend(edges[r as usize].iter().map(|&(b, _)| b).filter(|&b| seen.insert(b)));
-            }
-            false
-        };
-        for (a, out) in edges.iter().enumerate() {
-            if out.iter().any(|&(b, returns)| returns && reaches(b, a as u32)) {
-                return Err(format!("rule `{}` is left-recursive (it can begin with itself): write the repetition with `*`, `+` or right recursion", names[a]));
-            }
-        }
-        Ok(())
     }
 
     /// The state before any output.

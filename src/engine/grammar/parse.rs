@@ -15,6 +15,9 @@ use std::collections::HashMap;
 const MAX_REPEAT: u32 = 1000;
 /// Characters and rule calls in all, repetitions written out, at most this.
 const MAX_ITEMS: usize = 1 << 20;
+/// Groups inside one another at most this deep: the parser recurses into each, and a request's
+/// `((((...))))` must not exhaust the thread's stack (5,000 did). Real grammars nest a few deep.
+const MAX_NESTING: usize = 64;
 
 /// One character: in one of `ranges` (inclusive code points), or with `negated` in none.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +44,7 @@ pub(super) struct Rules {
 pub(super) fn parse(text: &str) -> Result<Rules, String> {
     let chars: Vec<char> = text.chars().collect();
     let line_starts = std::iter::once(0).chain(chars.iter().enumerate().filter(|(_, &c)| c == '\n').map(|(i, _)| i + 1)).collect();
-    let mut p = Parser { chars, line_starts, at: 0, names: Vec::new(), ids: HashMap::new(), alts: Vec::new(), defined: Vec::new(), items: 0 };
+    let mut p = Parser { chars, line_starts, at: 0, names: Vec::new(), ids: HashMap::new(), alts: Vec::new(), defined: Vec::new(), items: 0, nesting: 0 };
     p.skip_space();
     if p.at == p.chars.len() {
         return Err("the grammar is empty: it needs a `root ::= ...` rule".into());
@@ -81,6 +84,8 @@ struct Parser {
     defined: Vec<bool>,
     /// Characters and rule calls so far (`MAX_ITEMS`).
     items: usize,
+    /// Groups open around the parser's position (`MAX_NESTING`).
+    nesting: usize,
 }
 
 impl Parser {
@@ -242,9 +247,14 @@ impl Parser {
                 Ok(vec![Item::Char(Class { ranges: Vec::new(), negated: true })])
             }
             '(' => {
+                if self.nesting == MAX_NESTING {
+                    return Err(self.error_at(&format!("groups are nested more than {MAX_NESTING} deep")));
+                }
                 self.at += 1;
                 self.skip_space();
+                self.nesting += 1;
                 let alts = self.alternatives(true)?;
+                self.nesting -= 1;
                 Ok(vec![Item::Rule(self.helper(alts))])
             }
             _ => match self.name() {

@@ -246,3 +246,38 @@ fn an_alternative_that_cannot_match_is_never_started() {
     assert_eq!(g.step(g.start(), b'a'), DEAD);
     assert!(takes(&g, "b"));
 }
+
+#[test]
+fn nesting_is_bounded_and_long_chains_are_checked() {
+    // Groups within groups recurse in the parser: 64 deep is fine, deeper a clear error (5,000
+    // overflowed the server thread's stack).
+    let nested = |depth: usize| format!("root ::= {}\"a\"{}", "(".repeat(depth), ")".repeat(depth));
+    assert!(takes(&compile(&nested(64)), "a"));
+    for depth in [65, 5000] {
+        let e = Grammar::compile(&nested(depth)).expect_err("compiled");
+        assert!(e.contains("nested more than 64 deep") && e.contains("line 1 column 74"), "{e}");
+    }
+    // 100,000 rules in a chain (a request's 3 MB grammar): the checks used to re-scan every
+    // rule once per rule found, and search the chain once per call (quadratic: minutes of a
+    // core, on after the client had gone). Each rule calling the next between two characters
+    // compiles; each beginning with the next, and the last with the first, is left-recursive.
+    let n = 100_000;
+    let chain = |alt: &dyn Fn(usize) -> String, last: &str| {
+        let mut text = String::from("root ::= r0\n");
+        for i in 0..n {
+            text += &format!("r{i} ::= {}\n", alt(i + 1));
+        }
+        text + &format!("r{n} ::= {last}")
+    };
+    let g = compile(&chain(&|next| format!("\"a\" r{next} \"b\" | \"x\""), "\"c\""));
+    assert!(takes(&g, "aaxbb") && takes(&g, "x") && !takes(&g, "aaxb"));
+    let e = Grammar::compile(&chain(&|next| format!("r{next} \"a\" | \"b\""), "r0 \"x\" | \"d\"")).expect_err("compiled");
+    assert!(e.contains("rule `r0` is left-recursive"), "{e}");
+    // The same length where no rule can end: every alternative needs the next rule.
+    let mut text = String::from("root ::= r0\n");
+    for i in 0..n {
+        text += &format!("r{i} ::= \"a\" r{}\n", i + 1);
+    }
+    let e = Grammar::compile(&(text + &format!("r{n} ::= \"a\" r0"))).expect_err("compiled");
+    assert!(e.contains("can never end"), "{e}");
+}
