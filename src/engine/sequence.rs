@@ -150,6 +150,13 @@ impl Sequence {
         ids
     }
 
+    /// Whether the last token's text may complete a stop string: as vLLM, not while the output
+    /// (that token included) is at most `min_tokens` long, so a stop string, like a stop token
+    /// id (see [`Self::suppressed`]), can end the output no earlier than its `min_tokens + 1`th token.
+    fn may_stop_on_string(&self) -> bool {
+        self.num_output_tokens() > self.params.min_tokens
+    }
+
     pub fn send(&self, event: Event) -> bool {
         self.events.send(event)
     }
@@ -175,7 +182,7 @@ impl Sequence {
             stop_reason = Some(StopReason::TokenId(token));
         } else {
             let delta = self.decoder.push(tokenizer, token)?;
-            let (emit, status) = self.stop.push(&delta);
+            let (emit, status) = self.stop.push_checked(&delta, self.may_stop_on_string());
             text = emit;
             if let StopStatus::Stopped = status {
                 stop_reason = Some(StopReason::String(self.stop.matched().unwrap_or_default().to_string()));
@@ -192,7 +199,7 @@ impl Sequence {
         // Release what the detokenizer and the stop matcher held back, unless a stop cut it.
         let rest = if stop_reason.is_none() {
             let tail = self.decoder.finish(tokenizer)?;
-            let (mut emit, _) = self.stop.push(&tail);
+            let (mut emit, _) = self.stop.push_checked(&tail, self.may_stop_on_string());
             emit.push_str(&self.stop.flush());
             emit
         } else {
@@ -235,5 +242,62 @@ impl Sequence {
         self.block_table.clear();
         self.draft.clear();
         self.num_preemptions += 1;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    /// A byte-level BPE tokenizer for decoding only: `vocab` maps byte-level pieces (GPT-2's
+    /// byte-to-char alphabet: `Ġ` is a space) to ids; there are no merges.
+    pub(crate) fn byte_level_tokenizer(vocab: serde_json::Value) -> Tokenizer {
+        let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": byte_level, "post_processor": byte_level, "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": []},
+        });
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), json.to_string()).unwrap();
+        Tokenizer::from_file(file.path()).unwrap()
+    }
+
+    /// Appends `output` until the sequence finishes: (the text, the stop reason, tokens used).
+    fn generate(min_tokens: usize, output: &[u32]) -> (String, Option<StopReason>, usize) {
+        let tokenizer = byte_level_tokenizer(serde_json::json!({"Hello": 0, "!": 1, "Ġworld": 2}));
+        let (tx, mut rx) = unbounded_channel();
+        let params = SamplingParams { min_tokens, max_tokens: 16, stop: vec!["!".into()], ..Default::default() };
+        let mut seq = Sequence::new(0, 0, 0, vec![0], Arc::new(params), tx);
+        for &token in output {
+            if seq.append(Sampled { token, logprobs: None }, &tokenizer, &[]).unwrap().is_some() {
+                break;
+            }
+        }
+        let (mut text, mut stop) = (String::new(), None);
+        while let Ok(event) = rx.try_recv() {
+            match event {
+                Event::Token { text: t, .. } => text.push_str(&t),
+                Event::Finished { text: t, stop_reason, .. } => {
+                    text.push_str(&t);
+                    stop = stop_reason;
+                }
+                _ => {}
+            }
+        }
+        (text, stop, seq.num_output_tokens())
+    }
+
+    #[test]
+    fn min_tokens_holds_back_stop_strings() {
+        let output = [0, 1, 2, 1, 2];
+        assert_eq!(generate(0, &output), ("Hello".into(), Some(StopReason::String("!".into())), 2));
+        // As the stop ids: a stop string may end the output at its `min_tokens + 1`th token.
+        assert_eq!(generate(2, &output), ("Hello! world".into(), Some(StopReason::String("!".into())), 4));
+        assert_eq!(generate(3, &output), ("Hello! world".into(), Some(StopReason::String("!".into())), 4));
+        assert_eq!(generate(4, &output[..4]), ("Hello! world!".into(), None, 4), "the stream ran out, unstopped");
     }
 }

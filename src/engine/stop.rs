@@ -7,6 +7,10 @@
 //! earliest occurrence too, except when one stop string lies strictly inside another ("bc" in
 //! "abcd"): then the inner one, which completes first, wins.
 //!
+//! Text pushed with `check == false` (the output before `min_tokens`, as vLLM does) cannot stop
+//! the output: a stop string that ends inside it is plain text. One that starts inside it and
+//! ends in checked text still stops, so such text is held back like any other.
+//!
 //! Invariant: `held` is the longest suffix of the text so far that is a proper prefix of some
 //! stop string, so it is shorter than the longest stop string and starts at a char boundary;
 //! everything before it was emitted.
@@ -37,15 +41,23 @@ impl StopMatcher {
     /// string completed. On a match only the text before the stop string is emitted; after it
     /// every push returns ("", Stopped).
     pub fn push(&mut self, delta: &str) -> (String, StopStatus) {
+        self.push_checked(delta, true)
+    }
+
+    /// As [`Self::push`], but with `check == false` no stop string may end inside `delta`
+    /// (it is never `Stopped` then).
+    pub fn push_checked(&mut self, delta: &str, check: bool) -> (String, StopStatus) {
         if self.matched.is_some() {
             return (String::new(), StopStatus::Stopped);
         }
         if self.stops.is_empty() {
             return (delta.to_owned(), StopStatus::Continue);
         }
-        // Earlier text held no stop string, so any match ends inside `delta`.
+        // Earlier text either held no stop string or was not to be checked, so only a match
+        // that ends inside `delta` counts.
+        let checked_from = self.held.len();
         self.held.push_str(delta);
-        if let Some((start, index)) = self.first_match() {
+        if let Some((start, index)) = check.then(|| self.first_match(checked_from)).flatten() {
             self.matched = Some(index);
             let mut emit = std::mem::take(&mut self.held);
             emit.truncate(start);
@@ -65,25 +77,34 @@ impl StopMatcher {
         self.matched.map(|i| self.stops[i].as_str())
     }
 
-    /// (start byte, stop index) of the stop string that completes first in `held`.
-    fn first_match(&self) -> Option<(usize, usize)> {
+    /// (start byte, stop index) of the stop string that completes first in `held` among those
+    /// that end after byte `checked_from`.
+    fn first_match(&self, checked_from: usize) -> Option<(usize, usize)> {
         self.stops
             .iter()
             .enumerate()
-            .filter_map(|(i, stop)| self.held.find(stop.as_str()).map(|start| (start + stop.len(), start, i)))
+            .filter_map(|(i, stop)| {
+                // A match starting before `from` would end at or before `checked_from`.
+                let mut from = (checked_from + 1).saturating_sub(stop.len());
+                while !self.held.is_char_boundary(from) {
+                    from += 1;
+                }
+                self.held[from..].find(stop.as_str()).map(|at| (from + at + stop.len(), from + at, i))
+            })
             .min()
             .map(|(_, start, i)| (start, i))
     }
 
     /// Where the longest suffix of `held` that could still grow into a stop string begins
-    /// (`held.len()` if none).
+    /// (`held.len()` if none). Proper prefixes only: a whole stop string at the end of unchecked
+    /// text can no longer match.
     fn partial_match_start(&self) -> usize {
         let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
         let held = self.held.as_bytes();
         let first = held.len().saturating_sub(longest.saturating_sub(1));
         (first..held.len())
             .filter(|&p| self.held.is_char_boundary(p))
-            .find(|&p| self.stops.iter().any(|s| s.as_bytes().starts_with(&held[p..])))
+            .find(|&p| self.stops.iter().any(|s| s.len() > held.len() - p && s.as_bytes().starts_with(&held[p..])))
             .unwrap_or(held.len())
     }
 }
@@ -172,6 +193,27 @@ mod tests {
         let mut m = matcher(&["🛑"]);
         assert_eq!(m.push("café 🛒"), ("café 🛒".to_string(), StopStatus::Continue));
         assert_eq!(m.push("x🛑"), ("x".to_string(), StopStatus::Stopped));
+    }
+
+    #[test]
+    fn unchecked_text_never_stops_but_a_stop_it_begins_still_can() {
+        let mut m = matcher(&["!", "abcd"]);
+        assert_eq!(m.push_checked("Hello!", false), ("Hello!".to_string(), StopStatus::Continue));
+        assert_eq!(m.push_checked(" xab", false), (" x".to_string(), StopStatus::Continue));
+        // "ab" was unchecked; "abcd" ends in checked text, so it stops.
+        assert_eq!(m.push_checked("c", true), (String::new(), StopStatus::Continue));
+        assert_eq!(m.push_checked("d!", true), (String::new(), StopStatus::Stopped));
+        assert_eq!(m.matched(), Some("abcd"));
+        // A stop wholly inside unchecked text is skipped; the next one in checked text counts,
+        // even within the same held text.
+        let mut m = matcher(&["ab", "abc"]);
+        assert_eq!(m.push_checked("xab", false), ("x".to_string(), StopStatus::Continue));
+        assert_eq!(m.push_checked("yab", true), ("aby".to_string(), StopStatus::Stopped));
+        assert_eq!(m.matched(), Some("ab"));
+        let mut m = matcher(&["é!"]);
+        assert_eq!(m.push_checked("café!", false), ("café!".to_string(), StopStatus::Continue));
+        assert_eq!(m.push_checked("é", true), (String::new(), StopStatus::Continue));
+        assert_eq!(m.flush(), "é");
     }
 
     #[test]
