@@ -68,6 +68,7 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
         params.prompt_logprobs = logprobs;
     }
     let n = params.n;
+    engine.check_fits_waiting_queue(prompts.len(), n)?;
     // Submit every prompt before reading any: they batch together in the engine.
     let mut streams = Vec::with_capacity(prompts.len());
     for prompt in &prompts {
@@ -137,11 +138,13 @@ impl Ctx {
     }
 
     /// Appends tokens to a legacy logprobs object, tracking text offsets (of the text either way).
+    /// Offsets count chars, as Python's `str` indexing (OpenAI, vLLM); a token holding part
+    /// of a char counts as what it is shown as (U+FFFD).
     fn extend(&self, out: &mut CompletionLogprobs, offset: &mut usize, tokens: &[u32], logprobs: &[Option<&Logprobs>]) {
         for (&t, l) in tokens.iter().zip(logprobs) {
             let text = self.token_text(t);
             out.text_offset.push(*offset);
-            *offset += text.len();
+            *offset += text.chars().count();
             out.tokens.push(if self.token_ids { self.token_name(t) } else { text });
             out.token_logprobs.push(l.map(|l| l.token_logprob));
             out.top_logprobs.push(l.map(|l| self.top(l)));
@@ -226,7 +229,7 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
             // The prompt (and its logprobs) leads the choice's first chunk.
             echoed[index] = true;
             let (prompt_text, prompt_lp) = ctx.choice_text(&prompts[p], prompt_lps[p].as_deref(), &[], &[], "");
-            offsets[index] = prompt_text.len();
+            offsets[index] = prompt_text.chars().count();
             text = prompt_text;
             if prompt_lp.is_some() {
                 lp = prompt_lp;
@@ -252,4 +255,31 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
         tx.json(&Completion { id: ctx.id.clone(), object: "text_completion", created: ctx.created, model: ctx.model.clone(), choices: vec![], usage: Some(u) }).await;
     }
     tx.done().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sequence::tests::byte_level_tokenizer;
+
+    #[test]
+    fn text_offsets_count_chars() {
+        // "é" is bytes C3 A9, "è" C3 A8: `Ã©`, `Ã¨` in the byte-level alphabet.
+        let vocab = json!({"Le": 0, "Ġcaf": 1, "Ã©": 2, "Ġcr": 3, "Ã¨": 4, "me": 5, "Ã": 6, "©": 7, "!": 8});
+        let ctx = |echo| Ctx { id: String::new(), created: 0, model: String::new(), tokenizer: byte_level_tokenizer(vocab.clone()), echo, logprobs: Some(0), token_ids: false };
+        let lp = |n| vec![Logprobs { token_logprob: 0.0, top: vec![] }; n];
+        let (text, out) = ctx(true).choice_text(&[0, 1, 2], None, &[3, 4, 5], &lp(3), " crème");
+        let out = out.unwrap();
+        assert_eq!(text, "Le café crème");
+        assert_eq!(out.text_offset, [0, 2, 6, 7, 10, 11]);
+        let chars: Vec<char> = text.chars().collect();
+        for (token, &at) in out.tokens.iter().zip(&out.text_offset) {
+            assert_eq!(chars[at..at + token.chars().count()].iter().collect::<String>(), *token);
+        }
+        // A char split over two tokens: each is shown as, and counts as, one U+FFFD.
+        let (_, out) = ctx(false).choice_text(&[0], None, &[6, 7, 8], &lp(3), "é!");
+        let out = out.unwrap();
+        assert_eq!(out.tokens, ["\u{FFFD}", "\u{FFFD}", "!"]);
+        assert_eq!(out.text_offset, [0, 1, 2]);
+    }
 }

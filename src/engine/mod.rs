@@ -321,12 +321,20 @@ impl EngineHandle {
         self.shared.stats.lock().expect("stats lock").clone()
     }
 
+    /// Refuses a request of `num_prompts` prompts of `n` choices each that could never be
+    /// queued, even on an idle engine (see [`fits_waiting_queue`]). Callers submitting several
+    /// prompts check this first; `submit` checks its own `n`.
+    pub fn check_fits_waiting_queue(&self, num_prompts: usize, n: usize) -> Result<(), SubmitError> {
+        fits_waiting_queue(num_prompts, n, self.config.max_waiting)
+    }
+
     /// Checks the request against the model and the cache, then queues it.
     pub fn submit(&self, request: EngineRequest) -> Result<RequestStream, SubmitError> {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
         request.params.validate().map_err(SubmitError::Invalid)?;
+        self.check_fits_waiting_queue(1, request.params.n.max(1))?;
         let prompt = request.prompt.len();
         if prompt == 0 {
             return Err(SubmitError::Invalid("the prompt is empty".into()));
@@ -365,5 +373,47 @@ impl EngineHandle {
         if let Some(t) = self.thread.lock().expect("thread lock").take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Each choice of each prompt waits as one sequence, so a request of more than `max_waiting` of
+/// them meets a full queue on an idle engine too: that is the request's fault (a 400 naming
+/// `prompt` or `n`), not a 429 a client would retry forever. One that fits may still meet a
+/// queue that others fill (429).
+fn fits_waiting_queue(num_prompts: usize, n: usize, max_waiting: usize) -> Result<(), SubmitError> {
+    let sequences = num_prompts.saturating_mul(n);
+    if sequences <= max_waiting {
+        return Ok(());
+    }
+    Err(SubmitError::Invalid(if num_prompts <= 1 || n > max_waiting {
+        format!("`n` must be at most {max_waiting}, the waiting queue's size (--max-waiting), got {n}")
+    } else {
+        format!(
+            "`prompt` holds {num_prompts} prompts of n = {n} choices, {sequences} sequences; the waiting queue holds at most {max_waiting} (--max-waiting): send at most {} prompts per request",
+            max_waiting / n
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_larger_than_the_waiting_queue_is_invalid() {
+        assert_eq!(fits_waiting_queue(1024, 1, 1024), Ok(()));
+        assert_eq!(fits_waiting_queue(512, 2, 1024), Ok(()));
+        let too_many = fits_waiting_queue(1100, 1, 1024).unwrap_err();
+        let SubmitError::Invalid(message) = &too_many else { panic!("{too_many:?}") };
+        assert!(message.starts_with("`prompt` holds 1100 prompts") && message.contains("at most 1024"), "{message}");
+        let e = fits_waiting_queue(2, 600, 1024).unwrap_err();
+        assert!(e.to_string().starts_with("`prompt` holds 2 prompts") && e.to_string().ends_with("at most 1 prompts per request"), "{e}");
+        for (prompts, n) in [(1, 1025), (3, 2000)] {
+            let e = fits_waiting_queue(prompts, n, 1024).unwrap_err();
+            assert!(e.to_string().starts_with("`n` must be at most 1024"), "{e}");
+        }
+        // The 400's `param` comes from the leading name.
+        let api: crate::error::ApiError = too_many.into();
+        assert_eq!((api.status.as_u16(), api.param.as_deref()), (400, Some("prompt")));
     }
 }
