@@ -306,6 +306,23 @@ fn tokenize_and_detokenize_round_trip() {
     let chat = s.post("/tokenize", &json!({"messages": [{"role": "user", "content": "hi"}]}).to_string()).json();
     assert!(chat["count"].as_u64().unwrap() > 10, "the template (system prompt) was applied");
     s.post("/detokenize", &json!({"tokens": [999999]}).to_string()).error(400);
+    // Messages render as chat renders them: tools, a continued final message.
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let prefill = json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hel"}]);
+    for body in [
+        json!({"messages": [{"role": "user", "content": "hi"}], "tools": tools}),
+        json!({"messages": prefill, "continue_final_message": true, "add_generation_prompt": false}),
+        json!({"messages": prefill, "add_generation_prompt": false}),
+    ] {
+        let count = s.post("/tokenize", &body.to_string()).json()["count"].clone();
+        let mut chat_body = body.clone();
+        chat_body["max_tokens"] = json!(1);
+        assert_eq!(count, s.post("/v1/chat/completions", &chat_body.to_string()).json()["usage"]["prompt_tokens"], "{body}");
+    }
+    assert!(s.post("/tokenize", &json!({"messages": [{"role": "user", "content": "hi"}], "tools": tools}).to_string()).json()["count"].as_u64() > chat["count"].as_u64());
+    let e = s.post("/tokenize", &json!({"messages": [{"role": "user", "content": "hi"}], "tools": "none"}).to_string()).error(422);
+    assert_eq!(e["param"], "tools", "{e}");
+    s.post("/tokenize", &json!({"messages": [{"role": "user", "content": "hi"}], "prompt": "hi"}).to_string()).error(400);
 }
 
 #[test]

@@ -1,13 +1,16 @@
 //! The small endpoints: models, health, metrics, tokenize / detokenize, OpenAPI spec.
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use super::chat;
 use super::state::{ApiJson, AppState};
-use super::types::{DetokenizeRequest, TokenizeRequest};
+use super::types::{ChatCompletionRequest, DetokenizeRequest, TokenizeRequest};
 use super::validate;
 use crate::error::ApiError;
 
@@ -34,22 +37,35 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
-/// `{"prompt": "..."}` or `{"messages": [...]}` (rendered with the chat template).
-pub async fn tokenize(State(state): State<AppState>, ApiJson(req): ApiJson<TokenizeRequest>) -> Result<Json<Value>, ApiError> {
-    validate::check_model(req.model.as_deref(), &state.model_name)?;
-    let engine = &state.engine;
-    let text = match (&req.prompt, &req.messages) {
-        (Some(p), None) => p.clone(),
-        (None, Some(messages)) => {
-            let template = engine.chat_template().ok_or_else(|| ApiError::invalid("messages", "this model has no chat template"))?;
-            let mut kwargs = serde_json::Map::new();
-            kwargs.insert("enable_thinking".into(), Value::Bool(state.default_enable_thinking));
-            template.render(&validate::template_messages(messages)?, None, req.add_generation_prompt, &kwargs)?
+/// `{"prompt": "..."}`, or `{"messages": [...]}` with chat's other rendering fields (`tools`,
+/// `add_generation_prompt`, `continue_final_message`, `chat_template_kwargs`, ...): rendered and
+/// tokenized by chat's own [`chat::prepare`], so the count is chat's `prompt_tokens`.
+pub async fn tokenize(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Json<Value>, ApiError> {
+    let has = |key: &str| body.get(key).is_some_and(|v| !v.is_null());
+    let tokens = match (has("prompt"), has("messages")) {
+        (true, false) => {
+            let req: TokenizeRequest = reparse(&body).await?;
+            validate::check_model(req.model.as_deref(), &state.model_name)?;
+            state.engine.tokenizer().encode(req.prompt.as_deref().unwrap_or_default())?
+        }
+        (false, true) => {
+            let req: ChatCompletionRequest = reparse(&body).await?;
+            chat::prepare(&state, &req)?.0.prompt
         }
         _ => return Err(ApiError::bad_request("give exactly one of `prompt` or `messages`")),
     };
-    let tokens = engine.tokenizer().encode(&text)?;
-    Ok(Json(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": engine.max_context()})))
+    Ok(Json(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": state.engine.max_context()})))
+}
+
+/// `body` (JSON already) read as a `T` through [`ApiJson`], so a body of the wrong shape gets
+/// the same 422 naming the field as anywhere else; which `T` depends on the body's keys.
+async fn reparse<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
+    let request = Request::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let ApiJson(parsed) = ApiJson::<T>::from_request(request, &()).await?;
+    Ok(parsed)
 }
 
 pub async fn detokenize(State(state): State<AppState>, ApiJson(req): ApiJson<DetokenizeRequest>) -> Result<Json<Value>, ApiError> {
