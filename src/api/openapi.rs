@@ -129,7 +129,7 @@ pub fn spec() -> Value {
                     "text_2": {"oneOf": [{"type": "string"}, {"type": "array", "maxItems": 2048, "items": {"type": "string"}}]},
                     "instruction": {"type": "string"},
                     "truncate_prompt_tokens": {"type": "integer"}}},
-                "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}}},
+                "TokenizeRequest": {"type": "object", "properties": {"model": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array", "items": {"type": "object"}}, "add_generation_prompt": {"type": "boolean"}, "continue_final_message": {"type": "boolean"}, "tools": {"type": "array", "items": {"type": "object"}}, "chat_template_kwargs": {"type": "object"}}},
                 "DetokenizeRequest": {"type": "object", "required": ["tokens"], "properties": {"model": {"type": "string"}, "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}}}},
             }
         },
