@@ -9,6 +9,8 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_path_to_error::{Path, Segment};
 
 use super::metrics::Metrics;
 use super::responses::ResponseStore;
@@ -87,10 +89,17 @@ impl<S: Send + Sync, T: DeserializeOwned, const ANY_TYPE: bool> FromRequest<S> f
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::with_status(r.status(), TOO_LARGE),
             status => ApiError::with_status(status, r.body_text()),
         })?;
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+        parse(&bytes).map(Self)
+    }
+}
+
+/// `bytes` as a `T`, or the error: 400 for malformed JSON, 422 naming the field for JSON of
+/// the wrong shape.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match axum::Json::<T>::from_bytes(bytes) {
+        Ok(axum::Json(v)) => Ok(v),
+        Err(JsonRejection::JsonDataError(_)) => Err(wrong_shape::<T>(bytes)),
+        Err(rejection) => Err(json_rejection(rejection)),
     }
 }
 
@@ -103,4 +112,180 @@ fn json_rejection(r: JsonRejection) -> ApiError {
         _ => r.body_text(),
     };
     ApiError::with_status(status, message)
+}
+
+/// The 422 for a body of valid JSON that `T` does not take: "`field`: what is wrong", with
+/// `param` naming the field. serde's path stops at a `#[serde(flatten)]` (the flattened fields
+/// are buffered and read apart, so their errors carry no path); there the field is found among
+/// the top-level keys by leaving each out in turn ([`culprit`]).
+fn wrong_shape<T: DeserializeOwned>(bytes: &[u8]) -> ApiError {
+    let status = StatusCode::UNPROCESSABLE_ENTITY;
+    let (path, error) = match serde_path_to_error::deserialize::<_, T>(&mut serde_json::Deserializer::from_slice(bytes)) {
+        Ok(_) => return ApiError::with_status(status, "the request body does not have the shape this endpoint takes"),
+        Err(e) => (e.path().clone(), without_position(e.inner())),
+    };
+    let mut body: Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let mut field = path_name(&path);
+    let mut value = value_at(&body, &path).cloned();
+    if field.is_none() {
+        if let Some(key) = culprit::<T>(&mut body, bytes.len()) {
+            value = body.get(&key).cloned();
+            field = Some(key);
+        }
+    }
+    // serde quotes the field it misses (or finds twice) in backticks.
+    let quoted = |prefix: &str| error.strip_prefix(prefix).and_then(|r| r.strip_suffix('`')).map(|name| match &field {
+        Some(f) => format!("{f}.{name}"),
+        None => name.to_string(),
+    });
+    let (param, message) = if let Some(name) = quoted("missing field `") {
+        (Some(name.clone()), format!("`{name}` is required"))
+    } else if let Some(name) = quoted("duplicate field `") {
+        (Some(name.clone()), format!("`{name}` is given twice"))
+    } else if let Some(f) = field {
+        // An untagged enum's message names the Rust type; say what the value was instead.
+        let what = match error.starts_with("data did not match any variant of untagged enum") {
+            true => format!("{} is not one of the forms it takes", value.as_ref().map_or("the value", kind_of)),
+            false => error,
+        };
+        (Some(f.clone()), format!("`{f}`: {what}"))
+    } else {
+        (None, format!("the request body does not have the shape this endpoint takes: {error}"))
+    };
+    let e = ApiError::with_status(status, message);
+    match param {
+        Some(p) => ApiError { param: Some(p), ..e },
+        None => e,
+    }
+}
+
+/// serde_json's message without " at line L column C" (a body is one line, usually).
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    text.strip_suffix(&suffix).map_or_else(|| text.clone(), str::to_string)
+}
+
+/// `messages[0].content` for a path into the body; None for the body itself.
+fn path_name(path: &Path) -> Option<String> {
+    path.iter().next().is_some().then(|| path.to_string())
+}
+
+fn value_at<'a>(mut v: &'a Value, path: &Path) -> Option<&'a Value> {
+    for segment in path.iter() {
+        v = match segment {
+            Segment::Seq { index } => v.get(*index)?,
+            Segment::Map { key } => v.get(key.as_str())?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The top-level key of `body` (an object, `len` bytes as sent) that `T` fails on: the one
+/// without which `T` takes the body, else (several fields are wrong) the first without which
+/// the error changes, other than to that key missing. Each key left out is one more
+/// deserialization of the body, so past 64 MiB of them in all none is tried (a 1 MiB body has
+/// room for 64 keys, more than any request has).
+fn culprit<T: DeserializeOwned>(body: &mut Value, len: usize) -> Option<String> {
+    const MOST_BYTES: usize = 64 << 20;
+    let error_of = |body: &Value| T::deserialize(body).err().map(|e| e.to_string());
+    let keys: Vec<String> = body.as_object().filter(|o| o.len().saturating_mul(len) <= MOST_BYTES)?.keys().cloned().collect();
+    let first = error_of(body)?;
+    let mut changed = None;
+    for (i, key) in keys.into_iter().enumerate() {
+        let object = body.as_object_mut()?;
+        let v = object.shift_remove(&key)?;
+        let error = error_of(body);
+        body.as_object_mut()?.shift_insert(i, key.clone(), v);
+        match error {
+            None => return Some(key),
+            Some(e) if changed.is_none() && e != first && e != format!("missing field `{key}`") => changed = Some(key),
+            Some(_) => {}
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::api::types::StringOrList;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Message {
+        role: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Sampling {
+        max_tokens: Option<i64>,
+        stop: Option<StringOrList>,
+        stream_options: Option<Options>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Options {
+        include_usage: bool,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        messages: Vec<Message>,
+        #[serde(flatten)]
+        sampling: Sampling,
+    }
+
+    fn error(body: &str) -> (u16, Option<String>, String) {
+        let e = parse::<Body>(body.as_bytes()).unwrap_err();
+        (e.status.as_u16(), e.param, e.message)
+    }
+
+    #[test]
+    fn wrong_shapes_name_the_field_also_below_a_flatten() {
+        let m = r#""messages": [{"role": "user"}]"#;
+        assert!(parse::<Body>(format!(r#"{{{m}, "max_tokens": 4, "stop": "x"}}"#).as_bytes()).is_ok());
+        let (status, param, message) = error(&format!(r#"{{{m}, "max_tokens": "4"}}"#));
+        assert_eq!((status, param.as_deref(), message.as_str()), (422, Some("max_tokens"), "`max_tokens`: invalid type: string \"4\", expected i64"));
+        // The flattened part's nested errors are named by their top-level key.
+        let (_, param, message) = error(&format!(r#"{{{m}, "stream_options": {{"include_usage": 1}}}}"#));
+        assert_eq!(param.as_deref(), Some("stream_options"), "{message}");
+        // An untagged enum's message says what the value was, not the Rust type.
+        let (_, param, message) = error(&format!(r#"{{{m}, "stop": 5}}"#));
+        assert_eq!((param.as_deref(), message.as_str()), (Some("stop"), "`stop`: a number is not one of the forms it takes"));
+        // Two wrong: the first the deserializer meets is named.
+        let (_, param, _) = error(&format!(r#"{{"max_tokens": 1.5, {m}, "stop": 5}}"#));
+        assert_eq!(param.as_deref(), Some("max_tokens"));
+        let (_, param, _) = error(&format!(r#"{{"stop": 5, {m}, "max_tokens": 1.5}}"#));
+        assert_eq!(param.as_deref(), Some("stop"));
+        // Outside the flattened part serde's path is kept; a missing field is named in full.
+        let (status, param, message) = error(r#"{"messages": [{"content": "hi"}]}"#);
+        assert_eq!((status, param.as_deref(), message.as_str()), (422, Some("messages[0].role"), "`messages[0].role` is required"));
+        let (_, param, message) = error(r#"{"messages": [{"role": 1}]}"#);
+        assert_eq!((param.as_deref(), message.as_str()), (Some("messages[0].role"), "`messages[0].role`: invalid type: integer `1`, expected a string"));
+        let (_, param, message) = error(r#"{"max_tokens": "4"}"#);
+        assert_eq!((param.as_deref(), message.as_str()), (Some("messages"), "`messages` is required"));
+        let (status, param, _) = error(r#"[1]"#);
+        assert_eq!((status, param), (422, None));
+        // Malformed JSON stays a 400.
+        let (status, param, _) = error(r#"{"messages": "#);
+        assert_eq!((status, param), (400, None));
+    }
 }
