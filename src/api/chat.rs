@@ -92,7 +92,8 @@ pub(super) struct Submitted {
 pub(super) fn submit(state: &AppState, req: &ChatCompletionRequest) -> Result<Submitted, ApiError> {
     let (request, ctx) = prepare(state, req)?;
     let n = request.params.n;
-    let stream = state.engine.submit(request)?;
+    let limit = req.sampling.output_limit().0;
+    let stream = state.engine.submit(request).map_err(|e| validate::length_error(e, state.engine.max_sequence_tokens(), "messages", limit))?;
     let num_prompt_tokens = stream.num_prompt_tokens;
     Ok(Submitted { stream, ctx, n, num_prompt_tokens })
 }

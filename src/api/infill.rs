@@ -53,5 +53,5 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): LlamaJson<Infil
     if !params.ignore_eos && !params.embed {
         params.stop_token_ids.extend(&fim.ends);
     }
-    respond(&state, started, prompt, params, &req.sampling).await
+    respond(&state, started, prompt, params, &req.sampling, "input_prefix").await
 }

@@ -144,7 +144,7 @@ pub async fn completion(State(state): State<AppState>, ApiJson(req): LlamaJson<C
         validate::held_output_compatible(&fields, &format, &field, false, false)?;
         params.format = format;
     }
-    respond(&state, started, prompt, params, &req.sampling).await
+    respond(&state, started, prompt, params, &req.sampling, "prompt").await
 }
 
 /// llama.cpp's `prompt`: text, token ids, or a list mixing both (read in order as one prompt).
@@ -176,15 +176,15 @@ fn prompt_tokens(tokenizer: &Tokenizer, prompt: &Value) -> Result<Vec<u32>, ApiE
 }
 
 /// Runs one llama.cpp-style request: the final reply as JSON, or (`stream`) SSE chunks of text
-/// and the reply last.
-pub async fn respond(state: &AppState, started: Instant, prompt: Vec<u32>, params: SamplingParams, sampling: &LlamaSampling) -> Result<Response, ApiError> {
+/// and the reply last. `prompt_field` names the prompt where it is too long.
+pub async fn respond(state: &AppState, started: Instant, prompt: Vec<u32>, params: SamplingParams, sampling: &LlamaSampling, prompt_field: &str) -> Result<Response, ApiError> {
     let engine = &state.engine;
     let probs = params.logprobs.is_some();
     let evaluated = prompt.len();
     // `n_predict` 0: the limit is what stopped it, as llama-server says.
     let prompt_only = params.embed;
     let reason_of = move |reason: FinishReason| if prompt_only && reason == FinishReason::Stop { FinishReason::Length } else { reason };
-    let events = engine.submit(EngineRequest { prompt, params })?;
+    let events = engine.submit(EngineRequest { prompt, params }).map_err(|e| validate::length_error(e, engine.max_sequence_tokens(), prompt_field, "n_predict"))?;
     let model = state.model_name.clone();
     let tokenizer = engine.tokenizer().clone();
     let mut timing = Timing::new(started);

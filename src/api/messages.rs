@@ -19,6 +19,7 @@ use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::tool_parser::ToolCall;
 use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingFields, StringOrList, StructuredOutputFields};
+use super::validate::has_type;
 use crate::engine::{FinishReason, StopReason};
 use crate::error::ApiError;
 
@@ -217,6 +218,7 @@ fn push_message(messages: &mut Vec<ChatMessage>, m: &Value, i: usize) -> Result<
         _ => return Err(ApiError::invalid(format!("{field}.content"), format!("`{field}.content` must be a string or a list of content blocks"))),
     };
     let mut text = String::new();
+    let mut tool_results = 0;
     let mut reasoning = String::new();
     let mut calls = vec![];
     for (j, block) in blocks.iter().enumerate() {
@@ -242,8 +244,9 @@ fn push_message(messages: &mut Vec<ChatMessage>, m: &Value, i: usize) -> Result<
                 let mut tool = message("tool", Some(content));
                 tool.tool_call_id = Some(str_of("tool_use_id")?.to_string());
                 messages.push(tool);
+                tool_results += 1;
             }
-            (_, kind) => return Err(ApiError::invalid(format!("{at}.type"), format!("content blocks of type {kind:?} are not supported in a {role} message (text, thinking, tool_use, tool_result)"))),
+            _ => return Err(ApiError::invalid(format!("{at}.type"), format!("`{at}` {}, which is not supported in a {role} message (text, thinking, tool_use, tool_result)", has_type(block)))),
         }
     }
     if role == "assistant" {
@@ -252,7 +255,9 @@ fn push_message(messages: &mut Vec<ChatMessage>, m: &Value, i: usize) -> Result<
         m.reasoning_content = Some(reasoning).filter(|r| !r.is_empty());
         m.tool_calls = Some(calls).filter(|c| !c.is_empty());
         messages.push(m);
-    } else if !text.is_empty() || blocks.is_empty() {
+    } else if !text.is_empty() || tool_results == 0 {
+        // A turn of tool results is its tool messages (and its text, if any); any other turn is
+        // kept, empty too, as `content: ""` is.
         messages.push(message("user", Some(text)));
     }
     Ok(())
@@ -267,7 +272,8 @@ fn text_blocks(value: &Value, field: &str) -> Result<String, ApiError> {
             .enumerate()
             .map(|(j, b)| match (b.get("type").and_then(Value::as_str), b.get("text").and_then(Value::as_str)) {
                 (Some("text"), Some(t)) => Ok(t),
-                (kind, _) => Err(ApiError::invalid(format!("{field}[{j}]"), format!("only text blocks are supported here; `{field}[{j}]` has type {kind:?}"))),
+                (Some("text"), None) => Err(ApiError::invalid(format!("{field}[{j}].text"), format!("`{field}[{j}].text` must be a string"))),
+                _ => Err(ApiError::invalid(format!("{field}[{j}]"), format!("only text blocks are supported here; `{field}[{j}]` {}", has_type(b)))),
             })
             .collect(),
         _ => Err(ApiError::invalid(field, format!("`{field}` must be a string or a list of text blocks"))),
@@ -285,8 +291,54 @@ fn tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
             match (custom, t.get("name").and_then(Value::as_str)) {
                 (true, Some(name)) => Ok(function_tool(name, t.get("description"), t.get("input_schema"))),
                 (true, None) => Err(ApiError::invalid(format!("tools[{i}].name"), format!("`tools[{i}].name` must be a string"))),
-                (false, _) => Err(ApiError::invalid(format!("tools[{i}]"), format!("only client tools (`name`, `input_schema`) are supported; `tools[{i}]` has type {}", t["type"]))),
+                (false, _) => Err(ApiError::invalid(format!("tools[{i}]"), format!("only client tools (`name`, `input_schema`) are supported; `tools[{i}]` {}", has_type(t)))),
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
+        let mut out = vec![];
+        for (i, m) in messages.iter().enumerate() {
+            push_message(&mut out, m, i)?;
+        }
+        Ok(out)
+    }
+
+    fn text(m: &ChatMessage) -> &str {
+        match &m.content {
+            Some(MessageContent::Text(t)) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_turn_of_empty_text_blocks_is_kept_as_empty_content_is() {
+        for content in [json!(""), json!([]), json!([{"type": "text", "text": ""}]), json!([{"type": "text", "text": ""}, {"type": "text", "text": ""}])] {
+            let out = rendered(&[json!({"role": "user", "content": content.clone()})]).unwrap();
+            assert_eq!((out.len(), out[0].role.as_str(), text(&out[0])), (1, "user", ""), "{content}");
+            let turns = [json!({"role": "user", "content": "a"}), json!({"role": "assistant", "content": "b"}), json!({"role": "user", "content": content.clone()})];
+            assert_eq!(rendered(&turns).unwrap().len(), 3, "{content}");
+        }
+        // A turn of tool results is its tool messages, with its text if it has any.
+        let result = json!({"type": "tool_result", "tool_use_id": "t", "content": "42"});
+        let out = rendered(&[json!({"role": "user", "content": [result.clone(), {"type": "text", "text": ""}]})]).unwrap();
+        assert_eq!(out.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["tool"]);
+        let out = rendered(&[json!({"role": "user", "content": [result, {"type": "text", "text": "and?"}]})]).unwrap();
+        assert_eq!(out.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["tool", "user"]);
+    }
+
+    #[test]
+    fn refused_blocks_say_their_type_plainly() {
+        let e = rendered(&[json!({"role": "user", "content": [{"type": "image", "source": {}}]})]).unwrap_err();
+        assert!(e.message.starts_with("`messages[0].content[0]` has type `image`, which is not supported"), "{}", e.message);
+        let e = text_blocks(&json!([{"text": "x"}]), "system").unwrap_err();
+        assert_eq!(e.message, "only text blocks are supported here; `system[0]` has no `type`");
+        let e = tools(&[json!({"type": "web_search_20250305", "name": "web_search"})]).unwrap_err();
+        assert!(e.message.ends_with("`tools[0]` has type `web_search_20250305`"), "{}", e.message);
+    }
 }

@@ -19,6 +19,7 @@ use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::tool_parser::ToolCall;
 use super::types::{ChatCompletionRequest, ChatMessage, ChatTokenLogprob, SamplingFields, StructuredOutputFields};
+use super::validate::has_type;
 use crate::engine::sampler::MAX_LOGPROBS;
 use crate::engine::{FinishReason, Usage};
 use crate::error::ApiError;
@@ -163,6 +164,7 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
     let mut sampling = req.sampling.clone();
     if req.max_output_tokens.is_some() {
         sampling.max_tokens = req.max_output_tokens;
+        sampling.max_completion_tokens = None;
     }
     let mut kwargs = req.chat_template_kwargs.clone();
     if let Some(effort) = req.reasoning.as_ref().and_then(|r| r.get("effort")).filter(|e| !e.is_null()) {
@@ -264,7 +266,8 @@ fn text_of(content: Option<&Value>, field: &str) -> Result<String, ApiError> {
             for (j, part) in parts.iter().enumerate() {
                 match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
                     (Some("input_text" | "output_text" | "text"), Some(t)) => text.push_str(t),
-                    (kind, _) => return Err(ApiError::invalid(format!("{field}[{j}]"), format!("only text parts are supported (`input_text`, `output_text`); `{field}[{j}]` has type {kind:?}"))),
+                    (Some("input_text" | "output_text" | "text"), None) => return Err(ApiError::invalid(format!("{field}[{j}].text"), format!("`{field}[{j}].text` must be a string"))),
+                    _ => return Err(ApiError::invalid(format!("{field}[{j}]"), format!("only text parts are supported (`input_text`, `output_text`); `{field}[{j}]` {}", has_type(part)))),
                 }
             }
             Ok(text)
@@ -282,18 +285,18 @@ fn tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
         .map(|(i, t)| match (t.get("type").and_then(Value::as_str), t.get("name").and_then(Value::as_str)) {
             (Some("function"), Some(name)) => Ok(function_tool(name, t.get("description"), t.get("parameters"))),
             (Some("function"), None) => Err(ApiError::invalid(format!("tools[{i}].name"), format!("`tools[{i}].name` must be a string"))),
-            (kind, _) => Err(ApiError::invalid(format!("tools[{i}]"), format!("only function tools are supported; `tools[{i}]` has type {kind:?}"))),
+            _ => Err(ApiError::invalid(format!("tools[{i}]"), format!("only function tools are supported; `tools[{i}]` {}", has_type(t)))),
         })
         .collect()
 }
 
+/// `tool_choice` in chat's shape; refused here in this API's own terms (chat's error would give
+/// chat's shape of a named function).
 fn tool_choice(choice: &Value) -> Result<Value, ApiError> {
-    match choice {
-        Value::String(_) => Ok(choice.clone()),
-        _ => match (choice.get("type").and_then(Value::as_str), choice.get("name").and_then(Value::as_str)) {
-            (Some("function"), Some(name)) => Ok(json!({"type": "function", "function": {"name": name}})),
-            _ => Err(ApiError::invalid("tool_choice", format!("`tool_choice` must be \"auto\", \"none\", \"required\" or {{\"type\": \"function\", \"name\": ...}}; got {choice}"))),
-        },
+    match (choice, choice.get("type").and_then(Value::as_str), choice.get("name").and_then(Value::as_str)) {
+        (Value::String(s), _, _) if matches!(s.as_str(), "auto" | "none" | "required") => Ok(choice.clone()),
+        (Value::Object(_), Some("function"), Some(name)) => Ok(json!({"type": "function", "function": {"name": name}})),
+        _ => Err(ApiError::invalid("tool_choice", format!("`tool_choice` must be \"auto\", \"none\", \"required\" or {{\"type\": \"function\", \"name\": ...}}; got {choice}"))),
     }
 }
 
@@ -420,5 +423,54 @@ impl Echo {
             "incomplete_details": (status == "incomplete").then(|| json!({"reason": "max_output_tokens"}))});
         r.as_object_mut().expect("an object").extend(self.fields.clone());
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(e: ApiError) -> String {
+        assert!(!e.message.contains("Some(") && !e.message.contains("None"), "{}", e.message);
+        e.message
+    }
+
+    #[test]
+    fn refused_parts_and_tools_say_their_type_plainly() {
+        let image = json!([{"type": "input_image", "image_url": "http://x"}]);
+        let e = text_of(Some(&image), "input[0].content").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[0].content[0]"));
+        assert!(message(e).ends_with("`input[0].content[0]` has type `input_image`"));
+        assert!(message(text_of(Some(&json!([{"text": "hi"}])), "input[0].content").unwrap_err()).ends_with("has no `type`"));
+        let e = text_of(Some(&json!([{"type": "input_text"}])), "input[0].content").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[0].content[0].text"));
+        assert!(message(tools(&[json!({"type": "web_search"})]).unwrap_err()).ends_with("`tools[0]` has type `web_search`"));
+    }
+
+    #[test]
+    fn length_errors_name_input_or_max_output_tokens() {
+        use crate::api::validate::length_error;
+        use crate::engine::SubmitError;
+        let req = |body: Value| -> ResponsesRequest { serde_json::from_value(body).unwrap() };
+        let too_long = |prompt, max_tokens| length_error(SubmitError::TooLong { prompt, max_tokens, context: 32768 }, 32768, "messages", "max_tokens");
+        let e = renamed(too_long(40030, 1), &req(json!({"input": "x"})));
+        assert_eq!(e.param.as_deref(), Some("input"));
+        assert!(e.message.contains("`input`") && !e.message.contains("max_tokens"), "{}", e.message);
+        let e = renamed(too_long(40030, 5), &req(json!({"input": "x", "max_output_tokens": 5})));
+        assert_eq!(e.param.as_deref(), Some("input"));
+        let e = renamed(too_long(10, 40000), &req(json!({"input": "x", "max_output_tokens": 40000})));
+        assert_eq!(e.param.as_deref(), Some("max_output_tokens"));
+        assert!(e.message.contains("`max_output_tokens` (40000)"), "{}", e.message);
+    }
+
+    #[test]
+    fn tool_choice_is_refused_with_this_apis_shape() {
+        assert_eq!(tool_choice(&json!("required")).unwrap(), json!("required"));
+        assert_eq!(tool_choice(&json!({"type": "function", "name": "f"})).unwrap(), json!({"type": "function", "function": {"name": "f"}}));
+        for bad in [json!("bogus"), json!({"type": "function", "function": {"name": "f"}}), json!(3)] {
+            let e = tool_choice(&bad).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("tool_choice"));
+            assert!(e.message.contains(r#"{"type": "function", "name": ...}"#) && !e.message.contains(r#""function": {"#), "{}", e.message);
+        }
     }
 }

@@ -34,8 +34,9 @@ impl StringOrList {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SamplingFields {
     pub model: Option<String>,
-    #[serde(alias = "max_completion_tokens")]
     pub max_tokens: Option<i64>,
+    /// OpenAI's newer name for `max_tokens`; where both are given it wins, as in vLLM.
+    pub max_completion_tokens: Option<i64>,
     pub n: Option<i64>,
     pub seed: Option<i64>,
     pub stop: Option<StringOrList>,
@@ -54,6 +55,16 @@ pub struct SamplingFields {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
+}
+
+impl SamplingFields {
+    /// The output limit asked for, and the field that asked for it.
+    pub fn output_limit(&self) -> (&'static str, Option<i64>) {
+        match self.max_completion_tokens {
+            Some(m) => ("max_completion_tokens", Some(m)),
+            None => ("max_tokens", self.max_tokens),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

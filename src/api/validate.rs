@@ -10,7 +10,7 @@ use crate::engine::constraint::{FormatCache, OutputFormat};
 use crate::engine::sampler::MAX_LOGPROBS;
 use crate::engine::sampling_defaults::SamplingDefaults;
 use crate::engine::tool_calls::ToolCallFormat;
-use crate::engine::SamplingParams;
+use crate::engine::{SamplingParams, SubmitError};
 use crate::error::ApiError;
 
 /// Largest `n` accepted: each choice is a sequence holding KV blocks.
@@ -37,10 +37,10 @@ pub fn sampling_params(
     logprobs: Option<usize>,
     defaults: &SamplingDefaults,
 ) -> Result<SamplingParams, ApiError> {
-    let max_tokens = match f.max_tokens {
-        None => default_max_tokens.min(defaults.max_tokens.unwrap_or(usize::MAX)).max(1),
-        Some(m) if m >= 1 => m as usize,
-        Some(m) => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {m}"))),
+    let max_tokens = match f.output_limit() {
+        (_, None) => default_max_tokens.min(defaults.max_tokens.unwrap_or(usize::MAX)).max(1),
+        (_, Some(m)) if m >= 1 => m as usize,
+        (field, Some(m)) => return Err(ApiError::invalid(field, format!("`{field}` must be at least 1, got {m}"))),
     };
     let n = match f.n {
         None => 1,
@@ -96,6 +96,7 @@ pub fn sampling_params(
         min_tokens,
         ignore_eos: f.ignore_eos.unwrap_or(false),
         stop,
+        include_stop_str: false,
         stop_token_ids,
         logprobs,
         prompt_logprobs: None,
@@ -104,6 +105,41 @@ pub fn sampling_params(
         embed: false,
         score_tokens: Vec::new(),
     })
+}
+
+/// The engine's refusal of a request as too long for the context or the KV cache, naming the
+/// field to change: the prompt's (`prompt_field`) where it alone leaves no room for a token of
+/// output (`max_sequence`: the longest sequence the engine takes), else the output limit's
+/// (`limit_field`, as the endpoint calls it). Other refusals pass through.
+pub fn length_error(e: SubmitError, max_sequence: usize, prompt_field: &str, limit_field: &str) -> ApiError {
+    let (prompt, context) = match &e {
+        SubmitError::TooLong { prompt, context, .. } => (*prompt, Some(*context)),
+        SubmitError::CannotFit { prompt, .. } => (*prompt, None),
+        _ => return e.into(),
+    };
+    let mut error = ApiError::from(e);
+    if prompt >= max_sequence {
+        let room = match context {
+            Some(context) if context == max_sequence => format!("the model's context length ({context})"),
+            _ => format!("the {max_sequence} tokens the KV cache holds (raise --kv-cache-memory, or --gpu-memory-utilization on a GPU)"),
+        };
+        error.message = format!("the prompt (`{prompt_field}`, {prompt} tokens) leaves no room for output within {room}");
+        error.param = Some(prompt_field.into());
+    } else {
+        error.message = error.message.replacen("max_tokens (", &format!("`{limit_field}` ("), 1);
+        error.param = Some(limit_field.into());
+    }
+    error
+}
+
+/// How an error names what a content part or a tool is: "has type `input_image`", or "has no
+/// `type`".
+pub fn has_type(item: &Value) -> String {
+    match item.get("type") {
+        None | Some(Value::Null) => "has no `type`".into(),
+        Some(Value::String(t)) => format!("has type `{t}`"),
+        Some(other) => format!("has `type` {other}, not a string"),
+    }
 }
 
 /// `model`, when given, must be the served one.
@@ -267,4 +303,53 @@ pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, 
         return Err(ApiError::invalid("chat_template_kwargs", format!("`enable_thinking: true` cannot be combined with {what} on this model: its chat template renders no thinking, so the whole output is held")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(body: Value) -> Result<usize, ApiError> {
+        let fields: SamplingFields = serde_json::from_value(body).unwrap();
+        sampling_params(&fields, 100, 50, None, &SamplingDefaults::default()).map(|p| p.max_tokens)
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_over_max_tokens() {
+        assert_eq!(limit(json!({"max_tokens": 4, "max_completion_tokens": 7})).unwrap(), 7);
+        assert_eq!(limit(json!({"max_tokens": 4})).unwrap(), 4);
+        assert_eq!(limit(json!({"max_completion_tokens": 7})).unwrap(), 7);
+        assert_eq!(limit(json!({})).unwrap(), 50);
+        let e = limit(json!({"max_tokens": 4, "max_completion_tokens": 0})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_completion_tokens"), "{}", e.message);
+        assert!(e.message.starts_with("`max_completion_tokens` must be at least 1"), "{}", e.message);
+        assert_eq!(limit(json!({"max_tokens": 0})).unwrap_err().param.as_deref(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn length_errors_name_the_prompt_or_the_limit_as_the_endpoint_calls_them() {
+        // The prompt alone fills the context: its field, whatever the limit.
+        let e = length_error(SubmitError::TooLong { prompt: 40030, max_tokens: 1, context: 32768 }, 32768, "messages", "max_tokens");
+        assert_eq!((e.status.as_u16(), e.param.as_deref(), e.code), (400, Some("messages"), Some("context_length_exceeded")));
+        assert!(!e.message.contains("max_tokens") && e.message.contains("`messages`") && e.message.contains("40030") && e.message.contains("32768"), "{}", e.message);
+        // Room for the prompt but not the limit asked for: the limit's own name.
+        let e = length_error(SubmitError::TooLong { prompt: 10, max_tokens: 40000, context: 32768 }, 32768, "prompt", "n_predict");
+        assert_eq!(e.param.as_deref(), Some("n_predict"));
+        assert_eq!(e.message, "prompt (10 tokens) + `n_predict` (40000) exceeds the model's context length (32768)");
+        let e = length_error(SubmitError::CannotFit { prompt: 10, max_tokens: 900, blocks_needed: 58, num_blocks: 32 }, 512, "prompt", "n_predict");
+        assert_eq!(e.param.as_deref(), Some("n_predict"));
+        assert!(e.message.starts_with("prompt (10 tokens) + `n_predict` (900) needs 58 KV blocks"), "{}", e.message);
+        let e = length_error(SubmitError::CannotFit { prompt: 600, max_tokens: 1, blocks_needed: 38, num_blocks: 32 }, 512, "input_prefix", "n_predict");
+        assert_eq!(e.param.as_deref(), Some("input_prefix"));
+        assert!(e.message.contains("KV cache holds") && !e.message.contains("n_predict"), "{}", e.message);
+        // Other refusals pass through.
+        assert_eq!(length_error(SubmitError::QueueFull(8), 512, "prompt", "n_predict").status.as_u16(), 429);
+    }
+
+    #[test]
+    fn types_are_named_plainly() {
+        assert_eq!(has_type(&json!({"type": "input_image"})), "has type `input_image`");
+        assert_eq!(has_type(&json!({"text": "x"})), "has no `type`");
+        assert_eq!(has_type(&json!({"type": 5})), "has `type` 5, not a string");
+    }
 }

@@ -53,6 +53,8 @@ pub struct SamplingParams {
     pub min_tokens: usize,
     pub ignore_eos: bool,
     pub stop: Vec<String>,
+    /// vLLM's `include_stop_str_in_output`: the matched stop string ends the text, not cut off.
+    pub include_stop_str: bool,
     pub stop_token_ids: Vec<u32>,
     /// Some(k): the sampled token's logprob and the k most likely alternatives (k may be 0).
     pub logprobs: Option<usize>,
@@ -86,6 +88,7 @@ impl Default for SamplingParams {
             min_tokens: 0,
             ignore_eos: false,
             stop: Vec::new(),
+            include_stop_str: false,
             stop_token_ids: Vec::new(),
             logprobs: None,
             prompt_logprobs: None,

@@ -77,7 +77,7 @@ impl Sequence {
             block_table: vec![],
             sampler: Sampler::new(seed),
             decoder: IncrementalDecoder::new(true),
-            stop: StopMatcher::new(&params.stop),
+            stop: StopMatcher::new(&params.stop, params.include_stop_str),
             params,
             events: events.into(),
             wait_for_prompt: None,

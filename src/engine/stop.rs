@@ -28,17 +28,20 @@ pub struct StopMatcher {
     held: String,
     /// Index into `stops` once one matched.
     matched: Option<usize>,
+    /// Whether the matched stop string is emitted (vLLM's `include_stop_str_in_output`).
+    include: bool,
 }
 
 impl StopMatcher {
-    /// Empty strings are ignored.
-    pub fn new(stops: &[String]) -> Self {
+    /// Empty strings are ignored; with `include` a match emits the stop string too.
+    pub fn new(stops: &[String], include: bool) -> Self {
         let stops = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
-        Self { stops, held: String::new(), matched: None }
+        Self { stops, held: String::new(), matched: None, include }
     }
 
     /// Feeds newly decoded text; returns the text that is safe to emit now and whether a stop
-    /// string completed. On a match only the text before the stop string is emitted; after it
+    /// string completed. On a match only the text before the stop string (with `include`, up to
+    /// its end) is emitted; after it
     /// every push returns ("", Stopped).
     pub fn push(&mut self, delta: &str) -> (String, StopStatus) {
         self.push_checked(delta, true)
@@ -60,7 +63,7 @@ impl StopMatcher {
         if let Some((start, index)) = check.then(|| self.first_match(checked_from)).flatten() {
             self.matched = Some(index);
             let mut emit = std::mem::take(&mut self.held);
-            emit.truncate(start);
+            emit.truncate(if self.include { start + self.stops[index].len() } else { start });
             return (emit, StopStatus::Stopped);
         }
         let rest = self.held.split_off(self.partial_match_start());
@@ -116,7 +119,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn matcher(stops: &[&str]) -> StopMatcher {
-        StopMatcher::new(&stops.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        StopMatcher::new(&stops.iter().map(|s| s.to_string()).collect::<Vec<_>>(), false)
     }
 
     /// Pushes every delta; returns what was emitted per push (plus the flush) and the last status.
@@ -193,6 +196,17 @@ mod tests {
         let mut m = matcher(&["🛑"]);
         assert_eq!(m.push("café 🛒"), ("café 🛒".to_string(), StopStatus::Continue));
         assert_eq!(m.push("x🛑"), ("x".to_string(), StopStatus::Stopped));
+    }
+
+    #[test]
+    fn include_emits_the_stop_string_and_nothing_after_it() {
+        let mut m = StopMatcher::new(&["END".to_string(), "!".to_string()], true);
+        assert_eq!(m.push("done E"), ("done ".to_string(), StopStatus::Continue));
+        assert_eq!(m.push("NDx!"), ("END".to_string(), StopStatus::Stopped));
+        assert_eq!(m.matched(), Some("END"));
+        assert_eq!(m.push("more"), (String::new(), StopStatus::Stopped));
+        let mut m = StopMatcher::new(&["é!".to_string()], true);
+        assert_eq!(m.push("café!é"), ("café!".to_string(), StopStatus::Stopped));
     }
 
     #[test]

@@ -409,7 +409,7 @@ impl Compiler<'_> {
 fn bounds(o: &serde_json::Map<String, Value>, min: &str, max: &str, where_: &str) -> Result<(u32, u32), String> {
     let read = |k: &str, default: u32| match o.get(k) {
         None => Ok(default),
-        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("`{k}` at {where_} must be a whole number")),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("`{k}` at {where_} must be a whole number in [0, {}], got {v}", u32::MAX)),
     };
     let (lo, hi) = (read(min, 0)?, read(max, u32::MAX)?);
     if lo > hi {

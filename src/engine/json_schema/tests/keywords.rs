@@ -158,6 +158,20 @@ fn strings_follow_their_pattern_or_format() {
 }
 
 #[test]
+fn length_and_count_bounds_outside_u32_say_the_range() {
+    for key in ["minLength", "maxLength", "minItems", "maxItems"] {
+        let t = if key.ends_with("Items") { json!({"type": "array", "items": {"type": "string"}}) } else { json!({"type": "string"}) };
+        for bad in [json!(4294967296u64), json!(-1), json!(2.5)] {
+            let mut x = t.clone();
+            x[key] = bad.clone();
+            let e = Schema::compile(&json!({"type": "object", "properties": {"x": x}})).unwrap_err();
+            assert!(e.contains(&format!("`{key}`")) && e.contains("whole number in [0, 4294967295]") && e.contains(&bad.to_string()), "{e}");
+        }
+    }
+    assert!(Schema::compile(&json!({"type": "object", "properties": {"x": {"type": "string", "maxLength": 4294967295u64}}})).is_ok());
+}
+
+#[test]
 fn maps_take_any_keys() {
     let schema = Schema::compile(&json!({"type": "object", "required": ["scores"], "properties": {
         "scores": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}}})).unwrap();
