@@ -127,6 +127,53 @@ fn completions_prompt_forms_echo_and_logprobs() {
     assert_eq!(joined, text);
 }
 
+/// vLLM's output fields: `include_stop_str_in_output`, `truncate_prompt_tokens`,
+/// `skip_special_tokens`; the ones not served are 400s naming them.
+#[test]
+fn vllm_output_fields_take_effect() {
+    let s = server();
+    let complete = |extra: Value| {
+        let mut body = json!({"prompt": "def quicksort(arr):", "max_tokens": 8, "temperature": 0});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        s.post("/v1/completions", &body.to_string()).json()
+    };
+    // The greedy text is "\n    if len(arr) <= ...": cut before "(", or with it.
+    let cut = complete(json!({"stop": ["("]}));
+    let kept = complete(json!({"stop": ["("], "include_stop_str_in_output": true}));
+    let cut = cut["choices"][0]["text"].as_str().unwrap();
+    assert!(cut.ends_with("len") && !cut.contains('('), "{cut:?}");
+    assert_eq!(kept["choices"][0]["text"].as_str().unwrap(), format!("{cut}("));
+    assert_eq!(kept["choices"][0]["finish_reason"], "stop");
+
+    // The prompt's last 3 tokens only: what is echoed, and what usage counts.
+    let ids = s.post("/tokenize", &json!({"prompt": "def quicksort(arr):"}).to_string()).json()["tokens"].clone();
+    let last3: Vec<Value> = ids.as_array().unwrap().iter().rev().take(3).rev().cloned().collect();
+    let tail = s.post("/detokenize", &json!({"tokens": last3}).to_string()).json()["prompt"].as_str().unwrap().to_string();
+    let short = complete(json!({"truncate_prompt_tokens": 3, "echo": true, "max_tokens": 1}));
+    assert_eq!(short["usage"]["prompt_tokens"], 3);
+    assert!(short["choices"][0]["text"].as_str().unwrap().starts_with(&tail), "{short}");
+
+    // A special token forced by logit_bias (<|fim_prefix|>): left out of the text unless asked for.
+    let special = |extra: Value| {
+        let mut extra = extra;
+        extra["logit_bias"] = json!({"151659": 100});
+        extra["max_tokens"] = json!(2);
+        complete(extra)["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    assert_eq!(special(json!({})), "");
+    assert_eq!(special(json!({"skip_special_tokens": false})), "<|fim_prefix|><|fim_prefix|>");
+
+    for (body, param) in [
+        (json!({"prompt": "x", "prompt_logprobs": 1}), "prompt_logprobs"),
+        (json!({"prompt": "x", "truncate_prompt_tokens": 0}), "truncate_prompt_tokens"),
+    ] {
+        let r = s.post("/v1/completions", &body.to_string());
+        assert_eq!((r.status, r.json()["error"]["param"].as_str().map(str::to_string)), (400, Some(param.to_string())));
+    }
+    let r = s.post("/v1/chat/completions", &chat_body(json!({"chat_template": "{{ messages }}"})));
+    assert_eq!((r.status, r.json()["error"]["param"].as_str().map(str::to_string)), (400, Some("chat_template".to_string())));
+}
+
 /// `suffix`: the middle between prompt and suffix, in Qwen2.5-Coder's FIM format. The test
 /// model writes the variable the suffix returns; without the suffix it returns at once.
 #[test]

@@ -101,6 +101,9 @@ pub(super) fn submit(state: &AppState, req: &ChatCompletionRequest) -> Result<Su
 /// [`submit`] up to the engine: the request it would submit, and how to read its output.
 pub(super) fn prepare(state: &AppState, req: &ChatCompletionRequest) -> Result<(EngineRequest, ChatContext), ApiError> {
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
+    if req.chat_template.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(ApiError::invalid("chat_template", "a request's `chat_template` is not taken (the template is code the server runs); start the server with `--chat-template FILE`"));
+    }
     let (response_format, field) = output_format::requested(req.response_format.as_ref(), &req.structured, &state.formats)?;
     let messages = validate::template_messages(&req.messages)?;
     let (tools, forced) = validate::tools(req, &state.formats)?;
@@ -134,7 +137,8 @@ pub(super) fn prepare(state: &AppState, req: &ChatCompletionRequest) -> Result<(
             rendered[..end + prefix.len()].to_string()
         }
     };
-    let prompt = engine.tokenizer().encode(&prompt_text)?;
+    let mut prompt = engine.tokenizer().encode(&prompt_text)?;
+    validate::truncate_prompt(&req.sampling, &mut prompt, engine.max_sequence_tokens())?;
     let mut params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), engine.default_max_tokens(prompt.len()), logprobs, engine.sampling_defaults())?;
     params.format = format;
     params.think_first = think_first;

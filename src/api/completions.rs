@@ -53,6 +53,9 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
     }
+    for prompt in &mut prompts {
+        validate::truncate_prompt(&req.sampling, prompt, engine.max_sequence_tokens())?;
+    }
     let mut fim_ends = vec![];
     if let Some(suffix) = suffix {
         (prompts, fim_ends) = fim::fill_in_the_middle(tokenizer, prompts, suffix)?;
@@ -72,7 +75,9 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     // Submit every prompt before reading any: they batch together in the engine.
     let mut streams = Vec::with_capacity(prompts.len());
     for prompt in &prompts {
-        streams.push(engine.submit(EngineRequest { prompt: prompt.clone(), params: params.clone() })?);
+        let limit = req.sampling.output_limit().0;
+        let submitted = engine.submit(EngineRequest { prompt: prompt.clone(), params: params.clone() });
+        streams.push(submitted.map_err(|e| validate::length_error(e, engine.max_sequence_tokens(), "prompt", limit))?);
     }
     let ctx = Ctx { id: random_id("cmpl"), created: unix_time(), model: state.model_name.clone(), tokenizer: tokenizer.clone(), echo: req.echo, logprobs, token_ids: req.return_tokens_as_token_ids };
     let mut timing = Timing::new(started);

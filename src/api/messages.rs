@@ -192,6 +192,7 @@ fn to_chat(req: &MessagesRequest, state: &AppState) -> Result<ChatCompletionRequ
         structured: StructuredOutputFields::default(),
         continue_final_message,
         add_generation_prompt: None,
+        chat_template: None,
     })
 }
 

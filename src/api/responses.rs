@@ -167,7 +167,7 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
         sampling.max_completion_tokens = None;
     }
     let mut kwargs = req.chat_template_kwargs.clone();
-    if let Some(effort) = req.reasoning.as_ref().and_then(|r| r.get("effort")).filter(|e| !e.is_null()) {
+    if let Some(effort) = effort(req)? {
         if state.reasoning {
             kwargs.get_or_insert_with(Map::new).entry("enable_thinking").or_insert(Value::Bool(effort != "none"));
         }
@@ -187,8 +187,23 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
         structured: req.structured.clone(),
         continue_final_message: false,
         add_generation_prompt: None,
+        chat_template: None,
     };
     Ok((chat, conversation))
+}
+
+/// `reasoning.effort`, if given, checked as `truncation` is.
+fn effort(req: &ResponsesRequest) -> Result<Option<&str>, ApiError> {
+    // "auto" would cut an input over the context to fit; here such an input is a 400 either way.
+    if let Some(t) = req.truncation.as_deref().filter(|t| !matches!(*t, "auto" | "disabled")) {
+        return Err(ApiError::invalid("truncation", format!("`truncation` must be \"auto\" or \"disabled\", got {t:?}")));
+    }
+    const EFFORTS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];
+    match req.reasoning.as_ref().and_then(|r| r.get("effort")).filter(|e| !e.is_null()) {
+        None => Ok(None),
+        Some(Value::String(e)) if EFFORTS.contains(&e.as_str()) => Ok(Some(e)),
+        Some(other) => Err(ApiError::invalid("reasoning.effort", format!("`reasoning.effort` must be one of {EFFORTS:?}, got {other}"))),
+    }
 }
 
 /// `include` and `top_logprobs`: how many alternatives to list with each of the message's
@@ -445,6 +460,18 @@ mod tests {
         let e = text_of(Some(&json!([{"type": "input_text"}])), "input[0].content").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input[0].content[0].text"));
         assert!(message(tools(&[json!({"type": "web_search"})]).unwrap_err()).ends_with("`tools[0]` has type `web_search`"));
+    }
+
+    #[test]
+    fn effort_and_truncation_take_openais_values_only() {
+        let req = |body: Value| -> ResponsesRequest { serde_json::from_value(body).unwrap() };
+        assert_eq!(effort(&req(json!({"input": "x", "reasoning": {"effort": "none"}, "truncation": "auto"}))).unwrap(), Some("none"));
+        assert_eq!(effort(&req(json!({"input": "x", "reasoning": {"effort": null}}))).unwrap(), None);
+        for (body, param) in [(json!({"reasoning": {"effort": "extreme"}}), "reasoning.effort"), (json!({"reasoning": {"effort": 3}}), "reasoning.effort"), (json!({"truncation": "bogus"}), "truncation")] {
+            let mut body = body;
+            body["input"] = json!("x");
+            assert_eq!(effort(&req(body)).unwrap_err().param.as_deref(), Some(param));
+        }
     }
 
     #[test]

@@ -51,6 +51,16 @@ pub struct SamplingFields {
     pub logit_bias: Option<HashMap<String, f32>>,
     pub ignore_eos: Option<bool>,
     pub min_tokens: Option<i64>,
+    /// vLLM's: the matched stop string stays at the end of the text.
+    pub include_stop_str_in_output: Option<bool>,
+    /// vLLM's: special tokens (`<|fim_pad|>`, `<think>` where it is one, ...) are left out of
+    /// the text unless this is false.
+    pub skip_special_tokens: Option<bool>,
+    /// vLLM's: only the prompt's last k tokens are read (-1: as many as the context holds).
+    pub truncate_prompt_tokens: Option<i64>,
+    /// vLLM's prompt logprobs, not served (refused when set; /v1/completions' `echo` with
+    /// `logprobs` gives them).
+    pub prompt_logprobs: Option<serde_json::Value>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -97,6 +107,9 @@ pub struct ChatCompletionRequest {
     /// starting a new turn (a prefill).
     #[serde(default)]
     pub continue_final_message: bool,
+    /// vLLM's per-request template: refused, as vLLM refuses it by default (a template is code
+    /// the server runs); `--chat-template` sets one.
+    pub chat_template: Option<Value>,
     /// vLLM's extension; only `false` goes with `continue_final_message` (and is implied by it).
     pub add_generation_prompt: Option<bool>,
 }

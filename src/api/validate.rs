@@ -79,6 +79,9 @@ pub fn sampling_params(
     if stop.len() > 16 {
         return Err(ApiError::invalid("stop", format!("`stop` takes at most 16 strings, got {}", stop.len())));
     }
+    if f.prompt_logprobs.as_ref().is_some_and(|p| !p.is_null()) {
+        return Err(ApiError::invalid("prompt_logprobs", "`prompt_logprobs` is not served; /v1/completions with `echo: true` and `logprobs` returns the prompt's logprobs"));
+    }
     let stop_token_ids = f.stop_token_ids.clone().unwrap_or_default().into_iter().map(|id| check_id("stop_token_ids", id)).collect::<Result<_, _>>()?;
     Ok(SamplingParams {
         n,
@@ -96,7 +99,8 @@ pub fn sampling_params(
         min_tokens,
         ignore_eos: f.ignore_eos.unwrap_or(false),
         stop,
-        include_stop_str: false,
+        include_stop_str: f.include_stop_str_in_output.unwrap_or(false),
+        skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
         stop_token_ids,
         logprobs,
         prompt_logprobs: None,
@@ -105,6 +109,18 @@ pub fn sampling_params(
         embed: false,
         score_tokens: Vec::new(),
     })
+}
+
+/// vLLM's `truncate_prompt_tokens`: the prompt's last k tokens (-1: the context's worth).
+pub fn truncate_prompt(f: &SamplingFields, prompt: &mut Vec<u32>, context: usize) -> Result<(), ApiError> {
+    let keep = match f.truncate_prompt_tokens {
+        None => return Ok(()),
+        Some(-1) => context,
+        Some(k) if k >= 1 => k as usize,
+        Some(k) => return Err(ApiError::invalid("truncate_prompt_tokens", format!("`truncate_prompt_tokens` must be at least 1 (or -1: the context), got {k}"))),
+    };
+    prompt.drain(..prompt.len().saturating_sub(keep));
+    Ok(())
 }
 
 /// The engine's refusal of a request as too long for the context or the KV cache, naming the
@@ -231,6 +247,10 @@ pub fn tools(req: &ChatCompletionRequest, formats: &FormatCache) -> Result<(Opti
     for (i, t) in tools.iter().enumerate() {
         let name = t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
         match name {
+            // Calls are read back by their closing tag, so a name holding it could never be called.
+            Some(name) if name.contains("</tool_call>") => {
+                return Err(ApiError::invalid(format!("tools[{i}].function.name"), format!("`tools[{i}].function.name` may not contain `</tool_call>`, which ends a call, got {name:?}")));
+            }
             Some(name) if t.get("type").and_then(Value::as_str) == Some("function") && !name.is_empty() => {
                 // No parameters, or `{}`: the arguments are `{}`.
                 let parameters = t["function"].get("parameters").filter(|p| !p.is_null() && p.as_object().is_none_or(|o| !o.is_empty()));
@@ -324,6 +344,46 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("max_completion_tokens"), "{}", e.message);
         assert!(e.message.starts_with("`max_completion_tokens` must be at least 1"), "{}", e.message);
         assert_eq!(limit(json!({"max_tokens": 0})).unwrap_err().param.as_deref(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn vllm_output_fields_reach_the_engine_or_are_refused() {
+        let params = |body: Value| {
+            let fields: SamplingFields = serde_json::from_value(body).unwrap();
+            sampling_params(&fields, 100, 50, None, &SamplingDefaults::default())
+        };
+        let p = params(json!({})).unwrap();
+        assert!(!p.include_stop_str && p.skip_special_tokens);
+        let p = params(json!({"include_stop_str_in_output": true, "skip_special_tokens": false, "prompt_logprobs": null})).unwrap();
+        assert!(p.include_stop_str && !p.skip_special_tokens);
+        assert_eq!(params(json!({"prompt_logprobs": 1})).unwrap_err().param.as_deref(), Some("prompt_logprobs"));
+        let cut = |k: Value| {
+            let fields: SamplingFields = serde_json::from_value(json!({"truncate_prompt_tokens": k})).unwrap();
+            let mut prompt = vec![1, 2, 3, 4, 5];
+            truncate_prompt(&fields, &mut prompt, 4).map(|()| prompt)
+        };
+        assert_eq!(cut(json!(2)).unwrap(), [4, 5]);
+        assert_eq!(cut(json!(9)).unwrap(), [1, 2, 3, 4, 5]);
+        assert_eq!(cut(json!(-1)).unwrap(), [2, 3, 4, 5], "-1: the context's worth");
+        assert_eq!(cut(json!(null)).unwrap(), [1, 2, 3, 4, 5]);
+        for k in [0, -2] {
+            assert_eq!(cut(json!(k)).unwrap_err().param.as_deref(), Some("truncate_prompt_tokens"));
+        }
+    }
+
+    #[test]
+    fn a_tool_name_holding_the_closing_tag_is_refused_whatever_the_choice() {
+        let formats = FormatCache::with_capacity(2);
+        for choice in [json!("auto"), json!("required")] {
+            let req: ChatCompletionRequest = serde_json::from_value(json!({
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "ok"}}, {"type": "function", "function": {"name": "x</tool_call>y"}}],
+                "tool_choice": choice,
+            }))
+            .unwrap();
+            let e = tools(&req, &formats).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("tools[1].function.name"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// vLLM's `include_stop_str_in_output`: the matched stop string ends the text, not cut off.
     pub include_stop_str: bool,
+    /// Special tokens are left out of the text (vLLM's `skip_special_tokens`, default true).
+    pub skip_special_tokens: bool,
     pub stop_token_ids: Vec<u32>,
     /// Some(k): the sampled token's logprob and the k most likely alternatives (k may be 0).
     pub logprobs: Option<usize>,
@@ -89,6 +91,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             stop: Vec::new(),
             include_stop_str: false,
+            skip_special_tokens: true,
             stop_token_ids: Vec::new(),
             logprobs: None,
             prompt_logprobs: None,

@@ -76,7 +76,7 @@ impl Sequence {
             num_cached_tokens: 0,
             block_table: vec![],
             sampler: Sampler::new(seed),
-            decoder: IncrementalDecoder::new(true),
+            decoder: IncrementalDecoder::new(params.skip_special_tokens),
             stop: StopMatcher::new(&params.stop, params.include_stop_str),
             params,
             events: events.into(),
