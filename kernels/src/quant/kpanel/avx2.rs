@@ -121,11 +121,7 @@ unsafe fn rows_of<const R: usize, const KIND: u8, const PER_GROUP: usize, const 
                 let mut s = [zero; R];
                 for g in 0..groups {
                     let sc = scale_pairs(w, t, (g, g), h);
-                    if KIND == Q4K || R < 4 {
-                        group_rows_inner::<R, PER_GROUP, CHUNK>(w, t, g, h, &rows, b, sc, &mut s);
-                    } else {
-                        group_rows_outer::<R, KIND, PER_GROUP, CHUNK>(w, t, g, h, &rows, b, sc, &mut s);
-                    }
+                    add_group::<R, KIND, PER_GROUP, CHUNK>(w, t, g, h, &rows, b, sc, &mut s);
                 }
                 if kind.zero_point() != 0 {
                     let pairs: [__m256i; 8] = std::array::from_fn(|i| scale_pairs(w, t, (2 * i, 2 * i + 1), h));
@@ -165,11 +161,14 @@ unsafe fn rows_of<const R: usize, const KIND: u8, const PER_GROUP: usize, const 
     }
 }
 
-/// Adds group `g` of tile `t` (rows `8h .. 8h + 8`) to the rows' sums `s`, each value vector
-/// decoded and then met by every row: Q4_K's order, and every kind's below four rows.
+/// Adds group `g` of tile `t` (rows `8h .. 8h + 8`) to the rows' sums `s`. Q4_K, and every
+/// kind below four rows: each value vector decoded, then met by every row. Q5_K and Q6_K
+/// batches: the group's vectors decoded first, the rows outside, faster for them
+/// (`qmatmul_bench`, one thread: Q6_K ffn_down 4864->896 at 16 and 32 rows 1.28 -> 1.15 and
+/// 2.75 -> 2.34 ms, Q5_K `l2` at 32 rows 0.79 -> 0.74) and slower for the others.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn group_rows_inner<const R: usize, const PER_GROUP: usize, const CHUNK: usize>(
+unsafe fn add_group<const R: usize, const KIND: u8, const PER_GROUP: usize, const CHUNK: usize>(
     w: &KPanels,
     t: usize,
     g: usize,
@@ -179,39 +178,24 @@ unsafe fn group_rows_inner<const R: usize, const PER_GROUP: usize, const CHUNK: 
     sc: __m256i,
     s: &mut [__m256i; R],
 ) {
-    for c in 0..PER_GROUP / CHUNK {
-        let mut sum16 = [_mm256_setzero_si256(); R];
-        for i in g * PER_GROUP + c * CHUNK..g * PER_GROUP + (c + 1) * CHUNK {
-            // The kind as read at run time, not `KIND`: with it constant the loop unrolled and
-            // Q4_K at 16 and 32 rows took ~10% longer (`qmatmul_bench`, ffn_down shape).
-            let v = values(w, w.kind, t, i, h);
-            for (row, sum16) in rows.iter().zip(sum16.iter_mut()) {
-                let x = row.qs.as_ptr().add(b * QK_K + 4 * i).cast::<i32>().read_unaligned();
-                *sum16 = _mm256_add_epi16(*sum16, _mm256_maddubs_epi16(v, _mm256_set1_epi32(x)));
+    if KIND == Q4K || R < 4 {
+        for c in 0..PER_GROUP / CHUNK {
+            let mut sum16 = [_mm256_setzero_si256(); R];
+            for i in g * PER_GROUP + c * CHUNK..g * PER_GROUP + (c + 1) * CHUNK {
+                // The kind as read at run time, not `KIND`: with it constant the loop unrolled
+                // and Q4_K at 16 and 32 rows took ~10% longer (`qmatmul_bench`, ffn_down shape).
+                let v = values(w, w.kind, t, i, h);
+                for (row, sum16) in rows.iter().zip(sum16.iter_mut()) {
+                    let x = row.qs.as_ptr().add(b * QK_K + 4 * i).cast::<i32>().read_unaligned();
+                    *sum16 = _mm256_add_epi16(*sum16, _mm256_maddubs_epi16(v, _mm256_set1_epi32(x)));
+                }
+            }
+            for (s, sum16) in s.iter_mut().zip(sum16) {
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(sum16, sc));
             }
         }
-        for (s, sum16) in s.iter_mut().zip(sum16) {
-            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(sum16, sc));
-        }
+        return;
     }
-}
-
-/// [`group_rows_inner`] with the group's vectors decoded first and the rows outside: faster
-/// for Q5_K and Q6_K batches (`qmatmul_bench`, one thread: Q6_K ffn_down 4864->896 at 16 and
-/// 32 rows 1.28 -> 1.15 and 2.75 -> 2.34 ms, Q5_K `l2` at 32 rows 0.79 -> 0.74), slower for
-/// Q4_K and below four rows.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn group_rows_outer<const R: usize, const KIND: u8, const PER_GROUP: usize, const CHUNK: usize>(
-    w: &KPanels,
-    t: usize,
-    g: usize,
-    h: usize,
-    rows: &[ActRow; R],
-    b: usize,
-    sc: __m256i,
-    s: &mut [__m256i; R],
-) {
     let v: [__m256i; PER_GROUP] = std::array::from_fn(|j| values(w, kind_of(KIND), t, PER_GROUP * g + j, h));
     for (row, s) in rows.iter().zip(s.iter_mut()) {
         let x = row.qs.as_ptr().add(b * QK_K + 4 * PER_GROUP * g).cast::<i32>();
