@@ -1,7 +1,6 @@
 //! The small endpoints: models, health, metrics, tokenize / detokenize, OpenAPI spec.
 
-use axum::body::Body;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -9,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::chat;
-use super::state::{ApiJson, AppState};
+use super::state::{self, ApiJson, AppState};
 use super::types::{ChatCompletionRequest, DetokenizeRequest, TokenizeRequest};
 use super::validate;
 use crate::error::ApiError;
@@ -44,12 +43,12 @@ pub async fn tokenize(State(state): State<AppState>, ApiJson(body): ApiJson<Valu
     let has = |key: &str| body.get(key).is_some_and(|v| !v.is_null());
     let tokens = match (has("prompt"), has("messages")) {
         (true, false) => {
-            let req: TokenizeRequest = reparse(&body).await?;
+            let req: TokenizeRequest = reparse(&body)?;
             validate::check_model(req.model.as_deref(), &state.model_name)?;
             state.engine.tokenizer().encode(req.prompt.as_deref().unwrap_or_default())?
         }
         (false, true) => {
-            let req: ChatCompletionRequest = reparse(&body).await?;
+            let req: ChatCompletionRequest = reparse(&body)?;
             chat::prepare(&state, &req)?.0.prompt
         }
         _ => return Err(ApiError::bad_request("give exactly one of `prompt` or `messages`")),
@@ -57,15 +56,10 @@ pub async fn tokenize(State(state): State<AppState>, ApiJson(body): ApiJson<Valu
     Ok(Json(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": state.engine.max_context()})))
 }
 
-/// `body` (JSON already) read as a `T` through [`ApiJson`], so a body of the wrong shape gets
-/// the same 422 naming the field as anywhere else; which `T` depends on the body's keys.
-async fn reparse<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
-    let request = Request::builder()
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let ApiJson(parsed) = ApiJson::<T>::from_request(request, &()).await?;
-    Ok(parsed)
+/// `body` (JSON already) read as a `T` as [`ApiJson`] reads a body, so a body of the wrong
+/// shape gets the same 422 naming the field as anywhere else; which `T` depends on its keys.
+fn reparse<T: DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
+    state::parse(body.to_string().as_bytes())
 }
 
 pub async fn detokenize(State(state): State<AppState>, ApiJson(req): ApiJson<DetokenizeRequest>) -> Result<Json<Value>, ApiError> {

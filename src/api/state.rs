@@ -95,7 +95,7 @@ impl<S: Send + Sync, T: DeserializeOwned, const ANY_TYPE: bool> FromRequest<S> f
 
 /// `bytes` as a `T`, or the error: 400 for malformed JSON, 422 naming the field for JSON of
 /// the wrong shape.
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match axum::Json::<T>::from_bytes(bytes) {
         Ok(axum::Json(v)) => Ok(v),
         Err(JsonRejection::JsonDataError(_)) => Err(wrong_shape::<T>(bytes)),
