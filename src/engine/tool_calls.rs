@@ -28,17 +28,13 @@ pub struct ToolCallFormat {
 
 impl ToolCallFormat {
     /// `tools`: `(name, parameters schema)` of each function the output may call, one call of
-    /// the one function if `single`. The error names the tool whose name or parameters cannot
-    /// be held.
+    /// the one function if `single`. The error names the tool whose parameters cannot be held.
+    /// A name may not hold `</tool_call>` (the call would end inside it): the API refuses such
+    /// tools under any `tool_choice` (`validate::tools`).
     pub fn new(tools: &[(&str, &Value)], single: bool) -> Result<Self, String> {
         let mut calls = Vec::with_capacity(tools.len());
         let mut defs = Map::new();
         for (i, &(name, parameters)) in tools.iter().enumerate() {
-            // The name is written as JSON, which keeps `</tool_call>` as it is: no call could
-            // hold it without the parser reading the call's end there.
-            if name.as_bytes().windows(CLOSE.len() - 1).any(|w| w == &CLOSE[1..]) {
-                return Err(format!("the name of function {name:?} contains `</tool_call>`, which would end the call written in it; a forced call's function name may not contain it"));
-            }
             Schema::compile(parameters).map_err(|e| format!("the parameters of function {name:?}: {e}"))?;
             let at = if tools.len() == 1 { "/properties/arguments".to_string() } else { format!("/anyOf/{i}/properties/arguments") };
             let arguments = rebase(parameters, i, &at, &mut defs);

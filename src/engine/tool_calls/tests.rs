@@ -89,16 +89,10 @@ fn a_string_cannot_close_the_call() {
     assert!(feed(&mut s, "\\u003e')\"}}\n</tool_call>") && s.is_complete());
 }
 
-/// A name holding the closing tag could never be written (the call would end inside it): the
-/// tools are refused rather than held to a call no output can finish.
+/// A name holding the whole closing tag is refused by the API; parts of the tag are fine.
 #[test]
-fn a_name_holding_the_closing_tag_is_refused() {
+fn a_name_with_part_of_the_closing_tag_is_held() {
     let empty = json!({"type": "object", "properties": {}});
-    for single in [true, false] {
-        let err = ToolCallFormat::new(&[("ok", &empty), ("x</tool_call>y", &empty)], single).unwrap_err();
-        assert!(err.contains("\"x</tool_call>y\"") && err.contains("may not contain"), "{err}");
-    }
-    // Parts of the tag are fine.
     let f = ToolCallFormat::new(&[("x</tool_cally", &empty)], true).unwrap();
     let mut s = f.start();
     assert!(feed(&mut s, "<tool_call>\n{\"name\": \"x</tool_cally\", \"arguments\": {}}\n</tool_call>") && s.is_complete());
