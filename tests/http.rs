@@ -246,6 +246,28 @@ fn llama_cpp_infill() {
     assert!(after["tokens_cached"].as_u64().unwrap() >= 32 && after["tokens_predicted"] == 6, "{warm} then {after}");
 }
 
+/// `/infill` cuts a prompt that does not fit instead of refusing it, as llama-server does (the
+/// prefix keeps its end, the suffix its start, the other files what is left), and leaves room
+/// for `n_predict` tokens, or a quarter of the context where it is not set.
+#[test]
+fn infill_cuts_what_does_not_fit() {
+    let short = start(ServerConfig { engine: EngineConfig { max_model_len: Some(256), ..Default::default() }, ..Default::default() });
+    let filler = "# a line of the file that says little\n".repeat(60);
+    let body = |n_predict: Value| {
+        json!({"input_prefix": format!("{filler}def greet(name):\n"), "prompt": "    ", "input_suffix": format!("\n    return message\n{filler}"),
+               "input_extra": [{"filename": "util.py", "text": filler}], "n_predict": n_predict, "top_k": 1})
+        .to_string()
+    };
+    let r = short.post("/infill", &body(json!(6))).json();
+    assert_eq!((r["tokens_evaluated"].as_u64(), r["tokens_predicted"].as_u64()), (Some(250), Some(6)), "{r}");
+    // The cursor's surroundings survive the cut: the middle still greets.
+    assert!(r["content"].as_str().unwrap().starts_with("return \"Hello, "), "{r}");
+    let r = short.post("/infill", &body(Value::Null)).json();
+    assert_eq!(r["tokens_evaluated"].as_u64(), Some(192), "{r}");
+    let e = short.post("/infill", &body(json!(256))).error(400);
+    assert_eq!(e["param"], "n_predict");
+}
+
 /// llama.cpp's `/completion`: its prompt forms (text, token ids, both mixed), response shape,
 /// `n_probs` as `completion_probabilities`, SSE chunks, `grammar`, `n_predict` 0, and errors
 /// naming the field.

@@ -47,6 +47,20 @@ impl Fim {
         ids
     }
 
+    /// `wrap`, cut as llama.cpp's `/infill` cuts it, to at most `budget` tokens where the whole
+    /// does not fit (with room left for the three FIM tokens): the prefix keeps its end (the
+    /// text nearest the cursor) and the suffix its start, the prefix taking up to three
+    /// quarters of the room and the suffix the rest; the repository context fills what they
+    /// leave, keeping its end (the file separator before the edited file, and the files
+    /// nearest it). Where everything fits nothing is cut.
+    pub fn fit(&self, context: &[u32], prefix: &[u32], suffix: &[u32], budget: usize) -> Vec<u32> {
+        let room = budget.saturating_sub(3);
+        let prefix_take = prefix.len().min((room * 3 / 4).max(room.saturating_sub(suffix.len())));
+        let suffix_take = suffix.len().min(room - prefix_take);
+        let context_take = context.len().min(room - prefix_take - suffix_take);
+        self.wrap(&context[context.len() - context_take..], &prefix[prefix.len() - prefix_take..], &suffix[..suffix_take])
+    }
+
     /// Qwen2.5-Coder's repository-level context as llama.cpp's `/infill` writes it: the
     /// repository's name, each file of `files` (name, text) after a file separator, then a
     /// separator before the file being edited (named "filename", as llama.cpp names it).
@@ -81,4 +95,40 @@ pub fn fill_in_the_middle(tokenizer: &Tokenizer, prompts: Vec<Vec<u32>>, suffix:
     let suffix_ids = tokenizer.encode(suffix)?;
     let wrapped = prompts.iter().map(|p| fim.wrap(&[], p, &suffix_ids)).collect();
     Ok((wrapped, fim.ends))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIM: Fim = Fim { prefix: 1, suffix: 2, middle: 3, repo_name: None, file_sep: None, ends: Vec::new() };
+
+    fn range(from: u32, n: u32) -> Vec<u32> {
+        (from..from + n).collect()
+    }
+
+    #[test]
+    fn fit_cuts_only_what_does_not_fit() {
+        let (context, prefix, suffix) = (range(100, 10), range(200, 20), range(300, 8));
+        let whole = FIM.wrap(&context, &prefix, &suffix);
+        assert_eq!(FIM.fit(&context, &prefix, &suffix, whole.len()), whole);
+        assert_eq!(FIM.fit(&context, &prefix, &suffix, 1000), whole);
+        // One token short: the context loses its first token, nothing else.
+        assert_eq!(FIM.fit(&context, &prefix, &suffix, whole.len() - 1), FIM.wrap(&context[1..], &prefix, &suffix));
+        // Room for prefix and suffix only.
+        assert_eq!(FIM.fit(&context, &prefix, &suffix, 31), FIM.wrap(&[], &prefix, &suffix));
+    }
+
+    #[test]
+    fn fit_splits_prefix_and_suffix_three_to_one() {
+        let (context, prefix, suffix) = (range(100, 10), range(200, 100), range(300, 100));
+        // 40 tokens of room: the prefix's last 30, the suffix's first 10, no context.
+        let fitted = FIM.fit(&context, &prefix, &suffix, 43);
+        assert_eq!(fitted, FIM.wrap(&[], &prefix[70..], &suffix[..10]));
+        // A short suffix leaves its share to the prefix, and a short prefix to the suffix.
+        assert_eq!(FIM.fit(&context, &prefix, &suffix[..4], 43), FIM.wrap(&[], &prefix[64..], &suffix[..4]));
+        assert_eq!(FIM.fit(&context, &prefix[..5], &suffix, 43), FIM.wrap(&[], &prefix[..5], &suffix[..35]));
+        // No room at all: the three FIM tokens alone, for the length check to refuse.
+        assert_eq!(FIM.fit(&context, &prefix, &suffix, 2), vec![1, 2, 3]);
+    }
 }

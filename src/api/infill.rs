@@ -48,7 +48,15 @@ pub async fn infill(State(state): State<AppState>, ApiJson(req): LlamaJson<Infil
     let context = fim.repository(tokenizer, &files)?;
     let mut prefix = tokenizer.encode(&req.input_prefix)?;
     prefix.extend(tokenizer.encode(&req.prompt)?);
-    let prompt = fim.wrap(&context, &prefix, &tokenizer.encode(&req.input_suffix)?);
+    // As llama-server does, the prompt is cut to fit rather than refused: editor plugins send
+    // as much of the file and the repository as they have. Room is left for `n_predict`
+    // tokens, or a quarter of the context where it is not set.
+    let max_sequence = engine.max_sequence_tokens();
+    let output = match req.sampling.n_predict {
+        Some(n) if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX).max(1),
+        _ => max_sequence / 4,
+    };
+    let prompt = fim.fit(&context, &prefix, &tokenizer.encode(&req.input_suffix)?, max_sequence.saturating_sub(output));
     let (mut params, _) = req.sampling.params(engine, prompt.len())?;
     if !params.ignore_eos && !params.embed {
         params.stop_token_ids.extend(&fim.ends);
