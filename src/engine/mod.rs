@@ -388,10 +388,11 @@ fn fits_waiting_queue(num_prompts: usize, n: usize, max_waiting: usize) -> Resul
     Err(SubmitError::Invalid(if num_prompts <= 1 || n > max_waiting {
         format!("`n` must be at most {max_waiting}, the waiting queue's size (--max-waiting), got {n}")
     } else {
-        format!(
-            "`prompt` holds {num_prompts} prompts of n = {n} choices, {sequences} sequences; the waiting queue holds at most {max_waiting} (--max-waiting): send at most {} prompts per request",
-            max_waiting / n
-        )
+        let most = match max_waiting / n {
+            1 => "one prompt".to_string(),
+            m => format!("{m} prompts"),
+        };
+        format!("`prompt` holds {num_prompts} prompts of n = {n} choices, {sequences} sequences; the waiting queue holds at most {max_waiting} (--max-waiting): send at most {most} per request")
     }))
 }
 
@@ -405,9 +406,9 @@ mod tests {
         assert_eq!(fits_waiting_queue(512, 2, 1024), Ok(()));
         let too_many = fits_waiting_queue(1100, 1, 1024).unwrap_err();
         let SubmitError::Invalid(message) = &too_many else { panic!("{too_many:?}") };
-        assert!(message.starts_with("`prompt` holds 1100 prompts") && message.contains("at most 1024"), "{message}");
+        assert!(message.starts_with("`prompt` holds 1100 prompts") && message.contains("at most 1024") && message.ends_with("send at most 1024 prompts per request"), "{message}");
         let e = fits_waiting_queue(2, 600, 1024).unwrap_err();
-        assert!(e.to_string().starts_with("`prompt` holds 2 prompts") && e.to_string().ends_with("at most 1 prompts per request"), "{e}");
+        assert!(e.to_string().starts_with("`prompt` holds 2 prompts") && e.to_string().ends_with("send at most one prompt per request"), "{e}");
         for (prompts, n) in [(1, 1025), (3, 2000)] {
             let e = fits_waiting_queue(prompts, n, 1024).unwrap_err();
             assert!(e.to_string().starts_with("`n` must be at most 1024"), "{e}");
