@@ -484,10 +484,17 @@ fn metrics_count_requests_and_latencies() {
     s.post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}).to_string());
     let text = s.get("/metrics").body;
     assert!(text.contains(r#"qwen_serve_requests_total{endpoint="/v1/completions",status="200"}"#), "{text}");
-    for name in ["qwen_serve_time_to_first_token_seconds_count", "qwen_serve_e2e_request_latency_seconds_count", "qwen_serve_kv_cache_usage_ratio", "qwen_serve_num_preemptions", "qwen_serve_prefix_cache_hit_tokens", "qwen_serve_num_requests_waiting"] {
+    for name in ["qwen_serve_time_to_first_token_seconds_count", "qwen_serve_e2e_request_latency_seconds_count", "qwen_serve_kv_cache_usage_ratio", "qwen_serve_num_requests_waiting"] {
         assert!(text.contains(name), "{name} missing");
     }
+    // Totals since start are counters, as Prometheus' rate() expects, named as vLLM's.
+    for name in ["num_preemptions", "prefix_cache_hits", "prompt_tokens", "generation_tokens", "spec_decode_num_draft_tokens"] {
+        assert!(text.contains(&format!("# TYPE qwen_serve_{name} counter\nqwen_serve_{name}_total ")), "{name} is no counter:\n{text}");
+    }
     assert!(s.metric("qwen_serve_time_to_first_token_seconds_count") >= 1.0);
+    let generated = s.metric("qwen_serve_generation_tokens_total");
+    s.post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2, "ignore_eos": true}).to_string());
+    assert!(s.metric("qwen_serve_generation_tokens_total") >= generated + 2.0);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! histograms, and the engine's gauges read at scrape time.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -30,12 +31,15 @@ pub struct Metrics {
     waiting: Gauge,
     kv_usage: Gauge<f64, AtomicU64>,
     free_blocks: Gauge,
-    prefix_hit_tokens: Gauge,
-    preemptions: Gauge,
-    prompt_tokens: Gauge,
-    generated_tokens: Gauge,
-    draft_tokens: Gauge,
-    accepted_draft_tokens: Gauge,
+    prefix_hit_tokens: Counter,
+    preemptions: Counter,
+    prompt_tokens: Counter,
+    generated_tokens: Counter,
+    draft_tokens: Counter,
+    accepted_draft_tokens: Counter,
+    /// Brings the counters up to the engine's totals one scrape at a time (two at once would
+    /// both add the same difference).
+    scrape: Mutex<()>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -63,12 +67,18 @@ impl Default for Metrics {
         let kv_usage = Gauge::<f64, AtomicU64>::default();
         registry.register("kv_cache_usage_ratio", "Fraction of KV blocks held by sequences", kv_usage.clone());
         let free_blocks = gauge(&mut registry, "kv_cache_free_blocks", "KV blocks free or reclaimable");
-        let prefix_hit_tokens = gauge(&mut registry, "prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache since start");
-        let preemptions = gauge(&mut registry, "num_preemptions", "Sequences preempted for lack of KV blocks since start");
-        let prompt_tokens = gauge(&mut registry, "prompt_tokens_computed", "Prompt tokens computed since start");
-        let generated_tokens = gauge(&mut registry, "generation_tokens", "Tokens generated since start");
-        let draft_tokens = gauge(&mut registry, "spec_decode_num_draft_tokens", "Draft tokens checked by speculative decoding since start");
-        let accepted_draft_tokens = gauge(&mut registry, "spec_decode_num_accepted_tokens", "Draft tokens the model kept since start");
+        // Totals since start are counters (exposed with `_total`), named as vLLM names them.
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let prefix_hit_tokens = counter(&mut registry, "prefix_cache_hits", "Prompt tokens served from the prefix cache");
+        let preemptions = counter(&mut registry, "num_preemptions", "Sequences preempted for lack of KV blocks");
+        let prompt_tokens = counter(&mut registry, "prompt_tokens", "Prompt tokens computed (not those served from the prefix cache)");
+        let generated_tokens = counter(&mut registry, "generation_tokens", "Tokens generated");
+        let draft_tokens = counter(&mut registry, "spec_decode_num_draft_tokens", "Draft tokens checked by speculative decoding");
+        let accepted_draft_tokens = counter(&mut registry, "spec_decode_num_accepted_tokens", "Draft tokens the model kept");
         Self {
             registry,
             requests,
@@ -85,6 +95,7 @@ impl Default for Metrics {
             generated_tokens,
             draft_tokens,
             accepted_draft_tokens,
+            scrape: Mutex::new(()),
         }
     }
 }
@@ -107,16 +118,21 @@ impl Metrics {
 
     /// The exposition text, with the engine gauges as of now.
     pub fn render(&self, stats: &EngineStats) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.running.set(stats.num_running as i64);
         self.waiting.set(stats.num_waiting as i64);
         self.kv_usage.set(stats.kv_cache_usage as f64);
         self.free_blocks.set(stats.num_free_blocks as i64);
-        self.prefix_hit_tokens.set(stats.num_prefix_cache_hit_tokens as i64);
-        self.preemptions.set(stats.num_preemptions as i64);
-        self.prompt_tokens.set(stats.num_prompt_tokens_computed as i64);
-        self.generated_tokens.set(stats.num_generated_tokens as i64);
-        self.draft_tokens.set(stats.num_draft_tokens as i64);
-        self.accepted_draft_tokens.set(stats.num_accepted_draft_tokens as i64);
+        for (counter, total) in [
+            (&self.prefix_hit_tokens, stats.num_prefix_cache_hit_tokens),
+            (&self.preemptions, stats.num_preemptions),
+            (&self.prompt_tokens, stats.num_prompt_tokens_computed),
+            (&self.generated_tokens, stats.num_generated_tokens),
+            (&self.draft_tokens, stats.num_draft_tokens),
+            (&self.accepted_draft_tokens, stats.num_accepted_draft_tokens),
+        ] {
+            counter.inc_by((total as u64).saturating_sub(counter.get()));
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
