@@ -26,9 +26,16 @@ fn models_health_and_openapi() {
     let s = server();
     let models = s.get("/v1/models").json();
     assert_eq!(models["data"][0]["id"], "qwen-test");
+    let one = s.get("/v1/models/qwen-test").json();
+    assert_eq!((&one["id"], &one["object"], &one["max_model_len"]), (&models["data"][0]["id"], &json!("model"), &models["data"][0]["max_model_len"]));
+    for missing in ["gpt-4", "Qwen/qwen-test", "Qwen%2Fqwen-test"] {
+        s.get(&format!("/v1/models/{missing}")).error(404);
+    }
+    let e = s.get("/v1/models/gpt-4").error(404);
+    assert_eq!((e["code"].as_str(), e["param"].as_str()), (Some("model_not_found"), Some("model")));
     assert_eq!(s.get("/health").status, 200);
     let spec = s.get("/openapi.json").json();
-    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/responses", "/v1/responses/{id}", "/v1/messages", "/v1/messages/count_tokens", "/infill", "/completion", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"] {
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/responses", "/v1/responses/{id}", "/v1/messages", "/v1/messages/count_tokens", "/infill", "/completion", "/v1/models", "/v1/models/{model}", "/tokenize", "/detokenize", "/health", "/metrics"] {
         assert!(spec["paths"][path].is_object(), "openapi lacks {path}");
     }
 }

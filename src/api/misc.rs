@@ -1,6 +1,6 @@
 //! The small endpoints: models, health, metrics, tokenize / detokenize, OpenAPI spec.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,17 +13,25 @@ use super::types::{ChatCompletionRequest, DetokenizeRequest, TokenizeRequest};
 use super::validate;
 use crate::error::ApiError;
 
+fn model_object(state: &AppState) -> Value {
+    json!({
+        "id": state.model_name,
+        "object": "model",
+        "created": super::generation::unix_time(),
+        "owned_by": "qwen-serve",
+        "max_model_len": state.engine.max_context(),
+    })
+}
+
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.model_name,
-            "object": "model",
-            "created": super::generation::unix_time(),
-            "owned_by": "qwen-serve",
-            "max_model_len": state.engine.max_context(),
-        }]
-    }))
+    Json(json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+/// `GET /v1/models/{model}` (the OpenAI SDK's `models.retrieve`): the served model, or a 404.
+/// The name may hold slashes (`Qwen/Qwen2.5-0.5B-Instruct`), raw or percent-encoded.
+pub async fn model(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    validate::check_model(Some(&model), &state.model_name)?;
+    Ok(Json(model_object(&state)))
 }
 
 pub async fn health(State(state): State<AppState>) -> Response {

@@ -45,6 +45,7 @@ pub fn router(state: AppState, opts: &ServerOptions) -> Router {
         .route("/completion", post(llama::completion))
         .route("/completions", post(llama::completion))
         .route("/v1/models", get(misc::models))
+        .route("/v1/models/{*model}", get(misc::model))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
         .route("/openapi.json", get(misc::openapi))
