@@ -181,6 +181,12 @@ fn function_tools_calls_and_their_outputs() {
         {"role": "tool", "tool_call_id": call["call_id"], "content": "{\"temperature_c\": -3, \"sky\": \"snow\"}"}]);
     let c = server().post("/v1/chat/completions", &json!({"messages": messages, "tools": chat_tools, "max_tokens": 40, "temperature": 0}).to_string()).json();
     assert_eq!(output_text(&answer), c["choices"][0]["message"]["content"].as_str().unwrap());
+    // The earlier call is written back as the object the model wrote, not as a quoted JSON
+    // string, which the model would then copy.
+    let ids = server().post("/tokenize", &json!({"messages": messages, "tools": chat_tools}).to_string()).json()["tokens"].clone();
+    let prompt = server().post("/detokenize", &json!({"tokens": ids}).to_string()).json()["prompt"].as_str().unwrap().to_string();
+    assert!(prompt.contains("\"arguments\": {\"city\": ") && !prompt.contains("\"arguments\": \""), "{prompt}");
+    assert_eq!(answer["usage"]["input_tokens"].as_u64().unwrap(), ids.as_array().unwrap().len() as u64);
 
     // Streamed, the call comes as one item with its arguments.
     let events = server().post("/v1/responses", &json!({"input": "What is the weather in Oslo?", "tools": tools, "tool_choice": "required",

@@ -272,7 +272,8 @@ fn push_item(conversation: &mut Vec<ChatMessage>, item: &Value, i: usize, reason
     Ok(())
 }
 
-/// A message's `content` (or a call's `output`): a string, or text parts joined.
+/// A message's `content` (or a call's `output`): a string, or text parts joined by line breaks
+/// (as chat's are).
 fn text_of(content: Option<&Value>, field: &str) -> Result<String, ApiError> {
     match content {
         Some(Value::String(s)) => Ok(s.clone()),
@@ -280,7 +281,12 @@ fn text_of(content: Option<&Value>, field: &str) -> Result<String, ApiError> {
             let mut text = String::new();
             for (j, part) in parts.iter().enumerate() {
                 match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
-                    (Some("input_text" | "output_text" | "text"), Some(t)) => text.push_str(t),
+                    (Some("input_text" | "output_text" | "text"), Some(t)) => {
+                        if j > 0 {
+                            text.push('\n');
+                        }
+                        text.push_str(t);
+                    }
                     (Some("input_text" | "output_text" | "text"), None) => return Err(ApiError::invalid(format!("{field}[{j}].text"), format!("`{field}[{j}].text` must be a string"))),
                     _ => return Err(ApiError::invalid(format!("{field}[{j}]"), format!("only text parts are supported (`input_text`, `output_text`); `{field}[{j}]` {}", has_type(part)))),
                 }
@@ -460,6 +466,13 @@ mod tests {
         let e = text_of(Some(&json!([{"type": "input_text"}])), "input[0].content").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input[0].content[0].text"));
         assert!(message(tools(&[json!({"type": "web_search"})]).unwrap_err()).ends_with("`tools[0]` has type `web_search`"));
+    }
+
+    #[test]
+    fn text_parts_are_joined_by_lines() {
+        let parts = json!([{"type": "input_text", "text": "hello"}, {"type": "input_text", "text": "world"}]);
+        assert_eq!(text_of(Some(&parts), "input[0].content").unwrap(), "hello\nworld");
+        assert_eq!(text_of(Some(&json!("one")), "input[0].content").unwrap(), "one");
     }
 
     #[test]

@@ -192,10 +192,17 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ApiErro
                 None => None,
                 Some(MessageContent::Text(t)) => Some(t.clone()),
                 Some(MessageContent::Parts(parts)) => {
+                    // Parts are joined by line breaks, as vLLM joins them: words at their
+                    // edges stay apart.
                     let mut text = String::new();
                     for (j, p) in parts.iter().enumerate() {
                         match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => text.push_str(t),
+                            ("text", Some(t)) => {
+                                if j > 0 {
+                                    text.push('\n');
+                                }
+                                text.push_str(t);
+                            }
                             (kind, _) => {
                                 return Err(ApiError::invalid(
                                     format!("messages[{i}].content[{j}]"),
@@ -215,7 +222,7 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ApiErro
                 }
             }
             if let Some(calls) = &m.tool_calls {
-                v["tool_calls"] = json!(calls);
+                v["tool_calls"] = Value::Array(calls.iter().map(arguments_as_object).collect());
             }
             if let Some(name) = &m.name {
                 v["name"] = json!(name);
@@ -229,6 +236,26 @@ pub fn template_messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ApiErro
             Ok(v)
         })
         .collect()
+}
+
+/// A call as the template writes it back: OpenAI sends `function.arguments` as a JSON string,
+/// and Qwen2.5's template writes `arguments | tojson`, which would quote that string, so the
+/// model would read (and then write) its own calls escaped. A string that parses is the
+/// object it holds (empty means `{}`), as vLLM does; one that does not parse stays a string.
+fn arguments_as_object(call: &Value) -> Value {
+    let mut call = call.clone();
+    if let Some(arguments) = call.get_mut("function").and_then(|f| f.get_mut("arguments")) {
+        match arguments {
+            Value::String(s) if s.trim().is_empty() => *arguments = json!({}),
+            Value::String(s) => {
+                if let Ok(parsed) = serde_json::from_str::<Value>(s) {
+                    *arguments = parsed;
+                }
+            }
+            _ => {}
+        }
+    }
+    call
 }
 
 /// The tools a request offers: those to hand to the template (None: no tools, or
@@ -332,6 +359,25 @@ mod tests {
     fn limit(body: Value) -> Result<usize, ApiError> {
         let fields: SamplingFields = serde_json::from_value(body).unwrap();
         sampling_params(&fields, 100, 50, None, &SamplingDefaults::default()).map(|p| p.max_tokens)
+    }
+
+    #[test]
+    fn template_messages_give_calls_objects_and_join_parts_by_lines() {
+        let messages: Vec<ChatMessage> = serde_json::from_value(json!([
+            {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": "world"}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"city\": \"Paris\"}"}},
+                {"id": "b", "type": "function", "function": {"name": "g", "arguments": ""}},
+                {"id": "c", "type": "function", "function": {"name": "h", "arguments": "not json"}},
+                {"id": "d", "type": "function", "function": {"name": "k", "arguments": {"n": 1}}}
+            ]}
+        ]))
+        .unwrap();
+        let rendered = template_messages(&messages).unwrap();
+        assert_eq!(rendered[0]["content"], "hello\nworld");
+        let arguments: Vec<&Value> = rendered[1]["tool_calls"].as_array().unwrap().iter().map(|c| &c["function"]["arguments"]).collect();
+        assert_eq!(arguments, [&json!({"city": "Paris"}), &json!({}), &json!("not json"), &json!({"n": 1})]);
+        assert_eq!(rendered[1]["tool_calls"][0]["id"], "a");
     }
 
     #[test]
