@@ -56,6 +56,9 @@ pub struct LlamaSampling {
     pub xtc_probability: Option<f64>,
     pub dry_multiplier: Option<f64>,
     pub top_n_sigma: Option<f64>,
+    /// `true` asks for probabilities after llama.cpp's whole sampler chain (`prob`,
+    /// `top_probs`); only `false` (the default: `logprob`, `top_logprobs`) is taken.
+    pub post_sampling_probs: Option<bool>,
 }
 
 impl LlamaSampling {
@@ -70,6 +73,12 @@ impl LlamaSampling {
         }
         if self.top_n_sigma.is_some_and(|v| v > 0.0) {
             return Err(ApiError::invalid("top_n_sigma", "`top_n_sigma` is not supported here: only -1 (off) is taken"));
+        }
+        if self.post_sampling_probs == Some(true) {
+            return Err(ApiError::invalid(
+                "post_sampling_probs",
+                "`post_sampling_probs: true` is not supported here: `n_probs` reports the model's log-probabilities before sampling (`logprob`, `top_logprobs`), as `false` does",
+            ));
         }
         Ok(())
     }
@@ -280,4 +289,22 @@ fn reply(model: &str, content: String, tokens: &[u32], reason: FinishReason, sto
             "predicted_per_second": per_second(usage.num_output_tokens, predicted_ms),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samplers_and_modes_this_server_lacks_are_refused_by_name() {
+        let refused = |body: Value| {
+            let sampling: LlamaSampling = serde_json::from_value(body).unwrap();
+            sampling.refuse_missing_samplers().err().and_then(|e| e.param)
+        };
+        assert_eq!(refused(json!({"post_sampling_probs": true})).as_deref(), Some("post_sampling_probs"));
+        assert_eq!(refused(json!({"mirostat": 2})).as_deref(), Some("mirostat"));
+        assert_eq!(refused(json!({"top_n_sigma": 1.5})).as_deref(), Some("top_n_sigma"));
+        // Their off values, as llama.cpp's web UI sends them, are taken.
+        assert_eq!(refused(json!({"post_sampling_probs": false, "mirostat": 0, "typical_p": 1.0, "top_n_sigma": -1.0})), None);
+    }
 }
