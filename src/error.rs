@@ -1,5 +1,6 @@
 //! The one place errors become HTTP: an [`ApiError`] is an OpenAI-style error body
-//! `{"error": {"message", "type", "param", "code"}}` with its status.
+//! `{"error": {"message", "type", "param", "code"}}` with its status, or, on Anthropic's
+//! routes, Anthropic's `{"type": "error", "error": {"type", "message"}}` ([`ApiError::anthropic_body`]).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -76,11 +77,49 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {"message": self.message, "type": self.kind(), "param": self.param, "code": self.code}})
     }
+
+    /// Anthropic's error types, by status as its API documents them (other 4xx are
+    /// `invalid_request_error`, other 5xx `api_error`).
+    fn anthropic_kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            s if s == StatusCode::SERVICE_UNAVAILABLE || s.as_u16() == 529 => "overloaded_error",
+            s if s.is_server_error() => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The body Anthropic's SDKs parse: `{"type": "error", "error": {"type", "message"}}`, with
+    /// OpenAI's `param` and `code` kept in `error` where set (the field at fault).
+    pub fn anthropic_body(&self) -> serde_json::Value {
+        let mut error = json!({"type": self.anthropic_kind(), "message": self.message});
+        if let Some(param) = &self.param {
+            error["param"] = param.as_str().into();
+        }
+        if let Some(code) = self.code {
+            error["code"] = code.into();
+        }
+        json!({"type": "error", "error": error})
+    }
+
+    /// The response in Anthropic's envelope.
+    pub fn into_anthropic_response(self) -> Response {
+        (self.status, Json(self.anthropic_body())).into_response()
+    }
 }
 
 impl IntoResponse for ApiError {
+    /// The OpenAI body; the error itself rides along in the response's extensions, so that a
+    /// route serving another API can answer it in that API's envelope
+    /// (`server::anthropic_errors`).
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        response.extensions_mut().insert(self);
+        response
     }
 }
 
@@ -114,5 +153,35 @@ impl From<TokenizerError> for ApiError {
             TokenizerError::Decode(m) => Self::invalid("tokens", format!("the tokens could not be decoded: {m}")),
             other => Self::internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anthropic_errors_are_typed_by_status_and_keep_the_field() {
+        let kind = |status: u16| ApiError::with_status(StatusCode::from_u16(status).unwrap(), "m").anthropic_body()["error"]["type"].clone();
+        let expected = [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (403, "permission_error"),
+            (404, "not_found_error"),
+            (405, "invalid_request_error"),
+            (413, "request_too_large"),
+            (415, "invalid_request_error"),
+            (422, "invalid_request_error"),
+            (429, "rate_limit_error"),
+            (500, "api_error"),
+            (503, "overloaded_error"),
+            (529, "overloaded_error"),
+        ];
+        for (status, name) in expected {
+            assert_eq!(kind(status), name, "{status}");
+        }
+        let body = ApiError::invalid("temperature", "`temperature` must be in [0, 1], got 2").anthropic_body();
+        assert_eq!(body, json!({"type": "error", "error": {"type": "invalid_request_error", "message": "`temperature` must be in [0, 1], got 2", "param": "temperature"}}));
+        assert_eq!(ApiError::model_not_found("m").anthropic_body()["error"]["code"], "model_not_found");
     }
 }

@@ -5,7 +5,8 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::server::{start, ServerConfig, TestServer};
+use common::server::{start, Reply, ServerConfig, TestServer};
+use qwen_serve::engine::EngineConfig;
 use serde_json::{json, Value};
 
 fn server() -> &'static TestServer {
@@ -24,6 +25,22 @@ fn chat(body: Value) -> Value {
     let mut b = json!({"temperature": 0});
     b.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
     server().post("/v1/chat/completions", &b.to_string()).json()
+}
+
+/// Asserts Anthropic's error body, `{"type": "error", "error": {"type", "message", ...}}`, with
+/// this status and type; returns the error object.
+fn anthropic_error(reply: &Reply, status: u16, kind: &str) -> Value {
+    assert_eq!(reply.status, status, "body: {}", reply.body);
+    let v = reply.json();
+    assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], kind, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+    v["error"].clone()
+}
+
+fn count_tokens(body: Value) -> u64 {
+    server().post("/v1/messages/count_tokens", &body.to_string()).json()["input_tokens"].as_u64().unwrap()
 }
 
 fn text_of(m: &Value) -> String {
@@ -151,11 +168,30 @@ fn prefill_system_turns_tool_errors_and_json_output() {
     let failed = counted(json!({"type": "tool_result", "tool_use_id": "t1", "content": "no such file", "is_error": true}));
     assert!(failed > ok, "the model is told the tool failed");
 
+    // JSON output by either name (`output_format` is the beta's); held to the schema, the
+    // reply differs from the free one.
     let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]});
-    let m = message(json!({"max_tokens": 60, "temperature": 0, "messages": [{"role": "user", "content": "Describe a cat named Tom, aged 3, as JSON."}],
-        "output_config": {"format": {"type": "json_schema", "schema": schema}}}));
-    let v: Value = serde_json::from_str(&text_of(&m)).unwrap_or_else(|e| panic!("{e}: {m}"));
+    let format = json!({"type": "json_schema", "schema": schema});
+    let ask = json!([{"role": "user", "content": "Describe a cat named Tom, aged 3, as JSON."}]);
+    let free = text_of(&message(json!({"max_tokens": 60, "temperature": 0, "messages": ask})));
+    let by_config = text_of(&message(json!({"max_tokens": 60, "temperature": 0, "messages": ask, "output_config": {"format": format}})));
+    let by_beta_name = text_of(&message(json!({"max_tokens": 60, "temperature": 0, "messages": ask, "output_format": format})));
+    let v: Value = serde_json::from_str(&by_config).unwrap_or_else(|e| panic!("{e}: {by_config}"));
     assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+    assert_eq!(by_beta_name, by_config);
+    assert_ne!(free, by_config);
+}
+
+/// A turn's text blocks are its lines, as chat joins its text parts: the prompt is the one of
+/// the text joined with "\n".
+#[test]
+fn text_blocks_are_joined_with_newlines() {
+    let blocks = json!([{"type": "text", "text": "hello"}, {"type": "text", "text": "world"}]);
+    let joined = count_tokens(json!({"messages": [{"role": "user", "content": "hello\nworld"}]}));
+    assert_eq!(count_tokens(json!({"messages": [{"role": "user", "content": blocks}]})), joined);
+    assert_ne!(count_tokens(json!({"messages": [{"role": "user", "content": "helloworld"}]})), joined);
+    let system = count_tokens(json!({"system": "hello\nworld", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(count_tokens(json!({"system": blocks, "messages": [{"role": "user", "content": "hi"}]})), system);
 }
 
 #[test]
@@ -175,9 +211,66 @@ fn bad_requests_name_their_field() {
         (json!({"messages": user, "thinking": "on"}), "thinking.type"),
         (json!({"messages": user, "output_config": {"format": {"type": "regex"}}}), "output_config.format"),
         (json!({"messages": user, "stop_sequences": ["x"], "tools": [{"name": "f"}], "tool_choice": {"type": "any"}}), "stop_sequences"),
+        (json!({"messages": user, "temperature": 1.5}), "temperature"),
+        (json!({"messages": user, "temperature": -0.5}), "temperature"),
+        (json!({"messages": user, "output_format": {"type": "regex"}}), "output_format"),
+        (json!({"messages": user, "output_format": {"type": "json_schema", "schema": {"type": "array"}}, "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}), "output_format"),
     ];
     for (body, param) in cases {
-        let e = s.post("/v1/messages", &body.to_string()).error(400);
+        let e = anthropic_error(&s.post("/v1/messages", &body.to_string()), 400, "invalid_request_error");
         assert_eq!(e["param"], param, "{body}: {e}");
+    }
+    // Anthropic's temperature range is [0, 1]; its ends are taken.
+    let e = anthropic_error(&s.post("/v1/messages", &json!({"messages": user, "temperature": 1.5}).to_string()), 400, "invalid_request_error");
+    assert!(e["message"].as_str().unwrap().contains("[0, 1]"), "{e}");
+    for t in [0.0, 1.0] {
+        assert_eq!(message(json!({"max_tokens": 1, "temperature": t, "messages": user}))["type"], "message");
+    }
+}
+
+/// Both routes answer every error in Anthropic's envelope (the SDK's typed exceptions read
+/// `error.type`); the OpenAI routes keep theirs.
+#[test]
+fn errors_come_in_anthropics_envelope() {
+    let s = server();
+    let user = json!([{"role": "user", "content": "x"}]);
+    for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+        let e = anthropic_error(&s.post(path, &json!({"messages": [{"role": "tool", "content": "x"}]}).to_string()), 400, "invalid_request_error");
+        assert_eq!(e["param"], "messages[0].role");
+        let e = anthropic_error(&s.post(path, &json!({"messages": "x"}).to_string()), 422, "invalid_request_error");
+        assert_eq!(e["param"], "messages", "{e}");
+        anthropic_error(&s.post(path, "{not json"), 400, "invalid_request_error");
+        let e = anthropic_error(&s.post(path, &json!({"model": "claude-x", "messages": user}).to_string()), 404, "not_found_error");
+        assert_eq!(e["code"], "model_not_found");
+        anthropic_error(&s.post_with(path, &json!({"messages": user}).to_string(), &[("Content-Type", "text/plain")]), 415, "invalid_request_error");
+        anthropic_error(&s.get(path), 405, "invalid_request_error");
+        let (status, response) = s.raw_post_declaring_length(path, 2 << 20);
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_string();
+        anthropic_error(&Reply { status, body }, 413, "request_too_large");
+    }
+    let openai = s.post("/v1/chat/completions", &json!({"messages": user, "temperature": 3}).to_string());
+    let v = openai.json();
+    assert!(v.get("type").is_none() && v["error"]["type"] == "invalid_request_error" && v["error"]["param"] == "temperature", "{v}");
+}
+
+/// The key check and a full queue answer in Anthropic's envelope too.
+#[test]
+fn refused_keys_and_a_full_queue_in_anthropics_envelope() {
+    let s = start(ServerConfig { api_key: Some("sekret".into()), engine: EngineConfig { max_num_seqs: 1, max_waiting: 1, ..Default::default() }, ..Default::default() });
+    let body = json!({"max_tokens": 200, "ignore_eos": true, "messages": [{"role": "user", "content": "hello"}]}).to_string();
+    for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+        anthropic_error(&s.post(path, &body), 401, "authentication_error");
+        anthropic_error(&s.post_with(path, &body, &[("x-api-key", "wrong")]), 401, "authentication_error");
+    }
+    assert_eq!(s.get("/v1/models").error(401)["code"], "invalid_api_key");
+    let replies: Vec<Reply> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6).map(|_| scope.spawn(|| s.post_with("/v1/messages", &body, &[("x-api-key", "sekret")]))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(replies.iter().any(|r| r.status == 200), "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status != 200).collect();
+    assert!(!refused.is_empty());
+    for r in refused {
+        anthropic_error(r, 429, "rate_limit_error");
     }
 }

@@ -39,6 +39,8 @@ pub struct MessagesRequest {
     /// `{"format": {"type": "json_schema", "schema": {...}}}` holds the reply to the schema;
     /// `effort` is taken and changes nothing.
     pub output_config: Option<Value>,
+    /// The structured-output beta's older name for `output_config.format`.
+    pub output_format: Option<Value>,
     pub chat_template_kwargs: Option<Map<String, Value>>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
@@ -46,7 +48,7 @@ pub struct MessagesRequest {
 
 pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<MessagesRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let Submitted { stream, ctx, num_prompt_tokens, .. } = submit(&state, &to_chat(&req, &state)?).map_err(renamed)?;
+    let Submitted { stream, ctx, num_prompt_tokens, .. } = submit(&state, &to_chat(&req, &state)?).map_err(|e| renamed(e, &req))?;
     let id = item_id("msg");
     let mut timing = Timing::new(started);
     if req.sampling.stream {
@@ -85,7 +87,7 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Message
 
 /// The prompt's tokens as the template renders them (what `input_tokens` will be).
 pub async fn count_tokens(State(state): State<AppState>, ApiJson(req): ApiJson<MessagesRequest>) -> Result<Json<Value>, ApiError> {
-    let (request, _) = prepare(&state, &to_chat(&req, &state)?).map_err(renamed)?;
+    let (request, _) = prepare(&state, &to_chat(&req, &state)?).map_err(|e| renamed(e, &req))?;
     Ok(Json(json!({"input_tokens": request.prompt.len()})))
 }
 
@@ -97,13 +99,13 @@ fn usage(num_prompt_tokens: usize, u: crate::engine::Usage) -> Value {
 }
 
 /// An error from the chat path with its fields as this API names them: `stop` is
-/// `stop_sequences`, `response_format` is `output_config.format`, and messages are numbered as
-/// rendered (the system message first, tool results apart), so a message's field is named as
-/// `messages`.
-fn renamed(e: ApiError) -> ApiError {
+/// `stop_sequences`, `response_format` is `output_config.format` (or `output_format`, as `req`
+/// sent it), and messages are numbered as rendered (the system message first, tool results
+/// apart), so a message's field is named as `messages`.
+fn renamed(e: ApiError, req: &MessagesRequest) -> ApiError {
     let renamed = match e.param.as_deref() {
         Some("stop") => "stop_sequences",
-        Some("response_format") => "output_config.format",
+        Some("response_format") => output_format(req).map_or("output_config.format", |(field, _)| field),
         Some(p) if p.starts_with("messages[") || p == "continue_final_message" => "messages",
         _ => return e,
     };
@@ -131,6 +133,10 @@ fn to_chat(req: &MessagesRequest, state: &AppState) -> Result<ChatCompletionRequ
     if req.sampling.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid("n", "/v1/messages makes one output; `n` must be 1"));
     }
+    // Anthropic's range, narrower than chat's [0, 2].
+    if let Some(t) = req.sampling.temperature.filter(|t| !(0.0..=1.0).contains(t)) {
+        return Err(ApiError::invalid("temperature", format!("`temperature` must be in [0, 1], got {t}")));
+    }
     let mut messages = vec![];
     if let Some(system) = req.system.as_ref().filter(|s| !s.is_null()) {
         messages.push(message("system", Some(text_blocks(system, "system")?)));
@@ -154,13 +160,7 @@ fn to_chat(req: &MessagesRequest, state: &AppState) -> Result<ChatCompletionRequ
             kwargs.get_or_insert_with(Map::new).entry("enable_thinking").or_insert(Value::Bool(on));
         }
     }
-    let response_format = match req.output_config.as_ref().and_then(|c| c.get("format")).filter(|f| !f.is_null()) {
-        None => None,
-        Some(format) => match (format.get("type").and_then(Value::as_str), format.get("schema")) {
-            (Some("json_schema"), Some(schema)) => Some(json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}})),
-            _ => return Err(ApiError::invalid("output_config.format", "`output_config.format` must be {\"type\": \"json_schema\", \"schema\": {...}}")),
-        },
-    };
+    let response_format = response_format(req)?;
     // A last assistant turn of text is a prefill: the reply goes on from it.
     let continue_final_message = req.messages.last().and_then(|m| m.get("role")) == Some(&json!("assistant"))
         && messages.last().is_some_and(|m| m.tool_calls.is_none() && matches!(&m.content, Some(MessageContent::Text(t)) if !t.is_empty()));
@@ -196,6 +196,27 @@ fn to_chat(req: &MessagesRequest, state: &AppState) -> Result<ChatCompletionRequ
     })
 }
 
+/// The output format asked for, and the field that asked: `output_config.format`, or the
+/// beta's `output_format`.
+fn output_format(req: &MessagesRequest) -> Option<(&'static str, &Value)> {
+    let current = req.output_config.as_ref().and_then(|c| c.get("format")).filter(|f| !f.is_null());
+    let legacy = req.output_format.as_ref().filter(|f| !f.is_null());
+    current.map(|f| ("output_config.format", f)).or(legacy.map(|f| ("output_format", f)))
+}
+
+/// Chat's `response_format` for the output format asked for. `output_format` may repeat
+/// `output_config.format` but not contradict it.
+fn response_format(req: &MessagesRequest) -> Result<Option<Value>, ApiError> {
+    let Some((field, format)) = output_format(req) else { return Ok(None) };
+    if req.output_format.as_ref().is_some_and(|legacy| !legacy.is_null() && legacy != format) {
+        return Err(ApiError::invalid("output_format", "`output_format` is the older name of `output_config.format`; give one, or the same format in both"));
+    }
+    match (format.get("type").and_then(Value::as_str), format.get("schema")) {
+        (Some("json_schema"), Some(schema)) => Ok(Some(json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}))),
+        _ => Err(ApiError::invalid(field, format!("`{field}` must be {{\"type\": \"json_schema\", \"schema\": {{...}}}}"))),
+    }
+}
+
 /// One Anthropic message as chat messages: a user turn's `tool_result` blocks become tool
 /// messages (before its text), an assistant turn's `thinking` its reasoning and `tool_use`
 /// blocks its tool calls.
@@ -226,7 +247,7 @@ fn push_message(messages: &mut Vec<ChatMessage>, m: &Value, i: usize) -> Result<
         let at = format!("{field}.content[{j}]");
         let str_of = |key: &str| block.get(key).and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("{at}.{key}"), format!("`{at}.{key}` must be a string")));
         match (role, block.get("type").and_then(Value::as_str).unwrap_or("")) {
-            (_, "text") => text.push_str(str_of("text")?),
+            (_, "text") => join_text(&mut text, str_of("text")?),
             ("assistant", "thinking") => reasoning.push_str(str_of("thinking")?),
             ("assistant", "redacted_thinking") => {}
             ("assistant", "tool_use") => {
@@ -264,21 +285,31 @@ fn push_message(messages: &mut Vec<ChatMessage>, m: &Value, i: usize) -> Result<
     Ok(())
 }
 
-/// A string, or `text` blocks joined.
+/// A string, or `text` blocks joined ([`join_text`]).
 fn text_blocks(value: &Value, field: &str) -> Result<String, ApiError> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(blocks) => blocks
-            .iter()
-            .enumerate()
-            .map(|(j, b)| match (b.get("type").and_then(Value::as_str), b.get("text").and_then(Value::as_str)) {
-                (Some("text"), Some(t)) => Ok(t),
-                (Some("text"), None) => Err(ApiError::invalid(format!("{field}[{j}].text"), format!("`{field}[{j}].text` must be a string"))),
-                _ => Err(ApiError::invalid(format!("{field}[{j}]"), format!("only text blocks are supported here; `{field}[{j}]` {}", has_type(b)))),
-            })
-            .collect(),
-        _ => Err(ApiError::invalid(field, format!("`{field}` must be a string or a list of text blocks"))),
+    let blocks = match value {
+        Value::String(s) => return Ok(s.clone()),
+        Value::Array(blocks) => blocks,
+        _ => return Err(ApiError::invalid(field, format!("`{field}` must be a string or a list of text blocks"))),
+    };
+    let mut text = String::new();
+    for (j, b) in blocks.iter().enumerate() {
+        match (b.get("type").and_then(Value::as_str), b.get("text").and_then(Value::as_str)) {
+            (Some("text"), Some(t)) => join_text(&mut text, t),
+            (Some("text"), None) => return Err(ApiError::invalid(format!("{field}[{j}].text"), format!("`{field}[{j}].text` must be a string"))),
+            _ => return Err(ApiError::invalid(format!("{field}[{j}]"), format!("only text blocks are supported here; `{field}[{j}]` {}", has_type(b)))),
+        }
     }
+    Ok(text)
+}
+
+/// Appends a text block to a turn's text: blocks are separate paragraphs, so they are joined
+/// with "\n" (as vLLM joins a message's text parts), and an empty block adds nothing.
+fn join_text(text: &mut String, block: &str) {
+    if !text.is_empty() && !block.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(block);
 }
 
 /// Client tools (`name`, `description`, `input_schema`) in chat's shape; Anthropic's server
@@ -331,6 +362,45 @@ mod tests {
         assert_eq!(out.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["tool"]);
         let out = rendered(&[json!({"role": "user", "content": [result, {"type": "text", "text": "and?"}]})]).unwrap();
         assert_eq!(out.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(), ["tool", "user"]);
+    }
+
+    #[test]
+    fn text_blocks_are_joined_as_lines() {
+        let blocks = json!([{"type": "text", "text": "hello"}, {"type": "text", "text": ""}, {"type": "text", "text": "world"}]);
+        let out = rendered(&[json!({"role": "user", "content": blocks.clone()})]).unwrap();
+        assert_eq!(text(&out[0]), "hello\nworld");
+        let out = rendered(&[json!({"role": "assistant", "content": blocks.clone()})]).unwrap();
+        assert_eq!(text(&out[0]), "hello\nworld");
+        assert_eq!(text_blocks(&blocks, "system").unwrap(), "hello\nworld");
+        // A tool result's blocks too; the turn's text apart from it.
+        let result = json!({"type": "tool_result", "tool_use_id": "t", "content": blocks});
+        let out = rendered(&[json!({"role": "user", "content": [{"type": "text", "text": "a"}, result, {"type": "text", "text": "b"}]})]).unwrap();
+        assert_eq!(out.iter().map(text).collect::<Vec<_>>(), ["hello\nworld", "a\nb"]);
+    }
+
+    fn request(body: Value) -> MessagesRequest {
+        let mut body = body;
+        body["messages"] = json!([]);
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn output_format_is_output_config_format_by_its_older_name() {
+        let format = json!({"type": "json_schema", "schema": {"type": "object"}});
+        let expected = Some(json!({"type": "json_schema", "json_schema": {"name": "output", "schema": {"type": "object"}}}));
+        for body in [json!({"output_format": format}), json!({"output_config": {"format": format}}), json!({"output_format": format, "output_config": {"format": format}})] {
+            assert_eq!(response_format(&request(body.clone())).unwrap(), expected, "{body}");
+        }
+        assert_eq!(response_format(&request(json!({"output_format": null}))).unwrap(), None);
+        let other = json!({"type": "json_schema", "schema": {"type": "array"}});
+        let e = response_format(&request(json!({"output_format": other, "output_config": {"format": format}}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("output_format"));
+        let e = response_format(&request(json!({"output_format": {"type": "regex"}}))).unwrap_err();
+        assert_eq!((e.param.as_deref(), e.message.starts_with("`output_format` must be")), (Some("output_format"), true), "{}", e.message);
+        // The chat path's errors about the format name the field the request used.
+        let chat_error = ApiError::invalid("response_format", "`response_format` has a bad schema");
+        assert_eq!(renamed(chat_error.clone(), &request(json!({"output_format": format}))).message, "`output_format` has a bad schema");
+        assert_eq!(renamed(chat_error, &request(json!({"output_config": {"format": format}}))).message, "`output_config.format` has a bad schema");
     }
 
     #[test]

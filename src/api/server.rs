@@ -1,5 +1,5 @@
-//! The router, its middleware (request ids, auth, request counting, body limit, CORS) and the
-//! serve loop with graceful shutdown.
+//! The router, its middleware (request ids, auth, request counting, body limit, CORS,
+//! Anthropic's error envelope on its routes) and the serve loop with graceful shutdown.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -57,6 +57,7 @@ pub fn router(state: AppState, opts: &ServerOptions) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(opts.max_body_bytes, reject_declared_oversize))
+        .layer(middleware::from_fn(anthropic_errors))
         .layer(middleware::from_fn_with_state(state.clone(), count_and_trace))
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .with_state(state);
@@ -82,6 +83,22 @@ async fn reject_declared_oversize(State(limit): State<usize>, req: Request, next
         return ApiError::with_status(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the server accepts ({limit} bytes, --max-body-bytes)")).into_response();
     }
     next.run(req).await
+}
+
+/// The routes of Anthropic's Messages API, whose clients read errors in Anthropic's envelope.
+const ANTHROPIC_ROUTES: [&str; 2] = ["/v1/messages", "/v1/messages/count_tokens"];
+
+/// An error on one of [`ANTHROPIC_ROUTES`] (from its handler, the body extractor, the API key
+/// check, the size limit or the method check) is answered in Anthropic's envelope; every other
+/// route keeps OpenAI's. The error comes from the response's extensions, where
+/// `ApiError::into_response` leaves it.
+async fn anthropic_errors(req: Request, next: Next) -> Response {
+    let anthropic = req.extensions().get::<MatchedPath>().is_some_and(|p| ANTHROPIC_ROUTES.contains(&p.as_str()));
+    let response = next.run(req).await;
+    match response.extensions().get::<ApiError>() {
+        Some(e) if anthropic => e.clone().into_anthropic_response(),
+        _ => response,
+    }
 }
 
 /// `Authorization: Bearer <key>` (or `x-api-key: <key>`, as Anthropic's clients send it),
