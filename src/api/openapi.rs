@@ -43,7 +43,9 @@ pub fn spec() -> Value {
     let ok = |description: &str| json!({"description": description, "content": {"application/json": {}, "text/event-stream": {}}});
     let mut post_responses = error_responses();
     post_responses["200"] = ok("the result, or SSE chunks ending in `data: [DONE]` when `stream` is true");
-    let mut messages_api = error_responses();
+    // Anthropic's routes answer errors in Anthropic's envelope.
+    let anthropic_err = json!({"description": "Anthropic-style error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AnthropicError"}}}});
+    let mut messages_api = json!({"400": anthropic_err, "401": anthropic_err, "404": anthropic_err, "413": anthropic_err, "422": anthropic_err, "429": anthropic_err, "503": anthropic_err});
     messages_api["200"] = ok("the message, or Anthropic's SSE events (`message_start`, `content_block_delta`, ..., `message_stop`) when `stream` is true");
     let mut responses_api = error_responses();
     responses_api["200"] = ok("the response object, or its typed SSE events (`event: response.output_text.delta`, ...) ending in `response.completed` / `response.incomplete` when `stream` is true");
@@ -55,6 +57,8 @@ pub fn spec() -> Value {
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {
                     "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": "string", "nullable": true}, "code": {"type": "string", "nullable": true}}}}},
+                "AnthropicError": {"type": "object", "required": ["type", "error"], "properties": {"type": {"type": "string", "enum": ["error"]}, "error": {"type": "object", "required": ["type", "message"], "properties": {
+                    "type": {"type": "string"}, "message": {"type": "string"}, "param": {"type": "string"}, "code": {"type": "string"}}}}},
                 "ChatCompletionRequest": {"type": "object", "required": ["messages"], "properties": with(with(sampling_properties(), json!({
                     "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role"], "properties": {
                         "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
@@ -145,7 +149,7 @@ pub fn spec() -> Value {
                 "get": {"summary": "A stored response", "responses": {"200": {"description": "the response object", "content": {"application/json": {}}}, "404": error_responses()["404"]}},
                 "delete": {"summary": "Forget a stored response", "responses": {"200": {"description": "`{\"id\", \"object\": \"response\", \"deleted\": true}`", "content": {"application/json": {}}}, "404": error_responses()["404"]}}},
             "/v1/messages": {"post": {"summary": "Anthropic's Messages API", "requestBody": json_body("MessagesRequest"), "responses": messages_api}},
-            "/v1/messages/count_tokens": {"post": {"summary": "The prompt tokens a /v1/messages request would take", "requestBody": json_body("MessagesRequest"), "responses": {"200": {"description": "`{\"input_tokens\": N}`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
+            "/v1/messages/count_tokens": {"post": {"summary": "The prompt tokens a /v1/messages request would take", "requestBody": json_body("MessagesRequest"), "responses": {"200": {"description": "`{\"input_tokens\": N}`", "content": {"application/json": {}}}, "400": messages_api["400"]}}},
             "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {"description": "model list", "content": {"application/json": {}}}, "401": error_responses()["401"]}}},
             "/v1/models/{model}": {"get": {"summary": "The served model by its name", "responses": {"200": {"description": "the model object", "content": {"application/json": {}}}, "401": error_responses()["401"], "404": error_responses()["404"]}}},
             "/completion": {"post": {"summary": "Completion, as llama.cpp's /completion (its request and response shapes)", "requestBody": json_body("LlamaCompletionRequest"), "responses": {"200": {"description": "llama.cpp's completion object, or its SSE chunks with `stream`", "content": {"application/json": {}}}, "400": error_responses()["400"]}}},
