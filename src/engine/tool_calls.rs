@@ -3,10 +3,18 @@
 //! </tool_call>`), each call's object to a schema made from the tools' `parameters`
 //! ([`ToolCallFormat::new`]), so the arguments always parse and fit the function. The API's
 //! tool-call parser then reads the calls from the text as it would any other.
+//!
+//! `tools` beside a JSON `response_format` under `tool_choice: "auto"` (OpenAI's structured
+//! output for agents): the output is the calls, or else the answer in the format
+//! ([`ToolCallFormat::with_answer`]). The first byte decides, and cleanly: a call begins with
+//! `<`, which no JSON value does.
+
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
 use super::constraint::{ByteParser, MaskCache};
+use super::json_object::JsonState;
 use super::json_schema::{Schema, SchemaState};
 use super::thinking::ThinkingState;
 
@@ -16,14 +24,27 @@ const CLOSE: &[u8] = b"\n</tool_call>";
 const MAX_CALLS: u8 = 16;
 
 /// The calls an output must make: the schema of one call's object, and whether only one call
-/// may be made (a named function) or one or more (`"required"`).
+/// may be made (a named function) or one or more (`"required"`); or, with an answer, the
+/// calls it may make instead of the answer.
 #[derive(Debug)]
 pub struct ToolCallFormat {
     schema: Schema,
     single: bool,
+    /// What the output may be instead of calls: the answer, in its format.
+    answer: Option<Answer>,
     pub(super) masks: MaskCache<ToolCallsState>,
     /// Masks while thinking before the calls (`super::thinking`).
     pub(super) thinking_masks: MaskCache<ThinkingState>,
+}
+
+/// The format of an answer written instead of calls: `response_format`'s.
+#[derive(Debug)]
+pub enum Answer {
+    /// Any JSON object (`json_object`), as `super::json_object` holds it: a schema of
+    /// `{"type": "object"}` would allow only `{}` (schemas take no properties they do not name).
+    Object,
+    /// An object valid under the schema (`json_schema`), the one the API compiled for it.
+    Schema(Arc<Schema>),
 }
 
 impl ToolCallFormat {
@@ -46,11 +67,27 @@ impl ToolCallFormat {
         };
         schema["$defs"] = Value::Object(defs);
         let schema = Schema::compile(&schema).map_err(|e| format!("the tools together: {e}"))?;
-        Ok(Self { schema, single, masks: MaskCache::with_capacity(256), thinking_masks: MaskCache::with_capacity(16) })
+        Ok(Self { schema, single, answer: None, masks: MaskCache::with_capacity(256), thinking_masks: MaskCache::with_capacity(16) })
+    }
+
+    /// The calls, or instead of any call the answer in `answer`'s format (`tool_choice: "auto"`
+    /// beside a JSON `response_format`).
+    pub fn with_answer(self, answer: Answer) -> Self {
+        Self { answer: Some(answer), ..self }
+    }
+
+    /// Whether the output may be an answer instead of calls.
+    pub fn answers(&self) -> bool {
+        self.answer.is_some()
     }
 
     pub(super) fn start(&self) -> ToolCallsState {
-        ToolCallsState { phase: Phase::Open(0), call: self.schema.start(), tag: 0, calls: 0, single: self.single }
+        let answer = match &self.answer {
+            None => AnswerState::None,
+            Some(Answer::Object) => AnswerState::Object(JsonState::default()),
+            Some(Answer::Schema(schema)) => AnswerState::Schema(Arc::as_ptr(schema) as usize),
+        };
+        ToolCallsState { phase: Phase::Open(0), call: self.schema.start(), tag: 0, calls: 0, single: self.single, answer }
     }
 }
 
@@ -66,6 +103,21 @@ pub struct ToolCallsState {
     tag: u8,
     calls: u8,
     single: bool,
+    /// The answer the output may be instead of calls (and a JSON object's parse, once begun);
+    /// `None` once a call begins, so the states of calls are the same with or without one.
+    answer: AnswerState,
+}
+
+/// An answer's parse ([`Answer`]), small so that every state stays so: a schema's is held in
+/// `ToolCallsState::call` once begun (no call can follow it), and only its schema's address
+/// is kept before that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AnswerState {
+    None,
+    /// The object's parse, from its start.
+    Object(JsonState),
+    /// The address of the answer's [`Schema`], which the format holds (`Answer::Schema`).
+    Schema(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,12 +130,48 @@ enum Phase {
     Close(u8),
     /// After a call: the output may end, or (`"required"`) a line break begins another.
     Done,
+    /// Inside the answer, which holds the rest of the output.
+    Answer,
 }
 
 impl ToolCallsState {
-    /// Whether a call has just closed, so the output may end.
+    /// Whether a call has just closed, or the answer is complete, so the output may end.
     pub fn is_complete(&self) -> bool {
-        self.phase == Phase::Done
+        match self.phase {
+            Phase::Done => true,
+            Phase::Answer => match self.answer {
+                AnswerState::Object(s) => s.is_complete(),
+                _ => self.call.is_complete(),
+            },
+            _ => false,
+        }
+    }
+
+    /// The first byte of an output that may be an answer: `<` begins a call (and the answer is
+    /// dropped), anything else the answer (false if it cannot begin one).
+    fn choose(&mut self, b: u8) -> bool {
+        if b == OPEN[0] {
+            self.answer = AnswerState::None;
+            self.phase = Phase::Open(1);
+            return true;
+        }
+        self.phase = Phase::Answer;
+        if let AnswerState::Schema(schema) = self.answer {
+            // SAFETY: the address of the schema in the `Arc` that the format holds
+            // (`ToolCallFormat::start`); the format is kept alive beside every state made from
+            // it (`Constraint::ToolCalls`), as a schema is beside its states
+            // (`SchemaState::schema`).
+            self.call = unsafe { &*(schema as *const Schema) }.start();
+        }
+        self.feed_answer(b)
+    }
+
+    /// A byte of the answer.
+    fn feed_answer(&mut self, b: u8) -> bool {
+        match &mut self.answer {
+            AnswerState::Object(s) => ByteParser::feed(s, b),
+            _ => self.call.feed(b),
+        }
     }
 }
 
@@ -98,6 +186,8 @@ fn past_tag(tag: &mut u8, b: u8) -> bool {
 impl ByteParser for ToolCallsState {
     fn feed(&mut self, b: u8) -> bool {
         self.phase = match self.phase {
+            Phase::Open(0) if self.answer != AnswerState::None => return self.choose(b),
+            Phase::Answer => return self.feed_answer(b),
             Phase::Open(i) if OPEN[i as usize] != b => return false,
             Phase::Open(i) if i as usize + 1 == OPEN.len() => {
                 self.call = self.call.restart();
@@ -122,7 +212,14 @@ impl ByteParser for ToolCallsState {
 
     fn plain_budget(&self) -> Option<u32> {
         // Plain text holds no `<`, so it cannot spell the closing tag from a clean start.
-        (self.phase == Phase::Call && self.tag == 0).then(|| self.call.plain_budget()).flatten()
+        match self.phase {
+            Phase::Call if self.tag == 0 => self.call.plain_budget(),
+            Phase::Answer => match self.answer {
+                AnswerState::Object(s) => s.plain_budget(),
+                _ => self.call.plain_budget(),
+            },
+            _ => None,
+        }
     }
 }
 

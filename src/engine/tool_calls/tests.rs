@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use serde_json::json;
 
 use super::*;
@@ -96,4 +98,132 @@ fn a_name_with_part_of_the_closing_tag_is_held() {
     let f = ToolCallFormat::new(&[("x</tool_cally", &empty)], true).unwrap();
     let mut s = f.start();
     assert!(feed(&mut s, "<tool_call>\n{\"name\": \"x</tool_cally\", \"arguments\": {}}\n</tool_call>") && s.is_complete());
+}
+
+fn answer_schema() -> Arc<Schema> {
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["answer"], "properties": {"answer": {"type": "string"}, "sure": {"type": "boolean"}}});
+    Arc::new(Schema::compile(&schema).unwrap())
+}
+
+/// `tools` beside a `json_schema` under `"auto"`: one or more calls, or the answer in the
+/// schema, never both; the first byte decides.
+#[test]
+fn the_output_is_calls_or_an_answer_in_the_schema() {
+    let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Schema(answer_schema()));
+    assert!(f.answers());
+    let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+    let mut s = f.start();
+    assert!(feed(&mut s, call) && s.is_complete());
+    assert!(feed(&mut s, "\n") && !s.is_complete() && feed(&mut s, call) && s.is_complete(), "more calls, as under \"required\"");
+    // No answer after a call, nor in place of a further one.
+    for after in ["{", "\n{", " {"] {
+        let mut t = s;
+        assert!(!feed(&mut t, after), "{after:?}");
+    }
+
+    let answer = "{\"answer\": \"It is sunny.\", \"sure\": true}";
+    let mut s = f.start();
+    assert!(feed(&mut s, answer) && s.is_complete());
+    for b in [b'<', b'\n', b' ', b'{'] {
+        assert!(!s.clone().feed(b), "nothing after the answer: {:?}", b as char);
+    }
+    for end in 0..answer.len() {
+        let mut s = f.start();
+        assert!(feed(&mut s, &answer[..end]) && !s.is_complete(), "prefix {end}");
+    }
+    // Leading whitespace begins the answer too, and then no call can follow it.
+    let mut s = f.start();
+    assert!(feed(&mut s, "\n{\"answer\": \"x\"}") && s.is_complete());
+    let mut s = f.start();
+    assert!(!feed(&mut s, " <tool_call>"));
+    // The answer is held to the schema, the call to the tool.
+    for bad in ["{\"answer\": 1}", "{\"sure\": true}", "{\"other\": \"x\"}", "[", "\"x\"", "It is sunny", "<{", "<tool_call>\n{\"answer\": \"x\"}"] {
+        let mut s = f.start();
+        assert!(!(feed(&mut s, bad) && s.is_complete()), "{bad}");
+    }
+    let mut s = f.start();
+    assert!(!feed(&mut s, "{\"answer\": \"x\"}\n<tool_call>"), "no call after an answer");
+}
+
+/// `parallel_tool_calls: false` (`single`) allows one call, and the answer alternative stays.
+#[test]
+fn a_single_call_or_an_answer() {
+    let f = ToolCallFormat::new(&[("get_weather", &weather())], true).unwrap().with_answer(Answer::Schema(answer_schema()));
+    let mut s = f.start();
+    assert!(feed(&mut s, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>") && s.is_complete());
+    assert!(!s.clone().feed(b'\n'));
+    let mut s = f.start();
+    assert!(feed(&mut s, "{\"answer\": \"x\"}") && s.is_complete());
+    // Without an answer alternative, the output must be a call.
+    let plain = ToolCallFormat::new(&[("get_weather", &weather())], true).unwrap();
+    assert!(!plain.answers() && !plain.start().feed(b'{'));
+}
+
+/// `json_object` beside tools: the answer is any JSON object, as JSON mode holds it (a
+/// `{"type": "object"}` schema would allow only `{}`).
+#[test]
+fn a_json_object_answer_is_any_object() {
+    let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Object);
+    for ok in ["{}", "{\"a\": [1, {\"b\": null}], \"c\": \"<tool_call>\"}"] {
+        let mut s = f.start();
+        assert!(feed(&mut s, ok) && s.is_complete(), "{ok}");
+        assert!(!s.clone().feed(b'\n'), "{ok}: nothing after the object");
+    }
+    for bad in ["[]", "1", "{\"a\": }", "{\"a\""] {
+        let mut s = f.start();
+        assert!(!(feed(&mut s, bad) && s.is_complete()), "{bad}");
+    }
+    let mut s = f.start();
+    assert!(feed(&mut s, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>") && s.is_complete());
+}
+
+/// Thinking first (Qwen3): after `</think>`, the calls or the answer, and the output may end
+/// only once one of them is complete.
+#[test]
+fn thinking_comes_before_the_calls_or_the_answer() {
+    use super::super::thinking::{Held, ThinkingState};
+    let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Schema(answer_schema()));
+    for after in ["{\"answer\": \"sunny\"}", "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>"] {
+        let mut s = ThinkingState::new(Held::Calls(f.start()));
+        assert!("The user asks about <weather>.</think>\n\n".bytes().all(|b| s.feed(b)) && !s.is_complete());
+        assert!(after.bytes().all(|b| s.feed(b)) && s.is_complete(), "{after}");
+    }
+    let mut s = ThinkingState::new(Held::Calls(f.start()));
+    assert!(!"</think>\nIt is sunny.".bytes().all(|b| s.feed(b)), "free text after the thinking");
+}
+
+/// The vocabulary walk agrees with feeding token by token through the choice and inside the
+/// answer, where plain tokens are taken by their length.
+#[test]
+fn masks_match_feeding_through_the_choice_and_the_answer() {
+    use super::super::constraint::Vocab;
+    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
+    for piece in ["<tool_call>", "<tool_call>\n", "{\"", "{\"answer", "\": \"", "It is", " sunny", "\"}", "\n{", " {", "</tool_call>", "a<b", "\"}\n<"] {
+        tokens.push(piece.as_bytes().into());
+    }
+    let vocab = Vocab::from_bytes(tokens.clone());
+    let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Schema(answer_schema()));
+    for doc in ["{\"answer\": \"It is sunny <b>\"}", "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a<b\"}}\n</tool_call>"] {
+        let mut state = f.start();
+        for (end, b) in doc.bytes().enumerate() {
+            let mask = vocab.allowed(&f.masks, &state);
+            for (id, token) in tokens.iter().enumerate() {
+                let mut s = state;
+                let feeds = token.iter().all(|&t| s.feed(t));
+                assert_eq!(mask[id / 64] >> (id % 64) & 1 == 1, feeds, "{:?} after {:?}", String::from_utf8_lossy(token), &doc[..end]);
+            }
+            assert!(state.feed(b), "byte {end} of {doc}");
+        }
+    }
+    let mut s = f.start();
+    assert_eq!(s.plain_budget(), None, "the first byte is walked");
+    assert!(feed(&mut s, "{\"answer\": \"It") && s.plain_budget() == Some(u32::MAX));
+}
+
+/// A state holds one object's parse, the call's or the answer's, not one of each: the walk
+/// copies it at every byte.
+#[test]
+fn a_state_holds_one_schema_parse() {
+    let (state, schema) = (std::mem::size_of::<ToolCallsState>(), std::mem::size_of::<SchemaState>());
+    assert!(state <= schema + 64, "{state} bytes, a schema's parse {schema}");
 }
