@@ -79,9 +79,11 @@ fn json_object_mode_holds_the_output_to_one_object() {
     assert_eq!(e["param"], "response_format");
     let e = s.post("/v1/chat/completions", &body(json!({"ignore_eos": true}))).error(400);
     assert_eq!(e["param"], "ignore_eos");
+    // Beside a forced tool call it is refused (beside `"auto"` it is the calls or the object,
+    // `tools_beside_a_schema_give_calls_or_the_answer`).
     let tools = json!([{"type": "function", "function": {"name": "f"}}]);
-    let e = s.post("/v1/chat/completions", &body(json!({"tools": tools}))).error(400);
-    assert_eq!(e["param"], "response_format");
+    let e = s.post("/v1/chat/completions", &body(json!({"tools": tools, "tool_choice": "required"}))).error(400);
+    assert_eq!(e["param"], "tool_choice");
 }
 
 /// Every choice of a chat response is an instance (`instance` says) if it stopped, or the start of
@@ -330,4 +332,78 @@ ws ::= | " " | "\n" [ \t]{0,20}"#;
         assert_eq!(e["param"], param, "{extra}: {e}");
         assert!(e["message"].as_str().unwrap().contains(says), "{extra}: {e}");
     }
+}
+
+/// `tools` beside a `json_schema` under `tool_choice: "auto"` (what agent frameworks send each
+/// turn): each output is calls whose arguments fit the tool's parameters, or the answer in the
+/// schema, never both. The test model left alone writes a call as a fenced or bare JSON block,
+/// never `<tool_call>`, so greedy it always answers; sampled hot, some outputs call (two of
+/// these sixteen, by their seeds), and each is checked here by hand.
+#[test]
+fn tools_beside_a_schema_give_calls_or_the_answer() {
+    let s = server();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "additionalProperties": false, "required": ["city"],
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}}}}]);
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["answer"], "properties": {"answer": {"type": "string"}}});
+    let body = |messages: Value, extra: Value| {
+        let mut b = json!({"messages": messages, "tools": tools, "tool_choice": "auto",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "reply", "strict": true, "schema": schema}}, "temperature": 0, "max_tokens": 80});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let answer = |content: &str| serde_json::from_str::<serde_json::Map<String, Value>>(content).is_ok_and(|v| v.len() == 1 && v["answer"].is_string());
+    let fits = |arguments: &str| {
+        let v: serde_json::Map<String, Value> = serde_json::from_str(arguments).unwrap_or_else(|e| panic!("{e}: {arguments}"));
+        v["city"].is_string() && v.get("unit").is_none_or(|u| u == "celsius" || u == "fahrenheit") && v.keys().all(|k| k == "city" || k == "unit")
+    };
+
+    // (b) A question it answers: content in the schema, no calls; streamed alike.
+    let sum = json!([{"role": "user", "content": "What is 2 + 2?"}]);
+    let whole = s.post("/v1/chat/completions", &body(sum.clone(), json!({}))).json();
+    let choice = &whole["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap_or_else(|| panic!("{whole}"));
+    assert_eq!(choice["finish_reason"], "stop", "{whole}");
+    assert!(answer(content) && choice["message"].get("tool_calls").is_none_or(Value::is_null), "{whole}");
+    let data = s.post("/v1/chat/completions", &body(sum.clone(), json!({"stream": true}))).sse_data();
+    assert_eq!(streamed_content(&data), content);
+    // `tool_choice` left out is `"auto"` too, and `json_object` holds the answer to an object.
+    let mut object = serde_json::from_str::<Value>(&body(sum, json!({"response_format": {"type": "json_object"}}))).unwrap();
+    object.as_object_mut().unwrap().remove("tool_choice");
+    // (Here the model writes its call as a bare `{"name": ..., "arguments": ...}` object, which
+    // the tool parser reads back as a call, as it does without a format: its arguments are
+    // held only to be an object.)
+    let whole = s.post("/v1/chat/completions", &object.to_string()).json();
+    let message = &whole["choices"][0]["message"];
+    match message["content"].as_str() {
+        Some(content) => assert!(serde_json::from_str::<serde_json::Map<String, Value>>(content).is_ok(), "{whole}"),
+        None => assert_eq!(message["tool_calls"][0]["function"]["name"], "get_weather", "{whole}"),
+    }
+
+    // (a) Told to call the tool: calls (sampled) that fit, or an answer.
+    let weather = json!([{"role": "system", "content": "You are a weather assistant. Always call get_weather before answering a question about weather."},
+        {"role": "user", "content": "What's the weather in Paris?"}]);
+    let hot = s.post("/v1/chat/completions", &body(weather, json!({"temperature": 1.5, "top_p": 1, "seed": 1, "n": 16}))).json();
+    let mut calls = 0;
+    for choice in hot["choices"].as_array().unwrap() {
+        let message = &choice["message"];
+        match (choice["finish_reason"].as_str().unwrap(), message["content"].as_str()) {
+            ("tool_calls", None) => {
+                for call in message["tool_calls"].as_array().unwrap() {
+                    assert_eq!(call["function"]["name"], "get_weather", "{choice}");
+                    assert!(fits(call["function"]["arguments"].as_str().unwrap()), "{choice}");
+                    calls += 1;
+                }
+            }
+            ("stop", Some(content)) => assert!(answer(content) && message.get("tool_calls").is_none_or(Value::is_null), "{choice}"),
+            // Cut at `max_tokens`: the start of calls (the model went on to another) or of the answer.
+            ("length", Some(content)) => assert!(content.starts_with("<tool_call>\n{") || content.starts_with('{'), "{choice}"),
+            _ => panic!("{choice}"),
+        }
+    }
+    assert!(calls > 0, "no call among {hot}");
+
+    // A forced choice beside the schema is still refused: the output is held to the calls.
+    let e = s.post("/v1/chat/completions", &body(json!([{"role": "user", "content": "hi"}]), json!({"tool_choice": "required"}))).error(400);
+    assert_eq!(e["param"], "tool_choice");
 }

@@ -69,6 +69,33 @@ fn chat_completion_whole_and_streamed_agree() {
     assert_eq!(last["usage"]["completion_tokens"], 12);
 }
 
+/// `stream_options`: vLLM's `continuous_usage_stats` puts the usage so far on every chunk of
+/// both endpoints; without `stream: true` the field is a 400, as is completions' `best_of < n`.
+#[test]
+fn stream_options_and_best_of() {
+    let s = server();
+    let options = json!({"stream": true, "stream_options": {"include_usage": true, "continuous_usage_stats": true}, "max_tokens": 3});
+    let completion = |extra: &Value| {
+        let mut b = json!({"prompt": "def quicksort(arr):", "temperature": 0});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    for (path, body) in [("/v1/chat/completions", chat_body(options.clone())), ("/v1/completions", completion(&options))] {
+        let data = s.post(path, &body).sse_data();
+        let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        // (prompt, completion, total) of every chunk: the completion grows to 3, the rest agrees.
+        let usages: Vec<[u64; 3]> = chunks.iter().map(|c| ["prompt_tokens", "completion_tokens", "total_tokens"].map(|k| c["usage"][k].as_u64().unwrap_or_else(|| panic!("{path}: no usage on {c}")))).collect();
+        assert!(usages.windows(2).all(|w| w[0][1] <= w[1][1] && w[0][0] == w[1][0]) && usages.last().unwrap()[1] == 3, "{path}: {usages:?}");
+        assert!(usages.iter().all(|[p, c, t]| p + c == *t && *p > 0), "{path}: {usages:?}");
+        assert_eq!(chunks.last().unwrap()["choices"], json!([]), "{path}: the last usage chunk");
+        let e = s.post(path, &body.replace(r#""stream":true"#, r#""stream":false"#)).error(400);
+        assert_eq!(e["param"], "stream_options", "{path}");
+    }
+    assert_eq!(s.post("/v1/completions", &completion(&json!({"stream_options": null, "max_tokens": 1}))).status, 200);
+    let e = s.post("/v1/completions", &completion(&json!({"best_of": 1, "n": 2, "max_tokens": 1}))).error(400);
+    assert_eq!(e["param"], "best_of");
+}
+
 #[test]
 fn chat_logprobs_n_and_seed() {
     let s = server();
@@ -177,8 +204,14 @@ fn vllm_output_fields_take_effect() {
         let r = s.post("/v1/completions", &body.to_string());
         assert_eq!((r.status, r.json()["error"]["param"].as_str().map(str::to_string)), (400, Some(param.to_string())));
     }
-    let r = s.post("/v1/chat/completions", &chat_body(json!({"chat_template": "{{ messages }}"})));
-    assert_eq!((r.status, r.json()["error"]["param"].as_str().map(str::to_string)), (400, Some("chat_template".to_string())));
+    for (extra, param) in [
+        (json!({"chat_template": "{{ messages }}"}), "chat_template"),
+        (json!({"functions": [{"name": "f", "parameters": {}}]}), "functions"),
+        (json!({"function_call": "auto"}), "function_call"),
+    ] {
+        let r = s.post("/v1/chat/completions", &chat_body(extra));
+        assert_eq!((r.status, r.json()["error"]["param"].as_str().map(str::to_string)), (400, Some(param.to_string())));
+    }
 }
 
 /// `suffix`: the middle between prompt and suffix, in Qwen2.5-Coder's FIM format. The test
@@ -573,6 +606,17 @@ fn tool_calls_end_to_end() {
     assert_eq!(calls[0]["function"]["name"], "get_weather");
     assert_eq!(calls[0]["function"]["arguments"], call["function"]["arguments"]);
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+    // A turn of calls only has no content streamed either (OpenAI: null), not even `""`.
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks.iter().all(|c| c["choices"][0]["delta"]["content"].is_null()), "{data:?}");
+
+    // A call cut short is content: the output as the model wrote it (here an untagged body).
+    let cut = s.post("/v1/chat/completions", &body(json!({"max_tokens": 8, "logprobs": true}))).json();
+    let raw: String = cut["choices"][0]["logprobs"]["content"].as_array().unwrap().iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!((&cut["choices"][0]["message"]["content"], &cut["choices"][0]["finish_reason"]), (&json!(raw.trim()), &json!("length")), "{cut}");
+    let data = s.post("/v1/chat/completions", &body(json!({"max_tokens": 8, "stream": true}))).sse_data();
+    let streamed: String = data[..data.len() - 1].iter().filter_map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_string)).collect();
+    assert_eq!(streamed, raw.trim());
 
     let none = s.post("/v1/chat/completions", &body(json!({"tool_choice": "none"}))).json();
     assert!(none["choices"][0]["message"]["tool_calls"].is_null(), "{none}");

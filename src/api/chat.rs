@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::generation::{collect, random_id, unix_time, usage, Timing};
+use super::generation::{collect, random_id, unix_time, usage, StreamUsage, Timing};
 use super::output_format;
 use super::reasoning::{split_reasoning, ReasoningStreamParser};
 use super::sse::{sse_response, SseSender};
@@ -24,13 +24,13 @@ use crate::tokenizer::Tokenizer;
 
 pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let stream_usage = StreamUsage::requested(&req.sampling)?;
     let Submitted { stream, ctx, n, num_prompt_tokens } = submit(&state, &req)?;
     let mut timing = Timing::new(started);
     if req.sampling.stream {
-        let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let metrics = state.metrics.clone();
         return Ok(sse_response(move |tx| async move {
-            stream_chat(ctx, stream, n, num_prompt_tokens, include_usage, &mut timing, &tx).await;
+            stream_chat(ctx, stream, n, num_prompt_tokens, stream_usage, &mut timing, &tx).await;
             timing.record(&metrics);
         }));
     }
@@ -101,21 +101,21 @@ pub(super) fn submit(state: &AppState, req: &ChatCompletionRequest) -> Result<Su
 /// [`submit`] up to the engine: the request it would submit, and how to read its output.
 pub(super) fn prepare(state: &AppState, req: &ChatCompletionRequest) -> Result<(EngineRequest, ChatContext), ApiError> {
     validate::check_model(req.sampling.model.as_deref(), &state.model_name)?;
+    for (field, value, instead) in [("functions", &req.functions, "tools"), ("function_call", &req.function_call, "tool_choice")] {
+        if value.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid(field, format!("`{field}` (OpenAI's deprecated function calling) is not supported; send the functions as `tools` and the choice as `{instead}`")));
+        }
+    }
     if req.chat_template.as_ref().is_some_and(|t| !t.is_null()) {
         return Err(ApiError::invalid("chat_template", "a request's `chat_template` is not taken (the template is code the server runs); start the server with `--chat-template FILE`"));
     }
     let (response_format, field) = output_format::requested(req.response_format.as_ref(), &req.structured, &state.formats)?;
     let messages = validate::template_messages(&req.messages)?;
-    let (tools, forced) = validate::tools(req, &state.formats)?;
-    let format = match forced {
-        Some(_) if response_format != OutputFormat::Text => {
-            return Err(ApiError::invalid("tool_choice", format!("a forced `tool_choice` cannot be combined with `{field}`: the output is held to the tool calls")));
-        }
-        Some(calls) => calls,
-        None => response_format,
-    };
+    // Forced calls (a 400 beside `response_format`), or calls or a JSON answer (`"auto"`).
+    let (tools, calls) = validate::tools(req, &response_format, &field, &state.formats)?;
+    let format = calls.unwrap_or(response_format);
     let json = format != OutputFormat::Text;
-    // A held output (JSON, or forced tool calls) has no reasoning part, unless thinking is asked
+    // A held output (JSON, or tool calls) has no reasoning part, unless thinking is asked
     // for on a template that renders it: then the output is held once the thinking ends.
     let thinking_asked = req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true));
     let think_first = json && thinking_asked && state.reasoning;
@@ -301,7 +301,11 @@ fn is_empty(d: &Delta) -> bool {
     d.role.is_none() && d.content.is_none() && d.reasoning_content.is_none() && d.tool_calls.is_empty()
 }
 
-async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_prompt_tokens: usize, include_usage: bool, timing: &mut Timing, tx: &SseSender) {
+/// Streams the choices as chunks. Without tools each choice opens with a role chunk holding
+/// `content: ""`, as OpenAI's text answers do. With tools the role rides on the choice's first
+/// chunk instead: a turn of tool calls only then has no content at all (SDKs that accumulate
+/// the deltas would make `''` of an empty string), as its whole response has `content: null`.
+async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_prompt_tokens: usize, stream_usage: StreamUsage, timing: &mut Timing, tx: &SseSender) {
     let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatChunk {
         id: ctx.id.clone(),
         object: "chat.completion.chunk",
@@ -311,9 +315,12 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
         usage,
     };
     let mut states: Vec<ChoiceStream> = (0..n).map(|_| ctx.choice_stream()).collect();
-    for index in 0..n {
+    let mut num_output_tokens = vec![0usize; n];
+    let role_opens = ctx.tools.is_none();
+    let mut role_pending = vec![!role_opens; n];
+    for index in (0..n).filter(|_| role_opens) {
         let delta = Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
-        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], None)).await {
+        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], stream_usage.so_far(num_prompt_tokens, 0))).await {
             return;
         }
     }
@@ -323,10 +330,11 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
             tx.json(&json!({"error": {"message": "the engine stopped before the request finished", "type": "server_error"}})).await;
             return;
         };
-        let (index, delta, logprobs, finish_reason) = match event {
+        let (index, mut delta, logprobs, finish_reason) = match event {
             Event::PromptLogprobs(_) | Event::Pooled { .. } => continue,
             Event::Token { index, token, text, logprobs } => {
                 timing.token();
+                num_output_tokens[index] += 1;
                 let delta = states[index].delta(&text, false);
                 let logprobs = logprobs.filter(|_| ctx.want_logprobs).map(|l| ChatLogprobs { content: vec![token_logprob(&ctx.tokenizer, token, &l, ctx.token_ids)] });
                 (index, delta, logprobs, None)
@@ -337,6 +345,7 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
                     return;
                 }
                 usages.push(usage);
+                num_output_tokens[index] = usage.num_output_tokens;
                 let delta = states[index].delta(&text, true);
                 let finish = if states[index].num_tool_calls > 0 && reason == FinishReason::Stop { "tool_calls" } else { reason.as_str() };
                 (index, delta, None, Some(finish))
@@ -345,11 +354,15 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
         if is_empty(&delta) && logprobs.is_none() && finish_reason.is_none() {
             continue;
         }
-        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason }], None)).await {
+        if std::mem::take(&mut role_pending[index]) {
+            delta.role = Some("assistant");
+        }
+        let usage = stream_usage.so_far(num_prompt_tokens, num_output_tokens[index]);
+        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason }], usage)).await {
             return;
         }
     }
-    if include_usage {
+    if stream_usage.last_chunk {
         tx.json(&chunk(vec![], Some(usage(num_prompt_tokens, usages)))).await;
     }
     tx.done().await;

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::fim;
 use super::output_format;
-use super::generation::{collect, random_id, unix_time, usage, Timing};
+use super::generation::{collect, random_id, unix_time, usage, StreamUsage, Timing};
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::types::*;
@@ -31,9 +31,8 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     if suffix.is_some() && req.echo {
         return Err(ApiError::invalid("echo", "`echo` cannot be combined with `suffix`: the prompt the model reads is not the text sent"));
     }
-    if req.best_of.is_some_and(|b| b != 1 && Some(b) != req.sampling.n) {
-        return Err(ApiError::invalid("best_of", "`best_of` other than `n` is not supported"));
-    }
+    check_best_of(req.best_of, req.sampling.n)?;
+    let stream_usage = StreamUsage::requested(&req.sampling)?;
     let logprobs = match req.logprobs {
         None => None,
         Some(k) if (0..=MAX_LOGPROBS as i64).contains(&k) => Some(k as usize),
@@ -82,10 +81,9 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
     let ctx = Ctx { id: random_id("cmpl"), created: unix_time(), model: state.model_name.clone(), tokenizer: tokenizer.clone(), echo: req.echo, logprobs, token_ids: req.return_tokens_as_token_ids };
     let mut timing = Timing::new(started);
     if req.sampling.stream {
-        let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let metrics = state.metrics.clone();
         return Ok(sse_response(move |tx| async move {
-            stream_completions(&ctx, streams, prompts, n, include_usage, &mut timing, &tx).await;
+            stream_completions(&ctx, streams, prompts, n, stream_usage, &mut timing, &tx).await;
             timing.record(&metrics);
         }));
     }
@@ -111,6 +109,21 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
         usage: Some(usage(num_prompt_tokens, usages)),
     };
     Ok(Json(body).into_response())
+}
+
+/// OpenAI's `best_of` (candidates generated server-side, the best `n` returned) must be at
+/// least `n`; only `best_of == n` is served (every candidate is returned).
+fn check_best_of(best_of: Option<i64>, n: Option<i64>) -> Result<(), ApiError> {
+    let (Some(best_of), n) = (best_of, n.unwrap_or(1)) else {
+        return Ok(());
+    };
+    if best_of < n {
+        return Err(ApiError::invalid("best_of", format!("`best_of` must be at least `n` ({n}), got {best_of}")));
+    }
+    if best_of != n {
+        return Err(ApiError::invalid("best_of", format!("`best_of` other than `n` ({n}) is not supported, got {best_of}")));
+    }
+    Ok(())
 }
 
 struct Ctx {
@@ -180,10 +193,11 @@ impl Ctx {
     }
 }
 
-async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec<Vec<u32>>, n: usize, include_usage: bool, timing: &mut Timing, tx: &super::sse::SseSender) {
+async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec<Vec<u32>>, n: usize, stream_usage: StreamUsage, timing: &mut Timing, tx: &super::sse::SseSender) {
     // Fan the prompts' streams into one channel, tagged with the prompt index.
     let (fan_tx, mut fan_rx) = mpsc::unbounded_channel::<(usize, Event)>();
-    let num_prompt_tokens: usize = streams.iter().map(|s| s.num_prompt_tokens).sum();
+    let prompt_sizes: Vec<usize> = streams.iter().map(|s| s.num_prompt_tokens).collect();
+    let num_prompt_tokens: usize = prompt_sizes.iter().sum();
     for (p, mut s) in streams.into_iter().enumerate() {
         let fan_tx = fan_tx.clone();
         tokio::spawn(async move {
@@ -195,14 +209,15 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
         });
     }
     drop(fan_tx);
-    let chunk = |index: usize, text: String, logprobs: Option<CompletionLogprobs>, finish: Option<&'static str>| Completion {
+    let chunk = |index: usize, text: String, logprobs: Option<CompletionLogprobs>, finish: Option<&'static str>, usage: Option<Usage>| Completion {
         id: ctx.id.clone(),
         object: "text_completion",
         created: ctx.created,
         model: ctx.model.clone(),
         choices: vec![CompletionChoice { index, text, logprobs, finish_reason: finish }],
-        usage: None,
+        usage,
     };
+    let mut num_output_tokens = vec![0usize; prompts.len() * n];
     let mut offsets = vec![0usize; prompts.len() * n];
     let mut prompt_lps: Vec<Option<Vec<Option<Logprobs>>>> = vec![None; prompts.len()];
     let mut echoed = vec![false; prompts.len() * n];
@@ -216,6 +231,7 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
             Event::Pooled { .. } => continue,
             Event::Token { index, token, text, logprobs } => {
                 timing.token();
+                num_output_tokens[p * n + index] += 1;
                 (index, text, Some((token, logprobs)), None)
             }
             Event::Finished { index, reason, text, usage, .. } => {
@@ -224,6 +240,7 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
                     return;
                 }
                 usages.push(usage);
+                num_output_tokens[p * n + index] = usage.num_output_tokens;
                 (index, text, None, Some(reason.as_str()))
             }
         };
@@ -247,7 +264,7 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
         if text.is_empty() && finish.is_none() && lp.as_ref().is_none_or(|l| l.tokens.is_empty()) {
             continue;
         }
-        if !tx.json(&chunk(index, text, lp, finish)).await {
+        if !tx.json(&chunk(index, text, lp, finish, stream_usage.so_far(prompt_sizes[p], num_output_tokens[index]))).await {
             return;
         }
     }
@@ -255,7 +272,7 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
         tx.json(&json!({"error": {"message": "the engine stopped before the request finished", "type": "server_error"}})).await;
         return;
     }
-    if include_usage {
+    if stream_usage.last_chunk {
         let u = usage(num_prompt_tokens, usages);
         tx.json(&Completion { id: ctx.id.clone(), object: "text_completion", created: ctx.created, model: ctx.model.clone(), choices: vec![], usage: Some(u) }).await;
     }
@@ -266,6 +283,18 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
 mod tests {
     use super::*;
     use crate::engine::sequence::tests::byte_level_tokenizer;
+
+    #[test]
+    fn best_of_must_be_at_least_n_and_is_served_only_at_n() {
+        for (best_of, n) in [(None, Some(3)), (Some(1), None), (Some(2), Some(2))] {
+            assert!(check_best_of(best_of, n).is_ok(), "{best_of:?} {n:?}");
+        }
+        for (best_of, n, says) in [(Some(1), Some(2), "at least `n` (2)"), (Some(0), None, "at least"), (Some(3), Some(2), "not supported")] {
+            let e = check_best_of(best_of, n).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("best_of"));
+            assert!(e.message.contains(says), "{}", e.message);
+        }
+    }
 
     #[test]
     fn text_offsets_count_chars() {

@@ -8,7 +8,7 @@ use crate::engine::{Event, FinishReason, RequestStream, StopReason, Usage};
 use crate::error::ApiError;
 
 use super::metrics::Metrics;
-use super::types;
+use super::types::{self, SamplingFields};
 
 /// Per-request latency bookkeeping: arrival, first token, last token.
 pub struct Timing {
@@ -115,6 +115,36 @@ pub fn usage(num_prompt_tokens: usize, per_choice: impl IntoIterator<Item = Usag
     }
 }
 
+/// The usage a stream carries, from `stream_options`: a last chunk with the request's usage
+/// (`include_usage`), and vLLM's `continuous_usage_stats`, the usage so far on every chunk
+/// besides. vLLM takes `include_usage` as true when left out, so `continuous_usage_stats`
+/// alone turns both on; `include_usage: false` turns both off.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StreamUsage {
+    pub last_chunk: bool,
+    pub every_chunk: bool,
+}
+
+impl StreamUsage {
+    /// `stream_options` is only taken with `stream: true` (OpenAI and vLLM refuse it otherwise).
+    pub fn requested(f: &SamplingFields) -> Result<Self, ApiError> {
+        let Some(options) = &f.stream_options else {
+            return Ok(Self::default());
+        };
+        if !f.stream {
+            return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed with `stream: true`"));
+        }
+        let every_chunk = options.continuous_usage_stats == Some(true) && options.include_usage != Some(false);
+        Ok(Self { last_chunk: options.include_usage == Some(true) || every_chunk, every_chunk })
+    }
+
+    /// A chunk's usage under `continuous_usage_stats`: the prompt and its choice's
+    /// `num_output_tokens` so far (as vLLM counts it, per choice).
+    pub fn so_far(self, num_prompt_tokens: usize, num_output_tokens: usize) -> Option<types::Usage> {
+        self.every_chunk.then(|| usage(num_prompt_tokens, [Usage { num_prompt_tokens, num_output_tokens, num_cached_tokens: 0 }]))
+    }
+}
+
 pub fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -128,4 +158,40 @@ pub fn item_id(prefix: &str) -> String {
 pub fn random_id(prefix: &str) -> String {
     use rand::distr::{Alphanumeric, SampleString};
     format!("{prefix}-{}", Alphanumeric.sample_string(&mut rand::rng(), 24))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn requested(body: serde_json::Value) -> Result<StreamUsage, ApiError> {
+        StreamUsage::requested(&serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn stream_options_follow_openai_and_vllm() {
+        let usage = |last_chunk, every_chunk| StreamUsage { last_chunk, every_chunk };
+        assert_eq!(requested(json!({"stream": true})).unwrap(), usage(false, false));
+        assert_eq!(requested(json!({"stream": true, "stream_options": {}})).unwrap(), usage(false, false));
+        assert_eq!(requested(json!({"stream": true, "stream_options": {"include_usage": true}})).unwrap(), usage(true, false));
+        assert_eq!(requested(json!({"stream": true, "stream_options": {"continuous_usage_stats": true}})).unwrap(), usage(true, true));
+        assert_eq!(requested(json!({"stream": true, "stream_options": {"include_usage": true, "continuous_usage_stats": true}})).unwrap(), usage(true, true));
+        assert_eq!(requested(json!({"stream": true, "stream_options": {"include_usage": false, "continuous_usage_stats": true}})).unwrap(), usage(false, false));
+        assert_eq!(requested(json!({"stream": true, "stream_options": {"include_usage": null}})).unwrap(), usage(false, false));
+        // Without a stream: refused, unless null.
+        assert_eq!(requested(json!({"stream_options": null})).unwrap(), usage(false, false));
+        for options in [json!({"include_usage": true}), json!({}), json!({"continuous_usage_stats": true})] {
+            let e = requested(json!({"stream": false, "stream_options": options})).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some("stream_options")), "{options}");
+        }
+    }
+
+    #[test]
+    fn usage_so_far_counts_one_choice() {
+        let on = StreamUsage { last_chunk: true, every_chunk: true };
+        let u = on.so_far(10, 3).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (10, 3, 13));
+        assert!(StreamUsage { last_chunk: true, every_chunk: false }.so_far(10, 3).is_none());
+    }
 }

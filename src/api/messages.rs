@@ -193,6 +193,8 @@ fn to_chat(req: &MessagesRequest, state: &AppState) -> Result<ChatCompletionRequ
         continue_final_message,
         add_generation_prompt: None,
         chat_template: None,
+        functions: None,
+        function_call: None,
     })
 }
 

@@ -27,7 +27,7 @@ fn sampling_properties() -> Value {
         "ignore_eos": {"type": "boolean"},
         "min_tokens": {"type": "integer", "minimum": 0},
         "stream": {"type": "boolean"},
-        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "stream_options": {"type": "object", "nullable": true, "description": "only with `stream: true`", "properties": {"include_usage": {"type": "boolean", "nullable": true}, "continuous_usage_stats": {"type": "boolean", "nullable": true, "description": "vLLM's: the usage so far on every chunk"}}},
     })
 }
 

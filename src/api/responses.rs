@@ -188,6 +188,8 @@ fn to_chat(req: &ResponsesRequest, previous: Vec<ChatMessage>, state: &AppState)
         continue_final_message: false,
         add_generation_prompt: None,
         chat_template: None,
+        functions: None,
+        function_call: None,
     };
     Ok((chat, conversation))
 }

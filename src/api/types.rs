@@ -79,8 +79,11 @@ impl SamplingFields {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
+    /// A last chunk with the request's usage. Left out it is off (OpenAI), unless
+    /// `continuous_usage_stats` is on (vLLM defaults it to true).
+    pub include_usage: Option<bool>,
+    /// vLLM's: every chunk also carries the usage so far (its choice's completion tokens).
+    pub continuous_usage_stats: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +115,10 @@ pub struct ChatCompletionRequest {
     pub chat_template: Option<Value>,
     /// vLLM's extension; only `false` goes with `continue_final_message` (and is implied by it).
     pub add_generation_prompt: Option<bool>,
+    /// OpenAI's deprecated function calling, before `tools`: refused with a pointer to `tools`
+    /// rather than ignored (its replies would need `message.function_call`).
+    pub functions: Option<Value>,
+    pub function_call: Option<Value>,
 }
 
 /// vLLM's structured outputs: `structured_outputs` (`choice`, `regex`, `json`, `json_object`,

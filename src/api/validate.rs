@@ -9,7 +9,7 @@ use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingF
 use crate::engine::constraint::{FormatCache, OutputFormat};
 use crate::engine::sampler::MAX_LOGPROBS;
 use crate::engine::sampling_defaults::SamplingDefaults;
-use crate::engine::tool_calls::ToolCallFormat;
+use crate::engine::tool_calls::{Answer, ToolCallFormat};
 use crate::engine::{SamplingParams, SubmitError};
 use crate::error::ApiError;
 
@@ -259,10 +259,13 @@ fn arguments_as_object(call: &Value) -> Value {
 }
 
 /// The tools a request offers: those to hand to the template (None: no tools, or
-/// `tool_choice: "none"`), and, when `tool_choice` is `"required"` or names a function, the
-/// calls the output is held to (one call if a function is named or `parallel_tool_calls` is
-/// false; made once per set of tools, `formats` keeps them).
-pub fn tools(req: &ChatCompletionRequest, formats: &FormatCache) -> Result<(Option<Vec<Value>>, Option<OutputFormat>), ApiError> {
+/// `tool_choice: "none"`), and the format the output is held to where the tools change it
+/// (None: `response_format`, `field`'s, alone). When `tool_choice` is `"required"` or names a
+/// function, the calls (one call if a function is named or `parallel_tool_calls` is false);
+/// under `"auto"` beside a JSON `response_format`, the calls or else the answer in that format,
+/// as OpenAI takes them (agents' structured output). Made once per set of tools and answer
+/// format, `formats` keeps them.
+pub fn tools(req: &ChatCompletionRequest, response_format: &OutputFormat, field: &str, formats: &FormatCache) -> Result<(Option<Vec<Value>>, Option<OutputFormat>), ApiError> {
     let Some(tools) = &req.tools else {
         return match &req.tool_choice {
             None => Ok((None, None)),
@@ -286,9 +289,21 @@ pub fn tools(req: &ChatCompletionRequest, formats: &FormatCache) -> Result<(Opti
             _ => return Err(ApiError::invalid(format!("tools[{i}]"), format!("`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"))),
         }
     }
-    let (chosen, single) = match &req.tool_choice {
-        None => return Ok((Some(tools.clone()), None)),
-        Some(Value::String(s)) if s == "auto" => return Ok((Some(tools.clone()), None)),
+    let answer = match response_format {
+        OutputFormat::JsonObject => Some(Answer::Object),
+        OutputFormat::JsonSchema(schema) => Some(Answer::Schema(schema.clone())),
+        _ => None,
+    };
+    let auto = match &req.tool_choice {
+        None => true,
+        Some(Value::String(s)) => s == "auto",
+        Some(_) => false,
+    };
+    let (chosen, single) = match req.tool_choice.as_ref().filter(|_| !auto) {
+        // `"auto"`: free text, or (a regex, a grammar, a choice) held where no call could be
+        // written, which `held_output_compatible` refuses.
+        None if answer.is_none() || functions.is_empty() => return Ok((Some(tools.clone()), None)),
+        None => (functions, req.parallel_tool_calls == Some(false)),
         Some(Value::String(s)) if s == "none" => return Ok((None, None)),
         Some(Value::String(s)) if s == "required" && functions.is_empty() => {
             return Err(ApiError::invalid("tool_choice", "`tool_choice: \"required\"` needs at least one tool in `tools`"));
@@ -303,12 +318,30 @@ pub fn tools(req: &ChatCompletionRequest, formats: &FormatCache) -> Result<(Opti
             (vec![function], true)
         }
     };
+    if !auto && *response_format != OutputFormat::Text {
+        return Err(ApiError::invalid("tool_choice", format!("a forced `tool_choice` cannot be combined with `{field}`: the output is held to the tool calls")));
+    }
     let no_parameters = json!({"type": "object", "properties": {}});
     let chosen: Vec<(&str, &Value)> = chosen.iter().map(|&(name, p)| (name, p.unwrap_or(&no_parameters))).collect();
-    let key = format!("tools {single} {}", json!(chosen));
+    // The answer's schema by its address: the entry holds it (an `Arc`), so no other schema
+    // can take that address while the key is there, and the same schema text, found in
+    // `formats`, is the same `Arc` each turn.
+    let answer_key = match &answer {
+        None => String::new(),
+        Some(Answer::Object) => "object".into(),
+        Some(Answer::Schema(schema)) => format!("schema@{:p}", Arc::as_ptr(schema)),
+    };
+    let key = format!("tools {single} {answer_key} {}", json!(chosen));
+    let held = if auto { format!("`tools` beside `{field}`") } else { "a forced `tool_choice`".to_string() };
     let format = formats
-        .get(key, || Ok(OutputFormat::ToolCalls(Arc::new(ToolCallFormat::new(&chosen, single)?))))
-        .map_err(|e| ApiError::invalid("tools", format!("a forced `tool_choice` holds the call's arguments to the function's `parameters`: {e}")))?;
+        .get(key, || {
+            let calls = ToolCallFormat::new(&chosen, single)?;
+            Ok(OutputFormat::ToolCalls(Arc::new(match answer {
+                Some(answer) => calls.with_answer(answer),
+                None => calls,
+            })))
+        })
+        .map_err(|e| ApiError::invalid("tools", format!("{held} holds each call's arguments to the function's `parameters`: {e}")))?;
     Ok((Some(tools.clone()), Some(format)))
 }
 
@@ -323,17 +356,19 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
     }
 }
 
-/// What a held output (`field`: a JSON `response_format`, `structured_outputs`, or tool calls
-/// a `tool_choice` forces) cannot go with: tools beside another format (a call is not the
-/// object), `ignore_eos` (only EOS may follow the end), thinking asked for on a template that
-/// does not render it (the whole output is held).
+/// What a held output (`field`: a JSON `response_format`, `structured_outputs`, tool calls
+/// a `tool_choice` forces, or calls or a JSON answer) cannot go with: tools beside a regex, a
+/// grammar or a choice (no call could be written; tools beside JSON are calls or the answer,
+/// [`tools`]), `ignore_eos` (only EOS may follow the end), thinking asked for on a template
+/// that does not render it (the whole output is held).
 pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, field: &str, has_tools: bool, thinking_asked: bool) -> Result<(), ApiError> {
     let what = match format {
         OutputFormat::Text => return Ok(()),
+        OutputFormat::ToolCalls(calls) if calls.answers() => format!("`tools` beside `{field}`"),
         OutputFormat::ToolCalls(_) => "a forced `tool_choice`".to_string(),
         _ => format!("`{field}`"),
     };
-    if has_tools && !matches!(format, OutputFormat::ToolCalls(_)) {
+    if has_tools && matches!(format, OutputFormat::Regex(_)) {
         return Err(ApiError::invalid(field, format!("{what} cannot be combined with `tools`: the output is held to it, so no tool call could be written")));
     }
     if sampling.ignore_eos == Some(true) {
@@ -427,9 +462,62 @@ mod tests {
                 "tool_choice": choice,
             }))
             .unwrap();
-            let e = tools(&req, &formats).unwrap_err();
+            let e = tools(&req, &OutputFormat::Text, "response_format", &formats).unwrap_err();
             assert_eq!(e.param.as_deref(), Some("tools[1].function.name"), "{}", e.message);
         }
+    }
+
+    /// Tools beside a JSON `response_format`: under `"auto"` (or none given) the calls or the
+    /// answer, made once per tools and schema; `"none"` leaves the format alone; a forced choice,
+    /// or tools beside a regex, is a 400 naming the field.
+    #[test]
+    fn tools_beside_a_json_format_are_calls_or_the_answer() {
+        let formats = FormatCache::with_capacity(8);
+        let schema = formats.schema(&json!({"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}})).unwrap();
+        let weather = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+        let req = |choice: Value| -> ChatCompletionRequest {
+            let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "tools": weather});
+            if !choice.is_null() {
+                body["tool_choice"] = choice;
+            }
+            serde_json::from_value(body).unwrap()
+        };
+        let answers = |format: &Option<OutputFormat>| matches!(format, Some(OutputFormat::ToolCalls(c)) if c.answers());
+        let sampling: SamplingFields = serde_json::from_value(json!({})).unwrap();
+        for choice in [Value::Null, json!("auto")] {
+            let (given, held) = tools(&req(choice.clone()), &schema, "response_format", &formats).unwrap();
+            assert!(given.is_some() && answers(&held), "{choice}");
+            assert_eq!(held, tools_of(&req(choice.clone()), &schema, &formats), "{choice}: made once");
+            held_output_compatible(&sampling, held.as_ref().unwrap(), "response_format", true, false).unwrap();
+            let (_, object) = tools(&req(choice), &OutputFormat::JsonObject, "response_format", &formats).unwrap();
+            assert!(answers(&object) && object != held, "json_object: its own format");
+        }
+        // Without a format, or under `"required"`, no answer.
+        assert_eq!(tools(&req(json!("auto")), &OutputFormat::Text, "response_format", &formats).unwrap().1, None);
+        let (_, required) = tools(&req(json!("required")), &OutputFormat::Text, "response_format", &formats).unwrap();
+        assert!(matches!(&required, Some(OutputFormat::ToolCalls(c)) if !c.answers()));
+        // `"none"`: the format alone, the tools not rendered.
+        assert_eq!(tools(&req(json!("none")), &schema, "response_format", &formats).unwrap(), (None, None));
+        for choice in [json!("required"), json!({"type": "function", "function": {"name": "get_weather"}})] {
+            let e = tools(&req(choice.clone()), &schema, "response_format", &formats).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("tool_choice"), "{choice}: {}", e.message);
+        }
+        // A regex beside tools: no call could be written.
+        let regex = formats.regex("a+").unwrap();
+        let (tools_given, held) = tools(&req(json!("auto")), &regex, "structured_outputs.regex", &formats).unwrap();
+        assert_eq!(held, None);
+        let e = held_output_compatible(&sampling, &regex, "structured_outputs.regex", tools_given.is_some(), false).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("structured_outputs.regex"), "{}", e.message);
+        // What cannot go with a held output names the pair.
+        let (_, held) = tools(&req(Value::Null), &schema, "response_format", &formats).unwrap();
+        let eos: SamplingFields = serde_json::from_value(json!({"ignore_eos": true})).unwrap();
+        let e = held_output_compatible(&eos, held.as_ref().unwrap(), "response_format", true, false).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("ignore_eos"));
+        assert!(e.message.contains("`tools` beside `response_format`"), "{}", e.message);
+    }
+
+    fn tools_of(req: &ChatCompletionRequest, format: &OutputFormat, formats: &FormatCache) -> Option<OutputFormat> {
+        tools(req, format, "response_format", formats).unwrap().1
     }
 
     #[test]

@@ -479,3 +479,19 @@ fn a_bare_hermes_body_naming_a_known_tool_is_a_call() {
     assert_eq!(events, vec![ToolStreamEvent::Content(other.to_string())]);
     assert_eq!(parse_tool_calls(other, Some(&tools)).0.as_deref(), Some(other));
 }
+
+#[test]
+fn a_call_cut_short_is_the_raw_output_both_ways() {
+    // As max_tokens or a stop string leave it: inside the body, inside the closing tag, and
+    // the untagged body small models write. vLLM's Hermes parser also returns the raw text.
+    let texts = [
+        "<tool_call>\n{\"name\": \"get_weather\", \"".to_string(),
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_".to_string(),
+        "{\"name\": \"get_weather\", \"".to_string(),
+        format!("Checking. {}", &XML_WEATHER[..XML_WEATHER.len() - 20]),
+    ];
+    for text in &texts {
+        assert_eq!(parse_tool_calls(text, Some(&tools())), (Some(text.trim().to_string()), vec![]), "{text:?}");
+        assert_eq!(stream_every_split(text, Some(tools())), (text.trim().to_string(), vec![]), "{text:?}");
+    }
+}
