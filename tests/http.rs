@@ -686,7 +686,7 @@ fn forced_tool_calls_end_to_end() {
     assert_eq!(e["param"], "stop");
     // A function without parameters (`{}` too) is called with `{}`.
     let ping = json!([{"type": "function", "function": {"name": "ping", "parameters": {}}}]);
-    let pinged = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hello"}], "tools": ping, "tool_choice": "required", "max_tokens": 30}).to_string()).json();
+    let pinged = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hello"}], "tools": ping, "tool_choice": "required", "max_tokens": 30, "temperature": 0}).to_string()).json();
     assert_eq!(pinged["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{}", "{pinged}");
 }
 
