@@ -407,3 +407,64 @@ fn tools_beside_a_schema_give_calls_or_the_answer() {
     let e = s.post("/v1/chat/completions", &body(json!([{"role": "user", "content": "hi"}]), json!({"tool_choice": "required"}))).error(400);
     assert_eq!(e["param"], "tool_choice");
 }
+
+/// A `strict` function under `tool_choice: "auto"`: the output is free text, but a call, tagged
+/// or (as this model writes them) bare, is held to the function's parameters, in chat (whole,
+/// streamed, sampled) and in the Responses API.
+#[test]
+fn a_strict_function_holds_its_calls_under_auto() {
+    let s = server();
+    let parameters = json!({"type": "object", "additionalProperties": false, "required": ["station", "unit"],
+        "properties": {"station": {"type": "string", "pattern": "^[A-Z]{4}$"}, "unit": {"enum": ["kelvin"]}}});
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather at a weather station", "strict": true, "parameters": parameters}}]);
+    let fits = |arguments: &str| {
+        let v: serde_json::Map<String, Value> = serde_json::from_str(arguments).unwrap_or_else(|e| panic!("{e}: {arguments}"));
+        let station = v.get("station").and_then(Value::as_str).unwrap_or_default();
+        v.len() == 2 && v["unit"] == "kelvin" && station.len() == 4 && station.bytes().all(|b| b.is_ascii_uppercase())
+    };
+    // One earlier call and its answer; left alone, the model's next call names the station
+    // "BER", which the pattern does not allow.
+    let arguments = r#"{"station": "LFPG", "unit": "kelvin"}"#;
+    let messages = json!([{"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "280 K"},
+        {"role": "assistant", "content": "It is 280 K at Paris (LFPG)."},
+        {"role": "user", "content": "Call get_weather for Berlin."}]);
+    let body = |extra: Value| {
+        let mut b = json!({"messages": messages, "tools": tools, "temperature": 0, "max_tokens": 60});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b.to_string()
+    };
+    let whole = s.post("/v1/chat/completions", &body(json!({}))).json();
+    let choice = &whole["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{whole}");
+    let call = &choice["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "get_weather");
+    assert!(fits(call["arguments"].as_str().unwrap()), "{whole}");
+    let data = s.post("/v1/chat/completions", &body(json!({"stream": true}))).sse_data();
+    let streamed: String = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(streamed, call["arguments"].as_str().unwrap(), "streamed alike");
+
+    // Sampled: text, or calls that fit.
+    let hot = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "What's 2+2?"}], "tools": tools, "temperature": 1.0, "seed": 7, "n": 8, "max_tokens": 60}).to_string()).json();
+    for choice in hot["choices"].as_array().unwrap() {
+        for call in choice["message"]["tool_calls"].as_array().into_iter().flatten() {
+            assert!(fits(call["function"]["arguments"].as_str().unwrap()), "{choice}");
+        }
+    }
+
+    // The Responses API passes `strict` on.
+    let input = json!([{"role": "user", "content": "What is the weather in Paris?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": arguments},
+        {"type": "function_call_output", "call_id": "call_1", "output": "280 K"},
+        {"role": "assistant", "content": "It is 280 K at Paris (LFPG)."},
+        {"role": "user", "content": "Call get_weather for Berlin."}]);
+    let flat = json!([{"type": "function", "name": "get_weather", "description": "Get the current weather at a weather station", "strict": true, "parameters": parameters}]);
+    let response = s.post("/v1/responses", &json!({"input": input, "tools": flat, "temperature": 0, "max_output_tokens": 60, "store": false}).to_string()).json();
+    let call = response["output"].as_array().unwrap().iter().find(|o| o["type"] == "function_call").unwrap_or_else(|| panic!("{response}"));
+    assert!(fits(call["arguments"].as_str().unwrap()), "{response}");
+}

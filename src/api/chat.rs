@@ -1,6 +1,7 @@
 //! `POST /v1/chat/completions`: chat template -> engine -> message (reasoning, content, tool
 //! calls), whole or as SSE chunks.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -13,7 +14,7 @@ use super::output_format;
 use super::reasoning::{split_reasoning, ReasoningStreamParser};
 use super::sse::{sse_response, SseSender};
 use super::state::{ApiJson, AppState};
-use super::tool_parser::{parse_tool_calls, ToolCall, ToolCallStreamParser, ToolStreamEvent};
+use super::tool_parser::{parse_tool_calls_checked, BareCheck, ToolCall, ToolCallStreamParser, ToolStreamEvent};
 use super::types::*;
 use super::validate;
 use crate::engine::constraint::OutputFormat;
@@ -68,10 +69,11 @@ pub(super) fn message(role: &str, content: Option<String>) -> ChatMessage {
 }
 
 /// A function tool in chat's shape (`{"type": "function", "function": {...}}`), from the flat
-/// shapes of the Responses and Messages APIs; a null description or schema is left out.
-pub(super) fn function_tool(name: &str, description: Option<&Value>, parameters: Option<&Value>) -> Value {
+/// shapes of the Responses and Messages APIs (`tool`, its schema under `schema_key`); a null
+/// description or schema is left out, and `strict` kept.
+pub(super) fn function_tool(name: &str, tool: &Value, schema_key: &str) -> Value {
     let mut function = json!({"name": name});
-    for (key, value) in [("description", description), ("parameters", parameters)] {
+    for (key, value) in [("description", tool.get("description")), ("parameters", tool.get(schema_key)), ("strict", tool.get("strict"))] {
         if let Some(v) = value.filter(|v| !v.is_null()) {
             function[key] = v.clone();
         }
@@ -114,11 +116,15 @@ pub(super) fn prepare(state: &AppState, req: &ChatCompletionRequest) -> Result<(
     // Forced calls (a 400 beside `response_format`), or calls or a JSON answer (`"auto"`).
     let (tools, calls) = validate::tools(req, &response_format, &field, &state.formats)?;
     let format = calls.unwrap_or(response_format);
-    let json = format != OutputFormat::Text;
+    // Free text whose calls are held (a `strict` function) reads and thinks as plain text.
+    let free_text = matches!(&format, OutputFormat::ToolCalls(c) if c.answers_text());
+    let json = format != OutputFormat::Text && !free_text;
     // A held output (JSON, or tool calls) has no reasoning part, unless thinking is asked
     // for on a template that renders it: then the output is held once the thinking ends.
-    let thinking_asked = req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")) == Some(&Value::Bool(true));
-    let think_first = json && thinking_asked && state.reasoning;
+    // Free text thinks as the template would (held calls may follow the thinking).
+    let thinking = req.chat_template_kwargs.as_ref().and_then(|k| k.get("enable_thinking")).and_then(Value::as_bool);
+    let thinking_asked = thinking == Some(true);
+    let think_first = state.reasoning && (json && thinking_asked || free_text && thinking.unwrap_or(state.default_enable_thinking));
     validate::held_output_compatible(&req.sampling, &format, &field, tools.is_some(), thinking_asked && !think_first)?;
     let logprobs = validate::chat_logprobs(req)?;
     let engine = &state.engine;
@@ -142,12 +148,20 @@ pub(super) fn prepare(state: &AppState, req: &ChatCompletionRequest) -> Result<(
     let mut params = validate::sampling_params(&req.sampling, engine.tokenizer().vocab_size(), engine.default_max_tokens(prompt.len()), logprobs, engine.sampling_defaults())?;
     params.format = format;
     params.think_first = think_first;
+    let bare_check: Option<BareCheck> = match &params.format {
+        OutputFormat::ToolCalls(calls) if free_text => {
+            let calls = calls.clone();
+            Some(Arc::new(move |body: &str| calls.fits(body)))
+        }
+        _ => None,
+    };
     let ctx = ChatContext {
         id: random_id("chatcmpl"),
         created: unix_time(),
         model: state.model_name.clone(),
         tokenizer: engine.tokenizer().clone(),
         tools,
+        bare_check,
         // JSON output has no reasoning part (a `<think>` written inside one of its strings stays
         // there) unless it comes after the thinking.
         reasoning: state.reasoning && (!json || think_first),
@@ -182,6 +196,8 @@ pub(super) struct ChatContext {
     pub model: String,
     pub tokenizer: Tokenizer,
     tools: Option<Vec<Value>>,
+    /// Under a `strict` function, whether a bare call fits (`tool_parser::BareCheck`).
+    bare_check: Option<BareCheck>,
     reasoning: bool,
     prompt_ends_in_think: bool,
     /// Held output after thinking (`enable_thinking: true` with JSON or forced calls).
@@ -196,7 +212,7 @@ impl ChatContext {
     pub fn parse(&self, text: &str) -> (Option<String>, Option<String>, Vec<ToolCall>) {
         let (reasoning, content) = if self.reasoning { split_reasoning(text, self.think_first) } else { (None, Some(text.to_string())) };
         let (content, calls) = match (&self.tools, content) {
-            (Some(tools), Some(content)) => parse_tool_calls(&content, Some(tools)),
+            (Some(tools), Some(content)) => parse_tool_calls_checked(&content, Some(tools), self.bare_check.as_ref()),
             (_, content) => (content, vec![]),
         };
         (reasoning, content, calls)
@@ -206,7 +222,7 @@ impl ChatContext {
     pub fn choice_stream(&self) -> ChoiceStream {
         ChoiceStream {
             reasoning: self.reasoning.then(|| ReasoningStreamParser::new(self.prompt_ends_in_think)),
-            tools: self.tools.clone().map(|t| ToolCallStreamParser::new(Some(t))),
+            tools: self.tools.clone().map(|t| ToolCallStreamParser::new(Some(t)).with_bare_check(self.bare_check.clone())),
             num_tool_calls: 0,
         }
     }

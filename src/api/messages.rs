@@ -323,7 +323,7 @@ fn tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
         .map(|(i, t)| {
             let custom = t.get("type").and_then(Value::as_str).is_none_or(|k| k == "custom");
             match (custom, t.get("name").and_then(Value::as_str)) {
-                (true, Some(name)) => Ok(function_tool(name, t.get("description"), t.get("input_schema"))),
+                (true, Some(name)) => Ok(function_tool(name, t, "input_schema")),
                 (true, None) => Err(ApiError::invalid(format!("tools[{i}].name"), format!("`tools[{i}].name` must be a string"))),
                 (false, _) => Err(ApiError::invalid(format!("tools[{i}]"), format!("only client tools (`name`, `input_schema`) are supported; `tools[{i}]` {}", has_type(t)))),
             }

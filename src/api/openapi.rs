@@ -90,7 +90,7 @@ pub fn spec() -> Value {
                     "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "description": "a message (`role`, `content`), a `function_call` or a `function_call_output`"}}]},
                     "instructions": {"type": "string"},
                     "max_output_tokens": {"type": "integer", "minimum": 1},
-                    "tools": {"type": "array", "items": {"type": "object", "required": ["type", "name"], "properties": {"type": {"const": "function"}, "name": {"type": "string"}, "description": {"type": "string"}, "parameters": {"type": "object"}}}},
+                    "tools": {"type": "array", "items": {"type": "object", "required": ["type", "name"], "properties": {"type": {"const": "function"}, "name": {"type": "string"}, "description": {"type": "string"}, "parameters": {"type": "object"}, "strict": {"type": "boolean"}}}},
                     "tool_choice": {"oneOf": [{"type": "string", "enum": ["auto", "none", "required"]}, {"type": "object", "required": ["type", "name"], "properties": {"type": {"const": "function"}, "name": {"type": "string"}}}]},
                     "parallel_tool_calls": {"type": "boolean"},
                     "text": {"type": "object", "properties": {"format": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}, "name": {"type": "string"}, "schema": {"type": "object"}, "strict": {"type": "boolean"}}}}},
@@ -104,7 +104,7 @@ pub fn spec() -> Value {
                         "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "description": "a text, thinking, tool_use or tool_result block"}}]}}}},
                     "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
                     "stop_sequences": {"type": "array", "items": {"type": "string"}},
-                    "tools": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "input_schema": {"type": "object"}}}},
+                    "tools": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "input_schema": {"type": "object"}, "strict": {"type": "boolean"}}}},
                     "tool_choice": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["auto", "any", "none", "tool"]}, "name": {"type": "string"}, "disable_parallel_tool_use": {"type": "boolean"}}},
                     "thinking": {"type": "object", "properties": {"type": {"type": "string", "enum": ["enabled", "disabled"]}, "budget_tokens": {"type": "integer"}}}}))},
                 "EmbeddingRequest": {"type": "object", "description": "`input` or `messages`", "properties": {

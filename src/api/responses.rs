@@ -306,7 +306,7 @@ fn tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, t)| match (t.get("type").and_then(Value::as_str), t.get("name").and_then(Value::as_str)) {
-            (Some("function"), Some(name)) => Ok(function_tool(name, t.get("description"), t.get("parameters"))),
+            (Some("function"), Some(name)) => Ok(function_tool(name, t, "parameters")),
             (Some("function"), None) => Err(ApiError::invalid(format!("tools[{i}].name"), format!("`tools[{i}].name` must be a string"))),
             _ => Err(ApiError::invalid(format!("tools[{i}]"), format!("only function tools are supported; `tools[{i}]` {}", has_type(t)))),
         })

@@ -7,6 +7,8 @@
 //! Small Qwen models often answer a tool request with the bare Hermes body and no tags; when
 //! tools were given and the WHOLE output is one such object naming a known tool, it is taken
 //! as a call too (the stream holds back output that starts with `{` until the end to decide).
+//! Where a `strict` function held the calls ([`BareCheck`]), a bare one counts only if it fits:
+//! the output was held only once it wrote `<tool_call>`.
 //!
 //! Non-streaming is all-or-nothing: one malformed block turns the whole text back into content.
 //! Streaming cannot take back a call it has already sent, so the two agree on everything except
@@ -18,6 +20,8 @@
 //! Content is trimmed at both ends in both modes. The stream achieves that by dropping leading
 //! whitespace and holding back trailing whitespace until non-whitespace content follows it (it
 //! is dropped at `finish`), so a content delta's trailing spaces/newlines arrive one delta late.
+
+use std::sync::Arc;
 
 use rand::distr::Alphanumeric;
 use rand::Rng;
@@ -59,6 +63,15 @@ impl ToolCall {
 /// (bad JSON, missing name, unclosed tag, name not in `tools` when tools are given), return
 /// the whole text as content and no calls: malformed calls fall back to plain content.
 pub fn parse_tool_calls(text: &str, tools: Option<&[Value]>) -> (Option<String>, Vec<ToolCall>) {
+    parse_tool_calls_checked(text, tools, None)
+}
+
+/// Whether a bare call's object (its text) fits the calls a `strict` function holds
+/// (`crate::engine::tool_calls::ToolCallFormat::fits`).
+pub type BareCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// [`parse_tool_calls`], taking a bare call only if `check` (when given) passes it.
+pub fn parse_tool_calls_checked(text: &str, tools: Option<&[Value]>, check: Option<&BareCheck>) -> (Option<String>, Vec<ToolCall>) {
     let all_content = || (non_empty(text.trim()), Vec::new());
     let mut content = String::new();
     let mut calls = Vec::new();
@@ -77,17 +90,18 @@ pub fn parse_tool_calls(text: &str, tools: Option<&[Value]>) -> (Option<String>,
     }
     content.push_str(rest);
     if calls.is_empty() {
-        if let Some(call) = parse_bare_call(text, tools) {
+        if let Some(call) = parse_bare_call(text, tools, check) {
             return (None, vec![call]);
         }
     }
     (non_empty(content.trim()), calls)
 }
 
-/// The whole text as an untagged Hermes body, when tools were given and it names one.
-fn parse_bare_call(text: &str, tools: Option<&[Value]>) -> Option<ToolCall> {
+/// The whole text as an untagged Hermes body, when tools were given and it names one (and
+/// `check` passes it).
+fn parse_bare_call(text: &str, tools: Option<&[Value]>, check: Option<&BareCheck>) -> Option<ToolCall> {
     let body = text.trim();
-    if tools.is_none() || !body.starts_with('{') || !body.ends_with('}') {
+    if tools.is_none() || !body.starts_with('{') || !body.ends_with('}') || check.is_some_and(|fits| !fits(body)) {
         return None;
     }
     parse_block(body, tools)
@@ -128,6 +142,7 @@ pub struct ToolCallStreamParser {
     content_started: bool,
     /// The output was held as a possible bare call and turned out not to be one.
     bare_ruled_out: bool,
+    bare_check: Option<BareCheck>,
     num_calls: usize,
 }
 
@@ -141,8 +156,14 @@ impl ToolCallStreamParser {
             held_whitespace: String::new(),
             content_started: false,
             bare_ruled_out: false,
+            bare_check: None,
             num_calls: 0,
         }
+    }
+
+    /// Takes a bare call only if `check` passes it ([`parse_tool_calls_checked`]).
+    pub fn with_bare_check(self, check: Option<BareCheck>) -> Self {
+        Self { bare_check: check, ..self }
     }
 
     pub fn push(&mut self, delta: &str) -> Vec<ToolStreamEvent> {
@@ -218,7 +239,7 @@ impl ToolCallStreamParser {
         let mut out = Vec::new();
         if self.state == StreamState::BareCandidate {
             let text = std::mem::take(&mut self.buf);
-            if let Some(call) = parse_bare_call(&text, self.tools.as_deref()) {
+            if let Some(call) = parse_bare_call(&text, self.tools.as_deref(), self.bare_check.as_ref()) {
                 self.num_calls += 1;
                 self.state = StreamState::PassThrough;
                 return vec![ToolStreamEvent::ToolCall { index: 0, call }];

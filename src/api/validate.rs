@@ -263,8 +263,10 @@ fn arguments_as_object(call: &Value) -> Value {
 /// (None: `response_format`, `field`'s, alone). When `tool_choice` is `"required"` or names a
 /// function, the calls (one call if a function is named or `parallel_tool_calls` is false);
 /// under `"auto"` beside a JSON `response_format`, the calls or else the answer in that format,
-/// as OpenAI takes them (agents' structured output). Made once per set of tools and answer
-/// format, `formats` keeps them.
+/// as OpenAI takes them (agents' structured output); under `"auto"` with a function marked
+/// `strict`, free text in which a call, once begun, is held (OpenAI's strict function calling:
+/// every call then fits, as under `"required"`). Made once per set of tools and answer format,
+/// `formats` keeps them.
 pub fn tools(req: &ChatCompletionRequest, response_format: &OutputFormat, field: &str, formats: &FormatCache) -> Result<(Option<Vec<Value>>, Option<OutputFormat>), ApiError> {
     let Some(tools) = &req.tools else {
         return match &req.tool_choice {
@@ -289,15 +291,17 @@ pub fn tools(req: &ChatCompletionRequest, response_format: &OutputFormat, field:
             _ => return Err(ApiError::invalid(format!("tools[{i}]"), format!("`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"))),
         }
     }
-    let answer = match response_format {
-        OutputFormat::JsonObject => Some(Answer::Object),
-        OutputFormat::JsonSchema(schema) => Some(Answer::Schema(schema.clone())),
-        _ => None,
-    };
     let auto = match &req.tool_choice {
         None => true,
         Some(Value::String(s)) => s == "auto",
         Some(_) => false,
+    };
+    let strict = tools.iter().any(|t| t.get("function").and_then(|f| f.get("strict")) == Some(&Value::Bool(true)));
+    let answer = match response_format {
+        OutputFormat::JsonObject => Some(Answer::Object),
+        OutputFormat::JsonSchema(schema) => Some(Answer::Schema(schema.clone())),
+        OutputFormat::Text if auto && strict => Some(Answer::Text),
+        _ => None,
     };
     let (chosen, single) = match req.tool_choice.as_ref().filter(|_| !auto) {
         // `"auto"`: free text, or (a regex, a grammar, a choice) held where no call could be
@@ -330,9 +334,14 @@ pub fn tools(req: &ChatCompletionRequest, response_format: &OutputFormat, field:
         None => String::new(),
         Some(Answer::Object) => "object".into(),
         Some(Answer::Schema(schema)) => format!("schema@{:p}", Arc::as_ptr(schema)),
+        Some(Answer::Text) => "text".into(),
     };
     let key = format!("tools {single} {answer_key} {}", json!(chosen));
-    let held = if auto { format!("`tools` beside `{field}`") } else { "a forced `tool_choice`".to_string() };
+    let held = match &answer {
+        Some(Answer::Text) => "a `strict` function".to_string(),
+        _ if auto => format!("`tools` beside `{field}`"),
+        _ => "a forced `tool_choice`".to_string(),
+    };
     let format = formats
         .get(key, || {
             let calls = ToolCallFormat::new(&chosen, single)?;
@@ -364,6 +373,14 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
 pub fn held_output_compatible(sampling: &SamplingFields, format: &OutputFormat, field: &str, has_tools: bool, thinking_asked: bool) -> Result<(), ApiError> {
     let what = match format {
         OutputFormat::Text => return Ok(()),
+        // Free text, held once a call begins: a stop string ends the text (a call it cuts comes
+        // back as text, as without `strict`), but only EOS may follow the calls.
+        OutputFormat::ToolCalls(calls) if calls.answers_text() => {
+            return match sampling.ignore_eos {
+                Some(true) => Err(ApiError::invalid("ignore_eos", "`ignore_eos` cannot be combined with a `strict` function under `tool_choice: \"auto\"`: only EOS may follow the calls")),
+                _ => Ok(()),
+            };
+        }
         OutputFormat::ToolCalls(calls) if calls.answers() => format!("`tools` beside `{field}`"),
         OutputFormat::ToolCalls(_) => "a forced `tool_choice`".to_string(),
         _ => format!("`{field}`"),
@@ -514,6 +531,38 @@ mod tests {
         let e = held_output_compatible(&eos, held.as_ref().unwrap(), "response_format", true, false).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("ignore_eos"));
         assert!(e.message.contains("`tools` beside `response_format`"), "{}", e.message);
+    }
+
+    /// A `strict` function under `"auto"`: free text with held calls, where stop strings may
+    /// end the text; without `strict`, or beside a JSON format, as before.
+    #[test]
+    fn a_strict_function_holds_calls_in_free_text() {
+        let formats = FormatCache::with_capacity(8);
+        let req = |strict: bool, extra: Value| -> ChatCompletionRequest {
+            let tool = json!({"type": "function", "function": {"name": "f", "strict": strict, "parameters": {"type": "object", "properties": {"a": {"type": "string"}}}}});
+            let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "tools": [tool, {"type": "function", "function": {"name": "g"}}]});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(body).unwrap()
+        };
+        let text = |format: &Option<OutputFormat>| matches!(format, Some(OutputFormat::ToolCalls(c)) if c.answers_text());
+        let held = tools_of(&req(true, json!({})), &OutputFormat::Text, &formats);
+        assert!(text(&held) && text(&tools_of(&req(true, json!({"tool_choice": "auto"})), &OutputFormat::Text, &formats)));
+        assert_eq!(tools_of(&req(false, json!({})), &OutputFormat::Text, &formats), None, "not strict: free text");
+        assert_eq!(tools_of(&req(true, json!({"tool_choice": "none"})), &OutputFormat::Text, &formats), None);
+        let required = tools_of(&req(true, json!({"tool_choice": "required"})), &OutputFormat::Text, &formats);
+        assert!(matches!(&required, Some(OutputFormat::ToolCalls(c)) if !c.answers()), "forced: calls only");
+        let schema = formats.schema(&json!({"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}})).unwrap();
+        let beside = tools_of(&req(true, json!({})), &schema, &formats);
+        assert!(matches!(&beside, Some(OutputFormat::ToolCalls(c)) if c.answers() && !c.answers_text()), "beside a schema: calls or the answer");
+        let held = held.unwrap();
+        let stop: SamplingFields = serde_json::from_value(json!({"stop": ["\n\n"]})).unwrap();
+        held_output_compatible(&stop, &held, "response_format", true, true).unwrap();
+        let eos: SamplingFields = serde_json::from_value(json!({"ignore_eos": true})).unwrap();
+        assert_eq!(held_output_compatible(&eos, &held, "response_format", true, false).unwrap_err().param.as_deref(), Some("ignore_eos"));
+        // A function whose parameters cannot be held names the tools.
+        let mut bad = req(true, json!({}));
+        bad.tools.as_mut().unwrap()[0]["function"]["parameters"] = json!({"type": "object", "properties": {"a": {"type": "string", "not": {}}}});
+        assert_eq!(tools(&bad, &OutputFormat::Text, "response_format", &formats).unwrap_err().param.as_deref(), Some("tools"));
     }
 
     fn tools_of(req: &ChatCompletionRequest, format: &OutputFormat, formats: &FormatCache) -> Option<OutputFormat> {

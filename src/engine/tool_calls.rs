@@ -8,6 +8,12 @@
 //! output for agents): the output is the calls, or else the answer in the format
 //! ([`ToolCallFormat::with_answer`]). The first byte decides, and cleanly: a call begins with
 //! `<`, which no JSON value does.
+//!
+//! `tools` with a `strict` function under `tool_choice: "auto"` ([`Answer::Text`]): the output
+//! is free text, but once it writes `<tool_call>` the call is held as above, so a call that
+//! comes back always fits its function (OpenAI's strict function calling). Small models often
+//! write a call bare, without the tags, and the API reads an output that is one such object as
+//! a call: so an output that begins with `{` is held to be that one call.
 
 use std::sync::Arc;
 
@@ -45,6 +51,9 @@ pub enum Answer {
     Object,
     /// An object valid under the schema (`json_schema`), the one the API compiled for it.
     Schema(Arc<Schema>),
+    /// Free text, in which `<tool_call>` begins a held call; after the calls the output ends.
+    /// An output that begins with `{` is one bare call.
+    Text,
 }
 
 impl ToolCallFormat {
@@ -81,11 +90,25 @@ impl ToolCallFormat {
         self.answer.is_some()
     }
 
+    /// Whether the output is free text in which only the calls are held ([`Answer::Text`]).
+    pub fn answers_text(&self) -> bool {
+        matches!(self.answer, Some(Answer::Text))
+    }
+
+    /// Whether `call` (a call's object, e.g. a bare one read back from free text) is one the
+    /// format would have let the output write.
+    pub fn fits(&self, call: &str) -> bool {
+        let mut state = self.start();
+        state.answer = AnswerState::None;
+        OPEN.iter().chain(call.trim().as_bytes()).chain(CLOSE).all(|&b| state.feed(b)) && state.is_complete()
+    }
+
     pub(super) fn start(&self) -> ToolCallsState {
         let answer = match &self.answer {
             None => AnswerState::None,
             Some(Answer::Object) => AnswerState::Object(JsonState::default()),
             Some(Answer::Schema(schema)) => AnswerState::Schema(Arc::as_ptr(schema) as usize),
+            Some(Answer::Text) => AnswerState::TextStart,
         };
         ToolCallsState { phase: Phase::Open(0), call: self.schema.start(), tag: 0, calls: 0, single: self.single, answer }
     }
@@ -118,11 +141,16 @@ enum AnswerState {
     Object(JsonState),
     /// The address of the answer's [`Schema`], which the format holds (`Answer::Schema`).
     Schema(usize),
+    /// Free text (`Answer::Text`) before its first byte, which may begin a bare call.
+    TextStart,
+    /// Free text (`Answer::Text`); `Phase::Open` counts how much of `OPEN` it ends with.
+    Text,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Phase {
-    /// `OPEN`, this many bytes in.
+    /// `OPEN`, this many bytes in (in free text: how many of its last bytes spell the start
+    /// of `OPEN`).
     Open(u8),
     /// Inside the call's object.
     Call,
@@ -132,6 +160,8 @@ enum Phase {
     Done,
     /// Inside the answer, which holds the rest of the output.
     Answer,
+    /// Inside a bare call (`Answer::Text`), which holds the rest of the output.
+    Bare,
 }
 
 impl ToolCallsState {
@@ -139,6 +169,9 @@ impl ToolCallsState {
     pub fn is_complete(&self) -> bool {
         match self.phase {
             Phase::Done => true,
+            // Free text may end anywhere, even after `<tool`.
+            Phase::Open(_) => matches!(self.answer, AnswerState::Text | AnswerState::TextStart),
+            Phase::Bare => self.call.is_complete(),
             Phase::Answer => match self.answer {
                 AnswerState::Object(s) => s.is_complete(),
                 _ => self.call.is_complete(),
@@ -166,6 +199,18 @@ impl ToolCallsState {
         self.feed_answer(b)
     }
 
+    /// The first byte of free text: `{` begins a bare call, anything else the text.
+    fn begin_text(&mut self, b: u8) -> bool {
+        if b == b'{' {
+            self.answer = AnswerState::None;
+            self.call = self.call.restart();
+            self.phase = Phase::Bare;
+            return self.call.feed(b);
+        }
+        self.answer = AnswerState::Text;
+        self.feed(b)
+    }
+
     /// A byte of the answer.
     fn feed_answer(&mut self, b: u8) -> bool {
         match &mut self.answer {
@@ -186,10 +231,20 @@ fn past_tag(tag: &mut u8, b: u8) -> bool {
 impl ByteParser for ToolCallsState {
     fn feed(&mut self, b: u8) -> bool {
         self.phase = match self.phase {
-            Phase::Open(0) if self.answer != AnswerState::None => return self.choose(b),
+            Phase::Open(0) if self.answer == AnswerState::TextStart => return self.begin_text(b),
+            Phase::Bare => return self.call.feed(b),
+            // Free text: only `<tool_call>`'s line break is held (the call has begun).
+            Phase::Open(i) if self.answer == AnswerState::Text && OPEN[i as usize] != b => {
+                if i as usize + 1 == OPEN.len() {
+                    return false;
+                }
+                Phase::Open(u8::from(b == OPEN[0]))
+            }
+            Phase::Open(0) if matches!(self.answer, AnswerState::Object(_) | AnswerState::Schema(_)) => return self.choose(b),
             Phase::Answer => return self.feed_answer(b),
             Phase::Open(i) if OPEN[i as usize] != b => return false,
             Phase::Open(i) if i as usize + 1 == OPEN.len() => {
+                self.answer = AnswerState::None;
                 self.call = self.call.restart();
                 self.tag = 0;
                 Phase::Call
@@ -214,6 +269,9 @@ impl ByteParser for ToolCallsState {
         // Plain text holds no `<`, so it cannot spell the closing tag from a clean start.
         match self.phase {
             Phase::Call if self.tag == 0 => self.call.plain_budget(),
+            // Plain text holds no `<`, so it cannot begin a call.
+            Phase::Open(0) if self.answer == AnswerState::Text => Some(u32::MAX),
+            Phase::Bare => self.call.plain_budget(),
             Phase::Answer => match self.answer {
                 AnswerState::Object(s) => s.plain_budget(),
                 _ => self.call.plain_budget(),

@@ -480,6 +480,25 @@ fn a_bare_hermes_body_naming_a_known_tool_is_a_call() {
     assert_eq!(parse_tool_calls(other, Some(&tools)).0.as_deref(), Some(other));
 }
 
+/// Under a `strict` function only a bare call that passes the check counts, both ways.
+#[test]
+fn a_checked_bare_call_counts_only_if_it_passes() {
+    let tools = vec![json!({"type": "function", "function": {"name": "get_weather"}})];
+    let check: BareCheck = Arc::new(|body: &str| body.contains("\"city\""));
+    for (text, is_call) in [("{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}", true), ("{\"name\": \"get_weather\", \"arguments\": {\"town\": \"Paris\"}}", false)] {
+        let (content, calls) = parse_tool_calls_checked(text, Some(&tools), Some(&check));
+        assert_eq!((content.is_none(), calls.len()), (is_call, usize::from(is_call)), "{text}");
+        let mut p = ToolCallStreamParser::new(Some(tools.clone())).with_bare_check(Some(check.clone()));
+        let mut events = p.push(text);
+        events.extend(p.finish());
+        let expected = if is_call { 1 } else { 0 };
+        assert_eq!(events.iter().filter(|e| matches!(e, ToolStreamEvent::ToolCall { .. })).count(), expected, "{text}: {events:?}");
+        if !is_call {
+            assert_eq!(events, vec![ToolStreamEvent::Content(text.to_string())]);
+        }
+    }
+}
+
 #[test]
 fn a_call_cut_short_is_the_raw_output_both_ways() {
     // As max_tokens or a stop string leave it: inside the body, inside the closing tag, and

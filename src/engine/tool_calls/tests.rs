@@ -227,3 +227,93 @@ fn a_state_holds_one_schema_parse() {
     let (state, schema) = (std::mem::size_of::<ToolCallsState>(), std::mem::size_of::<SchemaState>());
     assert!(state <= schema + 64, "{state} bytes, a schema's parse {schema}");
 }
+
+/// Strict tools under `"auto"`: free text, but a call, once `<tool_call>` is written, fits its
+/// function; free text may end anywhere, a call only once closed.
+#[test]
+fn free_text_with_held_calls() {
+    let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Text);
+    assert!(f.answers() && f.answers_text());
+    let mut s = f.start();
+    assert!(s.is_complete(), "an empty output is an answer");
+    assert!(feed(&mut s, "I'll check. {\"not\": \"a call\"} a <b> <tool_ <tool_cal") && s.is_complete(), "text, even a partial tag");
+    assert!(feed(&mut s, "x\n<<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}"));
+    assert!(!s.is_complete(), "a call must close");
+    assert!(feed(&mut s, "\n</tool_call>") && s.is_complete());
+    assert!(feed(&mut s, "\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>") && s.is_complete(), "more calls");
+    for after in ["x", "\nx", "\n<tool_call>\n{\"name\": \"other\""] {
+        let mut t = s;
+        assert!(!feed(&mut t, after), "no text after the calls, nor another function: {after:?}");
+    }
+    // Arguments that do not fit, a name not among the tools, the tag without its line break.
+    for bad in ["<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"town\"", "<tool_call>\n{\"name\": \"get_time\"", "<tool_call>{"] {
+        assert!(!feed(&mut f.start(), bad), "{bad:?}");
+    }
+    // An output that begins with `{` is one bare call, and ends with it.
+    let bare = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}";
+    let mut s = f.start();
+    assert!(feed(&mut s, &bare[..bare.len() - 1]) && !s.is_complete() && feed(&mut s, "}") && s.is_complete());
+    for after in ["\n<tool_call>", "x"] {
+        let mut t = s;
+        assert!(!feed(&mut t, after), "nothing after a bare call: {after:?}");
+    }
+    for bad in ["{\"answer\": 1}", "{\"name\": \"get_weather\", \"arguments\": {\"town\""] {
+        assert!(!feed(&mut f.start(), bad), "{bad:?}");
+    }
+    assert!(feed(&mut f.start(), " {\"answer\": 1}"), "JSON after text is text");
+    let single = ToolCallFormat::new(&[("get_weather", &weather())], true).unwrap().with_answer(Answer::Text);
+    let mut s = single.start();
+    assert!(feed(&mut s, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>") && !feed(&mut s, "\n"), "one call only");
+}
+
+/// A bare call read back from free text is taken only if the format would have held it so.
+#[test]
+fn a_bare_call_fits_or_not() {
+    let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Text);
+    assert!(f.fits(" {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n"));
+    assert!(f.fits("{\"arguments\":{\"city\":\"Oslo\"},\"name\":\"get_weather\"}"), "keys in any order, no spaces");
+    for bad in ["{\"name\": \"get_weather\", \"arguments\": {\"town\": \"Oslo\"}}", "{\"name\": \"get_weather\", \"arguments\": {}}", "{\"name\": \"get_time\", \"arguments\": {}}", "{\"name\": \"get_weather\"", "hello"] {
+        assert!(!f.fits(bad), "{bad}");
+    }
+}
+
+/// The walk agrees with feeding in free text too, where plain tokens are taken whole.
+#[test]
+fn masks_match_feeding_through_free_text() {
+    use super::super::constraint::Vocab;
+    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
+    for piece in ["<tool_call>", "<tool_call>\n", "<tool", "_call>", "{\"", "\": \"", "It is", " sunny", "\"}", "\n<", "</tool_call>", "a<b", "x<tool_call>\n{"] {
+        tokens.push(piece.as_bytes().into());
+    }
+    let vocab = Vocab::from_bytes(tokens.clone());
+    let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Text);
+    for doc in ["It is <b> sunny <tool <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a<b\"}}\n</tool_call>", "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"It is\"}}"] {
+        let mut state = f.start();
+        for (end, b) in doc.bytes().enumerate() {
+            let mask = vocab.allowed(&f.masks, &state);
+            for (id, token) in tokens.iter().enumerate() {
+                let mut s = state;
+                let feeds = token.iter().all(|&t| s.feed(t));
+                assert_eq!(mask[id / 64] >> (id % 64) & 1 == 1, feeds, "{:?} after {:?}", String::from_utf8_lossy(token), &doc[..end]);
+            }
+            assert!(state.feed(b), "byte {end} of {doc}");
+        }
+    }
+    let mut s = f.start();
+    assert_eq!(s.plain_budget(), None, "the first byte is walked");
+    assert!(feed(&mut s, "It") && s.plain_budget() == Some(u32::MAX), "then plain text is taken whole");
+}
+
+/// Thinking first with free text: the thinking is not held (a `<tool_call>` it mentions
+/// begins nothing), what follows it is free text with held calls.
+#[test]
+fn free_text_after_thinking() {
+    use super::super::thinking::{Held, ThinkingState};
+    let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Text);
+    let think = "I could write <tool_call>\n{\"name\": \"nope\"} here.</think>\n\n";
+    for (after, ok) in [("It is sunny.", true), ("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>", true), ("<tool_call>\n{\"name\": \"nope\"", false)] {
+        let mut s = ThinkingState::new(Held::Calls(f.start()));
+        assert!(think.bytes().all(|b| s.feed(b)));
+        assert_eq!(after.bytes().all(|b| s.feed(b)) && s.is_complete(), ok, "{after}");
+    }
+}
