@@ -104,8 +104,16 @@ fn streamed_events_build_the_same_message() {
     assert_eq!(names[..3], ["message_start", "content_block_start", "content_block_delta"]);
     assert_eq!(names[names.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
     let prompt_tokens = |u: &Value| u["input_tokens"].as_u64().unwrap() + u["cache_read_input_tokens"].as_u64().unwrap_or(0);
-    // `message_start` cannot know the cache hits yet: its input is the whole prompt.
-    assert_eq!(prompt_tokens(&events[0].1["message"]["usage"]), prompt_tokens(&whole["usage"]));
+    // `message_start` comes once the request is admitted: its usage already splits the prompt
+    // into the prefix-cache hits (the same prompt was just served) and the rest, as
+    // `message_delta`'s does.
+    let start = &events[0].1["message"]["usage"];
+    assert_eq!(prompt_tokens(start), prompt_tokens(&whole["usage"]));
+    let delta = &events[events.len() - 2].1["usage"];
+    assert!(start["cache_read_input_tokens"].as_u64().unwrap() > 0, "{start}");
+    for key in ["input_tokens", "cache_read_input_tokens"] {
+        assert_eq!(start[key], delta[key], "{key}: {start} vs {delta}");
+    }
     let text: String = events.iter().filter(|(n, _)| n == "content_block_delta").map(|(_, d)| d["delta"]["text"].as_str().unwrap()).collect();
     assert_eq!(text, text_of(&whole));
     let delta = &events[events.len() - 2].1;

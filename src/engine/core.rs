@@ -114,7 +114,7 @@ impl EngineCore {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Shutdown => true,
-            Command::Submit { request_id, request, events } => {
+            Command::Submit { request_id, request, events, cached } => {
                 self.shared.num_pending.fetch_sub(1, Ordering::AcqRel);
                 let params = Arc::new(request.params);
                 if params.format != OutputFormat::Text && self.vocab.is_none() {
@@ -131,6 +131,7 @@ impl EngineCore {
                     // Siblings take the first choice's prompt blocks from the prefix cache.
                     if index == 0 {
                         seq.prompt_computed = prompt_computed.clone();
+                        seq.report_cached = Some(cached.clone());
                     } else if self.prefix_caching {
                         seq.wait_for_prompt = prompt_computed.clone();
                     }

@@ -148,7 +148,7 @@ pub struct EngineStats {
 }
 
 pub(crate) enum Command {
-    Submit { request_id: RequestId, request: EngineRequest, events: tokio::sync::mpsc::UnboundedSender<Event> },
+    Submit { request_id: RequestId, request: EngineRequest, events: tokio::sync::mpsc::UnboundedSender<Event>, cached: Arc<AtomicUsize> },
     Shutdown,
 }
 
@@ -166,9 +166,17 @@ pub struct RequestStream {
     pub request_id: RequestId,
     pub num_prompt_tokens: usize,
     rx: UnboundedReceiver<Event>,
+    /// The first choice's prompt tokens found in the prefix cache, set at its admission.
+    cached: Arc<AtomicUsize>,
 }
 
 impl RequestStream {
+    /// Prompt tokens served from the prefix cache: known once the request is admitted, so by
+    /// its first event (0 before). `Usage::num_cached_tokens` gives the final count.
+    pub fn num_cached_tokens(&self) -> usize {
+        self.cached.load(Ordering::Acquire)
+    }
+
     pub async fn recv(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
@@ -357,8 +365,9 @@ impl EngineHandle {
         let request_id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (events, rx) = unbounded_channel();
         self.shared.num_pending.fetch_add(1, Ordering::AcqRel);
-        self.tx.send(Command::Submit { request_id, request, events }).map_err(|_| SubmitError::ShuttingDown)?;
-        Ok(RequestStream { request_id, num_prompt_tokens: prompt, rx })
+        let cached = Arc::new(AtomicUsize::new(0));
+        self.tx.send(Command::Submit { request_id, request, events, cached: cached.clone() }).map_err(|_| SubmitError::ShuttingDown)?;
+        Ok(RequestStream { request_id, num_prompt_tokens: prompt, rx, cached })
     }
 
     /// From now on `submit` fails with `ShuttingDown`; running requests go on.

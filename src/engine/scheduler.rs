@@ -10,6 +10,7 @@
 //! The scheduler sees block ids and token counts, never tensors.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 
 use super::block_manager::BlockManager;
 use super::sequence::Sequence;
@@ -118,6 +119,9 @@ impl Scheduler {
                 seq.num_computed_tokens = num_cached;
                 if seq.num_preemptions == 0 {
                     seq.num_cached_tokens = num_cached;
+                    if let Some(report) = &seq.report_cached {
+                        report.store(num_cached, Ordering::Release);
+                    }
                 }
             }
             let num_new = seq.num_uncomputed_tokens().min(budget);

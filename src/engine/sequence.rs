@@ -5,7 +5,7 @@
 //! Invariant: `num_computed_tokens <= tokens.len()`; the first `num_computed_tokens` tokens
 //! have their K/V in the slots named by `block_table`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::block_manager::BlockId;
@@ -29,6 +29,9 @@ pub struct Sequence {
     pub num_computed_tokens: usize,
     /// Prompt tokens served from the prefix cache at first admission (for usage).
     pub num_cached_tokens: usize,
+    /// Where `num_cached_tokens` is told to the request's stream (the first choice's), so it
+    /// is known before the usage at the end (`RequestStream::num_cached_tokens`).
+    pub report_cached: Option<Arc<AtomicUsize>>,
     pub block_table: Vec<BlockId>,
     pub params: Arc<SamplingParams>,
     pub sampler: Sampler,
@@ -74,6 +77,7 @@ impl Sequence {
             tokens: prompt,
             num_computed_tokens: 0,
             num_cached_tokens: 0,
+            report_cached: None,
             block_table: vec![],
             sampler: Sampler::new(seed),
             decoder: IncrementalDecoder::new(params.skip_special_tokens),

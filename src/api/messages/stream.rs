@@ -11,18 +11,25 @@ use crate::api::generation::Timing;
 use crate::api::sse::SseSender;
 use crate::api::tool_parser::ToolCall;
 use crate::api::types::Delta;
-use crate::engine::{Event, FinishReason, RequestStream};
+use crate::engine::{Event, FinishReason, RequestStream, Usage};
 
 pub(super) async fn run(id: &str, model: &str, ctx: &ChatContext, mut stream: RequestStream, num_prompt_tokens: usize, timing: &mut Timing, tx: &SseSender) {
-    let start = json!({"message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
-        "usage": {"input_tokens": num_prompt_tokens, "output_tokens": 0}}});
+    // `message_start` waits for the first event: by then the request is admitted, and its
+    // usage can split the prompt into what the prefix cache held and the rest, as Anthropic's does.
+    let mut first = Some(stream.recv().await);
+    let usage_so_far = usage(num_prompt_tokens, Usage { num_prompt_tokens, num_output_tokens: 0, num_cached_tokens: stream.num_cached_tokens() });
+    let start = json!({"message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": usage_so_far}});
     let mut w = Writer { tx, index: 0, open: None, called: false };
     if !w.send("message_start", start).await {
         return;
     }
     let mut parse = ctx.choice_stream();
     loop {
-        let Some(event) = stream.recv().await else {
+        let next = match first.take() {
+            Some(event) => event,
+            None => stream.recv().await,
+        };
+        let Some(event) = next else {
             w.send("error", json!({"error": {"type": "api_error", "message": "the engine stopped before the request finished"}})).await;
             return;
         };
@@ -43,8 +50,7 @@ pub(super) async fn run(id: &str, model: &str, ctx: &ChatContext, mut stream: Re
                     return;
                 }
                 let (stop_reason, stop_sequence) = stop_reason(Some(reason), stop.as_ref(), w.called);
-                // The whole usage: the SDK takes `message_delta`'s over `message_start`'s (which
-                // cannot know the prefix-cache hits yet).
+                // The whole usage (the SDK takes `message_delta`'s over `message_start`'s).
                 let delta = json!({"delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": usage(num_prompt_tokens, u)});
                 if w.send("message_delta", delta).await {
                     w.send("message_stop", json!({})).await;
