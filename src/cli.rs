@@ -136,7 +136,8 @@ const GPU_MAX_NUM_SEQS: usize = 256;
 pub struct EngineArgs {
     /// KV cache size in GiB (keys and values of all layers, in --kv-cache-dtype). More
     /// means more concurrent tokens before sequences are preempted and recomputed. Default: 2
-    /// on the CPU; on a GPU, sized by --gpu-memory-utilization (this flag overrides it).
+    /// on the CPU; on a GPU, sized by --gpu-memory-utilization (this flag overrides it). A
+    /// size beyond the memory left after loading the model is refused at startup.
     #[arg(long, env = "QWEN_SERVE_KV_CACHE_MEMORY", allow_negative_numbers = true)]
     pub kv_cache_memory: Option<f64>,
     /// On a GPU, the fraction of its whole memory this process may use, in (0, 1]: after the

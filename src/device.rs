@@ -109,6 +109,19 @@ pub fn memory_info(device: &Device) -> Result<Option<(usize, usize)>, String> {
     Ok(None)
 }
 
+/// The host memory a new allocation can take without swapping, as Linux reports it
+/// (`MemAvailable` in /proc/meminfo); `None` elsewhere or where it cannot be read.
+pub fn host_memory_available() -> Option<usize> {
+    mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// `MemAvailable` of /proc/meminfo's text, in bytes.
+fn mem_available(meminfo: &str) -> Option<usize> {
+    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let kib: usize = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 pub fn gib(bytes: usize) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
@@ -116,6 +129,14 @@ pub fn gib(bytes: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_available_memory_from_meminfo() {
+        let text = "MemTotal:       24575912 kB\nMemFree:         1234567 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(mem_available(text), Some(20_000_000 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        assert!(host_memory_available().is_none_or(|b| b > 0));
+    }
 
     #[test]
     fn parses_device_names() {

@@ -253,6 +253,12 @@ fn out_of_range_memory_flags_are_rejected_naming_the_flag() {
         let e = generate_error_with(&["--model", model, "--kv-cache-memory", value], &[]);
         assert!(e.contains("--kv-cache-memory must be a positive number"), "{value}: {e}");
     }
+    // More than the machine has: refused at startup, not an abort or a cache that grows into
+    // the OOM killer.
+    for value in ["100000", "1e9"] {
+        let e = generate_error_with(&["--model", model, "--kv-cache-memory", value], &[]);
+        assert!(e.contains("does not fit in the") && e.contains("lower --kv-cache-memory"), "{value}: {e}");
+    }
 }
 
 #[test]

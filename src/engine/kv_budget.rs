@@ -4,15 +4,24 @@
 use candle_core::Device;
 
 use super::{EngineConfig, EngineError};
-use crate::device::{gib, memory_info};
+use crate::device::{gib, host_memory_available, memory_info};
 
 /// The KV cache's bytes for a model already loaded on `device`, and a line saying where the
 /// number comes from (for the log).
 pub(super) fn kv_cache_bytes(config: &EngineConfig, device: &Device, block_bytes: usize) -> Result<(usize, String), EngineError> {
-    let explicit = || (config.kv_cache_bytes, format!("{:.2} GiB as configured", gib(config.kv_cache_bytes)));
-    let Some(util) = config.gpu_memory_utilization else { return Ok(explicit()) };
+    let explicit = || -> Result<(usize, String), EngineError> {
+        let bytes = config.kv_cache_bytes;
+        let room = match memory_info(device).map_err(EngineError::Device)? {
+            Some((free, _)) => Some(free),
+            None if device.is_cpu() => host_memory_available(),
+            None => None,
+        };
+        fits(bytes, room)?;
+        Ok((bytes, format!("{:.2} GiB as configured", gib(bytes))))
+    };
+    let Some(util) = config.gpu_memory_utilization else { return explicit() };
     match memory_info(device).map_err(EngineError::Device)? {
-        None => Ok(explicit()),
+        None => explicit(),
         Some((free, total)) => {
             let bytes = gpu_kv_cache_bytes(util, free, total, block_bytes)?;
             let why = format!(
@@ -23,6 +32,15 @@ pub(super) fn kv_cache_bytes(config: &EngineConfig, device: &Device, block_bytes
             );
             Ok((bytes, why))
         }
+    }
+}
+
+/// A cache of `bytes` must fit in the memory the device has left (`room`, where known): else
+/// the allocation fails (an abort) or, overcommitted, grows until the OOM killer comes.
+fn fits(bytes: usize, room: Option<usize>) -> Result<(), EngineError> {
+    match room {
+        Some(room) if bytes > room => Err(EngineError::KvCacheTooLarge { gib: gib(bytes), room_gib: gib(room) }),
+        _ => Ok(()),
     }
 }
 
@@ -59,6 +77,13 @@ mod tests {
         assert!(e.contains("--gpu-memory-utilization 0.5") && e.contains("50.00 GiB in use") && e.contains("--kv-cache-memory"), "{e}");
         // Room for less than one block is no room either.
         assert!(gpu_kv_cache_bytes(0.9, 8 * GIB + 100, 80 * GIB, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_cache_larger_than_the_memory_left_is_refused_naming_the_flag() {
+        assert!(fits(3 * GIB, Some(4 * GIB)).is_ok() && fits(3 * GIB, None).is_ok());
+        let e = fits(5 * GIB, Some(4 * GIB)).unwrap_err().to_string();
+        assert!(e.contains("--kv-cache-memory 5.00 GiB") && e.contains("4.00 GiB"), "{e}");
     }
 
     #[test]

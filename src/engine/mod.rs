@@ -120,6 +120,8 @@ pub enum EngineError {
     NoRoomForKvCache { util: f64, allowed_gib: f64, total_gib: f64, used_gib: f64 },
     #[error("{0}")]
     Device(String),
+    #[error("--kv-cache-memory {gib:.2} GiB does not fit in the {room_gib:.2} GiB of memory left after loading the model; lower --kv-cache-memory")]
+    KvCacheTooLarge { gib: f64, room_gib: f64 },
 }
 
 /// A snapshot of the engine's counters (for metrics and tests).
