@@ -216,6 +216,23 @@ fn sampling_features_cancellation_and_admission() {
     }
     drop(stream);
     idle_stats(&e);
+    // Aborting everything (a shutdown's grace period over): each choice ends with `Abort`,
+    // and the blocks come back.
+    let mut streams: Vec<RequestStream> = (0..2).map(|_| e.submit(EngineRequest { prompt: quick.clone(), params: SamplingParams { n: 2, ..greedy(500) } }).unwrap()).collect();
+    while !matches!(streams[0].blocking_recv(), Some(Event::Token { .. })) {}
+    e.abort_all();
+    for stream in &mut streams {
+        let mut aborted = 0;
+        while let Some(ev) = stream.blocking_recv() {
+            if let Event::Finished { reason, usage, .. } = ev {
+                assert_eq!(reason, FinishReason::Abort);
+                assert!(usage.num_output_tokens < 500);
+                aborted += 1;
+            }
+        }
+        assert_eq!(aborted, 2);
+    }
+    idle_stats(&e);
 
     // Admission: impossible and invalid requests fail at submit.
     let too_long = e.submit(EngineRequest { prompt: quick.clone(), params: greedy(40_000) }).map(|_| ()).unwrap_err();

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::generation::{collect, random_id, unix_time, usage, StreamUsage, Timing};
+use super::generation::{collect, random_id, unix_time, usage, StreamUsage, Timing, ABORTED};
 use super::output_format;
 use super::reasoning::{split_reasoning, ReasoningStreamParser};
 use super::sse::{sse_response, SseSender};
@@ -343,7 +343,7 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
     let mut usages = vec![];
     while usages.len() < n {
         let Some(event) = stream.recv().await else {
-            tx.json(&json!({"error": {"message": "the engine stopped before the request finished", "type": "server_error"}})).await;
+            tx.fail("the engine stopped before the request finished").await;
             return;
         };
         let (index, mut delta, logprobs, finish_reason) = match event {
@@ -357,7 +357,7 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
             }
             Event::Finished { index, reason, text, usage, .. } => {
                 if reason == FinishReason::Abort {
-                    tx.json(&json!({"error": {"message": "generation was aborted by the engine", "type": "server_error"}})).await;
+                    tx.fail(ABORTED).await;
                     return;
                 }
                 usages.push(usage);

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::fim;
 use super::output_format;
-use super::generation::{collect, random_id, unix_time, usage, StreamUsage, Timing};
+use super::generation::{collect, random_id, unix_time, usage, StreamUsage, Timing, ABORTED};
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState};
 use super::types::*;
@@ -236,7 +236,7 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
             }
             Event::Finished { index, reason, text, usage, .. } => {
                 if reason == FinishReason::Abort {
-                    tx.json(&json!({"error": {"message": "generation was aborted by the engine", "type": "server_error"}})).await;
+                    tx.fail(ABORTED).await;
                     return;
                 }
                 usages.push(usage);
@@ -269,7 +269,7 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
         }
     }
     if usages.len() < prompts.len() * n {
-        tx.json(&json!({"error": {"message": "the engine stopped before the request finished", "type": "server_error"}})).await;
+        tx.fail("the engine stopped before the request finished").await;
         return;
     }
     if stream_usage.last_chunk {

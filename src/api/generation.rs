@@ -92,7 +92,7 @@ pub async fn collect(mut stream: RequestStream, n: usize, timing: &mut Timing) -
                 c.usage = usage;
                 num_finished += 1;
                 if reason == FinishReason::Abort {
-                    return Err(ApiError::internal("generation was aborted by the engine (see the server log)"));
+                    return Err(ApiError::internal(ABORTED));
                 }
             }
         }
@@ -144,6 +144,9 @@ impl StreamUsage {
         self.every_chunk.then(|| usage(num_prompt_tokens, [Usage { num_prompt_tokens, num_output_tokens, num_cached_tokens: 0 }]))
     }
 }
+
+/// Why a request's output ended without a finish of its own (`FinishReason::Abort`).
+pub const ABORTED: &str = "generation was aborted by the engine: the server is stopping, or see its log";
 
 pub fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

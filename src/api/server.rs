@@ -139,7 +139,8 @@ async fn count_and_trace(State(state): State<AppState>, req: Request, next: Next
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish for
-/// up to `grace`, and stops the engine.
+/// up to `grace` (or until a second SIGINT / SIGTERM), and stops the engine. Requests still
+/// running then are aborted, so each stream ends with an error event rather than a cut.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router, state: AppState, shutdown: impl std::future::Future<Output = ()> + Send + 'static, grace: Duration) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -155,15 +156,29 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, state: AppSta
     // Requests still arriving on open connections get 503 from here on.
     state.engine.begin_shutdown();
     let _ = stop_tx.send(());
-    if tokio::time::timeout(grace, &mut server).await.is_err() {
-        // Returning ends the process; the engine thread goes with it.
-        tracing::warn!("grace period over with requests still running; stopping anyway");
+    let again = shutdown_signal();
+    let finished = tokio::select! {
+        r = tokio::time::timeout(grace, &mut server) => r.is_ok(),
+        _ = again => {
+            tracing::warn!("second signal: stopping now");
+            false
+        }
+    };
+    if !finished {
+        // Returning ends the process; the engine thread goes with it. First the requests still
+        // running end with `Abort`, which their handlers send on as an error event.
+        tracing::warn!("stopping with requests still running: aborting them");
+        state.engine.abort_all();
+        let _ = tokio::time::timeout(ABORT_FLUSH, &mut server).await;
         return Ok(());
     }
     let engine = state.engine.clone();
     let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     Ok(())
 }
+
+/// How long aborted requests get to send their last events when stopping without a grace.
+const ABORT_FLUSH: Duration = Duration::from_secs(2);
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {

@@ -26,6 +26,12 @@ impl SseSender {
         self.0.send(Event::default().event(name).data(data)).await.is_ok()
     }
 
+    /// A failure mid-stream: an `{"error": ...}` event, then `[DONE]` (as vLLM ends such a
+    /// stream), so a client sees why the stream ended early rather than a cut.
+    pub async fn fail(&self, message: &str) -> bool {
+        self.json(&serde_json::json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}})).await && self.done().await
+    }
+
     /// The terminating `data: [DONE]`.
     pub async fn done(&self) -> bool {
         self.0.send(Event::default().data("[DONE]")).await.is_ok()

@@ -114,6 +114,12 @@ impl EngineCore {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Shutdown => true,
+            Command::AbortAll => {
+                let n = self.scheduler.abort_all();
+                self.delivery.flush();
+                tracing::warn!("aborted {n} sequences");
+                false
+            }
             Command::Submit { request_id, request, events, cached } => {
                 self.shared.num_pending.fetch_sub(1, Ordering::AcqRel);
                 let params = Arc::new(request.params);

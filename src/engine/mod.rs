@@ -151,6 +151,8 @@ pub struct EngineStats {
 
 pub(crate) enum Command {
     Submit { request_id: RequestId, request: EngineRequest, events: tokio::sync::mpsc::UnboundedSender<Event>, cached: Arc<AtomicUsize> },
+    /// End every request now (`Event::Finished` with `FinishReason::Abort`).
+    AbortAll,
     Shutdown,
 }
 
@@ -375,6 +377,13 @@ impl EngineHandle {
     /// From now on `submit` fails with `ShuttingDown`; running requests go on.
     pub fn begin_shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Ends every running and waiting request now: each gets its `Finished` event with
+    /// `FinishReason::Abort` (a shutdown whose grace period is over, so clients see why their
+    /// output ends).
+    pub fn abort_all(&self) {
+        let _ = self.tx.send(Command::AbortAll);
     }
 
     /// Stops accepting requests, lets the running ones finish, and waits for the engine thread.

@@ -210,6 +210,17 @@ impl Scheduler {
         indices.clear();
     }
 
+    /// Ends every waiting and running sequence ([`Sequence::abort`]), freeing its blocks;
+    /// returns how many there were.
+    pub fn abort_all(&mut self) -> usize {
+        let n = self.waiting.len() + self.running.len();
+        for seq in self.waiting.drain(..).chain(self.running.drain(..)) {
+            seq.abort();
+            self.block_manager.free(&seq.block_table);
+        }
+        n
+    }
+
     /// Drops every waiting or running sequence whose client has gone, freeing its blocks.
     pub fn remove_abandoned(&mut self) -> usize {
         let before = self.waiting.len() + self.running.len();

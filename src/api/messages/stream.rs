@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::{stop_reason, tool_use, usage};
 use crate::api::chat::ChatContext;
-use crate::api::generation::Timing;
+use crate::api::generation::{Timing, ABORTED};
 use crate::api::sse::SseSender;
 use crate::api::tool_parser::ToolCall;
 use crate::api::types::Delta;
@@ -43,7 +43,7 @@ pub(super) async fn run(id: &str, model: &str, ctx: &ChatContext, mut stream: Re
             }
             Event::Finished { reason, stop_reason: stop, text, usage: u, .. } => {
                 if reason == FinishReason::Abort {
-                    w.send("error", json!({"error": {"type": "api_error", "message": "generation was aborted by the engine"}})).await;
+                    w.send("error", json!({"error": {"type": "api_error", "message": ABORTED}})).await;
                     return;
                 }
                 if !w.delta(parse.delta(&text, true)).await || !w.close().await {
