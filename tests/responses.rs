@@ -286,3 +286,55 @@ fn reasoning_comes_back_as_its_own_item() {
         "tools": chat_tools, "max_tokens": 1, "chat_template_kwargs": {"enable_thinking": false}}).to_string()).json();
     assert_ne!(without["usage"]["prompt_tokens"], c["usage"]["prompt_tokens"], "the template renders that thinking");
 }
+
+/// `GET /v1/responses/{id}/input_items`: a stored response's own input (not the earlier turns
+/// its `previous_response_id` continues) as items with ids, newest first unless `order=asc`,
+/// paged by `limit` and `after`; the same ids on every listing.
+#[test]
+fn input_items_list_a_responses_own_input() {
+    let s = server();
+    let items = |id: &Value, query: &str| s.get(&format!("/v1/responses/{}/input_items{query}", id.as_str().unwrap()));
+    let ids = |page: &Value| -> Vec<String> { page["data"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect() };
+    let first = respond(json!({"input": "My name is Ada.", "max_output_tokens": 2}));
+    let only = items(&first["id"], "").json();
+    assert_eq!(only["data"].as_array().unwrap().len(), 1, "{only}");
+    assert_eq!((&only["data"][0]["type"], &only["data"][0]["role"], &only["data"][0]["status"]), (&json!("message"), &json!("user"), &json!("completed")));
+    assert_eq!(only["data"][0]["content"], json!([{"type": "input_text", "text": "My name is Ada."}]));
+
+    let parts = json!([{"type": "input_text", "text": "What is my name?"}]);
+    let input = json!([{"role": "user", "content": "Hello."}, {"type": "message", "id": "msg_mine", "role": "assistant", "content": "Hi!"}, {"role": "user", "content": parts}]);
+    let r = respond(json!({"input": input, "previous_response_id": first["id"], "max_output_tokens": 2}));
+    let all = items(&r["id"], "").json();
+    let data = all["data"].as_array().unwrap();
+    assert_eq!((&all["object"], data.len(), &all["has_more"]), (&json!("list"), 3, &json!(false)), "this input alone: {all}");
+    assert_eq!(data[0]["content"], parts, "the last item first");
+    assert_eq!(data[1], json!({"type": "message", "id": "msg_mine", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "Hi!", "annotations": []}]}));
+    assert_eq!(data[2]["content"], json!([{"type": "input_text", "text": "Hello."}]));
+    let desc = ids(&all);
+    assert!(desc[0].starts_with("msg_") && desc[2].starts_with("msg_") && desc[0] != desc[2], "{desc:?}");
+    assert_eq!((&all["first_id"], &all["last_id"]), (&json!(desc[0]), &json!(desc[2])));
+    assert_eq!(items(&r["id"], "").json(), all, "ids are made once");
+
+    let asc = items(&r["id"], "?order=asc&limit=2").json();
+    assert_eq!(ids(&asc), [desc[2].as_str(), desc[1].as_str()]);
+    assert_eq!(asc["has_more"], true);
+    let rest = items(&r["id"], &format!("?order=asc&limit=2&after={}", asc["last_id"].as_str().unwrap())).json();
+    assert_eq!((ids(&rest), &rest["has_more"]), (vec![desc[0].clone()], &json!(false)));
+    let after_first = items(&r["id"], &format!("?after={}&include[]=message.input_image.image_url", desc[0])).json();
+    assert_eq!(ids(&after_first), desc[1..]);
+
+    for (query, param) in [("?limit=0", "limit"), ("?limit=101", "limit"), ("?limit=ten", "limit"), ("?order=newest", "order"), ("?after=msg_unknown", "after")] {
+        let e = items(&r["id"], query).error(400);
+        assert_eq!(e["param"], param, "{query}: {e}");
+    }
+    items(&json!("resp_unknown"), "").error(404);
+    let unstored = respond(json!({"input": "hi", "max_output_tokens": 2, "store": false}));
+    items(&unstored["id"], "").error(404);
+    s.delete(&format!("/v1/responses/{}", first["id"].as_str().unwrap())).json();
+    items(&first["id"], "").error(404);
+
+    // A streamed response keeps its input items too.
+    let events = s.post("/v1/responses", &json!({"input": "Hi.", "max_output_tokens": 2, "stream": true}).to_string()).sse_events();
+    let streamed = items(&events.last().unwrap().1["response"]["id"], "").json();
+    assert_eq!(streamed["data"][0]["content"][0]["text"], "Hi.", "{streamed}");
+}

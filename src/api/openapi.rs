@@ -148,6 +148,12 @@ pub fn spec() -> Value {
             "/v1/responses/{id}": {
                 "get": {"summary": "A stored response", "responses": {"200": {"description": "the response object", "content": {"application/json": {}}}, "404": error_responses()["404"]}},
                 "delete": {"summary": "Forget a stored response", "responses": {"200": {"description": "`{\"id\", \"object\": \"response\", \"deleted\": true}`", "content": {"application/json": {}}}, "404": error_responses()["404"]}}},
+            "/v1/responses/{id}/input_items": {"get": {"summary": "A stored response's own input items, each with an `id`, paged",
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                    {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"], "default": "desc"}},
+                    {"name": "after", "in": "query", "description": "an item id: the items after it in `order`", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "`{\"object\": \"list\", \"data\": [items], \"first_id\", \"last_id\", \"has_more\"}`", "content": {"application/json": {}}}, "400": error_responses()["400"], "404": error_responses()["404"]}}},
             "/v1/messages": {"post": {"summary": "Anthropic's Messages API", "requestBody": json_body("MessagesRequest"), "responses": messages_api}},
             "/v1/messages/count_tokens": {"post": {"summary": "The prompt tokens a /v1/messages request would take", "requestBody": json_body("MessagesRequest"), "responses": {"200": {"description": "`{\"input_tokens\": N}`", "content": {"application/json": {}}}, "400": messages_api["400"]}}},
             "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {"description": "model list", "content": {"application/json": {}}}, "401": error_responses()["401"]}}},

@@ -1,7 +1,8 @@
 //! `POST /v1/responses` (OpenAI's Responses API, as vLLM serves it), `GET` and `DELETE
-//! /v1/responses/{id}`. A request becomes a chat request (`input` items as messages,
-//! `instructions` as the system message, flat function tools, `text.format` as
-//! `response_format`) and runs through `super::chat`; its output comes back as items
+//! /v1/responses/{id}`, `GET /v1/responses/{id}/input_items` (`input_items.rs`). A request
+//! becomes a chat request (`input` items as messages, `instructions` as the system message,
+//! flat function tools, `text.format` as `response_format`) and runs through `super::chat`;
+//! its output comes back as items
 //! (`reasoning`, `message`, `function_call`), whole or as typed SSE events (`stream.rs`).
 //! Stored responses (`store`, the default) keep their conversation for `previous_response_id`.
 
@@ -24,10 +25,12 @@ use crate::engine::sampler::MAX_LOGPROBS;
 use crate::engine::{FinishReason, Usage};
 use crate::error::ApiError;
 
+mod input_items;
 mod logprobs;
 mod store;
 mod stream;
 
+pub use input_items::list as list_input_items;
 pub use store::ResponseStore;
 
 /// The Responses API's request; the sampling extensions chat takes (`top_k`, `seed`, `stop`,
@@ -82,6 +85,8 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Respons
     let Submitted { stream, ctx, num_prompt_tokens, .. } = submit(&state, &chat).map_err(|e| renamed(e, &req))?;
     let echo = Echo::new(&req, &ctx);
     let store = req.store != Some(false);
+    // Normalised now, once, so that the ids made for items sent without one stay put.
+    let input_items = if store { input_items::normalise(&req.input) } else { Vec::new() };
     let logprobs = chat.logprobs;
     let mut timing = Timing::new(started);
     if req.sampling.stream {
@@ -89,7 +94,7 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Respons
         return Ok(sse_response(move |tx| async move {
             let finished = stream::run(&echo, &ctx, stream, num_prompt_tokens, logprobs, &mut timing, &tx).await;
             if let (Some((response, message)), true) = (finished, store) {
-                responses.insert(&echo.id, with_output(conversation, message), response);
+                responses.insert(&echo.id, with_output(conversation, message), input_items, response);
             }
             timing.record(&metrics);
         }));
@@ -104,7 +109,7 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Respons
     let output = output_items(reasoning, content, calls, status, token_logprobs);
     let response = echo.response(status, &output, Some(usage(&ctx, num_prompt_tokens, c.usage, &output)));
     if store {
-        state.responses.insert(&echo.id, with_output(conversation, message), response.clone());
+        state.responses.insert(&echo.id, with_output(conversation, message), input_items, response.clone());
     }
     Ok(Json(response).into_response())
 }

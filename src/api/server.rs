@@ -41,6 +41,7 @@ pub fn router(state: AppState, opts: &ServerOptions) -> Router {
         .route("/v1/messages", post(messages::create))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
+        .route("/v1/responses/{id}/input_items", get(responses::list_input_items))
         .route("/infill", post(infill::infill))
         .route("/completion", post(llama::completion))
         .route("/completions", post(llama::completion))
