@@ -174,6 +174,18 @@ fn vllm_output_fields_take_effect() {
     // The greedy text is "\n    if len(arr) <= ...": cut before "(", or with it.
     let cut = complete(json!({"stop": ["("]}));
     let kept = complete(json!({"stop": ["("], "include_stop_str_in_output": true}));
+    // vLLM's `stop_reason` names what ended the choice: the stop string, a stop token's id,
+    // null for a length cut (and for EOS), whole and streamed (on the last chunk only).
+    assert_eq!((&cut["choices"][0]["finish_reason"], &cut["choices"][0]["stop_reason"]), (&json!("stop"), &json!("(")));
+    let by_id = complete(json!({"logit_bias": {"151659": 100}, "stop_token_ids": [151659]}));
+    assert_eq!((&by_id["choices"][0]["finish_reason"], &by_id["choices"][0]["stop_reason"]), (&json!("stop"), &json!(151659)));
+    let long = complete(json!({}));
+    assert_eq!((&long["choices"][0]["finish_reason"], &long["choices"][0]["stop_reason"]), (&json!("length"), &Value::Null));
+    let chunks = s.post("/v1/chat/completions", &chat_body(json!({"stream": true, "stop": [" "], "max_tokens": 20}))).sse_data();
+    let chunks: Vec<Value> = chunks[..chunks.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let (last, before) = chunks.split_last().unwrap();
+    assert_eq!(last["choices"][0]["stop_reason"], " ", "{last}");
+    assert!(before.iter().all(|c| c["choices"][0]["stop_reason"].is_null()), "{before:?}");
     let cut = cut["choices"][0]["text"].as_str().unwrap();
     assert!(cut.ends_with("len") && !cut.contains('('), "{cut:?}");
     assert_eq!(kept["choices"][0]["text"].as_str().unwrap(), format!("{cut}("));
@@ -490,11 +502,14 @@ fn api_key_guards_the_api_but_not_health_or_metrics() {
 fn a_full_queue_answers_429() {
     let s = start(ServerConfig { engine: EngineConfig { max_num_seqs: 1, max_waiting: 1, ..Default::default() }, ..Default::default() });
     let body = json!({"prompt": "hello", "max_tokens": 200, "ignore_eos": true}).to_string();
-    let statuses: Vec<u16> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..6).map(|_| scope.spawn(|| s.post("/v1/completions", &body).status)).collect();
+    let replies: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6).map(|_| scope.spawn(|| s.post("/v1/completions", &body))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
     assert!(statuses.contains(&429), "{statuses:?}");
+    // A client may retry a full queue: after how long.
+    assert!(replies.iter().filter(|r| r.status == 429).all(|r| r.header("retry-after") == Some("1")));
     assert!(statuses.contains(&200), "{statuses:?}");
     let e = s.post("/v1/completions", &body);
     assert!(e.status == 200 || e.status == 429);
@@ -541,8 +556,9 @@ fn metrics_count_requests_and_latencies() {
 fn shutting_down_answers_503() {
     let s = start(ServerConfig::default());
     s.state.engine.begin_shutdown();
-    let e = s.post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}).to_string()).error(503);
-    assert_eq!(e["type"], "service_unavailable_error");
+    let r = s.post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}).to_string());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.error(503)["type"], "service_unavailable_error");
 }
 
 /// Whole and streamed responses split the same way (reasoning, content), and no think tag

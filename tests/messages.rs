@@ -254,7 +254,7 @@ fn errors_come_in_anthropics_envelope() {
         anthropic_error(&s.get(path), 405, "invalid_request_error");
         let (status, response) = s.raw_post_declaring_length(path, 2 << 20);
         let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_string();
-        anthropic_error(&Reply { status, body }, 413, "request_too_large");
+        anthropic_error(&Reply { status, body, headers: vec![] }, 413, "request_too_large");
     }
     let openai = s.post("/v1/chat/completions", &json!({"messages": user, "temperature": 3}).to_string());
     let v = openai.json();

@@ -49,6 +49,7 @@ pub async fn chat_completions(State(state): State<AppState>, ApiJson(req): ApiJs
                 finish_reason: if !calls.is_empty() && reason == FinishReason::Stop { "tool_calls" } else { reason.as_str() },
                 message: AssistantMessage { role: "assistant", content, reasoning_content, tool_calls: calls.into_iter().map(|c| tool_call_out(None, c)).collect() },
                 logprobs: ctx.want_logprobs.then(|| ChatLogprobs { content: c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| token_logprob(&ctx.tokenizer, t, l, ctx.token_ids)).collect() }),
+                stop_reason: MatchedStop::of(c.stop_reason.as_ref()),
             }
         })
         .collect();
@@ -336,7 +337,7 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
     let mut role_pending = vec![!role_opens; n];
     for index in (0..n).filter(|_| role_opens) {
         let delta = Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
-        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None }], stream_usage.so_far(num_prompt_tokens, 0))).await {
+        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs: None, finish_reason: None, stop_reason: None }], stream_usage.so_far(num_prompt_tokens, 0))).await {
             return;
         }
     }
@@ -346,16 +347,16 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
             tx.fail("the engine stopped before the request finished").await;
             return;
         };
-        let (index, mut delta, logprobs, finish_reason) = match event {
+        let (index, mut delta, logprobs, finish_reason, stop_reason) = match event {
             Event::PromptLogprobs(_) | Event::Pooled { .. } => continue,
             Event::Token { index, token, text, logprobs } => {
                 timing.token();
                 num_output_tokens[index] += 1;
                 let delta = states[index].delta(&text, false);
                 let logprobs = logprobs.filter(|_| ctx.want_logprobs).map(|l| ChatLogprobs { content: vec![token_logprob(&ctx.tokenizer, token, &l, ctx.token_ids)] });
-                (index, delta, logprobs, None)
+                (index, delta, logprobs, None, None)
             }
-            Event::Finished { index, reason, text, usage, .. } => {
+            Event::Finished { index, reason, stop_reason, text, usage } => {
                 if reason == FinishReason::Abort {
                     tx.fail(ABORTED).await;
                     return;
@@ -364,7 +365,7 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
                 num_output_tokens[index] = usage.num_output_tokens;
                 let delta = states[index].delta(&text, true);
                 let finish = if states[index].num_tool_calls > 0 && reason == FinishReason::Stop { "tool_calls" } else { reason.as_str() };
-                (index, delta, None, Some(finish))
+                (index, delta, None, Some(finish), MatchedStop::of(stop_reason.as_ref()))
             }
         };
         if is_empty(&delta) && logprobs.is_none() && finish_reason.is_none() {
@@ -374,7 +375,7 @@ async fn stream_chat(ctx: ChatContext, mut stream: RequestStream, n: usize, num_
             delta.role = Some("assistant");
         }
         let usage = stream_usage.so_far(num_prompt_tokens, num_output_tokens[index]);
-        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason }], usage)).await {
+        if !tx.json(&chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason, stop_reason }], usage)).await {
             return;
         }
     }

@@ -96,7 +96,8 @@ pub async fn completions(State(state): State<AppState>, ApiJson(req): ApiJson<Co
         for (j, c) in collected.choices.into_iter().enumerate() {
             let (text, lp) = ctx.choice_text(&prompts[p], collected.prompt_logprobs.as_deref(), &c.tokens, &c.logprobs, &c.text);
             usages.push(c.usage);
-            choices.push(CompletionChoice { index: p * n + j, text, logprobs: lp, finish_reason: Some(c.finish_reason.unwrap_or(FinishReason::Stop).as_str()) });
+            let (finish_reason, stop_reason) = (Some(c.finish_reason.unwrap_or(FinishReason::Stop).as_str()), MatchedStop::of(c.stop_reason.as_ref()));
+            choices.push(CompletionChoice { index: p * n + j, text, logprobs: lp, finish_reason, stop_reason });
         }
     }
     timing.record(&state.metrics);
@@ -209,12 +210,12 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
         });
     }
     drop(fan_tx);
-    let chunk = |index: usize, text: String, logprobs: Option<CompletionLogprobs>, finish: Option<&'static str>, usage: Option<Usage>| Completion {
+    let chunk = |index: usize, text: String, logprobs: Option<CompletionLogprobs>, (finish, stop_reason): (Option<&'static str>, Option<MatchedStop>), usage: Option<Usage>| Completion {
         id: ctx.id.clone(),
         object: "text_completion",
         created: ctx.created,
         model: ctx.model.clone(),
-        choices: vec![CompletionChoice { index, text, logprobs, finish_reason: finish }],
+        choices: vec![CompletionChoice { index, text, logprobs, finish_reason: finish, stop_reason }],
         usage,
     };
     let mut num_output_tokens = vec![0usize; prompts.len() * n];
@@ -232,16 +233,16 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
             Event::Token { index, token, text, logprobs } => {
                 timing.token();
                 num_output_tokens[p * n + index] += 1;
-                (index, text, Some((token, logprobs)), None)
+                (index, text, Some((token, logprobs)), (None, None))
             }
-            Event::Finished { index, reason, text, usage, .. } => {
+            Event::Finished { index, reason, stop_reason, text, usage } => {
                 if reason == FinishReason::Abort {
                     tx.fail(ABORTED).await;
                     return;
                 }
                 usages.push(usage);
                 num_output_tokens[p * n + index] = usage.num_output_tokens;
-                (index, text, None, Some(reason.as_str()))
+                (index, text, None, (Some(reason.as_str()), MatchedStop::of(stop_reason.as_ref())))
             }
         };
         let index = p * n + j;
@@ -261,7 +262,7 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
         if let (Some(out), Some((token, l))) = (lp.as_mut(), token) {
             ctx.extend(out, &mut offsets[index], &[token], &[l.as_ref()]);
         }
-        if text.is_empty() && finish.is_none() && lp.as_ref().is_none_or(|l| l.tokens.is_empty()) {
+        if text.is_empty() && finish.0.is_none() && lp.as_ref().is_none_or(|l| l.tokens.is_empty()) {
             continue;
         }
         if !tx.json(&chunk(index, text, lp, finish, stream_usage.so_far(prompt_sizes[p], num_output_tokens[index]))).await {

@@ -229,6 +229,27 @@ pub struct ChatChoice {
     pub message: AssistantMessage,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'static str,
+    pub stop_reason: Option<MatchedStop>,
+}
+
+/// vLLM's `stop_reason` beside `finish_reason`: the stop string or the `stop_token_ids` id
+/// that ended the choice; null for EOS, a length cut, and every chunk but the last.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum MatchedStop {
+    Token(u32),
+    Text(String),
+}
+
+impl MatchedStop {
+    pub fn of(reason: Option<&crate::engine::StopReason>) -> Option<Self> {
+        use crate::engine::StopReason;
+        match reason? {
+            StopReason::Eos(_) => None,
+            StopReason::TokenId(id) => Some(Self::Token(*id)),
+            StopReason::String(s) => Some(Self::Text(s.clone())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -302,6 +323,7 @@ pub struct ChunkChoice {
     pub delta: Delta,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
+    pub stop_reason: Option<MatchedStop>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -335,6 +357,7 @@ pub struct CompletionChoice {
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<&'static str>,
+    pub stop_reason: Option<MatchedStop>,
 }
 
 /// The legacy completions logprobs shape: parallel arrays; `top_logprobs` maps token text to

@@ -55,9 +55,15 @@ pub fn start(config: ServerConfig) -> TestServer {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// Names lowercased.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
@@ -90,9 +96,10 @@ impl Reply {
 }
 
 fn finish(r: Result<ureq::Response, ureq::Error>) -> Reply {
+    let headers = |resp: &ureq::Response| resp.headers_names().into_iter().map(|n| (n.to_lowercase(), resp.header(&n).unwrap_or_default().to_string())).collect();
     match r {
-        Ok(resp) => Reply { status: resp.status(), body: resp.into_string().unwrap() },
-        Err(ureq::Error::Status(status, resp)) => Reply { status, body: resp.into_string().unwrap_or_default() },
+        Ok(resp) => Reply { status: resp.status(), headers: headers(&resp), body: resp.into_string().unwrap() },
+        Err(ureq::Error::Status(status, resp)) => Reply { status, headers: headers(&resp), body: resp.into_string().unwrap_or_default() },
         Err(e) => panic!("transport error: {e}"),
     }
 }
