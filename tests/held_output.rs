@@ -457,6 +457,22 @@ fn a_strict_function_holds_its_calls_under_auto() {
         }
     }
 
+    // JSON that names no tool stays text (the model echoes an object shaped like a call).
+    let echo = json!([{"role": "system", "content": "You output raw JSON data objects (never code fences). Tools are only for weather questions."},
+        {"role": "user", "content": "{\"task\": \"echo\", \"payload\": {\"a\": 1}} -- echo the payload object exactly."}]);
+    let whole = s.post("/v1/chat/completions", &json!({"messages": echo, "tools": tools, "temperature": 0, "max_tokens": 40}).to_string()).json();
+    let message = &whole["choices"][0]["message"];
+    assert!(message["tool_calls"].is_null() && message["content"].as_str().unwrap().starts_with('{'), "{whole}");
+    // Beside a JSON format the answer is held, not the call: a call-shaped answer is a call
+    // only if it fits.
+    let paris = json!([{"role": "user", "content": "What's the weather in Paris?"}]);
+    for format in [json!({"type": "json_object"}), json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "required": ["name", "arguments"], "properties": {"name": {"type": "string"}, "arguments": {"type": "object", "properties": {"station": {"type": "string"}}}}}}})] {
+        let whole = s.post("/v1/chat/completions", &json!({"messages": paris, "tools": tools, "response_format": format, "temperature": 0, "max_tokens": 60}).to_string()).json();
+        for call in whole["choices"][0]["message"]["tool_calls"].as_array().into_iter().flatten() {
+            assert!(fits(call["function"]["arguments"].as_str().unwrap()), "{whole}");
+        }
+    }
+
     // The Responses API passes `strict` on.
     let input = json!([{"role": "user", "content": "What is the weather in Paris?"},
         {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": arguments},

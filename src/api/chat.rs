@@ -150,7 +150,9 @@ pub(super) fn prepare(state: &AppState, req: &ChatCompletionRequest) -> Result<(
     params.format = format;
     params.think_first = think_first;
     let bare_check: Option<BareCheck> = match &params.format {
-        OutputFormat::ToolCalls(calls) if free_text => {
+        // Under `"auto"` (free text, or a JSON answer) a bare call was not held as a call: it
+        // counts only if it fits, so a call that comes back always does.
+        OutputFormat::ToolCalls(calls) if calls.answers() => {
             let calls = calls.clone();
             Some(Arc::new(move |body: &str| calls.fits(body)))
         }
@@ -197,7 +199,7 @@ pub(super) struct ChatContext {
     pub model: String,
     pub tokenizer: Tokenizer,
     tools: Option<Vec<Value>>,
-    /// Under a `strict` function, whether a bare call fits (`tool_parser::BareCheck`).
+    /// Under `"auto"` with held calls, whether a bare call fits (`tool_parser::BareCheck`).
     bare_check: Option<BareCheck>,
     reasoning: bool,
     prompt_ends_in_think: bool,

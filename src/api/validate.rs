@@ -9,7 +9,8 @@ use super::types::{ChatCompletionRequest, ChatMessage, MessageContent, SamplingF
 use crate::engine::constraint::{FormatCache, OutputFormat};
 use crate::engine::sampler::MAX_LOGPROBS;
 use crate::engine::sampling_defaults::SamplingDefaults;
-use crate::engine::tool_calls::{Answer, ToolCallFormat};
+use crate::engine::json_schema::Schema;
+use crate::engine::tool_calls::{any_object, Answer, ToolCallFormat};
 use crate::engine::{SamplingParams, SubmitError};
 use crate::error::ApiError;
 
@@ -286,7 +287,7 @@ pub fn tools(req: &ChatCompletionRequest, response_format: &OutputFormat, field:
             Some(name) if t.get("type").and_then(Value::as_str) == Some("function") && !name.is_empty() => {
                 // No parameters, or `{}`: the arguments are `{}`.
                 let parameters = t["function"].get("parameters").filter(|p| !p.is_null() && p.as_object().is_none_or(|o| !o.is_empty()));
-                functions.push((name, parameters));
+                functions.push((name, parameters, t["function"].get("strict") == Some(&Value::Bool(true))));
             }
             _ => return Err(ApiError::invalid(format!("tools[{i}]"), format!("`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"))),
         }
@@ -296,7 +297,7 @@ pub fn tools(req: &ChatCompletionRequest, response_format: &OutputFormat, field:
         Some(Value::String(s)) => s == "auto",
         Some(_) => false,
     };
-    let strict = tools.iter().any(|t| t.get("function").and_then(|f| f.get("strict")) == Some(&Value::Bool(true)));
+    let strict = functions.iter().any(|f| f.2);
     let answer = match response_format {
         OutputFormat::JsonObject => Some(Answer::Object),
         OutputFormat::JsonSchema(schema) => Some(Answer::Schema(schema.clone())),
@@ -318,7 +319,7 @@ pub fn tools(req: &ChatCompletionRequest, response_format: &OutputFormat, field:
             let Some(named) = named else {
                 return Err(ApiError::invalid("tool_choice", format!("`tool_choice` must be \"auto\", \"none\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}; got {choice}")));
             };
-            let function = functions.into_iter().find(|(name, _)| *name == named).ok_or_else(|| ApiError::invalid("tool_choice", format!("`tool_choice` names function {named:?}, which is not among `tools`")))?;
+            let function = functions.into_iter().find(|(name, _, _)| *name == named).ok_or_else(|| ApiError::invalid("tool_choice", format!("`tool_choice` names function {named:?}, which is not among `tools`")))?;
             (vec![function], true)
         }
     };
@@ -326,7 +327,10 @@ pub fn tools(req: &ChatCompletionRequest, response_format: &OutputFormat, field:
         return Err(ApiError::invalid("tool_choice", format!("a forced `tool_choice` cannot be combined with `{field}`: the output is held to the tool calls")));
     }
     let no_parameters = json!({"type": "object", "properties": {}});
-    let chosen: Vec<(&str, &Value)> = chosen.iter().map(|&(name, p)| (name, p.unwrap_or(&no_parameters))).collect();
+    // Under `"auto"`, a function not marked `strict` is held to its parameters where they can
+    // be, else only to an object: its calls are the model's best effort, as at OpenAI, and a
+    // schema the server cannot hold is no reason to refuse the request.
+    let chosen: Vec<(&str, &Value, bool)> = chosen.iter().map(|&(name, p, strict)| (name, p.unwrap_or(&no_parameters), strict || !auto)).collect();
     // The answer's schema by its address: the entry holds it (an `Arc`), so no other schema
     // can take that address while the key is there, and the same schema text, found in
     // `formats`, is the same `Arc` each turn.
@@ -344,6 +348,8 @@ pub fn tools(req: &ChatCompletionRequest, response_format: &OutputFormat, field:
     };
     let format = formats
         .get(key, || {
+            let any = any_object();
+            let chosen: Vec<(&str, &Value)> = chosen.iter().map(|&(name, p, held)| (name, if held || Schema::compile(p).is_ok() { p } else { &any })).collect();
             let calls = ToolCallFormat::new(&chosen, single)?;
             Ok(OutputFormat::ToolCalls(Arc::new(match answer {
                 Some(answer) => calls.with_answer(answer),
@@ -563,6 +569,19 @@ mod tests {
         let mut bad = req(true, json!({}));
         bad.tools.as_mut().unwrap()[0]["function"]["parameters"] = json!({"type": "object", "properties": {"a": {"type": "string", "not": {}}}});
         assert_eq!(tools(&bad, &OutputFormat::Text, "response_format", &formats).unwrap_err().param.as_deref(), Some("tools"));
+        // One not marked strict is held only as it can be: its calls are still made.
+        let mut loose = req(true, json!({}));
+        loose.tools.as_mut().unwrap()[1]["function"]["parameters"] = json!({"type": "object", "properties": {"q": {"type": "string", "not": {}}}});
+        let Some(OutputFormat::ToolCalls(calls)) = tools_of(&loose, &OutputFormat::Text, &formats) else { panic!("held") };
+        assert!(calls.fits(r#"{"name": "g", "arguments": {"q": "anything", "n": [1]}}"#) && !calls.fits(r#"{"name": "f", "arguments": {"a": 1}}"#));
+        // Forced, every function's parameters are held: one that cannot be is a 400.
+        assert!(tools(&req_forced(&loose), &OutputFormat::Text, "response_format", &formats).is_err());
+    }
+
+    fn req_forced(req: &ChatCompletionRequest) -> ChatCompletionRequest {
+        let mut forced = req.clone();
+        forced.tool_choice = Some(json!("required"));
+        forced
     }
 
     fn tools_of(req: &ChatCompletionRequest, format: &OutputFormat, formats: &FormatCache) -> Option<OutputFormat> {

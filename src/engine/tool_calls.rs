@@ -13,7 +13,9 @@
 //! is free text, but once it writes `<tool_call>` the call is held as above, so a call that
 //! comes back always fits its function (OpenAI's strict function calling). Small models often
 //! write a call bare, without the tags, and the API reads an output that is one such object as
-//! a call: so an output that begins with `{` is held to be that one call.
+//! a call: so an output that begins with `{` and goes on as a call would (`{"name":
+//! "get_weather"`) is held to be that one call; one that goes another way (another key, a
+//! name no tool has) is free text after all.
 
 use std::sync::Arc;
 
@@ -28,6 +30,9 @@ const OPEN: &[u8] = b"<tool_call>\n";
 const CLOSE: &[u8] = b"\n</tool_call>";
 /// Calls one output may hold under `"required"` (a runaway list ends here).
 const MAX_CALLS: u8 = 16;
+/// Quotes a bare call writes before it is held: its first key and that key's string value
+/// (`{"name": "get_weather"`, as the model writes calls).
+const BARE_COMMIT: u8 = 4;
 
 /// The calls an output must make: the schema of one call's object, and whether only one call
 /// may be made (a named function) or one or more (`"required"`); or, with an answer, the
@@ -160,7 +165,8 @@ enum Phase {
     Done,
     /// Inside the answer, which holds the rest of the output.
     Answer,
-    /// Inside a bare call (`Answer::Text`), which holds the rest of the output.
+    /// Inside a bare call (`Answer::Text`), which holds the rest of the output; `tag` counts
+    /// its quotes up to `BARE_COMMIT`, before which it may still turn out to be text.
     Bare,
 }
 
@@ -205,9 +211,27 @@ impl ToolCallsState {
             self.answer = AnswerState::None;
             self.call = self.call.restart();
             self.phase = Phase::Bare;
+            self.tag = 0;
             return self.call.feed(b);
         }
         self.answer = AnswerState::Text;
+        self.feed(b)
+    }
+
+    /// A byte of a bare call: held once its name is written, text if it goes another way
+    /// before that (so JSON that names no tool is not made into a call).
+    fn feed_bare(&mut self, b: u8) -> bool {
+        let mut call = self.call;
+        if call.feed(b) {
+            self.call = call;
+            self.tag += u8::from(b == b'"' && self.tag < BARE_COMMIT);
+            return true;
+        }
+        if self.tag >= BARE_COMMIT {
+            return false;
+        }
+        self.answer = AnswerState::Text;
+        self.phase = Phase::Open(0);
         self.feed(b)
     }
 
@@ -232,7 +256,7 @@ impl ByteParser for ToolCallsState {
     fn feed(&mut self, b: u8) -> bool {
         self.phase = match self.phase {
             Phase::Open(0) if self.answer == AnswerState::TextStart => return self.begin_text(b),
-            Phase::Bare => return self.call.feed(b),
+            Phase::Bare => return self.feed_bare(b),
             // Free text: only `<tool_call>`'s line break is held (the call has begun).
             Phase::Open(i) if self.answer == AnswerState::Text && OPEN[i as usize] != b => {
                 if i as usize + 1 == OPEN.len() {
@@ -271,7 +295,9 @@ impl ByteParser for ToolCallsState {
             Phase::Call if self.tag == 0 => self.call.plain_budget(),
             // Plain text holds no `<`, so it cannot begin a call.
             Phase::Open(0) if self.answer == AnswerState::Text => Some(u32::MAX),
-            Phase::Bare => self.call.plain_budget(),
+            // Before the name, a token the call cannot take is text: walk them all.
+            Phase::Bare if self.tag >= BARE_COMMIT => self.call.plain_budget(),
+            Phase::Bare => None,
             Phase::Answer => match self.answer {
                 AnswerState::Object(s) => s.plain_budget(),
                 _ => self.call.plain_budget(),
@@ -279,6 +305,14 @@ impl ByteParser for ToolCallsState {
             _ => None,
         }
     }
+}
+
+/// Parameters any JSON object fits (what [`Schema`] holds of "any value": each of its kinds,
+/// nested), for a function whose own cannot be held but whose calls may still be made.
+pub fn any_object() -> Value {
+    let kinds = json!([{"type": "object", "additionalProperties": {"$ref": "#/$defs/any"}}, {"type": "array", "items": {"$ref": "#/$defs/any"}},
+        {"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]);
+    json!({"type": "object", "additionalProperties": {"$ref": "#/$defs/any"}, "$defs": {"any": {"anyOf": kinds}}})
 }
 
 /// Tool `tool`'s `parameters` placed at JSON pointer `at` of a larger schema: its `$defs` /

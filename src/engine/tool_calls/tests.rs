@@ -249,7 +249,7 @@ fn free_text_with_held_calls() {
     for bad in ["<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"town\"", "<tool_call>\n{\"name\": \"get_time\"", "<tool_call>{"] {
         assert!(!feed(&mut f.start(), bad), "{bad:?}");
     }
-    // An output that begins with `{` is one bare call, and ends with it.
+    // An output that begins with `{` and names a tool is one bare call, and ends with it.
     let bare = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}";
     let mut s = f.start();
     assert!(feed(&mut s, &bare[..bare.len() - 1]) && !s.is_complete() && feed(&mut s, "}") && s.is_complete());
@@ -257,10 +257,16 @@ fn free_text_with_held_calls() {
         let mut t = s;
         assert!(!feed(&mut t, after), "nothing after a bare call: {after:?}");
     }
-    for bad in ["{\"answer\": 1}", "{\"name\": \"get_weather\", \"arguments\": {\"town\""] {
+    // Once it names a tool, its arguments are held (whitespace as the model writes it).
+    for bad in ["{\"name\": \"get_weather\", \"arguments\": {\"town\"", "{\n  \"name\": \"get_weather\",\n  \"arguments\": {\"city\": 3"] {
         assert!(!feed(&mut f.start(), bad), "{bad:?}");
     }
-    assert!(feed(&mut f.start(), " {\"answer\": 1}"), "JSON after text is text");
+    // JSON that goes another way before that is text: another key, a name no tool has (or a
+    // longer one), and JSON after text.
+    for text in ["{\"answer\": 1}", "{\"name\": \"echo\", \"arguments\": {\"a\": 1}}", "{\"name\": \"get_weather_now\"} <tool", " {\"answer\": 1}"] {
+        let mut s = f.start();
+        assert!(feed(&mut s, text) && s.is_complete(), "{text:?}");
+    }
     let single = ToolCallFormat::new(&[("get_weather", &weather())], true).unwrap().with_answer(Answer::Text);
     let mut s = single.start();
     assert!(feed(&mut s, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>") && !feed(&mut s, "\n"), "one call only");
@@ -287,7 +293,11 @@ fn masks_match_feeding_through_free_text() {
     }
     let vocab = Vocab::from_bytes(tokens.clone());
     let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Text);
-    for doc in ["It is <b> sunny <tool <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a<b\"}}\n</tool_call>", "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"It is\"}}"] {
+    for doc in [
+        "It is <b> sunny <tool <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a<b\"}}\n</tool_call>",
+        "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"It is\"}}",
+        "{\"name\": \"It is\", \"a<b\": 1} <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"x\"}}",
+    ] {
         let mut state = f.start();
         for (end, b) in doc.bytes().enumerate() {
             let mask = vocab.allowed(&f.masks, &state);
@@ -316,4 +326,13 @@ fn free_text_after_thinking() {
         assert!(think.bytes().all(|b| s.feed(b)));
         assert_eq!(after.bytes().all(|b| s.feed(b)) && s.is_complete(), ok, "{after}");
     }
+}
+
+/// A function whose parameters cannot be held may still be called with any object.
+#[test]
+fn any_object_takes_any_object() {
+    let f = ToolCallFormat::new(&[("search", &any_object()), ("get_weather", &weather())], false).unwrap().with_answer(Answer::Text);
+    assert!(f.fits(r#"{"name": "search", "arguments": {"q": "Eiffel tower height", "n": [1, {"a": null, "b": true}], "x": -2.5, "o": {}}}"#));
+    assert!(f.fits(r#"{"name": "search", "arguments": {}}"#));
+    assert!(!f.fits(r#"{"name": "search", "arguments": [1]}"#) && !f.fits(r#"{"name": "get_weather", "arguments": {"q": 1}}"#));
 }
