@@ -8,6 +8,27 @@ fn feed(state: &mut ToolCallsState, text: &str) -> bool {
     text.bytes().all(|b| state.feed(b))
 }
 
+/// At every byte of each of `docs` (which `f` takes), the vocabulary walk's mask over the 256
+/// single bytes and `pieces` agrees with feeding each token (plain tokens are taken by length).
+fn assert_masks_match(f: &ToolCallFormat, pieces: &[&str], docs: &[&str]) {
+    use super::super::constraint::Vocab;
+    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
+    tokens.extend(pieces.iter().map(|p| p.as_bytes().into()));
+    let vocab = Vocab::from_bytes(tokens.clone());
+    for doc in docs {
+        let mut state = f.start();
+        for (end, b) in doc.bytes().enumerate() {
+            let mask = vocab.allowed(&f.masks, &state);
+            for (id, token) in tokens.iter().enumerate() {
+                let mut s = state;
+                let feeds = token.iter().all(|&t| s.feed(t));
+                assert_eq!(mask[id / 64] >> (id % 64) & 1 == 1, feeds, "{:?} after {:?}", String::from_utf8_lossy(token), &doc[..end]);
+            }
+            assert!(state.feed(b), "byte {end} of {doc}");
+        }
+    }
+}
+
 fn weather() -> Value {
     json!({"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}}})
 }
@@ -196,25 +217,9 @@ fn thinking_comes_before_the_calls_or_the_answer() {
 /// answer, where plain tokens are taken by their length.
 #[test]
 fn masks_match_feeding_through_the_choice_and_the_answer() {
-    use super::super::constraint::Vocab;
-    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
-    for piece in ["<tool_call>", "<tool_call>\n", "{\"", "{\"answer", "\": \"", "It is", " sunny", "\"}", "\n{", " {", "</tool_call>", "a<b", "\"}\n<"] {
-        tokens.push(piece.as_bytes().into());
-    }
-    let vocab = Vocab::from_bytes(tokens.clone());
     let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Schema(answer_schema()));
-    for doc in ["{\"answer\": \"It is sunny <b>\"}", "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a<b\"}}\n</tool_call>"] {
-        let mut state = f.start();
-        for (end, b) in doc.bytes().enumerate() {
-            let mask = vocab.allowed(&f.masks, &state);
-            for (id, token) in tokens.iter().enumerate() {
-                let mut s = state;
-                let feeds = token.iter().all(|&t| s.feed(t));
-                assert_eq!(mask[id / 64] >> (id % 64) & 1 == 1, feeds, "{:?} after {:?}", String::from_utf8_lossy(token), &doc[..end]);
-            }
-            assert!(state.feed(b), "byte {end} of {doc}");
-        }
-    }
+    let pieces = ["<tool_call>", "<tool_call>\n", "{\"", "{\"answer", "\": \"", "It is", " sunny", "\"}", "\n{", " {", "</tool_call>", "a<b", "\"}\n<"];
+    assert_masks_match(&f, &pieces, &["{\"answer\": \"It is sunny <b>\"}", "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a<b\"}}\n</tool_call>"]);
     let mut s = f.start();
     assert_eq!(s.plain_budget(), None, "the first byte is walked");
     assert!(feed(&mut s, "{\"answer\": \"It") && s.plain_budget() == Some(u32::MAX));
@@ -286,29 +291,13 @@ fn a_bare_call_fits_or_not() {
 /// The walk agrees with feeding in free text too, where plain tokens are taken whole.
 #[test]
 fn masks_match_feeding_through_free_text() {
-    use super::super::constraint::Vocab;
-    let mut tokens: Vec<Box<[u8]>> = (0..=255u8).map(|b| Box::from([b].as_slice())).collect();
-    for piece in ["<tool_call>", "<tool_call>\n", "<tool", "_call>", "{\"", "\": \"", "It is", " sunny", "\"}", "\n<", "</tool_call>", "a<b", "x<tool_call>\n{"] {
-        tokens.push(piece.as_bytes().into());
-    }
-    let vocab = Vocab::from_bytes(tokens.clone());
     let f = ToolCallFormat::new(&[("get_weather", &weather())], false).unwrap().with_answer(Answer::Text);
-    for doc in [
+    let pieces = ["<tool_call>", "<tool_call>\n", "<tool", "_call>", "{\"", "\": \"", "It is", " sunny", "\"}", "\n<", "</tool_call>", "a<b", "x<tool_call>\n{"];
+    assert_masks_match(&f, &pieces, &[
         "It is <b> sunny <tool <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a<b\"}}\n</tool_call>",
         "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"It is\"}}",
         "{\"name\": \"It is\", \"a<b\": 1} <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"x\"}}",
-    ] {
-        let mut state = f.start();
-        for (end, b) in doc.bytes().enumerate() {
-            let mask = vocab.allowed(&f.masks, &state);
-            for (id, token) in tokens.iter().enumerate() {
-                let mut s = state;
-                let feeds = token.iter().all(|&t| s.feed(t));
-                assert_eq!(mask[id / 64] >> (id % 64) & 1 == 1, feeds, "{:?} after {:?}", String::from_utf8_lossy(token), &doc[..end]);
-            }
-            assert!(state.feed(b), "byte {end} of {doc}");
-        }
-    }
+    ]);
     let mut s = f.start();
     assert_eq!(s.plain_budget(), None, "the first byte is walked");
     assert!(feed(&mut s, "It") && s.plain_budget() == Some(u32::MAX), "then plain text is taken whole");
