@@ -7,8 +7,9 @@
 //! Small Qwen models often answer a tool request with the bare Hermes body and no tags; when
 //! tools were given and the WHOLE output is one such object naming a known tool, it is taken
 //! as a call too (the stream holds back output that starts with `{` until the end to decide).
-//! Where a `strict` function held the calls ([`BareCheck`]), a bare one counts only if it fits:
-//! the output was held only once it wrote `<tool_call>`.
+//! Under `tool_choice: "auto"` with held calls (a `strict` function, or tools beside a JSON
+//! format), a bare one counts only if it fits ([`BareCheck`]): it need not have been held as a
+//! call (beside a format the answer is what is held).
 //!
 //! Non-streaming is all-or-nothing: one malformed block turns the whole text back into content.
 //! Streaming cannot take back a call it has already sent, so the two agree on everything except
@@ -66,7 +67,7 @@ pub fn parse_tool_calls(text: &str, tools: Option<&[Value]>) -> (Option<String>,
     parse_tool_calls_checked(text, tools, None)
 }
 
-/// Whether a bare call's object (its text) fits the calls a `strict` function holds
+/// Whether a bare call's object (its text) fits the held calls
 /// (`crate::engine::tool_calls::ToolCallFormat::fits`).
 pub type BareCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 

@@ -57,7 +57,7 @@ pub enum Answer {
     /// An object valid under the schema (`json_schema`), the one the API compiled for it.
     Schema(Arc<Schema>),
     /// Free text, in which `<tool_call>` begins a held call; after the calls the output ends.
-    /// An output that begins with `{` is one bare call.
+    /// An output that begins with `{` and names a tool is one bare call.
     Text,
 }
 
@@ -230,8 +230,11 @@ impl ToolCallsState {
         if self.tag >= BARE_COMMIT {
             return false;
         }
+        // Text after all; the call's parse is dropped, so text states share their masks.
         self.answer = AnswerState::Text;
         self.phase = Phase::Open(0);
+        self.call = self.call.restart();
+        self.tag = 0;
         self.feed(b)
     }
 
