@@ -14,7 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::generation::{collect, Timing};
+use super::generation::{collect, Timing, ABORTED};
 use super::output_format;
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState, LlamaJson};
@@ -232,7 +232,7 @@ pub async fn respond(state: &AppState, started: Instant, prompt: Vec<u32>, param
     let collected = collect(events, 1, &mut timing).await?;
     let c = collected.choices.into_iter().next().expect("one choice");
     if c.finish_reason == Some(FinishReason::Abort) {
-        return Err(ApiError::internal("generation was aborted by the engine"));
+        return Err(ApiError::internal(ABORTED));
     }
     timing.record(&state.metrics);
     let tokens = if sampling.return_tokens { c.tokens.as_slice() } else { &[] };

@@ -2,8 +2,8 @@
 //! /v1/responses/{id}`, `GET /v1/responses/{id}/input_items` (`input_items.rs`). A request
 //! becomes a chat request (`input` items as messages, `instructions` as the system message,
 //! flat function tools, `text.format` as `response_format`) and runs through `super::chat`;
-//! its output comes back as items
-//! (`reasoning`, `message`, `function_call`), whole or as typed SSE events (`stream.rs`).
+//! its output comes back as items (`reasoning`, `message`, `function_call`), whole or as
+//! typed SSE events (`stream.rs`).
 //! Stored responses (`store`, the default) keep their conversation for `previous_response_id`.
 
 use std::time::Instant;

@@ -207,11 +207,10 @@ impl ToolCallsState {
 
     /// The first byte of free text: `{` begins a bare call, anything else the text.
     fn begin_text(&mut self, b: u8) -> bool {
+        // (The state is `ToolCallFormat::start`'s: the call's parse is fresh, `tag` 0.)
         if b == b'{' {
             self.answer = AnswerState::None;
-            self.call = self.call.restart();
             self.phase = Phase::Bare;
-            self.tag = 0;
             return self.call.feed(b);
         }
         self.answer = AnswerState::Text;

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::logprobs::{entry, ContentTokens};
 use super::{assistant_message, call_item, message_item, output_text, reasoning_item, status, usage, Echo};
 use crate::api::chat::ChatContext;
-use crate::api::generation::{item_id, Timing};
+use crate::api::generation::{item_id, Timing, ABORTED};
 use crate::api::sse::SseSender;
 use crate::api::tool_parser::ToolCall;
 use crate::api::types::{ChatMessage, ChatTokenLogprob, Delta};
@@ -44,7 +44,7 @@ pub(super) async fn run(echo: &Echo, ctx: &ChatContext, mut stream: RequestStrea
             }
             Event::Finished { reason, text, usage: u, .. } => {
                 if reason == FinishReason::Abort {
-                    w.send("error", json!({"code": "server_error", "message": "generation was aborted by the engine", "param": null})).await;
+                    w.send("error", json!({"code": "server_error", "message": ABORTED, "param": null})).await;
                     return None;
                 }
                 let status = status(Some(reason));
