@@ -11,7 +11,8 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::fim::Fim;
-use super::llama::{respond, LlamaSampling};
+use super::llama::respond;
+use super::llama_sampling::LlamaSampling;
 use super::state::{ApiJson, AppState, LlamaJson};
 use crate::error::ApiError;
 

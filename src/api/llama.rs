@@ -1,8 +1,6 @@
 //! llama.cpp's own HTTP API, as clients written for llama-server call it: `POST /completion`
 //! (also routed as `/completions`, as llama-server does) here, and `/infill` (`infill.rs`) on
-//! the same conventions: llama.cpp's sampling names and defaults (`n_predict`,
-//! `repeat_penalty`; temperature 0.8, top-k 40, top-p 0.95, min-p 0.05 where the request is
-//! silent, not the model's generation config), its response (`content`, `stop`, `stop_type`,
+//! the same conventions: llama.cpp's sampling fields (`llama_sampling.rs`), its response (`content`, `stop`, `stop_type`,
 //! `tokens_predicted`, `timings`, ...), its SSE chunks (`{"content": ..., "stop": false}`),
 //! `n_probs` as `completion_probabilities`, and `grammar` / `json_schema` holding the output.
 
@@ -18,118 +16,13 @@ use super::generation::{collect, Timing, ABORTED};
 use super::output_format;
 use super::sse::sse_response;
 use super::state::{ApiJson, AppState, LlamaJson};
-use super::types::{SamplingFields, StringOrList, StructuredOutputFields};
+use super::llama_sampling::LlamaSampling;
+use super::types::StructuredOutputFields;
 use super::validate;
-use crate::engine::sampler::{Logprobs, SamplingParams, MAX_LOGPROBS};
-use crate::engine::{EngineHandle, EngineRequest, Event, FinishReason, StopReason, Usage};
+use crate::engine::sampler::{Logprobs, SamplingParams};
+use crate::engine::{EngineRequest, Event, FinishReason, StopReason, Usage};
 use crate::error::ApiError;
 use crate::tokenizer::Tokenizer;
-
-/// llama.cpp's sampling fields (those it has that qwen-serve does too).
-#[derive(Debug, Default, Deserialize)]
-pub struct LlamaSampling {
-    /// Tokens to write; -1 (llama.cpp's default): until EOS or the context's end.
-    pub n_predict: Option<i64>,
-    pub temperature: Option<f32>,
-    pub top_k: Option<i64>,
-    pub top_p: Option<f32>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    /// -1 (llama.cpp's default), or any negative: a random seed.
-    pub seed: Option<i64>,
-    pub stop: Option<Vec<String>>,
-    pub ignore_eos: Option<bool>,
-    /// The most likely tokens to list at each step (`completion_probabilities`); 0: none.
-    pub n_probs: Option<i64>,
-    /// The reply's `tokens`: the ids written (SSE chunks carry theirs anyway).
-    #[serde(default)]
-    pub return_tokens: bool,
-    #[serde(default)]
-    pub stream: bool,
-    /// llama.cpp's samplers this server does not have: refused unless set to their "off"
-    /// value, rather than silently sampling otherwise than asked.
-    pub mirostat: Option<f64>,
-    pub typical_p: Option<f64>,
-    pub dynatemp_range: Option<f64>,
-    pub xtc_probability: Option<f64>,
-    pub dry_multiplier: Option<f64>,
-    pub top_n_sigma: Option<f64>,
-    /// `true` asks for probabilities after llama.cpp's whole sampler chain (`prob`,
-    /// `top_probs`); only `false` (the default: `logprob`, `top_logprobs`) is taken.
-    pub post_sampling_probs: Option<bool>,
-}
-
-impl LlamaSampling {
-    /// The samplers asked for that this server does not have.
-    fn refuse_missing_samplers(&self) -> Result<(), ApiError> {
-        let off = [("mirostat", self.mirostat, 0.0), ("typical_p", self.typical_p, 1.0), ("dynatemp_range", self.dynatemp_range, 0.0),
-            ("xtc_probability", self.xtc_probability, 0.0), ("dry_multiplier", self.dry_multiplier, 0.0)];
-        for (field, value, off) in off {
-            if value.is_some_and(|v| v != off) {
-                return Err(ApiError::invalid(field, format!("`{field}` is not supported here: only {off} (off) is taken; use temperature, top_k, top_p, min_p and the penalties")));
-            }
-        }
-        if self.top_n_sigma.is_some_and(|v| v > 0.0) {
-            return Err(ApiError::invalid("top_n_sigma", "`top_n_sigma` is not supported here: only -1 (off) is taken"));
-        }
-        if self.post_sampling_probs == Some(true) {
-            return Err(ApiError::invalid(
-                "post_sampling_probs",
-                "`post_sampling_probs: true` is not supported here: `n_probs` reports the model's log-probabilities before sampling (`logprob`, `top_logprobs`), as `false` does",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The engine's parameters for a prompt of `prompt_len` tokens, and the same request as
-    /// OpenAI's fields (to check a held output against).
-    pub fn params(&self, engine: &EngineHandle, prompt_len: usize) -> Result<(SamplingParams, SamplingFields), ApiError> {
-        self.refuse_missing_samplers()?;
-        let max_tokens = match self.n_predict {
-            None | Some(-1) => None,
-            Some(n) if n >= 0 => Some(n),
-            Some(n) => return Err(ApiError::invalid("n_predict", format!("`n_predict` must be -1 (no limit) or at least 0, got {n}"))),
-        };
-        let n_probs = match self.n_probs {
-            None | Some(0) => None,
-            Some(k) if (1..=MAX_LOGPROBS as i64).contains(&k) => Some(k as usize),
-            Some(k) => return Err(ApiError::invalid("n_probs", format!("`n_probs` must be in [0, {MAX_LOGPROBS}], got {k}"))),
-        };
-        if max_tokens == Some(0) {
-            // llama.cpp's "evaluate the prompt only" (editor plugins send it to warm the prompt
-            // cache): the prompt is computed (and its blocks cached), nothing is sampled. The
-            // engine's prompt-only request is the pooling one; its result is not read.
-            let params = SamplingParams { embed: true, max_tokens: 0, ..Default::default() };
-            return Ok((params, SamplingFields { max_tokens: Some(0), ..Default::default() }));
-        }
-        let fields = SamplingFields {
-            max_tokens,
-            seed: self.seed.filter(|&s| s >= 0),
-            stop: self.stop.clone().map(StringOrList::Many),
-            temperature: Some(self.temperature.unwrap_or(0.8)),
-            top_k: Some(match self.top_k.unwrap_or(40) {
-                k if k <= 0 => -1,
-                k => k,
-            }),
-            top_p: Some(self.top_p.unwrap_or(0.95)),
-            min_p: Some(self.min_p.unwrap_or(0.05)),
-            repetition_penalty: self.repeat_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            ignore_eos: self.ignore_eos,
-            ..Default::default()
-        };
-        let params = validate::sampling_params(&fields, engine.tokenizer().vocab_size(), engine.default_max_tokens(prompt_len), n_probs, &Default::default())
-            .map_err(|e| match e.param.as_deref() {
-                Some("repetition_penalty") => e.with_param("repeat_penalty"),
-                Some("max_tokens") => e.with_param("n_predict"),
-                _ => e,
-            })?;
-        Ok((params, fields))
-    }
-}
 
 /// `POST /completion`: llama.cpp's plain completion.
 #[derive(Debug, Deserialize)]
@@ -289,22 +182,4 @@ fn reply(model: &str, content: String, tokens: &[u32], reason: FinishReason, sto
             "predicted_per_second": per_second(usage.num_output_tokens, predicted_ms),
         },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn samplers_and_modes_this_server_lacks_are_refused_by_name() {
-        let refused = |body: Value| {
-            let sampling: LlamaSampling = serde_json::from_value(body).unwrap();
-            sampling.refuse_missing_samplers().err().and_then(|e| e.param)
-        };
-        assert_eq!(refused(json!({"post_sampling_probs": true})).as_deref(), Some("post_sampling_probs"));
-        assert_eq!(refused(json!({"mirostat": 2})).as_deref(), Some("mirostat"));
-        assert_eq!(refused(json!({"top_n_sigma": 1.5})).as_deref(), Some("top_n_sigma"));
-        // Their off values, as llama.cpp's web UI sends them, are taken.
-        assert_eq!(refused(json!({"post_sampling_probs": false, "mirostat": 0, "typical_p": 1.0, "top_n_sigma": -1.0})), None);
-    }
 }

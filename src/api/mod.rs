@@ -9,6 +9,7 @@ mod fim;
 mod generation;
 mod infill;
 mod llama;
+mod llama_sampling;
 mod messages;
 pub mod metrics;
 mod misc;

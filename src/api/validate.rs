@@ -94,6 +94,8 @@ pub fn sampling_params(
         presence_penalty: range_f32("presence_penalty", f.presence_penalty, 0.0, -2.0, 2.0, false)?,
         frequency_penalty: range_f32("frequency_penalty", f.frequency_penalty, 0.0, -2.0, 2.0, false)?,
         logit_bias,
+        penalty_last_n: None,
+        truncate_first: false,
         // Any JSON integer is a seed; negative ones map onto the upper half of u64.
         seed: f.seed.map(|s| s as u64),
         max_tokens,

@@ -81,7 +81,7 @@ fn want(seq: &Sequence, num_draft: usize, eos_token_ids: &[u32], vocab: usize) -
     let processed = !p.logit_bias.is_empty() || p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
     let drawable = vocab <= qwen_serve_models::SAMPLE_WHOLE_MAX_VOCAB;
     if p.temperature > 0.0 && whole_vocab && p.top_p >= 1.0 && !processed && suppressed.is_empty() && num_draft == 0 && drawable {
-        return Want::Draw { temperature: p.temperature, min_p: p.min_p, u: 0.0 };
+        return Want::Draw { temperature: p.temperature, min_p: p.draw_min_p(), u: 0.0 };
     }
     let k = match (p.temperature <= 0.0, p.top_k) {
         (true, _) => 1,
@@ -91,12 +91,15 @@ fn want(seq: &Sequence, num_draft: usize, eos_token_ids: &[u32], vocab: usize) -
     // The few ids of this step (bias, suppression, output, draft), then, with a repetition
     // penalty, merged with the prompt's distinct ids (sorted once per sequence).
     let mut touched: Vec<u32> = p.logit_bias.iter().map(|b| b.0).chain(suppressed).collect();
-    if p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+    let penalised = p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+    if penalised {
         touched.extend(seq.output().iter().chain(&seq.draft[..num_draft]));
     }
     touched.sort_unstable();
     touched.dedup();
-    if p.repetition_penalty != 1.0 {
+    // The prompt's ids: the repetition penalty's, or every penalty's over a window of the last
+    // tokens (a superset of the window's).
+    if p.repetition_penalty != 1.0 || (penalised && p.penalty_last_n.is_some()) {
         let prompt = seq.distinct_prompt_ids();
         if prompt.len() + k > MAX_CANDIDATES {
             return Want::Whole;

@@ -45,8 +45,16 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// [-2, 2]; over output tokens, times the number of occurrences.
     pub frequency_penalty: f32,
-    /// (token, bias) added to the raw logits; bias in [-100, 100].
+    /// (token, bias) added to the raw logits; bias in [-100, 100], or -inf: never this token.
     pub logit_bias: Vec<(u32, f32)>,
+    /// llama.cpp's `repeat_last_n`: all three penalties count the last n tokens of prompt and
+    /// output together. `None`: vLLM's scopes (the repetition penalty over prompt and output,
+    /// presence and frequency over the output).
+    pub penalty_last_n: Option<usize>,
+    /// llama.cpp's sampler order: top-k, top-p and min-p cut the distribution as it is at
+    /// temperature 1, then the temperature shapes what is left. `false`: the temperature first,
+    /// as vLLM (and so OpenAI's API) samples.
+    pub truncate_first: bool,
     pub seed: Option<u64>,
     pub max_tokens: usize,
     /// EOS and stop token ids are suppressed until this many tokens were generated.
@@ -85,6 +93,8 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
+            penalty_last_n: None,
+            truncate_first: false,
             seed: None,
             max_tokens: 256,
             min_tokens: 0,
@@ -117,6 +127,26 @@ impl SamplingParams {
             && self.format == OutputFormat::Text
     }
 
+    /// The temperature top-p and min-p judge the distribution at (see `truncate_first`).
+    fn cut_temperature(&self) -> f32 {
+        if self.truncate_first {
+            1.0
+        } else {
+            self.temperature
+        }
+    }
+
+    /// `min_p` as a bound on the weights of a draw at `temperature`, `e^((l - max) / t)`: with
+    /// `truncate_first` the bound is on the weights at temperature 1, `w1 >= min_p`, which is
+    /// `w1^(1/t) >= min_p^(1/t)`.
+    pub fn draw_min_p(&self) -> f32 {
+        if self.truncate_first && self.min_p > 0.0 && self.temperature > 0.0 {
+            self.min_p.powf(1.0 / self.temperature)
+        } else {
+            self.min_p
+        }
+    }
+
     /// The first invalid field, named with its allowed range. NaN fails every range check.
     pub fn validate(&self) -> Result<(), String> {
         let in_range = |x: f32, lo: f32, hi: f32| (lo..=hi).contains(&x);
@@ -141,8 +171,8 @@ impl SamplingParams {
         if !in_range(self.frequency_penalty, -2.0, 2.0) {
             return Err("`frequency_penalty` must be in [-2, 2]".into());
         }
-        if let Some((id, _)) = self.logit_bias.iter().find(|(_, b)| !in_range(*b, -100.0, 100.0)) {
-            return Err(format!("`logit_bias` values must be in [-100, 100] (token {id})"));
+        if let Some((id, _)) = self.logit_bias.iter().find(|(_, b)| !in_range(*b, -100.0, 100.0) && *b != f32::NEG_INFINITY) {
+            return Err(format!("`logit_bias` values must be in [-100, 100] or -inf (token {id})"));
         }
         if !self.score_tokens.is_empty() && !self.embed {
             return Err("`score_tokens` are read at the end of a prompt: a pooling (`embed`) request".into());
@@ -318,7 +348,7 @@ impl Sampler {
         if (params.top_k == 0 || params.top_k >= vocab) && params.top_p >= 1.0 {
             // No truncation by rank: no candidate list (the draw a GPU also makes where the
             // logits are, `runner::Want::Draw`).
-            return draw_whole(logits, max, params.temperature, params.min_p, u).unwrap_or_else(|| argmax(logits));
+            return draw_whole(logits, max, params.temperature, params.draw_min_p(), u).unwrap_or_else(|| argmax(logits));
         }
 
         let candidates = &mut self.candidates;
@@ -330,7 +360,7 @@ impl Sampler {
         // Top-p over the whole vocabulary: the row's whole mass once, then the most likely
         // tokens in growing rounds (one pass each) until their mass reaches top-p of it; the
         // nucleus is then among them. Only a nearly flat row takes the whole sorted list.
-        let t = params.temperature;
+        let t = params.cut_temperature();
         let mass = whole_mass(logits, max, t);
         let target = f64::from(params.top_p) * mass;
         let mut k = 64;
@@ -413,11 +443,19 @@ fn adjust(row: &mut impl Slots, params: &SamplingParams, prompt: &[u32], output:
             *row.at(i) = f32::NEG_INFINITY;
         }
     }
+    // The tokens each penalty counts: (from the prompt, from the output).
+    let (repeated, counted) = match params.penalty_last_n {
+        None => ((prompt, output), (&[][..], output)),
+        Some(n) => {
+            let window = last_n(prompt, output, n);
+            (window, window)
+        }
+    };
     if params.repetition_penalty != 1.0 {
         let penalty = params.repetition_penalty;
         seen.clear();
         seen.resize(row.len().div_ceil(64), 0);
-        for &id in prompt.iter().chain(output) {
+        for &id in repeated.0.iter().chain(repeated.1) {
             let Some(i) = row.slot(id) else { continue };
             if seen[i / 64] & (1 << (i % 64)) != 0 {
                 continue;
@@ -427,9 +465,10 @@ fn adjust(row: &mut impl Slots, params: &SamplingParams, prompt: &[u32], output:
             *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
         }
     }
-    if (params.presence_penalty != 0.0 || params.frequency_penalty != 0.0) && !output.is_empty() {
+    if (params.presence_penalty != 0.0 || params.frequency_penalty != 0.0) && counted.0.len() + counted.1.len() > 0 {
         sorted_output.clear();
-        sorted_output.extend_from_slice(output);
+        sorted_output.extend_from_slice(counted.0);
+        sorted_output.extend_from_slice(counted.1);
         sorted_output.sort_unstable();
         for run in sorted_output.chunk_by(|a, b| a == b) {
             if let Some(i) = row.slot(run[0]) {
@@ -439,12 +478,20 @@ fn adjust(row: &mut impl Slots, params: &SamplingParams, prompt: &[u32], output:
     }
 }
 
+/// The last `n` tokens of `prompt` followed by `output`, as (from the prompt, from the output).
+fn last_n<'a>(prompt: &'a [u32], output: &'a [u32], n: usize) -> (&'a [u32], &'a [u32]) {
+    let from_output = n.min(output.len());
+    let from_prompt = (n - from_output).min(prompt.len());
+    (&prompt[prompt.len() - from_prompt..], &output[output.len() - from_output..])
+}
+
 /// The rest of step 5 over the surviving candidates, `u` in [0, 1) the draw: weights, top-p,
 /// min-p, then the token at `u` of the remaining mass (`None` if nothing is left). Top-p keeps
-/// `top_p` of `mass` (the whole row's, when the candidates are only its most likely), else of
-/// the candidates' own.
+/// `top_p` of `mass` (the whole row's at the cut temperature, when the candidates are only its
+/// most likely), else of the candidates' own. With `truncate_first` the cuts are made on the
+/// weights at temperature 1, which the temperature then raises to `1 / t`.
 fn pick(candidates: &mut Vec<(u32, f32)>, params: &SamplingParams, max: f32, u: f64, mass: Option<f64>) -> Option<u32> {
-    let t = params.temperature;
+    let t = params.cut_temperature();
     for c in candidates.iter_mut() {
         c.1 = ((c.1 - max) / t).exp();
     }
@@ -453,6 +500,12 @@ fn pick(candidates: &mut Vec<(u32, f32)>, params: &SamplingParams, max: f32, u: 
         candidates.truncate(kept);
     }
     candidates.retain(|c| c.1 > 0.0 && c.1 >= params.min_p);
+    if t != params.temperature {
+        let power = t / params.temperature;
+        for c in candidates.iter_mut() {
+            c.1 = c.1.powf(power);
+        }
+    }
     let total: f64 = candidates.iter().map(|c| f64::from(c.1)).sum();
     let mut r = u * total;
     for &(id, w) in candidates.iter() {

@@ -245,6 +245,74 @@ fn presence_counts_once_frequency_counts_every_occurrence() {
 }
 
 #[test]
+fn truncating_first_cuts_at_temperature_1_then_shapes_the_rest() {
+    // p = 0.6 / 0.3 / 0.1 at temperature 1; at 2 the weights are their square roots.
+    let logits = [0.6f32.ln(), 0.3f32.ln(), 0.1f32.ln()];
+    let count = |d: &[u32], t: u32| d.iter().filter(|&&x| x == t).count();
+    // Top-p 0.5: token 0 alone at temperature 1; tokens 0 and 1 once 2 flattens the row first.
+    for (first, kept) in [(true, 1), (false, 2)] {
+        let p = params(|p| {
+            p.temperature = 2.0;
+            p.top_p = 0.5;
+            p.truncate_first = first;
+        });
+        let d = draws(&logits, &p, 3, 2000);
+        assert_eq!((0..3).filter(|&t| count(&d, t) > 0).count(), kept, "truncate_first {first}");
+    }
+    // Min-p 0.2: token 2 weighs 0.17 of the top at temperature 1 (cut), 0.41 at 2 (kept); on the
+    // whole-row path and the candidates' (top-k).
+    for top_k in [0, 3] {
+        for (first, has_2) in [(true, false), (false, true)] {
+            let p = params(|p| {
+                p.temperature = 2.0;
+                p.min_p = 0.2;
+                p.top_k = top_k;
+                p.truncate_first = first;
+            });
+            assert_eq!(draws(&logits, &p, 3, 2000).contains(&2), has_2, "top_k {top_k}, truncate_first {first}");
+        }
+    }
+    // What survives is drawn at the temperature: top-k 2 at 2 gives token 0 1 / (1 + 0.5^0.5).
+    let p = params(|p| {
+        p.temperature = 2.0;
+        p.top_k = 2;
+        p.truncate_first = true;
+    });
+    let share = count(&draws(&logits, &p, 3, 4000), 0) as f64 / 4000.0;
+    assert!((share - 1.0 / (1.0 + 0.5f64.sqrt())).abs() < 0.03, "{share}");
+}
+
+#[test]
+fn a_penalty_window_counts_the_last_tokens_of_prompt_and_output() {
+    let logits = [1.0; 5];
+    let (prompt, output) = ([0, 1, 2], [3, 3]);
+    let window = |n, f: fn(&mut SamplingParams)| {
+        processed(&logits, &params(|p| {
+            p.penalty_last_n = Some(n);
+            f(p)
+        }), &prompt, &output, &[])
+    };
+    // The last 3 tokens: 2, 3, 3; presence and frequency count prompt tokens in it too.
+    assert_eq!(window(3, |p| p.presence_penalty = 0.5), [1.0, 1.0, 0.5, 0.5, 1.0]);
+    assert_eq!(window(3, |p| p.frequency_penalty = 0.5), [1.0, 1.0, 0.5, 0.0, 1.0]);
+    assert_eq!(window(3, |p| p.repetition_penalty = 2.0), [1.0, 1.0, 0.5, 0.5, 1.0]);
+    // Longer than the sequence: all of it; 0: nothing.
+    assert_eq!(window(100, |p| p.presence_penalty = 0.5), [0.5, 0.5, 0.5, 0.5, 1.0]);
+    assert_eq!(window(0, |p| p.presence_penalty = 0.5), [1.0; 5]);
+}
+
+#[test]
+fn a_ban_is_minus_infinity_and_valid() {
+    let p = params(|p| {
+        p.temperature = 1.0;
+        p.logit_bias = vec![(0, f32::NEG_INFINITY)];
+    });
+    assert_eq!(p.validate(), Ok(()));
+    assert!(!draws(&[5.0, 0.0, 0.0], &p, 1, 500).contains(&0));
+    assert!(params(|p| p.logit_bias = vec![(0, f32::INFINITY)]).validate().is_err());
+}
+
+#[test]
 fn logit_bias_forces_and_bans() {
     let logits = random_logits(100, 5);
     let top = argmax(&logits);
@@ -423,7 +491,7 @@ fn validate_names_the_field_and_its_range() {
         (params(|p| p.frequency_penalty = -2.5), "`frequency_penalty` must be in [-2, 2]"),
         (
             params(|p| p.logit_bias = vec![(1, 0.0), (3, 101.0)]),
-            "`logit_bias` values must be in [-100, 100] (token 3)",
+            "`logit_bias` values must be in [-100, 100] or -inf (token 3)",
         ),
         (params(|p| p.max_tokens = 0), "`max_tokens` must be at least 1"),
         (
