@@ -180,6 +180,9 @@ fn llama_sampling() -> Value {
     json!({
         "n_predict": {"type": "integer", "minimum": -1}, "temperature": {"type": "number"}, "top_k": {"type": "integer"}, "top_p": {"type": "number"}, "min_p": {"type": "number"},
         "repeat_penalty": {"type": "number"}, "presence_penalty": {"type": "number"}, "frequency_penalty": {"type": "number"}, "seed": {"type": "integer"},
+        "repeat_last_n": {"type": "integer", "minimum": -1, "description": "the penalties count this many last tokens of prompt and output (64; -1 all; 0 none)"},
+        "logit_bias": {"description": "[[token id or text, bias or false], ...] or {\"id or text\": bias or false}; false bans the token"},
+        "samplers": {"description": "the sampler chain as names or letters; steps left out are off"},
         "stop": {"type": "array", "items": {"type": "string"}}, "ignore_eos": {"type": "boolean"}, "stream": {"type": "boolean"},
         "n_probs": {"type": "integer", "minimum": 0, "maximum": 20, "description": "the most likely tokens at each step, as `completion_probabilities`"}})
 }
