@@ -320,7 +320,17 @@ fn every_error_status_has_an_openai_body() {
 
 #[test]
 fn api_key_guards_the_api_but_not_health_or_metrics() {
-    let s = start(ServerConfig { api_key: Some("sekret".into()), ..Default::default() });
+    let s = start(ServerConfig { api_key: Some("sekret".into()), cors: true, ..Default::default() });
+    // A browser's preflight for a request with the key: `Authorization` must be named (the
+    // Fetch standard's `*` does not cover it).
+    let preflight = s.options_with(
+        "/v1/chat/completions",
+        &[("Origin", "http://example.com"), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "authorization, content-type")],
+    );
+    assert_eq!(preflight.status, 200, "{}", preflight.body);
+    let allowed = preflight.header("access-control-allow-headers").unwrap_or_default().to_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{allowed:?}");
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
     let e = s.get("/v1/models").error(401);
     assert_eq!(e["type"], "authentication_error");
     s.get_with("/v1/models", &[("Authorization", "Bearer wrong")]).error(401);
@@ -365,6 +375,39 @@ fn a_client_that_disconnects_mid_stream_frees_its_blocks() {
         assert!(std::time::Instant::now() < deadline, "sequence not aborted: running {running}, free {free}/{total}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Streamed requests whose clients leave before their first token (here: still queued behind a
+/// long one) are dropped then, not once they have a token to send.
+#[test]
+fn a_stream_abandoned_before_its_first_token_leaves_the_queue() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = start(ServerConfig { engine: EngineConfig { max_num_seqs: 1, ..Default::default() }, ..Default::default() });
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let long_done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let long = json!({"prompt": "Count from one to a thousand:", "max_tokens": 500, "ignore_eos": true}).to_string();
+            assert_eq!(s.post("/v1/completions", &long).status, 200);
+            long_done.store(true, Ordering::Release);
+        });
+        wait_for("the long request runs", &|| s.metric("qwen_serve_num_requests_running") == 1.0);
+        let open = |path: &str, body: String| ureq::post(&format!("{}{path}", s.base)).set("Content-Type", "application/json").send_string(&body).unwrap();
+        let streams = [
+            open("/v1/completions", json!({"prompt": "hello", "max_tokens": 4, "stream": true}).to_string()),
+            open("/v1/chat/completions", chat_body(json!({"stream": true}))),
+        ];
+        wait_for("the streams are queued", &|| s.metric("qwen_serve_num_requests_waiting") == 2.0);
+        drop(streams);
+        wait_for("the abandoned streams leave the queue", &|| s.metric("qwen_serve_num_requests_waiting") == 0.0);
+        assert!(!long_done.load(Ordering::Acquire), "the abandoned stream left only when the long request ended");
+    });
 }
 
 #[test]

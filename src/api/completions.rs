@@ -201,10 +201,17 @@ async fn stream_completions(ctx: &Ctx, streams: Vec<RequestStream>, prompts: Vec
     let num_prompt_tokens: usize = prompt_sizes.iter().sum();
     for (p, mut s) in streams.into_iter().enumerate() {
         let fan_tx = fan_tx.clone();
+        // Ends (dropping the engine stream, so the request is aborted) with its last event, or
+        // as soon as the stream's reader has gone (a client gone before any event).
         tokio::spawn(async move {
-            while let Some(e) = s.recv().await {
-                if fan_tx.send((p, e)).is_err() {
-                    break;
+            loop {
+                tokio::select! {
+                    e = s.recv() => {
+                        if e.is_none_or(|e| fan_tx.send((p, e)).is_err()) {
+                            break;
+                        }
+                    }
+                    () = fan_tx.closed() => break,
                 }
             }
         });

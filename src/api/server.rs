@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use subtle::ConstantTimeEq;
-use tower_http::cors::CorsLayer;
+use tower_http::cors::{AllowHeaders, AllowMethods, Any, CorsLayer};
 use tracing::Instrument;
 
 use super::state::AppState;
@@ -63,7 +63,10 @@ pub fn router(state: AppState, opts: &ServerOptions) -> Router {
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .with_state(state);
     if opts.cors {
-        app = app.layer(CorsLayer::permissive());
+        // The preflight's requested headers and method echoed back rather than `*`: the Fetch
+        // standard's wildcard does not cover `Authorization` (an `--api-key` from a browser).
+        let cors = CorsLayer::new().allow_origin(Any).allow_headers(AllowHeaders::mirror_request()).allow_methods(AllowMethods::mirror_request()).expose_headers(Any);
+        app = app.layer(cors);
     }
     app
 }

@@ -1,6 +1,8 @@
 //! Server-sent events: a producer task writes JSON chunks into a channel; the response body
-//! reads them. A client that disconnects drops the body, the producer's next send fails, and
-//! it returns, dropping the engine stream (which aborts the request and frees its blocks).
+//! reads them. A client that disconnects (hyper reads the end of its connection) drops the
+//! body, and the producer is dropped with it, dropping the engine stream (which aborts the
+//! request and frees its blocks), also while it has nothing to send (a queued request, a long
+//! prompt's prefill).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,14 +40,22 @@ impl SseSender {
     }
 }
 
-/// Runs `producer` on its own task and streams what it sends.
+/// Runs `producer` on its own task and streams what it sends; the producer is dropped as soon
+/// as the response body is (the client has gone).
 pub fn sse_response<F, Fut>(producer: F) -> Response
 where
     F: FnOnce(SseSender) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(producer(SseSender(tx)));
+    let gone = tx.clone();
+    let producer = producer(SseSender(tx));
+    tokio::spawn(async move {
+        tokio::select! {
+            () = producer => {}
+            () = gone.closed() => {}
+        }
+    });
     let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
     Sse::new(body).keep_alive(KeepAlive::default()).into_response()
 }

@@ -22,11 +22,12 @@ pub struct ServerConfig {
     pub chat_template: Option<std::path::PathBuf>,
     /// What `--model` names; the test GGUF when `None`.
     pub model: Option<std::path::PathBuf>,
+    pub cors: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { engine: EngineConfig::default(), api_key: None, max_body_bytes: 1 << 20, chat_template: None, model: None }
+        Self { engine: EngineConfig::default(), api_key: None, max_body_bytes: 1 << 20, chat_template: None, model: None, cors: false }
     }
 }
 
@@ -37,7 +38,7 @@ pub fn start(config: ServerConfig) -> TestServer {
     let loaded = loader::load(model.to_str().unwrap(), &opts).unwrap_or_else(|e| panic!("load {}: {e}", model.display()));
     let engine = EngineHandle::start(loaded, config.engine).expect("start engine");
     let state = AppState::new(engine, Some("qwen-test".into()), config.api_key, true);
-    let app = router(state.clone(), &ServerOptions { max_body_bytes: config.max_body_bytes, cors: false });
+    let app = router(state.clone(), &ServerOptions { max_body_bytes: config.max_body_bytes, cors: config.cors });
     let (tx, rx) = std::sync::mpsc::channel();
     let serve_state = state.clone();
     std::thread::spawn(move || {
@@ -115,6 +116,14 @@ impl TestServer {
             req = req.set(k, v);
         }
         finish(req.send_string(body))
+    }
+
+    pub fn options_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = ureq::request("OPTIONS", &format!("{}{path}", self.base)).timeout(Duration::from_secs(60));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        finish(req.call())
     }
 
     pub fn delete(&self, path: &str) -> Reply {
