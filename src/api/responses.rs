@@ -507,7 +507,7 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("input"));
         let e = renamed(too_long(10, 40000), &req(json!({"input": "x", "max_output_tokens": 40000})));
         assert_eq!(e.param.as_deref(), Some("max_output_tokens"));
-        assert!(e.message.contains("`max_output_tokens` (40000)"), "{}", e.message);
+        assert!(e.message.contains("40000 for `max_output_tokens`") && !e.message.contains("max_tokens"), "{}", e.message);
     }
 
     #[test]

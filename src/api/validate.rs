@@ -138,14 +138,15 @@ pub fn length_error(e: SubmitError, max_sequence: usize, prompt_field: &str, lim
     };
     let mut error = ApiError::from(e);
     if prompt >= max_sequence {
-        let room = match context {
-            Some(context) if context == max_sequence => format!("the model's context length ({context})"),
-            _ => format!("the {max_sequence} tokens the KV cache holds (raise --kv-cache-memory, or --gpu-memory-utilization on a GPU)"),
+        error.message = match context {
+            Some(context) if context == max_sequence => {
+                format!("This model's maximum context length is {context} tokens. However, the prompt (`{prompt_field}`) has {prompt} tokens, which leaves no room for output.")
+            }
+            _ => format!("the prompt (`{prompt_field}`, {prompt} tokens) leaves no room for output within the {max_sequence} tokens the KV cache holds (raise --kv-cache-memory, or --gpu-memory-utilization on a GPU)"),
         };
-        error.message = format!("the prompt (`{prompt_field}`, {prompt} tokens) leaves no room for output within {room}");
         error.param = Some(prompt_field.into());
     } else {
-        error.message = error.message.replacen("max_tokens (", &format!("`{limit_field}` ("), 1);
+        error.message = error.message.replace("max_tokens", &format!("`{limit_field}`"));
         error.param = Some(limit_field.into());
     }
     error

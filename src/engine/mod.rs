@@ -94,7 +94,8 @@ impl Default for EngineConfig {
 pub enum SubmitError {
     #[error("{0}")]
     Invalid(String),
-    #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context length ({context})")]
+    /// Worded as vLLM and OpenAI word it ("maximum context length"), which clients match on.
+    #[error("This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt} in the prompt, {max_tokens} for max_tokens). Please reduce the length of the prompt or max_tokens.", .prompt + .max_tokens)]
     TooLong { prompt: usize, max_tokens: usize, context: usize },
     #[error("prompt ({prompt} tokens) + max_tokens ({max_tokens}) needs {blocks_needed} KV blocks; the cache has {num_blocks} (raise --kv-cache-memory, or --gpu-memory-utilization on a GPU)")]
     CannotFit { prompt: usize, max_tokens: usize, blocks_needed: usize, num_blocks: usize },

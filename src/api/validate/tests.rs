@@ -185,7 +185,10 @@ fn length_errors_name_the_prompt_or_the_limit_as_the_endpoint_calls_them() {
     // Room for the prompt but not the limit asked for: the limit's own name.
     let e = length_error(SubmitError::TooLong { prompt: 10, max_tokens: 40000, context: 32768 }, 32768, "prompt", "n_predict");
     assert_eq!(e.param.as_deref(), Some("n_predict"));
-    assert_eq!(e.message, "prompt (10 tokens) + `n_predict` (40000) exceeds the model's context length (32768)");
+    assert_eq!(
+        e.message,
+        "This model's maximum context length is 32768 tokens. However, you requested 40010 tokens (10 in the prompt, 40000 for `n_predict`). Please reduce the length of the prompt or `n_predict`."
+    );
     let e = length_error(SubmitError::CannotFit { prompt: 10, max_tokens: 900, blocks_needed: 58, num_blocks: 32 }, 512, "prompt", "n_predict");
     assert_eq!(e.param.as_deref(), Some("n_predict"));
     assert!(e.message.starts_with("prompt (10 tokens) + `n_predict` (900) needs 58 KV blocks"), "{}", e.message);
