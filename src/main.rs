@@ -187,7 +187,11 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!(model = %state.model_name, "listening on http://{local}");
-        eprintln!("qwen-serve: serving {} on http://{local}", state.model_name);
+        // The line scripts wait for; with --log-json, stderr holds only JSON lines (the
+        // `listening on` event above says the same).
+        if !args.log_json {
+            eprintln!("qwen-serve: serving {} on http://{local}", state.model_name);
+        }
         let app = router(state.clone(), &opts);
         serve(listener, app, state, shutdown_signal(), std::time::Duration::from_secs(args.shutdown_grace)).await?;
         anyhow::Ok(())

@@ -414,7 +414,11 @@ fn a_stream_abandoned_before_its_first_token_leaves_the_queue() {
 fn metrics_count_requests_and_latencies() {
     let s = server();
     s.post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}).to_string());
-    let text = s.get("/metrics").body;
+    let reply = s.get("/metrics");
+    // Labelled as the format it is (typed families without `_total`, a closing `# EOF`).
+    assert_eq!(reply.header("content-type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    assert!(reply.body.trim_end().ends_with("# EOF") && reply.body.contains("# TYPE qwen_serve_requests counter"));
+    let text = reply.body;
     assert!(text.contains(r#"qwen_serve_requests_total{endpoint="/v1/completions",status="200"}"#), "{text}");
     for name in ["qwen_serve_time_to_first_token_seconds_count", "qwen_serve_e2e_request_latency_seconds_count", "qwen_serve_kv_cache_usage_ratio", "qwen_serve_num_requests_waiting"] {
         assert!(text.contains(name), "{name} missing");

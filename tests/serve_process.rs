@@ -100,3 +100,35 @@ fn the_end_of_the_grace_or_a_second_signal_aborts_with_an_error_event() {
         assert_eq!(exit_code(&mut child, 30), Some(0), "grace {grace}");
     }
 }
+
+/// `--log-json`: every line on stderr is one JSON object, the address in the `listening on`
+/// event, from start to exit.
+#[test]
+fn log_json_writes_only_json_lines() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen-serve"))
+        .args(["serve", "--model", test_gguf().to_str().unwrap(), "--port", "0", "--log-json"])
+        .env_remove("RUST_BACKTRACE")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        if let Some(rest) = event["fields"]["message"].as_str().and_then(|m| m.strip_prefix("listening on http://")) {
+            break rest.to_string();
+        }
+    };
+    let mut sock = TcpStream::connect(&addr).unwrap();
+    write!(sock, "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    sock.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    signal(&child, "-TERM");
+    for line in lines {
+        let line = line.unwrap();
+        assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok(), "not JSON: {line:?}");
+    }
+    assert_eq!(exit_code(&mut child, 60), Some(0));
+}

@@ -41,7 +41,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render(&state.engine.stats());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    // What the encoder writes: OpenMetrics (counters typed without `_total`, `# EOF`).
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
 /// `{"prompt": "..."}`, or `{"messages": [...]}` with chat's other rendering fields (`tools`,
