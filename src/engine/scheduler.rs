@@ -74,12 +74,39 @@ impl Scheduler {
         self.num_preemptions_total += 1;
     }
 
+    /// The first waiting sequence's prompt length and the step's budget kept for it while running
+    /// prompts longer than that are computed: a short prompt that arrives during a long one's
+    /// prefill starts now, not once that prefill is done (minutes on a CPU for a long prompt).
+    /// Up to half the budget; nothing when that sequence cannot be admitted (equal prompts
+    /// arriving together are computed in arrival order).
+    fn admission_reserve(&self, budget: usize) -> (usize, usize) {
+        match self.waiting.front() {
+            Some(next) if next.is_ready() && self.running.len() < self.config.max_num_seqs => {
+                let len = next.num_uncomputed_tokens();
+                (len, len.min(budget / 2))
+            }
+            _ => (usize::MAX, 0),
+        }
+    }
+
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();
         let mut budget = self.config.max_num_batched_tokens;
+        let (waiting_len, reserve) = self.admission_reserve(budget);
+        // A prefill chunk leaves a token for each decode after it (and the reserve, where its
+        // prompt is the longer): a sequence admitted after a long prompt keeps decoding while
+        // that prompt is computed.
+        let mut decodes_after = self.running.iter().filter(|s| s.num_uncomputed_tokens() == 1).count();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
-            let num_new = self.running[i].num_uncomputed_tokens().min(budget);
+            let uncomputed = self.running[i].num_uncomputed_tokens();
+            let held = if uncomputed == 1 {
+                decodes_after = decodes_after.saturating_sub(1);
+                0
+            } else {
+                decodes_after + if uncomputed > waiting_len { reserve } else { 0 }
+            };
+            let num_new = uncomputed.min(budget.saturating_sub(held));
             if num_new == 0 {
                 i += 1;
                 continue;

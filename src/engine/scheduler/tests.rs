@@ -62,6 +62,31 @@ fn decodes_go_first_then_prefill_chunks_fill_the_budget() {
 }
 
 #[test]
+fn a_short_prompt_starts_while_a_long_one_is_prefilled() {
+    let mut s = scheduler(100, 16, 8);
+    let (long, _rl) = seq(0, 0, 100);
+    s.waiting.push_back(long);
+    assert_eq!(step(&mut s), vec![(0, 16)]);
+    let (short, _rs) = seq(1, 1000, 3);
+    s.waiting.push_back(short);
+    // The long prompt leaves the short one its 3 tokens; then it decodes beside the prefill.
+    assert_eq!(step(&mut s), vec![(0, 13), (1, 3)]);
+    assert_eq!(step(&mut s), vec![(0, 15), (1, 1)]);
+    // A waiting prompt as long as the running one's rest waits its turn; a longer one gets
+    // at most half the budget.
+    let (equal, _re) = seq(2, 2000, 100 - 16 - 13 - 15);
+    s.waiting.push_back(equal);
+    assert_eq!(step(&mut s), vec![(0, 15), (1, 1)]);
+    let mut s = scheduler(100, 16, 8);
+    let (a, _ra) = seq(0, 0, 100);
+    let (b, _rb) = seq(1, 1000, 60);
+    s.waiting.push_back(a);
+    assert_eq!(step(&mut s), vec![(0, 16)]);
+    s.waiting.push_back(b);
+    assert_eq!(step(&mut s), vec![(0, 8), (1, 8)]);
+}
+
+#[test]
 fn waiting_sequences_are_admitted_in_arrival_order_up_to_max_seqs() {
     let mut s = scheduler(100, 100, 2);
     let mut rxs = vec![];
