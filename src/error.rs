@@ -108,7 +108,7 @@ impl ApiError {
 
     /// The response in Anthropic's envelope.
     pub fn into_anthropic_response(self) -> Response {
-        retry_after((self.status, Json(self.anthropic_body())).into_response())
+        status_headers((self.status, Json(self.anthropic_body())).into_response())
     }
 }
 
@@ -117,17 +117,26 @@ impl IntoResponse for ApiError {
     /// route serving another API can answer it in that API's envelope
     /// (`server::anthropic_errors`).
     fn into_response(self) -> Response {
-        let mut response = retry_after((self.status, Json(self.body())).into_response());
+        let mut response = status_headers((self.status, Json(self.body())).into_response());
         response.extensions_mut().insert(self);
         response
     }
 }
 
 /// A full queue (429) or a server stopping (503) says when to try again, for clients that
-/// honour `Retry-After` (the `openai` and `anthropic` SDKs retry both).
-fn retry_after(mut response: Response) -> Response {
-    if matches!(response.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+/// honour `Retry-After` (the `openai` and `anthropic` SDKs retry both). A body too large (413)
+/// is left unread, so the server closes the connection after answering: it says so
+/// (`Connection: close`), and a keep-alive client does not send its next request into it.
+fn status_headers(mut response: Response) -> Response {
+    use axum::http::{header, HeaderValue};
+    match response.status() {
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
     }
     response
 }

@@ -307,6 +307,8 @@ fn every_error_status_has_an_openai_body() {
     let (status, body) = s.raw_post_declaring_length("/v1/completions", 2 << 20);
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("\"error\"") && body.contains("larger than the server accepts"), "{body}");
+    // The body is left unread, so the connection closes after the answer, which says so.
+    assert!(body.to_lowercase().contains("\r\nconnection: close\r\n"), "{body}");
     let e = s.post("/v1/completions", &json!({"prompt": "hi", "logit_bias": {"abc": 1}}).to_string()).error(400);
     assert_eq!(e["param"], "logit_bias");
     let e = s.post("/v1/chat/completions", &chat_body(json!({"tool_choice": {"type": "function", "function": {"name": "g"}}, "tools": [{"type": "function", "function": {"name": "f"}}]}))).error(400);

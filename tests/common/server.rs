@@ -151,14 +151,15 @@ impl TestServer {
         reader.read_exact(&mut buf).unwrap();
     }
 
-    /// Sends only the headers of a POST whose `Content-Length` is `len` and reads the answer
-    /// (a server must refuse an oversized body without reading it).
+    /// Sends only the headers of a keep-alive POST whose `Content-Length` is `len` and reads
+    /// the answer to the connection's end (a server must refuse an oversized body without
+    /// reading it, and then close the connection).
     pub fn raw_post_declaring_length(&self, path: &str, len: usize) -> (u16, String) {
         use std::io::Write;
         let addr = self.base.trim_start_matches("http://");
         let mut sock = std::net::TcpStream::connect(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(sock, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n").unwrap();
+        write!(sock, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n").unwrap();
         let mut out = Vec::new();
         let _ = sock.read_to_end(&mut out);
         let text = String::from_utf8_lossy(&out).to_string();
