@@ -1,8 +1,9 @@
 //! llama.cpp's own HTTP API, as clients written for llama-server call it: `POST /completion`
 //! (also routed as `/completions`, as llama-server does) here, and `/infill` (`infill.rs`) on
-//! the same conventions: llama.cpp's sampling fields (`llama_sampling.rs`), its response (`content`, `stop`, `stop_type`,
-//! `tokens_predicted`, `timings`, ...), its SSE chunks (`{"content": ..., "stop": false}`),
-//! `n_probs` as `completion_probabilities`, and `grammar` / `json_schema` holding the output.
+//! the same conventions: llama.cpp's sampling fields (`llama_sampling.rs`), its response
+//! (`content`, `stop`, `stop_type`, `tokens_predicted`, `timings`, ...), its SSE chunks
+//! (`{"content": ..., "stop": false}`), `n_probs` as `completion_probabilities`, and `grammar`
+//! / `json_schema` holding the output.
 
 use std::time::Instant;
 

@@ -108,11 +108,13 @@ impl LlamaSampling {
             return Ok((params, SamplingFields { max_tokens: Some(0), ..Default::default() }));
         }
         let window = match self.repeat_last_n {
-            None => Some(REPEAT_LAST_N),
-            Some(-1) => None,
-            Some(n) if n >= 0 => Some(n as usize),
+            None => REPEAT_LAST_N,
+            // The whole context: every token of the sequence.
+            Some(-1) => usize::MAX,
+            Some(n) if n >= 0 => n as usize,
             Some(n) => return Err(ApiError::invalid("repeat_last_n", format!("`repeat_last_n` must be -1 (the whole context) or at least 0, got {n}"))),
         };
+        let penalties = chain.penalties && window > 0;
         let fields = SamplingFields {
             max_tokens,
             seed: self.seed.filter(|&s| s >= 0),
@@ -125,9 +127,9 @@ impl LlamaSampling {
             }),
             top_p: Some(if chain.top_p { self.top_p.unwrap_or(0.95) } else { 1.0 }),
             min_p: Some(if chain.min_p { self.min_p.unwrap_or(0.05) } else { 0.0 }),
-            repetition_penalty: self.repeat_penalty.filter(|_| chain.penalties && window != Some(0)),
-            presence_penalty: self.presence_penalty.filter(|_| chain.penalties && window != Some(0)),
-            frequency_penalty: self.frequency_penalty.filter(|_| chain.penalties && window != Some(0)),
+            repetition_penalty: self.repeat_penalty.filter(|_| penalties),
+            presence_penalty: self.presence_penalty.filter(|_| penalties),
+            frequency_penalty: self.frequency_penalty.filter(|_| penalties),
             ignore_eos: self.ignore_eos,
             ..Default::default()
         };
@@ -138,8 +140,7 @@ impl LlamaSampling {
                 _ => e,
             })?;
         params.truncate_first = chain.truncate_first;
-        // The whole context: every token of the sequence.
-        params.penalty_last_n = Some(window.unwrap_or(usize::MAX));
+        params.penalty_last_n = Some(window);
         params.logit_bias = logit_bias(self.logit_bias.as_ref(), engine.tokenizer())?;
         Ok((params, fields))
     }

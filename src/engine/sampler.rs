@@ -242,7 +242,8 @@ pub struct Sampler {
     entries: Vec<(u32, f32)>,
     /// One bit per logit held: already given the repetition penalty in this call.
     seen: Vec<u64>,
-    /// The output ids, sorted, to count occurrences.
+    /// The ids presence and frequency count (the output, or the penalty window), sorted, to
+    /// count occurrences.
     sorted_output: Vec<u32>,
 }
 

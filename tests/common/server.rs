@@ -119,11 +119,7 @@ impl TestServer {
     }
 
     pub fn options_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut req = ureq::request("OPTIONS", &format!("{}{path}", self.base)).timeout(Duration::from_secs(60));
-        for (k, v) in headers {
-            req = req.set(k, v);
-        }
-        finish(req.call())
+        self.call_with("OPTIONS", path, headers)
     }
 
     pub fn delete(&self, path: &str) -> Reply {
@@ -135,7 +131,12 @@ impl TestServer {
     }
 
     pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut req = ureq::get(&format!("{}{path}", self.base)).timeout(Duration::from_secs(60));
+        self.call_with("GET", path, headers)
+    }
+
+    /// A bodiless request.
+    fn call_with(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = ureq::request(method, &format!("{}{path}", self.base)).timeout(Duration::from_secs(60));
         for (k, v) in headers {
             req = req.set(k, v);
         }
